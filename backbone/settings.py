@@ -1,0 +1,162 @@
+"""The one settings model. Every value comes from a `BACKBONE_*` environment variable (or `.env`).
+
+Only configuration differs between the embedded stack and production: point
+`BACKBONE_KAFKA_BOOTSTRAP`, `BACKBONE_SCHEMA_REGISTRY_URL` and `BACKBONE_CLICKHOUSE_DSN` at real
+servers and the same code runs against them.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from backbone.errors import SettingsError
+
+ENV_PREFIX = "BACKBONE_"
+
+# librdkafka's own log lines (connection refused while a broker starts, ...) go to this logger
+# instead of stderr; a NullHandler keeps them quiet unless the application configures logging.
+RDKAFKA_LOGGER = logging.getLogger("backbone.librdkafka")
+RDKAFKA_LOGGER.addHandler(logging.NullHandler())
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Configuration for every part of the backbone."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore")
+
+    # Kafka
+    kafka_bootstrap: str = Field("127.0.0.1:9092", description="Kafka bootstrap servers, host:port[,host:port]")
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    kafka_sasl_username: str | None = None
+    kafka_sasl_password: SecretStr | None = None
+    kafka_ssl_ca_location: Path | None = None
+    kafka_timeout_s: float = Field(10.0, gt=0, description="How long to wait for the cluster before giving up")
+    kafka_partitions: int = Field(6, ge=1, description="Partitions for topics the backbone creates")
+    kafka_replication_factor: int = Field(1, ge=1)
+    # Client tuning
+    producer_linger_ms: int = Field(5, ge=0)
+    producer_batch_size: int = Field(1_000_000, ge=1)
+    producer_compression: Literal["none", "gzip", "snappy", "lz4", "zstd"] = "lz4"
+    consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
+    consumer_heartbeat_interval_ms: int = Field(1_000, ge=100)
+    consumer_batch_size: int = Field(5_000, ge=1, description="Messages per batched consume call")
+
+    # Schema registry
+    schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry")
+    schema_registry_port: int = Field(8081, ge=0, le=65535, description="Port of the embedded registry")
+
+    # ClickHouse
+    clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")
+
+    # Files
+    data_dir: Path = Field(Path("./.backbone"), description="Where embedded parts keep data and logs")
+    keyring_path: Path | None = Field(None, description="Encrypted keyring file (default <data dir>/keyring.json)")
+    master_key: SecretStr | None = Field(None, description="Master key that encrypts the keyring (base64)")
+    master_key_file: Path | None = None
+    schemas_dir: Path = PROJECT_ROOT / "schemas"
+    agreements_dir: Path = PROJECT_ROOT / "agreements"
+
+    # Embedded broker
+    broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _bootstrap_has_ports(cls, value: str) -> str:
+        for server in value.split(","):
+            host, _, port = server.strip().rpartition(":")
+            if not host or not port.isdigit():
+                raise ValueError(f"expected host:port[,host:port], got {server.strip()!r}")
+        return value
+
+    @field_validator("schema_registry_url")
+    @classmethod
+    def _registry_is_http(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+        return value.rstrip("/")
+
+    @model_validator(mode="after")
+    def _defaults_from_data_dir(self) -> Settings:
+        if self.clickhouse_dsn is None:
+            self.clickhouse_dsn = f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
+        if self.keyring_path is None:
+            self.keyring_path = self.data_dir / "keyring.json"
+        return self
+
+    def kafka_config(self, **overrides: Any) -> dict[str, Any]:
+        """librdkafka settings common to every client (bootstrap, security), plus `overrides`."""
+        config: dict[str, Any] = {
+            "bootstrap.servers": self.kafka_bootstrap,
+            "security.protocol": self.kafka_security_protocol,
+            "logger": RDKAFKA_LOGGER,
+        }
+        if self.kafka_sasl_mechanism:
+            config["sasl.mechanism"] = self.kafka_sasl_mechanism
+            config["sasl.username"] = self.kafka_sasl_username or ""
+            config["sasl.password"] = self.kafka_sasl_password.get_secret_value() if self.kafka_sasl_password else ""
+        if self.kafka_ssl_ca_location:
+            config["ssl.ca.location"] = str(self.kafka_ssl_ca_location)
+        config.update(overrides)
+        return config
+
+    def producer_config(self, **overrides: Any) -> dict[str, Any]:
+        """Idempotent, acks=all producer tuned for throughput."""
+        return self.kafka_config(
+            **{
+                "enable.idempotence": True,
+                "acks": "all",
+                "linger.ms": self.producer_linger_ms,
+                "batch.size": self.producer_batch_size,
+                "compression.type": self.producer_compression,
+                "message.timeout.ms": int(self.kafka_timeout_s * 1000) * 3,
+            },
+            **overrides,
+        )
+
+    def consumer_config(self, group_id: str | None, **overrides: Any) -> dict[str, Any]:
+        """A consumer with manual commits; `group_id=None` for partition-assigned readers."""
+        config = self.kafka_config(
+            **{
+                "auto.offset.reset": "earliest",
+                "enable.auto.commit": False,
+                "session.timeout.ms": self.consumer_session_timeout_ms,
+                "heartbeat.interval.ms": self.consumer_heartbeat_interval_ms,
+            }
+        )
+        config["group.id"] = group_id or "backbone-reader"
+        config.update(overrides)
+        return config
+
+
+def _describe(error: ValidationError) -> str:
+    problems = []
+    for item in error.errors():
+        name = ENV_PREFIX + "_".join(str(part) for part in item["loc"]).upper()
+        if not item["loc"]:
+            name = "settings"
+        problems.append(f"{name}: {item['msg']}")
+    return "invalid configuration: " + "; ".join(problems)
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read settings from the environment; invalid values raise `SettingsError` naming the variable."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        raise SettingsError(_describe(exc)) from None
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """Settings for this process, read once."""
+    return load_settings()

@@ -1,0 +1,140 @@
+"""Topic administration through confluent-kafka's AdminClient, and the names of the backbone's topics."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+
+from backbone.errors import KafkaUnavailableError, TopicError
+from backbone.settings import Settings
+
+CONSENT_TOPIC = "consent.changes"
+AGREEMENTS_TOPIC = "agreements.changes"
+AUDIT_TOPIC = "audit.decisions"
+ALERTS_TOPIC = "alerts.fraud"
+SCHEMAS_TOPIC = "_schemas"
+
+
+def raw_topic(event_type: str) -> str:
+    """`tax.income_declared` -> `raw.tax.income_declared` (the provider is the first part)."""
+    return f"raw.{event_type}"
+
+
+def shared_topic(recipient: str, event_type: str) -> str:
+    """`fraud`, `tax.income_declared` -> `shared.fraud.tax.income_declared`."""
+    return f"shared.{recipient}.{event_type}"
+
+
+def dlq_topic(stage: str) -> str:
+    return f"dlq.{stage}"
+
+
+@dataclass(slots=True, frozen=True)
+class TopicInfo:
+    name: str
+    partitions: int
+    config: dict[str, str] = field(default_factory=dict)
+
+
+def admin_client(settings: Settings) -> AdminClient:
+    return AdminClient(settings.kafka_config())
+
+
+def check_reachable(admin: AdminClient, settings: Settings) -> None:
+    """Raise `KafkaUnavailableError` unless the cluster answers a metadata request in time."""
+    try:
+        admin.list_topics(timeout=settings.kafka_timeout_s)
+    except KafkaException as exc:
+        raise KafkaUnavailableError(
+            f"Kafka at {settings.kafka_bootstrap} did not answer within {settings.kafka_timeout_s:g}s "
+            f"({exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc}); start it with "
+            "`backbone up` or set BACKBONE_KAFKA_BOOTSTRAP"
+        ) from None
+
+
+class Topics:
+    """List, create, describe and delete topics, with errors a user can act on."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.admin = admin_client(settings)
+
+    def _metadata(self):  # noqa: ANN202 - confluent_kafka ClusterMetadata
+        try:
+            return self.admin.list_topics(timeout=self.settings.kafka_timeout_s)
+        except KafkaException:
+            check_reachable(self.admin, self.settings)
+            raise
+
+    def list(self, include_internal: bool = False) -> list[TopicInfo]:
+        topics = self._metadata().topics
+        return sorted(
+            (TopicInfo(name, len(meta.partitions)) for name, meta in topics.items()
+             if include_internal or not name.startswith("__")),
+            key=lambda t: t.name,
+        )
+
+    def exists(self, name: str) -> bool:
+        return name in self._metadata().topics
+
+    def create(
+        self,
+        name: str,
+        partitions: int | None = None,
+        retention_ms: int | None = None,
+        cleanup_policy: str | None = None,
+        config: dict[str, str] | None = None,
+    ) -> TopicInfo:
+        if partitions is not None and partitions < 1:
+            raise TopicError(f"topic {name}: partitions must be at least 1")
+        if cleanup_policy is not None and cleanup_policy not in {"delete", "compact", "compact,delete"}:
+            raise TopicError(f"topic {name}: cleanup.policy must be delete, compact or compact,delete")
+        check_reachable(self.admin, self.settings)
+        conf = dict(config or {})
+        if retention_ms is not None:
+            conf["retention.ms"] = str(retention_ms)
+        if cleanup_policy is not None:
+            conf["cleanup.policy"] = cleanup_policy
+        count = partitions or self.settings.kafka_partitions
+        new = NewTopic(name, num_partitions=count, replication_factor=self.settings.kafka_replication_factor, config=conf)
+        future = self.admin.create_topics([new], operation_timeout=self.settings.kafka_timeout_s)[name]
+        try:
+            future.result(timeout=self.settings.kafka_timeout_s)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicError(f"topic {name} already exists; `backbone topics describe {name}` shows it") from None
+            raise TopicError(f"topic {name} could not be created: {error.str()}") from None
+        return TopicInfo(name, count, conf)
+
+    def ensure(self, name: str, partitions: int | None = None, config: dict[str, str] | None = None) -> None:
+        """Create `name` unless it exists (idempotent; used at pipeline start-up)."""
+        try:
+            self.create(name, partitions=partitions, config=config)
+        except TopicError as exc:
+            if "already exists" not in str(exc):
+                raise
+
+    def describe(self, name: str) -> TopicInfo:
+        meta = self._metadata().topics.get(name)
+        if meta is None or meta.error is not None and meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            raise TopicError(f"topic {name} does not exist; `backbone topics list` shows the topics")
+        config: dict[str, str] = {}
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name)
+        try:
+            entries = self.admin.describe_configs([resource])[resource].result(timeout=self.settings.kafka_timeout_s)
+            config = {key: entry.value for key, entry in entries.items() if entry.value is not None}
+        except KafkaException:
+            config = {}
+        return TopicInfo(name, len(meta.partitions), config)
+
+    def delete(self, name: str) -> None:
+        if not self.exists(name):
+            raise TopicError(f"topic {name} does not exist; `backbone topics list` shows the topics")
+        future = self.admin.delete_topics([name], operation_timeout=self.settings.kafka_timeout_s)[name]
+        try:
+            future.result(timeout=self.settings.kafka_timeout_s)
+        except KafkaException as exc:
+            raise TopicError(f"topic {name} could not be deleted: {exc.args[0].str()}") from None

@@ -1,0 +1,81 @@
+"""One fixture per real part. Integration tests use the real embedded broker and chDB; a Kafka
+from `BACKBONE_KAFKA_BOOTSTRAP` or a testcontainers Kafka (when a Docker daemon answers) is used
+instead when available."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backbone.settings import Settings, load_settings
+
+# Group joins on Tansu take about half the session timeout: keep it short in tests.
+TEST_CONSUMER_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
+
+
+def _docker_answers() -> bool:
+    try:
+        import docker
+
+        client = docker.from_env(timeout=2)
+        client.ping()
+        return True
+    except Exception:  # noqa: BLE001 - any failure means no usable daemon
+        return False
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """Bootstrap servers of a real Kafka-protocol broker for the whole session."""
+    configured = os.environ.get("BACKBONE_KAFKA_BOOTSTRAP")
+    if configured:
+        yield configured
+        return
+    if os.environ.get("BACKBONE_TEST_DOCKER", "1") != "0" and _docker_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer() as container:
+            yield container.get_bootstrap_server()
+        return
+    from backbone.embedded import EmbeddedBroker
+
+    with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
+        yield broker.bootstrap
+
+
+@pytest.fixture(scope="session")
+def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """chDB allows one directory per process, so the whole session shares one; tests isolate by database."""
+    return os.environ.get("BACKBONE_CLICKHOUSE_DSN") or f"chdb://{tmp_path_factory.mktemp('chdb')}"
+
+
+@pytest.fixture(scope="session")
+def clickhouse_client(clickhouse_dsn: str):  # noqa: ANN201 - clickhouse_connect Client
+    from backbone.clickhouse import make_client
+
+    client = make_client(clickhouse_dsn)
+    yield client
+    client.close()
+
+
+@pytest.fixture
+def settings(kafka_bootstrap: str, tmp_path: Path, clickhouse_dsn: str) -> Settings:
+    """Settings pointing at the session's real parts, with a private data dir and short timeouts."""
+    return load_settings(
+        kafka_bootstrap=kafka_bootstrap,
+        data_dir=tmp_path / "data",
+        clickhouse_dsn=clickhouse_dsn,
+        kafka_timeout_s=10.0,
+        consumer_session_timeout_ms=TEST_CONSUMER_CONFIG["session.timeout.ms"],
+        consumer_heartbeat_interval_ms=TEST_CONSUMER_CONFIG["heartbeat.interval.ms"],
+    )
+
+
+@pytest.fixture
+def unique() -> str:
+    """A short unique suffix for topic, group and database names, so tests never share state."""
+    return uuid.uuid4().hex[:10]
