@@ -63,6 +63,14 @@ class EventSchema:
         """fastavro's parsed schema, for schemaless reads and writes."""
         return parse_schema(copy.deepcopy(self.avro))
 
+    @property
+    def subject_field(self) -> str | None:
+        """The field naming the data subject (consent and audit look-ups use it), if any."""
+        for name, info in self.fields.items():
+            if "PII" in info.tags and name.endswith("national_id"):
+                return name
+        return None
+
     def tagged(self, tag: str) -> list[str]:
         return [name for name, info in self.fields.items() if tag in info.tags]
 
@@ -134,6 +142,13 @@ def load_purposes(path: Path) -> dict[str, Purpose]:
         return {item["id"]: Purpose(item["id"], item["label"], item.get("dpv", "")) for item in data["purposes"]}
     except (OSError, yaml.YAMLError, KeyError, TypeError) as exc:
         raise CatalogError(f"{path}: not a purpose vocabulary (a `purposes:` list of id/label/dpv) ({exc})") from None
+
+
+def default_catalog() -> Catalog:
+    """The catalog in `BACKBONE_SCHEMAS_DIR` (the repository's `schemas/` by default)."""
+    from backbone.settings import get_settings
+
+    return load_catalog(get_settings().schemas_dir)
 
 
 def load_catalog(schemas_dir: Path) -> Catalog:
