@@ -29,3 +29,46 @@ class TopicError(BackboneError):
 
 class ClickHouseDsnError(BackboneError):
     """The ClickHouse DSN is malformed or names an unsupported scheme."""
+
+
+class SerdeError(BackboneError):
+    """An event could not be encoded to or decoded from the Confluent wire format.
+
+    Messages name the schema id, the field or the byte count, never record content.
+    """
+
+
+class BadMagicByte(SerdeError):
+    """The first byte is not the Confluent wire-format magic byte 0."""
+
+
+class UnknownSchemaId(SerdeError):
+    """The schema id in the message header is not known to the schema registry."""
+
+
+class TruncatedMessage(SerdeError):
+    """The bytes end before the header or the Avro record does."""
+
+
+class CorruptMessage(SerdeError):
+    """The Avro body does not decode under the writer schema (bad bytes, trailing bytes)."""
+
+
+class EncodeError(SerdeError):
+    """A record does not fit the schema; the message names the field, never its value."""
+
+
+class RegistryError(BackboneError):
+    """The schema registry refused a request; carries the registry's error code."""
+
+    def __init__(self, message: str, error_code: int | None = None) -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class RegistryUnavailable(RegistryError):
+    """The schema registry did not answer."""
+
+
+class SchemaIncompatible(RegistryError):
+    """A schema breaks the subject's compatibility level."""
