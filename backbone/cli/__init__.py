@@ -18,6 +18,11 @@ console = Console()
 err_console = Console(stderr=True)
 
 
+@app.callback()
+def root() -> None:
+    """Data Sharing Backbone: agreement-enforced real-time data sharing between agencies."""
+
+
 @app.command()
 def version() -> None:
     """Print the backbone version."""
