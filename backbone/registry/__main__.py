@@ -1,0 +1,75 @@
+"""`python -m backbone.registry --port P [--host H] [--bootstrap B] [--topic T]`.
+
+Bootstrap servers come from `BACKBONE_KAFKA_BOOTSTRAP` unless `--bootstrap` is given; the port
+defaults to `BACKBONE_SCHEMA_REGISTRY_PORT`. Binds 127.0.0.1 unless `--host` says otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from backbone.errors import BackboneError
+from backbone.registry.kafka_log import SchemaLog
+from backbone.registry.server import make_app
+from backbone.registry.service import SchemaRegistry
+from backbone.settings import load_settings
+from backbone.topics import SCHEMAS_TOPIC
+
+log = logging.getLogger("backbone.registry")
+
+
+def _arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m backbone.registry", description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=None, help="port to listen on (default BACKBONE_SCHEMA_REGISTRY_PORT)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
+    parser.add_argument("--bootstrap", default=None, help="Kafka bootstrap servers (default BACKBONE_KAFKA_BOOTSTRAP)")
+    parser.add_argument("--topic", default=SCHEMAS_TOPIC, help=f"compacted topic holding the schemas (default {SCHEMAS_TOPIC})")
+    return parser.parse_args(argv)
+
+
+async def serve(registry: SchemaRegistry, host: str, port: int) -> None:
+    """Serve until SIGTERM or SIGINT."""
+    runner = web.AppRunner(make_app(registry), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise BackboneError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
+    log.info("schema registry listening on http://%s:%s", host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _arguments(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        overrides = {"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}
+        settings = load_settings(**overrides)
+        port = settings.schema_registry_port if args.port is None else args.port
+        schema_log = SchemaLog(settings, args.topic)
+        schema_log.start()
+        try:
+            asyncio.run(serve(SchemaRegistry(schema_log), args.host, port))
+        finally:
+            schema_log.stop()
+    except BackboneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,267 @@
+"""The Confluent Schema Registry REST API over `SchemaRegistry`, on aiohttp.
+
+Reads answer from memory; a read that misses catches up with the topic once and tries again, so a
+schema another registry process just registered is found. Writes run in a thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from backbone.registry import errors
+from backbone.registry.compatibility import AvroText, parse_avro
+from backbone.registry.service import SchemaRegistry, check_level
+from backbone.registry.state import Version
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+REGISTRY_KEY = web.AppKey("registry", SchemaRegistry)
+log = logging.getLogger("backbone.registry")
+T = TypeVar("T")
+
+
+def _json(body: Any, status: int = 200) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, content_type=CONTENT_TYPE)
+
+
+def _flag(request: web.Request, name: str) -> bool:
+    return request.query.get(name, "false").lower() == "true"
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except errors.ApiError as exc:
+        return _json(exc.body(), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json({"error_code": exc.status, "message": exc.reason}, exc.status)
+    except Exception:  # noqa: BLE001 - never crash on a request; the log has the traceback
+        log.exception("request %s %s failed", request.method, request.path)
+        return _json(errors.store_error("internal error; see the registry log").body(), 500)
+
+
+class Api:
+    """Route handlers."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self.registry = registry
+
+    async def _blocking(self, call: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
+    async def _read(self, query: Callable[[], T]) -> T:
+        """Answer from memory; on a not-found, catch up with the topic and ask once more."""
+        try:
+            with self.registry.log.lock:
+                return query()
+        except errors.ApiError as exc:
+            if exc.status != 404:
+                raise
+        await self._blocking(self.registry.sync)
+        with self.registry.log.lock:
+            return query()
+
+    @staticmethod
+    async def _schema_body(request: web.Request) -> AvroText:
+        try:
+            body = json.loads(await request.text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise errors.invalid_schema("request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise errors.invalid_schema("request body must be a JSON object with a 'schema' field")
+        schema_type = body.get("schemaType", "AVRO")
+        if schema_type != "AVRO":
+            raise errors.invalid_schema(f"schemaType {str(schema_type)[:40]!r} is not supported; this registry stores AVRO")
+        if body.get("references"):
+            raise errors.invalid_schema("schema references are not supported; register self-contained schemas")
+        return parse_avro(body.get("schema"))
+
+    async def _body(self, request: web.Request) -> dict[str, Any]:
+        try:
+            body = json.loads(await request.text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise errors.ApiError(422, errors.INVALID_SCHEMA, "request body is not JSON") from None
+        if not isinstance(body, dict):
+            raise errors.ApiError(422, errors.INVALID_SCHEMA, "request body must be a JSON object")
+        return body
+
+    def _version_body(self, entry: Version) -> dict[str, Any]:
+        return {
+            "subject": entry.subject,
+            "version": entry.version,
+            "id": entry.schema_id,
+            "schema": self.registry.state.schemas[entry.schema_id].text,
+        }
+
+    # -- root, types, contexts, mode ---------------------------------------------------------
+
+    async def root(self, request: web.Request) -> web.Response:
+        return _json({})
+
+    async def schema_types(self, request: web.Request) -> web.Response:
+        return _json(["AVRO"])
+
+    async def contexts(self, request: web.Request) -> web.Response:
+        return _json(["."])
+
+    async def mode(self, request: web.Request) -> web.Response:
+        return _json({"mode": "READWRITE"})
+
+    # -- subjects ------------------------------------------------------------------------
+
+    async def list_subjects(self, request: web.Request) -> web.Response:
+        prefix = request.query.get("subjectPrefix", "")
+        deleted = _flag(request, "deleted")
+        with self.registry.log.lock:
+            names = self.registry.state.subject_names(deleted)
+        return _json([name for name in names if name.startswith(prefix)])
+
+    async def list_versions(self, request: web.Request) -> web.Response:
+        subject, deleted = request.match_info["subject"], _flag(request, "deleted")
+        found = await self._read(lambda: self.registry.versions(subject, deleted))
+        return _json([v.version for v in found])
+
+    async def get_version(self, request: web.Request) -> web.Response:
+        subject, raw, deleted = request.match_info["subject"], request.match_info["version"], _flag(request, "deleted")
+        return _json(await self._read(lambda: self._version_body(self.registry.version(subject, raw, deleted))))
+
+    async def get_version_schema(self, request: web.Request) -> web.Response:
+        subject, raw, deleted = request.match_info["subject"], request.match_info["version"], _flag(request, "deleted")
+        text = await self._read(lambda: self._version_body(self.registry.version(subject, raw, deleted))["schema"])
+        return web.Response(text=text, content_type=CONTENT_TYPE)
+
+    async def register(self, request: web.Request) -> web.Response:
+        subject = request.match_info["subject"]
+        candidate = await self._schema_body(request)
+        entry = await self._blocking(lambda: self.registry.register(subject, candidate))
+        return _json({"id": entry.schema_id, "version": entry.version})
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        subject, deleted = request.match_info["subject"], _flag(request, "deleted")
+        candidate = await self._schema_body(request)
+        return _json(await self._read(lambda: self._version_body(self.registry.lookup(subject, candidate, deleted))))
+
+    async def delete_subject(self, request: web.Request) -> web.Response:
+        subject, permanent = request.match_info["subject"], _flag(request, "permanent")
+        return _json(await self._blocking(lambda: self.registry.delete_subject(subject, permanent)))
+
+    async def delete_version(self, request: web.Request) -> web.Response:
+        subject, raw, permanent = request.match_info["subject"], request.match_info["version"], _flag(request, "permanent")
+        return _json(await self._blocking(lambda: self.registry.delete_version(subject, raw, permanent)))
+
+    # -- schemas by id -------------------------------------------------------------------
+
+    @staticmethod
+    def _schema_id(request: web.Request) -> int:
+        try:
+            return int(request.match_info["id"])
+        except ValueError:
+            raise errors.schema_not_found(f"Schema {request.match_info['id'][:20]!r} not found") from None
+
+    async def get_schema(self, request: web.Request) -> web.Response:
+        schema_id = self._schema_id(request)
+        return _json({"schema": (await self._read(lambda: self.registry.schema(schema_id))).text})
+
+    async def get_schema_text(self, request: web.Request) -> web.Response:
+        schema_id = self._schema_id(request)
+        text = (await self._read(lambda: self.registry.schema(schema_id))).text
+        return web.Response(text=text, content_type=CONTENT_TYPE)
+
+    def _usages(self, schema_id: int, deleted: bool) -> list[Version]:
+        self.registry.schema(schema_id)
+        return self.registry.state.usages(schema_id, deleted)
+
+    async def get_schema_subjects(self, request: web.Request) -> web.Response:
+        schema_id, deleted = self._schema_id(request), _flag(request, "deleted")
+        usages = await self._read(lambda: self._usages(schema_id, deleted))
+        return _json(sorted({v.subject for v in usages}))
+
+    async def get_schema_versions(self, request: web.Request) -> web.Response:
+        schema_id, deleted = self._schema_id(request), _flag(request, "deleted")
+        usages = await self._read(lambda: self._usages(schema_id, deleted))
+        return _json([{"subject": v.subject, "version": v.version} for v in usages])
+
+    # -- config --------------------------------------------------------------------------
+
+    async def get_config(self, request: web.Request) -> web.Response:
+        with self.registry.log.lock:
+            return _json({"compatibilityLevel": self.registry.state.level(None)})
+
+    async def get_subject_config(self, request: web.Request) -> web.Response:
+        subject = request.match_info["subject"]
+        with self.registry.log.lock:
+            level = self.registry.state.levels.get(subject)
+            if level is None and _flag(request, "defaultToGlobal"):
+                level = self.registry.state.level(None)
+        if level is None:
+            raise errors.ApiError(
+                404, errors.SUBJECT_CONFIG_NOT_FOUND,
+                f"Subject '{subject}' does not have subject-level compatibility configured",
+            )
+        return _json({"compatibilityLevel": level})
+
+    async def put_config(self, request: web.Request) -> web.Response:
+        subject = request.match_info.get("subject")
+        body = await self._body(request)
+        level = check_level(body.get("compatibility", body.get("compatibilityLevel")))
+        await self._blocking(lambda: self.registry.set_level(subject, level))
+        return _json({"compatibility": level})
+
+    async def delete_subject_config(self, request: web.Request) -> web.Response:
+        subject = request.match_info["subject"]
+        previous = await self._blocking(lambda: self.registry.delete_level(subject))
+        return _json({"compatibilityLevel": previous})
+
+    # -- compatibility -------------------------------------------------------------------
+
+    async def compatibility(self, request: web.Request) -> web.Response:
+        subject, raw = request.match_info["subject"], request.match_info.get("version")
+        candidate = await self._schema_body(request)
+        await self._blocking(self.registry.sync)
+        with self.registry.log.lock:
+            reasons = self.registry.compatibility(subject, candidate, raw)
+        body: dict[str, Any] = {"is_compatible": not reasons}
+        if _flag(request, "verbose"):
+            body["messages"] = reasons
+        return _json(body)
+
+
+def make_app(registry: SchemaRegistry) -> web.Application:
+    """The aiohttp application serving `registry`."""
+    app = web.Application(middlewares=[_errors])
+    app[REGISTRY_KEY] = registry
+    api = Api(registry)
+    app.add_routes([
+        web.get("/", api.root),
+        web.get("/schemas/types", api.schema_types),
+        web.get("/contexts", api.contexts),
+        web.get("/mode", api.mode),
+        web.get("/subjects", api.list_subjects),
+        web.post("/subjects/{subject}/versions", api.register),
+        web.get("/subjects/{subject}/versions", api.list_versions),
+        web.get("/subjects/{subject}/versions/{version}", api.get_version),
+        web.get("/subjects/{subject}/versions/{version}/schema", api.get_version_schema),
+        web.delete("/subjects/{subject}/versions/{version}", api.delete_version),
+        web.post("/subjects/{subject}", api.lookup),
+        web.delete("/subjects/{subject}", api.delete_subject),
+        web.get("/schemas/ids/{id}", api.get_schema),
+        web.get("/schemas/ids/{id}/schema", api.get_schema_text),
+        web.get("/schemas/ids/{id}/subjects", api.get_schema_subjects),
+        web.get("/schemas/ids/{id}/versions", api.get_schema_versions),
+        web.get("/config", api.get_config),
+        web.put("/config", api.put_config),
+        web.get("/config/{subject}", api.get_subject_config),
+        web.put("/config/{subject}", api.put_config),
+        web.delete("/config/{subject}", api.delete_subject_config),
+        web.post("/compatibility/subjects/{subject}/versions/{version}", api.compatibility),
+        web.post("/compatibility/subjects/{subject}/versions", api.compatibility),
+    ])
+    return app
