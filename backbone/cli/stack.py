@@ -17,7 +17,9 @@ def up() -> None:
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
     try:
-        with EmbeddedStack(settings.data_dir, broker_port=settings.broker_port) as stack:
+        with EmbeddedStack(
+            settings.data_dir, broker_port=settings.broker_port, registry_port=settings.schema_registry_port
+        ) as stack:
             console.print("[bold green]embedded stack is up[/bold green]; in another terminal:")
             for name, value in stack.environment().items():
                 console.print(f"  export {name}={value}", highlight=False)
