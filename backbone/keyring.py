@@ -1,0 +1,290 @@
+"""The keyring: per-domain HMAC keys (pseudonyms) and per-provider AES-SIV keys (reversible
+encryption), each with a key id that the tokens it makes carry, so keys rotate without breaking
+old tokens.
+
+On disk the keyring is a JSON file whose key material is wrapped, key by key, with AES-256-GCM under
+a master key (`BACKBONE_MASTER_KEY`, base64, or `BACKBONE_MASTER_KEY_FILE`); the key's metadata is
+the GCM associated data, so metadata cannot be swapped between keys. Key bytes never appear in
+reprs, logs or error messages.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from backbone.errors import KeyringError
+
+KeyKind = Literal["domain", "provider"]
+FORMAT = "backbone-keyring/1"
+MASTER_KEY_BYTES = 32
+KEY_BYTES: dict[str, int] = {"domain": 32, "provider": 64}  # HMAC-SHA256; AES-256-SIV takes 512 bits
+_CHECK = b"backbone keyring master key check"
+MASTER_KEY_HELP = (
+    "set BACKBONE_MASTER_KEY (base64 of 32 random bytes) or BACKBONE_MASTER_KEY_FILE (a file holding it); "
+    "for the embedded demo, `backbone keys init --new-master-key-file .backbone/master.key` writes one"
+)
+
+
+@dataclass(slots=True, frozen=True)
+class KeyInfo:
+    """What may be shown about a key: never its bytes."""
+
+    kind: KeyKind
+    owner: str  # the sharing domain (domain keys) or provider id (provider keys)
+    key_id: str
+    created: datetime
+    active: bool
+
+
+class _Secret:
+    """Key bytes behind a repr that never shows them."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: bytes) -> None:
+        self._value = value
+
+    def reveal(self) -> bytes:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "<secret>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:  # keys do not leave the process through pickle
+        raise TypeError("key material cannot be pickled")
+
+
+def new_master_key() -> bytes:
+    """32 random bytes for a new master key."""
+    return os.urandom(MASTER_KEY_BYTES)
+
+
+def encode_master_key(key: bytes) -> str:
+    return base64.b64encode(key).decode("ascii")
+
+
+def decode_master_key(text: str, source: str) -> bytes:
+    """Decode a base64 master key; `source` names where it came from (never the value)."""
+    try:
+        key = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise KeyringError(f"{source} is not valid base64; {MASTER_KEY_HELP}") from None
+    if len(key) != MASTER_KEY_BYTES:
+        raise KeyringError(f"{source} must decode to {MASTER_KEY_BYTES} bytes; {MASTER_KEY_HELP}")
+    return key
+
+
+def master_key_from_settings(settings: Any) -> bytes:
+    """The master key from `BACKBONE_MASTER_KEY` or `BACKBONE_MASTER_KEY_FILE`, or a clear error."""
+    if settings.master_key is not None:
+        return decode_master_key(settings.master_key.get_secret_value(), "BACKBONE_MASTER_KEY")
+    if settings.master_key_file is not None:
+        path = Path(settings.master_key_file)
+        try:
+            text = path.read_text()
+        except OSError as exc:
+            raise KeyringError(f"cannot read master key file {path} ({exc.strerror}); {MASTER_KEY_HELP}") from None
+        return decode_master_key(text, f"master key file {path}")
+    raise KeyringError(f"no master key for the keyring; {MASTER_KEY_HELP}")
+
+
+def write_master_key_file(path: Path) -> bytes:
+    """Create a new master key file readable by its owner only; refuses to overwrite one."""
+    key = new_master_key()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise KeyringError(f"master key file {path} already exists; set BACKBONE_MASTER_KEY_FILE={path} to use it") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(encode_master_key(key) + "\n")
+    return key
+
+
+class Keyring:
+    """Keys by id, with one active key per domain and per provider.
+
+    `autocreate=True` (tests, `for_tests()`) makes a key the first time an owner without one is asked
+    for; otherwise asking for a missing key raises `KeyringError` naming the fix.
+    """
+
+    def __init__(self, *, autocreate: bool = False) -> None:
+        self._infos: dict[str, KeyInfo] = {}
+        self._secrets: dict[str, _Secret] = {}
+        self._autocreate = autocreate
+
+    # construction ------------------------------------------------------------------------------
+    @classmethod
+    def generate(cls, domains: Iterable[str] = (), providers: Iterable[str] = (), *, autocreate: bool = False) -> Keyring:
+        """An in-memory keyring with a fresh key for each domain and provider."""
+        keyring = cls(autocreate=autocreate)
+        keyring.ensure(domains, providers)
+        return keyring
+
+    @classmethod
+    def for_tests(cls) -> Keyring:
+        """An in-memory keyring that creates any key it is asked for."""
+        return cls(autocreate=True)
+
+    @classmethod
+    def load(cls, path: Path, master_key: bytes) -> Keyring:
+        """Open a keyring file; a missing file or wrong master key raises `KeyringError`."""
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise KeyringError(f"keyring {path} does not exist; run `backbone keys init` (or set BACKBONE_KEYRING_PATH)") from None
+        except (OSError, json.JSONDecodeError) as exc:
+            raise KeyringError(f"keyring {path} is not a readable keyring file ({type(exc).__name__})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise KeyringError(f"keyring {path} is not a {FORMAT} file")
+        aead = AESGCM(master_key)
+        try:
+            _unwrap(aead, data["check"], b"check")
+        except (InvalidTag, KeyError, ValueError, TypeError):
+            raise KeyringError(f"the master key does not open keyring {path}; {MASTER_KEY_HELP}") from None
+        keyring = cls()
+        try:
+            for item in data["keys"]:
+                info = KeyInfo(item["kind"], item["owner"], item["key_id"], datetime.fromisoformat(item["created"]), bool(item["active"]))
+                secret = _unwrap(aead, item["material"], _associated(info))
+                keyring._add(info, secret)
+        except InvalidTag:
+            raise KeyringError(f"keyring {path} was altered: a key does not match its metadata; restore it from backup") from None
+        except (KeyError, ValueError, TypeError):
+            raise KeyringError(f"keyring {path} has a malformed key entry; restore it from backup") from None
+        return keyring
+
+    @classmethod
+    def open(cls, settings: Any) -> Keyring:
+        """The keyring named by the settings (`BACKBONE_KEYRING_PATH`, master key from env or file)."""
+        return cls.load(Path(settings.keyring_path), master_key_from_settings(settings))
+
+    def save(self, path: Path, master_key: bytes) -> None:
+        """Write the keyring, wrapped under `master_key`, atomically and owner-readable only."""
+        path = Path(path)
+        aead = AESGCM(master_key)
+        data = {
+            "format": FORMAT,
+            "cipher": "AES-256-GCM",
+            "check": _wrap(aead, _CHECK, b"check"),
+            "keys": [
+                {
+                    "kind": info.kind,
+                    "owner": info.owner,
+                    "key_id": info.key_id,
+                    "created": info.created.isoformat(),
+                    "active": info.active,
+                    "material": _wrap(aead, self._secrets[info.key_id].reveal(), _associated(info)),
+                }
+                for info in self._infos.values()
+            ],
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(path.name + ".tmp")
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2)
+        os.replace(temporary, path)
+
+    # changes -----------------------------------------------------------------------------------
+    def ensure(self, domains: Iterable[str] = (), providers: Iterable[str] = ()) -> list[KeyInfo]:
+        """Create a key for every domain and provider that has none; returns the new keys."""
+        created = []
+        for kind, owners in (("domain", domains), ("provider", providers)):
+            for owner in owners:
+                if self._active(kind, owner) is None:
+                    created.append(self._create(kind, owner))
+        return created
+
+    def rotate(self, kind: KeyKind, owner: str) -> KeyInfo:
+        """Make a new active key for `owner`; older keys stay for reading old tokens."""
+        for key_id, info in list(self._infos.items()):
+            if info.kind == kind and info.owner == owner and info.active:
+                self._infos[key_id] = replace(info, active=False)
+        return self._create(kind, owner)
+
+    # reading -----------------------------------------------------------------------------------
+    def keys(self) -> list[KeyInfo]:
+        """Metadata of every key, by kind, owner and creation."""
+        return sorted(self._infos.values(), key=lambda info: (info.kind, info.owner, _key_number(info.key_id)))
+
+    def active_key(self, kind: KeyKind, owner: str) -> tuple[str, bytes]:
+        """(key id, key bytes) of the key new tokens for `owner` use."""
+        key_id = self._active(kind, owner)
+        if key_id is None:
+            if not self._autocreate:
+                flag = "--domain" if kind == "domain" else "--provider"
+                raise KeyringError(f"the keyring has no key for {kind} {owner!r}; run `backbone keys rotate {flag} {owner}` or `backbone keys init`")
+            key_id = self._create(kind, owner).key_id
+        return key_id, self._secrets[key_id].reveal()
+
+    def key_by_id(self, kind: KeyKind, owner: str, key_id: str) -> bytes:
+        """The bytes of key `key_id`, which must belong to `owner` (old keys included)."""
+        info = self._infos.get(key_id)
+        if info is None or info.kind != kind or info.owner != owner:
+            raise KeyringError(f"key {key_id!r} is not a key of {kind} {owner!r} in this keyring")
+        return self._secrets[key_id].reveal()
+
+    def __repr__(self) -> str:
+        domains = sum(1 for info in self._infos.values() if info.kind == "domain")
+        return f"Keyring({domains} domain keys, {len(self._infos) - domains} provider keys)"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a keyring cannot be pickled; load it from its file in each process")
+
+    # internals ---------------------------------------------------------------------------------
+    def _active(self, kind: str, owner: str) -> str | None:
+        for key_id, info in self._infos.items():
+            if info.kind == kind and info.owner == owner and info.active:
+                return key_id
+        return None
+
+    def _create(self, kind: KeyKind, owner: str) -> KeyInfo:
+        if kind not in KEY_BYTES:
+            raise KeyringError(f"unknown key kind {kind!r}; expected domain or provider")
+        if not owner or not owner.replace("_", "").replace("-", "").isalnum():
+            raise KeyringError(f"invalid {kind} name {owner!r}: use letters, digits, - and _")
+        number = max((_key_number(key_id) for key_id in self._infos), default=0) + 1
+        info = KeyInfo(kind, owner, f"k{number}", datetime.now(UTC), True)
+        self._add(info, _Secret(os.urandom(KEY_BYTES[kind])))
+        return info
+
+    def _add(self, info: KeyInfo, secret: _Secret) -> None:
+        if info.key_id in self._infos:
+            raise KeyringError(f"duplicate key id {info.key_id!r} in keyring")
+        self._infos[info.key_id] = info
+        self._secrets[info.key_id] = secret
+
+
+def _key_number(key_id: str) -> int:
+    return int(key_id[1:]) if key_id[1:].isdigit() else 0
+
+
+def _associated(info: KeyInfo) -> bytes:
+    return f"{info.kind}\x00{info.owner}\x00{info.key_id}".encode()
+
+
+def _wrap(aead: AESGCM, plaintext: bytes, associated: bytes) -> str:
+    nonce = os.urandom(12)
+    return base64.b64encode(nonce + aead.encrypt(nonce, plaintext, associated)).decode("ascii")
+
+
+def _unwrap(aead: AESGCM, text: str, associated: bytes) -> _Secret:
+    raw = base64.b64decode(text)
+    return _Secret(aead.decrypt(raw[:12], raw[12:], associated))

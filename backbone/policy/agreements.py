@@ -1,0 +1,413 @@
+"""Data-sharing agreements as code: pydantic models, validated against the event schemas.
+
+One YAML file per agreement version in `agreements/`. `load_agreements(dir, catalog)` returns the
+`Charter` or raises one `AgreementError` listing every problem found (file, agreement, field, fix),
+not just the first. Nothing here runs per event: the engine compiles the charter.
+
+Rules the loader enforces beyond the pydantic model:
+- every event type exists and belongs to the agreement's provider; every listed field exists in
+  each of them and its treatment fits the field's type; header fields are never listed (they are
+  always released as-is) and `governance` is never released;
+- purposes come from the vocabulary; the CEL condition compiles and names only event fields;
+- a `PII` field is kept in clear only with `identified: true` and a legal_obligation or
+  public_task basis; `pseudonymise` needs a sharing `domain`; consent-based agreements need events
+  that name their data subject;
+- two active versions of one agreement id, or two active agreements for the same provider,
+  recipient and event type, never have overlapping validity periods (so at most one applies at
+  any time).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time
+from pathlib import Path
+from typing import Any, Literal
+
+import cel
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from backbone.catalog import Catalog, EventSchema
+from backbone.errors import AgreementError
+from backbone.policy.treatments import TreatmentMisfit, TreatmentScope, compile_treatment
+
+Status = Literal["draft", "active", "suspended", "revoked"]
+LawfulBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
+STATUSES: tuple[str, ...] = ("draft", "active", "suspended", "revoked")
+# Released to every recipient as-is, so sinks can deduplicate and order; never listed in `fields`.
+RELEASED_HEADER = ("event_id", "event_type", "occurred_at", "provider")
+GOVERNANCE = "governance"
+CLEAR_PII_BASES = frozenset({"legal_obligation", "public_task"})
+NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
+# Names a CEL macro binds (`items.exists(x, x > 1)`): allowed in conditions besides event fields.
+_MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+
+
+def _utc(value: Any) -> Any:
+    """YAML dates mean midnight UTC; naive datetimes are UTC."""
+    if isinstance(value, date) and not isinstance(value, datetime):
+        return datetime.combine(value, time(), tzinfo=UTC)
+    if isinstance(value, datetime) and value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value
+
+
+class FieldTreatment(BaseModel):
+    """One field's treatment: `keep`, or a one-key mapping such as `{generalise: year}`."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    name: str
+    params: Any = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_yaml(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"name": value}
+        if isinstance(value, dict) and len(value) == 1 and "name" not in value:
+            (name, params), = value.items()
+            return {"name": name, "params": params}
+        if isinstance(value, FieldTreatment | dict):
+            return value
+        raise ValueError("a treatment is a name (keep, pseudonymise, ...) or a one-key mapping like {generalise: year}")
+
+    def to_yaml(self) -> Any:
+        return self.name if self.params is None else {self.name: self.params}
+
+
+class Agreement(BaseModel):
+    """One version of a data-sharing agreement between a provider and a recipient."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    id: str = Field(pattern=NAME_PATTERN)
+    version: int = Field(ge=1)
+    title: str
+    description: str = ""
+    provider: str = Field(pattern=NAME_PATTERN)
+    recipient: str = Field(pattern=NAME_PATTERN)
+    event_types: tuple[str, ...] = Field(min_length=1)
+    purposes: tuple[str, ...] = Field(min_length=1)
+    lawful_basis: LawfulBasis
+    valid_from: datetime
+    valid_until: datetime | None = None
+    status: Status = "draft"
+    condition: str | None = None
+    domain: str | None = Field(None, pattern=NAME_PATTERN)
+    retention_days: int = Field(ge=1)
+    identified: bool = False
+    fields: dict[str, FieldTreatment]
+
+    _program: Any = PrivateAttr(None)
+
+    @field_validator("valid_from", "valid_until", mode="before")
+    @classmethod
+    def _dates_are_midnight_utc(cls, value: Any) -> Any:
+        return _utc(value)
+
+    @field_validator("valid_from", "valid_until")
+    @classmethod
+    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+    @model_validator(mode="after")
+    def _period_is_forward(self) -> Agreement:
+        if self.valid_until is not None and self.valid_until <= self.valid_from:
+            raise ValueError("valid_until must be after valid_from")
+        return self
+
+    @property
+    def key(self) -> str:
+        """`id@version`, how errors, the audit trail and the CLI name this agreement."""
+        return f"{self.id}@{self.version}"
+
+    @property
+    def program(self) -> Any:
+        """The compiled CEL condition (None without one); compiled once, on first use."""
+        if self.condition is None:
+            return None
+        if self._program is None:
+            self._program = cel.compile(self.condition)
+        return self._program
+
+    def valid_at(self, now: datetime) -> bool:
+        return self.valid_from <= now and (self.valid_until is None or now < self.valid_until)
+
+    def in_force_at(self, now: datetime) -> bool:
+        """Active and inside its validity period."""
+        return self.status == "active" and self.valid_at(now)
+
+    def released_names(self) -> list[str]:
+        return [name for name, treatment in self.fields.items() if treatment.name != "drop"]
+
+
+@dataclass(frozen=True)
+class Charter:
+    """Every agreement version, with the file it came from; the engine compiles it."""
+
+    catalog: Catalog
+    agreements: tuple[Agreement, ...] = ()
+    sources: Mapping[str, str] = field(default_factory=dict)
+
+    def get(self, agreement_id: str, version: int | None = None) -> Agreement:
+        """A version of an agreement (the highest when `version` is None)."""
+        versions = self.versions(agreement_id)
+        if not versions:
+            raise AgreementError(f"no agreement {agreement_id!r} in the charter")
+        if version is None:
+            return versions[-1]
+        for agreement in versions:
+            if agreement.version == version:
+                return agreement
+        raise AgreementError(f"agreement {agreement_id!r} has no version {version}; versions: {[a.version for a in versions]}")
+
+    def versions(self, agreement_id: str) -> list[Agreement]:
+        return sorted((a for a in self.agreements if a.id == agreement_id), key=lambda a: a.version)
+
+    def source(self, agreement: Agreement) -> str:
+        return self.sources.get(agreement.key, "<runtime>")
+
+    def recipients_of(self, provider: str) -> tuple[str, ...]:
+        """Every recipient named in any agreement (any status) with this provider."""
+        return tuple(sorted({a.recipient for a in self.agreements if a.provider == provider}))
+
+    def covering(self, event_type: str, recipient: str) -> list[Agreement]:
+        """Every version of every agreement sharing `event_type` with `recipient`, any status."""
+        return [a for a in self.agreements if a.recipient == recipient and event_type in a.event_types]
+
+    def domains(self) -> set[str]:
+        return {a.domain for a in self.agreements if a.domain}
+
+    def providers(self) -> set[str]:
+        return {a.provider for a in self.agreements} | {schema.provider for schema in self.catalog.events.values()}
+
+    def with_agreement(self, agreement: Agreement, source: str = "<runtime>") -> Charter:
+        """A charter with `agreement` added (or replacing the same id@version), validated."""
+        kept = tuple(a for a in self.agreements if a.key != agreement.key)
+        sources = {**self.sources, agreement.key: source}
+        charter = Charter(self.catalog, kept + (agreement,), sources)
+        charter.raise_problems()
+        return charter
+
+    def with_status(self, agreement_id: str, version: int, status: Status) -> Charter:
+        if status not in STATUSES:
+            raise AgreementError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+        current = self.get(agreement_id, version)
+        return self.with_agreement(current.model_copy(update={"status": status}), self.source(current))
+
+    def problems(self) -> list[str]:
+        """Every problem with the agreements, each naming file, agreement and field."""
+        found = []
+        for agreement in self.agreements:
+            found.extend(check_agreement(agreement, self.catalog, self.source(agreement)))
+        found.extend(_overlaps(self))
+        return found
+
+    def raise_problems(self) -> None:
+        found = self.problems()
+        if found:
+            raise AgreementError(found)
+
+
+def _where(agreement: Agreement | str, source: str) -> str:
+    name = agreement.key if isinstance(agreement, Agreement) else agreement
+    return f"agreement {name} in {source}"
+
+
+def check_agreement(agreement: Agreement, catalog: Catalog, source: str) -> list[str]:
+    """Problems with one agreement against the event schemas and the purpose vocabulary."""
+    where = _where(agreement, source)
+    problems: list[str] = []
+    schemas: list[EventSchema] = []
+    for event_type in agreement.event_types:
+        schema = catalog.events.get(event_type)
+        if schema is None:
+            problems.append(f"{where}: unknown event type {event_type!r}; known: {', '.join(sorted(catalog.events))}")
+        elif schema.provider != agreement.provider:
+            problems.append(f"{where}: event type {event_type} is published by {schema.provider}, not by provider {agreement.provider}")
+        else:
+            schemas.append(schema)
+    for purpose in agreement.purposes:
+        if purpose not in catalog.purposes:
+            problems.append(f"{where}: unknown purpose {purpose!r}; use one of {', '.join(catalog.purposes)} (schemas/purposes.yaml)")
+    if agreement.lawful_basis == "consent":
+        for schema in schemas:
+            if schema.subject_field is None:
+                problems.append(f"{where}: consent basis needs events naming their data subject, but {schema.event_type} has no subject field")
+    for name, treatment in agreement.fields.items():
+        problems.extend(_check_field(agreement, where, name, treatment, schemas))
+    problems.extend(_check_condition(agreement, where, schemas))
+    return problems
+
+
+def _check_field(agreement: Agreement, where: str, name: str, treatment: FieldTreatment, schemas: list[EventSchema]) -> list[str]:
+    if name in RELEASED_HEADER:
+        return [f"{where}: field {name} is a header field, always released as-is; remove it from fields"]
+    if name == GOVERNANCE:
+        return [f"{where}: field governance is never released (the agreement's purposes stand for it); remove it from fields"]
+    problems = []
+    scope = TreatmentScope(agreement.domain, agreement.provider, None)
+    for schema in schemas:
+        info = schema.fields.get(name)
+        if info is None:
+            payload = [f for f in schema.fields if f not in RELEASED_HEADER and f != GOVERNANCE]
+            problems.append(f"{where}: field {name} is not in {schema.event_type}; its fields: {', '.join(payload)}")
+            continue
+        try:
+            compile_treatment(treatment.name, treatment.params, info, scope)
+        except TreatmentMisfit as exc:
+            problems.append(f"{where}: field {name} ({schema.event_type}): {exc}")
+            continue
+        if treatment.name == "keep" and "PII" in info.tags:
+            if not (agreement.identified and agreement.lawful_basis in CLEAR_PII_BASES):
+                problems.append(
+                    f"{where}: field {name} is PII; keep needs identified: true and a legal_obligation or public_task basis"
+                    " (or pseudonymise, encrypt, mask or drop it)"
+                )
+        if treatment.name == "generalise" and "PII" in info.tags:
+            problems.append(f"{where}: field {name} is PII and cannot be generalised; pseudonymise, encrypt, mask or drop it")
+    return problems
+
+
+def _check_condition(agreement: Agreement, where: str, schemas: list[EventSchema]) -> list[str]:
+    if agreement.condition is None:
+        return []
+    try:
+        program = agreement.program
+    except Exception as exc:  # noqa: BLE001 - the CEL binding raises ValueError and others
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        return [f"{where}: field condition: the CEL condition does not compile ({first_line})"]
+    bound = set(_MACRO_VARIABLE.findall(agreement.condition))
+    problems = []
+    for schema in schemas:
+        unknown = [name for name in program.variables() if name not in schema.fields and name not in bound]
+        for name in unknown:
+            problems.append(f"{where}: field {name} named in the condition is not a field of {schema.event_type}")
+    return problems
+
+
+def _overlaps(charter: Charter) -> list[str]:
+    active = sorted((a for a in charter.agreements if a.status == "active"), key=lambda a: (a.id, a.version))
+    problems = []
+    for index, first in enumerate(active):
+        for second in active[index + 1:]:
+            if not _periods_overlap(first, second):
+                continue
+            where = _where(second, charter.source(second))
+            other = f"{first.key} in {charter.source(first)}"
+            if first.id == second.id:
+                problems.append(
+                    f"{where}: field valid_from: active period {_period(second)} overlaps active version {other} ({_period(first)});"
+                    " end one version before the next begins, or suspend one"
+                )
+                continue
+            shared = [t for t in second.event_types if t in first.event_types]
+            if first.provider == second.provider and first.recipient == second.recipient and shared:
+                problems.append(
+                    f"{where}: field event_types: {', '.join(shared)} to {second.recipient} is already shared by active agreement"
+                    f" {other} in an overlapping period; one agreement per provider, recipient and event type at a time"
+                )
+    return problems
+
+
+def _periods_overlap(first: Agreement, second: Agreement) -> bool:
+    first_ends_after = first.valid_until is None or second.valid_from < first.valid_until
+    second_ends_after = second.valid_until is None or first.valid_from < second.valid_until
+    return first_ends_after and second_ends_after
+
+
+def _period(agreement: Agreement) -> str:
+    until = agreement.valid_until.date().isoformat() if agreement.valid_until else "open-ended"
+    return f"{agreement.valid_from.date().isoformat()}..{until}"
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _describe_validation(error: ValidationError, where: str) -> list[str]:
+    problems = []
+    for item in error.errors():
+        location = ".".join(str(part) for part in item["loc"]) or "agreement"
+        problems.append(f"{where}: field {location}: {item['msg']}")
+    return problems
+
+
+def parse_agreement(data: Any, source: str) -> tuple[Agreement | None, list[str]]:
+    """Build an agreement from a mapping (YAML or JSON); problems name the source and id@version."""
+    if not isinstance(data, dict):
+        return None, [f"{source}: expected one agreement as a YAML mapping (id, version, title, ...)"]
+    name = f"{data.get('id', '?')}@{data.get('version', '?')}"
+    try:
+        return Agreement.model_validate(data), []
+    except ValidationError as exc:
+        return None, _describe_validation(exc, _where(name, source))
+
+
+def agreement_files(directory: Path) -> list[Path]:
+    return sorted(p for p in Path(directory).iterdir() if p.suffix in {".yaml", ".yml"} and p.is_file())
+
+
+def load_agreements(directory: Path, catalog: Catalog) -> Charter:
+    """Every agreement in `directory` (or one YAML file), validated; `AgreementError` lists all problems."""
+    directory = Path(directory)
+    if directory.is_file():
+        paths = [directory]
+    elif directory.is_dir():
+        paths = agreement_files(directory)
+    else:
+        raise AgreementError(f"agreements directory {directory} does not exist; set BACKBONE_AGREEMENTS_DIR")
+    problems: list[str] = []
+    agreements: list[Agreement] = []
+    sources: dict[str, str] = {}
+    for path in paths:
+        source = _display(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problems.append(f"{source}: not valid YAML{at} ({getattr(exc, 'problem', None) or type(exc).__name__})")
+            continue
+        except OSError as exc:
+            problems.append(f"{source}: cannot read ({exc.strerror})")
+            continue
+        agreement, found = parse_agreement(data, source)
+        problems.extend(found)
+        if agreement is None:
+            continue
+        if agreement.key in sources:
+            problems.append(f"{_where(agreement, source)}: field version: {agreement.key} is also defined in {sources[agreement.key]}; bump the version")
+            continue
+        agreements.append(agreement)
+        sources[agreement.key] = source
+    charter = Charter(catalog, tuple(agreements), sources)
+    problems.extend(charter.problems())
+    if problems:
+        raise AgreementError(problems)
+    return charter
+
+
+def default_charter() -> Charter:
+    """The charter in `BACKBONE_AGREEMENTS_DIR` against the catalog in `BACKBONE_SCHEMAS_DIR`."""
+    from backbone.catalog import default_catalog
+    from backbone.settings import get_settings
+
+    return load_agreements(get_settings().agreements_dir, default_catalog())
+
+
+def to_yaml(agreement: Agreement) -> str:
+    """YAML text of an agreement, as the files hold it (also the `agreements.changes` payload)."""
+    data = agreement.model_dump(mode="json", exclude_none=True)
+    data["fields"] = {name: treatment.to_yaml() for name, treatment in agreement.fields.items()}
+    return yaml.safe_dump(data, sort_keys=False)
+
+
+def all_event_types(agreements: Iterable[Agreement]) -> set[str]:
+    return {event_type for agreement in agreements for event_type in agreement.event_types}

@@ -1,0 +1,396 @@
+"""Policy decisions: for each event and each possible recipient, permit (with the released record)
+or deny with exactly one reason code. Fail closed: anything unexpected denies.
+
+The charter is compiled per event type into plain closures over precomputed tuples, so the hot path
+does no YAML, regex, schema or pydantic work. Runtime changes (`apply`, `set_status`) recompile the
+affected event types and swap them in with one assignment.
+
+Order of checks for (event, recipient), first failing check wins:
+
+1. `no_agreement`          no agreement (any status, any version) shares this event type with the recipient
+2. `agreement_inactive`    none of those is `active` with `valid_from <= now < valid_until`
+3. `purpose_not_permitted` an agreement purpose is missing from the event's governance purposes
+                           (also: the event's governance cannot be read)
+4. `basis_mismatch`        the agreement's lawful basis differs from the event's; a consent-based
+                           agreement also matches an event carrying a consent reference
+                           (`governance.consent_id`): the provider may hold the data on another
+                           basis while the subject consented to this sharing
+5. `consent_missing`       consent basis: no consent record for the subject and a purpose
+                           (also: the subject is empty, or the consent look-up raises)
+   `consent_withdrawn`     consent basis: the latest record for a purpose is a withdrawal
+6. `condition_false`       the CEL condition is not `true` (also: it raises or is not a boolean;
+                           and the transform raises on an unexpected value)
+
+Possible recipients of an event are every recipient named in any agreement of the event's provider.
+The loader guarantees at most one active agreement per (provider, recipient, event type) at any
+time, so "the agreement valid at `now`" is always unique.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, time
+from typing import Any, Literal, Protocol
+
+from backbone.catalog import EventSchema
+from backbone.errors import AgreementError
+from backbone.keyring import Keyring
+from backbone.policy.agreements import RELEASED_HEADER, Agreement, Charter, Status, parse_agreement
+from backbone.policy.pseudonym import encrypt_function, token_function
+from backbone.policy.treatments import TreatmentScope, base_type, compile_treatment, type_kind
+
+NO_AGREEMENT = "no_agreement"
+AGREEMENT_INACTIVE = "agreement_inactive"
+PURPOSE_NOT_PERMITTED = "purpose_not_permitted"
+BASIS_MISMATCH = "basis_mismatch"
+CONSENT_MISSING = "consent_missing"
+CONSENT_WITHDRAWN = "consent_withdrawn"
+CONDITION_FALSE = "condition_false"
+REASONS: tuple[str, ...] = (
+    NO_AGREEMENT,
+    AGREEMENT_INACTIVE,
+    PURPOSE_NOT_PERMITTED,
+    BASIS_MISMATCH,
+    CONSENT_MISSING,
+    CONSENT_WITHDRAWN,
+    CONDITION_FALSE,
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Decision:
+    """The outcome for one (event, recipient). `record` and `released_fields` only on permit."""
+
+    recipient: str
+    agreement_id: str | None
+    agreement_version: int | None
+    permitted: bool
+    reason: str | None  # None when permitted, else exactly one of REASONS
+    record: dict | None
+    released_fields: tuple[str, ...]
+    purposes: tuple[str, ...]
+    key_ids: tuple[str, ...]
+
+
+@dataclass(slots=True, frozen=True)
+class ConsentRecord:
+    """The latest consent change of one subject for one purpose."""
+
+    status: Literal["granted", "withdrawn"]
+    at: datetime
+
+
+class ConsentState(Protocol):
+    """Consent look-up by the raw subject id (the event's subject field) and purpose."""
+
+    def get(self, subject: str, purpose: str) -> ConsentRecord | None: ...
+
+
+class NoConsent:
+    """A consent state with no records: every consent-based agreement denies `consent_missing`."""
+
+    def get(self, subject: str, purpose: str) -> ConsentRecord | None:
+        return None
+
+
+class DictConsent:
+    """Consent records in a dict keyed by (subject, purpose); the processor's table works alike."""
+
+    def __init__(self, records: Mapping[tuple[str, str], ConsentRecord] | None = None) -> None:
+        self.records: dict[tuple[str, str], ConsentRecord] = dict(records or {})
+
+    def get(self, subject: str, purpose: str) -> ConsentRecord | None:
+        return self.records.get((subject, purpose))
+
+    def set(self, subject: str, purpose: str, status: Literal["granted", "withdrawn"], at: datetime) -> None:
+        self.records[(subject, purpose)] = ConsentRecord(status, at)
+
+
+class KeyringKeys:
+    """Keyed functions from a keyring, made once per domain and provider."""
+
+    def __init__(self, keyring: Keyring) -> None:
+        self.keyring = keyring
+        self._made: dict[tuple[str, str], tuple[Callable[[Any], str], str]] = {}
+
+    def pseudonymiser(self, domain: str) -> tuple[Callable[[Any], str], str]:
+        if ("domain", domain) not in self._made:
+            self._made[("domain", domain)] = token_function(self.keyring, domain)
+        return self._made[("domain", domain)]
+
+    def encryptor(self, provider: str) -> tuple[Callable[[Any], str], str]:
+        if ("provider", provider) not in self._made:
+            self._made[("provider", provider)] = encrypt_function(self.keyring, provider)
+        return self._made[("provider", provider)]
+
+
+Decide = Callable[[dict, ConsentState, datetime], Decision]
+
+
+@dataclass(slots=True, frozen=True)
+class _Release:
+    """An agreement compiled for one event type: released field plan and output schema fields."""
+
+    agreement: Agreement
+    plan: tuple[tuple[str, Callable[[Any], Any] | None], ...]
+    released_fields: tuple[str, ...]
+    key_ids: tuple[str, ...]
+    schema_fields: tuple[dict[str, Any], ...]
+
+
+def _cel_value(kind: str) -> Callable[[Any], Any] | None:
+    # CEL has timestamps but no dates: a date becomes midnight UTC of that day.
+    if kind == "date":
+        return lambda value: None if value is None else datetime.combine(value, time(), tzinfo=UTC)
+    return None
+
+
+def _compile_release(agreement: Agreement, schema: EventSchema, keys: KeyringKeys) -> _Release:
+    scope = TreatmentScope(agreement.domain, agreement.provider, keys)
+    plan: list[tuple[str, Callable[[Any], Any] | None]] = []
+    key_ids: list[str] = []
+    schema_fields: list[dict[str, Any]] = [copy.deepcopy(_avro_field(schema, name)) for name in RELEASED_HEADER]
+    for name, info in schema.fields.items():  # schema order: stable record and schema layout
+        treatment = agreement.fields.get(name)
+        if treatment is None:
+            continue
+        compiled = compile_treatment(treatment.name, treatment.params, info, scope)
+        if not compiled.released:
+            continue
+        plan.append((name, compiled.apply))
+        if compiled.key_id and compiled.key_id not in key_ids:
+            key_ids.append(compiled.key_id)
+        avro_type = ["null", compiled.avro_type] if info.nullable else compiled.avro_type
+        entry: dict[str, Any] = {"name": name, "type": avro_type, "doc": f"{info.doc} [{treatment.name}: {compiled.description}]"}
+        if info.nullable:
+            entry["default"] = None
+        if treatment.name == "keep" and info.tags:
+            entry["confluent:tags"] = sorted(info.tags)
+        entry["backbone:treatment"] = treatment.name
+        schema_fields.append(entry)
+    released = RELEASED_HEADER + tuple(name for name, _ in plan)
+    return _Release(agreement, tuple(plan), released, tuple(key_ids), tuple(schema_fields))
+
+
+def _avro_field(schema: EventSchema, name: str) -> dict[str, Any]:
+    for entry in schema.avro["fields"]:
+        if entry["name"] == name:
+            return entry
+    raise KeyError(name)
+
+
+def _deny(recipient: str, agreement: Agreement | None, reason: str) -> Decision:
+    if agreement is None:
+        return Decision(recipient, None, None, False, reason, None, (), (), ())
+    return Decision(recipient, agreement.id, agreement.version, False, reason, None, (), agreement.purposes, ())
+
+
+def _compile_agreement(recipient: str, release: _Release, schema: EventSchema) -> Decide:
+    """The checks after "is an agreement in force", as one closure for one event type."""
+    agreement = release.agreement
+    agreement_id, version = agreement.id, agreement.version
+    purposes = agreement.purposes
+    basis = agreement.lawful_basis
+    needs_consent = basis == "consent"
+    subject_field = schema.subject_field
+    program = agreement.program
+    condition_inputs = tuple(
+        (name, _cel_value(type_kind(base_type(schema.fields[name])))) for name in (program.variables() if program else ())
+        if name in schema.fields
+    )
+    header = RELEASED_HEADER
+    plan = release.plan
+    released_fields = release.released_fields
+    key_ids = release.key_ids
+    denied = {reason: _deny(recipient, agreement, reason) for reason in REASONS}
+    purpose_denied = denied[PURPOSE_NOT_PERMITTED]
+    basis_denied = denied[BASIS_MISMATCH]
+    consent_missing = denied[CONSENT_MISSING]
+    consent_withdrawn = denied[CONSENT_WITHDRAWN]
+    condition_denied = denied[CONDITION_FALSE]
+
+    def decide(event: dict, consent: ConsentState, now: datetime) -> Decision:
+        try:
+            governance = event["governance"]
+            permitted = governance["purposes"]
+            for purpose in purposes:
+                if purpose not in permitted:
+                    return purpose_denied
+            if governance["lawful_basis"] != basis and not (needs_consent and governance["consent_id"]):
+                return basis_denied
+        except Exception:  # noqa: BLE001 - unreadable governance permits nothing
+            return purpose_denied
+        if needs_consent:
+            try:
+                subject = event[subject_field]
+                if not subject:
+                    return consent_missing
+                for purpose in purposes:
+                    record = consent.get(subject, purpose)
+                    if record is None:
+                        return consent_missing
+                    if record.status != "granted":
+                        return consent_withdrawn
+            except Exception:  # noqa: BLE001 - a consent store failure never releases data
+                return consent_missing
+        try:
+            if program is not None:
+                context = {
+                    name: (event[name] if convert is None else convert(event[name])) for name, convert in condition_inputs
+                }
+                if program.execute(context) is not True:
+                    return condition_denied
+            record = {name: event[name] for name in header}
+            for name, apply in plan:
+                value = event[name]
+                record[name] = value if apply is None or value is None else apply(value)
+        except Exception:  # noqa: BLE001 - fail closed, documented as condition_false
+            return condition_denied
+        return Decision(recipient, agreement_id, version, True, None, record, released_fields, purposes, key_ids)
+
+    return decide
+
+
+def _compile_recipient(recipient: str, covering: list[Agreement], schema: EventSchema, keys: KeyringKeys) -> tuple[Decide, dict[str, _Release]]:
+    if not covering:
+        no_agreement = _deny(recipient, None, NO_AGREEMENT)
+        return (lambda event, consent, now: no_agreement), {}
+    latest = max(covering, key=lambda a: (a.version, a.valid_from))
+    inactive = _deny(recipient, latest, AGREEMENT_INACTIVE)
+    releases: dict[str, _Release] = {}
+    windows = []
+    for agreement in sorted(covering, key=lambda a: a.valid_from):
+        release = _compile_release(agreement, schema, keys)
+        releases[agreement.key] = release
+        if agreement.status == "active":
+            windows.append((agreement.valid_from, agreement.valid_until, _compile_agreement(recipient, release, schema)))
+    windows_in_force = tuple(windows)
+
+    def decide(event: dict, consent: ConsentState, now: datetime) -> Decision:
+        for valid_from, valid_until, decide_agreement in windows_in_force:
+            if valid_from <= now and (valid_until is None or now < valid_until):
+                return decide_agreement(event, consent, now)
+        return inactive
+
+    return decide, releases
+
+
+@dataclass(slots=True, frozen=True)
+class _EventPlan:
+    recipients: tuple[str, ...]
+    deciders: tuple[Decide, ...]
+    releases: Mapping[str, _Release]  # agreement key -> compiled release for this event type
+
+
+class PolicyEngine:
+    """Decides and transforms events for every possible recipient, from a compiled charter.
+
+    Construction compiles every event type of the catalog; a missing key raises `KeyringError`
+    then, at start-up, never per event.
+    """
+
+    def __init__(self, charter: Charter, keyring: Keyring) -> None:
+        self._charter = charter
+        self._keys = KeyringKeys(keyring)
+        self._plans: dict[str, _EventPlan] = {
+            event_type: self._compile_event(charter, event_type) for event_type in charter.catalog.events
+        }
+
+    @property
+    def charter(self) -> Charter:
+        return self._charter
+
+    def decide(self, event: dict, consent: ConsentState, now: datetime) -> list[Decision]:
+        """One decision per possible recipient of `event` (empty for an unknown event type)."""
+        plan = self._plans.get(event.get("event_type"))  # type: ignore[arg-type]
+        if plan is None:
+            return []
+        if now.tzinfo is None:
+            now = now.replace(tzinfo=UTC)
+        return [decide(event, consent, now) for decide in plan.deciders]
+
+    def recipients_for(self, event_type: str) -> tuple[str, ...]:
+        plan = self._plans.get(event_type)
+        return plan.recipients if plan else ()
+
+    def recipient_schema(self, agreement_id: str, event_type: str | None = None, version: int | None = None) -> dict[str, Any]:
+        """Avro schema of the records an agreement releases for one of its event types.
+
+        `event_type` may be left out when the agreement names one; `version` defaults to the
+        version in force now, else the highest. Namespace `backbone.shared.<recipient>.<provider>`.
+        """
+        agreement = self._pick_version(agreement_id, version)
+        if event_type is None:
+            if len(agreement.event_types) != 1:
+                raise AgreementError(f"agreement {agreement.key} shares {', '.join(agreement.event_types)}; name the event type")
+            event_type = agreement.event_types[0]
+        if event_type not in agreement.event_types:
+            raise AgreementError(f"agreement {agreement.key} does not share {event_type}")
+        release = self._plans[event_type].releases[agreement.key]
+        schema = self._charter.catalog.events[event_type]
+        return {
+            "type": "record",
+            "name": schema.avro["name"],
+            "namespace": _namespace("backbone", "shared", agreement.recipient, agreement.provider),
+            "doc": f"{event_type} as released to {agreement.recipient} under agreement {agreement.key}",
+            "fields": [copy.deepcopy(entry) for entry in release.schema_fields],
+        }
+
+    def released_fields(self, agreement_id: str, event_type: str, version: int | None = None) -> tuple[str, ...]:
+        agreement = self._pick_version(agreement_id, version)
+        return self._plans[event_type].releases[agreement.key].released_fields
+
+    def apply(self, agreement: Agreement | Mapping[str, Any], source: str = "agreements.changes") -> Agreement:
+        """Add or replace an agreement version at runtime (validated; `AgreementError` if not)."""
+        if not isinstance(agreement, Agreement):
+            parsed, problems = parse_agreement(dict(agreement), source)
+            if parsed is None:
+                raise AgreementError(problems)
+            agreement = parsed
+        previous = [a for a in self._charter.agreements if a.id == agreement.id]
+        self._swap(self._charter.with_agreement(agreement, source), [agreement, *previous])
+        return agreement
+
+    def set_status(self, agreement_id: str, version: int, status: Status) -> Agreement:
+        """Suspend, revoke or (re)activate one agreement version at runtime."""
+        charter = self._charter.with_status(agreement_id, version, status)
+        changed = charter.get(agreement_id, version)
+        self._swap(charter, [changed])
+        return changed
+
+    def _swap(self, charter: Charter, touched: list[Agreement]) -> None:
+        providers = {a.provider for a in touched}
+        event_types = [t for t, s in charter.catalog.events.items() if s.provider in providers]
+        plans = dict(self._plans)
+        for event_type in event_types:
+            plans[event_type] = self._compile_event(charter, event_type)
+        # one assignment each: a concurrent decide() sees the old or the new charter, never a mix
+        self._plans = plans
+        self._charter = charter
+
+    def _pick_version(self, agreement_id: str, version: int | None) -> Agreement:
+        if version is not None:
+            return self._charter.get(agreement_id, version)
+        now = datetime.now(UTC)
+        for agreement in reversed(self._charter.versions(agreement_id)):
+            if agreement.in_force_at(now):
+                return agreement
+        return self._charter.get(agreement_id)
+
+    def _compile_event(self, charter: Charter, event_type: str) -> _EventPlan:
+        schema = charter.catalog.events[event_type]
+        recipients = charter.recipients_of(schema.provider)
+        deciders = []
+        releases: dict[str, _Release] = {}
+        for recipient in recipients:
+            decide, compiled = _compile_recipient(recipient, charter.covering(event_type, recipient), schema, self._keys)
+            deciders.append(decide)
+            releases.update(compiled)
+        return _EventPlan(recipients, tuple(deciders), releases)
+
+
+def _namespace(*parts: str) -> str:
+    return ".".join(part.replace("-", "_") for part in parts)
+
