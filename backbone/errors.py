@@ -72,3 +72,23 @@ class RegistryUnavailable(RegistryError):
 
 class SchemaIncompatible(RegistryError):
     """A schema breaks the subject's compatibility level."""
+
+
+class AgreementError(BackboneError):
+    """One or more agreements are invalid; `problems` lists each (file, agreement, field, fix)."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        if len(self.problems) == 1:
+            message = self.problems[0]
+        else:
+            message = f"{len(self.problems)} problems in agreements:\n" + "\n".join(f"  - {p}" for p in self.problems)
+        super().__init__(message)
+
+
+class KeyringError(BackboneError):
+    """The keyring or its master key is missing, wrong or lacks a key; never carries key material."""
+
+
+class ReidentifyError(BackboneError):
+    """A token could not be reversed (unknown key id, wrong provider, tampered token)."""
