@@ -155,7 +155,10 @@ class Keyring:
         try:
             _unwrap(aead, data["check"], b"check")
         except (InvalidTag, KeyError, ValueError, TypeError):
-            raise KeyringError(f"the master key does not open keyring {path}; {MASTER_KEY_HELP}") from None
+            raise KeyringError(
+                f"the master key does not open keyring {path}: set BACKBONE_MASTER_KEY or BACKBONE_MASTER_KEY_FILE"
+                " to the master key it was created with"
+            ) from None
         keyring = cls()
         try:
             for item in data["keys"]:
@@ -288,3 +291,25 @@ def _wrap(aead: AESGCM, plaintext: bytes, associated: bytes) -> str:
 def _unwrap(aead: AESGCM, text: str, associated: bytes) -> _Secret:
     raw = base64.b64decode(text)
     return _Secret(aead.decrypt(raw[:12], raw[12:], associated))
+
+
+def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome: str, reason: str | None = None) -> Path:
+    """Append one line to `<data dir>/reidentify.log`: when, which provider key, who, outcome.
+
+    Never the token or the value: the log says that someone looked, not what they saw.
+    """
+    path = Path(data_dir) / "reidentify.log"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {
+        "time": datetime.now(UTC).isoformat(),
+        "provider": provider,
+        "key_id": key_id,
+        "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown",
+        "outcome": outcome,
+    }
+    if reason:
+        entry["reason"] = reason
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a") as handle:
+        handle.write(json.dumps(entry) + "\n")
+    return path

@@ -1,0 +1,114 @@
+"""`backbone keys init|list|rotate|reidentify`. Key bytes are never printed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from backbone.cli import app, console
+from backbone.errors import KeyringError, ReidentifyError
+from backbone.keyring import (
+    KeyInfo,
+    Keyring,
+    master_key_from_settings,
+    record_reidentification,
+    write_master_key_file,
+)
+from backbone.policy.pseudonym import reidentify as reidentify_token
+from backbone.policy.pseudonym import token_key_id
+from backbone.settings import get_settings
+
+keys_app = typer.Typer(help="The keyring: pseudonym and encryption keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+# The audit trail pseudonymises subjects in this domain, beside the charter's own domains.
+BUILT_IN_DOMAINS = ("oversight",)
+
+
+def _table(infos: list[KeyInfo]) -> Table:
+    table = Table("kind", "domain / provider", "key id", "created", "active")
+    for info in infos:
+        table.add_row(info.kind, info.owner, info.key_id, info.created.strftime("%Y-%m-%d %H:%M:%S UTC"), "yes" if info.active else "no (reading only)")
+    return table
+
+
+@keys_app.command("init")
+def init(
+    new_master_key_file: Path = typer.Option(
+        None, "--new-master-key-file", help="Write a new master key to this file when none is configured (embedded demo)"
+    ),
+    domain: list[str] = typer.Option([], "--domain", help="Extra sharing domain to create a key for (repeatable)"),
+    provider: list[str] = typer.Option([], "--provider", help="Extra provider to create a key for (repeatable)"),
+) -> None:
+    """Create the keyring (or add missing keys): one key per sharing domain and per provider."""
+    from backbone.policy.agreements import default_charter
+
+    settings = get_settings()
+    try:
+        master_key = master_key_from_settings(settings)
+    except KeyringError:
+        if new_master_key_file is None or settings.master_key is not None or settings.master_key_file is not None:
+            raise
+        master_key = write_master_key_file(new_master_key_file)
+        console.print(f"wrote a new master key to {new_master_key_file}; set BACKBONE_MASTER_KEY_FILE={new_master_key_file} for every backbone process")
+    path = Path(settings.keyring_path)
+    keyring = Keyring.load(path, master_key) if path.exists() else Keyring()
+    charter = default_charter()
+    created = keyring.ensure(
+        sorted(charter.domains() | set(BUILT_IN_DOMAINS) | set(domain)),
+        sorted(charter.providers() | set(provider)),
+    )
+    keyring.save(path, master_key)
+    if created:
+        console.print(f"keyring {path}: created {len(created)} keys")
+        console.print(_table(created))
+    else:
+        console.print(f"keyring {path}: every domain and provider already has a key")
+
+
+@keys_app.command("list")
+def list_keys() -> None:
+    """Domains and providers with their key ids, creation time and which key is active."""
+    settings = get_settings()
+    keyring = Keyring.open(settings)
+    console.print(_table(keyring.keys()))
+
+
+@keys_app.command("rotate")
+def rotate(
+    domain: str = typer.Option(None, "--domain", help="Sharing domain whose pseudonym key to rotate"),
+    provider: str = typer.Option(None, "--provider", help="Provider whose encryption key to rotate"),
+) -> None:
+    """New tokens use a new key; old keys stay for reading (reidentifying) old tokens."""
+    if (domain is None) == (provider is None):
+        raise typer.BadParameter("give exactly one of --domain or --provider")
+    settings = get_settings()
+    master_key = master_key_from_settings(settings)
+    keyring = Keyring.load(Path(settings.keyring_path), master_key)
+    info = keyring.rotate("domain", domain) if domain else keyring.rotate("provider", provider)
+    keyring.save(Path(settings.keyring_path), master_key)
+    console.print(f"new active key {info.key_id} for {info.kind} {info.owner}; older keys kept for reading. Restart processors to use it.")
+    if domain:
+        console.print("note: pseudonyms made with the new key differ from earlier ones in this domain")
+
+
+@keys_app.command("reidentify")
+def reidentify(
+    token: str = typer.Argument(..., help="A token made by the `encrypt` treatment, e.g. k4.AbC..."),
+    provider: str = typer.Option(..., "--provider", help="Provider whose key made the token"),
+    reason: str = typer.Option(None, "--reason", help="Why (recorded in the reidentification log)"),
+) -> None:
+    """Reverse an `encrypt` token with the provider's key. Every use is logged (who, when, which key)."""
+    settings = get_settings()
+    keyring = Keyring.open(settings)
+    key_id = token_key_id(token)
+    try:
+        value = reidentify_token(provider, token, keyring=keyring)
+    except ReidentifyError:
+        record_reidentification(settings.data_dir, provider, key_id, "refused", reason)
+        raise
+    log = record_reidentification(settings.data_dir, provider, key_id, "revealed", reason)
+    console.print(value, highlight=False, markup=False)
+    console.print(f"(recorded in {log})", style="dim", highlight=False)
