@@ -61,6 +61,9 @@ class Settings(BaseSettings):
     keyring_path: Path | None = Field(None, description="Encrypted keyring file (default <data dir>/keyring.json)")
     master_key: SecretStr | None = Field(None, description="Master key that encrypts the keyring (base64)")
     master_key_file: Path | None = None
+    subject_key_secret: SecretStr | None = Field(
+        None, description="HMAC secret for the keyed hash of subject ids in topic keys (default: <data dir>/subject-key.secret)"
+    )
     schemas_dir: Path = PROJECT_ROOT / "schemas"
     agreements_dir: Path = PROJECT_ROOT / "agreements"
 
