@@ -31,7 +31,7 @@ def validate(path: Path = typer.Argument(None, help="Agreements directory or one
         err_console.print(f"[red]{len(exc.problems)} problem(s):[/red]", highlight=False)
         for problem in exc.problems:
             err_console.print(f"  - {problem}", highlight=False, soft_wrap=True, markup=False)
-        raise typer.Exit(1) from None
+        raise SystemExit(1) from None  # main() runs typer with standalone_mode=False: Exit would be swallowed
     where = path or get_settings().agreements_dir
     console.print(f"[green]ok[/green]: {len(charter.agreements)} agreement versions in {where} are valid", highlight=False)
 
