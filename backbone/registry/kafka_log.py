@@ -71,7 +71,8 @@ class SchemaLog:
         assert self._consumer is not None
         while not self._stop.is_set():
             try:
-                messages = self._consumer.consume(500, 0.2)
+                first = self._consumer.poll(0.2)  # returns at the first record, unlike consume()
+                messages = [first, *self._consumer.consume(499, 0)] if first is not None else []
             except Exception as exc:  # noqa: BLE001 - keep reading; writers time out with a store error
                 self._reader_error = str(exc)
                 time.sleep(0.2)

@@ -1,0 +1,309 @@
+"""The schema registry process on the real broker: the Confluent REST API, compatibility levels,
+persistence in its topic across restarts, and agreement between two processes."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+import requests
+
+from backbone.embedded import EmbeddedRegistry
+from backbone.registry.compatibility import LEVELS, incompatibilities, parse_avro
+
+CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
+
+
+def record(name: str, *fields: dict) -> dict:
+    return {"type": "record", "name": name, "namespace": "test", "fields": list(fields)}
+
+
+A = {"name": "a", "type": "int"}
+A_STRING = {"name": "a", "type": "string"}
+B_DEFAULT = {"name": "b", "type": "string", "default": "x"}
+B = {"name": "b", "type": "string"}
+RENAMED = {"name": "renamed", "type": "int"}
+
+
+class Registry:
+    """A thin HTTP client for the tests: returns (status, JSON body)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+
+    def call(self, method: str, path: str, body: object | None = None, raw: str | None = None) -> tuple[int, object]:
+        data = raw if raw is not None else (json.dumps(body) if body is not None else None)
+        answer = requests.request(method, self.url + path, data=data, headers={"Content-Type": CONTENT_TYPE}, timeout=15)
+        assert answer.headers["Content-Type"].startswith(CONTENT_TYPE)
+        return answer.status_code, answer.json()
+
+    def register(self, subject: str, schema: dict) -> tuple[int, object]:
+        return self.call("POST", f"/subjects/{subject}/versions", {"schema": json.dumps(schema)})
+
+    def schema_id(self, subject: str, schema: dict) -> int:
+        status, body = self.register(subject, schema)
+        assert status == 200, body
+        return body["id"]  # type: ignore[index]
+
+
+@pytest.fixture(scope="module")
+def registry(schema_registry_url: str) -> Registry:
+    return Registry(schema_registry_url)
+
+
+@pytest.fixture
+def subject(unique: str) -> str:
+    return f"raw.test.{unique}-value"
+
+
+# -- compatibility levels (the checker, no I/O) ------------------------------------------------
+
+EVOLUTIONS = {
+    # name: (old, new, {level prefix: compatible})
+    "added field with default": (record("R", A), record("R", A, B_DEFAULT), {"BACKWARD": True, "FORWARD": True, "FULL": True}),
+    "removed field": (record("R", A, B), record("R", A), {"BACKWARD": True, "FORWARD": False, "FULL": False}),
+    "changed type": (record("R", A), record("R", A_STRING), {"BACKWARD": False, "FORWARD": False, "FULL": False}),
+    "renamed without alias": (record("R", A), record("R", RENAMED), {"BACKWARD": False, "FORWARD": False, "FULL": False}),
+}
+
+
+@pytest.mark.parametrize("level", LEVELS)
+@pytest.mark.parametrize("evolution", EVOLUTIONS)
+def test_each_level_accepts_or_refuses_each_evolution(level: str, evolution: str) -> None:
+    old, new, verdicts = EVOLUTIONS[evolution]
+    expected = True if level == "NONE" else verdicts[level.removesuffix("_TRANSITIVE")]
+    reasons = incompatibilities(parse_avro(json.dumps(new)).parsed(), [(1, parse_avro(json.dumps(old)).parsed())], level)
+    assert (not reasons) is expected, reasons
+
+
+def test_transitive_levels_check_every_version_not_only_the_latest() -> None:
+    v1, v2, v3 = record("R", A), record("R", A, B_DEFAULT), record("R", A, B)
+    history = [(1, parse_avro(json.dumps(v1)).parsed()), (2, parse_avro(json.dumps(v2)).parsed())]
+    candidate = parse_avro(json.dumps(v3)).parsed()
+    assert incompatibilities(candidate, history, "BACKWARD") == []
+    reasons = incompatibilities(candidate, history, "BACKWARD_TRANSITIVE")
+    assert len(reasons) == 1 and reasons[0].startswith("version 1")
+
+
+# -- the REST API ------------------------------------------------------------------------------
+
+def test_same_schema_gets_the_same_id_in_any_subject(registry: Registry, subject: str) -> None:
+    schema = record("Same", A)
+    first = registry.schema_id(subject, schema)
+    assert registry.schema_id(subject, schema) == first
+    # Key order and whitespace do not make another schema.
+    reordered = json.loads(json.dumps(schema, sort_keys=True))
+    assert registry.schema_id(subject + "-other", reordered) == first
+    assert registry.call("GET", f"/subjects/{subject}/versions")[1] == [1]
+    assert registry.schema_id(subject + "-third", record("Different", A)) != first
+
+
+def test_versions_are_listed_and_served_by_number_and_latest(registry: Registry, subject: str) -> None:
+    v1, v2 = record("R", A), record("R", A, B_DEFAULT)
+    id1, id2 = registry.schema_id(subject, v1), registry.schema_id(subject, v2)
+
+    assert subject in registry.call("GET", "/subjects")[1]  # type: ignore[operator]
+    assert registry.call("GET", f"/subjects/{subject}/versions") == (200, [1, 2])
+    status, latest = registry.call("GET", f"/subjects/{subject}/versions/latest")
+    assert status == 200 and latest["version"] == 2 and latest["id"] == id2  # type: ignore[index]
+    assert json.loads(latest["schema"]) == v2  # type: ignore[index]
+    assert registry.call("GET", f"/subjects/{subject}/versions/1")[1]["id"] == id1  # type: ignore[index]
+    assert registry.call("GET", f"/subjects/{subject}/versions/1/schema") == (200, v1)
+    assert registry.call("GET", f"/schemas/ids/{id1}/schema") == (200, v1)
+    assert json.loads(registry.call("GET", f"/schemas/ids/{id2}")[1]["schema"]) == v2  # type: ignore[index]
+    assert registry.call("GET", f"/schemas/ids/{id2}/subjects") == (200, [subject])
+    assert registry.call("GET", f"/schemas/ids/{id2}/versions") == (200, [{"subject": subject, "version": 2}])
+    assert registry.call("GET", "/schemas/types") == (200, ["AVRO"])
+
+
+def test_lookup_finds_a_registered_schema_and_only_that(registry: Registry, subject: str) -> None:
+    schema = record("R", A)
+    schema_id = registry.schema_id(subject, schema)
+    status, found = registry.call("POST", f"/subjects/{subject}", {"schema": json.dumps(schema)})
+    assert status == 200 and (found["id"], found["version"], found["subject"]) == (schema_id, 1, subject)  # type: ignore[index]
+    status, body = registry.call("POST", f"/subjects/{subject}", {"schema": json.dumps(record("Other", A))})
+    assert (status, body["error_code"]) == (404, 40403)  # type: ignore[index]
+
+
+def test_incompatible_registration_is_refused_with_409(registry: Registry, subject: str) -> None:
+    registry.schema_id(subject, record("R", A))
+    status, body = registry.register(subject, record("R", A_STRING))
+    assert status == 409 and body["error_code"] == 409  # type: ignore[index]
+    assert registry.call("GET", f"/subjects/{subject}/versions")[1] == [1]
+
+
+def test_compatibility_endpoint_gives_the_verdict_and_reasons(registry: Registry, subject: str) -> None:
+    registry.schema_id(subject, record("R", A))
+    path = f"/compatibility/subjects/{subject}/versions/latest?verbose=true"
+    status, body = registry.call("POST", path, {"schema": json.dumps(record("R", RENAMED))})
+    assert status == 200 and body["is_compatible"] is False  # type: ignore[index]
+    assert any("renamed" in message for message in body["messages"])  # type: ignore[index]
+    assert registry.call("POST", path, {"schema": json.dumps(record("R", A, B_DEFAULT))})[1] == {
+        "is_compatible": True, "messages": []
+    }
+
+
+def test_subject_level_overrides_the_global_level(registry: Registry, subject: str) -> None:
+    registry.schema_id(subject, record("R", A, B))
+    assert registry.call("GET", "/config")[1] == {"compatibilityLevel": "BACKWARD"}
+    assert registry.call("GET", f"/config/{subject}")[1]["error_code"] == 40408  # type: ignore[index]
+    assert registry.call("PUT", f"/config/{subject}", {"compatibility": "FORWARD"}) == (200, {"compatibility": "FORWARD"})
+    assert registry.call("GET", f"/config/{subject}") == (200, {"compatibilityLevel": "FORWARD"})
+
+    assert registry.register(subject, record("R", A))[0] == 409  # removing b breaks FORWARD
+    assert registry.call("PUT", f"/config/{subject}", {"compatibility": "NONE"})[0] == 200
+    assert registry.register(subject, record("R", A_STRING))[0] == 200
+    assert registry.call("DELETE", f"/config/{subject}") == (200, {"compatibilityLevel": "NONE"})
+    assert registry.call("GET", f"/config/{subject}?defaultToGlobal=true") == (200, {"compatibilityLevel": "BACKWARD"})
+
+
+def test_unknown_compatibility_level_is_42203(registry: Registry, subject: str) -> None:
+    status, body = registry.call("PUT", f"/config/{subject}", {"compatibility": "SIDEWAYS"})
+    assert (status, body["error_code"]) == (422, 42203)  # type: ignore[index]
+
+
+def test_soft_and_permanent_deletes(registry: Registry, subject: str, unique: str) -> None:
+    name = f"Deleted{unique}"  # a schema no other test registers, so deleting this subject removes it
+    v1 = registry.schema_id(subject, record(name, A))
+    registry.schema_id(subject, record(name, A, B_DEFAULT))
+
+    assert registry.call("DELETE", f"/subjects/{subject}/versions/2?permanent=true")[1]["error_code"] == 40407  # type: ignore[index]
+    assert registry.call("DELETE", f"/subjects/{subject}/versions/2") == (200, 2)
+    assert registry.call("GET", f"/subjects/{subject}/versions") == (200, [1])
+    assert registry.call("GET", f"/subjects/{subject}/versions?deleted=true") == (200, [1, 2])
+    assert registry.call("DELETE", f"/subjects/{subject}/versions/2?permanent=true") == (200, 2)
+    assert registry.call("GET", f"/subjects/{subject}/versions?deleted=true") == (200, [1])
+
+    assert registry.call("DELETE", f"/subjects/{subject}?permanent=true")[1]["error_code"] == 40405  # type: ignore[index]
+    assert registry.call("DELETE", f"/subjects/{subject}") == (200, [1])
+    assert subject not in registry.call("GET", "/subjects")[1]  # type: ignore[operator]
+    assert subject in registry.call("GET", "/subjects?deleted=true")[1]  # type: ignore[operator]
+    assert registry.call("GET", f"/subjects/{subject}/versions/1?deleted=true")[1]["id"] == v1  # type: ignore[index]
+    assert registry.call("DELETE", f"/subjects/{subject}?permanent=true") == (200, [1])
+    assert subject not in registry.call("GET", "/subjects?deleted=true")[1]  # type: ignore[operator]
+    assert registry.call("GET", f"/schemas/ids/{v1}")[1]["error_code"] == 40403  # type: ignore[index]
+    # Ids are never reused, even after a permanent delete.
+    assert registry.schema_id(subject, record("Fresh", A)) > v1
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "raw", "status", "code"),
+    [
+        ("GET", "/subjects/no.such.subject/versions", None, 404, 40401),
+        ("GET", "/subjects/no.such.subject/versions/1", None, 404, 40401),
+        ("GET", "/schemas/ids/999999", None, 404, 40403),
+        ("GET", "/schemas/ids/not-a-number", None, 404, 40403),
+        ("POST", "/subjects/s/versions", "{not json", 422, 42201),
+        ("POST", "/subjects/s/versions", '["a list"]', 422, 42201),
+        ("POST", "/subjects/s/versions", '{"schema": "{\\"type\\": \\"nonsense\\"}"}', 422, 42201),
+        ("POST", "/subjects/s/versions", '{"schema": "not json either"}', 422, 42201),
+        ("POST", "/subjects/s/versions", '{"schema": 12}', 422, 42201),
+        ("POST", "/subjects/s/versions", '{"schemaType": "PROTOBUF", "schema": "syntax = \\"proto3\\";"}', 422, 42201),
+        ("PUT", "/config", "{broken", 422, 42201),
+    ],
+)
+def test_bad_requests_get_confluent_error_codes(
+    registry: Registry, method: str, path: str, raw: str | None, status: int, code: int
+) -> None:
+    answer_status, body = registry.call(method, path, raw=raw)
+    assert (answer_status, body["error_code"]) == (status, code)  # type: ignore[index]
+    assert isinstance(body["message"], str) and body["message"]  # type: ignore[index]
+    # The server is still there.
+    assert registry.call("GET", "/subjects")[0] == 200
+
+
+def test_unknown_and_invalid_versions(registry: Registry, subject: str) -> None:
+    registry.schema_id(subject, record("R", A))
+    assert registry.call("GET", f"/subjects/{subject}/versions/7")[1]["error_code"] == 40402  # type: ignore[index]
+    for bad in ("abc", "0", "-5"):
+        status, body = registry.call("GET", f"/subjects/{subject}/versions/{bad}")
+        assert (status, body["error_code"]) == (422, 42202)  # type: ignore[index]
+
+
+# -- persistence and several processes ---------------------------------------------------------
+
+@pytest.fixture
+def topic(unique: str) -> str:
+    return f"_schemas.test.{unique}"
+
+
+def _start(tmp_path: Path, kafka_bootstrap: str, topic: str) -> EmbeddedRegistry:
+    return EmbeddedRegistry(tmp_path, kafka_bootstrap, topic=topic).start()
+
+
+@pytest.fixture
+def two_registries(tmp_path: Path, kafka_bootstrap: str, topic: str) -> Iterator[tuple[Registry, Registry]]:
+    first = _start(tmp_path / "a", kafka_bootstrap, topic)
+    try:
+        second = _start(tmp_path / "b", kafka_bootstrap, topic)
+        try:
+            yield Registry(first.url), Registry(second.url)
+        finally:
+            second.stop()
+    finally:
+        first.stop()
+
+
+def test_a_restarted_registry_serves_the_same_ids(tmp_path: Path, kafka_bootstrap: str, topic: str) -> None:
+    schemas = [record(f"R{n}", A) for n in range(3)]
+    first = _start(tmp_path, kafka_bootstrap, topic)
+    try:
+        client = Registry(first.url)
+        client.call("PUT", "/config/s-value", {"compatibility": "NONE"})
+        ids = [client.schema_id("s-value", schema) for schema in schemas]
+    finally:
+        first.stop()
+
+    again = _start(tmp_path, kafka_bootstrap, topic)
+    try:
+        client = Registry(again.url)
+        assert [client.call("GET", f"/schemas/ids/{i}/schema")[1] for i in ids] == schemas
+        assert client.call("GET", "/subjects/s-value/versions") == (200, [1, 2, 3])
+        assert client.call("GET", "/config/s-value")[1] == {"compatibilityLevel": "NONE"}
+        assert [client.schema_id("s-value", schema) for schema in schemas] == ids
+        assert client.schema_id("s-value", record("New", A)) == max(ids) + 1
+    finally:
+        again.stop()
+
+
+def test_two_registry_processes_agree(two_registries: tuple[Registry, Registry]) -> None:
+    a, b = two_registries
+    schema_id = a.schema_id("shared-value", record("R", A))
+    # b reads what a wrote, and gives the same id to the same schema.
+    assert json.loads(b.call("GET", f"/schemas/ids/{schema_id}")[1]["schema"]) == record("R", A)  # type: ignore[index]
+    assert b.schema_id("other-value", record("R", A)) == schema_id
+
+
+def test_racing_registrations_on_two_processes_never_share_an_id(two_registries: tuple[Registry, Registry]) -> None:
+    a, b = two_registries
+    assert a.call("PUT", "/config", {"compatibility": "NONE"})[0] == 200
+    jobs = [(a if n % 2 else b, f"race{n % 3}-value", record(f"Race{n}", A)) for n in range(12)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        ids = list(pool.map(lambda job: job[0].schema_id(job[1], job[2]), jobs))
+
+    assert len(set(ids)) == len(jobs)
+    for schema_id, (_, _, schema) in zip(ids, jobs, strict=True):
+        assert a.call("GET", f"/schemas/ids/{schema_id}/schema")[1] == schema
+        assert b.call("GET", f"/schemas/ids/{schema_id}/schema")[1] == schema
+    for name in ("race0-value", "race1-value", "race2-value"):
+        assert a.call("GET", f"/subjects/{name}/versions")[1] == [1, 2, 3, 4]
+
+
+# -- conflict resolution in the log (pure) -----------------------------------------------------
+
+def test_of_two_claims_for_one_id_the_earlier_wins_and_the_id_is_burnt() -> None:
+    from backbone.registry.state import RegistryState
+
+    state = RegistryState()
+    first = {"subject": "x-value", "version": 1, "id": 1, "schema": json.dumps(record("X", A))}
+    rival = {"subject": "y-value", "version": 1, "id": 1, "schema": json.dumps(record("Y", A))}
+    state.apply(0, {"keytype": "SCHEMA", "claim": "c1"}, first)
+    state.apply(1, {"keytype": "SCHEMA", "claim": "c2"}, rival)
+
+    assert "c1" in state.claims and "c2" not in state.claims
+    assert json.loads(state.schemas[1].text)["name"] == "X"
+    assert state.subject_names() == ["x-value"]
+    assert state.id_for(parse_avro(json.dumps(record("Y", A))).identity) == 2
