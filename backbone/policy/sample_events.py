@@ -44,7 +44,7 @@ def _string(name: str, rng: random.Random) -> str:
 def sample_value(name: str, avro_type: Any, rng: random.Random) -> Any:
     """A value for one field as fastavro decodes it."""
     if isinstance(avro_type, dict) and avro_type.get("logicalType") == "uuid":
-        return str(uuid.UUID(int=rng.getrandbits(128), version=4))
+        return uuid.UUID(int=rng.getrandbits(128), version=4)  # fastavro decodes logicalType uuid to UUID
     kind = type_kind(avro_type)
     if kind == "timestamp":
         return _EPOCH + timedelta(milliseconds=rng.randint(0, 7 * 365 * 86_400_000))
