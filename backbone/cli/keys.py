@@ -8,7 +8,7 @@ import typer
 from rich.table import Table
 
 from backbone.cli import app, console
-from backbone.errors import KeyringError, ReidentifyError
+from backbone.errors import BackboneError, KeyringError, ReidentifyError
 from backbone.keyring import (
     KeyInfo,
     Keyring,
@@ -83,7 +83,7 @@ def rotate(
 ) -> None:
     """New tokens use a new key; old keys stay for reading (reidentifying) old tokens."""
     if (domain is None) == (provider is None):
-        raise typer.BadParameter("give exactly one of --domain or --provider")
+        raise BackboneError("keys rotate: give exactly one of --domain D or --provider P")
     settings = get_settings()
     master_key = master_key_from_settings(settings)
     keyring = Keyring.load(Path(settings.keyring_path), master_key)

@@ -1,0 +1,234 @@
+"""The keyring and tokens: encrypted at rest, keys never shown, pseudonyms per domain, rotation
+without breaking old tokens, reidentification only with the provider's key and always logged."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backbone.errors import KeyringError, ReidentifyError
+from backbone.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
+from backbone.policy import pseudonym
+from backbone.cli import main
+from backbone.settings import get_settings, load_settings
+
+
+@pytest.fixture
+def master_key() -> bytes:
+    return new_master_key()
+
+
+def key_bytes(keyring: Keyring) -> list[bytes]:
+    return [keyring.key_by_id(info.kind, info.owner, info.key_id) for info in keyring.keys()]
+
+
+def test_keyring_round_trips_through_its_file_under_the_master_key(tmp_path: Path, master_key: bytes) -> None:
+    keyring = Keyring.generate(domains=["fraud", "research"], providers=["tax"])
+    keyring.save(tmp_path / "keyring.json", master_key)
+    loaded = Keyring.load(tmp_path / "keyring.json", master_key)
+    assert loaded.keys() == keyring.keys()
+    assert pseudonym.token("fraud", "123456782", keyring=loaded) == pseudonym.token("fraud", "123456782", keyring=keyring)
+
+
+def test_keyring_file_holds_no_key_in_clear_and_is_owner_only(tmp_path: Path, master_key: bytes) -> None:
+    keyring = Keyring.generate(domains=["fraud"], providers=["tax"])
+    path = tmp_path / "keyring.json"
+    keyring.save(path, master_key)
+    text = path.read_text()
+    for secret in key_bytes(keyring) + [master_key]:
+        assert base64.b64encode(secret).decode() not in text
+        assert secret.hex() not in text
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_wrong_master_key_stops_with_what_to_set(tmp_path: Path, master_key: bytes) -> None:
+    Keyring.generate(domains=["fraud"]).save(tmp_path / "keyring.json", master_key)
+    with pytest.raises(KeyringError) as caught:
+        Keyring.load(tmp_path / "keyring.json", new_master_key())
+    assert "does not open keyring" in str(caught.value) and "BACKBONE_MASTER_KEY" in str(caught.value)
+
+
+def test_missing_master_key_names_the_settings_to_set(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, master_key=None, master_key_file=None)
+    with pytest.raises(KeyringError, match="BACKBONE_MASTER_KEY .* or BACKBONE_MASTER_KEY_FILE"):
+        Keyring.open(settings)
+
+
+def test_malformed_master_key_is_refused_without_echoing_it(tmp_path: Path) -> None:
+    settings = load_settings(data_dir=tmp_path, master_key="c2VjcmV0LXZhbHVl")  # base64 of 12 bytes
+    with pytest.raises(KeyringError) as caught:
+        master_key_from_settings(settings)
+    assert "must decode to 32 bytes" in str(caught.value) and "c2VjcmV0LXZhbHVl" not in str(caught.value)
+    settings = load_settings(data_dir=tmp_path, master_key="not base64 at all!")
+    with pytest.raises(KeyringError) as caught:
+        master_key_from_settings(settings)
+    assert "not valid base64" in str(caught.value) and "not base64 at all" not in str(caught.value)
+
+
+def test_missing_keyring_file_says_to_run_keys_init(tmp_path: Path, master_key: bytes) -> None:
+    with pytest.raises(KeyringError, match="backbone keys init"):
+        Keyring.load(tmp_path / "absent.json", master_key)
+
+
+def test_altered_keyring_is_refused(tmp_path: Path, master_key: bytes) -> None:
+    path = tmp_path / "keyring.json"
+    Keyring.generate(domains=["fraud", "research"]).save(path, master_key)
+    data = json.loads(path.read_text())
+    data["keys"][0]["owner"], data["keys"][1]["owner"] = data["keys"][1]["owner"], data["keys"][0]["owner"]
+    path.write_text(json.dumps(data))
+    with pytest.raises(KeyringError, match="altered"):
+        Keyring.load(path, master_key)
+
+
+def test_keys_never_appear_in_reprs_or_errors(tmp_path: Path, master_key: bytes) -> None:
+    keyring = Keyring.generate(domains=["fraud"], providers=["tax"])
+    shown = [repr(keyring), str(keyring), *map(repr, keyring.keys()), repr(keyring._secrets), repr(vars(keyring))]
+    with pytest.raises(ReidentifyError) as caught:
+        pseudonym.reidentify("tax", "k1.AAAA", keyring=keyring)
+    shown.append(str(caught.value))
+    with pytest.raises(KeyringError) as missing:
+        keyring.active_key("domain", "unknown")
+    shown.append(str(missing.value))
+    for secret in key_bytes(keyring):
+        for text in shown:
+            assert repr(secret)[2:-1] not in text and base64.b64encode(secret).decode() not in text and secret.hex() not in text
+    with pytest.raises(TypeError):
+        import pickle
+
+        pickle.dumps(keyring)
+
+
+def test_pseudonyms_are_stable_within_a_domain_and_differ_across_domains() -> None:
+    keyring = Keyring.for_tests()
+    fraud = pseudonym.token("fraud", "123456782", keyring=keyring)
+    assert fraud == pseudonym.token("fraud", "123456782", keyring=keyring)
+    assert fraud != pseudonym.token("research", "123456782", keyring=keyring)
+    assert fraud != pseudonym.token("fraud", "123456783", keyring=keyring)
+
+
+def test_pseudonym_carries_the_key_id_and_128_bits() -> None:
+    keyring = Keyring.for_tests()
+    token = pseudonym.token("fraud", "123456782", keyring=keyring)
+    key_id, body = token.split(".")
+    assert key_id == keyring.active_key("domain", "fraud")[0]
+    assert len(base64.urlsafe_b64decode(body + "==")) * 8 == 128
+
+
+def test_encryption_is_deterministic_and_reversible_with_the_provider_key() -> None:
+    keyring = Keyring.for_tests()
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    assert token == pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    assert "NL91ABNA0417164300" not in token
+    assert pseudonym.reidentify("tax", token, keyring=keyring) == "NL91ABNA0417164300"
+
+
+def test_reidentify_refuses_another_providers_key_and_altered_tokens() -> None:
+    keyring = Keyring.generate(providers=["tax", "welfare"])
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    with pytest.raises(ReidentifyError, match="not a key of provider 'welfare'"):
+        pseudonym.reidentify("welfare", token, keyring=keyring)
+    altered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
+    with pytest.raises(ReidentifyError, match="altered"):
+        pseudonym.reidentify("tax", altered, keyring=keyring)
+
+
+def test_rotation_keeps_old_tokens_reidentifiable_and_new_tokens_use_the_new_key() -> None:
+    keyring = Keyring.generate(domains=["fraud"], providers=["tax"])
+    old_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring)
+    old_pseudonym = pseudonym.token("fraud", "123456782", keyring=keyring)
+    new_key = keyring.rotate("provider", "tax")
+    keyring.rotate("domain", "fraud")
+    new_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring)
+    assert new_token.startswith(new_key.key_id + ".") and new_token != old_token
+    assert pseudonym.reidentify("tax", old_token, keyring=keyring) == "secret-value"
+    assert pseudonym.reidentify("tax", new_token, keyring=keyring) == "secret-value"
+    assert pseudonym.token("fraud", "123456782", keyring=keyring) != old_pseudonym
+    assert [info.active for info in keyring.keys() if info.owner == "tax"] == [False, True]
+
+
+def test_missing_key_without_autocreate_names_the_fix() -> None:
+    with pytest.raises(KeyringError, match="backbone keys rotate --domain fraud"):
+        pseudonym.token("fraud", "x", keyring=Keyring.generate())
+
+
+# CLI ---------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+    """Run the `backbone` command in-process as a user would (exit code, stdout, stderr)."""
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as patch:
+            for key in list(os.environ):
+                if key.startswith("BACKBONE_"):
+                    patch.delenv(key)
+            for key, value in {"BACKBONE_DATA_DIR": str(tmp_path / "data"), "USER": "auditor-7", **env}.items():
+                patch.setenv(key, value)
+            patch.setattr(sys, "argv", ["backbone", *args])
+            get_settings.cache_clear()
+            code = 0
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                get_settings.cache_clear()
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run
+
+
+def test_cli_init_requires_a_master_key_unless_asked_to_create_one(tmp_path: Path, backbone) -> None:  # noqa: ANN001
+    refused = backbone("keys", "init")
+    assert refused.returncode == 1 and "BACKBONE_MASTER_KEY" in refused.stderr
+    assert not (tmp_path / "data" / "keyring.json").exists()
+    created = backbone("keys", "init", "--new-master-key-file", str(tmp_path / "master.key"))
+    assert created.returncode == 0, created.stderr
+    assert stat.S_IMODE((tmp_path / "master.key").stat().st_mode) == 0o600
+    listed = backbone("keys", "list", BACKBONE_MASTER_KEY_FILE=str(tmp_path / "master.key"))
+    assert listed.returncode == 0, listed.stderr
+    for owner in ("fraud", "research", "statistics", "oversight", "tax", "welfare", "registry", "police"):
+        assert owner in listed.stdout
+    master = (tmp_path / "master.key").read_text().strip()
+    assert master not in listed.stdout + created.stdout
+
+
+def test_cli_wrong_master_key_stops_with_one_clear_line(tmp_path: Path, backbone) -> None:  # noqa: ANN001
+    backbone("keys", "init", "--new-master-key-file", str(tmp_path / "master.key"))
+    wrong = backbone("keys", "list", BACKBONE_MASTER_KEY=encode_master_key(new_master_key()))
+    assert wrong.returncode == 1
+    assert "does not open keyring" in wrong.stderr and "Traceback" not in wrong.stderr
+
+
+def test_cli_rotate_then_reidentify_old_token_and_log_each_use_without_the_value(tmp_path: Path, backbone) -> None:  # noqa: ANN001
+    master_file = tmp_path / "master.key"
+    backbone("keys", "init", "--new-master-key-file", str(master_file))
+    env = {"BACKBONE_MASTER_KEY_FILE": str(master_file)}
+    keyring = Keyring.open(load_settings(data_dir=tmp_path / "data", master_key_file=master_file))
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    rotated = backbone("keys", "rotate", "--provider", "tax", **env)
+    assert rotated.returncode == 0 and "older keys kept" in rotated.stdout
+    revealed = backbone("keys", "reidentify", "--provider", "tax", token, "--reason", "case 42", **env)
+    assert revealed.returncode == 0, revealed.stderr
+    assert "NL91ABNA0417164300" in revealed.stdout
+    refused = backbone("keys", "reidentify", "--provider", "welfare", token, **env)
+    assert refused.returncode == 1 and "NL91ABNA0417164300" not in refused.stderr
+    log = (tmp_path / "data" / "reidentify.log").read_text()
+    entries = [json.loads(line) for line in log.splitlines()]
+    assert [(e["provider"], e["outcome"], e["user"]) for e in entries] == [("tax", "revealed", "auditor-7"), ("welfare", "refused", "auditor-7")]
+    assert entries[0]["key_id"] == token.split(".")[0] and entries[0]["reason"] == "case 42"
+    assert "NL91ABNA0417164300" not in log and token not in log
+
+
+def test_cli_rotate_needs_exactly_one_target(backbone) -> None:  # noqa: ANN001
+    result = backbone("keys", "rotate")
+    assert result.returncode != 0 and "exactly one of --domain or --provider" in result.stderr
