@@ -231,4 +231,4 @@ def test_cli_rotate_then_reidentify_old_token_and_log_each_use_without_the_value
 
 def test_cli_rotate_needs_exactly_one_target(backbone) -> None:  # noqa: ANN001
     result = backbone("keys", "rotate")
-    assert result.returncode != 0 and "exactly one of --domain or --provider" in result.stderr
+    assert result.returncode == 1 and "give exactly one of --domain D or --provider P" in result.stderr
