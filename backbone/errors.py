@@ -92,3 +92,7 @@ class KeyringError(BackboneError):
 
 class ReidentifyError(BackboneError):
     """A token could not be reversed (unknown key id, wrong provider, tampered token)."""
+
+
+class SinkError(BackboneError):
+    """A ClickHouse sink cannot start or land rows (database unreachable, table cannot be created)."""

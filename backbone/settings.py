@@ -55,6 +55,11 @@ class Settings(BaseSettings):
 
     # ClickHouse
     clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")
+    # Sinks (consumers/): per-agency databases, batching, fraud detection
+    clickhouse_database_prefix: str = Field("", pattern=r"^[a-z0-9_]*$", description="Prefix of every database the sinks create (tenants, tests)")
+    sink_batch_rows: int = Field(20_000, ge=1, description="Rows a sink lands per insert at most")
+    sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch")
+    fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
 
     # Files
     data_dir: Path = Field(Path("./.backbone"), description="Where embedded parts keep data and logs")
@@ -113,18 +118,16 @@ class Settings(BaseSettings):
         return config
 
     def producer_config(self, **overrides: Any) -> dict[str, Any]:
-        """Idempotent, acks=all producer tuned for throughput."""
-        return self.kafka_config(
-            **{
-                "enable.idempotence": True,
-                "acks": "all",
-                "linger.ms": self.producer_linger_ms,
-                "batch.size": self.producer_batch_size,
-                "compression.type": self.producer_compression,
-                "message.timeout.ms": int(self.kafka_timeout_s * 1000) * 3,
-            },
-            **overrides,
-        )
+        """Idempotent, acks=all producer tuned for throughput; `overrides` win."""
+        tuned: dict[str, Any] = {
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": self.producer_linger_ms,
+            "batch.size": self.producer_batch_size,
+            "compression.type": self.producer_compression,
+            "message.timeout.ms": int(self.kafka_timeout_s * 1000) * 3,
+        }
+        return self.kafka_config(**{**tuned, **overrides})
 
     def consumer_config(self, group_id: str | None, **overrides: Any) -> dict[str, Any]:
         """A consumer with manual commits; `group_id=None` for partition-assigned readers."""
