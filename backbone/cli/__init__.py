@@ -31,7 +31,7 @@ def version() -> None:
 
 def _register() -> None:
     # Each noun lives in its own module and adds itself to `app` on import.
-    from backbone.cli import agreements, keys, schemas, stack, topics  # noqa: F401
+    from backbone.cli import agreements, keys, process, schemas, stack, topics  # noqa: F401
 
 
 def main() -> None:

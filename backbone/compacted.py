@@ -1,0 +1,105 @@
+"""Read a whole compacted topic in every process that needs it: all partitions assigned, no consumer group.
+
+Consent and agreement state must be complete in whichever worker handles an event, so each worker
+reads the full topic itself (Faust's GlobalTable does not sync across workers: faust-streaming
+issue #283). The topic is the changelog: a restarted worker rebuilds its state by reading it again.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
+
+from backbone.errors import KafkaUnavailableError
+from backbone.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class CompactedTopicReader:
+    """Applies every record of `topic` (from the beginning, then as it arrives) to `apply`, in a thread.
+
+    `apply(message)` runs on the reader thread; it must be quick and must not raise (errors are
+    logged with the offset, never the content, and the reader goes on).
+    """
+
+    def __init__(self, settings: Settings, topic: str, apply: Callable[[Message], None], name: str) -> None:
+        self.settings = settings
+        self.topic = topic
+        self.apply = apply
+        self.name = name
+        self.applied = 0
+        self._stop = threading.Event()
+        self._caught_up = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+
+    def wait_caught_up(self, timeout: float) -> None:
+        """Block until everything written before start-up has been applied."""
+        if not self._caught_up.wait(timeout):
+            if self._error is not None:
+                raise self._error
+            raise KafkaUnavailableError(f"{self.name}: could not read {self.topic} to its end within {timeout:g}s")
+
+    @property
+    def caught_up(self) -> bool:
+        return self._caught_up.is_set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _consumer(self) -> tuple[Consumer, dict[int, int]]:
+        # A group id is required by librdkafka but never joined: partitions are assigned, not subscribed.
+        consumer = Consumer(self.settings.consumer_config(f"reader-{uuid.uuid4().hex}", **{"enable.partition.eof": True}))
+        metadata = consumer.list_topics(self.topic, timeout=self.settings.kafka_timeout_s)
+        partitions = sorted(metadata.topics[self.topic].partitions)
+        ends: dict[int, int] = {}
+        for partition in partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), timeout=self.settings.kafka_timeout_s)
+            if high > low:
+                ends[partition] = high
+        consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        return consumer, ends
+
+    def _run(self) -> None:
+        try:
+            consumer, ends = self._consumer()
+        except (KafkaException, KafkaUnavailableError) as exc:
+            self._error = KafkaUnavailableError(f"{self.name}: cannot read {self.topic}: {exc}")
+            return
+        pending = dict(ends)
+        eof: set[int] = set()
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(1000, 0.2)
+                for message in messages:
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            eof.add(message.partition())
+                            # Watermarks can lag what was written on some brokers: EOF is the real end.
+                            pending.pop(message.partition(), None)
+                        continue
+                    partition = message.partition()
+                    if partition in pending and message.offset() + 1 >= pending[partition]:
+                        pending.pop(partition)
+                    try:
+                        self.apply(message)
+                    except Exception:  # noqa: BLE001 - one bad record must not stop the state feed
+                        log.exception("%s: record at %s[%d]@%d not applied", self.name, self.topic, partition, message.offset())
+                    self.applied += 1
+                if not pending and not self._caught_up.is_set():
+                    self._caught_up.set()
+        finally:
+            consumer.close()

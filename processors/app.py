@@ -1,0 +1,168 @@
+"""The processor as a faust-streaming app.
+
+Faust gives the worker model, lifecycle, web endpoint and CLI (`faust -A processors.app worker`);
+the high-volume path is the batched librdkafka `DataPlane` run by `EnforcementService` on a thread
+(a Faust agent consumes ~10k events/s on the embedded broker, the batched loop several times that).
+Consent and agreement state are read in full by every worker from their compacted topics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import faust
+import mode
+
+from backbone import agreement_changes
+from backbone.catalog import load_catalog
+from backbone.compacted import CompactedTopicReader
+from backbone.errors import BackboneError
+from backbone.keyring import Keyring
+from backbone.policy.agreements import load_agreements
+from backbone.policy.engine import PolicyEngine
+from backbone.serde import Decoder, registry_client
+from backbone.settings import Settings, get_settings
+from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
+from processors.consent import ConsentTable
+from processors.dataplane import DataPlane
+from processors.router import DLQ_TOPIC, OVERSIGHT_DOMAIN, Router
+
+log = logging.getLogger("processors")
+
+APP_ID = "backbone-processor"
+logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schema fetch is noise
+
+
+class Enforcement:
+    """Everything one worker needs to enforce the charter, built and started in order."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.catalog = load_catalog(settings.schemas_dir)
+        self.charter = load_agreements(settings.agreements_dir, self.catalog)
+        self.keyring = Keyring.open(settings)
+        missing = sorted(({OVERSIGHT_DOMAIN} | self.charter.domains()) - {k.owner for k in self.keyring.keys() if k.kind == "domain"})
+        if missing:
+            raise BackboneError(
+                f"keyring {settings.keyring_path} has no key for domain(s) {', '.join(missing)}; "
+                "run `backbone keys init` (it creates every domain the charter names, and oversight)"
+            )
+        self.engine = PolicyEngine(self.charter, self.keyring)
+        self.registry = registry_client(settings)
+        self.consent = ConsentTable(Decoder(self.registry))
+        self.router: Router | None = None
+        self.readers: list[CompactedTopicReader] = []
+        self.data_plane: DataPlane | None = None
+
+    def ensure_topics(self) -> None:
+        topics = Topics(self.settings)
+        compacted = {"cleanup.policy": "compact"}
+        topics.ensure(CONSENT_TOPIC, config=compacted)
+        agreement_changes.ensure_topic(self.settings)
+        for name in [AUDIT_TOPIC, DLQ_TOPIC, *(raw_topic(t) for t in self.catalog.events if t != "consent.changed")]:
+            topics.ensure(name)
+        for agreement in self.charter.agreements:
+            for event_type in agreement.event_types:
+                topics.ensure(shared_topic(agreement.recipient, event_type))
+
+    def start(self) -> None:
+        """Blocking start-up: topics, schemas, consent and agreements read to their end, then the data plane."""
+        self.ensure_topics()
+        self.router = Router(self.catalog, self.engine, Decoder(self.registry), self.keyring)
+        self.router.prepare()
+        consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
+        agreements_reader = agreement_changes.feed(self.settings, self.catalog, self._apply_agreement)
+        self.readers = [consent_reader, agreements_reader]
+        for reader in self.readers:
+            reader.start()
+        for reader in self.readers:
+            # No event is decided on before the worker knows every consent and agreement change.
+            reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
+        self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane")
+        self.data_plane.start()
+        log.info("enforcing %d agreements; %d consent records", len(self.charter.agreements), len(self.consent))
+
+    def _apply_agreement(self, agreement: Any) -> None:
+        self.engine.apply(agreement)
+        log.info("agreement %s is now %s", agreement.key, agreement.status)
+
+    def stop(self) -> None:
+        if self.data_plane is not None:
+            self.data_plane.stop()
+        for reader in self.readers:
+            reader.stop()
+
+    def stats(self) -> dict[str, Any]:
+        plane = self.data_plane
+        counts = dict(self.router.counts) if self.router else {}
+        return {
+            "consumed": plane.consumed if plane else 0,
+            "produced": plane.produced if plane else 0,
+            "batches": plane.batches if plane else 0,
+            "consent_records": len(self.consent),
+            **counts,
+        }
+
+
+def create_app(settings: Settings | None = None, web_port: int | None = None,
+               enforcement: Enforcement | None = None) -> faust.App:
+    """The Faust app; pass a ready `enforcement` to surface configuration errors before Faust starts."""
+    settings = settings or get_settings()
+    servers = ";".join(settings.kafka_bootstrap.split(","))
+    app = faust.App(
+        APP_ID,
+        broker=f"kafka://{servers}",
+        store="memory://",
+        autodiscover=False,
+        web_enabled=web_port is not None,
+        web_port=web_port or 6066,
+        web_bind="127.0.0.1",
+        broker_session_timeout=settings.consumer_session_timeout_ms / 1000,
+        broker_heartbeat_interval=settings.consumer_heartbeat_interval_ms / 1000,
+        consumer_auto_offset_reset="earliest",
+        topic_partitions=settings.kafka_partitions,
+    )
+
+    prepared = enforcement
+
+    @app.service
+    class EnforcementService(mode.Service):
+        """Starts the enforcement (blocking parts on a thread) and stops the worker if it fails."""
+
+        enforcement: Enforcement | None = prepared
+
+        async def on_start(self) -> None:
+            loop = asyncio.get_running_loop()
+            if self.enforcement is None:
+                self.enforcement = Enforcement(settings)
+            await loop.run_in_executor(None, self.enforcement.start)
+
+        async def on_stop(self) -> None:
+            if self.enforcement is not None:
+                await asyncio.get_running_loop().run_in_executor(None, self.enforcement.stop)
+
+        @mode.Service.task
+        async def _watch(self) -> None:
+            last = 0.0
+            while not self.should_stop:
+                await self.sleep(1.0)
+                enforcement = self.enforcement
+                if enforcement is None or enforcement.data_plane is None:
+                    continue
+                plane = enforcement.data_plane
+                if plane.error is not None:
+                    log.error("stopping the worker: %s", plane.error)
+                    await self.crash(plane.error)
+                    return
+                last += 1
+                if last >= 10:
+                    last = 0
+                    log.info("processor stats %s", enforcement.stats())
+
+    app.enforcement_service = EnforcementService  # type: ignore[attr-defined]
+    return app
+
+
+app = create_app()

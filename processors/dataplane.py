@@ -1,0 +1,143 @@
+"""The processor's high-volume path: batched librdkafka consume -> route -> produce -> commit.
+
+At-least-once with no loss: a batch's outputs (shared records, audit records, DLQ entries) are all
+acknowledged by the cluster before the batch's offsets are committed. If delivery fails, nothing is
+committed and the data plane stops, so a restarted worker replays the batch; duplicates carry the
+same event id and sinks drop them.
+
+Several workers with the same group id share the raw topics' partitions (librdkafka's consumer
+group), so adding workers scales by partitions.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from backbone.errors import BackboneError
+from backbone.policy.engine import ConsentState
+from backbone.settings import Settings
+from processors.router import Router
+
+log = logging.getLogger(__name__)
+
+RAW_PATTERN = r"^raw\..*"
+
+
+class DeliveryFailed(BackboneError):
+    """Outputs of a batch were not acknowledged; its offsets stay uncommitted for a replay."""
+
+
+class DataPlane:
+    """One consume/route/produce/commit loop, run on its own thread by the Faust service."""
+
+    def __init__(self, settings: Settings, router: Router, consent: ConsentState, group_id: str,
+                 before_batch: Callable[[], None] | None = None) -> None:
+        self.settings = settings
+        self.router = router
+        self.consent = consent
+        self.group_id = group_id
+        self.before_batch = before_batch
+        self.consumed = 0
+        self.produced = 0
+        self.batches = 0
+        self.error: BaseException | None = None
+        self._failures: list[str] = []
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run_guarded, name="data-plane", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def _run_guarded(self) -> None:
+        try:
+            self.run()
+        except BaseException as exc:  # noqa: BLE001 - reported to the service, which stops the worker
+            self.error = exc
+            log.error("data plane stopped: %s", exc)
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._failures.append(f"{message.topic()}: {error.str()}")
+
+    def run(self) -> None:
+        consumer = Consumer(self.settings.consumer_config(self.group_id, **{
+            "enable.auto.offset.store": False,
+            "topic.metadata.refresh.interval.ms": 5000,
+            "fetch.wait.max.ms": 20,
+        }))
+        producer = Producer(self.settings.producer_config(**{"linger.ms": 2}))
+        consumer.subscribe([RAW_PATTERN])
+        batch_size = self.settings.consumer_batch_size
+        try:
+            while not self._stop.is_set():
+                messages = consumer.consume(batch_size, 0.1)
+                if not messages:
+                    producer.poll(0)
+                    continue
+                if self.before_batch is not None:
+                    self.before_batch()
+                self._process(messages, consumer, producer)
+        finally:
+            producer.flush(self.settings.kafka_timeout_s)
+            consumer.close()
+
+    def _process(self, messages: list[Message], consumer: Consumer, producer: Producer) -> None:
+        now = datetime.now(UTC)
+        route = self.router.route
+        consent = self.consent
+        produce = producer.produce
+        on_delivery = self._on_delivery
+        offsets: dict[tuple[str, int], int] = {}
+        produced = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consume error: %s", error.str())
+                continue
+            topic = message.topic()
+            for output in route(topic, message.key(), message.value(), message.headers(), consent, now):
+                self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
+                produced += 1
+            offsets[(topic, message.partition())] = message.offset() + 1
+        remaining = producer.flush(self.settings.kafka_timeout_s * 3)
+        if remaining or self._failures:
+            failures, self._failures = self._failures[:5], []
+            raise DeliveryFailed(
+                f"{remaining} outputs unacknowledged, {len(failures)} failed ({'; '.join(failures)}); "
+                "offsets not committed, the batch is replayed on restart"
+            )
+        if offsets:
+            consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        self.consumed += len(messages)
+        self.produced += produced
+        self.batches += 1
+
+    def _produce(self, producer: Producer, produce, topic, key, value, headers, on_delivery) -> None:  # noqa: ANN001
+        deadline = None
+        while True:
+            try:
+                produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                return
+            except BufferError:
+                # Local queue full: serve delivery reports until there is room, bounded in time.
+                deadline = deadline or time.monotonic() + self.settings.kafka_timeout_s * 3
+                if time.monotonic() > deadline:
+                    raise DeliveryFailed(f"producer queue stayed full for {self.settings.kafka_timeout_s * 3:g}s") from None
+                producer.poll(0.05)

@@ -1,0 +1,204 @@
+"""The per-event transform of the processor: decode, decide for every possible recipient, encode
+the released records, write an audit record per decision, and send what cannot be decided on to
+the DLQ with its original bytes and a reason.
+
+Pure of Kafka I/O (it returns `Output`s), so the data plane, the benchmark's bare loop and the
+tests all run exactly this code.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fastavro import parse_schema
+
+from backbone.catalog import Catalog
+from backbone.errors import (
+    BadMagicByte,
+    CorruptMessage,
+    RegistryError,
+    SerdeError,
+    TruncatedMessage,
+    UnknownSchemaId,
+)
+from backbone.keyring import Keyring
+from backbone.policy.engine import ConsentState, Decision, PolicyEngine
+from backbone.policy.pseudonym import token_function
+from backbone.serde import Decoder, Encoder, register
+from backbone.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
+
+log = logging.getLogger(__name__)
+
+OVERSIGHT_DOMAIN = "oversight"
+DLQ_STAGE = "processor"
+DLQ_TOPIC = dlq_topic(DLQ_STAGE)
+AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
+Headers = list[tuple[str, bytes]]
+
+_SERDE_REASONS: dict[type[SerdeError], str] = {
+    BadMagicByte: "bad_magic_byte",
+    UnknownSchemaId: "unknown_schema_id",
+    TruncatedMessage: "truncated_message",
+    CorruptMessage: "corrupt_message",
+}
+
+
+@dataclass(slots=True, frozen=True)
+class Output:
+    topic: str
+    key: bytes | None
+    value: bytes
+    headers: Headers | None = None
+
+
+class Rejected(Exception):
+    """An event the processor cannot decide on; `reason` is the DLQ reason code."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def _where(exc: BaseException) -> str:
+    trace = exc.__traceback__
+    while trace is not None and trace.tb_next is not None:
+        trace = trace.tb_next
+    return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
+
+
+def audit_schema(catalog: Catalog) -> dict[str, Any]:
+    path = catalog.events[next(iter(catalog.events))].path.parent / "backbone.AuditDecision.avsc"
+    return json.loads(path.read_text())
+
+
+class Router:
+    """Routes one raw event to its shared, audit and DLQ outputs. Built once per worker."""
+
+    def __init__(self, catalog: Catalog, engine: PolicyEngine, decoder: Decoder, keyring: Keyring) -> None:
+        self.catalog = catalog
+        self.engine = engine
+        self.decoder = decoder
+        self.registry = decoder.registry
+        avro = audit_schema(catalog)
+        self._audit = Encoder(register(self.registry, AUDIT_SUBJECT, avro), parse_schema(avro))
+        self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
+        self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
+        self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
+        self._purposes = frozenset(catalog.purposes)
+        self._encoders: dict[tuple[str, int, str], Encoder] = {}
+        self._shared_topics: dict[tuple[str, str], str] = {}
+        self._subjects_configured: set[str] = set()
+        self.counts: Counter[str] = Counter()
+
+    def prepare(self) -> None:
+        """Register the recipient schemas of the agreements in force now (start-up), not on the first event."""
+        now = datetime.now(UTC)
+        for agreement in self.engine.charter.agreements:
+            if not agreement.in_force_at(now):
+                continue
+            for event_type in agreement.event_types:
+                self._encoder(agreement.id, agreement.version, event_type, agreement.recipient)
+
+    def _encoder(self, agreement_id: str, version: int, event_type: str, recipient: str) -> Encoder:
+        key = (agreement_id, version, event_type)
+        encoder = self._encoders.get(key)
+        if encoder is None:
+            avro = self.engine.recipient_schema(agreement_id, event_type, version)
+            subject = f"{shared_topic(recipient, event_type)}-value"
+            if subject not in self._subjects_configured:
+                # A new agreement version may release other fields: each record names its writer
+                # schema, so recipients read every version; the registry must not refuse the change.
+                self.registry.set_compatibility(subject_name=subject, level="NONE")
+                self._subjects_configured.add(subject)
+            encoder = Encoder(register(self.registry, subject, avro), parse_schema(avro))
+            self._encoders[key] = encoder
+        return encoder
+
+    def route(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
+              consent: ConsentState, now: datetime) -> list[Output]:
+        """Every output for one raw message. Registry outages raise (retry later); bad input goes to the DLQ."""
+        try:
+            record, event_type = self._admit(topic, value)
+            decisions = self.engine.decide(record, consent, now)
+            outputs = self._outputs(record, event_type, key, decisions, now)
+        except Rejected as rejected:
+            return [self._dead_letter(rejected.reason, key, value, headers, topic)]
+        except RegistryError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - fail closed: nothing half-decided leaves the processor
+            if self.counts["dlq.transform_failed"] < 5:  # the type and place only: values may be personal
+                log.error("event from %s could not be transformed (%s at %s); sent to %s", topic, type(exc).__name__,
+                          _where(exc), DLQ_TOPIC)
+            return [self._dead_letter("transform_failed", key, value, headers, topic)]
+        self.counts["events"] += 1
+        return outputs
+
+    def _admit(self, topic: str, value: bytes | None) -> tuple[dict, str]:
+        if value is None:
+            raise Rejected("empty_value")
+        try:
+            record = self.decoder(value).record
+        except RegistryError:
+            raise
+        except SerdeError as exc:
+            raise Rejected(_SERDE_REASONS.get(type(exc), "undecodable")) from None
+        event_type = record.get("event_type")
+        if event_type not in self.catalog.events or self._topics.get(topic) != event_type:
+            raise Rejected("unknown_event_type")
+        governance = record.get("governance")
+        if not isinstance(governance, dict) or "lawful_basis" not in governance:
+            raise Rejected("missing_governance")
+        purposes = governance.get("purposes")
+        if not purposes or not isinstance(purposes, list):
+            raise Rejected("invalid_governance")
+        if not self._purposes.issuperset(purposes):
+            raise Rejected("unknown_purpose")
+        return record, event_type
+
+    def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime) -> list[Output]:
+        outputs: list[Output] = []
+        event_id = str(record["event_id"])  # fastavro reads the uuid logical type as uuid.UUID
+        event_id_bytes = event_id.encode()
+        subject_field = self._subject_fields[event_type]
+        subject = record.get(subject_field) if subject_field else None
+        subject_token = self._oversight(subject) if subject else None
+        provider = record["provider"]
+        for decision in decisions:
+            if decision.permitted:
+                encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
+                topic = self._shared_topics.get((decision.recipient, event_type))
+                if topic is None:
+                    topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
+                outputs.append(Output(topic, key, encoder(decision.record), [
+                    ("agreement.id", decision.agreement_id.encode()),
+                    ("agreement.version", str(decision.agreement_version).encode()),
+                ]))
+                self.counts["permit"] += 1
+            else:
+                self.counts["deny"] += 1
+            outputs.append(Output(AUDIT_TOPIC, event_id_bytes, self._audit({
+                "event_id": event_id,
+                "event_type": event_type,
+                "provider": provider,
+                "recipient": decision.recipient,
+                "agreement_id": decision.agreement_id,
+                "agreement_version": decision.agreement_version,
+                "purposes": list(decision.purposes),
+                "decision": "permit" if decision.permitted else "deny",
+                "reason": decision.reason,
+                "released_fields": list(decision.released_fields),
+                "key_ids": list(decision.key_ids),
+                "subject_token": subject_token,
+                "decided_at": now,
+            })))
+        return outputs
+
+    def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str) -> Output:
+        self.counts[f"dlq.{reason}"] += 1
+        extra = [("error.reason", reason.encode()), ("error.stage", DLQ_STAGE.encode()), ("source.topic", topic.encode())]
+        return Output(DLQ_TOPIC, key, value if value is not None else b"", list(headers or []) + extra)
