@@ -1,0 +1,77 @@
+"""Topic keys for events about a data subject: a keyed hash, never the identifier itself.
+
+`SubjectKeys(secret)(national_id)` is HMAC-SHA256 under a backbone-wide secret, hex encoded. Every
+producer (every agency, and consent) uses the same secret, so one subject always gets the same key:
+per-subject ordering holds and a subject's events and consent changes land on the same partition
+number. Without the secret the key cannot be linked back to a person by trying every national id.
+
+The secret comes from `BACKBONE_SUBJECT_KEY_SECRET`, else from `<data dir>/subject-key.secret`,
+created with 32 random bytes on first use (so the embedded stack needs no setup). Share that one
+secret with every producer of a deployment; changing it changes every key (ordering restarts).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+import zlib
+from pathlib import Path
+
+from backbone.settings import Settings
+from producers.errors import ProducerError
+
+SECRET_FILE = "subject-key.secret"
+MIN_SECRET_BYTES = 16
+
+
+def subject_key_secret(settings: Settings) -> bytes:
+    """The secret of the subject keys (setting, or the data-dir file, created once)."""
+    if settings.subject_key_secret is not None:
+        secret = settings.subject_key_secret.get_secret_value().encode()
+        if len(secret) < MIN_SECRET_BYTES:
+            raise ProducerError(f"BACKBONE_SUBJECT_KEY_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random secret")
+        return secret
+    path = Path(settings.data_dir) / SECRET_FILE
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise ProducerError(f"cannot create the subject key secret {path} ({exc.strerror}); set BACKBONE_SUBJECT_KEY_SECRET") from None
+    else:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(secrets.token_hex(32))
+    try:
+        secret = path.read_text().strip().encode()
+    except OSError as exc:
+        raise ProducerError(f"cannot read the subject key secret {path} ({exc.strerror}); set BACKBONE_SUBJECT_KEY_SECRET") from None
+    if len(secret) < MIN_SECRET_BYTES:
+        raise ProducerError(f"the subject key secret in {path} is shorter than {MIN_SECRET_BYTES} bytes; delete the file to regenerate it")
+    return secret
+
+
+class SubjectKeys:
+    """Subject id -> topic key (64 hex characters as bytes); the same id always gives the same key."""
+
+    __slots__ = ("_secret",)
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SubjectKeys:
+        return cls(subject_key_secret(settings))
+
+    def __call__(self, subject_id: str) -> bytes:
+        return hmac.new(self._secret, subject_id.encode(), hashlib.sha256).hexdigest().encode()
+
+    def __repr__(self) -> str:
+        return "SubjectKeys(<secret>)"
+
+
+def default_partition(key: bytes, partitions: int) -> int:
+    """The partition librdkafka's `consistent_random` partitioner (our producers' partitioner) picks for `key`."""
+    return zlib.crc32(key) % partitions
