@@ -46,6 +46,8 @@ class Person:
     claims_after_death: int = 0
     died_in: int | None = None
     consents: dict[str, str] = field(default_factory=dict)
+    # The agency keeps referring to a consent after its withdrawal; the backbone enforces the withdrawal.
+    consent_refs: dict[str, str] = field(default_factory=dict)
 
     @property
     def honest(self) -> bool:

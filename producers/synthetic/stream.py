@@ -207,7 +207,7 @@ class SyntheticStream:
                 amount = 260.0 * max(1, person.household_size - 2)
             else:
                 amount = round(rng.uniform(*_BENEFIT_AMOUNTS[benefit]), 2)
-            research = person.consents.get(RESEARCH_PURPOSE)
+            research = person.consent_refs.get(RESEARCH_PURPOSE)
             governance = profile.tags(research, (RESEARCH_PURPOSE,)) if research else profile.tags()
             other_income = person.base_income if person.honest else 0.0
             record.update(governance=governance, national_id=person.national_id, name=person.name,
@@ -235,7 +235,7 @@ class SyntheticStream:
             else:
                 purpose = rng.choice([p for p in CONSENT_PURPOSES if p not in person.consents])
                 status, consent_id = "granted", identities.reference(rng, "CNS")
-                person.consents[purpose] = consent_id
+                person.consents[purpose] = person.consent_refs[purpose] = consent_id
             record.update(governance=profile.tags(consent_id), subject_national_id=person.national_id,
                           purpose=purpose, status=status, at=occurred_at, channel=rng.choice(_CHANNELS))
         else:
