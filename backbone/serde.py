@@ -9,6 +9,7 @@ interoperate with confluent-kafka's `AvroSerializer` / `AvroDeserializer` in bot
 from __future__ import annotations
 
 import json
+import struct
 from dataclasses import dataclass
 from io import BytesIO
 from typing import Any
@@ -33,6 +34,7 @@ from backbone.settings import Settings
 
 MAGIC = 0
 HEADER_SIZE = 5
+_HEADER = struct.Struct(">BI")  # magic byte, schema id
 _SCHEMA_NOT_FOUND = 40403
 
 
@@ -76,7 +78,7 @@ class Encoder:
             raise SerdeError(f"schema id {schema_id} does not fit the 4-byte wire-format header")
         self.schema_id = schema_id
         self.parsed_schema = parsed_schema
-        self._header = bytes((MAGIC,)) + schema_id.to_bytes(4, "big")
+        self._header = _HEADER.pack(MAGIC, schema_id)
 
     def __call__(self, record: dict) -> bytes:
         buffer = BytesIO()
@@ -107,9 +109,9 @@ class Decoder:
     def __call__(self, data: bytes) -> Decoded:
         if len(data) < HEADER_SIZE:
             raise TruncatedMessage(f"message of {len(data)} bytes is shorter than the {HEADER_SIZE}-byte header")
-        if data[0] != MAGIC:
-            raise BadMagicByte(f"first byte is {data[0]}, not the wire-format magic byte {MAGIC}")
-        schema_id = int.from_bytes(data[1:HEADER_SIZE], "big")
+        magic, schema_id = _HEADER.unpack_from(data)
+        if magic != MAGIC:
+            raise BadMagicByte(f"first byte is {magic}, not the wire-format magic byte {MAGIC}")
         parsed = self._schemas.get(schema_id)
         if parsed is None:
             parsed = self.schema(schema_id)
