@@ -232,3 +232,13 @@ def test_cli_rotate_then_reidentify_old_token_and_log_each_use_without_the_value
 def test_cli_rotate_needs_exactly_one_target(backbone) -> None:  # noqa: ANN001
     result = backbone("keys", "rotate")
     assert result.returncode == 1 and "give exactly one of --domain D or --provider P" in result.stderr
+
+
+def test_pseudonym_is_standard_hmac_sha256_under_the_domain_key() -> None:
+    import hmac
+
+    keyring = Keyring.generate(domains=["fraud"])
+    key_id, key = keyring.active_key("domain", "fraud")
+    for value in ("123456782", "", "é" * 100, 42):
+        expected = hmac.digest(key, b"fraud\x00" + str(value).encode(), "sha256")[:16]
+        assert pseudonym.token("fraud", value, keyring=keyring) == f"{key_id}." + base64.urlsafe_b64encode(expected).rstrip(b"=").decode()

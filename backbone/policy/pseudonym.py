@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hmac
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -25,6 +25,9 @@ from backbone.keyring import Keyring
 
 DIGEST_BYTES = 16  # 128 bits of HMAC-SHA256: collision-safe for any population, compact in tables
 _b64encode = base64.urlsafe_b64encode
+_IPAD = bytes(byte ^ 0x36 for byte in range(256))
+_OPAD = bytes(byte ^ 0x5C for byte in range(256))
+_URL_SAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def _text(value: Any) -> str:
@@ -36,13 +39,23 @@ def token_function(keyring: Keyring, domain: str) -> tuple[Callable[[Any], str],
     """(function value -> pseudonym, key id) for `domain`'s active key."""
     key_id, key = keyring.active_key("domain", domain)
     prefix = f"{key_id}."
-    # the domain name is mixed in too, so even a key reused by mistake would not link domains
-    salt = domain.encode() + b"\x00"
-    digest = hmac.digest
+    # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: per value only
+    # two state copies, a third of `hmac.digest`'s cost. The domain name is mixed into the message
+    # too, so even a key reused by mistake would not link domains.
+    block = key.ljust(64, b"\x00") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\x00")
+    inner = hashlib.sha256(block.translate(_IPAD))
+    inner.update(domain.encode() + b"\x00")
+    outer = hashlib.sha256(block.translate(_OPAD))
+    copy_inner, copy_outer = inner.copy, outer.copy
+    encode = binascii.b2a_base64
 
     def pseudonymise(value: Any) -> str:
-        mac = digest(key, salt + _text(value).encode(), "sha256")[:DIGEST_BYTES]
-        return prefix + _b64encode(mac).rstrip(b"=").decode("ascii")
+        state = copy_inner()
+        state.update((value if isinstance(value, str) else str(value)).encode())
+        mac = copy_outer()
+        mac.update(state.digest())
+        # 16 bytes -> 22 base64 characters (+ "==" dropped), made URL-safe
+        return prefix + encode(mac.digest()[:DIGEST_BYTES], newline=False)[:22].translate(_URL_SAFE).decode("ascii")
 
     return pseudonymise, key_id
 
