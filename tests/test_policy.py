@@ -329,3 +329,22 @@ def test_decisions_are_immutable(catalog: Catalog, engine: PolicyEngine) -> None
     with pytest.raises(AttributeError):
         decision.permitted = True  # type: ignore[misc]
 
+
+
+def test_after_key_rotation_the_reloaded_keyring_makes_new_pseudonyms(catalog: Catalog, charter: Charter) -> None:
+    keyring = Keyring.generate(domains=sorted(charter.domains()), providers=sorted(charter.providers()))
+    engine = PolicyEngine(charter, keyring)
+    income = event(catalog, "tax.income_declared")
+    before = by_recipient(engine.decide(income, NoConsent(), NOW))["fraud"]
+    rotated = keyring.rotate("domain", "fraud")
+    engine.use_keyring(keyring)
+    after = by_recipient(engine.decide(income, NoConsent(), NOW))["fraud"]
+    assert after.key_ids == (rotated.key_id,) != before.key_ids
+    assert after.record["national_id"].startswith(rotated.key_id + ".")
+
+
+def test_changing_a_condition_recompiles_it(charter: Charter) -> None:
+    agreement = charter.get("welfare-to-research")
+    assert agreement.program.execute({"benefit_type": "disability"}) is False
+    changed = agreement.model_copy(update={"condition": 'benefit_type == "disability"'})
+    assert changed.program.execute({"benefit_type": "disability"}) is True

@@ -129,11 +129,13 @@ class Agreement(BaseModel):
         """The compiled CEL condition (None without one); compiled once, on first use."""
         if self.condition is None:
             return None
-        if self._program is None:
-            self._program = cel.compile(self.condition)
-        return self._program
+        # keyed by source: model_copy(update={"condition": ...}) copies private state too
+        if self._program is None or self._program[0] != self.condition:
+            self._program = (self.condition, cel.compile(self.condition))
+        return self._program[1]
 
     def valid_at(self, now: datetime) -> bool:
+        """Inside the validity period: `valid_from` inclusive, `valid_until` exclusive."""
         return self.valid_from <= now and (self.valid_until is None or now < self.valid_until)
 
     def in_force_at(self, now: datetime) -> bool:

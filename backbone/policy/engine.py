@@ -360,6 +360,12 @@ class PolicyEngine:
         self._swap(charter, [changed])
         return changed
 
+    def use_keyring(self, keyring: Keyring) -> None:
+        """Recompile every event type with a reloaded keyring (after `backbone keys rotate`)."""
+        keys = KeyringKeys(keyring)
+        plans = {event_type: self._compile_event(self._charter, event_type, keys) for event_type in self._charter.catalog.events}
+        self._keys, self._plans = keys, plans
+
     def _swap(self, charter: Charter, touched: list[Agreement]) -> None:
         providers = {a.provider for a in touched}
         event_types = [t for t, s in charter.catalog.events.items() if s.provider in providers]
@@ -379,13 +385,14 @@ class PolicyEngine:
                 return agreement
         return self._charter.get(agreement_id)
 
-    def _compile_event(self, charter: Charter, event_type: str) -> _EventPlan:
+    def _compile_event(self, charter: Charter, event_type: str, keys: KeyringKeys | None = None) -> _EventPlan:
+        keys = keys or self._keys
         schema = charter.catalog.events[event_type]
         recipients = charter.recipients_of(schema.provider)
         deciders = []
         releases: dict[str, _Release] = {}
         for recipient in recipients:
-            decide, compiled = _compile_recipient(recipient, charter.covering(event_type, recipient), schema, self._keys)
+            decide, compiled = _compile_recipient(recipient, charter.covering(event_type, recipient), schema, keys)
             deciders.append(decide)
             releases.update(compiled)
         return _EventPlan(recipients, tuple(deciders), releases)
