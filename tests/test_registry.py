@@ -4,6 +4,7 @@ persistence in its topic across restarts, and agreement between two processes.""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -234,11 +235,15 @@ def _start(tmp_path: Path, kafka_bootstrap: str, topic: str) -> EmbeddedRegistry
     return EmbeddedRegistry(tmp_path, kafka_bootstrap, topic=topic).start()
 
 
-@pytest.fixture
-def two_registries(tmp_path: Path, kafka_bootstrap: str, topic: str) -> Iterator[tuple[Registry, Registry]]:
-    first = _start(tmp_path / "a", kafka_bootstrap, topic)
+@pytest.fixture(scope="module")
+def two_registries(
+    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
+) -> Iterator[tuple[Registry, Registry]]:
+    """Two registry processes on one topic of their own, shared by this module's tests."""
+    topic, directory = f"_schemas.test.{uuid.uuid4().hex[:10]}", tmp_path_factory.mktemp("two")
+    first = _start(directory / "a", kafka_bootstrap, topic)
     try:
-        second = _start(tmp_path / "b", kafka_bootstrap, topic)
+        second = _start(directory / "b", kafka_bootstrap, topic)
         try:
             yield Registry(first.url), Registry(second.url)
         finally:
@@ -307,3 +312,16 @@ def test_of_two_claims_for_one_id_the_earlier_wins_and_the_id_is_burnt() -> None
     assert json.loads(state.schemas[1].text)["name"] == "X"
     assert state.subject_names() == ["x-value"]
     assert state.id_for(parse_avro(json.dumps(record("Y", A))).identity) == 2
+
+
+def test_embedded_registry_refuses_a_taken_port(tmp_path: Path, kafka_bootstrap: str) -> None:
+    import socket
+
+    from backbone.errors import EmbeddedError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(EmbeddedError, match=f"port {port}.*BACKBONE_SCHEMA_REGISTRY_PORT"):
+            EmbeddedRegistry(tmp_path, kafka_bootstrap, port=port).start()
