@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
+from backbone.cli import main
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
 from backbone.policy import pseudonym
-from backbone.cli import main
 from backbone.settings import get_settings, load_settings
 
 

@@ -14,8 +14,7 @@ from fastavro.validation import validate
 from backbone.catalog import Catalog, load_catalog
 from backbone.errors import AgreementError, KeyringError
 from backbone.keyring import Keyring
-from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements
-from backbone.policy import pseudonym
+from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements, pseudonym
 from backbone.policy.sample_events import sample_event
 from backbone.settings import PROJECT_ROOT
 

@@ -13,8 +13,7 @@ from hypothesis import strategies as st
 
 from backbone.catalog import Catalog, EventSchema, load_catalog
 from backbone.keyring import Keyring
-from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements
-from backbone.policy import pseudonym
+from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements, pseudonym
 from backbone.policy.agreements import CLEAR_PII_BASES, RELEASED_HEADER
 from backbone.policy.sample_events import DEMO_GOVERNANCE
 from backbone.policy.treatments import base_type, type_kind
