@@ -254,3 +254,11 @@ def test_cli_list_shows_who_shares_what_with_whom() -> None:
 
 def test_default_catalog_is_the_repository_schemas() -> None:
     assert "tax.income_declared" in default_catalog().events
+
+
+def test_every_demo_agreement_round_trips_through_its_yaml_text(catalog: Catalog) -> None:
+    from backbone.policy.agreements import parse_agreement, to_yaml
+
+    for agreement in load_agreements(AGREEMENTS_DIR, catalog).agreements:
+        parsed, problems = parse_agreement(yaml.safe_load(to_yaml(agreement)), "agreements.changes")
+        assert problems == [] and parsed == agreement
