@@ -20,6 +20,7 @@ Rules the loader enforces beyond the pydantic model:
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
@@ -28,7 +29,7 @@ from typing import Any, Literal
 
 import cel
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from backbone.catalog import Catalog, EventSchema
 from backbone.errors import AgreementError
@@ -44,6 +45,12 @@ CLEAR_PII_BASES = frozenset({"legal_obligation", "public_task"})
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
 # Names a CEL macro binds (`items.exists(x, x > 1)`): allowed in conditions besides event fields.
 _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,")
+
+
+@lru_cache(maxsize=1024)
+def compile_condition(source: str) -> Any:
+    """A CEL program, compiled once per distinct condition text (programs are immutable)."""
+    return cel.compile(source)
 
 
 def _utc(value: Any) -> Any:
@@ -101,8 +108,6 @@ class Agreement(BaseModel):
     identified: bool = False
     fields: dict[str, FieldTreatment]
 
-    _program: Any = PrivateAttr(None)
-
     @field_validator("valid_from", "valid_until", mode="before")
     @classmethod
     def _dates_are_midnight_utc(cls, value: Any) -> Any:
@@ -127,12 +132,7 @@ class Agreement(BaseModel):
     @property
     def program(self) -> Any:
         """The compiled CEL condition (None without one); compiled once, on first use."""
-        if self.condition is None:
-            return None
-        # keyed by source: model_copy(update={"condition": ...}) copies private state too
-        if self._program is None or self._program[0] != self.condition:
-            self._program = (self.condition, cel.compile(self.condition))
-        return self._program[1]
+        return None if self.condition is None else compile_condition(self.condition)
 
     def valid_at(self, now: datetime) -> bool:
         """Inside the validity period: `valid_from` inclusive, `valid_until` exclusive."""
