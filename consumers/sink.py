@@ -279,14 +279,16 @@ class Sink:
     def run_until_idle(self, idle_s: float = 2.0, timeout_s: float = 120.0) -> SinkStats:
         """Land until no message arrived for `idle_s` after partitions were assigned (or `timeout_s`)."""
         consumer = self._open()
-        started = time.monotonic()
-        last = time.monotonic()
+        started = last = time.monotonic()
+        # a group join takes up to a session timeout; a subscription matching no topic never gets one
+        join_grace = self.settings.consumer_session_timeout_ms / 1000
         while time.monotonic() - started < timeout_s:
+            now = time.monotonic()
             if self.poll(0.2):
                 last = time.monotonic()
-            elif not consumer.assignment():
-                last = time.monotonic()
-            elif time.monotonic() - last >= idle_s:
+            elif not consumer.assignment() and now - started < join_grace:
+                last = now
+            elif now - last >= idle_s:
                 break
         self.flush()
         return self.stats
