@@ -31,7 +31,7 @@ def version() -> None:
 
 def _register() -> None:
     # Each noun lives in its own module and adds itself to `app` on import.
-    from backbone.cli import agreements, keys, process, schemas, stack, topics  # noqa: F401
+    from backbone.cli import agreement_changes, agreements, consent, keys, process, produce, schemas, stack, topics  # noqa: F401
 
 
 def main() -> None:
@@ -52,10 +52,8 @@ def main() -> None:
         raise SystemExit(130) from None
     except SystemExit:
         raise
-    except Exception as exc:  # click usage errors arrive here in standalone_mode=False
-        import click
-
-        if isinstance(exc, click.ClickException):
+    except Exception as exc:  # usage errors (typer vendors click) arrive here in standalone_mode=False
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             raise SystemExit(exc.exit_code) from None
         raise
