@@ -1,0 +1,34 @@
+"""`backbone audit subject NATIONAL_ID`: every disclosure about one person, for oversight."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from backbone.cli import app, console
+from backbone.settings import get_settings
+
+audit_app = typer.Typer(help="Oversight: who received what about whom, and why.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
+
+
+@audit_app.command("subject")
+def subject(national_id: str = typer.Argument(..., help="The person's national id (never stored: only its oversight pseudonym is looked up)")) -> None:
+    """List every disclosure about one person: recipient, when, agreement, purposes, fields."""
+    from backbone.clickhouse import make_client
+    from backbone.keyring import Keyring
+    from consumers.audit import disclosures, subject_token
+
+    settings = get_settings()
+    token_text = subject_token(Keyring.open(settings), national_id)
+    client = make_client(settings.clickhouse_dsn)
+    try:
+        found = disclosures(client, settings.clickhouse_database_prefix, token_text)
+    finally:
+        client.close()
+    table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", title=f"disclosures about subject {token_text}")
+    for item in found:
+        table.add_row(item.decided_at.strftime("%Y-%m-%d %H:%M:%S"), item.recipient, item.event_type,
+                      f"{item.agreement_id}@{item.agreement_version}", ", ".join(item.purposes), ", ".join(item.fields))
+    console.print(table)
+    console.print(f"{len(found)} disclosures")

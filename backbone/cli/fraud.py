@@ -1,0 +1,72 @@
+"""`backbone fraud alerts|score`: the fraud team's alerts and how they compare with ground truth."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from backbone.cli import app, console
+from backbone.errors import BackboneError
+from backbone.settings import get_settings
+
+fraud_app = typer.Typer(help="Fraud detection on pseudonymised data.", no_args_is_help=True)
+app.add_typer(fraud_app, name="fraud")
+
+
+def _detector():  # noqa: ANN202 - (FraudDetector, Client)
+    from backbone.clickhouse import make_client
+    from consumers.fraud import FraudDetector
+
+    settings = get_settings()
+    client = make_client(settings.clickhouse_dsn)
+    return FraudDetector(settings, client), client
+
+
+@fraud_app.command("alerts")
+def alerts(
+    kind: str = typer.Option(None, "--kind", help="Only this kind (undeclared_income, shared_bank_account, claim_after_death)"),
+    limit: int = typer.Option(100, "--limit", help="At most this many, oldest first"),
+) -> None:
+    """List fraud alerts raised so far (subjects are fraud-domain pseudonyms)."""
+    detector, client = _detector()
+    try:
+        found = detector.alerts(kind, limit)
+    finally:
+        client.close()
+    table = Table("detected (UTC)", "kind", "subject", "period", "details")
+    for alert in found:
+        table.add_row(alert.detected_at.strftime("%Y-%m-%d %H:%M:%S"), alert.kind, alert.subject, alert.period, alert.details)
+    console.print(table)
+    console.print(f"{len(found)} alerts")
+
+
+@fraud_app.command("score")
+def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth JSON written by the synthetic generator")) -> None:
+    """Precision and recall of the alerts against the generator's ground truth."""
+    from backbone.catalog import load_catalog
+    from backbone.keyring import Keyring
+    from backbone.policy.agreements import load_agreements
+    from backbone.policy.pseudonym import token_function
+    from consumers.fraud import score
+    from producers.synthetic.fraud import read_ground_truth
+
+    settings = get_settings()
+    if not truth.is_file():
+        raise BackboneError(f"ground truth file {truth} does not exist; the synthetic producer writes it (see `backbone demo`)")
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    domains = {a.domain for a in charter.agreements if a.recipient == settings.fraud_recipient and a.domain}
+    if len(domains) != 1:
+        raise BackboneError(f"agreements with recipient {settings.fraud_recipient} name {len(domains)} sharing domains; expected one")
+    pseudonymise, _ = token_function(Keyring.open(settings), domains.pop())
+    detector, client = _detector()
+    try:
+        found = detector.alerts()
+    finally:
+        client.close()
+    table = Table("kind", "found", "missed", "false", "precision", "recall")
+    for result in score(found, read_ground_truth(truth), pseudonymise):
+        table.add_row(result.kind, str(result.true_positives), str(result.false_negatives), str(result.false_positives),
+                      f"{result.precision:.3f}", f"{result.recall:.3f}")
+    console.print(table)
