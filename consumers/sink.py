@@ -280,18 +280,29 @@ class Sink:
         """Land until no message arrived for `idle_s` after partitions were assigned (or `timeout_s`)."""
         consumer = self._open()
         started = last = time.monotonic()
-        # a group join takes up to a session timeout; a subscription matching no topic never gets one
-        join_grace = self.settings.consumer_session_timeout_ms / 1000
         while time.monotonic() - started < timeout_s:
             now = time.monotonic()
             if self.poll(0.2):
                 last = time.monotonic()
-            elif not consumer.assignment() and now - started < join_grace:
+            elif not consumer.assignment() and self._subscribed_topics_exist(consumer):
+                # joining takes up to a session timeout (longer after a crash: the dead member's
+                # session must expire first); a subscription matching no topic never gets partitions
                 last = now
             elif now - last >= idle_s:
                 break
         self.flush()
         return self.stats
+
+    def _subscribed_topics_exist(self, consumer: Consumer) -> bool:
+        subscription = self.plan.subscription
+        try:
+            topics = consumer.list_topics(timeout=self.settings.kafka_timeout_s).topics
+        except KafkaException:
+            return True
+        if subscription.startswith("^"):
+            pattern = re.compile(subscription)
+            return any(pattern.match(topic) for topic in topics)
+        return subscription in topics
 
     def flush(self) -> None:
         """Land every pending message, then commit the consumer's offsets."""
