@@ -13,7 +13,6 @@ secret with every producer of a deployment; changing it changes every key (order
 from __future__ import annotations
 
 import hashlib
-import hmac
 import os
 import secrets
 import zlib
@@ -54,19 +53,39 @@ def subject_key_secret(settings: Settings) -> bytes:
 
 
 class SubjectKeys:
-    """Subject id -> topic key (64 hex characters as bytes); the same id always gives the same key."""
+    """Subject id -> topic key (64 hex characters as bytes); the same id always gives the same key.
 
-    __slots__ = ("_secret",)
+    HMAC-SHA256 with the padded key hashed once up front (RFC 2104), and recent keys cached: agency
+    streams mention the same people again and again (every month's income, every claim).
+    """
+
+    __slots__ = ("_inner", "_outer", "_cache")
+    CACHE_SIZE = 1 << 18
 
     def __init__(self, secret: bytes) -> None:
-        self._secret = secret
+        block = hashlib.sha256().block_size
+        key = hashlib.sha256(secret).digest() if len(secret) > block else secret
+        key = key.ljust(block, b"\0")
+        self._inner = hashlib.sha256(bytes(b ^ 0x36 for b in key))
+        self._outer = hashlib.sha256(bytes(b ^ 0x5C for b in key))
+        self._cache: dict[str, bytes] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SubjectKeys:
         return cls(subject_key_secret(settings))
 
     def __call__(self, subject_id: str) -> bytes:
-        return hmac.new(self._secret, subject_id.encode(), hashlib.sha256).hexdigest().encode()
+        key = self._cache.get(subject_id)
+        if key is None:
+            inner = self._inner.copy()
+            inner.update(subject_id.encode())
+            outer = self._outer.copy()
+            outer.update(inner.digest())
+            key = outer.hexdigest().encode()
+            if len(self._cache) >= self.CACHE_SIZE:
+                self._cache.clear()
+            self._cache[subject_id] = key
+        return key
 
     def __repr__(self) -> str:
         return "SubjectKeys(<secret>)"

@@ -27,6 +27,7 @@ from backbone.errors import KafkaUnavailableError
 from backbone.serde import Encoder, encoder_for, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import CONSENT_TOPIC, Topics, raw_topic
+from producers.encoding import CompiledEncoder, compile_encoder
 from producers.errors import DeliveryError, ProducerError, ProducerValidationError, QueueFullError
 from producers.keys import SubjectKeys, default_partition
 from producers.validation import Validator, compile_validator
@@ -96,6 +97,8 @@ class _Route:
     validate: Validator
     encode: Encoder
     subject_field: str | None
+    fast_encode: CompiledEncoder | None = None
+    check_governance: Validator | None = None
     keyed_by_purpose: bool = False
     partitions: int = 0
 
@@ -186,9 +189,14 @@ class AgencyProducer:
             topic = self._topic_for(event_type)
             consent = event_type == CONSENT_EVENT
             topics.ensure(topic, config={"cleanup.policy": "compact"} if consent else None)
-            validator = compile_validator(schema, self.catalog.purposes, ("purpose",) if consent else ())
+            vocabulary_fields = ("purpose",) if consent else ()
+            validator = compile_validator(schema, self.catalog.purposes, vocabulary_fields)
             encoder = encoder_for(registry, f"{topic}-value", schema.avro)
-            routes[event_type] = _Route(event_type, topic, validator, encoder, schema.subject_field, consent)
+            routes[event_type] = _Route(
+                event_type, topic, validator, encoder, schema.subject_field, keyed_by_purpose=consent,
+                fast_encode=compile_encoder(schema.avro, encoder.schema_id),
+                check_governance=compile_validator(schema, self.catalog.purposes, vocabulary_fields, check_types=False),
+            )
         metadata = self._producer.list_topics(timeout=self.settings.kafka_timeout_s)
         for route in routes.values():
             meta = metadata.topics.get(route.topic)
@@ -220,12 +228,9 @@ class AgencyProducer:
             raise ProducerValidationError(event_type, "provider", f"must be this producer's agency, {self.agency}")
         if record.setdefault("event_type", event_type) != event_type:
             raise ProducerValidationError(event_type, "event_type", "does not match the event type it is sent as")
-        problem = route.validate(record)
-        if problem is not None:
-            raise ProducerValidationError(event_type, *problem)
+        value = self._encode(route, record)
         subject = record[route.subject_field] if route.subject_field else None
         key = self._keys(subject) if subject else None
-        value = route.encode(record)
         if route.keyed_by_purpose:
             # One key per (subject, purpose) so compaction keeps every purpose's latest state, on the
             # partition the subject key alone maps to, beside the subject's events.
@@ -234,6 +239,26 @@ class AgencyProducer:
         else:
             self._produce(route, value, key, -1, record["event_id"])
         return record["event_id"]
+
+    @staticmethod
+    def _encode(route: _Route, record: dict[str, Any]) -> bytes:
+        """Validate and encode. Fast path: the compiled strict encoder, then the governance checks;
+        if it refuses the record, the precise validator names the field (or, for a valid but
+        unusual value such as an int subclass, the serde encoder writes it)."""
+        if route.fast_encode is not None:
+            try:
+                value = route.fast_encode(record)
+            except Exception:  # noqa: BLE001 - any refusal sends the record down the precise path
+                pass
+            else:
+                problem = route.check_governance(record)  # type: ignore[misc]
+                if problem is not None:
+                    raise ProducerValidationError(route.event_type, *problem)
+                return value
+        problem = route.validate(record)
+        if problem is not None:
+            raise ProducerValidationError(route.event_type, *problem)
+        return route.encode(record)
 
     def _refusal(self, event_type: str) -> ProducerValidationError:
         if event_type in self.catalog.events:

@@ -283,10 +283,19 @@ class _ExpressionCompiler:
         return scope["surely_fits"]
 
 
-def compile_validator(schema: EventSchema, purposes: Collection[str], vocabulary_fields: Collection[str] = ()) -> Validator:
+def compile_validator(
+    schema: EventSchema,
+    purposes: Collection[str],
+    vocabulary_fields: Collection[str] = (),
+    *,
+    check_types: bool = True,
+) -> Validator:
     """A function `record -> (field path, reason) | None` for `schema`: Avro types, unknown fields,
     governance (at least one purpose, each in `purposes`; a consent basis needs a consent_id) and,
-    for `vocabulary_fields`, values from the purpose vocabulary."""
+    for `vocabulary_fields`, values from the purpose vocabulary.
+
+    `check_types=False` leaves the Avro types out, for records a strict encoder has just accepted.
+    """
     record_check = _Compiler().compile(schema.avro)
     surely_fits = _ExpressionCompiler().function(schema.avro)
     field_names = frozenset(schema.fields)
@@ -301,7 +310,7 @@ def compile_validator(schema: EventSchema, purposes: Collection[str], vocabulary
         if not record.keys() <= field_names:
             unknown = sorted(str(name) for name in record.keys() - field_names)
             return (unknown[0], "not a field of the schema")
-        if not surely_fits(record):
+        if check_types and not surely_fits(record):
             problem = record_check(record)
             if problem is not None:
                 return problem
@@ -309,9 +318,9 @@ def compile_validator(schema: EventSchema, purposes: Collection[str], vocabulary
         granted = governance["purposes"]
         if not granted:
             return ("governance.purposes", "at least one purpose is required")
-        for index, purpose in enumerate(granted):
-            if purpose not in vocabulary:
-                return (f"governance.purposes[{index}]", "not in the purpose vocabulary (schemas/purposes.yaml)")
+        if not vocabulary.issuperset(granted):
+            index = next(i for i, purpose in enumerate(granted) if purpose not in vocabulary)
+            return (f"governance.purposes[{index}]", "not in the purpose vocabulary (schemas/purposes.yaml)")
         if governance["lawful_basis"] == "consent" and not governance.get("consent_id"):
             return ("governance.consent_id", "required when the lawful basis is consent")
         for name in extra_vocabulary:

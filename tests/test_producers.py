@@ -17,7 +17,7 @@ from confluent_kafka.serialization import MessageField, SerializationContext
 
 from backbone.embedded import EmbeddedBroker, free_port
 from backbone.errors import KafkaUnavailableError
-from backbone.settings import Settings, load_settings
+from backbone.settings import PROJECT_ROOT, Settings, load_settings
 from backbone.topics import CONSENT_TOPIC, raw_topic
 from producers import (
     AgencyProducer,
@@ -266,3 +266,19 @@ def test_events_the_broker_never_acknowledges_are_counted_reported_and_raised(
     assert time.monotonic() - started < 5
     assert raised.value.stats.failed == 10 and raised.value.stats.delivered == 1
     assert len(deliveries) == 11 and sum(not d.ok for d in deliveries) == 10
+
+
+def test_compiled_encoder_writes_the_same_bytes_as_the_serde_encoder() -> None:
+    from backbone.catalog import load_catalog
+    from backbone.serde import Encoder
+    from producers.encoding import compile_encoder
+
+    catalog = load_catalog(PROJECT_ROOT / "schemas")
+    compiled = {name: compile_encoder(schema.avro, 42) for name, schema in catalog.events.items()}
+    reference = {name: Encoder(42, schema.parsed) for name, schema in catalog.events.items()}
+    assert all(encoder is not None for encoder in compiled.values())
+    seen = set()
+    for event_type, record in generate(seed=13, population=2_000, events=20_000, fraud_rate=0.02):
+        assert compiled[event_type](record) == reference[event_type](record), event_type
+        seen.add(event_type)
+    assert seen == set(catalog.events)
