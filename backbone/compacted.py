@@ -103,3 +103,31 @@ class CompactedTopicReader:
                     self._caught_up.set()
         finally:
             consumer.close()
+
+
+def read_to_end(settings: Settings, topic: str, timeout: float = 10.0) -> list[Message]:
+    """Every message of `topic` now, read until end-of-partition on all partitions (bounded by `timeout`).
+
+    For small operator topics (DLQs, alerts): reads by EOF, not by watermark, which some brokers
+    report late.
+    """
+    consumer = Consumer(settings.consumer_config(f"reader-{uuid.uuid4().hex}", **{"enable.partition.eof": True}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout_s)
+        if topic not in metadata.topics or metadata.topics[topic].error is not None:
+            return []
+        partitions = set(metadata.topics[topic].partitions)
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages: list[Message] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while ended != partitions and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.2):
+                error = message.error()
+                if error is None:
+                    messages.append(message)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    ended.add(message.partition())
+        return messages
+    finally:
+        consumer.close()

@@ -1,0 +1,127 @@
+"""`backbone demo`: the whole flow on the embedded stack, live progress per stage, then a summary."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from backbone.cli import app, console
+from backbone.settings import get_settings
+
+STAGES = {"stack": "embedded stack", "processor": "processor worker", "sinks": "ClickHouse sinks",
+          "produce": "produce events", "decide": "decided + audited"}
+
+
+@app.command()
+def demo(
+    events: int = typer.Option(20_000, "--events", "-n", min=100, help="Synthetic events to produce (all agencies)"),
+    seed: int = typer.Option(42, "--seed", help="Seed of the synthetic population and events"),
+    keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack up for exploration until Ctrl-C"),
+    timeout: float = typer.Option(600.0, "--timeout", help="Give up waiting for the pipeline after this many seconds"),
+) -> None:
+    """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
+    from backbone.demo import Demo
+
+    started = time.monotonic()
+    columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
+               TextColumn("{task.fields[note]}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, completed: int | None = None, total: int | None = None, note: str = "") -> None:
+            if stage not in tasks:
+                tasks[stage] = progress.add_task(STAGES.get(stage, stage), total=total or 1, note=note)
+            task = tasks[stage]
+            if completed is None:
+                progress.update(task, completed=1, total=1, note=note)
+                for other, other_task in tasks.items():  # earlier one-shot stages are done
+                    if other != stage and progress.tasks[other_task].total == 1:
+                        progress.update(other_task, completed=1)
+            else:
+                progress.update(task, completed=completed, total=total, note=note)
+
+        runner = Demo(get_settings(), events, seed, keep_running, report)
+        try:
+            settings = runner.start()
+            report("in-flight", note="consent withdrawal and agreement suspension")
+            runner.show_consent_withdrawal()
+            runner.show_suspension()
+            runner.produce()
+            raw = sum(n for event_type, n in runner.result.produced.items() if event_type != "consent.changed")
+            expected = raw + runner.decided_events()  # the in-flight demonstrations' events are decided already
+            decided = runner.wait_until_decided(expected, timeout)
+            runner.settle()
+            result = runner.collect()
+            _summary(result, decided, expected, time.monotonic() - started)
+            if keep_running:
+                _keep_running(runner)
+        finally:
+            runner.stop()
+    console.print("[green]demo finished; every process it started has stopped[/green]")
+
+
+def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
+    produced = Table("event type", "produced", title="Events per agency")
+    for event_type, count in sorted(result.produced.items()):
+        produced.add_row(event_type, f"{count:,}")
+    console.print(produced)
+
+    decisions = Table("recipient", "decision", "count", title=f"Decisions ({decided:,} of {expected:,} events decided)")
+    for recipient, decision, count in result.decisions:
+        decisions.add_row(recipient, decision, f"{count:,}")
+    console.print(decisions)
+
+    rows = Table("database", "table or view", "rows", title="Rows per agency database")
+    for database, table, count in result.rows:
+        rows.add_row(database, table, f"{count:,}")
+    console.print(rows)
+
+    dlq = Table("stage: reason", "entries", title="Dead-letter queues")
+    for reason, count in sorted(result.dlq.items()) or [("(none)", 0)]:
+        dlq.add_row(reason, f"{count:,}")
+    console.print(dlq)
+
+    fraud = Table("kind", "alerts", "true pos.", "false pos.", "missed", "precision", "recall", title="Fraud alerts vs ground truth")
+    for s in result.scores:
+        fraud.add_row(s.kind, f"{result.alerts.get(s.kind, 0):,}", str(s.true_positives), str(s.false_positives),
+                      str(s.false_negatives), f"{s.precision:.2f}", f"{s.recall:.2f}")
+    console.print(fraud)
+
+    shown = result.in_flight
+    console.print("[bold]In flight[/bold]")
+    console.print(f"  consent granted, research claim:   {shown.consent_before}")
+    console.print(f"  consent withdrawn, next claim:     {shown.consent_after} "
+                  f"(honoured {shown.consent_seconds:.1f} s after the withdrawal was published)")
+    console.print(f"  tax-to-fraud suspended, income:    {shown.suspended_decision}")
+    console.print(f"  tax-to-fraud reactivated, income:  {shown.reactivated_decision}")
+    console.print(f"\nDone in {elapsed:.0f} s. The data stays in ClickHouse at [bold]{result.clickhouse_dsn}[/bold]; "
+                  f"ground truth in {result.truth_path}.", highlight=False)
+    console.print("Query it after the demo (chDB opens a directory in one process at a time):", highlight=False)
+    console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
+                  "    \"SELECT kind, count() FROM fraud.alerts FINAL GROUP BY kind\"", highlight=False)
+    console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
+                  "    \"SELECT recipient, reason, count() FROM audit.decisions FINAL GROUP BY ALL ORDER BY ALL\"", highlight=False)
+
+
+def _keep_running(runner: Any) -> None:
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    console.print("\n[bold]The stack stays up[/bold] (Ctrl-C stops it). From another terminal:")
+    for name, value in runner.environment().items():
+        if name.startswith("BACKBONE_") and name != "BACKBONE_CLICKHOUSE_DSN":
+            console.print(f"  export {name}={value}", highlight=False)
+    console.print("  backbone topics list; backbone schemas list; backbone produce --agency welfare --events 1000")
+    console.print("The sinks keep landing into ClickHouse in this process until Ctrl-C.")
+    try:
+        while not stop.wait(1.0):
+            runner._check_alive()  # noqa: SLF001 - the demo owns its parts
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)

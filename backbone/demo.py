@@ -1,0 +1,386 @@
+"""`backbone demo`: the whole flow on the embedded stack, with live progress and a summary.
+
+Starts the broker and registry, creates a keyring, runs a real processor worker (`backbone process`,
+a Faust worker, as a child process) and the ClickHouse sinks (threads of this process: chDB is one
+process per directory), produces a seeded population's events for every agency, demonstrates a
+consent withdrawal and an agreement suspension taking effect in flight, waits until every event is
+decided and landed, then reports. Everything lives under `<data dir>/demo`, wiped at each run.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from backbone import agreement_changes
+from backbone.catalog import load_catalog
+from backbone.clickhouse import make_client
+from backbone.compacted import read_to_end
+from backbone.embedded import EmbeddedStack, port_in_use
+from backbone.errors import BackboneError
+from backbone.keyring import Keyring, write_master_key_file
+from backbone.policy.agreements import load_agreements
+from backbone.policy.pseudonym import token
+from backbone.serde import registry_client
+from backbone.settings import Settings, load_settings
+from backbone.topics import dlq_topic
+from consumers import ddl
+from consumers.fraud import FraudDetector, score
+from consumers.sink import sinks_for
+from processors.router import OVERSIGHT_DOMAIN
+from producers import AgencyProducer, ConsentPublisher
+from producers.synthetic import SyntheticStream, write_ground_truth
+
+AUDIT = f"{ddl.AUDIT_DATABASE}.{ddl.AUDIT_TABLE}"
+DEMO_AGREEMENT = "tax-to-fraud"
+
+
+@dataclass
+class InFlight:
+    """What the in-flight demonstrations showed."""
+
+    consent_before: str = ""
+    consent_after: str = ""
+    consent_seconds: float = 0.0
+    suspended_decision: str = ""
+    reactivated_decision: str = ""
+
+
+@dataclass
+class DemoResult:
+    produced: Counter[str] = field(default_factory=Counter)
+    decisions: list[tuple[str, str, int]] = field(default_factory=list)  # recipient, decision/reason, count
+    rows: list[tuple[str, str, int]] = field(default_factory=list)  # database, table, rows
+    dlq: dict[str, int] = field(default_factory=dict)
+    alerts: Counter[str] = field(default_factory=Counter)
+    scores: list[Any] = field(default_factory=list)
+    in_flight: InFlight = field(default_factory=InFlight)
+    clickhouse_dsn: str = ""
+    truth_path: Path | None = None
+    elapsed_s: float = 0.0
+
+
+class Worker:
+    """The processor worker as a child process (`backbone process`), stopped by PID only."""
+
+    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
+        self.log_path = settings.data_dir / "logs" / "processor.log"
+        self.env = env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 120.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from backbone.cli import main; main()", "process", "-l", "info"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if "enforcing" in self.log_path.read_text(errors="replace"):
+                return
+            if self.process.poll() is not None:
+                raise BackboneError(f"the processor worker exited while starting; see {self.log_path}")
+            time.sleep(0.2)
+        raise BackboneError(f"the processor worker did not start within {timeout:g}s; see {self.log_path}")
+
+    def wait_for_line(self, text: str, after: int, timeout: float = 15.0) -> bool:
+        """True once `text` appears in the worker's log past byte offset `after` (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with open(self.log_path, "rb") as log:
+                log.seek(after)
+                if text.encode() in log.read():
+                    return True
+            time.sleep(0.1)
+        return False
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+class Demo:
+    """One demo run. `run()` returns the figures the summary prints."""
+
+    def __init__(self, base: Settings, events: int, seed: int, keep_ports: bool, report: Any) -> None:
+        self.base = base
+        self.events = events
+        self.seed = seed
+        self.keep_ports = keep_ports
+        self.report = report  # callable(stage, **figures) for progress
+        self.data_dir = (base.data_dir / "demo").resolve()
+        self.stack: EmbeddedStack | None = None
+        self.worker: Worker | None = None
+        self.settings: Settings | None = None
+        self.client: Any = None
+        self._stop_sinks = threading.Event()
+        self._sink_threads: list[threading.Thread] = []
+        self._sinks: list[Any] = []
+        self.result = DemoResult()
+
+    # set-up ------------------------------------------------------------------------------------
+    def start(self) -> Settings:
+        started = time.monotonic()
+        if self.data_dir.exists():
+            shutil.rmtree(self.data_dir)
+        self.data_dir.mkdir(parents=True)
+        broker_port = self.base.broker_port if self.keep_ports and not port_in_use(self.base.broker_port) else 0
+        registry_port = self.base.schema_registry_port if self.keep_ports and not port_in_use(self.base.schema_registry_port) else 0
+        self.report("stack", note="starting the broker and the schema registry")
+        self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port).start()
+        master_key_file = self.data_dir / "master.key"
+        master = write_master_key_file(master_key_file)
+        settings = load_settings(
+            kafka_bootstrap=self.stack.broker.bootstrap,
+            schema_registry_url=self.stack.environment()["BACKBONE_SCHEMA_REGISTRY_URL"],
+            data_dir=self.data_dir,
+            clickhouse_dsn=f"chdb://{self.data_dir / 'clickhouse'}",
+            master_key_file=master_key_file,
+            master_key=None,
+            consumer_session_timeout_ms=6000,
+            consumer_heartbeat_interval_ms=500,
+            kafka_partitions=self.base.kafka_partitions,
+            clickhouse_database_prefix="",
+        )
+        self.settings = settings
+        catalog = load_catalog(settings.schemas_dir)
+        charter = load_agreements(settings.agreements_dir, catalog)
+        keyring = Keyring.generate(domains={OVERSIGHT_DOMAIN, *charter.domains()}, providers=charter.providers())
+        keyring.save(settings.keyring_path, master)
+        self.keyring = keyring
+        self.charter = charter
+        self.report("processor", note="starting a processor worker (Faust)")
+        self.worker = Worker(settings, self.environment())
+        self.worker.start()
+        self.report("sinks", note="starting the ClickHouse sinks (chDB)")
+        self.client = make_client(settings.clickhouse_dsn)
+        self._sinks = sinks_for(settings, charter, self.client, registry_client(settings))
+        for sink in self._sinks:
+            sink.setup()
+            thread = threading.Thread(target=sink.run, args=(self._stop_sinks,), name=f"sink-{sink.plan.name}", daemon=True)
+            thread.start()
+            self._sink_threads.append(thread)
+        self.result.clickhouse_dsn = settings.clickhouse_dsn or ""
+        self.result.elapsed_s = time.monotonic() - started
+        return settings
+
+    def environment(self) -> dict[str, str]:
+        """`BACKBONE_*` variables pointing a process at this demo's stack."""
+        assert self.settings is not None
+        s = self.settings
+        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+        env.update({
+            "BACKBONE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
+            "BACKBONE_SCHEMA_REGISTRY_URL": s.schema_registry_url,
+            "BACKBONE_DATA_DIR": str(s.data_dir),
+            "BACKBONE_CLICKHOUSE_DSN": s.clickhouse_dsn or "",
+            "BACKBONE_MASTER_KEY_FILE": str(s.master_key_file),
+            "BACKBONE_KAFKA_PARTITIONS": str(s.kafka_partitions),
+            "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": str(s.consumer_session_timeout_ms),
+            "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": str(s.consumer_heartbeat_interval_ms),
+        })
+        return env
+
+    # the flow ----------------------------------------------------------------------------------
+    def produce(self) -> SyntheticStream:
+        assert self.settings is not None
+        population = max(200, self.events // 25)
+        stream = SyntheticStream(seed=self.seed, population=population, events=self.events)
+        producers: dict[str, AgencyProducer] = {}
+        catalog = load_catalog(self.settings.schemas_dir)
+        sent = 0
+        try:
+            for agency in sorted(stream.agencies):
+                producers[agency] = ConsentPublisher(self.settings, catalog) if agency == "consent" else AgencyProducer(agency, self.settings, catalog)
+            for event_type, record in stream:
+                producers[record["provider"]].send(event_type, record)
+                self.result.produced[event_type] += 1
+                sent += 1
+                if sent % 2000 == 0:
+                    self.report("produce", completed=sent, total=self.events)
+        finally:
+            for producer in producers.values():
+                producer.close()
+        self.report("produce", completed=sent, total=self.events)
+        self.result.truth_path = self.data_dir / "ground_truth.json"
+        write_ground_truth(self.result.truth_path, stream.ground_truth)
+        self.ground_truth = list(stream.ground_truth)
+        return stream
+
+    def decided_events(self) -> int:
+        return int(self.client.query(f"SELECT uniqExact(event_id) FROM {AUDIT}").result_rows[0][0])
+
+    def wait_until_decided(self, expected: int, timeout: float) -> int:
+        """Block until the audit database holds a decision for `expected` events (bounded)."""
+        deadline = time.monotonic() + timeout
+        decided = 0
+        while time.monotonic() < deadline:
+            self._check_alive()
+            decided = self.decided_events()
+            self.report("decide", completed=decided, total=expected)
+            if decided >= expected:
+                return decided
+            time.sleep(0.5)
+        return decided
+
+    def _check_alive(self) -> None:
+        if self.worker is not None and not self.worker.alive():
+            raise BackboneError(f"the processor worker stopped; see {self.worker.log_path}")
+        for thread, sink in zip(self._sink_threads, self._sinks, strict=True):
+            if not thread.is_alive() and not self._stop_sinks.is_set():
+                raise BackboneError(f"sink {sink.plan.name} stopped; see the log above")
+
+    def decision_for(self, event_id: str, recipient: str, timeout: float = 30.0) -> str:
+        """`permit` or the deny reason of one event for one recipient, once the audit sink has it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            rows = self.client.query(
+                f"SELECT decision, reason FROM {AUDIT} WHERE event_id = {{e:String}} AND recipient = {{r:String}} LIMIT 1",
+                parameters={"e": event_id, "r": recipient},
+            ).result_rows
+            if rows:
+                decision, reason = rows[0]
+                return "permit" if decision == "permit" else str(reason)
+            time.sleep(0.2)
+        return "not decided in time"
+
+    def show_consent_withdrawal(self) -> None:
+        """A citizen withdraws consent for research; the very next claim is no longer shared."""
+        assert self.settings is not None
+        subject = str(900_000_000 + uuid.uuid4().int % 99_999_999)
+        claim = {
+            "governance": {"lawful_basis": "consent", "purposes": ["scientific_research", "service_provision"], "consent_id": "demo-consent"},
+            "national_id": subject, "name": "Demo Citizen", "date_of_birth": date(1985, 6, 1), "postcode": "1011 AA",
+            "benefit_type": "housing_allowance", "period": "2026-01", "monthly_amount": 420.0,
+            "bank_account": "NL20INGB0001234567", "household_size": 1, "declared_other_income": 0.0,
+        }
+        with ConsentPublisher(self.settings) as consent:
+            consent.grant(subject, "scientific_research")
+        time.sleep(1.0)
+        with AgencyProducer("welfare", self.settings) as producer:
+            before = producer.send("welfare.benefit_claimed", dict(claim))  # send fills event_id in the dict it gets
+        self.result.in_flight.consent_before = self.decision_for(before, "research")
+        with ConsentPublisher(self.settings) as consent:
+            consent.withdraw(subject, "scientific_research")
+        withdrawn_at = time.monotonic()
+        # send claims until one is decided after the withdrawal reached the worker (bounded)
+        outcome = ""
+        for _ in range(20):
+            with AgencyProducer("welfare", self.settings) as producer:
+                after = producer.send("welfare.benefit_claimed", dict(claim))
+            outcome = self.decision_for(after, "research")
+            if outcome != "permit":
+                break
+            time.sleep(0.25)
+        self.result.in_flight.consent_after = outcome
+        self.result.in_flight.consent_seconds = time.monotonic() - withdrawn_at
+
+    def show_suspension(self) -> None:
+        """The operator suspends tax -> fraud; the next income is denied without restarting anything."""
+        assert self.settings is not None
+        income = {
+            "governance": {"lawful_basis": "legal_obligation", "purposes": ["fraud_prevention_and_detection"], "consent_id": None},
+            "national_id": str(800_000_000 + uuid.uuid4().int % 99_999_999), "name": "Demo Taxpayer", "employer_id": "E-0001",
+            "period": "2026-01", "declared_income": 2100.0, "bank_account": "NL39RABO0300065264",
+        }
+        self._change_agreement("suspended")
+        try:
+            with AgencyProducer("tax", self.settings) as producer:
+                event_id = producer.send("tax.income_declared", dict(income))
+            self.result.in_flight.suspended_decision = self.decision_for(event_id, "fraud")
+        finally:
+            self._change_agreement("active")
+        with AgencyProducer("tax", self.settings) as producer:
+            event_id = producer.send("tax.income_declared", {**income, "period": "2026-02"})
+        self.result.in_flight.reactivated_decision = self.decision_for(event_id, "fraud")
+
+    def _change_agreement(self, status: str) -> None:
+        """Publish a status change and wait until the worker says it applied it (no restart)."""
+        assert self.settings is not None and self.worker is not None
+        offset = self.worker.log_size()
+        changed = agreement_changes.change_status(self.settings, self.charter, DEMO_AGREEMENT, None, status)
+        if not self.worker.wait_for_line(f"agreement {changed.key} is now {status}", offset):
+            raise BackboneError(f"the processor did not apply {changed.key} -> {status} within 15 s; see {self.worker.log_path}")
+
+    def settle(self, timeout: float = 30.0) -> None:
+        """Wait until the sinks have landed everything (no new rows for a few seconds)."""
+        deadline = time.monotonic() + timeout
+        last, quiet_since = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            landed = sum(sink.stats.landed for sink in self._sinks)
+            if landed != last:
+                last, quiet_since = landed, time.monotonic()
+            elif time.monotonic() - quiet_since > 3.0:
+                return
+            time.sleep(0.5)
+
+    def collect(self) -> DemoResult:
+        assert self.settings is not None
+        result = self.result
+        result.decisions = [
+            (r, d, int(n)) for r, d, n in self.client.query(
+                f"SELECT recipient, if(decision = 'permit', 'permit', concat('deny: ', assumeNotNull(reason))) AS d, count() "
+                f"FROM {AUDIT} FINAL GROUP BY recipient, d ORDER BY recipient, d").result_rows
+        ]
+        tables = self.client.query(
+            "SELECT database, name FROM system.tables WHERE database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA', 'default') "
+            "AND engine LIKE '%MergeTree' ORDER BY database, name").result_rows
+        result.rows = [(db, name, int(self.client.query(f"SELECT count() FROM {db}.{name} FINAL").result_rows[0][0])) for db, name in tables]
+        result.dlq = self.dead_letters()
+        detector = FraudDetector(self.settings, self.client)
+        detector.detect()
+        alerts = detector.alerts()
+        detector.close()
+        result.alerts = Counter(alert.kind for alert in alerts)
+        result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
+        return result
+
+    def dead_letters(self) -> dict[str, int]:
+        """DLQ entries by `stage: reason`, read from the DLQ topics themselves."""
+        assert self.settings is not None
+        counts: Counter[str] = Counter()
+        for stage in ("processor", "sink"):
+            for message in read_to_end(self.settings, dlq_topic(stage)):
+                headers = dict(message.headers() or [])
+                reason = (headers.get("error.reason") or b"?").decode(errors="replace")
+                counts[f"{stage}: {reason}"] += 1
+        return dict(counts)
+
+    # tear-down ---------------------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop_sinks.set()
+        for thread in self._sink_threads:
+            thread.join(timeout=30)
+        if self.worker is not None:
+            self.worker.stop()
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.stack is not None:
+            self.stack.stop()
+            self.stack = None
