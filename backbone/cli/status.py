@@ -1,0 +1,66 @@
+"""`backbone status [--watch]`: the operator's view of the configured stack."""
+
+from __future__ import annotations
+
+import time
+
+import typer
+from rich.console import Group
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from backbone.cli import app, console
+from backbone.settings import get_settings
+
+
+def _render(status, minutes: int):  # noqa: ANN001, ANN202 - backbone.status.Status -> rich renderable
+    parts = []
+    if status.unreachable:
+        lines = Table("part", "cannot be reached", title="[red]Unreachable[/red]")
+        for part, why in status.unreachable.items():
+            lines.add_row(part, why)
+        parts.append(lines)
+    topics = Table("topic", "partitions", "end offset", title="Topics")
+    for topic in status.topics:
+        topics.add_row(topic.name, str(topic.partitions), f"{topic.end_offset:,}")
+    groups = Table("consumer group", "topics", "committed", "lag", title="Consumer groups (lag from watermarks: approximate)")
+    for group in status.groups:
+        groups.add_row(group.group, str(group.topics), f"{group.committed:,}", f"{group.lag:,}")
+    subjects = Table("subject", title=f"Registry subjects ({len(status.subjects)})")
+    for subject in status.subjects:
+        subjects.add_row(subject)
+    decisions = Table("recipient", "decision", "count", title=f"Decisions in the last {minutes} min")
+    for recipient, decision, count in status.decisions:
+        decisions.add_row(recipient, decision, f"{count:,}")
+    dlq = Table("stage: reason", "entries", title="Dead-letter queues")
+    for reason, count in sorted(status.dlq.items()):
+        dlq.add_row(reason, f"{count:,}")
+    rows = Table("database", "rows", title="Rows per agency database")
+    for database, count in status.rows:
+        rows.add_row(database, f"{count:,}")
+    parts += [topics, groups, subjects, decisions, dlq, rows, Text(time.strftime("as of %H:%M:%S"), style="dim")]
+    return Group(*parts)
+
+
+@app.command()
+def status(
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh until Ctrl-C"),
+    interval: float = typer.Option(5.0, "--interval", help="Seconds between refreshes with --watch"),
+    minutes: int = typer.Option(5, "--minutes", help="Window of the decision counts"),
+    timeout: float = typer.Option(3.0, "--timeout", help="Seconds each part gets to answer"),
+) -> None:
+    """Topics, consumer lag, registry subjects, recent decisions, DLQ entries and rows per agency."""
+    from backbone.status import collect
+
+    settings = get_settings()
+    if not watch:
+        console.print(_render(collect(settings, minutes, timeout), minutes))
+        return
+    with Live(console=console, auto_refresh=False) as live:
+        try:
+            while True:
+                live.update(_render(collect(settings, minutes, timeout), minutes), refresh=True)
+                time.sleep(interval)
+        except KeyboardInterrupt:
+            pass

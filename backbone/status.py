@@ -1,0 +1,172 @@
+"""The operator's view of a running backbone: topics, consumer lag, registry subjects, recent
+decisions, DLQ entries and rows per agency database. Each part is asked separately with a short
+timeout, so one unreachable part is reported as such and the rest still answers.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from backbone.compacted import read_to_end
+from backbone.errors import BackboneError
+from backbone.settings import Settings
+from backbone.topics import dlq_topic
+
+T = TypeVar("T")
+DLQ_STAGES = ("processor", "sink")
+
+
+@dataclass
+class TopicStatus:
+    name: str
+    partitions: int
+    end_offset: int  # sum of high watermarks: approximate on brokers that report them late
+
+
+@dataclass
+class GroupLag:
+    group: str
+    topics: int
+    committed: int
+    lag: int
+
+
+@dataclass
+class Status:
+    topics: list[TopicStatus] = field(default_factory=list)
+    groups: list[GroupLag] = field(default_factory=list)
+    subjects: list[str] = field(default_factory=list)
+    decisions: list[tuple[str, str, int]] = field(default_factory=list)
+    dlq: Counter[str] = field(default_factory=Counter)
+    rows: list[tuple[str, int]] = field(default_factory=list)
+    unreachable: dict[str, str] = field(default_factory=dict)  # part -> why
+
+
+def _ask(status: Status, part: str, call: Callable[[], T]) -> T | None:
+    try:
+        return call()
+    except BackboneError as exc:
+        status.unreachable[part] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - any failure of one part is reported, the rest goes on
+        status.unreachable[part] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+    return None
+
+
+def kafka_status(settings: Settings, timeout: float) -> tuple[list[TopicStatus], list[GroupLag]]:
+    admin = AdminClient(settings.kafka_config())
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except Exception:
+        raise BackboneError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:g}s") from None
+    consumer = Consumer(settings.consumer_config(f"status-{uuid.uuid4().hex}"))
+    try:
+        ends: dict[tuple[str, int], int] = {}
+        topics = []
+        for name in sorted(metadata.topics):
+            if name.startswith("__"):
+                continue
+            total = 0
+            for partition in metadata.topics[name].partitions:
+                _, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=timeout, cached=False)
+                ends[(name, partition)] = high
+                total += high
+            topics.append(TopicStatus(name, len(metadata.topics[name].partitions), total))
+    finally:
+        consumer.close()
+    groups = []
+    listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
+    for group in sorted(g.group_id for g in listed.valid):
+        if group.startswith(("reader-", "status-", "watermark-")):
+            continue  # partition readers, not consumer groups that make progress
+        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)[group]
+        offsets = future.result(timeout=timeout).topic_partitions or []
+        committed = [tp for tp in offsets if tp.offset >= 0]
+        lag = sum(max(0, ends.get((tp.topic, tp.partition), tp.offset) - tp.offset) for tp in committed)
+        groups.append(GroupLag(group, len({tp.topic for tp in committed}), sum(tp.offset for tp in committed), lag))
+    return topics, groups
+
+
+def dlq_status(settings: Settings, timeout: float) -> Counter[str]:
+    counts: Counter[str] = Counter()
+    for stage in DLQ_STAGES:
+        for message in read_to_end(settings, dlq_topic(stage), timeout):
+            headers = dict(message.headers() or [])
+            counts[f"{stage}: {(headers.get('error.reason') or b'?').decode(errors='replace')}"] += 1
+    return counts
+
+
+def registry_subjects(settings: Settings) -> list[str]:
+    from backbone.serde import registry_client
+
+    try:
+        return sorted(registry_client(settings).get_subjects())
+    except Exception:
+        raise BackboneError(f"the schema registry at {settings.schema_registry_url} did not answer") from None
+
+
+def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+    from urllib.parse import urlsplit
+
+    from clickhouse_connect.driver.exceptions import OperationalError
+
+    from backbone.clickhouse import make_client
+
+    dsn = urlsplit(settings.clickhouse_dsn or "")
+    where = f"{dsn.scheme}://{dsn.hostname}:{dsn.port}" if dsn.hostname else settings.clickhouse_dsn  # never the password
+    try:
+        client = make_client(settings.clickhouse_dsn or "")
+        client.query("SELECT 1")
+    except OperationalError:
+        raise BackboneError(f"ClickHouse at {where} did not answer") from None
+    try:
+        prefix = settings.clickhouse_database_prefix
+        audit = f"{prefix}audit.decisions"
+        has_audit = client.query(
+            "SELECT count() FROM system.tables WHERE database = {d:String} AND name = 'decisions'", parameters={"d": f"{prefix}audit"}
+        ).result_rows[0][0]
+        decisions: list[tuple[str, str, int]] = []
+        if has_audit:
+            decisions = [(r, d, int(n)) for r, d, n in client.query(
+                f"SELECT recipient, if(decision = 'permit', 'permit', concat('deny: ', assumeNotNull(reason))) AS d, count() "
+                f"FROM {audit} WHERE decided_at >= now64(3) - INTERVAL {int(minutes)} MINUTE GROUP BY recipient, d ORDER BY recipient, d"
+            ).result_rows]
+        rows = [(db, int(n)) for db, n in client.query(
+            "SELECT database, sum(total_rows) FROM system.tables WHERE engine LIKE '%MergeTree' "
+            "AND database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA') AND startsWith(database, {p:String}) "
+            "GROUP BY database ORDER BY database", parameters={"p": prefix}).result_rows]
+        return decisions, rows
+    finally:
+        client.close()
+
+
+def collect(settings: Settings, minutes: int = 5, timeout: float = 3.0) -> Status:
+    """Ask every part; what does not answer within `timeout` is listed in `unreachable`."""
+    status = Status()
+    kafka = _ask(status, "kafka", lambda: kafka_status(settings, timeout))
+    if kafka is not None:
+        status.topics, status.groups = kafka
+        status.dlq = _ask(status, "dlq", lambda: dlq_status(settings, timeout)) or Counter()
+    status.subjects = _ask(status, "schema registry", lambda: registry_subjects(settings)) or []
+    clickhouse = _ask(status, "clickhouse", lambda: clickhouse_status(settings, minutes))
+    if clickhouse is not None:
+        status.decisions, status.rows = clickhouse
+    return status
+
+
+def as_dict(status: Status) -> dict[str, Any]:
+    return {
+        "topics": [vars(t) for t in status.topics],
+        "groups": [vars(g) for g in status.groups],
+        "subjects": status.subjects,
+        "decisions": status.decisions,
+        "dlq": dict(status.dlq),
+        "rows": status.rows,
+        "unreachable": status.unreachable,
+    }
