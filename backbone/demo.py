@@ -152,7 +152,8 @@ class Demo:
         broker_port = self.base.broker_port if self.keep_ports and not port_in_use(self.base.broker_port) else 0
         registry_port = self.base.schema_registry_port if self.keep_ports and not port_in_use(self.base.schema_registry_port) else 0
         self.report("stack", note="starting the broker and the schema registry")
-        self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port).start()
+        self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port)
+        self.stack.start()
         master_key_file = self.data_dir / "master.key"
         master = write_master_key_file(master_key_file)
         settings = load_settings(

@@ -287,9 +287,14 @@ class EmbeddedStack:
         self.registry: EmbeddedRegistry | None = None
 
     def start(self) -> EmbeddedStack:
-        self.broker.start()
-        self.registry = EmbeddedRegistry(self.data_dir, self.broker.bootstrap, port=self.registry_port)
-        self.registry.start()
+        """Start every part; if one fails (or Ctrl-C arrives), the parts already started are stopped."""
+        try:
+            self.broker.start()
+            self.registry = EmbeddedRegistry(self.data_dir, self.broker.bootstrap, port=self.registry_port)
+            self.registry.start()
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
@@ -314,11 +319,7 @@ class EmbeddedStack:
         return environment
 
     def __enter__(self) -> EmbeddedStack:
-        try:
-            return self.start()
-        except BaseException:
-            self.stop()
-            raise
+        return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
