@@ -27,6 +27,12 @@ from processors.router import Router
 log = logging.getLogger(__name__)
 
 RAW_PATTERN = r"^raw\..*"
+# Outputs of a batch are grouped into produce requests for up to this long; the flush at the end
+# of each batch sends the rest at once, so an output waits at most this long and never past the
+# end of its batch. Measured with `python -m bench.processor` on the embedded broker: 50 ms
+# instead of 2 ms takes the data plane from ~5k to ~7k events/s with ~25% less CPU per event
+# (fewer, larger lz4 batches and produce requests).
+LINGER_MS = 50
 
 
 class DeliveryFailed(BackboneError):
@@ -81,7 +87,7 @@ class DataPlane:
             "topic.metadata.refresh.interval.ms": 5000,
             "fetch.wait.max.ms": 20,
         }))
-        producer = Producer(self.settings.producer_config(**{"linger.ms": 2}))
+        producer = Producer(self.settings.producer_config(**{"linger.ms": LINGER_MS}))
         consumer.subscribe([RAW_PATTERN])
         batch_size = self.settings.consumer_batch_size
         try:
