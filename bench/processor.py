@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import threading
 import time
@@ -42,6 +43,7 @@ from backbone.settings import Settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, shared_topic
 from bench.stack import ProcessorWorker, embedded_settings
 from processors.app import APP_ID, Enforcement
+from processors.dataplane import LINGER_MS
 from processors.router import DLQ_TOPIC, Router
 from producers.sdk import AgencyProducer, Delivery
 from producers.synthetic import generate
@@ -74,6 +76,7 @@ class Results:
     latency_samples: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     routed_ms: dict[str, float] = field(default_factory=dict)
+    cpu_during_load: dict[str, float] = field(default_factory=dict)
     worker_rss_mb_after_latency: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -148,7 +151,8 @@ def run_bare(settings: Settings, ends: Ends, max_seconds: float) -> tuple[float,
     for name in bare_topics.values():
         topics.ensure(name)
     consumer = Consumer(settings.consumer_config(f"bench-bare-{time.monotonic_ns()}"))
-    producer = Producer(settings.producer_config())
+    # The data plane's producer settings, so the ratio measures Faust, per-batch flush and commit only.
+    producer = Producer(settings.producer_config(**{"linger.ms": LINGER_MS}))
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for topic, partition in ends])
     pending = dict(ends)
     delivered = failed = produced = routed = 0
@@ -295,9 +299,18 @@ class SharedReader:
                 self.last_seen = received
 
 
+def cpu_ticks(pid: int | None = None) -> tuple[int, int]:
+    """(busy, total) clock ticks of the machine, or (utime + stime, 0) of process `pid`."""
+    if pid is not None:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) + int(fields[12]), 0
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    return sum(values) - values[3] - values[4], sum(values)
+
+
 def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, seconds: float, seed: int,
-                population: int) -> tuple[float, int, SharedReader]:
-    """(offered events/s, events sent, the reader holding the latencies)."""
+                population: int) -> tuple[float, int, SharedReader, dict[str, float]]:
+    """(offered events/s, events sent, the reader holding the latencies, CPU use during the load)."""
     count = int(rate * seconds)
     records = _records(seed, population, count)
     sent: dict[str, float] = {}
@@ -307,6 +320,7 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
     step = max(1, int(rate / 200))  # pace in batches of 5 ms worth of events
     try:
         started = time.perf_counter()
+        machine, process = cpu_ticks(), cpu_ticks(worker.pid)
         for index in range(0, len(records), step):
             ahead = started + index / rate - time.perf_counter()
             if ahead > 0:
@@ -316,7 +330,12 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
                 mix.send(event_type, record)
             for producer in mix.producers.values():
                 producer.poll(0)
-        offered = len(records) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        offered = len(records) / elapsed
+        machine_now, process_now = cpu_ticks(), cpu_ticks(worker.pid)
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu = {"machine_busy_pct": 100 * (machine_now[0] - machine[0]) / max(1, machine_now[1] - machine[1]),
+               "worker_pct_of_a_core": 100 * (process_now[0] - process[0]) / hz / elapsed}
         mix.close()
         # Drain: until no released record has arrived for 3 s (bounded).
         deadline = time.monotonic() + 30
@@ -326,7 +345,7 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
             time.sleep(0.2)
     finally:
         reader.stop()
-    return offered, len(records), reader
+    return offered, len(records), reader, cpu
 
 
 def percentiles(values: list[float]) -> dict[str, float]:
@@ -363,6 +382,9 @@ def report(results: Results) -> Path:
         table.add_row(f"latency produce -> shared {name}", f"{value:,.0f} ms", target)
     table.add_row("  of which send -> processor's produce p50 / p99",
                   f"{results.routed_ms.get('p50', float('nan')):,.0f} / {results.routed_ms.get('p99', float('nan')):,.0f} ms", "")
+    if results.cpu_during_load:
+        table.add_row("CPU during the load: machine busy / worker",
+                      f"{results.cpu_during_load['machine_busy_pct']:.0f}% / {results.cpu_during_load['worker_pct_of_a_core']:.0f}% of a core", "")
     table.add_row("latency samples (released records)", f"{results.latency_samples:,}", "")
     table.add_row("worker RSS after throughput / after latency",
                   f"{results.worker_rss_mb_after_throughput or 0:,.0f} / {results.worker_rss_mb_after_latency or 0:,.0f} MiB", "")
@@ -410,7 +432,7 @@ def main() -> None:
             results.worker_rss_mb_after_throughput = worker.rss_mb()
             if not args.skip_latency:
                 console.print(f"processor {steady:,.0f} events/s; latency at {args.rate:,.0f} events/s for {args.seconds:g}s ...")
-                offered, sent, reader = run_latency(settings, worker, args.rate, args.seconds, seed=2,
+                offered, sent, reader, results.cpu_during_load = run_latency(settings, worker, args.rate, args.seconds, seed=2,
                                                     population=args.population)
                 results.offered_rate, results.offered_events = offered, sent
                 results.latency_samples = len(reader.latencies_ms)
