@@ -27,12 +27,12 @@ from processors.router import Router
 log = logging.getLogger(__name__)
 
 RAW_PATTERN = r"^raw\..*"
-# Outputs of a batch are grouped into produce requests for up to this long; the flush at the end
-# of each batch sends the rest at once, so an output waits at most this long and never past the
-# end of its batch. Measured with `python -m bench.processor` on the embedded broker: 50 ms
-# instead of 2 ms takes the data plane from ~5k to ~7k events/s with ~25% less CPU per event
-# (fewer, larger lz4 batches and produce requests).
-LINGER_MS = 50
+# Outputs wait at most this long to be grouped into produce requests. Measured with
+# `python -m bench.processor` on the embedded broker: 50 ms gives ~30-50% more events/s on a
+# backlog (fewer, larger lz4 batches) but triples p99 produce->shared latency at 2k events/s
+# (~0.6 s -> ~2 s); 10 ms matched 2 ms on latency (throughput not yet measured). Latency is the
+# target, so 2 ms.
+LINGER_MS = 2
 
 
 class DeliveryFailed(BackboneError):
