@@ -60,8 +60,8 @@ from producers.synthetic import SyntheticStream
 RATIO_TARGET = 0.35
 P99_TARGET_MS = 1000.0
 LATENCY_RECIPIENT = "fraud"
-SAMPLED_PER_S = 1000  # latency samples per second of offered load, at most (bounds the poll query)
-POLL_PAUSE_S = 0.02  # between visibility polls: the poller shares the chDB client with the sinks
+SAMPLED_PER_S = 200  # latency samples per second of offered load, at most (bounds the poll query)
+POLL_PAUSE_S = 0.05  # between visibility polls: the poller shares the chDB client with the sinks
 PASSTHROUGH_TOPIC = "bench.passthrough"
 CONSENT_EVENT = "consent.changed"
 AUDIT_TABLE = ddl.qualified(ddl.AUDIT_DATABASE, ddl.AUDIT_TABLE)
