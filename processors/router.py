@@ -85,7 +85,7 @@ class Router:
         self.decoder = decoder
         self.registry = decoder.registry
         avro = audit_schema(catalog)
-        self._audit = Encoder(register(self.registry, AUDIT_SUBJECT, avro), parse_schema(avro))
+        self._audit = Encoder(register(self.registry, AUDIT_SUBJECT, avro), parse_schema(avro), avro)
         self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
         self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
         self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
@@ -115,7 +115,7 @@ class Router:
                 # schema, so recipients read every version; the registry must not refuse the change.
                 self.registry.set_compatibility(subject_name=subject, level="NONE")
                 self._subjects_configured.add(subject)
-            encoder = Encoder(register(self.registry, subject, avro), parse_schema(avro))
+            encoder = Encoder(register(self.registry, subject, avro), parse_schema(avro), avro)
             self._encoders[key] = encoder
         return encoder
 

@@ -27,7 +27,7 @@ from backbone.errors import KafkaUnavailableError
 from backbone.serde import Encoder, encoder_for, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import CONSENT_TOPIC, Topics, raw_topic
-from producers.encoding import CompiledEncoder, compile_encoder
+from backbone.avro_codegen import CompiledEncoder, compile_encoder
 from producers.errors import DeliveryError, ProducerError, ProducerValidationError, QueueFullError
 from producers.keys import SubjectKeys, default_partition
 from producers.validation import Validator, compile_validator

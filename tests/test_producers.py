@@ -271,7 +271,7 @@ def test_events_the_broker_never_acknowledges_are_counted_reported_and_raised(
 def test_compiled_encoder_writes_the_same_bytes_as_the_serde_encoder() -> None:
     from backbone.catalog import load_catalog
     from backbone.serde import Encoder
-    from producers.encoding import compile_encoder
+    from backbone.avro_codegen import compile_encoder
 
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     compiled = {name: compile_encoder(schema.avro, 42) for name, schema in catalog.events.items()}

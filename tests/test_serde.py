@@ -204,3 +204,24 @@ def test_unreachable_registry_is_reported_with_its_url(valid_bytes: bytes) -> No
 def test_encoder_rejects_an_id_that_does_not_fit_the_header() -> None:
     with pytest.raises(SerdeError):
         Encoder(2**32, CATALOG.events["welfare.benefit_claimed"].parsed)
+
+
+def test_generated_fast_path_writes_the_same_bytes_and_still_names_a_bad_field() -> None:
+    import random
+
+    from backbone.catalog import default_catalog
+    from backbone.policy.sample_events import sample_event
+
+    catalog = default_catalog()
+    rng = random.Random(3)
+    for schema in catalog.events.values():
+        fast, plain = Encoder(7, schema.parsed, schema.avro), Encoder(7, schema.parsed)
+        for _ in range(20):
+            record = sample_event(schema, rng)
+            assert fast(record) == plain(record)
+    welfare = catalog.events["welfare.benefit_claimed"]
+    record = sample_event(welfare, rng)
+    record["household_size"] = "three"
+    with pytest.raises(EncodeError, match="household_size") as caught:
+        Encoder(7, welfare.parsed, welfare.avro)(record)
+    assert "three" not in str(caught.value)

@@ -1,4 +1,4 @@
-"""A compiled Avro encoder per event schema: the SDK's fast path, byte-for-byte what
+"""A compiled Avro encoder per schema: the fast path of `backbone.serde.Encoder` and the SDK, byte-for-byte what
 `backbone.serde.Encoder` (fastavro) writes, several times faster because each schema becomes one
 straight-line Python function (no per-call schema walk, no logical-type preprocessing pass).
 
