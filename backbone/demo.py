@@ -180,7 +180,7 @@ class Demo:
         self.worker.start()
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
-        self._sinks = sinks_for(settings, charter, self.client, registry_client(settings))
+        self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
         for sink in self._sinks:
             sink.setup()
             thread = threading.Thread(target=sink.run, args=(self._stop_sinks,), name=f"sink-{sink.plan.name}", daemon=True)

@@ -158,13 +158,13 @@ def memory_report(worker: ProcessorWorker) -> dict[str, dict[str, float | None]]
 
 
 class Sinks:
-    """Every recipient's sink and the audit sink, as threads of this process sharing one client.
+    """Every recipient's sink and the audit sink, as threads of this process, one client each.
     `carried` is what earlier sinks landed, so `landed()` counts from the start of the run."""
 
     def __init__(self, settings: Settings, charter: Charter, client: Any, carried: tuple[int, int] = (0, 0)) -> None:
         self.settings = settings
         self.carried = carried
-        self.sinks: list[Sink] = sinks_for(settings, charter, client, registry_client(settings))
+        self.sinks: list[Sink] = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
         self.audit = next(sink for sink in self.sinks if sink.plan.name == "audit")
         self.shared = [sink for sink in self.sinks if sink is not self.audit]
         self._stop = threading.Event()
@@ -600,6 +600,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 sink.plan.name: (time.perf_counter() - batches[sink.plan.name][1]) / max(1, sink.stats.batches - batches[sink.plan.name][0])
                 for sink in sinks.sinks}
             results.decided_ms = percentiles(decided)
+            for sink in sinks.sinks:
+                st = sink.stats
+                results.notes.append(f"sink {sink.plan.name}: {st.batches} batches; seconds in consume {st.consume_s:.1f}, "
+                                     f"insert {st.insert_s:.1f}, commit {st.commit_s:.1f}, after-batch {st.hook_s:.1f}")
             results.rss_mb["after latency"] = memory_report(worker)
             if unseen:
                 results.notes.append(f"{unseen} sampled events never became visible in {LATENCY_RECIPIENT}'s tables "

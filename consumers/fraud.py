@@ -281,3 +281,46 @@ class FraudDetector:
         if self._producer is not None:
             self._producer.flush(self.settings.kafka_timeout_s)
             self._producer = None
+
+
+class BackgroundDetection:
+    """Runs a detector's rules on their own thread when a batch landed fraud rows, at most every
+    `interval_s`, so landing never waits for the rules. `close()` runs them a last time and stops."""
+
+    def __init__(self, detector: FraudDetector, interval_s: float = 1.0) -> None:
+        import threading
+
+        self.detector = detector
+        self.interval_s = interval_s
+        self._due = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="fraud-rules", daemon=True)
+        self._thread.start()
+
+    def after_batch(self, destinations: set) -> None:
+        if any(destination.database == self.detector.database for destination in destinations):
+            self._due.set()
+
+    def _run(self) -> None:
+        import time
+
+        while not self._stop.is_set():
+            if not self._due.wait(0.2):
+                continue
+            self._due.clear()
+            started = time.monotonic()
+            self._detect()
+            self._stop.wait(max(0.0, self.interval_s - (time.monotonic() - started)))
+
+    def _detect(self) -> None:
+        try:
+            self.detector.detect()
+        except DatabaseError as exc:
+            log.warning("fraud rules failed (%s); retried after the next batch", type(exc).__name__)
+            self._due.set()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+        self._detect()  # evidence landed since the last run still raises its alerts
+        self.detector.close()

@@ -85,6 +85,11 @@ class SinkStats:
     dead_lettered: int = 0
     batches: int = 0
     commits: int = 0
+    # where the time goes, in seconds: waiting in consume, inserting, committing, the after-batch hook
+    consume_s: float = 0.0
+    insert_s: float = 0.0
+    commit_s: float = 0.0
+    hook_s: float = 0.0
 
 
 def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> SinkPlan:
@@ -175,8 +180,10 @@ class Sink:
         after_batch: Callable[[set[Destination]], None] | None = None,
         batch_rows: int | None = None,
         batch_seconds: float | None = None,
+        on_close: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.on_close = on_close
         self.plan = plan
         self.client = client
         self.registry = registry
@@ -249,9 +256,15 @@ class Sink:
         """Consume once; land and commit when the batch is full or old enough. Returns messages read."""
         consumer = self._open()
         room = max(1, self.batch_rows - len(self._pending))
+        # librdkafka's consume() waits for `room` messages or the whole timeout, whichever comes
+        # first: never wait longer than a batch may take, or batches take the poll timeout instead.
         if self._pending:
             timeout = max(0.0, min(timeout, self._deadline - time.monotonic()))
+        else:
+            timeout = min(timeout, self.batch_seconds)
+        started = time.perf_counter()
         messages = consumer.consume(num_messages=min(room, 10_000), timeout=timeout)
+        self.stats.consume_s += time.perf_counter() - started
         read = 0
         for message in messages:
             error = message.error()
@@ -312,8 +325,11 @@ class Sink:
         groups: dict[Destination, list[Message]] = {}
         for message in pending:
             groups.setdefault(self.plan.route(message.topic()), []).append(message)
+        started = time.perf_counter()
         for destination, messages in groups.items():
             self._land(destination, messages)
+        landed = time.perf_counter()
+        self.stats.insert_s += landed - started
         assert self._producer is not None and self._consumer is not None
         if self._producer.flush(self.settings.kafka_timeout_s) > 0:
             raise SinkError(f"sink {self.plan.name}: dead letters not acknowledged by {DLQ_TOPIC} in time; offsets not committed")
@@ -324,8 +340,11 @@ class Sink:
             # rows are landed; a redelivery after this collapses on the event id
             log.warning("sink %s: offset commit failed (%s); the batch will be re-read and deduplicated", self.plan.name, exc.args[0].str())
         self.stats.batches += 1
+        committed = time.perf_counter()
+        self.stats.commit_s += committed - landed
         if self.after_batch is not None:
             self.after_batch(set(groups))
+            self.stats.hook_s += time.perf_counter() - committed
 
     # landing --------------------------------------------------------------------------------
     def _land(self, destination: Destination, messages: list[Message]) -> None:
@@ -428,21 +447,50 @@ class Sink:
         if self._producer is not None:
             self._producer.flush(self.settings.kafka_timeout_s)
             self._producer = None
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
 
 
-def sinks_for(settings: Settings, charter: Charter, client: Client, registry: SchemaRegistryClient,
+def sinks_for(settings: Settings, charter: Charter, client: Client | Callable[[], Client], registry: SchemaRegistryClient,
               recipients: Iterable[str] | None = None, audit: bool = True) -> list[Sink]:
-    """One sink per recipient (and the audit sink); the fraud recipient's runs the fraud rules."""
-    from consumers.fraud import FraudDetector
+    """One sink per recipient (and the audit sink); the fraud recipient's runs the fraud rules.
 
+    Given a client factory (e.g. `lambda: make_client(dsn)`), each sink and the fraud rules get a
+    client of their own, closed with the sink: chDB serialises calls per client, so one shared
+    client makes every sink wait for the others (and for the fraud rules). The fraud rules then run
+    on their own thread, at most every `fraud_interval_s`, instead of inside the fraud sink's batch.
+    """
+    from consumers.fraud import BackgroundDetection, FraudDetector
+
+    make = client if callable(client) and not isinstance(client, Client) else None
     chosen = sorted(set(recipients) if recipients is not None else {a.recipient for a in charter.agreements})
     sinks = []
     for recipient in chosen:
         plan = recipient_plan(settings, charter, recipient)
-        hook = None
+        own = make() if make else client
+        hook, closers = None, [own.close] if make else []
         if recipient == settings.fraud_recipient:
-            hook = FraudDetector(settings, client, registry).after_batch
-        sinks.append(Sink(settings, plan, client, registry, after_batch=hook))
+            if make:
+                rules_client = make()
+                background = BackgroundDetection(FraudDetector(settings, rules_client, registry), settings.fraud_interval_s)
+                hook = background.after_batch
+                closers = [background.close, rules_client.close, *closers]
+            else:
+                hook = FraudDetector(settings, own, registry).after_batch
+        sinks.append(Sink(settings, plan, own, registry, after_batch=hook, on_close=_chain(closers)))
     if audit:
-        sinks.append(Sink(settings, audit_plan(settings), client, registry))
+        own = make() if make else client
+        sinks.append(Sink(settings, audit_plan(settings), own, registry, on_close=own.close if make else None))
     return sinks
+
+
+def _chain(calls: list[Callable[[], None]]) -> Callable[[], None] | None:
+    if not calls:
+        return None
+
+    def run() -> None:
+        for call in calls:
+            call()
+
+    return run

@@ -47,7 +47,7 @@ def _environment(settings: Settings, dsn: str) -> dict[str, str]:
         "BACKBONE_CLICKHOUSE_DSN": dsn,
         "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": settings.clickhouse_database_prefix,
         "BACKBONE_FRAUD_RECIPIENT": settings.fraud_recipient,
-        "BACKBONE_SINK_BATCH_ROWS": "100",
+        "BACKBONE_SINK_BATCH_ROWS": "20",  # many small batches, so the kill lands mid-run
         "BACKBONE_SINK_BATCH_SECONDS": "0.2",
         "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": "6000",
         "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",

@@ -29,7 +29,8 @@ def sink(
     settings = get_settings()
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
     client = make_client(settings.clickhouse_dsn)
-    sinks = sinks_for(settings, charter, client, registry_client(settings), recipient or None, audit)
+    # each sink gets its own client (one ClickHouse handle each): they land in parallel
+    sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings), recipient or None, audit)
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
     for each in sinks:
@@ -57,7 +58,7 @@ def sink(
     try:
         while any(thread.is_alive() for thread in threads):
             for thread in threads:
-                thread.join(timeout=1.0)
+                thread.join(timeout=0.25)
             for each in sinks:
                 stats = each.stats
                 if stats.batches != getattr(each, "_reported", 0):
