@@ -77,3 +77,36 @@ def test_every_planted_fraud_kind_is_found_with_precision_and_recall_one(
 )
 def test_death_period_follows_how_the_agreement_releases_the_date(ch_type: str, expected: str) -> None:
     assert death_period_sql("d", ch_type) == expected
+
+
+def test_running_fraud_sink_raises_alerts_in_the_background_while_it_lands(
+    registry_settings: Settings, clickhouse_dsn: str, tmp_path: Path, unique: str
+) -> None:
+    import threading
+
+    from backbone.clickhouse import make_client
+    from consumers.sink import sinks_for
+
+    directory, charter, names = renamed_charter(tmp_path, unique)
+    settings = sink_settings(registry_settings, directory, unique).model_copy(
+        update={"fraud_recipient": names["fraud"], "fraud_interval_s": 0.5})
+    keyring = Keyring.for_tests()
+    events, truth = synthetic_events(agencies=("tax", "welfare", "registry"))
+    publish(settings, charter, keyring, events)
+
+    (sink,) = sinks_for(settings, charter, lambda: make_client(clickhouse_dsn), registry_client(settings),
+                        recipients=[names["fraud"]], audit=False)
+    reader = FraudDetector(settings, make_client(clickhouse_dsn))
+    stop = threading.Event()
+    runner = threading.Thread(target=sink.run, args=(stop,), daemon=True)
+    runner.start()
+    try:
+        deadline = time.monotonic() + 60
+        while len(reader.alerts()) < len(truth) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        found = reader.alerts()  # read while the sink still runs: the rules ran on their own
+    finally:
+        stop.set()
+        runner.join(30)
+    pseudonymise, _ = token_function(keyring, charter.get("welfare-to-fraud").domain)
+    assert {(s.precision, s.recall) for s in score(found, truth, pseudonymise)} == {(1.0, 1.0)}
