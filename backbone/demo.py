@@ -9,11 +9,7 @@ decided and landed, then reports. Everything lives under `<data dir>/demo`, wipe
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -29,16 +25,16 @@ from backbone.clickhouse import make_client
 from backbone.compacted import read_to_end
 from backbone.embedded import EmbeddedStack, port_in_use
 from backbone.errors import BackboneError
-from backbone.keyring import Keyring, write_master_key_file
+from backbone.keyring import write_master_key_file
+from backbone.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
 from backbone.policy.agreements import load_agreements
 from backbone.policy.pseudonym import token
 from backbone.serde import registry_client
-from backbone.settings import Settings, load_settings
+from backbone.settings import Settings
 from backbone.topics import dlq_topic
 from consumers import ddl
 from consumers.fraud import FraudDetector, score
 from consumers.sink import sinks_for
-from processors.router import OVERSIGHT_DOMAIN
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth
 
@@ -71,59 +67,6 @@ class DemoResult:
     elapsed_s: float = 0.0
 
 
-class Worker:
-    """The processor worker as a child process (`backbone process`), stopped by PID only."""
-
-    def __init__(self, settings: Settings, env: dict[str, str]) -> None:
-        self.log_path = settings.data_dir / "logs" / "processor.log"
-        self.env = env
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self, timeout: float = 120.0) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from backbone.cli import main; main()", "process", "-l", "info"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env, start_new_session=True,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if "enforcing" in self.log_path.read_text(errors="replace"):
-                return
-            if self.process.poll() is not None:
-                raise BackboneError(f"the processor worker exited while starting; see {self.log_path}")
-            time.sleep(0.2)
-        raise BackboneError(f"the processor worker did not start within {timeout:g}s; see {self.log_path}")
-
-    def wait_for_line(self, text: str, after: int, timeout: float = 15.0) -> bool:
-        """True once `text` appears in the worker's log past byte offset `after` (bounded)."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            with open(self.log_path, "rb") as log:
-                log.seek(after)
-                if text.encode() in log.read():
-                    return True
-            time.sleep(0.1)
-        return False
-
-    def log_size(self) -> int:
-        return self.log_path.stat().st_size if self.log_path.exists() else 0
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
-
-
 class Demo:
     """One demo run. `run()` returns the figures the summary prints."""
 
@@ -135,7 +78,7 @@ class Demo:
         self.report = report  # callable(stage, **figures) for progress
         self.data_dir = (base.data_dir / "demo").resolve()
         self.stack: EmbeddedStack | None = None
-        self.worker: Worker | None = None
+        self.worker: ProcessorWorker | None = None
         self.settings: Settings | None = None
         self.client: Any = None
         self._stop_sinks = threading.Event()
@@ -156,28 +99,21 @@ class Demo:
         self.stack.start()
         master_key_file = self.data_dir / "master.key"
         master = write_master_key_file(master_key_file)
-        settings = load_settings(
-            kafka_bootstrap=self.stack.broker.bootstrap,
-            schema_registry_url=self.stack.environment()["BACKBONE_SCHEMA_REGISTRY_URL"],
-            data_dir=self.data_dir,
+        settings = stack_settings(
+            self.stack, self.data_dir,
             clickhouse_dsn=f"chdb://{self.data_dir / 'clickhouse'}",
             master_key_file=master_key_file,
             master_key=None,
-            consumer_session_timeout_ms=6000,
-            consumer_heartbeat_interval_ms=500,
             kafka_partitions=self.base.kafka_partitions,
             clickhouse_database_prefix="",
         )
         self.settings = settings
-        catalog = load_catalog(settings.schemas_dir)
-        charter = load_agreements(settings.agreements_dir, catalog)
-        keyring = Keyring.generate(domains={OVERSIGHT_DOMAIN, *charter.domains()}, providers=charter.providers())
-        keyring.save(settings.keyring_path, master)
-        self.keyring = keyring
-        self.charter = charter
+        self.keyring = provision_keyring(settings, master)
+        self.charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+        charter = self.charter
         self.report("processor", note="starting a processor worker (Faust)")
-        self.worker = Worker(settings, self.environment())
-        self.worker.start()
+        self.worker = ProcessorWorker(settings, "logs/processor")
+        self.worker.start(timeout=120)
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
         self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
@@ -193,19 +129,7 @@ class Demo:
     def environment(self) -> dict[str, str]:
         """`BACKBONE_*` variables pointing a process at this demo's stack."""
         assert self.settings is not None
-        s = self.settings
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-        env.update({
-            "BACKBONE_KAFKA_BOOTSTRAP": s.kafka_bootstrap,
-            "BACKBONE_SCHEMA_REGISTRY_URL": s.schema_registry_url,
-            "BACKBONE_DATA_DIR": str(s.data_dir),
-            "BACKBONE_CLICKHOUSE_DSN": s.clickhouse_dsn or "",
-            "BACKBONE_MASTER_KEY_FILE": str(s.master_key_file),
-            "BACKBONE_KAFKA_PARTITIONS": str(s.kafka_partitions),
-            "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": str(s.consumer_session_timeout_ms),
-            "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": str(s.consumer_heartbeat_interval_ms),
-        })
-        return env
+        return worker_environment(self.settings)
 
     # the flow ----------------------------------------------------------------------------------
     def produce(self) -> SyntheticStream:

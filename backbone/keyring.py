@@ -26,6 +26,12 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from backbone.errors import KeyringError
 
 KeyKind = Literal["domain", "provider"]
+
+# Domain of the subject pseudonyms in the audit trail, so oversight can find every disclosure about
+# one person; every keyring has it besides the sharing domains the charter names.
+OVERSIGHT_DOMAIN = "oversight"
+BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
+
 FORMAT = "backbone-keyring/1"
 MASTER_KEY_BYTES = 32
 KEY_BYTES: dict[str, int] = {"domain": 32, "provider": 64}  # HMAC-SHA256; AES-256-SIV takes 512 bits

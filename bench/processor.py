@@ -31,7 +31,6 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, Producer, TopicPartition
 from rich.console import Console
@@ -41,7 +40,7 @@ from backbone.compacted import CompactedTopicReader
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, shared_topic
-from bench.stack import ProcessorWorker, embedded_settings
+from backbone.local import ProcessorWorker, embedded_settings
 from processors.app import APP_ID, Enforcement
 from processors.dataplane import LINGER_MS
 from processors.router import DLQ_TOPIC, Router

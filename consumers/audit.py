@@ -11,11 +11,10 @@ from datetime import datetime
 
 from clickhouse_connect.driver.client import Client
 
-from backbone.keyring import Keyring
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.pseudonym import token
 from consumers import ddl
 
-OVERSIGHT_DOMAIN = "oversight"  # the processor's domain for audit subject tokens (processors/router.py)
 
 
 @dataclass(slots=True, frozen=True)

@@ -11,7 +11,6 @@ Thresholds are the synthetic generator's constants, so detector and ground truth
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass

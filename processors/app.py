@@ -19,7 +19,7 @@ from backbone import agreement_changes
 from backbone.catalog import load_catalog
 from backbone.compacted import CompactedTopicReader
 from backbone.errors import BackboneError
-from backbone.keyring import Keyring
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.serde import Decoder, registry_client
@@ -27,7 +27,7 @@ from backbone.settings import Settings, get_settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
-from processors.router import DLQ_TOPIC, OVERSIGHT_DOMAIN, Router
+from processors.router import DLQ_TOPIC, Router
 
 log = logging.getLogger("processors")
 

@@ -26,7 +26,7 @@ from backbone.errors import (
     TruncatedMessage,
     UnknownSchemaId,
 )
-from backbone.keyring import Keyring
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.engine import ConsentState, Decision, PolicyEngine
 from backbone.policy.pseudonym import token_function
 from backbone.serde import Decoder, Encoder, register
@@ -34,7 +34,6 @@ from backbone.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
 
 log = logging.getLogger(__name__)
 
-OVERSIGHT_DOMAIN = "oversight"
 DLQ_STAGE = "processor"
 DLQ_TOPIC = dlq_topic(DLQ_STAGE)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"

@@ -7,7 +7,6 @@ import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
-from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer

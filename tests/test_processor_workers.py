@@ -13,7 +13,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
+from backbone.topics import AUDIT_TOPIC, shared_topic
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
 from tests.pipeline import Worker, private_stack, read_topic

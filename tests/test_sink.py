@@ -29,7 +29,7 @@ from backbone.serde import Encoder, encoder_for, registry_client
 from backbone.settings import PROJECT_ROOT, Settings
 from backbone.topics import AUDIT_TOPIC, Topics, shared_topic
 from consumers import ddl
-from consumers.sink import DLQ_TOPIC, Sink, audit_plan, recipient_plan, sinks_for
+from consumers.sink import DLQ_TOPIC, Sink, recipient_plan, sinks_for
 from producers.synthetic import generate
 
 pytestmark = pytest.mark.integration

@@ -48,7 +48,7 @@ def demo(
 
         runner = Demo(get_settings(), events, seed, keep_running, report)
         try:
-            settings = runner.start()
+            runner.start()
             report("in-flight", note="consent withdrawal and agreement suspension")
             runner.show_consent_withdrawal()
             runner.show_suspension()

@@ -10,6 +10,7 @@ from rich.table import Table
 from backbone.cli import app, console
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
 from backbone.keyring import (
+    BUILT_IN_DOMAINS,
     KeyInfo,
     Keyring,
     master_key_from_settings,
@@ -24,7 +25,6 @@ keys_app = typer.Typer(help="The keyring: pseudonym and encryption keys.", no_ar
 app.add_typer(keys_app, name="keys")
 
 # The audit trail pseudonymises subjects in this domain, beside the charter's own domains.
-BUILT_IN_DOMAINS = ("oversight",)
 
 
 def _table(infos: list[KeyInfo]) -> Table:

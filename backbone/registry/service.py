@@ -8,7 +8,7 @@ import uuid
 from typing import Any
 
 from backbone.registry import errors
-from backbone.registry.compatibility import LEVELS, AvroText, incompatibilities, parse_avro
+from backbone.registry.compatibility import LEVELS, AvroText, incompatibilities
 from backbone.registry.kafka_log import SchemaLog
 from backbone.registry.state import Version
 

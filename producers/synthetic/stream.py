@@ -26,7 +26,7 @@ from producers.synthetic.fraud import (
     FraudCase,
 )
 from producers.synthetic.governance import CONSENT_PURPOSES, PROFILES, RESEARCH_PURPOSE
-from producers.synthetic.population import MONTHLY_INCOME_VARIATION, HONEST, Person, build_population
+from producers.synthetic.population import MONTHLY_INCOME_VARIATION, Person, build_population
 
 TAX, CLAIM, MOVE, DEATH, CONSENT, INCIDENT = range(6)
 EVENT_TYPES = {

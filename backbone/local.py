@@ -1,0 +1,168 @@
+"""A whole pipeline on this machine: the embedded stack with a fresh keyring, and processor workers
+as real `backbone process` child processes. One home for what the demo, the benchmarks and the
+integration tests all start; only PIDs started here are ever signalled.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from backbone.catalog import load_catalog
+from backbone.embedded import EmbeddedStack
+from backbone.errors import BackboneError
+from backbone.keyring import BUILT_IN_DOMAINS, Keyring, encode_master_key, new_master_key
+from backbone.policy.agreements import load_agreements
+from backbone.settings import Settings, load_settings
+
+READY_LINE = "enforcing"  # what a processor worker logs once its data plane runs
+
+
+def stack_settings(stack: EmbeddedStack, data_dir: Path, **overrides: Any) -> Settings:
+    """Settings pointing at `stack`, with group timeouts suited to Tansu (its join takes about half
+    the session timeout)."""
+    values: dict[str, Any] = {
+        "kafka_bootstrap": stack.broker.bootstrap,
+        "schema_registry_url": stack.environment()["BACKBONE_SCHEMA_REGISTRY_URL"],
+        "data_dir": data_dir,
+        "kafka_timeout_s": 10.0,
+        "consumer_session_timeout_ms": 6000,
+        "consumer_heartbeat_interval_ms": 500,
+    }
+    values.update(overrides)
+    return load_settings(**values)
+
+
+def provision_keyring(settings: Settings, master_key: bytes) -> Keyring:
+    """A fresh keyring with a key for every domain and provider of the charter (and oversight),
+    saved to `settings.keyring_path` under `master_key`."""
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    keyring = Keyring.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers())
+    keyring.save(settings.keyring_path, master_key)
+    return keyring
+
+
+@contextmanager
+def embedded_settings(data_dir: Path, partitions: int = 6) -> Iterator[Settings]:
+    """A broker and registry of this run's own in `data_dir`, and settings pointing at them with a
+    fresh keyring (master key in the settings)."""
+    with EmbeddedStack(data_dir, broker_port=0, registry_port=0) as stack:
+        master = new_master_key()
+        settings = stack_settings(stack, data_dir, master_key=encode_master_key(master), kafka_partitions=partitions)
+        provision_keyring(settings, master)
+        yield settings
+
+
+def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
+    """This process's environment with every `BACKBONE_*` variable taken from `settings` (plus `extra`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+    env.update({
+        "BACKBONE_KAFKA_BOOTSTRAP": settings.kafka_bootstrap,
+        "BACKBONE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
+        "BACKBONE_DATA_DIR": str(settings.data_dir),
+        "BACKBONE_CLICKHOUSE_DSN": settings.clickhouse_dsn or "",
+        "BACKBONE_KAFKA_PARTITIONS": str(settings.kafka_partitions),
+        "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
+        "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": str(settings.consumer_heartbeat_interval_ms),
+        "BACKBONE_SCHEMAS_DIR": str(settings.schemas_dir),
+        "BACKBONE_AGREEMENTS_DIR": str(settings.agreements_dir),
+    })
+    if settings.master_key is not None:
+        env["BACKBONE_MASTER_KEY"] = settings.master_key.get_secret_value()
+    if settings.master_key_file is not None:
+        env["BACKBONE_MASTER_KEY_FILE"] = str(settings.master_key_file)
+    env.update({f"BACKBONE_{name.upper()}": value for name, value in extra.items()})
+    return env
+
+
+class ProcessorWorker:
+    """One `backbone process` worker as a child process, logging at info to `<data dir>/<name>.log`."""
+
+    def __init__(self, settings: Settings, name: str = "worker", **extra_env: str) -> None:
+        self.settings = settings
+        self.log_path = settings.data_dir / f"{name}.log"
+        self.extra_env = extra_env
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process else None
+
+    def start(self, timeout: float = 90.0) -> ProcessorWorker:
+        """Start and wait until the worker logs that it is enforcing (its data plane is running)."""
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        offset = self.log_size()
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-c", "from backbone.cli import main; main()", "process", "-l", "info"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=worker_environment(self.settings, **self.extra_env), start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.wait_for_line(READY_LINE, offset, timeout=0.05):
+                return self
+            if self.process.poll() is not None:
+                raise BackboneError(f"the processor worker exited with {self.process.returncode}; log {self.log_path}: {self.tail(5)}")
+        raise BackboneError(f"the processor worker was not ready within {timeout:g}s; log {self.log_path}")
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_size(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    def wait_for_line(self, text: str, after: int = 0, timeout: float = 15.0) -> bool:
+        """True once `text` appears in the worker's log past byte offset `after` (bounded)."""
+        deadline = time.monotonic() + timeout
+        needle = text.encode()
+        while True:
+            if self.log_path.exists():
+                with open(self.log_path, "rb") as log:
+                    log.seek(after)
+                    if needle in log.read():
+                        return True
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+    def rss_mb(self) -> float | None:
+        """Resident memory of the worker process (VmRSS), in MiB."""
+        if self.process is None:
+            return None
+        try:
+            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        except OSError:
+            return None
+        return None
+
+    def tail(self, lines: int = 20) -> str:
+        return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:]) if self.log_path.exists() else ""
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown and no final commit, as when a machine dies."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(10)
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after 30 s; only the PID started here."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
