@@ -108,22 +108,19 @@ class ChildProcess:
             process.wait(timeout=timeout)
 
 
-class EmbeddedBroker:
-    """The Tansu broker as a child process, ready once a metadata request succeeds.
+class _EmbeddedPart:
+    """A child process on 127.0.0.1 that is ready once `_answers()` says so; the broker and the
+    registry differ only in their command line and readiness check."""
 
-    >>> with EmbeddedBroker(data_dir=Path(".backbone")) as broker:
-    ...     print(broker.bootstrap)
-    """
+    name = "part"
+    log_name = "part.log"
+    port_setting = "BACKBONE_*_PORT"
 
-    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0) -> None:
+    def __init__(self, data_dir: Path, port: int, start_timeout_s: float) -> None:
         self.data_dir = data_dir
         self.port = port
         self.start_timeout_s = start_timeout_s
         self._child: ChildProcess | None = None
-
-    @property
-    def bootstrap(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -131,21 +128,29 @@ class EmbeddedBroker:
 
     @property
     def log_path(self) -> Path:
-        return self.data_dir / "logs" / "broker.log"
+        return self.data_dir / "logs" / self.log_name
 
-    def start(self) -> EmbeddedBroker:
+    def exited(self) -> int | None:
+        return self._child.exited() if self._child else None
+
+    def _argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def _env(self) -> dict[str, str]:
+        return dict(os.environ)
+
+    def _answers(self) -> bool:
+        raise NotImplementedError
+
+    def start(self):  # noqa: ANN201 - returns self, typed in subclasses
         if self.port == 0:
             self.port = free_port()
         elif port_in_use(self.port):
             raise EmbeddedError(
                 f"port {self.port} on {LOOPBACK} is already in use; stop what listens there or set "
-                "BACKBONE_BROKER_PORT to another port (0 picks a free one)"
+                f"{self.port_setting} to another port (0 picks a free one)"
             )
-        url = f"tcp://{LOOPBACK}:{self.port}"
-        argv = [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
-                "--storage-engine", "memory://tansu/"]
-        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
-        self._child = ChildProcess("the Tansu broker", argv, self.log_path, env)
+        self._child = ChildProcess(self.name, self._argv(), self.log_path, self._env())
         self._child.start()
         try:
             self._wait_ready()
@@ -156,38 +161,71 @@ class EmbeddedBroker:
 
     def _wait_ready(self) -> None:
         assert self._child is not None
-        admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": RDKAFKA_LOGGER})
         deadline = time.monotonic() + self.start_timeout_s
         while time.monotonic() < deadline:
             code = self._child.exited()
             if code is not None:
-                raise EmbeddedError(
-                    f"the Tansu broker exited with code {code} while starting; log {self.log_path}: {_tail(self.log_path)}"
-                )
-            try:
-                admin.list_topics(timeout=1.0)
+                raise EmbeddedError(f"{self.name} exited with code {code} while starting; log {self.log_path}: {_tail(self.log_path)}")
+            if self._answers():
                 return
-            except Exception:  # noqa: BLE001 - not ready yet; retried until the deadline
-                time.sleep(0.1)
-        raise EmbeddedError(
-            f"the Tansu broker did not answer a metadata request on {self.bootstrap} within "
-            f"{self.start_timeout_s:.0f}s; log {self.log_path}"
-        )
+            time.sleep(0.1)
+        raise EmbeddedError(f"{self.name} did not answer on port {self.port} within {self.start_timeout_s:.0f}s; log {self.log_path}")
 
     def stop(self) -> None:
         if self._child is not None:
             self._child.stop()
             self._child = None
 
-    def __enter__(self) -> EmbeddedBroker:
+    def __enter__(self):  # noqa: ANN204
         return self.start()
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         self.stop()
 
 
+class EmbeddedBroker(_EmbeddedPart):
+    """The Tansu broker as a child process with memory storage, ready once a metadata request succeeds.
 
-class EmbeddedRegistry:
+    >>> with EmbeddedBroker(data_dir=Path(".backbone")) as broker:
+    ...     print(broker.bootstrap)
+    """
+
+    name = "the Tansu broker"
+    log_name = "broker.log"
+    port_setting = "BACKBONE_BROKER_PORT"
+
+    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0) -> None:
+        super().__init__(data_dir, port, start_timeout_s)
+        self._admin: AdminClient | None = None
+
+    @property
+    def bootstrap(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def start(self) -> EmbeddedBroker:
+        self._admin = None
+        return super().start()
+
+    def _argv(self) -> list[str]:
+        url = f"tcp://{LOOPBACK}:{self.port}"
+        return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
+                "--storage-engine", "memory://tansu/"]
+
+    def _env(self) -> dict[str, str]:
+        # Tansu also reads these from the environment; ours come from the command line only.
+        return {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+
+    def _answers(self) -> bool:
+        if self._admin is None:
+            self._admin = AdminClient({"bootstrap.servers": self.bootstrap, "logger": RDKAFKA_LOGGER})
+        try:
+            self._admin.list_topics(timeout=1.0)
+            return True
+        except Exception:  # noqa: BLE001 - not ready yet; retried until the deadline
+            return False
+
+
+class EmbeddedRegistry(_EmbeddedPart):
     """The backbone's schema registry (`python -m backbone.registry`) as a child process, ready once
     `GET /subjects` answers. Its schemas live in the `topic` on the broker at `bootstrap`.
 
@@ -195,85 +233,33 @@ class EmbeddedRegistry:
     ...     print(registry.url)
     """
 
-    def __init__(
-        self,
-        data_dir: Path,
-        bootstrap: str,
-        port: int = 0,
-        topic: str = "_schemas",
-        start_timeout_s: float = 30.0,
-    ) -> None:
-        self.data_dir = data_dir
+    name = "the schema registry"
+    log_name = "registry.log"
+    port_setting = "BACKBONE_SCHEMA_REGISTRY_PORT"
+
+    def __init__(self, data_dir: Path, bootstrap: str, port: int = 0, topic: str = "_schemas",
+                 start_timeout_s: float = 30.0) -> None:
+        super().__init__(data_dir, port, start_timeout_s)
         self.bootstrap = bootstrap
-        self.port = port
         self.topic = topic
-        self.start_timeout_s = start_timeout_s
-        self._child: ChildProcess | None = None
 
     @property
     def url(self) -> str:
         return f"http://{LOOPBACK}:{self.port}"
 
-    @property
-    def pid(self) -> int | None:
-        return self._child.pid if self._child else None
-
-    @property
-    def log_path(self) -> Path:
-        return self.data_dir / "logs" / "registry.log"
-
-    def exited(self) -> int | None:
-        return self._child.exited() if self._child else None
-
     def start(self) -> EmbeddedRegistry:
-        if self.port == 0:
-            self.port = free_port()
-        elif port_in_use(self.port):
-            raise EmbeddedError(
-                f"port {self.port} on {LOOPBACK} is already in use; stop what listens there or set "
-                "BACKBONE_SCHEMA_REGISTRY_PORT to another port (0 picks a free one)"
-            )
-        argv = [sys.executable, "-m", "backbone.registry", "--host", LOOPBACK, "--port", str(self.port),
+        return super().start()
+
+    def _argv(self) -> list[str]:
+        return [sys.executable, "-m", "backbone.registry", "--host", LOOPBACK, "--port", str(self.port),
                 "--bootstrap", self.bootstrap, "--topic", self.topic]
-        self._child = ChildProcess("the schema registry", argv, self.log_path, dict(os.environ))
-        self._child.start()
+
+    def _answers(self) -> bool:
         try:
-            self._wait_ready()
-        except BaseException:
-            self.stop()
-            raise
-        return self
-
-    def _wait_ready(self) -> None:
-        assert self._child is not None
-        deadline = time.monotonic() + self.start_timeout_s
-        while time.monotonic() < deadline:
-            code = self._child.exited()
-            if code is not None:
-                raise EmbeddedError(
-                    f"the schema registry exited with code {code} while starting; log {self.log_path}: {_tail(self.log_path)}"
-                )
-            try:
-                with urllib.request.urlopen(f"{self.url}/subjects", timeout=1.0) as answer:
-                    if answer.status == 200:
-                        return
-            except (OSError, ValueError):  # not listening yet; retried until the deadline
-                time.sleep(0.1)
-        raise EmbeddedError(
-            f"the schema registry did not answer on {self.url} within {self.start_timeout_s:.0f}s; log {self.log_path}"
-        )
-
-    def stop(self) -> None:
-        if self._child is not None:
-            self._child.stop()
-            self._child = None
-
-    def __enter__(self) -> EmbeddedRegistry:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.stop()
-
+            with urllib.request.urlopen(f"{self.url}/subjects", timeout=1.0) as answer:
+                return answer.status == 200
+        except (OSError, ValueError):  # not listening yet; retried until the deadline
+            return False
 
 
 class EmbeddedStack:
@@ -304,9 +290,8 @@ class EmbeddedStack:
 
     def failed_part(self) -> str | None:
         """Name of a part whose process has exited, if any."""
-        child = self.broker._child
-        if child is not None and child.exited() is not None:
-            return f"the broker (exit code {child.exited()}, log {self.broker.log_path})"
+        if self.broker.exited() is not None:
+            return f"the broker (exit code {self.broker.exited()}, log {self.broker.log_path})"
         if self.registry is not None and self.registry.exited() is not None:
             return f"the schema registry (exit code {self.registry.exited()}, log {self.registry.log_path})"
         return None
