@@ -85,6 +85,7 @@ class Demo:
         self._sink_threads: list[threading.Thread] = []
         self._sinks: list[Any] = []
         self.result = DemoResult()
+        self.in_flight_events = 0  # raw events the in-flight demonstrations sent
 
     # set-up ------------------------------------------------------------------------------------
     def start(self) -> Settings:
@@ -209,6 +210,7 @@ class Demo:
         time.sleep(1.0)
         with AgencyProducer("welfare", self.settings) as producer:
             before = producer.send("welfare.benefit_claimed", dict(claim))  # send fills event_id in the dict it gets
+        self.in_flight_events += 1
         self.result.in_flight.consent_before = self.decision_for(before, "research")
         with ConsentPublisher(self.settings) as consent:
             consent.withdraw(subject, "scientific_research")
@@ -218,6 +220,7 @@ class Demo:
         for _ in range(20):
             with AgencyProducer("welfare", self.settings) as producer:
                 after = producer.send("welfare.benefit_claimed", dict(claim))
+            self.in_flight_events += 1
             outcome = self.decision_for(after, "research")
             if outcome != "permit":
                 break
@@ -237,11 +240,13 @@ class Demo:
         try:
             with AgencyProducer("tax", self.settings) as producer:
                 event_id = producer.send("tax.income_declared", dict(income))
+            self.in_flight_events += 1
             self.result.in_flight.suspended_decision = self.decision_for(event_id, "fraud")
         finally:
             self._change_agreement("active")
         with AgencyProducer("tax", self.settings) as producer:
             event_id = producer.send("tax.income_declared", {**income, "period": "2026-02"})
+        self.in_flight_events += 1
         self.result.in_flight.reactivated_decision = self.decision_for(event_id, "fraud")
 
     def _change_agreement(self, status: str) -> None:

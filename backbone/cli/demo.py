@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from backbone.cli import app, console
+from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
 STAGES = {"stack": "embedded stack", "processor": "processor worker", "sinks": "ClickHouse sinks",
@@ -54,11 +55,16 @@ def demo(
             runner.show_suspension()
             runner.produce()
             raw = sum(n for event_type, n in runner.result.produced.items() if event_type != "consent.changed")
-            expected = raw + runner.decided_events()  # the in-flight demonstrations' events are decided already
+            expected = raw + runner.in_flight_events
             decided = runner.wait_until_decided(expected, timeout)
             runner.settle()
             result = runner.collect()
             _summary(result, decided, expected, time.monotonic() - started)
+            if decided < expected:
+                raise BackboneError(
+                    f"only {decided:,} of {expected:,} events were decided within {timeout:g} s; "
+                    f"see the processor log in {runner.data_dir / 'logs'}"
+                )
             if keep_running:
                 _keep_running(runner)
         finally:
