@@ -202,6 +202,16 @@ def test_cli_init_requires_a_master_key_unless_asked_to_create_one(tmp_path: Pat
     assert master not in listed.stdout + created.stdout
 
 
+def test_cli_init_creates_the_configured_master_key_file_only_at_that_path(tmp_path: Path, backbone) -> None:  # noqa: ANN001
+    configured = tmp_path / "configured.key"
+    elsewhere = backbone("keys", "init", "--new-master-key-file", str(tmp_path / "other.key"),
+                         BACKBONE_MASTER_KEY_FILE=str(configured))
+    assert elsewhere.returncode == 1 and not (tmp_path / "other.key").exists()
+    created = backbone("keys", "init", "--new-master-key-file", str(configured), BACKBONE_MASTER_KEY_FILE=str(configured))
+    assert created.returncode == 0, created.stderr
+    assert backbone("keys", "list", BACKBONE_MASTER_KEY_FILE=str(configured)).returncode == 0
+
+
 def test_cli_wrong_master_key_stops_with_one_clear_line(tmp_path: Path, backbone) -> None:  # noqa: ANN001
     backbone("keys", "init", "--new-master-key-file", str(tmp_path / "master.key"))
     wrong = backbone("keys", "list", BACKBONE_MASTER_KEY=encode_master_key(new_master_key()))

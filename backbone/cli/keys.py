@@ -49,7 +49,10 @@ def init(
     try:
         master_key = master_key_from_settings(settings)
     except KeyringError:
-        if new_master_key_file is None or settings.master_key is not None or settings.master_key_file is not None:
+        configured = settings.master_key_file
+        # a configured key file that does not exist yet may be created here, under the same path only
+        creatable = configured is None or (not Path(configured).exists() and Path(configured).resolve() == Path(new_master_key_file or "").resolve())
+        if new_master_key_file is None or settings.master_key is not None or not creatable:
             raise
         master_key = write_master_key_file(new_master_key_file)
         console.print(f"wrote a new master key to {new_master_key_file}; set BACKBONE_MASTER_KEY_FILE={new_master_key_file} for every backbone process")
