@@ -103,6 +103,7 @@ class Enforcement:
             "batches": plane.batches if plane else 0,
             "consent_records": len(self.consent),
             **counts,
+            **({f"seconds_{k}": round(v, 1) for k, v in plane.seconds.items()} if plane else {}),
         }
 
 

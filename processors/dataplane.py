@@ -52,6 +52,8 @@ class DataPlane:
         self.consumed = 0
         self.produced = 0
         self.batches = 0
+        # where the time goes, in seconds: consume, route + produce calls, waiting for acks, commit
+        self.seconds = {"consume": 0.0, "route": 0.0, "flush": 0.0, "commit": 0.0}
         self.error: BaseException | None = None
         self._failures: list[str] = []
         self._stop = threading.Event()
@@ -87,12 +89,15 @@ class DataPlane:
             "topic.metadata.refresh.interval.ms": 5000,
             "fetch.wait.max.ms": 20,
         }))
-        producer = Producer(self.settings.producer_config(**{"linger.ms": LINGER_MS}))
+        # Only failures need a callback: successes are counted by flush() returning 0.
+        producer = Producer(self.settings.producer_config(**{"linger.ms": LINGER_MS, "delivery.report.only.error": True}))
         consumer.subscribe([RAW_PATTERN])
         batch_size = self.settings.consumer_batch_size
         try:
             while not self._stop.is_set():
+                started = time.perf_counter()
                 messages = consumer.consume(batch_size, 0.1)
+                self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
                     continue
@@ -104,6 +109,7 @@ class DataPlane:
             consumer.close()
 
     def _process(self, messages: list[Message], consumer: Consumer, producer: Producer) -> None:
+        started = time.perf_counter()
         now = datetime.now(UTC)
         route = self.router.route
         consent = self.consent
@@ -122,7 +128,9 @@ class DataPlane:
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, message.partition())] = message.offset() + 1
+        routed = time.perf_counter()
         remaining = producer.flush(self.settings.kafka_timeout_s * 3)
+        flushed = time.perf_counter()
         if remaining or self._failures:
             failures, self._failures = self._failures[:5], []
             raise DeliveryFailed(
@@ -131,6 +139,10 @@ class DataPlane:
             )
         if offsets:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
+        seconds = self.seconds
+        seconds["route"] += routed - started
+        seconds["flush"] += flushed - routed
+        seconds["commit"] += time.perf_counter() - flushed
         self.consumed += len(messages)
         self.produced += produced
         self.batches += 1
