@@ -65,7 +65,11 @@ def _tail(path: Path, lines: int = 5) -> str:
 
 
 class ChildProcess:
-    """A child process whose output goes to a log file, stopped by terminate, wait, then kill."""
+    """A child process whose output goes to a log file, stopped by terminate, wait, then kill.
+
+    The one way the backbone starts a process of its own (broker, registry, processor workers):
+    its own session, so Ctrl-C in a terminal reaches us and we stop the child ourselves.
+    """
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
         self.name = name
@@ -95,6 +99,16 @@ class ChildProcess:
 
     def exited(self) -> int | None:
         return self.process.poll() if self.process else None
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def kill(self, timeout: float = 10.0) -> None:
+        """SIGKILL: no shutdown at all, as when a machine dies."""
+        process, self.process = self.process, None
+        if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait(timeout)
 
     def stop(self, timeout: float = 10.0) -> None:
         process, self.process = self.process, None

@@ -121,29 +121,26 @@ def write_master_key_file(path: Path) -> bytes:
 
 
 class Keyring:
-    """Keys by id, with one active key per domain and per provider.
+    """Keys by id, with one active key per domain and per provider; asking for a missing key
+    raises `KeyringError` naming the fix."""
 
-    `autocreate=True` (tests, `for_tests()`) makes a key the first time an owner without one is asked
-    for; otherwise asking for a missing key raises `KeyringError` naming the fix.
-    """
-
-    def __init__(self, *, autocreate: bool = False) -> None:
+    def __init__(self) -> None:
         self._infos: dict[str, KeyInfo] = {}
         self._secrets: dict[str, _Secret] = {}
-        self._autocreate = autocreate
 
     # construction ------------------------------------------------------------------------------
     @classmethod
-    def generate(cls, domains: Iterable[str] = (), providers: Iterable[str] = (), *, autocreate: bool = False) -> Keyring:
+    def generate(cls, domains: Iterable[str] = (), providers: Iterable[str] = ()) -> Keyring:
         """An in-memory keyring with a fresh key for each domain and provider."""
-        keyring = cls(autocreate=autocreate)
+        keyring = cls()
         keyring.ensure(domains, providers)
         return keyring
 
     @classmethod
-    def for_tests(cls) -> Keyring:
-        """An in-memory keyring that creates any key it is asked for."""
-        return cls(autocreate=True)
+    def for_charter(cls, charter: Any) -> Keyring:
+        """A fresh keyring with a key for every sharing domain and provider a `Charter` names, and
+        for the built-in domains (oversight)."""
+        return cls.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers())
 
     @classmethod
     def load(cls, path: Path, master_key: bytes) -> Keyring:
@@ -235,10 +232,8 @@ class Keyring:
         """(key id, key bytes) of the key new tokens for `owner` use."""
         key_id = self._active(kind, owner)
         if key_id is None:
-            if not self._autocreate:
-                flag = "--domain" if kind == "domain" else "--provider"
-                raise KeyringError(f"the keyring has no key for {kind} {owner!r}; run `backbone keys rotate {flag} {owner}` or `backbone keys init`")
-            key_id = self._create(kind, owner).key_id
+            flag = "--domain" if kind == "domain" else "--provider"
+            raise KeyringError(f"the keyring has no key for {kind} {owner!r}; run `backbone keys rotate {flag} {owner}` or `backbone keys init`")
         return key_id, self._secrets[key_id].reveal()
 
     def key_by_id(self, kind: KeyKind, owner: str, key_id: str) -> bytes:

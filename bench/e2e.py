@@ -4,7 +4,7 @@ beside a bare confluent-kafka consume -> same transform -> produce loop measured
     python -m bench.e2e [--events 30000] [--rate 5000] [--duration 15] [--seed 7]
     backbone bench      (same options)
 
-Starts a private embedded broker and registry with a keyring (`backbone.local`), a real
+Starts a private embedded broker and registry with a keyring (`app.local`), a real
 `backbone process` worker subprocess, and the sinks of every recipient plus the audit sink as
 threads of this process with one chDB client (as `backbone demo` runs them; chDB is one process
 per directory). Then:
@@ -52,7 +52,7 @@ from backbone.serde import registry_client
 from backbone.settings import Settings
 from backbone.topics import Topics
 from bench.processor import DATAPLANE_GROUP, Ends, MixProducer, percentiles, run_bare
-from backbone.local import ProcessorWorker, embedded_settings
+from app.local import ProcessorWorker, embedded_settings
 from consumers import ddl
 from consumers.sink import Sink, sinks_for
 from producers.synthetic import SyntheticStream

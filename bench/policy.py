@@ -21,7 +21,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from backbone.catalog import load_catalog
 from backbone.keyring import Keyring
 from backbone.policy import DictConsent, PolicyEngine, load_agreements
-from backbone.policy.sample_events import sample_event
+from producers.synthetic.samples import sample_event
 from backbone.settings import PROJECT_ROOT
 
 # share of each event type in the mix (roughly the synthetic agencies' volumes)
@@ -84,7 +84,7 @@ def main() -> None:
 
     events, encoded, schemas, consent = build_events(args.events, args.seed)
     charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
-    engine = PolicyEngine(charter, Keyring.for_tests())
+    engine = PolicyEngine(charter, Keyring.for_charter(charter))
     now = datetime(2026, 3, 1, tzinfo=UTC)
 
     avro_time = min(time_avro(encoded, schemas) for _ in range(args.rounds))

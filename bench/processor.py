@@ -40,7 +40,7 @@ from backbone.compacted import CompactedTopicReader
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, shared_topic
-from backbone.local import ProcessorWorker, embedded_settings
+from app.local import ProcessorWorker, embedded_settings
 from processors.app import APP_ID, Enforcement
 from processors.dataplane import LINGER_MS
 from processors.router import DLQ_TOPIC, Router

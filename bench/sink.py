@@ -129,7 +129,7 @@ def alert_latency(settings, engine, client, count: int) -> list[float]:  # noqa:
     for event_type, record in generate(seed=1, population=300, events=3000, agencies=("welfare", "registry")):
         template.setdefault(event_type, record)
     now = datetime.now(UTC)
-    keyring = Keyring.for_tests()
+    keyring = Keyring.for_charter(engine.charter)
     from backbone.policy.pseudonym import token_function
 
     pseudonymise, _ = token_function(keyring, "fraud")
@@ -188,7 +188,7 @@ def main() -> None:
                                  clickhouse_database_prefix=f"bench{uuid.uuid4().hex[:6]}_",
                                  consumer_session_timeout_ms=6000, consumer_heartbeat_interval_ms=500)
         charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
-        engine = PolicyEngine(charter, Keyring.for_tests())
+        engine = PolicyEngine(charter, Keyring.for_charter(charter))
         client = make_client(settings.clickhouse_dsn)
         bare, landed = throughput(settings, engine, client, args.rows)
         print(f"bare clickhouse-connect insert: {bare:,.0f} rows/s")

@@ -1,5 +1,5 @@
 """Test support for the real pipeline: reading topics back. The stack, keyring and workers come
-from `backbone.local`, the same code the demo and the benchmarks run. No part is faked."""
+from `app.local`, the same code the demo and the benchmarks run. No part is faked."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from collections.abc import Callable
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
 
-from backbone.local import ProcessorWorker as Worker
-from backbone.local import embedded_settings as private_stack
+from app.local import ProcessorWorker as Worker
+from app.local import embedded_settings as private_stack
 from backbone.settings import Settings
 
 __all__ = ["Worker", "header", "private_stack", "read_topic"]

@@ -158,7 +158,7 @@ def test_kafka_users_carry_every_acl_of_the_plan(charter) -> None:  # noqa: ANN0
 
 def _backbone(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # A child process: a broker's malformed ACL answer must not take the test session down with it.
-    return subprocess.run([sys.executable, "-c", "from backbone.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
                           env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
 
 

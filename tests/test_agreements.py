@@ -222,7 +222,7 @@ def test_problems_never_carry_yaml_values_other_than_names(tmp_path: Path, catal
 
 def _backbone(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from backbone.cli import main; main()", *args],
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
         capture_output=True,
         text=True,
         env={**os.environ, "COLUMNS": "200", **(env or {})},

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from backbone.keyring import Keyring
 from backbone.serde import registry_client
 from backbone.settings import Settings
 from consumers.audit import disclosures, subject_token
 from consumers.sink import Sink, audit_plan
 from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
+from tests.keys import AutoKeyring
 
 pytestmark = pytest.mark.integration
 
@@ -21,7 +21,7 @@ def test_audit_subject_lists_every_disclosure_about_the_person(
 ) -> None:
     directory, charter, names = renamed_charter(tmp_path, unique)
     settings = sink_settings(registry_settings, directory, unique)
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     events, _ = synthetic_events(events=300)
     published = publish(settings, charter, keyring, events, audit=True)
     sink = Sink(settings, audit_plan(settings), clickhouse_client, registry_client(settings))

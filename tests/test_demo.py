@@ -18,7 +18,7 @@ def run_demo(data_dir: Path, events: int) -> subprocess.CompletedProcess[str]:
     env.update({"BACKBONE_DATA_DIR": str(data_dir), "COLUMNS": "200", "BACKBONE_BROKER_PORT": "0",
                 "BACKBONE_SCHEMA_REGISTRY_PORT": "0"})
     return subprocess.run(
-        [sys.executable, "-c", "from backbone.cli import main; main()", "demo", "--events", str(events), "--timeout", "240"],
+        [sys.executable, "-c", "from app.cli import main; main()", "demo", "--events", str(events), "--timeout", "240"],
         capture_output=True, text=True, timeout=420, env=env,
     )
 

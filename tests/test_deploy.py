@@ -116,7 +116,7 @@ def test_compose_master_key_comes_from_a_secret_file(compose: dict[str, Any]) ->
 
 
 def test_compose_commands_are_backbone_commands_with_existing_options(compose: dict[str, Any]) -> None:
-    from backbone.cli import _register, app
+    from app.cli import _register, app
 
     _register()
     commands = get_command(app).commands

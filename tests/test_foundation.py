@@ -87,7 +87,7 @@ def test_missing_broker_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", "from backbone.cli import main; main()", *args],
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
         capture_output=True, text=True, timeout=60, env={**_base_env(), **env},
     )
 
@@ -160,7 +160,7 @@ def test_unsupported_clickhouse_dsn_is_refused() -> None:
 
 
 def test_version_command() -> None:
-    from backbone.cli import app
+    from app.cli import app
 
     result = CliRunner().invoke(app, ["version"])
     assert result.exit_code == 0 and "backbone 0.1.0" in result.stdout

@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from backbone.keyring import Keyring
 from backbone.policy.pseudonym import token_function
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
@@ -17,6 +16,7 @@ from consumers.fraud import FraudDetector, death_period_sql, score
 from consumers.sink import Sink, recipient_plan
 from producers.synthetic.fraud import FRAUD_KINDS
 from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
+from tests.keys import AutoKeyring
 
 pytestmark = pytest.mark.integration
 
@@ -26,7 +26,7 @@ def test_every_planted_fraud_kind_is_found_with_precision_and_recall_one(
 ) -> None:
     directory, charter, names = renamed_charter(tmp_path, unique)
     settings = sink_settings(registry_settings, directory, unique)
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     events, truth = synthetic_events(agencies=("tax", "welfare", "registry"))
     assert {case.kind for case in truth} == set(FRAUD_KINDS)
     publish(settings, charter, keyring, events)
@@ -90,7 +90,7 @@ def test_running_fraud_sink_raises_alerts_in_the_background_while_it_lands(
     directory, charter, names = renamed_charter(tmp_path, unique)
     settings = sink_settings(registry_settings, directory, unique).model_copy(
         update={"fraud_recipient": names["fraud"], "fraud_interval_s": 0.5})
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     events, truth = synthetic_events(agencies=("tax", "welfare", "registry"))
     publish(settings, charter, keyring, events)
 

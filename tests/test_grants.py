@@ -40,7 +40,7 @@ def test_database_prefix_applies_to_grants() -> None:
 
 
 def _backbone(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from backbone.cli import main; main()", *args],
+    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
                           capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
 
 

@@ -13,11 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from backbone.cli import main
+from app.cli import main
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
 from backbone.policy import pseudonym
 from backbone.settings import get_settings, load_settings
+from tests.keys import AutoKeyring
 
 
 @pytest.fixture
@@ -106,7 +107,7 @@ def test_keys_never_appear_in_reprs_or_errors(tmp_path: Path, master_key: bytes)
 
 
 def test_pseudonyms_are_stable_within_a_domain_and_differ_across_domains() -> None:
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     fraud = pseudonym.token("fraud", "123456782", keyring=keyring)
     assert fraud == pseudonym.token("fraud", "123456782", keyring=keyring)
     assert fraud != pseudonym.token("research", "123456782", keyring=keyring)
@@ -114,7 +115,7 @@ def test_pseudonyms_are_stable_within_a_domain_and_differ_across_domains() -> No
 
 
 def test_pseudonym_carries_the_key_id_and_128_bits() -> None:
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     token = pseudonym.token("fraud", "123456782", keyring=keyring)
     key_id, body = token.split(".")
     assert key_id == keyring.active_key("domain", "fraud")[0]
@@ -122,7 +123,7 @@ def test_pseudonym_carries_the_key_id_and_128_bits() -> None:
 
 
 def test_encryption_is_deterministic_and_reversible_with_the_provider_key() -> None:
-    keyring = Keyring.for_tests()
+    keyring = AutoKeyring()
     token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
     assert token == pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
     assert "NL91ABNA0417164300" not in token
@@ -153,7 +154,7 @@ def test_rotation_keeps_old_tokens_reidentifiable_and_new_tokens_use_the_new_key
     assert [info.active for info in keyring.keys() if info.owner == "tax"] == [False, True]
 
 
-def test_missing_key_without_autocreate_names_the_fix() -> None:
+def test_missing_key_names_the_fix() -> None:
     with pytest.raises(KeyringError, match="backbone keys rotate --domain fraud"):
         pseudonym.token("fraud", "x", keyring=Keyring.generate())
 

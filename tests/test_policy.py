@@ -15,8 +15,9 @@ from backbone.catalog import Catalog, load_catalog
 from backbone.errors import AgreementError, KeyringError
 from backbone.keyring import Keyring
 from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements, pseudonym
-from backbone.policy.sample_events import sample_event
+from producers.synthetic.samples import sample_event
 from backbone.settings import PROJECT_ROOT
+from tests.keys import AutoKeyring
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 HEADER = ("event_id", "event_type", "occurred_at", "provider")
@@ -34,7 +35,7 @@ def charter(catalog: Catalog) -> Charter:
 
 @pytest.fixture
 def keyring() -> Keyring:
-    return Keyring.for_tests()
+    return AutoKeyring()
 
 
 @pytest.fixture

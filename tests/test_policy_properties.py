@@ -15,13 +15,14 @@ from backbone.catalog import Catalog, EventSchema, load_catalog
 from backbone.keyring import Keyring
 from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements, pseudonym
 from backbone.policy.agreements import CLEAR_PII_BASES, RELEASED_HEADER
-from backbone.policy.sample_events import DEMO_GOVERNANCE
+from producers.synthetic.governance import PROFILES
 from backbone.policy.treatments import base_type, type_kind
 from backbone.settings import PROJECT_ROOT
+from tests.keys import AutoKeyring
 
 CATALOG: Catalog = load_catalog(PROJECT_ROOT / "schemas")
 CHARTER: Charter = load_agreements(PROJECT_ROOT / "agreements", CATALOG)
-KEYRING = Keyring.for_tests()
+KEYRING = AutoKeyring()
 ENGINE = PolicyEngine(CHARTER, KEYRING)
 BASES = ("consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests")
 PROPERTY_SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -112,7 +113,8 @@ def demo_case() -> st.SearchStrategy[tuple[dict, DictConsent, datetime, EventSch
     @st.composite
     def build(draw: st.DrawFn) -> tuple[dict, DictConsent, datetime, EventSchema]:
         schema = CATALOG.events[draw(DEMO_EVENT_TYPES)]
-        basis, purposes = DEMO_GOVERNANCE.get(schema.event_type, ("public_task", ()))
+        profile = PROFILES[schema.event_type]
+        basis, purposes = profile.lawful_basis, profile.purposes
         # half the events carry what the demo's agencies send (plus research consent), so permits are common
         demo = st.fixed_dictionaries(
             {"lawful_basis": st.just(basis), "purposes": st.just([*purposes, "scientific_research"]), "consent_id": st.just("c-1")}

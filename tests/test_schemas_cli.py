@@ -28,7 +28,7 @@ def registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory)
 def backbone(*args: str, url: str) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "BACKBONE_SCHEMA_REGISTRY_URL": url, "COLUMNS": "200"}
     return subprocess.run(
-        [sys.executable, "-c", "from backbone.cli import main; main()", *args],
+        [sys.executable, "-c", "from app.cli import main; main()", *args],
         capture_output=True, text=True, env=env, timeout=60, cwd=PROJECT_ROOT,
     )
 

@@ -210,7 +210,7 @@ def test_generated_fast_path_writes_the_same_bytes_and_still_names_a_bad_field()
     import random
 
     from backbone.catalog import default_catalog
-    from backbone.policy.sample_events import sample_event
+    from producers.synthetic.samples import sample_event
 
     catalog = default_catalog()
     rng = random.Random(3)

@@ -31,6 +31,7 @@ from backbone.topics import AUDIT_TOPIC, Topics, shared_topic
 from consumers import ddl
 from consumers.sink import DLQ_TOPIC, Sink, recipient_plan, sinks_for
 from producers.synthetic import generate
+from tests.keys import AutoKeyring
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
@@ -172,7 +173,7 @@ def landed(kafka_bootstrap: str, schema_registry_url: str, clickhouse_client, tm
                          consumer_heartbeat_interval_ms=TEST_CONSUMER_CONFIG["heartbeat.interval.ms"])
     settings = sink_settings(base, directory, suffix)
     events, _ = synthetic_events()
-    published = publish(settings, charter, Keyring.for_tests(), events, audit=True)
+    published = publish(settings, charter, AutoKeyring(), events, audit=True)
     sinks = sinks_for(settings, charter, clickhouse_client, registry_client(settings))
     threads = [threading.Thread(target=each.run_until_idle, kwargs={"idle_s": 1.5, "timeout_s": 60}) for each in sinks]
     for thread in threads:
@@ -203,7 +204,7 @@ def test_landed_rows_equal_what_was_shared(landed: Landed, clickhouse_client) ->
 
 
 def test_each_agreement_view_shows_exactly_its_released_fields(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
-    engine = PolicyEngine(landed.charter, Keyring.for_tests())
+    engine = PolicyEngine(landed.charter, AutoKeyring())
     prefix = landed.settings.clickhouse_database_prefix
     for agreement_id in {a.id for a in landed.charter.agreements}:
         agreement = landed.charter.get(agreement_id)
@@ -253,7 +254,7 @@ def test_rows_clickhouse_rejects_go_to_the_sink_dlq_with_reason_and_original_byt
     directory, charter, names = renamed_charter(tmp_path, unique)
     settings = sink_settings(registry_settings, directory, unique)
     events, _ = synthetic_events(events=60)
-    good = publish(settings, charter, Keyring.for_tests(), events)
+    good = publish(settings, charter, AutoKeyring(), events)
     topic = shared_topic(names["fraud"], "tax.income_declared")
     producer = Producer(settings.producer_config())
     # a valid header naming the audit schema, but bytes that are no such record; and no wire format at all

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 
-from backbone.keyring import Keyring
 from backbone.settings import Settings
 from consumers import ddl
 from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
@@ -28,6 +27,7 @@ pytestmark = pytest.mark.integration
 READ_VIEWS = """
 import json, sys
 from backbone.clickhouse import make_client
+from tests.keys import AutoKeyring
 client = make_client(sys.argv[1])
 out = {}
 for database, view, table in json.loads(sys.argv[2]):
@@ -57,7 +57,7 @@ def _environment(settings: Settings, dsn: str) -> dict[str, str]:
 
 def _sink(env: dict[str, str], recipient: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-u", "-c", "from backbone.cli import main; main()", "sink", "--recipient", recipient, "--no-audit", *extra],
+        [sys.executable, "-u", "-c", "from app.cli import main; main()", "sink", "--recipient", recipient, "--no-audit", *extra],
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
@@ -68,7 +68,7 @@ def test_sink_killed_mid_run_and_restarted_loses_nothing_and_views_show_each_eve
     directory, charter, names = renamed_charter(tmp_path, unique)
     settings = sink_settings(registry_settings, directory, unique)
     events, _ = synthetic_events(events=4000, periods=6, agencies=("tax", "welfare", "registry"))
-    published = publish(settings, charter, Keyring.for_tests(), events)
+    published = publish(settings, charter, AutoKeyring(), events)
     recipient = names["fraud"]
     released = {topic: {r["event_id"] for r in records} for topic, records in published.released.items()
                 if topic.startswith(f"shared.{recipient}.")}

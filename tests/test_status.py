@@ -9,7 +9,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from backbone.settings import Settings, load_settings
-from backbone.status import collect
+from app.status import collect
 from backbone.topics import Topics, dlq_topic
 from tests.conftest import TEST_CONSUMER_CONFIG
 

@@ -10,11 +10,11 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.settings import get_settings
 
 
-def _render(status, minutes: int):  # noqa: ANN001, ANN202 - backbone.status.Status -> rich renderable
+def _render(status, minutes: int):  # noqa: ANN001, ANN202 - app.status.Status -> rich renderable
     parts = []
     if status.unreachable:
         lines = Table("part", "cannot be reached", title="[red]Unreachable[/red]")
@@ -51,7 +51,7 @@ def status(
     timeout: float = typer.Option(3.0, "--timeout", help="Seconds each part gets to answer"),
 ) -> None:
     """Topics, consumer lag, registry subjects, recent decisions, DLQ entries and rows per agency."""
-    from backbone.status import collect
+    from app.status import collect
 
     settings = get_settings()
     if not watch:

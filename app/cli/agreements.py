@@ -9,7 +9,7 @@ import typer
 from rich.table import Table
 
 from backbone.catalog import default_catalog
-from backbone.cli import app, console, err_console
+from app.cli import app, console, err_console
 from backbone.errors import AgreementError
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import get_settings

@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.embedded import EmbeddedStack
 from backbone.settings import get_settings
 

@@ -1,7 +1,7 @@
 """Events shaped like fastavro's decoding of the catalog's schemas, for tests and `bench/policy.py`.
 
 Values follow each field's Avro type (timestamp-millis -> aware datetime, date -> `date`, enum ->
-str); governance matches what the demo's agencies send, so the demo charter permits them.
+str); governance is what the demo's agencies send (`governance.PROFILES`), so the demo charter permits them.
 """
 
 from __future__ import annotations
@@ -14,16 +14,8 @@ from typing import Any
 
 from backbone.catalog import EventSchema
 from backbone.policy.treatments import base_type, type_kind
+from producers.synthetic.governance import PROFILES
 
-# Lawful basis and purposes the demo's agencies put on each event type (see producers/synthetic).
-DEMO_GOVERNANCE: dict[str, tuple[str, tuple[str, ...]]] = {
-    "tax.income_declared": ("legal_obligation", ("fraud_prevention_and_detection", "official_statistics", "legal_compliance")),
-    "welfare.benefit_claimed": ("public_task", ("fraud_prevention_and_detection", "service_provision", "official_statistics")),
-    "registry.address_changed": ("public_task", ("service_provision", "identity_verification", "fraud_prevention_and_detection", "official_statistics")),
-    "registry.death_registered": ("public_task", ("service_provision", "identity_verification", "fraud_prevention_and_detection", "official_statistics")),
-    "police.incident_reported": ("public_task", ("law_enforcement", "official_statistics")),
-    "consent.changed": ("legal_obligation", ("legal_compliance", "service_provision")),
-}
 _EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
 
@@ -63,11 +55,11 @@ def sample_value(name: str, avro_type: Any, rng: random.Random) -> Any:
 
 def sample_event(schema: EventSchema, rng: random.Random, governance: dict[str, Any] | None = None) -> dict[str, Any]:
     """One event of `schema`'s type with the demo governance (or `governance`)."""
-    basis, purposes = DEMO_GOVERNANCE.get(schema.event_type, ("public_task", ()))
+    profile = PROFILES.get(schema.event_type)
     event: dict[str, Any] = {}
     for name, info in schema.fields.items():
         if name == "governance":
-            event[name] = governance or {"lawful_basis": basis, "purposes": list(purposes), "consent_id": None}
+            event[name] = governance or (profile.tags() if profile else {"lawful_basis": "public_task", "purposes": [], "consent_id": None})
         elif name == "event_type":
             event[name] = schema.event_type
         elif name == "provider":

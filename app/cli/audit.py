@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.settings import get_settings
 
 audit_app = typer.Typer(help="Oversight: who received what about whom, and why.", no_args_is_help=True)

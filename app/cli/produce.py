@@ -11,7 +11,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from backbone.catalog import load_catalog
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 from producers.errors import DeliveryError

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from backbone.cli import app
+from app.cli import app
 
 
 @app.command()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from backbone.catalog import load_catalog
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 from producers.sdk import ConsentPublisher

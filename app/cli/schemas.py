@@ -15,7 +15,7 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from rich.table import Table
 
 from backbone.catalog import CatalogError, load_catalog, load_event_schema
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible
 from backbone.serde import register, registry_client
 from backbone.settings import Settings, get_settings

@@ -5,8 +5,8 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from backbone.cli import console
-from backbone.cli.clickhouse import clickhouse_app
+from app.cli import console
+from app.cli.clickhouse import clickhouse_app
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.settings import get_settings
 from backbone.topics import Topics
 

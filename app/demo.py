@@ -26,7 +26,7 @@ from backbone.compacted import read_to_end
 from backbone.embedded import EmbeddedStack, port_in_use
 from backbone.errors import BackboneError
 from backbone.keyring import write_master_key_file
-from backbone.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
+from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
 from backbone.policy.agreements import load_agreements
 from backbone.policy.pseudonym import token
 from backbone.serde import registry_client

@@ -9,7 +9,7 @@ from confluent_kafka.admin import AclOperation
 from rich.table import Table
 
 from backbone.acls import Grant, plan_for_charter, strimzi_users
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import Settings, get_settings
 from backbone.topics import admin_client, check_reachable

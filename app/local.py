@@ -6,8 +6,6 @@ integration tests all start; only PIDs started here are ever signalled.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -16,9 +14,9 @@ from pathlib import Path
 from typing import Any
 
 from backbone.catalog import load_catalog
-from backbone.embedded import EmbeddedStack
+from backbone.embedded import ChildProcess, EmbeddedStack
 from backbone.errors import BackboneError
-from backbone.keyring import BUILT_IN_DOMAINS, Keyring, encode_master_key, new_master_key
+from backbone.keyring import Keyring, encode_master_key, new_master_key
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings, load_settings
 
@@ -44,7 +42,7 @@ def provision_keyring(settings: Settings, master_key: bytes) -> Keyring:
     """A fresh keyring with a key for every domain and provider of the charter (and oversight),
     saved to `settings.keyring_path` under `master_key`."""
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
-    keyring = Keyring.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers())
+    keyring = Keyring.for_charter(charter)
     keyring.save(settings.keyring_path, master_key)
     return keyring
 
@@ -89,32 +87,32 @@ class ProcessorWorker:
         self.settings = settings
         self.log_path = settings.data_dir / f"{name}.log"
         self.extra_env = extra_env
-        self.process: subprocess.Popen[bytes] | None = None
+        self._child: ChildProcess | None = None
 
     @property
     def pid(self) -> int | None:
-        return self.process.pid if self.process else None
+        return self._child.pid if self._child else None
 
     def start(self, timeout: float = 90.0) -> ProcessorWorker:
         """Start and wait until the worker logs that it is enforcing (its data plane is running)."""
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
         offset = self.log_size()
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", "from backbone.cli import main; main()", "process", "-l", "info"],
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                env=worker_environment(self.settings, **self.extra_env), start_new_session=True,
-            )
+        self._child = ChildProcess(
+            "the processor worker",
+            [sys.executable, "-c", "from app.cli import main; main()", "process", "-l", "info"],
+            self.log_path, worker_environment(self.settings, **self.extra_env),
+        )
+        self._child.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.wait_for_line(READY_LINE, offset, timeout=0.05):
                 return self
-            if self.process.poll() is not None:
-                raise BackboneError(f"the processor worker exited with {self.process.returncode}; log {self.log_path}: {self.tail(5)}")
+            code = self._child.exited()
+            if code is not None:
+                raise BackboneError(f"the processor worker exited with {code}; log {self.log_path}: {self.tail(5)}")
         raise BackboneError(f"the processor worker was not ready within {timeout:g}s; log {self.log_path}")
 
     def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        return self._child is not None and self._child.alive()
 
     def log_size(self) -> int:
         return self.log_path.stat().st_size if self.log_path.exists() else 0
@@ -135,10 +133,10 @@ class ProcessorWorker:
 
     def rss_mb(self) -> float | None:
         """Resident memory of the worker process (VmRSS), in MiB."""
-        if self.process is None:
+        if self.pid is None:
             return None
         try:
-            for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
                 if line.startswith("VmRSS:"):
                     return int(line.split()[1]) / 1024
         except OSError:
@@ -150,19 +148,12 @@ class ProcessorWorker:
 
     def kill(self) -> None:
         """SIGKILL: no shutdown and no final commit, as when a machine dies."""
-        process, self.process = self.process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGKILL)
-            process.wait(10)
+        child, self._child = self._child, None
+        if child is not None:
+            child.kill()
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 30 s; only the PID started here."""
-        process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(10)
+        child, self._child = self._child, None
+        if child is not None:
+            child.stop(timeout=30.0)

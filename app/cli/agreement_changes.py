@@ -12,8 +12,8 @@ import typer
 
 from backbone import agreement_changes
 from backbone.catalog import load_catalog
-from backbone.cli import console
-from backbone.cli.agreements import agreements_app
+from app.cli import console
+from app.cli.agreements import agreements_app
 from backbone.policy.agreements import load_agreements
 from backbone.settings import get_settings
 

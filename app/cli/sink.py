@@ -7,7 +7,7 @@ import threading
 
 import typer
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 

@@ -11,7 +11,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backbone.cli import app, console
+from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
@@ -27,7 +27,7 @@ def demo(
     timeout: float = typer.Option(600.0, "--timeout", help="Give up waiting for the pipeline after this many seconds"),
 ) -> None:
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
-    from backbone.demo import Demo
+    from app.demo import Demo
 
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
