@@ -22,13 +22,18 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from backbone.catalog import CONSENT_EVENT
 from backbone.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    RAW_PREFIX,
     SCHEMAS_TOPIC,
+    SHARED_PREFIX,
     dlq_topic,
+    raw_prefix,
+    shared_prefix,
 )
 
 if TYPE_CHECKING:
@@ -40,8 +45,6 @@ ResourceKind = Literal["topic", "group"]
 Pattern = Literal["literal", "prefixed"]
 Operation = Literal["read", "write", "create"]
 
-# The consent event goes to the compacted consent.changes topic, not to a raw topic.
-CONSENT_EVENT = "consent.changed"
 PROCESSOR = "processor"
 SCHEMA_REGISTRY = "schema-registry"  # not `registry`: that is the population registry agency
 OPERATOR = "operator"
@@ -122,18 +125,18 @@ def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix:
     grants: list[Grant] = []
     for provider in agencies.providers:
         # The producer SDK ensures its topics before sending: CREATE on its own prefix only.
-        grants += _grants(user(provider), "topic", f"raw.{provider}.", "prefixed", ("write", "create"), "provider publishes its events")
+        grants += _grants(user(provider), "topic", raw_prefix(provider), "prefixed", ("write", "create"), "provider publishes its events")
     for publisher in agencies.consent_publishers:
         grants += _grants(user(publisher), "topic", CONSENT_TOPIC, "literal", ("write", "create"), "consent publisher")
     for recipient in agencies.recipients:
-        grants += _grants(user(recipient), "topic", f"shared.{recipient}.", "prefixed", ("read",), "recipient reads what it is entitled to")
+        grants += _grants(user(recipient), "topic", shared_prefix(recipient), "prefixed", ("read",), "recipient reads what it is entitled to")
         grants += _grants(user(recipient), "group", f"{recipient}-", "prefixed", ("read",), "recipient's own consumer groups")
 
     processor = user(PROCESSOR)
-    grants += _grants(processor, "topic", "raw.", "prefixed", ("read", "create"), "processor consumes every raw topic")
+    grants += _grants(processor, "topic", RAW_PREFIX, "prefixed", ("read", "create"), "processor consumes every raw topic")
     for topic in (CONSENT_TOPIC, AGREEMENTS_TOPIC):
         grants += _grants(processor, "topic", topic, "literal", ("read", "create"), "every worker reads consent and agreements in full")
-    grants += _grants(processor, "topic", "shared.", "prefixed", ("write", "create"), "processor releases permitted records")
+    grants += _grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records")
     for topic in (AUDIT_TOPIC, PROCESSOR_DLQ):
         grants += _grants(processor, "topic", topic, "literal", ("write", "create"), "every decision is audited; bad input dead-lettered")
     grants += _grants(processor, "group", PROCESSOR_APP_ID, "prefixed", ("read",), "Faust's and the data plane's consumer groups")
@@ -142,7 +145,7 @@ def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix:
 
     for recipient in agencies.recipients:
         sink = sink_principal(recipient)
-        grants += _grants(sink, "topic", f"shared.{recipient}.", "prefixed", ("read",), "sink lands the recipient's shared topics")
+        grants += _grants(sink, "topic", shared_prefix(recipient), "prefixed", ("read",), "sink lands the recipient's shared topics")
         grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{recipient}", "literal", ("read",), "sink's consumer group")
         grants += _grants(sink, "topic", SINK_DLQ, "literal", ("write", "create"), "rows ClickHouse rejects are dead-lettered")
         if recipient == fraud_recipient:

@@ -20,6 +20,11 @@ from fastavro import parse_schema
 from backbone.errors import BackboneError
 
 GOVERNANCE_NAME = "backbone.Governance"
+# The consent event goes to the compacted consent.changes topic, never to a raw topic.
+CONSENT_EVENT = "consent.changed"
+# The backbone's own record schemas (`schemas/<name>.avsc`), beside the event schemas.
+AUDIT_DECISION = "backbone.AuditDecision"
+FRAUD_ALERT = "backbone.FraudAlert"
 TAGS_KEY = "confluent:tags"
 PERSONAL_TAGS = frozenset({"PII", "QUASI_ID", "SENSITIVE"})
 HEADER_FIELDS = ("event_id", "event_type", "occurred_at", "provider", "governance")
@@ -86,6 +91,19 @@ class Purpose:
 class Catalog:
     events: dict[str, EventSchema]
     purposes: dict[str, Purpose]
+    internal: dict[str, dict[str, Any]] = field(default_factory=dict)  # `backbone.<Name>` -> schema
+
+    @property
+    def raw_event_types(self) -> list[str]:
+        """Event types agencies publish to raw topics (every one but the consent event)."""
+        return [event_type for event_type in self.events if event_type != CONSENT_EVENT]
+
+    def internal_schema(self, name: str) -> dict[str, Any]:
+        """One of the backbone's own schemas (`AUDIT_DECISION`, `FRAUD_ALERT`), as a fresh copy."""
+        try:
+            return copy.deepcopy(self.internal[name])
+        except KeyError:
+            raise CatalogError(f"the schema directory lacks {name}.avsc; set BACKBONE_SCHEMAS_DIR to the repository's schemas/") from None
 
     def event(self, event_type: str) -> EventSchema:
         try:
@@ -156,9 +174,11 @@ def load_catalog(schemas_dir: Path) -> Catalog:
     if not schemas_dir.is_dir():
         raise CatalogError(f"schema directory {schemas_dir} does not exist; set BACKBONE_SCHEMAS_DIR")
     shared = {}
+    internal = {}
     for path in sorted(schemas_dir.glob("backbone.*.avsc")):
         schema = _read_json(path)
         shared[f"{schema.get('namespace', '')}.{schema['name']}"] = schema
+        internal[path.name.removesuffix(".avsc")] = schema
     if GOVERNANCE_NAME not in shared:
         raise CatalogError(f"{schemas_dir}: missing {GOVERNANCE_NAME}.avsc, the shared governance record")
     events = {}
@@ -167,4 +187,4 @@ def load_catalog(schemas_dir: Path) -> Catalog:
             continue
         schema = load_event_schema(path, shared)
         events[schema.event_type] = schema
-    return Catalog(events, load_purposes(schemas_dir / "purposes.yaml"))
+    return Catalog(events, load_purposes(schemas_dir / "purposes.yaml"), internal)

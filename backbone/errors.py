@@ -27,6 +27,10 @@ class TopicError(BackboneError):
     """A topic operation was refused (exists, does not exist, invalid configuration)."""
 
 
+class TopicExists(TopicError):
+    """The topic to create exists already (`Topics.ensure` treats that as done)."""
+
+
 class ClickHouseDsnError(BackboneError):
     """The ClickHouse DSN is malformed or names an unsupported scheme."""
 

@@ -1,13 +1,15 @@
-"""Topic administration through confluent-kafka's AdminClient, and the names of the backbone's topics."""
+"""The names of the backbone's topics (every name and pattern is made here), and topic
+administration through confluent-kafka's AdminClient."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from backbone.errors import KafkaUnavailableError, TopicError
+from backbone.errors import KafkaUnavailableError, TopicError, TopicExists
 from backbone.settings import Settings
 
 CONSENT_TOPIC = "consent.changes"
@@ -15,20 +17,47 @@ AGREEMENTS_TOPIC = "agreements.changes"
 AUDIT_TOPIC = "audit.decisions"
 ALERTS_TOPIC = "alerts.fraud"
 SCHEMAS_TOPIC = "_schemas"
+RAW_PREFIX = "raw."
+SHARED_PREFIX = "shared."
+DLQ_PREFIX = "dlq."
+# librdkafka subscribes to a regex when the name starts with ^
+RAW_PATTERN = r"^raw\..*"
 
 
 def raw_topic(event_type: str) -> str:
     """`tax.income_declared` -> `raw.tax.income_declared` (the provider is the first part)."""
-    return f"raw.{event_type}"
+    return f"{RAW_PREFIX}{event_type}"
+
+
+def raw_prefix(provider: str) -> str:
+    """`tax` -> `raw.tax.`: every raw topic of one provider starts with it."""
+    return f"{RAW_PREFIX}{provider}."
 
 
 def shared_topic(recipient: str, event_type: str) -> str:
     """`fraud`, `tax.income_declared` -> `shared.fraud.tax.income_declared`."""
-    return f"shared.{recipient}.{event_type}"
+    return f"{shared_prefix(recipient)}{event_type}"
+
+
+def shared_prefix(recipient: str) -> str:
+    """`fraud` -> `shared.fraud.`: every topic released to one recipient starts with it."""
+    return f"{SHARED_PREFIX}{recipient}."
+
+
+def shared_pattern(recipient: str) -> str:
+    """The subscription regex of every topic released to `recipient`."""
+    return "^" + re.escape(shared_prefix(recipient)) + ".*"
+
+
+def shared_event_type(recipient: str, topic: str) -> str | None:
+    """`fraud`, `shared.fraud.tax.income_declared` -> `tax.income_declared` (None if not the recipient's)."""
+    prefix = shared_prefix(recipient)
+    return topic[len(prefix):] if topic.startswith(prefix) else None
 
 
 def dlq_topic(stage: str) -> str:
-    return f"dlq.{stage}"
+    """`processor` -> `dlq.processor`."""
+    return f"{DLQ_PREFIX}{stage}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -105,7 +134,7 @@ class Topics:
         except KafkaException as exc:
             error: KafkaError = exc.args[0]
             if error.code() == KafkaError.TOPIC_ALREADY_EXISTS:
-                raise TopicError(f"topic {name} already exists; `backbone topics describe {name}` shows it") from None
+                raise TopicExists(f"topic {name} already exists; `backbone topics describe {name}` shows it") from None
             raise TopicError(f"topic {name} could not be created: {error.str()}") from None
         return TopicInfo(name, count, conf)
 
@@ -113,9 +142,8 @@ class Topics:
         """Create `name` unless it exists (idempotent; used at pipeline start-up)."""
         try:
             self.create(name, partitions=partitions, config=config)
-        except TopicError as exc:
-            if "already exists" not in str(exc):
-                raise
+        except TopicExists:
+            pass
 
     def describe(self, name: str) -> TopicInfo:
         meta = self._metadata().topics.get(name)

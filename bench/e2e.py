@@ -44,7 +44,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from rich.console import Console
 from rich.table import Table
 
-from backbone.catalog import load_catalog
+from backbone.catalog import CONSENT_EVENT, load_catalog
 from backbone.clickhouse import make_client
 from backbone.errors import BackboneError
 from backbone.policy.agreements import Charter, load_agreements
@@ -63,7 +63,6 @@ LATENCY_RECIPIENT = "fraud"
 SAMPLED_PER_S = 200  # latency samples per second of offered load, at most (bounds the poll query)
 POLL_PAUSE_S = 0.05  # between visibility polls: the poller shares the chDB client with the sinks
 PASSTHROUGH_TOPIC = "bench.passthrough"
-CONSENT_EVENT = "consent.changed"
 AUDIT_TABLE = ddl.qualified(ddl.AUDIT_DATABASE, ddl.AUDIT_TABLE)
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 console = Console(width=max(Console().width, 120))  # the table stays readable when piped

@@ -22,7 +22,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from backbone.catalog import Catalog, EventSchema, load_catalog
+from backbone.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
 from backbone.errors import KafkaUnavailableError
 from backbone.serde import Encoder, encoder_for, registry_client
 from backbone.settings import Settings, get_settings
@@ -32,7 +32,6 @@ from producers.errors import DeliveryError, ProducerError, ProducerValidationErr
 from producers.keys import SubjectKeys, default_partition
 from producers.validation import Validator, compile_validator
 
-CONSENT_EVENT = "consent.changed"
 CONSENT_AGENCY = "consent"
 POLL_EVERY = 1_000
 _UUID_BATCH = 4_096

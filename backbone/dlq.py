@@ -1,0 +1,128 @@
+"""The dead-letter contract: one set of headers and one vocabulary of reason codes for every stage.
+
+A dead letter is the original message (key, value and headers, byte for byte) on `dlq.<stage>`,
+plus these headers, so an operator can see why it was refused and replay it once the cause is fixed:
+
+| header                   | value                                                            |
+| ------------------------ | ---------------------------------------------------------------- |
+| `error.stage`            | `processor` or `sink`                                            |
+| `error.reason`           | one snake_case code of `REASONS`                                 |
+| `error.source_topic`     | the topic the message was read from                              |
+| `error.source_partition` | its partition (when known)                                       |
+| `error.source_offset`    | its offset (when known)                                          |
+| `error.detail`           | optional: a code that is never personal data (schema id, ClickHouse error code) |
+
+Reasons and details never carry record content.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from backbone.topics import dlq_topic
+
+if TYPE_CHECKING:
+    from confluent_kafka import Message
+
+    from backbone.settings import Settings
+
+STAGE = "error.stage"
+REASON = "error.reason"
+SOURCE_TOPIC = "error.source_topic"
+SOURCE_PARTITION = "error.source_partition"
+SOURCE_OFFSET = "error.source_offset"
+DETAIL = "error.detail"
+CONTRACT_HEADERS = (STAGE, REASON, SOURCE_TOPIC, SOURCE_PARTITION, SOURCE_OFFSET, DETAIL)
+
+PROCESSOR = "processor"
+SINK = "sink"
+STAGES = (PROCESSOR, SINK)
+
+# Every reason code, with what it means. Codes are stable: operators alert and replay on them.
+REASONS: dict[str, str] = {
+    "empty_value": "the message has no value",
+    "bad_magic_byte": "the value is not in the Confluent wire format (first byte is not 0)",
+    "truncated_message": "the value ends before the wire-format header or the Avro record does",
+    "unknown_schema_id": "the schema registry does not know the writer schema id",
+    "corrupt_message": "the Avro body does not decode under its writer schema",
+    "undecodable": "the value could not be decoded for another reason",
+    "unknown_event_type": "the event type is not in the catalog, or not the topic's",
+    "missing_governance": "the event has no governance record (lawful basis)",
+    "invalid_governance": "the governance record has no purposes",
+    "unknown_purpose": "a purpose is not in the purpose vocabulary",
+    "transform_failed": "deciding or transforming the event failed unexpectedly (nothing was released)",
+    "schema_unreadable": "the writer schema could not be read or mapped to ClickHouse types",
+    "type_mismatch": "a field's type differs from the existing column's type",
+    "registry_unavailable": "the schema registry did not answer",
+    "clickhouse_rejected": "ClickHouse refused the row (error code in error.detail)",
+}
+
+Headers = list[tuple[str, bytes]]
+
+
+def headers(stage: str, reason: str, source_topic: str, *, partition: int | None = None, offset: int | None = None,
+            detail: str | None = None, original: Headers | None = None) -> Headers:
+    """The message's own headers followed by the contract's headers; `reason` must be a known code."""
+    if stage not in STAGES:
+        raise ValueError(f"unknown dead-letter stage {stage!r}; one of {', '.join(STAGES)}")
+    if reason not in REASONS:
+        raise ValueError(f"unknown dead-letter reason {reason!r}; add it to backbone.dlq.REASONS")
+    added: Headers = [(STAGE, stage.encode()), (REASON, reason.encode()), (SOURCE_TOPIC, source_topic.encode())]
+    if partition is not None:
+        added.append((SOURCE_PARTITION, str(partition).encode()))
+    if offset is not None:
+        added.append((SOURCE_OFFSET, str(offset).encode()))
+    if detail:
+        added.append((DETAIL, detail.encode()))
+    return [*(original or []), *added]
+
+
+@dataclass(slots=True, frozen=True)
+class DeadLetter:
+    """One dead letter read back: why and where from, with the original key, value and headers."""
+
+    stage: str
+    reason: str
+    source_topic: str
+    partition: int | None
+    offset: int | None
+    detail: str | None
+    key: bytes | None
+    value: bytes | None
+    original_headers: Headers
+
+    @classmethod
+    def from_message(cls, message: Message) -> DeadLetter:
+        contract: dict[str, str] = {}
+        original: Headers = []
+        for name, value in message.headers() or []:
+            if name in CONTRACT_HEADERS:
+                contract[name] = (value or b"").decode(errors="replace")
+            else:
+                original.append((name, value))
+        stage = contract.get(STAGE) or message.topic().removeprefix(dlq_topic(""))
+
+        def number(name: str) -> int | None:
+            text = contract.get(name, "")
+            return int(text) if text.lstrip("-").isdigit() else None
+
+        return cls(stage, contract.get(REASON, "?"), contract.get(SOURCE_TOPIC, "?"), number(SOURCE_PARTITION),
+                   number(SOURCE_OFFSET), contract.get(DETAIL), message.key(), message.value(), original)
+
+
+def read(settings: Settings, stage: str, timeout: float = 10.0) -> list[DeadLetter]:
+    """Every dead letter of one stage now (reads `dlq.<stage>` to its end, bounded by `timeout`)."""
+    from backbone.compacted import read_to_end
+
+    return [DeadLetter.from_message(message) for message in read_to_end(settings, dlq_topic(stage), timeout)]
+
+
+def count(settings: Settings, timeout: float = 10.0) -> Counter[tuple[str, str]]:
+    """Dead letters by (stage, reason) over every stage's DLQ topic."""
+    counts: Counter[tuple[str, str]] = Counter()
+    for stage in STAGES:
+        for letter in read(settings, stage, timeout):
+            counts[(stage, letter.reason)] += 1
+    return counts
