@@ -98,5 +98,23 @@ class ReidentifyError(BackboneError):
     """A token could not be reversed (unknown key id, wrong provider, tampered token)."""
 
 
+def kafka_unavailable(bootstrap: str, timeout_s: float, detail: str | None = None) -> KafkaUnavailableError:
+    """The one message for "the cluster did not answer": where, how long, and how to fix it."""
+    cause = f" ({detail})" if detail else ""
+    return KafkaUnavailableError(
+        f"Kafka at {bootstrap} did not answer within {timeout_s:g}s{cause}; start it with `backbone up` "
+        "or set BACKBONE_KAFKA_BOOTSTRAP"
+    )
+
+
+def registry_unavailable(url: str, detail: str | None = None) -> RegistryUnavailable:
+    """The one message for "the schema registry did not answer" (never its credentials)."""
+    cause = f" ({detail})" if detail else ""
+    return RegistryUnavailable(
+        f"schema registry at {url} did not answer{cause}; start the embedded stack with `backbone up` "
+        "or set BACKBONE_SCHEMA_REGISTRY_URL"
+    )
+
+
 class SinkError(BackboneError):
     """A ClickHouse sink cannot start or land rows (database unreachable, table cannot be created)."""

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
-from backbone.errors import KafkaUnavailableError, TopicError, TopicExists
+from backbone.errors import TopicError, TopicExists, kafka_unavailable
 from backbone.settings import Settings
 
 CONSENT_TOPIC = "consent.changes"
@@ -76,11 +76,8 @@ def check_reachable(admin: AdminClient, settings: Settings) -> None:
     try:
         admin.list_topics(timeout=settings.kafka_timeout_s)
     except KafkaException as exc:
-        raise KafkaUnavailableError(
-            f"Kafka at {settings.kafka_bootstrap} did not answer within {settings.kafka_timeout_s:g}s "
-            f"({exc.args[0].str() if exc.args and hasattr(exc.args[0], 'str') else exc}); start it with "
-            "`backbone up` or set BACKBONE_KAFKA_BOOTSTRAP"
-        ) from None
+        detail = exc.args[0].str() if exc.args and hasattr(exc.args[0], "str") else str(exc)
+        raise kafka_unavailable(settings.kafka_bootstrap, settings.kafka_timeout_s, detail) from None
 
 
 class Topics:
