@@ -23,7 +23,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from backbone.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
-from backbone.errors import KafkaUnavailableError
+from backbone.errors import kafka_unavailable
 from backbone.serde import Encoder, encoder_for, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import CONSENT_TOPIC, Topics, raw_topic
@@ -172,10 +172,7 @@ class AgencyProducer:
         except KafkaException as exc:
             error = exc.args[0] if exc.args else None
             detail = error.str() if isinstance(error, KafkaError) else str(exc)
-            raise KafkaUnavailableError(
-                f"Kafka at {self.settings.kafka_bootstrap} did not answer within {self.settings.kafka_timeout_s:g}s "
-                f"({detail}); start it with `backbone up` or set BACKBONE_KAFKA_BOOTSTRAP"
-            ) from None
+            raise kafka_unavailable(self.settings.kafka_bootstrap, self.settings.kafka_timeout_s, detail) from None
 
     def _topic_for(self, event_type: str) -> str:
         return CONSENT_TOPIC if event_type == CONSENT_EVENT else raw_topic(event_type)

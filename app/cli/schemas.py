@@ -16,7 +16,7 @@ from rich.table import Table
 
 from backbone.catalog import CatalogError, load_catalog, load_event_schema
 from app.cli import app, console
-from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible
+from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible, registry_unavailable
 from backbone.serde import register, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import raw_topic
@@ -27,11 +27,8 @@ app.add_typer(schemas_app, name="schemas")
 _REQUEST_TIMEOUT_S = 10.0
 
 
-def _unavailable(settings: Settings) -> RegistryUnavailable:
-    return RegistryUnavailable(
-        f"schema registry at {settings.schema_registry_url} did not answer; start the embedded stack with "
-        "`backbone up` or set BACKBONE_SCHEMA_REGISTRY_URL"
-    )
+def _unavailable(settings: Settings, exc: BaseException) -> RegistryUnavailable:
+    return registry_unavailable(settings.schema_registry_url, type(exc).__name__)
 
 
 @contextmanager
@@ -44,10 +41,10 @@ def _registry_errors(settings: Settings, what: str) -> Iterator[None]:
     except SchemaRegistryError as exc:
         raise RegistryError(f"{what}: {exc.error_message} (error code {exc.error_code})", exc.error_code) from None
     except (OSError, requests.RequestException) as exc:
-        raise _unavailable(settings) from exc
+        raise _unavailable(settings, exc) from exc
     except Exception as exc:  # httpx transport errors from the confluent client
         if type(exc).__module__.startswith(("httpx", "httpcore")):
-            raise _unavailable(settings) from exc
+            raise _unavailable(settings, exc) from exc
         raise
 
 
