@@ -14,13 +14,11 @@ from typing import Any, TypeVar
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from backbone.compacted import read_to_end
-from backbone.errors import BackboneError
+from backbone import dlq
+from backbone.errors import BackboneError, kafka_unavailable, registry_unavailable
 from backbone.settings import Settings
-from backbone.topics import dlq_topic
 
 T = TypeVar("T")
-DLQ_STAGES = ("processor", "sink")
 
 
 @dataclass
@@ -64,7 +62,7 @@ def kafka_status(settings: Settings, timeout: float) -> tuple[list[TopicStatus],
     try:
         metadata = admin.list_topics(timeout=timeout)
     except Exception:
-        raise BackboneError(f"Kafka at {settings.kafka_bootstrap} did not answer within {timeout:g}s") from None
+        raise kafka_unavailable(settings.kafka_bootstrap, timeout) from None
     consumer = Consumer(settings.consumer_config(f"status-{uuid.uuid4().hex}"))
     try:
         ends: dict[tuple[str, int], int] = {}
@@ -94,12 +92,8 @@ def kafka_status(settings: Settings, timeout: float) -> tuple[list[TopicStatus],
 
 
 def dlq_status(settings: Settings, timeout: float) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for stage in DLQ_STAGES:
-        for message in read_to_end(settings, dlq_topic(stage), timeout):
-            headers = dict(message.headers() or [])
-            counts[f"{stage}: {(headers.get('error.reason') or b'?').decode(errors='replace')}"] += 1
-    return counts
+    """Dead letters by `stage: reason`."""
+    return Counter({f"{stage}: {reason}": n for (stage, reason), n in dlq.count(settings, timeout).items()})
 
 
 def registry_subjects(settings: Settings) -> list[str]:
@@ -108,7 +102,7 @@ def registry_subjects(settings: Settings) -> list[str]:
     try:
         return sorted(registry_client(settings).get_subjects())
     except Exception:
-        raise BackboneError(f"the schema registry at {settings.schema_registry_url} did not answer") from None
+        raise registry_unavailable(settings.schema_registry_url) from None
 
 
 def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:

@@ -279,13 +279,15 @@ def test_rows_clickhouse_rejects_go_to_the_sink_dlq_with_reason_and_original_byt
         if message is None or message.error():
             continue
         headers = dict(message.headers() or [])
-        if headers.get("error.topic") == topic.encode():
+        if headers.get("error.source_topic") == topic.encode():
             found[message.key()] = (message.value(), headers)
     reader.close()
     assert {key: value for key, (value, _) in found.items()} == dict(bad)
     for _, headers in found.values():
         assert headers["error.stage"] == b"sink"
-        assert headers["agreement.id"] == b"tax-to-fraud"
-        assert headers["error.reason"]
-    assert b"clickhouse rejected the row" in found[b"k1"][1]["error.reason"]
-    assert b"wire format" in found[b"k2"][1]["error.reason"]
+        assert headers["agreement.id"] == b"tax-to-fraud", "the original headers are kept"
+        assert int(headers["error.source_partition"]) >= 0 and int(headers["error.source_offset"]) >= 0
+    # the reasons are codes of the one DLQ contract; ClickHouse's error code is the detail, never a value
+    assert found[b"k1"][1]["error.reason"] == b"clickhouse_rejected"
+    assert re.fullmatch(rb"code \d+( [A-Z_]+)?", found[b"k1"][1]["error.detail"])
+    assert found[b"k2"][1]["error.reason"] == b"bad_magic_byte"

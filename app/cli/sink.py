@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import signal
-import threading
 
 import typer
 
@@ -24,52 +23,30 @@ def sink(
     from backbone.clickhouse import make_client
     from backbone.policy.agreements import load_agreements
     from backbone.serde import registry_client
+    from consumers.batching import SinkThreads
     from consumers.sink import sinks_for
 
     settings = get_settings()
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
-    client = make_client(settings.clickhouse_dsn)
     # each sink gets its own client (one ClickHouse handle each): they land in parallel
     sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings), recipient or None, audit)
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
-    for each in sinks:
-        each.setup()
-    names = ", ".join(each.plan.name for each in sinks)
-    console.print(f"sinks {names} -> {settings.clickhouse_dsn}", highlight=False)
-    stop = threading.Event()
-    failures: list[BaseException] = []
-
-    def land(each) -> None:  # noqa: ANN001 - a Sink
-        try:
-            if until_idle:
-                each.run_until_idle(idle_s=idle)
-                each.close()
-            else:
-                each.run(stop)
-        except BaseException as exc:  # noqa: BLE001 - reported once all threads end
-            failures.append(exc)
-            stop.set()
-
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    threads = [threading.Thread(target=land, args=(each,), name=f"sink-{each.plan.name}", daemon=True) for each in sinks]
-    for thread in threads:
-        thread.start()
+    runner = SinkThreads(sinks, idle_s=idle if until_idle else None)
+    runner.start()
+    console.print(f"sinks {', '.join(each.name for each in sinks)} -> {settings.clickhouse_dsn}", highlight=False)
+    reported = {each.name: 0 for each in sinks}
+    previous = signal.signal(signal.SIGTERM, lambda *_: runner.stop(timeout=0))
     try:
-        while any(thread.is_alive() for thread in threads):
-            for thread in threads:
-                thread.join(timeout=0.25)
+        while runner.alive():
+            runner.join(timeout=0.25)
             for each in sinks:
                 stats = each.stats
-                if stats.batches != getattr(each, "_reported", 0):
-                    each._reported = stats.batches  # noqa: SLF001 - progress bookkeeping
-                    console.print(f"{each.plan.name}: landed {stats.landed}, dead-lettered {stats.dead_lettered}, batches {stats.batches}", highlight=False)
+                if stats.batches != reported[each.name]:
+                    reported[each.name] = stats.batches
+                    console.print(f"{each.name}: landed {stats.landed}, dead-lettered {stats.dead_lettered}, batches {stats.batches}", highlight=False)
     except KeyboardInterrupt:
-        stop.set()
-        for thread in threads:
-            thread.join()
+        runner.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
-        client.close()
-    if failures:
-        raise failures[0]
+    runner.check()

@@ -166,6 +166,14 @@ class Charter:
                 return agreement
         raise AgreementError(f"agreement {agreement_id!r} has no version {version}; versions: {[a.version for a in versions]}")
 
+    def current(self, agreement_id: str, now: datetime | None = None) -> Agreement:
+        """The version in force at `now` (default: now), else the highest version."""
+        moment = now or datetime.now(UTC)
+        for agreement in reversed(self.versions(agreement_id)):
+            if agreement.in_force_at(moment):
+                return agreement
+        return self.get(agreement_id)
+
     def versions(self, agreement_id: str) -> list[Agreement]:
         return sorted((a for a in self.agreements if a.id == agreement_id), key=lambda a: a.version)
 

@@ -39,6 +39,7 @@ from backbone.errors import AgreementError
 from backbone.keyring import Keyring
 from backbone.policy.agreements import RELEASED_HEADER, Agreement, Charter, Status, parse_agreement
 from backbone.policy.pseudonym import encrypt_function, token_function
+from backbone.policy.released import field_entry, header_entries, record_schema
 from backbone.policy.treatments import TreatmentScope, base_type, compile_treatment, type_kind
 
 NO_AGREEMENT = "no_agreement"
@@ -151,7 +152,7 @@ def _compile_release(agreement: Agreement, schema: EventSchema, keys: KeyringKey
     scope = TreatmentScope(agreement.domain, agreement.provider, keys)
     plan: list[tuple[str, Callable[[Any], Any] | None]] = []
     key_ids: list[str] = []
-    schema_fields: list[dict[str, Any]] = [copy.deepcopy(_avro_field(schema, name)) for name in RELEASED_HEADER]
+    schema_fields: list[dict[str, Any]] = header_entries(schema)
     for name, info in schema.fields.items():  # schema order: stable record and schema layout
         treatment = agreement.fields.get(name)
         if treatment is None:
@@ -162,23 +163,9 @@ def _compile_release(agreement: Agreement, schema: EventSchema, keys: KeyringKey
         plan.append((name, compiled.apply))
         if compiled.key_id and compiled.key_id not in key_ids:
             key_ids.append(compiled.key_id)
-        avro_type = ["null", compiled.avro_type] if info.nullable else compiled.avro_type
-        entry: dict[str, Any] = {"name": name, "type": avro_type, "doc": f"{info.doc} [{treatment.name}: {compiled.description}]"}
-        if info.nullable:
-            entry["default"] = None
-        if treatment.name == "keep" and info.tags:
-            entry["confluent:tags"] = sorted(info.tags)
-        entry["backbone:treatment"] = treatment.name
-        schema_fields.append(entry)
+        schema_fields.append(field_entry(name, info, treatment.name, compiled))
     released = RELEASED_HEADER + tuple(name for name, _ in plan)
     return _Release(agreement, tuple(plan), released, tuple(key_ids), tuple(schema_fields))
-
-
-def _avro_field(schema: EventSchema, name: str) -> dict[str, Any]:
-    for entry in schema.avro["fields"]:
-        if entry["name"] == name:
-            return entry
-    raise KeyError(name)
 
 
 def _deny(recipient: str, agreement: Agreement | None, reason: str) -> Decision:
@@ -330,13 +317,7 @@ class PolicyEngine:
             raise AgreementError(f"agreement {agreement.key} does not share {event_type}")
         release = self._plans[event_type].releases[agreement.key]
         schema = self._charter.catalog.events[event_type]
-        return {
-            "type": "record",
-            "name": schema.avro["name"],
-            "namespace": _namespace("backbone", "shared", agreement.recipient, agreement.provider),
-            "doc": f"{event_type} as released to {agreement.recipient} under agreement {agreement.key}",
-            "fields": [copy.deepcopy(entry) for entry in release.schema_fields],
-        }
+        return record_schema(agreement, schema, [copy.deepcopy(entry) for entry in release.schema_fields])
 
     def released_fields(self, agreement_id: str, event_type: str, version: int | None = None) -> tuple[str, ...]:
         agreement = self._pick_version(agreement_id, version)
@@ -379,11 +360,7 @@ class PolicyEngine:
     def _pick_version(self, agreement_id: str, version: int | None) -> Agreement:
         if version is not None:
             return self._charter.get(agreement_id, version)
-        now = datetime.now(UTC)
-        for agreement in reversed(self._charter.versions(agreement_id)):
-            if agreement.in_force_at(now):
-                return agreement
-        return self._charter.get(agreement_id)
+        return self._charter.current(agreement_id)
 
     def _compile_event(self, charter: Charter, event_type: str, keys: KeyringKeys | None = None) -> _EventPlan:
         keys = keys or self._keys
@@ -396,8 +373,3 @@ class PolicyEngine:
             deciders.append(decide)
             releases.update(compiled)
         return _EventPlan(recipients, tuple(deciders), releases)
-
-
-def _namespace(*parts: str) -> str:
-    return ".".join(part.replace("-", "_") for part in parts)
-

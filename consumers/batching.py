@@ -1,0 +1,319 @@
+"""The batching consumer loop every sink runs, apart from where the batch goes.
+
+`BatchingSink` consumes a subscription with a consumer group, collects messages into a batch (up to
+`batch_rows`, or `batch_seconds` after the first message, whichever comes first), hands the batch to
+its `Target`, dead-letters what the target rejects (`backbone.dlq` contract, acknowledged by the
+broker), and only then commits the offsets. A target that cannot write raises: nothing is
+committed, and the batch is read again after a restart. On a rebalance the batch held is landed
+and committed before the partitions go. After each batch an optional hook runs (e.g. fraud rules).
+
+A target is one class with `setup()`, `write(messages) -> Written` and `close()`: ClickHouse
+(`consumers.clickhouse_target`) is one; another store (files, a second database) is another class.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
+
+from backbone import dlq
+from backbone.errors import SinkError
+from backbone.settings import Settings
+from backbone.topics import Topics, dlq_topic
+
+log = logging.getLogger("backbone.sink")
+
+DLQ_TOPIC = dlq_topic(dlq.SINK)
+
+
+@dataclass(slots=True, frozen=True)
+class Rejection:
+    """A message the target will not hold: a `backbone.dlq` reason code and an optional detail
+    that never carries record content."""
+
+    message: Message
+    reason: str
+    detail: str | None = None
+
+
+@dataclass(slots=True)
+class Written:
+    """What a target did with one batch: rows landed, messages rejected, and where it wrote
+    (destination keys handed to the after-batch hook)."""
+
+    landed: int = 0
+    rejected: list[Rejection] = field(default_factory=list)
+    destinations: set[Hashable] = field(default_factory=set)
+
+
+class Target(Protocol):
+    """Where a sink's batches go. `write` must hold every message it does not reject before it
+    returns (the loop commits right after), and raise when it cannot write at all; `close` may be
+    called more than once."""
+
+    name: str
+
+    def setup(self) -> None: ...
+    def write(self, messages: list[Message]) -> Written: ...
+    def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class SinkStats:
+    landed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+    commits: int = 0
+    # where the time goes, in seconds: waiting in consume, writing, committing, the after-batch hook
+    consume_s: float = 0.0
+    insert_s: float = 0.0
+    commit_s: float = 0.0
+    hook_s: float = 0.0
+
+
+class BatchingSink:
+    """Consumes `subscription` (a topic, or a `^regex`) as `group_id` and lands it through `target`.
+
+    `run(stop_event)` in a thread, or `run_until_idle()` to drain what is there; `close()` when done.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        target: Target,
+        *,
+        group_id: str,
+        subscription: str,
+        batch_rows: int | None = None,
+        batch_seconds: float | None = None,
+        after_batch: Callable[[set[Hashable]], None] | None = None,
+        on_close: Callable[[], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.target = target
+        self.name = target.name
+        self.group_id = group_id
+        self.subscription = subscription
+        self.batch_rows = batch_rows or settings.sink_batch_rows
+        self.batch_seconds = batch_seconds or settings.sink_batch_seconds
+        self.after_batch = after_batch
+        self.on_close = on_close
+        self.stats = SinkStats()
+        self._pending: list[Message] = []
+        self._deadline = 0.0
+        self._consumer: Consumer | None = None
+        self._producer: Producer | None = None
+        self._undelivered: list[str] = []
+        self._ready = False
+
+    def setup(self) -> None:
+        """Prepare the target (databases, tables, ...) and the DLQ topic; idempotent."""
+        if self._ready:
+            return
+        self.target.setup()
+        Topics(self.settings).ensure(DLQ_TOPIC)
+        self._ready = True
+
+    # the loop -------------------------------------------------------------------------------
+    def _open(self) -> Consumer:
+        if self._consumer is None:
+            self.setup()
+            config = self.settings.consumer_config(
+                self.group_id,
+                **{"topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 100, "enable.partition.eof": False},
+            )
+            self._consumer = Consumer(config)
+            self._producer = Producer(self.settings.producer_config())
+            self._consumer.subscribe([self.subscription], on_revoke=self._on_revoke)
+        return self._consumer
+
+    def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
+        # land and commit what we hold before another member takes these partitions over
+        self.flush()
+
+    def poll(self, timeout: float = 0.5) -> int:
+        """Consume once; land and commit when the batch is full or old enough. Returns messages read."""
+        consumer = self._open()
+        room = max(1, self.batch_rows - len(self._pending))
+        # librdkafka's consume() waits for `room` messages or the whole timeout, whichever comes
+        # first: never wait longer than a batch may take, or batches take the poll timeout instead.
+        if self._pending:
+            timeout = max(0.0, min(timeout, self._deadline - time.monotonic()))
+        else:
+            timeout = min(timeout, self.batch_seconds)
+        started = time.perf_counter()
+        messages = consumer.consume(num_messages=min(room, 10_000), timeout=timeout)
+        self.stats.consume_s += time.perf_counter() - started
+        read = 0
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if not error.retriable() and error.code() != KafkaError._PARTITION_EOF:
+                    log.warning("sink %s: consumer error %s", self.name, error.str())
+                continue
+            if not self._pending:
+                self._deadline = time.monotonic() + self.batch_seconds
+            self._pending.append(message)
+            read += 1
+        if self._pending and (len(self._pending) >= self.batch_rows or time.monotonic() >= self._deadline):
+            self.flush()
+        return read
+
+    def run(self, stop: threading.Event) -> None:
+        """Land until `stop` is set; what is pending is landed and committed before returning."""
+        try:
+            while not stop.is_set():
+                self.poll(0.5)
+            self.flush()
+        finally:
+            self.close()
+
+    def run_until_idle(self, idle_s: float = 2.0, timeout_s: float = 120.0) -> SinkStats:
+        """Land until no message arrived for `idle_s` after partitions were assigned (or `timeout_s`)."""
+        consumer = self._open()
+        started = last = time.monotonic()
+        while time.monotonic() - started < timeout_s:
+            now = time.monotonic()
+            if self.poll(0.2):
+                last = time.monotonic()
+            elif not consumer.assignment() and self._subscribed_topics_exist(consumer):
+                # joining takes up to a session timeout (longer after a crash: the dead member's
+                # session must expire first); a subscription matching no topic never gets partitions
+                last = now
+            elif now - last >= idle_s:
+                break
+        self.flush()
+        return self.stats
+
+    def _subscribed_topics_exist(self, consumer: Consumer) -> bool:
+        try:
+            topics = consumer.list_topics(timeout=self.settings.kafka_timeout_s).topics
+        except KafkaException:
+            return True
+        if self.subscription.startswith("^"):
+            pattern = re.compile(self.subscription)
+            return any(pattern.match(topic) for topic in topics)
+        return self.subscription in topics
+
+    def flush(self) -> None:
+        """Write every pending message through the target, dead-letter its rejections, then commit."""
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, []
+        started = time.perf_counter()
+        written = self.target.write(pending)
+        for rejection in written.rejected:
+            self._dead_letter(rejection)
+        self.stats.landed += written.landed
+        landed = time.perf_counter()
+        self.stats.insert_s += landed - started
+        assert self._producer is not None and self._consumer is not None
+        if self._producer.flush(self.settings.kafka_timeout_s) > 0 or self._undelivered:
+            failures, self._undelivered = self._undelivered[:3], []
+            raise SinkError(f"sink {self.name}: dead letters not acknowledged by {DLQ_TOPIC} ({'; '.join(failures) or 'timed out'}); "
+                            "offsets not committed, restart to resume")
+        try:
+            self._consumer.commit(asynchronous=False)
+            self.stats.commits += 1
+        except KafkaException as exc:
+            # rows are landed; a redelivery after this collapses on the event id
+            log.warning("sink %s: offset commit failed (%s); the batch will be re-read and deduplicated", self.name, exc.args[0].str())
+        self.stats.batches += 1
+        committed = time.perf_counter()
+        self.stats.commit_s += committed - landed
+        if self.after_batch is not None and written.destinations:
+            self.after_batch(written.destinations)
+            self.stats.hook_s += time.perf_counter() - committed
+
+    def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            self._undelivered.append(error.str())
+
+    def _dead_letter(self, rejection: Rejection) -> None:
+        assert self._producer is not None
+        message = rejection.message
+        headers = dlq.headers(dlq.SINK, rejection.reason, message.topic(), partition=message.partition(),
+                              offset=message.offset(), detail=rejection.detail, original=list(message.headers() or []))
+        self._producer.produce(DLQ_TOPIC, key=message.key(), value=message.value(), headers=headers, on_delivery=self._on_delivery)
+        self._producer.poll(0)
+        self.stats.dead_lettered += 1
+        log.warning("sink %s: %s[%s]@%s to %s: %s%s", self.name, message.topic(), message.partition(), message.offset(),
+                    DLQ_TOPIC, rejection.reason, f" ({rejection.detail})" if rejection.detail else "")
+
+    def close(self) -> None:
+        """Leave the consumer group, flush the DLQ producer and close the target (pending rows are
+        not landed: they are read again by the next member)."""
+        if self._consumer is not None:
+            try:
+                self._consumer.close()
+            except RuntimeError:
+                pass
+            self._consumer = None
+        if self._producer is not None:
+            self._producer.flush(self.settings.kafka_timeout_s)
+            self._producer = None
+        self.target.close()
+        on_close, self.on_close = self.on_close, None
+        if on_close is not None:
+            on_close()
+
+
+class SinkThreads:
+    """Runs sinks on threads of this process, one each: until `stop()`, or with `idle_s` until each
+    had nothing to read for that long. A sink that fails is recorded in `failures` (and the others
+    are stopped); `check()` raises its error."""
+
+    def __init__(self, sinks: list[BatchingSink], idle_s: float | None = None) -> None:
+        self.sinks = sinks
+        self.idle_s = idle_s
+        self.failures: list[tuple[str, BaseException]] = []
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def start(self) -> SinkThreads:
+        for sink in self.sinks:
+            sink.setup()
+            thread = threading.Thread(target=self._land, args=(sink,), name=f"sink-{sink.name}", daemon=True)
+            thread.start()
+            self._threads.append(thread)
+        return self
+
+    def _land(self, sink: BatchingSink) -> None:
+        try:
+            if self.idle_s is None:
+                sink.run(self._stop)
+            else:
+                try:
+                    sink.run_until_idle(idle_s=self.idle_s)
+                finally:
+                    sink.close()
+        except BaseException as exc:  # noqa: BLE001 - kept for check(); every other sink stops too
+            self.failures.append((sink.name, exc))
+            self._stop.set()
+
+    def alive(self) -> bool:
+        return any(thread.is_alive() for thread in self._threads)
+
+    def check(self) -> None:
+        """Raise the first failure, or a `SinkError` naming a sink whose thread ended unasked."""
+        if self.failures:
+            raise self.failures[0][1]
+        for thread, sink in zip(self._threads, self.sinks, strict=True):
+            if not thread.is_alive() and not self._stop.is_set() and self.idle_s is None:
+                raise SinkError(f"sink {sink.name} stopped; see the log above")
+
+    def join(self, timeout: float) -> None:
+        for thread in self._threads:
+            thread.join(timeout=timeout)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Land and commit what each sink holds, close them, and wait for their threads."""
+        self._stop.set()
+        self.join(timeout)

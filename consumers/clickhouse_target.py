@@ -1,0 +1,205 @@
+"""The ClickHouse target of a sink: lands a batch of Confluent-wire-format Avro messages in the
+tables of a `SinkPlan`.
+
+Per batch:
+1. messages are grouped by table (the plan routes each topic) and writer schema id;
+2. each group is inserted as one `FORMAT AvroConfluent` block: ClickHouse decodes the wire format
+   itself, fetching writer schemas from the schema registry, so no Avro is decoded in Python;
+   new fields of a newer writer schema are added to the table first (`ADD COLUMN IF NOT EXISTS`);
+3. an unreachable or overloaded ClickHouse is retried with backoff, then the batch fails (nothing
+   is committed); a group ClickHouse rejects is bisected down to the rejected rows, which are
+   returned as rejections for the DLQ (`clickhouse_rejected`, the ClickHouse error code as detail).
+
+Tables are ReplacingMergeTrees keyed on the event id and views read them with `FINAL`, so rows
+landed twice (a redelivery after a crash) never show twice.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Callable
+
+from clickhouse_connect.driver.client import Client
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
+from confluent_kafka import Message
+from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry.error import SchemaRegistryError
+
+from backbone.errors import SinkError
+from backbone.serde import HEADER_SIZE, MAGIC
+from backbone.settings import Settings
+from consumers import ddl
+from consumers.batching import Rejection, Written
+from consumers.plans import Destination, SinkPlan
+from consumers.typemap import Column, TypeMappingError, table_columns
+
+log = logging.getLogger("backbone.sink")
+
+INSERT_ATTEMPTS = 5
+BACKOFF_S = 0.5  # doubled after each failed attempt: 0.5, 1, 2, 4 s
+SCHEMA_NOT_FOUND = 40403  # the registry's error code for an unknown schema id
+_CODE = re.compile(r"Code: (\d+)")
+_NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")
+
+
+def clickhouse_error(exc: BaseException) -> str:
+    """ClickHouse's error code and name only (`code 27 CANNOT_PARSE_INPUT`): its messages may quote values."""
+    text = str(exc)
+    code = _CODE.search(text)
+    names = _NAME.findall(text)
+    parts = [f"code {code.group(1)}" if code else type(exc).__name__]
+    if names:
+        parts.append(names[-1])
+    return " ".join(parts)
+
+
+class _Refused(Exception):
+    """A writer schema this table cannot hold; carries the DLQ reason code and a detail."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.detail = detail
+
+
+class ClickHouseTarget:
+    """Writes batches into the tables of one plan through one clickhouse-connect client."""
+
+    def __init__(self, settings: Settings, plan: SinkPlan, client: Client, registry: SchemaRegistryClient) -> None:
+        self.settings = settings
+        self.plan = plan
+        self.name = plan.name
+        self.client = client
+        self.registry = registry
+        self._columns: dict[Destination, dict[str, str]] = {}  # table -> column name -> type
+        self._fields: dict[tuple[Destination, int], list[str]] = {}  # (table, schema id) -> field names
+        self._insert_settings = {"format_avro_schema_registry_url": settings.schema_registry_url}
+
+    # set-up ---------------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create the databases, tables and views of the plan (idempotent)."""
+        try:
+            for database in self.plan.databases:
+                self.client.command(ddl.create_database_sql(database))
+            for destination, columns in self.plan.tables.items():
+                self._create_table(destination, columns)
+            for statement in self.plan.views:
+                self.client.command(statement)
+        except DatabaseError as exc:
+            raise SinkError(f"sink {self.name}: ClickHouse refused the schema set-up ({clickhouse_error(exc)})") from exc
+
+    def _create_table(self, destination: Destination, columns: list[Column]) -> None:
+        self.client.command(ddl.create_table_sql(destination.database, destination.table, columns, destination.order_by, destination.retention_days))
+        known = self._table_columns(destination)
+        missing = [column for column in columns if column.name not in known]
+        statement = ddl.add_columns_sql(destination.database, destination.table, missing)
+        if statement:
+            self.client.command(statement)
+            known.update((column.name, column.type) for column in missing)
+
+    def _table_columns(self, destination: Destination) -> dict[str, str]:
+        if destination not in self._columns:
+            result = self.client.query(
+                "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String}",
+                parameters={"db": destination.database, "t": destination.table},
+            )
+            self._columns[destination] = {name: kind for name, kind in result.result_rows}
+        return self._columns[destination]
+
+    # writing --------------------------------------------------------------------------------
+    def write(self, messages: list[Message]) -> Written:
+        written = Written()
+        groups: dict[Destination, list[Message]] = {}
+        for message in messages:
+            groups.setdefault(self.plan.route(message.topic()), []).append(message)
+        for destination, group in groups.items():
+            self._land(destination, group, written)
+            written.destinations.add(destination)
+        return written
+
+    def _land(self, destination: Destination, messages: list[Message], written: Written) -> None:
+        by_schema: dict[int, list[Message]] = {}
+        for message in messages:
+            value = message.value()
+            if not value:
+                written.rejected.append(Rejection(message, "empty_value"))
+            elif len(value) < HEADER_SIZE:
+                written.rejected.append(Rejection(message, "truncated_message"))
+            elif value[0] != MAGIC:
+                written.rejected.append(Rejection(message, "bad_magic_byte"))
+            else:
+                by_schema.setdefault(int.from_bytes(value[1:HEADER_SIZE], "big"), []).append(message)
+        for schema_id, group in by_schema.items():
+            try:
+                fields = self._fields_for(destination, schema_id)
+            except _Refused as refused:
+                written.rejected.extend(Rejection(message, refused.reason, refused.detail) for message in group)
+                continue
+            self._insert(destination, fields, group, written)
+
+    def _fields_for(self, destination: Destination, schema_id: int) -> list[str]:
+        cached = self._fields.get((destination, schema_id))
+        if cached is not None:
+            return cached
+        try:
+            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+        except SchemaRegistryError as exc:
+            reason = "unknown_schema_id" if exc.error_code == SCHEMA_NOT_FOUND or exc.http_status_code == 404 else "schema_unreadable"
+            raise _Refused(reason, f"schema id {schema_id}: registry error {exc.error_code}") from None
+        except Exception as exc:  # noqa: BLE001 - transport errors
+            raise _Refused("registry_unavailable", f"schema id {schema_id}: {type(exc).__name__}") from None
+        try:
+            columns = table_columns(schema)
+        except TypeMappingError as exc:
+            raise _Refused("schema_unreadable", f"schema id {schema_id}: {exc}") from None
+        known = self._table_columns(destination)
+        if not known:
+            self._create_table(destination, columns)
+            known = self._table_columns(destination)
+        for column in columns:
+            if column.name in known and known[column.name] != column.type:
+                raise _Refused("type_mismatch", f"schema id {schema_id}: field {column.name} is {column.type}, "
+                                                f"column {destination.name}.{column.name} is {known[column.name]}")
+        self._create_table(destination, columns)  # adds the fields the table lacks
+        names = [column.name for column in columns]
+        self._fields[(destination, schema_id)] = names
+        return names
+
+    def _insert(self, destination: Destination, fields: list[str], messages: list[Message], written: Written) -> None:
+        block = b"".join(message.value() for message in messages)
+        try:
+            self._with_retries(destination, lambda: self.client.raw_insert(
+                destination.name, fields, insert_block=block, fmt="AvroConfluent", settings=self._insert_settings))
+        except OperationalError:
+            raise
+        except DatabaseError as exc:
+            if len(messages) == 1:
+                written.rejected.append(Rejection(messages[0], "clickhouse_rejected", clickhouse_error(exc)))
+                return
+            middle = len(messages) // 2
+            self._insert(destination, fields, messages[:middle], written)
+            self._insert(destination, fields, messages[middle:], written)
+            return
+        written.landed += len(messages)
+
+    def _with_retries(self, destination: Destination, insert: Callable[[], object]) -> None:
+        delay = BACKOFF_S
+        for attempt in range(1, INSERT_ATTEMPTS + 1):
+            try:
+                insert()
+                return
+            except OperationalError as exc:  # ClickHouse unreachable or overloaded: try again
+                if attempt == INSERT_ATTEMPTS:
+                    raise SinkError(
+                        f"sink {self.name}: insert into {destination.name} failed {attempt} times "
+                        f"({type(exc).__name__}); offsets not committed, restart to resume"
+                    ) from exc
+                log.warning("sink %s: insert into %s failed (%s), retry in %.1fs", self.name, destination.name, type(exc).__name__, delay)
+                time.sleep(delay)
+                delay *= 2
+
+    def close(self) -> None:
+        """Nothing to release: the client belongs to whoever made the target."""

@@ -1,0 +1,99 @@
+"""What each sink consumes and where it lands it, planned from the charter before any message.
+
+A recipient's plan: its shared topics (one subscription pattern), its database, one table per
+provider event type (columns from every agreement version's released schema, TTL from the longest
+retention) and one view per agreement. The audit plan: `audit.decisions` into the audit database.
+Released schemas come from `backbone.policy.released`, which needs no keys: a sink never holds one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from backbone.catalog import AUDIT_DECISION, Catalog, load_catalog
+from backbone.policy.agreements import Charter
+from backbone.policy.released import released_fields, released_schema
+from backbone.settings import Settings
+from backbone.topics import AUDIT_TOPIC, shared_event_type, shared_pattern
+from consumers import ddl
+from consumers.typemap import Column, merge_columns, table_columns
+
+SINK_GROUP_PREFIX = "backbone-sink-"
+AUDIT_SINK = "audit"
+
+
+@dataclass(slots=True, frozen=True)
+class Destination:
+    """One table a sink lands into."""
+
+    database: str
+    table: str
+    order_by: tuple[str, ...] = ("event_id",)
+    retention_days: int | None = None
+
+    @property
+    def name(self) -> str:
+        return ddl.qualified(self.database, self.table)
+
+
+@dataclass
+class SinkPlan:
+    """What one sink consumes and where it lands it; built from the charter, not per message."""
+
+    name: str
+    group_id: str
+    subscription: str  # a topic name, or a `^regex`
+    route: Callable[[str], Destination]  # topic -> destination
+    databases: tuple[str, ...]
+    tables: dict[Destination, list[Column]] = field(default_factory=dict)
+    views: list[str] = field(default_factory=list)
+
+
+def group_id(settings: Settings, name: str) -> str:
+    """The consumer group of the sink `name` (the database prefix keeps tenants apart)."""
+    return f"{SINK_GROUP_PREFIX}{settings.clickhouse_database_prefix}{name}"
+
+
+def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> SinkPlan:
+    """Tables (from every agreement version's released schema), TTLs and per-agreement views of one agency."""
+    database = ddl.database_name(settings.clickhouse_database_prefix, recipient)
+    agreements = [a for a in charter.agreements if a.recipient == recipient]
+    columns: dict[str, list[Column]] = {}
+    retention: dict[str, int] = {}
+    for agreement in agreements:
+        for event_type in agreement.event_types:
+            schema = released_schema(agreement, charter.catalog.events[event_type])
+            where = f"agreement {agreement.key}, {event_type}"
+            columns[event_type] = merge_columns(columns.get(event_type, []), table_columns(schema), where)
+            retention[event_type] = max(retention.get(event_type, 0), agreement.retention_days)
+
+    def route(topic: str) -> Destination:
+        event_type = shared_event_type(recipient, topic) or topic
+        return Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type))
+
+    plan = SinkPlan(recipient, group_id(settings, recipient), shared_pattern(recipient), route, (database,))
+    for event_type, cols in columns.items():
+        plan.tables[Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type))] = cols
+    for agreement_id in sorted({a.id for a in agreements}):
+        current = charter.current(agreement_id)  # the version in force now, else the highest
+        for event_type in current.event_types:
+            fields = released_fields(current, charter.catalog.events[event_type])
+            view = ddl.view_name(agreement_id, event_type, current.event_types)
+            plan.views.append(ddl.create_view_sql(database, view, ddl.table_name(event_type), fields))
+    return plan
+
+
+def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
+    """`audit.decisions` into `<prefix>audit.decisions`, one row per (event, recipient)."""
+    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_DECISION)
+    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
+    destination = Destination(database, ddl.AUDIT_TABLE, ("event_id", "recipient"), None)
+    return SinkPlan(
+        name=AUDIT_SINK,
+        group_id=group_id(settings, AUDIT_SINK),
+        subscription=AUDIT_TOPIC,
+        route=lambda topic: destination,
+        databases=(database,),
+        tables={destination: table_columns(schema)},
+    )
