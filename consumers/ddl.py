@@ -17,6 +17,9 @@ AUDIT_TABLE = "decisions"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
 ROLE_PREFIX = "backbone_"
+# The fraud rules' findings, and the findings the broker acknowledged on `alerts.fraud`.
+ALERTS_TABLE = "alerts"
+PUBLISHED_TABLE = "alerts_published"
 
 
 def _safe(name: str) -> str:
@@ -74,6 +77,26 @@ def create_view_sql(database: str, view: str, table: str, fields: Sequence[str])
     """The agreed shape for analysts: the released fields only, each event once (`FINAL`)."""
     columns = ", ".join(quote_identifier(name) for name in fields)
     return f"CREATE OR REPLACE VIEW {qualified(database, view)} AS SELECT {columns} FROM {qualified(database, table)} FINAL"
+
+
+def create_alerts_table_sql(database: str) -> str:
+    """Fraud alerts, one per (kind, subject pseudonym, period): a repeated finding collapses on merge."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, ALERTS_TABLE)} "
+        "(kind LowCardinality(String), subject String, period String, "
+        "details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)"
+    )
+
+
+def create_published_table_sql(database: str) -> str:
+    """The alerts already acknowledged by the broker, so each is published once."""
+    return (
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, PUBLISHED_TABLE)} "
+        "(kind LowCardinality(String), subject String, period String, "
+        "published_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+        "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)"
+    )
 
 
 def role_name(agency: str) -> str:
