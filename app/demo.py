@@ -27,13 +27,14 @@ from backbone.embedded import EmbeddedStack, port_in_use
 from backbone.errors import BackboneError
 from backbone.keyring import write_master_key_file
 from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
+from app.scoring import score
 from backbone.policy.agreements import load_agreements
 from backbone.policy.pseudonym import token
 from backbone.serde import registry_client
 from backbone.settings import Settings
 from backbone.topics import dlq_topic
 from consumers import ddl
-from consumers.fraud import FraudDetector, score
+from consumers.fraud import FraudDetector
 from consumers.sink import sinks_for
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth

@@ -49,7 +49,7 @@ def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth 
     from backbone.keyring import Keyring
     from backbone.policy.agreements import load_agreements
     from backbone.policy.pseudonym import token_function
-    from consumers.fraud import score
+    from app.scoring import score
     from producers.synthetic.fraud import read_ground_truth
 
     settings = get_settings()

@@ -1,6 +1,7 @@
-"""The planted fraud kinds, their thresholds, and the ground-truth record of each planted case.
+"""The planted fraud kinds and the ground-truth record of each planted case.
 
-Rules a detector is expected to find (and honest people never match, by construction):
+The kinds and thresholds are the fraud rules' own (`consumers.fraud.rules`), so the generator plants
+exactly what the detector looks for, by import:
 - `undeclared_income`: a means-tested benefit claimed for a period in which the person's declared
   income (sum of `tax.income_declared` for that person and period) exceeds `INCOME_THRESHOLD_EUR`.
 - `shared_bank_account`: one bank account receives benefit claims of `SHARED_ACCOUNT_MIN_CLAIMANTS`
@@ -16,15 +17,19 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-UNDECLARED_INCOME = "undeclared_income"
-SHARED_BANK_ACCOUNT = "shared_bank_account"
-CLAIM_AFTER_DEATH = "claim_after_death"
+from consumers.fraud.rules.claim_after_death import KIND as CLAIM_AFTER_DEATH
+from consumers.fraud.rules.shared_bank_account import KIND as SHARED_BANK_ACCOUNT
+from consumers.fraud.rules.shared_bank_account import MIN_CLAIMANTS as SHARED_ACCOUNT_MIN_CLAIMANTS
+from consumers.fraud.rules.undeclared_income import INCOME_THRESHOLD_EUR, MEANS_TESTED
+from consumers.fraud.rules.undeclared_income import KIND as UNDECLARED_INCOME
+
+# The kinds this generator plants (a rule registered later is not planted).
 FRAUD_KINDS = (UNDECLARED_INCOME, SHARED_BANK_ACCOUNT, CLAIM_AFTER_DEATH)
 
-# Monthly declared income above which means-tested benefits are not due (EUR per month).
-INCOME_THRESHOLD_EUR = 2_500.0
-SHARED_ACCOUNT_MIN_CLAIMANTS = 3
-MEANS_TESTED = frozenset({"income_support", "housing_allowance", "unemployment"})
+__all__ = [
+    "CLAIM_AFTER_DEATH", "FRAUD_KINDS", "INCOME_THRESHOLD_EUR", "MEANS_TESTED", "SHARED_ACCOUNT_MIN_CLAIMANTS",
+    "SHARED_BANK_ACCOUNT", "UNDECLARED_INCOME", "FraudCase", "read_ground_truth", "write_ground_truth",
+]
 
 
 @dataclass(slots=True, frozen=True)

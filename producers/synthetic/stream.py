@@ -15,16 +15,13 @@ from collections import Counter, defaultdict
 from collections.abc import Collection, Iterator
 from datetime import UTC, date, datetime
 
+from consumers.fraud.rules.claim_after_death import KIND as CLAIM_AFTER_DEATH
+from consumers.fraud.rules.shared_bank_account import KIND as SHARED_BANK_ACCOUNT
+from consumers.fraud.rules.shared_bank_account import MIN_CLAIMANTS as SHARED_ACCOUNT_MIN_CLAIMANTS
+from consumers.fraud.rules.undeclared_income import INCOME_THRESHOLD_EUR, MEANS_TESTED
+from consumers.fraud.rules.undeclared_income import KIND as UNDECLARED_INCOME
 from producers.synthetic import identities
-from producers.synthetic.fraud import (
-    CLAIM_AFTER_DEATH,
-    INCOME_THRESHOLD_EUR,
-    MEANS_TESTED,
-    SHARED_ACCOUNT_MIN_CLAIMANTS,
-    SHARED_BANK_ACCOUNT,
-    UNDECLARED_INCOME,
-    FraudCase,
-)
+from producers.synthetic.fraud import FraudCase
 from producers.synthetic.governance import CONSENT_PURPOSES, PROFILES, RESEARCH_PURPOSE
 from producers.synthetic.population import MONTHLY_INCOME_VARIATION, Person, build_population
 

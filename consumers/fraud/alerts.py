@@ -1,0 +1,33 @@
+"""Fraud alerts: what a rule found, and the SQL that records each finding once in `alerts`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from consumers import ddl
+
+
+@dataclass(slots=True, frozen=True)
+class Alert:
+    """One finding: `kind` of rule, the subject's fraud-domain pseudonym, the period, JSON evidence."""
+
+    kind: str
+    subject: str
+    period: str
+    details: str
+    detected_at: datetime
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind, self.subject, self.period)
+
+
+def insert_alerts_sql(database: str, kind: str, rule: str) -> str:
+    """New findings of one rule's SELECT into `alerts`, skipping (kind, subject, period) already alerted."""
+    alerts = ddl.qualified(database, ddl.ALERTS_TABLE)
+    return f"""
+        INSERT INTO {alerts} (kind, subject, period, details)
+        SELECT kind, subject, period, any(details) FROM ({rule}) AS found
+        WHERE subject IS NOT NULL AND (kind, subject, period) NOT IN (SELECT kind, subject, period FROM {alerts} WHERE kind = '{kind}')
+        GROUP BY kind, subject, period"""

@@ -1,0 +1,89 @@
+"""Fraud rules: a registry of small rule objects, found by kind, each one SQL query.
+
+A rule says which landed tables and columns it reads (`needs`) and builds its SELECT of
+`(kind, subject, period, details)` from the fraud database's name and the actual column types, so
+it follows how the agreements release each field. A rule whose tables or columns are missing (no
+agreement releases them to the fraud team) is off: `applicable()` leaves it out.
+
+The built-in rules are registered in `consumers/fraud/rules/__init__.py`; adding a rule is one
+module there and one `register()` call.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from consumers.fraud.errors import DuplicateRule, FraudRuleError, UnknownRule
+
+# table -> column -> ClickHouse type, as `system.columns` reports them for the fraud database
+Columns = Mapping[str, Mapping[str, str]]
+# (database, columns) -> SELECT kind, subject, period, details
+RuleSql = Callable[[str, Columns], str]
+
+
+@dataclass(slots=True, frozen=True)
+class Rule:
+    """One fraud rule: `kind` names its alerts; `needs` maps each table it reads to the columns it
+    reads there; `sql(database, columns)` is its SELECT of `(kind, subject, period, details)`."""
+
+    kind: str
+    doc: str
+    needs: Mapping[str, tuple[str, ...]]
+    sql: RuleSql
+
+    def missing(self, columns: Columns) -> list[str]:
+        """`table.column` of every needed column the database lacks (empty: the rule can run)."""
+        return [f"{table}.{column}" for table, needed in self.needs.items()
+                for column in needed if column not in columns.get(table, {})]
+
+    def select_sql(self, database: str, columns: Columns) -> str:
+        return self.sql(database, columns)
+
+
+RULES: dict[str, Rule] = {}
+# kinds are written into SQL literals and topic records: plain snake_case only
+_KIND = re.compile(r"[a-z][a-z0-9_]*")
+
+
+def register(rule: Rule) -> Rule:
+    """Add `rule` under its kind; a kind is registered once (unregister the old rule first)."""
+    if not _KIND.fullmatch(rule.kind):
+        raise FraudRuleError(f"fraud rule kind {rule.kind!r} is not snake_case; name it like `claim_after_death`")
+    if rule.kind in RULES:
+        raise DuplicateRule(f"fraud rule {rule.kind!r} is registered already; give the new rule another kind "
+                            "or unregister the old one first")
+    RULES[rule.kind] = rule
+    return rule
+
+
+def unregister(kind: str) -> Rule:
+    """Remove the rule of `kind` and return it."""
+    lookup(kind)
+    return RULES.pop(kind)
+
+
+@contextmanager
+def registered(rule: Rule) -> Iterator[Rule]:
+    """`rule` is registered inside the `with` block only (tests, experiments)."""
+    register(rule)
+    try:
+        yield rule
+    finally:
+        RULES.pop(rule.kind, None)
+
+
+def lookup(kind: str, rules: Mapping[str, Rule] | None = None) -> Rule:
+    """The rule of `kind`; `UnknownRule` names the known kinds."""
+    rules = RULES if rules is None else rules
+    try:
+        return rules[kind]
+    except KeyError:
+        raise UnknownRule(f"unknown fraud kind {kind!r}; use one of {', '.join(rules) or '(none registered)'}") from None
+
+
+def applicable(columns: Columns, rules: Iterable[Rule] | None = None) -> list[Rule]:
+    """The rules (all registered ones by default) whose tables and columns all exist."""
+    return [rule for rule in (RULES.values() if rules is None else rules) if not rule.missing(columns)]
