@@ -65,6 +65,16 @@ def test_ground_truth_is_exactly_what_the_fraud_rules_find(seed: int, population
     assert len(truth) == len(stream.ground_truth)
 
 
+def test_the_generator_plants_what_the_fraud_rules_look_for_by_importing_their_constants() -> None:
+    from consumers.fraud.rules import claim_after_death, shared_bank_account, undeclared_income
+    from producers import synthetic
+
+    assert FRAUD_KINDS == (undeclared_income.KIND, shared_bank_account.KIND, claim_after_death.KIND)
+    assert INCOME_THRESHOLD_EUR is undeclared_income.INCOME_THRESHOLD_EUR
+    assert MEANS_TESTED is undeclared_income.MEANS_TESTED
+    assert synthetic.SHARED_ACCOUNT_MIN_CLAIMANTS is shared_bank_account.MIN_CLAIMANTS
+
+
 def test_every_fraud_kind_is_planted() -> None:
     stream = generate(seed=3, population=2_000, events=15_000, fraud_rate=0.01)
     list(stream)
