@@ -1,19 +1,25 @@
 """Avro in the Confluent wire format: byte 0, the 4-byte big-endian schema id, then Avro binary.
 
 `Encoder` is built once per schema and called per record; `Decoder` looks writer schemas up by id
-through a `SchemaRegistryClient` once and caches them, so the hot path is one dict get plus
-fastavro. Both raise `SerdeError` subclasses whose messages never carry record content; they
-interoperate with confluent-kafka's `AvroSerializer` / `AvroDeserializer` in both directions.
+in a `SchemaSource` once and caches them, so the hot path is one dict get plus fastavro. Both raise
+`SerdeError` subclasses whose messages never carry record content; they interoperate with
+confluent-kafka's `AvroSerializer` / `AvroDeserializer` in both directions.
+
+A `SchemaSource` registers schemas under subjects and answers look-ups by id: `RegistrySchemas`
+over a Confluent-compatible registry (what the product uses), `LocalSchemas` in this process
+(offline work such as replays, and the router's unit tests).
 """
 
 from __future__ import annotations
 
 import json
 import struct
+import threading
 from dataclasses import dataclass
 from io import BytesIO
-from typing import Any
+from typing import Any, Protocol
 
+import avro.schema as avro_schema
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
@@ -30,7 +36,9 @@ from backbone.errors import (
     SerdeError,
     TruncatedMessage,
     UnknownSchemaId,
+    registry_unavailable,
 )
+from backbone.registry.compatibility import LEVELS, incompatibilities
 from backbone.settings import Settings
 
 MAGIC = 0
@@ -106,15 +114,24 @@ class Encoder:
 class Decoder:
     """Decodes Confluent wire-format bytes with the writer schema named in the header.
 
-    Writer schemas are fetched from the registry once per id and cached; unknown ids are not
+    Writer schemas are looked up in the schema source once per id and cached; unknown ids are not
     cached, so a schema registered later is found on the next call.
     """
 
-    __slots__ = ("registry", "_schemas")
+    __slots__ = ("source", "_schemas")
 
-    def __init__(self, registry: SchemaRegistryClient) -> None:
-        self.registry = registry
+    def __init__(self, source: SchemaSource | SchemaRegistryClient) -> None:
+        self.source = schema_source(source)
         self._schemas: dict[int, Any] = {}
+
+    @property
+    def registry(self) -> SchemaSource:
+        """The schema source (its older name); assigning a `SchemaRegistryClient` wraps it."""
+        return self.source
+
+    @registry.setter
+    def registry(self, source: SchemaSource | SchemaRegistryClient) -> None:
+        self.source = schema_source(source)
 
     def __call__(self, data: bytes) -> Decoded:
         if len(data) < HEADER_SIZE:
@@ -144,12 +161,86 @@ class Decoder:
         return Decoded(schema_id, record)
 
     def schema(self, schema_id: int) -> Any:
-        """The parsed writer schema for `schema_id` (fetched once, then cached)."""
+        """The parsed writer schema for `schema_id` (looked up once, then cached)."""
         parsed = self._schemas.get(schema_id)
         if parsed is not None:
             return parsed
+        avro = self.source.schema(schema_id)
         try:
-            schema = self.registry.get_schema(schema_id)
+            parsed = parse_schema(avro)
+        except Exception as exc:  # noqa: BLE001
+            raise SerdeError(f"schema id {schema_id} is not a valid Avro schema") from exc
+        self._schemas[schema_id] = parsed
+        return parsed
+
+
+class SchemaSource(Protocol):
+    """Where writer schemas live. Errors: `UnknownSchemaId` for an id it does not know,
+    `SchemaIncompatible` for a change the subject's level refuses, `RegistryUnavailable` when it
+    does not answer (retry later: never a reason to dead-letter), `RegistryError` otherwise."""
+
+    def register(self, subject: str, avro: dict[str, Any]) -> int:
+        """Register `avro` under `subject` and return its global schema id (idempotent)."""
+        ...
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        """Set the compatibility level (`BACKWARD`, `NONE`, ...) of one subject."""
+        ...
+
+    def schema(self, schema_id: int) -> dict[str, Any]:
+        """The Avro schema (its JSON document) registered with `schema_id`."""
+        ...
+
+
+def schema_source(source: SchemaSource | SchemaRegistryClient) -> SchemaSource:
+    """`source` as a `SchemaSource` (a `SchemaRegistryClient` is wrapped in `RegistrySchemas`)."""
+    return RegistrySchemas(source) if isinstance(source, SchemaRegistryClient) else source
+
+
+class RegistrySchemas:
+    """A Confluent-compatible schema registry as a `SchemaSource`, with the backbone's errors."""
+
+    __slots__ = ("client",)
+
+    def __init__(self, client: SchemaRegistryClient) -> None:
+        self.client = client
+
+    @property
+    def url(self) -> str:
+        try:
+            return ",".join(self.client._rest_client.base_urls)  # noqa: SLF001 - for error messages only
+        except AttributeError:
+            return "the schema registry"
+
+    def _unavailable(self, exc: BaseException) -> RegistryUnavailable:
+        return registry_unavailable(self.url, type(exc).__name__)
+
+    def register(self, subject: str, avro: dict[str, Any]) -> int:
+        try:
+            return self.client.register_schema(subject, Schema(json.dumps(avro), "AVRO"))
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == 409:
+                raise SchemaIncompatible(
+                    f"schema for subject {subject} is incompatible with its registered versions: {exc.error_message}",
+                    exc.error_code,
+                ) from exc
+            raise RegistryError(f"schema registry refused subject {subject}: {exc.error_message}", exc.error_code) from exc
+        except Exception as exc:  # noqa: BLE001 - transport errors (httpx)
+            raise self._unavailable(exc) from exc
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        try:
+            self.client.set_compatibility(subject_name=subject, level=level)
+        except SchemaRegistryError as exc:
+            raise RegistryError(
+                f"schema registry refused level {level} for subject {subject}: {exc.error_message}", exc.error_code
+            ) from exc
+        except Exception as exc:  # noqa: BLE001 - transport errors (httpx)
+            raise self._unavailable(exc) from exc
+
+    def schema(self, schema_id: int) -> dict[str, Any]:
+        try:
+            schema = self.client.get_schema(schema_id)
         except SchemaRegistryError as exc:
             if exc.error_code == _SCHEMA_NOT_FOUND or exc.http_status_code == 404:
                 raise UnknownSchemaId(f"schema id {schema_id} is not in the schema registry") from exc
@@ -157,29 +248,88 @@ class Decoder:
                 f"schema registry refused schema id {schema_id}: {exc.error_message}", exc.error_code
             ) from exc
         except Exception as exc:  # noqa: BLE001 - transport errors (httpx) while fetching
-            raise _unavailable(self.registry, exc) from exc
+            raise self._unavailable(exc) from exc
         if schema.schema_type not in (None, "AVRO"):
             raise SerdeError(f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
         try:
-            parsed = parse_schema(json.loads(schema.schema_str))
-        except Exception as exc:  # noqa: BLE001
-            raise SerdeError(f"schema id {schema_id} from the registry is not a valid Avro schema") from exc
-        self._schemas[schema_id] = parsed
-        return parsed
+            return json.loads(schema.schema_str)
+        except ValueError as exc:
+            raise SerdeError(f"schema id {schema_id} from the registry is not JSON") from exc
 
 
-def _registry_url(client: SchemaRegistryClient) -> str:
-    try:
-        return ",".join(client._rest_client.base_urls)  # noqa: SLF001 - for the error message only
-    except AttributeError:
-        return "the schema registry"
+class LocalSchemas:
+    """Schemas kept in this process, with a registry's rules: ids from 1 in registration order, the
+    same schema (JSON equal after sorting keys) always the same id under every subject, and each
+    subject's compatibility level (default BACKWARD) checked on registration.
+
+    Nothing is persisted: for offline work (replays, tools, tests of the processor's pure parts).
+    """
+
+    def __init__(self, default_level: str = "BACKWARD") -> None:
+        self.default_level = _level(default_level)
+        self._ids: dict[str, int] = {}  # identity -> id
+        self._schemas: dict[int, dict[str, Any]] = {}
+        self._versions: dict[str, list[int]] = {}  # subject -> schema ids, oldest first
+        self._levels: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def register(self, subject: str, avro: dict[str, Any]) -> int:
+        try:
+            parse_schema(json.loads(json.dumps(avro)))
+        except Exception as exc:  # noqa: BLE001 - fastavro raises several types for a bad schema
+            raise RegistryError(f"schema for subject {subject} is not a valid Avro schema ({type(exc).__name__})", 42201) from exc
+        identity = json.dumps(avro, sort_keys=True, separators=(",", ":"))
+        with self._lock:
+            versions = self._versions.setdefault(subject, [])
+            known = self._ids.get(identity)
+            if known is not None and known in versions:
+                return known
+            reasons = self._incompatibilities(subject, avro, versions)
+            if reasons:
+                raise SchemaIncompatible(
+                    f"schema for subject {subject} is incompatible with its registered versions: {'; '.join(reasons)}", 409
+                )
+            if known is None:
+                known = self._ids[identity] = len(self._ids) + 1
+                self._schemas[known] = json.loads(identity)
+            versions.append(known)
+            return known
+
+    def _incompatibilities(self, subject: str, avro: dict[str, Any], versions: list[int]) -> list[str]:
+        level = self._levels.get(subject, self.default_level)
+        if level == "NONE" or not versions:
+            return []
+        # The same checker as the backbone's registry, so both refuse the same changes.
+        existing = [(number, avro_schema.parse(json.dumps(self._schemas[schema_id])))
+                    for number, schema_id in enumerate(versions, start=1)]
+        return incompatibilities(avro_schema.parse(json.dumps(avro)), existing, level)
+
+    def set_compatibility(self, subject: str, level: str) -> None:
+        with self._lock:
+            self._levels[subject] = _level(level)
+
+    def schema(self, schema_id: int) -> dict[str, Any]:
+        with self._lock:
+            found = self._schemas.get(schema_id)
+        if found is None:
+            raise UnknownSchemaId(f"schema id {schema_id} is not among the {len(self._schemas)} local schemas")
+        return json.loads(json.dumps(found))
+
+    def subjects(self) -> list[str]:
+        """Every subject with at least one version, sorted."""
+        with self._lock:
+            return sorted(subject for subject, versions in self._versions.items() if versions)
+
+    def versions(self, subject: str) -> list[int]:
+        """The schema ids of `subject`'s versions, oldest first (empty when it has none)."""
+        with self._lock:
+            return list(self._versions.get(subject, []))
 
 
-def _unavailable(client: SchemaRegistryClient, exc: BaseException) -> RegistryUnavailable:
-    return RegistryUnavailable(
-        f"schema registry at {_registry_url(client)} did not answer ({type(exc).__name__}); "
-        "start the embedded stack with `backbone up` or set BACKBONE_SCHEMA_REGISTRY_URL"
-    )
+def _level(level: str) -> str:
+    if level.upper() not in LEVELS:
+        raise RegistryError(f"unknown compatibility level {level!r}; one of {', '.join(LEVELS)}", 42203)
+    return level.upper()
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient:
@@ -189,21 +339,11 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
     )
 
 
-def register(client: SchemaRegistryClient, subject: str, avro: dict) -> int:
+def register(source: SchemaSource | SchemaRegistryClient, subject: str, avro: dict) -> int:
     """Register `avro` under `subject` and return its global schema id (idempotent)."""
-    try:
-        return client.register_schema(subject, Schema(json.dumps(avro), "AVRO"))
-    except SchemaRegistryError as exc:
-        if exc.http_status_code == 409:
-            raise SchemaIncompatible(
-                f"schema for subject {subject} is incompatible with its registered versions: {exc.error_message}",
-                exc.error_code,
-            ) from exc
-        raise RegistryError(f"schema registry refused subject {subject}: {exc.error_message}", exc.error_code) from exc
-    except Exception as exc:  # noqa: BLE001 - transport errors
-        raise _unavailable(client, exc) from exc
+    return schema_source(source).register(subject, avro)
 
 
-def encoder_for(client: SchemaRegistryClient, subject: str, avro: dict) -> Encoder:
+def encoder_for(source: SchemaSource | SchemaRegistryClient, subject: str, avro: dict) -> Encoder:
     """Register `avro` under `subject` and build the encoder for it."""
-    return Encoder(register(client, subject, avro), parse_schema(json.loads(json.dumps(avro))), avro)
+    return Encoder(register(source, subject, avro), parse_schema(json.loads(json.dumps(avro))), avro)
