@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    log_format: Literal["text", "json"] = Field("text", description="Log lines as key=value text or one JSON object each")
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -1,6 +1,7 @@
 """The `backbone` command: typer sub-apps grouped by noun, one module each.
 
 User errors (`BackboneError`) print one red line and exit 1; `--debug` shows the traceback.
+Logging is set up once, from `BACKBONE_LOG_LEVEL` and `BACKBONE_LOG_FORMAT`, before any command runs.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from rich.console import Console
 
 from backbone import __version__
 from backbone.errors import BackboneError
+from backbone.logs import configure_logging
+from backbone.settings import load_settings
 
 app = typer.Typer(help="Data Sharing Backbone: agreement-enforced real-time data sharing.", no_args_is_help=True)
 console = Console()
@@ -43,6 +46,7 @@ def main() -> None:
         sys.argv.remove("--debug")
     _register()
     try:
+        configure_logging(load_settings())
         app(standalone_mode=False)
     except BackboneError as exc:
         if debug:

@@ -2,6 +2,7 @@
 
 Bootstrap servers come from `BACKBONE_KAFKA_BOOTSTRAP` unless `--bootstrap` is given; the port
 defaults to `BACKBONE_SCHEMA_REGISTRY_PORT`. Binds 127.0.0.1 unless `--host` says otherwise.
+Logs as `BACKBONE_LOG_LEVEL` and `BACKBONE_LOG_FORMAT` say, like every backbone process.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import sys
 from aiohttp import web
 
 from backbone.errors import BackboneError
+from backbone.logs import configure_logging
 from backbone.registry.kafka_log import SchemaLog
 from backbone.registry.server import make_app
 from backbone.registry.service import SchemaRegistry
@@ -54,11 +56,14 @@ async def serve(registry: SchemaRegistry, host: str, port: int) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _arguments(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging_ready = False
     try:
         overrides = {"kafka_bootstrap": args.bootstrap} if args.bootstrap else {}
         settings = load_settings(**overrides)
+        configure_logging(settings)
+        logging_ready = True
         port = settings.schema_registry_port if args.port is None else args.port
+        log.info("schema registry reading %s from Kafka at %s", args.topic, settings.kafka_bootstrap)
         schema_log = SchemaLog(settings, args.topic)
         schema_log.start()
         try:
@@ -66,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             schema_log.stop()
     except BackboneError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        if logging_ready:  # in the configured format, like the rest of this process's lines
+            log.error("%s", exc)
+        else:
+            print(f"error: {exc}", file=sys.stderr)
         return 1
     return 0
 
