@@ -36,6 +36,7 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from rich.console import Console
 from rich.table import Table
 
+from backbone.catalog import CONSENT_EVENT
 from backbone.compacted import CompactedTopicReader
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
@@ -124,7 +125,7 @@ def build_router(settings: Settings) -> tuple[Enforcement, Router]:
     """The Router exactly as a worker builds it, with the consent table read to its end."""
     enforcement = Enforcement(settings)
     enforcement.ensure_topics()
-    router = Router(enforcement.catalog, enforcement.engine, Decoder(enforcement.registry), enforcement.keyring)
+    router = Router(enforcement.catalog, enforcement.engine, enforcement.schemas, enforcement.keyring)
     router.prepare()
     reader = CompactedTopicReader(settings, CONSENT_TOPIC, enforcement.consent.apply_message, "bench-consent")
     reader.start()
@@ -411,7 +412,7 @@ def main() -> None:
 
     results = Results()
     records = _records(1, args.population, args.events)
-    results.consent_events = sum(1 for event_type, _ in records if event_type == "consent.changed")
+    results.consent_events = sum(1 for event_type, _ in records if event_type == CONSENT_EVENT)
     with tempfile.TemporaryDirectory(prefix="bench-processor-") as directory, \
             embedded_settings(Path(directory), args.partitions) as settings:
         results.partitions = settings.kafka_partitions

@@ -22,7 +22,7 @@ from backbone.errors import BackboneError
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
-from backbone.serde import Decoder, registry_client
+from backbone.serde import Decoder, RegistrySchemas, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
 from processors.consent import ConsentTable
@@ -50,8 +50,8 @@ class Enforcement:
                 "run `backbone keys init` (it creates every domain the charter names, and oversight)"
             )
         self.engine = PolicyEngine(self.charter, self.keyring)
-        self.registry = registry_client(settings)
-        self.consent = ConsentTable(Decoder(self.registry))
+        self.schemas = RegistrySchemas(registry_client(settings))
+        self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
         self.readers: list[CompactedTopicReader] = []
         self.data_plane: DataPlane | None = None
@@ -61,7 +61,7 @@ class Enforcement:
         compacted = {"cleanup.policy": "compact"}
         topics.ensure(CONSENT_TOPIC, config=compacted)
         agreement_changes.ensure_topic(self.settings)
-        for name in [AUDIT_TOPIC, DLQ_TOPIC, *(raw_topic(t) for t in self.catalog.events if t != "consent.changed")]:
+        for name in [AUDIT_TOPIC, DLQ_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         for agreement in self.charter.agreements:
             for event_type in agreement.event_types:
@@ -70,7 +70,7 @@ class Enforcement:
     def start(self) -> None:
         """Blocking start-up: topics, schemas, consent and agreements read to their end, then the data plane."""
         self.ensure_topics()
-        self.router = Router(self.catalog, self.engine, Decoder(self.registry), self.keyring)
+        self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader = agreement_changes.feed(self.settings, self.catalog, self._apply_agreement)

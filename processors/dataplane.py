@@ -22,11 +22,11 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from backbone.errors import BackboneError
 from backbone.policy.engine import ConsentState
 from backbone.settings import Settings
+from backbone.topics import RAW_PATTERN
 from processors.router import Router
 
 log = logging.getLogger(__name__)
 
-RAW_PATTERN = r"^raw\..*"
 # Outputs wait at most this long to be grouped into produce requests. Measured with
 # `python -m bench.processor` on the embedded broker: 50 ms gives ~30-50% more events/s on a
 # backlog (fewer, larger lz4 batches) but triples p99 produce->shared latency at 2k events/s
@@ -123,11 +123,12 @@ class DataPlane:
                 if error.code() != KafkaError._PARTITION_EOF:
                     log.warning("consume error: %s", error.str())
                 continue
-            topic = message.topic()
-            for output in route(topic, message.key(), message.value(), message.headers(), consent, now):
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            for output in route(topic, message.key(), message.value(), message.headers(), consent, now,
+                                partition=partition, offset=offset):
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
-            offsets[(topic, message.partition())] = message.offset() + 1
+            offsets[(topic, partition)] = offset + 1
         routed = time.perf_counter()
         remaining = producer.flush(self.settings.kafka_timeout_s * 3)
         flushed = time.perf_counter()

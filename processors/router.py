@@ -8,16 +8,15 @@ tests all run exactly this code.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
 from fastavro import parse_schema
 
-from backbone.catalog import Catalog
+from backbone import dlq
+from backbone.catalog import AUDIT_DECISION, Catalog
 from backbone.errors import (
     BadMagicByte,
     CorruptMessage,
@@ -29,19 +28,17 @@ from backbone.errors import (
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.engine import ConsentState, Decision, PolicyEngine
 from backbone.policy.pseudonym import token_function
-from backbone.serde import Decoder, Encoder, register
+from backbone.serde import HEADER_SIZE, Decoder, Encoder, SchemaSource, schema_source
 from backbone.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
 
 log = logging.getLogger(__name__)
 
-DLQ_STAGE = "processor"
-DLQ_TOPIC = dlq_topic(DLQ_STAGE)
+DLQ_TOPIC = dlq_topic(dlq.PROCESSOR)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
 Headers = list[tuple[str, bytes]]
 
 _SERDE_REASONS: dict[type[SerdeError], str] = {
     BadMagicByte: "bad_magic_byte",
-    UnknownSchemaId: "unknown_schema_id",
     TruncatedMessage: "truncated_message",
     CorruptMessage: "corrupt_message",
 }
@@ -56,11 +53,13 @@ class Output:
 
 
 class Rejected(Exception):
-    """An event the processor cannot decide on; `reason` is the DLQ reason code."""
+    """An event the processor cannot decide on; `reason` is the DLQ reason code, `detail` a
+    non-personal code for the `error.detail` header (a schema id)."""
 
-    def __init__(self, reason: str) -> None:
+    def __init__(self, reason: str, detail: str | None = None) -> None:
         super().__init__(reason)
         self.reason = reason
+        self.detail = detail
 
 
 def _where(exc: BaseException) -> str:
@@ -70,21 +69,21 @@ def _where(exc: BaseException) -> str:
     return f"{trace.tb_frame.f_code.co_filename}:{trace.tb_lineno}" if trace else "?"
 
 
-def audit_schema(catalog: Catalog) -> dict[str, Any]:
-    path = catalog.events[next(iter(catalog.events))].path.parent / "backbone.AuditDecision.avsc"
-    return json.loads(path.read_text())
-
-
 class Router:
-    """Routes one raw event to its shared, audit and DLQ outputs. Built once per worker."""
+    """Routes one raw event to its shared, audit and DLQ outputs. Built once per worker.
 
-    def __init__(self, catalog: Catalog, engine: PolicyEngine, decoder: Decoder, keyring: Keyring) -> None:
+    `schemas` is where writer schemas are looked up and the audit and recipient schemas are
+    registered: the schema registry in the product, `LocalSchemas` offline. Building a Router asks
+    it nothing; `prepare()` registers up front what the first events would otherwise register.
+    """
+
+    def __init__(self, catalog: Catalog, engine: PolicyEngine, schemas: SchemaSource, keyring: Keyring) -> None:
         self.catalog = catalog
         self.engine = engine
-        self.decoder = decoder
-        self.registry = decoder.registry
-        avro = audit_schema(catalog)
-        self._audit = Encoder(register(self.registry, AUDIT_SUBJECT, avro), parse_schema(avro), avro)
+        self.schemas = schema_source(schemas)
+        self.decoder = Decoder(self.schemas)
+        self._audit_avro = catalog.internal_schema(AUDIT_DECISION)
+        self._audit: Encoder | None = None
         self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
         self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
         self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
@@ -95,7 +94,9 @@ class Router:
         self.counts: Counter[str] = Counter()
 
     def prepare(self) -> None:
-        """Register the recipient schemas of the agreements in force now (start-up), not on the first event."""
+        """Register the audit schema and the recipient schemas of the agreements in force now
+        (start-up), not on the first event."""
+        self._audit_encoder()
         now = datetime.now(UTC)
         for agreement in self.engine.charter.agreements:
             if not agreement.in_force_at(now):
@@ -112,28 +113,36 @@ class Router:
             if subject not in self._subjects_configured:
                 # A new agreement version may release other fields: each record names its writer
                 # schema, so recipients read every version; the registry must not refuse the change.
-                self.registry.set_compatibility(subject_name=subject, level="NONE")
+                self.schemas.set_compatibility(subject, "NONE")
                 self._subjects_configured.add(subject)
-            encoder = Encoder(register(self.registry, subject, avro), parse_schema(avro), avro)
+            encoder = Encoder(self.schemas.register(subject, avro), parse_schema(avro), avro)
             self._encoders[key] = encoder
         return encoder
 
+    def _audit_encoder(self) -> Encoder:
+        if self._audit is None:
+            avro = self._audit_avro
+            self._audit = Encoder(self.schemas.register(AUDIT_SUBJECT, avro), parse_schema(avro), avro)
+        return self._audit
+
     def route(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
-              consent: ConsentState, now: datetime) -> list[Output]:
-        """Every output for one raw message. Registry outages raise (retry later); bad input goes to the DLQ."""
+              consent: ConsentState, now: datetime, *, partition: int | None = None,
+              offset: int | None = None) -> list[Output]:
+        """Every output for one raw message (`partition` and `offset` say where it was read, for
+        the DLQ headers). Registry outages raise (retry later); bad input goes to the DLQ."""
         try:
             record, event_type = self._admit(topic, value)
             decisions = self.engine.decide(record, consent, now)
             outputs = self._outputs(record, event_type, key, decisions, now)
         except Rejected as rejected:
-            return [self._dead_letter(rejected.reason, key, value, headers, topic)]
+            return [self._dead_letter(rejected.reason, key, value, headers, topic, partition, offset, rejected.detail)]
         except RegistryError:
             raise
         except Exception as exc:  # noqa: BLE001 - fail closed: nothing half-decided leaves the processor
             if self.counts["dlq.transform_failed"] < 5:  # the type and place only: values may be personal
                 log.error("event from %s could not be transformed (%s at %s); sent to %s", topic, type(exc).__name__,
                           _where(exc), DLQ_TOPIC)
-            return [self._dead_letter("transform_failed", key, value, headers, topic)]
+            return [self._dead_letter("transform_failed", key, value, headers, topic, partition, offset, type(exc).__name__)]
         self.counts["events"] += 1
         return outputs
 
@@ -144,6 +153,8 @@ class Router:
             record = self.decoder(value).record
         except RegistryError:
             raise
+        except UnknownSchemaId:
+            raise Rejected("unknown_schema_id", str(int.from_bytes(value[1:HEADER_SIZE], "big"))) from None
         except SerdeError as exc:
             raise Rejected(_SERDE_REASONS.get(type(exc), "undecodable")) from None
         event_type = record.get("event_type")
@@ -167,6 +178,7 @@ class Router:
         subject = record.get(subject_field) if subject_field else None
         subject_token = self._oversight(subject) if subject else None
         provider = record["provider"]
+        audit = self._audit or self._audit_encoder()
         for decision in decisions:
             if decision.permitted:
                 encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
@@ -180,7 +192,7 @@ class Router:
                 self.counts["permit"] += 1
             else:
                 self.counts["deny"] += 1
-            outputs.append(Output(AUDIT_TOPIC, event_id_bytes, self._audit({
+            outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit({
                 "event_id": event_id,
                 "event_type": event_type,
                 "provider": provider,
@@ -197,7 +209,9 @@ class Router:
             })))
         return outputs
 
-    def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str) -> Output:
+    def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,
+                     partition: int | None, offset: int | None, detail: str | None = None) -> Output:
         self.counts[f"dlq.{reason}"] += 1
-        extra = [("error.reason", reason.encode()), ("error.stage", DLQ_STAGE.encode()), ("source.topic", topic.encode())]
-        return Output(DLQ_TOPIC, key, value if value is not None else b"", list(headers or []) + extra)
+        contract = dlq.headers(dlq.PROCESSOR, reason, topic, partition=partition, offset=offset, detail=detail,
+                               original=headers)
+        return Output(DLQ_TOPIC, key, value if value is not None else b"", contract)

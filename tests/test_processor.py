@@ -185,6 +185,9 @@ def test_bad_input_goes_to_the_dlq_and_the_pipeline_keeps_going(stack: Settings,
     for name, message in by_key.items():
         assert header(message, "error.reason") == name
         assert header(message, "error.stage") == "processor"
+        assert header(message, "error.source_topic") == cases[name][0]
+        assert (header(message, "error.source_partition") or "").isdigit()
+        assert (header(message, "error.source_offset") or "").isdigit()
         assert header(message, "trace") == name  # original headers kept
         assert message.value() == cases[name][1]  # original bytes kept
     assert reason(decisions(stack, {good}), good, "fraud") == "permit"

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
+from backbone.catalog import CONSENT_EVENT
 from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
 from backbone.topics import AUDIT_TOPIC, shared_topic
@@ -34,7 +35,7 @@ def produce_synthetic(settings: Settings, events: int, seed: int) -> dict[str, s
     sent: dict[str, str] = {}
     try:
         for event_type, record in SyntheticStream(seed=seed, population=400, events=events):
-            if event_type == "consent.changed":
+            if event_type == CONSENT_EVENT:
                 continue
             agency = event_type.split(".")[0]
             if agency not in producers:

@@ -12,6 +12,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.cli import app, console
+from backbone.catalog import CONSENT_EVENT
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
@@ -54,7 +55,7 @@ def demo(
             runner.show_consent_withdrawal()
             runner.show_suspension()
             runner.produce()
-            raw = sum(n for event_type, n in runner.result.produced.items() if event_type != "consent.changed")
+            raw = sum(n for event_type, n in runner.result.produced.items() if event_type != CONSENT_EVENT)
             expected = raw + runner.in_flight_events
             decided = runner.wait_until_decided(expected, timeout)
             runner.settle()
