@@ -4,12 +4,16 @@ Faust gives the worker model, lifecycle, web endpoint and CLI (`faust -A process
 the high-volume path is the batched librdkafka `DataPlane` run by `EnforcementService` on a thread
 (a Faust agent consumes ~10k events/s on the embedded broker, the batched loop several times that).
 Consent and agreement state are read in full by every worker from their compacted topics.
+
+Importing this module builds nothing: `create_app` builds the app from settings, and the module
+attribute `app` (what `faust -A processors.app` reads) is built on first access.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -22,6 +26,7 @@ from backbone.errors import BackboneError
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
+from backbone.logs import worker_logging_config
 from backbone.serde import Decoder, RegistrySchemas, registry_client
 from backbone.settings import Settings, get_settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
@@ -32,7 +37,6 @@ from processors.router import DLQ_TOPIC, Router
 log = logging.getLogger("processors")
 
 APP_ID = "backbone-processor"
-logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per schema fetch is noise
 
 
 class Enforcement:
@@ -107,16 +111,31 @@ class Enforcement:
         }
 
 
+class ProcessorApp(faust.App):
+    """The Faust app, keeping its data under `BACKBONE_DATA_DIR` (not the working directory)."""
+
+    async def on_first_start(self) -> None:
+        # Faust creates datadir/appdir/tabledir one level at a time: the data dir may not exist yet.
+        Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
+        await super().on_first_start()
+
+
 def create_app(settings: Settings | None = None, web_port: int | None = None,
-               enforcement: Enforcement | None = None) -> faust.App:
-    """The Faust app; pass a ready `enforcement` to surface configuration errors before Faust starts."""
+               enforcement: Enforcement | None = None, log_level: str | None = None) -> faust.App:
+    """The Faust app; pass a ready `enforcement` to surface configuration errors before Faust starts.
+
+    Building it touches nothing (no file, no connection); Faust's data goes to
+    `<BACKBONE_DATA_DIR>/faust` once a worker starts, and its logs through `backbone.logs`.
+    """
     settings = settings or get_settings()
     servers = ";".join(settings.kafka_bootstrap.split(","))
-    app = faust.App(
+    app = ProcessorApp(
         APP_ID,
         broker=f"kafka://{servers}",
         store="memory://",
         autodiscover=False,
+        datadir=str((settings.data_dir / "faust").resolve()),
+        logging_config=worker_logging_config(settings, log_level),
         web_enabled=web_port is not None,
         web_port=web_port or 6066,
         web_bind="127.0.0.1",
@@ -166,4 +185,9 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
     return app
 
 
-app = create_app()
+def __getattr__(name: str) -> Any:
+    """`processors.app.app`, built from settings on first access (PEP 562), for `faust -A processors.app`."""
+    if name == "app":
+        built = globals()["app"] = create_app()
+        return built
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

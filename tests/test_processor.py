@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
@@ -16,7 +20,7 @@ from backbone import agreement_changes
 from backbone.catalog import load_catalog
 from backbone.policy.agreements import RELEASED_HEADER, load_agreements
 from backbone.serde import Decoder, Encoder, register, registry_client
-from backbone.settings import Settings
+from backbone.settings import PROJECT_ROOT, Settings
 from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from processors.router import DLQ_TOPIC
 from producers import AgencyProducer, ConsentPublisher
@@ -209,3 +213,26 @@ def test_suspension_takes_effect_without_restart(stack: Settings, worker: Worker
     time.sleep(2)
     again = send(stack, "tax", "tax.income_declared", tax_income(national_id()))
     assert reason(decisions(stack, {again}), again, "fraud") == "permit"
+
+
+APP_FACTORY_CHECK = """
+import asyncio, faust, processors.app as module
+from faust.cli.base import find_app
+assert "app" not in vars(module), "importing processors.app built the app"
+app = find_app("processors.app")  # what `faust -A processors.app worker` does
+assert isinstance(app, faust.App) and module.app is app
+asyncio.run(app.on_first_start())  # Faust creates its directories here
+print(app.conf.datadir)
+"""
+
+
+def test_the_app_is_built_on_demand_and_keeps_its_data_under_the_data_dir(tmp_path: Path) -> None:
+    cwd, data = tmp_path / "cwd", tmp_path / "data"
+    cwd.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+    result = subprocess.run([sys.executable, "-c", APP_FACTORY_CHECK], capture_output=True, text=True, timeout=120, cwd=cwd,
+                            env={**env, "PYTHONPATH": str(PROJECT_ROOT), "BACKBONE_DATA_DIR": str(data)})
+    assert result.returncode == 0, result.stderr
+    assert Path(result.stdout.strip()) == data / "faust"
+    assert (data / "faust").is_dir()
+    assert list(cwd.iterdir()) == []

@@ -9,16 +9,20 @@ from app.cli import app
 
 @app.command()
 def process(
-    loglevel: str = typer.Option("info", "--loglevel", "-l", help="crit, error, warn, info or debug"),
+    loglevel: str = typer.Option(None, "--loglevel", "-l", help="crit, error, warn, info or debug (default BACKBONE_LOG_LEVEL)"),
     web_port: int = typer.Option(None, "--web-port", help="Serve Faust's web endpoint on this port (each worker its own)"),
 ) -> None:
     """Run a processor worker: enforce the agreements on every raw topic. Start more to scale out."""
     import faust
 
+    from backbone.logs import configure_logging, level_name
     from backbone.settings import get_settings
     from processors.app import Enforcement, create_app
 
     settings = get_settings()
+    level = level_name(loglevel or settings.log_level)
+    configure_logging(settings, level)  # until Faust sets up the same format at this level
     enforcement = Enforcement(settings)  # configuration errors end here, as one line, before Faust starts
-    worker = faust.Worker(create_app(settings, web_port=web_port, enforcement=enforcement), loglevel=loglevel)
+    processor = create_app(settings, web_port=web_port, enforcement=enforcement, log_level=level)
+    worker = faust.Worker(processor, loglevel=level)
     worker.execute_from_commandline()
