@@ -10,7 +10,6 @@ decided and landed, then reports. Everything lives under `<data dir>/demo`, wipe
 from __future__ import annotations
 
 import shutil
-import threading
 import time
 import uuid
 from collections import Counter
@@ -19,10 +18,9 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from backbone import agreement_changes
+from backbone import agreement_changes, dlq
 from backbone.catalog import load_catalog
 from backbone.clickhouse import make_client
-from backbone.compacted import read_to_end
 from backbone.embedded import EmbeddedStack, port_in_use
 from backbone.errors import BackboneError
 from backbone.keyring import write_master_key_file
@@ -32,10 +30,10 @@ from backbone.policy.agreements import load_agreements
 from backbone.policy.pseudonym import token
 from backbone.serde import registry_client
 from backbone.settings import Settings
-from backbone.topics import dlq_topic
 from consumers import ddl
 from consumers.fraud import FraudDetector
-from consumers.sink import sinks_for
+from consumers.batching import SinkThreads
+from consumers.sink import Sink, sinks_for
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth
 
@@ -82,9 +80,8 @@ class Demo:
         self.worker: ProcessorWorker | None = None
         self.settings: Settings | None = None
         self.client: Any = None
-        self._stop_sinks = threading.Event()
-        self._sink_threads: list[threading.Thread] = []
-        self._sinks: list[Any] = []
+        self._sinks: list[Sink] = []
+        self._sink_threads: SinkThreads | None = None
         self.result = DemoResult()
         self.in_flight_events = 0  # raw events the in-flight demonstrations sent
 
@@ -119,11 +116,7 @@ class Demo:
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
         self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
-        for sink in self._sinks:
-            sink.setup()
-            thread = threading.Thread(target=sink.run, args=(self._stop_sinks,), name=f"sink-{sink.plan.name}", daemon=True)
-            thread.start()
-            self._sink_threads.append(thread)
+        self._sink_threads = SinkThreads(self._sinks).start()
         self.result.clickhouse_dsn = settings.clickhouse_dsn or ""
         self.result.elapsed_s = time.monotonic() - started
         return settings
@@ -178,9 +171,8 @@ class Demo:
     def _check_alive(self) -> None:
         if self.worker is not None and not self.worker.alive():
             raise BackboneError(f"the processor worker stopped; see {self.worker.log_path}")
-        for thread, sink in zip(self._sink_threads, self._sinks, strict=True):
-            if not thread.is_alive() and not self._stop_sinks.is_set():
-                raise BackboneError(f"sink {sink.plan.name} stopped; see the log above")
+        if self._sink_threads is not None:
+            self._sink_threads.check()
 
     def decision_for(self, event_id: str, recipient: str, timeout: float = 30.0) -> str:
         """`permit` or the deny reason of one event for one recipient, once the audit sink has it."""
@@ -294,19 +286,12 @@ class Demo:
     def dead_letters(self) -> dict[str, int]:
         """DLQ entries by `stage: reason`, read from the DLQ topics themselves."""
         assert self.settings is not None
-        counts: Counter[str] = Counter()
-        for stage in ("processor", "sink"):
-            for message in read_to_end(self.settings, dlq_topic(stage)):
-                headers = dict(message.headers() or [])
-                reason = (headers.get("error.reason") or b"?").decode(errors="replace")
-                counts[f"{stage}: {reason}"] += 1
-        return dict(counts)
+        return {f"{stage}: {reason}": n for (stage, reason), n in sorted(dlq.count(self.settings).items())}
 
     # tear-down ---------------------------------------------------------------------------------
     def stop(self) -> None:
-        self._stop_sinks.set()
-        for thread in self._sink_threads:
-            thread.join(timeout=30)
+        if self._sink_threads is not None:
+            self._sink_threads.stop()
         if self.worker is not None:
             self.worker.stop()
         if self.client is not None:

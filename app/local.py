@@ -71,6 +71,8 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": str(settings.consumer_heartbeat_interval_ms),
         "BACKBONE_SCHEMAS_DIR": str(settings.schemas_dir),
         "BACKBONE_AGREEMENTS_DIR": str(settings.agreements_dir),
+        "BACKBONE_LOG_LEVEL": settings.log_level,
+        "BACKBONE_LOG_FORMAT": settings.log_format,
     })
     if settings.master_key is not None:
         env["BACKBONE_MASTER_KEY"] = settings.master_key.get_secret_value()

@@ -54,6 +54,7 @@ from backbone.topics import Topics
 from bench.processor import DATAPLANE_GROUP, Ends, MixProducer, percentiles, run_bare
 from app.local import ProcessorWorker, embedded_settings
 from consumers import ddl
+from consumers.batching import SinkThreads
 from consumers.sink import Sink, sinks_for
 from producers.synthetic import SyntheticStream
 
@@ -166,15 +167,10 @@ class Sinks:
         self.sinks: list[Sink] = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
         self.audit = next(sink for sink in self.sinks if sink.plan.name == "audit")
         self.shared = [sink for sink in self.sinks if sink is not self.audit]
-        self._stop = threading.Event()
-        self._threads: list[threading.Thread] = []
+        self._threads = SinkThreads(self.sinks)
 
     def start(self) -> Sinks:
-        for sink in self.sinks:
-            sink.setup()
-            thread = threading.Thread(target=sink.run, args=(self._stop,), name=f"sink-{sink.plan.name}", daemon=True)
-            thread.start()
-            self._threads.append(thread)
+        self._threads.start()
         return self
 
     def landed(self) -> tuple[int, int]:
@@ -183,14 +179,10 @@ class Sinks:
         return audit + self.audit.stats.landed, shared + sum(s.stats.landed + s.stats.dead_lettered for s in self.shared)
 
     def check(self) -> None:
-        for thread, sink in zip(self._threads, self.sinks, strict=True):
-            if not thread.is_alive() and not self._stop.is_set():
-                raise BackboneError(f"sink {sink.plan.name} stopped; see the log above")
+        self._threads.check()
 
     def stop(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=30)
+        self._threads.stop()
 
 
 def audit_counts(client: Any) -> tuple[int, int]:

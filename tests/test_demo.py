@@ -53,7 +53,7 @@ def test_demo_runs_end_to_end_finds_the_planted_fraud_and_stops_everything(tmp_p
     assert "SELECT kind, count() FROM fraud.alerts" in out
 
     log = (tmp_path / "demo" / "logs" / "processor.log").read_text()
-    worker_pid = int(re.search(r"\] \[(\d+)\] \[INFO\]", log).group(1))
+    worker_pid = int(re.search(r" pid=(\d+) ", log).group(1))
     assert not pid_alive(worker_pid), "the processor worker outlived the demo"
 
     again = run_demo(tmp_path, 300)  # a second run in the same directory starts afresh
