@@ -20,6 +20,7 @@ import pytest
 
 from backbone.settings import Settings
 from consumers import ddl
+from tests.keys import AutoKeyring
 from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 
 pytestmark = pytest.mark.integration
@@ -27,7 +28,6 @@ pytestmark = pytest.mark.integration
 READ_VIEWS = """
 import json, sys
 from backbone.clickhouse import make_client
-from tests.keys import AutoKeyring
 client = make_client(sys.argv[1])
 out = {}
 for database, view, table in json.loads(sys.argv[2]):
