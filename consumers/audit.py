@@ -28,6 +28,8 @@ class Disclosure:
     agreement_version: int
     purposes: tuple[str, ...]
     fields: tuple[str, ...]
+    source_event_id: str = ""  # the provider's id for the event
+    recipient_event_id: str = ""  # the recipient's own id for it: the row to look for in its database
 
 
 def subject_token(keyring: Keyring, national_id: str) -> str:
@@ -39,12 +41,13 @@ def disclosures(client: Client, database_prefix: str, token_text: str) -> list[D
     """Every permitted release about the subject with `token_text`, oldest first (each event once)."""
     table = ddl.qualified(ddl.database_name(database_prefix, ddl.AUDIT_DATABASE), ddl.AUDIT_TABLE)
     result = client.query(
-        f"SELECT decided_at, recipient, event_type, agreement_id, agreement_version, purposes, released_fields "
+        f"SELECT decided_at, recipient, event_type, agreement_id, agreement_version, purposes, released_fields, "
+        "toString(event_id), ifNull(toString(recipient_event_id), '') "
         f"FROM {table} FINAL WHERE subject_token = {{token:String}} AND decision = 'permit' "
         "ORDER BY decided_at, recipient, event_type",
         parameters={"token": token_text},
     )
     return [
-        Disclosure(at, recipient, event_type, agreement or "", version or 0, tuple(purposes), tuple(fields))
-        for at, recipient, event_type, agreement, version, purposes, fields in result.result_rows
+        Disclosure(at, recipient, event_type, agreement or "", version or 0, tuple(purposes), tuple(fields), source, theirs)
+        for at, recipient, event_type, agreement, version, purposes, fields, source, theirs in result.result_rows
     ]

@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 DLQ_TOPIC = dlq_topic(dlq.PROCESSOR)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
+# The only header on a shared record: which agreement released it, as id@version.
+AGREEMENT_HEADER = "agreement"
 Headers = list[tuple[str, bytes]]
 
 _SERDE_REASONS: dict[type[SerdeError], str] = {
@@ -185,10 +187,10 @@ class Router:
                 topic = self._shared_topics.get((decision.recipient, event_type))
                 if topic is None:
                     topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
-                outputs.append(Output(topic, key, encoder(decision.record), [
-                    ("agreement.id", decision.agreement_id.encode()),
-                    ("agreement.version", str(decision.agreement_version).encode()),
-                ]))
+                # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
+                # (every producer can recompute that); the one header names the agreement only.
+                outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
+                                      [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]))
                 self.counts["permit"] += 1
             else:
                 self.counts["deny"] += 1
@@ -206,6 +208,7 @@ class Router:
                 "key_ids": list(decision.key_ids),
                 "subject_token": subject_token,
                 "decided_at": now,
+                "recipient_event_id": decision.record["event_id"] if decision.record is not None else None,
             })))
         return outputs
 

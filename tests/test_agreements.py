@@ -176,9 +176,10 @@ def test_pseudonymise_without_a_domain_is_refused(tmp_path: Path, catalog: Catal
 
 
 def test_header_and_governance_fields_cannot_be_listed(tmp_path: Path, catalog: Catalog) -> None:
-    problems = refusal(tmp_path, catalog, base_agreement(fields={"occurred_at": "drop", "governance": "keep"}))
-    assert len(problems) == 2
-    assert any("field occurred_at is a header field" in p for p in problems)
+    problems = refusal(tmp_path, catalog, base_agreement(fields={"event_id": "keep", "occurred_at": "drop", "governance": "keep"}))
+    assert len(problems) == 3
+    assert any("field event_id is a header field" in p for p in problems)
+    assert any("field occurred_at is an envelope field: keep it or generalise it" in p for p in problems)
     assert any("field governance is never released" in p for p in problems)
 
 

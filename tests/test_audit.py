@@ -42,4 +42,6 @@ def test_audit_subject_lists_every_disclosure_about_the_person(
     found = disclosures(clickhouse_client, settings.clickhouse_database_prefix, subject_token(keyring, national_id))
     assert sorted((d.recipient, d.event_type, d.agreement_id, d.agreement_version, d.purposes, d.fields) for d in found) == expected
     assert len(expected) >= 2
+    # each disclosure names the recipient's own id for the event, so oversight can find the row
+    assert all(d.recipient_event_id and d.recipient_event_id != d.source_event_id for d in found)
     assert set(names.values()) >= {d.recipient for d in found}

@@ -92,7 +92,7 @@ def test_keys_never_appear_in_reprs_or_errors(tmp_path: Path, master_key: bytes)
     keyring = Keyring.generate(domains=["fraud"], providers=["tax"])
     shown = [repr(keyring), str(keyring), *map(repr, keyring.keys()), repr(keyring._secrets), repr(vars(keyring))]
     with pytest.raises(ReidentifyError) as caught:
-        pseudonym.reidentify("tax", "k1.AAAA", keyring=keyring)
+        pseudonym.reidentify("tax", "k1.AAAA", keyring=keyring, domain="fraud", field="bank_account")
     shown.append(str(caught.value))
     with pytest.raises(KeyringError) as missing:
         keyring.active_key("domain", "unknown")
@@ -124,32 +124,45 @@ def test_pseudonym_carries_the_key_id_and_128_bits() -> None:
 
 def test_encryption_is_deterministic_and_reversible_with_the_provider_key() -> None:
     keyring = AutoKeyring()
-    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
-    assert token == pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
+    assert token == pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
     assert "NL91ABNA0417164300" not in token
-    assert pseudonym.reidentify("tax", token, keyring=keyring) == "NL91ABNA0417164300"
+    assert pseudonym.reidentify("tax", token, keyring=keyring, domain="fraud", field="bank_account") == "NL91ABNA0417164300"
+
+
+def test_one_value_encrypts_differently_per_domain_and_field_and_opens_only_with_both() -> None:
+    keyring = AutoKeyring()
+    fraud = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
+    research = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="research", field="bank_account")
+    other_field = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="employer_account")
+    assert len({fraud, research, other_field}) == 3
+    with pytest.raises(ReidentifyError, match="check --domain and --field"):
+        pseudonym.reidentify("tax", fraud, keyring=keyring, domain="research", field="bank_account")
+    with pytest.raises(ReidentifyError, match="check --domain and --field"):
+        pseudonym.reidentify("tax", fraud, keyring=keyring, domain="fraud", field="employer_account")
+    assert pseudonym.reidentify("tax", research, keyring=keyring, domain="research", field="bank_account") == "NL91ABNA0417164300"
 
 
 def test_reidentify_refuses_another_providers_key_and_altered_tokens() -> None:
     keyring = Keyring.generate(providers=["tax", "welfare"])
-    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
     with pytest.raises(ReidentifyError, match="not a key of provider 'welfare'"):
-        pseudonym.reidentify("welfare", token, keyring=keyring)
+        pseudonym.reidentify("welfare", token, keyring=keyring, domain="fraud", field="bank_account")
     altered = token[:-2] + ("A" if token[-2] != "A" else "B") + token[-1]
     with pytest.raises(ReidentifyError, match="altered"):
-        pseudonym.reidentify("tax", altered, keyring=keyring)
+        pseudonym.reidentify("tax", altered, keyring=keyring, domain="fraud", field="bank_account")
 
 
 def test_rotation_keeps_old_tokens_reidentifiable_and_new_tokens_use_the_new_key() -> None:
     keyring = Keyring.generate(domains=["fraud"], providers=["tax"])
-    old_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring)
+    old_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring, domain="fraud", field="bank_account")
     old_pseudonym = pseudonym.token("fraud", "123456782", keyring=keyring)
     new_key = keyring.rotate("provider", "tax")
     keyring.rotate("domain", "fraud")
-    new_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring)
+    new_token = pseudonym.encrypt("tax", "secret-value", keyring=keyring, domain="fraud", field="bank_account")
     assert new_token.startswith(new_key.key_id + ".") and new_token != old_token
-    assert pseudonym.reidentify("tax", old_token, keyring=keyring) == "secret-value"
-    assert pseudonym.reidentify("tax", new_token, keyring=keyring) == "secret-value"
+    assert pseudonym.reidentify("tax", old_token, keyring=keyring, domain="fraud", field="bank_account") == "secret-value"
+    assert pseudonym.reidentify("tax", new_token, keyring=keyring, domain="fraud", field="bank_account") == "secret-value"
     assert pseudonym.token("fraud", "123456782", keyring=keyring) != old_pseudonym
     assert [info.active for info in keyring.keys() if info.owner == "tax"] == [False, True]
 
@@ -225,13 +238,14 @@ def test_cli_rotate_then_reidentify_old_token_and_log_each_use_without_the_value
     backbone("keys", "init", "--new-master-key-file", str(master_file))
     env = {"BACKBONE_MASTER_KEY_FILE": str(master_file)}
     keyring = Keyring.open(load_settings(data_dir=tmp_path / "data", master_key_file=master_file))
-    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring)
+    token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
     rotated = backbone("keys", "rotate", "--provider", "tax", **env)
     assert rotated.returncode == 0 and "older keys kept" in rotated.stdout
-    revealed = backbone("keys", "reidentify", "--provider", "tax", token, "--reason", "case 42", **env)
+    where = ("--domain", "fraud", "--field", "bank_account")
+    revealed = backbone("keys", "reidentify", "--provider", "tax", *where, token, "--reason", "case 42", **env)
     assert revealed.returncode == 0, revealed.stderr
     assert "NL91ABNA0417164300" in revealed.stdout
-    refused = backbone("keys", "reidentify", "--provider", "welfare", token, **env)
+    refused = backbone("keys", "reidentify", "--provider", "welfare", *where, token, **env)
     assert refused.returncode == 1 and "NL91ABNA0417164300" not in refused.stderr
     log = (tmp_path / "data" / "reidentify.log").read_text()
     entries = [json.loads(line) for line in log.splitlines()]

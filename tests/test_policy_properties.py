@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime
 from typing import Any
 
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 from backbone.catalog import Catalog, EventSchema, load_catalog
 from backbone.keyring import Keyring
 from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements, pseudonym
-from backbone.policy.agreements import CLEAR_PII_BASES, RELEASED_HEADER
+from backbone.policy.agreements import CLEAR_PII_BASES, RELEASED_HEADER, released_header
 from producers.synthetic.governance import PROFILES
 from backbone.policy.treatments import base_type, type_kind
 from backbone.settings import PROJECT_ROOT
@@ -100,8 +101,11 @@ def assert_released_only_what_the_agreement_allows(decision: Any, agreement: Agr
     listed = {name for name, treatment in agreement.fields.items() if treatment.name != "drop" and name in schema.fields}
     assert set(decision.record) == set(RELEASED_HEADER) | listed
     assert tuple(decision.record) == decision.released_fields
-    for name in RELEASED_HEADER:
-        assert decision.record[name] == event[name]
+    for name in released_header(agreement):
+        if name == "event_id":  # the recipient's own id for the event, never the source's
+            assert uuid.UUID(decision.record[name]) != event[name]
+        else:
+            assert decision.record[name] == event[name]
     clear = {name for name, t in agreement.fields.items() if t.name == "keep"} if agreement.identified else set()
     flat = repr(decision.record)
     for name, value in pii_values(event, schema).items():
@@ -274,10 +278,10 @@ def test_rotation_keeps_every_old_token_reidentifiable(values: list[str], rotati
     keyring = Keyring.generate(providers=["tax"])
     tokens = []
     for _ in range(rotations):
-        tokens += [(value, pseudonym.encrypt("tax", value, keyring=keyring)) for value in values]
+        tokens += [(value, pseudonym.encrypt("tax", value, keyring=keyring, domain="fraud", field="f")) for value in values]
         keyring.rotate("provider", "tax")
     for value, token in tokens:
-        assert pseudonym.reidentify("tax", token, keyring=keyring) == value
+        assert pseudonym.reidentify("tax", token, keyring=keyring, domain="fraud", field="f") == value
 
 
 @pytest.mark.parametrize("reason", REASONS)

@@ -19,6 +19,8 @@ from fastavro import parse_schema
 from backbone import agreement_changes
 from backbone.catalog import load_catalog
 from backbone.policy.agreements import RELEASED_HEADER, load_agreements
+from backbone.keyring import Keyring
+from backbone.policy import pseudonym
 from backbone.serde import Decoder, Encoder, register, registry_client
 from backbone.settings import PROJECT_ROOT, Settings
 from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
@@ -130,11 +132,16 @@ def test_recipients_receive_only_their_agreements_fields(stack: Settings, worker
     event_id = send(stack, "tax", "tax.income_declared", tax_income(subject))
     decoder = Decoder(registry_client(stack))
     topic = shared_topic("fraud", "tax.income_declared")
-    messages = read_topic(stack, topic, lambda ms: any(str(decoder(m.value()).record["event_id"]) == event_id for m in ms))
-    released = next(m for m in messages if str(decoder(m.value()).record["event_id"]) == event_id)
+    # shared records are keyed by the subject's pseudonym in the agreement's domain
+    expected_key = pseudonym.token("fraud", subject, keyring=Keyring.open(stack)).encode()
+    messages = read_topic(stack, topic, lambda ms: any(m.key() == expected_key for m in ms))
+    released = next(m for m in messages if m.key() == expected_key)
     record = decoder(released.value()).record
+    assert str(record["event_id"]) != event_id, "each recipient gets its own id for the event"
     charter = load_agreements(stack.agreements_dir, load_catalog(stack.schemas_dir))
-    agreement = charter.get(header(released, "agreement.id"), int(header(released, "agreement.version")))
+    agreement_id, version = header(released, "agreement").split("@")
+    agreement = charter.get(agreement_id, int(version))
+    assert [name for name, _ in released.headers()] == ["agreement"], "no other header leaves the processor"
     assert set(record) == set(RELEASED_HEADER) | set(agreement.released_names())
     assert "name" not in record and "governance" not in record
     assert subject not in released.value().decode("latin-1")

@@ -88,13 +88,16 @@ def test_permitted_event_is_shared_with_only_the_released_fields(
     shared = [output for output in outputs if output.topic == shared_topic("fraud", TAX)]
     assert len(shared) == 1
     headers = dict(shared[0].headers or [])
-    agreement = charter.get(headers["agreement.id"].decode(), int(headers["agreement.version"]))
+    agreement_id, version = headers["agreement"].decode().split("@")
+    agreement = charter.get(agreement_id, int(version))
     released = Decoder(schemas)(shared[0].value).record
     assert set(released) == set(RELEASED_HEADER) | set(agreement.released_names())
     assert "name" not in released and "governance" not in released
     assert released["national_id"] != record["national_id"]  # pseudonymised in the fraud domain
     assert record["bank_account"].encode() not in shared[0].value
-    assert shared[0].key == b"subject-key"
+    # keyed by the subject's pseudonym in the fraud domain, never by the raw topic key
+    assert shared[0].key == released["national_id"].encode() != b"subject-key"
+    assert list(headers) == ["agreement"]
 
 
 def test_every_decision_has_one_audit_record_without_personal_data(

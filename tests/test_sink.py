@@ -110,8 +110,8 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
                     topics.ensure(topic, partitions=2)
                     avro = engine.recipient_schema(decision.agreement_id, event_type, decision.agreement_version)
                     encoders[key] = encoder_for(registry, f"{topic}-value", avro)
-                producer.produce(topic, key=uuid.uuid4().bytes, value=encoders[key](decision.record), headers=[
-                    ("agreement.id", decision.agreement_id.encode()), ("agreement.version", str(decision.agreement_version).encode())])
+                producer.produce(topic, key=decision.key.encode() if decision.key else None, value=encoders[key](decision.record),
+                                 headers=[("agreement", f"{decision.agreement_id}@{decision.agreement_version}".encode())])
                 out.released[topic].append(decision.record)
                 for name in schema.tagged("PII"):
                     if decision.record.get(name) is not None and decision.record[name] == record.get(name):
@@ -124,6 +124,7 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
                     "decision": "permit" if decision.permitted else "deny", "reason": decision.reason,
                     "released_fields": list(decision.released_fields), "key_ids": list(decision.key_ids),
                     "subject_token": oversight(subject) if subject else None, "decided_at": NOW,
+                    "recipient_event_id": decision.record["event_id"] if decision.permitted else None,
                 }
                 producer.produce(AUDIT_TOPIC, key=record["event_id"].encode(), value=audit_encoder(row))
                 out.audit.append(row)

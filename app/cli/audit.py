@@ -26,9 +26,11 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
         found = disclosures(client, settings.clickhouse_database_prefix, token_text)
     finally:
         client.close()
-    table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", title=f"disclosures about subject {token_text}")
+    table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id",
+                  title=f"disclosures about subject {token_text}")
     for item in found:
         table.add_row(item.decided_at.strftime("%Y-%m-%d %H:%M:%S"), item.recipient, item.event_type,
-                      f"{item.agreement_id}@{item.agreement_version}", ", ".join(item.purposes), ", ".join(item.fields))
+                      f"{item.agreement_id}@{item.agreement_version}", ", ".join(item.purposes), ", ".join(item.fields),
+                      item.recipient_event_id)
     console.print(table)
     console.print(f"{len(found)} disclosures")

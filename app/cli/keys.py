@@ -101,6 +101,8 @@ def rotate(
 def reidentify(
     token: str = typer.Argument(..., help="A token made by the `encrypt` treatment, e.g. k4.AbC..."),
     provider: str = typer.Option(..., "--provider", help="Provider whose key made the token"),
+    domain: str = typer.Option(..., "--domain", help="Sharing domain the token was released to (the agreement's domain; @<recipient> without one)"),
+    field: str = typer.Option(..., "--field", help="Field the token was released as, e.g. bank_account"),
     reason: str = typer.Option(None, "--reason", help="Why (recorded in the reidentification log)"),
 ) -> None:
     """Reverse an `encrypt` token with the provider's key. Every use is logged (who, when, which key)."""
@@ -108,7 +110,7 @@ def reidentify(
     keyring = Keyring.open(settings)
     key_id = token_key_id(token)
     try:
-        value = reidentify_token(provider, token, keyring=keyring)
+        value = reidentify_token(provider, token, keyring=keyring, domain=domain, field=field)
     except ReidentifyError:
         record_reidentification(settings.data_dir, provider, key_id, "refused", reason)
         raise

@@ -38,8 +38,13 @@ from backbone.policy.treatments import TreatmentMisfit, TreatmentScope, compile_
 Status = Literal["draft", "active", "suspended", "revoked"]
 LawfulBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
 STATUSES: tuple[str, ...] = ("draft", "active", "suspended", "revoked")
-# Released to every recipient as-is, so sinks can deduplicate and order; never listed in `fields`.
+# Released to every recipient, so sinks can deduplicate and order. `event_id` is released as the
+# recipient's own id for the event (derived under its domain key); the envelope fields in
+# `ENVELOPE_TREATABLE` may be listed in `fields` with a treatment (e.g. `occurred_at: {generalise:
+# day}`), the others never are.
 RELEASED_HEADER = ("event_id", "event_type", "occurred_at", "provider")
+ENVELOPE_TREATABLE = frozenset({"occurred_at"})
+ENVELOPE_TREATMENTS = frozenset({"keep", "generalise"})
 GOVERNANCE = "governance"
 CLEAR_PII_BASES = frozenset({"legal_obligation", "public_task"})
 NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]*$"
@@ -51,6 +56,12 @@ _MACRO_VARIABLE = re.compile(r"\.\s*(?:all|exists|exists_one|map|filter)\s*\(\s*
 def compile_condition(source: str) -> Any:
     """A CEL program, compiled once per distinct condition text (programs are immutable)."""
     return cel.compile(source)
+
+
+def released_header(agreement: Agreement) -> tuple[str, ...]:
+    """The header fields released as the event carries them: all but the envelope fields the
+    agreement gives a treatment of their own."""
+    return tuple(name for name in RELEASED_HEADER if name not in agreement.fields)
 
 
 def _utc(value: Any) -> Any:
@@ -106,6 +117,9 @@ class Agreement(BaseModel):
     domain: str | None = Field(None, pattern=NAME_PATTERN)
     retention_days: int = Field(ge=1)
     identified: bool = False
+    # Fields this agreement releases exactly although a recipient in another sharing domain gets the
+    # same event with them too: a deliberate, documented link (the loader refuses it otherwise).
+    linkable_by: tuple[str, ...] = ()
     fields: dict[str, FieldTreatment]
 
     @field_validator("valid_from", "valid_until", mode="before")
@@ -128,6 +142,11 @@ class Agreement(BaseModel):
     def key(self) -> str:
         """`id@version`, how errors, the audit trail and the CLI name this agreement."""
         return f"{self.id}@{self.version}"
+
+    @property
+    def linkage_domain(self) -> str:
+        """Within what records may link: the sharing domain, else the recipient alone."""
+        return self.domain or f"@{self.recipient}"
 
     @property
     def program(self) -> Any:
@@ -214,6 +233,7 @@ class Charter:
         for agreement in self.agreements:
             found.extend(check_agreement(agreement, self.catalog, self.source(agreement)))
         found.extend(_overlaps(self))
+        found.extend(_links(self))
         return found
 
     def raise_problems(self) -> None:
@@ -254,12 +274,14 @@ def check_agreement(agreement: Agreement, catalog: Catalog, source: str) -> list
 
 
 def _check_field(agreement: Agreement, where: str, name: str, treatment: FieldTreatment, schemas: list[EventSchema]) -> list[str]:
-    if name in RELEASED_HEADER:
-        return [f"{where}: field {name} is a header field, always released as-is; remove it from fields"]
+    if name in RELEASED_HEADER and name not in ENVELOPE_TREATABLE:
+        return [f"{where}: field {name} is a header field, always released; remove it from fields"]
+    if name in ENVELOPE_TREATABLE and treatment.name not in ENVELOPE_TREATMENTS:
+        return [f"{where}: field {name} is an envelope field: keep it or generalise it (e.g. {{generalise: day}}); it cannot be {treatment.name}"]
     if name == GOVERNANCE:
         return [f"{where}: field governance is never released (the agreement's purposes stand for it); remove it from fields"]
     problems = []
-    scope = TreatmentScope(agreement.domain, agreement.provider, None)
+    scope = TreatmentScope(agreement.domain, agreement.provider, None, agreement.recipient)
     for schema in schemas:
         info = schema.fields.get(name)
         if info is None:
@@ -296,6 +318,16 @@ def _check_condition(agreement: Agreement, where: str, schemas: list[EventSchema
         unknown = [name for name in program.variables() if name not in schema.fields and name not in bound]
         for name in unknown:
             problems.append(f"{where}: field {name} named in the condition is not a field of {schema.event_type}")
+        if agreement.identified:
+            continue
+        # Selecting on a value the recipient does not receive discloses it bit by bit.
+        for name in program.variables():
+            info = schema.fields.get(name)
+            if info is not None and "PII" in info.tags:
+                problems.append(
+                    f"{where}: field {name} is PII and the condition selects on it ({schema.event_type}); conditions may read"
+                    " only fields not tagged PII unless the agreement is identified: true"
+                )
     return problems
 
 
@@ -320,6 +352,49 @@ def _overlaps(charter: Charter) -> list[str]:
                     f"{where}: field event_types: {', '.join(shared)} to {second.recipient} is already shared by active agreement"
                     f" {other} in an overlapping period; one agreement per provider, recipient and event type at a time"
                 )
+    return problems
+
+
+def exact_links(agreement: Agreement, schema: EventSchema) -> set[str]:
+    """Fields `agreement` releases for `schema` exactly enough to join records on across domains:
+    the event time kept to the millisecond, and personal fields (PII, QUASI_ID) kept or masked."""
+    linking = set()
+    occurred = agreement.fields.get("occurred_at")
+    if occurred is None or occurred.name == "keep":
+        linking.add("occurred_at")
+    for name, treatment in agreement.fields.items():
+        info = schema.fields.get(name)
+        if info is not None and treatment.name in {"keep", "mask"} and info.tags & {"PII", "QUASI_ID"}:
+            linking.add(name)
+    return linking
+
+
+def _links(charter: Charter) -> list[str]:
+    """Two agreements of different sharing domains that could apply together (neither revoked,
+    periods overlapping) must not both release the same event with the same exact linking field,
+    unless each names it in `linkable_by`."""
+    live = sorted((a for a in charter.agreements if a.status != "revoked"), key=lambda a: (a.id, a.version))
+    problems = []
+    for index, first in enumerate(live):
+        for second in live[index + 1:]:
+            if first.provider != second.provider or first.linkage_domain == second.linkage_domain:
+                continue
+            if not _periods_overlap(first, second):
+                continue
+            for event_type in (t for t in second.event_types if t in first.event_types):
+                schema = charter.catalog.events.get(event_type)
+                if schema is None:
+                    continue
+                for name in sorted(exact_links(first, schema) & exact_links(second, schema)):
+                    for agreement, other in ((second, first), (first, second)):
+                        if name in agreement.linkable_by:
+                            continue
+                        fix = "{generalise: day}" if name == "occurred_at" else "pseudonymise, generalise or drop"
+                        problems.append(
+                            f"{_where(agreement, charter.source(agreement))}: field {name}: released exactly for {event_type} while"
+                            f" {other.key} (domain {other.linkage_domain}) releases it exactly too, so their records link;"
+                            f" {fix} it in one of them, or state linkable_by: [{name}] in both on purpose"
+                        )
     return problems
 
 

@@ -36,9 +36,9 @@ from typing import Any, Literal, Protocol
 
 from backbone.catalog import EventSchema
 from backbone.errors import AgreementError
-from backbone.keyring import Keyring
-from backbone.policy.agreements import RELEASED_HEADER, Agreement, Charter, Status, parse_agreement
-from backbone.policy.pseudonym import encrypt_function, token_function
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.policy.agreements import Agreement, Charter, Status, parse_agreement, released_header
+from backbone.policy.pseudonym import encrypt_function, event_id_function, token_function
 from backbone.policy.released import field_entry, header_entries, record_schema
 from backbone.policy.treatments import TreatmentScope, base_type, compile_treatment, type_kind
 
@@ -73,6 +73,10 @@ class Decision:
     released_fields: tuple[str, ...]
     purposes: tuple[str, ...]
     key_ids: tuple[str, ...]
+    # On permit: the Kafka key of the released record, the subject's pseudonym in the agreement's
+    # sharing domain (None when the agreement has no domain or the event no subject). Never the
+    # raw topic key, which every producer can recompute.
+    key: str | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,10 +125,20 @@ class KeyringKeys:
             self._made[("domain", domain)] = token_function(self.keyring, domain)
         return self._made[("domain", domain)]
 
-    def encryptor(self, provider: str) -> tuple[Callable[[Any], str], str]:
-        if ("provider", provider) not in self._made:
-            self._made[("provider", provider)] = encrypt_function(self.keyring, provider)
-        return self._made[("provider", provider)]
+    def event_ids(self, agreement: Agreement) -> Callable[[Any], str]:
+        """Source event id -> the recipient's event id under `agreement` (its domain's key; the
+        oversight key, recipient-bound, for an agreement without a domain)."""
+        domain = agreement.domain or OVERSIGHT_DOMAIN
+        made = ("event-id", f"{domain}\x00{agreement.recipient}")
+        if made not in self._made:
+            self._made[made] = (event_id_function(self.keyring, domain, agreement.recipient), "")
+        return self._made[made][0]
+
+    def encryptor(self, provider: str, domain: str, field: str) -> tuple[Callable[[Any], str], str]:
+        made = ("provider", f"{provider}\x00{domain}\x00{field}")
+        if made not in self._made:
+            self._made[made] = encrypt_function(self.keyring, provider, domain, field)
+        return self._made[made]
 
 
 Decide = Callable[[dict, ConsentState, datetime], Decision]
@@ -149,10 +163,10 @@ def _cel_value(kind: str) -> Callable[[Any], Any] | None:
 
 
 def _compile_release(agreement: Agreement, schema: EventSchema, keys: KeyringKeys) -> _Release:
-    scope = TreatmentScope(agreement.domain, agreement.provider, keys)
+    scope = TreatmentScope(agreement.domain, agreement.provider, keys, agreement.recipient)
     plan: list[tuple[str, Callable[[Any], Any] | None]] = []
     key_ids: list[str] = []
-    schema_fields: list[dict[str, Any]] = header_entries(schema)
+    schema_fields: list[dict[str, Any]] = header_entries(agreement, schema)
     for name, info in schema.fields.items():  # schema order: stable record and schema layout
         treatment = agreement.fields.get(name)
         if treatment is None:
@@ -164,7 +178,7 @@ def _compile_release(agreement: Agreement, schema: EventSchema, keys: KeyringKey
         if compiled.key_id and compiled.key_id not in key_ids:
             key_ids.append(compiled.key_id)
         schema_fields.append(field_entry(name, info, treatment.name, compiled))
-    released = RELEASED_HEADER + tuple(name for name, _ in plan)
+    released = released_header(agreement) + tuple(name for name, _ in plan)
     return _Release(agreement, tuple(plan), released, tuple(key_ids), tuple(schema_fields))
 
 
@@ -174,7 +188,7 @@ def _deny(recipient: str, agreement: Agreement | None, reason: str) -> Decision:
     return Decision(recipient, agreement.id, agreement.version, False, reason, None, (), agreement.purposes, ())
 
 
-def _compile_agreement(recipient: str, release: _Release, schema: EventSchema) -> Decide:
+def _compile_agreement(recipient: str, release: _Release, schema: EventSchema, keys: KeyringKeys) -> Decide:
     """The checks after "is an agreement in force", as one closure for one event type."""
     agreement = release.agreement
     agreement_id, version = agreement.id, agreement.version
@@ -187,7 +201,10 @@ def _compile_agreement(recipient: str, release: _Release, schema: EventSchema) -
         (name, _cel_value(type_kind(base_type(schema.fields[name])))) for name in (program.variables() if program else ())
         if name in schema.fields
     )
-    header = RELEASED_HEADER
+    # event_id becomes the recipient's own id; the rest of the header as the event carries it
+    header = tuple(name for name in released_header(agreement) if name != "event_id")
+    event_id_of = keys.event_ids(agreement)
+    key_of = keys.pseudonymiser(agreement.domain)[0] if agreement.domain and subject_field else None
     plan = release.plan
     released_fields = release.released_fields
     key_ids = release.key_ids
@@ -229,13 +246,17 @@ def _compile_agreement(recipient: str, release: _Release, schema: EventSchema) -
                 }
                 if program.execute(context) is not True:
                     return condition_denied
-            record = {name: event[name] for name in header}
+            record = {"event_id": event_id_of(event["event_id"])}
+            for name in header:
+                record[name] = event[name]
             for name, apply in plan:
                 value = event[name]
                 record[name] = value if apply is None or value is None else apply(value)
+            subject = event[subject_field] if key_of is not None else None
+            key = key_of(subject) if subject else None
         except Exception:  # noqa: BLE001 - fail closed, documented as condition_false
             return condition_denied
-        return Decision(recipient, agreement_id, version, True, None, record, released_fields, purposes, key_ids)
+        return Decision(recipient, agreement_id, version, True, None, record, released_fields, purposes, key_ids, key)
 
     return decide
 
@@ -252,7 +273,7 @@ def _compile_recipient(recipient: str, covering: list[Agreement], schema: EventS
         release = _compile_release(agreement, schema, keys)
         releases[agreement.key] = release
         if agreement.status == "active":
-            windows.append((agreement.valid_from, agreement.valid_until, _compile_agreement(recipient, release, schema)))
+            windows.append((agreement.valid_from, agreement.valid_until, _compile_agreement(recipient, release, schema, keys)))
     windows_in_force = tuple(windows)
 
     def decide(event: dict, consent: ConsentState, now: datetime) -> Decision:

@@ -3,8 +3,14 @@
 - `token(domain, value)`: HMAC-SHA256 under the sharing domain's key, truncated to 128 bits,
   base64url, prefixed with the key id: `k3.q1Zx...`. Deterministic inside a domain (recipients in
   one domain can join on it) and unlinkable across domains (each domain has its own random key).
-- `encrypt(provider, value)`: AES-SIV under the provider's key, deterministic, prefixed with the key
-  id; only `reidentify` with that provider's key reverses it.
+- `encrypt(provider, value, domain=, field=)`: AES-SIV under the provider's key, deterministic,
+  prefixed with the key id, with the provider, the sharing domain and the field name as associated
+  data: one value encrypts differently per domain and per field, so ciphertexts never link
+  recipients of different domains. Only `reidentify` with that provider's key and the same domain
+  and field reverses it.
+- `event_id_function(keyring, domain, recipient)`: the recipient's own event id for a source event,
+  a UUID made by HMAC under the domain key: deterministic (sinks deduplicate replays), unlinkable
+  across domains and recipients.
 
 The `*_function` factories return closures over the key for the hot path (no look-ups per call).
 """
@@ -14,6 +20,7 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import uuid
 from collections.abc import Callable
 from typing import Any
 
@@ -60,12 +67,17 @@ def token_function(keyring: Keyring, domain: str) -> tuple[Callable[[Any], str],
     return pseudonymise, key_id
 
 
-def encrypt_function(keyring: Keyring, provider: str) -> tuple[Callable[[Any], str], str]:
-    """(function value -> reversible token, key id) for `provider`'s active key."""
+def _associated(provider: str, domain: str, field: str, key_id: str) -> list[bytes]:
+    return [provider.encode(), domain.encode(), field.encode(), key_id.encode()]
+
+
+def encrypt_function(keyring: Keyring, provider: str, domain: str, field: str) -> tuple[Callable[[Any], str], str]:
+    """(function value -> reversible token, key id) for `provider`'s active key, bound to the
+    sharing `domain` and the `field` (AES-SIV associated data)."""
     key_id, key = keyring.active_key("provider", provider)
     cipher = AESSIV(key)
     prefix = f"{key_id}."
-    associated = [provider.encode(), key_id.encode()]
+    associated = _associated(provider, domain, field, key_id)
 
     def encrypt(value: Any) -> str:
         sealed = cipher.encrypt(_text(value).encode(), associated)
@@ -74,14 +86,38 @@ def encrypt_function(keyring: Keyring, provider: str) -> tuple[Callable[[Any], s
     return encrypt, key_id
 
 
+def event_id_function(keyring: Keyring, domain: str, recipient: str) -> Callable[[Any], str]:
+    """Source event id -> the recipient's event id (a version-4-shaped UUID string), by HMAC-SHA256
+    under `domain`'s key with the recipient and a label mixed in, so it never equals a pseudonym."""
+    _, key = keyring.active_key("domain", domain)
+    label = f"event-id\x00{domain}\x00{recipient}\x00".encode()
+    block = key.ljust(64, b"\x00") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\x00")
+    inner = hashlib.sha256(block.translate(_IPAD))
+    inner.update(label)
+    outer = hashlib.sha256(block.translate(_OPAD))
+    copy_inner, copy_outer = inner.copy, outer.copy
+
+    def event_id(source: Any) -> str:
+        state = copy_inner()
+        state.update(_text(source).encode())
+        mac = copy_outer()
+        mac.update(state.digest())
+        raw = bytearray(mac.digest()[:16])
+        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout: a valid UUID, though not random
+        raw[8] = (raw[8] & 0x3F) | 0x80
+        return str(uuid.UUID(bytes=bytes(raw)))
+
+    return event_id
+
+
 def token(domain: str, value: Any, *, keyring: Keyring) -> str:
     """The pseudonym of `value` in sharing domain `domain`."""
     return token_function(keyring, domain)[0](value)
 
 
-def encrypt(provider: str, value: Any, *, keyring: Keyring) -> str:
-    """A deterministic, reversible token of `value` under `provider`'s key."""
-    return encrypt_function(keyring, provider)[0](value)
+def encrypt(provider: str, value: Any, *, keyring: Keyring, domain: str, field: str) -> str:
+    """A deterministic, reversible token of `value` under `provider`'s key, for `field` in `domain`."""
+    return encrypt_function(keyring, provider, domain, field)[0](value)
 
 
 def token_key_id(token_text: str) -> str:
@@ -92,10 +128,11 @@ def token_key_id(token_text: str) -> str:
     return key_id
 
 
-def reidentify(provider: str, token_text: str, *, keyring: Keyring) -> str:
-    """The value an `encrypt` token stands for; needs the provider's key that made it.
+def reidentify(provider: str, token_text: str, *, keyring: Keyring, domain: str, field: str) -> str:
+    """The value an `encrypt` token stands for; needs the provider's key that made it and the
+    sharing domain and field it was released under.
 
-    Errors name the key id and provider only, never the token's content.
+    Errors name the key id, provider, domain and field only, never the token's content.
     """
     key_id = token_key_id(token_text)
     try:
@@ -105,7 +142,10 @@ def reidentify(provider: str, token_text: str, *, keyring: Keyring) -> str:
     body = token_text.split(".", 1)[1]
     try:
         sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        plain = AESSIV(key).decrypt(sealed, [provider.encode(), key_id.encode()])
+        plain = AESSIV(key).decrypt(sealed, _associated(provider, domain, field, key_id))
         return plain.decode()
     except (InvalidTag, binascii.Error, ValueError, UnicodeDecodeError):
-        raise ReidentifyError(f"token does not decrypt under key {key_id} of provider {provider!r}: altered or not an encrypt token") from None
+        raise ReidentifyError(
+            f"token does not decrypt under key {key_id} of provider {provider!r} for field {field!r} in domain {domain!r}: "
+            "check --domain and --field, or the token was altered or is not an encrypt token"
+        ) from None

@@ -9,14 +9,16 @@ import copy
 from typing import Any
 
 from backbone.catalog import EventSchema, FieldInfo
-from backbone.policy.agreements import RELEASED_HEADER, Agreement
+from backbone.policy.agreements import Agreement, released_header
 from backbone.policy.treatments import CompiledTreatment, TreatmentScope, compile_treatment
 
 
-def header_entries(schema: EventSchema) -> list[dict[str, Any]]:
-    """The header fields every released record carries, as the event schema declares them."""
+def header_entries(agreement: Agreement, schema: EventSchema) -> list[dict[str, Any]]:
+    """The header fields every released record carries, as the event schema declares them (but
+    envelope fields the agreement treats, like `occurred_at`, which come with the payload). The
+    `event_id` is the recipient's own id for the event (derived per recipient), of the same type."""
     by_name = {entry["name"]: entry for entry in schema.avro["fields"]}
-    return [copy.deepcopy(by_name[name]) for name in RELEASED_HEADER]
+    return [copy.deepcopy(by_name[name]) for name in released_header(agreement)]
 
 
 def field_entry(name: str, info: FieldInfo, treatment: str, compiled: CompiledTreatment) -> dict[str, Any]:
@@ -45,8 +47,8 @@ def record_schema(agreement: Agreement, schema: EventSchema, fields: list[dict[s
 
 def released_schema(agreement: Agreement, schema: EventSchema) -> dict[str, Any]:
     """Avro schema of the records `agreement` releases for `schema`'s event type (no keys needed)."""
-    scope = TreatmentScope(agreement.domain, agreement.provider, None)
-    fields = header_entries(schema)
+    scope = TreatmentScope(agreement.domain, agreement.provider, None, agreement.recipient)
+    fields = header_entries(agreement, schema)
     for name, info in schema.fields.items():  # schema order: the engine's record layout
         treatment = agreement.fields.get(name)
         if treatment is None:

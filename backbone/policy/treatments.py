@@ -8,6 +8,7 @@ Adding a treatment is one factory and one `TREATMENTS` entry.
     national_id: pseudonymise              # HMAC-SHA256 under the domain key -> "k3.q1Zx..."
     bank_account: encrypt                  # AES-SIV under the provider key, reversible by the provider
     date_of_birth: {generalise: year}      # date -> 1984 (int); `month` -> "1984-07"
+    occurred_at: {generalise: day}         # timestamp -> midnight UTC of its day (`hour`: its hour)
     postcode: {generalise: {prefix: 4}}    # string -> first 4 characters
     monthly_amount: {generalise: {bands: [0, 500, 1000]}}   # number -> "<0", "0-500", "500-1000", ">=1000"
     iban: {mask: 4}                        # keep the last 4 characters, "*" for the rest
@@ -33,12 +34,13 @@ class KeySource(Protocol):
     """Where `pseudonymise` and `encrypt` get their keyed functions (the engine's keyring)."""
 
     def pseudonymiser(self, domain: str) -> tuple[Callable[[Any], str], str]: ...
-    def encryptor(self, provider: str) -> tuple[Callable[[Any], str], str]: ...
+    def encryptor(self, provider: str, domain: str, field: str) -> tuple[Callable[[Any], str], str]: ...
 
 
 @dataclass(slots=True, frozen=True)
 class TreatmentScope:
-    """What a factory may use besides the field: the agreement's domain and provider, and keys.
+    """What a factory may use besides the field: the agreement's domain, provider and recipient,
+    and keys.
 
     `keys` is None when the loader only validates an agreement (no key is needed to check fit).
     """
@@ -46,6 +48,12 @@ class TreatmentScope:
     domain: str | None
     provider: str
     keys: KeySource | None = None
+    recipient: str = ""
+
+    @property
+    def binding(self) -> str:
+        """What encryption binds a token to: the sharing domain, else the recipient itself."""
+        return self.domain or f"@{self.recipient}"
 
 
 @dataclass(slots=True, frozen=True)
@@ -126,15 +134,24 @@ def pseudonymise(params: Any, field: FieldInfo, scope: TreatmentScope) -> Compil
 def encrypt(params: Any, field: FieldInfo, scope: TreatmentScope) -> CompiledTreatment:
     _no_params("encrypt", params)
     _require_kind("encrypt", field, IDENTIFIER_KINDS, "a string, enum or integer field")
-    description = f"AES-SIV token under the {scope.provider} provider key (reversible by {scope.provider} only)"
+    description = (f"AES-SIV token under the {scope.provider} provider key, bound to {scope.binding} and the field "
+                   f"(reversible by {scope.provider} only)")
     if scope.keys is None:
         return CompiledTreatment(None, "string", description=description)
-    function, key_id = scope.keys.encryptor(scope.provider)
+    function, key_id = scope.keys.encryptor(scope.provider, scope.binding, field.name)
     return CompiledTreatment(function, "string", key_id=key_id, description=description)
 
 
 def _to_year(value: Any) -> int:
     return value.year
+
+
+def _to_day(value: Any) -> Any:
+    return value.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _to_hour(value: Any) -> Any:
+    return value.replace(minute=0, second=0, microsecond=0)
 
 
 def _to_month(value: Any) -> str:
@@ -165,9 +182,14 @@ def _prefix_function(length: int) -> Callable[[Any], str]:
 
 
 def generalise(params: Any, field: FieldInfo, scope: TreatmentScope) -> CompiledTreatment:
-    """`year` / `month` (dates, timestamps), `{prefix: N}` (strings), `{bands: [edges]}` (numbers)."""
+    """`year` / `month` (dates, timestamps), `day` / `hour` (timestamps, kept as timestamps),
+    `{prefix: N}` (strings), `{bands: [edges]}` (numbers)."""
     if isinstance(params, dict) and set(params) == {"to"}:
         params = params["to"]
+    if params in ("day", "hour"):
+        _require_kind(f"generalise to the {params}", field, frozenset({"timestamp"}), "a timestamp field")
+        function = _to_day if params == "day" else _to_hour
+        return CompiledTreatment(function, copy.deepcopy(base_type(field)), description=f"truncated to the {params} (UTC)")
     if params in ("year", "month"):
         _require_kind(f"generalise to {params}", field, frozenset({"date", "timestamp"}), "a date or timestamp field")
         if params == "year":
@@ -191,7 +213,7 @@ def generalise(params: Any, field: FieldInfo, scope: TreatmentScope) -> Compiled
         _require_kind("generalise to bands", field, NUMBER_KINDS, "a number field")
         return CompiledTreatment(_band_function(edges), "string", description=f"band between edges {edges}")
     raise TreatmentMisfit(
-        "generalise takes `year`, `month`, {prefix: N} or {bands: [edges]}, e.g. {generalise: year}"
+        "generalise takes `year`, `month`, `day`, `hour`, {prefix: N} or {bands: [edges]}, e.g. {generalise: year}"
     )
 
 

@@ -1,0 +1,176 @@
+"""Unlinkable across sharing domains, tried as a curious recipient would on a real run: the demo's
+mix of agency events goes through a real processor worker on the embedded broker and registry, and
+the sinks land it in chDB. Then, for every pair of recipients in different sharing domains, nothing
+they received is in common: no Kafka key, no header value, no event id; no shared key is a raw
+topic key; and no column of one recipient's table joins the other's on a small cell.
+
+Small-cell threshold: a value both recipients hold in a column of the same table must stand in at
+least `MIN_CELL` rows on each side (k-anonymity with k = 5), so a join on it cannot single out a
+record; the released quasi-identifiers together are held to the same threshold.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections import Counter, defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from itertools import combinations
+
+import pytest
+from backbone.catalog import CONSENT_EVENT, load_catalog
+from backbone.clickhouse import make_client
+from backbone.policy.agreements import Charter, load_agreements
+from backbone.serde import Decoder, registry_client
+from backbone.settings import Settings
+from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
+from consumers import ddl
+from consumers.sink import sinks_for
+from consumers.typemap import quote_identifier
+from producers import AgencyProducer, ConsentPublisher
+from producers.synthetic import SyntheticStream
+from tests.pipeline import Worker, private_stack, read_topic
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MIN_CELL = 5
+CONSTANT_COLUMNS = {"event_type", "provider", ddl.LANDED_AT}
+
+
+@dataclass
+class Received:
+    """What one recipient got on its shared topics."""
+
+    keys: set[bytes] = field(default_factory=set)
+    header_values: set[bytes] = field(default_factory=set)
+    event_ids: set[str] = field(default_factory=set)
+    records: int = 0
+
+
+@dataclass
+class Run:
+    settings: Settings
+    charter: Charter
+    received: dict[str, Received]
+    raw_keys: set[bytes]
+    raw_event_ids: set[str]
+
+
+def send_demo_mix(settings: Settings, events: int) -> tuple[int, set[str]]:
+    """The demo's events for every agency (consent included); returns (raw events sent, their ids)."""
+    catalog = load_catalog(settings.schemas_dir)
+    producers: dict[str, AgencyProducer] = {}
+    sent: set[str] = set()
+    try:
+        for event_type, record in SyntheticStream(seed=11, population=400, events=events):
+            agency = record["provider"]
+            if agency not in producers:
+                producers[agency] = ConsentPublisher(settings, catalog) if event_type == CONSENT_EVENT else AgencyProducer(agency, settings, catalog)
+            event_id = producers[agency].send(event_type, record)
+            if event_type != CONSENT_EVENT:
+                sent.add(event_id)
+    finally:
+        for producer in producers.values():
+            producer.close()
+    return len(sent), sent
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterator[Run]:
+    with private_stack(tmp_path_factory.mktemp("linkage"), partitions=3) as base:
+        settings = base.model_copy(update={
+            "clickhouse_dsn": clickhouse_dsn, "clickhouse_database_prefix": f"l{uuid.uuid4().hex[:8]}_",
+            "sink_batch_rows": 5000, "sink_batch_seconds": 0.3,
+        })
+        charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+        worker = Worker(settings, "logs/linkage").start()
+        try:
+            count, sent = send_demo_mix(settings, events=8000)
+            decoder = Decoder(registry_client(settings))
+            audit = read_topic(settings, AUDIT_TOPIC, lambda ms: len({str(decoder(m.value()).record["event_id"]) for m in ms}) >= count,
+                               timeout=180)
+            assert len({str(decoder(m.value()).record["event_id"]) for m in audit}) == count, "every event decided"
+        finally:
+            worker.stop()
+        received: dict[str, Received] = defaultdict(Received)
+        for agreement in charter.agreements:
+            for event_type in agreement.event_types:
+                topic = shared_topic(agreement.recipient, event_type)
+                for message in read_topic(settings, topic, lambda ms: False, timeout=3):
+                    mine = received[agreement.recipient]
+                    if message.key() is not None:
+                        mine.keys.add(message.key())
+                    mine.header_values.update(value for _, value in message.headers() or [])
+                    mine.event_ids.add(str(decoder(message.value()).record["event_id"]))
+                    mine.records += 1
+        raw_keys = {m.key() for t in charter.catalog.raw_event_types for m in read_topic(settings, raw_topic(t), lambda ms: False, timeout=3)}
+        sinks = sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False)
+        for each in sinks:
+            each.run_until_idle(idle_s=1.5, timeout_s=120)
+            each.close()
+        yield Run(settings, charter, dict(received), raw_keys - {None}, sent)
+
+
+def domains_of(charter: Charter) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = defaultdict(set)
+    for agreement in charter.agreements:
+        found[agreement.recipient].add(agreement.linkage_domain)
+    return found
+
+
+def cross_domain_pairs(charter: Charter, received: dict[str, Received]) -> list[tuple[str, str]]:
+    domains = domains_of(charter)
+    return [(a, b) for a, b in combinations(sorted(received), 2) if not domains[a] & domains[b]]
+
+
+def test_the_run_shares_with_recipients_of_several_domains(run: Run) -> None:
+    assert {r for r, got in run.received.items() if got.records} >= {"fraud", "research", "welfare", "statistics"}
+    assert len(cross_domain_pairs(run.charter, run.received)) >= 5
+
+
+def test_no_key_header_value_or_event_id_is_common_to_two_domains(run: Run) -> None:
+    for first, second in cross_domain_pairs(run.charter, run.received):
+        a, b = run.received[first], run.received[second]
+        assert not a.keys & b.keys, f"{first} and {second} share Kafka keys"
+        assert not a.header_values & b.header_values, f"{first} and {second} share header values"
+        assert not a.event_ids & b.event_ids, f"{first} and {second} share event ids"
+
+
+def test_no_shared_key_is_a_raw_key_and_no_event_id_is_the_source_id(run: Run) -> None:
+    assert run.raw_keys and run.raw_event_ids
+    for recipient, got in run.received.items():
+        assert not got.keys & run.raw_keys, f"{recipient} received raw topic keys (every producer can recompute them)"
+        assert not got.event_ids & run.raw_event_ids, f"{recipient} received source event ids"
+
+
+def _value_counts(client, database: str, table: str, columns: list[str]) -> Counter:  # noqa: ANN001
+    expression = ", ".join(f"toString({quote_identifier(c)})" for c in columns)
+    result = client.query(f"SELECT tuple({expression}) AS v, count() FROM {ddl.qualified(database, table)} FINAL GROUP BY v")
+    return Counter({tuple(value): int(n) for value, n in result.result_rows})
+
+
+def test_no_column_joins_two_domains_on_a_small_cell(run: Run, clickhouse_client) -> None:  # noqa: ANN001
+    prefix = run.settings.clickhouse_database_prefix
+    catalog = run.charter.catalog
+    compared = 0
+    for first, second in cross_domain_pairs(run.charter, run.received):
+        databases = ddl.database_name(prefix, first), ddl.database_name(prefix, second)
+        tables = [set(r[0] for r in clickhouse_client.query(
+            "SELECT name FROM system.tables WHERE database = {d:String} AND engine LIKE '%MergeTree'", parameters={"d": d}).result_rows)
+            for d in databases]
+        for table in sorted(tables[0] & tables[1]):
+            columns = [{r[0] for r in clickhouse_client.query(
+                "SELECT name FROM system.columns WHERE database = {d:String} AND table = {t:String}",
+                parameters={"d": d, "t": table}).result_rows} for d in databases]
+            common = sorted((columns[0] & columns[1]) - CONSTANT_COLUMNS)
+            event_type = next(t for t in catalog.events if ddl.table_name(t) == table)
+            quasi = [c for c in common if catalog.events[event_type].fields.get(c) and "QUASI_ID" in catalog.events[event_type].fields[c].tags]
+            for group in [[c] for c in common] + ([quasi] if len(quasi) > 1 else []):
+                counts = [_value_counts(clickhouse_client, d, table, group) for d in databases]
+                if not (counts[0] and counts[1]):
+                    continue  # a table planned for an agreement not in force holds no rows to join
+                small = {v: (counts[0][v], counts[1][v]) for v in counts[0].keys() & counts[1].keys()
+                         if min(counts[0][v], counts[1][v]) < MIN_CELL}
+                assert not small, f"{first}.{table} joins {second}.{table} on {group} in cells smaller than {MIN_CELL}: {len(small)} values"
+                compared += 1
+    assert compared >= 5, "the run compared the recipients' tables column by column"
