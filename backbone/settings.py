@@ -78,6 +78,9 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as key=value text or one JSON object each")
+    # Who is acting, as the deployment knows them (an operator's or oversight officer's account):
+    # recorded with every control-plane action. Set by configuration, never taken from $USER.
+    identity: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,127}$", description="Identity recorded with operator actions")
 
     @field_validator("kafka_bootstrap")
     @classmethod
