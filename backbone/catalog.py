@@ -25,6 +25,7 @@ CONSENT_EVENT = "consent.changed"
 # The backbone's own record schemas (`schemas/<name>.avsc`), beside the event schemas.
 AUDIT_DECISION = "backbone.AuditDecision"
 FRAUD_ALERT = "backbone.FraudAlert"
+OPERATOR_ACTION = "backbone.OperatorAction"
 TAGS_KEY = "confluent:tags"
 PERSONAL_TAGS = frozenset({"PII", "QUASI_ID", "SENSITIVE"})
 HEADER_FIELDS = ("event_id", "event_type", "occurred_at", "provider", "governance")

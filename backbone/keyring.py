@@ -294,10 +294,12 @@ def _unwrap(aead: AESGCM, text: str, associated: bytes) -> _Secret:
     return _Secret(aead.decrypt(raw[:12], raw[12:], associated))
 
 
-def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome: str, reason: str | None = None) -> Path:
-    """Append one line to `<data dir>/reidentify.log`: when, which provider key, who, outcome.
+def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome: str, reason: str, actor: str,
+                            token_sha256: str) -> Path:
+    """Append one line to `<data dir>/reidentify.log`: when, which provider key, who (the configured
+    identity), why, the outcome and the token's SHA-256.
 
-    Never the token or the value: the log says that someone looked, not what they saw.
+    Never the token or the value: the log says that someone looked and at what, not what they saw.
     """
     path = Path(data_dir) / "reidentify.log"
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -305,11 +307,11 @@ def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome:
         "time": datetime.now(UTC).isoformat(),
         "provider": provider,
         "key_id": key_id,
-        "user": os.environ.get("USER") or os.environ.get("LOGNAME") or "unknown",
+        "user": actor,
         "outcome": outcome,
+        "reason": reason,
+        "token_sha256": token_sha256,
     }
-    if reason:
-        entry["reason"] = reason
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(fd, "a") as handle:
         handle.write(json.dumps(entry) + "\n")

@@ -15,6 +15,7 @@ from backbone.settings import Settings
 CONSENT_TOPIC = "consent.changes"
 AGREEMENTS_TOPIC = "agreements.changes"
 AUDIT_TOPIC = "audit.decisions"
+OPERATIONS_TOPIC = "audit.operations"
 ALERTS_TOPIC = "alerts.fraud"
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."

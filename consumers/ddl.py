@@ -14,6 +14,7 @@ from consumers.typemap import Column, quote_identifier
 
 AUDIT_DATABASE = "audit"
 AUDIT_TABLE = "decisions"
+OPERATIONS_TABLE = "operations"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
 ROLE_PREFIX = "backbone_"

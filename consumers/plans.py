@@ -11,16 +11,17 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbone.catalog import AUDIT_DECISION, Catalog, load_catalog
+from backbone.catalog import AUDIT_DECISION, OPERATOR_ACTION, Catalog, load_catalog
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, shared_event_type, shared_pattern
+from backbone.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, shared_event_type, shared_pattern
 from consumers import ddl
 from consumers.typemap import Column, merge_columns, table_columns
 
 SINK_GROUP_PREFIX = "backbone-sink-"
 AUDIT_SINK = "audit"
+OPERATIONS_SINK = "audit-operations"
 
 
 @dataclass(slots=True, frozen=True)
@@ -93,6 +94,21 @@ def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
         name=AUDIT_SINK,
         group_id=group_id(settings, AUDIT_SINK),
         subscription=AUDIT_TOPIC,
+        route=lambda topic: destination,
+        databases=(database,),
+        tables={destination: table_columns(schema)},
+    )
+
+
+def operations_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
+    """`audit.operations` (operator actions) into `<prefix>audit.operations`, one row per action."""
+    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(OPERATOR_ACTION)
+    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
+    destination = Destination(database, ddl.OPERATIONS_TABLE, ("action_id",), None)
+    return SinkPlan(
+        name=OPERATIONS_SINK,
+        group_id=group_id(settings, OPERATIONS_SINK),
+        subscription=OPERATIONS_TOPIC,
         route=lambda topic: destination,
         databases=(database,),
         tables={destination: table_columns(schema)},

@@ -4,6 +4,7 @@ without breaking old tokens, reidentification only with the provider's key and a
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import stat
@@ -14,11 +15,15 @@ from pathlib import Path
 import pytest
 
 from app.cli import main
+from app.local import worker_environment
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
 from backbone.policy import pseudonym
-from backbone.settings import get_settings, load_settings
+from backbone.serde import Decoder, registry_client
+from backbone.settings import Settings, get_settings, load_settings
+from backbone.topics import OPERATIONS_TOPIC
 from tests.keys import AutoKeyring
+from tests.pipeline import read_topic
 
 
 @pytest.fixture
@@ -233,25 +238,49 @@ def test_cli_wrong_master_key_stops_with_one_clear_line(tmp_path: Path, backbone
     assert "does not open keyring" in wrong.stderr and "Traceback" not in wrong.stderr
 
 
-def test_cli_rotate_then_reidentify_old_token_and_log_each_use_without_the_value(tmp_path: Path, backbone) -> None:  # noqa: ANN001
+@pytest.mark.integration
+def test_cli_reidentify_records_who_why_and_which_token_in_the_audit_trail_and_never_the_value(
+    tmp_path: Path, backbone, registry_settings: Settings  # noqa: ANN001
+) -> None:
     master_file = tmp_path / "master.key"
     backbone("keys", "init", "--new-master-key-file", str(master_file))
-    env = {"BACKBONE_MASTER_KEY_FILE": str(master_file)}
+    stack = {k: v for k, v in worker_environment(registry_settings).items() if k.startswith("BACKBONE_") and k not in
+             {"BACKBONE_DATA_DIR", "BACKBONE_MASTER_KEY", "BACKBONE_MASTER_KEY_FILE", "BACKBONE_CLICKHOUSE_DSN"}}
+    env = {**stack, "BACKBONE_MASTER_KEY_FILE": str(master_file), "BACKBONE_IDENTITY": "auditor-7", "USER": "someone-else"}
     keyring = Keyring.open(load_settings(data_dir=tmp_path / "data", master_key_file=master_file))
     token = pseudonym.encrypt("tax", "NL91ABNA0417164300", keyring=keyring, domain="fraud", field="bank_account")
     rotated = backbone("keys", "rotate", "--provider", "tax", **env)
     assert rotated.returncode == 0 and "older keys kept" in rotated.stdout
     where = ("--domain", "fraud", "--field", "bank_account")
+
+    no_reason = backbone("keys", "reidentify", "--provider", "tax", *where, token, **env)
+    assert no_reason.returncode != 0 and "--reason" in no_reason.stderr
+    nobody = backbone("keys", "reidentify", "--provider", "tax", *where, token, "--reason", "case 42",
+                      **{k: v for k, v in env.items() if k != "BACKBONE_IDENTITY"})
+    assert nobody.returncode == 1 and "BACKBONE_IDENTITY" in nobody.stderr and "NL91ABNA0417164300" not in nobody.stdout
+
     revealed = backbone("keys", "reidentify", "--provider", "tax", *where, token, "--reason", "case 42", **env)
     assert revealed.returncode == 0, revealed.stderr
     assert "NL91ABNA0417164300" in revealed.stdout
-    refused = backbone("keys", "reidentify", "--provider", "welfare", *where, token, **env)
+    refused = backbone("keys", "reidentify", "--provider", "welfare", *where, token, "--reason", "case 43", **env)
     assert refused.returncode == 1 and "NL91ABNA0417164300" not in refused.stderr
+
+    digest = hashlib.sha256(token.encode()).hexdigest()
     log = (tmp_path / "data" / "reidentify.log").read_text()
     entries = [json.loads(line) for line in log.splitlines()]
-    assert [(e["provider"], e["outcome"], e["user"]) for e in entries] == [("tax", "revealed", "auditor-7"), ("welfare", "refused", "auditor-7")]
-    assert entries[0]["key_id"] == token.split(".")[0] and entries[0]["reason"] == "case 42"
+    assert [(e["provider"], e["outcome"], e["user"], e["reason"]) for e in entries] == [
+        ("tax", "revealed", "auditor-7", "case 42"), ("welfare", "refused", "auditor-7", "case 43")]
+    assert entries[0]["key_id"] == token.split(".")[0] and entries[0]["token_sha256"] == digest
     assert "NL91ABNA0417164300" not in log and token not in log
+
+    # the same two attempts are records of the audit trail, with the token only as its hash
+    decode = Decoder(registry_client(registry_settings))
+    messages = read_topic(registry_settings, OPERATIONS_TOPIC,
+                          lambda ms: sum(decode(m.value()).record["details"].get("token_sha256") == digest for m in ms) >= 2)
+    mine = [decode(m.value()).record for m in messages if decode(m.value()).record["details"].get("token_sha256") == digest]
+    assert sorted((r["action"], r["actor"], r["outcome"], r["reason"]) for r in mine) == [
+        ("reidentify", "auditor-7", "refused", "case 43"), ("reidentify", "auditor-7", "revealed", "case 42")]
+    assert all(token not in m.value().decode("latin-1") and b"NL91ABNA0417164300" not in m.value() for m in messages)
 
 
 def test_cli_rotate_needs_exactly_one_target(backbone) -> None:  # noqa: ANN001

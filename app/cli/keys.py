@@ -103,17 +103,33 @@ def reidentify(
     provider: str = typer.Option(..., "--provider", help="Provider whose key made the token"),
     domain: str = typer.Option(..., "--domain", help="Sharing domain the token was released to (the agreement's domain; @<recipient> without one)"),
     field: str = typer.Option(..., "--field", help="Field the token was released as, e.g. bank_account"),
-    reason: str = typer.Option(None, "--reason", help="Why (recorded in the reidentification log)"),
+    reason: str = typer.Option(..., "--reason", help="Why (required; recorded in the audit trail and the reidentification log)"),
 ) -> None:
-    """Reverse an `encrypt` token with the provider's key. Every use is logged (who, when, which key)."""
+    """Reverse an `encrypt` token with the provider's key. Every attempt is an audit record on
+    audit.operations (who from BACKBONE_IDENTITY, why, which key, the token's SHA-256) and a line in
+    <data dir>/reidentify.log; the value is shown only once its record is acknowledged."""
+    from backbone import operations
+
     settings = get_settings()
+    if not reason.strip():
+        raise BackboneError("--reason must say why the token is re-identified; it is recorded in the audit trail")
+    who = operations.actor(settings)
     keyring = Keyring.open(settings)
     key_id = token_key_id(token)
+    digest = operations.token_digest(token)
+    refused: ReidentifyError | None = None
+    value = ""
     try:
         value = reidentify_token(provider, token, keyring=keyring, domain=domain, field=field)
-    except ReidentifyError:
-        record_reidentification(settings.data_dir, provider, key_id, "refused", reason)
-        raise
-    log = record_reidentification(settings.data_dir, provider, key_id, "revealed", reason)
+    except ReidentifyError as exc:
+        refused = exc
+    outcome = "refused" if refused else "revealed"
+    operations.record(settings, operations.OperatorAction(
+        "reidentify", who, f"{provider} key {key_id} for {domain}.{field}", outcome, reason.strip(),
+        {"provider": provider, "key_id": key_id, "domain": domain, "field": field, "token_sha256": digest},
+    ))
+    log = record_reidentification(settings.data_dir, provider, key_id, outcome, reason.strip(), who, digest)
+    if refused is not None:
+        raise refused
     console.print(value, highlight=False, markup=False)
-    console.print(f"(recorded in {log})", style="dim", highlight=False)
+    console.print(f"(recorded on audit.operations and in {log})", style="dim", highlight=False)
