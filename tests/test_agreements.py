@@ -263,3 +263,50 @@ def test_every_demo_agreement_round_trips_through_its_yaml_text(catalog: Catalog
     for agreement in load_agreements(AGREEMENTS_DIR, catalog).agreements:
         parsed, problems = parse_agreement(yaml.safe_load(to_yaml(agreement)), "agreements.changes")
         assert problems == [] and parsed == agreement
+
+
+@pytest.mark.parametrize("name", ["audit", "oversight", "operator", "processor", "schema-registry", "schema_registry", "consent",
+                                  "system", "default", "information_schema", "backbone", "backbone-ops", "sink-fraud", "sink_fraud"])
+def test_a_name_the_backbone_keeps_for_itself_is_refused_as_a_recipient(tmp_path: Path, catalog: Catalog, name: str) -> None:
+    problems = refusal(tmp_path, catalog, base_agreement(recipient=name))
+    assert any(p.startswith("agreement tax-to-fraud@3 in ") and f"field recipient: {name} is reserved for " in p for p in problems), problems
+
+
+def test_the_consent_publisher_may_provide_its_own_events_but_no_one_may_receive_as_it(tmp_path: Path, catalog: Catalog) -> None:
+    data = base_agreement(provider="consent", event_types=["consent.changed"], lawful_basis="public_task", fields={})
+    write(tmp_path, "consent.yaml", data)
+    assert load_agreements(tmp_path, catalog).agreements[0].provider == "consent"
+    problems = refusal(tmp_path / "other", catalog, base_agreement(recipient="consent"))
+    assert any("field recipient: consent is reserved for the consent publisher's Kafka principal" in p for p in problems), problems
+
+
+def test_two_recipients_that_become_one_database_are_refused_naming_both_files(tmp_path: Path, catalog: Catalog) -> None:
+    write(tmp_path, "x.yaml", base_agreement(id="x", version=1, recipient="fraud-x"))
+    write(tmp_path, "y.yaml", base_agreement(id="y", version=1, recipient="fraud_x"))
+    with pytest.raises(AgreementError) as caught:
+        load_agreements(tmp_path, catalog)
+    assert [p for p in caught.value.problems if "both become" in p] == [
+        f"agreement y@1 in {tmp_path / 'y.yaml'}: field recipient: fraud_x and fraud-x (in {tmp_path / 'x.yaml'})"
+        " both become database fraud_x; rename one"
+    ]
+
+
+def test_agreement_ids_that_become_one_view_of_a_recipient_are_refused(tmp_path: Path, catalog: Catalog) -> None:
+    problems = refusal(tmp_path, catalog, base_agreement(id="tax-to-x", version=1),
+                       base_agreement(id="tax_to_x", version=1, status="suspended"))
+    assert any("field id: tax_to_x and tax-to-x (in " in p and "both become view tax_to_x in database fraud; rename one" in p
+               for p in problems), problems
+
+
+@pytest.mark.parametrize(("agreement_id", "taken"), [("tax-income-declared", "table of tax.income_declared"),
+                                                      ("alerts", "table alerts of the fraud rules")])
+def test_a_view_that_would_take_a_table_s_name_is_refused(tmp_path: Path, catalog: Catalog, agreement_id: str, taken: str) -> None:
+    problems = refusal(tmp_path, catalog, base_agreement(id=agreement_id, version=1))
+    assert any(f"field id: its view {agreement_id.replace('-', '_')} in database fraud would take the name of the {taken}" in p
+               for p in problems), problems
+
+
+def test_distinct_names_that_stay_distinct_are_accepted(tmp_path: Path, catalog: Catalog) -> None:
+    write(tmp_path, "a.yaml", base_agreement(id="tax-to-fraud-x", version=1, recipient="fraud-x"))
+    write(tmp_path, "b.yaml", base_agreement(id="tax-to-fraudx", version=1, recipient="fraudx"))
+    assert {a.recipient for a in load_agreements(tmp_path, catalog).agreements} == {"fraud-x", "fraudx"}

@@ -31,6 +31,7 @@ import cel
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from backbone import names
 from backbone.catalog import Catalog, EventSchema
 from backbone.errors import AgreementError
 from backbone.policy.treatments import TreatmentMisfit, TreatmentScope, compile_treatment
@@ -234,6 +235,7 @@ class Charter:
             found.extend(check_agreement(agreement, self.catalog, self.source(agreement)))
         found.extend(_overlaps(self))
         found.extend(_links(self))
+        found.extend(_names(self))
         return found
 
     def raise_problems(self) -> None:
@@ -395,6 +397,23 @@ def _links(charter: Charter) -> list[str]:
                             f" {other.key} (domain {other.linkage_domain}) releases it exactly too, so their records link;"
                             f" {fix} it in one of them, or state linkable_by: [{name}] in both on purpose"
                         )
+    return problems
+
+
+def _names(charter: Charter) -> list[str]:
+    """Agency names the backbone keeps for itself or that become one identifier, and agreement ids
+    that become one view (or a table's name) in a recipient database (`backbone.names`)."""
+    ordered = sorted(charter.agreements, key=lambda a: (charter.source(a), a.id, a.version))
+
+    def use(agreement: Agreement, name: str, role: str) -> names.Use:
+        return names.Use(name, role, _where(agreement, charter.source(agreement)), charter.source(agreement))
+
+    agencies = [use(a, getattr(a, role), role) for a in ordered for role in ("provider", "recipient")]
+    problems = names.agency_problems(agencies, {a.recipient for a in ordered})
+    for recipient in sorted({a.recipient for a in ordered}):
+        mine = [a for a in ordered if a.recipient == recipient]
+        views = [(names.view_name(a.id, t, a.event_types), use(a, a.id, "id")) for a in mine for t in a.event_types]
+        problems += names.view_problems(recipient, views, [t for a in mine for t in a.event_types])
     return problems
 
 
