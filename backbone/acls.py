@@ -4,16 +4,24 @@ Pure: no broker is contacted here. `plan(...)` returns sorted `Grant`s; `Grant.b
 into confluent-kafka's `AclBinding` for `AdminClient.create_acls`, and `strimzi_users(...)` into
 Strimzi `KafkaUser` resources, so the CLI and the Kubernetes manifests come from the same plan.
 
-Who may do what (principals are `User:<name>`):
+Who may do what (principals are `User:<name>`; tests/test_acls.py holds, per command, the Kafka
+operations its code performs and checks that the plan allows each and grants nothing else):
 - a provider writes only `raw.<provider>.*`; the consent publisher only `consent.changes`;
-- a recipient reads only `shared.<recipient>.*`, with its own consumer groups `<recipient>-*`;
+- a recipient reads only `shared.<recipient>.*`, with its own consumer groups `<recipient>.*`;
 - the processor reads raw, consent and agreements, writes shared, audit and its DLQ;
-- each recipient's sink reads its `shared.<recipient>.*` and writes `dlq.sink`;
+- each recipient's sink reads its `shared.<recipient>.*` and writes `dlq.sink`; the fraud
+  recipient's also lands the audit topics (`backbone sink` runs the audit sinks beside a recipient);
 - the schema registry reads and writes `_schemas`;
-- the operator (`backbone agreements apply|suspend|...`) writes `agreements.changes`.
-Creating a topic needs CREATE on it even when it exists (the broker checks before it looks), and
-every component ensures the topics it writes at start-up: those CREATE grants are in the plan too.
-READ and WRITE imply DESCRIBE in Kafka, so no DESCRIBE grant is listed.
+- the operator administers topics (`backbone topics`), reads and writes `agreements.changes`
+  (`backbone agreements apply|suspend|revoke|activate`), records its actions on `audit.operations`
+  and reads what `backbone status` shows (every topic's offsets, every group's lag, the DLQs).
+Every agency prefix ends with a delimiter no agency name contains (`backbone.names`), so one
+agency's prefix never covers another's. Creating a topic needs CREATE on it even when it exists (the
+broker checks before it looks), and every component ensures the topics it writes at start-up: those
+CREATE grants are in the plan too. READ, WRITE and DELETE imply DESCRIBE in Kafka, so DESCRIBE is
+granted only where nothing else is: a reader's group (librdkafka looks up its coordinator; the
+reader assigns partitions and never joins or commits) and what `backbone status` lists. Idempotent
+producers need no cluster grant: since Kafka 3.0, WRITE on a topic implies IDEMPOTENT_WRITE.
 """
 
 from __future__ import annotations
@@ -22,12 +30,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
+from backbone import names
 from backbone.catalog import CONSENT_EVENT
 from backbone.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    DLQ_PREFIX,
+    OPERATIONS_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
     SHARED_PREFIX,
@@ -43,13 +54,17 @@ if TYPE_CHECKING:
 
 ResourceKind = Literal["topic", "group"]
 Pattern = Literal["literal", "prefixed"]
-Operation = Literal["read", "write", "create"]
+Operation = Literal["read", "write", "create", "describe", "delete", "describe_configs"]
 
-PROCESSOR = "processor"
-SCHEMA_REGISTRY = "schema-registry"  # not `registry`: that is the population registry agency
-OPERATOR = "operator"
-PROCESSOR_APP_ID = "backbone-processor"  # Faust's group and internal topics, and the data plane's group
-SINK_GROUP_PREFIX = "backbone-sink-"
+PROCESSOR = names.PROCESSOR
+SCHEMA_REGISTRY = names.SCHEMA_REGISTRY
+OPERATOR = names.OPERATOR
+ANY = "*"  # a literal `*` names every topic or every group
+PROCESSOR_APP_ID = "backbone-processor"  # Faust's consumer group
+PROCESSOR_DATAPLANE_GROUP = f"{PROCESSOR_APP_ID}-dataplane"  # processors.app: the data plane's group
+FAUST_LEADER_TOPIC = f"{PROCESSOR_APP_ID}-__assignor-__leader"  # Faust's only internal topic (no tables)
+SINK_GROUP_PREFIX = "backbone-sink-"  # consumers.plans.group_id: `backbone-sink-<db prefix><sink>`
+AUDIT_SINKS = ("audit", "audit-operations")  # consumers.plans: AUDIT_SINK, OPERATIONS_SINK
 REGISTRY_GROUP_PREFIX = "backbone-registry-"
 READER_GROUP_PREFIX = "reader-"  # compacted-topic readers: partitions assigned, the group never joined
 PROCESSOR_DLQ = dlq_topic("processor")
@@ -81,7 +96,7 @@ class Grant:
             ResourcePatternType.PREFIXED if self.pattern == "prefixed" else ResourcePatternType.LITERAL,
             self.principal,
             "*",
-            {"read": AclOperation.READ, "write": AclOperation.WRITE, "create": AclOperation.CREATE}[self.operation],
+            getattr(AclOperation, self.operation.upper()),
             AclPermissionType.ALLOW,
         )
 
@@ -111,7 +126,7 @@ def user(name: str) -> str:
 
 
 def sink_principal(recipient: str) -> str:
-    return user(f"sink-{recipient}")
+    return user(f"{names.SINK_PREFIX}{recipient}")
 
 
 def _grants(principal: str, resource: ResourceKind, name: str, pattern: Pattern,
@@ -119,9 +134,7 @@ def _grants(principal: str, resource: ResourceKind, name: str, pattern: Pattern,
     return [Grant(principal, resource, name, pattern, op, why) for op in operations]
 
 
-def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix: str = "") -> list[Grant]:
-    """Every grant the backbone needs, sorted; `database_prefix` is `BACKBONE_CLICKHOUSE_DATABASE_PREFIX`
-    (it is part of the sinks' group ids)."""
+def _agencies(agencies: Agencies) -> list[Grant]:
     grants: list[Grant] = []
     for provider in agencies.providers:
         # The producer SDK ensures its topics before sending: CREATE on its own prefix only.
@@ -130,19 +143,28 @@ def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix:
         grants += _grants(user(publisher), "topic", CONSENT_TOPIC, "literal", ("write", "create"), "consent publisher")
     for recipient in agencies.recipients:
         grants += _grants(user(recipient), "topic", shared_prefix(recipient), "prefixed", ("read",), "recipient reads what it is entitled to")
-        grants += _grants(user(recipient), "group", f"{recipient}-", "prefixed", ("read",), "recipient's own consumer groups")
+        grants += _grants(user(recipient), "group", names.group_prefix(recipient), "prefixed", ("read",), "recipient's own consumer groups")
+    return grants
 
+
+def _processor() -> list[Grant]:
     processor = user(PROCESSOR)
-    grants += _grants(processor, "topic", RAW_PREFIX, "prefixed", ("read", "create"), "processor consumes every raw topic")
-    for topic in (CONSENT_TOPIC, AGREEMENTS_TOPIC):
-        grants += _grants(processor, "topic", topic, "literal", ("read", "create"), "every worker reads consent and agreements in full")
-    grants += _grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records")
-    for topic in (AUDIT_TOPIC, PROCESSOR_DLQ):
-        grants += _grants(processor, "topic", topic, "literal", ("write", "create"), "every decision is audited; bad input dead-lettered")
-    grants += _grants(processor, "group", PROCESSOR_APP_ID, "prefixed", ("read",), "Faust's and the data plane's consumer groups")
-    grants += _grants(processor, "topic", f"{PROCESSOR_APP_ID}-", "prefixed", ("read", "write", "create"), "Faust's internal topics")
-    grants += _grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("read",), "compacted-topic readers")
+    return [
+        *_grants(processor, "topic", RAW_PREFIX, "prefixed", ("read", "create"), "data plane reads every raw topic; start-up creates the catalog's"),
+        *_grants(processor, "topic", CONSENT_TOPIC, "literal", ("read", "create"), "every worker reads consent changes in full"),
+        *_grants(processor, "topic", AGREEMENTS_TOPIC, "literal", ("read", "create"), "every worker reads agreement changes in full"),
+        *_grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records"),
+        *_grants(processor, "topic", AUDIT_TOPIC, "literal", ("write", "create"), "every decision is audited"),
+        *_grants(processor, "topic", PROCESSOR_DLQ, "literal", ("write", "create"), "undecidable input is dead-lettered"),
+        *_grants(processor, "group", PROCESSOR_APP_ID, "literal", ("read",), "Faust's consumer group"),
+        *_grants(processor, "group", PROCESSOR_DATAPLANE_GROUP, "literal", ("read",), "the data plane's consumer group"),
+        *_grants(processor, "topic", FAUST_LEADER_TOPIC, "literal", ("read", "create"), "Faust's leader-assignor topic"),
+        *_grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("describe",), "consent and agreement readers look up their group"),
+    ]
 
+
+def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> list[Grant]:
+    grants: list[Grant] = []
     for recipient in agencies.recipients:
         sink = sink_principal(recipient)
         grants += _grants(sink, "topic", shared_prefix(recipient), "prefixed", ("read",), "sink lands the recipient's shared topics")
@@ -150,15 +172,38 @@ def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix:
         grants += _grants(sink, "topic", SINK_DLQ, "literal", ("write", "create"), "rows ClickHouse rejects are dead-lettered")
         if recipient == fraud_recipient:
             grants += _grants(sink, "topic", ALERTS_TOPIC, "literal", ("write", "create"), "fraud rules publish alerts")
-            # `backbone sink` lands the audit trail beside a recipient (it has no audit-only mode):
-            # the deployments run it with the fraud recipient's sink.
-            grants += _grants(sink, "topic", AUDIT_TOPIC, "literal", ("read",), "audit trail into the audit database")
-            grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}audit", "literal", ("read",), "audit sink's consumer group")
+            # `backbone sink` lands the audit topics beside a recipient (it has no audit-only mode):
+            # the deployments run them with the fraud recipient's sink.
+            for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC), AUDIT_SINKS, strict=True):
+                grants += _grants(sink, "topic", topic, "literal", ("read",), "audit sink lands it in the audit database")
+                grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
+    return grants
 
+
+def _registry() -> list[Grant]:
     registry = user(SCHEMA_REGISTRY)
-    grants += _grants(registry, "topic", SCHEMAS_TOPIC, "literal", ("read", "write", "create"), "schemas live in the compacted _schemas topic")
-    grants += _grants(registry, "group", REGISTRY_GROUP_PREFIX, "prefixed", ("read",), "registry's reader group")
-    grants += _grants(user(OPERATOR), "topic", AGREEMENTS_TOPIC, "literal", ("write", "create"), "backbone agreements apply|suspend|revoke")
+    return [
+        *_grants(registry, "topic", SCHEMAS_TOPIC, "literal", ("read", "write", "create"), "schemas live in the compacted _schemas topic"),
+        *_grants(registry, "group", REGISTRY_GROUP_PREFIX, "prefixed", ("describe",), "registry's reader looks up its group"),
+    ]
+
+
+def _operator() -> list[Grant]:
+    operator = user(OPERATOR)
+    return [
+        *_grants(operator, "topic", ANY, "literal", ("describe", "create", "delete", "describe_configs"),
+                 "backbone topics list|create|describe|delete; status lists every topic's offsets"),
+        *_grants(operator, "group", ANY, "literal", ("describe",), "backbone status lists every group's lag"),
+        *_grants(operator, "topic", AGREEMENTS_TOPIC, "literal", ("read", "write"), "backbone agreements apply|suspend|revoke|activate"),
+        *_grants(operator, "topic", OPERATIONS_TOPIC, "literal", ("write",), "operator actions are audited"),
+        *_grants(operator, "topic", DLQ_PREFIX, "prefixed", ("read",), "backbone status counts dead letters"),
+    ]
+
+
+def plan(agencies: Agencies, *, fraud_recipient: str = "fraud", database_prefix: str = "") -> list[Grant]:
+    """Every grant the backbone needs, sorted; `database_prefix` is `BACKBONE_CLICKHOUSE_DATABASE_PREFIX`
+    (it is part of the sinks' group ids)."""
+    grants = [*_agencies(agencies), *_processor(), *_sinks(agencies, fraud_recipient, database_prefix), *_registry(), *_operator()]
     return sorted(set(grants))
 
 
@@ -172,7 +217,8 @@ def bindings(grants: Iterable[Grant]) -> list[AclBinding]:
     return sorted(grant.binding() for grant in grants)
 
 
-_STRIMZI_OPERATIONS = {"read": "Read", "write": "Write", "create": "Create"}
+_STRIMZI_OPERATIONS = {"read": "Read", "write": "Write", "create": "Create", "describe": "Describe", "delete": "Delete",
+                       "describe_configs": "DescribeConfigs"}
 
 
 def strimzi_users(grants: Iterable[Grant], cluster: str) -> list[dict[str, Any]]:

@@ -22,21 +22,28 @@ DEPLOY = PROJECT_ROOT / "deploy"
 EXPECTED = {
     ("User:consent", "topic", "consent.changes", "literal", "create"),
     ("User:consent", "topic", "consent.changes", "literal", "write"),
-    ("User:fraud", "group", "fraud-", "prefixed", "read"),
+    ("User:fraud", "group", "fraud.", "prefixed", "read"),
     ("User:fraud", "topic", "shared.fraud.", "prefixed", "read"),
-    ("User:operator", "topic", "agreements.changes", "literal", "create"),
+    ("User:operator", "group", "*", "literal", "describe"),
+    ("User:operator", "topic", "*", "literal", "create"),
+    ("User:operator", "topic", "*", "literal", "delete"),
+    ("User:operator", "topic", "*", "literal", "describe"),
+    ("User:operator", "topic", "*", "literal", "describe_configs"),
+    ("User:operator", "topic", "agreements.changes", "literal", "read"),
     ("User:operator", "topic", "agreements.changes", "literal", "write"),
+    ("User:operator", "topic", "audit.operations", "literal", "write"),
+    ("User:operator", "topic", "dlq.", "prefixed", "read"),
     ("User:police", "topic", "raw.police.", "prefixed", "create"),
     ("User:police", "topic", "raw.police.", "prefixed", "write"),
-    ("User:processor", "group", "backbone-processor", "prefixed", "read"),
-    ("User:processor", "group", "reader-", "prefixed", "read"),
+    ("User:processor", "group", "backbone-processor", "literal", "read"),
+    ("User:processor", "group", "backbone-processor-dataplane", "literal", "read"),
+    ("User:processor", "group", "reader-", "prefixed", "describe"),
     ("User:processor", "topic", "agreements.changes", "literal", "create"),
     ("User:processor", "topic", "agreements.changes", "literal", "read"),
     ("User:processor", "topic", "audit.decisions", "literal", "create"),
     ("User:processor", "topic", "audit.decisions", "literal", "write"),
-    ("User:processor", "topic", "backbone-processor-", "prefixed", "create"),
-    ("User:processor", "topic", "backbone-processor-", "prefixed", "read"),
-    ("User:processor", "topic", "backbone-processor-", "prefixed", "write"),
+    ("User:processor", "topic", "backbone-processor-__assignor-__leader", "literal", "create"),
+    ("User:processor", "topic", "backbone-processor-__assignor-__leader", "literal", "read"),
     ("User:processor", "topic", "consent.changes", "literal", "create"),
     ("User:processor", "topic", "consent.changes", "literal", "read"),
     ("User:processor", "topic", "dlq.processor", "literal", "create"),
@@ -47,17 +54,19 @@ EXPECTED = {
     ("User:processor", "topic", "shared.", "prefixed", "write"),
     ("User:registry", "topic", "raw.registry.", "prefixed", "create"),
     ("User:registry", "topic", "raw.registry.", "prefixed", "write"),
-    ("User:research", "group", "research-", "prefixed", "read"),
+    ("User:research", "group", "research.", "prefixed", "read"),
     ("User:research", "topic", "shared.research.", "prefixed", "read"),
-    ("User:schema-registry", "group", "backbone-registry-", "prefixed", "read"),
+    ("User:schema-registry", "group", "backbone-registry-", "prefixed", "describe"),
     ("User:schema-registry", "topic", "_schemas", "literal", "create"),
     ("User:schema-registry", "topic", "_schemas", "literal", "read"),
     ("User:schema-registry", "topic", "_schemas", "literal", "write"),
     ("User:sink-fraud", "group", "backbone-sink-audit", "literal", "read"),
+    ("User:sink-fraud", "group", "backbone-sink-audit-operations", "literal", "read"),
     ("User:sink-fraud", "group", "backbone-sink-fraud", "literal", "read"),
     ("User:sink-fraud", "topic", "alerts.fraud", "literal", "create"),
     ("User:sink-fraud", "topic", "alerts.fraud", "literal", "write"),
     ("User:sink-fraud", "topic", "audit.decisions", "literal", "read"),
+    ("User:sink-fraud", "topic", "audit.operations", "literal", "read"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "create"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "write"),
     ("User:sink-fraud", "topic", "shared.fraud.", "prefixed", "read"),
@@ -73,11 +82,11 @@ EXPECTED = {
     ("User:sink-welfare", "topic", "dlq.sink", "literal", "create"),
     ("User:sink-welfare", "topic", "dlq.sink", "literal", "write"),
     ("User:sink-welfare", "topic", "shared.welfare.", "prefixed", "read"),
-    ("User:statistics", "group", "statistics-", "prefixed", "read"),
+    ("User:statistics", "group", "statistics.", "prefixed", "read"),
     ("User:statistics", "topic", "shared.statistics.", "prefixed", "read"),
     ("User:tax", "topic", "raw.tax.", "prefixed", "create"),
     ("User:tax", "topic", "raw.tax.", "prefixed", "write"),
-    ("User:welfare", "group", "welfare-", "prefixed", "read"),
+    ("User:welfare", "group", "welfare.", "prefixed", "read"),
     ("User:welfare", "topic", "raw.welfare.", "prefixed", "create"),
     ("User:welfare", "topic", "raw.welfare.", "prefixed", "write"),
     ("User:welfare", "topic", "shared.welfare.", "prefixed", "read"),
@@ -111,7 +120,7 @@ def test_providers_write_only_their_own_raw_prefix(charter) -> None:  # noqa: AN
 
 def test_recipients_read_only_their_own_shared_prefix_and_groups(charter) -> None:  # noqa: ANN001
     reads = {(g.resource, g.name) for g in plan_for_charter(charter) if g.principal == "User:fraud"}
-    assert reads == {("topic", "shared.fraud."), ("group", "fraud-")}
+    assert reads == {("topic", "shared.fraud."), ("group", "fraud.")}
 
 
 def test_no_one_but_the_processor_reads_raw_topics(charter) -> None:  # noqa: ANN001
@@ -119,18 +128,24 @@ def test_no_one_but_the_processor_reads_raw_topics(charter) -> None:  # noqa: AN
     assert readers == {"User:processor"}
 
 
-def test_sink_groups_follow_the_clickhouse_database_prefix() -> None:
+def test_sink_groups_are_the_sinks_own_and_follow_the_clickhouse_database_prefix() -> None:
+    from backbone.settings import load_settings
+    from consumers.plans import AUDIT_SINK, OPERATIONS_SINK, group_id
+
     grants = plan(Agencies(("tax",), (), ("fraud",)), database_prefix="t1_")
     groups = {g.name for g in grants if g.principal == "User:sink-fraud" and g.resource == "group"}
-    assert groups == {"backbone-sink-t1_fraud", "backbone-sink-t1_audit"}
+    settings = load_settings(clickhouse_database_prefix="t1_")
+    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK)}
+    assert groups == {"backbone-sink-t1_fraud", "backbone-sink-t1_audit", "backbone-sink-t1_audit-operations"}
 
 
 def test_grants_convert_to_allow_bindings_from_any_host() -> None:
     grant = Grant("User:tax", "topic", "raw.tax.", "prefixed", "write")
     assert grant.binding() == AclBinding(ResourceType.TOPIC, "raw.tax.", ResourcePatternType.PREFIXED, "User:tax", "*",
                                          AclOperation.WRITE, AclPermissionType.ALLOW)
-    group = Grant("User:fraud", "group", "fraud-", "prefixed", "read").binding()
+    group = Grant("User:fraud", "group", "fraud.", "prefixed", "read").binding()
     assert (group.restype, group.operation) == (ResourceType.GROUP, AclOperation.READ)
+    assert Grant("User:operator", "topic", "*", "literal", "describe_configs").binding().operation == AclOperation.DESCRIBE_CONFIGS
 
 
 def test_bindings_are_sorted_and_one_per_grant(charter) -> None:  # noqa: ANN001
@@ -146,13 +161,15 @@ def test_kubernetes_kafka_users_are_the_plan(charter) -> None:  # noqa: ANN001
 
 def test_kafka_users_carry_every_acl_of_the_plan(charter) -> None:  # noqa: ANN001
     pattern = {"prefix": "prefixed", "literal": "literal"}
+    operations = {"Read": "read", "Write": "write", "Create": "create", "Describe": "describe", "Delete": "delete",
+                  "DescribeConfigs": "describe_configs"}
     found = set()
     for user in strimzi_users(plan_for_charter(charter), "backbone"):
         for acl in user["spec"]["authorization"]["acls"]:
             resource = acl["resource"]
             for operation in acl["operations"]:
                 found.add((f"User:{user['metadata']['name']}", resource["type"], resource["name"],
-                           pattern[resource["patternType"]], operation.lower()))
+                           pattern[resource["patternType"]], operations[operation]))
     assert found == EXPECTED
 
 
@@ -184,3 +201,118 @@ def test_acls_plan_prints_every_binding(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     assert f"{len(EXPECTED)} bindings" in result.stdout
     assert "User:sink-fraud" in result.stdout and "shared.fraud." in result.stdout
+
+
+# --- every binding justified by a command -------------------------------------------------------
+# What each command's code does on Kafka, for the demo's charter: (resource, name, operation). A name
+# ending in `*` is any name with that beginning (a group with a random suffix, any raw topic a regex
+# subscription finds); `*` alone is any name the operator gives. Registry and ClickHouse calls are not
+# Kafka operations. READ/WRITE/DELETE imply DESCRIBE, as Kafka's authorizer has it.
+Need = tuple[str, str, str]
+IMPLIED = {"describe": {"describe", "read", "write", "delete"}}
+
+
+def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901 - a table, one entry per command
+    from backbone import dlq
+    from backbone.settings import load_settings
+    from backbone.topics import dlq_topic, raw_topic, shared_topic
+    from consumers.plans import AUDIT_SINK, OPERATIONS_SINK, group_id
+    from processors.app import APP_ID
+
+    settings = load_settings(clickhouse_database_prefix="")
+    events = charter.catalog.events.values()
+    raw: dict[str, set[str]] = {}
+    for e in events:
+        raw.setdefault(e.provider, set()).add(raw_topic(e.event_type))
+    shared = {shared_topic(a.recipient, t) for a in charter.agreements for t in a.event_types}
+    recipients = sorted({a.recipient for a in charter.agreements})
+    readers = ("group", "reader-*", "describe")  # backbone/compacted.py: group `reader-<uuid>`, assigned, never joined
+    table: dict[str, tuple[str, set[Need]]] = {}
+    for provider, topics in raw.items():
+        if provider == "consent":  # producers/sdk.py ConsentPublisher: ensure, then produce
+            table["backbone consent grant|withdraw"] = ("User:consent", {("topic", "consent.changes", "create"), ("topic", "consent.changes", "write")})
+        else:  # producers/sdk.py AgencyProducer: ensures each of its event topics, then produces (idempotent)
+            table[f"backbone produce --agency {provider}"] = (f"User:{provider}", {("topic", t, op) for t in topics for op in ("create", "write")})
+    for recipient in recipients:  # outside the backbone: DESIGN's trust boundaries
+        table[f"{recipient}'s own consumers"] = (f"User:{recipient}", {("topic", f"shared.{recipient}.*", "read"), ("group", f"{recipient}.*", "read")})
+    # processors/app.py Enforcement.ensure_topics, the two CompactedTopicReaders, DataPlane (subscribes
+    # ^raw\..*, commits, produces), and Faust (group = app id, declares and consumes its leader topic)
+    processor = {("topic", t, "create") for t in ["consent.changes", "agreements.changes", "audit.decisions", "dlq.processor",
+                                                  *(raw_topic(t) for t in charter.catalog.raw_event_types), *shared]}
+    processor |= {("topic", "consent.changes", "read"), ("topic", "agreements.changes", "read"), readers,
+                  ("topic", "raw.*", "read"), ("group", f"{APP_ID}-dataplane", "read"),
+                  *(("topic", t, "write") for t in [*shared, "audit.decisions", "dlq.processor"]),
+                  ("group", APP_ID, "read"), ("topic", f"{APP_ID}-__assignor-__leader", "create"), ("topic", f"{APP_ID}-__assignor-__leader", "read")}
+    table["backbone process"] = ("User:processor", processor)
+    for recipient in recipients:
+        # consumers/batching.py: ensures dlq.sink, subscribes the shared pattern as the plan's group, commits, dead-letters
+        needs = {("topic", f"shared.{recipient}.*", "read"), ("group", group_id(settings, recipient), "read"),
+                 ("topic", "dlq.sink", "create"), ("topic", "dlq.sink", "write")}
+        if recipient == "fraud":  # consumers/fraud/detector.py publishes alerts; consumers/sink.py sinks_for adds the audit sinks
+            needs |= {("topic", "alerts.fraud", "create"), ("topic", "alerts.fraud", "write"),
+                      ("topic", "audit.decisions", "read"), ("group", group_id(settings, AUDIT_SINK), "read"),
+                      ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read")}
+        table[f"backbone sink --recipient {recipient}"] = (f"User:sink-{recipient}", needs)
+    # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
+    table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}
+                                | {("group", "backbone-registry-*", "describe")})
+    agreements_read = {("topic", "agreements.changes", "create"), ("topic", "agreements.changes", "read"), readers}
+    table["backbone agreements apply"] = ("User:operator", {("topic", "agreements.changes", "create"), ("topic", "agreements.changes", "write")})
+    table["backbone agreements suspend|revoke|activate"] = ("User:operator", agreements_read | {("topic", "agreements.changes", "write")})
+    table["backbone topics list"] = ("User:operator", {("topic", "*", "describe")})
+    table["backbone topics create"] = ("User:operator", {("topic", "*", "create")})
+    table["backbone topics describe"] = ("User:operator", {("topic", "*", "describe"), ("topic", "*", "describe_configs")})
+    table["backbone topics delete"] = ("User:operator", {("topic", "*", "delete")})
+    # app/status.py: metadata and watermarks of every topic (its consumer's group `status-<uuid>` is
+    # looked up), every group and its offsets, every DLQ read to its end, agreement changes
+    table["backbone status"] = ("User:operator", {("topic", "*", "describe"), ("group", "status-*", "describe"), ("group", "*", "describe"),
+                                                  *(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), *agreements_read})
+    # backbone/operations.py record: ensure, produce
+    table["backbone keys reidentify"] = ("User:operator", {("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
+    table["backbone schemas list|show|check|register"] = ("User:operator", set())  # the registry's HTTP API only
+    return table
+
+
+def _covers(grant: Grant, need: Need, *, implied: bool = True) -> bool:
+    resource, name, operation = need
+    if grant.resource != resource or grant.operation not in (IMPLIED.get(operation, {operation}) if implied else {operation}):
+        return False
+    if grant.pattern == "literal":
+        return grant.name in ("*", name)
+    return name != "*" and name.removesuffix("*").startswith(grant.name)
+
+
+def test_each_command_may_do_every_kafka_operation_its_code_performs(charter) -> None:  # noqa: ANN001
+    grants = plan_for_charter(charter)
+    missing = [(command, need) for command, (principal, needs) in commands(charter).items() for need in sorted(needs)
+               if not any(g.principal == principal and _covers(g, need) for g in grants)]
+    assert missing == []
+
+
+def test_every_binding_is_needed_by_some_command(charter) -> None:  # noqa: ANN001
+    needs = [(principal, need) for principal, wanted in commands(charter).values() for need in wanted]
+    unneeded = [g.key for g in plan_for_charter(charter)
+                if not any(p == g.principal and _covers(g, need, implied=False) for p, need in needs)]
+    assert unneeded == []
+
+
+def test_no_binding_is_covered_by_another_of_the_same_principal(charter) -> None:  # noqa: ANN001
+    grants = plan_for_charter(charter)
+    redundant = [(g.key, other.key) for g in grants for other in grants
+                 if other != g and other.principal == g.principal and other.operation == g.operation
+                 and _covers(other, (g.resource, g.name + ("*" if g.pattern == "prefixed" else ""), g.operation), implied=False)]
+    assert redundant == []
+
+
+def test_the_operator_reads_no_raw_shared_or_audit_data(charter) -> None:  # noqa: ANN001
+    operator = [g for g in plan_for_charter(charter) if g.principal == "User:operator"]
+    for topic in ("raw.tax.income_declared", "shared.fraud.tax.income_declared", "audit.decisions", "consent.changes", "_schemas"):
+        assert not any(_covers(g, ("topic", topic, "read")) for g in operator), topic
+
+
+def test_one_agency_s_prefixes_never_cover_another_s() -> None:
+    grants = plan(Agencies(("fraud", "fraud-x"), (), ("fraud", "fraud-x")))
+    fraud = [g for g in grants if g.principal == "User:fraud"]
+    for need in [("topic", "shared.fraud-x.tax.income_declared", "read"), ("group", "fraud-x.analysts", "read"),
+                 ("topic", "raw.fraud-x.event", "write")]:
+        assert not any(_covers(g, need) for g in fraud), need
