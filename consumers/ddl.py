@@ -1,16 +1,24 @@
-"""Names and SQL of the per-agency databases: tables, per-agreement views, roles and grants.
+"""Names and SQL of the per-agency databases: tables, per-agreement views, users, roles and grants.
 
 Pure functions from names and columns to SQL text, no I/O: the sink runs them, tests read them.
 One database per agency (`<prefix><agency>`), one table per provider event type
 (`tax.income_declared` -> `tax_income_declared`), one view per agreement (`tax-to-fraud` ->
-`tax_to_fraud`, with `__<event>` when the agreement shares several event types).
+`tax_to_fraud`, with `__<event>` when the agreement shares several event types). Names are
+sanitised by `backbone.names`, which also keeps the names the backbone reserves.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import hashlib
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from backbone.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
 from consumers.typemap import Column, quote_identifier
+
+if TYPE_CHECKING:
+    from backbone.policy.agreements import Charter
 
 AUDIT_DATABASE = "audit"
 AUDIT_TABLE = "decisions"
@@ -23,24 +31,9 @@ ALERTS_TABLE = "alerts"
 PUBLISHED_TABLE = "alerts_published"
 
 
-def _safe(name: str) -> str:
-    return name.replace("-", "_").replace(".", "_")
-
-
 def database_name(prefix: str, agency: str) -> str:
     """`fraud` -> `fraud` (or `t1_fraud` with prefix `t1_`)."""
-    return f"{prefix}{_safe(agency)}"
-
-
-def table_name(event_type: str) -> str:
-    """`tax.income_declared` -> `tax_income_declared`."""
-    return _safe(event_type)
-
-
-def view_name(agreement_id: str, event_type: str, event_types: Sequence[str]) -> str:
-    """`tax-to-fraud` -> `tax_to_fraud`; `__<event>` is added when the agreement shares several."""
-    base = _safe(agreement_id)
-    return base if len(event_types) == 1 else f"{base}__{_safe(event_type.split('.', 1)[1])}"
+    return f"{prefix}{sanitise(agency)}"
 
 
 def qualified(database: str, table: str) -> str:
@@ -100,22 +93,104 @@ def create_published_table_sql(database: str) -> str:
     )
 
 
-def role_name(agency: str) -> str:
-    return f"{ROLE_PREFIX}{_safe(agency)}"
+# --- who may do what: one user per sink, one role per recipient, the oversight role -------------
+SINK_USER_PREFIX = f"{ROLE_PREFIX}sink_"
+# What every sink's own statements need on its own database: CREATE DATABASE and TABLE IF NOT
+# EXISTS, ALTER TABLE ADD COLUMN, INSERT; `system.columns` shows a user the columns it holds any of
+# these on, so the audit sink needs no SELECT and the oversight role alone reads the audit database.
+SINK_PRIVILEGES = ("CREATE DATABASE", "CREATE TABLE", "ALTER ADD COLUMN", "INSERT")
+# A recipient's sink also (re)creates the agreement views (CREATE OR REPLACE VIEW needs DROP VIEW)
+# and reads its tables: the views run as it (below), FINAL and the fraud rules read the tables.
+VIEW_SINK_PRIVILEGES = ("CREATE VIEW", "DROP VIEW", "SELECT")
+# Views a sink creates run with the sink's privileges (SQL SECURITY DEFINER, definer = the sink
+# user), so a recipient role needs SELECT on its views only, never on the tables beneath, which
+# hold the fields of every agreement version.
+SINK_USER_SETTINGS = "default_normal_view_sql_security = 'DEFINER'"
 
 
-def grants_sql(prefix: str, agencies: Iterable[str]) -> list[str]:
-    """Roles and grants for a ClickHouse server: each agency reads its own database only; the
-    oversight role reads the audit database only. Privileges are revoked first, so re-applying
-    removes anything granted by hand."""
+@dataclass(slots=True, frozen=True)
+class Credential:
+    """A password as ClickHouse keeps it (`sha256_hash`): SHA-256 of password and salt, and the salt.
+    The statements carry this, never the password."""
+
+    sha256_hex: str
+    salt: str
+
+    @classmethod
+    def of(cls, password: str, salt: str) -> Credential:
+        return cls(hashlib.sha256((password + salt).encode()).hexdigest(), salt)
+
+
+# What printed statements carry instead of a credential: not a valid hash, so they cannot create a
+# user anyone could log in as by accident.
+NO_CREDENTIAL = Credential("<sha256 of password and salt: --apply sets it>", "<salt>")
+
+
+def role_name(prefix: str, agency: str) -> str:
+    """`fraud` -> `backbone_fraud` (`backbone_t1_fraud` with prefix `t1_`): the role that reads an agency's views."""
+    return f"{ROLE_PREFIX}{database_name(prefix, agency)}"
+
+
+def sink_user(prefix: str, sink: str) -> str:
+    """`fraud` -> `backbone_sink_fraud`: the user the sink of one database writes as (`audit` for the audit sinks)."""
+    return f"{SINK_USER_PREFIX}{database_name(prefix, sink)}"
+
+
+def agreement_views(charter: Charter, recipient: str) -> list[str]:
+    """The views a recipient's sink creates, as `consumers.plans.recipient_plan` names them: one per
+    agreement id (per event type when its current version shares several)."""
+    views = []
+    for agreement_id in sorted({a.id for a in charter.agreements if a.recipient == recipient}):
+        current = charter.current(agreement_id)
+        views += [view_name(agreement_id, event_type, current.event_types) for event_type in current.event_types]
+    return views
+
+
+def _string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _user_sql(user: str, database: str, privileges: Sequence[str], credential: Credential) -> list[str]:
+    quoted = quote_identifier(user)
+    identified = f"IDENTIFIED WITH sha256_hash BY {_string(credential.sha256_hex)} SALT {_string(credential.salt)}"
+    return [
+        f"CREATE USER IF NOT EXISTS {quoted} {identified} SETTINGS {SINK_USER_SETTINGS}",
+        f"ALTER USER {quoted} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
+        f"REVOKE ALL ON *.* FROM {quoted}",
+        f"GRANT {', '.join(privileges)} ON {quote_identifier(database)}.* TO {quoted}",
+    ]
+
+
+def _role_sql(role: str, objects: Iterable[str]) -> list[str]:
+    quoted = quote_identifier(role)
+    return [f"CREATE ROLE IF NOT EXISTS {quoted}", f"REVOKE ALL ON *.* FROM {quoted}",
+            *(f"GRANT SELECT ON {name} TO {quoted}" for name in objects)]
+
+
+def sink_users(prefix: str, recipients: Iterable[str]) -> list[str]:
+    """Every sink user: one per recipient, and the audit sinks' (decisions and operator actions)."""
+    return [sink_user(prefix, name) for name in (*sorted(set(recipients)), AUDIT_DATABASE)]
+
+
+def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Mapping[str, Credential] | None = None) -> list[str]:
+    """Users, roles and grants for a ClickHouse server, from `views` (recipient -> its agreement views):
+    - each sink's user may create and write its own database only (`SINK_PRIVILEGES`; a recipient's
+      sink also creates its views and reads its tables), and the views it creates run as it;
+    - each recipient's role may SELECT its agreement views only: no table, no other database;
+    - the oversight role alone reads the audit database.
+    Every user and role loses all its privileges first, so re-applying removes anything granted by
+    hand or by an older charter. `credentials` (sink user -> `Credential`) default to `NO_CREDENTIAL`."""
+    credentials = credentials or {}
     statements: list[str] = []
-    targets = [(role_name(agency), database_name(prefix, agency)) for agency in sorted(set(agencies))]
-    targets.append((role_name(OVERSIGHT_ROLE), database_name(prefix, AUDIT_DATABASE)))
-    for role, database in targets:
-        quoted = quote_identifier(role)
-        statements += [
-            f"CREATE ROLE IF NOT EXISTS {quoted}",
-            f"REVOKE ALL ON *.* FROM {quoted}",
-            f"GRANT SELECT ON {quote_identifier(database)}.* TO {quoted}",
-        ]
+    for recipient in sorted(views):
+        database = database_name(prefix, recipient)
+        user = sink_user(prefix, recipient)
+        statements += _user_sql(user, database, SINK_PRIVILEGES + VIEW_SINK_PRIVILEGES, credentials.get(user, NO_CREDENTIAL))
+    audit = database_name(prefix, AUDIT_DATABASE)
+    audit_user = sink_user(prefix, AUDIT_DATABASE)
+    statements += _user_sql(audit_user, audit, SINK_PRIVILEGES, credentials.get(audit_user, NO_CREDENTIAL))
+    for recipient in sorted(views):
+        database = database_name(prefix, recipient)
+        statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]])
+    statements += _role_sql(role_name(prefix, OVERSIGHT_ROLE), [f"{quote_identifier(audit)}.*"])
     return statements

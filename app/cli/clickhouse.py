@@ -1,6 +1,11 @@
-"""`backbone clickhouse grants [--apply]`: roles and grants of the per-agency databases."""
+"""`backbone clickhouse grants [--apply]`: sink users, recipient roles and the oversight role."""
 
 from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
 
 import typer
 
@@ -11,28 +16,76 @@ from backbone.settings import get_settings
 clickhouse_app = typer.Typer(help="ClickHouse databases of the agencies.", no_args_is_help=True)
 app.add_typer(clickhouse_app, name="clickhouse")
 
+PASSWORDS_FILE = "clickhouse-passwords.json"
+
+
+def sink_passwords(path: Path, users: list[str]) -> dict[str, str]:
+    """The sink users' passwords from `path` (a JSON object user -> password, readable by its owner
+    only); users it lacks get a new random password and the file is written back with mode 0600."""
+    known: dict[str, str] = {}
+    if path.exists():
+        mode = path.stat().st_mode & 0o777
+        if mode & 0o077:
+            raise BackboneError(f"{path} holds passwords but others may read it (mode {mode:o}); chmod 600 {path}")
+        try:
+            known = json.loads(path.read_text())
+        except (OSError, ValueError) as exc:
+            raise BackboneError(f"{path}: not a JSON object of user -> password ({type(exc).__name__})") from None
+        if not isinstance(known, dict) or not all(isinstance(v, str) and v for v in known.values()):
+            raise BackboneError(f"{path}: not a JSON object of user -> password")
+    missing = [user for user in users if user not in known]
+    if missing:
+        known.update({user: secrets.token_urlsafe(24) for user in missing})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        partial = path.with_name(path.name + ".partial")
+        descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        os.fchmod(descriptor, 0o600)  # whatever the umask, and a leftover partial file, say
+        with os.fdopen(descriptor, "w") as handle:
+            json.dump(known, handle, indent=2, sort_keys=True)
+        os.replace(partial, path)
+    return {user: known[user] for user in users}
+
 
 @clickhouse_app.command("grants")
-def grants(apply: bool = typer.Option(False, "--apply", help="Run the statements on the ClickHouse server (not possible on chDB)")) -> None:
-    """Print (or apply) one role per agency with SELECT on its own database only, and the oversight role."""
+def grants(
+    apply: bool = typer.Option(False, "--apply", help="Run the statements on the ClickHouse server (not possible on chDB)"),
+    passwords: Path = typer.Option(None, "--passwords", help="With --apply: JSON file of the sink users' passwords; missing ones "
+                                   f"are generated into it (mode 0600). Default <data dir>/{PASSWORDS_FILE}"),
+) -> None:
+    """Print (or apply) one user per sink writing its own database only, one role per recipient
+    reading its agreement views only, and the oversight role, alone reading the audit database."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
     from backbone.catalog import load_catalog
     from backbone.clickhouse import chdb_path, make_client
     from backbone.policy.agreements import load_agreements
-    from consumers.ddl import grants_sql
+    from consumers import ddl
+    from consumers.clickhouse_target import clickhouse_error
 
     settings = get_settings()
+    prefix = settings.clickhouse_database_prefix
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
-    statements = grants_sql(settings.clickhouse_database_prefix, {a.recipient for a in charter.agreements})
+    recipients = sorted({a.recipient for a in charter.agreements})
+    views = {recipient: ddl.agreement_views(charter, recipient) for recipient in recipients}
     if not apply:
-        for statement in statements:
-            console.print(statement + ";", highlight=False, soft_wrap=True)
+        for statement in ddl.grants_sql(prefix, views):
+            console.print(statement + ";", highlight=False, soft_wrap=True, markup=False)
         return
     if chdb_path(settings.clickhouse_dsn) is not None:
         raise BackboneError("chDB has no users or roles; print the SQL without --apply, or set BACKBONE_CLICKHOUSE_DSN to a ClickHouse server")
+    path = passwords or settings.data_dir / PASSWORDS_FILE
+    users = ddl.sink_users(prefix, recipients)
+    credentials = {user: ddl.Credential.of(password, secrets.token_hex(16)) for user, password in sink_passwords(path, users).items()}
+    statements = ddl.grants_sql(prefix, views, credentials)
     client = make_client(settings.clickhouse_dsn)
     try:
         for statement in statements:
-            client.command(statement)
+            try:
+                client.command(statement)
+            except DatabaseError as exc:  # its message would quote the statement: name the kind and the code only
+                raise BackboneError(f"ClickHouse refused {' '.join(statement.split()[:3])} ... ({clickhouse_error(exc)}); "
+                                    "the DSN's user needs access management (CREATE USER, ROLE, GRANT)") from None
     finally:
         client.close()
-    console.print(f"applied {len(statements)} statements")
+    console.print(f"applied {len(statements)} statements; sink users {', '.join(users)}: passwords in {path} (mode 0600)",
+                  highlight=False, soft_wrap=True, markup=False)
