@@ -11,8 +11,9 @@ import logging
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from backbone.errors import SettingsError
@@ -52,6 +53,15 @@ class Settings(BaseSettings):
     # Schema registry
     schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry")
     schema_registry_port: int = Field(8081, ge=0, le=65535, description="Port of the embedded registry")
+    # Clients: the registry user every backbone client sends (HTTP Basic). `user:password@` in the
+    # URL is accepted too and moved here, so the URL in messages never carries a password.
+    schema_registry_user: str | None = Field(None, description="Registry user the backbone's clients authenticate as")
+    schema_registry_password: SecretStr | None = Field(None, description="That user's password")
+    # Server (python -m backbone.registry): `none` serves anyone as admin, only when set explicitly.
+    schema_registry_auth: Literal["basic", "none"] = Field("basic", description="How the backbone's registry authenticates requests")
+    schema_registry_users_file: Path | None = Field(
+        None, description="Users file of the backbone's registry (default <data dir>/registry-users.json)"
+    )
 
     # ClickHouse
     clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")
@@ -95,8 +105,35 @@ class Settings(BaseSettings):
     @classmethod
     def _registry_is_http(cls, value: str) -> str:
         if not value.startswith(("http://", "https://")):
-            raise ValueError(f"expected an http:// or https:// URL, got {value!r}")
+            raise ValueError(f"expected an http:// or https:// URL, got {split_credentials(value)[0]!r}")  # never echo a password
         return value.rstrip("/")
+
+    @field_validator("schema_registry_user", "schema_registry_password", "schema_registry_users_file", "schema_registry_auth", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
+        # compose and k8s forward unset variables as empty strings: treat them as not given.
+        if isinstance(value, str) and not value.strip():
+            return "basic" if info.field_name == "schema_registry_auth" else None
+        return value
+
+    @model_validator(mode="after")
+    def _registry_credentials(self) -> Settings:
+        url, user, password = split_credentials(self.schema_registry_url)
+        if user is not None:
+            if self.schema_registry_user not in (None, user) or (
+                self.schema_registry_password is not None and self.schema_registry_password.get_secret_value() != password
+            ):
+                raise ValueError(
+                    "BACKBONE_SCHEMA_REGISTRY_URL carries credentials that differ from BACKBONE_SCHEMA_REGISTRY_USER / "
+                    "_PASSWORD: give them in one place"
+                )
+            self.schema_registry_url = url
+            self.schema_registry_user, self.schema_registry_password = user, SecretStr(password or "")
+        if (self.schema_registry_user is None) != (self.schema_registry_password is None):
+            raise ValueError("set BACKBONE_SCHEMA_REGISTRY_USER and BACKBONE_SCHEMA_REGISTRY_PASSWORD together")
+        if self.schema_registry_users_file is None:
+            self.schema_registry_users_file = self.data_dir / "registry-users.json"
+        return self
 
     @model_validator(mode="after")
     def _defaults_from_data_dir(self) -> Settings:
@@ -105,6 +142,22 @@ class Settings(BaseSettings):
         if self.keyring_path is None:
             self.keyring_path = self.data_dir / "keyring.json"
         return self
+
+    def schema_registry_credentials(self) -> tuple[str, str] | None:
+        """(user, password) the backbone's registry clients send, if configured."""
+        if self.schema_registry_user is None or self.schema_registry_password is None:
+            return None
+        return self.schema_registry_user, self.schema_registry_password.get_secret_value()
+
+    def schema_registry_url_with_credentials(self) -> str:
+        """The registry URL with `user:password@` (percent-encoded), for clients that only take a URL
+        (ClickHouse's `format_avro_schema_registry_url`). Never log it."""
+        credentials = self.schema_registry_credentials()
+        if credentials is None:
+            return self.schema_registry_url
+        scheme, _, rest = self.schema_registry_url.partition("://")
+        user, password = (quote(part, safe="") for part in credentials)
+        return f"{scheme}://{user}:{password}@{rest}"
 
     def kafka_config(self, **overrides: Any) -> dict[str, Any]:
         """librdkafka settings common to every client (bootstrap, security), plus `overrides`."""
@@ -147,6 +200,17 @@ class Settings(BaseSettings):
         config["group.id"] = group_id or "backbone-reader"
         config.update(overrides)
         return config
+
+
+def split_credentials(url: str) -> tuple[str, str | None, str | None]:
+    """`http://user:password@host:port` -> (`http://host:port`, user, password), percent-decoded;
+    (url, None, None) when the URL carries no user."""
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None, None
+    host = parts.netloc.rpartition("@")[2]
+    plain = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
+    return plain, unquote(parts.username), unquote(parts.password) if parts.password is not None else None
 
 
 def _describe(error: ValidationError) -> str:
