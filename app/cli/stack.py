@@ -12,7 +12,8 @@ from backbone.settings import get_settings
 
 @app.command()
 def up() -> None:
-    """Run the embedded stack (broker, registry) in the foreground and print its connection strings."""
+    """Run the embedded stack (broker, registry) in the foreground and print its connection strings
+    and the registry credentials every backbone client sends (fresh each start)."""
     settings = get_settings()
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
@@ -24,6 +25,9 @@ def up() -> None:
             for name, value in stack.environment().items():
                 console.print(f"  export {name}={value}", highlight=False)
             console.print(f"  export BACKBONE_CLICKHOUSE_DSN={settings.clickhouse_dsn}", highlight=False)
+            if stack.registry is not None and stack.registry.admin is not None:
+                console.print(f"registry admin: user {stack.registry.admin.name}, password in "
+                              f"{stack.registry.admin_password_path}; users in {stack.registry.users_path}", highlight=False)
             console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
             try:
                 while not stopping.wait(0.5):

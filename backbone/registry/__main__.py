@@ -3,6 +3,9 @@
 Bootstrap servers come from `BACKBONE_KAFKA_BOOTSTRAP` unless `--bootstrap` is given; the port
 defaults to `BACKBONE_SCHEMA_REGISTRY_PORT`. Binds 127.0.0.1 unless `--host` says otherwise.
 Logs as `BACKBONE_LOG_LEVEL` and `BACKBONE_LOG_FORMAT` say, like every backbone process.
+Authenticates every request with HTTP Basic against `BACKBONE_SCHEMA_REGISTRY_USERS_FILE` (manage it
+with `backbone registry users ...`); refuses to start without it unless
+`BACKBONE_SCHEMA_REGISTRY_AUTH=none` says explicitly to serve anyone as admin.
 """
 
 from __future__ import annotations
@@ -17,10 +20,13 @@ from aiohttp import web
 
 from backbone.errors import BackboneError
 from backbone.logs import configure_logging
+from backbone.registry.auth import Anonymous, BasicAuth, Guard
+from backbone.registry.errors import UsersFileError
 from backbone.registry.kafka_log import SchemaLog
 from backbone.registry.server import make_app
 from backbone.registry.service import SchemaRegistry
-from backbone.settings import load_settings
+from backbone.registry.users import UsersFile
+from backbone.settings import Settings, load_settings
 from backbone.topics import SCHEMAS_TOPIC
 
 log = logging.getLogger("backbone.registry")
@@ -35,9 +41,26 @@ def _arguments(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(registry: SchemaRegistry, host: str, port: int) -> None:
+def guard_for(settings: Settings) -> Guard:
+    """The request guard `settings` ask for; raises naming the setting when basic auth has no users."""
+    if settings.schema_registry_auth == "none":
+        log.warning("schema registry is anonymous (BACKBONE_SCHEMA_REGISTRY_AUTH=none): anyone who reaches it is admin")
+        return Anonymous()
+    assert settings.schema_registry_users_file is not None  # defaulted by the settings
+    try:
+        guard = BasicAuth(UsersFile(settings.schema_registry_users_file))
+    except UsersFileError as exc:
+        raise UsersFileError(
+            f"BACKBONE_SCHEMA_REGISTRY_AUTH is basic, so the registry needs users: {exc} "
+            "(BACKBONE_SCHEMA_REGISTRY_AUTH=none serves anyone as admin: only on a trusted network)"
+        ) from None
+    log.info("schema registry authenticates with HTTP Basic: %d users in %s", guard.count, settings.schema_registry_users_file)
+    return guard
+
+
+async def serve(registry: SchemaRegistry, guard: Guard, host: str, port: int) -> None:
     """Serve until SIGTERM or SIGINT."""
-    runner = web.AppRunner(make_app(registry), access_log=None)
+    runner = web.AppRunner(make_app(registry, guard), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
@@ -63,11 +86,12 @@ def main(argv: list[str] | None = None) -> int:
         configure_logging(settings)
         logging_ready = True
         port = settings.schema_registry_port if args.port is None else args.port
+        guard = guard_for(settings)  # before Kafka: a missing users file is the quicker error
         log.info("schema registry reading %s from Kafka at %s", args.topic, settings.kafka_bootstrap)
         schema_log = SchemaLog(settings, args.topic)
         schema_log.start()
         try:
-            asyncio.run(serve(SchemaRegistry(schema_log), args.host, port))
+            asyncio.run(serve(SchemaRegistry(schema_log), guard, args.host, port))
         finally:
             schema_log.stop()
     except BackboneError as exc:

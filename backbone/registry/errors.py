@@ -16,17 +16,23 @@ INCOMPATIBLE = 409
 INVALID_SCHEMA = 42201
 INVALID_VERSION = 42202
 INVALID_COMPATIBILITY_LEVEL = 42203
+INVALID_MODE = 42204
+OPERATION_NOT_PERMITTED = 42205
+UNAUTHORIZED = 40101
+FORBIDDEN = 40301
 STORE_ERROR = 50001
+REALM = "backbone-registry"
 
 
 class ApiError(BackboneError):
     """An error answer: HTTP `status`, Confluent `error_code` and a message without schema content."""
 
-    def __init__(self, status: int, error_code: int, message: str) -> None:
+    def __init__(self, status: int, error_code: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.error_code = error_code
         self.message = message
+        self.headers = headers or {}
 
     def body(self) -> dict[str, object]:
         return {"error_code": self.error_code, "message": self.message}
@@ -62,3 +68,27 @@ def invalid_level(level: object) -> ApiError:
 
 def store_error(detail: str) -> ApiError:
     return ApiError(500, STORE_ERROR, f"Error in the backend data store: {detail}")
+
+
+def unauthorized(detail: str) -> ApiError:
+    """401 with the Basic challenge; `detail` never quotes what the client sent."""
+    return ApiError(401, UNAUTHORIZED, detail, {"WWW-Authenticate": f'Basic realm="{REALM}"'})
+
+
+def forbidden(detail: str) -> ApiError:
+    return ApiError(403, FORBIDDEN, detail)
+
+
+def read_only(what: str) -> ApiError:
+    return ApiError(
+        422, OPERATION_NOT_PERMITTED,
+        f"{what} refused: the registry is in READONLY mode; an admin can PUT /mode {{\"mode\": \"READWRITE\"}}",
+    )
+
+
+def invalid_mode(mode: object) -> ApiError:
+    return ApiError(422, INVALID_MODE, f"Invalid mode: {str(mode)[:40]}; one of READWRITE, READONLY")
+
+
+class UsersFileError(BackboneError):
+    """The registry's users file is missing, unreadable or invalid; the message names the file and the setting."""

@@ -1,7 +1,8 @@
 """The Confluent Schema Registry REST API over `SchemaRegistry`, on aiohttp.
 
 Reads answer from memory; a read that misses catches up with the topic once and tries again, so a
-schema another registry process just registered is found. Writes run in a thread.
+schema another registry process just registered is found. Writes run in a thread. Every request
+passes the guard (`auth.py`); each route declares the access it needs in `ROUTES`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,10 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from backbone.registry import errors
+from backbone.registry.auth import Guard, guard_middleware
 from backbone.registry.compatibility import AvroText, parse_avro
-from backbone.registry.service import SchemaRegistry, check_level
+from backbone.registry.roles import Access
+from backbone.registry.service import SchemaRegistry, check_level, check_mode
 from backbone.registry.state import Version
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
@@ -25,8 +28,8 @@ log = logging.getLogger("backbone.registry")
 T = TypeVar("T")
 
 
-def _json(body: Any, status: int = 200) -> web.Response:
-    return web.Response(text=json.dumps(body), status=status, content_type=CONTENT_TYPE)
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(text=json.dumps(body), status=status, content_type=CONTENT_TYPE, headers=headers)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -38,7 +41,7 @@ async def _errors(request: web.Request, handler: Callable[[web.Request], Awaitab
     try:
         return await handler(request)
     except errors.ApiError as exc:
-        return _json(exc.body(), exc.status)
+        return _json(exc.body(), exc.status, exc.headers)
     except web.HTTPException as exc:
         if exc.status < 400:
             raise
@@ -113,7 +116,13 @@ class Api:
         return _json(["."])
 
     async def mode(self, request: web.Request) -> web.Response:
-        return _json({"mode": "READWRITE"})
+        with self.registry.log.lock:
+            return _json({"mode": self.registry.state.mode})
+
+    async def put_mode(self, request: web.Request) -> web.Response:
+        mode = check_mode((await self._body(request)).get("mode"))
+        await self._blocking(lambda: self.registry.set_mode(mode))
+        return _json({"mode": mode})
 
     # -- subjects ------------------------------------------------------------------------
 
@@ -234,34 +243,42 @@ class Api:
         return _json(body)
 
 
-def make_app(registry: SchemaRegistry) -> web.Application:
-    """The aiohttp application serving `registry`."""
-    app = web.Application(middlewares=[_errors])
+# (method, path, handler, route name, access needed). Looking a schema up and checking
+# compatibility are POSTs that change nothing, but they reveal whether a schema is registered under
+# a subject, so they are scoped like registering.
+ROUTES: list[tuple[str, str, str, str, Access]] = [
+    ("GET", "/", "root", "read_root", Access.READ),
+    ("GET", "/schemas/types", "schema_types", "list_schema_types", Access.READ),
+    ("GET", "/contexts", "contexts", "list_contexts", Access.READ),
+    ("GET", "/mode", "mode", "read_mode", Access.READ),
+    ("PUT", "/mode", "put_mode", "set_mode", Access.ADMIN),
+    ("GET", "/subjects", "list_subjects", "list_subjects", Access.READ),
+    ("POST", "/subjects/{subject}/versions", "register", "register", Access.SUBJECT),
+    ("GET", "/subjects/{subject}/versions", "list_versions", "list_versions", Access.READ),
+    ("GET", "/subjects/{subject}/versions/{version}", "get_version", "read_version", Access.READ),
+    ("GET", "/subjects/{subject}/versions/{version}/schema", "get_version_schema", "read_version_schema", Access.READ),
+    ("DELETE", "/subjects/{subject}/versions/{version}", "delete_version", "delete_version", Access.ADMIN),
+    ("POST", "/subjects/{subject}", "lookup", "look_up_schema", Access.SUBJECT),
+    ("DELETE", "/subjects/{subject}", "delete_subject", "delete_subject", Access.ADMIN),
+    ("GET", "/schemas/ids/{id}", "get_schema", "read_schema", Access.READ),
+    ("GET", "/schemas/ids/{id}/schema", "get_schema_text", "read_schema_text", Access.READ),
+    ("GET", "/schemas/ids/{id}/subjects", "get_schema_subjects", "read_schema_subjects", Access.READ),
+    ("GET", "/schemas/ids/{id}/versions", "get_schema_versions", "read_schema_versions", Access.READ),
+    ("GET", "/config", "get_config", "read_config", Access.READ),
+    ("PUT", "/config", "put_config", "set_global_compatibility", Access.ADMIN),
+    ("GET", "/config/{subject}", "get_subject_config", "read_subject_config", Access.READ),
+    ("PUT", "/config/{subject}", "put_config", "set_compatibility", Access.SUBJECT),
+    ("DELETE", "/config/{subject}", "delete_subject_config", "delete_compatibility", Access.ADMIN),
+    ("POST", "/compatibility/subjects/{subject}/versions/{version}", "compatibility", "check_compatibility", Access.SUBJECT),
+    ("POST", "/compatibility/subjects/{subject}/versions", "compatibility", "check_compatibility_with_every_version", Access.SUBJECT),
+]
+
+
+def make_app(registry: SchemaRegistry, guard: Guard) -> web.Application:
+    """The aiohttp application serving `registry`; every request passes `guard` first."""
+    access = {name: needed for _, _, _, name, needed in ROUTES}
+    app = web.Application(middlewares=[_errors, guard_middleware(guard, access)])
     app[REGISTRY_KEY] = registry
     api = Api(registry)
-    app.add_routes([
-        web.get("/", api.root),
-        web.get("/schemas/types", api.schema_types),
-        web.get("/contexts", api.contexts),
-        web.get("/mode", api.mode),
-        web.get("/subjects", api.list_subjects),
-        web.post("/subjects/{subject}/versions", api.register),
-        web.get("/subjects/{subject}/versions", api.list_versions),
-        web.get("/subjects/{subject}/versions/{version}", api.get_version),
-        web.get("/subjects/{subject}/versions/{version}/schema", api.get_version_schema),
-        web.delete("/subjects/{subject}/versions/{version}", api.delete_version),
-        web.post("/subjects/{subject}", api.lookup),
-        web.delete("/subjects/{subject}", api.delete_subject),
-        web.get("/schemas/ids/{id}", api.get_schema),
-        web.get("/schemas/ids/{id}/schema", api.get_schema_text),
-        web.get("/schemas/ids/{id}/subjects", api.get_schema_subjects),
-        web.get("/schemas/ids/{id}/versions", api.get_schema_versions),
-        web.get("/config", api.get_config),
-        web.put("/config", api.put_config),
-        web.get("/config/{subject}", api.get_subject_config),
-        web.put("/config/{subject}", api.put_config),
-        web.delete("/config/{subject}", api.delete_subject_config),
-        web.post("/compatibility/subjects/{subject}/versions/{version}", api.compatibility),
-        web.post("/compatibility/subjects/{subject}/versions", api.compatibility),
-    ])
+    app.add_routes([web.route(method, path, getattr(api, handler), name=name) for method, path, handler, name, _ in ROUTES])
     return app

@@ -13,6 +13,7 @@ from backbone.registry.kafka_log import SchemaLog
 from backbone.registry.state import Version
 
 MAX_ATTEMPTS = 5
+MODES = ("READWRITE", "READONLY")
 
 
 def _version_number(raw: str | int) -> int:
@@ -32,6 +33,12 @@ def check_level(level: Any) -> str:
     if not isinstance(level, str) or level.upper() not in LEVELS:
         raise errors.invalid_level(level)
     return level.upper()
+
+
+def check_mode(mode: Any) -> str:
+    if not isinstance(mode, str) or mode.upper() not in MODES:
+        raise errors.invalid_mode(mode)
+    return mode.upper()
 
 
 class SchemaRegistry:
@@ -96,9 +103,16 @@ class SchemaRegistry:
         return incompatibilities(parsed, [(v.version, self.state.parsed(v.schema_id)) for v in existing], level)
 
     # -- writes (blocking) ---------------------------------------------------------------
+    # Each write checks the mode after catching up with the log, so a READONLY set through
+    # another registry process on the same topic is honoured too.
 
     def sync(self) -> None:
         self.log.sync()
+
+    def _writable(self, what: str) -> None:
+        """Call under `self.log.lock`, after a sync."""
+        if self.state.mode == "READONLY":
+            raise errors.read_only(what)
 
     def register(self, subject: str, candidate: AvroText) -> Version:
         """Register `candidate` under `subject`; the same schema always gets the same id."""
@@ -108,8 +122,9 @@ class SchemaRegistry:
                 self.log.sync()
                 with self.log.lock:
                     existing = self.state.find(subject, candidate.identity)
-                    if existing is not None:
+                    if existing is not None:  # changes nothing, so READONLY answers it too (clients re-register at start)
                         return existing
+                    self._writable(f"registering under subject '{subject}'")
                     level = self.state.level(subject)
                     live = [(v.version, self.state.parsed(v.schema_id)) for v in self.state.versions(subject)]
                     schema_id = self.state.id_for(candidate.identity)
@@ -140,6 +155,7 @@ class SchemaRegistry:
         with self._write_lock:
             self.log.sync()
             with self.log.lock:
+                self._writable(f"deleting subject '{subject}'")
                 every = self.state.versions(subject, deleted=True)
                 live = [v for v in every if not v.deleted]
                 if not every:
@@ -160,6 +176,7 @@ class SchemaRegistry:
         with self._write_lock:
             self.log.sync()
             with self.log.lock:
+                self._writable(f"deleting a version of subject '{subject}'")
                 entry = self.version(subject, raw_version, deleted=permanent)
                 if permanent and not entry.deleted:
                     raise errors.ApiError(
@@ -183,12 +200,16 @@ class SchemaRegistry:
 
     def set_level(self, subject: str | None, level: str) -> None:
         with self._write_lock:
+            self.log.sync()
+            with self.log.lock:
+                self._writable("changing the compatibility level")
             self.log.wait_applied(self.log.append([({"keytype": "CONFIG", "subject": subject}, {"compatibilityLevel": level})]))
 
     def delete_level(self, subject: str) -> str:
         with self._write_lock:
             self.log.sync()
             with self.log.lock:
+                self._writable("changing the compatibility level")
                 previous = self.state.levels.get(subject)
             if previous is None:
                 raise errors.ApiError(
@@ -197,3 +218,8 @@ class SchemaRegistry:
                 )
             self.log.wait_applied(self.log.append([({"keytype": "CONFIG", "subject": subject}, None)]))
             return previous
+
+    def set_mode(self, mode: str) -> None:
+        """READWRITE or READONLY for every subject (the one write READONLY still allows)."""
+        with self._write_lock:
+            self.log.wait_applied(self.log.append([({"keytype": "MODE", "subject": None}, {"mode": mode})]))

@@ -12,6 +12,7 @@ Log records (key -> value, both JSON):
 - `{"keytype": "MAX_ID"}` -> `{"max_id": n}`: written before permanent deletes so that ids stay
   burnt after compaction removes their claims.
 - `{"keytype": "CONFIG", "subject": s or null}` -> `{"compatibilityLevel": level}` or null.
+- `{"keytype": "MODE", "subject": null}` -> `{"mode": "READWRITE" | "READONLY"}` or null (READWRITE).
 - `{"keytype": "NOOP", "node": n}`: a marker a process writes and reads back to catch up.
 """
 
@@ -55,6 +56,7 @@ class RegistryState:
     subjects: dict[str, dict[int, Version]] = field(default_factory=dict)
     claims: dict[str, Version] = field(default_factory=dict)
     levels: dict[str | None, str] = field(default_factory=dict)
+    mode: str = "READWRITE"
     max_id: int = 0
     position: int = -1
     _parsed: dict[int, avro.schema.Schema] = field(default_factory=dict)
@@ -80,6 +82,8 @@ class RegistryState:
                     self.levels.pop(subject, None)
                 else:
                     self.levels[subject] = str(value["compatibilityLevel"])
+            elif kind == "MODE" and key.get("subject") is None:
+                self.mode = "READWRITE" if value is None else str(value["mode"])
         except (KeyError, TypeError, ValueError):
             return
 
