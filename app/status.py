@@ -45,6 +45,10 @@ class Status:
     dlq: Counter[str] = field(default_factory=Counter)
     rows: list[tuple[str, int]] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)  # part -> why
+    # agreement status changes in force (key, status, when, by whom) and changes that cannot be
+    # applied (key -> why), which the processors deny as agreement_inactive
+    agreement_changes: list[tuple[str, str, str, str]] = field(default_factory=list)
+    agreement_problems: dict[str, str] = field(default_factory=dict)
 
 
 def _ask(status: Status, part: str, call: Callable[[], T]) -> T | None:
@@ -140,6 +144,19 @@ def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str,
         client.close()
 
 
+def agreement_status(settings: Settings, timeout: float) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
+    """Status changes on `agreements.changes` and the records the processors cannot apply, as a
+    worker would see them with this machine's schemas and agreements."""
+    from backbone import agreement_changes
+    from backbone.catalog import load_catalog
+    from backbone.policy.agreements import load_agreements
+
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    _, feed = agreement_changes.published(settings, charter, timeout=max(timeout, 2.0))
+    changes = [(c.key, c.status, c.at.strftime("%Y-%m-%d %H:%M:%S"), c.by) for c in sorted(feed.statuses.values(), key=lambda c: c.at)]
+    return changes, dict(feed.problems)
+
+
 def collect(settings: Settings, minutes: int = 5, timeout: float = 3.0) -> Status:
     """Ask every part; what does not answer within `timeout` is listed in `unreachable`."""
     status = Status()
@@ -147,6 +164,9 @@ def collect(settings: Settings, minutes: int = 5, timeout: float = 3.0) -> Statu
     if kafka is not None:
         status.topics, status.groups = kafka
         status.dlq = _ask(status, "dlq", lambda: dlq_status(settings, timeout)) or Counter()
+        changes = _ask(status, "agreement changes", lambda: agreement_status(settings, timeout))
+        if changes is not None:
+            status.agreement_changes, status.agreement_problems = changes
     status.subjects = _ask(status, "schema registry", lambda: registry_subjects(settings)) or []
     clickhouse = _ask(status, "clickhouse", lambda: clickhouse_status(settings, minutes))
     if clickhouse is not None:
@@ -163,4 +183,6 @@ def as_dict(status: Status) -> dict[str, Any]:
         "dlq": dict(status.dlq),
         "rows": status.rows,
         "unreachable": status.unreachable,
+        "agreement_changes": status.agreement_changes,
+        "agreement_problems": status.agreement_problems,
     }

@@ -196,7 +196,10 @@ def _operator() -> list[Grant]:
         *_grants(operator, "group", ANY, "literal", ("describe",), "backbone status lists every group's lag"),
         *_grants(operator, "topic", AGREEMENTS_TOPIC, "literal", ("read", "write"), "backbone agreements apply|suspend|revoke|activate"),
         *_grants(operator, "topic", OPERATIONS_TOPIC, "literal", ("write",), "operator actions are audited"),
-        *_grants(operator, "topic", DLQ_PREFIX, "prefixed", ("read",), "backbone status counts dead letters"),
+        *_grants(operator, "topic", DLQ_PREFIX, "prefixed", ("read",), "backbone status counts dead letters; dlq list|show|replay read them"),
+        # DESIGN: the operator replays dead letters after fixing their cause (each replay is audited)
+        *_grants(operator, "topic", RAW_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage processor writes back to raw topics"),
+        *_grants(operator, "topic", SHARED_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage sink writes back to shared topics"),
     ]
 
 

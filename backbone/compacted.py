@@ -21,11 +21,26 @@ from backbone.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class CompactedTopicReader:
-    """Applies every record of `topic` (from the beginning, then as it arrives) to `apply`, in a thread.
+class Retry(Exception):
+    """Raised by an `apply` that cannot apply a record yet (the schema registry is down): the reader
+    holds that record, retries it with backoff and applies nothing after it until it succeeds."""
 
-    `apply(message)` runs on the reader thread; it must be quick and must not raise (errors are
-    logged with the offset, never the content, and the reader goes on).
+
+RETRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+# Consumer errors after which the topic cannot be read as a whole any more: the reader dies.
+_FATAL_CODES = frozenset({KafkaError.UNKNOWN_TOPIC_OR_PART, KafkaError.TOPIC_AUTHORIZATION_FAILED,
+                          KafkaError.GROUP_AUTHORIZATION_FAILED, KafkaError._UNKNOWN_PARTITION})
+
+
+class CompactedTopicReader:
+    """Applies every record of `topic` (from the beginning, then as it arrives) to `apply`, in order,
+    in a thread.
+
+    `apply(message)` runs on the reader thread and must be quick. It handles bad records itself (the
+    state it keeps decides what a bad record means); it raises `Retry` to have the record applied
+    again later, in order. Anything else it raises, or a consumer error after which the topic cannot
+    be read whole, stops the reader: `error` says why and `alive` turns false, so the state's owner
+    stops relying on it (the processor stops deciding). Errors name the offset, never the content.
     """
 
     def __init__(self, settings: Settings, topic: str, apply: Callable[[Message], None], name: str) -> None:
@@ -34,10 +49,20 @@ class CompactedTopicReader:
         self.apply = apply
         self.name = name
         self.applied = 0
+        self.blocked: str | None = None  # why the reader waits to apply a record, while it does
         self._stop = threading.Event()
         self._caught_up = threading.Event()
         self._thread: threading.Thread | None = None
         self._error: BaseException | None = None
+
+    @property
+    def error(self) -> BaseException | None:
+        return self._error
+
+    @property
+    def alive(self) -> bool:
+        """Still applying records: started, not stopped, not failed."""
+        return self._thread is not None and self._thread.is_alive() and self._error is None
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -79,7 +104,6 @@ class CompactedTopicReader:
             self._error = KafkaUnavailableError(f"{self.name}: cannot read {self.topic}: {exc}")
             return
         pending = dict(ends)
-        eof: set[int] = set()
         try:
             while not self._stop.is_set():
                 messages = consumer.consume(1000, 0.2)
@@ -87,22 +111,42 @@ class CompactedTopicReader:
                     error = message.error()
                     if error is not None:
                         if error.code() == KafkaError._PARTITION_EOF:
-                            eof.add(message.partition())
                             # Watermarks can lag what was written on some brokers: EOF is the real end.
                             pending.pop(message.partition(), None)
+                        elif error.fatal() or error.code() in _FATAL_CODES:
+                            raise KafkaUnavailableError(f"{self.name}: {self.topic} cannot be read any more ({error.str()})")
                         continue
                     partition = message.partition()
                     if partition in pending and message.offset() + 1 >= pending[partition]:
                         pending.pop(partition)
-                    try:
-                        self.apply(message)
-                    except Exception:  # noqa: BLE001 - one bad record must not stop the state feed
-                        log.exception("%s: record at %s[%d]@%d not applied", self.name, self.topic, partition, message.offset())
+                    if not self._apply_in_order(message):
+                        return  # stopped while waiting to apply
                     self.applied += 1
                 if not pending and not self._caught_up.is_set():
                     self._caught_up.set()
+        except BaseException as exc:  # noqa: BLE001 - the owner learns through `alive` and `error`
+            self._error = exc
+            log.error("%s stopped: %s", self.name, exc)
         finally:
             consumer.close()
+
+    def _apply_in_order(self, message: Message) -> bool:
+        """Apply one record, retrying it while `apply` raises `Retry`; False if stopped meanwhile."""
+        attempt = 0
+        while True:
+            try:
+                self.apply(message)
+                if self.blocked:
+                    log.info("%s: applying again from %s[%d]@%d", self.name, self.topic, message.partition(), message.offset())
+                self.blocked = None
+                return True
+            except Retry as wait:
+                if self.blocked is None:
+                    log.warning("%s: record at %s[%d]@%d waits: %s", self.name, self.topic, message.partition(), message.offset(), wait)
+                self.blocked = str(wait) or "retrying"
+                if self._stop.wait(RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]):
+                    return False
+                attempt += 1
 
 
 def read_to_end(settings: Settings, topic: str, timeout: float = 10.0) -> list[Message]:

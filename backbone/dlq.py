@@ -55,7 +55,6 @@ REASONS: dict[str, str] = {
     "transform_failed": "deciding or transforming the event failed unexpectedly (nothing was released)",
     "schema_unreadable": "the writer schema could not be read or mapped to ClickHouse types",
     "type_mismatch": "a field's type differs from the existing column's type",
-    "registry_unavailable": "the schema registry did not answer",
     "clickhouse_rejected": "ClickHouse refused the row (error code in error.detail)",
 }
 
@@ -126,3 +125,74 @@ def count(settings: Settings, timeout: float = 10.0) -> Counter[tuple[str, str]]
         for letter in read(settings, stage, timeout):
             counts[(stage, letter.reason)] += 1
     return counts
+
+
+@dataclass(slots=True, frozen=True)
+class Entry:
+    """A dead letter with where it sits on its DLQ topic and when it was written (epoch millis)."""
+
+    letter: DeadLetter
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+    @property
+    def position(self) -> str:
+        return f"{self.topic}[{self.partition}]@{self.offset}"
+
+
+def entries(settings: Settings, stage: str, timeout: float = 10.0) -> list[Entry]:
+    """Every dead letter of one stage now, with its DLQ position and time."""
+    from backbone.compacted import read_to_end
+
+    found = []
+    for message in read_to_end(settings, dlq_topic(stage), timeout):
+        _, timestamp = message.timestamp()
+        found.append(Entry(DeadLetter.from_message(message), message.topic(), message.partition(), message.offset(), timestamp))
+    return found
+
+
+def select(found: list[Entry], reason: str | None = None, since_ms: int | None = None, until_ms: int | None = None,
+           source_topic: str | None = None) -> list[Entry]:
+    """The entries matching every filter given (reason code, source topic, written in [since, until))."""
+    return [
+        entry for entry in found
+        if (reason is None or entry.letter.reason == reason)
+        and (source_topic is None or entry.letter.source_topic == source_topic)
+        and (since_ms is None or entry.timestamp_ms >= since_ms)
+        and (until_ms is None or entry.timestamp_ms < until_ms)
+    ]
+
+
+def replay(settings: Settings, chosen: list[Entry]) -> int:
+    """Write each chosen dead letter back to its source topic: the original key, value and headers,
+    byte for byte (events keep their ids, so consumers that saw them before deduplicate). Waits
+    until the cluster acknowledged every one; returns how many were replayed."""
+    from confluent_kafka import KafkaError, Producer
+
+    from backbone.errors import KafkaUnavailableError
+
+    producer = Producer(settings.producer_config())
+    failures: list[str] = []
+
+    def delivered(error: KafkaError | None, message: object) -> None:
+        if error is not None:
+            failures.append(error.str())
+
+    for entry in chosen:
+        letter = entry.letter
+        if letter.source_topic in ("", "?") or letter.source_topic.startswith(dlq_topic("")):
+            raise ValueError(f"{entry.position} names no source topic to replay to")
+        producer.produce(letter.source_topic, letter.value, letter.key, headers=list(letter.original_headers) or None,
+                         on_delivery=delivered)
+        producer.poll(0)
+    if producer.flush(settings.kafka_timeout_s * 3) or failures:
+        raise KafkaUnavailableError(f"replayed dead letters not acknowledged by Kafka at {settings.kafka_bootstrap}"
+                                    f"{' (' + failures[0] + ')' if failures else ''}; replay again: consumers deduplicate")
+    return len(chosen)
+
+
+def topic_config(settings: Settings) -> dict[str, str]:
+    """Configuration of a DLQ topic: its retention bounds how long original bytes are kept."""
+    return {"retention.ms": str(int(settings.dlq_retention_days * 86_400_000))}

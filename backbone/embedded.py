@@ -283,7 +283,9 @@ class EmbeddedRegistry(_EmbeddedPart):
         return f"http://{name}:{password}@{LOOPBACK}:{self.port}"
 
     def start(self) -> EmbeddedRegistry:
-        if self.auth == "basic":
+        # Users are provisioned at the first start only: a restart of the same registry (after an
+        # outage) keeps the credentials every running client already holds.
+        if self.auth == "basic" and self.service is None:
             self.admin, self.service = provision_registry_users(self.users_path, self.admin_password_path)
         return super().start()
 

@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     sink_batch_rows: int = Field(20_000, ge=1, description="Rows a sink lands per insert at most")
     sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch")
     fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
+    dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")
 
     # Files

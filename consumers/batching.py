@@ -24,13 +24,23 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
 from backbone import dlq
-from backbone.errors import SinkError
+from backbone.errors import BackboneError, SinkError
 from backbone.settings import Settings
 from backbone.topics import Topics, dlq_topic
 
 log = logging.getLogger("backbone.sink")
 
 DLQ_TOPIC = dlq_topic(dlq.SINK)
+# Waits between attempts to write a batch while the target is unavailable (the last one repeats).
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 10.0)
+# A sink waiting out an outage does not poll its consumer: the group keeps it this long.
+MAX_POLL_INTERVAL_MS = 1_800_000
+
+
+class TargetUnavailable(BackboneError):
+    """The target, or what it depends on (a database, the schema registry), cannot take a batch
+    right now. The loop keeps the batch, commits nothing and writes it again after a backoff:
+    infrastructure trouble is never dead-lettered."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -69,6 +79,7 @@ class Target(Protocol):
 class SinkStats:
     landed: int = 0
     dead_lettered: int = 0
+    retries: int = 0  # writes that met an unavailable target and were tried again
     batches: int = 0
     commits: int = 0
     # where the time goes, in seconds: waiting in consume, writing, committing, the after-batch hook
@@ -112,13 +123,15 @@ class BatchingSink:
         self._producer: Producer | None = None
         self._undelivered: list[str] = []
         self._ready = False
+        self._leads = False
+        self._stop_requested: threading.Event | None = None
 
     def setup(self) -> None:
         """Prepare the target (databases, tables, ...) and the DLQ topic; idempotent."""
         if self._ready:
             return
         self.target.setup()
-        Topics(self.settings).ensure(DLQ_TOPIC)
+        Topics(self.settings).ensure(DLQ_TOPIC, config=dlq.topic_config(self.settings))
         self._ready = True
 
     # the loop -------------------------------------------------------------------------------
@@ -127,15 +140,38 @@ class BatchingSink:
             self.setup()
             config = self.settings.consumer_config(
                 self.group_id,
-                **{"topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 100, "enable.partition.eof": False},
+                **{"topic.metadata.refresh.interval.ms": 2000, "fetch.wait.max.ms": 100, "enable.partition.eof": False,
+                   "max.poll.interval.ms": MAX_POLL_INTERVAL_MS},
             )
             self._consumer = Consumer(config)
             self._producer = Producer(self.settings.producer_config())
-            self._consumer.subscribe([self.subscription], on_revoke=self._on_revoke)
+            self._consumer.subscribe([self.subscription], on_assign=self._on_assign, on_revoke=self._on_revoke)
         return self._consumer
+
+    def leads(self) -> bool:
+        """True while this member holds partition 0 of the first topic of its subscription (sorted):
+        the consumer group gives that to exactly one member at a time, so work that must happen once
+        across replicas (publishing fraud alerts) is done by the member that leads. Kept up to date
+        on the sink's own thread at each assignment; safe to read from any thread."""
+        return self._leads
+
+    def _on_assign(self, consumer: Consumer, partitions: list) -> None:
+        # runs on the sink's thread, inside consume(): the only thread that touches the consumer
+        assigned = {(tp.topic, tp.partition) for tp in partitions}
+        if self.subscription.startswith("^"):
+            try:
+                topics = consumer.list_topics(timeout=self.settings.kafka_timeout_s).topics
+            except KafkaException:
+                topics = {}
+            pattern = re.compile(self.subscription)
+            matching = sorted(topic for topic in topics if pattern.match(topic))
+        else:
+            matching = [self.subscription]
+        self._leads = bool(matching) and (matching[0], 0) in assigned
 
     def _on_revoke(self, consumer: Consumer, partitions: list) -> None:
         # land and commit what we hold before another member takes these partitions over
+        self._leads = False
         self.flush()
 
     def poll(self, timeout: float = 0.5) -> int:
@@ -168,6 +204,7 @@ class BatchingSink:
 
     def run(self, stop: threading.Event) -> None:
         """Land until `stop` is set; what is pending is landed and committed before returning."""
+        self._stop_requested = stop
         try:
             while not stop.is_set():
                 self.poll(0.5)
@@ -208,7 +245,7 @@ class BatchingSink:
             return
         pending, self._pending = self._pending, []
         started = time.perf_counter()
-        written = self.target.write(pending)
+        written = self._write(pending)
         for rejection in written.rejected:
             self._dead_letter(rejection)
         self.stats.landed += written.landed
@@ -231,6 +268,29 @@ class BatchingSink:
         if self.after_batch is not None and written.destinations:
             self.after_batch(written.destinations)
             self.stats.hook_s += time.perf_counter() - committed
+
+    def _write(self, pending: list[Message]) -> Written:
+        """The target's write, again and again with backoff while it is unavailable; a stop asked
+        meanwhile ends the sink without committing (the batch is read again after a restart)."""
+        attempt = 0
+        while True:
+            try:
+                written = self.target.write(pending)
+            except TargetUnavailable as exc:
+                delay = RETRY_BACKOFF_S[min(attempt, len(RETRY_BACKOFF_S) - 1)]
+                if attempt == 0:
+                    log.warning("sink %s: %s; the batch of %d waits and is written again (nothing committed meanwhile)",
+                                self.name, exc, len(pending))
+                attempt += 1
+                self.stats.retries += 1
+                if self._stop_requested is not None and self._stop_requested.wait(delay):
+                    raise SinkError(f"sink {self.name}: stopped while waiting for its target ({exc}); offsets not committed") from None
+                if self._stop_requested is None:
+                    time.sleep(delay)
+                continue
+            if attempt:
+                log.info("sink %s: target answers again after %d attempts; batch written", self.name, attempt)
+            return written
 
     def _on_delivery(self, error: KafkaError | None, message: Message) -> None:
         if error is not None:

@@ -6,9 +6,11 @@ Per batch:
 2. each group is inserted as one `FORMAT AvroConfluent` block: ClickHouse decodes the wire format
    itself, fetching writer schemas from the schema registry, so no Avro is decoded in Python;
    new fields of a newer writer schema are added to the table first (`ADD COLUMN IF NOT EXISTS`);
-3. an unreachable or overloaded ClickHouse is retried with backoff, then the batch fails (nothing
-   is committed); a group ClickHouse rejects is bisected down to the rejected rows, which are
-   returned as rejections for the DLQ (`clickhouse_rejected`, the ClickHouse error code as detail).
+3. an unreachable or overloaded ClickHouse or schema registry (connection errors, timeouts, 5xx,
+   ClickHouse's own failure to fetch a writer schema) raises `TargetUnavailable`: the batching
+   loop retries the whole batch with backoff and commits nothing meanwhile; only a group ClickHouse
+   rejects as data is bisected down to the rejected rows, returned as rejections for the DLQ
+   (`clickhouse_rejected`, the ClickHouse error code as detail).
 
 Tables are ReplacingMergeTrees keyed on the event id and views read them with `FINAL`, so rows
 landed twice (a redelivery after a crash) never show twice.
@@ -19,8 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import time
-from collections.abc import Callable
 
 from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError
@@ -32,14 +32,31 @@ from backbone.errors import SinkError
 from backbone.serde import HEADER_SIZE, MAGIC
 from backbone.settings import Settings
 from consumers import ddl
-from consumers.batching import Rejection, Written
+from consumers.batching import Rejection, TargetUnavailable, Written
 from consumers.plans import Destination, SinkPlan
 from consumers.typemap import Column, TypeMappingError, table_columns
 
 log = logging.getLogger("backbone.sink")
 
-INSERT_ATTEMPTS = 5
-BACKOFF_S = 0.5  # doubled after each failed attempt: 0.5, 1, 2, 4 s
+# ClickHouse error codes that say "not now" rather than "not this data": the batch is retried.
+TRANSIENT_CODES = frozenset({
+    3,    # UNEXPECTED_END_OF_FILE (connection cut)
+    159,  # TIMEOUT_EXCEEDED
+    164,  # READONLY (a replica in read-only mode)
+    202,  # TOO_MANY_SIMULTANEOUS_QUERIES
+    209,  # SOCKET_TIMEOUT
+    210,  # NETWORK_ERROR (also: the schema registry did not answer ClickHouse)
+    241,  # MEMORY_LIMIT_EXCEEDED
+    242,  # TABLE_IS_READ_ONLY
+    243,  # NOT_ENOUGH_SPACE
+    252,  # TOO_MANY_PARTS
+    319,  # UNKNOWN_STATUS_OF_INSERT
+    425,  # SYSTEM_ERROR
+    999,  # KEEPER_EXCEPTION
+})
+# ClickHouse fetches writer schemas from the registry itself; any failure to do so is the registry's,
+# never the row's (this sink looked the same schema id up just before).
+_SCHEMA_FETCH = "while fetching schema id"
 SCHEMA_NOT_FOUND = 40403  # the registry's error code for an unknown schema id
 _CODE = re.compile(r"Code: (\d+)")
 _NAME = re.compile(r"\(([A-Z][A-Z0-9_]+)\)")
@@ -54,6 +71,14 @@ def clickhouse_error(exc: BaseException) -> str:
     if names:
         parts.append(names[-1])
     return " ".join(parts)
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a ClickHouse error says "try again later" (overload, network, the registry) rather
+    than "this row is wrong"."""
+    text = str(exc)
+    code = _CODE.search(text)
+    return _SCHEMA_FETCH in text or (code is not None and int(code.group(1)) in TRANSIENT_CODES)
 
 
 class _Refused(Exception):
@@ -112,6 +137,12 @@ class ClickHouseTarget:
 
     # writing --------------------------------------------------------------------------------
     def write(self, messages: list[Message]) -> Written:
+        try:
+            return self._write(messages)
+        except OperationalError as exc:  # a DDL or system.columns lookup met an unreachable ClickHouse
+            raise TargetUnavailable(f"ClickHouse did not answer ({type(exc).__name__})") from None
+
+    def _write(self, messages: list[Message]) -> Written:
         written = Written()
         groups: dict[Destination, list[Message]] = {}
         for message in messages:
@@ -148,10 +179,12 @@ class ClickHouseTarget:
         try:
             schema = json.loads(self.registry.get_schema(schema_id).schema_str)
         except SchemaRegistryError as exc:
-            reason = "unknown_schema_id" if exc.error_code == SCHEMA_NOT_FOUND or exc.http_status_code == 404 else "schema_unreadable"
-            raise _Refused(reason, f"schema id {schema_id}: registry error {exc.error_code}") from None
-        except Exception as exc:  # noqa: BLE001 - transport errors
-            raise _Refused("registry_unavailable", f"schema id {schema_id}: {type(exc).__name__}") from None
+            if exc.error_code == SCHEMA_NOT_FOUND or exc.http_status_code == 404:
+                raise _Refused("unknown_schema_id", f"schema id {schema_id}: registry error {exc.error_code}") from None
+            # 5xx, or 401/403 (credentials the operator must fix): the registry's trouble, not the row's
+            raise TargetUnavailable(f"schema registry answered {exc.http_status_code} for schema id {schema_id}") from None
+        except Exception as exc:  # noqa: BLE001 - transport errors: connection refused, timeouts
+            raise TargetUnavailable(f"schema registry did not answer for schema id {schema_id} ({type(exc).__name__})") from None
         try:
             columns = table_columns(schema)
         except TypeMappingError as exc:
@@ -172,11 +205,12 @@ class ClickHouseTarget:
     def _insert(self, destination: Destination, fields: list[str], messages: list[Message], written: Written) -> None:
         block = b"".join(message.value() for message in messages)
         try:
-            self._with_retries(destination, lambda: self.client.raw_insert(
-                destination.name, fields, insert_block=block, fmt="AvroConfluent", settings=self._insert_settings))
-        except OperationalError:
-            raise
+            self.client.raw_insert(destination.name, fields, insert_block=block, fmt="AvroConfluent", settings=self._insert_settings)
+        except OperationalError as exc:  # ClickHouse unreachable
+            raise TargetUnavailable(f"insert into {destination.name}: {type(exc).__name__}") from None
         except DatabaseError as exc:
+            if transient(exc):
+                raise TargetUnavailable(f"insert into {destination.name}: {clickhouse_error(exc)}") from None
             if len(messages) == 1:
                 written.rejected.append(Rejection(messages[0], "clickhouse_rejected", clickhouse_error(exc)))
                 return
@@ -185,22 +219,6 @@ class ClickHouseTarget:
             self._insert(destination, fields, messages[middle:], written)
             return
         written.landed += len(messages)
-
-    def _with_retries(self, destination: Destination, insert: Callable[[], object]) -> None:
-        delay = BACKOFF_S
-        for attempt in range(1, INSERT_ATTEMPTS + 1):
-            try:
-                insert()
-                return
-            except OperationalError as exc:  # ClickHouse unreachable or overloaded: try again
-                if attempt == INSERT_ATTEMPTS:
-                    raise SinkError(
-                        f"sink {self.name}: insert into {destination.name} failed {attempt} times "
-                        f"({type(exc).__name__}); offsets not committed, restart to resume"
-                    ) from exc
-                log.warning("sink %s: insert into %s failed (%s), retry in %.1fs", self.name, destination.name, type(exc).__name__, delay)
-                time.sleep(delay)
-                delay *= 2
 
     def close(self) -> None:
         """Nothing to release: the client belongs to whoever made the target."""

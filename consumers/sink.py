@@ -47,12 +47,12 @@ class LandingHook:
     closers: list[Callable[[], None]] = field(default_factory=list)
 
 
-# (settings, recipient, client factory or None to share the sink's client, registry, the sink's client)
-HookFactory = Callable[[Settings, str, ClientFactory | None, SchemaRegistryClient, Client], LandingHook | None]
+# (settings, recipient, client factory or None to share the sink's client, registry, the sink)
+HookFactory = Callable[[Settings, str, ClientFactory | None, SchemaRegistryClient, "Sink"], LandingHook | None]
 
 
 def fraud_rules_hook(settings: Settings, recipient: str, make_client: ClientFactory | None,
-                     registry: SchemaRegistryClient, sink_client: Client) -> LandingHook | None:
+                     registry: SchemaRegistryClient, sink: Sink) -> LandingHook | None:
     """The fraud rules on the fraud recipient's database. With a client factory they run on their
     own thread and client, at most every `fraud_interval_s`, so landing never waits for them;
     sharing the sink's client, they run after each batch on the sink's thread."""
@@ -61,10 +61,10 @@ def fraud_rules_hook(settings: Settings, recipient: str, make_client: ClientFact
     from consumers.fraud import BackgroundDetection, FraudDetector
 
     if make_client is None:
-        detector = FraudDetector(settings, sink_client, registry)
+        detector = FraudDetector(settings, sink.target.client, registry, leads=sink.leads)
         return LandingHook(detector.after_batch, [detector.close])
     client = make_client()
-    background = BackgroundDetection(FraudDetector(settings, client, registry), settings.fraud_interval_s)
+    background = BackgroundDetection(FraudDetector(settings, client, registry, leads=sink.leads), settings.fraud_interval_s)
     return LandingHook(background.after_batch, [background.close, client.close])
 
 
@@ -92,10 +92,11 @@ def sinks_for(settings: Settings, charter: Charter, client: Client | ClientFacto
     sinks = []
     for recipient in chosen:
         own, closers = own_client()
-        hooks = [hook for factory in LANDING_HOOKS.values() if (hook := factory(settings, recipient, make, registry, own)) is not None]
-        sinks.append(Sink(settings, recipient_plan(settings, charter, recipient), own, registry,
-                          after_batch=_each(hook.after_batch for hook in hooks),
-                          on_close=_chain([*(close for hook in hooks for close in hook.closers), *closers])))
+        sink = Sink(settings, recipient_plan(settings, charter, recipient), own, registry)
+        hooks = [hook for factory in LANDING_HOOKS.values() if (hook := factory(settings, recipient, make, registry, sink)) is not None]
+        sink.after_batch = _each(hook.after_batch for hook in hooks)
+        sink.on_close = _chain([*(close for hook in hooks for close in hook.closers), *closers])
+        sinks.append(sink)
     if audit:
         for plan in (audit_plan(settings, charter.catalog), operations_plan(settings, charter.catalog)):
             own, closers = own_client()

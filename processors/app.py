@@ -19,7 +19,7 @@ from typing import Any
 import faust
 import mode
 
-from backbone import agreement_changes
+from backbone import agreement_changes, dlq
 from backbone.catalog import load_catalog
 from backbone.compacted import CompactedTopicReader
 from backbone.errors import BackboneError
@@ -58,6 +58,7 @@ class Enforcement:
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
         self.readers: list[CompactedTopicReader] = []
+        self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
 
     def ensure_topics(self) -> None:
@@ -65,7 +66,8 @@ class Enforcement:
         compacted = {"cleanup.policy": "compact"}
         topics.ensure(CONSENT_TOPIC, config=compacted)
         agreement_changes.ensure_topic(self.settings)
-        for name in [AUDIT_TOPIC, DLQ_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
+        topics.ensure(DLQ_TOPIC, config=dlq.topic_config(self.settings))
+        for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         for agreement in self.charter.agreements:
             for event_type in agreement.event_types:
@@ -77,20 +79,40 @@ class Enforcement:
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
-        agreements_reader = agreement_changes.feed(self.settings, self.catalog, self._apply_agreement)
+        agreements_reader, self.agreement_feed = agreement_changes.feed(
+            self.settings, self.catalog, self.engine.apply, self._set_status, self._known)
         self.readers = [consent_reader, agreements_reader]
         for reader in self.readers:
             reader.start()
         for reader in self.readers:
             # No event is decided on before the worker knows every consent and agreement change.
             reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
-        self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane")
+        self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason)
         self.data_plane.start()
         log.info("enforcing %d agreements; %d consent records", len(self.charter.agreements), len(self.consent))
 
-    def _apply_agreement(self, agreement: Any) -> None:
-        self.engine.apply(agreement)
-        log.info("agreement %s is now %s", agreement.key, agreement.status)
+    def _set_status(self, agreement_id: str, version: int, status: str) -> None:
+        self.engine.set_status(agreement_id, version, status)  # type: ignore[arg-type]
+
+    def _known(self, key: str) -> bool:
+        return any(agreement.key == key for agreement in self.engine.charter.agreements)
+
+    def dead_reader(self) -> str | None:
+        """Why a state reader stopped (the worker must not decide without it), if one did."""
+        for reader in self.readers:
+            if not reader.alive:
+                return f"{reader.name} stopped reading {reader.topic}: {reader.error or 'its thread ended'}"
+        return None
+
+    def wait_reason(self) -> str | None:
+        """Why the data plane must not decide right now: a state reader is dead or waiting."""
+        dead = self.dead_reader()
+        if dead is not None:
+            return dead
+        for reader in self.readers:
+            if reader.blocked:
+                return f"{reader.name} waits to apply a record of {reader.topic} ({reader.blocked})"
+        return None
 
     def stop(self) -> None:
         if self.data_plane is not None:
@@ -175,6 +197,12 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
                 if plane.error is not None:
                     log.error("stopping the worker: %s", plane.error)
                     await self.crash(plane.error)
+                    return
+                dead = enforcement.dead_reader()
+                if dead is not None:
+                    # Consent or agreement state is no longer current: stop deciding at all.
+                    log.error("stopping the worker, it must not decide without its state: %s", dead)
+                    await self.crash(BackboneError(dead))
                     return
                 last += 1
                 if last >= 10:

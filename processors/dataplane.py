@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from backbone.errors import BackboneError
+from backbone.errors import BackboneError, RegistryError
 from backbone.policy.engine import ConsentState
 from backbone.settings import Settings
 from backbone.topics import RAW_PATTERN
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 # (~0.6 s -> ~2 s); 10 ms matched 2 ms on latency (throughput not yet measured). Latency is the
 # target, so 2 ms.
 LINGER_MS = 2
+# How long the data plane waits before reading again after the schema registry failed it.
+REGISTRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 class DeliveryFailed(BackboneError):
@@ -43,12 +45,17 @@ class DataPlane:
     """One consume/route/produce/commit loop, run on its own thread by the Faust service."""
 
     def __init__(self, settings: Settings, router: Router, consent: ConsentState, group_id: str,
-                 before_batch: Callable[[], None] | None = None) -> None:
+                 before_batch: Callable[[], None] | None = None, gate: Callable[[], str | None] | None = None) -> None:
         self.settings = settings
         self.router = router
         self.consent = consent
         self.group_id = group_id
         self.before_batch = before_batch
+        # Asked before every batch: a reason to wait (a state reader is behind or dead) pauses the
+        # data plane, which decides nothing until the reason is gone.
+        self.gate = gate
+        self._held: str | None = None  # the gate's reason while the data plane is paused by it
+        self.registry_waits = 0  # consecutive batches cut short by an unavailable registry
         self.consumed = 0
         self.produced = 0
         self.batches = 0
@@ -67,6 +74,11 @@ class DataPlane:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
+
+    @property
+    def paused(self) -> str | None:
+        """Why the data plane decides nothing right now, if it does not."""
+        return self._held or ("schema registry unavailable" if self.registry_waits else None)
 
     @property
     def alive(self) -> bool:
@@ -95,18 +107,46 @@ class DataPlane:
         batch_size = self.settings.consumer_batch_size
         try:
             while not self._stop.is_set():
+                if self._hold(consumer):
+                    continue
                 started = time.perf_counter()
                 messages = consumer.consume(batch_size, 0.1)
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
                     continue
+                waits = self.registry_waits
                 if self.before_batch is not None:
                     self.before_batch()
                 self._process(messages, consumer, producer)
+                if self.registry_waits == waits and waits:
+                    log.info("schema registry answers again after %d waits; deciding", waits)
+                    self.registry_waits = 0
         finally:
             producer.flush(self.settings.kafka_timeout_s)
             consumer.close()
+
+    def _hold(self, consumer: Consumer) -> bool:
+        """Pause while the gate gives a reason (True: nothing consumed this turn), resume after."""
+        reason = self.gate() if self.gate is not None else None
+        if reason is None:
+            if self._held is not None:
+                consumer.resume(consumer.assignment())
+                log.info("data plane resumes deciding (was waiting: %s)", self._held)
+                self._held = None
+            return False
+        if self._held is None:
+            log.warning("data plane pauses, deciding nothing until: %s", reason)
+            consumer.pause(consumer.assignment())
+        self._held = reason
+        # Keep the group membership alive. A partition assigned meanwhile is not paused yet: put
+        # back whatever it delivers (nothing is skipped) and pause it too.
+        for message in consumer.consume(1, 0.2):
+            if message.error() is None:
+                position = TopicPartition(message.topic(), message.partition(), message.offset())
+                consumer.seek(position)
+                consumer.pause([position])
+        return True
 
     def _process(self, messages: list[Message], consumer: Consumer, producer: Producer) -> None:
         started = time.perf_counter()
@@ -116,7 +156,9 @@ class DataPlane:
         produce = producer.produce
         on_delivery = self._on_delivery
         offsets: dict[tuple[str, int], int] = {}
+        firsts: dict[tuple[str, int], int] = {}
         produced = 0
+        unavailable: RegistryError | None = None
         for message in messages:
             error = message.error()
             if error is not None:
@@ -124,8 +166,18 @@ class DataPlane:
                     log.warning("consume error: %s", error.str())
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
-            for output in route(topic, message.key(), message.value(), message.headers(), consent, now,
-                                partition=partition, offset=offset):
+            firsts.setdefault((topic, partition), offset)
+            if unavailable is not None:
+                continue
+            try:
+                outputs = route(topic, message.key(), message.value(), message.headers(), consent, now,
+                                partition=partition, offset=offset)
+            except RegistryError as exc:
+                # The registry is down or refusing: nothing is dead-lettered and nothing skipped.
+                # What was routed so far is delivered and committed; the rest is read again.
+                unavailable = exc
+                continue
+            for output in outputs:
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
@@ -144,9 +196,21 @@ class DataPlane:
         seconds["route"] += routed - started
         seconds["flush"] += flushed - routed
         seconds["commit"] += time.perf_counter() - flushed
-        self.consumed += len(messages)
+        self.consumed += sum(o - firsts[k] for k, o in offsets.items())
         self.produced += produced
         self.batches += 1
+        if unavailable is not None:
+            self._wait_for_registry(consumer, {k: offsets.get(k, first) for k, first in firsts.items()}, unavailable)
+
+    def _wait_for_registry(self, consumer: Consumer, positions: dict[tuple[str, int], int], error: RegistryError) -> None:
+        """Rewind to the first message not decided, and wait before trying again (bounded backoff)."""
+        for (topic, partition), offset in positions.items():
+            consumer.seek(TopicPartition(topic, partition, offset))
+        self.registry_waits += 1
+        delay = REGISTRY_BACKOFF_S[min(self.registry_waits - 1, len(REGISTRY_BACKOFF_S) - 1)]
+        if self.registry_waits == 1:
+            log.warning("schema registry unavailable (%s); the data plane waits and reads the rest again", type(error).__name__)
+        self._stop.wait(delay)
 
     def _produce(self, producer: Producer, produce, topic, key, value, headers, on_delivery) -> None:  # noqa: ANN001
         deadline = None

@@ -57,6 +57,8 @@ EXPECTED = {
     ("User:research", "group", "research.", "prefixed", "read"),
     ("User:research", "topic", "shared.research.", "prefixed", "read"),
     ("User:schema-registry", "group", "backbone-registry-", "prefixed", "describe"),
+    ("User:operator", "topic", "raw.", "prefixed", "write"),
+    ("User:operator", "topic", "shared.", "prefixed", "write"),
     ("User:schema-registry", "topic", "_schemas", "literal", "create"),
     ("User:schema-registry", "topic", "_schemas", "literal", "read"),
     ("User:schema-registry", "topic", "_schemas", "literal", "write"),
@@ -270,6 +272,12 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # backbone/operations.py record: ensure, produce
     table["backbone keys reidentify"] = ("User:operator", {("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
     table["backbone schemas list|show|check|register"] = ("User:operator", set())  # the registry's HTTP API only
+    # app/cli/dlq.py: reads each DLQ to its end (an assigned reader); replay writes back to the source
+    # topics (raw for the processor's, shared for the sinks') and records the action
+    dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
+    table["backbone dlq list|show"] = ("User:operator", dlq_read)
+    table["backbone dlq replay"] = ("User:operator", dlq_read | {("topic", "raw.*", "write"), ("topic", "shared.*", "write"),
+                                                                  ("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
     return table
 
 

@@ -16,7 +16,7 @@ from backbone import dlq
 from backbone.errors import SinkError
 from backbone.settings import Settings
 from backbone.topics import Topics
-from consumers.batching import DLQ_TOPIC, BatchingSink, Rejection, SinkThreads, Written
+from consumers.batching import DLQ_TOPIC, BatchingSink, Rejection, SinkThreads, TargetUnavailable, Written
 from tests.pipeline import read_topic
 
 pytestmark = pytest.mark.integration
@@ -30,6 +30,7 @@ class MemoryTarget:
         self.name = name
         self.batches: list[list[tuple[str, int, int, bytes | None, bytes]]] = []
         self.failing = False
+        self.unavailable_writes = 0  # how many writes to refuse as "down for now" before taking them
         self.closed = 0
 
     def setup(self) -> None:
@@ -38,6 +39,9 @@ class MemoryTarget:
     def write(self, messages: list[Message]) -> Written:
         if self.failing:
             raise SinkError(f"target {self.name} is down")
+        if self.unavailable_writes:
+            self.unavailable_writes -= 1
+            raise TargetUnavailable(f"target {self.name} is unavailable for now")
         written = Written()
         batch = []
         for message in messages:
@@ -146,6 +150,21 @@ def test_a_failing_target_commits_nothing_and_the_batch_is_read_again(settings: 
     second.run_until_idle(idle_s=1.5, timeout_s=60)
     second.close()
     assert sorted(up.values) == sorted(values), "nothing is lost when the target fails"
+
+
+def test_an_unavailable_target_is_retried_until_it_takes_the_batch_and_nothing_is_dead_lettered(
+    settings: Settings, unique: str
+) -> None:
+    topic = f"batching.{unique}"
+    values = [f"v{i}".encode() for i in range(25)]
+    produce(settings, topic, values)
+    target = MemoryTarget()
+    target.unavailable_writes = 3
+    each = sink(settings, target, topic, f"g-{unique}", batch_rows=1000, batch_seconds=0.2)
+    stats = each.run_until_idle(idle_s=1.5, timeout_s=60)
+    each.close()
+    assert sorted(target.values) == sorted(values), "every message written once, after the outage"
+    assert stats.retries == 3 and stats.dead_lettered == 0
 
 
 def test_sink_threads_report_a_failed_sink_and_stop_the_others(settings: Settings, unique: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -246,3 +247,54 @@ def test_the_detector_logs_each_rule_that_is_off_once_and_runs_the_others(
     off = [record.getMessage() for record in caplog.records if "is off" in record.getMessage()]
     assert sorted(message.split()[2] for message in off) == sorted(FRAUD_KINDS), "each rule that is off, logged once"
     assert detector.alerts() == []
+
+
+@pytest.mark.integration
+def test_two_fraud_sink_replicas_publish_each_alert_once_under_its_deterministic_id(
+    registry_settings: Settings, clickhouse_client, tmp_path: Path, unique: str  # noqa: ANN001
+) -> None:
+    directory, charter, names = renamed_charter(tmp_path, unique)
+    settings = sink_settings(registry_settings, directory, unique)
+    events, truth = synthetic_events(agencies=("tax", "welfare", "registry"))
+    sent = publish(settings, charter, AutoKeyring(), events)
+    landed = sum(len(records) for topic, records in sent.released.items() if topic.startswith(f"shared.{names['fraud']}."))
+
+    plan = recipient_plan(settings, charter, names["fraud"])
+    replicas = [Sink(settings, plan, clickhouse_client, registry_client(settings)) for _ in range(2)]
+    detectors = [FraudDetector(settings, clickhouse_client, registry_client(settings), leads=replica.leads) for replica in replicas]
+    stop = threading.Event()
+    threads = [threading.Thread(target=replica.run, args=(stop,), daemon=True) for replica in replicas]
+    for thread in threads:
+        thread.start()
+    try:
+        deadline = time.monotonic() + 60
+        while sum(r.stats.landed for r in replicas) < landed and time.monotonic() < deadline:
+            time.sleep(0.3)
+        while sum(r.leads() for r in replicas) != 1 and time.monotonic() < deadline:
+            time.sleep(0.3)  # the group settles: exactly one member holds the first partition
+        assert [r.leads() for r in replicas].count(True) == 1, [sorted((tp.topic, tp.partition) for tp in r._consumer.assignment()) for r in replicas]
+        published = [len(detector.detect()) for detector in detectors]
+        assert sorted(published) == [0, len(truth)], "one replica publishes every alert, the other none"
+        assert sum(len(detector.detect()) for detector in detectors) == 0, "nothing is published twice"
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(30)
+
+    ids = {alert.alert_id: alert.key for alert in detectors[0].alerts()}
+    reader = Consumer(settings.consumer_config(f"alerts-once-{unique}"))
+    reader.subscribe([ALERTS_TOPIC])
+    decode = Decoder(registry_client(settings))
+    counts: dict[str, int] = {}
+    deadline = time.monotonic() + 20
+    while sum(counts.values()) < len(ids) and time.monotonic() < deadline:
+        message = reader.poll(0.5)
+        if message is None or message.error() or message.key().decode() not in ids:
+            continue
+        record = decode(message.value()).record
+        assert record["alert_id"] == message.key().decode() and (record["kind"], record["subject"], record["period"]) == ids[record["alert_id"]]
+        counts[record["alert_id"]] = counts.get(record["alert_id"], 0) + 1
+    reader.poll(2.0)
+    reader.close()
+    assert set(counts) == set(ids) and set(counts.values()) == {1}
+

@@ -35,7 +35,7 @@ def version() -> None:
 def _register() -> None:
     # Each noun lives in its own module and adds itself to `app` on import.
     from app.cli import acls, agreement_changes, agreements, consent, keys, process, produce, schemas, stack, topics  # noqa: F401
-    from app.cli import audit, clickhouse, fraud, sink  # noqa: F401 - ClickHouse sinks and their users
+    from app.cli import audit, clickhouse, dlq, fraud, sink  # noqa: F401 - ClickHouse sinks and their users
     from app.cli import bench, demo, query, registry, status  # noqa: F401
 
 

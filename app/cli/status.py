@@ -36,10 +36,19 @@ def _render(status, minutes: int):  # noqa: ANN001, ANN202 - app.status.Status -
     dlq = Table("stage: reason", "entries", title="Dead-letter queues")
     for reason, count in sorted(status.dlq.items()):
         dlq.add_row(reason, f"{count:,}")
+    changes = Table("agreement", "status", "since (UTC)", "by", title="Agreement status changes in force")
+    for key, state, at, by in status.agreement_changes:
+        changes.add_row(key, state, at, by)
+    problems = Table("agreement", "why it is denied (agreement_inactive)", title="[red]Agreement changes that cannot be applied[/red]")
+    for key, why in sorted(status.agreement_problems.items()):
+        problems.add_row(key, why)
     rows = Table("database", "rows", title="Rows per agency database")
     for database, count in status.rows:
         rows.add_row(database, f"{count:,}")
-    parts += [topics, groups, subjects, decisions, dlq, rows, Text(time.strftime("as of %H:%M:%S"), style="dim")]
+    parts += [topics, groups, subjects, decisions, dlq, changes]
+    if status.agreement_problems:
+        parts.append(problems)
+    parts += [rows, Text(time.strftime("as of %H:%M:%S"), style="dim")]
     return Group(*parts)
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -21,6 +22,15 @@ class Alert:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.kind, self.subject, self.period)
+
+    @property
+    def alert_id(self) -> str:
+        """The alert's deterministic id: the same finding has the same id in every replica and run,
+        so consumers of `alerts.fraud` (keyed by it) can tell a repeat from a new alert."""
+        return str(uuid.uuid5(ALERT_NAMESPACE, "\x00".join(self.key)))
+
+
+ALERT_NAMESPACE = uuid.UUID("6f1c5d3e-8a0b-4c55-9a43-0b8f5a1d2c7e")
 
 
 def insert_alerts_sql(database: str, kind: str, rule: str) -> str:

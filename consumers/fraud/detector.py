@@ -4,8 +4,13 @@ Each registered rule (`consumers.fraud.registry`) is one SQL query over the land
 with `FINAL`, so redelivered events count once). After every batch the fraud sink lands,
 `FraudDetector.detect()`:
 1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period);
-2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), and
-   records them there once the broker acknowledged them: at-least-once, without repeats.
+2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
+   by each alert's deterministic id, and records them there once the broker acknowledged them.
+
+With several fraud sink replicas every replica runs the rules (findings collapse in the
+ReplacingMergeTree), but only the one `leads()` names publishes: the member that holds the first
+partition of the fraud sink's subscription, which the consumer group gives to exactly one member
+at a time. So each alert is published once, however many replicas run.
 """
 
 from __future__ import annotations
@@ -36,8 +41,9 @@ class FraudDetector:
     """
 
     def __init__(self, settings: Settings, client: Client, registry: object | None = None,
-                 rules: Mapping[str, Rule] | None = None) -> None:
+                 rules: Mapping[str, Rule] | None = None, leads: Callable[[], bool] | None = None) -> None:
         self.settings = settings
+        self.leads = leads or (lambda: True)
         self.client = client
         self.registry = registry
         self.rules = RULES if rules is None else rules
@@ -83,6 +89,8 @@ class FraudDetector:
         columns = self._columns()
         for rule in self._runnable(columns):
             self.client.command(insert_alerts_sql(self.database, rule.kind, rule.select_sql(self.database, columns)))
+        if not self.leads():
+            return []  # another replica publishes
         return self.publish()
 
     def publish(self) -> list[Alert]:
@@ -95,8 +103,8 @@ class FraudDetector:
         producer, encode = self._publisher()
         for alert in new:
             value = encode({"kind": alert.kind, "subject": alert.subject, "period": alert.period,
-                            "details": alert.details, "detected_at": alert.detected_at})
-            producer.produce(ALERTS_TOPIC, key=alert.subject.encode(), value=value)
+                            "details": alert.details, "detected_at": alert.detected_at, "alert_id": alert.alert_id})
+            producer.produce(ALERTS_TOPIC, key=alert.alert_id.encode(), value=value)
         if producer.flush(self.settings.kafka_timeout_s) > 0:
             log.warning("alerts.fraud did not acknowledge %d alerts in time; they are sent again after the next batch", len(new))
             return []
