@@ -149,11 +149,37 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
     Building it touches nothing (no file, no connection); Faust's data goes to
     `<BACKBONE_DATA_DIR>/faust` once a worker starts, and its logs through `backbone.logs`.
     """
+    import ssl
+
+    from backbone.errors import SettingsError
+
     settings = settings or get_settings()
     servers = ";".join(settings.kafka_bootstrap.split(","))
+    # Faust's own clients (aiokafka: its consumer, producer and topic admin) never read
+    # kafka_config(): they get the same protocol, CA and SASL user here, or they would talk
+    # plaintext to a TLS/SASL listener and the worker would never join.
+    protocol = settings.kafka_security_protocol
+    ssl_context: ssl.SSLContext | None = None
+    if protocol in ("SSL", "SASL_SSL"):
+        ca = settings.kafka_ssl_ca_location
+        ssl_context = ssl.create_default_context(cafile=str(ca) if ca else None)  # verifies host names, like librdkafka
+    credentials: faust.SASLCredentials | ssl.SSLContext | None = ssl_context
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        if settings.kafka_sasl_mechanism is None or not settings.kafka_sasl_username or settings.kafka_sasl_password is None:
+            raise SettingsError(
+                f"BACKBONE_KAFKA_SECURITY_PROTOCOL={protocol} needs BACKBONE_KAFKA_SASL_MECHANISM (PLAIN, SCRAM-SHA-256 "
+                "or SCRAM-SHA-512), BACKBONE_KAFKA_SASL_USERNAME and BACKBONE_KAFKA_SASL_PASSWORD"
+            )
+        credentials = faust.SASLCredentials(
+            username=settings.kafka_sasl_username,
+            password=settings.kafka_sasl_password.get_secret_value(),
+            mechanism=settings.kafka_sasl_mechanism,
+            ssl_context=ssl_context,  # SASL_SSL when set, SASL_PLAINTEXT otherwise
+        )
     app = ProcessorApp(
         APP_ID,
         broker=f"kafka://{servers}",
+        broker_credentials=credentials,
         store="memory://",
         autodiscover=False,
         datadir=str((settings.data_dir / "faust").resolve()),
