@@ -33,7 +33,8 @@ def ensure_environment() -> None:
         venv.EnvBuilder(with_pip=True).create(VENV)
     print("installing the backbone and its dependencies (first run takes a few minutes) ...", flush=True)
     pip = [str(BIN / "python"), "-m", "pip", "install", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "-e", f"{ROOT}[test]"], check=True)
+    # embedded: the Tansu broker and chDB the demo runs on; test: pytest and the deployment checks
+    subprocess.run([*pip, "-e", f"{ROOT}[embedded,test]"], check=True)
     stamp.write_text(wanted)
 
 
