@@ -35,6 +35,7 @@ from backbone.topics import AGREEMENTS_TOPIC, Topics
 log = logging.getLogger(__name__)
 
 STATUS_PREFIX = "status:"
+APPROVED_BY_HEADER = "approved_by"
 UNIDENTIFIED = "unidentified"
 
 
@@ -98,7 +99,7 @@ def _key_of(message_key: bytes | None) -> tuple[bool, str | None]:
     return is_status, key if name and at and version.isdigit() else None
 
 
-def _produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
+def _produce(settings: Settings, records: list[tuple[bytes, bytes]], headers: list[tuple[str, bytes]] | None = None) -> None:
     ensure_topic(settings)
     producer = Producer(settings.producer_config())
     failures: list[str] = []
@@ -108,14 +109,18 @@ def _produce(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
             failures.append(error.str())
 
     for key, value in records:
-        producer.produce(AGREEMENTS_TOPIC, value, key, on_delivery=delivered)
+        producer.produce(AGREEMENTS_TOPIC, value, key, headers=headers, on_delivery=delivered)
     if producer.flush(settings.kafka_timeout_s) or failures:
         raise KafkaUnavailableError(f"agreement change not acknowledged by Kafka at {settings.kafka_bootstrap}: {failures[:1]}")
 
 
-def publish(settings: Settings, agreements: list[Agreement]) -> None:
-    """Publish agreement versions' text to `agreements.changes` and wait until the cluster has them."""
-    _produce(settings, [(a.key.encode(), to_yaml(a).encode()) for a in agreements])
+def publish(settings: Settings, agreements: list[Agreement], approved_by: str | None = None) -> None:
+    """Publish agreement versions' text to `agreements.changes` and wait until the cluster has them.
+
+    `approved_by` (who approved a change that widens disclosure) rides in an `approved_by` header of
+    each record: the text stays the agreement as agreed, and readers that apply it ignore headers."""
+    headers = [(APPROVED_BY_HEADER, approved_by.encode())] if approved_by else None
+    _produce(settings, [(a.key.encode(), to_yaml(a).encode()) for a in agreements], headers)
 
 
 def publish_status(settings: Settings, change: StatusChange) -> None:
