@@ -268,7 +268,7 @@ class Demo:
         result.decisions = [
             (r, d, int(n)) for r, d, n in self.client.query(
                 f"SELECT recipient, if(decision = 'permit', 'permit', concat('deny: ', assumeNotNull(reason))) AS d, count() "
-                f"FROM {AUDIT} FINAL GROUP BY recipient, d ORDER BY recipient, d").result_rows
+                f"FROM {AUDIT} GROUP BY recipient, d ORDER BY recipient, d").result_rows
         ]
         tables = self.client.query(
             "SELECT database, name FROM system.tables WHERE database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA', 'default') "

@@ -225,7 +225,8 @@ _STRIMZI_OPERATIONS = {"read": "Read", "write": "Write", "create": "Create", "de
 
 
 def strimzi_users(grants: Iterable[Grant], cluster: str) -> list[dict[str, Any]]:
-    """One Strimzi `KafkaUser` (SCRAM-SHA-512, simple authorization) per principal, ACLs from `grants`."""
+    """One Strimzi `KafkaUser` (`kafka.strimzi.io/v1`: Strimzi 0.49+; SCRAM-SHA-512, simple authorization)
+    per principal, ACLs from `grants`."""
     by_user: dict[str, dict[tuple[str, str, str], list[str]]] = {}
     for grant in sorted(grants):
         name = grant.principal.removeprefix("User:")
@@ -242,7 +243,7 @@ def strimzi_users(grants: Iterable[Grant], cluster: str) -> list[dict[str, Any]]
             for (kind, resource, pattern), operations in resources.items()
         ]
         users.append({
-            "apiVersion": "kafka.strimzi.io/v1beta2",
+            "apiVersion": "kafka.strimzi.io/v1",
             "kind": "KafkaUser",
             "metadata": {"name": name, "labels": {"strimzi.io/cluster": cluster}},
             "spec": {"authentication": {"type": "scram-sha-512"}, "authorization": {"type": "simple", "acls": acls}},

@@ -6,7 +6,7 @@ It is strict: any value it is not sure about (a bool or float for an int, an int
 an unknown enum symbol, a missing field, an unexpected type) raises, and the SDK then runs the
 precise validator for the error message, or the serde encoder for rare exact-but-unusual values.
 Schemas with shapes it does not compile (maps, fixed, multi-branch unions) return None: the SDK
-then always uses the serde encoder.
+then always uses the serde encoder. Arrays of records compile to a function per record type.
 """
 
 from __future__ import annotations
@@ -162,6 +162,16 @@ class _Generator:
             self.remember(schema, namespace)
             indexes = {symbol: _SMALL[index] for index, symbol in enumerate(schema["symbols"])}
             return self.constant(indexes.__getitem__)
+        if isinstance(schema, dict) and schema.get("type") == "record":
+            # An array of records (the audit record's decisions): its own straight-line function.
+            sub = _Generator()
+            sub.named = self.named
+            sub.emit(schema, "record", namespace, "    ")
+            source = "def encode(record):\n    parts = []\n    a = parts.append\n" + "\n".join(sub.lines) \
+                + "\n    return b''.join(parts)\n"
+            scope = dict(sub.constants)
+            exec(compile(source, f"<encoder {schema.get('name', '?')}>", "exec"), scope)  # noqa: S102 - from the schema only
+            return self.constant(scope["encode"])
         raise _Unsupported(str(schema))
 
     def remember(self, schema: dict, namespace: str) -> str:

@@ -23,7 +23,7 @@ GOVERNANCE_NAME = "backbone.Governance"
 # The consent event goes to the compacted consent.changes topic, never to a raw topic.
 CONSENT_EVENT = "consent.changed"
 # The backbone's own record schemas (`schemas/<name>.avsc`), beside the event schemas.
-AUDIT_DECISION = "backbone.AuditDecision"
+AUDIT_EVENT = "backbone.AuditEvent"
 FRAUD_ALERT = "backbone.FraudAlert"
 OPERATOR_ACTION = "backbone.OperatorAction"
 TAGS_KEY = "confluent:tags"
@@ -100,7 +100,7 @@ class Catalog:
         return [event_type for event_type in self.events if event_type != CONSENT_EVENT]
 
     def internal_schema(self, name: str) -> dict[str, Any]:
-        """One of the backbone's own schemas (`AUDIT_DECISION`, `FRAUD_ALERT`), as a fresh copy."""
+        """One of the backbone's own schemas (`AUDIT_EVENT`, `FRAUD_ALERT`), as a fresh copy."""
         try:
             return copy.deepcopy(self.internal[name])
         except KeyError:

@@ -89,10 +89,9 @@ class AuditTail:
                     if message.error() is not None:
                         continue
                     record = decode(message.value()).record
-                    if record["recipient"] != "research":
-                        continue
-                    outcome = "permit" if record["decision"] == "permit" else str(record["reason"])
-                    self.decisions[str(record["event_id"])] = (outcome, record["decided_at"].timestamp() * 1000)
+                    for entry in record["decisions"]:
+                        if entry["recipient"] == "research":
+                            self.decisions[str(record["event_id"])] = (entry["outcome"], record["decided_at"].timestamp() * 1000)
         finally:
             consumer.close()
 

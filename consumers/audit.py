@@ -12,7 +12,9 @@ from datetime import datetime
 from clickhouse_connect.driver.client import Client
 
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.policy.agreements import Agreement, Charter
 from backbone.policy.pseudonym import token
+from backbone.policy.released import released_fields
 from consumers import ddl
 
 
@@ -37,17 +39,36 @@ def subject_token(keyring: Keyring, national_id: str) -> str:
     return token(OVERSIGHT_DOMAIN, national_id, keyring=keyring)
 
 
-def disclosures(client: Client, database_prefix: str, token_text: str) -> list[Disclosure]:
-    """Every permitted release about the subject with `token_text`, oldest first (each event once)."""
+def disclosures(client: Client, database_prefix: str, token_text: str, charter: Charter | None = None) -> list[Disclosure]:
+    """Every permitted release about the subject with `token_text`, oldest first (each event once).
+
+    Audit records name the agreement version; its purposes and the fields it released come from
+    `charter` (the versions the files and `agreements.changes` define). A version the charter does
+    not know shows no purposes and no fields rather than guessed ones."""
     table = ddl.qualified(ddl.database_name(database_prefix, ddl.AUDIT_DATABASE), ddl.AUDIT_TABLE)
     result = client.query(
-        f"SELECT decided_at, recipient, event_type, agreement_id, agreement_version, purposes, released_fields, "
+        f"SELECT decided_at, recipient, event_type, agreement_id, agreement_version, "
         "toString(event_id), ifNull(toString(recipient_event_id), '') "
-        f"FROM {table} FINAL WHERE subject_token = {{token:String}} AND decision = 'permit' "
+        f"FROM {table} WHERE subject_token = {{token:String}} AND decision = 'permit' "
         "ORDER BY decided_at, recipient, event_type",
         parameters={"token": token_text},
     )
-    return [
-        Disclosure(at, recipient, event_type, agreement or "", version or 0, tuple(purposes), tuple(fields), source, theirs)
-        for at, recipient, event_type, agreement, version, purposes, fields, source, theirs in result.result_rows
-    ]
+    found = []
+    for at, recipient, event_type, agreement_id, version, source, theirs in result.result_rows:
+        purposes: tuple[str, ...] = ()
+        fields: tuple[str, ...] = ()
+        agreement = _version(charter, agreement_id, version)
+        if agreement is not None and event_type in charter.catalog.events and event_type in agreement.event_types:  # type: ignore[union-attr]
+            purposes = agreement.purposes
+            fields = released_fields(agreement, charter.catalog.events[event_type])  # type: ignore[union-attr]
+        found.append(Disclosure(at, recipient, event_type, agreement_id or "", version or 0, purposes, fields, source, theirs))
+    return found
+
+
+def _version(charter: Charter | None, agreement_id: str | None, version: int | None) -> Agreement | None:
+    if charter is None or not agreement_id or version is None:
+        return None
+    for agreement in charter.agreements:
+        if agreement.id == agreement_id and agreement.version == version:
+            return agreement
+    return None

@@ -73,6 +73,12 @@ def clickhouse_error(exc: BaseException) -> str:
     return " ".join(parts)
 
 
+def same_type(existing: str, wanted: str) -> bool:
+    """Whether a column's type as `system.columns` reports it is the type a schema maps to
+    (ClickHouse reports tuple element names unquoted)."""
+    return existing.replace("`", "") == wanted.replace("`", "")
+
+
 def transient(exc: BaseException) -> bool:
     """Whether a ClickHouse error says "try again later" (overload, network, the registry) rather
     than "this row is wrong"."""
@@ -194,7 +200,7 @@ class ClickHouseTarget:
             self._create_table(destination, columns)
             known = self._table_columns(destination)
         for column in columns:
-            if column.name in known and known[column.name] != column.type:
+            if column.name in known and not same_type(known[column.name], column.type):
                 raise _Refused("type_mismatch", f"schema id {schema_id}: field {column.name} is {column.type}, "
                                                 f"column {destination.name}.{column.name} is {known[column.name]}")
         self._create_table(destination, columns)  # adds the fields the table lacks

@@ -21,7 +21,8 @@ if TYPE_CHECKING:
     from backbone.policy.agreements import Charter
 
 AUDIT_DATABASE = "audit"
-AUDIT_TABLE = "decisions"
+AUDIT_TABLE = "decisions"  # a view: one row per (event, recipient), over AUDIT_EVENTS_TABLE
+AUDIT_EVENTS_TABLE = "events"  # one row per raw event, its decisions in an array
 OPERATIONS_TABLE = "operations"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
@@ -65,6 +66,20 @@ def add_columns_sql(database: str, table: str, columns: Iterable[Column]) -> str
     if not clauses:
         return None
     return f"ALTER TABLE {qualified(database, table)} " + ", ".join(clauses)
+
+
+def create_decisions_view_sql(database: str) -> str:
+    """`audit.decisions`: the audit trail one row per (event, recipient), as auditors query it, over
+    the per-event records in `audit.events` (each event once: `FINAL`)."""
+    return (
+        f"CREATE OR REPLACE VIEW {qualified(database, AUDIT_TABLE)} AS "
+        "SELECT event_id, event_type, provider, subject_token, decided_at, "
+        "d.recipient AS recipient, d.agreement_id AS agreement_id, d.agreement_version AS agreement_version, "
+        "if(d.outcome = 'permit', 'permit', 'deny') AS decision, "
+        "if(d.outcome = 'permit', NULL, toString(d.outcome)) AS reason, "
+        "d.key_ids AS key_ids, d.recipient_event_id AS recipient_event_id "
+        f"FROM {qualified(database, AUDIT_EVENTS_TABLE)} FINAL ARRAY JOIN decisions AS d"
+    )
 
 
 def create_view_sql(database: str, view: str, table: str, fields: Sequence[str]) -> str:

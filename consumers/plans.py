@@ -2,7 +2,8 @@
 
 A recipient's plan: its shared topics (one subscription pattern), its database, one table per
 provider event type (columns from every agreement version's released schema, TTL from the longest
-retention) and one view per agreement. The audit plan: `audit.decisions` into the audit database.
+retention) and one view per agreement. The audit plan: `audit.decisions` into the audit database
+(`events`, one row per raw event, and the `decisions` view, one row per event and recipient).
 Released schemas come from `backbone.policy.released`, which needs no keys: a sink never holds one.
 """
 
@@ -11,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbone.catalog import AUDIT_DECISION, OPERATOR_ACTION, Catalog, load_catalog
+from backbone.catalog import AUDIT_EVENT, OPERATOR_ACTION, Catalog, load_catalog
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
@@ -86,10 +87,11 @@ def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> Sink
 
 
 def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
-    """`audit.decisions` into `<prefix>audit.decisions`, one row per (event, recipient)."""
-    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_DECISION)
+    """`audit.decisions` (one record per raw event) into `<prefix>audit.events`, one row per event,
+    with the view `<prefix>audit.decisions` giving one row per (event, recipient)."""
+    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_EVENT)
     database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    destination = Destination(database, ddl.AUDIT_TABLE, ("event_id", "recipient"), None)
+    destination = Destination(database, ddl.AUDIT_EVENTS_TABLE, ("event_id",), None)
     return SinkPlan(
         name=AUDIT_SINK,
         group_id=group_id(settings, AUDIT_SINK),
@@ -97,6 +99,7 @@ def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
         route=lambda topic: destination,
         databases=(database,),
         tables={destination: table_columns(schema)},
+        views=[ddl.create_decisions_view_sql(database)],
     )
 
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from fastavro import parse_schema
 
 from backbone import dlq
-from backbone.catalog import AUDIT_DECISION, Catalog
+from backbone.catalog import AUDIT_EVENT, Catalog
 from backbone.errors import (
     BadMagicByte,
     CorruptMessage,
@@ -37,6 +37,7 @@ DLQ_TOPIC = dlq_topic(dlq.PROCESSOR)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
 # The only header on a shared record: which agreement released it, as id@version.
 AGREEMENT_HEADER = "agreement"
+PERMIT = "permit"  # the audit record's outcome of a permit; a denial's outcome is its reason code
 Headers = list[tuple[str, bytes]]
 
 _SERDE_REASONS: dict[type[SerdeError], str] = {
@@ -84,7 +85,7 @@ class Router:
         self.engine = engine
         self.schemas = schema_source(schemas)
         self.decoder = Decoder(self.schemas)
-        self._audit_avro = catalog.internal_schema(AUDIT_DECISION)
+        self._audit_avro = catalog.internal_schema(AUDIT_EVENT)
         self._audit: Encoder | None = None
         self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
         self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
@@ -181,6 +182,7 @@ class Router:
         subject_token = self._oversight(subject) if subject else None
         provider = record["provider"]
         audit = self._audit or self._audit_encoder()
+        entries = []
         for decision in decisions:
             if decision.permitted:
                 encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
@@ -192,24 +194,20 @@ class Router:
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                                       [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]))
                 self.counts["permit"] += 1
+                entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
+                                "agreement_version": decision.agreement_version, "outcome": PERMIT,
+                                "key_ids": list(decision.key_ids), "recipient_event_id": decision.record["event_id"]})
             else:
                 self.counts["deny"] += 1
-            outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit({
-                "event_id": event_id,
-                "event_type": event_type,
-                "provider": provider,
-                "recipient": decision.recipient,
-                "agreement_id": decision.agreement_id,
-                "agreement_version": decision.agreement_version,
-                "purposes": list(decision.purposes),
-                "decision": "permit" if decision.permitted else "deny",
-                "reason": decision.reason,
-                "released_fields": list(decision.released_fields),
-                "key_ids": list(decision.key_ids),
-                "subject_token": subject_token,
-                "decided_at": now,
-                "recipient_event_id": decision.record["event_id"] if decision.record is not None else None,
-            })))
+                entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
+                                "agreement_version": decision.agreement_version, "outcome": decision.reason,
+                                "key_ids": [], "recipient_event_id": None})
+        # One audit record per event, carrying every decision: the audit trail's cost is per event,
+        # not per decision (bench.router measures both designs).
+        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit({
+            "event_id": event_id, "event_type": event_type, "provider": provider, "subject_token": subject_token,
+            "decided_at": now, "decisions": entries,
+        })))
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

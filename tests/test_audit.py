@@ -39,7 +39,7 @@ def test_audit_subject_lists_every_disclosure_about_the_person(
         (row["recipient"], row["event_type"], row["agreement_id"], row["agreement_version"], tuple(row["purposes"]), tuple(row["released_fields"]))
         for row in published.audit if row["decision"] == "permit" and subject_of.get(row["event_id"]) == national_id
     )
-    found = disclosures(clickhouse_client, settings.clickhouse_database_prefix, subject_token(keyring, national_id))
+    found = disclosures(clickhouse_client, settings.clickhouse_database_prefix, subject_token(keyring, national_id), charter)
     assert sorted((d.recipient, d.event_type, d.agreement_id, d.agreement_version, d.purposes, d.fields) for d in found) == expected
     assert len(expected) >= 2
     # each disclosure names the recipient's own id for the event, so oversight can find the row

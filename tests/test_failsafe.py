@@ -35,7 +35,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, dlq_topic, raw_topic
 from producers import AgencyProducer, ConsentPublisher
 from tests.pipeline import read_topic
-from tests.test_processor import national_id, tax_income, welfare_claim
+from tests.test_processor import audit_rows, national_id, tax_income, welfare_claim
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,7 +66,7 @@ def decisions_for(settings: Settings, event_id: str, count: int, timeout: float 
     decode = Decoder(registry_client(settings))
 
     def mine(messages: list) -> list[dict]:
-        return [r for r in (decode(m.value()).record for m in messages) if str(r["event_id"]) == event_id]
+        return [r for m in messages for r in audit_rows(decode(m.value()).record) if str(r["event_id"]) == event_id]
 
     found = mine(read_topic(settings, AUDIT_TOPIC, lambda ms: len(mine(ms)) >= count, timeout=timeout))
     return {r["recipient"]: "permit" if r["decision"] == "permit" else r["reason"] for r in found}

@@ -121,15 +121,9 @@ def test_statements_carry_hashes_never_passwords(views) -> None:  # noqa: ANN001
     assert f"`backbone_sink_audit` IDENTIFIED WITH sha256_hash BY '{ddl.NO_CREDENTIAL.sha256_hex}'" in text
 
 
-def test_every_statement_parses(views, tmp_path: Path) -> None:  # noqa: ANN001
-    from backbone.clickhouse import make_client
-
-    client = make_client(f"chdb://{tmp_path / 'ch'}")
-    try:
-        for statement in ddl.grants_sql("t1_", views, {"backbone_sink_t1_fraud": ddl.Credential.of("p'w\\", "s'")}):
-            client.command(f"EXPLAIN AST {statement}")
-    finally:
-        client.close()
+def test_every_statement_parses(views, clickhouse_client) -> None:  # noqa: ANN001 - the session's chDB (one per process)
+    for statement in ddl.grants_sql("t1_", views, {"backbone_sink_t1_fraud": ddl.Credential.of("p'w\\", "s'")}):
+        clickhouse_client.command(f"EXPLAIN AST {statement}")
 
 
 def test_the_database_prefix_applies_to_databases_users_and_roles(views) -> None:  # noqa: ANN001

@@ -131,7 +131,8 @@ def test_the_registry_process_logs_json_when_asked(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "backbone.registry", "--port", "0", "--bootstrap", "127.0.0.1:1"],
         capture_output=True, text=True, timeout=60, cwd=tmp_path,
-        env=_child_env(BACKBONE_LOG_FORMAT="json", BACKBONE_KAFKA_TIMEOUT_S="1", BACKBONE_DATA_DIR=str(tmp_path / "data")),
+        env=_child_env(BACKBONE_LOG_FORMAT="json", BACKBONE_KAFKA_TIMEOUT_S="1", BACKBONE_DATA_DIR=str(tmp_path / "data"),
+                       BACKBONE_SCHEMA_REGISTRY_AUTH="none"),  # no users file here: anonymous, explicitly
     )
     assert result.returncode == 1
     records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is a JSON object

@@ -71,6 +71,13 @@ def send(settings: Settings, agency: str, event_type: str, record: dict) -> str:
         return producer.send(event_type, record)
 
 
+def audit_rows(event: dict) -> list[dict]:
+    """One audit record per event, as one row per recipient (the audit.decisions view's shape)."""
+    return [{**{k: v for k, v in event.items() if k != "decisions"}, **entry,
+             "decision": "permit" if entry["outcome"] == "permit" else "deny",
+             "reason": None if entry["outcome"] == "permit" else entry["outcome"]} for entry in event["decisions"]]
+
+
 def decisions(settings: Settings, event_ids: set[str], timeout: float = 60.0) -> dict[tuple[str, str], dict]:
     """Audit records of `event_ids`, by (event id, recipient)."""
     decoder = Decoder(registry_client(settings))
@@ -79,9 +86,9 @@ def decisions(settings: Settings, event_ids: set[str], timeout: float = 60.0) ->
     def complete(messages: list) -> bool:
         found.clear()
         for message in messages:
-            record = decoder(message.value()).record
-            if str(record["event_id"]) in event_ids:
-                found[(str(record["event_id"]), record["recipient"])] = record
+            for record in audit_rows(decoder(message.value()).record):
+                if str(record["event_id"]) in event_ids:
+                    found[(str(record["event_id"]), record["recipient"])] = record
         return {event_id for event_id, _ in found} >= event_ids
 
     read_topic(settings, AUDIT_TOPIC, complete, timeout)

@@ -12,7 +12,7 @@ import pytest
 from fastavro import parse_schema
 
 from backbone import dlq
-from backbone.catalog import AUDIT_DECISION, Catalog, load_catalog
+from backbone.catalog import AUDIT_EVENT, Catalog, load_catalog
 from backbone.errors import RegistryUnavailable, SchemaIncompatible, UnknownSchemaId
 from backbone.keyring import Keyring
 from backbone.policy.agreements import RELEASED_HEADER, Charter, load_agreements
@@ -72,8 +72,16 @@ def route(router: Router, topic: str, value: bytes | None, key: bytes | None = b
 
 
 def audit_records(schemas: LocalSchemas, outputs: list[Output]) -> list[dict[str, Any]]:
+    """The decisions of the audit output, one dict per recipient as the `audit.decisions` view shows them."""
     decode = Decoder(schemas)
-    return [decode(output.value).record for output in outputs if output.topic == AUDIT_TOPIC]
+    events = [decode(output.value).record for output in outputs if output.topic == AUDIT_TOPIC]
+    assert len(events) <= 1, "one audit record per event"
+    return [
+        {**{k: v for k, v in event.items() if k != "decisions"}, **entry,
+         "decision": "permit" if entry["outcome"] == "permit" else "deny",
+         "reason": None if entry["outcome"] == "permit" else entry["outcome"]}
+        for event in events for entry in event["decisions"]
+    ]
 
 
 # -- permitted and denied events --------------------------------------------------------------
@@ -245,7 +253,7 @@ def test_prepare_registers_the_audit_and_recipient_schemas(router: Router, schem
     assert f"{AUDIT_TOPIC}-value" in schemas.subjects()
     assert f"{shared_topic('fraud', TAX)}-value" in schemas.subjects()
     [audit_id] = schemas.versions(f"{AUDIT_TOPIC}-value")
-    assert schemas.schema(audit_id) == catalog.internal_schema(AUDIT_DECISION)
+    assert schemas.schema(audit_id) == catalog.internal_schema(AUDIT_EVENT)
 
 
 def test_a_registry_outage_raises_instead_of_dead_lettering(catalog: Catalog, charter: Charter, keyring: Keyring) -> None:

@@ -90,7 +90,7 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
         import json
 
         topics.ensure(AUDIT_TOPIC, partitions=2)
-        schema = json.loads((PROJECT_ROOT / "schemas" / "backbone.AuditDecision.avsc").read_text())
+        schema = json.loads((PROJECT_ROOT / "schemas" / "backbone.AuditEvent.avsc").read_text())
         audit_encoder = encoder_for(registry, f"{AUDIT_TOPIC}-value", schema)
     out = Published()
     for event_type, record in events:
@@ -102,6 +102,7 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
             if record.get(name):
                 out.personal_values.add(str(record[name]))
         subject = record.get(schema.subject_field) if schema.subject_field else None
+        decided: list[dict] = []
         for decision in engine.decide(record, NoConsent(), NOW):
             if decision.permitted:
                 topic = shared_topic(decision.recipient, event_type)
@@ -116,8 +117,8 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
                 for name in schema.tagged("PII"):
                     if decision.record.get(name) is not None and decision.record[name] == record.get(name):
                         out.in_clear[decision.recipient].add(str(record[name]))
-            if audit_encoder is not None:
-                row = {
+            if audit_encoder is not None:  # the decision as the audit.decisions view shows it
+                decided.append({
                     "event_id": record["event_id"], "event_type": event_type, "provider": record["provider"],
                     "recipient": decision.recipient, "agreement_id": decision.agreement_id,
                     "agreement_version": decision.agreement_version, "purposes": list(decision.purposes),
@@ -125,9 +126,16 @@ def publish(settings: Settings, charter: Charter, keyring: Keyring, events: list
                     "released_fields": list(decision.released_fields), "key_ids": list(decision.key_ids),
                     "subject_token": oversight(subject) if subject else None, "decided_at": NOW,
                     "recipient_event_id": decision.record["event_id"] if decision.permitted else None,
-                }
-                producer.produce(AUDIT_TOPIC, key=record["event_id"].encode(), value=audit_encoder(row))
-                out.audit.append(row)
+                })
+        if audit_encoder is not None:  # one audit record per event, as the processor writes it
+            out.audit.extend(decided)
+            producer.produce(AUDIT_TOPIC, key=record["event_id"].encode(), value=audit_encoder({
+                "event_id": record["event_id"], "event_type": event_type, "provider": record["provider"],
+                "subject_token": oversight(subject) if subject else None, "decided_at": NOW,
+                "decisions": [{"recipient": row["recipient"], "agreement_id": row["agreement_id"],
+                               "agreement_version": row["agreement_version"],
+                               "outcome": "permit" if row["decision"] == "permit" else row["reason"],
+                               "key_ids": row["key_ids"], "recipient_event_id": row["recipient_event_id"]} for row in decided]}))
         producer.poll(0)
     assert producer.flush(30) == 0
     return out
@@ -244,9 +252,13 @@ def test_tables_deduplicate_on_event_id_and_expire_after_the_agreed_retention(la
 
 def test_audit_decisions_land_once_per_event_and_recipient(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
     audit = ddl.database_name(landed.settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    rows = _rows(clickhouse_client, audit, ddl.AUDIT_TABLE)
+    result = clickhouse_client.query(f"SELECT * FROM {ddl.qualified(audit, ddl.AUDIT_TABLE)}")  # a view over audit.events FINAL
+    rows = [dict(zip(result.column_names, row)) for row in result.result_rows]
     ours = {(str(r["event_id"]), r["recipient"]) for r in rows if r["recipient"] in landed.names.values()}
     assert ours == {(a["event_id"], a["recipient"]) for a in landed.published.audit}
+    mine = {a["event_id"] for a in landed.published.audit}
+    per_event = [r for r in _rows(clickhouse_client, audit, ddl.AUDIT_EVENTS_TABLE) if str(r["event_id"]) in mine]
+    assert len(per_event) == len(mine), "one audit record per raw event, every decision inside it"
 
 
 def test_rows_clickhouse_rejects_go_to_the_sink_dlq_with_reason_and_original_bytes(
@@ -260,7 +272,7 @@ def test_rows_clickhouse_rejects_go_to_the_sink_dlq_with_reason_and_original_byt
     producer = Producer(settings.producer_config())
     # a valid header naming the audit schema, but bytes that are no such record; and no wire format at all
     audit_id = encoder_for(registry_client(settings), "audit.decisions-value",
-                           __import__("json").loads((PROJECT_ROOT / "schemas/backbone.AuditDecision.avsc").read_text())).schema_id
+                           __import__("json").loads((PROJECT_ROOT / "schemas/backbone.AuditEvent.avsc").read_text())).schema_id
     bad = [(b"k1", bytes([0]) + audit_id.to_bytes(4, "big") + b"\xff\xff\xff\xff\xff\xff"), (b"k2", b"plain text")]
     for key, value in bad:
         producer.produce(topic, key=key, value=value, headers=[("agreement.id", b"tax-to-fraud")])

@@ -113,7 +113,7 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
     console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
                   "    \"SELECT kind, count() FROM fraud.alerts FINAL GROUP BY kind\"", highlight=False)
     console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
-                  "    \"SELECT recipient, reason, count() FROM audit.decisions FINAL GROUP BY ALL ORDER BY ALL\"", highlight=False)
+                  "    \"SELECT recipient, reason, count() FROM audit.decisions GROUP BY ALL ORDER BY ALL\"", highlight=False)
 
 
 def _keep_running(runner: Any) -> None:
