@@ -251,8 +251,14 @@ def change_status(settings: Settings, charter: Charter, agreement_id: str, versi
     """Publish a status change of one version (the highest by default), by `BACKBONE_IDENTITY`."""
     if status not in STATUSES:
         raise AgreementError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
+    from backbone import operations
+
     target = current(settings, charter, agreement_id, version)
-    publish_status(settings, StatusChange(target.id, target.version, status, datetime.now(UTC), settings.identity or UNIDENTIFIED))
+    by = settings.identity or UNIDENTIFIED
+    publish_status(settings, StatusChange(target.id, target.version, status, datetime.now(UTC), by))
+    # the change of the control plane is itself a record of the operator's audit trail
+    operations.record(settings, operations.OperatorAction("agreement_status", by, target.key, "done", None,
+                                                          {"status": status, "previous": target.status}))
     return target.model_copy(update={"status": status})
 
 

@@ -32,7 +32,7 @@ from backbone.keyring import encode_master_key, new_master_key
 from backbone.policy.agreements import load_agreements
 from backbone.serde import Decoder, encoder_for, registry_client
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, dlq_topic, raw_topic
+from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, OPERATIONS_TOPIC, Topics, dlq_topic, raw_topic
 from producers import AgencyProducer, ConsentPublisher
 from tests.pipeline import read_topic
 from tests.test_processor import audit_rows, national_id, tax_income, welfare_claim
@@ -84,6 +84,10 @@ def test_a_suspension_survives_a_schema_change_and_a_restart(stack: Stack, tmp_p
         offset = worker.log_size()
         agreement_changes.change_status(settings, charter, "tax-to-fraud", 2, "suspended")
         assert worker.wait_for_line("agreement tax-to-fraud@2 is now suspended", offset)
+        decode = Decoder(registry_client(settings))  # the change is a record of the operator's audit trail
+        actions = [decode(m.value()).record for m in read_topic(settings, OPERATIONS_TOPIC, lambda ms: bool(ms), timeout=20)]
+        assert any(a["action"] == "agreement_status" and a["target"] == "tax-to-fraud@2" and a["details"]["status"] == "suspended"
+                   for a in actions)
     finally:
         worker.stop()
 
