@@ -215,4 +215,8 @@ class Router:
         self.counts[f"dlq.{reason}"] += 1
         contract = dlq.headers(dlq.PROCESSOR, reason, topic, partition=partition, offset=offset, detail=detail,
                                original=headers)
+        sealer = getattr(self, "dlq_sealer", None)  # the processor app's: raw bytes encrypted per subject (erasure)
+        if sealer is not None and value:
+            value, seal_id = sealer.seal(key, value)
+            contract.append((dlq.SEALED, seal_id.encode()))
         return Output(DLQ_TOPIC, key, value if value is not None else b"", contract)
