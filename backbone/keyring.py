@@ -1,6 +1,7 @@
-"""The keyring: per-domain HMAC keys (pseudonyms) and per-provider AES-SIV keys (reversible
-encryption), each with a key id that the tokens it makes carry, so keys rotate without breaking
-old tokens.
+"""The keyring: per-domain HMAC keys (pseudonyms), per-provider AES-SIV keys (reversible
+encryption) and Ed25519 signing keys (the processors' audit checkpoints), each with a key id that
+the tokens and signatures it makes carry, so keys rotate without breaking old tokens or making old
+checkpoints unverifiable (rotated signing keys keep their public half on record).
 
 On disk the keyring is a JSON file whose key material is wrapped, key by key, with AES-256-GCM under
 a master key (`BACKBONE_MASTER_KEY`, base64, or `BACKBONE_MASTER_KEY_FILE`); the key's metadata is
@@ -21,20 +22,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backbone.errors import KeyringError
 
-KeyKind = Literal["domain", "provider"]
+KeyKind = Literal["domain", "provider", "signing"]
 
 # Domain of the subject pseudonyms in the audit trail, so oversight can find every disclosure about
 # one person; every keyring has it besides the sharing domains the charter names.
 OVERSIGHT_DOMAIN = "oversight"
 BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
+# Owner of the signing key the processors sign audit checkpoints with: every worker sharing a
+# keyring signs with its active key; each checkpoint names the key id.
+PROCESSOR_SIGNER = "processor"
+SIGNING_ALGORITHM = "Ed25519"
 
 FORMAT = "backbone-keyring/1"
 MASTER_KEY_BYTES = 32
-KEY_BYTES: dict[str, int] = {"domain": 32, "provider": 64}  # HMAC-SHA256; AES-256-SIV takes 512 bits
+# HMAC-SHA256; AES-256-SIV takes 512 bits; an Ed25519 private key is a 32-byte seed
+KEY_BYTES: dict[str, int] = {"domain": 32, "provider": 64, "signing": 32}
 _CHECK = b"backbone keyring master key check"
 MASTER_KEY_HELP = (
     "set BACKBONE_MASTER_KEY (base64 of 32 random bytes) or BACKBONE_MASTER_KEY_FILE (a file holding it); "
@@ -51,6 +59,37 @@ class KeyInfo:
     key_id: str
     created: datetime
     active: bool
+
+
+@dataclass(slots=True, frozen=True)
+class PublicKey:
+    """The public half of a signing key, which anyone may hold to verify checkpoints."""
+
+    key_id: str
+    owner: str
+    created: datetime
+    active: bool
+    public: bytes  # the raw 32-byte Ed25519 public key
+
+    def verifier(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.public)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"key_id": self.key_id, "owner": self.owner, "algorithm": SIGNING_ALGORITHM, "created": self.created.isoformat(),
+                "active": self.active, "public": base64.b64encode(self.public).decode("ascii")}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> PublicKey:
+        """Read one entry of `to_json`; a malformed entry raises `KeyringError`."""
+        try:
+            if data.get("algorithm", SIGNING_ALGORITHM) != SIGNING_ALGORITHM:
+                raise ValueError("algorithm")
+            public = base64.b64decode(data["public"], validate=True)
+            Ed25519PublicKey.from_public_bytes(public)
+            return cls(str(data["key_id"]), str(data.get("owner", "")), datetime.fromisoformat(data["created"]) if data.get("created")
+                       else datetime.fromtimestamp(0, UTC), bool(data.get("active", False)), public)
+        except (KeyError, ValueError, TypeError, binascii.Error):
+            raise KeyringError("not an Ed25519 public key entry (key_id, algorithm Ed25519, public: base64 of 32 bytes)") from None
 
 
 class _Secret:
@@ -130,17 +169,18 @@ class Keyring:
 
     # construction ------------------------------------------------------------------------------
     @classmethod
-    def generate(cls, domains: Iterable[str] = (), providers: Iterable[str] = ()) -> Keyring:
-        """An in-memory keyring with a fresh key for each domain and provider."""
+    def generate(cls, domains: Iterable[str] = (), providers: Iterable[str] = (), signers: Iterable[str] = ()) -> Keyring:
+        """An in-memory keyring with a fresh key for each domain, provider and signer."""
         keyring = cls()
-        keyring.ensure(domains, providers)
+        keyring.ensure(domains, providers, signers)
         return keyring
 
     @classmethod
     def for_charter(cls, charter: Any) -> Keyring:
-        """A fresh keyring with a key for every sharing domain and provider a `Charter` names, and
-        for the built-in domains (oversight)."""
-        return cls.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers())
+        """A fresh keyring with a key for every sharing domain and provider a `Charter` names, for
+        the built-in domains (oversight) and the processors' checkpoint signing key."""
+        return cls.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers(),
+                            signers=(PROCESSOR_SIGNER,))
 
     @classmethod
     def load(cls, path: Path, master_key: bytes) -> Keyring:
@@ -207,17 +247,18 @@ class Keyring:
         os.replace(temporary, path)
 
     # changes -----------------------------------------------------------------------------------
-    def ensure(self, domains: Iterable[str] = (), providers: Iterable[str] = ()) -> list[KeyInfo]:
-        """Create a key for every domain and provider that has none; returns the new keys."""
+    def ensure(self, domains: Iterable[str] = (), providers: Iterable[str] = (), signers: Iterable[str] = ()) -> list[KeyInfo]:
+        """Create a key for every domain, provider and signer that has none; returns the new keys."""
         created = []
-        for kind, owners in (("domain", domains), ("provider", providers)):
+        for kind, owners in (("domain", domains), ("provider", providers), ("signing", signers)):
             for owner in owners:
                 if self._active(kind, owner) is None:
                     created.append(self._create(kind, owner))
         return created
 
     def rotate(self, kind: KeyKind, owner: str) -> KeyInfo:
-        """Make a new active key for `owner`; older keys stay for reading old tokens."""
+        """Make a new active key for `owner`; older keys stay for reading old tokens (and, for
+        signing keys, their public halves for verifying old checkpoints)."""
         for key_id, info in list(self._infos.items()):
             if info.kind == kind and info.owner == owner and info.active:
                 self._infos[key_id] = replace(info, active=False)
@@ -232,6 +273,8 @@ class Keyring:
         """(key id, key bytes) of the key new tokens for `owner` use."""
         key_id = self._active(kind, owner)
         if key_id is None:
+            if kind == "signing":
+                raise KeyringError(f"the keyring has no signing key for {owner!r}; run `backbone audit rotate-key` to create one")
             flag = "--domain" if kind == "domain" else "--provider"
             raise KeyringError(f"the keyring has no key for {kind} {owner!r}; run `backbone keys rotate {flag} {owner}` or `backbone keys init`")
         return key_id, self._secrets[key_id].reveal()
@@ -243,9 +286,25 @@ class Keyring:
             raise KeyringError(f"key {key_id!r} is not a key of {kind} {owner!r} in this keyring")
         return self._secrets[key_id].reveal()
 
+    def signing_key(self, owner: str = PROCESSOR_SIGNER) -> tuple[str, Ed25519PrivateKey]:
+        """(key id, private key) of `owner`'s active signing key."""
+        key_id, seed = self.active_key("signing", owner)
+        return key_id, Ed25519PrivateKey.from_private_bytes(seed)
+
+    def public_keys(self) -> list[PublicKey]:
+        """The public half of every signing key, rotated ones included: what verifiers need."""
+        found = []
+        for info in self.keys():
+            if info.kind == "signing":
+                private = Ed25519PrivateKey.from_private_bytes(self._secrets[info.key_id].reveal())
+                public = private.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+                found.append(PublicKey(info.key_id, info.owner, info.created, info.active, public))
+        return found
+
     def __repr__(self) -> str:
-        domains = sum(1 for info in self._infos.values() if info.kind == "domain")
-        return f"Keyring({domains} domain keys, {len(self._infos) - domains} provider keys)"
+        kinds = [info.kind for info in self._infos.values()]
+        return (f"Keyring({kinds.count('domain')} domain keys, {kinds.count('provider')} provider keys, "
+                f"{kinds.count('signing')} signing keys)")
 
     __str__ = __repr__
 
@@ -261,7 +320,7 @@ class Keyring:
 
     def _create(self, kind: KeyKind, owner: str) -> KeyInfo:
         if kind not in KEY_BYTES:
-            raise KeyringError(f"unknown key kind {kind!r}; expected domain or provider")
+            raise KeyringError(f"unknown key kind {kind!r}; expected domain, provider or signing")
         if not owner or not owner.replace("_", "").replace("-", "").isalnum():
             raise KeyringError(f"invalid {kind} name {owner!r}: use letters, digits, - and _")
         number = max((_key_number(key_id) for key_id in self._infos), default=0) + 1
