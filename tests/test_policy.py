@@ -16,6 +16,7 @@ from backbone.catalog import Catalog, load_catalog
 from backbone.errors import AgreementError, KeyringError
 from backbone.keyring import Keyring
 from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements, pseudonym
+from backbone.policy.engine import DictErasures
 from producers.synthetic.samples import sample_event
 from backbone.settings import PROJECT_ROOT
 from tests.keys import AutoKeyring
@@ -235,6 +236,8 @@ def test_every_reason_code_is_reachable_on_the_demo_charter(catalog: Catalog, en
     ]
     for record, consent, now in cases:
         seen |= {d.reason for d in engine.decide(record, consent, now) if not d.permitted}
+    engine.erasures = DictErasures({"123456782"})
+    seen |= {d.reason for d in engine.decide(claim(catalog), granted, NOW) if not d.permitted}
     assert seen == set(REASONS)
 
 

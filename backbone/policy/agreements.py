@@ -12,6 +12,8 @@ Rules the loader enforces beyond the pydantic model:
 - a `PII` field is kept in clear only with `identified: true` and a legal_obligation or
   public_task basis; `pseudonymise` needs a sharing `domain`; consent-based agreements need events
   that name their data subject;
+- `survives_erasure: true` (the agreement keeps receiving events about erased subjects) only with
+  a legal_obligation basis: only a legal duty outlives a person's erasure;
 - two active versions of one agreement id, or two active agreements for the same provider,
   recipient and event type, never have overlapping validity periods (so at most one applies at
   any time).
@@ -121,6 +123,9 @@ class Agreement(BaseModel):
     # Fields this agreement releases exactly although a recipient in another sharing domain gets the
     # same event with them too: a deliberate, documented link (the loader refuses it otherwise).
     linkable_by: tuple[str, ...] = ()
+    # Events about an erased subject are still shared under this agreement (`backbone erase`): only
+    # for a legal obligation that outlives the erasure (GDPR Art. 17(3)(b)); the loader checks it.
+    survives_erasure: bool = False
     fields: dict[str, FieldTreatment]
 
     @field_validator("valid_from", "valid_until", mode="before")
@@ -269,6 +274,11 @@ def check_agreement(agreement: Agreement, catalog: Catalog, source: str) -> list
         for schema in schemas:
             if schema.subject_field is None:
                 problems.append(f"{where}: consent basis needs events naming their data subject, but {schema.event_type} has no subject field")
+    if agreement.survives_erasure and agreement.lawful_basis != "legal_obligation":
+        problems.append(
+            f"{where}: field survives_erasure: only a legal_obligation basis outlives a subject's erasure, this agreement's"
+            f" basis is {agreement.lawful_basis}; remove survives_erasure or make the basis legal_obligation"
+        )
     for name, treatment in agreement.fields.items():
         problems.extend(_check_field(agreement, where, name, treatment, schemas))
     problems.extend(_check_condition(agreement, where, schemas))
@@ -509,6 +519,8 @@ def default_charter() -> Charter:
 def to_yaml(agreement: Agreement) -> str:
     """YAML text of an agreement, as the files hold it (also the `agreements.changes` payload)."""
     data = agreement.model_dump(mode="json", exclude_none=True)
+    if not agreement.survives_erasure:
+        data.pop("survives_erasure")  # texts written before the field existed stay byte for byte the same
     data["fields"] = {name: treatment.to_yaml() for name, treatment in agreement.fields.items()}
     return yaml.safe_dump(data, sort_keys=False)
 

@@ -7,6 +7,10 @@ affected event types and swap them in with one assignment.
 
 Order of checks for (event, recipient), first failing check wins:
 
+0. `erased`                the event's subject was erased (`backbone erase`; the engine's `erasures`
+                           state, asked once per event), unless the agreement in force at `now`
+                           survives erasure (`survives_erasure: true`, legal obligation only): then
+                           the checks below decide as for anyone else (also: the look-up raises)
 1. `no_agreement`          no agreement (any status, any version) shares this event type with the recipient
 2. `agreement_inactive`    none of those is `active` with `valid_from <= now < valid_until`
 3. `purpose_not_permitted` an agreement purpose is missing from the event's governance purposes
@@ -42,6 +46,7 @@ from backbone.policy.pseudonym import encrypt_function, event_id_function, token
 from backbone.policy.released import field_entry, header_entries, record_schema
 from backbone.policy.treatments import TreatmentScope, base_type, compile_treatment, type_kind
 
+ERASED = "erased"
 NO_AGREEMENT = "no_agreement"
 AGREEMENT_INACTIVE = "agreement_inactive"
 PURPOSE_NOT_PERMITTED = "purpose_not_permitted"
@@ -49,7 +54,8 @@ BASIS_MISMATCH = "basis_mismatch"
 CONSENT_MISSING = "consent_missing"
 CONSENT_WITHDRAWN = "consent_withdrawn"
 CONDITION_FALSE = "condition_false"
-REASONS: tuple[str, ...] = (
+REASONS: tuple[str, ...] = (  # in the order of the checks above
+    ERASED,
     NO_AGREEMENT,
     AGREEMENT_INACTIVE,
     PURPOSE_NOT_PERMITTED,
@@ -111,6 +117,30 @@ class DictConsent:
 
     def set(self, subject: str, purpose: str, status: Literal["granted", "withdrawn"], at: datetime) -> None:
         self.records[(subject, purpose)] = ConsentRecord(status, at)
+
+
+class ErasureState(Protocol):
+    """Whether a subject (the raw id in the event's subject field) has been erased."""
+
+    def erased(self, subject: str) -> bool: ...
+
+
+class NoErasures:
+    """No subject is erased (the engine's default; the processor passes its erasure table)."""
+
+    def erased(self, subject: str) -> bool:
+        return False
+
+
+class DictErasures:
+    """Erased subjects in a set of raw ids, for tests and replays; the processor's table matches
+    oversight tokens instead and never holds a raw id."""
+
+    def __init__(self, subjects: set[str] | None = None) -> None:
+        self.subjects = set(subjects or ())
+
+    def erased(self, subject: str) -> bool:
+        return (subject if isinstance(subject, str) else str(subject)) in self.subjects
 
 
 class KeyringKeys:
@@ -261,34 +291,53 @@ def _compile_agreement(recipient: str, release: _Release, schema: EventSchema, k
     return decide
 
 
-def _compile_recipient(recipient: str, covering: list[Agreement], schema: EventSchema, keys: KeyringKeys) -> tuple[Decide, dict[str, _Release]]:
+def _compile_recipient(recipient: str, covering: list[Agreement], schema: EventSchema,
+                       keys: KeyringKeys) -> tuple[Decide, Decide, dict[str, _Release]]:
+    """(decide, decide for an erased subject, compiled releases) for one recipient and event type."""
     if not covering:
         no_agreement = _deny(recipient, None, NO_AGREEMENT)
-        return (lambda event, consent, now: no_agreement), {}
+        erased_none = _deny(recipient, None, ERASED)
+        return (lambda event, consent, now: no_agreement), (lambda event, consent, now: erased_none), {}
     latest = max(covering, key=lambda a: (a.version, a.valid_from))
     inactive = _deny(recipient, latest, AGREEMENT_INACTIVE)
+    erased_latest = _deny(recipient, latest, ERASED)
     releases: dict[str, _Release] = {}
     windows = []
     for agreement in sorted(covering, key=lambda a: a.valid_from):
         release = _compile_release(agreement, schema, keys)
         releases[agreement.key] = release
         if agreement.status == "active":
-            windows.append((agreement.valid_from, agreement.valid_until, _compile_agreement(recipient, release, schema, keys)))
+            decide_agreement = _compile_agreement(recipient, release, schema, keys)
+            # An erased subject's events: the agreement decides only if it survives erasure.
+            erased = decide_agreement if agreement.survives_erasure else _denial(_deny(recipient, agreement, ERASED))
+            windows.append((agreement.valid_from, agreement.valid_until, decide_agreement, erased))
     windows_in_force = tuple(windows)
 
     def decide(event: dict, consent: ConsentState, now: datetime) -> Decision:
-        for valid_from, valid_until, decide_agreement in windows_in_force:
+        for valid_from, valid_until, decide_agreement, _ in windows_in_force:
             if valid_from <= now and (valid_until is None or now < valid_until):
                 return decide_agreement(event, consent, now)
         return inactive
 
-    return decide, releases
+    def decide_erased(event: dict, consent: ConsentState, now: datetime) -> Decision:
+        for valid_from, valid_until, _, decide_agreement in windows_in_force:
+            if valid_from <= now and (valid_until is None or now < valid_until):
+                return decide_agreement(event, consent, now)
+        return erased_latest
+
+    return decide, decide_erased, releases
+
+
+def _denial(decision: Decision) -> Decide:
+    return lambda event, consent, now: decision
 
 
 @dataclass(slots=True, frozen=True)
 class _EventPlan:
     recipients: tuple[str, ...]
     deciders: tuple[Decide, ...]
+    erased_deciders: tuple[Decide, ...]  # the same recipients, for a subject who was erased
+    subject_field: str | None
     releases: Mapping[str, _Release]  # agreement key -> compiled release for this event type
 
 
@@ -296,10 +345,12 @@ class PolicyEngine:
     """Decides and transforms events for every possible recipient, from a compiled charter.
 
     Construction compiles every event type of the catalog; a missing key raises `KeyringError`
-    then, at start-up, never per event.
+    then, at start-up, never per event. `erasures` says which subjects were erased (the
+    processor's erasure table); it is asked once per event that names a subject.
     """
 
-    def __init__(self, charter: Charter, keyring: Keyring) -> None:
+    def __init__(self, charter: Charter, keyring: Keyring, erasures: ErasureState | None = None) -> None:
+        self.erasures: ErasureState = erasures if erasures is not None else NoErasures()
         self._charter = charter
         self._keys = KeyringKeys(keyring)
         self._plans: dict[str, _EventPlan] = {
@@ -317,7 +368,15 @@ class PolicyEngine:
             return []
         if now.tzinfo is None:
             now = now.replace(tzinfo=UTC)
-        return [decide(event, consent, now) for decide in plan.deciders]
+        deciders = plan.deciders
+        if plan.subject_field is not None:
+            try:
+                subject = event.get(plan.subject_field)
+                if subject and self.erasures.erased(subject):
+                    deciders = plan.erased_deciders
+            except Exception:  # noqa: BLE001 - an erasure look-up that fails counts as erased (fail closed)
+                deciders = plan.erased_deciders
+        return [decide(event, consent, now) for decide in deciders]
 
     def recipients_for(self, event_type: str) -> tuple[str, ...]:
         plan = self._plans.get(event_type)
@@ -388,9 +447,11 @@ class PolicyEngine:
         schema = charter.catalog.events[event_type]
         recipients = charter.recipients_of(schema.provider)
         deciders = []
+        erased_deciders = []
         releases: dict[str, _Release] = {}
         for recipient in recipients:
-            decide, compiled = _compile_recipient(recipient, charter.covering(event_type, recipient), schema, keys)
+            decide, decide_erased, compiled = _compile_recipient(recipient, charter.covering(event_type, recipient), schema, keys)
             deciders.append(decide)
+            erased_deciders.append(decide_erased)
             releases.update(compiled)
-        return _EventPlan(recipients, tuple(deciders), releases)
+        return _EventPlan(recipients, tuple(deciders), tuple(erased_deciders), schema.subject_field, releases)
