@@ -95,6 +95,8 @@ class Router:
         self._shared_topics: dict[tuple[str, str], str] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
+        # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.metrics
+        self.decided: Counter[tuple[str, str]] = Counter()
 
     def prepare(self) -> None:
         """Register the audit schema and the recipient schemas of the agreements in force now
@@ -194,11 +196,13 @@ class Router:
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                                       [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]))
                 self.counts["permit"] += 1
+                self.decided[(decision.recipient, PERMIT)] += 1
                 entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
                                 "agreement_version": decision.agreement_version, "outcome": PERMIT,
                                 "key_ids": list(decision.key_ids), "recipient_event_id": decision.record["event_id"]})
             else:
                 self.counts["deny"] += 1
+                self.decided[(decision.recipient, decision.reason or "denied")] += 1
                 entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
                                 "agreement_version": decision.agreement_version, "outcome": decision.reason,
                                 "key_ids": [], "recipient_event_id": None})
