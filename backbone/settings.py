@@ -88,6 +88,14 @@ class Settings(BaseSettings):
     # Embedded broker
     broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
 
+    # Prometheus metrics (backbone.metrics) and the web console (`backbone console`)
+    metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's Prometheus /metrics endpoint (0: none)")
+    metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 for a scraper in another pod)")
+    console_port: int = Field(8090, ge=0, le=65535, description="Port of `backbone console`")
+    console_host: str = Field("127.0.0.1", description="Address `backbone console` binds")
+    console_operator_password: SecretStr | None = Field(None, description="Password of the console's `operator` user (role operator)")
+    console_oversight_password: SecretStr | None = Field(None, description="Password of the console's `oversight` user (role oversight)")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as key=value text or one JSON object each")
     # Who is acting, as the deployment knows them (an operator's or oversight officer's account):

@@ -17,6 +17,7 @@ import logging
 import re
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -79,6 +80,7 @@ class Target(Protocol):
 class SinkStats:
     landed: int = 0
     dead_lettered: int = 0
+    dead_letter_reasons: Counter[str] = field(default_factory=Counter)  # dead letters by reason code
     retries: int = 0  # writes that met an unavailable target and were tried again
     batches: int = 0
     commits: int = 0
@@ -117,6 +119,8 @@ class BatchingSink:
         self.after_batch = after_batch
         self.on_close = on_close
         self.stats = SinkStats()
+        # called after each landed batch with (sink name, rows landed, seconds writing): metrics
+        self.on_batch: Callable[[str, int, float], None] | None = None
         self._pending: list[Message] = []
         self._deadline = 0.0
         self._consumer: Consumer | None = None
@@ -265,6 +269,8 @@ class BatchingSink:
         self.stats.batches += 1
         committed = time.perf_counter()
         self.stats.commit_s += committed - landed
+        if self.on_batch is not None:
+            self.on_batch(self.name, written.landed, landed - started)
         if self.after_batch is not None and written.destinations:
             self.after_batch(written.destinations)
             self.stats.hook_s += time.perf_counter() - committed
@@ -304,6 +310,7 @@ class BatchingSink:
         self._producer.produce(DLQ_TOPIC, key=message.key(), value=message.value(), headers=headers, on_delivery=self._on_delivery)
         self._producer.poll(0)
         self.stats.dead_lettered += 1
+        self.stats.dead_letter_reasons[rejection.reason] += 1
         log.warning("sink %s: %s[%s]@%s to %s: %s%s", self.name, message.topic(), message.partition(), message.offset(),
                     DLQ_TOPIC, rejection.reason, f" ({rejection.detail})" if rejection.detail else "")
 

@@ -7,6 +7,19 @@ import typer
 from app.cli import app
 
 
+def _serve_metrics(settings, enforcement) -> None:  # noqa: ANN001 - Settings, processors.app.Enforcement
+    """`/metrics` of this worker on BACKBONE_METRICS_PORT, if set: read from the enforcement at scrape time."""
+    from prometheus_client import REGISTRY
+
+    from backbone import metrics
+    from processors.app import APP_ID
+
+    if settings.metrics_port:
+        REGISTRY.register(metrics.ProcessorCollector(enforcement))
+        REGISTRY.register(metrics.LagCollector(settings, [APP_ID]))
+        metrics.serve(settings)
+
+
 @app.command()
 def process(
     loglevel: str = typer.Option(None, "--loglevel", "-l", help="crit, error, warn, info or debug (default BACKBONE_LOG_LEVEL)"),
@@ -24,5 +37,6 @@ def process(
     configure_logging(settings, level)  # until Faust sets up the same format at this level
     enforcement = Enforcement(settings)  # configuration errors end here, as one line, before Faust starts
     processor = create_app(settings, web_port=web_port, enforcement=enforcement, log_level=level)
+    _serve_metrics(settings, enforcement)
     worker = faust.Worker(processor, loglevel=level)
     worker.execute_from_commandline()

@@ -32,6 +32,14 @@ def sink(
     sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings), recipient or None, audit)
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
+    if settings.metrics_port:
+        from prometheus_client import REGISTRY
+
+        from backbone import metrics
+
+        metrics.SinkCollector(sinks)
+        REGISTRY.register(metrics.LagCollector(settings, {each.group_id for each in sinks}))
+        metrics.serve(settings)
     runner = SinkThreads(sinks, idle_s=idle if until_idle else None)
     runner.start()
     console.print(f"sinks {', '.join(each.name for each in sinks)} -> {settings.clickhouse_dsn}", highlight=False)

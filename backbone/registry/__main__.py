@@ -18,6 +18,7 @@ import sys
 
 from aiohttp import web
 
+from backbone import metrics
 from backbone.errors import BackboneError
 from backbone.logs import configure_logging
 from backbone.registry.auth import Anonymous, BasicAuth, Guard
@@ -87,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         logging_ready = True
         port = settings.schema_registry_port if args.port is None else args.port
         guard = guard_for(settings)  # before Kafka: a missing users file is the quicker error
+        metrics.serve(settings)
         log.info("schema registry reading %s from Kafka at %s", args.topic, settings.kafka_bootstrap)
         schema_log = SchemaLog(settings, args.topic)
         schema_log.start()
