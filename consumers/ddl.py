@@ -26,6 +26,7 @@ AUDIT_EVENTS_TABLE = "events"  # one row per raw event, its decisions in an arra
 OPERATIONS_TABLE = "operations"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
+OCCURRED_AT = "occurred_at"
 ROLE_PREFIX = "backbone_"
 # The fraud rules' findings, and the findings the broker acknowledged on `alerts.fraud`.
 ALERTS_TABLE = "alerts"
@@ -49,15 +50,27 @@ def create_table_sql(
     database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None
 ) -> str:
     """A ReplacingMergeTree keyed on `order_by` (the event id): redelivered events collapse into one
-    row on merge, and `FINAL` hides duplicates before then. The TTL counts from landing, the moment
-    the recipient received the data, so back-dated events are kept for the agreed retention."""
+    row on merge, and `FINAL` hides duplicates before then. The TTL (the agreement's retention)
+    counts from the event's time (`retention_clock`)."""
     body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT now()"])
     key = ", ".join(quote_identifier(name) for name in order_by)
-    ttl = f"\nTTL {quote_identifier(LANDED_AT)} + INTERVAL {int(retention_days)} DAY" if retention_days else ""
+    clock = quote_identifier(retention_clock(columns))
+    ttl = f"\nTTL {clock} + INTERVAL {int(retention_days)} DAY" if retention_days else ""
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} (\n  {body}\n)\n"
         f"ENGINE = ReplacingMergeTree\nORDER BY ({key}){ttl}"
     )
+
+
+def retention_clock(columns: Sequence[Column]) -> str:
+    """The column retention counts from: the event's time `occurred_at` when the table holds it as
+    a time (kept, or generalised to the hour or day), so data is kept for the agreed days after the
+    fact, not after it reached the recipient; else the landing time `_landed_at` (an `occurred_at`
+    generalised to a month or a year is a string or a number: research receives the year only)."""
+    for column in columns:
+        if column.name == OCCURRED_AT and column.type.startswith(("DateTime", "Nullable(DateTime")):
+            return OCCURRED_AT
+    return LANDED_AT
 
 
 def add_columns_sql(database: str, table: str, columns: Iterable[Column]) -> str | None:

@@ -247,7 +247,7 @@ def test_tables_deduplicate_on_event_id_and_expire_after_the_agreed_retention(la
     fraud = ddl.database_name(landed.settings.clickhouse_database_prefix, landed.names["fraud"])
     ddl_text = clickhouse_client.command(f"SHOW CREATE TABLE {ddl.qualified(fraud, 'tax_income_declared')}")
     assert "ReplacingMergeTree" in ddl_text and "ORDER BY event_id" in ddl_text.replace("(event_id)", "event_id")
-    assert "TTL _landed_at + toIntervalDay(1825)" in ddl_text
+    assert "TTL occurred_at + toIntervalDay(1825)" in ddl_text  # retention counts from the event's time
 
 
 def test_audit_decisions_land_once_per_event_and_recipient(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
