@@ -3,7 +3,8 @@
 Faust gives the worker model, lifecycle, web endpoint and CLI (`faust -A processors.app worker`);
 the high-volume path is the batched librdkafka `DataPlane` run by `EnforcementService` on a thread
 (a Faust agent consumes ~10k events/s on the embedded broker, the batched loop several times that).
-Consent and agreement state are read in full by every worker from their compacted topics.
+Consent, agreement and erasure state are read in full by every worker from their compacted topics;
+dead letters are sealed per subject (`backbone.dlq.DlqSealer`) so an erasure can shred them.
 
 Importing this module builds nothing: `create_app` builds the app from settings, and the module
 attribute `app` (what `faust -A processors.app` reads) is built on first access.
@@ -19,7 +20,7 @@ from typing import Any
 import faust
 import mode
 
-from backbone import agreement_changes, dlq
+from backbone import agreement_changes, dlq, erasure
 from backbone.catalog import load_catalog
 from backbone.compacted import CompactedTopicReader
 from backbone.errors import BackboneError
@@ -32,6 +33,7 @@ from backbone.settings import Settings, get_settings
 from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
+from processors.erasure import ErasureTable
 from processors.router import DLQ_TOPIC, Router
 
 log = logging.getLogger("processors")
@@ -53,7 +55,10 @@ class Enforcement:
                 f"keyring {settings.keyring_path} has no key for domain(s) {', '.join(missing)}; "
                 "run `backbone keys init` (it creates every domain the charter names, and oversight)"
             )
-        self.engine = PolicyEngine(self.charter, self.keyring)
+        # Erased subjects are denied from the next event; their later dead letters sealed under keys never kept.
+        self.dlq_sealer = dlq.DlqSealer(settings)
+        self.erasures = ErasureTable(self.keyring, on_erased=self.dlq_sealer.forget)
+        self.engine = PolicyEngine(self.charter, self.keyring, erasures=self.erasures)
         self.schemas = RegistrySchemas(registry_client(settings))
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
@@ -67,6 +72,8 @@ class Enforcement:
         topics.ensure(CONSENT_TOPIC, config=compacted)
         agreement_changes.ensure_topic(self.settings)
         topics.ensure(DLQ_TOPIC, config=dlq.topic_config(self.settings))
+        topics.ensure(dlq.KEYS_TOPIC, config=dlq.keys_topic_config())
+        erasure.ensure_topic(self.settings)
         for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         for agreement in self.charter.agreements:
@@ -74,22 +81,25 @@ class Enforcement:
                 topics.ensure(shared_topic(agreement.recipient, event_type))
 
     def start(self) -> None:
-        """Blocking start-up: topics, schemas, consent and agreements read to their end, then the data plane."""
+        """Blocking start-up: topics, schemas, consent, agreements and erasures read to their end, then the data plane."""
         self.ensure_topics()
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
+        self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(
             self.settings, self.catalog, self.engine.apply, self._set_status, self._known)
-        self.readers = [consent_reader, agreements_reader]
+        erasure_reader = CompactedTopicReader(self.settings, erasure.ERASURES_TOPIC, self.erasures.apply_message, "erasure-feed")
+        self.readers = [consent_reader, agreements_reader, erasure_reader]
         for reader in self.readers:
             reader.start()
         for reader in self.readers:
-            # No event is decided on before the worker knows every consent and agreement change.
+            # No event is decided on before the worker knows every consent, agreement and erasure.
             reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
         self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason)
         self.data_plane.start()
-        log.info("enforcing %d agreements; %d consent records", len(self.charter.agreements), len(self.consent))
+        log.info("enforcing %d agreements; %d consent records; %d erased subjects", len(self.charter.agreements),
+                 len(self.consent), len(self.erasures))
 
     def _set_status(self, agreement_id: str, version: int, status: str) -> None:
         self.engine.set_status(agreement_id, version, status)  # type: ignore[arg-type]
@@ -128,6 +138,7 @@ class Enforcement:
             "produced": plane.produced if plane else 0,
             "batches": plane.batches if plane else 0,
             "consent_records": len(self.consent),
+            "erased_subjects": len(self.erasures),
             **counts,
             **({f"seconds_{k}": round(v, 1) for k, v in plane.seconds.items()} if plane else {}),
         }
@@ -226,7 +237,7 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
                     return
                 dead = enforcement.dead_reader()
                 if dead is not None:
-                    # Consent or agreement state is no longer current: stop deciding at all.
+                    # Consent, agreement or erasure state is no longer current: stop deciding at all.
                     log.error("stopping the worker, it must not decide without its state: %s", dead)
                     await self.crash(BackboneError(dead))
                     return
