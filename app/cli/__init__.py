@@ -37,6 +37,7 @@ def _register() -> None:
     from app.cli import acls, agreement_changes, agreements, consent, keys, process, produce, schemas, stack, topics  # noqa: F401
     from app.cli import audit, clickhouse, dlq, fraud, sink  # noqa: F401 - ClickHouse sinks and their users
     from app.cli import bench, demo, query, registry, status  # noqa: F401
+    from app.cli import erase  # noqa: F401 - the right to erasure
 
 
 def main() -> None:

@@ -1,0 +1,51 @@
+"""`backbone erase --subject ID --reason TEXT`: the right to erasure, for one person, everywhere."""
+
+from __future__ import annotations
+
+import typer
+from rich.table import Table
+
+from app.cli import app, console, err_console
+from backbone.settings import get_settings
+
+
+@app.command()
+def erase(
+    subject: str = typer.Option(..., "--subject", "-s", help="National id of the person to erase (never stored or printed)"),
+    reason: str = typer.Option(..., "--reason", help="Why: the request's reference (required; recorded in the audit trail)"),
+) -> None:
+    """Erase one person: future events denied `erased` (but under agreements that survive erasure),
+    their rows deleted from every recipient database, their dead letters made unreadable, their
+    consent records removed; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
+    keeps its oversight tokens: `backbone audit subject` still lists past disclosures.
+
+    With chDB, stop the sinks first (one process per directory)."""
+    from app.cli.audit import _charter
+    from backbone import operations
+    from backbone.clickhouse import make_client
+    from backbone.erasure import erase as erase_subject
+    from backbone.keyring import Keyring
+    from producers.keys import SECRET_FILE, SubjectKeys
+
+    settings = get_settings()
+    who = operations.actor(settings)  # refuse before touching anything
+    keyring = Keyring.open(settings)
+    charter = _charter(settings)
+    subject_key = None
+    if settings.subject_key_secret is not None or (settings.data_dir / SECRET_FILE).exists():
+        subject_key = SubjectKeys.from_settings(settings)(subject.strip())
+    else:
+        err_console.print("warning: no subject key secret (BACKBONE_SUBJECT_KEY_SECRET): consent records and dead letters"
+                          " of this person cannot be found, only rows and future events", highlight=False)
+    client = make_client(settings.clickhouse_dsn or "")
+    try:
+        report = erase_subject(settings, charter, keyring, client, subject, reason, subject_key=subject_key, actor=who)
+    finally:
+        client.close()
+    table = Table("database", "rows removed", title=f"erased subject {report.token}")
+    for database, count in sorted(report.rows.items()):
+        table.add_row(database, f"{count:,}")
+    console.print(table)
+    console.print(f"{sum(report.rows.values()):,} rows removed in {report.seconds.get('rows', 0.0):.2f}s; "
+                  f"{report.dlq_keys} DLQ keys destroyed; {report.consent_records} consent records tombstoned; "
+                  "future events denied as erased; recorded on audit.operations", highlight=False)
