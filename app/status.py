@@ -1,14 +1,17 @@
 """The operator's view of a running backbone: topics, consumer lag, registry subjects, recent
-decisions, DLQ entries and rows per agency database. Each part is asked separately with a short
+decisions, DLQ entries, rows per agency database and the oldest row of each table against its
+retention. Each part is asked separately with a short
 timeout, so one unreachable part is reported as such and the rest still answers.
 """
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
@@ -37,6 +40,34 @@ class GroupLag:
 
 
 @dataclass
+class Retention:
+    """The oldest row of one table against the retention its TTL applies (days from `clock`)."""
+
+    database: str
+    table: str
+    clock: str  # the column retention counts from: occurred_at, or _landed_at
+    days: int
+    oldest: datetime | None
+
+    @property
+    def age_days(self) -> float | None:
+        if self.oldest is None:
+            return None
+        oldest = self.oldest if self.oldest.tzinfo else self.oldest.replace(tzinfo=UTC)
+        return (datetime.now(UTC) - oldest).total_seconds() / 86_400
+
+    @property
+    def overdue(self) -> bool:
+        """Rows past retention still there: ClickHouse removes them at its next merge of their part."""
+        age = self.age_days
+        return age is not None and age > self.days
+
+
+# How a table's TTL reads in system.tables.engine_full (consumers.ddl writes `TTL col + INTERVAL n DAY`).
+_TTL = re.compile(r"\bTTL\s+`?([A-Za-z_][A-Za-z0-9_]*)`?\s*\+\s*toIntervalDay\((\d+)\)")
+
+
+@dataclass
 class Status:
     topics: list[TopicStatus] = field(default_factory=list)
     groups: list[GroupLag] = field(default_factory=list)
@@ -44,6 +75,7 @@ class Status:
     decisions: list[tuple[str, str, int]] = field(default_factory=list)
     dlq: Counter[str] = field(default_factory=Counter)
     rows: list[tuple[str, int]] = field(default_factory=list)
+    retention: list[Retention] = field(default_factory=list)
     unreachable: dict[str, str] = field(default_factory=dict)  # part -> why
     # agreement status changes in force (key, status, when, by whom) and changes that cannot be
     # applied (key -> why), which the processors deny as agreement_inactive
@@ -109,7 +141,23 @@ def registry_subjects(settings: Settings) -> list[str]:
         raise registry_unavailable(settings.schema_registry_url) from None
 
 
-def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]]]:
+def retention_status(client: Any, prefix: str) -> list[Retention]:
+    """Per table with a TTL in the agency databases: the column it counts from, its days and the oldest row."""
+    found = []
+    for database, table, engine in client.query(
+            "SELECT database, name, engine_full FROM system.tables WHERE engine LIKE '%MergeTree' "
+            "AND database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA') AND startsWith(database, {p:String}) "
+            "ORDER BY database, name", parameters={"p": prefix}).result_rows:
+        match = _TTL.search(engine or "")
+        if match is None:
+            continue
+        clock, days = match.group(1), int(match.group(2))
+        oldest = client.query(f"SELECT min(`{clock}`), count() FROM `{database}`.`{table}`").result_rows[0]
+        found.append(Retention(database, table, clock, days, oldest[0] if oldest[1] else None))
+    return found
+
+
+def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str, str, int]], list[tuple[str, int]], list[Retention]]:
     from urllib.parse import urlsplit
 
     from clickhouse_connect.driver.exceptions import OperationalError
@@ -139,7 +187,7 @@ def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str,
             "SELECT database, sum(total_rows) FROM system.tables WHERE engine LIKE '%MergeTree' "
             "AND database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA') AND startsWith(database, {p:String}) "
             "GROUP BY database ORDER BY database", parameters={"p": prefix}).result_rows]
-        return decisions, rows
+        return decisions, rows, retention_status(client, prefix)
     finally:
         client.close()
 
@@ -170,7 +218,7 @@ def collect(settings: Settings, minutes: int = 5, timeout: float = 3.0) -> Statu
     status.subjects = _ask(status, "schema registry", lambda: registry_subjects(settings)) or []
     clickhouse = _ask(status, "clickhouse", lambda: clickhouse_status(settings, minutes))
     if clickhouse is not None:
-        status.decisions, status.rows = clickhouse
+        status.decisions, status.rows, status.retention = clickhouse
     return status
 
 
@@ -182,6 +230,8 @@ def as_dict(status: Status) -> dict[str, Any]:
         "decisions": status.decisions,
         "dlq": dict(status.dlq),
         "rows": status.rows,
+        "retention": [{"database": r.database, "table": r.table, "counted_from": r.clock, "days": r.days,
+                       "oldest": r.oldest.isoformat() if r.oldest else None, "overdue": r.overdue} for r in status.retention],
         "unreachable": status.unreachable,
         "agreement_changes": status.agreement_changes,
         "agreement_problems": status.agreement_problems,

@@ -45,10 +45,18 @@ def _render(status, minutes: int):  # noqa: ANN001, ANN202 - app.status.Status -
     rows = Table("database", "rows", title="Rows per agency database")
     for database, count in status.rows:
         rows.add_row(database, f"{count:,}")
+    retention = Table("table", "counted from", "retention (days)", "oldest row (UTC)", "its age (days)", "",
+                      title="Retention: oldest row per table")
+    for kept in status.retention:
+        age = kept.age_days
+        retention.add_row(f"{kept.database}.{kept.table}", kept.clock, f"{kept.days:,}",
+                          kept.oldest.strftime("%Y-%m-%d %H:%M:%S") if kept.oldest else "(empty)",
+                          f"{age:,.1f}" if age is not None else "",
+                          "[yellow]past retention: removed at the next merge[/yellow]" if kept.overdue else "")
     parts += [topics, groups, subjects, decisions, dlq, changes]
     if status.agreement_problems:
         parts.append(problems)
-    parts += [rows, Text(time.strftime("as of %H:%M:%S"), style="dim")]
+    parts += [rows, retention, Text(time.strftime("as of %H:%M:%S"), style="dim")]
     return Group(*parts)
 
 
@@ -59,7 +67,8 @@ def status(
     minutes: int = typer.Option(5, "--minutes", help="Window of the decision counts"),
     timeout: float = typer.Option(3.0, "--timeout", help="Seconds each part gets to answer"),
 ) -> None:
-    """Topics, consumer lag, registry subjects, recent decisions, DLQ entries and rows per agency."""
+    """Topics, consumer lag, registry subjects, recent decisions, DLQ entries, rows per agency and
+    the oldest row of each table against its retention."""
     from app.status import collect
 
     settings = get_settings()
