@@ -1,0 +1,320 @@
+"""Right to erasure: `backbone erase` reaches every copy (recipient databases under every key id,
+future events, dead letters, consent records) and leaves everyone else and the audit trail intact.
+Unit tests first (pure parts), then one run on the real embedded broker, registry, worker and chDB."""
+
+from __future__ import annotations
+
+import shutil
+import time
+import uuid
+from collections.abc import Iterator
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import Producer
+
+from backbone import dlq
+from backbone.catalog import Catalog, load_catalog
+from backbone.erasure import ERASURES_TOPIC, ErasureRecord, erase, oversight_tokens, row_targets, token_under_key, tokens_in_domain
+from backbone.errors import AgreementError, BackboneError
+from backbone.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
+from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements, pseudonym
+from backbone.policy.agreements import parse_agreement, to_yaml
+from backbone.policy.engine import DictErasures
+from backbone.serde import Decoder, registry_client
+from backbone.settings import PROJECT_ROOT, Settings
+from backbone.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, raw_topic
+from consumers import ddl
+from consumers.audit import disclosures
+from consumers.plans import recipient_plan
+from consumers.sink import sinks_for
+from processors.erasure import ErasureTable
+from producers import AgencyProducer, ConsentPublisher
+from producers.keys import SubjectKeys
+from tests.pipeline import Worker, private_stack, read_topic
+
+NOW = datetime(2026, 3, 1, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(PROJECT_ROOT / "schemas")
+
+
+def surviving(charter: Charter) -> Charter:
+    """The demo charter with tax-to-fraud@2 (a legal obligation) surviving erasure."""
+    return charter.with_agreement(charter.get("tax-to-fraud", 2).model_copy(update={"survives_erasure": True}))
+
+
+def tax_income(subject: str) -> dict:
+    return {"governance": {"lawful_basis": "legal_obligation", "purposes": ["fraud_prevention_and_detection"], "consent_id": None},
+            "national_id": subject, "name": "Ada Lovelace", "employer_id": "E-1001", "period": "2026-03",
+            "declared_income": 3100.0, "bank_account": "NL91ABNA0417164300"}
+
+
+def welfare_claim(subject: str) -> dict:
+    return {"governance": {"lawful_basis": "public_task", "consent_id": "c-1",
+                           "purposes": ["scientific_research", "fraud_prevention_and_detection", "service_provision"]},
+            "national_id": subject, "name": "Grace Hopper", "date_of_birth": date(1980, 5, 17), "postcode": "1012 AB",
+            "benefit_type": "income_support", "period": "2026-03", "monthly_amount": 640.0, "bank_account": "NL02RABO0300065264",
+            "household_size": 2, "declared_other_income": 0.0}
+
+
+def address_changed(subject: str) -> dict:
+    return {"governance": {"lawful_basis": "public_task", "purposes": ["service_provision"], "consent_id": None},
+            "national_id": subject, "name": "Alan Turing", "date_of_birth": date(1970, 1, 2),
+            "old_postcode": "1012 AB", "new_postcode": "3511 CD", "moved_on": date(2026, 3, 1)}
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+def test_a_token_under_an_old_key_is_the_token_that_key_made() -> None:
+    keyring = Keyring.generate(domains=["fraud"])
+    old_id, _ = keyring.active_key("domain", "fraud")
+    before = pseudonym.token("fraud", "123456782", keyring=keyring)
+    new_id = keyring.rotate("domain", "fraud").key_id
+    after = pseudonym.token("fraud", "123456782", keyring=keyring)
+    assert before != after
+    assert token_under_key(keyring, "fraud", old_id, "123456782") == before
+    assert token_under_key(keyring, "fraud", new_id, "123456782") == after
+    assert tokens_in_domain(keyring, "fraud", "123456782") == [before, after]
+
+
+def test_an_erased_subject_is_denied_to_every_recipient_but_under_an_agreement_that_survives_erasure(catalog: Catalog) -> None:
+    charter = surviving(load_agreements(PROJECT_ROOT / "agreements", catalog))
+    engine = PolicyEngine(charter, Keyring.for_charter(charter), erasures=DictErasures({"123456782"}))
+    tax = {"event_id": str(uuid.uuid4()), "event_type": "tax.income_declared", "occurred_at": NOW, "provider": "tax",
+           **tax_income("123456782")}
+    decided = {d.recipient: d for d in engine.decide(tax, NoConsent(), NOW)}
+    assert decided["fraud"].permitted  # tax-to-fraud survives erasure: the legal obligation goes on
+    assert decided["statistics"].reason == "erased"  # no agreement in force that survives
+    claim = {"event_id": str(uuid.uuid4()), "event_type": "welfare.benefit_claimed", "occurred_at": NOW, "provider": "welfare",
+             **welfare_claim("123456782")}
+    assert {d.recipient: d.reason for d in engine.decide(claim, NoConsent(), NOW)} == {"fraud": "erased", "research": "erased"}
+    someone_else = {**claim, "national_id": "999999990"}
+    assert {d.recipient: d.reason for d in engine.decide(someone_else, NoConsent(), NOW)}["fraud"] is None
+
+
+def test_survives_erasure_is_refused_without_a_legal_obligation(catalog: Catalog) -> None:
+    charter = load_agreements(PROJECT_ROOT / "agreements", catalog)
+    with pytest.raises(AgreementError, match="survives_erasure: only a legal_obligation basis"):
+        charter.with_agreement(charter.get("welfare-to-fraud").model_copy(update={"survives_erasure": True}))
+    agreement, problems = parse_agreement(yaml_of(surviving(charter).get("tax-to-fraud", 2)), "t.yaml")
+    assert agreement is not None and agreement.survives_erasure and not problems
+    assert "survives_erasure" not in to_yaml(charter.get("tax-to-fraud", 2))  # texts without it are unchanged
+
+
+def yaml_of(agreement) -> dict:  # noqa: ANN001
+    import yaml
+
+    return yaml.safe_load(to_yaml(agreement))
+
+
+def test_the_erasure_table_matches_by_oversight_token_under_every_key_and_is_never_undone() -> None:
+    keyring = Keyring.generate()
+    keyring.ensure(domains=[OVERSIGHT_DOMAIN])
+    tokens = oversight_tokens(keyring, "123456782")
+    forgotten: list[tuple[str, ...]] = []
+    table = ErasureTable(keyring, on_erased=forgotten.append)
+    assert not table.erased("123456782")
+    record = ErasureRecord(tokens[0], tuple(tokens), NOW, "dpo", "a-1", ("handle-1",))
+    table.apply(tokens[0].encode(), record.to_json())
+    assert table.erased("123456782") and not table.erased("999999990")
+    assert forgotten == [("handle-1",)]
+    table.apply(tokens[0].encode(), None)  # a tombstone does not undo it
+    assert table.erased("123456782")
+    keyring.rotate("domain", OVERSIGHT_DOMAIN)  # events now get tokens under the new key: still matched
+    assert table.erased("123456782")
+    assert "123456782" not in repr(vars(table))
+
+
+def test_an_erasure_this_worker_cannot_compute_stops_its_reader() -> None:
+    other = Keyring.generate(domains=[OVERSIGHT_DOMAIN, "x", "y"])
+    other.rotate("domain", OVERSIGHT_DOMAIN)
+    token = oversight_tokens(other, "123456782")[0]
+    mine = Keyring.generate(domains=[OVERSIGHT_DOMAIN])
+    with pytest.raises(BackboneError, match="cannot honour the erasure"):
+        ErasureTable(mine).apply(token.encode(), None)
+
+
+def test_rows_are_found_through_each_domains_pseudonym_and_the_clear_id(catalog: Catalog) -> None:
+    charter = load_agreements(PROJECT_ROOT / "agreements", catalog)
+    keyring = Keyring.for_charter(charter)
+    targets = {(t.database, t.table, t.column): t.values for t in row_targets(charter, keyring, "123456782", "p_")}
+    fraud_token = pseudonym.token("fraud", "123456782", keyring=keyring)
+    assert targets[("p_fraud", "tax_income_declared", "national_id")] == (fraud_token,)
+    assert targets[("p_fraud", "alerts", "subject")] == (fraud_token,)
+    assert targets[("p_research", "welfare_benefit_claimed", "national_id")] == (pseudonym.token("research", "123456782", keyring=keyring),)
+    assert targets[("p_welfare", "registry_address_changed", "national_id")] == ("123456782",)  # identified: kept in clear
+    assert not any(database == "p_statistics" for database, _, _ in targets)  # statistics never receives the subject
+
+
+def test_retention_counts_from_the_event_time_unless_it_was_generalised_to_a_year(catalog: Catalog, tmp_path: Path) -> None:
+    from backbone.settings import load_settings
+
+    charter = load_agreements(PROJECT_ROOT / "agreements", catalog)
+    settings = load_settings(data_dir=tmp_path)
+    for recipient, clock in (("fraud", "occurred_at"), ("research", ddl.LANDED_AT)):
+        for destination, columns in recipient_plan(settings, charter, recipient).tables.items():
+            assert ddl.retention_clock(columns) == clock
+            assert f"TTL `{clock}` + INTERVAL {destination.retention_days} DAY" in ddl.create_table_sql(
+                destination.database, destination.table, columns, destination.order_by, destination.retention_days)
+
+
+# --- the whole erasure on the real stack ------------------------------------------------------------
+pipeline = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterator[Settings]:
+    agreements = tmp_path_factory.mktemp("agreements")
+    shutil.copytree(PROJECT_ROOT / "agreements", agreements, dirs_exist_ok=True)
+    text = (agreements / "tax_to_fraud.v2.yaml").read_text()
+    (agreements / "tax_to_fraud.v2.yaml").write_text(text.replace("retention_days: 1825", "retention_days: 1825\nsurvives_erasure: true"))
+    with private_stack(tmp_path_factory.mktemp("erasure"), partitions=2) as base:
+        yield base.model_copy(update={"agreements_dir": agreements, "clickhouse_dsn": clickhouse_dsn, "identity": "dpo@example",
+                                      "clickhouse_database_prefix": f"e{uuid.uuid4().hex[:8]}_", "sink_batch_seconds": 0.3})
+
+
+def send(settings: Settings, agency: str, event_type: str, record: dict) -> str:
+    with AgencyProducer(agency, settings) as producer:
+        return producer.send(event_type, record)
+
+
+def send_person(settings: Settings, subject: str) -> dict[str, str]:
+    """One event of each kind about `subject`: provider -> event id."""
+    return {"tax": send(settings, "tax", "tax.income_declared", tax_income(subject)),
+            "welfare": send(settings, "welfare", "welfare.benefit_claimed", welfare_claim(subject)),
+            "registry": send(settings, "registry", "registry.address_changed", address_changed(subject))}
+
+
+def outcomes(settings: Settings, event_ids: set[str], timeout: float = 60.0) -> dict[tuple[str, str], str]:
+    """(event id, recipient) -> permit or the reason, from the audit trail."""
+    decoder = Decoder(registry_client(settings))
+    found: dict[tuple[str, str], str] = {}
+
+    def complete(messages: list) -> bool:
+        for message in messages:
+            record = decoder(message.value()).record
+            if str(record["event_id"]) in event_ids:
+                for entry in record["decisions"]:
+                    found[(str(record["event_id"]), entry["recipient"])] = entry["outcome"]
+        return {event_id for event_id, _ in found} >= event_ids
+
+    read_topic(settings, AUDIT_TOPIC, complete, timeout)
+    return found
+
+
+def bad_letter(settings: Settings, key: bytes, body: bytes) -> None:
+    producer = Producer(settings.producer_config())
+    producer.produce(raw_topic("tax.income_declared"), body, key)
+    assert producer.flush(10) == 0
+
+
+def letters_by_key(settings: Settings, keys: set[bytes]) -> dict[bytes, list[dlq.DeadLetter]]:
+    messages = read_topic(settings, dlq.dlq_topic(dlq.PROCESSOR), lambda ms: {m.key() for m in ms} >= keys, timeout=60)
+    found: dict[bytes, list[dlq.DeadLetter]] = {}
+    for message in messages:
+        if message.key() in keys:
+            found.setdefault(message.key(), []).append(dlq.DeadLetter.from_message(message))
+    return found
+
+
+def values_in_tables(client, prefix: str, values: list[str]) -> dict[str, int]:  # noqa: ANN001
+    """Rows per table of the recipient databases (the audit database aside) where any String column holds one of `values`."""
+    found = {}
+    columns = client.query(
+        "SELECT database, table, groupArray(name) FROM system.columns WHERE startsWith(database, {p:String}) "
+        "AND database != {a:String} AND type LIKE '%String%' AND type NOT LIKE '%Array%' GROUP BY database, table",
+        parameters={"p": prefix, "a": f"{prefix}audit"}).result_rows
+    for database, table, names in columns:
+        if client.query("SELECT engine FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+                        parameters={"d": database, "t": table}).result_rows[0][0] == "View":
+            continue
+        where = " OR ".join(f"toString(`{name}`) IN {{v:Array(String)}}" for name in names)
+        found[f"{database}.{table}"] = int(client.query(f"SELECT count() FROM `{database}`.`{table}` WHERE {where}",
+                                                        parameters={"v": values}).result_rows[0][0])
+    return found
+
+
+@pipeline
+def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings, clickhouse_client) -> None:  # noqa: ANN001
+    settings = stack
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    erased, kept = str(uuid.uuid4().int)[:9], str(uuid.uuid4().int)[:9]
+    subject_keys = SubjectKeys.from_settings(settings)
+    with ConsentPublisher(settings) as consent:
+        for person in (erased, kept):
+            consent.grant(person, "scientific_research")
+    worker = Worker(settings, "erasure-worker").start()
+    try:
+        first = {*send_person(settings, erased).values(), *send_person(settings, kept).values()}
+        bad_letter(settings, subject_keys(erased), b"\x07raw bytes of the erased person")
+        bad_letter(settings, subject_keys(kept), b"\x07raw bytes of someone else")
+        assert outcomes(settings, first)
+    finally:
+        worker.stop()
+    # A key rotation between two events: the person's rows carry tokens under two fraud keys.
+    master = master_key_from_settings(settings)
+    keyring = Keyring.open(settings)
+    keyring.rotate("domain", "fraud")
+    keyring.save(settings.keyring_path, master)
+    worker = Worker(settings, "erasure-worker").start()
+    try:
+        second = {send(settings, "welfare", "welfare.benefit_claimed", welfare_claim(erased))}
+        assert outcomes(settings, second)
+        for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
+            sink.run_until_idle(idle_s=1.5, timeout_s=120)
+            sink.close()
+        prefix = settings.clickhouse_database_prefix
+        keyring = Keyring.open(settings)
+        identities = [erased, *(t for d in sorted(charter.domains()) for t in tokens_in_domain(keyring, d, erased))]
+        others = [kept, *(t for d in sorted(charter.domains()) for t in tokens_in_domain(keyring, d, kept))]
+        before, others_before = values_in_tables(clickhouse_client, prefix, identities), values_in_tables(clickhouse_client, prefix, others)
+        assert before[f"{prefix}fraud.welfare_benefit_claimed"] == 2  # one row under each fraud key
+        assert before[f"{prefix}research.welfare_benefit_claimed"] == 2 and before[f"{prefix}fraud.tax_income_declared"] == 1
+        assert before[f"{prefix}welfare.registry_address_changed"] == 1  # identified: the id in clear
+        totals = {table: int(clickhouse_client.query(f"SELECT count() FROM {table}").result_rows[0][0]) for table in before}
+
+        report = erase(settings, charter, keyring, clickhouse_client, erased, "request 2026-117",
+                       subject_key=subject_keys(erased))
+
+        after = values_in_tables(clickhouse_client, prefix, identities)
+        assert not any(after.values()), after  # no row joinable to the person in any domain
+        assert values_in_tables(clickhouse_client, prefix, others) == others_before  # everyone else untouched
+        for table, count in totals.items():
+            assert int(clickhouse_client.query(f"SELECT count() FROM {table}").result_rows[0][0]) == count - before[table]
+        assert sum(report.rows.values()) == sum(before.values()) and report.dlq_keys == 1
+
+        time.sleep(2)  # the worker's erasure feed applies the record
+        later, other = send_person(settings, erased), send_person(settings, kept)
+        bad_letter(settings, subject_keys(erased), b"\x07more raw bytes of the erased person")
+        decided = outcomes(settings, {*later.values(), *other.values()})
+    finally:
+        worker.stop()
+    assert decided[(later["tax"], "fraud")] == "permit"  # tax-to-fraud survives erasure: a legal obligation
+    assert decided[(later["tax"], "statistics")] == "erased"
+    assert decided[(later["welfare"], "fraud")] == decided[(later["welfare"], "research")] == "erased"
+    assert decided[(later["registry"], "welfare")] == "erased"
+    assert decided[(other["welfare"], "fraud")] == decided[(other["registry"], "welfare")] == "permit"
+
+    letters = letters_by_key(settings, {subject_keys(erased), subject_keys(kept)})
+    keys = dlq.DlqKeys.load(settings)
+    assert keys.open(letters[subject_keys(kept)][0]) == b"\x07raw bytes of someone else"
+    assert len(letters[subject_keys(erased)]) == 2
+    for letter in letters[subject_keys(erased)]:
+        assert letter.sealed and b"raw bytes" not in (letter.value or b"")
+        with pytest.raises(dlq.Shredded):
+            keys.open(letter)
+
+    token = oversight_tokens(Keyring.open(settings), erased)[0]
+    decoder = Decoder(registry_client(settings))
+    recorded = [decoder(m.value()).record for m in read_topic(settings, OPERATIONS_TOPIC, lambda ms: False, timeout=3)]
+    mine = [r for r in recorded if r["action"] == "erase" and r["target"] == token]
+    assert len(mine) == 1 and mine[0]["outcome"] == "done" and mine[0]["actor"] == "dpo@example"
+    assert mine[0]["details"]["rows_total"] == str(sum(before.values()))
+    assert not any(erased in str(r) for r in recorded)  # the trail names the person by token only
+    erasures = read_topic(settings, ERASURES_TOPIC, lambda ms: False, timeout=3)
+    assert [m.key().decode() for m in erasures] == [token] and erased.encode() not in erasures[0].value()
+    past = disclosures(clickhouse_client, settings.clickhouse_database_prefix, token, charter)
+    assert {d.recipient for d in past} >= {"fraud", "research", "welfare"}  # past disclosures stay accounted for
