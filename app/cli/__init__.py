@@ -38,6 +38,7 @@ def _register() -> None:
     from app.cli import audit, clickhouse, dlq, fraud, sink  # noqa: F401 - ClickHouse sinks and their users
     from app.cli import bench, demo, query, registry, status  # noqa: F401
     from app.cli import erase  # noqa: F401 - the right to erasure
+    from app.cli import webconsole  # noqa: F401 - `backbone console`, the web console (not `console`: that is the rich Console)
 
 
 def main() -> None:

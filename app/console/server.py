@@ -1,0 +1,194 @@
+"""`backbone console`: the operator's web view (aiohttp, server-rendered, live by server-sent events).
+
+Pages: `/` (flows between agencies, DLQ, lag, rows, registry subjects, unreachable parts; its live
+part is replaced by each `status` event of `/events`), `/charter` (agreements with status, purposes
+and field treatments), `/subject` (oversight only: every disclosure about one person). Every page
+needs a login (`app.console.auth`); the console binds 127.0.0.1 unless `BACKBONE_CONSOLE_HOST`
+says otherwise.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from app.console import views
+from app.console.auth import COOKIE, OVERSIGHT, Logins, Session
+from app.console.snapshot import Snapshot, SnapshotCache, collect_snapshot
+from backbone.settings import Settings
+
+log = logging.getLogger("backbone.console")
+
+LOGINS = web.AppKey("logins", Logins)
+SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
+LOOKUP = web.AppKey("lookup", object)  # Callable[[str], tuple[str, list[Disclosure]]]
+STREAM_INTERVAL = web.AppKey("stream_interval", float)
+SESSION = web.RequestKey("session", Session)
+PUBLIC = ("/login", "/static/live.js")
+HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
+                               "connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+    "Cache-Control": "no-store",
+}
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    if request.path not in PUBLIC:
+        session = request.app[LOGINS].session(request.cookies.get(COOKIE))
+        if session is None:
+            if request.method == "GET" and request.path != "/events":
+                raise web.HTTPFound("/login")
+            raise web.HTTPUnauthorized(text="log in first")
+        request[SESSION] = session
+    response = await handler(request)
+    response.headers.update(HEADERS)
+    return response
+
+
+def _session(request: web.Request) -> Session:
+    return request[SESSION]
+
+
+async def login_page(request: web.Request) -> web.Response:
+    return _html(views.login_form())
+
+
+async def log_in(request: web.Request) -> web.Response:
+    form = await request.post()
+    token = await request.app[LOGINS].log_in(str(form.get("user", "")), str(form.get("password", "")))
+    if token is None:
+        log.warning("console: refused a login as %r", str(form.get("user", ""))[:64])
+        return _html(views.login_form("Wrong user or password."), 401)
+    response = web.HTTPFound("/")
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    raise response
+
+
+async def log_out(request: web.Request) -> web.Response:
+    request.app[LOGINS].log_out(request.cookies.get(COOKIE))
+    response = web.HTTPFound("/login")
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+async def overview(request: web.Request) -> web.Response:
+    session = _session(request)
+    return _html(views.overview(await request.app[SNAPSHOTS].get(), session.user, session.role))
+
+
+async def charter(request: web.Request) -> web.Response:
+    session = _session(request)
+    return _html(views.charter(await request.app[SNAPSHOTS].get(), session.user, session.role))
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    """Server-sent events: the overview's live part as one `status` event every few seconds."""
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
+    response.headers.update(HEADERS)
+    await response.prepare(request)
+    interval = request.app[STREAM_INTERVAL]
+    while True:
+        fragment = views.live(await request.app[SNAPSHOTS].get())
+        data = "".join(f"data: {line}\n" for line in fragment.splitlines() or [""])
+        await response.write(f"event: status\n{data}\n".encode())
+        await asyncio.sleep(interval)
+
+
+def _oversight(request: web.Request) -> Session:
+    session = _session(request)
+    if session.role != OVERSIGHT:
+        raise web.HTTPForbidden(text="only oversight sees disclosures about a person")
+    return session
+
+
+async def subject_page(request: web.Request) -> web.Response:
+    session = _oversight(request)
+    return _html(views.subject_form(session.user, session.role))
+
+
+async def subject_lookup(request: web.Request) -> web.Response:
+    """POST, so the national id never lands in a URL, a log line or the browser's history."""
+    session = _oversight(request)
+    national_id = str((await request.post()).get("national_id", "")).strip()
+    if not national_id:
+        return _html(views.subject_form(session.user, session.role, problem="Give a national id."), 400)
+    lookup: Any = request.app[LOOKUP]
+    try:
+        token, found = await asyncio.get_running_loop().run_in_executor(None, lookup, national_id)
+    except Exception as exc:  # noqa: BLE001 - the audit database or keyring away: said on the page, no id in the log
+        log.warning("console: subject lookup failed: %s", type(exc).__name__)
+        return _html(views.subject_form(session.user, session.role, problem=f"The audit trail cannot be read now ({type(exc).__name__})."), 503)
+    log.info("console: %s looked up the disclosures about subject %s", session.user, token)
+    return _html(views.subject_form(session.user, session.role, found, token))
+
+
+async def live_js(request: web.Request) -> web.Response:
+    return web.Response(text=views.LIVE_JS, content_type="application/javascript")
+
+
+def disclosures_lookup(settings: Settings) -> Callable[[str], tuple[str, list]]:
+    """The oversight lookup `backbone audit subject` does: the id's oversight pseudonym, then its disclosures."""
+
+    def lookup(national_id: str) -> tuple[str, list]:
+        from app.console.snapshot import load_charter
+        from backbone.clickhouse import make_client
+        from backbone.keyring import Keyring
+        from consumers.audit import disclosures, subject_token
+
+        token = subject_token(Keyring.open(settings), national_id)
+        client = make_client(settings.clickhouse_dsn or "")
+        try:
+            return token, disclosures(client, settings.clickhouse_database_prefix, token, load_charter(settings))
+        finally:
+            client.close()
+
+    return lookup
+
+
+def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Callable[[str], tuple[str, list]],
+             refresh_s: float = 5.0) -> web.Application:
+    """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`."""
+    app = web.Application(middlewares=[_guard])
+    app[LOGINS] = logins
+    app[SNAPSHOTS] = SnapshotCache(snapshot, refresh_s)
+    app[LOOKUP] = lookup
+    app[STREAM_INTERVAL] = refresh_s
+    app.add_routes([
+        web.get("/login", login_page), web.post("/login", log_in), web.post("/logout", log_out),
+        web.get("/", overview), web.get("/charter", charter), web.get("/events", events),
+        web.get("/subject", subject_page), web.post("/subject", subject_lookup), web.get("/static/live.js", live_js),
+    ])
+    return app
+
+
+def app_for(settings: Settings, minutes: int = 5) -> web.Application:
+    return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings))
+
+
+async def start(settings: Settings, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, str]:
+    """Serve the console in the running loop; returns the runner (cleanup to stop) and its URL."""
+    from backbone.errors import BackboneError
+
+    host = host or settings.console_host
+    port = settings.console_port if port is None else port
+    runner = web.AppRunner(app_for(settings), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise BackboneError(f"cannot serve the console on {host}:{port}: {exc.strerror}; set BACKBONE_CONSOLE_PORT") from None
+    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001 - port 0
+    return runner, f"http://{host}:{bound}/"
