@@ -24,6 +24,7 @@ GOVERNANCE_NAME = "backbone.Governance"
 CONSENT_EVENT = "consent.changed"
 # The backbone's own record schemas (`schemas/<name>.avsc`), beside the event schemas.
 AUDIT_EVENT = "backbone.AuditEvent"
+AUDIT_CHECKPOINT = "backbone.AuditCheckpoint"
 FRAUD_ALERT = "backbone.FraudAlert"
 OPERATOR_ACTION = "backbone.OperatorAction"
 TAGS_KEY = "confluent:tags"

@@ -15,6 +15,8 @@ from backbone.settings import Settings
 CONSENT_TOPIC = "consent.changes"
 AGREEMENTS_TOPIC = "agreements.changes"
 AUDIT_TOPIC = "audit.decisions"
+# Signed checkpoints of the audit trail, one per processor batch, keyed by writer.
+CHECKPOINTS_TOPIC = "audit.checkpoints"
 OPERATIONS_TOPIC = "audit.operations"
 ALERTS_TOPIC = "alerts.fraud"
 SCHEMAS_TOPIC = "_schemas"
