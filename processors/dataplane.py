@@ -7,6 +7,11 @@ same event id and sinks drop them.
 
 Several workers with the same group id share the raw topics' partitions (librdkafka's consumer
 group), so adding workers scales by partitions.
+
+Each batch's audit records are sealed by one signed checkpoint (`processors.checkpoints`): the
+records are placed (writer, checkpoint, leaf) as they are routed, held until the batch's checkpoint
+is signed and recorded in the writer's state, then produced with the checkpoint, all before the
+offsets are committed.
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 from backbone.errors import BackboneError, RegistryError
 from backbone.policy.engine import ConsentState
 from backbone.settings import Settings
-from backbone.topics import RAW_PATTERN
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
+from processors.checkpoints import Checkpointer
 from processors.router import Router
 
 log = logging.getLogger(__name__)
@@ -45,9 +51,15 @@ class DataPlane:
     """One consume/route/produce/commit loop, run on its own thread by the Faust service."""
 
     def __init__(self, settings: Settings, router: Router, consent: ConsentState, group_id: str,
-                 before_batch: Callable[[], None] | None = None, gate: Callable[[], str | None] | None = None) -> None:
+                 before_batch: Callable[[], None] | None = None, gate: Callable[[], str | None] | None = None,
+                 checkpoints: Callable[[], Checkpointer] | None = None) -> None:
         self.settings = settings
         self.router = router
+        # Opens the worker's audit writer when the data plane starts (default: from the settings,
+        # the router's catalog, keyring and schema source).
+        self._open_checkpoints = checkpoints or (lambda: Checkpointer.open(
+            settings, router.catalog, router.keyring, router.schemas.register))
+        self.checkpoints: Checkpointer | None = None
         self.consent = consent
         self.group_id = group_id
         self.before_batch = before_batch
@@ -59,6 +71,7 @@ class DataPlane:
         self.consumed = 0
         self.produced = 0
         self.batches = 0
+        self.checkpoints_sealed = 0
         # where the time goes, in seconds: consume, route + produce calls, waiting for acks, commit
         self.seconds = {"consume": 0.0, "route": 0.0, "flush": 0.0, "commit": 0.0}
         self.error: BaseException | None = None
@@ -103,6 +116,11 @@ class DataPlane:
         }))
         # Only failures need a callback: successes are counted by flush() returning 0.
         producer = Producer(self.settings.producer_config(**{"linger.ms": LINGER_MS, "delivery.report.only.error": True}))
+        checkpoints = self.checkpoints = self._open_checkpoints()
+        clean = False
+        if checkpoints.republish is not None:  # the last checkpoint before an unclean stop, again
+            self._produce(producer, producer.produce, CHECKPOINTS_TOPIC, checkpoints.republish.key, checkpoints.republish.value,
+                          None, self._on_delivery)
         consumer.subscribe([RAW_PATTERN])
         batch_size = self.settings.consumer_batch_size
         try:
@@ -122,9 +140,11 @@ class DataPlane:
                 if self.registry_waits == waits and waits:
                     log.info("schema registry answers again after %d waits; deciding", waits)
                     self.registry_waits = 0
+            clean = True
         finally:
-            producer.flush(self.settings.kafka_timeout_s)
+            clean = producer.flush(self.settings.kafka_timeout_s) == 0 and not self._failures and clean
             consumer.close()
+            checkpoints.close(clean)
 
     def _hold(self, consumer: Consumer) -> bool:
         """Pause while the gate gives a reason (True: nothing consumed this turn), resume after."""
@@ -158,6 +178,9 @@ class DataPlane:
         offsets: dict[tuple[str, int], int] = {}
         firsts: dict[tuple[str, int], int] = {}
         produced = 0
+        checkpoints = self.checkpoints
+        place = checkpoints.place if checkpoints is not None else None
+        audit: list[tuple[bytes | None, bytes]] = []  # placed audit records, produced once the batch is sealed
         unavailable: RegistryError | None = None
         for message in messages:
             error = message.error()
@@ -178,9 +201,19 @@ class DataPlane:
                 unavailable = exc
                 continue
             for output in outputs:
+                if place is not None and output.topic == AUDIT_TOPIC:
+                    audit.append((output.key, place(output.value)))
+                    continue
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
+        if audit and checkpoints is not None:
+            sealed = checkpoints.seal()
+            for key, value in audit:
+                self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
+            self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+            produced += len(audit) + 1
+            self.checkpoints_sealed += 1
         routed = time.perf_counter()
         remaining = producer.flush(self.settings.kafka_timeout_s * 3)
         flushed = time.perf_counter()

@@ -38,6 +38,9 @@ AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
 # The only header on a shared record: which agreement released it, as id@version.
 AGREEMENT_HEADER = "agreement"
 PERMIT = "permit"  # the audit record's outcome of a permit; a denial's outcome is its reason code
+# Audit records leave the router unplaced (their bytes end with `audit_log.EMPTY_POSITION`): the
+# data plane gives each its writer, checkpoint and leaf when it seals the batch.
+UNPLACED = {"writer": "", "checkpoint": 0, "leaf": 0}
 Headers = list[tuple[str, bytes]]
 
 _SERDE_REASONS: dict[type[SerdeError], str] = {
@@ -87,6 +90,7 @@ class Router:
         self.decoder = Decoder(self.schemas)
         self._audit_avro = catalog.internal_schema(AUDIT_EVENT)
         self._audit: Encoder | None = None
+        self.keyring = keyring  # the data plane's checkpoints are signed with its signing key
         self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
         self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
         self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
@@ -210,7 +214,7 @@ class Router:
         # not per decision (bench.router measures both designs).
         outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit({
             "event_id": event_id, "event_type": event_type, "provider": provider, "subject_token": subject_token,
-            "decided_at": now, "decisions": entries,
+            "decided_at": now, "decisions": entries, **UNPLACED,
         })))
         return outputs
 
