@@ -9,10 +9,13 @@ decided and landed, then reports. Everything lives under `<data dir>/demo`, wipe
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -21,7 +24,7 @@ from typing import Any
 from backbone import agreement_changes, dlq
 from backbone.catalog import load_catalog
 from backbone.clickhouse import make_client
-from backbone.embedded import EmbeddedStack, port_in_use
+from backbone.embedded import EmbeddedStack, free_port, port_in_use
 from backbone.errors import BackboneError
 from backbone.keyring import write_master_key_file
 from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
@@ -38,6 +41,21 @@ from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth
 
 AUDIT = f"{ddl.AUDIT_DATABASE}.{ddl.AUDIT_TABLE}"
+
+
+@contextmanager
+def _environment(**values: str) -> Iterator[None]:
+    """`values` in os.environ while the block runs (a child process started there inherits them)."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 DEMO_AGREEMENT = "tax-to-fraud"
 
 
@@ -84,6 +102,9 @@ class Demo:
         self._sink_threads: SinkThreads | None = None
         self.result = DemoResult()
         self.in_flight_events = 0  # raw events the in-flight demonstrations sent
+        # with --keep-running every long-running part serves Prometheus metrics: part -> URL
+        self.metrics_urls: dict[str, str] = {}
+        self._metrics_ports = {part: free_port() for part in ("registry", "processor", "sinks")} if keep_ports else {}
 
     # set-up ------------------------------------------------------------------------------------
     def start(self) -> Settings:
@@ -95,7 +116,8 @@ class Demo:
         registry_port = self.base.schema_registry_port if self.keep_ports and not port_in_use(self.base.schema_registry_port) else 0
         self.report("stack", note="starting the broker and the schema registry")
         self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port)
-        self.stack.start()
+        with _environment(BACKBONE_METRICS_PORT=str(self._metrics_ports.get("registry", 0))):  # the registry child reads it
+            self.stack.start()
         master_key_file = self.data_dir / "master.key"
         master = write_master_key_file(master_key_file)
         settings = stack_settings(
@@ -111,15 +133,27 @@ class Demo:
         self.charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
         charter = self.charter
         self.report("processor", note="starting a processor worker (Faust)")
-        self.worker = ProcessorWorker(settings, "logs/processor")
+        self.worker = ProcessorWorker(settings, "logs/processor", metrics_port=str(self._metrics_ports.get("processor", 0)))
         self.worker.start(timeout=120)
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
         self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
+        if self._metrics_ports:
+            self._serve_sink_metrics(settings)
         self._sink_threads = SinkThreads(self._sinks).start()
         self.result.clickhouse_dsn = settings.clickhouse_dsn or ""
         self.result.elapsed_s = time.monotonic() - started
         return settings
+
+    def _serve_sink_metrics(self, settings: Settings) -> None:
+        from prometheus_client import REGISTRY
+
+        from backbone import metrics
+
+        metrics.SinkCollector(self._sinks)
+        REGISTRY.register(metrics.LagCollector(settings, {sink.group_id for sink in self._sinks} | {"backbone-processor"}))
+        metrics.serve(settings, self._metrics_ports["sinks"])
+        self.metrics_urls = {part: f"http://{settings.metrics_host}:{port}/metrics" for part, port in self._metrics_ports.items()}
 
     def environment(self) -> dict[str, str]:
         """`BACKBONE_*` variables pointing a process at this demo's stack."""

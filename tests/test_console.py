@@ -129,3 +129,16 @@ def test_the_console_refuses_to_start_without_a_password() -> None:
 
     with pytest.raises(SettingsError, match="BACKBONE_CONSOLE_OPERATOR_PASSWORD"):
         Logins.from_settings(load_settings(console_operator_password=None, console_oversight_password=None))
+
+
+def test_the_demo_starts_the_console_with_made_up_passwords_and_stops_it(tmp_path, capsys) -> None:  # noqa: ANN001
+    from types import SimpleNamespace
+
+    from app.cli.demo import _start_console
+
+    settings = load_settings(data_dir=tmp_path, console_port=0, kafka_bootstrap="127.0.0.1:1")
+    stop = _start_console(SimpleNamespace(base=settings, settings=settings))
+    assert stop is not None
+    shown = capsys.readouterr().out
+    assert "console: http://127.0.0.1:" in shown and "user oversight, password " in shown
+    stop()

@@ -125,6 +125,9 @@ def _keep_running(runner: Any) -> None:
             console.print(f"  export {name}={value}", highlight=False)
     console.print("  backbone topics list; backbone schemas list; backbone produce --agency welfare --events 1000")
     console.print("The sinks keep landing into ClickHouse in this process until Ctrl-C.")
+    served = _start_console(runner)
+    for part, url in runner.metrics_urls.items():
+        console.print(f"  metrics of the {part}: {url}", highlight=False)
     try:
         while not stop.wait(1.0):
             runner._check_alive()  # noqa: SLF001 - the demo owns its parts
@@ -132,3 +135,53 @@ def _keep_running(runner: Any) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if served is not None:
+            served()
+
+
+def _start_console(runner: Any) -> Any:
+    """The web console on its own thread and event loop, over the demo's stack; returns its stopper.
+    Passwords not configured are made up for this run and printed."""
+    import asyncio
+    import secrets
+
+    from pydantic import SecretStr
+
+    from app.console.server import start
+    from backbone.embedded import port_in_use
+
+    base, settings = runner.base, runner.settings
+    passwords = {role: getattr(base, f"console_{role}_password") or SecretStr(secrets.token_urlsafe(12)) for role in ("operator", "oversight")}
+    settings = settings.model_copy(update={f"console_{role}_password": secret for role, secret in passwords.items()}
+                                   | {"console_port": 0 if port_in_use(base.console_port) else base.console_port,
+                                      "console_host": base.console_host})
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    def serve() -> None:
+        asyncio.set_event_loop(loop)
+        try:
+            started["runner"], started["url"] = loop.run_until_complete(start(settings))
+        except Exception as exc:  # noqa: BLE001 - the demo goes on without its console, saying why
+            started["error"] = exc
+            ready.set()
+            return
+        ready.set()
+        loop.run_forever()
+
+    threading.Thread(target=serve, name="console", daemon=True).start()
+    ready.wait(30)
+    if "url" not in started:
+        console.print(f"[yellow]console not started:[/yellow] {started.get('error', 'timed out')}", highlight=False)
+        return None
+    console.print(f"  console: {started['url']}", highlight=False)
+    for role, secret in passwords.items():
+        shown = "as configured" if getattr(base, f"console_{role}_password") else secret.get_secret_value()
+        console.print(f"    user {role}, password {shown}", highlight=False)
+
+    def stop() -> None:
+        asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(10)
+        loop.call_soon_threadsafe(loop.stop)
+
+    return stop
