@@ -253,6 +253,31 @@ def delete_rows(client: Any, targets: Iterable[RowTarget], purge: bool = True) -
     return removed
 
 
+@dataclass(slots=True, frozen=True)
+class RecordedErasure:
+    """An `erase` operation as the audit database holds it."""
+
+    at: datetime
+    actor: str
+    outcome: str
+    reason: str
+    rows: str  # rows removed in all, as recorded
+
+
+def recorded_erasures(client: Any, database_prefix: str, token: str) -> list[RecordedErasure]:
+    """The erasures of the subject with oversight token `token` landed in `<prefix>audit.operations`
+    (for `backbone audit subject`: past disclosures, then the erasure), oldest first."""
+    database = f"{database_prefix}{names.AUDIT}"
+    present = client.query("SELECT count() FROM system.tables WHERE database = {d:String} AND name = 'operations'",
+                           parameters={"d": database}).result_rows[0][0]
+    if not present:
+        return []
+    rows = client.query(
+        f"SELECT at, actor, outcome, ifNull(reason, ''), details['rows_total'] FROM {_quote(database)}.`operations` FINAL "
+        "WHERE action = 'erase' AND target = {t:String} ORDER BY at", parameters={"t": token}).result_rows
+    return [RecordedErasure(at, actor, outcome, reason, total) for at, actor, outcome, reason, total in rows]
+
+
 # --- the whole erasure ----------------------------------------------------------------------------
 @dataclass
 class ErasureReport:

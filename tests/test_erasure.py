@@ -16,7 +16,8 @@ from confluent_kafka import Producer
 
 from backbone import dlq
 from backbone.catalog import Catalog, load_catalog
-from backbone.erasure import ERASURES_TOPIC, ErasureRecord, erase, oversight_tokens, row_targets, token_under_key, tokens_in_domain
+from backbone.erasure import (ERASURES_TOPIC, ErasureRecord, erase, oversight_tokens, recorded_erasures, row_targets,
+                              token_under_key, tokens_in_domain)
 from backbone.errors import AgreementError, BackboneError
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
 from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements, pseudonym
@@ -318,3 +319,8 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
     assert [m.key().decode() for m in erasures] == [token] and erased.encode() not in erasures[0].value()
     past = disclosures(clickhouse_client, settings.clickhouse_database_prefix, token, charter)
     assert {d.recipient for d in past} >= {"fraud", "research", "welfare"}  # past disclosures stay accounted for
+    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings), recipients=[]):  # the audit sinks
+        sink.run_until_idle(idle_s=1.5, timeout_s=60)
+        sink.close()
+    landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
+    assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
