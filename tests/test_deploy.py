@@ -641,6 +641,21 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     assert admitted == {(source, "clickhouse", 8123) for source in strangers}
 
 
+def test_only_prometheus_scrapes_the_metrics_port_of_annotated_pods(built: list[dict[str, Any]]) -> None:
+    policies = [doc for doc in built if doc["kind"] == "NetworkPolicy"]
+    scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] == "Deployment"
+               and (doc["spec"]["template"]["metadata"].get("annotations") or {}).get("prometheus.io/scrape") == "true"}
+    assert set(scraped) == {"processor", "schema-registry", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"}
+    prometheus = Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, "monitoring")
+    stranger = Pod("other", {"app": "something-else"})
+    for name, doc in scraped.items():
+        template = doc["spec"]["template"]
+        port = int(template["metadata"]["annotations"]["prometheus.io/port"])
+        assert {"name": "metrics", "containerPort": port} in template["spec"]["containers"][0]["ports"], name
+        target = Pod(name, template["metadata"]["labels"])
+        assert allowed(policies, prometheus, target, port) and not allowed(policies, stranger, target, port), name
+
+
 # --- compose ---------------------------------------------------------------------------------------------
 
 def test_every_deployment_file_parses() -> None:
