@@ -3,7 +3,9 @@
 A recipient's plan: its shared topics (one subscription pattern), its database, one table per
 provider event type (columns from every agreement version's released schema, TTL from the longest
 retention) and one view per agreement. The audit plan: `audit.decisions` into the audit database
-(`events`, one row per raw event, and the `decisions` view, one row per event and recipient).
+(`events`, one row per raw event, and the `decisions` view, one row per event and recipient). The
+checkpoints plan: `audit.checkpoints` (the processors' signed checkpoints) into `checkpoints` beside
+them, so the audit database alone is enough to verify the trail (`consumers.audit_trail`).
 Released schemas come from `backbone.policy.released`, which needs no keys: a sink never holds one.
 """
 
@@ -12,17 +14,19 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbone.catalog import AUDIT_EVENT, OPERATOR_ACTION, Catalog, load_catalog
+from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, OPERATOR_ACTION, Catalog, load_catalog
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, shared_event_type, shared_pattern
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, shared_event_type, shared_pattern
 from consumers import ddl
 from consumers.typemap import Column, merge_columns, table_columns
 
 SINK_GROUP_PREFIX = "backbone-sink-"
 AUDIT_SINK = "audit"
 OPERATIONS_SINK = "audit-operations"
+CHECKPOINTS_SINK = "audit-checkpoints"
+CHECKPOINTS_TABLE = "checkpoints"  # in the audit database
 
 
 @dataclass(slots=True, frozen=True)
@@ -112,6 +116,23 @@ def operations_plan(settings: Settings, catalog: Catalog | None = None) -> SinkP
         name=OPERATIONS_SINK,
         group_id=group_id(settings, OPERATIONS_SINK),
         subscription=OPERATIONS_TOPIC,
+        route=lambda topic: destination,
+        databases=(database,),
+        tables={destination: table_columns(schema)},
+    )
+
+
+def checkpoints_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
+    """`audit.checkpoints` (signed checkpoints, one per processor batch) into
+    `<prefix>audit.checkpoints`, one row per (writer, sequence): a redelivered checkpoint collapses,
+    and the verifier reads without `FINAL`, so two different ones of a sequence show as a fork."""
+    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_CHECKPOINT)
+    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
+    destination = Destination(database, CHECKPOINTS_TABLE, ("writer", "sequence"), None)
+    return SinkPlan(
+        name=CHECKPOINTS_SINK,
+        group_id=group_id(settings, CHECKPOINTS_SINK),
+        subscription=CHECKPOINTS_TOPIC,
         route=lambda topic: destination,
         databases=(database,),
         tables={destination: table_columns(schema)},

@@ -18,10 +18,10 @@ from backbone.policy.agreements import Charter
 from backbone.settings import Settings
 from consumers.batching import DLQ_TOPIC, BatchingSink
 from consumers.clickhouse_target import ClickHouseTarget
-from consumers.plans import Destination, SinkPlan, audit_plan, operations_plan, recipient_plan
+from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan
 
-__all__ = ["DLQ_TOPIC", "LANDING_HOOKS", "Destination", "LandingHook", "Sink", "SinkPlan", "audit_plan", "operations_plan",
-           "recipient_plan", "sinks_for"]
+__all__ = ["DLQ_TOPIC", "LANDING_HOOKS", "Destination", "LandingHook", "Sink", "SinkPlan", "audit_plan", "checkpoints_plan",
+           "operations_plan", "recipient_plan", "sinks_for"]
 
 ClientFactory = Callable[[], Client]
 
@@ -74,7 +74,7 @@ LANDING_HOOKS: dict[str, HookFactory] = {"fraud_rules": fraud_rules_hook}
 def sinks_for(settings: Settings, charter: Charter, client: Client | ClientFactory, registry: SchemaRegistryClient,
               recipients: Iterable[str] | None = None, audit: bool = True) -> list[Sink]:
     """One sink per recipient (default: every recipient in the charter), and the audit sinks
-    (decisions and operator actions).
+    (decisions, their signed checkpoints and operator actions).
 
     Given a client factory (e.g. `lambda: make_client(dsn)`), each sink and each hook get a client
     of their own, closed with the sink: chDB serialises calls per client, so sinks sharing one
@@ -98,7 +98,8 @@ def sinks_for(settings: Settings, charter: Charter, client: Client | ClientFacto
         sink.on_close = _chain([*(close for hook in hooks for close in hook.closers), *closers])
         sinks.append(sink)
     if audit:
-        for plan in (audit_plan(settings, charter.catalog), operations_plan(settings, charter.catalog)):
+        for plan in (audit_plan(settings, charter.catalog), checkpoints_plan(settings, charter.catalog),
+                     operations_plan(settings, charter.catalog)):
             own, closers = own_client()
             sinks.append(Sink(settings, plan, own, registry, on_close=_chain(closers)))
     return sinks

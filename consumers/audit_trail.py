@@ -1,0 +1,304 @@
+"""Reading the landed audit trail back and verifying it (`backbone audit verify`, `audit subject`,
+`audit receipt`): from the audit database, or from the topics themselves.
+
+From ClickHouse, each record's leaf is recomputed from its landed columns: the columns are the
+record schema's fields, converted back to Avro values and encoded with the same schema, so an edit
+to any of them changes the leaf. Rows are read without `FINAL`: a redelivered row is an identical
+copy and counts once; two different rows at one position are reported. Records are read one
+window of checkpoints at a time, so memory stays bounded by the window, not the trail.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from clickhouse_connect.driver.client import Client
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from backbone import audit_log as log
+from backbone.audit_log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
+from backbone.audit_receipt import make_receipt
+from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
+from backbone.keyring import PublicKey
+from backbone.serde import HEADER_SIZE, Decoder, registry_client
+from backbone.settings import Settings
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC
+from consumers import ddl
+from consumers.plans import CHECKPOINTS_TABLE
+from consumers.typemap import quote_identifier
+
+WINDOW_RECORDS = 50_000  # records read per query: bounds memory, not the trail's size
+Position = tuple[str, int]  # (writer, checkpoint sequence)
+
+
+@dataclass
+class Trail:
+    """What was read: checkpoints by writer, and per checkpoint the distinct leaf hashes per leaf."""
+
+    checkpoints: dict[str, list[Checkpoint]] = field(default_factory=lambda: defaultdict(list))
+    leaves: dict[Position, dict[int, set[bytes]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
+    decisions: dict[Position, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
+    unreadable: dict[Position, list[int]] = field(default_factory=lambda: defaultdict(list))
+    rows: dict[Position, int] = field(default_factory=lambda: defaultdict(int))
+
+    def add(self, position: Position, index: int, content: bytes, decisions: int) -> None:
+        self.leaves[position][index].add(leaf_hash(content))
+        self.decisions[position][index] = decisions
+        self.rows[position] += 1
+
+
+def codecs(catalog: Catalog) -> tuple[RecordCodec, CheckpointCodec]:
+    return (RecordCodec.for_audit_schema(catalog.internal_schema(AUDIT_EVENT)),
+            CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT)))
+
+
+def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointCodec, keys: Mapping[str, PublicKey],
+                 only: set[Position] | None = None) -> Report:
+    """Every writer's chain, and the records of each checkpoint (of `only`, when given) against its root."""
+    report = Report()
+    sealed: set[Position] = set()
+    for writer, checkpoints in sorted(trail.checkpoints.items()):
+        good, interrupted, failures = log.check_chain(checkpoint_codec, writer, checkpoints, keys)
+        report.failures += failures
+        report.writers.add(writer)
+        sealed |= {(writer, c.sequence) for c in checkpoints}
+        for sequence, checkpoint in sorted(good.items()):
+            position = (writer, sequence)
+            if only is not None and position not in only:
+                continue
+            if checkpoint.schema != codec.fingerprint:
+                report.failures.append(Failure(log.OTHER_SCHEMA, writer, sequence, "sealed under another audit record schema "
+                                                                                   "than this catalog's; verify with that schema"))
+                continue
+            if trail.unreadable.get(position):
+                report.failures.append(Failure(log.UNREADABLE_RECORD, writer, sequence, "records at leaf "
+                                               f"{log._spans(trail.unreadable[position])} no longer fit the record schema: edited"))  # noqa: SLF001
+                continue
+            found = trail.leaves.get(position, {})
+            problems = log.check_records(checkpoint, found, interrupted=sequence in interrupted)
+            report.failures += [p for p in problems if p.kind != log.INTERRUPTED]
+            report.warnings += [p for p in problems if p.kind == log.INTERRUPTED]
+            if not problems:
+                report.checkpoints += 1
+                report.records += checkpoint.records
+                report.decisions += sum(trail.decisions[position].values())
+    for (writer, sequence), count in sorted(trail.rows.items()):
+        if (writer, sequence) in sealed or (only is not None and (writer, sequence) not in only):
+            continue
+        if writer:
+            report.failures.append(Failure(log.ORPHAN_RECORDS, writer, sequence, f"{count} records name this checkpoint, which does not exist"))
+        else:
+            report.failures.append(Failure(log.UNSEALED_RECORDS, "", None, f"{count} records carry no checkpoint "
+                                                                           "(written before checkpoints existed, or forged)"))
+    return report
+
+
+# --- from ClickHouse ---------------------------------------------------------------------------
+def _named(schema: Any, named: dict[str, Any]) -> None:
+    if isinstance(schema, list):
+        for branch in schema:
+            _named(branch, named)
+    elif isinstance(schema, dict):
+        if schema.get("type") in ("record", "enum", "fixed"):
+            named[schema["name"]] = schema
+        for key in ("type", "items", "values"):
+            _named(schema.get(key), named)
+        for item in schema.get("fields", []):
+            _named(item["type"], named)
+
+
+def from_clickhouse(value: Any, avro_type: Any, named: Mapping[str, Any]) -> Any:
+    """A value as ClickHouse returns a column mapped from `avro_type` (`consumers.typemap`), back
+    as the value Avro encodes."""
+    if isinstance(avro_type, list):
+        branches = [branch for branch in avro_type if branch != "null"]
+        return None if value is None else from_clickhouse(value, branches[0], named)
+    if isinstance(avro_type, str):
+        if avro_type in named:
+            return from_clickhouse(value, named[avro_type], named)
+        return value.encode() if avro_type == "bytes" and isinstance(value, str) else value
+    kind, logical = avro_type.get("type"), avro_type.get("logicalType")
+    if logical == "uuid":
+        return str(value) if isinstance(value, uuid.UUID) else value
+    if logical in ("timestamp-millis", "timestamp-micros") and isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+        delta = moment - datetime(1970, 1, 1, tzinfo=UTC)
+        micros = (delta.days * 86_400 + delta.seconds) * 1_000_000 + delta.microseconds
+        return micros // 1000 if logical == "timestamp-millis" else micros
+    if kind == "record":
+        items = value.values() if isinstance(value, dict) else value
+        return {item["name"]: from_clickhouse(v, item["type"], named) for item, v in zip(avro_type["fields"], items, strict=True)}
+    if kind == "array":
+        return [from_clickhouse(item, avro_type["items"], named) for item in value]
+    if kind == "map":
+        return {k: from_clickhouse(v, avro_type["values"], named) for k, v in value.items()}
+    if isinstance(kind, str | list) and kind not in ("enum", "fixed"):
+        return from_clickhouse(value, kind, named)
+    return value
+
+
+def _select(schema: Mapping[str, Any]) -> str:
+    columns = []
+    for item in schema["fields"]:
+        name = quote_identifier(item["name"])
+        logical = item["type"].get("logicalType") if isinstance(item["type"], dict) else None
+        columns.append(f"toUnixTimestamp64Milli({name})" if logical == "timestamp-millis" else name)
+    return ", ".join(columns)
+
+
+class ClickHouseTrail:
+    """The landed trail in `<prefix>audit`: `events` (records) and `checkpoints`."""
+
+    def __init__(self, client: Client, database_prefix: str, catalog: Catalog) -> None:
+        self.client = client
+        database = ddl.database_name(database_prefix, ddl.AUDIT_DATABASE)
+        self.events = ddl.qualified(database, ddl.AUDIT_EVENTS_TABLE)
+        self.checkpoints_table = ddl.qualified(database, CHECKPOINTS_TABLE)
+        self.codec, self.checkpoint_codec = codecs(catalog)
+        self._checkpoint_schema = catalog.internal_schema(AUDIT_CHECKPOINT)
+        self._record_fields = self.codec.schema["fields"]
+        self._named: dict[str, Any] = {}
+        _named(self.codec.schema, self._named)
+
+    def read_checkpoints(self, trail: Trail, writers: Iterable[str] | None = None) -> None:
+        where, parameters = "", {}
+        if writers is not None:
+            where, parameters = "WHERE writer IN {w:Array(String)}", {"w": sorted(set(writers))}
+        rows = self.client.query(f"SELECT {_select(self._checkpoint_schema)} FROM {self.checkpoints_table} {where}",
+                                 parameters=parameters).result_rows
+        names = [item["name"] for item in self._checkpoint_schema["fields"]]
+        for row in rows:
+            checkpoint = Checkpoint.from_record(dict(zip(names, row, strict=True)))
+            trail.checkpoints[checkpoint.writer].append(checkpoint)
+
+    def counts(self, only: set[Position] | None = None) -> dict[Position, int]:
+        """Rows per (writer, checkpoint) in the records table."""
+        rows = self.client.query(f"SELECT writer, checkpoint, count() FROM {self.events} GROUP BY writer, checkpoint").result_rows
+        return {(w, int(s)): int(n) for w, s, n in rows if only is None or (w, int(s)) in only}
+
+    def read_records(self, trail: Trail, positions: dict[Position, int]) -> None:
+        """The records of `positions` (with their row counts), a window of checkpoints per query."""
+        by_writer: dict[str, list[tuple[int, int]]] = defaultdict(list)
+        for (writer, sequence), rows in positions.items():
+            by_writer[writer].append((sequence, rows))
+        for writer, sequences in by_writer.items():
+            window: list[int] = []
+            size = 0
+            for sequence, rows in sorted(sequences):
+                window.append(sequence)
+                size += rows
+                if size >= WINDOW_RECORDS:
+                    self._read_window(trail, writer, window)
+                    window, size = [], 0
+            if window:
+                self._read_window(trail, writer, window)
+
+    def _read_window(self, trail: Trail, writer: str, sequences: list[int]) -> None:
+        result = self.client.query(
+            f"SELECT checkpoint, leaf, {_select(self.codec.schema)} FROM {self.events} "
+            "WHERE writer = {w:String} AND checkpoint IN {s:Array(Int64)}", parameters={"w": writer, "s": sequences})
+        fields = self._record_fields
+        for row in result.result_rows:
+            sequence, index, values = int(row[0]), int(row[1]), row[2:]
+            record = {item["name"]: from_clickhouse(v, item["type"], self._named) for item, v in zip(fields, values, strict=True)}
+            try:
+                content = self.codec.content(record)
+            except log.AuditLogError:
+                trail.unreadable[(writer, sequence)].append(index)
+                continue
+            trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+
+    def positions_of(self, column: str, value: str) -> set[Position]:
+        """(writer, checkpoint) of every row whose `column` is `value` (e.g. a subject token)."""
+        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint FROM {self.events} WHERE {quote_identifier(column)} = {{v:String}}",
+                                 parameters={"v": value}).result_rows
+        return {(w, int(s)) for w, s in rows}
+
+    def verify(self, keys: Mapping[str, PublicKey], only: set[Position] | None = None) -> Report:
+        trail = Trail()
+        self.read_checkpoints(trail, None if only is None else {w for w, _ in only})
+        self.read_records(trail, self.counts(only))
+        return verify_trail(trail, self.codec, self.checkpoint_codec, keys, only)
+
+    def receipt(self, event_id: str, recipient: str, keys: Mapping[str, PublicKey]) -> dict[str, Any]:
+        """A receipt for the decision about `recipient` in the record of `event_id`, from a copy of
+        the record whose checkpoint verifies."""
+        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint, leaf FROM {self.events} WHERE event_id = toUUID({{e:String}})",
+                                 parameters={"e": event_id}).result_rows
+        if not rows:
+            raise log.AuditLogError(f"no audit record of event {event_id} in {self.events}")
+        problems = []
+        for writer, sequence, index in rows:
+            position = (writer, int(sequence))
+            trail = Trail()
+            self.read_checkpoints(trail, [writer])
+            self.read_records(trail, self.counts({position}))
+            report = verify_trail(trail, self.codec, self.checkpoint_codec, keys, {position})
+            if report.failures or not report.checkpoints:
+                problems += [str(f) for f in report.failures] or [f"checkpoint {sequence} of writer {writer} is not verified"]
+                continue
+            checkpoint = next(c for c in trail.checkpoints[writer] if c.sequence == int(sequence) and c.signature)
+            leaves = [next(iter(trail.leaves[position][i])) for i in range(checkpoint.records)]
+            content = self._content_at(writer, int(sequence), int(index))
+            return make_receipt(recipient=recipient, content=content, codec=self.codec, leaves=leaves, index=int(index),
+                                checkpoint=checkpoint, checkpoint_codec=self.checkpoint_codec, key=keys[checkpoint.key_id])
+        raise log.AuditLogError(f"the record of event {event_id} does not verify, so no receipt: {'; '.join(problems)}")
+
+    def _content_at(self, writer: str, sequence: int, index: int) -> bytes:
+        row = self.client.query(f"SELECT {_select(self.codec.schema)} FROM {self.events} WHERE writer = {{w:String}} "
+                                "AND checkpoint = {s:Int64} AND leaf = {l:Int32} LIMIT 1",
+                                parameters={"w": writer, "s": sequence, "l": index}).result_rows[0]
+        return self.codec.content({item["name"]: from_clickhouse(v, item["type"], self._named)
+                                   for item, v in zip(self._record_fields, row, strict=True)})
+
+
+# --- from Kafka --------------------------------------------------------------------------------
+def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -> Iterable[bytes]:
+    """Every value of `topic` from the beginning, until each partition reached its end and nothing
+    more arrived for `idle_s` (watermarks may lag on some brokers: end is judged by reading)."""
+    consumer = Consumer(settings.consumer_config(None, **{"group.id": f"audit-verify-{uuid.uuid4().hex}",
+                                                          "enable.partition.eof": True}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout_s).topics.get(topic)
+        partitions = sorted(metadata.partitions) if metadata is not None and metadata.error is None else []
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        ended: set[int] = set()
+        deadline, last = time.monotonic() + timeout_s, time.monotonic()
+        while partitions and time.monotonic() < deadline:
+            messages = consumer.consume(5000, 0.2)
+            for message in messages:
+                error = message.error()
+                if error is None:
+                    last = time.monotonic()
+                    yield message.value() or b""
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    ended.add(message.partition())
+                else:
+                    raise log.AuditLogError(f"reading {topic}: {error.str()}")
+            if len(ended) == len(partitions) and time.monotonic() - last > idle_s:
+                return
+    finally:
+        consumer.close()
+
+
+def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, PublicKey], *, idle_s: float = 1.0,
+                 timeout_s: float = 600.0) -> Report:
+    """The trail as the topics hold it: the records' own bytes, no recomputation."""
+    codec, checkpoint_codec = codecs(catalog)
+    decode = Decoder(registry_client(settings))
+    trail = Trail()
+    for value in _read_all(settings, CHECKPOINTS_TOPIC, idle_s, timeout_s):
+        checkpoint = checkpoint_codec.decode(value[HEADER_SIZE:])
+        trail.checkpoints[checkpoint.writer].append(checkpoint)
+    for value in _read_all(settings, AUDIT_TOPIC, idle_s, timeout_s):
+        record = decode(value).record
+        writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
+        content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
+        trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+    return verify_trail(trail, codec, checkpoint_codec, keys)

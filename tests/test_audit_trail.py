@@ -1,0 +1,215 @@
+"""The verifiable audit trail on the real pipeline: a processor worker (restarted after a SIGKILL
+midway) seals its batches, the audit sinks land records and checkpoints in chDB, and verification
+holds from ClickHouse and from Kafka; then each kind of tampering with a copy of the landed trail
+is detected and named, and a receipt verifies offline until it is altered."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from app.local import worker_environment
+from backbone import audit_log as log
+from backbone.audit_log import Checkpoint, CheckpointCodec
+from backbone.audit_receipt import verify_receipt
+from backbone.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
+from backbone.keyring import Keyring
+from backbone.serde import registry_client
+from backbone.settings import PROJECT_ROOT, Settings
+from backbone.topics import AUDIT_TOPIC
+from consumers.audit_trail import ClickHouseTrail, verify_kafka
+from consumers.sink import Sink, audit_plan, checkpoints_plan
+from tests.pipeline import Worker, private_stack, read_topic
+from tests.test_processor_workers import produce_synthetic
+
+pytestmark = pytest.mark.integration
+MUTATE = {"mutations_sync": 2}
+
+
+@dataclass
+class Landed:
+    settings: Settings
+    catalog: Catalog
+    keys: dict
+    events: int
+
+
+@pytest.fixture(scope="module")
+def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client) -> Iterator[Landed]:  # noqa: ANN001
+    with private_stack(tmp_path_factory.mktemp("audit-trail"), partitions=3) as base:
+        settings = base.model_copy(update={"clickhouse_dsn": clickhouse_dsn, "clickhouse_database_prefix": f"t{uuid.uuid4().hex[:8]}_",
+                                           "sink_batch_rows": 500, "sink_batch_seconds": 0.3})
+        sent = 0
+        worker = Worker(settings, "worker").start()
+        try:
+            for wave in range(4):
+                if wave == 2:  # a crash between batches: the writer takes its chain up again
+                    worker.kill()
+                    worker = Worker(settings, "worker").start()
+                sent += len(produce_synthetic(settings, events=300, seed=wave))
+                assert len(read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(m) >= n, timeout=120)) == sent
+        finally:
+            worker.stop()
+        catalog = load_catalog(settings.schemas_dir)
+        for plan in (audit_plan(settings, catalog), checkpoints_plan(settings, catalog)):
+            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
+            sink.run_until_idle(idle_s=1.5, timeout_s=120)
+            sink.close()
+        yield Landed(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), sent)
+
+
+def trail_of(client, landed: Landed, prefix: str | None = None) -> ClickHouseTrail:  # noqa: ANN001
+    return ClickHouseTrail(client, prefix if prefix is not None else landed.settings.clickhouse_database_prefix, landed.catalog)
+
+
+def test_the_trail_a_real_pipeline_landed_verifies(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
+    report = trail_of(clickhouse_client, landed).verify(landed.keys)
+    assert report.ok, [str(f) for f in report.failures]
+    assert report.records == landed.events and len(report.writers) == 1  # one writer, its chain across the restart
+    audit = f"{landed.settings.clickhouse_database_prefix}audit"
+    decisions = clickhouse_client.query(f"SELECT count() FROM {audit}.decisions").result_rows[0][0]
+    assert report.decisions == decisions
+    assert report.checkpoints >= 4
+
+
+def test_the_topics_verify_as_the_database_does(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
+    from_kafka = verify_kafka(landed.settings, landed.catalog, landed.keys)
+    from_clickhouse = trail_of(clickhouse_client, landed).verify(landed.keys)
+    assert from_kafka.ok, [str(f) for f in from_kafka.failures]
+    assert (from_kafka.checkpoints, from_kafka.records, from_kafka.decisions) == \
+        (from_clickhouse.checkpoints, from_clickhouse.records, from_clickhouse.decisions)
+
+
+# --- tampering with a copy of the landed trail -------------------------------------------------
+def _copy(client, landed: Landed) -> tuple[str, str]:  # noqa: ANN001
+    """A copy of the landed audit database: (its prefix, its database)."""
+    prefix = f"t{uuid.uuid4().hex[:8]}_"
+    source, copy = f"{landed.settings.clickhouse_database_prefix}audit", f"{prefix}audit"
+    client.command(f"CREATE DATABASE {copy}")
+    for table in ("events", "checkpoints"):
+        client.command(f"CREATE TABLE {copy}.{table} AS {source}.{table}")
+        client.command(f"INSERT INTO {copy}.{table} SELECT * FROM {source}.{table}")
+    return prefix, copy
+
+
+def _largest(client, database: str) -> tuple[str, int, int]:  # noqa: ANN001
+    """(writer, sequence, records) of a checkpoint in the middle of the chain holding several records."""
+    return tuple(client.query(f"SELECT writer, sequence, records FROM {database}.checkpoints WHERE records >= 2 "
+                              f"AND sequence > 0 ORDER BY sequence LIMIT 1").result_rows[0])
+
+
+def _edit_field(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
+    client.command(f"ALTER TABLE {db}.events UPDATE decided_at = decided_at - INTERVAL 1 DAY "
+                   f"WHERE writer = '{w}' AND checkpoint = {s} AND leaf = 1", settings=MUTATE)
+
+
+def _delete_row(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
+    client.command(f"ALTER TABLE {db}.events DELETE WHERE writer = '{w}' AND checkpoint = {s} AND leaf = {n - 1}", settings=MUTATE)
+
+
+def _swap_rows(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
+    client.command(f"ALTER TABLE {db}.events UPDATE leaf = if(leaf = 0, 1, 0) "
+                   f"WHERE writer = '{w}' AND checkpoint = {s} AND leaf IN (0, 1)", settings=MUTATE)
+
+
+def _forge_row(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
+    # (a subquery: ClickHouse's WHERE would see the replaced `leaf`)
+    client.command(f"INSERT INTO {db}.events SELECT * REPLACE (generateUUIDv4() AS event_id, {n} AS leaf) "
+                   f"FROM (SELECT * FROM {db}.events WHERE writer = '{w}' AND checkpoint = {s} AND leaf = 0)")
+
+
+def _drop_checkpoint(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
+    client.command(f"ALTER TABLE {db}.checkpoints DELETE WHERE writer = '{w}' AND sequence = {s}", settings=MUTATE)
+
+
+def _resign(client, db: str, w: str, s: int, n: int, catalog: Catalog) -> None:  # noqa: ANN001
+    """A forger's own checkpoint for the batch: a record fewer, signed with a key of its own."""
+    schema = catalog.internal_schema(AUDIT_CHECKPOINT)
+    names = ", ".join(item["name"] for item in schema["fields"])
+    row = client.query(f"SELECT {names} FROM {db}.checkpoints WHERE writer = '{w}' AND sequence = {s}").result_rows[0]
+    original = Checkpoint.from_record(dict(zip([item["name"] for item in schema["fields"]], row, strict=True)))
+    _, key = Keyring.generate(signers=["processor"]).signing_key()
+    forged = CheckpointCodec(schema).seal(writer=w, sequence=s, leaves=[b"\x00" * 32] * (n - 1), previous=original.previous,
+                                          schema=original.schema, key_id=original.key_id, key=key)
+    client.command(f"ALTER TABLE {db}.checkpoints UPDATE records = {forged.records}, root = '{forged.root}', "
+                   f"leaves = '{forged.leaves}', signature = '{forged.signature}' WHERE writer = '{w}' AND sequence = {s}",
+                   settings=MUTATE)
+
+
+TAMPERING: dict[str, tuple[Callable, str]] = {
+    "edit a field": (_edit_field, log.EDITED_RECORD),
+    "delete a row": (_delete_row, log.MISSING_RECORD),
+    "swap two rows": (_swap_rows, log.REORDERED),
+    "insert a forged row": (_forge_row, log.EXTRA_RECORD),
+    "drop a checkpoint": (_drop_checkpoint, log.GAP),
+    "re-sign with another key": (_resign, log.FORGED_SIGNATURE),
+}
+
+
+@pytest.mark.parametrize("how", sorted(TAMPERING))
+def test_each_tampering_of_the_landed_trail_is_detected_and_named(landed: Landed, clickhouse_client, how: str) -> None:  # noqa: ANN001
+    prefix, database = _copy(clickhouse_client, landed)
+    assert trail_of(clickhouse_client, landed, prefix).verify(landed.keys).ok  # the copy verifies before
+    writer, sequence, records = _largest(clickhouse_client, database)
+    tamper, kind = TAMPERING[how]
+    if tamper is _resign:
+        tamper(clickhouse_client, database, writer, sequence, records, landed.catalog)
+    else:
+        tamper(clickhouse_client, database, writer, sequence, records)
+    report = trail_of(clickhouse_client, landed, prefix).verify(landed.keys)
+    assert not report.ok
+    assert (kind, writer, sequence) in {(f.kind, f.writer, f.sequence) for f in report.failures}, [str(f) for f in report.failures]
+
+
+# --- receipts and the command line -------------------------------------------------------------
+def _backbone(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], capture_output=True, text=True,
+                          env={**worker_environment(settings), "COLUMNS": "200"}, timeout=180, cwd=PROJECT_ROOT)
+
+
+def test_a_receipt_verifies_offline_with_the_published_key_and_fails_once_altered(
+    landed: Landed, clickhouse_client, tmp_path: Path  # noqa: ANN001
+) -> None:
+    audit = f"{landed.settings.clickhouse_database_prefix}audit"
+    event_id, recipient = clickhouse_client.query(f"SELECT toString(event_id), recipient FROM {audit}.decisions "
+                                                  "WHERE decision = 'permit' LIMIT 1").result_rows[0]
+    receipt = trail_of(clickhouse_client, landed).receipt(event_id, recipient, landed.keys)
+    codec = CheckpointCodec(landed.catalog.internal_schema(AUDIT_CHECKPOINT))
+    assert verify_receipt(receipt, codec, landed.keys) == []
+    assert receipt["decision"]["outcome"] == "permit" and receipt["record"]["event_id"] == event_id
+
+    keys_file, good, altered = tmp_path / "keys.json", tmp_path / "receipt.json", tmp_path / "altered.json"
+    published = _backbone(landed.settings, "audit", "keys", "--output", str(keys_file))
+    assert published.returncode == 0, published.stderr
+    good.write_text(json.dumps(receipt))
+    changed = json.loads(json.dumps(receipt))
+    changed["record"]["decided_at"] = changed["record"]["decided_at"].replace("20", "19", 1)
+    altered.write_text(json.dumps(changed))
+    holds = _backbone(landed.settings, "audit", "verify-receipt", str(good), "--keys", str(keys_file))
+    assert holds.returncode == 0 and "receipt holds" in holds.stdout, holds.stdout + holds.stderr
+    fails = _backbone(landed.settings, "audit", "verify-receipt", str(altered), "--keys", str(keys_file))
+    assert fails.returncode == 1 and "record shown differs" in fails.stdout
+
+
+def test_audit_verify_from_kafka_exits_0_and_reports_the_counts(landed: Landed, tmp_path: Path) -> None:
+    keys_file = tmp_path / "keys.json"
+    assert _backbone(landed.settings, "audit", "keys", "--output", str(keys_file)).returncode == 0
+    assert set(json.loads(keys_file.read_text())["keys"][0]) >= {"key_id", "algorithm", "public"}
+    result = _backbone(landed.settings, "audit", "verify", "--from-kafka", "--keys", str(keys_file))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "audit trail verified" in result.stdout and f"{landed.events:,} records" in result.stdout
+    forged_keys = tmp_path / "forged.json"
+    entry = json.loads(keys_file.read_text())
+    entry["keys"][0]["public"] = base64.b64encode(os.urandom(32)).decode()
+    forged_keys.write_text(json.dumps(entry))
+    refused = _backbone(landed.settings, "audit", "verify", "--from-kafka", "--keys", str(forged_keys))
+    assert refused.returncode == 1 and "forged signature" in refused.stdout
