@@ -1,15 +1,25 @@
-"""`backbone audit subject NATIONAL_ID`: every disclosure about one person, for oversight."""
+"""`backbone audit subject|verify|receipt|verify-receipt|keys|rotate-key`: oversight of the audit
+trail, and proof that it is the trail the processors wrote."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
 
 from app.cli import app, console
+from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
-audit_app = typer.Typer(help="Oversight: who received what about whom, and why.", no_args_is_help=True)
+audit_app = typer.Typer(help="Oversight: who received what about whom, and why; and proof the trail is intact.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+
+KEYS_FORMAT = "backbone-audit-keys/1"
+KEYS_OPTION = typer.Option(None, "--keys", help="Published public keys (the JSON `backbone audit keys --output` writes); "
+                                                "default: the keyring's, which needs its master key")
 
 
 def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
@@ -17,7 +27,6 @@ def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
     on agreements.changes when Kafka answers (the files alone otherwise)."""
     from backbone import agreement_changes
     from backbone.catalog import load_catalog
-    from backbone.errors import BackboneError
     from backbone.policy.agreements import Charter, load_agreements
 
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
@@ -28,18 +37,49 @@ def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
     return Charter(charter.catalog, tuple(versions.values()), charter.sources)
 
 
+def _public_keys(settings, path: Path | None) -> dict[str, Any]:  # noqa: ANN001 - Settings
+    """Key id -> `PublicKey`, from a published keys file or the keyring."""
+    from backbone.audit_log import public_key_map
+    from backbone.keyring import Keyring, PublicKey
+
+    if path is None:
+        try:
+            return public_key_map(Keyring.open(settings).public_keys())
+        except BackboneError as exc:
+            raise BackboneError(f"{exc}; or give --keys FILE, the public keys `backbone audit keys --output FILE` writes") from None
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"--keys {path}: not a readable JSON file ({type(exc).__name__})") from None
+    entries = data.get("keys") if isinstance(data, dict) else data
+    if not isinstance(entries, list):
+        raise BackboneError(f"--keys {path}: expected {{\"format\": \"{KEYS_FORMAT}\", \"keys\": [...]}}")
+    try:
+        return public_key_map(PublicKey.from_json(entry) for entry in entries)
+    except BackboneError as exc:
+        raise BackboneError(f"--keys {path}: {exc}") from None
+
+
 @audit_app.command("subject")
-def subject(national_id: str = typer.Argument(..., help="The person's national id (never stored: only its oversight pseudonym is looked up)")) -> None:
-    """List every disclosure about one person: recipient, when, agreement, purposes, fields."""
+def subject(national_id: str = typer.Argument(..., help="The person's national id (never stored: only its oversight pseudonym is looked up)"),
+            keys: Path = KEYS_OPTION) -> None:
+    """List every disclosure about one person: recipient, when, agreement, purposes, fields; and
+    whether the records shown verify against their signed checkpoints."""
+    from backbone.catalog import load_catalog
     from backbone.clickhouse import make_client
     from backbone.keyring import Keyring
     from consumers.audit import disclosures, subject_token
+    from consumers.audit_trail import ClickHouseTrail
 
     settings = get_settings()
-    token_text = subject_token(Keyring.open(settings), national_id)
+    keyring = Keyring.open(settings)
+    token_text = subject_token(keyring, national_id)
     client = make_client(settings.clickhouse_dsn)
     try:
         found = disclosures(client, settings.clickhouse_database_prefix, token_text, _charter(settings))
+        trail = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir))
+        positions = trail.positions_of("subject_token", token_text)
+        report = trail.verify(_public_keys(settings, keys), only=positions) if positions else None
     finally:
         client.close()
     table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id",
@@ -50,3 +90,146 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
                       item.recipient_event_id)
     console.print(table)
     console.print(f"{len(found)} disclosures")
+    if report is None:
+        return
+    if report.ok:
+        console.print(f"[green]verified[/green]: the records shown are sealed in {report.checkpoints} signed checkpoints "
+                      f"of {len(report.writers)} writer(s), unaltered", highlight=False)
+    else:
+        console.print("[red]NOT verified[/red]: the audit records shown do not match their signed checkpoints:", highlight=False)
+        for failure in report.failures:
+            console.print(f"  {failure}", highlight=False, markup=False)
+
+
+@audit_app.command("verify")
+def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify the topics audit.decisions and audit.checkpoints "
+                                                                         "instead of the audit database"),
+           keys: Path = KEYS_OPTION,
+           output: str = typer.Option("text", "--format", help="text or json")) -> None:
+    """Check the audit trail: every checkpoint's signature, each writer's chain (no gap, no fork),
+    and that the records present reproduce each checkpoint's Merkle root. Exit 1 on any failure,
+    naming the checkpoint and why (edited, missing, extra or reordered records, forged signature, gap)."""
+    from backbone.catalog import load_catalog
+    from backbone.clickhouse import make_client
+    from consumers.audit_trail import ClickHouseTrail, verify_kafka
+
+    settings = get_settings()
+    catalog = load_catalog(settings.schemas_dir)
+    published = _public_keys(settings, keys)
+    if from_kafka:
+        report = verify_kafka(settings, catalog, published)
+    else:
+        client = make_client(settings.clickhouse_dsn)
+        try:
+            report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(published)
+        finally:
+            client.close()
+    if output == "json":
+        console.print_json(json.dumps({
+            "ok": report.ok, "checkpoints": report.checkpoints, "records": report.records, "decisions": report.decisions,
+            "writers": sorted(report.writers),
+            "failures": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.failures],
+            "warnings": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.warnings],
+        }))
+    else:
+        for warning in report.warnings:
+            console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+        for failure in report.failures:
+            console.print(f"[red]FAILED[/red] {failure}", highlight=False)
+        verdict = "[green]audit trail verified[/green]" if report.ok else f"[red]{len(report.failures)} failure(s)[/red]; verified"
+        console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions "
+                      f"({report.records:,} records, {len(report.writers)} writers)", highlight=False)
+    if not report.ok:
+        raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
+
+
+@audit_app.command("receipt")
+def receipt(event_id: str = typer.Argument(..., help="The provider's event id of the disclosure"),
+            recipient: str = typer.Option(..., "--recipient", help="The recipient whose decision the receipt is for"),
+            keys: Path = KEYS_OPTION,
+            output: Path = typer.Option(None, "--output", help="Write the receipt here instead of printing it")) -> None:
+    """A self-contained JSON receipt for one decision: the audit record, its inclusion proof, the
+    signed checkpoint and the public key; `audit verify-receipt` checks it offline. It holds the
+    event's whole audit record (every recipient's decision): hand it only to whom may see that."""
+    from backbone.audit_receipt import dumps
+    from backbone.catalog import load_catalog
+    from backbone.clickhouse import make_client
+    from consumers.audit_trail import ClickHouseTrail
+
+    settings = get_settings()
+    client = make_client(settings.clickhouse_dsn)
+    try:
+        made = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir)).receipt(
+            event_id, recipient, _public_keys(settings, keys))
+    finally:
+        client.close()
+    if output is None:
+        print(dumps(made))
+    else:
+        output.write_text(dumps(made) + "\n")
+        console.print(f"receipt for {recipient} about event {event_id} written to {output}", highlight=False)
+
+
+@audit_app.command("verify-receipt")
+def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbone audit receipt`"),
+                   keys: Path = typer.Option(None, "--keys", help="Published public keys to pin the receipt's key to "
+                                                                  "(without: the key the receipt carries is trusted as given)")) -> None:
+    """Check a receipt offline: the record is the one sealed, its proof leads to the checkpoint's
+    root, and the checkpoint's signature holds. Needs no broker, database or keyring."""
+    from backbone.audit_receipt import verify_receipt as check
+    from backbone.catalog import AUDIT_CHECKPOINT, load_catalog
+    from backbone.audit_log import CheckpointCodec
+
+    settings = get_settings()
+    try:
+        receipt_data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BackboneError(f"{path}: not a readable JSON receipt ({type(exc).__name__})") from None
+    pinned = _public_keys(settings, keys) if keys is not None else None
+    problems = check(receipt_data, CheckpointCodec(load_catalog(settings.schemas_dir).internal_schema(AUDIT_CHECKPOINT)), pinned)
+    if problems:
+        for problem in problems:
+            console.print(f"[red]FAILED[/red] {problem}", highlight=False)
+        raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
+    checkpoint, decision = receipt_data["checkpoint"], receipt_data["decision"]
+    console.print(f"[green]receipt holds[/green]: {decision['outcome']} for {receipt_data['recipient']} about event "
+                  f"{receipt_data['record']['event_id']}, leaf {receipt_data['position']['leaf']} of checkpoint "
+                  f"{checkpoint['sequence']} of writer {checkpoint['writer']}, signed {checkpoint['created_at']} "
+                  f"with key {checkpoint['key_id']}", highlight=False)
+    if pinned is None:
+        console.print(f"note: the key was not pinned; compare {receipt_data['public_key']['public']} with the published key "
+                      f"{checkpoint['key_id']} (or pass --keys)", highlight=False)
+
+
+@audit_app.command("keys")
+def public_keys(output: Path = typer.Option(None, "--output", help="Write the public keys as JSON here, for verifiers")) -> None:
+    """The public halves of the processors' checkpoint signing keys (rotated ones too): publish them
+    so anyone can verify the trail and receipts."""
+    from backbone.keyring import Keyring
+
+    found = Keyring.open(get_settings()).public_keys()
+    if output is not None:
+        output.write_text(json.dumps({"format": KEYS_FORMAT, "keys": [key.to_json() for key in found]}, indent=2) + "\n")
+        console.print(f"{len(found)} public keys written to {output}", highlight=False)
+        return
+    table = Table("key id", "signer", "algorithm", "created", "active", "public key (base64)")
+    for key in found:
+        shown = key.to_json()
+        table.add_row(key.key_id, key.owner, shown["algorithm"], key.created.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                      "yes" if key.active else "no (verifying only)", shown["public"])
+    console.print(table)
+
+
+@audit_app.command("rotate-key")
+def rotate_key() -> None:
+    """A new signing key for the processors' checkpoints (created if there is none); the old ones
+    stay for verifying old checkpoints. Restart processors to sign with it."""
+    from backbone.keyring import PROCESSOR_SIGNER, Keyring, master_key_from_settings
+
+    settings = get_settings()
+    master = master_key_from_settings(settings)
+    keyring = Keyring.load(Path(settings.keyring_path), master)
+    info = keyring.rotate("signing", PROCESSOR_SIGNER)
+    keyring.save(Path(settings.keyring_path), master)
+    console.print(f"new active signing key {info.key_id}; older keys kept for verifying. Restart processors to use it, "
+                  "and publish the public keys again (`backbone audit keys --output FILE`).", highlight=False)
