@@ -324,3 +324,22 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
         sink.close()
     landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
     assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
+
+
+@pipeline
+def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stack: Settings, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from app.local import worker_environment
+
+    person = str(uuid.uuid4().int)[:9]
+    env = worker_environment(stack, clickhouse_dsn=f"chdb://{tmp_path / 'ch'}")  # its own chDB: this process holds the session's
+    command = [sys.executable, "-c", "from app.cli import main; main()", "erase", "--subject", person, "--reason", "request 7"]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    assert refused.returncode == 1 and "BACKBONE_IDENTITY" in refused.stderr
+    done = subprocess.run(command, env={**env, "BACKBONE_IDENTITY": "dpo@example"}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    token = oversight_tokens(Keyring.open(stack), person)[0]
+    assert token in done.stdout.replace("\n", "") and person not in done.stdout + done.stderr
+    assert token.encode() in {m.key() for m in read_topic(stack, ERASURES_TOPIC, lambda ms: False, timeout=3)}

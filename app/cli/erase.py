@@ -42,7 +42,8 @@ def erase(
         report = erase_subject(settings, charter, keyring, client, subject, reason, subject_key=subject_key, actor=who)
     finally:
         client.close()
-    table = Table("database", "rows removed", title=f"erased subject {report.token}")
+    console.print(f"erased subject {report.token} (its oversight token)", highlight=False, soft_wrap=True)
+    table = Table("database", "rows removed", title="rows removed per recipient database")
     for database, count in sorted(report.rows.items()):
         table.add_row(database, f"{count:,}")
     console.print(table)
