@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import typer
+from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.table import Table
 
 from app.cli import app, console
@@ -78,8 +79,12 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     try:
         found = disclosures(client, settings.clickhouse_database_prefix, token_text, _charter(settings))
         trail = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir))
-        positions = trail.positions_of("subject_token", token_text)
-        report = trail.verify(_public_keys(settings, keys), only=positions) if positions else None
+        unverifiable = None
+        try:
+            positions = trail.positions_of("subject_token", token_text)
+            report = trail.verify(_public_keys(settings, keys), only=positions) if positions else None
+        except (BackboneError, DatabaseError) as exc:  # e.g. no checkpoints table yet: still list the disclosures
+            report, unverifiable = None, exc
     finally:
         client.close()
     table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id",
@@ -90,11 +95,13 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
                       item.recipient_event_id)
     console.print(table)
     console.print(f"{len(found)} disclosures")
+    if unverifiable is not None:
+        console.print(f"[red]NOT verified[/red]: the trail could not be checked ({unverifiable})", highlight=False)
     if report is None:
         return
     if report.ok:
-        console.print(f"[green]verified[/green]: the records shown are sealed in {report.checkpoints} signed checkpoints "
-                      f"of {len(report.writers)} writer(s), unaltered", highlight=False)
+        console.print(f"[green]verified[/green]: the records shown are sealed, unaltered, in {report.checkpoints} signed "
+                      f"checkpoint(s) of {len(report.writers)} writer(s)", highlight=False)
     else:
         console.print("[red]NOT verified[/red]: the audit records shown do not match their signed checkpoints:", highlight=False)
         for failure in report.failures:
@@ -138,7 +145,7 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
             console.print(f"[red]FAILED[/red] {failure}", highlight=False)
         verdict = "[green]audit trail verified[/green]" if report.ok else f"[red]{len(report.failures)} failure(s)[/red]; verified"
         console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions "
-                      f"({report.records:,} records, {len(report.writers)} writers)", highlight=False)
+                      f"({report.records:,} records, {len(report.writers)} writer(s))", highlight=False)
     if not report.ok:
         raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
 
