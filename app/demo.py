@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone import agreement_changes, dlq
+from backbone.audit_log import public_key_map
 from backbone.catalog import load_catalog
 from backbone.clickhouse import make_client
 from backbone.embedded import EmbeddedStack, free_port, port_in_use
@@ -34,6 +35,7 @@ from backbone.policy.pseudonym import token
 from backbone.serde import registry_client
 from backbone.settings import Settings
 from consumers import ddl
+from consumers.audit_trail import ClickHouseTrail
 from consumers.fraud import FraudDetector
 from consumers.batching import SinkThreads
 from consumers.sink import Sink, sinks_for
@@ -82,6 +84,7 @@ class DemoResult:
     clickhouse_dsn: str = ""
     truth_path: Path | None = None
     elapsed_s: float = 0.0
+    audit: Any = None  # the landed audit trail's verification (`backbone.audit_log.Report`)
 
 
 class Demo:
@@ -315,6 +318,8 @@ class Demo:
         detector.close()
         result.alerts = Counter(alert.kind for alert in alerts)
         result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
+        result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
+            public_key_map(self.keyring.public_keys()))
         return result
 
     def dead_letters(self) -> dict[str, int]:

@@ -100,6 +100,12 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
                       str(s.false_negatives), f"{s.precision:.2f}", f"{s.recall:.2f}")
     console.print(fraud)
 
+    audit = result.audit
+    if audit is not None and audit.ok:
+        console.print(f"[bold]audit trail verified: {audit.checkpoints:,} checkpoints, {audit.decisions:,} decisions[/bold]", highlight=False)
+    elif audit is not None:
+        console.print(f"[red]audit trail NOT verified[/red] ({len(audit.failures)} failures), first: {audit.failures[0]}", highlight=False)
+
     shown = result.in_flight
     console.print("[bold]In flight[/bold]")
     console.print(f"  consent granted, research claim:   {shown.consent_before}")
