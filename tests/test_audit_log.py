@@ -326,3 +326,18 @@ def test_a_writer_keeps_its_chain_across_restarts_and_workers_sharing_a_data_dir
     chain[writer].append(resumed)
     good, _, failures = log.check_chain(codecs[1], writer, chain[writer], log.public_key_map(keyring.public_keys()))
     assert failures == [] and sorted(good) == [0, 1, 2, 3, 4]
+
+
+def test_a_processor_adds_the_signing_key_to_a_keyring_made_without_one(tmp_path: Path) -> None:
+    from backbone.keyring import encode_master_key, new_master_key
+    from backbone.settings import load_settings
+    from processors.checkpoints import ensure_signing_key
+
+    master = new_master_key()
+    settings = load_settings(data_dir=tmp_path, keyring_path=tmp_path / "keyring.json", master_key=encode_master_key(master))
+    Keyring.generate(domains=["oversight"]).save(settings.keyring_path, master)
+    old = Keyring.load(settings.keyring_path, master)
+    updated = ensure_signing_key(settings, old)
+    [public] = Keyring.load(settings.keyring_path, master).public_keys()
+    assert updated.signing_key()[0] == public.key_id
+    assert ensure_signing_key(settings, updated) is updated  # once is enough
