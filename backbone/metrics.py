@@ -132,6 +132,18 @@ class LagCollector(Collector):
         self._asked = 0.0
         self._lags: list[tuple[str, int]] = []
 
+    def describe(self) -> Iterator[Metric]:
+        # Registering asks this, not collect(): no broker round-trip at start-up.
+        yield self._family([])
+
+    @staticmethod
+    def _family(lags: list[tuple[str, int]]) -> GaugeMetricFamily:
+        family = GaugeMetricFamily("backbone_consumer_lag", "Messages not yet committed by a consumer group "
+                                   "(from watermarks: approximate)", labels=["group"])
+        for group, lag in lags:
+            family.add_metric([group], lag)
+        return family
+
     def _refresh(self) -> None:
         from app.status import kafka_status
 
@@ -148,11 +160,7 @@ class LagCollector(Collector):
                 self._asked = time.monotonic()
                 self._refresh()
             lags = list(self._lags)
-        family = GaugeMetricFamily("backbone_consumer_lag", "Messages not yet committed by a consumer group "
-                                   "(from watermarks: approximate)", labels=["group"])
-        for group, lag in lags:
-            family.add_metric([group], lag)
-        yield family
+        yield self._family(lags)
 
 
 class RegistryMetrics:

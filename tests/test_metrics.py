@@ -65,7 +65,7 @@ def test_metrics_are_off_unless_a_port_is_set() -> None:
 
 
 @pytest.mark.integration
-def test_a_sink_reports_rows_landed_batch_histograms_and_dead_letters_by_reason(settings: Settings, unique: str) -> None:
+def test_a_sink_reports_rows_landed_batch_histograms_dead_letters_by_reason_and_its_lag(settings: Settings, unique: str) -> None:
     from tests.test_batching import MemoryTarget, produce, sink
 
     topic = f"metrics.{unique}"
@@ -83,6 +83,12 @@ def test_a_sink_reports_rows_landed_batch_histograms_and_dead_letters_by_reason(
     assert found[("backbone_sink_batch_rows_sum", (("sink", "memory"),))] == 40
     assert found[("backbone_sink_insert_seconds_count", (("sink", "memory"),))] >= 2
     assert found[("backbone_dlq_entries_total", (("reason", "empty_value"), ("stage", "sink")))] == 1
+
+    # lag: what the group has not committed yet. Only "some": the embedded broker's watermarks can
+    # trail (a partition's high watermark read below its committed offset), hence "approximate".
+    produce(settings, topic, [b"late-1", b"late-2", b"late-3"])
+    lags = [metric.samples for metric in metrics.LagCollector(settings, [f"g-{unique}"]).collect()]
+    assert [(s.labels["group"], s.value > 0) for s in lags[0]] == [(f"g-{unique}", True)]
 
 
 def test_registry_requests_are_counted_by_route_and_status() -> None:
