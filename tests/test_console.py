@@ -29,7 +29,7 @@ def logins() -> Logins:
 
 @pytest.fixture(scope="module")
 def snapshot() -> Snapshot:
-    status = Status(groups=[GroupLag("backbone-processor-dataplane", 5, 1200, 34)], subjects=["raw.tax.income_declared-value"],
+    status = Status(decisions=[("fraud", "deny: consent_withdrawn", 7), ("fraud", "permit", 600)], groups=[GroupLag("backbone-processor-dataplane", 5, 1200, 34)], subjects=["raw.tax.income_declared-value"],
                     dlq=Counter({"processor: bad_magic_byte": 2}), unreachable={"clickhouse": "ClickHouse at http://ch:8123 did not answer"},
                     agreement_changes=[("tax-to-fraud@2", "suspended", "2026-03-15 12:00:00", "alice")])
     flows = [Flow("tax", "fraud", "permit", 600), Flow("tax", "fraud", "consent_withdrawn", 7), Flow("welfare", "research", "permit", 30)]
@@ -103,6 +103,7 @@ def test_the_pages_show_the_demo_charters_agencies_flows_and_unreachable_parts(l
             assert f">{agency}</text>" in page
         assert "<svg" in page and "2.0/s" in page and "consent_withdrawn 7" in page
         assert "Unreachable" in page and "ClickHouse at http://ch:8123 did not answer" in page
+        assert "deny: consent_withdrawn" in page and ">600<" in page
         assert "bad_magic_byte" in page and "backbone-processor-dataplane" in page and "raw.tax.income_declared-value" in page
         charter = await (await client.get("/charter")).text()
         assert 'class="badge suspended">suspended' in charter and "tax-to-fraud@2" in charter and "pseudonymise" in charter

@@ -105,6 +105,9 @@ def live(snapshot: Snapshot) -> str:
                    + _table(("part", "why"), sorted(status.unreachable.items()), "") + "</section>")
     minutes = snapshot.window_s / 60
     out.append(f"<section><h2>Flows, last {minutes:g} min</h2>{flow_svg(snapshot)}</section>")
+    out.append(f"<section><h2>Decisions by recipient, last {minutes:g} min</h2>" + _table(
+        ("recipient", "decision", "events"), status.decisions,
+        "ClickHouse unreachable." if "clickhouse" in status.unreachable else "No decisions yet.") + "</section>")
     dlq = sorted((*key.split(": ", 1), n) for key, n in status.dlq.items())
     out.append("<section><h2>Dead-letter queues</h2>" + _table(("stage", "reason", "entries"), dlq,
                "Kafka unreachable." if {"kafka", "dlq"} & set(status.unreachable) else "No dead letters.") + "</section>")
