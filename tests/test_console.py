@@ -143,3 +143,16 @@ def test_the_demo_starts_the_console_with_made_up_passwords_and_stops_it(tmp_pat
     shown = capsys.readouterr().out
     assert "console: http://127.0.0.1:" in shown and "user oversight, password " in shown
     stop()
+
+
+def test_repeated_wrong_passwords_lock_the_user_out_for_a_while() -> None:
+    from app.console.auth import MAX_FAILURES
+
+    logins = Logins({"operator": "operator-secret-1"})
+
+    async def attempts() -> tuple[list[str | None], str | None]:
+        wrong = [await logins.log_in("operator", f"guess-{n}") for n in range(MAX_FAILURES)]
+        return wrong, await logins.log_in("operator", "operator-secret-1")
+
+    wrong, right = asyncio.run(attempts())
+    assert wrong == [None] * MAX_FAILURES and right is None

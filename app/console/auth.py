@@ -20,6 +20,10 @@ OPERATOR = "operator"
 OVERSIGHT = "oversight"
 COOKIE = "backbone_console"
 SESSION_S = 8 * 3600
+# Guessing: after this many wrong passwords for one user within the window, that user's logins are
+# refused until the window has passed (scrypt already costs ~0.1 s per attempt).
+MAX_FAILURES = 5
+FAILURE_WINDOW_S = 60.0
 
 
 @dataclass(slots=True, frozen=True)
@@ -35,6 +39,7 @@ class Logins:
     def __init__(self, passwords: dict[str, str]) -> None:
         self._hashes = {user: PasswordHash.of(password) for user, password in passwords.items()}
         self._sessions: dict[str, Session] = {}
+        self._failures: dict[str, list[float]] = {}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Logins:
@@ -51,11 +56,19 @@ class Logins:
 
     async def log_in(self, user: str, password: str) -> str | None:
         """A session token for the right password, None otherwise (same cost for an unknown user)."""
+        now = time.monotonic()
+        recent = [at for at in self._failures.get(user, []) if now - at < FAILURE_WINDOW_S]
+        self._failures[user] = recent
+        if len(recent) >= MAX_FAILURES:
+            return None
         known = self._hashes.get(user)
         check = known or next(iter(self._hashes.values()))
         matches = await asyncio.get_running_loop().run_in_executor(None, check.matches, password)
         if known is None or not matches:
+            if known is not None:
+                recent.append(now)
             return None
+        self._failures.pop(user, None)
         token = secrets.token_urlsafe(32)
         self._sessions[token] = Session(user, user, time.time() + SESSION_S)  # the role is the user's name
         return token
