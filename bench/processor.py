@@ -79,6 +79,14 @@ class Results:
     cpu_during_load: dict[str, float] = field(default_factory=dict)
     worker_rss_mb_after_latency: float | None = None
     notes: list[str] = field(default_factory=list)
+    # honest baselines (issue 16): hand-written loops with no project code but the policy engine
+    handwritten_loop_events_per_s: float = 0.0  # same work as the processor: one audit record per event
+    handwritten_no_audit_events_per_s: float = 0.0
+    router_loop_events_per_s: float = 0.0  # = bare_events_per_s: the project's Router in a bare loop
+    offered_events_per_s: float = 0.0
+    p50_produce_to_shared_ms: float | None = None
+    p99_produce_to_shared_ms: float | None = None
+    p99_produce_to_queryable_ms: float | None = None  # measured by bench.e2e (sinks into ClickHouse)
 
 
 def _records(seed: int, population: int, count: int) -> list[tuple[str, dict]]:
@@ -208,6 +216,86 @@ def run_bare(settings: Settings, ends: Ends, max_seconds: float) -> tuple[float,
     return routed / elapsed, routed, produced
 
 
+def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: bool) -> float:
+    """events/s of a loop written by hand: fastavro decode with schemas fetched once, the policy
+    engine, fastavro encode of the released records (and, with `audit`, one audit record per event
+    listing its decisions), librdkafka produce, one flush at the end. No Router, no serde."""
+    from fastavro import parse_schema, schemaless_reader, schemaless_writer
+    import io
+
+    from backbone.catalog import AUDIT_EVENT
+
+    enforcement, _ = build_router(settings)
+    engine, consent, registry = enforcement.engine, enforcement.consent, registry_client(settings)
+    topics = Topics(settings)
+    target = f"bench.hand.{time.monotonic_ns()}"
+    topics.ensure(target)
+    readers: dict[int, object] = {}
+    writers: dict[tuple[str, int, str], tuple[bytes, object]] = {}
+    audit_schema = parse_schema(enforcement.catalog.internal_schema(AUDIT_EVENT))
+    consumer = Consumer(settings.consumer_config(f"bench-hand-{time.monotonic_ns()}"))
+    producer = Producer(settings.producer_config(**{"linger.ms": LINGER_MS}))
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for topic, partition in ends])
+    pending, done, started = dict(ends), 0, None
+    deadline = time.monotonic() + max_seconds
+    try:
+        while pending and time.monotonic() < deadline:
+            messages = consumer.consume(settings.consumer_batch_size, 0.5)
+            if messages and started is None:
+                started = time.perf_counter()
+            now = datetime.now(UTC)
+            for message in messages:
+                if message.error() is not None:
+                    continue
+                value = message.value()
+                schema_id = int.from_bytes(value[1:5], "big")
+                if schema_id not in readers:
+                    readers[schema_id] = parse_schema(json.loads(registry.get_schema(schema_id).schema_str))
+                record = schemaless_reader(io.BytesIO(value[5:]), readers[schema_id], None)
+                decisions = engine.decide(record, consent, now)
+                for decision in decisions:
+                    if decision.permitted:
+                        key = (decision.agreement_id, decision.agreement_version, record["event_type"])
+                        if key not in writers:
+                            avro = engine.recipient_schema(decision.agreement_id, record["event_type"], decision.agreement_version)
+                            writers[key] = (b"\x00\x00\x00\x00\x01", parse_schema(avro))
+                        header, parsed = writers[key]
+                        buffer = io.BytesIO()
+                        buffer.write(header)
+                        schemaless_writer(buffer, parsed, decision.record)
+                        _produce_all(producer, target, buffer.getvalue())
+                if audit:
+                    buffer = io.BytesIO()
+                    buffer.write(b"\x00\x00\x00\x00\x02")
+                    schemaless_writer(buffer, audit_schema, {
+                        "event_id": str(record["event_id"]), "event_type": record["event_type"], "provider": record["provider"],
+                        "subject_token": None, "decided_at": now, "decisions": [
+                            {"recipient": d.recipient, "agreement_id": d.agreement_id, "agreement_version": d.agreement_version,
+                             "outcome": "permit" if d.permitted else d.reason, "key_ids": list(d.key_ids),
+                             "recipient_event_id": d.record["event_id"] if d.record else None} for d in decisions]})
+                    _produce_all(producer, target, buffer.getvalue())
+                done += 1
+                tp = (message.topic(), message.partition())
+                if tp in pending and message.offset() + 1 >= pending[tp]:
+                    del pending[tp]
+            producer.poll(0)
+        producer.flush(60)
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        consumer.close()
+        topics.delete(target)
+    return done / elapsed if elapsed else 0.0
+
+
+def _produce_all(producer: Producer, topic: str, value: bytes) -> None:
+    while True:
+        try:
+            producer.produce(topic, value)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 # -- processor ----------------------------------------------------------------------------------
 
 
@@ -314,6 +402,20 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
     count = int(rate * seconds)
     records = _records(seed, population, count)
     sent: dict[str, float] = {}
+    # Each recipient receives its own id for an event (derived under its domain key): map every id a
+    # recipient can receive back to the send time of its source event.
+    from backbone.catalog import load_catalog
+    from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+    from backbone.policy.agreements import load_agreements
+    from backbone.policy.pseudonym import event_id_function
+
+    keyring = Keyring.open(settings)
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    derive: dict[str, list] = {}
+    for agreement in charter.agreements:
+        function = event_id_function(keyring, agreement.domain or OVERSIGHT_DOMAIN, agreement.recipient)
+        for event_type in agreement.event_types:
+            derive.setdefault(event_type, []).append(function)
     mix = MixProducer(settings, {record["provider"] for _, record in records})
     reader = SharedReader(settings, sent)
     reader.start()
@@ -326,8 +428,10 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
             if ahead > 0:
                 time.sleep(ahead)
             for event_type, record in records[index:index + step]:
-                sent[record["event_id"]] = time.time()  # wall clock: comparable with the outputs' CreateTime
-                mix.send(event_type, record)
+                mix.send(event_type, record)  # fills event_id when missing
+                at = time.time()  # wall clock: comparable with the outputs' CreateTime
+                for recipient_id in derive.get(event_type, ()):
+                    sent[recipient_id(record["event_id"])] = at
             for producer in mix.producers.values():
                 producer.poll(0)
         elapsed = time.perf_counter() - started
@@ -375,6 +479,13 @@ def report(results: Results) -> Path:
     table.add_row("processor, from \"enforcing\" (incl. group join)", f"{results.processor_events_per_s_from_ready:,.0f} events/s", "")
     table.add_row("ratio processor / bare", f"{results.ratio:.0%}",
                   f"[{'green' if ratio_ok else 'red'}]>= {RATIO_TARGET:.0%}")
+    if results.handwritten_no_audit_events_per_s:
+        table.add_row("hand-written loop, audit per event / no audit",
+                      f"{results.handwritten_loop_events_per_s:,.0f} / {results.handwritten_no_audit_events_per_s:,.0f} events/s", "")
+        table.add_row("processor / hand-written no-audit loop",
+                      f"{results.processor_events_per_s / results.handwritten_no_audit_events_per_s:.0%}", ">= 80%")
+        table.add_row("processor / hand-written loop with the same audit",
+                      f"{results.processor_events_per_s / max(1.0, results.handwritten_loop_events_per_s):.0%}", "")
     table.add_row("offered load achieved", f"{results.offered_rate:,.0f} events/s ({results.offered_events:,} events)", "")
     for name in ("p50", "p95", "p99", "max"):
         value = results.latency_ms.get(name, float("nan"))
@@ -421,6 +532,10 @@ def main() -> None:
         console.print(f"pre-produced {len(records):,} events in {results.produce_s:.1f}s; bare loop ...")
         results.bare_events_per_s, routed, results.bare_outputs = run_bare(settings, ends, args.max_seconds)
         assert routed == results.events, f"bare loop routed {routed} of {results.events}"
+        results.router_loop_events_per_s = results.bare_events_per_s
+        console.print("hand-written loops (with the processor's audit record, and without audit) ...")
+        results.handwritten_loop_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=True)
+        results.handwritten_no_audit_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=False)
         extra = {"consumer_batch_size": str(args.batch_size)} if args.batch_size else {}
         worker = ProcessorWorker(settings, "bench-worker", **extra)
         results.batch_size = args.batch_size or settings.consumer_batch_size
@@ -437,6 +552,9 @@ def main() -> None:
                 results.offered_rate, results.offered_events = offered, sent
                 results.latency_samples = len(reader.latencies_ms)
                 results.latency_ms = percentiles(reader.latencies_ms)
+                results.offered_events_per_s = offered
+                results.p50_produce_to_shared_ms = results.latency_ms.get("p50")
+                results.p99_produce_to_shared_ms = results.latency_ms.get("p99")
                 results.routed_ms = percentiles(reader.routed_ms)
                 results.worker_rss_mb_after_latency = worker.rss_mb()
                 if reader.unmatched:
