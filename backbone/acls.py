@@ -37,7 +37,9 @@ from backbone.topics import (
     ALERTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    DLQ_KEYS_TOPIC,
     DLQ_PREFIX,
+    ERASURES_TOPIC,
     OPERATIONS_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
@@ -160,6 +162,8 @@ def _processor() -> list[Grant]:
         *_grants(processor, "group", PROCESSOR_DATAPLANE_GROUP, "literal", ("read",), "the data plane's consumer group"),
         *_grants(processor, "topic", FAUST_LEADER_TOPIC, "literal", ("read", "create"), "Faust's leader-assignor topic"),
         *_grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("describe",), "consent and agreement readers look up their group"),
+        *_grants(processor, "topic", ERASURES_TOPIC, "literal", ("read", "create"), "every worker reads the erasures in full"),
+        *_grants(processor, "topic", DLQ_KEYS_TOPIC, "literal", ("read", "write", "create"), "dead letters are sealed under per-subject keys kept there"),
     ]
 
 
@@ -200,6 +204,10 @@ def _operator() -> list[Grant]:
         # DESIGN: the operator replays dead letters after fixing their cause (each replay is audited)
         *_grants(operator, "topic", RAW_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage processor writes back to raw topics"),
         *_grants(operator, "topic", SHARED_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage sink writes back to shared topics"),
+        # backbone erase: publishes the erasure, withdraws the person's consents, destroys their DLQ keys
+        *_grants(operator, "topic", ERASURES_TOPIC, "literal", ("write",), "backbone erase publishes the erasure"),
+        *_grants(operator, "topic", CONSENT_TOPIC, "literal", ("write",), "backbone erase tombstones the person's consent records"),
+        *_grants(operator, "topic", DLQ_KEYS_TOPIC, "literal", ("write",), "backbone erase destroys the person's DLQ keys"),
     ]
 
 

@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backbone.errors import BackboneError
-from backbone.topics import dlq_topic
+from backbone.topics import DLQ_KEYS_TOPIC, dlq_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -235,7 +235,7 @@ def topic_config(settings: Settings) -> dict[str, str]:
 
 
 # --- crypto-shredding -----------------------------------------------------------------------------
-KEYS_TOPIC = dlq_topic("keys")
+KEYS_TOPIC = DLQ_KEYS_TOPIC
 UNKEYED = "unkeyed"  # the handle of messages without a key: no subject to erase them by
 _NONCE = 12
 

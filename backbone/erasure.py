@@ -38,11 +38,10 @@ from backbone.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
 from backbone.policy.agreements import Charter
 from backbone.policy.pseudonym import encrypt_function, token_function
 from backbone.settings import Settings
-from backbone.topics import CONSENT_TOPIC, Topics
+from backbone.topics import CONSENT_TOPIC, ERASURES_TOPIC, Topics
 
 log = logging.getLogger(__name__)
 
-ERASURES_TOPIC = "erasures"
 # Tables a sink keeps beside the event tables whose `subject` column is a subject's pseudonym.
 SUBJECT_TABLES: tuple[str, ...] = names.RESERVED_TABLES
 SUBJECT_COLUMN = "subject"

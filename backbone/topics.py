@@ -18,6 +18,8 @@ AUDIT_TOPIC = "audit.decisions"
 # Signed checkpoints of the audit trail, one per processor batch, keyed by writer.
 CHECKPOINTS_TOPIC = "audit.checkpoints"
 OPERATIONS_TOPIC = "audit.operations"
+ERASURES_TOPIC = "erasures"  # compacted: one record per erased subject, keyed by its oversight token
+DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."

@@ -57,6 +57,14 @@ EXPECTED = {
     ("User:research", "group", "research.", "prefixed", "read"),
     ("User:research", "topic", "shared.research.", "prefixed", "read"),
     ("User:schema-registry", "group", "backbone-registry-", "prefixed", "describe"),
+    ("User:operator", "topic", "consent.changes", "literal", "write"),
+    ("User:operator", "topic", "dlq.keys", "literal", "write"),
+    ("User:operator", "topic", "erasures", "literal", "write"),
+    ("User:processor", "topic", "dlq.keys", "literal", "create"),
+    ("User:processor", "topic", "dlq.keys", "literal", "read"),
+    ("User:processor", "topic", "dlq.keys", "literal", "write"),
+    ("User:processor", "topic", "erasures", "literal", "create"),
+    ("User:processor", "topic", "erasures", "literal", "read"),
     ("User:operator", "topic", "raw.", "prefixed", "write"),
     ("User:operator", "topic", "shared.", "prefixed", "write"),
     ("User:schema-registry", "topic", "_schemas", "literal", "create"),
@@ -245,6 +253,9 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
                   ("topic", "raw.*", "read"), ("group", f"{APP_ID}-dataplane", "read"),
                   *(("topic", t, "write") for t in [*shared, "audit.decisions", "dlq.processor"]),
                   ("group", APP_ID, "read"), ("topic", f"{APP_ID}-__assignor-__leader", "create"), ("topic", f"{APP_ID}-__assignor-__leader", "read")}
+    # processors/app.py: the erasure reader (assigned, like consent) and the DLQ sealer (reads, writes dlq.keys)
+    processor |= {("topic", "erasures", "create"), ("topic", "erasures", "read"),
+                  ("topic", "dlq.keys", "create"), ("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write")}
     table["backbone process"] = ("User:processor", processor)
     for recipient in recipients:
         # consumers/batching.py: ensures dlq.sink, subscribes the shared pattern as the plan's group, commits, dead-letters
@@ -276,6 +287,12 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # topics (raw for the processor's, shared for the sinks') and records the action
     dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
     table["backbone dlq list|show"] = ("User:operator", dlq_read)
+    # backbone/erasure.py erase: ensures and writes erasures, tombstones consent records, destroys DLQ keys
+    # (reading them first), records the action
+    table["backbone erase"] = ("User:operator", {("topic", "erasures", "create"), ("topic", "erasures", "write"),
+                                                 ("topic", "consent.changes", "write"), ("topic", "dlq.keys", "read"),
+                                                 ("topic", "dlq.keys", "write"), readers,
+                                                 ("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
     table["backbone dlq replay"] = ("User:operator", dlq_read | {("topic", "raw.*", "write"), ("topic", "shared.*", "write"),
                                                                   ("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
     return table
