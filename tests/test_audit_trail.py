@@ -1,5 +1,5 @@
-"""The verifiable audit trail on the real pipeline: a processor worker (restarted after a SIGKILL
-midway) seals its batches, the audit sinks land records and checkpoints in chDB, and verification
+"""The verifiable audit trail on the real pipeline: a processor worker (SIGKILLed right after a wave
+of events was produced, so most likely mid-batch, and restarted) seals its batches, the audit sinks land records and checkpoints in chDB, and verification
 holds from ClickHouse and from Kafka; then each kind of tampering with a copy of the landed trail
 is detected and named, and a receipt verifies offline until it is altered."""
 
@@ -52,11 +52,12 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
         worker = Worker(settings, "worker").start()
         try:
             for wave in range(4):
-                if wave == 2:  # a crash between batches: the writer takes its chain up again
+                sent += len(produce_synthetic(settings, events=300, seed=wave))
+                if wave == 1:  # a crash while deciding: the writer takes its chain up again after it
                     worker.kill()
                     worker = Worker(settings, "worker").start()
-                sent += len(produce_synthetic(settings, events=300, seed=wave))
-                assert len(read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(m) >= n, timeout=120)) == sent
+                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len({x.key() for x in m}) >= n, timeout=120)
+                assert len({message.key() for message in audited}) == sent
         finally:
             worker.stop()
         catalog = load_catalog(settings.schemas_dir)
@@ -74,19 +75,23 @@ def trail_of(client, landed: Landed, prefix: str | None = None) -> ClickHouseTra
 def test_the_trail_a_real_pipeline_landed_verifies(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
     report = trail_of(clickhouse_client, landed).verify(landed.keys)
     assert report.ok, [str(f) for f in report.failures]
-    assert report.records == landed.events and len(report.writers) == 1  # one writer, its chain across the restart
+    assert len(report.writers) == 1  # one writer, its chain across the crash
     audit = f"{landed.settings.clickhouse_database_prefix}audit"
     decisions = clickhouse_client.query(f"SELECT count() FROM {audit}.decisions").result_rows[0][0]
-    assert report.decisions == decisions
+    # every event's record verifies; a batch replayed after the crash may count twice (until merged)
+    assert report.records >= landed.events and report.decisions >= decisions
     assert report.checkpoints >= 4
+    # the first checkpoint after the crash names the one that was in flight
+    assert clickhouse_client.query(f"SELECT count() FROM {audit}.checkpoints WHERE interrupted IS NOT NULL").result_rows[0][0] == 1
 
 
 def test_the_topics_verify_as_the_database_does(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
     from_kafka = verify_kafka(landed.settings, landed.catalog, landed.keys)
     from_clickhouse = trail_of(clickhouse_client, landed).verify(landed.keys)
     assert from_kafka.ok, [str(f) for f in from_kafka.failures]
-    assert (from_kafka.checkpoints, from_kafka.records, from_kafka.decisions) == \
-        (from_clickhouse.checkpoints, from_clickhouse.records, from_clickhouse.decisions)
+    assert from_kafka.writers == from_clickhouse.writers
+    # the topics keep every copy of a replayed batch; ClickHouse may have merged some away
+    assert from_kafka.records >= from_clickhouse.records >= landed.events
 
 
 # --- tampering with a copy of the landed trail -------------------------------------------------
@@ -103,8 +108,9 @@ def _copy(client, landed: Landed) -> tuple[str, str]:  # noqa: ANN001
 
 def _largest(client, database: str) -> tuple[str, int, int]:  # noqa: ANN001
     """(writer, sequence, records) of a checkpoint in the middle of the chain holding several records."""
+    interrupted = f"SELECT assumeNotNull(interrupted) FROM {database}.checkpoints WHERE interrupted IS NOT NULL"
     return tuple(client.query(f"SELECT writer, sequence, records FROM {database}.checkpoints WHERE records >= 2 "
-                              f"AND sequence > 0 ORDER BY sequence LIMIT 1").result_rows[0])
+                              f"AND sequence > 0 AND sequence NOT IN ({interrupted}) ORDER BY sequence LIMIT 1").result_rows[0])
 
 
 def _edit_field(client, db: str, w: str, s: int, n: int) -> None:  # noqa: ANN001
@@ -206,7 +212,7 @@ def test_audit_verify_from_kafka_exits_0_and_reports_the_counts(landed: Landed, 
     assert set(json.loads(keys_file.read_text())["keys"][0]) >= {"key_id", "algorithm", "public"}
     result = _backbone(landed.settings, "audit", "verify", "--from-kafka", "--keys", str(keys_file))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "audit trail verified" in result.stdout and f"{landed.events:,} records" in result.stdout
+    assert "audit trail verified" in result.stdout
     forged_keys = tmp_path / "forged.json"
     entry = json.loads(keys_file.read_text())
     entry["keys"][0]["public"] = base64.b64encode(os.urandom(32)).decode()
