@@ -14,7 +14,7 @@ import time
 import uuid
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -35,7 +35,10 @@ from tests.keys import AutoKeyring
 
 pytestmark = pytest.mark.integration
 NOW = datetime(2025, 6, 1, tzinfo=UTC)
-SEED_EVENTS = dict(seed=3, population=200, events=3000, fraud_rate=0.05, start="2024-01", periods=4)
+# Recent months: tables keep rows for the agreed retention counted from each event's time, so a
+# fixed past start would age out of the shortest retention (365 days) as the calendar moves on.
+SEED_EVENTS = dict(seed=3, population=200, events=3000, fraud_rate=0.05,
+                   start=f"{date.today() - timedelta(days=150):%Y-%m}", periods=4)
 
 
 # --- helpers shared with the other sink, fraud and audit tests ---------------------------------------
