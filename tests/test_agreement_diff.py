@@ -106,6 +106,7 @@ WIDENING_EDITS = {
     "validity starts earlier": ("tax-to-statistics", same, terms(valid_from="2025-01-01"), "validity", "valid_from", "starts earlier"),
     "retention extended": ("welfare-to-research", same, terms(retention_days=1000), "retention_days", None, "keeps records longer"),
     "identified turned on": ("police-to-statistics", same, terms(identified=True), "identified", None, "PII may be kept in clear"),
+    "survives erasure turned on": ("tax-to-fraud", same, terms(survives_erasure=True), "survives_erasure", None, "erased people are released again"),
     "linkable_by added": ("welfare-to-research", same, terms(linkable_by=["benefit_type"]), "linkable_by", "benefit_type", "link across sharing domains"),
     "another sharing domain": ("welfare-to-research", same, terms(domain="fraud"), "domain", None, "joinable with the fraud domain"),
     "a sharing domain where there was none": ("police-to-statistics", terms(domain=None), same, "domain", None, "joinable with the statistics domain"),

@@ -69,6 +69,7 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     from backbone.catalog import load_catalog
     from backbone.clickhouse import make_client
     from backbone.keyring import Keyring
+    from backbone.erasure import recorded_erasures
     from consumers.audit import disclosures, subject_token
     from consumers.audit_trail import ClickHouseTrail
 
@@ -78,6 +79,7 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     client = make_client(settings.clickhouse_dsn)
     try:
         found = disclosures(client, settings.clickhouse_database_prefix, token_text, _charter(settings))
+        erasures = recorded_erasures(client, settings.clickhouse_database_prefix, token_text)
         trail = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir))
         unverifiable = None
         try:
@@ -95,6 +97,9 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
                       item.recipient_event_id)
     console.print(table)
     console.print(f"{len(found)} disclosures")
+    for erasure in erasures:  # the erasure is part of the person's record; their data is gone
+        console.print(f"erased {erasure.at:%Y-%m-%d %H:%M:%S} UTC by {erasure.actor} ({erasure.outcome}; "
+                      f"{erasure.rows or 0} rows removed): {erasure.reason}", highlight=False, markup=False)
     if unverifiable is not None:
         console.print(f"[red]NOT verified[/red]: the trail could not be checked ({unverifiable})", highlight=False)
     if report is None:

@@ -47,7 +47,7 @@ WIDENING: Classification = "widening"
 NARROWING: Classification = "narrowing"
 # `kind` of a change, in the order the table shows them
 KINDS = ("agreement", "recipient", "event_type", "status", "validity", "purpose", "lawful_basis", "condition",
-         "identified", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment")
+         "identified", "survives_erasure", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment")
 # terms that select events, judged by a replay: kind -> the agreement attribute it concerns
 SELECTION_TERMS = {"condition": "condition", "purpose": "purposes", "lawful_basis": "lawful_basis"}
 PENDING = "changed: judged by --replay"
@@ -320,6 +320,10 @@ def _terms(old: Agreement, new: Agreement, event_type: str) -> list[Change]:
     if new.identified != old.identified:
         row("identified", old.identified, new.identified, WIDENING if new.identified else NARROWING,
             "identified: PII may be kept in clear and selected on" if new.identified else "no longer identified")
+    if new.survives_erasure != old.survives_erasure:
+        row("survives_erasure", old.survives_erasure, new.survives_erasure, WIDENING if new.survives_erasure else NARROWING,
+            "events about erased people are released again under this agreement" if new.survives_erasure
+            else "erased people's events are denied again")
     if new.domain != old.domain:
         if new.domain is None:
             row("domain", old.domain, None, NARROWING, "no sharing domain: records join nobody else's")
