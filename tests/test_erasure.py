@@ -324,6 +324,13 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
         sink.close()
     landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
     assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
+    # the audit trail held no personal data to erase: it still verifies against its signed checkpoints
+    from backbone.audit_log import public_key_map
+    from consumers.audit_trail import ClickHouseTrail
+
+    report = ClickHouseTrail(clickhouse_client, settings.clickhouse_database_prefix, charter.catalog).verify(
+        public_key_map(Keyring.open(settings).public_keys()))
+    assert report.ok and report.checkpoints > 0, report
 
 
 @pipeline
