@@ -69,6 +69,7 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         "BACKBONE_SCHEMA_REGISTRY_URL": settings.schema_registry_url,
         "BACKBONE_DATA_DIR": str(settings.data_dir),
         "BACKBONE_CLICKHOUSE_DSN": settings.clickhouse_dsn or "",
+        "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": settings.clickhouse_database_prefix,
         "BACKBONE_KAFKA_PARTITIONS": str(settings.kafka_partitions),
         "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": str(settings.consumer_session_timeout_ms),
         "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": str(settings.consumer_heartbeat_interval_ms),

@@ -332,6 +332,24 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
         public_key_map(Keyring.open(settings).public_keys()))
     assert report.ok and report.checkpoints > 0, report
 
+    # `backbone audit subject` after the erasure: past disclosures, the erasure, and no data
+    from typer.testing import CliRunner
+
+    from app.cli import _register
+    from app.cli import app as cli
+    from app.local import worker_environment
+    from backbone.settings import get_settings
+
+    _register()
+    get_settings.cache_clear()
+    try:
+        shown = CliRunner().invoke(cli, ["audit", "subject", erased], env={**worker_environment(settings), "COLUMNS": "250"})
+    finally:
+        get_settings.cache_clear()
+    assert shown.exit_code == 0, shown.output
+    assert "disclosures about subject" in shown.output and "erased " in shown.output and "dpo@example" in shown.output
+    assert erased not in shown.output.replace(f"subject {token}", "")
+
 
 @pipeline
 def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stack: Settings, tmp_path: Path) -> None:
