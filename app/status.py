@@ -7,36 +7,18 @@ timeout, so one unreachable part is reported as such and the rest still answers.
 from __future__ import annotations
 
 import re
-import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
-
 from backbone import dlq
-from backbone.errors import BackboneError, kafka_unavailable, registry_unavailable
+from backbone.errors import BackboneError, registry_unavailable
+from backbone.kafka_state import GroupLag, TopicStatus, kafka_status
 from backbone.settings import Settings
 
 T = TypeVar("T")
-
-
-@dataclass
-class TopicStatus:
-    name: str
-    partitions: int
-    end_offset: int  # sum of high watermarks: approximate on brokers that report them late
-
-
-@dataclass
-class GroupLag:
-    group: str
-    topics: int
-    committed: int
-    lag: int
 
 
 @dataclass
@@ -91,40 +73,6 @@ def _ask(status: Status, part: str, call: Callable[[], T]) -> T | None:
     except Exception as exc:  # noqa: BLE001 - any failure of one part is reported, the rest goes on
         status.unreachable[part] = f"{type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
     return None
-
-
-def kafka_status(settings: Settings, timeout: float) -> tuple[list[TopicStatus], list[GroupLag]]:
-    admin = AdminClient(settings.kafka_config())
-    try:
-        metadata = admin.list_topics(timeout=timeout)
-    except Exception:
-        raise kafka_unavailable(settings.kafka_bootstrap, timeout) from None
-    consumer = Consumer(settings.consumer_config(f"status-{uuid.uuid4().hex}"))
-    try:
-        ends: dict[tuple[str, int], int] = {}
-        topics = []
-        for name in sorted(metadata.topics):
-            if name.startswith("__"):
-                continue
-            total = 0
-            for partition in metadata.topics[name].partitions:
-                _, high = consumer.get_watermark_offsets(TopicPartition(name, partition), timeout=timeout, cached=False)
-                ends[(name, partition)] = high
-                total += high
-            topics.append(TopicStatus(name, len(metadata.topics[name].partitions), total))
-    finally:
-        consumer.close()
-    groups = []
-    listed = admin.list_consumer_groups(request_timeout=timeout).result(timeout=timeout)
-    for group in sorted(g.group_id for g in listed.valid):
-        if group.startswith(("reader-", "status-", "watermark-")):
-            continue  # partition readers, not consumer groups that make progress
-        future = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(group)], request_timeout=timeout)[group]
-        offsets = future.result(timeout=timeout).topic_partitions or []
-        committed = [tp for tp in offsets if tp.offset >= 0]
-        lag = sum(max(0, ends.get((tp.topic, tp.partition), tp.offset) - tp.offset) for tp in committed)
-        groups.append(GroupLag(group, len({tp.topic for tp in committed}), sum(tp.offset for tp in committed), lag))
-    return topics, groups
 
 
 def dlq_status(settings: Settings, timeout: float) -> Counter[str]:

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
@@ -28,9 +28,17 @@ if TYPE_CHECKING:
     from aiohttp import web
 
     from backbone.settings import Settings
-    from consumers.batching import BatchingSink
 
 log = logging.getLogger(__name__)
+
+
+class MeasuredSink(Protocol):
+    """What the sink collector reads of a sink (`consumers.batching.BatchingSink` is one): its name,
+    its `stats` (landed, dead_lettered, retries, batches) and an `on_batch` hook it calls per batch."""
+
+    name: str
+    stats: Any
+    on_batch: Callable[[str, int, float], None] | None
 
 DLQ_PREFIX = "dlq."
 # Rows per batch and seconds per insert: sinks land up to BACKBONE_SINK_BATCH_ROWS (20,000) rows.
@@ -88,7 +96,7 @@ class ProcessorCollector(Collector):
 class SinkCollector(Collector):
     """Every sink's `SinkStats`, read at scrape time; batch distributions come from `observe`."""
 
-    def __init__(self, sinks: Iterable[BatchingSink], registry: CollectorRegistry = REGISTRY) -> None:
+    def __init__(self, sinks: Iterable[MeasuredSink], registry: CollectorRegistry = REGISTRY) -> None:
         self.sinks = list(sinks)
         self.batch_rows = Histogram("backbone_sink_batch_rows", "Rows per landed batch", ["sink"],
                                     buckets=BATCH_ROW_BUCKETS, registry=registry)
@@ -145,7 +153,7 @@ class LagCollector(Collector):
         return family
 
     def _refresh(self) -> None:
-        from app.status import kafka_status
+        from backbone.kafka_state import kafka_status
 
         try:
             _, groups = kafka_status(self.settings, self.timeout)

@@ -90,50 +90,33 @@ def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> Sink
     return plan
 
 
+def _audit_topic_plan(settings: Settings, catalog: Catalog | None, name: str, topic: str, schema_name: str,
+                      table: str, order_by: tuple[str, ...], views: tuple[str, ...] = ()) -> SinkPlan:
+    """One of the backbone's own topics into one table of `<prefix>audit` (every record kept: no TTL)."""
+    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(schema_name)
+    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
+    destination = Destination(database, table, order_by, None)
+    return SinkPlan(name=name, group_id=group_id(settings, name), subscription=topic, route=lambda _topic: destination,
+                    databases=(database,), tables={destination: table_columns(schema)}, views=list(views))
+
+
 def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
     """`audit.decisions` (one record per raw event) into `<prefix>audit.events`, one row per event,
     with the view `<prefix>audit.decisions` giving one row per (event, recipient)."""
-    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_EVENT)
     database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    destination = Destination(database, ddl.AUDIT_EVENTS_TABLE, ("event_id",), None)
-    return SinkPlan(
-        name=AUDIT_SINK,
-        group_id=group_id(settings, AUDIT_SINK),
-        subscription=AUDIT_TOPIC,
-        route=lambda topic: destination,
-        databases=(database,),
-        tables={destination: table_columns(schema)},
-        views=[ddl.create_decisions_view_sql(database)],
-    )
+    return _audit_topic_plan(settings, catalog, AUDIT_SINK, AUDIT_TOPIC, AUDIT_EVENT, ddl.AUDIT_EVENTS_TABLE, ("event_id",),
+                             (ddl.create_decisions_view_sql(database),))
 
 
 def operations_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
     """`audit.operations` (operator actions) into `<prefix>audit.operations`, one row per action."""
-    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(OPERATOR_ACTION)
-    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    destination = Destination(database, ddl.OPERATIONS_TABLE, ("action_id",), None)
-    return SinkPlan(
-        name=OPERATIONS_SINK,
-        group_id=group_id(settings, OPERATIONS_SINK),
-        subscription=OPERATIONS_TOPIC,
-        route=lambda topic: destination,
-        databases=(database,),
-        tables={destination: table_columns(schema)},
-    )
+    return _audit_topic_plan(settings, catalog, OPERATIONS_SINK, OPERATIONS_TOPIC, OPERATOR_ACTION, ddl.OPERATIONS_TABLE,
+                             ("action_id",))
 
 
 def checkpoints_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
     """`audit.checkpoints` (signed checkpoints, one per processor batch) into
     `<prefix>audit.checkpoints`, one row per (writer, sequence): a redelivered checkpoint collapses,
     and the verifier reads without `FINAL`, so two different ones of a sequence show as a fork."""
-    schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(AUDIT_CHECKPOINT)
-    database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    destination = Destination(database, CHECKPOINTS_TABLE, ("writer", "sequence"), None)
-    return SinkPlan(
-        name=CHECKPOINTS_SINK,
-        group_id=group_id(settings, CHECKPOINTS_SINK),
-        subscription=CHECKPOINTS_TOPIC,
-        route=lambda topic: destination,
-        databases=(database,),
-        tables={destination: table_columns(schema)},
-    )
+    return _audit_topic_plan(settings, catalog, CHECKPOINTS_SINK, CHECKPOINTS_TOPIC, AUDIT_CHECKPOINT, CHECKPOINTS_TABLE,
+                             ("writer", "sequence"))
