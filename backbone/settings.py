@@ -69,7 +69,8 @@ class Settings(BaseSettings):
     # Sinks (consumers/): per-agency databases, batching, fraud detection
     clickhouse_database_prefix: str = Field("", pattern=r"^[a-z0-9_]*$", description="Prefix of every database the sinks create (tenants, tests)")
     sink_batch_rows: int = Field(20_000, ge=1, description="Rows a sink lands per insert at most")
-    sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch")
+    sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch at most")
+    sink_batch_min_seconds: float = Field(0.1, gt=0, description="A batch lands once this old (or as old as the last write took) when nothing more is waiting")
     fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
     dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")

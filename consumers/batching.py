@@ -1,7 +1,9 @@
 """The batching consumer loop every sink runs, apart from where the batch goes.
 
-`BatchingSink` consumes a subscription with a consumer group, collects messages into a batch (up to
-`batch_rows`, or `batch_seconds` after the first message, whichever comes first), hands the batch to
+`BatchingSink` consumes a subscription with a consumer group, collects messages into a batch and
+lands it when it is full (`batch_rows`), `batch_seconds` old, or, sooner, when nothing more is
+waiting and it has waited as long as the last write took (at least `sink_batch_min_seconds`): small
+batches at light load, full ones under a backlog, and the time writing at most about half. It hands the batch to
 its `Target`, dead-letters what the target rejects (`backbone.dlq` contract, acknowledged by the
 broker), and only then commits the offsets. A target that cannot write raises: nothing is
 committed, and the batch is read again after a restart. On a rebalance the batch held is landed
@@ -116,13 +118,16 @@ class BatchingSink:
         self.subscription = subscription
         self.batch_rows = batch_rows or settings.sink_batch_rows
         self.batch_seconds = batch_seconds or settings.sink_batch_seconds
+        self.batch_min_seconds = min(settings.sink_batch_min_seconds, self.batch_seconds)
+        self._last_write_s = 0.0  # how long the last batch took to write: the next one waits as long
         self.after_batch = after_batch
         self.on_close = on_close
         self.stats = SinkStats()
         # called after each landed batch with (sink name, rows landed, seconds writing): metrics
         self.on_batch: Callable[[str, int, float], None] | None = None
         self._pending: list[Message] = []
-        self._deadline = 0.0
+        self._deadline = 0.0  # the batch held lands by then at the latest
+        self._land_from = 0.0  # ... and from then on, as soon as nothing more is waiting
         self._consumer: Consumer | None = None
         self._producer: Producer | None = None
         self._undelivered: list[str] = []
@@ -181,15 +186,15 @@ class BatchingSink:
     def poll(self, timeout: float = 0.5) -> int:
         """Consume once; land and commit when the batch is full or old enough. Returns messages read."""
         consumer = self._open()
-        room = max(1, self.batch_rows - len(self._pending))
+        room = min(max(1, self.batch_rows - len(self._pending)), 10_000)
         # librdkafka's consume() waits for `room` messages or the whole timeout, whichever comes
-        # first: never wait longer than a batch may take, or batches take the poll timeout instead.
+        # first: with a batch held, wait no longer than until it may land.
         if self._pending:
-            timeout = max(0.0, min(timeout, self._deadline - time.monotonic()))
+            timeout = max(0.0, min(timeout, self._land_from - time.monotonic(), self._deadline - time.monotonic()))
         else:
             timeout = min(timeout, self.batch_seconds)
         started = time.perf_counter()
-        messages = consumer.consume(num_messages=min(room, 10_000), timeout=timeout)
+        messages = consumer.consume(num_messages=room, timeout=timeout)
         self.stats.consume_s += time.perf_counter() - started
         read = 0
         for message in messages:
@@ -199,10 +204,14 @@ class BatchingSink:
                     log.warning("sink %s: consumer error %s", self.name, error.str())
                 continue
             if not self._pending:
-                self._deadline = time.monotonic() + self.batch_seconds
+                first = time.monotonic()
+                self._deadline = first + self.batch_seconds
+                self._land_from = first + min(self.batch_seconds, max(self.batch_min_seconds, self._last_write_s))
             self._pending.append(message)
             read += 1
-        if self._pending and (len(self._pending) >= self.batch_rows or time.monotonic() >= self._deadline):
+        now = time.monotonic()
+        drained = len(messages) < room  # consume() gave what was waiting, not a full request
+        if self._pending and (len(self._pending) >= self.batch_rows or now >= self._deadline or (drained and now >= self._land_from)):
             self.flush()
         return read
 
@@ -254,6 +263,7 @@ class BatchingSink:
             self._dead_letter(rejection)
         self.stats.landed += written.landed
         landed = time.perf_counter()
+        self._last_write_s = landed - started
         self.stats.insert_s += landed - started
         assert self._producer is not None and self._consumer is not None
         if self._producer.flush(self.settings.kafka_timeout_s) > 0 or self._undelivered:

@@ -113,6 +113,35 @@ def test_a_batch_is_written_after_batch_seconds_even_when_not_full(settings: Set
     assert sorted(target.values) == [b"one", b"three", b"two"]
 
 
+def test_at_light_load_a_batch_lands_once_nothing_more_is_waiting_not_after_batch_seconds(settings: Settings, unique: str) -> None:
+    topic = f"batching.{unique}"
+    produce(settings, topic, [b"one", b"two", b"three"])
+    target = MemoryTarget()
+    each = sink(settings, target, topic, f"g-{unique}", batch_rows=1000, batch_seconds=120)
+    stop = threading.Event()
+    runner = threading.Thread(target=each.run, args=(stop,), daemon=True)
+    runner.start()
+    deadline = time.monotonic() + 60  # half of batch_seconds: only the adaptive landing gets there
+    while len(target.values) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    landed = sorted(target.values)
+    stop.set()
+    runner.join(30)
+    assert landed == [b"one", b"three", b"two"]
+
+
+def test_under_a_backlog_batches_fill_up_to_batch_rows(settings: Settings, unique: str) -> None:
+    topic = f"batching.{unique}"
+    produce(settings, topic, [f"v{i}".encode() for i in range(3000)], partitions=1)
+    target = MemoryTarget()
+    each = sink(settings, target, topic, f"g-{unique}", batch_rows=600, batch_seconds=120)
+    each.run_until_idle(idle_s=1.5, timeout_s=60)
+    each.close()
+    sizes = [len(batch) for batch in target.batches]
+    assert sum(sizes) == 3000
+    assert max(sizes) == 600 and len(sizes) <= 7, sizes  # a waiting backlog is landed in full batches
+
+
 def test_rejected_messages_go_to_the_sink_dlq_with_the_contract_headers_and_original_bytes(settings: Settings, unique: str) -> None:
     topic = f"batching.{unique}"
     produce(settings, topic, [b"good", None, b"also good"], partitions=1)
