@@ -50,9 +50,15 @@ def _table(headings: Iterable[str], rows: Iterable[Iterable[object]], empty: str
     return "<table><tr>" + "".join(f"<th>{escape(h)}</th>" for h in headings) + f"</tr>{body}</table>"
 
 
-def flow_svg(snapshot: Snapshot) -> str:
-    """Providers on the left, recipients on the right; an edge per agreement's pair (dashed while
-    nothing flows), its width by permitted events/s, denials per reason beside it."""
+# Edge labels sit on their curve at the first of these positions (Bezier parameter) where they
+# overlap no label already placed: with the demo's eight agencies, midpoints alone collide.
+LABEL_SPOTS = (0.5, 0.36, 0.64, 0.24, 0.76, 0.14, 0.86)
+LABEL_CHAR_PX, LABEL_HEIGHT_PX = 6.2, 13.0
+
+
+def _edges(snapshot: Snapshot) -> tuple[list[tuple[str, str]], dict[tuple[str, str], int], dict[tuple[str, str], dict[str, int]]]:
+    """Every (provider, recipient) pair of the charter or of a recent decision; permitted counts and
+    denials by reason per pair."""
     pairs: set[tuple[str, str]] = set()
     if snapshot.charter is not None:
         pairs |= {(a.provider, a.recipient) for a in snapshot.charter.agreements}
@@ -65,6 +71,33 @@ def flow_svg(snapshot: Snapshot) -> str:
             permitted[edge] += flow.count
         else:
             denied[edge][flow.outcome] = denied[edge].get(flow.outcome, 0) + flow.count
+    return sorted(pairs), permitted, denied
+
+
+def _on_curve(t: float, y1: float, y2: float) -> tuple[float, float]:
+    """The point at `t` of the edge's cubic Bezier (170,y1) (380,y1) (420,y2) (630,y2)."""
+    u = 1 - t
+    return (u ** 3 * 170 + 3 * u * u * t * 380 + 3 * u * t * t * 420 + t ** 3 * 630,
+            u ** 3 * y1 + 3 * u * u * t * y1 + 3 * u * t * t * y2 + t ** 3 * y2)
+
+
+def _place(label: str, y1: float, y2: float, taken: list[tuple[float, float, float, float]]) -> tuple[float, float]:
+    half = len(label) * LABEL_CHAR_PX / 2 + 2
+    for t in LABEL_SPOTS:
+        x, y = _on_curve(t, y1, y2)
+        box = (x - half, y - LABEL_HEIGHT_PX, x + half, y)
+        if not any(box[0] < o[2] and o[0] < box[2] and box[1] < o[3] and o[1] < box[3] for o in taken):
+            taken.append(box)
+            return x, y - 3
+    x, y = _on_curve(0.5, y1, y2)
+    return x, y - 3
+
+
+def flow_svg(snapshot: Snapshot) -> str:
+    """Providers on the left, recipients on the right; an edge per agreement's pair (dashed while
+    nothing flows), its width by permitted events/s, its denials beside it (by reason in its
+    tooltip and in the table `flow_table` draws)."""
+    pairs, permitted, denied = _edges(snapshot)
     if not pairs:
         return '<p class="dim">No agreements and no decisions to draw.</p>'
     providers = sorted({p for p, _ in pairs})
@@ -74,26 +107,41 @@ def flow_svg(snapshot: Snapshot) -> str:
     y_of = {("p", name): 30 + i * row for i, name in enumerate(providers)}
     y_of |= {("r", name): 30 + i * row for i, name in enumerate(recipients)}
     busiest = max(permitted.values(), default=0) or 1
-    parts = []
-    for provider, recipient in sorted(pairs):
+    parts, labels, taken = [], [], []
+    for provider, recipient in pairs:
         y1, y2 = y_of[("p", provider)], y_of[("r", recipient)]
         rate = permitted[(provider, recipient)] / snapshot.window_s
         width = 1.5 + 12 * permitted[(provider, recipient)] / busiest
         dash = "" if permitted[(provider, recipient)] else ' stroke-dasharray="6 4"'
         reasons = ", ".join(f"{reason} {n:,}" for reason, n in sorted(denied[(provider, recipient)].items()))
-        label = f"{rate:.1f}/s" + (f" · denied: {reasons}" if reasons else "")
+        title = f"{rate:.1f}/s" + (f" · denied: {reasons}" if reasons else "")
+        label = f"{rate:.1f}/s" + (f" · {sum(denied[(provider, recipient)].values()):,} denied" if reasons else "")
         fill = ' fill="#b00020"' if reasons else ""
-        parts.append(f'<g class="edge"><title>{escape(provider)} → {escape(recipient)}: {escape(label)}</title>'
+        x, y = _place(label, y1, y2, taken)
+        parts.append(f'<g class="edge"><title>{escape(provider)} → {escape(recipient)}: {escape(title)}</title>'
                      f'<path d="M170 {y1} C 380 {y1}, 420 {y2}, 630 {y2}" fill="none" stroke="#3b6fd1" stroke-opacity=".6" '
-                     f'stroke-width="{width:.1f}"{dash}/>'
-                     f'<text x="400" y="{(y1 + y2) / 2 - 4:.0f}" font-size="11" text-anchor="middle"{fill}>{escape(label)}</text></g>')
+                     f'stroke-width="{width:.1f}"{dash}/></g>')
+        # labels after every path, so no edge is drawn over one; the halo keeps them readable on a curve
+        labels.append(f'<text x="{x:.0f}" y="{y:.0f}" font-size="11" text-anchor="middle" stroke="#fff" stroke-width="3" '
+                      f'paint-order="stroke" class="edge-label"{fill}><title>{escape(provider)} → {escape(recipient)}: '
+                      f'{escape(title)}</title>{escape(label)}</text>')
+    parts += labels
     for side, names, x, anchor in (("p", providers, 160, "end"), ("r", recipients, 640, "start")):
         for name in names:
             y = y_of[(side, name)]
             parts.append(f'<circle cx="{x + (10 if side == "p" else -10)}" cy="{y}" r="6" fill="#1d2330"/>'
-                         f'<text x="{x - (6 if side == "p" else -6)}" y="{y + 4}" text-anchor="{anchor}" class="agency">{escape(name)}</text>')
+                         f'<text x="{x - (6 if side == "p" else -6)}" y="{y + 4}" text-anchor="{anchor}" '
+                         f'class="agency {"provider" if side == "p" else "recipient"}">{escape(name)}</text>')
     return (f'<svg role="img" aria-label="flows from providers to recipients" viewBox="0 0 800 {height}" width="800" '
             f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def flow_table(snapshot: Snapshot) -> str:
+    """The picture's edges as rows: permitted events/s and denials by reason, each edge on its own line."""
+    pairs, permitted, denied = _edges(snapshot)
+    return _table(("flow", "permitted/s", "permitted", "denied by reason"), (
+        (f"{p} → {r}", f"{permitted[(p, r)] / snapshot.window_s:.1f}", permitted[(p, r)],
+         ", ".join(f"{reason} {n:,}" for reason, n in sorted(denied[(p, r)].items())) or "-") for p, r in pairs), "")
 
 
 def live(snapshot: Snapshot) -> str:
@@ -104,7 +152,7 @@ def live(snapshot: Snapshot) -> str:
         out.append('<section class="unreachable"><h2 class="bad">Unreachable</h2>'
                    + _table(("part", "why"), sorted(status.unreachable.items()), "") + "</section>")
     minutes = snapshot.window_s / 60
-    out.append(f"<section><h2>Flows, last {minutes:g} min</h2>{flow_svg(snapshot)}</section>")
+    out.append(f"<section><h2>Flows, last {minutes:g} min</h2>{flow_svg(snapshot)}{flow_table(snapshot)}</section>")
     out.append(f"<section><h2>Decisions by recipient, last {minutes:g} min</h2>" + _table(
         ("recipient", "decision", "events"), status.decisions,
         "ClickHouse unreachable." if "clickhouse" in status.unreachable else "No decisions yet.") + "</section>")
