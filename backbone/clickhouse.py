@@ -2,20 +2,35 @@
 
 `chdb:///path` gives an embedded chDB database at that path; `http(s)://user:password@host:port/db`
 a ClickHouse server. Both are clickhouse-connect clients, so callers never know which one they hold.
+
+chDB opens a directory in one process only. The process that holds one for writing (a sink, the
+demo) serves it read-only to the others (`serve_readers`, `backbone.chdb_server`), and a reader
+(`make_client(dsn, read_only=True)`) uses that endpoint when the directory is held, else opens the
+directory itself. Writers need the directory: while another process holds it they get a clear error.
 """
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import clickhouse_connect
 from clickhouse_connect.driver.client import Client
-from clickhouse_connect.driver.exceptions import ProgrammingError
+from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
 from backbone.errors import ClickHouseDsnError
 
+if TYPE_CHECKING:
+    from urllib3 import PoolManager
+
+    from backbone.chdb_server import ChdbServer
+
 SCHEMES = ("chdb", "http", "https", "clickhouse", "clickhouses")
+
+log = logging.getLogger("backbone.clickhouse")
+_loopback_pool: PoolManager | None = None
 
 
 def chdb_path(dsn: str) -> Path | None:
@@ -26,8 +41,11 @@ def chdb_path(dsn: str) -> Path | None:
     return Path(parts.netloc + parts.path) if parts.netloc else Path(parts.path)
 
 
-def make_client(dsn: str, **settings: object) -> Client:
-    """A clickhouse-connect client for `dsn`; for chDB the directory is created when missing."""
+def make_client(dsn: str, *, read_only: bool = False, **settings: object) -> Client:
+    """A clickhouse-connect client for `dsn`; for chDB the directory is created when missing.
+
+    `read_only`: the caller only reads, so a chDB directory another process holds is read through
+    the read-only endpoint that process serves instead of failing. No effect on a server DSN."""
     parts = urlsplit(dsn)
     if parts.scheme not in SCHEMES:
         raise ClickHouseDsnError(
@@ -38,16 +56,63 @@ def make_client(dsn: str, **settings: object) -> Client:
         path = chdb_path(dsn)
         if path is None or not str(path):
             raise ClickHouseDsnError("BACKBONE_CLICKHOUSE_DSN: chdb DSN needs a directory, e.g. chdb:///var/lib/backbone/ch")
+        if read_only:
+            served = _served_client(path, settings)
+            if served is not None:
+                return served
         path.mkdir(parents=True, exist_ok=True)
         try:
             return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}", settings=settings or None)
         except ProgrammingError as exc:
             # chDB serves one directory per process, and one process per directory.
+            if read_only:
+                raise ClickHouseDsnError(
+                    f"cannot open chDB directory {path}: it is in use by another process that serves no read-only "
+                    "endpoint (only backbone sink and backbone demo do), or this process already opened a different "
+                    "chDB directory (chDB allows one of each); stop the other process or point BACKBONE_CLICKHOUSE_DSN "
+                    "at a ClickHouse server"
+                ) from exc
             raise ClickHouseDsnError(
                 f"cannot open chDB directory {path}: it is in use by another process, or this process "
-                "already opened a different chDB directory (chDB allows one of each); stop the other "
-                "process or point BACKBONE_CLICKHOUSE_DSN at a ClickHouse server"
+                "already opened a different chDB directory (chDB allows one of each); writing needs the "
+                "directory itself: stop the other process (reading commands reach a directory a sink holds "
+                "through its read-only endpoint) or point BACKBONE_CLICKHOUSE_DSN at a ClickHouse server"
             ) from exc
     if not parts.hostname:
         raise ClickHouseDsnError("BACKBONE_CLICKHOUSE_DSN: server DSN needs a host, e.g. http://default:@127.0.0.1:8123/default")
     return clickhouse_connect.get_client(dsn=dsn, settings=settings or None)
+
+
+def _served_client(path: Path, settings: dict[str, object]) -> Client | None:
+    """A client of the read-only endpoint serving `path`, or None when no live process serves it."""
+    from backbone.chdb_server import HOST, served_endpoint
+
+    endpoint = served_endpoint(path)
+    if endpoint is None:
+        return None
+    global _loopback_pool
+    if _loopback_pool is None:
+        from clickhouse_connect.driver.httputil import get_pool_manager
+
+        _loopback_pool = get_pool_manager()  # its own pool: no HTTP(S)_PROXY from the environment sees the secret
+    try:
+        return clickhouse_connect.get_client(
+            host=HOST, port=endpoint.port, username=endpoint.user, password=endpoint.secret, compress=False,
+            connect_timeout=3, autogenerate_session_id=False, pool_mgr=_loopback_pool, settings=settings or None,
+        )
+    except (OperationalError, DatabaseError) as exc:  # a stale file: its port is closed or someone else's now
+        log.warning("chDB directory %s: the endpoint of process %d did not answer (%s); opening the directory instead",
+                    path, endpoint.pid, type(exc).__name__)
+        return None
+
+
+def serve_readers(dsn: str) -> ChdbServer | None:
+    """Serve the chDB directory of `dsn`, which this process holds (open a client on it first),
+    read-only to other processes until `close()`; None for a ClickHouse server, which serves
+    everyone itself."""
+    path = chdb_path(dsn)
+    if path is None:
+        return None
+    from backbone.chdb_server import ChdbServer
+
+    return ChdbServer(path)
