@@ -24,7 +24,8 @@ from typing import Any
 from backbone import agreement_changes, dlq
 from backbone.audit_log import public_key_map
 from backbone.catalog import load_catalog
-from backbone.clickhouse import make_client
+from backbone.chdb_server import ChdbServer
+from backbone.clickhouse import make_client, serve_readers
 from backbone.embedded import EmbeddedStack, free_port, port_in_use
 from backbone.errors import BackboneError
 from backbone.keyring import write_master_key_file
@@ -103,6 +104,7 @@ class Demo:
         self.client: Any = None
         self._sinks: list[Sink] = []
         self._sink_threads: SinkThreads | None = None
+        self._served: ChdbServer | None = None  # the demo's chDB directory, read-only for other processes
         self.result = DemoResult()
         self.in_flight_events = 0  # raw events the in-flight demonstrations sent
         # with --keep-running every long-running part serves Prometheus metrics: part -> URL
@@ -141,6 +143,7 @@ class Demo:
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
         self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
+        self._served = serve_readers(settings.clickhouse_dsn or "")  # backbone status, queries and the console read it meanwhile
         if self._metrics_ports:
             self._serve_sink_metrics(settings)
         self._sink_threads = SinkThreads(self._sinks).start()
@@ -333,6 +336,9 @@ class Demo:
             self._sink_threads.stop()
         if self.worker is not None:
             self.worker.stop()
+        if self._served is not None:
+            self._served.close()
+            self._served = None
         if self.client is not None:
             self.client.close()
             self.client = None

@@ -115,7 +115,7 @@ def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str,
     dsn = urlsplit(settings.clickhouse_dsn or "")
     where = f"{dsn.scheme}://{dsn.hostname}:{dsn.port}" if dsn.hostname else settings.clickhouse_dsn  # never the password
     try:
-        client = make_client(settings.clickhouse_dsn or "")
+        client = make_client(settings.clickhouse_dsn or "", read_only=True)
         client.query("SELECT 1")
     except OperationalError:
         raise BackboneError(f"ClickHouse at {where} did not answer") from None

@@ -76,7 +76,7 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     settings = get_settings()
     keyring = Keyring.open(settings)
     token_text = subject_token(keyring, national_id)
-    client = make_client(settings.clickhouse_dsn)
+    client = make_client(settings.clickhouse_dsn, read_only=True)
     try:
         found = disclosures(client, settings.clickhouse_database_prefix, token_text, _charter(settings))
         erasures = recorded_erasures(client, settings.clickhouse_database_prefix, token_text)
@@ -131,7 +131,7 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
     if from_kafka:
         report = verify_kafka(settings, catalog, published)
     else:
-        client = make_client(settings.clickhouse_dsn)
+        client = make_client(settings.clickhouse_dsn, read_only=True)
         try:
             report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(published)
         finally:
@@ -169,7 +169,7 @@ def receipt(event_id: str = typer.Argument(..., help="The provider's event id of
     from consumers.audit_trail import ClickHouseTrail
 
     settings = get_settings()
-    client = make_client(settings.clickhouse_dsn)
+    client = make_client(settings.clickhouse_dsn, read_only=True)
     try:
         made = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir)).receipt(
             event_id, recipient, _public_keys(settings, keys))

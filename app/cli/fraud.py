@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
+from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.table import Table
 
 from app.cli import app, console
@@ -20,8 +21,15 @@ def _detector():  # noqa: ANN202 - (FraudDetector, Client)
     from consumers.fraud import FraudDetector
 
     settings = get_settings()
-    client = make_client(settings.clickhouse_dsn)
+    client = make_client(settings.clickhouse_dsn, read_only=True)
     return FraudDetector(settings, client), client
+
+
+def _unreadable(exc: Exception) -> BackboneError:
+    from consumers.clickhouse_target import clickhouse_error
+
+    # e.g. read while a sink holds the chDB directory, before it created the fraud database
+    return BackboneError(f"fraud alerts cannot be read: ClickHouse refused ({clickhouse_error(exc)})")
 
 
 @fraud_app.command("alerts")
@@ -33,6 +41,8 @@ def alerts(
     detector, client = _detector()
     try:
         found = detector.alerts(kind, limit)
+    except DatabaseError as exc:
+        raise _unreadable(exc) from None
     finally:
         client.close()
     table = Table("detected (UTC)", "kind", "subject", "period", "details")
@@ -63,6 +73,8 @@ def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth 
     detector, client = _detector()
     try:
         found = detector.alerts()
+    except DatabaseError as exc:
+        raise _unreadable(exc) from None
     finally:
         client.close()
     table = Table("kind", "found", "missed", "false", "precision", "recall")

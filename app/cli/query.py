@@ -19,7 +19,7 @@ def query(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"SELECT 
 
     from backbone.clickhouse import make_client
 
-    client = make_client(get_settings().clickhouse_dsn)
+    client = make_client(get_settings().clickhouse_dsn, read_only=True)
     try:
         result = client.query(sql)
     except DatabaseError as exc:

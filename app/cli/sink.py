@@ -20,7 +20,7 @@ def sink(
 ) -> None:
     """Land shared.<recipient>.* (and audit.decisions) into per-agency ClickHouse databases; Ctrl-C stops cleanly."""
     from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse import make_client, serve_readers
     from backbone.policy.agreements import load_agreements
     from backbone.serde import registry_client
     from consumers.batching import SinkThreads
@@ -40,6 +40,8 @@ def sink(
         metrics.SinkCollector(sinks)
         REGISTRY.register(metrics.LagCollector(settings, {each.group_id for each in sinks}))
         metrics.serve(settings)
+    # with chDB this process now holds the directory: reading commands and the console elsewhere read it through here
+    served = serve_readers(settings.clickhouse_dsn or "")
     runner = SinkThreads(sinks, idle_s=idle if until_idle else None)
     runner.start()
     console.print(f"sinks {', '.join(each.name for each in sinks)} -> {settings.clickhouse_dsn}", highlight=False)
@@ -57,4 +59,6 @@ def sink(
         runner.stop()
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if served is not None:
+            served.close()
     runner.check()

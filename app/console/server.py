@@ -147,7 +147,7 @@ def disclosures_lookup(settings: Settings) -> Callable[[str], tuple[str, list]]:
         from consumers.audit import disclosures, subject_token
 
         token = subject_token(Keyring.open(settings), national_id)
-        client = make_client(settings.clickhouse_dsn or "")
+        client = make_client(settings.clickhouse_dsn or "", read_only=True)
         try:
             return token, disclosures(client, settings.clickhouse_database_prefix, token, load_charter(settings))
         finally:

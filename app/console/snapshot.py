@@ -43,7 +43,7 @@ def recent_flows(settings: Settings, minutes: int) -> list[Flow]:
     """Decisions of the last `minutes` per (provider, recipient, outcome) from `<prefix>audit.decisions`."""
     from backbone.clickhouse import make_client
 
-    client = make_client(settings.clickhouse_dsn or "")
+    client = make_client(settings.clickhouse_dsn or "", read_only=True)
     try:
         view = f"{settings.clickhouse_database_prefix}audit.decisions"
         exists = client.query("SELECT count() FROM system.tables WHERE database = {d:String} AND name = 'decisions'",
