@@ -28,7 +28,7 @@ from backbone.chdb_server import ChdbServer
 from backbone.clickhouse import make_client, serve_readers
 from backbone.embedded import EmbeddedStack, free_port, port_in_use
 from backbone.errors import BackboneError
-from backbone.keyring import write_master_key_file
+from backbone.keyring import Keyring, write_master_key_file
 from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
 from app.scoring import score
 from backbone.policy.agreements import load_agreements
@@ -321,8 +321,10 @@ class Demo:
         detector.close()
         result.alerts = Counter(alert.kind for alert in alerts)
         result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
+        # the keyring file, not the one loaded at the start: recording an operator action may have
+        # added the operations signing key to it since
         result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
-            public_key_map(self.keyring.public_keys()))
+            public_key_map(Keyring.open(self.settings).public_keys()))
         return result
 
     def dead_letters(self) -> dict[str, int]:

@@ -41,6 +41,7 @@ from backbone.topics import (
     DLQ_KEYS_TOPIC,
     DLQ_PREFIX,
     ERASURES_TOPIC,
+    OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
@@ -183,6 +184,8 @@ def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> li
             for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC), AUDIT_SINKS, strict=True):
                 grants += _grants(sink, "topic", topic, "literal", ("read",), "audit sink lands it in the audit database")
                 grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
+            grants += _grants(sink, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),
+                              "audit sink lands operator actions' checkpoints beside the processor's")
     return grants
 
 
@@ -202,6 +205,8 @@ def _operator() -> list[Grant]:
         *_grants(operator, "group", ANY, "literal", ("describe",), "backbone status lists every group's lag"),
         *_grants(operator, "topic", AGREEMENTS_TOPIC, "literal", ("read", "write"), "backbone agreements apply|suspend|revoke|activate"),
         *_grants(operator, "topic", OPERATIONS_TOPIC, "literal", ("write",), "operator actions are audited"),
+        *_grants(operator, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read", "write"),
+                 "each operator action is sealed by the next checkpoint of the operations chain (its head is read first)"),
         *_grants(operator, "topic", DLQ_PREFIX, "prefixed", ("read",), "backbone status counts dead letters; dlq list|show|replay read them"),
         # DESIGN: the operator replays dead letters after fixing their cause (each replay is audited)
         *_grants(operator, "topic", RAW_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage processor writes back to raw topics"),

@@ -299,11 +299,12 @@ class Failure:
 
 @dataclass
 class Report:
-    """What a verification found: verified checkpoints, records and decisions, and every failure."""
+    """What a verification found: verified checkpoints, records, decisions and operator actions, and every failure."""
 
     checkpoints: int = 0
     records: int = 0
     decisions: int = 0
+    operations: int = 0  # operator actions among the records (the `operations` chain)
     writers: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
@@ -316,6 +317,7 @@ class Report:
         self.checkpoints += other.checkpoints
         self.records += other.records
         self.decisions += other.decisions
+        self.operations += other.operations
         self.writers |= other.writers
         self.failures += other.failures
         self.warnings += other.warnings

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import json
+import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
@@ -28,6 +30,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backbone.errors import KeyringError
 
+log = logging.getLogger(__name__)
+
 KeyKind = Literal["domain", "provider", "signing"]
 
 # Domain of the subject pseudonyms in the audit trail, so oversight can find every disclosure about
@@ -37,6 +41,8 @@ BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
 # Owner of the signing key the processors sign audit checkpoints with: every worker sharing a
 # keyring signs with its active key; each checkpoint names the key id.
 PROCESSOR_SIGNER = "processor"
+# Signs the checkpoint that seals each operator action (`backbone.operations`).
+OPERATIONS_SIGNER = "operations"
 SIGNING_ALGORITHM = "Ed25519"
 
 FORMAT = "backbone-keyring/1"
@@ -180,7 +186,7 @@ class Keyring:
         """A fresh keyring with a key for every sharing domain and provider a `Charter` names, for
         the built-in domains (oversight) and the processors' checkpoint signing key."""
         return cls.generate(domains={*BUILT_IN_DOMAINS, *charter.domains()}, providers=charter.providers(),
-                            signers=(PROCESSOR_SIGNER,))
+                            signers=(PROCESSOR_SIGNER, OPERATIONS_SIGNER))
 
     @classmethod
     def load(cls, path: Path, master_key: bytes) -> Keyring:
@@ -375,3 +381,29 @@ def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome:
     with os.fdopen(fd, "a") as handle:
         handle.write(json.dumps(entry) + "\n")
     return path
+
+
+def ensure_signer(settings: Any, keyring: Keyring, signer: str) -> Keyring:
+    """`keyring` if it holds `signer`'s signing key; else the keyring file (`settings.keyring_path`)
+    with one added, under a lock: processes sharing the file add one key between them."""
+    try:
+        keyring.signing_key(signer)
+        return keyring
+    except KeyringError:
+        pass
+    path = Path(settings.keyring_path)
+    master = master_key_from_settings(settings)
+    try:
+        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            current = Keyring.load(path, master)
+            if current.ensure(signers=[signer]):
+                current.save(path, master)
+                log.info("created the %s audit signing key in keyring %s", signer, path)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise KeyringError(f"keyring {path} has no {signer} signing key and cannot be written ({exc.strerror}); "
+                           "run `backbone audit rotate-key` where it is writable") from None
+    return current

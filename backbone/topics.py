@@ -18,6 +18,10 @@ AUDIT_TOPIC = "audit.decisions"
 # Signed checkpoints of the audit trail, one per processor batch, keyed by writer.
 CHECKPOINTS_TOPIC = "audit.checkpoints"
 OPERATIONS_TOPIC = "audit.operations"
+# Signed checkpoints of operator actions, one per action (one partition: the last is the chain's head).
+OPERATIONS_CHECKPOINTS_TOPIC = "audit.operations.checkpoints"
+# Both checkpoint topics, as the audit sink subscribes to them.
+CHECKPOINTS_PATTERN = r"^audit\.(operations\.)?checkpoints$"
 ERASURES_TOPIC = "erasures"  # compacted: one record per erased subject, keyed by its oversight token
 DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"

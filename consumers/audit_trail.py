@@ -1,5 +1,7 @@
 """Reading the landed audit trail back and verifying it (`backbone audit verify`, `audit subject`,
-`audit receipt`): from the audit database, or from the topics themselves.
+`audit receipt`): from the audit database, or from the topics themselves. The trail is the
+decision records of every processor writer and the operator actions of the `operations` chain
+(`backbone.operations`), each chain sealed by its signed checkpoints.
 
 From ClickHouse, each record's leaf is recomputed from its landed columns: the columns are the
 record schema's fields, converted back to Avro values and encoded with the same schema, so an edit
@@ -24,11 +26,12 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartiti
 from backbone import audit_log as log
 from backbone.audit_log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
 from backbone.audit_receipt import make_receipt
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
+from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, OPERATOR_ACTION, Catalog
 from backbone.keyring import PublicKey
+from backbone.operations import OPERATIONS_WRITER
 from backbone.serde import HEADER_SIZE, Decoder, registry_client
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC
 from consumers import ddl
 from consumers.plans import CHECKPOINTS_TABLE
 from consumers.typemap import quote_identifier
@@ -58,9 +61,15 @@ def codecs(catalog: Catalog) -> tuple[RecordCodec, CheckpointCodec]:
             CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT)))
 
 
+def operations_codec(catalog: Catalog) -> RecordCodec:
+    """The content encoding of operator actions, which the `operations` chain seals."""
+    return RecordCodec.for_audit_schema(catalog.internal_schema(OPERATOR_ACTION))
+
+
 def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointCodec, keys: Mapping[str, PublicKey],
-                 only: set[Position] | None = None) -> Report:
-    """Every writer's chain, and the records of each checkpoint (of `only`, when given) against its root."""
+                 only: set[Position] | None = None, operations: RecordCodec | None = None) -> Report:
+    """Every writer's chain, and the records of each checkpoint (of `only`, when given) against its
+    root; the `operations` chain's records are operator actions (`operations` codec)."""
     report = Report()
     sealed: set[Position] = set()
     for writer, checkpoints in sorted(trail.checkpoints.items()):
@@ -72,7 +81,8 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
             position = (writer, sequence)
             if only is not None and position not in only:
                 continue
-            if checkpoint.schema != codec.fingerprint:
+            expected = operations if writer == OPERATIONS_WRITER and operations is not None else codec
+            if checkpoint.schema != expected.fingerprint:
                 report.failures.append(Failure(log.OTHER_SCHEMA, writer, sequence, "sealed under another audit record schema "
                                                                                    "than this catalog's; verify with that schema"))
                 continue
@@ -88,6 +98,8 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
                 report.checkpoints += 1
                 report.records += checkpoint.records
                 report.decisions += sum(trail.decisions[position].values())
+                if writer == OPERATIONS_WRITER:
+                    report.operations += checkpoint.records
     for (writer, sequence), count in sorted(trail.rows.items()):
         if (writer, sequence) in sealed or (only is not None and (writer, sequence) not in only):
             continue
@@ -153,18 +165,37 @@ def _select(schema: Mapping[str, Any]) -> str:
 
 
 class ClickHouseTrail:
-    """The landed trail in `<prefix>audit`: `events` (records) and `checkpoints`."""
+    """The landed trail in `<prefix>audit`: `events` (decision records), `operations` (operator
+    actions) and `checkpoints` (of both)."""
 
     def __init__(self, client: Client, database_prefix: str, catalog: Catalog) -> None:
         self.client = client
-        database = ddl.database_name(database_prefix, ddl.AUDIT_DATABASE)
-        self.events = ddl.qualified(database, ddl.AUDIT_EVENTS_TABLE)
-        self.checkpoints_table = ddl.qualified(database, CHECKPOINTS_TABLE)
+        self.database = ddl.database_name(database_prefix, ddl.AUDIT_DATABASE)
+        self.events = ddl.qualified(self.database, ddl.AUDIT_EVENTS_TABLE)
+        self.operations_table = ddl.qualified(self.database, ddl.OPERATIONS_TABLE)
+        self.checkpoints_table = ddl.qualified(self.database, CHECKPOINTS_TABLE)
         self.codec, self.checkpoint_codec = codecs(catalog)
+        self.operations_codec = operations_codec(catalog)
         self._checkpoint_schema = catalog.internal_schema(AUDIT_CHECKPOINT)
         self._record_fields = self.codec.schema["fields"]
         self._named: dict[str, Any] = {}
         _named(self.codec.schema, self._named)
+        _named(self.operations_codec.schema, self._named)
+        self._sealed_operations: bool | None = None
+
+    def _records_table(self, writer: str) -> tuple[str, RecordCodec]:
+        """Where a writer's records land, and their codec."""
+        return (self.operations_table, self.operations_codec) if writer == OPERATIONS_WRITER else (self.events, self.codec)
+
+    def _operations_landed(self) -> bool:
+        """Whether operator actions have landed with their positions (a trail from before actions
+        were sealed has no such columns, or no table)."""
+        if self._sealed_operations is None:
+            table = ddl.OPERATIONS_TABLE
+            found = self.client.query("SELECT count() FROM system.columns WHERE database = {d:String} AND table = {t:String} "
+                                      "AND name IN ('writer', 'checkpoint', 'leaf')", parameters={"d": self.database, "t": table})
+            self._sealed_operations = int(found.result_rows[0][0]) == 3
+        return self._sealed_operations
 
     def read_checkpoints(self, trail: Trail, writers: Iterable[str] | None = None) -> None:
         where, parameters = "", {}
@@ -178,9 +209,14 @@ class ClickHouseTrail:
             trail.checkpoints[checkpoint.writer].append(checkpoint)
 
     def counts(self, only: set[Position] | None = None) -> dict[Position, int]:
-        """Rows per (writer, checkpoint) in the records table."""
-        rows = self.client.query(f"SELECT writer, checkpoint, count() FROM {self.events} GROUP BY writer, checkpoint").result_rows
-        return {(w, int(s)): int(n) for w, s, n in rows if only is None or (w, int(s)) in only}
+        """Rows per (writer, checkpoint) in the records tables (decisions, and operator actions)."""
+        tables = [self.events, *([self.operations_table] if self._operations_landed() else [])]
+        counted: dict[Position, int] = defaultdict(int)
+        for table in tables:
+            for w, s, n in self.client.query(f"SELECT writer, checkpoint, count() FROM {table} GROUP BY writer, checkpoint").result_rows:
+                if only is None or (w, int(s)) in only:
+                    counted[(w, int(s))] += int(n)
+        return dict(counted)
 
     def read_records(self, trail: Trail, positions: dict[Position, int]) -> None:
         """The records of `positions` (with their row counts), a window of checkpoints per query."""
@@ -200,15 +236,16 @@ class ClickHouseTrail:
                 self._read_window(trail, writer, window)
 
     def _read_window(self, trail: Trail, writer: str, sequences: list[int]) -> None:
+        table, codec = self._records_table(writer)
         result = self.client.query(
-            f"SELECT checkpoint, leaf, {_select(self.codec.schema)} FROM {self.events} "
+            f"SELECT checkpoint, leaf, {_select(codec.schema)} FROM {table} "
             "WHERE writer = {w:String} AND checkpoint IN {s:Array(Int64)}", parameters={"w": writer, "s": sequences})
-        fields = self._record_fields
+        fields = codec.schema["fields"]
         for row in result.result_rows:
             sequence, index, values = int(row[0]), int(row[1]), row[2:]
             record = {item["name"]: from_clickhouse(v, item["type"], self._named) for item, v in zip(fields, values, strict=True)}
             try:
-                content = self.codec.content(record)
+                content = codec.content(record)
             except log.AuditLogError:
                 trail.unreadable[(writer, sequence)].append(index)
                 continue
@@ -224,7 +261,7 @@ class ClickHouseTrail:
         trail = Trail()
         self.read_checkpoints(trail, None if only is None else {w for w, _ in only})
         self.read_records(trail, self.counts(only))
-        return verify_trail(trail, self.codec, self.checkpoint_codec, keys, only)
+        return verify_trail(trail, self.codec, self.checkpoint_codec, keys, only, self.operations_codec)
 
     def receipt(self, event_id: str, recipient: str, keys: Mapping[str, PublicKey]) -> dict[str, Any]:
         """A receipt for the decision about `recipient` in the record of `event_id`, from a copy of
@@ -293,12 +330,14 @@ def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, Public
     codec, checkpoint_codec = codecs(catalog)
     decode = Decoder(registry_client(settings))
     trail = Trail()
-    for value in _read_all(settings, CHECKPOINTS_TOPIC, idle_s, timeout_s):
-        checkpoint = checkpoint_codec.decode(value[HEADER_SIZE:])
-        trail.checkpoints[checkpoint.writer].append(checkpoint)
-    for value in _read_all(settings, AUDIT_TOPIC, idle_s, timeout_s):
-        record = decode(value).record
-        writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
-        content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
-        trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
-    return verify_trail(trail, codec, checkpoint_codec, keys)
+    for topic in (CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC):
+        for value in _read_all(settings, topic, idle_s, timeout_s):
+            checkpoint = checkpoint_codec.decode(value[HEADER_SIZE:])
+            trail.checkpoints[checkpoint.writer].append(checkpoint)
+    for topic in (AUDIT_TOPIC, OPERATIONS_TOPIC):
+        for value in _read_all(settings, topic, idle_s, timeout_s):
+            record = decode(value).record
+            writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
+            content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
+            trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+    return verify_trail(trail, codec, checkpoint_codec, keys, operations=operations_codec(catalog))

@@ -18,7 +18,7 @@ from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, OPERATOR_ACTION, Cat
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, shared_event_type, shared_pattern
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_PATTERN, OPERATIONS_TOPIC, shared_event_type, shared_pattern
 from consumers import ddl
 from consumers.typemap import Column, merge_columns, table_columns
 
@@ -115,8 +115,9 @@ def operations_plan(settings: Settings, catalog: Catalog | None = None) -> SinkP
 
 
 def checkpoints_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
-    """`audit.checkpoints` (signed checkpoints, one per processor batch) into
-    `<prefix>audit.checkpoints`, one row per (writer, sequence): a redelivered checkpoint collapses,
-    and the verifier reads without `FINAL`, so two different ones of a sequence show as a fork."""
-    return _audit_topic_plan(settings, catalog, CHECKPOINTS_SINK, CHECKPOINTS_TOPIC, AUDIT_CHECKPOINT, CHECKPOINTS_TABLE,
+    """`audit.checkpoints` (signed checkpoints, one per processor batch) and
+    `audit.operations.checkpoints` (one per operator action) into `<prefix>audit.checkpoints`, one
+    row per (writer, sequence): a redelivered checkpoint collapses, and the verifier reads without
+    `FINAL`, so two different ones of a sequence show as a fork."""
+    return _audit_topic_plan(settings, catalog, CHECKPOINTS_SINK, CHECKPOINTS_PATTERN, AUDIT_CHECKPOINT, CHECKPOINTS_TABLE,
                              ("writer", "sequence"))

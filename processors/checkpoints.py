@@ -37,7 +37,7 @@ from backbone.audit_log import (
 )
 from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
 from backbone.errors import KeyringError
-from backbone.keyring import PROCESSOR_SIGNER, Keyring, master_key_from_settings
+from backbone.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
 from backbone.serde import HEADER_SIZE, MAGIC
 from backbone.settings import Settings
 from backbone.topics import CHECKPOINTS_TOPIC, Topics
@@ -118,29 +118,8 @@ class WriterSlot:
 
 
 def ensure_signing_key(settings: Settings, keyring: Keyring) -> Keyring:
-    """`keyring` if it holds the processors' signing key; else the keyring file with one added
-    (under a lock: workers sharing the file add one key between them)."""
-    try:
-        keyring.signing_key(PROCESSOR_SIGNER)
-        return keyring
-    except KeyringError:
-        pass
-    path = Path(settings.keyring_path)
-    master = master_key_from_settings(settings)
-    try:
-        fd = os.open(path.with_name(path.name + ".lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
-            current = Keyring.load(path, master)
-            if current.ensure(signers=[PROCESSOR_SIGNER]):
-                current.save(path, master)
-                log.info("created the processors' audit signing key in keyring %s", path)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise KeyringError(f"keyring {path} has no audit signing key and cannot be written ({exc.strerror}); "
-                           "run `backbone audit rotate-key` where it is writable") from None
-    return current
+    """`keyring` if it holds the processors' signing key; else the keyring file with one added."""
+    return ensure_signer(settings, keyring, PROCESSOR_SIGNER)
 
 
 class Checkpointer:

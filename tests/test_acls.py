@@ -32,6 +32,8 @@ EXPECTED = {
     ("User:operator", "topic", "agreements.changes", "literal", "read"),
     ("User:operator", "topic", "agreements.changes", "literal", "write"),
     ("User:operator", "topic", "audit.operations", "literal", "write"),
+    ("User:operator", "topic", "audit.operations.checkpoints", "literal", "read"),
+    ("User:operator", "topic", "audit.operations.checkpoints", "literal", "write"),
     ("User:operator", "topic", "dlq.", "prefixed", "read"),
     ("User:police", "topic", "raw.police.", "prefixed", "create"),
     ("User:police", "topic", "raw.police.", "prefixed", "write"),
@@ -81,6 +83,7 @@ EXPECTED = {
     ("User:sink-fraud", "topic", "alerts.fraud", "literal", "write"),
     ("User:sink-fraud", "topic", "audit.decisions", "literal", "read"),
     ("User:sink-fraud", "topic", "audit.operations", "literal", "read"),
+    ("User:sink-fraud", "topic", "audit.operations.checkpoints", "literal", "read"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "create"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "write"),
     ("User:sink-fraud", "topic", "shared.fraud.", "prefixed", "read"),
@@ -272,14 +275,20 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
             needs |= {("topic", "alerts.fraud", "create"), ("topic", "alerts.fraud", "write"),
                       ("topic", "audit.decisions", "read"), ("group", group_id(settings, AUDIT_SINK), "read"),
                       ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read"),
-                      ("topic", "audit.checkpoints", "read"), ("group", group_id(settings, "audit-checkpoints"), "read")}
+                      ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
+                      ("group", group_id(settings, "audit-checkpoints"), "read")}
         table[f"backbone sink --recipient {recipient}"] = (f"User:sink-{recipient}", needs)
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}
                                 | {("group", "backbone-registry-*", "describe")})
+    # backbone/operations.py record: ensures both topics, reads the operations chain's head (assigned,
+    # no group), produces the action's checkpoint and the action
+    recorded = {("topic", "audit.operations", "create"), ("topic", "audit.operations", "write"),
+                ("topic", "audit.operations.checkpoints", "create"), ("topic", "audit.operations.checkpoints", "read"),
+                ("topic", "audit.operations.checkpoints", "write")}
     agreements_read = {("topic", "agreements.changes", "create"), ("topic", "agreements.changes", "read"), readers}
-    table["backbone agreements apply"] = ("User:operator", {("topic", "agreements.changes", "create"), ("topic", "agreements.changes", "write")})
-    table["backbone agreements suspend|revoke|activate"] = ("User:operator", agreements_read | {("topic", "agreements.changes", "write")})
+    table["backbone agreements apply"] = ("User:operator", recorded | {("topic", "agreements.changes", "create"), ("topic", "agreements.changes", "write")})
+    table["backbone agreements suspend|revoke|activate"] = ("User:operator", agreements_read | recorded | {("topic", "agreements.changes", "write")})
     table["backbone topics list"] = ("User:operator", {("topic", "*", "describe")})
     table["backbone topics create"] = ("User:operator", {("topic", "*", "create")})
     table["backbone topics describe"] = ("User:operator", {("topic", "*", "describe"), ("topic", "*", "describe_configs")})
@@ -288,8 +297,7 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # looked up), every group and its offsets, every DLQ read to its end, agreement changes
     table["backbone status"] = ("User:operator", {("topic", "*", "describe"), ("group", "status-*", "describe"), ("group", "*", "describe"),
                                                   *(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), *agreements_read})
-    # backbone/operations.py record: ensure, produce
-    table["backbone keys reidentify"] = ("User:operator", {("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
+    table["backbone keys reidentify"] = ("User:operator", recorded)
     table["backbone schemas list|show|check|register"] = ("User:operator", set())  # the registry's HTTP API only
     # app/cli/dlq.py: reads each DLQ to its end (an assigned reader); replay writes back to the source
     # topics (raw for the processor's, shared for the sinks') and records the action
@@ -299,10 +307,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # (reading them first), records the action
     table["backbone erase"] = ("User:operator", {("topic", "erasures", "create"), ("topic", "erasures", "write"),
                                                  ("topic", "consent.changes", "write"), ("topic", "dlq.keys", "read"),
-                                                 ("topic", "dlq.keys", "write"), readers,
-                                                 ("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
-    table["backbone dlq replay"] = ("User:operator", dlq_read | {("topic", "raw.*", "write"), ("topic", "shared.*", "write"),
-                                                                  ("topic", "audit.operations", "create"), ("topic", "audit.operations", "write")})
+                                                 ("topic", "dlq.keys", "write"), readers, *recorded})
+    table["backbone dlq replay"] = ("User:operator", dlq_read | recorded | {("topic", "raw.*", "write"), ("topic", "shared.*", "write")})
     return table
 
 

@@ -4,6 +4,7 @@ widening or narrowing with its reason, judges condition changes by replaying rea
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import random
@@ -368,7 +369,8 @@ def test_apply_refuses_a_widening_change_without_an_approver_and_records_the_app
     first = edited("tax-to-fraud", terms(id=agreement_id, version=1, status="draft"), 2)
     second = edited("tax-to-fraud", terms(id=agreement_id, version=2, status="draft", fields={"period": "keep"}), 2)
     env = {"BACKBONE_KAFKA_BOOTSTRAP": registry_settings.kafka_bootstrap, "BACKBONE_SCHEMA_REGISTRY_URL": registry_settings.schema_registry_url,
-           "BACKBONE_IDENTITY": "operator-7"}
+           "BACKBONE_IDENTITY": "operator-7", "BACKBONE_MASTER_KEY": base64.b64encode(os.urandom(32)).decode()}
+    assert backbone("keys", "init", **env).returncode == 0  # the operator's keyring: actions are sealed with its signing key
     first_file, second_file = write(tmp_path / "first.yaml", first), write(tmp_path / "second.yaml", second)
 
     refused = backbone("agreements", "apply", first_file, **env)  # a new id widens from nothing

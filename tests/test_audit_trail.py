@@ -1,7 +1,9 @@
 """The verifiable audit trail on the real pipeline: a processor worker (SIGKILLed right after a wave
-of events was produced, so most likely mid-batch, and restarted) seals its batches, the audit sinks land records and checkpoints in chDB, and verification
-holds from ClickHouse and from Kafka; then each kind of tampering with a copy of the landed trail
-is detected and named, and a receipt verifies offline until it is altered."""
+of events was produced, so most likely mid-batch, and restarted) seals its batches, operator
+actions are sealed in the `operations` chain, the audit sinks land records, actions and
+checkpoints in chDB, and verification holds from ClickHouse and from Kafka; then each kind of
+tampering with a copy of the landed trail (decisions and actions) is detected and named, and a
+receipt verifies offline until it is altered."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ import pytest
 
 from app.local import worker_environment
 from backbone import audit_log as log
+from backbone import operations
 from backbone.audit_log import Checkpoint, CheckpointCodec
 from backbone.audit_receipt import verify_receipt
 from backbone.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
@@ -27,7 +30,7 @@ from backbone.serde import registry_client
 from backbone.settings import PROJECT_ROOT, Settings
 from backbone.topics import AUDIT_TOPIC
 from consumers.audit_trail import ClickHouseTrail, verify_kafka
-from consumers.sink import Sink, audit_plan, checkpoints_plan
+from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from tests.pipeline import Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
@@ -41,6 +44,17 @@ class Landed:
     catalog: Catalog
     keys: dict
     events: int
+    actions: int
+
+
+# Operator actions as the commands record them (no personal data; several details, in order).
+ACTIONS = (
+    operations.OperatorAction("reidentify", "oversight-1", "tax key for fraud.bank_account", "revealed", "case 17",
+                              {"token_sha256": "ab" * 32, "domain": "fraud"}),
+    operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@2", "done", None, {"status": "suspended"}),
+    operations.OperatorAction("erase", "oversight-1", "subject token", "done", "request 9",
+                              {"recipients": "fraud,research", "rows_deleted": "12", "dlq_keys": "1"}),
+)
 
 
 @pytest.fixture(scope="module")
@@ -60,12 +74,14 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
                 assert len({message.key() for message in audited}) == sent
         finally:
             worker.stop()
+        for action in ACTIONS:
+            operations.record(settings, action)
         catalog = load_catalog(settings.schemas_dir)
-        for plan in (audit_plan(settings, catalog), checkpoints_plan(settings, catalog)):
+        for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
             sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
             sink.run_until_idle(idle_s=1.5, timeout_s=120)
             sink.close()
-        yield Landed(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), sent)
+        yield Landed(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), sent, len(ACTIONS))
 
 
 def trail_of(client, landed: Landed, prefix: str | None = None) -> ClickHouseTrail:  # noqa: ANN001
@@ -75,7 +91,8 @@ def trail_of(client, landed: Landed, prefix: str | None = None) -> ClickHouseTra
 def test_the_trail_a_real_pipeline_landed_verifies(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
     report = trail_of(clickhouse_client, landed).verify(landed.keys)
     assert report.ok, [str(f) for f in report.failures]
-    assert len(report.writers) == 1  # one writer, its chain across the crash
+    assert len(report.writers - {operations.OPERATIONS_WRITER}) == 1  # one worker's chain, across the crash
+    assert report.operations == landed.actions and operations.OPERATIONS_WRITER in report.writers
     audit = f"{landed.settings.clickhouse_database_prefix}audit"
     decisions = clickhouse_client.query(f"SELECT count() FROM {audit}.decisions").result_rows[0][0]
     # every event's record verifies; a batch replayed after the crash may count twice (until merged)
@@ -90,6 +107,7 @@ def test_the_topics_verify_as_the_database_does(landed: Landed, clickhouse_clien
     from_clickhouse = trail_of(clickhouse_client, landed).verify(landed.keys)
     assert from_kafka.ok, [str(f) for f in from_kafka.failures]
     assert from_kafka.writers == from_clickhouse.writers
+    assert from_kafka.operations == from_clickhouse.operations == landed.actions
     # the topics keep every copy of a replayed batch; ClickHouse may have merged some away
     assert from_kafka.records >= from_clickhouse.records >= landed.events
 
@@ -100,7 +118,7 @@ def _copy(client, landed: Landed) -> tuple[str, str]:  # noqa: ANN001
     prefix = f"t{uuid.uuid4().hex[:8]}_"
     source, copy = f"{landed.settings.clickhouse_database_prefix}audit", f"{prefix}audit"
     client.command(f"CREATE DATABASE {copy}")
-    for table in ("events", "checkpoints"):
+    for table in ("events", "operations", "checkpoints"):
         client.command(f"CREATE TABLE {copy}.{table} AS {source}.{table}")
         client.command(f"INSERT INTO {copy}.{table} SELECT * FROM {source}.{table}")
     return prefix, copy
@@ -174,6 +192,27 @@ def test_each_tampering_of_the_landed_trail_is_detected_and_named(landed: Landed
     report = trail_of(clickhouse_client, landed, prefix).verify(landed.keys)
     assert not report.ok
     assert (kind, writer, sequence) in {(f.kind, f.writer, f.sequence) for f in report.failures}, [str(f) for f in report.failures]
+
+
+OPERATIONS_TAMPERING = {
+    "edit an action's reason": ("ALTER TABLE {db}.operations UPDATE reason = 'routine check' WHERE checkpoint = 1", log.EDITED_RECORD, 1),
+    "delete an action": ("ALTER TABLE {db}.operations DELETE WHERE checkpoint = 1", log.MISSING_RECORD, 1),
+    "drop an action's checkpoint": ("ALTER TABLE {db}.checkpoints DELETE WHERE writer = 'operations' AND sequence = 1", log.GAP, 1),
+    "edit an action's details": ("ALTER TABLE {db}.operations UPDATE details = mapUpdate(details, map('rows_deleted', '0')) "
+                                 "WHERE checkpoint = 2", log.EDITED_RECORD, 2),
+}
+
+
+@pytest.mark.parametrize("how", sorted(OPERATIONS_TAMPERING))
+def test_each_tampering_of_the_landed_operator_actions_is_detected_and_named(landed: Landed, clickhouse_client, how: str) -> None:  # noqa: ANN001
+    prefix, database = _copy(clickhouse_client, landed)
+    assert trail_of(clickhouse_client, landed, prefix).verify(landed.keys).operations == landed.actions
+    statement, kind, sequence = OPERATIONS_TAMPERING[how]
+    clickhouse_client.command(statement.format(db=database), settings=MUTATE)
+    report = trail_of(clickhouse_client, landed, prefix).verify(landed.keys)
+    assert not report.ok
+    found = {(f.kind, f.writer, f.sequence) for f in report.failures}
+    assert (kind, operations.OPERATIONS_WRITER, sequence) in found, [str(f) for f in report.failures]
 
 
 # --- receipts and the command line -------------------------------------------------------------

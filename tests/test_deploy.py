@@ -42,6 +42,7 @@ from backbone.topics import (
     CONSENT_TOPIC,
     DLQ_KEYS_TOPIC,
     ERASURES_TOPIC,
+    OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
     SCHEMAS_TOPIC,
     dlq_topic,
@@ -60,7 +61,7 @@ OPERATOR_GROUPS = {"kafka.strimzi.io", "clickhouse.altinity.com"}
 # Strimzi 1.0 needs Kubernetes 1.30+; check the oldest and the newest schemas kubernetes-validate has.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CLUSTER_SCOPED = {"Namespace"}
-FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, ALERTS_TOPIC,
+FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, ALERTS_TOPIC,
                 dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
 COMPACTED = {CONSENT_TOPIC, AGREEMENTS_TOPIC, SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
 BACKBONE_SERVICES = ("kafka-acls", "schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research",

@@ -114,8 +114,8 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
 
 
 @audit_app.command("verify")
-def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify the topics audit.decisions and audit.checkpoints "
-                                                                         "instead of the audit database"),
+def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify the topics (audit.decisions, audit.operations and "
+                                                                         "their checkpoints) instead of the audit database"),
            keys: Path = KEYS_OPTION,
            output: str = typer.Option("text", "--format", help="text or json")) -> None:
     """Check the audit trail: every checkpoint's signature, each writer's chain (no gap, no fork),
@@ -139,6 +139,7 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
     if output == "json":
         console.print_json(json.dumps({
             "ok": report.ok, "checkpoints": report.checkpoints, "records": report.records, "decisions": report.decisions,
+            "operations": report.operations,
             "writers": sorted(report.writers),
             "failures": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.failures],
             "warnings": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.warnings],
@@ -149,8 +150,8 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
         for failure in report.failures:
             console.print(f"[red]FAILED[/red] {failure}", highlight=False)
         verdict = "[green]audit trail verified[/green]" if report.ok else f"[red]{len(report.failures)} failure(s)[/red]; verified"
-        console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions "
-                      f"({report.records:,} records, {len(report.writers)} writer(s))", highlight=False)
+        console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions, "
+                      f"{report.operations:,} operator actions ({report.records:,} records, {len(report.writers)} writer(s))", highlight=False)
     if not report.ok:
         raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
 

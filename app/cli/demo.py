@@ -102,7 +102,8 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
 
     audit = result.audit
     if audit is not None and audit.ok:
-        console.print(f"[bold]audit trail verified: {audit.checkpoints:,} checkpoints, {audit.decisions:,} decisions[/bold]", highlight=False)
+        console.print(f"[bold]audit trail verified: {audit.checkpoints:,} checkpoints, {audit.decisions:,} decisions, "
+                      f"{audit.operations:,} operator actions[/bold]", highlight=False)
     elif audit is not None:
         console.print(f"[red]audit trail NOT verified[/red] ({len(audit.failures)} failures), first: {audit.failures[0]}", highlight=False)
 
@@ -115,7 +116,8 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
     console.print(f"  tax-to-fraud reactivated, income:  {shown.reactivated_decision}")
     console.print(f"\nDone in {elapsed:.0f} s. The data stays in ClickHouse at [bold]{result.clickhouse_dsn}[/bold]; "
                   f"ground truth in {result.truth_path}.", highlight=False)
-    console.print("Query it after the demo (chDB opens a directory in one process at a time):", highlight=False)
+    console.print("Query it (while a sink or `demo --keep-running` holds the directory, reading commands go through its read-only endpoint):",
+                  highlight=False)
     console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
                   "    \"SELECT kind, count() FROM fraud.alerts FINAL GROUP BY kind\"", highlight=False)
     console.print(f"  BACKBONE_CLICKHOUSE_DSN={result.clickhouse_dsn} backbone clickhouse query \\\n"
