@@ -112,13 +112,15 @@ def test_a_browser_logs_in_sees_the_flows_and_gets_live_updates(fake_console_url
 
     log_in(browser, fake_console_url, "operator", PASSWORD)
     wait_for(browser, lambda b: b.find_elements(By.CSS_SELECTOR, "#live svg"), 10, "the overview")
-    agencies = {e.text for e in browser.find_elements(By.CSS_SELECTOR, "svg text.agency")}
+    # read in one script call: the live part is replaced every 0.3 s, so elements found go stale
+    agencies = set(browser.execute_script("return [...document.querySelectorAll('svg text.agency')].map(e => e.textContent)"))
     assert {"tax", "fraud", "welfare", "research"} <= agencies
 
-    first = browser.find_element(By.ID, "live").text
+    live = "return document.getElementById('live').innerText"
+    first = browser.execute_script(live)
     # the page's script replaces the live part with each `status` event of /events
-    wait_for(browser, lambda b: b.find_element(By.ID, "live").text != first, 10, "a live update")
-    assert "subject-" in browser.find_element(By.ID, "live").text
+    wait_for(browser, lambda b: b.execute_script(live) != first, 10, "a live update")
+    assert "subject-" in browser.execute_script(live)
     browser.save_screenshot(str(screenshots / "00-fake-snapshot-overview.png"))
 
 
