@@ -295,6 +295,34 @@ class ClickHouseTrail:
                                    for item, v in zip(self._record_fields, row, strict=True)})
 
 
+def verify_subject(client: Client, database_prefix: str, catalog: Catalog, keys: Mapping[str, PublicKey],
+                   token: str) -> tuple[Report | None, str | None]:
+    """Whether the audit records about one subject (by oversight token) verify against their
+    checkpoints: (report, None); (None, None) when there are none; (None, why) when the trail
+    cannot be checked (e.g. no checkpoints landed yet)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    trail = ClickHouseTrail(client, database_prefix, catalog)
+    try:
+        positions = trail.positions_of("subject_token", token)
+        return (trail.verify(keys, only=positions) if positions else None), None
+    except (log.AuditLogError, DatabaseError) as exc:
+        return None, str(exc).splitlines()[0][:300]
+
+
+def verdict_text(report: Report | None, problem: str | None) -> tuple[bool | None, str]:
+    """(verified?, one line) for showing a subject's verification: True, False, or None (nothing to verify)."""
+    if problem is not None:
+        return False, f"NOT verified: the trail could not be checked ({problem})"
+    if report is None:
+        return None, "no audit records to verify"
+    if report.ok:
+        return True, (f"verified: the records shown are sealed, unaltered, in {report.checkpoints} signed checkpoint(s) "
+                      f"of {len(report.writers)} writer(s)")
+    return False, "NOT verified: the audit records shown do not match their signed checkpoints: " + "; ".join(
+        str(f) for f in report.failures[:5])
+
+
 # --- from Kafka --------------------------------------------------------------------------------
 def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -> Iterable[bytes]:
     """Every value of `topic` from the beginning, until each partition reached its end and nothing

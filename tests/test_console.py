@@ -36,10 +36,10 @@ def snapshot() -> Snapshot:
     return Snapshot(status, load_charter(load_settings()), flows, window_s=300)
 
 
-def lookup(national_id: str) -> tuple[str, list[Disclosure]]:
+def lookup(national_id: str) -> tuple[str, list[Disclosure], tuple[bool | None, str]]:
     at = datetime(2026, 3, 15, 12, 0, tzinfo=UTC)
     return "tok123", [Disclosure(at, "fraud", "tax.income_declared", "tax-to-fraud", 2, ("fraud_prevention_and_detection",),
-                                 ("national_id", "income"), "e1", "e2")]
+                                 ("national_id", "income"), "e1", "e2")], (True, "verified: the records shown are sealed")
 
 
 def run(logins: Logins, snapshot: Snapshot, test: Callable[[TestClient], Awaitable[None]]) -> None:
@@ -89,6 +89,7 @@ def test_oversight_sees_every_disclosure_about_a_subject(logins: Logins, snapsho
         assert await log_in(client, "oversight") == 302
         page = await (await client.post("/subject", data={"national_id": "123456782"})).text()
         assert "1 disclosures about subject tok123" in page and "tax-to-fraud@2" in page and "123456782" not in page
+        assert "verified: the records shown are sealed" in page
 
     run(logins, snapshot, test)
 

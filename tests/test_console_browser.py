@@ -96,7 +96,7 @@ def fake_console_url() -> Iterator[str]:
 
     loop = asyncio.new_event_loop()
     port = free_port()
-    runner = web.AppRunner(make_app(Logins({"operator": PASSWORD}), snapshot, lambda _: ("", []), refresh_s=0.3))
+    runner = web.AppRunner(make_app(Logins({"operator": PASSWORD}), snapshot, lambda _: ("", [], (None, "no audit records to verify")), refresh_s=0.3))
     loop.run_until_complete(runner.setup())
     loop.run_until_complete(web.TCPSite(runner, "127.0.0.1", port).start())
     thread = threading.Thread(target=loop.run_forever, daemon=True)
@@ -350,6 +350,8 @@ def test_oversight_sees_the_disclosures_about_a_demo_subject(demo: RunningDemo, 
     page = browser.find_element(By.TAG_NAME, "main").text
     assert "fraud" in page and ("tax-to-fraud@2" in page or "welfare-to-fraud@1" in page)
     assert national_id not in browser.page_source  # named by its oversight pseudonym only
+    # the demo's trail is sealed: the records shown verify against their signed checkpoints
+    assert browser.find_element(By.ID, "verification").text.startswith("verified: the records shown are sealed")
     browser.save_screenshot(str(screenshots / "06-subject-disclosures-oversight.png"))
 
 

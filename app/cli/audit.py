@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.table import Table
 
 from app.cli import app, console
@@ -71,7 +70,7 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     from backbone.keyring import Keyring
     from backbone.erasure import recorded_erasures
     from consumers.audit import disclosures, subject_token
-    from consumers.audit_trail import ClickHouseTrail
+    from consumers.audit_trail import verify_subject
 
     settings = get_settings()
     keyring = Keyring.open(settings)
@@ -80,13 +79,9 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
     try:
         found = disclosures(client, settings.clickhouse_database_prefix, token_text, _charter(settings))
         erasures = recorded_erasures(client, settings.clickhouse_database_prefix, token_text)
-        trail = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir))
-        unverifiable = None
-        try:
-            positions = trail.positions_of("subject_token", token_text)
-            report = trail.verify(_public_keys(settings, keys), only=positions) if positions else None
-        except (BackboneError, DatabaseError) as exc:  # e.g. no checkpoints table yet: still list the disclosures
-            report, unverifiable = None, exc
+        # e.g. no checkpoints table yet: the disclosures are still listed, with why they are not verified
+        report, unverifiable = verify_subject(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir),
+                                              _public_keys(settings, keys), token_text)
     finally:
         client.close()
     table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id",

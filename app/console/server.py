@@ -125,38 +125,49 @@ async def subject_lookup(request: web.Request) -> web.Response:
         return _html(views.subject_form(session.user, session.role, problem="Give a national id."), 400)
     lookup: Any = request.app[LOOKUP]
     try:
-        token, found = await asyncio.get_running_loop().run_in_executor(None, lookup, national_id)
+        token, found, verdict = await asyncio.get_running_loop().run_in_executor(None, lookup, national_id)
     except Exception as exc:  # noqa: BLE001 - the audit database or keyring away: said on the page, no id in the log
         log.warning("console: subject lookup failed: %s", type(exc).__name__)
         return _html(views.subject_form(session.user, session.role, problem=f"The audit trail cannot be read now ({type(exc).__name__})."), 503)
     log.info("console: %s looked up the disclosures about subject %s", session.user, token)
-    return _html(views.subject_form(session.user, session.role, found, token))
+    return _html(views.subject_form(session.user, session.role, found, token, verdict=verdict))
 
 
 async def live_js(request: web.Request) -> web.Response:
     return web.Response(text=views.LIVE_JS, content_type="application/javascript")
 
 
-def disclosures_lookup(settings: Settings) -> Callable[[str], tuple[str, list]]:
-    """The oversight lookup `backbone audit subject` does: the id's oversight pseudonym, then its disclosures."""
+Lookup = Callable[[str], tuple[str, list, tuple[bool | None, str]]]
 
-    def lookup(national_id: str) -> tuple[str, list]:
+
+def disclosures_lookup(settings: Settings) -> Lookup:
+    """The oversight lookup `backbone audit subject` does: the id's oversight pseudonym, its
+    disclosures, and whether their audit records verify against the signed checkpoints."""
+
+    def lookup(national_id: str) -> tuple[str, list, tuple[bool | None, str]]:
         from app.console.snapshot import load_charter
+        from backbone.audit_log import public_key_map
         from backbone.clickhouse import make_client
         from backbone.keyring import Keyring
         from consumers.audit import disclosures, subject_token
+        from consumers.audit_trail import verdict_text, verify_subject
 
-        token = subject_token(Keyring.open(settings), national_id)
+        keyring = Keyring.open(settings)
+        token = subject_token(keyring, national_id)
+        charter = load_charter(settings)
         client = make_client(settings.clickhouse_dsn or "", read_only=True)
         try:
-            return token, disclosures(client, settings.clickhouse_database_prefix, token, load_charter(settings))
+            found = disclosures(client, settings.clickhouse_database_prefix, token, charter)
+            verdict = verdict_text(*verify_subject(client, settings.clickhouse_database_prefix, charter.catalog,
+                                                   public_key_map(keyring.public_keys()), token))
+            return token, found, verdict
         finally:
             client.close()
 
     return lookup
 
 
-def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Callable[[str], tuple[str, list]],
+def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
              refresh_s: float = 5.0) -> web.Application:
     """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`."""
     app = web.Application(middlewares=[_guard])

@@ -196,7 +196,8 @@ def charter(snapshot: Snapshot, user: str, role: str) -> str:
     return page("Charter", f"<section><h1>Charter</h1>{table}</section>", user, role)
 
 
-def subject_form(user: str, role: str, found: list | None = None, token: str | None = None, problem: str | None = None) -> str:
+def subject_form(user: str, role: str, found: list | None = None, token: str | None = None, problem: str | None = None,
+                 verdict: tuple[bool | None, str] | None = None) -> str:
     body = ('<section><h1>Disclosures about one person</h1><form method="post" action="/subject">'
             '<label>National id <input name="national_id" autocomplete="off" required></label> <button>Look up</button>'
             '</form><p class="dim">The id is never stored: only its oversight pseudonym is looked up.</p></section>')
@@ -207,6 +208,10 @@ def subject_form(user: str, role: str, found: list | None = None, token: str | N
                  + _table(("when (UTC)", "recipient", "event", "agreement", "purposes", "fields"),
                           ((d.decided_at.strftime("%Y-%m-%d %H:%M:%S"), d.recipient, d.event_type, f"{d.agreement_id}@{d.agreement_version}",
                             ", ".join(d.purposes), ", ".join(d.fields)) for d in found), "No disclosures.") + "</section>")
+    if verdict is not None:
+        verified, text = verdict
+        css = {True: "good", False: "bad", None: "dim"}[verified]
+        body += f'<section id="verification"><p class="{css}">{escape(text)}</p></section>'
     return page("Subject", body, user, role)
 
 
