@@ -112,6 +112,21 @@ def test_the_pages_show_the_demo_charters_agencies_flows_and_unreachable_parts(l
     run(logins, snapshot, test)
 
 
+def test_the_overview_says_whether_the_audit_trail_verifies_and_names_failures(snapshot: Snapshot) -> None:
+    from dataclasses import replace
+
+    from app.console import views
+    from app.console.snapshot import AuditState
+
+    unchecked = views.live(snapshot)  # ClickHouse unreachable in this snapshot: nothing verified, and why
+    assert "Not verified: ClickHouse at http://ch:8123 did not answer" in unchecked
+    good = views.live(replace(snapshot, audit=AuditState(True, 12, 3400, 2, (), 0.0)))
+    assert "Verified: 12 checkpoints, 3,400 decisions, 2 operator actions" in good
+    failing = AuditState(False, 11, 3000, 2, ("writer operations checkpoint 1: edited record: a record differs",), 0.0)
+    bad = views.live(replace(snapshot, audit=failing))
+    assert "Audit trail NOT verified" in bad and "writer operations checkpoint 1: edited record" in bad and "Verified:" not in bad
+
+
 def test_the_event_stream_sends_live_updates(logins: Logins, snapshot: Snapshot) -> None:
     async def test(client: TestClient) -> None:
         assert await log_in(client, "operator") == 302

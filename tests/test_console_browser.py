@@ -280,6 +280,9 @@ def test_the_operator_sees_every_agency_of_the_demo_in_the_flow_picture(demo: Ru
     assert not flows["tax → fraud"].startswith("0.0/s"), flows  # the demo's incomes were shared with fraud
     assert "agreement_inactive" in flows["tax → statistics"]  # the draft agreement denies
     assert "Decisions by recipient" in browser.find_element(By.ID, "live").text
+    # the landed trail verifies, the demo's suspension and reactivation of tax-to-fraud among its operator actions
+    audit = browser.execute_script("return document.getElementById('audit').innerText")
+    assert re.search(r"Verified: [\d,]+ checkpoints, [\d,]+ decisions, [1-9]\d* operator actions", audit), audit
     browser.save_screenshot(str(screenshots / "02-overview-operator.png"))
 
 

@@ -30,6 +30,18 @@ class Flow:
     count: int
 
 
+@dataclass(slots=True, frozen=True)
+class AuditState:
+    """The last verification of the landed audit trail (`backbone audit verify`)."""
+
+    ok: bool
+    checkpoints: int
+    decisions: int
+    operations: int
+    failures: tuple[str, ...]
+    checked_at: float
+
+
 @dataclass
 class Snapshot:
     status: Status
@@ -37,6 +49,13 @@ class Snapshot:
     flows: list[Flow] = field(default_factory=list)
     window_s: float = 300.0
     taken_at: float = field(default_factory=time.time)
+    audit: AuditState | None = None
+
+
+# The whole landed trail is verified at most this often (the snapshot is taken every few seconds;
+# a verification reads every record).
+AUDIT_VERIFY_EVERY_S = 60.0
+_verified: dict[tuple[str, str], tuple[float, AuditState]] = {}
 
 
 def recent_flows(settings: Settings, minutes: int) -> list[Flow]:
@@ -60,6 +79,30 @@ def recent_flows(settings: Settings, minutes: int) -> list[Flow]:
         client.close()
 
 
+def audit_state(settings: Settings) -> AuditState:
+    """The landed trail verified against the keyring's public keys, at most every AUDIT_VERIFY_EVERY_S."""
+    key = (settings.clickhouse_dsn or "", settings.clickhouse_database_prefix)
+    cached = _verified.get(key)
+    if cached is not None and time.monotonic() - cached[0] < AUDIT_VERIFY_EVERY_S:
+        return cached[1]
+    from backbone.audit_log import public_key_map
+    from backbone.catalog import load_catalog
+    from backbone.clickhouse import make_client
+    from backbone.keyring import Keyring
+    from consumers.audit_trail import ClickHouseTrail
+
+    keys = public_key_map(Keyring.open(settings).public_keys())
+    client = make_client(settings.clickhouse_dsn or "", read_only=True)
+    try:
+        report = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir)).verify(keys)
+    finally:
+        client.close()
+    state = AuditState(report.ok, report.checkpoints, report.decisions, report.operations,
+                       tuple(str(f) for f in report.failures[:5]), time.time())
+    _verified[key] = (time.monotonic(), state)
+    return state
+
+
 def load_charter(settings: Settings) -> Charter:
     from backbone.catalog import load_catalog
     from backbone.policy.agreements import load_agreements
@@ -72,9 +115,11 @@ def collect_snapshot(settings: Settings, minutes: int = 5, timeout: float = 3.0)
     status = collect(settings, minutes, timeout)
     charter = _ask(status, "charter", lambda: load_charter(settings))
     flows: list[Flow] = []
+    audit = None
     if "clickhouse" not in status.unreachable:
         flows = _ask(status, "audit decisions", lambda: recent_flows(settings, minutes)) or []
-    return Snapshot(status, charter, flows, window_s=minutes * 60.0)
+        audit = _ask(status, "audit trail", lambda: audit_state(settings))
+    return Snapshot(status, charter, flows, window_s=minutes * 60.0, audit=audit)
 
 
 class SnapshotCache:

@@ -16,7 +16,7 @@ body{font-family:system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 header{background:#1d2330;color:#fff;padding:.6em 1.2em;display:flex;gap:1.5em;align-items:center}
 header a{color:#cfe3ff} main{padding:1em 1.2em} section{background:#fff;border:1px solid #dde;border-radius:6px;
 padding:.6em 1em;margin-bottom:1em} table{border-collapse:collapse} td,th{padding:.2em .8em;border-bottom:1px solid #eee;
-text-align:left;vertical-align:top} .num{text-align:right} .bad{color:#b00020;font-weight:600}
+text-align:left;vertical-align:top} .num{text-align:right} .bad{color:#b00020;font-weight:600} .good{color:#1b6e20;font-weight:600}
 .badge{padding:.1em .5em;border-radius:4px;background:#e4f4e4} .badge.suspended,.badge.revoked{background:#b00020;color:#fff}
 .badge.draft{background:#eee} .unreachable{border-color:#b00020} .dim{color:#778} form.inline{display:inline}
 """
@@ -153,6 +153,7 @@ def live(snapshot: Snapshot) -> str:
                    + _table(("part", "why"), sorted(status.unreachable.items()), "") + "</section>")
     minutes = snapshot.window_s / 60
     out.append(f"<section><h2>Flows, last {minutes:g} min</h2>{flow_svg(snapshot)}{flow_table(snapshot)}</section>")
+    out.append(audit_section(snapshot))
     out.append(f"<section><h2>Decisions by recipient, last {minutes:g} min</h2>" + _table(
         ("recipient", "decision", "events"), status.decisions,
         "ClickHouse unreachable." if "clickhouse" in status.unreachable else "No decisions yet.") + "</section>")
@@ -171,6 +172,22 @@ def live(snapshot: Snapshot) -> str:
                "Schema registry unreachable." if "schema registry" in status.unreachable else "No subjects.") + "</section>")
     out.append(f'<p class="dim">as of {time.strftime("%H:%M:%S", time.localtime(snapshot.taken_at))}</p>')
     return "".join(out)
+
+
+def audit_section(snapshot: Snapshot) -> str:
+    """Whether the landed audit trail verifies (signatures, chains, Merkle roots), as last checked."""
+    audit = snapshot.audit
+    if audit is None:
+        why = snapshot.status.unreachable.get("audit trail") or snapshot.status.unreachable.get("clickhouse") or "not checked yet"
+        return f'<section id="audit"><h2>Audit trail</h2><p class="dim">Not verified: {escape(why)}</p></section>'
+    checked = time.strftime("%H:%M:%S", time.localtime(audit.checked_at))
+    counts = f"{audit.checkpoints:,} checkpoints, {audit.decisions:,} decisions, {audit.operations:,} operator actions"
+    if audit.ok:
+        return (f'<section id="audit"><h2>Audit trail</h2><p class="good">Verified: {counts}</p>'
+                f'<p class="dim">checked {checked}; <code>backbone audit verify</code> checks it too</p></section>')
+    failures = "".join(f"<li>{escape(f)}</li>" for f in audit.failures)
+    return (f'<section id="audit" class="unreachable"><h2 class="bad">Audit trail NOT verified</h2><p>{counts} verified; '
+            f"failures:</p><ul>{failures}</ul><p class=\"dim\">checked {checked}</p></section>")
 
 
 def overview(snapshot: Snapshot, user: str, role: str) -> str:
