@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 from fastavro import parse_schema
 
 from backbone import dlq
+from backbone.avro_codegen import CompiledDecoder, compile_decoder
 from backbone.catalog import AUDIT_EVENT, Catalog
 from backbone.errors import (
     BadMagicByte,
@@ -28,7 +29,7 @@ from backbone.errors import (
 from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.engine import ConsentState, Decision, PolicyEngine
 from backbone.policy.pseudonym import token_function
-from backbone.serde import HEADER_SIZE, Decoder, Encoder, SchemaSource, schema_source
+from backbone.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
 from backbone.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,9 @@ class Router:
         self.engine = engine
         self.schemas = schema_source(schemas)
         self.decoder = Decoder(self.schemas)
+        # Generated decoders per writer schema id (None: a schema left to fastavro), the fast path
+        # of `_read`; `self.decoder` stays the reference and the source of every decode error.
+        self._decoders: dict[int, CompiledDecoder | None] = {}
         self._audit_avro = catalog.internal_schema(AUDIT_EVENT)
         self._audit: Encoder | None = None
         self.keyring = keyring  # the data plane's checkpoints are signed with its signing key
@@ -159,7 +163,7 @@ class Router:
         if value is None:
             raise Rejected("empty_value")
         try:
-            record = self.decoder(value).record
+            record = self._read(value)
         except RegistryError:
             raise
         except UnknownSchemaId:
@@ -178,6 +182,32 @@ class Router:
         if not self._purposes.issuperset(purposes):
             raise Rejected("unknown_purpose")
         return record, event_type
+
+    def _read(self, value: bytes) -> dict:
+        """The event's record, read by the generated decoder of its writer schema (the record fastavro
+        reads, ~1.6x as fast: `bench.router`); bytes it has any doubt about are read again by the
+        serde decoder, which gives the record or the error it always gave."""
+        if len(value) > HEADER_SIZE and value[0] == MAGIC:
+            schema_id = int.from_bytes(value[1:HEADER_SIZE], "big")
+            try:
+                decode = self._decoders[schema_id]
+            except KeyError:
+                decode = self._compile_decoder(schema_id)
+            if decode is not None:
+                try:
+                    record, end = decode(value, HEADER_SIZE)
+                except Exception:  # noqa: BLE001 - doubtful bytes: the serde decoder decides and names the error
+                    pass
+                else:
+                    if end == len(value):
+                        return record
+        return self.decoder(value).record
+
+    def _compile_decoder(self, schema_id: int) -> CompiledDecoder | None:
+        # The serde decoder looks the id up first: registry outages and unknown ids raise as they always did.
+        self.decoder.schema(schema_id)
+        decode = self._decoders[schema_id] = compile_decoder(self.schemas.schema(schema_id))
+        return decode
 
     def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime) -> list[Output]:
         outputs: list[Output] = []
