@@ -78,8 +78,14 @@ def test_a_wrong_password_is_refused(logins: Logins, snapshot: Snapshot) -> None
 def test_the_operator_is_refused_the_oversight_page(logins: Logins, snapshot: Snapshot) -> None:
     async def test(client: TestClient) -> None:
         assert await log_in(client, "operator") == 302
-        assert (await client.get("/subject")).status == 403
+        refused = await client.get("/subject")
+        assert refused.status == 403
+        # a page of the console (the user, the navigation), with the same security headers as any page
+        assert "only oversight sees disclosures about a person" in await refused.text() and "operator" in await refused.text()
+        assert refused.headers["Content-Security-Policy"].startswith("default-src 'none'")
         assert (await client.post("/subject", data={"national_id": "123456782"})).status == 403
+        missing = await client.get("/no-such-page", allow_redirects=False)
+        assert missing.status == 404 and "Content-Security-Policy" in missing.headers
 
     run(logins, snapshot, test)
 

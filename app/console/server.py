@@ -51,7 +51,11 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
                 raise web.HTTPFound("/login")
             raise web.HTTPUnauthorized(text="log in first")
         request[SESSION] = session
-    response = await handler(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:  # redirects and refusals carry the same headers as pages
+        exc.headers.update(HEADERS)
+        raise
     response.headers.update(HEADERS)
     return response
 
@@ -108,7 +112,8 @@ async def events(request: web.Request) -> web.StreamResponse:
 def _oversight(request: web.Request) -> Session:
     session = _session(request)
     if session.role != OVERSIGHT:
-        raise web.HTTPForbidden(text="only oversight sees disclosures about a person")
+        refusal = '<section class="unreachable"><h1 class="bad">Refused</h1><p>only oversight sees disclosures about a person</p></section>'
+        raise web.HTTPForbidden(text=views.page("Refused", refusal, session.user, session.role), content_type="text/html")
     return session
 
 
