@@ -258,3 +258,9 @@ def test_audit_verify_from_kafka_exits_0_and_reports_the_counts(landed: Landed, 
     forged_keys.write_text(json.dumps(entry))
     refused = _backbone(landed.settings, "audit", "verify", "--from-kafka", "--keys", str(forged_keys))
     assert refused.returncode == 1 and "forged signature" in refused.stdout
+
+
+def test_a_receipt_for_something_that_is_not_an_event_id_is_one_clear_line(landed: Landed) -> None:
+    result = _backbone(landed.settings, "audit", "receipt", "not-an-event", "--recipient", "fraud")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines() == ["error: 'not-an-event' is not an event id (a UUID, as `audit subject` and the audit tables show it)"]

@@ -4,6 +4,7 @@ trail, and proof that it is the trail the processors wrote."""
 from __future__ import annotations
 
 import json
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -164,6 +165,10 @@ def receipt(event_id: str = typer.Argument(..., help="The provider's event id of
     from backbone.clickhouse import make_client
     from consumers.audit_trail import ClickHouseTrail
 
+    try:
+        event_id = str(uuid.UUID(event_id))
+    except ValueError:
+        raise BackboneError(f"{event_id[:64]!r} is not an event id (a UUID, as `audit subject` and the audit tables show it)") from None
     settings = get_settings()
     client = make_client(settings.clickhouse_dsn, read_only=True)
     try:
