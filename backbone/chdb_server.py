@@ -14,8 +14,6 @@ let file() read and INSERT INTO FUNCTION file() write, checked on chDB 4.4), and
 SELECT, WITH, SHOW, DESCRIBE, EXISTS or EXPLAIN statement, as ClickHouse's own parser reads it, is
 run at all (readonly alone still lets SYSTEM, KILL and SELECT ... INTO OUTFILE through on chDB).
 Clients therefore send no settings (clickhouse-connect sees them all read-only and refuses any asked for).
-`CREATE DATABASE|TABLE IF NOT EXISTS` of an object that exists is answered as the no-op it is, so a
-reader that makes sure of its tables first (`backbone fraud alerts`) still works.
 
 Authenticated: a random secret per serving process, HTTP Basic. The server writes port, user,
 secret and pid to `<directory>/.served.json` (mode 0600, written atomically, removed on a clean
@@ -67,7 +65,6 @@ READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPL
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"Code: (\d+)\.")
 _INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
-_IF_NOT_EXISTS = re.compile(r"^CREATE (DATABASE|TABLE) IF NOT EXISTS ((?:`(?:[^`\\]|\\.)+`|\w+)(?:\.(?:`(?:[^`\\]|\\.)+`|\w+))?)")
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 _CONTENT_TYPES = {"Native": "application/octet-stream", "RowBinary": "application/octet-stream",
                   "JSON": "application/json; charset=UTF-8", "JSONEachRow": "application/x-ndjson; charset=UTF-8"}
@@ -193,8 +190,6 @@ class ReadOnlyEngine:
                 raise _refusal(exc) from None
             formatted = self._classify(connection, sql)
             word = formatted.split(" ", 1)[0].upper()
-            if word == "CREATE" and (existing := _IF_NOT_EXISTS.match(formatted)):
-                return self._if_not_exists(connection, existing.group(1), existing.group(2))
             if word not in READ_STATEMENTS or _INTO_OUTFILE.search(formatted):
                 raise Refused(READONLY, f"Code: 164. DB::Exception: this chDB directory is served read-only by the process that "
                                         f"holds it (pid {os.getpid()}): it answers one {', '.join(READ_STATEMENTS[:-1])} or "
@@ -213,17 +208,6 @@ class ReadOnlyEngine:
             return Answer(result.bytes() or b"", result_format, summary)
         finally:
             connection.close()
-
-    @staticmethod
-    def _if_not_exists(connection: Any, kind: str, name: str) -> Answer:
-        try:
-            exists = connection.query(f"EXISTS {kind} {name}", "TSV").bytes().strip() == b"1"
-        except Exception as exc:  # noqa: BLE001
-            raise _refusal(exc) from None
-        if not exists:
-            raise Refused(READONLY, f"Code: 164. DB::Exception: {kind.lower()} {name} does not exist and this chDB directory is "
-                                    f"served read-only by the process that holds it (pid {os.getpid()}). (READONLY)", 403)
-        return Answer(b"", None)
 
 
 def _form_fields(content_type: str, body: bytes) -> dict[str, str]:

@@ -106,7 +106,7 @@ def test_reading_commands_read_a_directory_another_process_holds(holder: Holder,
     query = backbone(holder.dsn, tmp_path, "clickhouse", "query", "SELECT kind, subject, period FROM fraud.alerts FINAL")
     assert query.returncode == 0, query.stderr
     assert "shared_bank_account" in query.stdout and "tok-1" in query.stdout
-    alerts = backbone(holder.dsn, tmp_path, "fraud", "alerts")  # it makes sure of its tables first: a no-op here
+    alerts = backbone(holder.dsn, tmp_path, "fraud", "alerts")  # reads only: creates nothing
     assert alerts.returncode == 0, alerts.stderr
     assert "tok-1" in alerts.stdout and "1 alerts" in alerts.stdout
 
