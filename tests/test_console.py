@@ -5,6 +5,7 @@ charter's agencies and flows, and the event stream sends live updates."""
 from __future__ import annotations
 
 import asyncio
+import re
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -114,6 +115,8 @@ def test_the_pages_show_the_demo_charters_agencies_flows_and_unreachable_parts(l
         assert "bad_magic_byte" in page and "backbone-processor-dataplane" in page and "raw.tax.income_declared-value" in page
         charter = await (await client.get("/charter")).text()
         assert 'class="badge suspended">suspended' in charter and "tax-to-fraud@2" in charter and "pseudonymise" in charter
+        # version 1 of tax-to-fraud is active but its validity ended: not in force, and the page says so
+        assert re.search(r"<td>tax-to-fraud@1</td><td><span class=\"badge expired\">expired</span></td><td>\d{4}-\d\d-\d\d – 2025-01-01</td>", charter)
 
     run(logins, snapshot, test)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from datetime import UTC, datetime
 from collections.abc import Iterable
 from html import escape
 
@@ -18,7 +19,7 @@ header a{color:#cfe3ff} main{padding:1em 1.2em} section{background:#fff;border:1
 padding:.6em 1em;margin-bottom:1em} table{border-collapse:collapse} td,th{padding:.2em .8em;border-bottom:1px solid #eee;
 text-align:left;vertical-align:top} .num{text-align:right} .bad{color:#b00020;font-weight:600} .good{color:#1b6e20;font-weight:600}
 .badge{padding:.1em .5em;border-radius:4px;background:#e4f4e4} .badge.suspended,.badge.revoked{background:#b00020;color:#fff}
-.badge.draft{background:#eee} .unreachable{border-color:#b00020} .dim{color:#778} form.inline{display:inline}
+.badge.draft,.badge.expired,.badge.not-yet-valid{background:#eee} .unreachable{border-color:#b00020} .dim{color:#778} form.inline{display:inline}
 """
 
 
@@ -199,16 +200,21 @@ def charter(snapshot: Snapshot, user: str, role: str) -> str:
         why = snapshot.status.unreachable.get("charter", "not loaded")
         return page("Charter", f'<section class="unreachable"><h1>Charter</h1><p class="bad">{escape(why)}</p></section>', user, role)
     overlay = {key: state for key, state, _, _ in snapshot.status.agreement_changes}
+    now = datetime.now(UTC)
     rows = []
     for agreement in sorted(snapshot.charter.agreements, key=lambda a: (a.id, a.version)):
         key = f"{agreement.id}@{agreement.version}"
         state = "suspended" if key in snapshot.status.agreement_problems else overlay.get(key, agreement.status)
+        if state == "active" and not agreement.valid_at(now):  # active, but outside its validity period: not in force
+            state = "expired" if agreement.valid_until is not None and now >= agreement.valid_until else "not yet valid"
+        until = f"{agreement.valid_until:%Y-%m-%d}" if agreement.valid_until is not None else "open"
         fields = "<br>".join(f"{escape(name)}: {escape(t.name)}{escape('(' + str(t.params) + ')') if t.params is not None else ''}"
                              for name, t in agreement.fields.items())
-        rows.append(f'<tr class="{escape(state)}"><td>{escape(key)}</td><td><span class="badge {escape(state)}">{escape(state)}</span></td>'
+        rows.append(f'<tr class="{escape(state)}"><td>{escape(key)}</td><td><span class="badge {escape(state.replace(" ", "-"))}">'
+                    f"{escape(state)}</span></td><td>{agreement.valid_from:%Y-%m-%d} – {until}</td>"
                     f"<td>{escape(agreement.provider)} → {escape(agreement.recipient)}</td>"
                     f"<td>{escape(', '.join(agreement.purposes))}</td><td>{fields}</td></tr>")
-    table = ("<table><tr><th>agreement</th><th>status</th><th>flow</th><th>purposes</th><th>fields and treatments</th></tr>"
+    table = ("<table><tr><th>agreement</th><th>status</th><th>valid</th><th>flow</th><th>purposes</th><th>fields and treatments</th></tr>"
              + "".join(rows) + "</table>")
     return page("Charter", f"<section><h1>Charter</h1>{table}</section>", user, role)
 
