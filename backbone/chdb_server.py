@@ -366,7 +366,7 @@ class ChdbServer:
         self._server.shutdown()
         self._server.server_close()
         self._engine.close()
-        log.info("stopped serving chDB directory %s", self.directory)
+        log.debug("stopped serving chDB directory %s", self.directory)
 
     def __enter__(self) -> ChdbServer:
         return self
