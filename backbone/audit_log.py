@@ -283,6 +283,8 @@ UNSEALED_RECORDS = "unsealed_records"
 UNREADABLE_RECORD = "unreadable_record"
 OTHER_SCHEMA = "other_schema"
 INTERRUPTED = "interrupted"  # a warning: records of a batch in flight when its writer crashed
+BAD_TIMESTAMP = "bad_timestamp"  # an RFC 3161 timestamp that does not hold for its checkpoint (`backbone.timestamps`)
+TIMESTAMP_AHEAD = "timestamp_ahead"  # a warning: a timestamp of a checkpoint not (yet) in the trail
 
 
 @dataclass(slots=True, frozen=True)
@@ -308,6 +310,13 @@ class Report:
     writers: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
+    # RFC 3161 timestamps (`backbone.timestamps`): tokens that hold, the checkpoints they cover (a
+    # timestamp of checkpoint n covers the writer's chain up to n), tokens not checked for want of
+    # the TSA's certificates, and the latest time a TSA vouched for
+    timestamps: int = 0
+    timestamped: int = 0
+    timestamps_unchecked: int = 0
+    timestamped_until: datetime | None = None
 
     @property
     def ok(self) -> bool:
@@ -321,6 +330,11 @@ class Report:
         self.writers |= other.writers
         self.failures += other.failures
         self.warnings += other.warnings
+        self.timestamps += other.timestamps
+        self.timestamped += other.timestamped
+        self.timestamps_unchecked += other.timestamps_unchecked
+        if other.timestamped_until is not None:
+            self.timestamped_until = max(self.timestamped_until or other.timestamped_until, other.timestamped_until)
 
 
 def _spans(numbers: Iterable[int]) -> str:

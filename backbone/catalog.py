@@ -25,6 +25,7 @@ CONSENT_EVENT = "consent.changed"
 # The backbone's own record schemas (`schemas/<name>.avsc`), beside the event schemas.
 AUDIT_EVENT = "backbone.AuditEvent"
 AUDIT_CHECKPOINT = "backbone.AuditCheckpoint"
+AUDIT_TIMESTAMP = "backbone.AuditTimestamp"
 FRAUD_ALERT = "backbone.FraudAlert"
 OPERATOR_ACTION = "backbone.OperatorAction"
 TAGS_KEY = "confluent:tags"

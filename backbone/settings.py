@@ -74,6 +74,14 @@ class Settings(BaseSettings):
     fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
     dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")
+    # RFC 3161 timestamps of audit checkpoints (processors/timestamps.py): off unless a TSA is named.
+    audit_tsa_url: str | None = Field(None, description="RFC 3161 timestamping authority the processors have their newest "
+                                                        "audit checkpoint timestamped by (unset: no timestamps)")
+    audit_tsa_interval_s: float = Field(60.0, gt=0, description="How often a processor has its newest checkpoint timestamped")
+    audit_tsa_timeout_s: float = Field(10.0, gt=0, description="How long a timestamp request may take before it is retried next interval")
+    audit_tsa_cert_file: Path | None = Field(None, description="PEM certificates trusted for timestamps: the TSA's root, "
+                                                               "optionally its own certificate (pinned) and intermediates; "
+                                                               "processors check tokens with them, `audit verify` too (or --tsa-cert)")
 
     # Files
     data_dir: Path = Field(Path("./.backbone"), description="Where embedded parts keep data and logs")
@@ -118,6 +126,19 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL, got {split_credentials(value)[0]!r}")  # never echo a password
         return value.rstrip("/")
+
+    @field_validator("audit_tsa_url", "audit_tsa_cert_file", mode="before")
+    @classmethod
+    def _tsa_empty_is_off(cls, value: Any) -> Any:
+        # an empty variable (compose, k8s) leaves timestamps off rather than naming a TSA ""
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @field_validator("audit_tsa_url")
+    @classmethod
+    def _tsa_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"expected the TSA's http:// or https:// URL, got {split_credentials(value)[0]!r}")
+        return value
 
     @field_validator("schema_registry_user", "schema_registry_password", "schema_registry_users_file", "schema_registry_auth", mode="before")
     @classmethod

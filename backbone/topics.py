@@ -17,6 +17,8 @@ AGREEMENTS_TOPIC = "agreements.changes"
 AUDIT_TOPIC = "audit.decisions"
 # Signed checkpoints of the audit trail, one per processor batch, keyed by writer.
 CHECKPOINTS_TOPIC = "audit.checkpoints"
+# RFC 3161 timestamps of the newest checkpoint of a writer, when a TSA is configured, keyed by writer.
+TIMESTAMPS_TOPIC = "audit.timestamps"
 OPERATIONS_TOPIC = "audit.operations"
 # Signed checkpoints of operator actions, one per action (one partition: the last is the chain's head).
 OPERATIONS_CHECKPOINTS_TOPIC = "audit.operations.checkpoints"

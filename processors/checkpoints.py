@@ -9,6 +9,9 @@ seals is produced, so a sequence is never used twice. A worker that stopped uncl
 its last checkpoint again (it may not have reached the broker) and names it `interrupted` in its
 next checkpoint: that batch's records may be incomplete, and its events were decided again.
 
+With `BACKBONE_AUDIT_TSA_URL` set, a `processors.timestamps.Timestamper` thread, started and
+stopped with the writer, has its newest checkpoint timestamped by that TSA every interval.
+
 Cost per batch: one Merkle root, one Ed25519 signature, one small synced file write (~2 ms on the
 development machine's disk); per record one SHA-256 and a few bytes appended (~1-2 µs).
 """
@@ -41,6 +44,7 @@ from backbone.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
 from backbone.serde import HEADER_SIZE, MAGIC
 from backbone.settings import Settings
 from backbone.topics import CHECKPOINTS_TOPIC, Topics
+from processors.timestamps import Timestamper
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +144,13 @@ class Checkpointer:
         self.republish: Sealed | None = None
         self._leaves: list[bytes] = []
         self._head = b""
+        # The newest checkpoint sealed (or, at start, the last one of the chain): what the
+        # timestamper, on its own thread, has timestamped (one attribute, replaced whole).
+        self.last: Checkpoint | None = None
+        self.timestamper: Timestamper | None = None
         state = slot.load()
         if state is not None:
-            last = self.checkpoint_codec.decode(base64.b64decode(state["checkpoint"]))
+            last = self.last = self.checkpoint_codec.decode(base64.b64decode(state["checkpoint"]))
             self.sequence = last.sequence + 1
             self.previous = self.checkpoint_codec.hash(last)
             if not state.get("clean"):
@@ -169,6 +177,12 @@ class Checkpointer:
             raise
         log.info("audit writer %s: next checkpoint %d%s", made.writer, made.sequence,
                  f" (checkpoint {made.interrupted} was in flight at the last stop)" if made.interrupted is not None else "")
+        if settings.audit_tsa_url is not None:
+            try:
+                made.timestamper = Timestamper.open(settings, catalog, register, lambda: made.last, made.checkpoint_codec).start()
+            except BaseException:
+                made.close(clean=False)
+                raise
         return made
 
     def _begin(self) -> None:
@@ -203,6 +217,7 @@ class Checkpointer:
         self.slot.save({"writer": self.writer, "sequence": checkpoint.sequence, "checkpoint": base64.b64encode(body).decode(),
                         "clean": False})
         self.previous = self.checkpoint_codec.hash(checkpoint)
+        self.last = checkpoint
         self.sequence += 1
         self.interrupted = None
         self._begin()
@@ -210,6 +225,9 @@ class Checkpointer:
 
     def close(self, clean: bool) -> None:
         """Release the writer; `clean` when every sealed batch was acknowledged and committed."""
+        if self.timestamper is not None:
+            self.timestamper.stop()
+            self.timestamper = None
         try:
             state = self.slot.load()
             if clean and state is not None and not state.get("clean"):
