@@ -46,6 +46,7 @@ from backbone.topics import (
     RAW_PREFIX,
     SCHEMAS_TOPIC,
     SHARED_PREFIX,
+    TIMESTAMPS_TOPIC,
     dlq_topic,
     raw_prefix,
     shared_prefix,
@@ -68,7 +69,8 @@ PROCESSOR_APP_ID = "backbone-processor"  # Faust's consumer group
 PROCESSOR_DATAPLANE_GROUP = f"{PROCESSOR_APP_ID}-dataplane"  # processors.app: the data plane's group
 FAUST_LEADER_TOPIC = f"{PROCESSOR_APP_ID}-__assignor-__leader"  # Faust's only internal topic (no tables)
 SINK_GROUP_PREFIX = "backbone-sink-"  # consumers.plans.group_id: `backbone-sink-<db prefix><sink>`
-AUDIT_SINKS = ("audit", "audit-operations", "audit-checkpoints")  # consumers.plans: AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK
+# consumers.plans: AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK
+AUDIT_SINKS = ("audit", "audit-operations", "audit-checkpoints", "audit-timestamps")
 REGISTRY_GROUP_PREFIX = "backbone-registry-"
 READER_GROUP_PREFIX = "reader-"  # compacted-topic readers: partitions assigned, the group never joined
 PROCESSOR_DLQ = dlq_topic("processor")
@@ -160,6 +162,8 @@ def _processor() -> list[Grant]:
         *_grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records"),
         *_grants(processor, "topic", AUDIT_TOPIC, "literal", ("write", "create"), "every decision is audited"),
         *_grants(processor, "topic", CHECKPOINTS_TOPIC, "literal", ("write", "create"), "each batch's audit records are sealed by a signed checkpoint"),
+        *_grants(processor, "topic", TIMESTAMPS_TOPIC, "literal", ("write", "create"),
+                 "the newest checkpoint is timestamped by a TSA when one is configured"),
         *_grants(processor, "topic", PROCESSOR_DLQ, "literal", ("write", "create"), "undecidable input is dead-lettered"),
         *_grants(processor, "group", PROCESSOR_APP_ID, "literal", ("read",), "Faust's consumer group"),
         *_grants(processor, "group", PROCESSOR_DATAPLANE_GROUP, "literal", ("read",), "the data plane's consumer group"),
@@ -181,7 +185,7 @@ def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> li
             grants += _grants(sink, "topic", ALERTS_TOPIC, "literal", ("write", "create"), "fraud rules publish alerts")
             # `backbone sink` lands the audit topics beside a recipient (it has no audit-only mode):
             # the deployments run them with the fraud recipient's sink.
-            for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC), AUDIT_SINKS, strict=True):
+            for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC), AUDIT_SINKS, strict=True):
                 grants += _grants(sink, "topic", topic, "literal", ("read",), "audit sink lands it in the audit database")
                 grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
             grants += _grants(sink, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),

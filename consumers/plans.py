@@ -5,7 +5,8 @@ provider event type (columns from every agreement version's released schema, TTL
 retention) and one view per agreement. The audit plan: `audit.decisions` into the audit database
 (`events`, one row per raw event, and the `decisions` view, one row per event and recipient). The
 checkpoints plan: `audit.checkpoints` (the processors' signed checkpoints) into `checkpoints` beside
-them, so the audit database alone is enough to verify the trail (`consumers.audit_trail`).
+them, and `audit.timestamps` (RFC 3161 timestamps of checkpoints, when a TSA is configured) into
+`timestamps`, so the audit database alone is enough to verify the trail (`consumers.audit_trail`).
 Released schemas come from `backbone.policy.released`, which needs no keys: a sink never holds one.
 """
 
@@ -14,11 +15,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, OPERATOR_ACTION, Catalog, load_catalog
+from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog, load_catalog
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_PATTERN, OPERATIONS_TOPIC, shared_event_type, shared_pattern
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_PATTERN, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC, shared_event_type, shared_pattern
 from consumers import ddl
 from consumers.typemap import Column, merge_columns, table_columns
 
@@ -27,6 +28,8 @@ AUDIT_SINK = "audit"
 OPERATIONS_SINK = "audit-operations"
 CHECKPOINTS_SINK = "audit-checkpoints"
 CHECKPOINTS_TABLE = "checkpoints"  # in the audit database
+TIMESTAMPS_SINK = "audit-timestamps"
+TIMESTAMPS_TABLE = "timestamps"  # in the audit database
 
 
 @dataclass(slots=True, frozen=True)
@@ -121,3 +124,11 @@ def checkpoints_plan(settings: Settings, catalog: Catalog | None = None) -> Sink
     `FINAL`, so two different ones of a sequence show as a fork."""
     return _audit_topic_plan(settings, catalog, CHECKPOINTS_SINK, CHECKPOINTS_PATTERN, AUDIT_CHECKPOINT, CHECKPOINTS_TABLE,
                              ("writer", "sequence"))
+
+
+def timestamps_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
+    """`audit.timestamps` (RFC 3161 timestamps of checkpoints) into `<prefix>audit.timestamps`, one
+    row per (writer, sequence, gen_time): a redelivered timestamp collapses, a second timestamp of
+    the same checkpoint (after a restart) is kept beside the first."""
+    return _audit_topic_plan(settings, catalog, TIMESTAMPS_SINK, TIMESTAMPS_TOPIC, AUDIT_TIMESTAMP, TIMESTAMPS_TABLE,
+                             ("writer", "sequence", "gen_time"))

@@ -18,10 +18,18 @@ from backbone.policy.agreements import Charter
 from backbone.settings import Settings
 from consumers.batching import DLQ_TOPIC, BatchingSink
 from consumers.clickhouse_target import ClickHouseTarget
-from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan
+from consumers.plans import (
+    Destination,
+    SinkPlan,
+    audit_plan,
+    checkpoints_plan,
+    operations_plan,
+    recipient_plan,
+    timestamps_plan,
+)
 
 __all__ = ["DLQ_TOPIC", "LANDING_HOOKS", "Destination", "LandingHook", "Sink", "SinkPlan", "audit_plan", "checkpoints_plan",
-           "operations_plan", "recipient_plan", "sinks_for"]
+           "operations_plan", "recipient_plan", "sinks_for", "timestamps_plan"]
 
 ClientFactory = Callable[[], Client]
 
@@ -74,7 +82,7 @@ LANDING_HOOKS: dict[str, HookFactory] = {"fraud_rules": fraud_rules_hook}
 def sinks_for(settings: Settings, charter: Charter, client: Client | ClientFactory, registry: SchemaRegistryClient,
               recipients: Iterable[str] | None = None, audit: bool = True) -> list[Sink]:
     """One sink per recipient (default: every recipient in the charter), and the audit sinks
-    (decisions, their signed checkpoints and operator actions).
+    (decisions, their signed checkpoints, operator actions, and the checkpoints' RFC 3161 timestamps).
 
     Given a client factory (e.g. `lambda: make_client(dsn)`), each sink and each hook get a client
     of their own, closed with the sink: chDB serialises calls per client, so sinks sharing one
@@ -99,7 +107,7 @@ def sinks_for(settings: Settings, charter: Charter, client: Client | ClientFacto
         sinks.append(sink)
     if audit:
         for plan in (audit_plan(settings, charter.catalog), checkpoints_plan(settings, charter.catalog),
-                     operations_plan(settings, charter.catalog)):
+                     operations_plan(settings, charter.catalog), timestamps_plan(settings, charter.catalog)):
             own, closers = own_client()
             sinks.append(Sink(settings, plan, own, registry, on_close=_chain(closers)))
     return sinks

@@ -63,6 +63,10 @@ EXPECTED = {
     ("User:processor", "topic", "audit.checkpoints", "literal", "write"),
     ("User:sink-fraud", "group", "backbone-sink-audit-checkpoints", "literal", "read"),
     ("User:sink-fraud", "topic", "audit.checkpoints", "literal", "read"),
+    ("User:processor", "topic", "audit.timestamps", "literal", "create"),
+    ("User:processor", "topic", "audit.timestamps", "literal", "write"),
+    ("User:sink-fraud", "group", "backbone-sink-audit-timestamps", "literal", "read"),
+    ("User:sink-fraud", "topic", "audit.timestamps", "literal", "read"),
     ("User:operator", "topic", "consent.changes", "literal", "write"),
     ("User:operator", "topic", "dlq.keys", "literal", "write"),
     ("User:operator", "topic", "erasures", "literal", "write"),
@@ -147,14 +151,14 @@ def test_no_one_but_the_processor_reads_raw_topics(charter) -> None:  # noqa: AN
 
 def test_sink_groups_are_the_sinks_own_and_follow_the_clickhouse_database_prefix() -> None:
     from backbone.settings import load_settings
-    from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, group_id
+    from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, TIMESTAMPS_SINK, group_id
 
     grants = plan(Agencies(("tax",), (), ("fraud",)), database_prefix="t1_")
     groups = {g.name for g in grants if g.principal == "User:sink-fraud" and g.resource == "group"}
     settings = load_settings(clickhouse_database_prefix="t1_")
-    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK)}
+    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK)}
     assert groups == {"backbone-sink-t1_fraud", "backbone-sink-t1_audit", "backbone-sink-t1_audit-operations",
-                      "backbone-sink-t1_audit-checkpoints"}
+                      "backbone-sink-t1_audit-checkpoints", "backbone-sink-t1_audit-timestamps"}
 
 
 def test_grants_convert_to_allow_bindings_from_any_host() -> None:
@@ -234,7 +238,7 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     from backbone import dlq
     from backbone.settings import load_settings
     from backbone.topics import dlq_topic, raw_topic, shared_topic
-    from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, group_id
+    from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, TIMESTAMPS_SINK, group_id
     from processors.app import APP_ID
 
     settings = load_settings(clickhouse_database_prefix="")
@@ -264,6 +268,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # processors/app.py: the erasure reader (assigned, like consent) and the DLQ sealer (reads, writes dlq.keys)
     # processors/checkpoints.py: each batch's signed checkpoint goes to audit.checkpoints
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
+    # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
+    processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     processor |= {("topic", "erasures", "create"), ("topic", "erasures", "read"),
                   ("topic", "dlq.keys", "create"), ("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write")}
     table["backbone process"] = ("User:processor", processor)
@@ -276,7 +282,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
                       ("topic", "audit.decisions", "read"), ("group", group_id(settings, AUDIT_SINK), "read"),
                       ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read"),
                       ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
-                      ("group", group_id(settings, "audit-checkpoints"), "read")}
+                      ("group", group_id(settings, "audit-checkpoints"), "read"),
+                      ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read")}
         table[f"backbone sink --recipient {recipient}"] = (f"User:sink-{recipient}", needs)
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}

@@ -45,6 +45,7 @@ from backbone.topics import (
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
     SCHEMAS_TOPIC,
+    TIMESTAMPS_TOPIC,
     dlq_topic,
     raw_topic,
     shared_topic,
@@ -62,7 +63,7 @@ OPERATOR_GROUPS = {"kafka.strimzi.io", "clickhouse.altinity.com"}
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CLUSTER_SCOPED = {"Namespace"}
 FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, ALERTS_TOPIC,
-                dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
+                dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC, TIMESTAMPS_TOPIC}
 COMPACTED = {CONSENT_TOPIC, AGREEMENTS_TOPIC, SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
 BACKBONE_SERVICES = ("kafka-acls", "schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research",
                      "sink-statistics", "operator")
