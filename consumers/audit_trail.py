@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from io import BytesIO
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -21,19 +22,21 @@ from datetime import UTC, datetime
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
+from fastavro import parse_schema, schemaless_reader
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from backbone import audit_log as log
 from backbone.audit_log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
 from backbone.audit_receipt import make_receipt
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, OPERATOR_ACTION, Catalog
+from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
 from backbone.keyring import PublicKey
 from backbone.operations import OPERATIONS_WRITER
 from backbone.serde import HEADER_SIZE, Decoder, registry_client
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC
+from backbone.timestamps import Stamp, Trust, check_stamps
+from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC
 from consumers import ddl
-from consumers.plans import CHECKPOINTS_TABLE
+from consumers.plans import CHECKPOINTS_TABLE, TIMESTAMPS_TABLE
 from consumers.typemap import quote_identifier
 
 WINDOW_RECORDS = 50_000  # records read per query: bounds memory, not the trail's size
@@ -49,6 +52,7 @@ class Trail:
     decisions: dict[Position, dict[int, int]] = field(default_factory=lambda: defaultdict(dict))
     unreadable: dict[Position, list[int]] = field(default_factory=lambda: defaultdict(list))
     rows: dict[Position, int] = field(default_factory=lambda: defaultdict(int))
+    stamps: list[Stamp] = field(default_factory=list)  # RFC 3161 timestamps of checkpoints
 
     def add(self, position: Position, index: int, content: bytes, decisions: int) -> None:
         self.leaves[position][index].add(leaf_hash(content))
@@ -67,13 +71,17 @@ def operations_codec(catalog: Catalog) -> RecordCodec:
 
 
 def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointCodec, keys: Mapping[str, PublicKey],
-                 only: set[Position] | None = None, operations: RecordCodec | None = None) -> Report:
+                 only: set[Position] | None = None, operations: RecordCodec | None = None, trust: Trust | None = None) -> Report:
     """Every writer's chain, and the records of each checkpoint (of `only`, when given) against its
-    root; the `operations` chain's records are operator actions (`operations` codec)."""
+    root; the `operations` chain's records are operator actions (`operations` codec); the
+    checkpoints' RFC 3161 timestamps against the chains, their tokens under `trust` (without it
+    they are counted as unchecked)."""
     report = Report()
     sealed: set[Position] = set()
+    chains: dict[str, dict[int, Checkpoint]] = {}
     for writer, checkpoints in sorted(trail.checkpoints.items()):
         good, interrupted, failures = log.check_chain(checkpoint_codec, writer, checkpoints, keys)
+        chains[writer] = good
         report.failures += failures
         report.writers.add(writer)
         sealed |= {(writer, c.sequence) for c in checkpoints}
@@ -108,7 +116,23 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
         else:
             report.failures.append(Failure(log.UNSEALED_RECORDS, "", None, f"{count} records carry no checkpoint "
                                                                            "(written before checkpoints existed, or forged)"))
+    if trail.stamps:
+        _check_timestamps(report, trail.stamps, chains, checkpoint_codec, sealed, trust)
     return report
+
+
+def _check_timestamps(report: Report, stamps: list[Stamp], chains: Mapping[str, Mapping[int, Checkpoint]],
+                      checkpoint_codec: CheckpointCodec, present: set[Position], trust: Trust | None) -> None:
+    hashes = {(writer, sequence): checkpoint_codec.hash(checkpoint)
+              for writer, good in chains.items() for sequence, checkpoint in good.items()}
+    found = check_stamps(stamps, hashes, present, trust)
+    report.failures += found.failures
+    report.warnings += found.warnings
+    report.timestamps += found.verified
+    report.timestamps_unchecked += found.unchecked
+    report.timestamped_until = found.latest
+    # a timestamp of checkpoint n vouches for the writer's chain up to n
+    report.timestamped += sum(1 for writer, highest in found.highest.items() for sequence in chains.get(writer, {}) if sequence <= highest)
 
 
 # --- from ClickHouse ---------------------------------------------------------------------------
@@ -174,6 +198,8 @@ class ClickHouseTrail:
         self.events = ddl.qualified(self.database, ddl.AUDIT_EVENTS_TABLE)
         self.operations_table = ddl.qualified(self.database, ddl.OPERATIONS_TABLE)
         self.checkpoints_table = ddl.qualified(self.database, CHECKPOINTS_TABLE)
+        self.timestamps_table = ddl.qualified(self.database, TIMESTAMPS_TABLE)
+        self._timestamp_schema = catalog.internal_schema(AUDIT_TIMESTAMP)
         self.codec, self.checkpoint_codec = codecs(catalog)
         self.operations_codec = operations_codec(catalog)
         self._checkpoint_schema = catalog.internal_schema(AUDIT_CHECKPOINT)
@@ -207,6 +233,18 @@ class ClickHouseTrail:
         for row in rows:
             checkpoint = Checkpoint.from_record(dict(zip(names, row, strict=True)))
             trail.checkpoints[checkpoint.writer].append(checkpoint)
+
+    def read_timestamps(self, trail: Trail) -> None:
+        """The landed RFC 3161 timestamps (none when the table does not exist: a trail from before
+        timestamps, or no audit sink ran since)."""
+        exists = self.client.query("SELECT count() FROM system.tables WHERE database = {d:String} AND name = {t:String}",
+                                   parameters={"d": self.database, "t": TIMESTAMPS_TABLE}).result_rows[0][0]
+        if not exists:
+            return
+        names = [item["name"] for item in self._timestamp_schema["fields"]]
+        columns = ", ".join(quote_identifier(name) for name in names)
+        for row in self.client.query(f"SELECT {columns} FROM {self.timestamps_table}").result_rows:
+            trail.stamps.append(Stamp.from_record(dict(zip(names, row, strict=True))))
 
     def counts(self, only: set[Position] | None = None) -> dict[Position, int]:
         """Rows per (writer, checkpoint) in the records tables (decisions, and operator actions)."""
@@ -257,11 +295,15 @@ class ClickHouseTrail:
                                  parameters={"v": value}).result_rows
         return {(w, int(s)) for w, s in rows}
 
-    def verify(self, keys: Mapping[str, PublicKey], only: set[Position] | None = None) -> Report:
+    def verify(self, keys: Mapping[str, PublicKey], only: set[Position] | None = None, trust: Trust | None = None) -> Report:
+        """The trail (of `only`, when given); with the whole trail, its timestamps too (`trust`:
+        the TSA's certificates, without which the tokens are counted as unchecked)."""
         trail = Trail()
         self.read_checkpoints(trail, None if only is None else {w for w, _ in only})
         self.read_records(trail, self.counts(only))
-        return verify_trail(trail, self.codec, self.checkpoint_codec, keys, only, self.operations_codec)
+        if only is None:
+            self.read_timestamps(trail)
+        return verify_trail(trail, self.codec, self.checkpoint_codec, keys, only, self.operations_codec, trust)
 
     def receipt(self, event_id: str, recipient: str, keys: Mapping[str, PublicKey]) -> dict[str, Any]:
         """A receipt for the decision about `recipient` in the record of `event_id`, from a copy of
@@ -353,8 +395,9 @@ def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -
 
 
 def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, PublicKey], *, idle_s: float = 1.0,
-                 timeout_s: float = 600.0) -> Report:
-    """The trail as the topics hold it: the records' own bytes, no recomputation."""
+                 timeout_s: float = 600.0, trust: Trust | None = None) -> Report:
+    """The trail as the topics hold it: the records' own bytes, no recomputation; and the
+    checkpoints' timestamps on `audit.timestamps`."""
     codec, checkpoint_codec = codecs(catalog)
     decode = Decoder(registry_client(settings))
     trail = Trail()
@@ -368,4 +411,10 @@ def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, Public
             writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
             content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
             trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
-    return verify_trail(trail, codec, checkpoint_codec, keys, operations=operations_codec(catalog))
+    stamp_schema = parse_schema(catalog.internal_schema(AUDIT_TIMESTAMP))
+    for value in _read_all(settings, TIMESTAMPS_TOPIC, idle_s, timeout_s):
+        try:
+            trail.stamps.append(Stamp.from_record(schemaless_reader(BytesIO(value[HEADER_SIZE:]), stamp_schema, None)))
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types; the value holds nothing personal
+            raise log.AuditLogError(f"{TIMESTAMPS_TOPIC} holds a record that is not a timestamp ({type(exc).__name__})") from None
+    return verify_trail(trail, codec, checkpoint_codec, keys, operations=operations_codec(catalog), trust=trust)

@@ -1,5 +1,5 @@
 """`backbone audit subject|verify|receipt|verify-receipt|keys|rotate-key`: oversight of the audit
-trail, and proof that it is the trail the processors wrote."""
+trail, and proof that it is the trail the processors wrote (and, with RFC 3161 timestamps, when)."""
 
 from __future__ import annotations
 
@@ -113,23 +113,31 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
 def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify the topics (audit.decisions, audit.operations and "
                                                                          "their checkpoints) instead of the audit database"),
            keys: Path = KEYS_OPTION,
+           tsa_cert: Path = typer.Option(None, "--tsa-cert", help="PEM certificates of the timestamping authority: its root, "
+                                                                  "optionally its own certificate (default: "
+                                                                  "BACKBONE_AUDIT_TSA_CERT_FILE); without them RFC 3161 "
+                                                                  "timestamps are reported unchecked"),
            output: str = typer.Option("text", "--format", help="text or json")) -> None:
     """Check the audit trail: every checkpoint's signature, each writer's chain (no gap, no fork),
-    and that the records present reproduce each checkpoint's Merkle root. Exit 1 on any failure,
-    naming the checkpoint and why (edited, missing, extra or reordered records, forged signature, gap)."""
+    that the records present reproduce each checkpoint's Merkle root, and the checkpoints' RFC 3161
+    timestamps. Exit 1 on any failure, naming the checkpoint and why (edited, missing, extra or
+    reordered records, forged signature, gap, bad timestamp)."""
     from backbone.catalog import load_catalog
     from backbone.clickhouse import make_client
+    from backbone.timestamps import Trust
     from consumers.audit_trail import ClickHouseTrail, verify_kafka
 
     settings = get_settings()
     catalog = load_catalog(settings.schemas_dir)
     published = _public_keys(settings, keys)
+    certificates = tsa_cert or settings.audit_tsa_cert_file
+    trust = Trust.load(certificates) if certificates is not None else None
     if from_kafka:
-        report = verify_kafka(settings, catalog, published)
+        report = verify_kafka(settings, catalog, published, trust=trust)
     else:
         client = make_client(settings.clickhouse_dsn, read_only=True)
         try:
-            report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(published)
+            report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(published, trust=trust)
         finally:
             client.close()
     if output == "json":
@@ -137,6 +145,9 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
             "ok": report.ok, "checkpoints": report.checkpoints, "records": report.records, "decisions": report.decisions,
             "operations": report.operations,
             "writers": sorted(report.writers),
+            "timestamps": {"verified": report.timestamps, "checkpoints_covered": report.timestamped,
+                           "unchecked": report.timestamps_unchecked,
+                           "latest": report.timestamped_until.isoformat() if report.timestamped_until else None},
             "failures": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.failures],
             "warnings": [{"kind": f.kind, "writer": f.writer, "checkpoint": f.sequence, "detail": f.detail} for f in report.warnings],
         }))
@@ -148,6 +159,12 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
         verdict = "[green]audit trail verified[/green]" if report.ok else f"[red]{len(report.failures)} failure(s)[/red]; verified"
         console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions, "
                       f"{report.operations:,} operator actions ({report.records:,} records, {len(report.writers)} writer(s))", highlight=False)
+        if report.timestamps:
+            console.print(f"{report.timestamped:,} checkpoints timestamped by TSA ({report.timestamps:,} tokens verified; latest "
+                          f"{report.timestamped_until:%Y-%m-%d %H:%M:%S} UTC): the chains up to them existed by then", highlight=False)
+        if report.timestamps_unchecked:
+            console.print(f"[yellow]{report.timestamps_unchecked:,} RFC 3161 timestamps unchecked[/yellow]: give --tsa-cert FILE "
+                          "(the TSA's root certificate) to verify them", highlight=False)
     if not report.ok:
         raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
 
