@@ -269,7 +269,7 @@ _unpack_float = struct.Struct("<f").unpack_from
 _FASTAVRO_LOGICAL = {"bytes-decimal", "fixed-decimal", "int-date", "int-time-millis", "long-local-timestamp-micros",
                      "long-local-timestamp-millis", "long-time-micros", "long-timestamp-micros", "long-timestamp-millis",
                      "string-uuid"}
-_READ_LOGICAL = {"int-date", "long-timestamp-millis", "string-uuid"}
+_READ_LOGICAL = {"int-date", "long-timestamp-millis", "long-timestamp-micros", "string-uuid"}
 
 
 def _read_long(data: bytes, pos: int) -> tuple[int, int]:
@@ -311,6 +311,10 @@ def _read_uuid(text: str) -> uuid.UUID:
 
 def _read_timestamp_millis(millis: int) -> datetime.datetime:
     return _EPOCH + _timedelta(0, 0, 0, millis)  # fastavro: epoch + timedelta(microseconds=millis * 1000)
+
+
+def _read_timestamp_micros(micros: int) -> datetime.datetime:
+    return _EPOCH + _timedelta(0, 0, micros)  # fastavro: epoch + timedelta(microseconds=micros)
 
 
 def _read_date(days: int) -> datetime.date:
@@ -441,7 +445,7 @@ class _Reader:
                 if logical in _READ_LOGICAL:
                     self.emit(kind, target, namespace, indent)
                     read = {"int-date": _read_date, "long-timestamp-millis": _read_timestamp_millis,
-                            "string-uuid": _read_uuid}[logical]
+                            "long-timestamp-micros": _read_timestamp_micros, "string-uuid": _read_uuid}[logical]
                     add(f"{indent}{target} = {self.constant(read)}({target})")
                     return
                 if logical in _FASTAVRO_LOGICAL:

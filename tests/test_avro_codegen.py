@@ -39,6 +39,7 @@ SCHEMAS = {**{t: s.avro for t, s in CATALOG.events.items()}, **CATALOG.internal,
 SHAPES: dict[str, Any] = {"type": "record", "name": "Shapes", "namespace": "test", "fields": [
     {"name": "id", "type": {"type": "string", "logicalType": "uuid"}},
     {"name": "at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
+    {"name": "at_micros", "type": {"type": "long", "logicalType": "timestamp-micros"}},
     {"name": "day", "type": {"type": "int", "logicalType": "date"}},
     {"name": "maybe_day", "type": ["null", {"type": "int", "logicalType": "date"}]},
     {"name": "note_or_null", "type": ["string", "null"]},
@@ -79,7 +80,7 @@ def values(schema: Any, named: dict[str, Any], namespace: str = "") -> st.Search
         return values(kind, named, namespace)
     if (kind, logical) == ("string", "uuid"):
         return st.uuids()
-    if (kind, logical) == ("long", "timestamp-millis"):
+    if (kind, logical) in (("long", "timestamp-millis"), ("long", "timestamp-micros")):
         return st.datetimes(dt.datetime(1900, 1, 1), dt.datetime(2200, 1, 1), timezones=st.just(dt.UTC))
     if (kind, logical) == ("int", "date"):
         return st.dates(dt.date(1900, 1, 1), dt.date(2200, 1, 1))
@@ -120,6 +121,9 @@ def assert_reads_as_fastavro(schema: Any, body: bytes) -> None:
 @given(data=st.data())
 def test_generated_decoder_reads_every_schema_of_the_backbone_as_fastavro_does(name: str, data: st.DataObject) -> None:
     schema = SCHEMAS[name]
+    if compile_decoder(schema) is None:  # a shape left to fastavro (the router then always reads with it)
+        assert name not in CATALOG.events, "every event schema must compile: the processor reads them all"
+        return
     record = data.draw(values(schema, {}))
     assert_reads_as_fastavro(schema, write(schema, record))
 
@@ -141,9 +145,9 @@ def test_generated_decoder_reads_every_shape_as_fastavro_does(data: st.DataObjec
     {"type": "record", "name": "Money", "fields": [
         {"name": "v", "type": {"type": "bytes", "logicalType": "decimal", "precision": 9, "scale": 2}}]},
     {"type": "record", "name": "Clock", "fields": [{"name": "t", "type": {"type": "int", "logicalType": "time-millis"}}]},
-    {"type": "record", "name": "Micros", "fields": [
-        {"name": "t", "type": {"type": "long", "logicalType": "timestamp-micros"}}]},
-], ids=["recursive", "decimal", "time-millis", "timestamp-micros"])
+    {"type": "record", "name": "Local", "fields": [
+        {"name": "t", "type": {"type": "long", "logicalType": "local-timestamp-millis"}}]},
+], ids=["recursive", "decimal", "time-millis", "local-timestamp-millis"])
 def test_schemas_with_shapes_it_does_not_read_are_left_to_fastavro(schema: dict) -> None:
     assert compile_decoder(schema) is None
 
