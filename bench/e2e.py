@@ -1,7 +1,7 @@
 """End-to-end benchmark: producers for every agency -> processor worker -> ClickHouse sinks (chDB),
 beside a bare confluent-kafka consume -> same transform -> produce loop measured in the same run.
 
-    python -m bench.e2e [--events 30000] [--rate 5000] [--duration 15] [--seed 7]
+    python -m bench.e2e [--events 30000] [--rate 3000] [--duration 15] [--seed 7]
     backbone bench      (same options)
 
 Starts a private embedded broker and registry with a keyring (`app.local`), a real
@@ -15,13 +15,21 @@ per directory). Then:
    record (one per permit decision) is in its recipient's table. Per stage: when the producers had
    every event acknowledged, when the worker had committed every raw event, when the sinks had
    landed the last row, each as a rate over the time from the first produce;
-3. ceiling: `bench.processor.run_bare` (consume -> `Router.route` -> produce) on the same raw
-   partitions, and the broker's raw pass-through (consume -> produce of the same bytes);
+3. ceiling: `bench.processor.run_bare` (consume -> `Router.route` -> produce) and bench.processor's
+   hand-written loops (with the processor's per-event audit record, and with no audit) on the same
+   raw partitions, and the broker's raw pass-through (consume -> produce of the same bytes);
 4. latency: `--rate` events/s of the mix for `--duration` s, while a poller queries the fraud
-   database for a sample of the sent event ids; latency = start of the first query that sees the
-   row - send time. The sinks of this phase use `--latency-batch-seconds`.
+   database for a sample of the sent events, by the id the recipient receives for each (latency =
+   start of the first query that sees the row - send time), and bench.processor's reader of every
+   `shared.*` partition matches the released records of a sample of events to their send time
+   (produce -> shared). The sinks of this phase use `--latency-batch-seconds`.
 RSS (current and peak) of broker, registry, worker and this process (the sinks) after each phase.
-Targets: end to end >= 35% of the bare loop; p99 produce -> queryable < 1 s at 5,000 events/s.
+The JSON carries bench.processor's keys too (`processor_events_per_s`: the worker's stage rate in
+the throughput phase, with producers and sinks running beside it; `handwritten_*`,
+`router_loop_events_per_s`, `p50/p99_produce_to_shared_ms`, `p99_produce_to_queryable_ms`,
+`offered_events_per_s`).
+Targets: end to end >= 35% of the bare loop; p99 produce -> shared < 500 ms and p99 produce ->
+queryable < 1 s at 3,000 events/s offered (issue 16).
 Results go to `bench/results/e2e-<timestamp>.json`. Every wait is bounded in count and time; only
 processes started here are stopped.
 """
@@ -51,7 +59,18 @@ from backbone.policy.agreements import Charter, load_agreements
 from backbone.serde import registry_client
 from backbone.settings import Settings
 from backbone.topics import Topics
-from bench.processor import DATAPLANE_GROUP, Ends, MixProducer, percentiles, run_bare
+from bench.processes import clean_stop, memory_mb, stack_children
+from bench.processor import (
+    DATAPLANE_GROUP,
+    Ends,
+    MixProducer,
+    SharedReader,
+    percentiles,
+    recipient_ids,
+    run_bare,
+    run_handwritten,
+    take,
+)
 from app.local import ProcessorWorker, embedded_settings
 from consumers import ddl
 from consumers.batching import SinkThreads
@@ -59,9 +78,11 @@ from consumers.sink import Sink, sinks_for
 from producers.synthetic import SyntheticStream
 
 RATIO_TARGET = 0.35
-P99_TARGET_MS = 1000.0
+P99_TARGET_MS = 1000.0  # produce -> queryable
+P99_SHARED_TARGET_MS = 500.0  # produce -> shared
 LATENCY_RECIPIENT = "fraud"
 SAMPLED_PER_S = 200  # latency samples per second of offered load, at most (bounds the poll query)
+SHARED_SAMPLED_PER_S = 1000  # events per second whose released records are timed produce -> shared (bounds the work here)
 POLL_PAUSE_S = 0.05  # between visibility polls: the poller shares the chDB client with the sinks
 PASSTHROUGH_TOPIC = "bench.passthrough"
 AUDIT_TABLE = ddl.qualified(ddl.AUDIT_DATABASE, ddl.AUDIT_TABLE)
@@ -105,44 +126,20 @@ class Results:
     decided_ms: dict[str, float] = field(default_factory=dict)  # send -> processor decision (audit decided_at)
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    shared_latency_ms: dict[str, float] = field(default_factory=dict)  # produce -> shared, every released record
+    # the keys bench.processor writes (issue 16), so results of both compare directly
+    processor_events_per_s: float = 0.0  # the worker's stage rate in the throughput phase (producers, sinks beside it)
+    handwritten_loop_events_per_s: float = 0.0
+    handwritten_no_audit_events_per_s: float = 0.0
+    router_loop_events_per_s: float = 0.0
+    p50_produce_to_shared_ms: float | None = None
+    p99_produce_to_shared_ms: float | None = None
+    p50_produce_to_queryable_ms: float | None = None
+    p99_produce_to_queryable_ms: float | None = None
+    offered_events_per_s: float = 0.0
 
 
 # -- processes ----------------------------------------------------------------------------------
-
-
-def memory_mb(pid: int | None) -> tuple[float | None, float | None]:
-    """(VmRSS, VmHWM) of `pid` in MiB, from /proc."""
-    if pid is None:
-        return None, None
-    values: dict[str, float] = {}
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                values[line[:5]] = int(line.split()[1]) / 1024
-    except OSError:
-        return None, None
-    return values.get("VmRSS"), values.get("VmHWM")
-
-
-def stack_children() -> dict[str, int]:
-    """PIDs of the broker and the registry: the children of this process that run them."""
-    found: dict[str, int] = {}
-    me = os.getpid()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except (OSError, IndexError, ValueError):
-            continue
-        if len(argv) > 1 and argv[1] == b"broker" and b"tansu" in argv[0].rsplit(b"/", 1)[-1]:
-            found["broker"] = int(entry.name)
-        elif b"backbone.registry" in argv:
-            found["registry"] = int(entry.name)
-    return found
 
 
 def memory_report(worker: ProcessorWorker) -> dict[str, dict[str, float | None]]:
@@ -302,7 +299,7 @@ def run_passthrough(settings: Settings, ends: Ends, max_seconds: float) -> float
     deadline = time.monotonic() + max_seconds
     try:
         while pending and time.monotonic() < deadline:
-            messages = consumer.consume(settings.consumer_batch_size, 0.5)
+            messages = take(consumer, settings.consumer_batch_size)
             if messages and started is None:
                 started = time.perf_counter()
             for message in messages:
@@ -349,9 +346,10 @@ class Visibility:
         self.queries = 0
         self.query_s = 0.0
 
-    def sent(self, event_type: str, event_id: str, at: float) -> None:
+    def sent(self, event_type: str, event_id: str, recipient_event_id: str, at: float) -> None:
+        """The recipient's tables hold its own id for the event; the audit table the source event's."""
         with self._lock:
-            self.pending[self.tables[event_type]][event_id] = at
+            self.pending[self.tables[event_type]][recipient_event_id] = at
             self.sampled[event_id] = at
 
     def unseen(self) -> int:
@@ -404,18 +402,34 @@ def decided_ms(client: Any, sampled: dict[str, float]) -> list[float]:
     return out
 
 
+@dataclass(slots=True)
+class Latency:
+    offered: float  # events/s achieved
+    queryable_ms: list[float]  # sampled events: send -> first query that sees the row
+    decided_ms: list[float]  # the same events: send -> the processor's decision
+    unseen: int  # sampled events never seen
+    shared_ms: list[float]  # every released record: send -> read from its shared topic
+    shared_unmatched: int  # shared records of events sent before this phase
+
+
 def run_latency(settings: Settings, client: Any, charter: Charter, worker: ProcessorWorker, sinks: Sinks,
-                records: list[tuple[str, dict]], rate: float) -> tuple[float, list[float], list[float], int]:
-    """(offered events/s, latencies in ms, send -> decided in ms, sampled events never seen) at `rate` events/s."""
+                records: list[tuple[str, dict]], rate: float) -> Latency:
+    """Produce -> queryable (sampled) and produce -> shared (every released record) at `rate` events/s."""
     database = ddl.database_name(settings.clickhouse_database_prefix, LATENCY_RECIPIENT)
     tables = {event_type: ddl.qualified(database, ddl.table_name(event_type))
               for agreement in charter.agreements if agreement.recipient == LATENCY_RECIPIENT
               for event_type in agreement.event_types}
     every = max(1, round(rate / SAMPLED_PER_S))
+    own_id = {event_type: functions[0] for event_type, functions in recipient_ids(settings, LATENCY_RECIPIENT).items()}
+    derive = recipient_ids(settings)
+    every_shared = max(1, round(rate / SHARED_SAMPLED_PER_S))
+    shared_sent: dict[str, float] = {}  # every recipient's id of every event -> send time (wall clock, as CreateTime)
+    reader = SharedReader(settings, shared_sent)
+    reader.start()
     visibility = Visibility(client, tables).start()
     producers = MixProducer(settings, {record["provider"] for _, record in records})
     step = max(1, int(rate / 200))  # pace in batches of 5 ms worth of events
-    tracked = 0
+    tracked = sent = 0
     try:
         started = time.perf_counter()
         for index in range(0, len(records), step):
@@ -426,8 +440,14 @@ def run_latency(settings: Settings, client: Any, charter: Charter, worker: Proce
                 if event_type in tables:
                     tracked += 1
                     if tracked % every == 0:
-                        visibility.sent(event_type, record["event_id"], time.perf_counter())
+                        visibility.sent(event_type, record["event_id"], own_id[event_type](record["event_id"]),
+                                        time.perf_counter())
                 producers.send(event_type, record)
+                sent += 1
+                if sent % every_shared == 0:
+                    at = time.time()
+                    for recipient_id in derive.get(event_type, ()):
+                        shared_sent[recipient_id(record["event_id"])] = at
             for producer in producers.producers.values():
                 producer.poll(0)
         offered = len(records) / (time.perf_counter() - started)
@@ -439,12 +459,18 @@ def run_latency(settings: Settings, client: Any, charter: Charter, worker: Proce
             if visibility.error is not None or not worker.alive():
                 break
             time.sleep(0.1)
+        # and until no released record reached a shared topic for 3 s (bounded)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and time.time() - reader.last_seen < 3:
+            time.sleep(0.1)
     finally:
         visibility.stop()
+        reader.stop()
     if visibility.error is not None:
         raise BackboneError(f"visibility poll failed: {visibility.error}") from visibility.error
     console.print(f"visibility poll: {visibility.queries:,} queries, {visibility.query_s / max(1, visibility.queries) * 1000:.1f} ms each")
-    return offered, visibility.latencies_ms, decided_ms(client, visibility.sampled), visibility.unseen()
+    return Latency(offered, visibility.latencies_ms, decided_ms(client, visibility.sampled), visibility.unseen(),
+                   reader.latencies_ms, reader.unmatched)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -472,9 +498,17 @@ def report(results: Results) -> Path:
                   f"sink batch {results.throughput_sink_batch}")
     table.add_row("bare loop (consume -> Router.route -> produce)", f"{results.bare_events_per_s:,.0f} events/s",
                   f"{results.bare_events:,} events")
+    table.add_row("hand-written loop, audit per event / no audit",
+                  f"{results.handwritten_loop_events_per_s:,.0f} / {results.handwritten_no_audit_events_per_s:,.0f} events/s", "")
     table.add_row("broker raw pass-through (consume -> produce)", f"{results.passthrough_events_per_s:,.0f} events/s", "")
     table.add_row("[b]ratio end to end / bare loop", f"[b]{results.ratio:.0%}",
                   f"[{'green' if ratio_ok else 'red'}]>= {RATIO_TARGET:.0%}")
+    if results.handwritten_no_audit_events_per_s:
+        table.add_row("processor (in the pipeline) / hand-written no-audit loop",
+                      f"{results.processor_events_per_s / results.handwritten_no_audit_events_per_s:.0%}",
+                      "producers and sinks ran beside the worker")
+        table.add_row("processor (in the pipeline) / hand-written loop with the same audit",
+                      f"{results.processor_events_per_s / max(1.0, results.handwritten_loop_events_per_s):.0%}", "")
     table.add_row("offered load achieved", f"{results.offered_rate:,.0f} events/s",
                   f"{results.offered_events:,} events, sink batch {results.latency_sink_batch}")
     for name in ("p50", "p95", "p99", "max"):
@@ -483,6 +517,11 @@ def report(results: Results) -> Path:
         decided = results.decided_ms.get(name, float("nan"))
         table.add_row(f"latency produce -> queryable {name}", f"{value:,.0f} ms",
                       f"{target}{'  ' if target else ''}of which to decision {decided:,.0f} ms")
+    shared_p99 = results.shared_latency_ms.get("p99", float("nan"))
+    for name in ("p50", "p95", "p99", "max"):
+        target = (f"[{'green' if shared_p99 < P99_SHARED_TARGET_MS else 'red'}]< {P99_SHARED_TARGET_MS:,.0f} ms"
+                  if name == "p99" else "")
+        table.add_row(f"latency produce -> shared {name}", f"{results.shared_latency_ms.get(name, float('nan')):,.0f} ms", target)
     intervals = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results.latency_batch_interval_s.items())
     table.add_row("sink batch interval in the latency phase", "s per batch", intervals)
     table.add_row("latency samples (seen / never seen)", f"{results.latency_samples:,} / {results.latency_unseen:,}", "")
@@ -505,7 +544,7 @@ def report(results: Results) -> Path:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.e2e", description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=30_000, help="events of the throughput phase (demo mix)")
-    parser.add_argument("--rate", type=float, default=5_000.0, help="offered load of the latency phase, events/s")
+    parser.add_argument("--rate", type=float, default=3_000.0, help="offered load of the latency phase, events/s")
     parser.add_argument("--duration", type=float, default=15.0, help="length of the latency phase, seconds")
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic events")
     parser.add_argument("--partitions", type=int, default=6)
@@ -518,7 +557,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> Path:
     """Run the benchmark, print the table, write the JSON; returns its path."""
     args = parse_args(argv)
+    with clean_stop():  # SIGTERM / SIGHUP stop the worker, sinks and stack as Ctrl-C does
+        results = run(args)
+    return report(results)
+
+
+def run(args: argparse.Namespace) -> Results:
     results = Results()
+    results.notes.append("measured on a shared 2-core development machine with other engineers' work running: "
+                         "figures of a loaded machine, compare ratios within one run")
     warmup = mix(args.seed + 1000, 1_000)
     records = mix(args.seed, args.events)
     latency_records = mix(args.seed + 1, int(args.rate * args.duration))
@@ -565,6 +612,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
                 Stage("sinks (audit + shared rows landed)", results.audit_rows + results.shared_rows, landed_at - first),
             ]
             results.stages = [{"name": s.name, "count": s.count, "done_s": s.done_s, "rate": s.rate} for s in stages]
+            results.processor_events_per_s = stages[1].rate
             results.rss_mb["after throughput"] = memory_report(worker)
             sinks.stop()
             carried, sinks = sinks.landed(), None
@@ -572,6 +620,10 @@ def main(argv: Sequence[str] | None = None) -> Path:
             console.print(f"end to end {results.e2e_events_per_s:,.0f} events/s; bare loop and pass-through ...")
             raw_ends = {tp: end for tp, end in producers.ends.items() if tp[0].startswith("raw.")}
             results.bare_events_per_s, results.bare_events, _ = run_bare(settings, raw_ends, args.max_seconds)
+            results.router_loop_events_per_s = results.bare_events_per_s
+            console.print("hand-written loops (with the processor's audit record, and without audit) ...")
+            results.handwritten_loop_events_per_s = run_handwritten(settings, raw_ends, args.max_seconds, audit=True)
+            results.handwritten_no_audit_events_per_s = run_handwritten(settings, raw_ends, args.max_seconds, audit=False)
             results.passthrough_events_per_s = run_passthrough(settings, raw_ends, args.max_seconds)
             results.ratio = results.e2e_events_per_s / results.bare_events_per_s
 
@@ -583,28 +635,37 @@ def main(argv: Sequence[str] | None = None) -> Path:
             decided += raw_count(warmup_again)
             wait_landed(client, sinks, worker, decided, args.max_seconds)
             batches = {sink.plan.name: (sink.stats.batches, time.perf_counter()) for sink in sinks.sinks}
-            offered, latencies, decided, unseen = run_latency(settings, client, charter, worker, sinks, latency_records, args.rate)
-            results.offered_rate, results.offered_events = offered, len(latency_records)
-            results.latency_samples, results.latency_unseen = len(latencies), unseen
-            results.latency_ms = percentiles(latencies)
+            latency = run_latency(settings, client, charter, worker, sinks, latency_records, args.rate)
+            results.offered_rate, results.offered_events = latency.offered, len(latency_records)
+            results.offered_events_per_s = latency.offered
+            results.latency_samples, results.latency_unseen = len(latency.queryable_ms), latency.unseen
+            results.latency_ms = percentiles(latency.queryable_ms)
+            results.p50_produce_to_queryable_ms = results.latency_ms.get("p50")
+            results.p99_produce_to_queryable_ms = results.latency_ms.get("p99")
+            results.shared_latency_ms = percentiles(latency.shared_ms)
+            results.p50_produce_to_shared_ms = results.shared_latency_ms.get("p50")
+            results.p99_produce_to_shared_ms = results.shared_latency_ms.get("p99")
+            results.notes.append(f"produce -> shared timed for 1 in {max(1, round(args.rate / SHARED_SAMPLED_PER_S))} events "
+                                 f"({len(latency.shared_ms):,} released records); {latency.shared_unmatched:,} other "
+                                 "shared records read (events not timed, or sent before the phase)")
             results.latency_batch_interval_s = {
                 sink.plan.name: (time.perf_counter() - batches[sink.plan.name][1]) / max(1, sink.stats.batches - batches[sink.plan.name][0])
                 for sink in sinks.sinks}
-            results.decided_ms = percentiles(decided)
+            results.decided_ms = percentiles(latency.decided_ms)
             for sink in sinks.sinks:
                 st = sink.stats
                 results.notes.append(f"sink {sink.plan.name}: {st.batches} batches; seconds in consume {st.consume_s:.1f}, "
                                      f"insert {st.insert_s:.1f}, commit {st.commit_s:.1f}, after-batch {st.hook_s:.1f}")
             results.rss_mb["after latency"] = memory_report(worker)
-            if unseen:
-                results.notes.append(f"{unseen} sampled events never became visible in {LATENCY_RECIPIENT}'s tables "
+            if latency.unseen:
+                results.notes.append(f"{latency.unseen} sampled events never became visible in {LATENCY_RECIPIENT}'s tables "
                                      "(denied, or later than the drain allowed)")
         finally:
             if sinks is not None:
                 sinks.stop()
             worker.stop()
             client.close()
-    return report(results)
+    return results
 
 
 if __name__ == "__main__":
