@@ -5,7 +5,7 @@ shared-topic delivery at a steady offered load. `--soak` instead runs the worker
 steady load and follows the memory of every process.
 
     python -m bench.processor [--events 50000] [--rate 5000] [--seconds 15] [--partitions 6]
-                              [--workers 2] [--checkpoint-rounds 2] [--profile DIR]
+                              [--workers 2] [--checkpoint-rounds 3] [--profile DIR]
     python -m bench.processor --soak [--soak-seconds 600] [--soak-rate 2000] [--soak-interval 10]
 
 Starts a private embedded broker and registry in a temporary directory, then:
@@ -14,7 +14,7 @@ Starts a private embedded broker and registry in a temporary directory, then:
    processor routes it (same Router, engine, keyring, consent table), outputs produced to
    `bench.bare.*` copies of the output topics (deleted afterwards), one flush at the end; then the
    hand-written loops (fastavro + the policy engine + librdkafka, with and without the per-event
-   audit record) on the same events;
+   audit record) on the same events; all take batches as the data plane does (what is waiting);
 3. checkpoints: the processor's `DataPlane` in this process (same settings, its own consumer group,
    from the first batch to the last commit), sealing each batch with a signed checkpoint and
    without (`checkpoints=lambda: None`: audit records produced unsealed), both in each of
