@@ -730,12 +730,12 @@ class SoakSampler:
     def acknowledged(self) -> int:
         return sum(end for tp, end in self.mix.ends.items() if tp[0].startswith("raw."))
 
-    def sample(self, offered: int) -> dict[str, float | int | None]:
+    def sample(self, offered: int, draining: bool = False) -> dict[str, float | int | None]:
         now = time.perf_counter()
         decided, acked = self.committed(), self.acknowledged()
         worker_cpu = cpu_seconds(self.worker.pid) if self.worker.pid else None
         row: dict[str, float | int | None] = {"t_s": round(now - self._started, 1), "offered": offered,
-                                              "decided": decided, "lag": max(0, acked - decided)}
+                                              "decided": decided, "lag": max(0, acked - decided), "draining": draining}
         if self._last is not None:
             at, before, cpu = self._last
             row["decided_per_s"] = round((decided - before) / (now - at), 1)
@@ -752,8 +752,9 @@ class SoakSampler:
 
 
 def growth(series: list[dict[str, float | int | None]], key: str, window_s: float = 60.0) -> dict[str, float | None]:
-    """first / last / max of `key` over the run, and growth % from the first `window_s`' median to the last's."""
-    values = [(row["t_s"], row[key]) for row in series if row.get(key) is not None]
+    """first / last / max of `key` over the run, and growth % from the median of the load's first
+    `window_s` to the median of its last (samples after the load ended are left out of both)."""
+    values = [(row["t_s"], row[key]) for row in series if row.get(key) is not None and not row.get("draining")]
     if not values:
         return {"first": None, "last": None, "max": None, "growth_pct": None}
     end = values[-1][0]
@@ -823,13 +824,19 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
                 results.drained_s = time.perf_counter() - ended
                 break
             if time.perf_counter() >= next_sample:
-                show(sampler.sample(sent))
+                show(sampler.sample(sent, draining=True))
                 next_sample += interval
             time.sleep(0.2)
-        last = sampler.sample(sent)
+        last = sampler.sample(sent, draining=True)
         show(last)
         results.decided_events, results.final_lag = int(last["decided"] or 0), int(last["lag"] or 0)
         results.series = sampler.series
+        loaded = [row for row in sampler.series if not row.get("draining") and row.get("decided_per_s") is not None]
+        tail = [float(row["decided_per_s"] or 0) for row in loaded if float(row["t_s"] or 0) >= float(loaded[-1]["t_s"] or 0) - 60]
+        if tail and statistics.median(tail) < 0.9 * rate:
+            results.notes.append(f"over the load's last minute {statistics.median(tail):,.0f} events/s were decided against "
+                                 f"{rate:,.0f} offered: the pipeline fell behind (worker CPU in the table says whether "
+                                 "the worker was busy or waiting)")
         # a minute each, or a quarter of a shorter run (windows of a short run would overlap)
         results.growth_window_s = min(60.0, seconds / 4)
         results.rss_mb = {name: growth(sampler.series, f"rss_{name}_mb", results.growth_window_s) for name in sampler.pids}

@@ -92,3 +92,9 @@ def test_a_run_past_its_hard_deadline_is_interrupted_so_its_cleanup_runs() -> No
 def test_memory_of_this_process_is_read_from_proc() -> None:
     rss, peak = memory_mb(__import__("os").getpid())
     assert rss is not None and peak is not None and 0 < rss <= peak
+
+
+def test_soak_growth_leaves_out_samples_taken_after_the_load() -> None:
+    series = [{"t_s": float(t), "rss_worker_mb": 100.0, "draining": False} for t in range(0, 130, 10)]
+    series += [{"t_s": 130.0 + t, "rss_worker_mb": 500.0, "draining": True} for t in range(0, 60, 10)]
+    assert growth(series, "rss_worker_mb")["growth_pct"] == 0.0
