@@ -58,7 +58,13 @@ from backbone.errors import BackboneError
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.serde import registry_client
 from backbone.settings import Settings
-from backbone.topics import Topics
+from backbone.topics import (
+    CHECKPOINTS_TOPIC,
+    OPERATIONS_CHECKPOINTS_TOPIC,
+    OPERATIONS_TOPIC,
+    TIMESTAMPS_TOPIC,
+    Topics,
+)
 from bench.processes import clean_stop, memory_mb, stack_children
 from bench.processor import (
     DATAPLANE_GROUP,
@@ -161,6 +167,12 @@ class Sinks:
     def __init__(self, settings: Settings, charter: Charter, client: Any, carried: tuple[int, int] = (0, 0)) -> None:
         self.settings = settings
         self.carried = carried
+        # the audit sinks of topics nothing writes during a bench (operator actions, their checkpoints,
+        # TSA timestamps) subscribe to them all the same: create them, so no sink warns of an unknown topic
+        topics = Topics(settings)
+        for topic in (OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC):
+            topics.ensure(topic)
+        topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)
         self.sinks: list[Sink] = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
         self.audit = next(sink for sink in self.sinks if sink.plan.name == "audit")
         self.shared = [sink for sink in self.sinks if sink is not self.audit]
