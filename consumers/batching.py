@@ -188,13 +188,14 @@ class BatchingSink:
         consumer = self._open()
         room = min(max(1, self.batch_rows - len(self._pending)), 10_000)
         # librdkafka's consume() waits for `room` messages or the whole timeout, whichever comes
-        # first: with a batch held, wait no longer than until it may land.
+        # first: with a batch held, wait no longer than until it may land; with none, take what is
+        # waiting, or wait for the first message only (not for a full batch).
+        started = time.perf_counter()
         if self._pending:
             timeout = max(0.0, min(timeout, self._land_from - time.monotonic(), self._deadline - time.monotonic()))
+            messages = consumer.consume(num_messages=room, timeout=timeout)
         else:
-            timeout = min(timeout, self.batch_seconds)
-        started = time.perf_counter()
-        messages = consumer.consume(num_messages=room, timeout=timeout)
+            messages = consumer.consume(num_messages=room, timeout=0) or consumer.consume(num_messages=1, timeout=min(timeout, self.batch_seconds))
         self.stats.consume_s += time.perf_counter() - started
         read = 0
         for message in messages:
