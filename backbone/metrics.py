@@ -86,6 +86,14 @@ class ProcessorCollector(Collector):
             yield seconds
             yield GaugeMetricFamily("backbone_processor_paused", "1 while the data plane decides nothing (a state reader "
                                     "is behind or the registry is down)", value=1 if plane.paused else 0)
+            yield CounterMetricFamily("backbone_audit_checkpoints_sealed", "Signed checkpoints sealing audit batches",
+                                      value=plane.checkpoints_sealed)
+            timestamper = getattr(getattr(plane, "checkpoints", None), "timestamper", None)
+            if timestamper is not None:  # only with BACKBONE_AUDIT_TSA_URL set
+                yield CounterMetricFamily("backbone_audit_timestamps", "Checkpoints timestamped by the RFC 3161 TSA",
+                                          value=timestamper.stamped)
+                yield GaugeMetricFamily("backbone_audit_timestamp_failures", "Consecutive failed attempts to have a "
+                                        "checkpoint timestamped (0 once the TSA answers again)", value=timestamper.failed)
         versions = GaugeMetricFamily("backbone_state_version", "Records applied to a worker's state (consent, agreements, "
                                      "erasures): grows with every change the worker knows", labels=["state"])
         for reader in getattr(self.enforcement, "readers", None) or ():

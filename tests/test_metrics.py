@@ -60,6 +60,21 @@ def test_the_processor_endpoint_reports_decisions_by_recipient_and_reason_and_de
     assert all(v > 0 for v in denied)
 
 
+def test_the_processor_endpoint_reports_sealed_checkpoints_and_tsa_timestamps() -> None:
+    timestamper = SimpleNamespace(stamped=4, failed=2)
+    plane = SimpleNamespace(consumed=900, batches=3, seconds={"consume": 0.1, "route": 0.2}, paused=None,
+                            checkpoints_sealed=3, checkpoints=SimpleNamespace(timestamper=timestamper))
+    registry = CollectorRegistry()
+    registry.register(metrics.ProcessorCollector(SimpleNamespace(router=None, data_plane=plane, readers=[])))
+    port = metrics.serve(load_settings(metrics_port=0), free_port(), registry)
+    assert port is not None
+    found = samples(scrape(port))
+    assert found[("backbone_audit_checkpoints_sealed_total", ())] == 3
+    assert found[("backbone_audit_timestamps_total", ())] == 4
+    assert found[("backbone_audit_timestamp_failures", ())] == 2
+    assert found[("backbone_processor_consumed_total", ())] == 900
+
+
 def test_metrics_are_off_unless_a_port_is_set() -> None:
     assert metrics.serve(load_settings(metrics_port=0)) is None
 
