@@ -6,7 +6,8 @@ part change as server-sent events arrive. Then against the real embedded stack a
 `backbone demo --keep-running` with demo data, the CLI beside it, and the browser on the console it
 prints: the operator sees every agency of the charter, suspends tax -> fraud and sees the denials
 (agreement_inactive) appear on that edge, is refused the oversight page; oversight looks up a demo
-subject's disclosures; Ctrl-C stops the demo and everything it started.
+subject's disclosures; each metrics endpoint the demo prints serves non-zero backbone metrics (scraped
+and parsed as Prometheus does); Ctrl-C stops the demo and everything it started.
 
 Screenshots of each step go to `tests/artifacts/console/` (or `$BACKBONE_TEST_ARTIFACTS/console/`).
 """
@@ -356,6 +357,39 @@ def test_oversight_sees_the_disclosures_about_a_demo_subject(demo: RunningDemo, 
     # the demo's trail is sealed: the records shown verify against their signed checkpoints
     assert browser.find_element(By.ID, "verification").text.startswith("verified: the records shown are sealed")
     browser.save_screenshot(str(screenshots / "06-subject-disclosures-oversight.png"))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_each_metrics_endpoint_the_demo_prints_serves_non_zero_backbone_metrics(demo: RunningDemo) -> None:
+    """As `curl http://127.0.0.1:PORT/metrics` of each process after the demo mix, parsed as Prometheus does."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    deadline = time.monotonic() + 30
+    while len(re.findall(r"metrics of the (\w+): (http://\S+)", demo.output)) < 3 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    urls = dict(re.findall(r"metrics of the (\w+): (http://\S+)", demo.output))
+    assert set(urls) == {"registry", "processor", "sinks"}, demo.output[-2000:]
+    totals: dict[str, dict[str, float]] = {}
+    for part, url in urls.items():
+        assert url.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(url, timeout=10) as answer:
+            text = answer.read().decode()
+        found: dict[str, float] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                found[sample.name] = found.get(sample.name, 0.0) + sample.value
+        totals[part] = found
+    worker, sinks, registry = totals["processor"], totals["sinks"], totals["registry"]
+    for name in ("backbone_events_decided_total", "backbone_records_released_total", "backbone_events_routed_total",
+                 "backbone_processor_consumed_total", "backbone_audit_checkpoints_sealed_total", "backbone_state_version"):
+        assert worker.get(name, 0) > 0, (name, sorted(worker))
+    for name in ("backbone_sink_rows_landed_total", "backbone_sink_batch_rows_count", "backbone_sink_insert_seconds_count"):
+        assert sinks.get(name, 0) > 0, (name, sorted(sinks))
+    assert "backbone_consumer_lag" in sinks
+    assert registry.get("backbone_registry_requests_total", 0) > 0, sorted(registry)
 
 
 @pytest.mark.integration
