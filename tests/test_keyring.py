@@ -296,3 +296,20 @@ def test_pseudonym_is_standard_hmac_sha256_under_the_domain_key() -> None:
     for value in ("123456782", "", "é" * 100, 42):
         expected = hmac.digest(key, b"fraud\x00" + str(value).encode(), "sha256")[:16]
         assert pseudonym.token("fraud", value, keyring=keyring) == f"{key_id}." + base64.urlsafe_b64encode(expected).rstrip(b"=").decode()
+
+
+@pytest.mark.integration
+def test_an_operator_action_without_the_keyring_is_refused_and_nothing_is_published(
+        registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fail closed: an action that cannot be sealed (no keyring, so no operations signing key) is
+    not done, and no unsealed record of it reaches audit.operations."""
+    from backbone import operations
+
+    for name in ("BACKBONE_MASTER_KEY", "BACKBONE_MASTER_KEY_FILE"):
+        monkeypatch.delenv(name, raising=False)
+    settings = registry_settings.model_copy(update={"data_dir": tmp_path, "keyring_path": tmp_path / "keyring.json"})
+    action = operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@2", "done", None, {"status": "suspended"})
+    with pytest.raises(KeyringError, match="is sealed in the audit trail with the operations signing key .* so it is not done"):
+        operations.record(settings, action)
+    published = read_topic(settings, OPERATIONS_TOPIC, lambda _: False, timeout=2)
+    assert action.action_id.encode() not in {m.key() for m in published}
