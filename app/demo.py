@@ -21,24 +21,25 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from backbone import agreement_changes, dlq
-from backbone.audit_log import public_key_map
-from backbone.catalog import load_catalog
-from backbone.chdb_server import ChdbServer
-from backbone.clickhouse import make_client, serve_readers
-from backbone.embedded import EmbeddedStack, free_port, port_in_use
-from backbone.errors import BackboneError
-from backbone.keyring import Keyring, write_master_key_file
 from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
 from app.scoring import score
+from backbone.audit.log import public_key_map
+from backbone.clickhouse.client import make_client, serve_readers
+from backbone.clickhouse.endpoint import ChdbServer
+from backbone.control import agreement_changes
+from backbone.errors import BackboneError
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import registry_client
+from backbone.kafka import dlq
+from backbone.keys.keyring import Keyring, write_master_key_file
+from backbone.keys.pseudonym import token
 from backbone.policy.agreements import load_agreements
-from backbone.policy.pseudonym import token
-from backbone.serde import registry_client
 from backbone.settings import Settings
+from backbone.stack.embedded import EmbeddedStack, free_port, port_in_use
 from consumers import ddl
 from consumers.audit_trail import ClickHouseTrail
-from consumers.fraud import FraudDetector
 from consumers.batching import SinkThreads
+from consumers.fraud import FraudDetector
 from consumers.sink import Sink, sinks_for
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth
@@ -85,7 +86,7 @@ class DemoResult:
     clickhouse_dsn: str = ""
     truth_path: Path | None = None
     elapsed_s: float = 0.0
-    audit: Any = None  # the landed audit trail's verification (`backbone.audit_log.Report`)
+    audit: Any = None  # the landed audit trail's verification (`backbone.audit.log.Report`)
 
 
 class Demo:
@@ -154,7 +155,7 @@ class Demo:
     def _serve_sink_metrics(self, settings: Settings) -> None:
         from prometheus_client import REGISTRY
 
-        from backbone import metrics
+        from backbone.telemetry import metrics
 
         metrics.SinkCollector(self._sinks)
         REGISTRY.register(metrics.LagCollector(settings, {sink.group_id for sink in self._sinks} | {"backbone-processor"}))

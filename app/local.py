@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from backbone.catalog import load_catalog
-from backbone.embedded import ChildProcess, EmbeddedStack
 from backbone.errors import BackboneError
-from backbone.keyring import Keyring, encode_master_key, new_master_key
+from backbone.events.catalog import load_catalog
+from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings, load_settings
+from backbone.stack.embedded import ChildProcess, EmbeddedStack
 
 READY_LINE = "enforcing"  # what a processor worker logs once its data plane runs
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from backbone import dlq
 from backbone.errors import BackboneError, registry_unavailable
-from backbone.kafka_state import GroupLag, TopicStatus, kafka_status
+from backbone.kafka import dlq
+from backbone.kafka.groups import GroupLag, TopicStatus, kafka_status
 from backbone.settings import Settings
 
 T = TypeVar("T")
@@ -81,7 +81,7 @@ def dlq_status(settings: Settings, timeout: float) -> Counter[str]:
 
 
 def registry_subjects(settings: Settings) -> list[str]:
-    from backbone.serde import registry_client
+    from backbone.events.serde import registry_client
 
     try:
         return sorted(registry_client(settings).get_subjects())
@@ -110,7 +110,7 @@ def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str,
 
     from clickhouse_connect.driver.exceptions import OperationalError
 
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
 
     dsn = urlsplit(settings.clickhouse_dsn or "")
     where = f"{dsn.scheme}://{dsn.hostname}:{dsn.port}" if dsn.hostname else settings.clickhouse_dsn  # never the password
@@ -143,8 +143,8 @@ def clickhouse_status(settings: Settings, minutes: int) -> tuple[list[tuple[str,
 def agreement_status(settings: Settings, timeout: float) -> tuple[list[tuple[str, str, str, str]], dict[str, str]]:
     """Status changes on `agreements.changes` and the records the processors cannot apply, as a
     worker would see them with this machine's schemas and agreements."""
-    from backbone import agreement_changes
-    from backbone.catalog import load_catalog
+    from backbone.control import agreement_changes
+    from backbone.events.catalog import load_catalog
     from backbone.policy.agreements import load_agreements
 
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))

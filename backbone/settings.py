@@ -97,7 +97,7 @@ class Settings(BaseSettings):
     # Embedded broker
     broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
 
-    # Prometheus metrics (backbone.metrics) and the web console (`backbone console`)
+    # Prometheus metrics (backbone.telemetry.metrics) and the web console (`backbone console`)
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's Prometheus /metrics endpoint (0: none)")
     metrics_host: str = Field("127.0.0.1", description="Address the metrics endpoint binds (0.0.0.0 for a scraper in another pod)")
     console_port: int = Field(8090, ge=0, le=65535, description="Port of `backbone console`")

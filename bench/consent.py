@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.table import Table
 
 from app.local import ProcessorWorker, embedded_settings
-from backbone.serde import Decoder, registry_client
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC
 from producers import AgencyProducer, ConsentPublisher
 
 GOAL_P99_MS = 1000.0

@@ -52,19 +52,20 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, To
 from rich.console import Console
 from rich.table import Table
 
-from backbone.catalog import CONSENT_EVENT, load_catalog
-from backbone.clickhouse import make_client
+from app.local import ProcessorWorker, embedded_settings
+from backbone.clickhouse.client import make_client
 from backbone.errors import BackboneError
-from backbone.policy.agreements import Charter, load_agreements
-from backbone.serde import registry_client
-from backbone.settings import Settings
-from backbone.topics import (
+from backbone.events.catalog import CONSENT_EVENT, load_catalog
+from backbone.events.serde import registry_client
+from backbone.kafka.topics import (
     CHECKPOINTS_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
     TIMESTAMPS_TOPIC,
     Topics,
 )
+from backbone.policy.agreements import Charter, load_agreements
+from backbone.settings import Settings
 from bench.processes import clean_stop, memory_mb, stack_children
 from bench.processor import (
     DATAPLANE_GROUP,
@@ -77,7 +78,6 @@ from bench.processor import (
     run_handwritten,
     take,
 )
-from app.local import ProcessorWorker, embedded_settings
 from consumers import ddl
 from consumers.batching import SinkThreads
 from consumers.sink import Sink, sinks_for

@@ -26,11 +26,11 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from backbone.catalog import load_catalog
-from backbone.clickhouse import make_client
-from backbone.erasure import delete_rows, row_targets
-from backbone.keyring import Keyring
-from backbone.policy import pseudonym
+from backbone.clickhouse.client import make_client
+from backbone.control.erasure import delete_rows, row_targets
+from backbone.events.catalog import load_catalog
+from backbone.keys import pseudonym
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl

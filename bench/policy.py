@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 from fastavro import schemaless_reader, schemaless_writer
 
-from backbone.catalog import load_catalog
-from backbone.keyring import Keyring
+from backbone.events.catalog import load_catalog
+from backbone.keys.keyring import Keyring
 from backbone.policy import DictConsent, PolicyEngine, load_agreements
-from producers.synthetic.samples import sample_event
 from backbone.settings import PROJECT_ROOT
+from producers.synthetic.samples import sample_event
 
 # share of each event type in the mix (roughly the synthetic agencies' volumes)
 MIX = {

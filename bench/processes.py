@@ -1,7 +1,7 @@
 """The processes a benchmark starts, seen from the benchmark: their resident memory, and a clean stop
 on every way a run can end (an exception, Ctrl-C, SIGTERM, SIGHUP, or the run's own hard deadline).
 
-The broker, registry and workers run in sessions of their own (`backbone.embedded.ChildProcess`),
+The broker, registry and workers run in sessions of their own (`backbone.stack.embedded.ChildProcess`),
 so a signal to the benchmark never reaches them: they stop only through the `finally` blocks and
 context managers of the benchmark. Turning SIGTERM, SIGHUP and a deadline into exceptions of the
 main thread is what lets those blocks run. Only PIDs started by this process are read or signalled.

@@ -57,12 +57,12 @@ from confluent_kafka import OFFSET_BEGINNING, OFFSET_END, Consumer, KafkaError, 
 from rich.console import Console
 from rich.table import Table
 
-from backbone.catalog import CONSENT_EVENT
-from backbone.compacted import CompactedTopicReader
-from backbone.serde import Decoder, registry_client
-from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, shared_topic
 from app.local import ProcessorWorker, embedded_settings
+from backbone.events.catalog import CONSENT_EVENT
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.compacted import CompactedTopicReader
+from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, shared_topic
+from backbone.settings import Settings
 from bench import profile as spy
 from bench.processes import clean_stop, cpu_seconds, rss_mb, stack_children
 from processors.app import APP_ID, Enforcement
@@ -276,10 +276,11 @@ def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: b
     """events/s of a loop written by hand: fastavro decode with schemas fetched once, the policy
     engine, fastavro encode of the released records (and, with `audit`, one audit record per event
     listing its decisions), librdkafka produce, one flush at the end. No Router, no serde."""
-    from fastavro import parse_schema, schemaless_reader, schemaless_writer
     import io
 
-    from backbone.catalog import AUDIT_EVENT
+    from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+    from backbone.events.catalog import AUDIT_EVENT
 
     enforcement, _ = build_router(settings)
     engine, consent, registry = enforcement.engine, enforcement.consent, registry_client(settings)
@@ -608,10 +609,10 @@ def recipient_ids(settings: Settings, recipient: str | None = None) -> dict[str,
     """Per event type, the functions giving each recipient's own id for a source event id (derived
     under the recipient's domain key): what lets a reader of `shared.*` (or of a recipient's tables)
     match a released record back to the send time of its source event. Only `recipient`'s if given."""
-    from backbone.catalog import load_catalog
-    from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+    from backbone.keys.pseudonym import event_id_function
     from backbone.policy.agreements import load_agreements
-    from backbone.policy.pseudonym import event_id_function
 
     keyring = Keyring.open(settings)
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))

@@ -25,8 +25,8 @@ from pathlib import Path
 
 from confluent_kafka import Producer
 
+from backbone.kafka.topics import Topics
 from backbone.settings import Settings, load_settings
-from backbone.topics import Topics
 from producers.sdk import AgencyProducer
 from producers.synthetic import generate
 
@@ -51,7 +51,7 @@ def backbone_settings(data_dir: Path) -> Iterator[tuple[Settings, bool]]:
     if os.environ.get("BACKBONE_KAFKA_BOOTSTRAP") and os.environ.get("BACKBONE_SCHEMA_REGISTRY_URL"):
         yield load_settings(data_dir=data_dir), False
         return
-    from backbone.embedded import EmbeddedStack
+    from backbone.stack.embedded import EmbeddedStack
 
     with EmbeddedStack(data_dir) as stack:
         yield load_settings(data_dir=data_dir, **{k.removeprefix("BACKBONE_").lower(): v
@@ -98,7 +98,7 @@ def run_bare(settings: Settings, topic: str, messages: list[tuple[bytes, bytes]]
 
 
 def run_bare_encoding(settings: Settings, topic: str, records: list[dict], encode, keys: list[bytes]) -> float:  # noqa: ANN001
-    """Seconds for a bare producer that encodes each record with `backbone.serde` (no validation)."""
+    """Seconds for a bare producer that encodes each record with `backbone.events.serde` (no validation)."""
     started = time.perf_counter()
     messages = [(key, encode(record)) for key, record in zip(keys, records, strict=True)]
     return time.perf_counter() - started + run_bare(settings, topic, messages)

@@ -7,7 +7,7 @@ fastavro), so the router's overhead and the audit trail's cost are measured, not
 Loops, each over the same pre-encoded demo events (decode -> decide -> encode released records):
 - `router`: the project's `Router.route` (schemas from an in-memory `LocalSchemas`), as the data plane calls it;
 - `router_fastavro_decode`: the same Router reading every event with the serde decoder (fastavro),
-  as before the generated decoder: the before/after of `backbone.avro_codegen.compile_decoder`;
+  as before the generated decoder: the before/after of `backbone.events.decoder.compile_decoder`;
 - `decode_generated` / `decode_fastavro`: the two read paths alone;
 - `handwritten_audit_per_event`: one audit record per event listing all its decisions (the processor's design);
 - `handwritten_audit_per_decision`: one audit record per decision (the first wave's design);
@@ -30,12 +30,12 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from rich.console import Console
 from rich.table import Table
 
-from backbone.catalog import AUDIT_EVENT, load_catalog
-from backbone.keyring import Keyring
+from backbone.events.catalog import AUDIT_EVENT, load_catalog
+from backbone.events.serde import Decoder, Encoder, LocalSchemas, encoder_for
+from backbone.kafka.topics import raw_topic
+from backbone.keys.keyring import Keyring
 from backbone.policy import DictConsent, PolicyEngine, load_agreements
-from backbone.serde import Decoder, Encoder, LocalSchemas, encoder_for
 from backbone.settings import PROJECT_ROOT
-from backbone.topics import raw_topic
 from processors.router import Router
 from producers.synthetic import generate
 

@@ -1,4 +1,4 @@
-"""Encode and decode rate of `welfare.benefit_claimed` through `backbone.serde` beside raw fastavro
+"""Encode and decode rate of `welfare.benefit_claimed` through `backbone.events.serde` beside raw fastavro
 `schemaless_writer` / `schemaless_reader` on the same records in the same run.
 
     python -m bench.serde [--count 50000] [--rounds 3] [--max-seconds 60] [--url URL]
@@ -24,9 +24,9 @@ from typing import Any
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from fastavro import schemaless_reader, schemaless_writer
 
-from backbone.catalog import default_catalog
-from backbone.serde import Decoder, encoder_for
-from backbone.topics import raw_topic
+from backbone.events.catalog import default_catalog
+from backbone.events.serde import Decoder, encoder_for
+from backbone.kafka.topics import raw_topic
 
 EVENT_TYPE = "welfare.benefit_claimed"
 TARGET = 0.8
@@ -77,7 +77,7 @@ def registry_url(url: str | None) -> Iterator[str]:
     if url:
         yield url
         return
-    from backbone.embedded import EmbeddedBroker, EmbeddedRegistry
+    from backbone.stack.embedded import EmbeddedBroker, EmbeddedRegistry
 
     with tempfile.TemporaryDirectory() as directory:
         with EmbeddedBroker(Path(directory)) as broker, EmbeddedRegistry(Path(directory), broker.bootstrap) as registry:
@@ -123,7 +123,7 @@ def main() -> None:
                        best_rate(lambda: [decode(d) for d in framed], args.count, args.rounds, deadline)),
         }
     print(f"{EVENT_TYPE}: {args.count} events, best of {args.rounds} rounds")
-    print(f"{'':8}{'raw fastavro':>16}{'backbone.serde':>18}{'ratio':>8}")
+    print(f"{'':8}{'raw fastavro':>16}{'backbone.events.serde':>18}{'ratio':>8}")
     for name, (raw, ours) in rates.items():
         verdict = "ok" if ours / raw >= TARGET else f"below {TARGET:.0%} target"
         print(f"{name:8}{raw:>12,.0f} ev/s{ours:>13,.0f} ev/s{ours / raw:>8.0%}  {verdict}")

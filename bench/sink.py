@@ -23,14 +23,15 @@ from pathlib import Path
 from confluent_kafka import Consumer, Producer
 from fastavro import parse_schema, schemaless_reader
 
-from backbone.catalog import load_catalog
-from backbone.clickhouse import make_client
-from backbone.keyring import Keyring
+from backbone.clickhouse.client import make_client
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import encoder_for, registry_client
+from backbone.kafka.topics import ALERTS_TOPIC, Topics, shared_topic
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import load_agreements
-from backbone.policy.engine import NoConsent, PolicyEngine
-from backbone.serde import encoder_for, registry_client
+from backbone.policy.decision import NoConsent
+from backbone.policy.engine import PolicyEngine
 from backbone.settings import PROJECT_ROOT, load_settings
-from backbone.topics import ALERTS_TOPIC, Topics, shared_topic
 from consumers import ddl
 from consumers.fraud import FraudDetector
 from consumers.sink import Sink, recipient_plan
@@ -130,7 +131,7 @@ def alert_latency(settings, engine, client, count: int) -> list[float]:  # noqa:
         template.setdefault(event_type, record)
     now = datetime.now(UTC)
     keyring = Keyring.for_charter(engine.charter)
-    from backbone.policy.pseudonym import token_function
+    from backbone.keys.pseudonym import token_function
 
     pseudonymise, _ = token_function(keyring, "fraud")
     engine = PolicyEngine(engine.charter, keyring)
@@ -179,7 +180,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-sink-"))
     stack = None
     if not os.environ.get("BACKBONE_KAFKA_BOOTSTRAP"):
-        from backbone.embedded import EmbeddedStack
+        from backbone.stack.embedded import EmbeddedStack
 
         stack = EmbeddedStack(work / "stack").start()
         os.environ.update(stack.environment())

@@ -11,12 +11,11 @@ from datetime import datetime
 
 from clickhouse_connect.driver.client import Client
 
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.pseudonym import token
 from backbone.policy.agreements import Agreement, Charter
-from backbone.policy.pseudonym import token
 from backbone.policy.released import released_fields
 from consumers import ddl
-
 
 
 @dataclass(slots=True, frozen=True)

@@ -1,7 +1,7 @@
 """Reading the landed audit trail back and verifying it (`backbone audit verify`, `audit subject`,
 `audit receipt`): from the audit database, or from the topics themselves. The trail is the
 decision records of every processor writer and the operator actions of the `operations` chain
-(`backbone.operations`), each chain sealed by its signed checkpoints.
+(`backbone.audit.operations`), each chain sealed by its signed checkpoints.
 
 From ClickHouse, each record's leaf is recomputed from its landed columns: the columns are the
 record schema's fields, converted back to Avro values and encoded with the same schema, so an edit
@@ -14,27 +14,27 @@ from __future__ import annotations
 
 import time
 import uuid
-from io import BytesIO
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from io import BytesIO
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
-from fastavro import parse_schema, schemaless_reader
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from fastavro import parse_schema, schemaless_reader
 
-from backbone import audit_log as log
-from backbone.audit_log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
-from backbone.audit_receipt import make_receipt
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
-from backbone.keyring import PublicKey
-from backbone.operations import OPERATIONS_WRITER
-from backbone.serde import HEADER_SIZE, Decoder, registry_client
+from backbone.audit import log
+from backbone.audit.log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
+from backbone.audit.operations import OPERATIONS_WRITER
+from backbone.audit.receipts import make_receipt
+from backbone.audit.timestamps import Stamp, Trust, check_stamps
+from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
+from backbone.events.serde import HEADER_SIZE, Decoder, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC
+from backbone.keys.keyring import PublicKey
 from backbone.settings import Settings
-from backbone.timestamps import Stamp, Trust, check_stamps
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC
 from consumers import ddl
 from consumers.plans import CHECKPOINTS_TABLE, TIMESTAMPS_TABLE
 from consumers.typemap import quote_identifier

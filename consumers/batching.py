@@ -4,7 +4,7 @@
 lands it when it is full (`batch_rows`), `batch_seconds` old, or, sooner, when nothing more is
 waiting and it has waited as long as the last write took (at least `sink_batch_min_seconds`): small
 batches at light load, full ones under a backlog, and the time writing at most about half. It hands the batch to
-its `Target`, dead-letters what the target rejects (`backbone.dlq` contract, acknowledged by the
+its `Target`, dead-letters what the target rejects (`backbone.kafka.dlq` contract, acknowledged by the
 broker), and only then commits the offsets. A target that cannot write raises: nothing is
 committed, and the batch is read again after a restart. On a rebalance the batch held is landed
 and committed before the partitions go. After each batch an optional hook runs (e.g. fraud rules).
@@ -26,10 +26,10 @@ from typing import Protocol
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer
 
-from backbone import dlq
 from backbone.errors import BackboneError, SinkError
+from backbone.kafka import dlq
+from backbone.kafka.topics import Topics, dlq_topic
 from backbone.settings import Settings
-from backbone.topics import Topics, dlq_topic
 
 log = logging.getLogger("backbone.sink")
 
@@ -48,7 +48,7 @@ class TargetUnavailable(BackboneError):
 
 @dataclass(slots=True, frozen=True)
 class Rejection:
-    """A message the target will not hold: a `backbone.dlq` reason code and an optional detail
+    """A message the target will not hold: a `backbone.kafka.dlq` reason code and an optional detail
     that never carries record content."""
 
     message: Message

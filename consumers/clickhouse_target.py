@@ -29,7 +29,7 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from backbone.errors import SinkError
-from backbone.serde import HEADER_SIZE, MAGIC
+from backbone.events.serde import HEADER_SIZE, MAGIC
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.batching import Rejection, TargetUnavailable, Written

@@ -4,7 +4,7 @@ Pure functions from names and columns to SQL text, no I/O: the sink runs them, t
 One database per agency (`<prefix><agency>`), one table per provider event type
 (`tax.income_declared` -> `tax_income_declared`), one view per agreement (`tax-to-fraud` ->
 `tax_to_fraud`, with `__<event>` when the agreement shares several event types). Names are
-sanitised by `backbone.names`, which also keeps the names the backbone reserves.
+sanitised by `backbone.policy.names`, which also keeps the names the backbone reserves.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backbone.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
+from backbone.policy.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
 from consumers.typemap import Column, quote_identifier
 
 if TYPE_CHECKING:

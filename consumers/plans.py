@@ -15,11 +15,18 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog, load_catalog
+from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog, load_catalog
+from backbone.kafka.topics import (
+    AUDIT_TOPIC,
+    CHECKPOINTS_PATTERN,
+    OPERATIONS_TOPIC,
+    TIMESTAMPS_TOPIC,
+    shared_event_type,
+    shared_pattern,
+)
 from backbone.policy.agreements import Charter
 from backbone.policy.released import released_fields, released_schema
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_PATTERN, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC, shared_event_type, shared_pattern
 from consumers import ddl
 from consumers.typemap import Column, merge_columns, table_columns
 

@@ -4,7 +4,7 @@ Faust gives the worker model, lifecycle, web endpoint and CLI (`faust -A process
 the high-volume path is the batched librdkafka `DataPlane` run by `EnforcementService` on a thread
 (a Faust agent consumes ~10k events/s on the embedded broker, the batched loop several times that).
 Consent, agreement and erasure state are read in full by every worker from their compacted topics;
-dead letters are sealed per subject (`backbone.dlq.DlqSealer`) so an erasure can shred them.
+dead letters are sealed per subject (`backbone.kafka.dlq.DlqSealer`) so an erasure can shred them.
 
 Importing this module builds nothing: `create_app` builds the app from settings, and the module
 attribute `app` (what `faust -A processors.app` reads) is built on first access.
@@ -20,17 +20,18 @@ from typing import Any
 import faust
 import mode
 
-from backbone import agreement_changes, dlq, erasure
-from backbone.catalog import load_catalog
-from backbone.compacted import CompactedTopicReader
+from backbone.control import agreement_changes, erasure
 from backbone.errors import BackboneError
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import Decoder, RegistrySchemas, registry_client
+from backbone.kafka import dlq
+from backbone.kafka.compacted import CompactedTopicReader
+from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
-from backbone.logs import worker_logging_config
-from backbone.serde import Decoder, RegistrySchemas, registry_client
 from backbone.settings import Settings, get_settings
-from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
+from backbone.telemetry.logs import worker_logging_config
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
@@ -158,7 +159,7 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
     """The Faust app; pass a ready `enforcement` to surface configuration errors before Faust starts.
 
     Building it touches nothing (no file, no connection); Faust's data goes to
-    `<BACKBONE_DATA_DIR>/faust` once a worker starts, and its logs through `backbone.logs`.
+    `<BACKBONE_DATA_DIR>/faust` once a worker starts, and its logs through `backbone.telemetry.logs`.
     """
     import ssl
 

@@ -1,5 +1,5 @@
 """The processor's side of the verifiable audit trail: each batch's audit records are placed in a
-Merkle tree and sealed by one signed checkpoint on `audit.checkpoints` (`backbone.audit_log`).
+Merkle tree and sealed by one signed checkpoint on `audit.checkpoints` (`backbone.audit.log`).
 
 The writer is a stable id per worker, kept with its chain state in `<data dir>/audit-writers/`
 and held by an exclusive lock while the worker runs: workers sharing a data directory take
@@ -30,7 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from backbone.audit_log import (
+from backbone.audit.log import (
     EMPTY_POSITION,
     AuditLogError,
     Checkpoint,
@@ -38,12 +38,11 @@ from backbone.audit_log import (
     RecordCodec,
     position_suffix,
 )
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
-from backbone.errors import KeyringError
-from backbone.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
-from backbone.serde import HEADER_SIZE, MAGIC
+from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
+from backbone.events.serde import HEADER_SIZE, MAGIC
+from backbone.kafka.topics import CHECKPOINTS_TOPIC, Topics
+from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
 from backbone.settings import Settings
-from backbone.topics import CHECKPOINTS_TOPIC, Topics
 from processors.timestamps import Timestamper
 
 log = logging.getLogger(__name__)

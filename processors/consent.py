@@ -21,10 +21,10 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Message
 
-from backbone.compacted import Retry
 from backbone.errors import RegistryError, SerdeError
-from backbone.policy.engine import ConsentRecord
-from backbone.serde import Decoder
+from backbone.events.serde import Decoder
+from backbone.kafka.compacted import Retry
+from backbone.policy.decision import ConsentRecord
 
 log = logging.getLogger(__name__)
 

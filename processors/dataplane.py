@@ -25,9 +25,9 @@ from datetime import UTC, datetime
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
 from backbone.errors import BackboneError, RegistryError
-from backbone.policy.engine import ConsentState
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
+from backbone.policy.decision import ConsentState
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
 from processors.checkpoints import Checkpointer
 from processors.router import Router
 

@@ -22,10 +22,10 @@ from typing import Any
 
 from confluent_kafka import Message
 
+from backbone.control.erasure import ErasureRecord, token_function_under_key
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
-from backbone.erasure import ErasureRecord, token_function_under_key
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
-from backbone.policy.pseudonym import token_key_id
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.pseudonym import token_key_id
 
 log = logging.getLogger(__name__)
 

@@ -15,9 +15,6 @@ from datetime import UTC, datetime
 
 from fastavro import parse_schema
 
-from backbone import dlq
-from backbone.avro_codegen import CompiledDecoder, compile_decoder
-from backbone.catalog import AUDIT_EVENT, Catalog
 from backbone.errors import (
     BadMagicByte,
     CorruptMessage,
@@ -26,11 +23,15 @@ from backbone.errors import (
     TruncatedMessage,
     UnknownSchemaId,
 )
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring
-from backbone.policy.engine import ConsentState, Decision, PolicyEngine
-from backbone.policy.pseudonym import token_function
-from backbone.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
-from backbone.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
+from backbone.events.catalog import AUDIT_EVENT, Catalog
+from backbone.events.decoder import CompiledDecoder, compile_decoder
+from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
+from backbone.kafka import dlq
+from backbone.kafka.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.pseudonym import token_function
+from backbone.policy.decision import ConsentState, Decision
+from backbone.policy.engine import PolicyEngine
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +104,7 @@ class Router:
         self._shared_topics: dict[tuple[str, str], str] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
-        # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.metrics
+        # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.telemetry.metrics
         self.decided: Counter[tuple[str, str]] = Counter()
 
     def prepare(self) -> None:

@@ -4,7 +4,7 @@ names a timestamping authority (off by default).
 Checkpoints are hash-chained, so a timestamp of checkpoint n vouches for every earlier one of the
 writer: the data plane never calls the TSA. A thread of its own takes, every
 `audit_tsa_interval_s`, the writer's newest sealed checkpoint not yet timestamped, asks the TSA for
-a token over its chain hash (`backbone.timestamps.request_for`), checks the answer (granted, the
+a token over its chain hash (`backbone.audit.timestamps.request_for`), checks the answer (granted, the
 hash, the nonce; the signature too when `audit_tsa_cert_file` is set) and publishes it to
 `audit.timestamps`, keyed by writer. A TSA that is down, slow (`audit_tsa_timeout_s`) or refusing
 costs a warning and a retry at the next interval; deciding never waits for it.
@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import base64
 import logging
-from io import BytesIO
 import threading
 import urllib.error
 import urllib.request
 from collections.abc import Callable
+from io import BytesIO
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 from fastavro import parse_schema, schemaless_writer
 
-from backbone.audit_log import Checkpoint, CheckpointCodec
-from backbone.catalog import AUDIT_TIMESTAMP, Catalog
-from backbone.serde import MAGIC
+from backbone.audit.log import Checkpoint, CheckpointCodec
+from backbone.audit.timestamps import Stamp, TimestampError, Trust, accept, gen_time, request_for
+from backbone.events.catalog import AUDIT_TIMESTAMP, Catalog
+from backbone.events.serde import MAGIC
+from backbone.kafka.topics import TIMESTAMPS_TOPIC, Topics
 from backbone.settings import Settings, split_credentials
-from backbone.timestamps import Stamp, TimestampError, Trust, accept, gen_time, request_for
-from backbone.topics import TIMESTAMPS_TOPIC, Topics
 
 log = logging.getLogger(__name__)
 

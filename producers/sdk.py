@@ -22,12 +22,12 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from backbone.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
 from backbone.errors import kafka_unavailable
-from backbone.serde import Encoder, encoder_for, registry_client
+from backbone.events.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
+from backbone.events.encoder import CompiledEncoder, compile_encoder
+from backbone.events.serde import Encoder, encoder_for, registry_client
+from backbone.kafka.topics import CONSENT_TOPIC, Topics, raw_topic
 from backbone.settings import Settings, get_settings
-from backbone.topics import CONSENT_TOPIC, Topics, raw_topic
-from backbone.avro_codegen import CompiledEncoder, compile_encoder
 from producers.errors import DeliveryError, ProducerError, ProducerValidationError, QueueFullError
 from producers.keys import SubjectKeys, default_partition
 from producers.validation import Validator, compile_validator

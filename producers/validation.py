@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Callable, Collection
 from typing import Any
 
-from backbone.catalog import EventSchema
+from backbone.events.catalog import EventSchema
 
 Problem = tuple[str, str]
 Check = Callable[[Any], Problem | None]

@@ -41,7 +41,7 @@ def kafka_bootstrap(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         with KafkaContainer() as container:
             yield container.get_bootstrap_server()
         return
-    from backbone.embedded import EmbeddedBroker
+    from backbone.stack.embedded import EmbeddedBroker
 
     with EmbeddedBroker(tmp_path_factory.mktemp("broker")) as broker:
         yield broker.bootstrap
@@ -55,7 +55,7 @@ def clickhouse_dsn(tmp_path_factory: pytest.TempPathFactory) -> str:
 
 @pytest.fixture(scope="session")
 def clickhouse_client(clickhouse_dsn: str):  # noqa: ANN201 - clickhouse_connect Client
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
 
     client = make_client(clickhouse_dsn)
     yield client
@@ -91,7 +91,7 @@ def schema_registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathF
     if configured:
         yield load_settings(schema_registry_url=configured).schema_registry_url_with_credentials()
         return
-    from backbone.embedded import EmbeddedRegistry
+    from backbone.stack.embedded import EmbeddedRegistry
 
     with EmbeddedRegistry(tmp_path_factory.mktemp("registry"), kafka_bootstrap) as registry:
         yield registry.url

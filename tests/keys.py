@@ -6,7 +6,7 @@ that use made-up domains and providers use this one instead of provisioning each
 
 from __future__ import annotations
 
-from backbone.keyring import KeyKind, Keyring
+from backbone.keys.keyring import KeyKind, Keyring
 
 
 class AutoKeyring(Keyring):

@@ -11,8 +11,8 @@ import pytest
 import yaml
 from confluent_kafka.admin import AclBinding, AclOperation, AclPermissionType, ResourcePatternType, ResourceType
 
-from backbone.acls import Agencies, Grant, bindings, plan, plan_for_charter, strimzi_users
-from backbone.catalog import load_catalog
+from backbone.access.acls import Agencies, Grant, bindings, plan, plan_for_charter, strimzi_users
+from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT
 
@@ -235,10 +235,10 @@ IMPLIED = {"describe": {"describe", "read", "write", "delete"}}
 
 
 def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901 - a table, one entry per command
-    from backbone import dlq
+    from backbone.kafka import dlq
+    from backbone.kafka.topics import dlq_topic, raw_topic, shared_topic
     from backbone.settings import load_settings
-    from backbone.topics import dlq_topic, raw_topic, shared_topic
-    from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, TIMESTAMPS_SINK, group_id
+    from consumers.plans import AUDIT_SINK, OPERATIONS_SINK, TIMESTAMPS_SINK, group_id
     from processors.app import APP_ID
 
     settings = load_settings(clickhouse_database_prefix="")
@@ -248,7 +248,7 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
         raw.setdefault(e.provider, set()).add(raw_topic(e.event_type))
     shared = {shared_topic(a.recipient, t) for a in charter.agreements for t in a.event_types}
     recipients = sorted({a.recipient for a in charter.agreements})
-    readers = ("group", "reader-*", "describe")  # backbone/compacted.py: group `reader-<uuid>`, assigned, never joined
+    readers = ("group", "reader-*", "describe")  # backbone/kafka/compacted.py: group `reader-<uuid>`, assigned, never joined
     table: dict[str, tuple[str, set[Need]]] = {}
     for provider, topics in raw.items():
         if provider == "consent":  # producers/sdk.py ConsentPublisher: ensure, then produce
@@ -288,7 +288,7 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}
                                 | {("group", "backbone-registry-*", "describe")})
-    # backbone/operations.py record: ensures both topics, reads the operations chain's head (assigned,
+    # backbone/audit/operations.py record: ensures both topics, reads the operations chain's head (assigned,
     # no group), produces the action's checkpoint and the action
     recorded = {("topic", "audit.operations", "create"), ("topic", "audit.operations", "write"),
                 ("topic", "audit.operations.checkpoints", "create"), ("topic", "audit.operations.checkpoints", "read"),
@@ -310,7 +310,7 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # topics (raw for the processor's, shared for the sinks') and records the action
     dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
     table["backbone dlq list|show"] = ("User:operator", dlq_read)
-    # backbone/erasure.py erase: ensures and writes erasures, tombstones consent records, destroys DLQ keys
+    # backbone/control/erasure.py erase: ensures and writes erasures, tombstones consent records, destroys DLQ keys
     # (reading them first), records the action
     table["backbone erase"] = ("User:operator", {("topic", "erasures", "create"), ("topic", "erasures", "write"),
                                                  ("topic", "consent.changes", "write"), ("topic", "dlq.keys", "read"),

@@ -21,15 +21,16 @@ from pydantic import SecretStr
 
 from app.cli import main
 from app.local import provision_keyring
-from backbone.catalog import default_catalog
-from backbone.compacted import read_to_end
-from backbone.keyring import Keyring, encode_master_key, new_master_key
-from backbone.policy.agreements import Agreement, check_agreement, load_agreements, to_yaml
-from backbone.policy.diff import NARROWING, WIDENING, Change, Verdict, diff, judge, widens
-from backbone.policy.replay import replay, replay_from_kafka
-from backbone.serde import Decoder, registry_client
+from backbone.control.replay import replay, replay_from_kafka
+from backbone.events.catalog import default_catalog
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.compacted import read_to_end
+from backbone.kafka.topics import AGREEMENTS_TOPIC, OPERATIONS_TOPIC
+from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
+from backbone.policy.agreements import Agreement, load_agreements, to_yaml
+from backbone.policy.diff import NARROWING, WIDENING, Verdict, diff, judge, widens
+from backbone.policy.rules import check_agreement
 from backbone.settings import PROJECT_ROOT, Settings, get_settings
-from backbone.topics import AGREEMENTS_TOPIC, OPERATIONS_TOPIC
 from producers import AgencyProducer
 from producers.synthetic.samples import sample_event
 from tests.pipeline import header, read_topic

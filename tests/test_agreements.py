@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from backbone.catalog import Catalog, default_catalog, load_catalog
 from backbone.errors import AgreementError
+from backbone.events.catalog import Catalog, default_catalog, load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT
 

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from backbone.serde import registry_client
+from backbone.events.serde import registry_client
 from backbone.settings import Settings
 from consumers.audit import disclosures, subject_token
 from consumers.sink import Sink, audit_plan
-from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 from tests.keys import AutoKeyring
+from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 
 pytestmark = pytest.mark.integration
 

@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 from fastavro import parse_schema, schemaless_reader
 
-from backbone import audit_log as log
-from backbone.audit_log import CheckpointCodec, RecordCodec, inclusion_proof, leaf_hash, merkle_root, root_from_proof
-from backbone.audit_receipt import make_receipt, verify_receipt
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog, load_catalog
-from backbone.keyring import Keyring
-from backbone.serde import HEADER_SIZE, LocalSchemas
+from backbone.audit import log
+from backbone.audit.log import CheckpointCodec, RecordCodec, inclusion_proof, leaf_hash, merkle_root, root_from_proof
+from backbone.audit.receipts import make_receipt, verify_receipt
+from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog, load_catalog
+from backbone.events.serde import HEADER_SIZE, LocalSchemas
+from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT
 from consumers.audit_trail import Trail, verify_trail
 from processors.checkpoints import Checkpointer, WriterSlot
@@ -279,8 +279,8 @@ def test_a_receipt_signed_by_an_unpublished_key_fails_against_the_published_keys
 
 # --- the data plane's side ---------------------------------------------------------------------
 def test_placed_records_keep_the_routers_bytes_and_their_leaf_is_the_canonical_encoding(catalog, codecs, keyring, tmp_path: Path) -> None:
+    from backbone.events.serde import encoder_for
     from processors.router import UNPLACED
-    from backbone.serde import encoder_for
 
     schemas = LocalSchemas()
     audit_schema = catalog.internal_schema(AUDIT_EVENT)
@@ -329,7 +329,7 @@ def test_a_writer_keeps_its_chain_across_restarts_and_workers_sharing_a_data_dir
 
 
 def test_a_processor_adds_the_signing_key_to_a_keyring_made_without_one(tmp_path: Path) -> None:
-    from backbone.keyring import encode_master_key, new_master_key
+    from backbone.keys.keyring import encode_master_key, new_master_key
     from backbone.settings import load_settings
     from processors.checkpoints import ensure_signing_key
 

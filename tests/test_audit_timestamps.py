@@ -18,13 +18,13 @@ import pytest
 from fastavro import parse_schema, schemaless_reader
 
 from app.local import worker_environment
-from backbone import audit_log as log
-from backbone.catalog import AUDIT_CHECKPOINT, AUDIT_TIMESTAMP, Catalog, load_catalog
-from backbone.keyring import Keyring
-from backbone.serde import registry_client
+from backbone.audit import log
+from backbone.audit.timestamps import Trust
+from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_TIMESTAMP, Catalog, load_catalog
+from backbone.events.serde import registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC
+from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.timestamps import Trust
-from backbone.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC
 from consumers.audit_trail import ClickHouseTrail, verify_kafka
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan, timestamps_plan
 from tests.pipeline import Worker, private_stack, read_topic

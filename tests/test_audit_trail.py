@@ -20,15 +20,14 @@ from pathlib import Path
 import pytest
 
 from app.local import worker_environment
-from backbone import audit_log as log
-from backbone import operations
-from backbone.audit_log import Checkpoint, CheckpointCodec
-from backbone.audit_receipt import verify_receipt
-from backbone.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
-from backbone.keyring import Keyring
-from backbone.serde import registry_client
+from backbone.audit import log, operations
+from backbone.audit.log import Checkpoint, CheckpointCodec
+from backbone.audit.receipts import verify_receipt
+from backbone.events.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
+from backbone.events.serde import registry_client
+from backbone.kafka.topics import AUDIT_TOPIC
+from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC
 from consumers.audit_trail import ClickHouseTrail, verify_kafka
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from tests.pipeline import Worker, private_stack, read_topic

@@ -1,4 +1,4 @@
-"""The generated Avro decoder (`backbone.avro_codegen.compile_decoder`), the router's fast read path:
+"""The generated Avro decoder (`backbone.events.decoder.compile_decoder`), the router's fast read path:
 it reads every schema the backbone carries exactly as fastavro does, and bytes it has any doubt
 about go to the serde decoder, so bad input gives the errors (and DLQ reasons) it always gave."""
 
@@ -16,15 +16,16 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backbone import dlq
-from backbone.avro_codegen import _read_uuid, compile_decoder
-from backbone.catalog import Catalog, load_catalog
-from backbone.keyring import Keyring
+from backbone.events.catalog import Catalog, load_catalog
+from backbone.events.decoder import _read_uuid, compile_decoder
+from backbone.events.serde import Decoder, Encoder, LocalSchemas
+from backbone.kafka import dlq
+from backbone.kafka.topics import raw_topic
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import load_agreements
-from backbone.policy.engine import NoConsent, PolicyEngine
-from backbone.serde import Decoder, Encoder, LocalSchemas
+from backbone.policy.decision import NoConsent
+from backbone.policy.engine import PolicyEngine
 from backbone.settings import PROJECT_ROOT
-from backbone.topics import raw_topic
 from processors.router import DLQ_TOPIC, Router
 from producers.synthetic import generate
 

@@ -12,10 +12,10 @@ from collections.abc import Hashable
 import pytest
 from confluent_kafka import Message, Producer
 
-from backbone import dlq
 from backbone.errors import SinkError
+from backbone.kafka import dlq
+from backbone.kafka.topics import Topics
 from backbone.settings import Settings
-from backbone.topics import Topics
 from consumers.batching import DLQ_TOPIC, BatchingSink, Rejection, SinkThreads, TargetUnavailable, Written
 from tests.pipeline import read_topic
 

@@ -51,13 +51,13 @@ def test_profile_attributes_stacks_to_data_plane_stages(tmp_path: Path) -> None:
     raw = tmp_path / "worker.pyspy.txt"
     raw.write_text("\n".join([
         f"{PLANE};DataPlane._process (processors/dataplane.py:215);Router.route (processors/router.py:143);"
-        "Router._admit (processors/router.py:162);Decoder.__call__ (backbone/serde.py:140) 30",
+        "Router._admit (processors/router.py:162);Decoder.__call__ (backbone/events/serde.py:140) 30",
         f"{PLANE};DataPlane._process (processors/dataplane.py:215);Router.route (processors/router.py:144);"
         "PolicyEngine.decide (backbone/policy/engine.py:370) 50",
         f"{PLANE};DataPlane._process (processors/dataplane.py:215);Router.route (processors/router.py:145);"
-        f"Router._outputs (processors/router.py:{audit});Encoder.__call__ (backbone/serde.py:100) 10",
+        f"Router._outputs (processors/router.py:{audit});Encoder.__call__ (backbone/events/serde.py:100) 10",
         f"{PLANE};DataPlane._process (processors/dataplane.py:224);Checkpointer.place (processors/checkpoints.py:185) 5",
-        "thread (9): consent-feed;Thread.run (threading.py:982);CompactedTopicReader._run (backbone/compacted.py:109) 5",
+        "thread (9): consent-feed;Thread.run (threading.py:982);CompactedTopicReader._run (backbone/kafka/compacted.py:109) 5",
     ]) + "\n")
     summary = profile.summarise(raw, events=1000, rate=100)
     assert summary.samples == 100

@@ -1,5 +1,5 @@
 """A chDB directory held by one process (a sink, the demo) is read by the others through the
-read-only endpoint the holder serves (`backbone.chdb_server`).
+read-only endpoint the holder serves (`backbone.clickhouse.endpoint`).
 
 The holder here is a separate Python process holding a real chDB directory; readers are the real
 `backbone` commands in their own processes, and this process, which never opens the held directory
@@ -22,8 +22,8 @@ from pathlib import Path
 import pytest
 from clickhouse_connect.driver.exceptions import DatabaseError
 
-from backbone.chdb_server import SERVED_FILE, Endpoint, served_endpoint
-from backbone.clickhouse import make_client
+from backbone.clickhouse.client import make_client
+from backbone.clickhouse.endpoint import SERVED_FILE, Endpoint, served_endpoint
 from backbone.settings import PROJECT_ROOT
 
 pytestmark = pytest.mark.integration
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.integration
 HOLDER = """
 import logging, sys
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
-from backbone.clickhouse import make_client, serve_readers
+from backbone.clickhouse.client import make_client, serve_readers
 from consumers import ddl
 dsn = sys.argv[1]
 client = make_client(dsn)
@@ -209,7 +209,7 @@ def test_the_served_file_is_private_to_its_user(holder: Holder) -> None:
 
 
 def test_writers_still_need_the_directory_and_say_so(holder: Holder) -> None:
-    opened = subprocess.run([sys.executable, "-c", "import sys\nfrom backbone.clickhouse import make_client\nmake_client(sys.argv[1])",
+    opened = subprocess.run([sys.executable, "-c", "import sys\nfrom backbone.clickhouse.client import make_client\nmake_client(sys.argv[1])",
                              holder.dsn], capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT, env=_environment())
     assert opened.returncode != 0
     assert "ClickHouseDsnError" in opened.stderr and "in use by another process" in opened.stderr

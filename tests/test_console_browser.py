@@ -36,8 +36,8 @@ from app.console.auth import Logins
 from app.console.server import make_app
 from app.console.snapshot import Flow, Snapshot, load_charter
 from app.status import Status
-from backbone.embedded import free_port
 from backbone.settings import load_settings
+from backbone.stack.embedded import free_port
 from tests.browser import BrowserUnavailable, artifacts_dir, chrome
 
 PASSWORD = "operator-secret-1"

@@ -12,13 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from backbone.agreement_changes import STATUS_PREFIX, AgreementFeed, StatusChange
-from backbone.catalog import load_catalog
-from backbone.compacted import Retry
+from backbone.control.agreement_changes import STATUS_PREFIX, AgreementFeed, StatusChange
 from backbone.errors import RegistryUnavailable
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import Decoder, Encoder, LocalSchemas, encoder_for
+from backbone.kafka.compacted import Retry
 from backbone.policy import NoConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import to_yaml
-from backbone.serde import Decoder, Encoder, LocalSchemas, encoder_for
 from backbone.settings import PROJECT_ROOT
 from processors.consent import ConsentTable
 from producers.synthetic.samples import sample_event

@@ -29,12 +29,9 @@ import pytest
 import yaml
 from typer.main import get_command
 
-from backbone.acls import plan_for_charter
-from backbone.catalog import load_catalog
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
-from backbone.policy.agreements import load_agreements
-from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
-from backbone.topics import (
+from backbone.access.acls import plan_for_charter
+from backbone.events.catalog import load_catalog
+from backbone.kafka.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
     AUDIT_TOPIC,
@@ -50,6 +47,9 @@ from backbone.topics import (
     raw_topic,
     shared_topic,
 )
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
+from backbone.policy.agreements import load_agreements
+from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
 
 DEPLOY = PROJECT_ROOT / "deploy"
 COMPOSE = DEPLOY / "compose" / "docker-compose.yml"

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from backbone import dlq
-from backbone.serde import registry_client
+from backbone.events.serde import registry_client
+from backbone.kafka import dlq
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.sink import Sink, recipient_plan

@@ -14,18 +14,27 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
-from backbone import dlq
-from backbone.catalog import Catalog, load_catalog
-from backbone.erasure import (ERASURES_TOPIC, ErasureRecord, erase, oversight_tokens, recorded_erasures, row_targets,
-                              token_under_key, tokens_in_domain)
+from backbone.control.erasure import (
+    ERASURES_TOPIC,
+    ErasureRecord,
+    erase,
+    oversight_tokens,
+    recorded_erasures,
+    row_targets,
+    token_under_key,
+    tokens_in_domain,
+)
 from backbone.errors import AgreementError, BackboneError
-from backbone.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
-from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements, pseudonym
+from backbone.events.catalog import Catalog, load_catalog
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka import dlq
+from backbone.kafka.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, raw_topic
+from backbone.keys import pseudonym
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
+from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import parse_agreement, to_yaml
-from backbone.policy.engine import DictErasures
-from backbone.serde import Decoder, registry_client
+from backbone.policy.decision import DictErasures
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, raw_topic
 from consumers import ddl
 from consumers.audit import disclosures
 from consumers.plans import recipient_plan
@@ -325,7 +334,7 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
     landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
     assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
     # the audit trail held no personal data to erase: it still verifies against its signed checkpoints
-    from backbone.audit_log import public_key_map
+    from backbone.audit.log import public_key_map
     from consumers.audit_trail import ClickHouseTrail
 
     report = ClickHouseTrail(clickhouse_client, settings.clickhouse_database_prefix, charter.catalog).verify(

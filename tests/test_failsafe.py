@@ -25,14 +25,14 @@ from confluent_kafka import Producer
 
 from app.local import ProcessorWorker, provision_keyring, stack_settings
 from app.status import collect
-from backbone import agreement_changes
-from backbone.catalog import load_catalog
-from backbone.embedded import EmbeddedStack
-from backbone.keyring import encode_master_key, new_master_key
+from backbone.control import agreement_changes
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import Decoder, encoder_for, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, OPERATIONS_TOPIC, dlq_topic, raw_topic
+from backbone.keys.keyring import encode_master_key, new_master_key
 from backbone.policy.agreements import load_agreements
-from backbone.serde import Decoder, encoder_for, registry_client
-from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC, CONSENT_TOPIC, OPERATIONS_TOPIC, Topics, dlq_topic, raw_topic
+from backbone.settings import Settings
+from backbone.stack.embedded import EmbeddedStack
 from producers import AgencyProducer, ConsentPublisher
 from tests.pipeline import read_topic
 from tests.test_processor import audit_rows, national_id, tax_income, welfare_claim

@@ -12,11 +12,11 @@ import pytest
 from confluent_kafka import Consumer, Producer
 from typer.testing import CliRunner
 
-from backbone.clickhouse import chdb_path, make_client
-from backbone.embedded import EmbeddedBroker
+from backbone.clickhouse.client import chdb_path, make_client
 from backbone.errors import ClickHouseDsnError, EmbeddedError, KafkaUnavailableError, SettingsError, TopicError
+from backbone.kafka.topics import Topics
 from backbone.settings import load_settings
-from backbone.topics import Topics
+from backbone.stack.embedded import EmbeddedBroker
 from tests.conftest import TEST_CONSUMER_CONFIG
 
 

@@ -13,12 +13,11 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer
 
-from backbone.policy.pseudonym import token_function
-from backbone.serde import Decoder, registry_client
-from backbone.settings import Settings
-from backbone.topics import ALERTS_TOPIC
 from app.scoring import score
-from backbone.settings import load_settings
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import ALERTS_TOPIC
+from backbone.keys.pseudonym import token_function
+from backbone.settings import Settings, load_settings
 from consumers import ddl
 from consumers.fraud import (
     RULES,
@@ -36,8 +35,8 @@ from consumers.fraud import (
 )
 from consumers.sink import Sink, recipient_plan
 from producers.synthetic.fraud import FRAUD_KINDS
-from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 from tests.keys import AutoKeyring
+from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 
 CLAIMS = "welfare_benefit_claimed"
 HIGH_BENEFIT_EUR = 1_500.0
@@ -159,7 +158,7 @@ def test_running_fraud_sink_raises_alerts_in_the_background_while_it_lands(
 ) -> None:
     import threading
 
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
     from consumers.sink import sinks_for
 
     directory, charter, names = renamed_charter(tmp_path, unique)

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit, urlunsplit
 import pytest
 
 from app.cli.clickhouse import sink_passwords
-from backbone import names
-from backbone.catalog import load_catalog
 from backbone.errors import BackboneError
+from backbone.events.catalog import load_catalog
+from backbone.policy import names
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
@@ -178,7 +178,7 @@ def _as(url: str, user: str, password: str) -> str:
 def test_on_a_server_a_recipient_reads_its_view_and_is_refused_the_raw_table() -> None:
     from clickhouse_connect.driver.exceptions import DatabaseError
 
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
 
     prefix = f"t{uuid.uuid4().hex[:8]}_"
     database, table, view = ddl.database_name(prefix, "fraud"), "tax_income_declared", "tax_to_fraud"

@@ -17,11 +17,11 @@ import pytest
 from app.cli import main
 from app.local import worker_environment
 from backbone.errors import KeyringError, ReidentifyError
-from backbone.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
-from backbone.policy import pseudonym
-from backbone.serde import Decoder, registry_client
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import OPERATIONS_TOPIC
+from backbone.keys import pseudonym
+from backbone.keys.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
 from backbone.settings import Settings, get_settings, load_settings
-from backbone.topics import OPERATIONS_TOPIC
 from tests.keys import AutoKeyring
 from tests.pipeline import read_topic
 
@@ -303,7 +303,7 @@ def test_an_operator_action_without_the_keyring_is_refused_and_nothing_is_publis
         registry_settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Fail closed: an action that cannot be sealed (no keyring, so no operations signing key) is
     not done, and no unsealed record of it reaches audit.operations."""
-    from backbone import operations
+    from backbone.audit import operations
 
     for name in ("BACKBONE_MASTER_KEY", "BACKBONE_MASTER_KEY_FILE"):
         monkeypatch.delenv(name, raising=False)

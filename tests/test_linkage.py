@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from itertools import combinations
 
 import pytest
-from backbone.catalog import CONSENT_EVENT, load_catalog
-from backbone.clickhouse import make_client
+
+from backbone.clickhouse.client import make_client
+from backbone.events.catalog import CONSENT_EVENT, load_catalog
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from backbone.policy.agreements import Charter, load_agreements
-from backbone.serde import Decoder, registry_client
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from consumers import ddl
 from consumers.sink import sinks_for
 from consumers.typemap import quote_identifier

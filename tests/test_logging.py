@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from backbone.errors import SettingsError
-from backbone.logs import configure_logging, level_name, worker_logging_config
 from backbone.settings import PROJECT_ROOT, load_settings
+from backbone.telemetry.logs import configure_logging, level_name, worker_logging_config
 
 # key=value, the value bare or double-quoted with backslash escapes
 PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')

@@ -13,14 +13,14 @@ from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
-from backbone import metrics
-from backbone.catalog import Catalog
-from backbone.embedded import free_port
+from backbone.events.catalog import Catalog
+from backbone.events.serde import LocalSchemas
+from backbone.kafka.topics import raw_topic
 from backbone.registry.auth import Anonymous
 from backbone.registry.server import make_app
-from backbone.serde import LocalSchemas
 from backbone.settings import Settings, load_settings
-from backbone.topics import raw_topic
+from backbone.stack.embedded import free_port
+from backbone.telemetry import metrics
 from processors.router import Router
 from tests.test_router import TAX, catalog, charter, encode, event, keyring, route, router, schemas  # noqa: F401 - fixtures
 

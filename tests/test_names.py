@@ -9,12 +9,12 @@ import pytest
 from hypothesis import assume, given
 from hypothesis import strategies as st
 
-from backbone import names
-from backbone.acls import Agencies, plan_for_charter
-from backbone.catalog import CONSENT_EVENT, load_catalog
+from backbone.access.acls import Agencies, plan_for_charter
+from backbone.events.catalog import CONSENT_EVENT, load_catalog
+from backbone.kafka.topics import raw_prefix, shared_prefix
+from backbone.policy import names
 from backbone.policy.agreements import NAME_PATTERN, load_agreements
 from backbone.settings import PROJECT_ROOT
-from backbone.topics import raw_prefix, shared_prefix
 from consumers import ddl
 
 agency_names = st.from_regex(re.compile(NAME_PATTERN.replace("*$", "{0,12}$")), fullmatch=True)

@@ -12,13 +12,14 @@ import yaml
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
-from backbone.catalog import Catalog, load_catalog
 from backbone.errors import AgreementError, KeyringError
-from backbone.keyring import Keyring
-from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements, pseudonym
-from backbone.policy.engine import DictErasures
-from producers.synthetic.samples import sample_event
+from backbone.events.catalog import Catalog, load_catalog
+from backbone.keys import pseudonym
+from backbone.keys.keyring import Keyring
+from backbone.policy import REASONS, Charter, ConsentRecord, DictConsent, NoConsent, PolicyEngine, load_agreements
+from backbone.policy.decision import DictErasures
 from backbone.settings import PROJECT_ROOT
+from producers.synthetic.samples import sample_event
 from tests.keys import AutoKeyring
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)

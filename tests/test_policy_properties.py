@@ -12,13 +12,14 @@ from fastavro.validation import validate
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from backbone.catalog import Catalog, EventSchema, load_catalog
-from backbone.keyring import Keyring
-from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements, pseudonym
+from backbone.events.catalog import Catalog, EventSchema, load_catalog
+from backbone.keys import pseudonym
+from backbone.keys.keyring import Keyring
+from backbone.policy import REASONS, Agreement, Charter, DictConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import CLEAR_PII_BASES, RELEASED_HEADER, released_header
-from producers.synthetic.governance import PROFILES
 from backbone.policy.treatments import base_type, type_kind
 from backbone.settings import PROJECT_ROOT
+from producers.synthetic.governance import PROFILES
 from tests.keys import AutoKeyring
 
 CATALOG: Catalog = load_catalog(PROJECT_ROOT / "schemas")

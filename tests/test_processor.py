@@ -16,14 +16,15 @@ import pytest
 from confluent_kafka import Producer
 from fastavro import parse_schema
 
-from backbone import agreement_changes, dlq
-from backbone.catalog import load_catalog
+from backbone.control import agreement_changes
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import Decoder, Encoder, register, registry_client
+from backbone.kafka import dlq
+from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
+from backbone.keys import pseudonym
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import RELEASED_HEADER, load_agreements
-from backbone.keyring import Keyring
-from backbone.policy import pseudonym
-from backbone.serde import Decoder, Encoder, register, registry_client
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from processors.router import DLQ_TOPIC
 from producers import AgencyProducer, ConsentPublisher
 from tests.pipeline import Worker, header, private_stack, read_topic

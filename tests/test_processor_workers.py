@@ -11,10 +11,10 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka import Consumer, TopicPartition
 
-from backbone.catalog import CONSENT_EVENT
-from backbone.serde import Decoder, registry_client
+from backbone.events.catalog import CONSENT_EVENT
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, shared_topic
 from backbone.settings import Settings
-from backbone.topics import AUDIT_TOPIC, shared_topic
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
 from tests.pipeline import Worker, private_stack, read_topic

@@ -15,10 +15,10 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from backbone.embedded import EmbeddedBroker, free_port
 from backbone.errors import KafkaUnavailableError
+from backbone.kafka.topics import CONSENT_TOPIC, raw_topic
 from backbone.settings import PROJECT_ROOT, Settings, load_settings
-from backbone.topics import CONSENT_TOPIC, raw_topic
+from backbone.stack.embedded import EmbeddedBroker, free_port
 from producers import (
     AgencyProducer,
     ConsentPublisher,
@@ -269,9 +269,9 @@ def test_events_the_broker_never_acknowledges_are_counted_reported_and_raised(
 
 
 def test_compiled_encoder_writes_the_same_bytes_as_the_serde_encoder() -> None:
-    from backbone.catalog import load_catalog
-    from backbone.serde import Encoder
-    from backbone.avro_codegen import compile_encoder
+    from backbone.events.catalog import load_catalog
+    from backbone.events.encoder import compile_encoder
+    from backbone.events.serde import Encoder
 
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     compiled = {name: compile_encoder(schema.avro, 42) for name, schema in catalog.events.items()}

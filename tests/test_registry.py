@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from backbone.embedded import EmbeddedRegistry
 from backbone.registry.compatibility import LEVELS, incompatibilities, parse_avro
+from backbone.stack.embedded import EmbeddedRegistry
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 

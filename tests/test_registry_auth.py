@@ -19,10 +19,10 @@ import requests
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-from backbone.embedded import EmbeddedRegistry
 from backbone.registry.roles import Access, Grant, Role
 from backbone.registry.users import User, UsersFile
 from backbone.settings import PROJECT_ROOT, load_settings
+from backbone.stack.embedded import EmbeddedRegistry
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 READER, WRITER = ("reader", "reader-password-1"), ("tax", "tax-agency-password-1")
@@ -213,7 +213,7 @@ def test_confluent_kafka_client_with_basic_auth_user_info_registers_and_reads(se
 
 
 def test_backbone_clients_send_the_configured_user(secured: Secured) -> None:
-    from backbone.serde import RegistrySchemas, registry_client
+    from backbone.events.serde import RegistrySchemas, registry_client
 
     settings = load_settings(schema_registry_url=secured.registry.address,
                              schema_registry_user=WRITER[0], schema_registry_password=WRITER[1])

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from backbone.catalog import load_catalog
-from backbone.keyring import Keyring
+from backbone.events.catalog import load_catalog
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_fields, released_schema

@@ -11,15 +11,16 @@ from typing import Any
 import pytest
 from fastavro import parse_schema
 
-from backbone import dlq
-from backbone.catalog import AUDIT_EVENT, Catalog, load_catalog
 from backbone.errors import RegistryUnavailable, SchemaIncompatible, UnknownSchemaId
-from backbone.keyring import Keyring
+from backbone.events.catalog import AUDIT_EVENT, Catalog, load_catalog
+from backbone.events.serde import Decoder, Encoder, LocalSchemas, encoder_for
+from backbone.kafka import dlq
+from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import RELEASED_HEADER, Charter, load_agreements
-from backbone.policy.engine import NoConsent, PolicyEngine
-from backbone.serde import Decoder, Encoder, LocalSchemas, encoder_for
+from backbone.policy.decision import NoConsent
+from backbone.policy.engine import PolicyEngine
 from backbone.settings import PROJECT_ROOT
-from backbone.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from processors.router import DLQ_TOPIC, Output, Router
 from producers.synthetic.samples import sample_event
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from backbone.catalog import default_catalog
-from backbone.embedded import EmbeddedRegistry, free_port
+from backbone.events.catalog import default_catalog
 from backbone.settings import PROJECT_ROOT
+from backbone.stack.embedded import EmbeddedRegistry, free_port
 
 EVENT_TYPES = sorted(default_catalog().events)
 

@@ -11,7 +11,6 @@ from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
-from backbone.catalog import Catalog, default_catalog
 from backbone.errors import (
     BadMagicByte,
     CorruptMessage,
@@ -21,8 +20,9 @@ from backbone.errors import (
     TruncatedMessage,
     UnknownSchemaId,
 )
-from backbone.serde import MAGIC, Decoder, Encoder, encoder_for, register
-from backbone.topics import raw_topic
+from backbone.events.catalog import Catalog, default_catalog
+from backbone.events.serde import MAGIC, Decoder, Encoder, encoder_for, register
+from backbone.kafka.topics import raw_topic
 
 SECRET = "SECRET-VALUE-7731"
 CATALOG: Catalog = default_catalog()
@@ -209,7 +209,7 @@ def test_encoder_rejects_an_id_that_does_not_fit_the_header() -> None:
 def test_generated_fast_path_writes_the_same_bytes_and_still_names_a_bad_field() -> None:
     import random
 
-    from backbone.catalog import default_catalog
+    from backbone.events.catalog import default_catalog
     from producers.synthetic.samples import sample_event
 
     catalog = default_catalog()

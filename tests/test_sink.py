@@ -20,14 +20,15 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from backbone.catalog import load_catalog
-from backbone.keyring import Keyring
+from backbone.events.catalog import load_catalog
+from backbone.events.serde import Encoder, encoder_for, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC, Topics, shared_topic
+from backbone.keys.keyring import Keyring
+from backbone.keys.pseudonym import token_function
 from backbone.policy.agreements import Charter, load_agreements
-from backbone.policy.engine import NoConsent, PolicyEngine
-from backbone.policy.pseudonym import token_function
-from backbone.serde import Encoder, encoder_for, registry_client
+from backbone.policy.decision import NoConsent
+from backbone.policy.engine import PolicyEngine
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.topics import AUDIT_TOPIC, Topics, shared_topic
 from consumers import ddl
 from consumers.sink import DLQ_TOPIC, Sink, recipient_plan, sinks_for
 from producers.synthetic import generate
@@ -173,9 +174,8 @@ class Landed:
 @pytest.fixture(scope="module")
 def landed(kafka_bootstrap: str, schema_registry_url: str, clickhouse_client, tmp_path_factory: pytest.TempPathFactory) -> Landed:  # noqa: ANN001
     """The seeded synthetic month range, shared to every recipient and landed by every sink once."""
-    from tests.conftest import TEST_CONSUMER_CONFIG
-
     from backbone.settings import load_settings
+    from tests.conftest import TEST_CONSUMER_CONFIG
 
     suffix = uuid.uuid4().hex[:8]
     tmp_path = tmp_path_factory.mktemp("sink")

@@ -27,7 +27,7 @@ pytestmark = pytest.mark.integration
 
 READ_VIEWS = """
 import json, sys
-from backbone.clickhouse import make_client
+from backbone.clickhouse.client import make_client
 client = make_client(sys.argv[1])
 out = {}
 for database, view, table in json.loads(sys.argv[2]):

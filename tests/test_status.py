@@ -8,9 +8,9 @@ import time
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
-from backbone.settings import Settings, load_settings
 from app.status import collect
-from backbone.topics import Topics, dlq_topic
+from backbone.kafka.topics import Topics, dlq_topic
+from backbone.settings import Settings, load_settings
 from tests.conftest import TEST_CONSUMER_CONFIG
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ from collections import defaultdict
 import pytest
 from fastavro.validation import validate
 
-from backbone.catalog import load_catalog
+from backbone.events.catalog import load_catalog
 from backbone.settings import PROJECT_ROOT
 from producers.synthetic import (
     CLAIM_AFTER_DEATH,

@@ -1,4 +1,4 @@
-"""RFC 3161 timestamps of audit checkpoints (`backbone.timestamps`, `processors.timestamps`) against
+"""RFC 3161 timestamps of audit checkpoints (`backbone.audit.timestamps`, `processors.timestamps`) against
 a real timestamping authority on 127.0.0.1 (`tests.tsa`): a token is asked for a checkpoint's
 chain hash, checked as it arrives, and verified later under the TSA's root; each way a token can
 be wrong is refused and named."""
@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from backbone import audit_log as log
-from backbone.audit_log import Checkpoint, CheckpointCodec
-from backbone.catalog import AUDIT_CHECKPOINT, load_catalog
-from backbone.keyring import Keyring
+from backbone.audit import log
+from backbone.audit.log import Checkpoint, CheckpointCodec
+from backbone.audit.timestamps import Stamp, TimestampError, Trust, accept, check_stamps, gen_time, request_for
+from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
+from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
-from backbone.timestamps import Stamp, TimestampError, Trust, accept, check_stamps, gen_time, request_for
 from processors.timestamps import ask_tsa, shown_url
 from tests.tsa import GOOD, OTHER_HASH, OTHER_NONCE, LocalTsa
 

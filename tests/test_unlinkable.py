@@ -16,8 +16,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from backbone.catalog import Catalog, load_catalog
 from backbone.errors import AgreementError
+from backbone.events.catalog import Catalog, load_catalog
 from backbone.policy import Agreement, Charter, DictConsent, NoConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import RELEASED_HEADER
 from backbone.settings import PROJECT_ROOT

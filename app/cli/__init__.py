@@ -13,8 +13,8 @@ from rich.console import Console
 
 from backbone import __version__
 from backbone.errors import BackboneError
-from backbone.logs import configure_logging
 from backbone.settings import load_settings
+from backbone.telemetry.logs import configure_logging
 
 app = typer.Typer(help="Data Sharing Backbone: agreement-enforced real-time data sharing.", no_args_is_help=True)
 console = Console()
@@ -34,11 +34,30 @@ def version() -> None:
 
 def _register() -> None:
     # Each noun lives in its own module and adds itself to `app` on import.
-    from app.cli import acls, agreement_changes, agreements, consent, keys, process, produce, schemas, stack, topics  # noqa: F401
-    from app.cli import audit, clickhouse, dlq, fraud, sink  # noqa: F401 - ClickHouse sinks and their users
-    from app.cli import bench, demo, query, registry, status  # noqa: F401
-    from app.cli import erase  # noqa: F401 - the right to erasure
-    from app.cli import webconsole  # noqa: F401 - `backbone console`, the web console (not `console`: that is the rich Console)
+    from app.cli import (  # noqa: F401  # noqa: F401 - ClickHouse sinks and their users  # noqa: F401
+        acls,
+        agreement_changes,
+        agreements,
+        audit,
+        bench,
+        clickhouse,
+        consent,
+        demo,
+        dlq,
+        erase,  # noqa: F401 - the right to erasure
+        fraud,
+        keys,
+        process,
+        produce,
+        query,
+        registry,
+        schemas,
+        sink,
+        stack,
+        status,
+        topics,
+        webconsole,  # noqa: F401 - `backbone console`, the web console (not `console`: that is the rich Console)
+    )
 
 
 def main() -> None:

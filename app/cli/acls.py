@@ -8,11 +8,11 @@ from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AclOperation
 from rich.table import Table
 
-from backbone.acls import Grant, plan_for_charter, strimzi_users
 from app.cli import app, console
+from backbone.access.acls import Grant, plan_for_charter, strimzi_users
 from backbone.errors import BackboneError
+from backbone.kafka.topics import admin_client, check_reachable
 from backbone.settings import Settings, get_settings
-from backbone.topics import admin_client, check_reachable
 
 acls_app = typer.Typer(help="Kafka ACLs: who may write, read and create which topics and groups.", no_args_is_help=True)
 app.add_typer(acls_app, name="acls")

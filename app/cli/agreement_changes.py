@@ -13,11 +13,12 @@ from pathlib import Path
 
 import typer
 
-from backbone import agreement_changes, operations
-from backbone.catalog import Catalog, load_catalog
 from app.cli import console, err_console
 from app.cli.agreements import agreements_app
+from backbone.audit import operations
+from backbone.control import agreement_changes
 from backbone.errors import BackboneError
+from backbone.events.catalog import Catalog, load_catalog
 from backbone.policy.agreements import Agreement, Charter, load_agreements
 from backbone.policy.diff import Change, baseline, diff
 from backbone.settings import Settings, get_settings

@@ -12,12 +12,12 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from backbone.catalog import Catalog, default_catalog, load_catalog
 from app.cli import app, console, err_console
+from backbone.control.replay import Replay, replay_from_kafka
 from backbone.errors import AgreementError, BackboneError
+from backbone.events.catalog import Catalog, default_catalog, load_catalog
 from backbone.policy.agreements import NAME_PATTERN, Agreement, Charter, load_agreements
 from backbone.policy.diff import Change, diff, judge, report, widens
-from backbone.policy.replay import Replay, replay_from_kafka
 from backbone.settings import get_settings
 
 agreements_app = typer.Typer(help="Data-sharing agreements (the charter).", no_args_is_help=True)

@@ -26,8 +26,8 @@ KEYS_OPTION = typer.Option(None, "--keys", help="Published public keys (the JSON
 def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
     """The agreement versions as the processors know them: the files, and every version published
     on agreements.changes when Kafka answers (the files alone otherwise)."""
-    from backbone import agreement_changes
-    from backbone.catalog import load_catalog
+    from backbone.control import agreement_changes
+    from backbone.events.catalog import load_catalog
     from backbone.policy.agreements import Charter, load_agreements
 
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
@@ -40,8 +40,8 @@ def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
 
 def _public_keys(settings, path: Path | None) -> dict[str, Any]:  # noqa: ANN001 - Settings
     """Key id -> `PublicKey`, from a published keys file or the keyring."""
-    from backbone.audit_log import public_key_map
-    from backbone.keyring import Keyring, PublicKey
+    from backbone.audit.log import public_key_map
+    from backbone.keys.keyring import Keyring, PublicKey
 
     if path is None:
         try:
@@ -66,10 +66,10 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
             keys: Path = KEYS_OPTION) -> None:
     """List every disclosure about one person: recipient, when, agreement, purposes, fields; and
     whether the records shown verify against their signed checkpoints."""
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client
-    from backbone.keyring import Keyring
-    from backbone.erasure import recorded_erasures
+    from backbone.clickhouse.client import make_client
+    from backbone.control.erasure import recorded_erasures
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import Keyring
     from consumers.audit import disclosures, subject_token
     from consumers.audit_trail import verify_subject
 
@@ -122,9 +122,9 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
     that the records present reproduce each checkpoint's Merkle root, and the checkpoints' RFC 3161
     timestamps. Exit 1 on any failure, naming the checkpoint and why (edited, missing, extra or
     reordered records, forged signature, gap, bad timestamp)."""
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client
-    from backbone.timestamps import Trust
+    from backbone.audit.timestamps import Trust
+    from backbone.clickhouse.client import make_client
+    from backbone.events.catalog import load_catalog
     from consumers.audit_trail import ClickHouseTrail, verify_kafka
 
     settings = get_settings()
@@ -177,9 +177,9 @@ def receipt(event_id: str = typer.Argument(..., help="The provider's event id of
     """A self-contained JSON receipt for one decision: the audit record, its inclusion proof, the
     signed checkpoint and the public key; `audit verify-receipt` checks it offline. It holds the
     event's whole audit record (every recipient's decision): hand it only to whom may see that."""
-    from backbone.audit_receipt import dumps
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client
+    from backbone.audit.receipts import dumps
+    from backbone.clickhouse.client import make_client
+    from backbone.events.catalog import load_catalog
     from consumers.audit_trail import ClickHouseTrail
 
     try:
@@ -206,9 +206,9 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
                                                                   "(without: the key the receipt carries is trusted as given)")) -> None:
     """Check a receipt offline: the record is the one sealed, its proof leads to the checkpoint's
     root, and the checkpoint's signature holds. Needs no broker, database or keyring."""
-    from backbone.audit_receipt import verify_receipt as check
-    from backbone.catalog import AUDIT_CHECKPOINT, load_catalog
-    from backbone.audit_log import CheckpointCodec
+    from backbone.audit.log import CheckpointCodec
+    from backbone.audit.receipts import verify_receipt as check
+    from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
 
     settings = get_settings()
     try:
@@ -235,7 +235,7 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
 def public_keys(output: Path = typer.Option(None, "--output", help="Write the public keys as JSON here, for verifiers")) -> None:
     """The public halves of the processors' checkpoint signing keys (rotated ones too): publish them
     so anyone can verify the trail and receipts."""
-    from backbone.keyring import Keyring
+    from backbone.keys.keyring import Keyring
 
     found = Keyring.open(get_settings()).public_keys()
     if output is not None:
@@ -254,7 +254,7 @@ def public_keys(output: Path = typer.Option(None, "--output", help="Write the pu
 def rotate_key() -> None:
     """A new signing key for the processors' checkpoints (created if there is none); the old ones
     stay for verifying old checkpoints. Restart processors to sign with it."""
-    from backbone.keyring import PROCESSOR_SIGNER, Keyring, master_key_from_settings
+    from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, master_key_from_settings
 
     settings = get_settings()
     master = master_key_from_settings(settings)

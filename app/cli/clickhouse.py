@@ -56,8 +56,8 @@ def grants(
     reading its agreement views only, and the oversight role, alone reading the audit database."""
     from clickhouse_connect.driver.exceptions import DatabaseError
 
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import chdb_path, make_client
+    from backbone.clickhouse.client import chdb_path, make_client
+    from backbone.events.catalog import load_catalog
     from backbone.policy.agreements import load_agreements
     from consumers import ddl
     from consumers.clickhouse_target import clickhouse_error

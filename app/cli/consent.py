@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import typer
 
-from backbone.catalog import load_catalog
 from app.cli import app, console
 from backbone.errors import BackboneError
+from backbone.events.catalog import load_catalog
 from backbone.settings import get_settings
 from producers.sdk import ConsentPublisher
 

@@ -12,8 +12,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from app.cli import app, console
-from backbone.catalog import CONSENT_EVENT
 from backbone.errors import BackboneError
+from backbone.events.catalog import CONSENT_EVENT
 from backbone.settings import get_settings
 
 STAGES = {"stack": "embedded stack", "processor": "processor worker", "sinks": "ClickHouse sinks",
@@ -156,7 +156,7 @@ def _start_console(runner: Any) -> Any:
     from pydantic import SecretStr
 
     from app.console.server import start
-    from backbone.embedded import port_in_use
+    from backbone.stack.embedded import port_in_use
 
     base, settings = runner.base, runner.settings
     passwords = {role: getattr(base, f"console_{role}_password") or SecretStr(secrets.token_urlsafe(12)) for role in ("operator", "oversight")}

@@ -9,8 +9,8 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
-from backbone import dlq
 from backbone.errors import BackboneError
+from backbone.kafka import dlq
 from backbone.settings import get_settings
 
 dlq_app = typer.Typer(help="Dead-letter queues: what was refused, why, and replay after a fix.", no_args_is_help=True)
@@ -103,7 +103,7 @@ def replay(
 ) -> None:
     """Write the selected dead letters back to their source topics (original key, bytes and headers);
     consumers deduplicate on event ids, so replaying twice lands each event once."""
-    from backbone import operations
+    from backbone.audit import operations
 
     settings = get_settings()
     (chosen_stage,) = _stages(stage)

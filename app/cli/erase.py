@@ -21,10 +21,10 @@ def erase(
 
     With chDB, stop the sinks first (one process per directory)."""
     from app.cli.audit import _charter
-    from backbone import operations
-    from backbone.clickhouse import make_client
-    from backbone.erasure import erase as erase_subject
-    from backbone.keyring import Keyring
+    from backbone.audit import operations
+    from backbone.clickhouse.client import make_client
+    from backbone.control.erasure import erase as erase_subject
+    from backbone.keys.keyring import Keyring
     from producers.keys import SECRET_FILE, SubjectKeys
 
     settings = get_settings()

@@ -17,7 +17,7 @@ app.add_typer(fraud_app, name="fraud")
 
 
 def _detector():  # noqa: ANN202 - (FraudDetector, Client)
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
     from consumers.fraud import FraudDetector
 
     settings = get_settings()
@@ -55,11 +55,11 @@ def alerts(
 @fraud_app.command("score")
 def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth JSON written by the synthetic generator")) -> None:
     """Precision and recall of the alerts against the generator's ground truth."""
-    from backbone.catalog import load_catalog
-    from backbone.keyring import Keyring
-    from backbone.policy.agreements import load_agreements
-    from backbone.policy.pseudonym import token_function
     from app.scoring import score
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import Keyring
+    from backbone.keys.pseudonym import token_function
+    from backbone.policy.agreements import load_agreements
     from producers.synthetic.fraud import read_ground_truth
 
     settings = get_settings()

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from app.cli import app, console
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
-from backbone.keyring import (
+from backbone.keys.keyring import (
     BUILT_IN_DOMAINS,
     KeyInfo,
     Keyring,
@@ -17,8 +17,8 @@ from backbone.keyring import (
     record_reidentification,
     write_master_key_file,
 )
-from backbone.policy.pseudonym import reidentify as reidentify_token
-from backbone.policy.pseudonym import token_key_id
+from backbone.keys.pseudonym import reidentify as reidentify_token
+from backbone.keys.pseudonym import token_key_id
 from backbone.settings import get_settings
 
 keys_app = typer.Typer(help="The keyring: pseudonym and encryption keys.", no_args_is_help=True)
@@ -108,7 +108,7 @@ def reidentify(
     """Reverse an `encrypt` token with the provider's key. Every attempt is an audit record on
     audit.operations (who from BACKBONE_IDENTITY, why, which key, the token's SHA-256) and a line in
     <data dir>/reidentify.log; the value is shown only once its record is acknowledged."""
-    from backbone import operations
+    from backbone.audit import operations
 
     settings = get_settings()
     if not reason.strip():

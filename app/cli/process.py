@@ -11,7 +11,7 @@ def _serve_metrics(settings, enforcement) -> None:  # noqa: ANN001 - Settings, p
     """`/metrics` of this worker on BACKBONE_METRICS_PORT, if set: read from the enforcement at scrape time."""
     from prometheus_client import REGISTRY
 
-    from backbone import metrics
+    from backbone.telemetry import metrics
     from processors.app import APP_ID
 
     if settings.metrics_port:
@@ -28,8 +28,8 @@ def process(
     """Run a processor worker: enforce the agreements on every raw topic. Start more to scale out."""
     import faust
 
-    from backbone.logs import configure_logging, level_name
     from backbone.settings import get_settings
+    from backbone.telemetry.logs import configure_logging, level_name
     from processors.app import Enforcement, create_app
 
     settings = get_settings()

@@ -10,9 +10,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from backbone.catalog import load_catalog
 from app.cli import app, console
 from backbone.errors import BackboneError
+from backbone.events.catalog import load_catalog
 from backbone.settings import get_settings
 from producers.errors import DeliveryError
 from producers.sdk import AgencyProducer, ProducerStats

@@ -17,7 +17,7 @@ def query(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"SELECT 
     """Run one query against BACKBONE_CLICKHOUSE_DSN (chDB or a server) and print the result."""
     from clickhouse_connect.driver.exceptions import DatabaseError
 
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
 
     client = make_client(get_settings().clickhouse_dsn, read_only=True)
     try:

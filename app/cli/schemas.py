@@ -14,12 +14,12 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from rich.table import Table
 
-from backbone.catalog import CatalogError, load_catalog, load_event_schema
 from app.cli import app, console
 from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible, registry_unavailable
-from backbone.serde import register, registry_client
+from backbone.events.catalog import CatalogError, load_catalog, load_event_schema
+from backbone.events.serde import register, registry_client
+from backbone.kafka.topics import raw_topic
 from backbone.settings import Settings, get_settings
-from backbone.topics import raw_topic
 
 schemas_app = typer.Typer(help="Register, list, check and show event schemas in the schema registry.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")

@@ -19,10 +19,10 @@ def sink(
     idle: float = typer.Option(3.0, "--idle", help="Idle seconds for --until-idle"),
 ) -> None:
     """Land shared.<recipient>.* (and audit.decisions) into per-agency ClickHouse databases; Ctrl-C stops cleanly."""
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client, serve_readers
+    from backbone.clickhouse.client import make_client, serve_readers
+    from backbone.events.catalog import load_catalog
+    from backbone.events.serde import registry_client
     from backbone.policy.agreements import load_agreements
-    from backbone.serde import registry_client
     from consumers.batching import SinkThreads
     from consumers.sink import sinks_for
 
@@ -35,7 +35,7 @@ def sink(
     if settings.metrics_port:
         from prometheus_client import REGISTRY
 
-        from backbone import metrics
+        from backbone.telemetry import metrics
 
         metrics.SinkCollector(sinks)
         REGISTRY.register(metrics.LagCollector(settings, {each.group_id for each in sinks}))

@@ -6,8 +6,8 @@ import signal
 import threading
 
 from app.cli import app, console
-from backbone.embedded import EmbeddedStack
 from backbone.settings import get_settings
+from backbone.stack.embedded import EmbeddedStack
 
 
 @app.command()

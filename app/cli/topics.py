@@ -6,8 +6,8 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from backbone.kafka.topics import Topics
 from backbone.settings import get_settings
-from backbone.topics import Topics
 
 topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")

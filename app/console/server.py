@@ -151,9 +151,9 @@ def disclosures_lookup(settings: Settings) -> Lookup:
 
     def lookup(national_id: str) -> tuple[str, list, tuple[bool | None, str]]:
         from app.console.snapshot import load_charter
-        from backbone.audit_log import public_key_map
-        from backbone.clickhouse import make_client
-        from backbone.keyring import Keyring
+        from backbone.audit.log import public_key_map
+        from backbone.clickhouse.client import make_client
+        from backbone.keys.keyring import Keyring
         from consumers.audit import disclosures, subject_token
         from consumers.audit_trail import verdict_text, verify_subject
 

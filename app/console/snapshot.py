@@ -60,7 +60,7 @@ _verified: dict[tuple[str, str], tuple[float, AuditState]] = {}
 
 def recent_flows(settings: Settings, minutes: int) -> list[Flow]:
     """Decisions of the last `minutes` per (provider, recipient, outcome) from `<prefix>audit.decisions`."""
-    from backbone.clickhouse import make_client
+    from backbone.clickhouse.client import make_client
 
     client = make_client(settings.clickhouse_dsn or "", read_only=True)
     try:
@@ -85,10 +85,10 @@ def audit_state(settings: Settings) -> AuditState:
     cached = _verified.get(key)
     if cached is not None and time.monotonic() - cached[0] < AUDIT_VERIFY_EVERY_S:
         return cached[1]
-    from backbone.audit_log import public_key_map
-    from backbone.catalog import load_catalog
-    from backbone.clickhouse import make_client
-    from backbone.keyring import Keyring
+    from backbone.audit.log import public_key_map
+    from backbone.clickhouse.client import make_client
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import Keyring
     from consumers.audit_trail import ClickHouseTrail
 
     keys = public_key_map(Keyring.open(settings).public_keys())
@@ -104,7 +104,7 @@ def audit_state(settings: Settings) -> AuditState:
 
 
 def load_charter(settings: Settings) -> Charter:
-    from backbone.catalog import load_catalog
+    from backbone.events.catalog import load_catalog
     from backbone.policy.agreements import load_agreements
 
     return load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from collections.abc import Iterable
+from datetime import UTC, datetime
 from html import escape
 
 from app.console.snapshot import PERMIT, Snapshot

@@ -26,7 +26,7 @@ characters is finer.
 
 Which events a text selects (its condition, its purposes, its lawful basis) cannot be ordered by
 reading it: a changed condition, a removed purpose (events that permit only the remaining purposes
-now qualify) and a changed basis are judged by a replay of real events (`backbone.policy.replay`,
+now qualify) and a changed basis are judged by a replay of real events (`backbone.control.replay`,
 then `judge`); until judged they count as widening.
 """
 
@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 import yaml
 
-from backbone.catalog import Catalog, EventSchema
+from backbone.events.catalog import Catalog, EventSchema
 from backbone.policy.agreements import ENVELOPE_TREATABLE, GOVERNANCE, RELEASED_HEADER, Agreement, Charter, FieldTreatment
 
 Classification = Literal["widening", "narrowing"]

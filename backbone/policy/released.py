@@ -8,7 +8,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from backbone.catalog import EventSchema, FieldInfo
+from backbone.events.catalog import EventSchema, FieldInfo
 from backbone.policy.agreements import Agreement, released_header
 from backbone.policy.treatments import CompiledTreatment, TreatmentScope, compile_treatment
 

@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from backbone.catalog import FieldInfo
+from backbone.events.catalog import FieldInfo
 
 
 class TreatmentMisfit(ValueError):

@@ -18,9 +18,8 @@ import sys
 
 from aiohttp import web
 
-from backbone import metrics
 from backbone.errors import BackboneError
-from backbone.logs import configure_logging
+from backbone.kafka.topics import SCHEMAS_TOPIC
 from backbone.registry.auth import Anonymous, BasicAuth, Guard
 from backbone.registry.errors import UsersFileError
 from backbone.registry.kafka_log import SchemaLog
@@ -28,7 +27,8 @@ from backbone.registry.server import make_app
 from backbone.registry.service import SchemaRegistry
 from backbone.registry.users import UsersFile
 from backbone.settings import Settings, load_settings
-from backbone.topics import SCHEMAS_TOPIC
+from backbone.telemetry import metrics
+from backbone.telemetry.logs import configure_logging
 
 log = logging.getLogger("backbone.registry")
 

@@ -16,10 +16,10 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
 
+from backbone.kafka.topics import Topics
 from backbone.registry.errors import store_error
 from backbone.registry.state import RegistryState, record_key
 from backbone.settings import Settings
-from backbone.topics import Topics
 
 log = logging.getLogger("backbone.registry")
 PARTITION = 0

@@ -277,7 +277,7 @@ ROUTES: list[tuple[str, str, str, str, Access]] = [
 def make_app(registry: SchemaRegistry, guard: Guard) -> web.Application:
     """The aiohttp application serving `registry`; every request passes `guard` first."""
     access = {name: needed for _, _, _, name, needed in ROUTES}
-    from backbone.metrics import registry_metrics
+    from backbone.telemetry.metrics import registry_metrics
 
     # outermost: it counts the status the client got, after errors became JSON answers
     app = web.Application(middlewares=[registry_metrics().middleware(), _errors, guard_middleware(guard, access)])

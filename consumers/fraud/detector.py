@@ -24,8 +24,8 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
+from backbone.kafka.topics import ALERTS_TOPIC, Topics
 from backbone.settings import Settings
-from backbone.topics import ALERTS_TOPIC, Topics
 from consumers import ddl
 from consumers.fraud.alerts import Alert, insert_alerts_sql
 from consumers.fraud.registry import RULES, Rule, lookup
@@ -114,8 +114,8 @@ class FraudDetector:
 
     def _publisher(self) -> tuple[Producer, Callable[[dict], bytes]]:
         if self._producer is None or self._encode is None:
-            from backbone.catalog import FRAUD_ALERT, load_catalog
-            from backbone.serde import encoder_for, registry_client
+            from backbone.events.catalog import FRAUD_ALERT, load_catalog
+            from backbone.events.serde import encoder_for, registry_client
 
             Topics(self.settings).ensure(ALERTS_TOPIC)
             registry = self.registry or registry_client(self.settings)

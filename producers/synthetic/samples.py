@@ -12,7 +12,7 @@ import uuid
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from backbone.catalog import EventSchema
+from backbone.events.catalog import EventSchema
 from backbone.policy.treatments import base_type, type_kind
 from producers.synthetic.governance import PROFILES
 

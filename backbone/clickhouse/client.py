@@ -4,7 +4,7 @@
 a ClickHouse server. Both are clickhouse-connect clients, so callers never know which one they hold.
 
 chDB opens a directory in one process only. The process that holds one for writing (a sink, the
-demo) serves it read-only to the others (`serve_readers`, `backbone.chdb_server`), and a reader
+demo) serves it read-only to the others (`serve_readers`, `backbone.clickhouse.endpoint`), and a reader
 (`make_client(dsn, read_only=True)`) uses that endpoint when the directory is held, else opens the
 directory itself. Writers need the directory: while another process holds it they get a clear error.
 """
@@ -25,7 +25,7 @@ from backbone.errors import ClickHouseDsnError
 if TYPE_CHECKING:
     from urllib3 import PoolManager
 
-    from backbone.chdb_server import ChdbServer
+    from backbone.clickhouse.endpoint import ChdbServer
 
 SCHEMES = ("chdb", "http", "https", "clickhouse", "clickhouses")
 
@@ -85,7 +85,7 @@ def make_client(dsn: str, *, read_only: bool = False, **settings: object) -> Cli
 
 def _served_client(path: Path, settings: dict[str, object]) -> Client | None:
     """A client of the read-only endpoint serving `path`, or None when no live process serves it."""
-    from backbone.chdb_server import HOST, served_endpoint
+    from backbone.clickhouse.endpoint import HOST, served_endpoint
 
     endpoint = served_endpoint(path)
     if endpoint is None:
@@ -113,6 +113,6 @@ def serve_readers(dsn: str) -> ChdbServer | None:
     path = chdb_path(dsn)
     if path is None:
         return None
-    from backbone.chdb_server import ChdbServer
+    from backbone.clickhouse.endpoint import ChdbServer
 
     return ChdbServer(path)

@@ -27,15 +27,16 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
-from backbone.catalog import Catalog
 from backbone.errors import KafkaUnavailableError, RegistryError, SerdeError
-from backbone.keyring import Keyring
+from backbone.events.catalog import Catalog
+from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import raw_topic
+from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Agreement, Charter
+from backbone.policy.decision import ConsentRecord, ConsentState, Decision
 from backbone.policy.diff import SELECTION_TERMS, Change, Verdict
-from backbone.policy.engine import ConsentRecord, ConsentState, Decision, PolicyEngine
-from backbone.serde import Decoder, registry_client
+from backbone.policy.engine import PolicyEngine
 from backbone.settings import Settings
-from backbone.topics import raw_topic
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 

@@ -25,7 +25,6 @@ from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
 
-from backbone.avro_codegen import compile_encoder
 from backbone.errors import (
     BadMagicByte,
     CorruptMessage,
@@ -38,6 +37,7 @@ from backbone.errors import (
     UnknownSchemaId,
     registry_unavailable,
 )
+from backbone.events.encoder import compile_encoder
 from backbone.registry.compatibility import LEVELS, incompatibilities
 from backbone.settings import Settings
 

@@ -8,7 +8,7 @@ Actions name their actor by `BACKBONE_IDENTITY`, never by `$USER`, and carry no 
 a token appears only as its SHA-256.
 
 Sealing: each action is a one-leaf Merkle batch of the `operations` chain, signed by the
-operations signing key (`backbone.keyring.OPERATIONS_SIGNER`) and published to
+operations signing key (`backbone.keys.keyring.OPERATIONS_SIGNER`) and published to
 `audit.operations.checkpoints` (one partition: its last record is the head of the chain). The
 record carries its position (writer `operations`, checkpoint, leaf 0) like a decision record, so
 `backbone audit verify` checks actions with the same code: a deleted, edited or forged action, a
@@ -31,13 +31,13 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from backbone.audit_log import AuditLogError, Checkpoint, CheckpointCodec, RecordCodec, leaf_hash
-from backbone.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
+from backbone.audit.log import AuditLogError, Checkpoint, CheckpointCodec, RecordCodec, leaf_hash
 from backbone.errors import BackboneError, KafkaUnavailableError, KeyringError, kafka_unavailable
-from backbone.keyring import OPERATIONS_SIGNER, Keyring, ensure_signer, master_key_from_settings
-from backbone.serde import HEADER_SIZE, MAGIC, encoder_for, register, registry_client
+from backbone.events.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
+from backbone.events.serde import HEADER_SIZE, MAGIC, encoder_for, register, registry_client
+from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
+from backbone.keys.keyring import OPERATIONS_SIGNER, Keyring, ensure_signer, master_key_from_settings
 from backbone.settings import Settings
-from backbone.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
 
 ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay")
 OPERATIONS_WRITER = "operations"  # the chain that seals operator actions (processor writers are `w<hex>`)

@@ -1,5 +1,5 @@
 """The verifiable audit log: canonical record encoding, Merkle trees, signed checkpoints, chain and
-record verification (receipts: `backbone.audit_receipt`). Pure code (no Kafka, no ClickHouse): the processor seals with it,
+record verification (receipts: `backbone.audit.receipts`). Pure code (no Kafka, no ClickHouse): the processor seals with it,
 `backbone audit verify` and `verify-receipt` check with it, tests run it at any size.
 
 - A record's leaf is SHA-256(0x00 || content), content being the Avro binary body of the audit
@@ -30,7 +30,7 @@ from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.schema import to_parsing_canonical_form
 
 from backbone.errors import BackboneError
-from backbone.keyring import PublicKey
+from backbone.keys.keyring import PublicKey
 
 POSITION_FIELDS = ("writer", "checkpoint", "leaf")
 SIGNATURE_FIELD = "signature"
@@ -283,7 +283,7 @@ UNSEALED_RECORDS = "unsealed_records"
 UNREADABLE_RECORD = "unreadable_record"
 OTHER_SCHEMA = "other_schema"
 INTERRUPTED = "interrupted"  # a warning: records of a batch in flight when its writer crashed
-BAD_TIMESTAMP = "bad_timestamp"  # an RFC 3161 timestamp that does not hold for its checkpoint (`backbone.timestamps`)
+BAD_TIMESTAMP = "bad_timestamp"  # an RFC 3161 timestamp that does not hold for its checkpoint (`backbone.audit.timestamps`)
 TIMESTAMP_AHEAD = "timestamp_ahead"  # a warning: a timestamp of a checkpoint not (yet) in the trail
 
 
@@ -310,7 +310,7 @@ class Report:
     writers: set[str] = field(default_factory=set)
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
-    # RFC 3161 timestamps (`backbone.timestamps`): tokens that hold, the checkpoints they cover (a
+    # RFC 3161 timestamps (`backbone.audit.timestamps`): tokens that hold, the checkpoints they cover (a
     # timestamp of checkpoint n covers the writer's chain up to n), tokens not checked for want of
     # the TSA's certificates, and the latest time a TSA vouched for
     timestamps: int = 0

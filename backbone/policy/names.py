@@ -8,7 +8,7 @@ databases or groups use, and two agencies must not sanitise to the same identifi
 merge what one may do with what the other may do. Every Kafka prefix of an agency ends with a
 delimiter an agency name cannot contain, so `fraud` never covers `fraud-x`.
 
-Pure: `backbone.policy.agreements` refuses charters with such names, `backbone.acls` and
+Pure: `backbone.policy.agreements` refuses charters with such names, `backbone.access.acls` and
 `consumers.ddl` build their names from here.
 """
 

@@ -6,7 +6,7 @@ part of the ClickHouse HTTP interface clickhouse-connect's HTTP client uses (the
 the `query` parameter, `database`, `param_<name>` bindings, settings as parameters, the result in the
 requested FORMAT, errors as an HTTP status with a `Code: N. DB::Exception: ...` body and the
 `X-ClickHouse-Exception-Code` header). So a reader gets an ordinary clickhouse-connect client and
-never knows (`backbone.clickhouse.make_client(dsn, read_only=True)` makes it).
+never knows (`backbone.clickhouse.client.make_client(dsn, read_only=True)` makes it).
 
 Reading only, twice over: every query runs on its own chDB connection with `readonly=1` (no
 writes, no DDL, no table functions such as file() or url(), no setting changes; `readonly=2` would

@@ -41,7 +41,7 @@ BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
 # Owner of the signing key the processors sign audit checkpoints with: every worker sharing a
 # keyring signs with its active key; each checkpoint names the key id.
 PROCESSOR_SIGNER = "processor"
-# Signs the checkpoint that seals each operator action (`backbone.operations`).
+# Signs the checkpoint that seals each operator action (`backbone.audit.operations`).
 OPERATIONS_SIGNER = "operations"
 SIGNING_ALGORITHM = "Ed25519"
 

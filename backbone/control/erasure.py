@@ -5,7 +5,7 @@
    (never the id): every processor worker reads the topic (`processors.erasure.ErasureTable`) and
    denies the subject's future events `erased`, except under an agreement that survives erasure;
 2. the subject's consent records on `consent.changes` are tombstoned (they hold the raw id);
-3. the per-subject keys of the processor's DLQ entries are destroyed (`backbone.dlq.shred`): the
+3. the per-subject keys of the processor's DLQ entries are destroyed (`backbone.kafka.dlq.shred`): the
    original bytes of those entries can no longer be decrypted (crypto-shredding);
 4. every row about the subject in every recipient database is deleted: rows are found through the
    columns that hold the subject's pseudonym (the charter says which: the event's subject field
@@ -27,18 +27,19 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
-from backbone import names, operations
+from backbone.audit import operations
 from backbone.errors import BackboneError, KafkaUnavailableError
-from backbone.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
+from backbone.kafka.topics import CONSENT_TOPIC, ERASURES_TOPIC, Topics
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
+from backbone.keys.pseudonym import encrypt_function, token_function
+from backbone.policy import names
 from backbone.policy.agreements import Charter
-from backbone.policy.pseudonym import encrypt_function, token_function
 from backbone.settings import Settings
-from backbone.topics import CONSENT_TOPIC, ERASURES_TOPIC, Topics
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +111,7 @@ class ErasureRecord:
     at: datetime
     by: str
     action_id: str
-    dlq_handles: tuple[str, ...] = ()  # the subject's DLQ key handles (`backbone.dlq.subject_handle`)
+    dlq_handles: tuple[str, ...] = ()  # the subject's DLQ key handles (`backbone.kafka.dlq.subject_handle`)
 
     def to_json(self) -> bytes:
         return json.dumps({
@@ -303,7 +304,7 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
     consent records carry): with it, the subject's consent records and DLQ keys are found too.
     Idempotent: running it again removes whatever landed meanwhile. Raises `ErasureError` after
     recording the outcome `failed` when a step fails."""
-    from backbone import dlq
+    from backbone.kafka import dlq
 
     subject = subject.strip()
     if not subject:

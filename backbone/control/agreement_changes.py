@@ -25,12 +25,13 @@ from datetime import UTC, datetime
 import yaml
 from confluent_kafka import Message, Producer
 
-from backbone.catalog import Catalog
-from backbone.compacted import CompactedTopicReader
 from backbone.errors import AgreementError, KafkaUnavailableError
-from backbone.policy.agreements import STATUSES, Agreement, Charter, check_agreement, parse_agreement, to_yaml
+from backbone.events.catalog import Catalog
+from backbone.kafka.compacted import CompactedTopicReader
+from backbone.kafka.topics import AGREEMENTS_TOPIC, Topics
+from backbone.policy.agreements import STATUSES, Agreement, Charter, parse_agreement, to_yaml
+from backbone.policy.rules import check_agreement
 from backbone.settings import Settings
-from backbone.topics import AGREEMENTS_TOPIC, Topics
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +252,7 @@ def change_status(settings: Settings, charter: Charter, agreement_id: str, versi
     """Publish a status change of one version (the highest by default), by `BACKBONE_IDENTITY`."""
     if status not in STATUSES:
         raise AgreementError(f"unknown status {status!r}; use one of {', '.join(STATUSES)}")
-    from backbone import operations
+    from backbone.audit import operations
 
     target = current(settings, charter, agreement_id, version)
     by = settings.identity or UNIDENTIFIED

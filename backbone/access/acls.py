@@ -15,7 +15,7 @@ operations its code performs and checks that the plan allows each and grants not
 - the operator administers topics (`backbone topics`), reads and writes `agreements.changes`
   (`backbone agreements apply|suspend|revoke|activate`), records its actions on `audit.operations`
   and reads what `backbone status` shows (every topic's offsets, every group's lag, the DLQs).
-Every agency prefix ends with a delimiter no agency name contains (`backbone.names`), so one
+Every agency prefix ends with a delimiter no agency name contains (`backbone.policy.names`), so one
 agency's prefix never covers another's. Creating a topic needs CREATE on it even when it exists (the
 broker checks before it looks), and every component ensures the topics it writes at start-up: those
 CREATE grants are in the plan too. READ, WRITE and DELETE imply DESCRIBE in Kafka, so DESCRIBE is
@@ -30,9 +30,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from backbone import names
-from backbone.catalog import CONSENT_EVENT
-from backbone.topics import (
+from backbone.events.catalog import CONSENT_EVENT
+from backbone.kafka.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
     AUDIT_TOPIC,
@@ -51,6 +50,7 @@ from backbone.topics import (
     raw_prefix,
     shared_prefix,
 )
+from backbone.policy import names
 
 if TYPE_CHECKING:
     from confluent_kafka.admin import AclBinding

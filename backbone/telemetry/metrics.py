@@ -161,7 +161,7 @@ class LagCollector(Collector):
         return family
 
     def _refresh(self) -> None:
-        from backbone.kafka_state import kafka_status
+        from backbone.kafka.groups import kafka_status
 
         try:
             _, groups = kafka_status(self.settings, self.timeout)

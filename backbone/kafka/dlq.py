@@ -42,7 +42,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backbone.errors import BackboneError
-from backbone.topics import DLQ_KEYS_TOPIC, dlq_topic
+from backbone.kafka.topics import DLQ_KEYS_TOPIC, dlq_topic
 
 if TYPE_CHECKING:
     from confluent_kafka import Message
@@ -91,7 +91,7 @@ def headers(stage: str, reason: str, source_topic: str, *, partition: int | None
     if stage not in STAGES:
         raise ValueError(f"unknown dead-letter stage {stage!r}; one of {', '.join(STAGES)}")
     if reason not in REASONS:
-        raise ValueError(f"unknown dead-letter reason {reason!r}; add it to backbone.dlq.REASONS")
+        raise ValueError(f"unknown dead-letter reason {reason!r}; add it to backbone.kafka.dlq.REASONS")
     added: Headers = [(STAGE, stage.encode()), (REASON, reason.encode()), (SOURCE_TOPIC, source_topic.encode())]
     if partition is not None:
         added.append((SOURCE_PARTITION, str(partition).encode()))
@@ -138,7 +138,7 @@ class DeadLetter:
 
 def read(settings: Settings, stage: str, timeout: float = 10.0) -> list[DeadLetter]:
     """Every dead letter of one stage now (reads `dlq.<stage>` to its end, bounded by `timeout`)."""
-    from backbone.compacted import read_to_end
+    from backbone.kafka.compacted import read_to_end
 
     return [DeadLetter.from_message(message) for message in read_to_end(settings, dlq_topic(stage), timeout)]
 
@@ -169,7 +169,7 @@ class Entry:
 
 def entries(settings: Settings, stage: str, timeout: float = 10.0) -> list[Entry]:
     """Every dead letter of one stage now, with its DLQ position and time."""
-    from backbone.compacted import read_to_end
+    from backbone.kafka.compacted import read_to_end
 
     found = []
     for message in read_to_end(settings, dlq_topic(stage), timeout):
@@ -264,7 +264,7 @@ def _associated(seal_id: str) -> bytes:
 
 
 def _master(settings: Settings, master_key: bytes | None) -> AESGCM:
-    from backbone.keyring import master_key_from_settings
+    from backbone.keys.keyring import master_key_from_settings
 
     return AESGCM(master_key if master_key is not None else master_key_from_settings(settings))
 
@@ -334,7 +334,7 @@ class DlqKeys:
 
     @classmethod
     def load(cls, settings: Settings, master_key: bytes | None = None, timeout: float = 10.0) -> DlqKeys:
-        from backbone.compacted import read_to_end
+        from backbone.kafka.compacted import read_to_end
 
         wrap = _master(settings, master_key)
         keys: dict[str, bytes] = {}
@@ -371,8 +371,8 @@ def shred(settings: Settings, handles: Iterable[str], timeout: float = 10.0) -> 
     """Tombstones for every key of these subject handles on `dlq.keys`; returns how many keys."""
     from confluent_kafka import Producer
 
-    from backbone.compacted import read_to_end
     from backbone.errors import KafkaUnavailableError
+    from backbone.kafka.compacted import read_to_end
 
     prefixes = tuple(f"{handle}." for handle in handles if handle != UNKEYED)
     if not prefixes:

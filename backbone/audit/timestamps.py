@@ -25,14 +25,14 @@ from rfc3161_client import (
     HashAlgorithm,
     PKIStatus,
     TimeStampRequest,
-    TimeStampResponse,
     TimestampRequestBuilder,
+    TimeStampResponse,
     VerificationError,
     VerifierBuilder,
     decode_timestamp_response,
 )
 
-from backbone.audit_log import BAD_TIMESTAMP, TIMESTAMP_AHEAD, Failure
+from backbone.audit.log import BAD_TIMESTAMP, TIMESTAMP_AHEAD, Failure
 from backbone.errors import BackboneError
 
 SHA256_OID = x509.ObjectIdentifier("2.16.840.1.101.3.4.2.1")

@@ -28,7 +28,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from backbone.errors import KeyringError, ReidentifyError
-from backbone.keyring import Keyring
+from backbone.keys.keyring import Keyring
 
 DIGEST_BYTES = 16  # 128 bits of HMAC-SHA256: collision-safe for any population, compact in tables
 _b64encode = base64.urlsafe_b64encode

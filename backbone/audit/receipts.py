@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from backbone.audit_log import (
+from backbone.audit.log import (
     AuditLogError,
     Checkpoint,
     CheckpointCodec,
@@ -24,7 +24,7 @@ from backbone.audit_log import (
     leaf_hash,
     root_from_proof,
 )
-from backbone.keyring import PublicKey
+from backbone.keys.keyring import PublicKey
 
 RECEIPT_FORMAT = "backbone-audit-receipt/1"
 

@@ -1,0 +1,10 @@
+"""ClickHouse access: the one client factory (`client.make_client`: `chdb:///dir` or a server's
+`http(s)://` DSN, both clickhouse-connect clients) and the read-only HTTP endpoint a process holding a
+chDB directory serves to the others (`endpoint`). Tables, views and grants are the sinks'
+(`consumers.ddl`).
+
+May import: backbone.errors, backbone.settings.
+Never imports: confluent_kafka, aiokafka, faust.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,10 @@
+"""Keys and what is computed with them: the keyring of per-domain HMAC keys, per-provider AES-SIV
+keys and Ed25519 signing keys, encrypted at rest under a master key (`keyring`), and the pseudonyms,
+recipient event ids and deterministic encryption made with them (`pseudonym`). Key material never
+leaves this package in a message, log line or record. Pure: no I/O but the keyring file.
+
+May import: backbone.errors.
+Never imports: confluent_kafka, aiokafka, faust, aiohttp, requests, clickhouse_connect, chdb.
+"""
+
+from __future__ import annotations
