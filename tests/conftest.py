@@ -105,3 +105,35 @@ def registry_settings(settings: Settings, schema_registry_url: str) -> Settings:
     a bare `SchemaRegistryClient`. Settings loaded from the environment move them into
     `schema_registry_user` / `_password` instead (tests/test_registry_auth.py covers that path)."""
     return settings.model_copy(update={"schema_registry_url": schema_registry_url})
+
+
+@pytest.fixture
+def backbone_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
+    """Run the `backbone` command in-process as a user would (exit code, stdout, stderr): the caller's
+    BACKBONE_* variables removed, a data dir under `tmp_path`, then the keyword arguments as variables."""
+    import subprocess
+    import sys
+
+    from app.cli import main
+    from backbone.settings import get_settings
+
+    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+        with monkeypatch.context() as patch:
+            for key in list(os.environ):
+                if key.startswith("BACKBONE_"):
+                    patch.delenv(key)
+            for key, value in {"BACKBONE_DATA_DIR": str(tmp_path / "data"), **env}.items():
+                patch.setenv(key, value)
+            patch.setattr(sys, "argv", ["backbone", *args])
+            get_settings.cache_clear()
+            code = 0
+            try:
+                main()
+            except SystemExit as exc:
+                code = exc.code if isinstance(exc.code, int) else 1
+            finally:
+                get_settings.cache_clear()
+        captured = capsys.readouterr()
+        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
+
+    return run

@@ -8,8 +8,6 @@ import base64
 import json
 import os
 import random
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import date
 from pathlib import Path
@@ -19,7 +17,6 @@ import pytest
 import yaml
 from pydantic import SecretStr
 
-from app.cli import main
 from app.local import provision_keyring
 from backbone.control.replay import replay, replay_from_kafka
 from backbone.events.catalog import default_catalog
@@ -30,7 +27,7 @@ from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
 from backbone.policy.agreements import Agreement, load_agreements, to_yaml
 from backbone.policy.diff import NARROWING, WIDENING, Verdict, diff, judge, widens
 from backbone.policy.rules import check_agreement
-from backbone.settings import PROJECT_ROOT, Settings, get_settings
+from backbone.settings import PROJECT_ROOT, Settings
 from producers import AgencyProducer
 from producers.synthetic.samples import sample_event
 from tests.pipeline import header, read_topic
@@ -230,29 +227,8 @@ def test_removing_a_purpose_widens_when_events_permitting_only_the_rest_now_qual
 
 
 @pytest.fixture
-def backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
-    """Run the `backbone` command in-process as a user would (exit code, stdout, stderr)."""
-
-    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        with monkeypatch.context() as patch:
-            for key in list(os.environ):
-                if key.startswith("BACKBONE_"):
-                    patch.delenv(key)
-            for key, value in {"BACKBONE_DATA_DIR": str(tmp_path / "data"), **env}.items():
-                patch.setenv(key, value)
-            patch.setattr(sys, "argv", ["backbone", *args])
-            get_settings.cache_clear()
-            code = 0
-            try:
-                main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            finally:
-                get_settings.cache_clear()
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return run
+def backbone(backbone_cli):  # noqa: ANN001, ANN201
+    return backbone_cli
 
 
 def write(path: Path, agreement: Agreement) -> str:

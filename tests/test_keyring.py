@@ -6,22 +6,18 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 import stat
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from app.cli import main
 from app.local import worker_environment
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import OPERATIONS_TOPIC
 from backbone.keys import pseudonym
 from backbone.keys.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
-from backbone.settings import Settings, get_settings, load_settings
+from backbone.settings import Settings, load_settings
 from tests.keys import AutoKeyring
 from tests.pipeline import read_topic
 
@@ -181,29 +177,9 @@ def test_missing_key_names_the_fix() -> None:
 
 
 @pytest.fixture
-def backbone(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):  # noqa: ANN201
-    """Run the `backbone` command in-process as a user would (exit code, stdout, stderr)."""
-
-    def run(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-        with monkeypatch.context() as patch:
-            for key in list(os.environ):
-                if key.startswith("BACKBONE_"):
-                    patch.delenv(key)
-            for key, value in {"BACKBONE_DATA_DIR": str(tmp_path / "data"), "USER": "auditor-7", **env}.items():
-                patch.setenv(key, value)
-            patch.setattr(sys, "argv", ["backbone", *args])
-            get_settings.cache_clear()
-            code = 0
-            try:
-                main()
-            except SystemExit as exc:
-                code = exc.code if isinstance(exc.code, int) else 1
-            finally:
-                get_settings.cache_clear()
-        captured = capsys.readouterr()
-        return subprocess.CompletedProcess(args, code, captured.out, captured.err)
-
-    return run
+def backbone(backbone_cli):  # noqa: ANN001, ANN201
+    """`backbone` in-process (conftest's `backbone_cli`) as a user whose $USER is not their identity."""
+    return lambda *args, **env: backbone_cli(*args, **{"USER": "auditor-7", **env})
 
 
 def test_cli_init_requires_a_master_key_unless_asked_to_create_one(tmp_path: Path, backbone) -> None:  # noqa: ANN001
