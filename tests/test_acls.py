@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +14,7 @@ from backbone.access.acls import Agencies, Grant, bindings, plan, plan_for_chart
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT
+from tests.cli import run_backbone
 
 DEPLOY = PROJECT_ROOT / "deploy"
 
@@ -197,8 +197,7 @@ def test_kafka_users_carry_every_acl_of_the_plan(charter) -> None:  # noqa: ANN0
 
 def _backbone(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProcess[str]:
     # A child process: a broker's malformed ACL answer must not take the test session down with it.
-    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
-                          env=env, cwd=cwd, capture_output=True, text=True, timeout=120)
+    return run_backbone(*args, env=env, cwd=cwd)
 
 
 @pytest.mark.integration

@@ -3,9 +3,7 @@ a message naming file, agreement (id@version) and field, all problems at once.""
 
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +13,7 @@ from backbone.errors import AgreementError
 from backbone.events.catalog import Catalog, default_catalog, load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT
+from tests.cli import run_backbone
 
 AGREEMENTS_DIR = PROJECT_ROOT / "agreements"
 
@@ -222,13 +221,7 @@ def test_problems_never_carry_yaml_values_other_than_names(tmp_path: Path, catal
 
 
 def _backbone(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", *args],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "200", **(env or {})},
-        timeout=60,
-    )
+    return run_backbone(*args, env=env, timeout=60)
 
 
 def test_cli_validate_accepts_the_demo_charter() -> None:

@@ -5,22 +5,18 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+
+from tests.cli import run_backbone
 
 pytestmark = pytest.mark.integration
 
 
 def run_demo(data_dir: Path, events: int) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-    env.update({"BACKBONE_DATA_DIR": str(data_dir), "COLUMNS": "200", "BACKBONE_BROKER_PORT": "0",
-                "BACKBONE_SCHEMA_REGISTRY_PORT": "0"})
-    return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", "demo", "--events", str(events), "--timeout", "240"],
-        capture_output=True, text=True, timeout=420, env=env,
-    )
+    return run_backbone("demo", "--events", str(events), "--timeout", "240", timeout=420,
+                        env={"BACKBONE_DATA_DIR": str(data_dir), "BACKBONE_BROKER_PORT": "0", "BACKBONE_SCHEMA_REGISTRY_PORT": "0"})
 
 
 def pid_alive(pid: int) -> bool:

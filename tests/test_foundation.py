@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from backbone.errors import ClickHouseDsnError, EmbeddedError, KafkaUnavailableE
 from backbone.kafka.topics import Topics
 from backbone.settings import load_settings
 from backbone.stack.embedded import EmbeddedBroker
+from tests.cli import run_backbone
 from tests.conftest import TEST_CONSUMER_CONFIG
 
 
@@ -86,16 +86,7 @@ def test_missing_broker_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pyt
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", *args],
-        capture_output=True, text=True, timeout=60, env={**_base_env(), **env},
-    )
-
-
-def _base_env() -> dict[str, str]:
-    import os
-
-    return {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+    return run_backbone(*args, env=env, timeout=60)
 
 
 def test_topics_cli_round_trip(kafka_bootstrap: str, unique: str) -> None:

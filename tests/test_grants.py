@@ -11,7 +11,6 @@ import os
 import re
 import stat
 import subprocess
-import sys
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -27,6 +26,7 @@ from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
 from consumers.plans import recipient_plan
 from consumers.typemap import Column
+from tests.cli import run_backbone
 
 GRANT = re.compile(r"GRANT (?P<privileges>[A-Z ,]+) ON `(?P<database>[^`]+)`\.(?P<object>\*|`[^`]+`) TO `(?P<grantee>[^`]+)`")
 
@@ -145,8 +145,7 @@ def test_passwords_are_generated_into_a_file_only_its_owner_reads(tmp_path: Path
 
 
 def _backbone(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args],
-                          capture_output=True, text=True, env={**os.environ, **env}, timeout=60)
+    return run_backbone(*args, env=env, timeout=60)
 
 
 def test_grants_command_prints_sql_for_every_recipient_in_the_charter(tmp_path: Path, views) -> None:  # noqa: ANN001

@@ -18,6 +18,7 @@ import pytest
 from backbone.errors import SettingsError
 from backbone.settings import PROJECT_ROOT, load_settings
 from backbone.telemetry.logs import configure_logging, level_name, worker_logging_config
+from tests.cli import run_backbone
 
 # key=value, the value bare or double-quoted with backslash escapes
 PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S+)')
@@ -141,9 +142,6 @@ def test_the_registry_process_logs_json_when_asked(tmp_path: Path) -> None:
 
 
 def test_the_backbone_command_refuses_an_invalid_log_format(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", "version"],
-        capture_output=True, text=True, timeout=60, cwd=tmp_path, env=_child_env(BACKBONE_LOG_FORMAT="xml"),
-    )
+    result = run_backbone("version", env={"BACKBONE_LOG_FORMAT": "xml"}, timeout=60, cwd=tmp_path)
     assert result.returncode == 1
     assert "BACKBONE_LOG_FORMAT" in result.stderr and "Traceback" not in result.stderr

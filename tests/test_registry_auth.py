@@ -23,6 +23,7 @@ from backbone.registry.roles import Access, Grant, Role
 from backbone.registry.users import User, UsersFile
 from backbone.settings import PROJECT_ROOT, load_settings
 from backbone.stack.embedded import EmbeddedRegistry
+from tests.cli import run_backbone
 
 CONTENT_TYPE = "application/vnd.schemaregistry.v1+json"
 READER, WRITER = ("reader", "reader-password-1"), ("tax", "tax-agency-password-1")
@@ -251,9 +252,7 @@ def test_users_cli_adds_lists_and_removes_without_echoing_the_password(tmp_path:
     password_file.write_text("cli-user-password-1\n")
 
     def backbone(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "registry", "users", *args,
-                               "--users-file", str(users)], capture_output=True, text=True, timeout=60, cwd=PROJECT_ROOT,
-                              env={**os.environ, "COLUMNS": "200"})
+        return run_backbone("registry", "users", *args, "--users-file", str(users), timeout=60)
 
     added = backbone("add", "tax", "--role", "write", "--subjects", "raw.tax.,raw.consent", "--password-file", str(password_file))
     assert added.returncode == 0, added.stderr

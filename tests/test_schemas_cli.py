@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from backbone.events.catalog import default_catalog
 from backbone.settings import PROJECT_ROOT
 from backbone.stack.embedded import EmbeddedRegistry, free_port
+from tests.cli import run_backbone
 
 EVENT_TYPES = sorted(default_catalog().events)
 
@@ -26,11 +26,7 @@ def registry_url(kafka_bootstrap: str, tmp_path_factory: pytest.TempPathFactory)
 
 
 def backbone(*args: str, url: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BACKBONE_SCHEMA_REGISTRY_URL": url, "COLUMNS": "200"}
-    return subprocess.run(
-        [sys.executable, "-c", "from app.cli import main; main()", *args],
-        capture_output=True, text=True, env=env, timeout=60, cwd=PROJECT_ROOT,
-    )
+    return run_backbone(*args, env={"BACKBONE_SCHEMA_REGISTRY_URL": url}, timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 
 from backbone.settings import Settings
 from consumers import ddl
+from tests.cli import CLI
 from tests.keys import AutoKeyring
 from tests.test_sink import publish, renamed_charter, sink_settings, synthetic_events
 
@@ -57,7 +58,7 @@ def _environment(settings: Settings, dsn: str) -> dict[str, str]:
 
 def _sink(env: dict[str, str], recipient: str, *extra: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-u", "-c", "from app.cli import main; main()", "sink", "--recipient", recipient, "--no-audit", *extra],
+        [CLI[0], "-u", *CLI[1:], "sink", "--recipient", recipient, "--no-audit", *extra],  # unbuffered: lines are read live
         env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )
 
