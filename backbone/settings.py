@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch at most")
     sink_batch_min_seconds: float = Field(0.1, gt=0, description="A batch lands once this old (or as old as the last write took) when nothing more is waiting")
     fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
+    shared_retention_days: float = Field(
+        7.0, gt=0, description="How long shared topics keep a record beyond its released time: retention.ms of shared.* is this"
+        " plus the longest period an agreement generalises occurred_at to on the topic (record timestamps are the released time)")
     dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")
     # RFC 3161 timestamps of audit checkpoints (processors/timestamps.py): off unless a TSA is named.

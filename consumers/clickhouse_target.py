@@ -131,6 +131,17 @@ class ClickHouseTarget:
         if statement:
             self.client.command(statement)
             known.update((column.name, column.type) for column in missing)
+        default = self.client.query(
+            "SELECT default_expression FROM system.columns WHERE database = {db:String} AND table = {t:String} AND name = {c:String}",
+            parameters={"db": destination.database, "t": destination.table, "c": ddl.LANDED_AT}).result_rows
+        if default and default[0][0] != ddl.LANDED_AT_DEFAULT:
+            statements = ddl.coarsen_landed_at_sql(destination.database, destination.table)
+            try:
+                for statement in statements:
+                    self.client.command(statement)
+            except DatabaseError as exc:  # e.g. a sink user without ALTER: the operator runs it once
+                log.warning("sink %s: %s keeps _landed_at to the second (%s); run as an administrator: %s", self.name,
+                            ddl.qualified(destination.database, destination.table), clickhouse_error(exc), "; ".join(statements))
 
     def _table_columns(self, destination: Destination) -> dict[str, str]:
         if destination not in self._columns:

@@ -26,6 +26,7 @@ AUDIT_EVENTS_TABLE = "events"  # one row per raw event, its decisions in an arra
 OPERATIONS_TABLE = "operations"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
+LANDED_AT_DEFAULT = "toStartOfDay(now())"
 OCCURRED_AT = "occurred_at"
 ROLE_PREFIX = "backbone_"
 # The fraud rules' findings, and the findings the broker acknowledged on `alerts.fraud`.
@@ -51,8 +52,10 @@ def create_table_sql(
 ) -> str:
     """A ReplacingMergeTree keyed on `order_by` (the event id): redelivered events collapse into one
     row on merge, and `FINAL` hides duplicates before then. The TTL (the agreement's retention)
-    counts from the event's time (`retention_clock`)."""
-    body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT now()"])
+    counts from the event's time (`retention_clock`). `_landed_at` is the day of landing, not its
+    second: the recipient reads it, and every recipient's copy of an event lands in the same second,
+    which would link copies across sharing domains (retention counts in days anyway)."""
+    body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT {LANDED_AT_DEFAULT}"])
     key = ", ".join(quote_identifier(name) for name in order_by)
     clock = quote_identifier(retention_clock(columns))
     ttl = f"\nTTL {clock} + INTERVAL {int(retention_days)} DAY" if retention_days else ""
@@ -79,6 +82,13 @@ def add_columns_sql(database: str, table: str, columns: Iterable[Column]) -> str
     if not clauses:
         return None
     return f"ALTER TABLE {qualified(database, table)} " + ", ".join(clauses)
+
+
+def coarsen_landed_at_sql(database: str, table: str) -> list[str]:
+    """For a table made before `_landed_at` became the day of landing: its default, then its rows."""
+    column, table_name = quote_identifier(LANDED_AT), qualified(database, table)
+    return [f"ALTER TABLE {table_name} MODIFY COLUMN {column} DateTime DEFAULT {LANDED_AT_DEFAULT}",
+            f"ALTER TABLE {table_name} UPDATE {column} = toStartOfDay({column}) WHERE {column} != toStartOfDay({column})"]
 
 
 def create_decisions_view_sql(database: str) -> str:

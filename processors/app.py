@@ -21,15 +21,16 @@ import faust
 import mode
 
 from backbone.control import agreement_changes, erasure
-from backbone.errors import BackboneError
+from backbone.errors import BackboneError, TopicError
 from backbone.events.catalog import load_catalog
 from backbone.events.serde import Decoder, RegistrySchemas, registry_client
 from backbone.kafka import dlq
 from backbone.kafka.compacted import CompactedTopicReader
-from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic
+from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic, shared_topic_config
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
+from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
 from processors.consent import ConsentTable
@@ -77,9 +78,19 @@ class Enforcement:
         erasure.ensure_topic(self.settings)
         for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
+        periods: dict[str, int] = {}
         for agreement in self.charter.agreements:
             for event_type in agreement.event_types:
-                topics.ensure(shared_topic(agreement.recipient, event_type))
+                name = shared_topic(agreement.recipient, event_type)
+                periods[name] = max(periods.get(name, 0), released_period_days(agreement))
+        for name, period in sorted(periods.items()):
+            try:
+                changed = topics.reconcile(name, shared_topic_config(self.settings, period))
+            except TopicError as exc:
+                log.warning("%s", exc)  # the topic works; its retention may end before a lagging sink reads it
+            else:
+                if changed:
+                    log.info("topic %s: set %s (shared records carry their released time)", name, ", ".join(changed))
 
     def start(self) -> None:
         """Blocking start-up: topics, schemas, consent, agreements and erasures read to their end, then the data plane."""

@@ -29,7 +29,8 @@ from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
 from backbone.policy.decision import ConsentState
 from backbone.settings import Settings
 from processors.checkpoints import Checkpointer
-from processors.router import Router
+from processors.release_order import release_order
+from processors.router import Output, Router
 
 log = logging.getLogger(__name__)
 
@@ -200,6 +201,7 @@ class DataPlane:
         checkpoints = self.checkpoints
         place = checkpoints.place if checkpoints is not None else None
         audit: list[tuple[bytes | None, bytes]] = []  # placed audit records, produced once the batch is sealed
+        shared: list[Output] = []  # released records, produced in a random order once the batch is routed
         unavailable: RegistryError | None = None
         for message in messages:
             error = message.error()
@@ -223,9 +225,16 @@ class DataPlane:
                 if place is not None and output.topic == AUDIT_TOPIC:
                     audit.append((output.key, place(output.value)))
                     continue
+                if output.timestamp:
+                    shared.append(output)
+                    continue
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
+        for output in release_order(shared):
+            self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
+                          output.timestamp)
+        produced += len(shared)
         if audit and checkpoints is not None:
             sealed = checkpoints.seal()
             for key, value in audit:
@@ -264,11 +273,12 @@ class DataPlane:
             log.warning("schema registry unavailable (%s); the data plane waits and reads the rest again", type(error).__name__)
         self._stop.wait(delay)
 
-    def _produce(self, producer: Producer, produce, topic, key, value, headers, on_delivery) -> None:  # noqa: ANN001
+    def _produce(self, producer: Producer, produce, topic, key, value, headers, on_delivery,  # noqa: ANN001
+                 timestamp: int = 0) -> None:
         deadline = None
         while True:
             try:
-                produce(topic, value, key, headers=headers, on_delivery=on_delivery)
+                produce(topic, value, key, headers=headers, on_delivery=on_delivery, timestamp=timestamp)
                 return
             except BufferError:
                 # Local queue full: serve delivery reports until there is room, bounded in time.

@@ -32,6 +32,7 @@ from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.keys.pseudonym import token_function
 from backbone.policy.decision import ConsentState, Decision
 from backbone.policy.engine import PolicyEngine
+from backbone.policy.released import released_timestamp_ms
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,10 @@ class Output:
     key: bytes | None
     value: bytes
     headers: Headers | None = None
+    # Kafka timestamp in ms: a shared record's is its released `occurred_at` (the start of the period
+    # when generalised), never the processing time, which would link its copies across sharing
+    # domains; 0 (audit, DLQ: read by oversight and operators only) lets the producer stamp it.
+    timestamp: int = 0
 
 
 class Rejected(Exception):
@@ -229,7 +234,8 @@ class Router:
                 # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
                 # (every producer can recompute that); the one header names the agreement only.
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
-                                      [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]))
+                                      [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())],
+                                      released_timestamp_ms(decision.record.get("occurred_at"))))
                 self.counts["permit"] += 1
                 self.decided[(decision.recipient, PERMIT)] += 1
                 entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,

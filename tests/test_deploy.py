@@ -46,9 +46,11 @@ from backbone.kafka.topics import (
     dlq_topic,
     raw_topic,
     shared_topic,
+    shared_topic_config,
 )
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
 from backbone.policy.agreements import load_agreements
+from backbone.policy.released import released_period_days
 from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
 
 DEPLOY = PROJECT_ROOT / "deploy"
@@ -437,6 +439,25 @@ def test_dead_letters_are_kept_as_long_as_the_settings_say(manifests: list[dict[
     days = float(_one(manifests, "ConfigMap", "backbone-settings")["data"]["BACKBONE_DLQ_RETENTION_DAYS"])
     for name in (dlq_topic("processor"), dlq_topic("sink")):
         assert _kafka_topics(manifests)[name]["spec"]["config"]["retention.ms"] == int(days * 86_400_000)
+
+
+def test_shared_topics_keep_records_their_released_time_allows(manifests: list[dict[str, Any]]) -> None:
+    """Shared records carry their released `occurred_at` as their Kafka timestamp, and Kafka counts
+    retention from it: each shared topic keeps CreateTime and the retention the processor would set
+    (BACKBONE_SHARED_RETENTION_DAYS plus the longest generalisation of occurred_at on the topic)."""
+    data = _one(manifests, "ConfigMap", "backbone-settings")["data"]
+    settings = Settings(shared_retention_days=float(data["BACKBONE_SHARED_RETENTION_DAYS"]))
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    periods: dict[str, int] = {}
+    for agreement in charter.agreements:
+        for event_type in agreement.event_types:
+            name = shared_topic(agreement.recipient, event_type)
+            periods[name] = max(periods.get(name, 0), released_period_days(agreement))
+    topics = _kafka_topics(manifests)
+    for name, period in periods.items():
+        wanted = shared_topic_config(settings, period)
+        held = topics[name]["spec"]["config"]
+        assert {key: str(held.get(key)) for key in wanted} == wanted, name
 
 
 def test_processor_replicas_do_not_exceed_the_partitions(manifests: list[dict[str, Any]]) -> None:

@@ -2,7 +2,10 @@
 mix of agency events goes through a real processor worker on the embedded broker and registry, and
 the sinks land it in chDB. Then, for every pair of recipients in different sharing domains, nothing
 they received is in common: no Kafka key, no header value, no event id; no shared key is a raw
-topic key; and no column of one recipient's table joins the other's on a small cell.
+topic key; and no column of one recipient's table joins the other's on a small cell. Kafka metadata
+is data too: a record's timestamp is its released `occurred_at` (never the time of processing, which
+every copy of an event shared), and the offsets of a batch do not follow the raw order the same way
+on every recipient's topic.
 
 Small-cell threshold: a value both recipients hold in a column of the same table must stand in at
 least `MIN_CELL` rows on each side (k-anonymity with k = 5), so a join on it cannot single out a
@@ -15,6 +18,7 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from itertools import combinations
 
 import pytest
@@ -24,6 +28,7 @@ from backbone.events.catalog import CONSENT_EVENT, load_catalog
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from backbone.policy.agreements import Charter, load_agreements
+from backbone.policy.released import released_timestamp_ms
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.sink import sinks_for
@@ -35,7 +40,7 @@ from tests.pipeline import Worker, private_stack, read_topic
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 MIN_CELL = 5
-CONSTANT_COLUMNS = {"event_type", "provider", ddl.LANDED_AT}
+CONSTANT_COLUMNS = {"event_type", "provider"}
 
 
 @dataclass
@@ -46,6 +51,10 @@ class Received:
     header_values: set[bytes] = field(default_factory=set)
     event_ids: set[str] = field(default_factory=set)
     records: int = 0
+    timestamps: Counter = field(default_factory=Counter)
+    not_released_time: int = 0  # records whose timestamp is not their released occurred_at
+    # (topic, partition) -> source event ids in offset order
+    order: dict[tuple[str, int], list[str]] = field(default_factory=lambda: defaultdict(list))
 
 
 @dataclass
@@ -93,6 +102,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
             assert len({str(decoder(m.value()).record["event_id"]) for m in audit}) == count, "every event decided"
         finally:
             worker.stop()
+        source_of = {str(d["recipient_event_id"]): str(r["event_id"]) for r in (decoder(m.value()).record for m in audit)
+                     for d in r["decisions"] if d["recipient_event_id"]}
         received: dict[str, Received] = defaultdict(Received)
         for agreement in charter.agreements:
             for event_type in agreement.event_types:
@@ -102,8 +113,13 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
                     if message.key() is not None:
                         mine.keys.add(message.key())
                     mine.header_values.update(value for _, value in message.headers() or [])
-                    mine.event_ids.add(str(decoder(message.value()).record["event_id"]))
+                    record = decoder(message.value()).record
+                    mine.event_ids.add(str(record["event_id"]))
                     mine.records += 1
+                    _, stamp = message.timestamp()
+                    mine.timestamps[stamp] += 1
+                    mine.not_released_time += stamp != released_timestamp_ms(record["occurred_at"])
+                    mine.order[(topic, message.partition())].append(source_of[str(record["event_id"])])
         raw_keys = {m.key() for t in charter.catalog.raw_event_types for m in read_topic(settings, raw_topic(t), lambda ms: False, timeout=3)}
         sinks = sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False)
         for each in sinks:
@@ -175,3 +191,41 @@ def test_no_column_joins_two_domains_on_a_small_cell(run: Run, clickhouse_client
                 assert not small, f"{first}.{table} joins {second}.{table} on {group} in cells smaller than {MIN_CELL}: {len(small)} values"
                 compared += 1
     assert compared >= 5, "the run compared the recipients' tables column by column"
+
+
+def test_a_record_timestamp_is_its_released_time_and_joins_no_two_domains_on_a_small_cell(run: Run) -> None:
+    """The processor used to produce every copy of an event in the same millisecond of processing
+    time: 388 of 407 research records carried their fraud copy's timestamp."""
+    for recipient, got in run.received.items():
+        assert got.records and got.not_released_time == 0, f"{recipient}: {got.not_released_time} timestamps are not the released time"
+    for first, second in cross_domain_pairs(run.charter, run.received):
+        a, b = run.received[first].timestamps, run.received[second].timestamps
+        small = [stamp for stamp in a.keys() & b.keys() if min(a[stamp], b[stamp]) < MIN_CELL]
+        assert not small, f"{first} and {second} share {len(small)} record timestamps held by fewer than {MIN_CELL} records"
+
+
+def test_research_timestamps_say_no_more_than_the_year(run: Run) -> None:
+    stamps = run.received["research"].timestamps
+    assert stamps
+    for stamp in stamps:
+        moment = datetime.fromtimestamp(stamp / 1000, UTC)
+        assert (moment.month, moment.day, moment.hour, moment.minute, moment.second, moment.microsecond) == (1, 1, 0, 0, 0, 0), moment
+
+
+def test_offsets_do_not_repeat_the_raw_order_across_domains(run: Run) -> None:
+    """Each recipient's copies of a batch are produced in their own random order (one subject's
+    records keep theirs), so the i-th record of a partition does not line up across domains."""
+    concordant = total = 0
+    for first, second in cross_domain_pairs(run.charter, run.received):
+        for (topic_a, _), a in run.received[first].order.items():
+            for (topic_b, _), b in run.received[second].order.items():
+                if topic_a.split(".", 2)[2] != topic_b.split(".", 2)[2]:
+                    continue  # copies of one event type only
+                position = {source: index for index, source in enumerate(b)}
+                common = [position[source] for source in a if source in position]
+                for i, j in combinations(range(len(common)), 2):
+                    total += 1
+                    concordant += common[i] < common[j]
+    assert total >= 1000, "the run compared the order of enough common records"
+    assert concordant < total, "every pair of common records is in the same order in both domains: offsets link them"
+    print(f"pairs of common records in the same order across domains: {concordant / total:.1%} of {total:,}")

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
+from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource, NewTopic
 
 from backbone.errors import TopicError, TopicExists, kafka_unavailable
 from backbone.settings import Settings
@@ -48,6 +48,16 @@ def raw_prefix(provider: str) -> str:
 def shared_topic(recipient: str, event_type: str) -> str:
     """`fraud`, `tax.income_declared` -> `shared.fraud.tax.income_declared`."""
     return f"{shared_prefix(recipient)}{event_type}"
+
+
+def shared_topic_config(settings: Settings, released_period_days: float) -> dict[str, str]:
+    """Topic configuration of a shared topic. Its records carry the released `occurred_at` as their
+    Kafka timestamp (never the time of writing), and Kafka counts time-based retention from record
+    timestamps: so the topic keeps records `BACKBONE_SHARED_RETENTION_DAYS` plus the longest period
+    its agreements generalise `occurred_at` to (a record stamped with the start of its year is up to
+    a year older than its writing), and the broker must keep the producer's timestamps (CreateTime)."""
+    days = settings.shared_retention_days + released_period_days
+    return {"message.timestamp.type": "CreateTime", "retention.ms": str(int(days * 86_400_000))}
 
 
 def shared_prefix(recipient: str) -> str:
@@ -152,6 +162,29 @@ class Topics:
             self.create(name, partitions=partitions, config=config)
         except TopicExists:
             pass
+
+    def reconcile(self, name: str, config: dict[str, str], partitions: int | None = None) -> list[str]:
+        """Create `name` with `config`, or set on an existing topic the entries of `config` it holds
+        otherwise; returns the keys changed. Raises `TopicError` naming the topic and the fix when
+        the cluster refuses (e.g. no AlterConfigs right: topics an operator manages)."""
+        try:
+            self.create(name, partitions=partitions, config=config)
+            return []
+        except TopicExists:
+            pass
+        held = self.describe(name).config
+        changed = sorted(key for key, value in config.items() if held.get(key) != value)
+        if not changed:
+            return []
+        resource = ConfigResource(ConfigResource.Type.TOPIC, name, incremental_configs=[
+            ConfigEntry(key, config[key], incremental_operation=AlterConfigOpType.SET) for key in changed])
+        try:
+            self.admin.incremental_alter_configs([resource])[resource].result(timeout=self.settings.kafka_timeout_s)
+        except KafkaException as exc:
+            wanted = " ".join(f"{key}={config[key]}" for key in changed)
+            raise TopicError(f"topic {name}: could not set {wanted} ({exc.args[0].str()}); set it where the topic is"
+                             f" managed (deploy/kubernetes/topics.yaml) or with kafka-configs --alter") from None
+        return changed
 
     def describe(self, name: str) -> TopicInfo:
         meta = self._metadata().topics.get(name)

@@ -6,6 +6,8 @@ and views from it without holding any key; the policy engine builds its output s
 from __future__ import annotations
 
 import copy
+import re
+from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 from backbone.events.catalog import EventSchema, FieldInfo
@@ -62,3 +64,40 @@ def released_schema(agreement: Agreement, schema: EventSchema) -> dict[str, Any]
 def released_fields(agreement: Agreement, schema: EventSchema) -> tuple[str, ...]:
     """Names of the fields `agreement` releases for `schema`'s event type, header first."""
     return tuple(entry["name"] for entry in released_schema(agreement, schema)["fields"])
+
+
+# -- the released time, the only time a shared record's Kafka metadata may carry ------------------
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MONTH = re.compile(r"^(\d{4})-(\d{2})$")
+# The longest span one released `occurred_at` value stands for, by its treatment: a record stamped
+# with the start of its year can be up to a year older than the event (and the record itself).
+RELEASED_PERIOD_DAYS = {"keep": 0, "hour": 1, "day": 1, "month": 31, "year": 366}
+
+
+def released_timestamp_ms(value: Any) -> int:
+    """The Kafka timestamp of a shared record: its released `occurred_at` as milliseconds since the
+    epoch, the start of the period when generalised (a year as int, a month as "YYYY-MM", a day or
+    hour as a timestamp). Processing time never appears: two copies of one event in two sharing
+    domains carry only what each agreement releases. Never below 1 ms: Kafka takes 0 for "now"."""
+    if isinstance(value, datetime):
+        moment = value if value.tzinfo else value.replace(tzinfo=UTC)
+    elif isinstance(value, date):
+        moment = datetime.combine(value, time(), tzinfo=UTC)
+    elif isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 9999:
+        moment = datetime(value, 1, 1, tzinfo=UTC)
+    elif isinstance(value, str) and (match := _MONTH.match(value)) and 1 <= int(match.group(2)) <= 12:
+        moment = datetime(int(match.group(1)), int(match.group(2)), 1, tzinfo=UTC)
+    else:
+        return 1  # nothing released to stamp with: a constant that says nothing of the event
+    return max(1, (moment - _EPOCH) // timedelta(milliseconds=1))
+
+
+def released_period_days(agreement: Agreement) -> int:
+    """How far back from the time of writing a shared record's timestamp can lie, beyond the event's
+    own age: the span of the agreement's `occurred_at` generalisation (0 when kept exactly)."""
+    treatment = agreement.fields.get("occurred_at")
+    if treatment is None or treatment.name == "keep":
+        return 0
+    params = treatment.params.get("to") if isinstance(treatment.params, dict) else treatment.params
+    return RELEASED_PERIOD_DAYS.get(params, RELEASED_PERIOD_DAYS["year"]) if isinstance(params, str) else RELEASED_PERIOD_DAYS["year"]
