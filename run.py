@@ -5,6 +5,8 @@
     python3 run.py test [ARGS]     # the test suite (pytest ARGS)
 
 Needs only Python 3.11+; everything else comes from PyPI. Re-installs when pyproject.toml changes.
+The command then runs in this process's place, so signals sent to `run.py` (SIGTERM, SIGINT, SIGHUP)
+reach it directly and its exit code is `run.py`'s.
 """
 
 from __future__ import annotations
@@ -48,7 +50,15 @@ def main(argv: list[str]) -> int:
         command = [str(BIN / "python"), "-m", "pytest", *argv[1:]]
     else:
         command = [str(BIN / "backbone"), *argv]
-    return subprocess.run(command, cwd=ROOT, env=env).returncode
+    if os.name == "nt":
+        return subprocess.run(command, cwd=ROOT, env=env).returncode
+    # The command replaces this process (same PID): SIGTERM, SIGHUP and SIGINT sent to `run.py` reach
+    # it, it stops what it started, and its exit code is ours. A child in between would have to relay
+    # each signal, and Ctrl-C at a terminal would reach the command twice (the terminal signals both).
+    os.chdir(ROOT)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(command[0], command, env)
 
 
 if __name__ == "__main__":

@@ -107,6 +107,8 @@ class Settings(BaseSettings):
     console_host: str = Field("127.0.0.1", description="Address `backbone console` binds")
     console_operator_password: SecretStr | None = Field(None, description="Password of the console's `operator` user (role operator)")
     console_oversight_password: SecretStr | None = Field(None, description="Password of the console's `oversight` user (role oversight)")
+    console_public_url: str | None = Field(None, description="URL browsers reach the console at, when a proxy in front ends TLS "
+                                                             "(https://...: the session cookie is Secure)")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as key=value text or one JSON object each")
@@ -143,6 +145,13 @@ class Settings(BaseSettings):
             raise ValueError(f"expected the TSA's http:// or https:// URL, got {split_credentials(value)[0]!r}")
         return value
 
+    @field_validator("console_public_url")
+    @classmethod
+    def _console_url_is_http(cls, value: str | None) -> str | None:
+        if value is not None and not value.lower().startswith(("http://", "https://")):
+            raise ValueError(f"expected the URL browsers open the console at, http:// or https://, got {value!r}")
+        return value
+
     @field_validator("schema_registry_user", "schema_registry_password", "schema_registry_users_file", "schema_registry_auth", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: Any, info: ValidationInfo) -> Any:
@@ -177,6 +186,11 @@ class Settings(BaseSettings):
         if self.keyring_path is None:
             self.keyring_path = self.data_dir / "keyring.json"
         return self
+
+    @property
+    def console_over_https(self) -> bool:
+        """Whether browsers reach the console over https (its session cookie is then Secure)."""
+        return (self.console_public_url or "").lower().startswith("https://")
 
     def schema_registry_credentials(self) -> tuple[str, str] | None:
         """(user, password) the backbone's registry clients send, if configured."""

@@ -1,11 +1,19 @@
 """The web console as a browser meets it (aiohttp's test client): a login is required, a wrong
-password is refused, the operator may not open the oversight page, the pages show the demo
-charter's agencies and flows, and the event stream sends live updates."""
+password is refused, guessing is throttled (also in parallel, also for unknown names), the session
+cookie is Secure behind an https proxy, the operator may not open the oversight page, the pages show
+the demo charter's agencies and flows, the event stream sends live updates, and stopping the console
+does not wait on open streams nor log a client going away as an error."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import http.client
+import logging
 import re
+import signal
+import subprocess
+import tracemalloc
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -13,12 +21,13 @@ from datetime import UTC, datetime
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from app.console.auth import Logins
+from app.console.auth import COOKIE, MAX_FAILURES, Logins, Refusal
 from app.console.server import make_app
 from app.console.snapshot import Flow, Snapshot, load_charter
 from app.status import GroupLag, Status
 from backbone.settings import load_settings
 from consumers.audit import Disclosure
+from tests.cli import CLI, clean_env
 
 PASSWORDS = {"operator": "operator-secret-1", "oversight": "oversight-secret-1"}
 
@@ -157,17 +166,40 @@ def test_the_console_refuses_to_start_without_a_password() -> None:
         Logins.from_settings(load_settings(console_operator_password=None, console_oversight_password=None))
 
 
-def test_the_demo_starts_the_console_with_made_up_passwords_and_stops_it(tmp_path, capsys) -> None:  # noqa: ANN001
+def test_the_demo_starts_the_console_with_made_up_passwords_and_stops_it_with_a_stream_open(tmp_path, capsys, caplog) -> None:  # noqa: ANN001
+    """As `demo --keep-running` with a browser on the overview: stopping does not wait on its event stream."""
     from types import SimpleNamespace
+    from urllib.parse import urlencode, urlsplit
 
     from app.cli.demo import _start_console
 
-    settings = load_settings(data_dir=tmp_path, console_port=0, kafka_bootstrap="127.0.0.1:1")
+    settings = load_settings(data_dir=tmp_path, console_port=0, kafka_bootstrap="127.0.0.1:1", kafka_timeout_s=1)
     stop = _start_console(SimpleNamespace(base=settings, settings=settings))
     assert stop is not None
     shown = capsys.readouterr().out
     assert "console: http://127.0.0.1:" in shown and "user oversight, password " in shown
-    stop()
+    url = urlsplit(re.search(r"console: (\S+)", shown).group(1))  # type: ignore[union-attr]
+    password = re.search(r"user operator, password (\S+)", shown).group(1)  # type: ignore[union-attr]
+
+    login = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    login.request("POST", "/login", urlencode({"user": "operator", "password": password}),
+                  {"Content-Type": "application/x-www-form-urlencoded"})
+    answer = login.getresponse()
+    assert answer.status == 302
+    cookie = answer.getheader("Set-Cookie").split(";")[0]
+    stream = http.client.HTTPConnection(url.hostname, url.port, timeout=60)
+    stream.request("GET", "/events", headers={"Cookie": cookie})
+    events = stream.getresponse()
+    seen = b""
+    while b"event: status" not in seen:
+        seen += events.read1(65536)
+    with caplog.at_level(logging.DEBUG):
+        stop()  # with the stream open
+    assert "did not stop in time" not in capsys.readouterr().out
+    assert events.read() is not None  # the stream ended (no hang on reading what is left)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+    stream.close()
+    login.close()
 
 
 def test_repeated_wrong_passwords_lock_the_user_out_for_a_while() -> None:
@@ -181,3 +213,136 @@ def test_repeated_wrong_passwords_lock_the_user_out_for_a_while() -> None:
 
     wrong, right = asyncio.run(attempts())
     assert wrong == [None] * MAX_FAILURES and right is None
+
+
+def test_a_burst_of_concurrent_guesses_gets_no_more_checks_than_the_allowance(snapshot: Snapshot) -> None:
+    """The attack: many wrong passwords and the right one sent at once. Each attempt takes its place
+    before the slow hash, so only MAX_FAILURES are checked, the rest are refused unchecked (429),
+    and the right password, sent while the burst is in flight, is refused as the user is locked."""
+    logins = Logins({"operator": PASSWORDS["operator"]})  # a window of its own
+
+    async def test(client: TestClient) -> None:
+        locked = asyncio.Event()
+
+        async def guess(password: str) -> int:
+            status = await log_in(client, "operator", password)
+            if status == 429:
+                locked.set()
+            return status
+
+        burst = asyncio.gather(*(guess(f"guess-{n}") for n in range(8 * MAX_FAILURES)))
+        # the right one once the server has said "locked" to one guess (or the burst is over)
+        await asyncio.wait([asyncio.ensure_future(locked.wait()), burst], return_when=asyncio.FIRST_COMPLETED)
+        right = await guess(PASSWORDS["operator"])
+        wrong = await burst
+        assert wrong.count(401) <= MAX_FAILURES and wrong.count(429) >= 7 * MAX_FAILURES, wrong
+        assert right == 429
+        assert await log_in(client, "operator") == 429  # still locked after the burst
+        answer = await client.post("/login", data={"user": "operator", "password": PASSWORDS["operator"]}, allow_redirects=False)
+        assert "Too many attempts" in await answer.text() and int(answer.headers["Retry-After"]) > 0
+
+    run(logins, snapshot, test)
+
+
+def test_unknown_user_names_are_throttled_and_thousands_of_them_do_not_grow_memory() -> None:
+    import app.console.auth as auth
+
+    logins = Logins({"operator": PASSWORDS["operator"]})
+
+    async def attempts(names: range) -> list[object]:
+        return [await logins.attempt(f"nobody-{n}", "operator-secret-1") for n in names]
+
+    def held() -> int:  # bytes allocated by the console's login code and still held
+        return sum(stat.size for stat in tracemalloc.take_snapshot().filter_traces(
+            [tracemalloc.Filter(True, auth.__file__)]).statistics("filename"))
+
+    tracemalloc.start()
+    try:
+        first = asyncio.run(attempts(range(100)))
+        before = held()
+        asyncio.run(attempts(range(100, 5100)))
+        after = held()
+    finally:
+        tracemalloc.stop()
+    assert first[:MAX_FAILURES] == [Refusal.WRONG] * MAX_FAILURES and set(first[MAX_FAILURES:]) == {Refusal.LOCKED}
+    assert after - before < 4096, f"{after - before} more bytes held after 5,000 more unknown names"
+    # the users' own windows are theirs: guessing other names does not lock the operator out
+    assert isinstance(asyncio.run(logins.attempt("operator", PASSWORDS["operator"])), str)
+
+
+@pytest.mark.parametrize(("public_url", "secure"), [("https://console.agency.example", True), ("http://127.0.0.1:8090", False), (None, False)])
+def test_the_session_cookie_is_secure_when_the_console_is_reached_over_https(
+        public_url: str | None, secure: bool, tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+    """Behind a TLS-terminating proxy the console itself sees http; BACKBONE_CONSOLE_PUBLIC_URL says https."""
+    from app.console.server import app_for
+
+    if public_url:
+        monkeypatch.setenv("BACKBONE_CONSOLE_PUBLIC_URL", public_url)
+    else:
+        monkeypatch.delenv("BACKBONE_CONSOLE_PUBLIC_URL", raising=False)
+    settings = load_settings(data_dir=tmp_path, console_operator_password=PASSWORDS["operator"])
+
+    async def go() -> None:
+        async with TestClient(TestServer(app_for(settings))) as client:
+            answer = await client.post("/login", data={"user": "operator", "password": PASSWORDS["operator"]}, allow_redirects=False)
+            assert answer.status == 302
+            cookie = answer.cookies[COOKIE]
+            assert bool(cookie["secure"]) is secure and cookie["httponly"] and cookie["samesite"] == "Strict"
+
+    asyncio.run(go())
+
+
+def test_a_console_url_that_is_not_http_is_refused_saying_what_is_expected() -> None:
+    from backbone.errors import SettingsError
+
+    with pytest.raises(SettingsError, match="BACKBONE_CONSOLE_PUBLIC_URL.*https://"):
+        load_settings(console_public_url="console.agency.example")
+
+
+def test_a_client_leaving_the_event_stream_is_not_an_error(logins: Logins, snapshot: Snapshot, caplog: pytest.LogCaptureFixture) -> None:
+    async def test(client: TestClient) -> None:
+        assert await log_in(client, "operator") == 302
+        answer = await client.get("/events")
+        assert b"event: status" in await asyncio.wait_for(answer.content.readuntil(b"\n\n"), 10)
+        answer.connection.transport.abort()  # the browser tab closed  # type: ignore[union-attr]
+        await asyncio.sleep(0.5)  # the stream writes every 0.05 s: it meets the closed connection
+
+    with caplog.at_level(logging.DEBUG):
+        run(logins, snapshot, test)
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+def test_stopping_the_console_does_not_wait_on_an_open_event_stream(tmp_path) -> None:  # noqa: ANN001
+    """`backbone console` with a browser's event stream open, then SIGTERM: it exits (aiohttp would
+    otherwise wait 60 s for the stream) and logs nothing at ERROR."""
+    import aiohttp
+
+    env = clean_env({"BACKBONE_DATA_DIR": str(tmp_path), "BACKBONE_CONSOLE_PORT": "0", "BACKBONE_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+                     "BACKBONE_KAFKA_TIMEOUT_S": "1", "BACKBONE_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1",
+                     "BACKBONE_CONSOLE_OPERATOR_PASSWORD": PASSWORDS["operator"], "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen([*CLI, "console"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        url = re.search(r"console on (http://\S+?)/? ", process.stdout.readline())
+        assert url, process.stderr.read() if process.poll() is not None else "no URL printed"  # type: ignore[union-attr]
+
+        async def stream_open_while_stopping() -> int:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as session:
+                async with session.post(url.group(1) + "/login", data={"user": "operator", "password": PASSWORDS["operator"]},
+                                        allow_redirects=False) as answer:
+                    assert answer.status == 302
+                async with session.get(url.group(1) + "/events", timeout=aiohttp.ClientTimeout(total=120)) as events:
+                    assert b"event: status" in await asyncio.wait_for(events.content.readuntil(b"\n\n"), 60)
+                    process.send_signal(signal.SIGTERM)
+                    code = await asyncio.get_running_loop().run_in_executor(None, process.wait, 30)
+                    with contextlib.suppress(aiohttp.ClientError):
+                        await events.content.read()  # the server ended the stream
+                    return code
+
+        assert asyncio.run(stream_open_while_stopping()) == 0
+        errors = process.stderr.read()  # type: ignore[union-attr]
+        assert "ERROR" not in errors and "Traceback" not in errors and "Error handling request" not in errors, errors[-3000:]
+    finally:
+        if process.poll() is None:
+            process.kill()  # only the PID started here
+            process.wait(10)

@@ -21,7 +21,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -39,6 +38,8 @@ from app.status import Status
 from backbone.settings import load_settings
 from backbone.stack.embedded import free_port
 from tests.browser import BrowserUnavailable, artifacts_dir, chrome
+from tests.cli import CLI, clean_env, run_backbone
+from tests.processes import descendants, pid_alive
 
 PASSWORD = "operator-secret-1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -159,40 +160,9 @@ class RunningDemo:
 
     def backbone(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         """A `backbone` command from another terminal, with the exports the demo printed."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-        env.update(self.exports, BACKBONE_IDENTITY="browser-test", COLUMNS="200")
-        done = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], capture_output=True,
-                              text=True, timeout=timeout, env=env, cwd=ROOT)
+        done = run_backbone(*args, env={**self.exports, "BACKBONE_IDENTITY": "browser-test"}, timeout=timeout, cwd=ROOT)
         assert done.returncode == 0, f"backbone {' '.join(args)}: {done.stdout[-2000:]}{done.stderr[-2000:]}"
         return done
-
-
-def descendants(pid: int) -> list[int]:
-    """PIDs of every living process below `pid` (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
-    found, todo = [], [pid]
-    while todo:
-        for child in children.get(todo.pop(), []):
-            found.append(child)
-            todo.append(child)
-    return found
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:  # a zombie has stopped; only its parent has not collected it yet
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def stop(demo: RunningDemo, seconds: float = 90) -> int | None:
@@ -212,11 +182,10 @@ def stop(demo: RunningDemo, seconds: float = 90) -> int | None:
 def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
     """The demo's stack with demo data, left running; stopped by the last test (or here, by PID, if
     a test failed first)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
-    env.update({"BACKBONE_DATA_DIR": str(tmp_path_factory.mktemp("demo")), "COLUMNS": "250", "PYTHONUNBUFFERED": "1",
-                "BACKBONE_BROKER_PORT": "0", "BACKBONE_SCHEMA_REGISTRY_PORT": "0", "BACKBONE_CONSOLE_PORT": "0"})
+    env = clean_env({"BACKBONE_DATA_DIR": str(tmp_path_factory.mktemp("demo")), "COLUMNS": "250", "PYTHONUNBUFFERED": "1",
+                     "BACKBONE_BROKER_PORT": "0", "BACKBONE_SCHEMA_REGISTRY_PORT": "0", "BACKBONE_CONSOLE_PORT": "0"})
     process = subprocess.Popen(
-        [sys.executable, "-c", "from app.cli import main; main()", "demo", "--events", str(DEMO_EVENTS), "--timeout", "180", "--keep-running"],
+        [*CLI, "demo", "--events", str(DEMO_EVENTS), "--timeout", "180", "--keep-running"],
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
     )
     running = RunningDemo(process)

@@ -2,10 +2,13 @@
 
 User errors (`BackboneError`) print one red line and exit 1; `--debug` shows the traceback.
 Logging is set up once, from `BACKBONE_LOG_LEVEL` and `BACKBONE_LOG_FORMAT`, before any command runs.
+SIGTERM and SIGHUP stop a command as Ctrl-C does (what it started is stopped on the way out), unless
+the command handles them itself.
 """
 
 from __future__ import annotations
 
+import signal
 import sys
 
 import typer
@@ -66,6 +69,18 @@ def main() -> None:
     if debug:
         sys.argv.remove("--debug")
     _register()
+    stopping = [signum for signum in (signal.SIGTERM, getattr(signal, "SIGHUP", None))
+                if signum is not None and signal.getsignal(signum) is signal.SIG_DFL]  # nohup's SIG_IGN stays
+    for signum in stopping:
+        signal.signal(signum, signal.default_int_handler)
+    try:
+        _run(debug)
+    finally:  # as they were, for callers in the same process (the tests)
+        for signum in stopping:
+            signal.signal(signum, signal.SIG_DFL)
+
+
+def _run(debug: bool) -> None:
     try:
         configure_logging(load_settings())
         app(standalone_mode=False)

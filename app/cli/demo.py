@@ -155,7 +155,7 @@ def _start_console(runner: Any) -> Any:
 
     from pydantic import SecretStr
 
-    from app.console.server import start
+    from app.console.server import SHUTDOWN_TIMEOUT_S, start
     from backbone.stack.embedded import port_in_use
 
     base, settings = runner.base, runner.settings
@@ -189,7 +189,12 @@ def _start_console(runner: Any) -> Any:
         console.print(f"    user {role}, password {shown}", highlight=False)
 
     def stop() -> None:
-        asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(10)
-        loop.call_soon_threadsafe(loop.stop)
+        # bounded: open event streams end at shutdown, a page in progress is cancelled after a few seconds
+        try:
+            asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(SHUTDOWN_TIMEOUT_S + 10)
+        except TimeoutError:
+            console.print("[yellow]the console did not stop in time; leaving it to the process exit[/yellow]")
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
 
     return stop

@@ -2,7 +2,14 @@
 
 Passwords are hashed with scrypt at start-up (`backbone.registry.users.PasswordHash`, the registry's
 own) and the plain text is not kept; a login is checked in constant time. Sessions are random
-tokens in an HttpOnly, SameSite=Strict cookie, held in memory: a restart logs everyone out.
+tokens in an HttpOnly, SameSite=Strict cookie (Secure when the console is reached over https), held
+in memory: a restart logs everyone out.
+
+Guessing is throttled per user name: each attempt takes one of `MAX_FAILURES` places in its name's
+window *before* the slow hash, so a burst of concurrent guesses gets no more checks than one at a
+time; a wrong password keeps its place until the window has passed, a right one gives it back. Every
+name that is not a user shares one window, so the memory the throttle holds does not grow with the
+names tried.
 """
 
 from __future__ import annotations
@@ -10,7 +17,9 @@ from __future__ import annotations
 import asyncio
 import secrets
 import time
+from collections import deque
 from dataclasses import dataclass
+from enum import Enum
 
 from backbone.errors import SettingsError
 from backbone.registry.users import PasswordHash
@@ -20,10 +29,16 @@ OPERATOR = "operator"
 OVERSIGHT = "oversight"
 COOKIE = "backbone_console"
 SESSION_S = 8 * 3600
-# Guessing: after this many wrong passwords for one user within the window, that user's logins are
-# refused until the window has passed (scrypt already costs ~0.1 s per attempt).
+# Guessing: at most this many passwords checked for one user name within the window (scrypt
+# already costs ~0.1 s per attempt); further attempts are refused unchecked until places free up.
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
+UNKNOWN = ""  # the one window every name that is not a user shares (no user is called "")
+
+
+class Refusal(Enum):
+    WRONG = "wrong user or password"
+    LOCKED = "too many attempts"
 
 
 @dataclass(slots=True, frozen=True)
@@ -34,12 +49,13 @@ class Session:
 
 
 class Logins:
-    """The console's users and open sessions."""
+    """The console's users and open sessions (used from one event loop)."""
 
     def __init__(self, passwords: dict[str, str]) -> None:
         self._hashes = {user: PasswordHash.of(password) for user, password in passwords.items()}
         self._sessions: dict[str, Session] = {}
-        self._failures: dict[str, list[float]] = {}
+        # one window per user and one for every other name: bounded by the users, not the names tried
+        self._attempts: dict[str, deque[float]] = {name: deque(maxlen=MAX_FAILURES) for name in [*self._hashes, UNKNOWN]}
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Logins:
@@ -54,24 +70,42 @@ class Logins:
     def users(self) -> list[str]:
         return sorted(self._hashes)
 
-    async def log_in(self, user: str, password: str) -> str | None:
-        """A session token for the right password, None otherwise (same cost for an unknown user)."""
+    def _reserve(self, name: str) -> float | None:
+        """Take a place in the name's window (its time), or None when the window is full."""
         now = time.monotonic()
-        recent = [at for at in self._failures.get(user, []) if now - at < FAILURE_WINDOW_S]
-        self._failures[user] = recent
-        if len(recent) >= MAX_FAILURES:
+        window = self._attempts[name]
+        while window and now - window[0] >= FAILURE_WINDOW_S:
+            window.popleft()
+        if len(window) >= MAX_FAILURES:
             return None
+        window.append(now)
+        return now
+
+    async def attempt(self, user: str, password: str) -> str | Refusal:
+        """A session token for the right password; WRONG otherwise (same cost for an unknown user), or
+        LOCKED, unchecked, while the name's window is full."""
         known = self._hashes.get(user)
+        name = user if known is not None else UNKNOWN
+        # no await between the check and the reservation: concurrent attempts each see the others' places
+        place = self._reserve(name)
+        if place is None:
+            return Refusal.LOCKED
         check = known or next(iter(self._hashes.values()))
         matches = await asyncio.get_running_loop().run_in_executor(None, check.matches, password)
         if known is None or not matches:
-            if known is not None:
-                recent.append(now)
-            return None
-        self._failures.pop(user, None)
+            return Refusal.WRONG
+        try:
+            self._attempts[name].remove(place)  # a right password does not count against the user
+        except ValueError:
+            pass
         token = secrets.token_urlsafe(32)
         self._sessions[token] = Session(user, user, time.time() + SESSION_S)  # the role is the user's name
         return token
+
+    async def log_in(self, user: str, password: str) -> str | None:
+        """A session token for the right password, None for any refusal."""
+        outcome = await self.attempt(user, password)
+        return outcome if isinstance(outcome, str) else None
 
     def session(self, token: str | None) -> Session | None:
         found = self._sessions.get(token or "")

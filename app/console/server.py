@@ -4,12 +4,13 @@ Pages: `/` (flows between agencies, DLQ, lag, rows, registry subjects, unreachab
 part is replaced by each `status` event of `/events`), `/charter` (agreements with status, purposes
 and field treatments), `/subject` (oversight only: every disclosure about one person). Every page
 needs a login (`app.console.auth`); the console binds 127.0.0.1 unless `BACKBONE_CONSOLE_HOST`
-says otherwise.
+says otherwise. Stopping does not wait on open event streams: they end when the console shuts down.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -17,7 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from app.console import views
-from app.console.auth import COOKIE, OVERSIGHT, Logins, Session
+from app.console.auth import COOKIE, FAILURE_WINDOW_S, OVERSIGHT, Logins, Refusal, Session
 from app.console.snapshot import Snapshot, SnapshotCache, collect_snapshot
 from backbone.settings import Settings
 
@@ -27,6 +28,10 @@ LOGINS = web.AppKey("logins", Logins)
 SNAPSHOTS = web.AppKey("snapshots", SnapshotCache)
 LOOKUP = web.AppKey("lookup", object)  # Callable[[str], tuple[str, list[Disclosure]]]
 STREAM_INTERVAL = web.AppKey("stream_interval", float)
+SECURE_COOKIES = web.AppKey("secure_cookies", bool)
+CLOSING = web.AppKey("closing", asyncio.Event)  # set when the console shuts down: event streams end
+# How long stopping waits for requests in progress (a page being rendered) before cancelling them.
+SHUTDOWN_TIMEOUT_S = 3.0
 SESSION = web.RequestKey("session", Session)
 PUBLIC = ("/login", "/static/live.js")
 HEADERS = {
@@ -70,12 +75,19 @@ async def login_page(request: web.Request) -> web.Response:
 
 async def log_in(request: web.Request) -> web.Response:
     form = await request.post()
-    token = await request.app[LOGINS].log_in(str(form.get("user", "")), str(form.get("password", "")))
-    if token is None:
+    outcome = await request.app[LOGINS].attempt(str(form.get("user", "")), str(form.get("password", "")))
+    if outcome is Refusal.LOCKED:
+        log.warning("console: refused a login as %r unchecked: too many attempts", str(form.get("user", ""))[:64])
+        locked = _html(views.login_form("Too many attempts: try again in a minute."), 429)
+        locked.headers["Retry-After"] = str(int(FAILURE_WINDOW_S))
+        return locked
+    if not isinstance(outcome, str):
         log.warning("console: refused a login as %r", str(form.get("user", ""))[:64])
         return _html(views.login_form("Wrong user or password."), 401)
     response = web.HTTPFound("/")
-    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure, path="/")
+    # Secure also when TLS ends at a proxy in front (BACKBONE_CONSOLE_PUBLIC_URL=https://...)
+    secure = request.secure or request.app[SECURE_COOKIES]
+    response.set_cookie(COOKIE, outcome, httponly=True, samesite="Strict", secure=secure, path="/")
     raise response
 
 
@@ -101,12 +113,37 @@ async def events(request: web.Request) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
     response.headers.update(HEADERS)
     await response.prepare(request)
-    interval = request.app[STREAM_INTERVAL]
-    while True:
-        fragment = views.live(await request.app[SNAPSHOTS].get())
-        data = "".join(f"data: {line}\n" for line in fragment.splitlines() or [""])
-        await response.write(f"event: status\n{data}\n".encode())
-        await asyncio.sleep(interval)
+    interval, closing = request.app[STREAM_INTERVAL], request.app[CLOSING]
+    try:
+        while not closing.is_set():
+            snapshot = await _unless_closing(closing, request.app[SNAPSHOTS].get())
+            if snapshot is None:
+                break
+            fragment = views.live(snapshot)
+            data = "".join(f"data: {line}\n" for line in fragment.splitlines() or [""])
+            await response.write(f"event: status\n{data}\n".encode())
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(closing.wait(), interval)
+    except ConnectionResetError:  # aiohttp's ClientConnectionResetError too: the browser went away
+        log.debug("console: an event stream's client went away")
+    return response
+
+
+async def _unless_closing(closing: asyncio.Event, pending: Awaitable[Snapshot]) -> Snapshot | None:
+    """What `pending` gives, or None (and it is cancelled) as soon as the console shuts down."""
+    task = asyncio.ensure_future(pending)
+    waiter = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait((task, waiter), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if not task.done():
+            task.cancel()
+    return task.result() if task.done() and not task.cancelled() else None
+
+
+async def _close_streams(app: web.Application) -> None:
+    app[CLOSING].set()
 
 
 def _oversight(request: web.Request) -> Session:
@@ -173,13 +210,17 @@ def disclosures_lookup(settings: Settings) -> Lookup:
 
 
 def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
-             refresh_s: float = 5.0) -> web.Application:
-    """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`."""
+             refresh_s: float = 5.0, secure_cookies: bool = False) -> web.Application:
+    """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`;
+    `secure_cookies` when browsers reach it over https, even if TLS ends before this process."""
     app = web.Application(middlewares=[_guard])
     app[LOGINS] = logins
     app[SNAPSHOTS] = SnapshotCache(snapshot, refresh_s)
     app[LOOKUP] = lookup
     app[STREAM_INTERVAL] = refresh_s
+    app[SECURE_COOKIES] = secure_cookies
+    app[CLOSING] = asyncio.Event()
+    app.on_shutdown.append(_close_streams)
     app.add_routes([
         web.get("/login", login_page), web.post("/login", log_in), web.post("/logout", log_out),
         web.get("/", overview), web.get("/charter", charter), web.get("/events", events),
@@ -189,7 +230,8 @@ def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
 
 
 def app_for(settings: Settings, minutes: int = 5) -> web.Application:
-    return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings))
+    return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings),
+                    secure_cookies=settings.console_over_https)
 
 
 async def start(settings: Settings, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, str]:
@@ -198,7 +240,7 @@ async def start(settings: Settings, host: str | None = None, port: int | None = 
 
     host = host or settings.console_host
     port = settings.console_port if port is None else port
-    runner = web.AppRunner(app_for(settings), access_log=None)
+    runner = web.AppRunner(app_for(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:
