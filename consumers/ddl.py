@@ -86,9 +86,9 @@ def add_columns_sql(database: str, table: str, columns: Iterable[Column]) -> str
 
 def coarsen_landed_at_sql(database: str, table: str) -> list[str]:
     """For a table made before `_landed_at` became the day of landing: its default, then its rows."""
-    column, table_name = quote_identifier(LANDED_AT), qualified(database, table)
-    return [f"ALTER TABLE {table_name} MODIFY COLUMN {column} DateTime DEFAULT {LANDED_AT_DEFAULT}",
-            f"ALTER TABLE {table_name} UPDATE {column} = toStartOfDay({column}) WHERE {column} != toStartOfDay({column})"]
+    column, target = quote_identifier(LANDED_AT), qualified(database, table)
+    return [f"ALTER TABLE {target} MODIFY COLUMN {column} DateTime DEFAULT {LANDED_AT_DEFAULT}",
+            f"ALTER TABLE {target} UPDATE {column} = toStartOfDay({column}) WHERE {column} != toStartOfDay({column})"]
 
 
 def create_decisions_view_sql(database: str) -> str:

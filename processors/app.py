@@ -4,7 +4,8 @@ Faust gives the worker model, lifecycle, web endpoint and CLI (`faust -A process
 the high-volume path is the batched librdkafka `DataPlane` run by `EnforcementService` on a thread
 (a Faust agent consumes ~10k events/s on the embedded broker, the batched loop several times that).
 Consent, agreement and erasure state are read in full by every worker from their compacted topics;
-dead letters are sealed per subject (`backbone.kafka.dlq.DlqSealer`) so an erasure can shred them.
+dead letters are sealed per subject and day (`backbone.kafka.dlq_keys`) so an erasure can shred them,
+and each worker destroys the keys past the DLQ retention hourly.
 
 Importing this module builds nothing: `create_app` builds the app from settings, and the module
 attribute `app` (what `faust -A processors.app` reads) is built on first access.
@@ -26,7 +27,15 @@ from backbone.events.catalog import load_catalog
 from backbone.events.serde import Decoder, RegistrySchemas, registry_client
 from backbone.kafka import dlq
 from backbone.kafka.compacted import CompactedTopicReader
-from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, Topics, raw_topic, shared_topic, shared_topic_config
+from backbone.kafka.topics import (
+    AUDIT_TOPIC,
+    CONSENT_TOPIC,
+    Topics,
+    consent_topic_config,
+    raw_topic,
+    shared_topic,
+    shared_topic_config,
+)
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.engine import PolicyEngine
@@ -41,6 +50,10 @@ from processors.router import DLQ_TOPIC, Router
 log = logging.getLogger("processors")
 
 APP_ID = "backbone-processor"
+# How often each worker destroys the DLQ keys past the DLQ retention (`dlq.expire`; idempotent, so
+# several workers doing it is harmless): a dead letter is unreadable at most this long after its
+# retention passed, whatever its key (unkeyed entries, subjects never erased).
+DLQ_KEY_EXPIRY_S = 3600.0
 
 
 class Enforcement:
@@ -70,8 +83,7 @@ class Enforcement:
 
     def ensure_topics(self) -> None:
         topics = Topics(self.settings)
-        compacted = {"cleanup.policy": "compact"}
-        topics.ensure(CONSENT_TOPIC, config=compacted)
+        topics.ensure(CONSENT_TOPIC, config=consent_topic_config())
         agreement_changes.ensure_topic(self.settings)
         topics.ensure(DLQ_TOPIC, config=dlq.topic_config(self.settings))
         topics.ensure(dlq.KEYS_TOPIC, config=dlq.keys_topic_config())
@@ -257,6 +269,14 @@ def create_app(settings: Settings | None = None, web_port: int | None = None,
                 if last >= 10:
                     last = 0
                     log.info("processor stats %s", enforcement.stats())
+
+    @app.timer(min(DLQ_KEY_EXPIRY_S, max(1.0, settings.dlq_retention_days * 86_400 / 24)), on_leader=False)
+    async def expire_dlq_keys() -> None:
+        """Destroy the DLQ keys past the DLQ retention (unkeyed entries' included); retried next time on failure."""
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, dlq.expire, settings)
+        except BackboneError as exc:
+            log.warning("expired DLQ keys not destroyed yet (%s); retried in an hour", exc)
 
     app.enforcement_service = EnforcementService  # type: ignore[attr-defined]
     return app

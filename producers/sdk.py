@@ -26,7 +26,7 @@ from backbone.errors import kafka_unavailable
 from backbone.events.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
 from backbone.events.encoder import CompiledEncoder, compile_encoder
 from backbone.events.serde import Encoder, encoder_for, registry_client
-from backbone.kafka.topics import CONSENT_TOPIC, Topics, raw_topic
+from backbone.kafka.topics import CONSENT_TOPIC, Topics, consent_topic_config, raw_topic
 from backbone.settings import Settings, get_settings
 from producers.errors import DeliveryError, ProducerError, ProducerValidationError, QueueFullError
 from producers.keys import SubjectKeys, default_partition
@@ -184,7 +184,7 @@ class AgencyProducer:
         for event_type, schema in schemas.items():
             topic = self._topic_for(event_type)
             consent = event_type == CONSENT_EVENT
-            topics.ensure(topic, config={"cleanup.policy": "compact"} if consent else None)
+            topics.ensure(topic, config=consent_topic_config() if consent else None)
             vocabulary_fields = ("purpose",) if consent else ()
             validator = compile_validator(schema, self.catalog.purposes, vocabulary_fields)
             encoder = encoder_for(registry, f"{topic}-value", schema.avro)

@@ -69,6 +69,7 @@ EXPECTED = {
     ("User:sink-fraud", "topic", "audit.timestamps", "literal", "read"),
     ("User:operator", "topic", "consent.changes", "literal", "write"),
     ("User:operator", "topic", "dlq.keys", "literal", "write"),
+    ("User:operator", "topic", "alerts.fraud", "literal", "write"),
     ("User:operator", "topic", "erasures", "literal", "write"),
     ("User:processor", "topic", "dlq.keys", "literal", "create"),
     ("User:processor", "topic", "dlq.keys", "literal", "read"),
@@ -309,12 +310,13 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # topics (raw for the processor's, shared for the sinks') and records the action
     dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
     table["backbone dlq list|show"] = ("User:operator", dlq_read)
-    # backbone/control/erasure.py erase: ensures and writes erasures, tombstones consent records, destroys DLQ keys
-    # (reading them first), records the action
+    # backbone/control/erasure.py erase: ensures and writes erasures, tombstones consent records and fraud alerts,
+    # destroys the person's and the expired DLQ keys (reading them first), records the action
+    expiry = {("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write"), readers}
     table["backbone erase"] = ("User:operator", {("topic", "erasures", "create"), ("topic", "erasures", "write"),
-                                                 ("topic", "consent.changes", "write"), ("topic", "dlq.keys", "read"),
-                                                 ("topic", "dlq.keys", "write"), readers, *recorded})
-    table["backbone dlq replay"] = ("User:operator", dlq_read | recorded | {("topic", "raw.*", "write"), ("topic", "shared.*", "write")})
+                                                 ("topic", "consent.changes", "write"), ("topic", "alerts.fraud", "write"),
+                                                 *expiry, *recorded})
+    table["backbone dlq replay"] = ("User:operator", dlq_read | recorded | expiry | {("topic", "raw.*", "write"), ("topic", "shared.*", "write")})
     return table
 
 

@@ -31,6 +31,7 @@ from typer.main import get_command
 
 from backbone.access.acls import plan_for_charter
 from backbone.events.catalog import load_catalog
+from backbone.kafka.dlq_keys import keys_topic_config
 from backbone.kafka.topics import (
     AGREEMENTS_TOPIC,
     ALERTS_TOPIC,
@@ -43,6 +44,8 @@ from backbone.kafka.topics import (
     OPERATIONS_TOPIC,
     SCHEMAS_TOPIC,
     TIMESTAMPS_TOPIC,
+    alerts_topic_config,
+    consent_topic_config,
     dlq_topic,
     raw_topic,
     shared_topic,
@@ -433,6 +436,26 @@ def test_compacted_topics_and_single_partition_ones(manifests: list[dict[str, An
         assert re.fullmatch(r"[a-z0-9]([a-z0-9.-]*[a-z0-9])?", doc["metadata"]["name"]), name  # a Kubernetes name
     assert topics[SCHEMAS_TOPIC]["spec"]["partitions"] == 1
     assert topics[AGREEMENTS_TOPIC]["spec"]["partitions"] == 1
+
+
+# Where `backbone erase` writes tombstones: each must be compacted eagerly, as the code creates it.
+ERASED_BY_TOMBSTONES = {CONSENT_TOPIC: consent_topic_config(), ALERTS_TOPIC: alerts_topic_config(), DLQ_KEYS_TOPIC: keys_topic_config()}
+
+
+def test_topics_erasure_tombstones_are_compacted_eagerly_in_every_deployment(manifests: list[dict[str, Any]],
+                                                                              compose: dict[str, Any]) -> None:
+    script = compose["services"]["init"]["command"][0]
+    shared = re.search(r'^\s*eager="([^"]*)"', script, re.MULTILINE)
+    assert shared, "the compose init names the eager compaction settings once"
+    for name, config in ERASED_BY_TOMBSTONES.items():
+        assert int(config["max.compaction.lag.ms"]) <= 3_600_000 and float(config["min.cleanable.dirty.ratio"]) <= 0.01
+        manifest = _kafka_topics(manifests)[name]["spec"]["config"]
+        assert {key: str(value) for key, value in manifest.items() if key != "min.insync.replicas"} == config, name
+        line = re.search(rf"^\s*topic {re.escape(name)} (.*)$", script, re.MULTILINE).group(1).replace("$$eager", shared.group(1))
+        words = line.split()
+        created = {"cleanup.policy": words[words.index("--cleanup-policy") + 1]}
+        created |= dict(words[i + 1].split("=", 1) for i, word in enumerate(words) if word == "--config")
+        assert created == config, name
 
 
 def test_dead_letters_are_kept_as_long_as_the_settings_say(manifests: list[dict[str, Any]]) -> None:

@@ -362,18 +362,175 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
 
 @pipeline
 def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stack: Settings, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
     from app.local import worker_environment
+    from tests.cli import run_backbone
 
     person = str(uuid.uuid4().int)[:9]
     env = worker_environment(stack, clickhouse_dsn=f"chdb://{tmp_path / 'ch'}")  # its own chDB: this process holds the session's
-    command = [sys.executable, "-c", "from app.cli import main; main()", "erase", "--subject", person, "--reason", "request 7"]
-    refused = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
+    command = ["erase", "--subject", person, "--reason", "request 7", "--topic-key", f"case-{person}"]
+    refused = run_backbone(*command, env=env)
     assert refused.returncode == 1 and "BACKBONE_IDENTITY" in refused.stderr
-    done = subprocess.run(command, env={**env, "BACKBONE_IDENTITY": "dpo@example"}, capture_output=True, text=True, timeout=120)
+    bad = run_backbone("erase", "--subject", person, "--reason", "r", "--topic-key", "hex:zz", env={**env, "BACKBONE_IDENTITY": "dpo@example"})
+    assert bad.returncode == 1 and "--topic-key hex:" in bad.stderr
+    done = run_backbone(*command, env={**env, "BACKBONE_IDENTITY": "dpo@example"})
     assert done.returncode == 0, done.stderr
     token = oversight_tokens(Keyring.open(stack), person)[0]
     assert token in done.stdout.replace("\n", "") and person not in done.stdout + done.stderr
     assert token.encode() in {m.key() for m in read_topic(stack, ERASURES_TOPIC, lambda ms: False, timeout=3)}
+
+
+# --- nothing of an erased person stays readable (issue 25, item 5) -----------------------------------
+def test_dlq_keys_are_per_subject_and_day_and_unkeyed_entries_are_not_one_persons() -> None:
+    from backbone.kafka.dlq_keys import DAY_MS, period_start
+    from backbone.settings import load_settings
+
+    sealer = dlq.DlqSealer(load_settings(dlq_retention_days=14.0), master_key=b"\x01" * 32)
+    published: list[bytes] = []
+    sealer._publish = lambda key, value: published.append(key)  # type: ignore[method-assign] - no broker in this unit test
+    day = 1_780_000_000_000 - 1_780_000_000_000 % DAY_MS
+    _, monday = sealer.seal(b"subject-a", b"x", now_ms=day + 5)
+    assert sealer.seal(b"subject-a", b"y", now_ms=day + DAY_MS - 1)[1] == monday  # one key per subject per day
+    _, tuesday = sealer.seal(b"subject-a", b"z", now_ms=day + DAY_MS)
+    assert tuesday != monday and period_start(monday) == day and period_start(tuesday) == day + DAY_MS
+    _, unkeyed = sealer.seal(None, b"w", now_ms=day + DAY_MS + 1)
+    assert unkeyed.startswith(f"{dlq.UNKEYED}.p{day + DAY_MS}.")
+    sealer.forget([dlq.UNKEYED])  # an erasure never forgets everyone's unkeyed key: it expires with the retention
+    assert sealer.seal(None, b"v", now_ms=day + DAY_MS + 2)[1] == unkeyed
+    assert [key.decode() for key in published] == [monday, tuesday, unkeyed]
+    short = dlq.DlqSealer(load_settings(dlq_retention_days=0.25), master_key=b"\x01" * 32)
+    short._publish = lambda key, value: None  # type: ignore[method-assign]
+    assert period_start(short.seal(None, b"v", now_ms=day + DAY_MS // 4 + 1)[1]) == day + DAY_MS // 4  # never longer than the retention
+
+
+def person_events(subject: str, name: str) -> list[tuple[str, str, dict]]:
+    return [("tax", "tax.income_declared", {**tax_income(subject), "name": name}),
+            ("welfare", "welfare.benefit_claimed", {**welfare_claim(subject), "name": name}),
+            ("registry", "registry.address_changed", {**address_changed(subject), "name": name})]
+
+
+def probe_rule():  # noqa: ANN201 - a fraud rule that alerts on every claimant of the fraud database
+    from consumers.fraud import Rule
+
+    return Rule("erasure_probe", "every claimant", {"welfare_benefit_claimed": ("national_id", "period")},
+                lambda db, _: f"SELECT 'erasure_probe' AS kind, national_id AS subject, period, '{{}}' AS details "
+                              f"FROM `{db}`.`welfare_benefit_claimed`")
+
+
+def message_bytes(message) -> bytes:  # noqa: ANN001
+    """Everything a reader of the topic gets: key, value, header names and values."""
+    parts = [message.key() or b"", message.value() or b""]
+    for name, value in message.headers() or []:
+        parts += [name.encode(), value or b""]
+    return b"\x00".join(parts)
+
+
+@pipeline
+def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_table(stack: Settings, clickhouse_client) -> None:  # noqa: ANN001, C901
+    from backbone.kafka.compacted import read_to_end
+    from backbone.kafka.dlq_keys import retention_ms
+    from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, Topics, alerts_topic_config, consent_topic_config
+    from consumers.fraud import FraudDetector
+
+    settings = stack
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    person, name = str(uuid.uuid4().int)[:9], f"Person {uuid.uuid4().hex[:12]}"
+    subject_key = SubjectKeys.from_settings(settings)(person)
+    case_key = f"case-{uuid.uuid4().hex[:10]}".encode()  # a provider that keys by its own case number
+    with ConsentPublisher(settings) as consent:
+        consent.grant(person, "scientific_research")
+    worker = Worker(settings, "erasure-scan-worker").start()
+    try:
+        sent = {send(settings, agency, event_type, record) for agency, event_type, record in person_events(person, name)}
+        letters = {b"sdk": subject_key, b"case": case_key, b"none": None}
+        for label, key in letters.items():
+            producer = Producer(settings.producer_config())
+            producer.produce(raw_topic("tax.income_declared"), b"\x07" + label + f" {person} {name}".encode(), key)
+            assert producer.flush(10) == 0
+        assert outcomes(settings, sent)
+        keyed = {subject_key, case_key}
+        assert read_topic(settings, dlq.dlq_topic(dlq.PROCESSOR), lambda ms: sum(m.key() in keyed for m in ms) >= 2
+                          and any(m.key() is None for m in ms), timeout=60)
+    finally:
+        worker.stop()
+    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
+        sink.run_until_idle(idle_s=1.5, timeout_s=120)
+        sink.close()
+    detector = FraudDetector(settings, clickhouse_client, rules={"erasure_probe": probe_rule()})
+    keyring = Keyring.open(settings)
+    fraud_tokens = tokens_in_domain(keyring, "fraud", person)
+    assert any(alert.subject in fraud_tokens for alert in detector.detect()), "the person has an alert on alerts.fraud"
+    detector.close()
+
+    report = erase(settings, charter, keyring, clickhouse_client, person, "request 2026-311", subject_key=subject_key,
+                   topic_keys=[case_key])
+    assert report.alerts >= 1 and report.dlq_keys >= 2 and report.consent_records >= 1
+
+    dead = dlq.entries(settings, dlq.PROCESSOR)
+    by_label = {label: [e.letter for e in dead if e.letter.key == key and e.letter.source_topic == raw_topic("tax.income_declared")]
+                for label, key in letters.items()}
+    unkeyed = [letter for letter in by_label[b"none"] if letter.sealed and letter.sealed.startswith(f"{dlq.UNKEYED}.")]
+    now = dlq.DlqKeys.load(settings)
+    for letter in by_label[b"sdk"] + by_label[b"case"]:  # erased with the person: the SDK's key and the provider's
+        with pytest.raises(dlq.Shredded):
+            now.open(letter)
+    # an unkeyed dead letter is anyone's: readable until the DLQ retention passes, then its key is destroyed
+    assert any(person.encode() in (now.open(letter) or b"") for letter in unkeyed)
+    later = int(time.time() * 1000) + retention_ms(settings)
+    assert dlq.expire(settings, now_ms=later) >= 1
+    assert dlq.replay(settings, dlq.select(dead, source_topic=raw_topic("tax.income_declared"))) == 0  # nothing opens any more
+
+    # every pseudonym of the person: every domain's tokens, the oversight tokens, every value rows are found by
+    keyring = Keyring.open(settings)
+    oversight = oversight_tokens(keyring, person)
+    pseudonyms = {t for d in sorted(charter.domains()) for t in tokens_in_domain(keyring, d, person)}
+    pseudonyms |= {v for target in row_targets(charter, keyring, person, settings.clickhouse_database_prefix) for v in target.values}
+    needles = {person, name, *pseudonyms, *oversight}
+    raw_needles = {subject_key, case_key}
+    assert fraud_tokens[0] in needles and person in needles
+
+    def found(data: bytes, keys: bool = True) -> set[str]:
+        hits = {needle for needle in needles if needle.encode() in data}
+        return hits | ({key.decode() for key in raw_needles if key in data} if keys else set())
+
+    keys_left = dlq.DlqKeys.load(settings)
+    residues: dict[str, set[str]] = {}
+    for topic in Topics(settings).list():
+        if topic.name.startswith(("raw.", "shared.")):
+            continue  # producers' and recipients' streams: not erased per person, they age out with the topic's retention
+        messages = read_to_end(settings, topic.name, timeout=20)
+        tombstoned = {(m.partition(), m.key()): m.offset() for m in messages if m.value() is None}
+        for message in messages:
+            hits = found(message_bytes(message))
+            if topic.name.startswith("dlq."):
+                letter = dlq.DeadLetter.from_message(message)
+                hits = found(message.value() or b"") | found(b"".join(v or b"" for _, v in letter.original_headers))
+                try:
+                    hits |= found(keys_left.open(letter) or b"")  # decrypted with every key still there
+                except dlq.Shredded:
+                    pass
+            elif topic.name.startswith("audit.") or topic.name == ERASURES_TOPIC:
+                hits -= set(oversight)  # the trail names people by oversight token only, by design
+            elif topic.name in (CONSENT_TOPIC, ALERTS_TOPIC):
+                superseded = tombstoned.get((message.partition(), message.key()), -1) >= message.offset()
+                if superseded:
+                    hits = set()  # removed by compaction, by the deadline the topic's config guarantees (checked below)
+            if hits:
+                residues.setdefault(topic.name, set()).update(hits)
+    assert residues == {}, residues
+    assert Topics(settings).describe(CONSENT_TOPIC).config.items() >= consent_topic_config().items()
+    assert Topics(settings).describe(ALERTS_TOPIC).config.items() >= alerts_topic_config().items()
+    dlq_config = Topics(settings).describe(dlq.dlq_topic(dlq.PROCESSOR)).config
+    assert int(dlq_config["retention.ms"]) == retention_ms(settings)  # dead letters' keys (the raw keys) age out with it
+
+    prefix = settings.clickhouse_database_prefix
+    tables = clickhouse_client.query("SELECT database, name FROM system.tables WHERE startsWith(database, {p:String}) "
+                                     "AND engine NOT IN ('View', 'MaterializedView')", parameters={"p": prefix}).result_rows
+    assert {database for database, _ in tables} >= {f"{prefix}fraud", f"{prefix}research", f"{prefix}welfare", f"{prefix}audit"}
+    for database, table in tables:
+        rows = clickhouse_client.query(
+            f"SELECT DISTINCT arrayJoin(arrayFilter(n -> position(formatRow('TabSeparated', *), n) > 0, {{n:Array(String)}})) "
+            f"FROM `{database}`.`{table}`", parameters={"n": sorted(needles)}).result_rows
+        hits = {row[0] for row in rows}
+        if database == f"{prefix}audit":
+            hits -= set(oversight)
+        assert not hits, f"{database}.{table} still holds {hits}"

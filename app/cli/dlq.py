@@ -116,6 +116,7 @@ def replay(
     if not why.strip():
         raise BackboneError("--why must say what was fixed; it is recorded in the audit trail")
     target = f"dlq.{chosen_stage}" + "".join(f" {k}={v}" for k, v in (("reason", reason), ("source", source), ("since", since), ("until", until)) if v)
+    dlq.expire(settings)  # keys past the retention go first: what they sealed is never replayed
     count = dlq.replay(settings, chosen)
     operations.record(settings, operations.OperatorAction(
         "dlq_replay", settings.identity or "unidentified", target, "done", why.strip(), {"entries": str(count)}))

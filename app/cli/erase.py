@@ -6,17 +6,33 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console, err_console
+from backbone.errors import BackboneError
 from backbone.settings import get_settings
+
+
+def _topic_key(text: str) -> bytes:
+    """A `--topic-key` value as the bytes of a Kafka key: UTF-8 text, or `hex:` and hex digits."""
+    if not text.startswith("hex:"):
+        if not text:
+            raise BackboneError("--topic-key needs a key (UTF-8 text, or hex:<bytes>)")
+        return text.encode()
+    try:
+        return bytes.fromhex(text[4:])
+    except ValueError:
+        raise BackboneError("--topic-key hex:... takes hex digits only (two per byte)") from None
 
 
 @app.command()
 def erase(
     subject: str = typer.Option(..., "--subject", "-s", help="National id of the person to erase (never stored or printed)"),
     reason: str = typer.Option(..., "--reason", help="Why: the request's reference (required; recorded in the audit trail)"),
+    topic_keys: list[str] = typer.Option(
+        [], "--topic-key", help="A raw topic key of this person where a provider keys otherwise than the SDK (UTF-8 text,"
+        " or hex:<bytes>; repeatable): their dead letters under it are destroyed too. Never stored or printed"),
 ) -> None:
     """Erase one person: future events denied `erased` (but under agreements that survive erasure),
     their rows deleted from every recipient database, their dead letters made unreadable, their
-    consent records removed; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
+    consent records and fraud alerts removed; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
     keeps its oversight tokens: `backbone audit subject` still lists past disclosures.
 
     With chDB, stop the sinks first (one process per directory)."""
@@ -29,6 +45,7 @@ def erase(
 
     settings = get_settings()
     who = operations.actor(settings)  # refuse before touching anything
+    raw_keys = [_topic_key(text) for text in topic_keys]
     keyring = Keyring.open(settings)
     charter = _charter(settings)
     subject_key = None
@@ -39,7 +56,7 @@ def erase(
                           " of this person cannot be found, only rows and future events", highlight=False)
     client = make_client(settings.clickhouse_dsn or "")
     try:
-        report = erase_subject(settings, charter, keyring, client, subject, reason, subject_key=subject_key, actor=who)
+        report = erase_subject(settings, charter, keyring, client, subject, reason, subject_key=subject_key, topic_keys=raw_keys, actor=who)
     finally:
         client.close()
     console.print(f"erased subject {report.token} (its oversight token)", highlight=False, soft_wrap=True)
@@ -48,5 +65,6 @@ def erase(
         table.add_row(database, f"{count:,}")
     console.print(table)
     console.print(f"{sum(report.rows.values()):,} rows removed in {report.seconds.get('rows', 0.0):.2f}s; "
-                  f"{report.dlq_keys} DLQ keys destroyed; {report.consent_records} consent records tombstoned; "
+                  f"{report.dlq_keys} DLQ keys destroyed ({report.expired_dlq_keys} more past the DLQ retention); "
+                  f"{report.consent_records} consent records and {report.alerts} fraud alerts tombstoned; "
                   "future events denied as erased; recorded on audit.operations", highlight=False)

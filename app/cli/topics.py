@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from backbone.errors import BackboneError
 from backbone.kafka.topics import Topics
 from backbone.settings import get_settings
 
@@ -28,9 +29,16 @@ def create(
     partitions: int = typer.Option(None, "--partitions", "-p", help="Partition count (default BACKBONE_KAFKA_PARTITIONS)"),
     retention_ms: int = typer.Option(None, "--retention-ms", help="retention.ms"),
     cleanup_policy: str = typer.Option(None, "--cleanup-policy", help="delete, compact or compact,delete"),
+    config: list[str] = typer.Option([], "--config", help="Any other topic setting as KEY=VALUE (repeatable), e.g. segment.ms=3600000"),
 ) -> None:
     """Create a topic."""
-    info = Topics(get_settings()).create(name, partitions, retention_ms, cleanup_policy)
+    settings: dict[str, str] = {}
+    for item in config:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise BackboneError(f"--config takes KEY=VALUE (e.g. segment.ms=3600000), not {item!r}")
+        settings[key.strip()] = value.strip()
+    info = Topics(get_settings()).create(name, partitions, retention_ms, cleanup_policy, config=settings)
     console.print(f"created {info.name} with {info.partitions} partitions")
 
 

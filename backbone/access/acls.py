@@ -215,10 +215,12 @@ def _operator() -> list[Grant]:
         # DESIGN: the operator replays dead letters after fixing their cause (each replay is audited)
         *_grants(operator, "topic", RAW_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage processor writes back to raw topics"),
         *_grants(operator, "topic", SHARED_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage sink writes back to shared topics"),
-        # backbone erase: publishes the erasure, withdraws the person's consents, destroys their DLQ keys
+        # backbone erase: publishes the erasure, withdraws the person's consents, destroys their DLQ keys and alerts
         *_grants(operator, "topic", ERASURES_TOPIC, "literal", ("write",), "backbone erase publishes the erasure"),
         *_grants(operator, "topic", CONSENT_TOPIC, "literal", ("write",), "backbone erase tombstones the person's consent records"),
-        *_grants(operator, "topic", DLQ_KEYS_TOPIC, "literal", ("write",), "backbone erase destroys the person's DLQ keys"),
+        *_grants(operator, "topic", DLQ_KEYS_TOPIC, "literal", ("write",),
+                 "backbone erase destroys the person's DLQ keys; erase and dlq replay destroy expired ones"),
+        *_grants(operator, "topic", ALERTS_TOPIC, "literal", ("write",), "backbone erase tombstones the person's fraud alerts"),
     ]
 
 

@@ -5,14 +5,18 @@
    (never the id): every processor worker reads the topic (`processors.erasure.ErasureTable`) and
    denies the subject's future events `erased`, except under an agreement that survives erasure;
 2. the subject's consent records on `consent.changes` are tombstoned (they hold the raw id);
-3. the per-subject keys of the processor's DLQ entries are destroyed (`backbone.kafka.dlq.shred`): the
-   original bytes of those entries can no longer be decrypted (crypto-shredding);
-4. every row about the subject in every recipient database is deleted: rows are found through the
+3. the keys of the processor's DLQ entries are destroyed (`backbone.kafka.dlq_keys`): the subject's,
+   found by the SDK's topic key of the subject and by every other raw topic key the operator names
+   (a provider that keys otherwise), and every key past the DLQ retention (unkeyed entries, everyone's):
+   the original bytes of those entries can no longer be decrypted (crypto-shredding);
+4. the subject's fraud alerts on `alerts.fraud` are tombstoned (keyed by the alert id, from kind,
+   pseudonym and period, found in the recipient databases' alert tables before their rows go);
+5. every row about the subject in every recipient database is deleted: rows are found through the
    columns that hold the subject's pseudonym (the charter says which: the event's subject field
    where an agreement pseudonymises it), under every key id of the domain still in the keyring
    (rows carry tokens of whichever key was active), or the clear id where an identified agreement
    keeps it; then each table's deleted rows are rewritten away on disk (`APPLY DELETED MASK`);
-5. an `erase` record on `audit.operations` (who, why, rows removed per database, keys destroyed).
+6. an `erase` record on `audit.operations` (who, why, rows removed per database, keys destroyed).
 
 The audit trail holds oversight tokens only, no personal data: it is not touched, so it stays
 verifiable, and `backbone audit subject` still lists the past disclosures.
@@ -34,7 +38,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from backbone.audit import operations
 from backbone.errors import BackboneError, KafkaUnavailableError
-from backbone.kafka.topics import CONSENT_TOPIC, ERASURES_TOPIC, Topics
+from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, ERASURES_TOPIC, Topics
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
 from backbone.keys.pseudonym import encrypt_function, token_function
 from backbone.policy import names
@@ -168,6 +172,29 @@ def forget_consent(settings: Settings, subject_key: bytes, purposes: Iterable[st
     return _produce(settings, CONSENT_TOPIC, [(subject_key + b":" + p.encode(), None) for p in purposes], "consent tombstones")
 
 
+def alert_keys(client: Any, targets: Iterable[RowTarget]) -> list[bytes]:
+    """The `alerts.fraud` keys (alert ids) of the alerts the targets' alert tables hold about the
+    subject: raised (`alerts`) or published (`alerts_published`); tables not there yet are skipped."""
+    wanted = [t for t in targets if t.table in SUBJECT_TABLES and t.column == SUBJECT_COLUMN and t.values]
+    if not wanted:
+        return []
+    existing = {tuple(row) for row in client.query("SELECT database, name FROM system.tables WHERE database IN {d:Array(String)}",
+                                                   parameters={"d": sorted({t.database for t in wanted})}).result_rows}
+    found: set[str] = set()
+    for target in wanted:
+        if (target.database, target.table) in existing:
+            rows = client.query(f"SELECT DISTINCT kind, subject, period FROM {_quote(target.database)}.{_quote(target.table)} "
+                                "WHERE subject IN {v:Array(String)}", parameters={"v": list(target.values)}).result_rows
+            found.update(names.alert_id(str(kind), str(subject), str(period)) for kind, subject, period in rows)
+    return [alert.encode() for alert in sorted(found)]
+
+
+def forget_alerts(settings: Settings, keys: Iterable[bytes]) -> int:
+    """Tombstones for the subject's alerts on `alerts.fraud` (compacted: `alerts_topic_config`)."""
+    chosen = list(keys)
+    return _produce(settings, ALERTS_TOPIC, [(key, None) for key in chosen], "alert tombstones") if chosen else 0
+
+
 # --- rows in the recipient databases --------------------------------------------------------------
 @dataclass(slots=True, frozen=True)
 class RowTarget:
@@ -285,23 +312,28 @@ class ErasureReport:
 
     token: str
     rows: dict[str, int] = field(default_factory=dict)  # database -> rows removed
-    dlq_keys: int = 0  # DLQ keys destroyed
+    dlq_keys: int = 0  # the subject's DLQ keys destroyed
+    expired_dlq_keys: int = 0  # DLQ keys past the DLQ retention destroyed (anyone's)
     consent_records: int = 0  # consent tombstones written
+    alerts: int = 0  # fraud alert tombstones written
     seconds: dict[str, float] = field(default_factory=dict)
 
     def details(self) -> dict[str, str]:
         found = {f"rows.{database}": str(count) for database, count in sorted(self.rows.items())}
         return {**found, "rows_total": str(sum(self.rows.values())), "dlq_keys_destroyed": str(self.dlq_keys),
+                "expired_dlq_keys_destroyed": str(self.expired_dlq_keys), "alerts_removed": str(self.alerts),
                 "consent_records_removed": str(self.consent_records),
                 **{f"seconds.{step}": f"{value:.3f}" for step, value in self.seconds.items()}}
 
 
 def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, subject: str, reason: str, *,
-          subject_key: bytes | None = None, actor: str | None = None) -> ErasureReport:
+          subject_key: bytes | None = None, topic_keys: Iterable[bytes] = (), actor: str | None = None) -> ErasureReport:
     """Erase one subject everywhere (the steps in this module's doc) and record it on `audit.operations`.
 
     `subject_key` is the producers' topic key of the subject (the keyed hash its raw events and
     consent records carry): with it, the subject's consent records and DLQ keys are found too.
+    `topic_keys` are the subject's other raw topic keys (a provider that keys by something else): the
+    DLQ keys of entries under those are destroyed too.
     Idempotent: running it again removes whatever landed meanwhile. Raises `ErasureError` after
     recording the outcome `failed` when a step fails."""
     from backbone.kafka import dlq
@@ -313,7 +345,7 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
         raise ErasureError("--reason must say why (the request's reference); it is recorded in the audit trail")
     who = actor or operations.actor(settings)
     tokens = oversight_tokens(keyring, subject)
-    handles = (dlq.subject_handle(subject_key),) if subject_key else ()
+    handles = tuple(dict.fromkeys(dlq.subject_handle(key) for key in (subject_key, *topic_keys) if key))
     report = ErasureReport(tokens[0])
     action = operations.OperatorAction("erase", who, tokens[0], "done", reason.strip())
     step = "publishing the erasure"
@@ -324,13 +356,17 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
         if subject_key:
             step = "removing consent records"
             report.consent_records = forget_consent(settings, subject_key, charter.catalog.purposes)
-            step = "destroying DLQ keys"
-            started = time.perf_counter()
-            report.dlq_keys = dlq.shred(settings, handles)
-            report.seconds["dlq"] = time.perf_counter() - started
+        step = "destroying DLQ keys"
+        started = time.perf_counter()
+        report.dlq_keys = dlq.shred(settings, handles)
+        report.expired_dlq_keys = dlq.expire(settings)
+        report.seconds["dlq"] = time.perf_counter() - started
+        targets = row_targets(charter, keyring, subject, settings.clickhouse_database_prefix)
+        step = "removing fraud alerts"  # before the rows: they are how the alerts are found again
+        report.alerts = forget_alerts(settings, alert_keys(client, targets))
         step = "deleting rows"
         started = time.perf_counter()
-        report.rows = delete_rows(client, row_targets(charter, keyring, subject, settings.clickhouse_database_prefix))
+        report.rows = delete_rows(client, targets)
         report.seconds["rows"] = time.perf_counter() - started
     except Exception as exc:
         operations.record(settings, operations.OperatorAction(

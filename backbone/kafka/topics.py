@@ -34,6 +34,32 @@ DLQ_PREFIX = "dlq."
 # librdkafka subscribes to a regex when the name starts with ^
 RAW_PATTERN = r"^raw\..*"
 
+# Eager compaction, for the compacted topics where erasure tombstones what a person left
+# (`consent.changes`, `alerts.fraud`, `dlq.keys`). Kafka never compacts the active segment and rolls
+# it on the first write after min(segment.ms, max.compaction.lag.ms): a record superseded by a
+# tombstone becomes eligible at most an hour after the next write to its partition, and the cleaner
+# (any dirty share is enough) then removes it; the tombstone itself, holding only the key, goes a
+# day later (delete.retention.ms, time for readers to see it).
+COMPACTION_LAG_MS = 3_600_000
+TOMBSTONE_RETENTION_MS = 86_400_000
+
+
+def eager_compaction(policy: str = "compact") -> dict[str, str]:
+    """The topic configuration of a compacted topic erasure tombstones records on."""
+    return {"cleanup.policy": policy, "segment.ms": str(COMPACTION_LAG_MS), "max.compaction.lag.ms": str(COMPACTION_LAG_MS),
+            "min.cleanable.dirty.ratio": "0.01", "delete.retention.ms": str(TOMBSTONE_RETENTION_MS)}
+
+
+def consent_topic_config() -> dict[str, str]:
+    """`consent.changes` holds raw ids: compacted eagerly, so an erased person's record leaves within hours."""
+    return eager_compaction()
+
+
+def alerts_topic_config() -> dict[str, str]:
+    """`alerts.fraud`, keyed by alert id: kept for the broker's retention, and compacted eagerly, so an
+    erased person's alerts, tombstoned by `backbone erase`, leave within hours."""
+    return eager_compaction("compact,delete")
+
 
 def raw_topic(event_type: str) -> str:
     """`tax.income_declared` -> `raw.tax.income_declared` (the provider is the first part)."""

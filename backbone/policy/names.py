@@ -14,6 +14,7 @@ Pure: `backbone.policy.agreements` refuses charters with such names, `backbone.a
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -48,6 +49,13 @@ RESERVED_PREFIXES: dict[str, str] = {
 }
 # Tables a sink keeps in a recipient database beside the event tables: no view may take their name.
 RESERVED_TABLES: tuple[str, ...] = ("alerts", "alerts_published")
+ALERT_NAMESPACE = uuid.UUID("6f1c5d3e-8a0b-4c55-9a43-0b8f5a1d2c7e")
+
+
+def alert_id(kind: str, subject: str, period: str) -> str:
+    """A fraud alert's deterministic id, its key on `alerts.fraud`: the same finding has the same id in
+    every replica and run, and `backbone erase` tombstones an erased person's alerts by it."""
+    return str(uuid.uuid5(ALERT_NAMESPACE, "\x00".join((kind, subject, period))))
 
 
 def sanitise(name: str) -> str:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
+from backbone.policy.names import alert_id
 from consumers import ddl
 
 
@@ -27,10 +27,7 @@ class Alert:
     def alert_id(self) -> str:
         """The alert's deterministic id: the same finding has the same id in every replica and run,
         so consumers of `alerts.fraud` (keyed by it) can tell a repeat from a new alert."""
-        return str(uuid.uuid5(ALERT_NAMESPACE, "\x00".join(self.key)))
-
-
-ALERT_NAMESPACE = uuid.UUID("6f1c5d3e-8a0b-4c55-9a43-0b8f5a1d2c7e")
+        return alert_id(*self.key)
 
 
 def insert_alerts_sql(database: str, kind: str, rule: str) -> str:

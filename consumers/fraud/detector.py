@@ -24,7 +24,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
-from backbone.kafka.topics import ALERTS_TOPIC, Topics
+from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.fraud.alerts import Alert, insert_alerts_sql
@@ -117,7 +117,7 @@ class FraudDetector:
             from backbone.events.catalog import FRAUD_ALERT, load_catalog
             from backbone.events.serde import encoder_for, registry_client
 
-            Topics(self.settings).ensure(ALERTS_TOPIC)
+            Topics(self.settings).ensure(ALERTS_TOPIC, config=alerts_topic_config())
             registry = self.registry or registry_client(self.settings)
             schema = load_catalog(self.settings.schemas_dir).internal_schema(FRAUD_ALERT)
             self._encode = encoder_for(registry, f"{ALERTS_TOPIC}-value", schema)
