@@ -117,9 +117,10 @@ def known_heads(settings: Settings, codec: CheckpointCodec, keys: Mapping[str, P
         else:
             known.heads += on_kafka
         for writer, sequences in sorted(pending.items()):
-            known.warnings.append(Failure(HEADS_IN_TRANSIT, writer, None, f"checkpoint(s) {log._spans(sequences)} on Kafka are "  # noqa: SLF001
-                                                                          "not landed yet (the audit sink has not consumed them): "
-                                                                          "verify again once it has"))
+            shown = log._spans(sequences)  # noqa: SLF001
+            known.warnings.append(Failure(HEADS_IN_TRANSIT, writer, None, f"checkpoint(s) {shown} on Kafka are not landed yet "
+                                                                          "(the audit sink has not consumed them): verify again "
+                                                                          "once it has"))
     # a writer's state may name a checkpoint Kafka holds but the sink has not landed yet: on its way
     known.heads += [head for head in state if head.sequence not in pending.get(head.writer, ())]
     return known

@@ -174,7 +174,8 @@ def test_a_trail_cut_short_fails_naming_the_writer(landed: Landed, clickhouse_cl
     assert "head on Kafka is checkpoint" in result.stdout
 
 
-def test_everything_deleted_fails_for_every_writer_and_as_an_emptied_trail(landed: Landed, clickhouse_client, backbone_cli) -> None:  # noqa: ANN001
+def test_everything_deleted_fails_for_every_writer_and_as_an_emptied_trail(landed: Landed, clickhouse_client,  # noqa: ANN001
+                                                                           backbone_cli) -> None:
     copied, database = _copy(clickhouse_client, landed)
     _delete_everything(clickhouse_client, database, landed)
     online = backbone_cli("audit", "verify", **_environment(copied))
