@@ -22,7 +22,7 @@ from io import BytesIO
 from typing import Any
 
 from clickhouse_connect.driver.client import Client
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
 from backbone.audit import log
@@ -30,6 +30,7 @@ from backbone.audit.log import Checkpoint, CheckpointCodec, Failure, RecordCodec
 from backbone.audit.operations import OPERATIONS_WRITER
 from backbone.audit.receipts import make_receipt
 from backbone.audit.timestamps import Stamp, Trust, check_stamps
+from backbone.errors import kafka_unavailable
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
 from backbone.events.serde import HEADER_SIZE, Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC
@@ -82,6 +83,7 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
     for writer, checkpoints in sorted(trail.checkpoints.items()):
         good, interrupted, failures = log.check_chain(checkpoint_codec, writer, checkpoints, keys)
         chains[writer] = good
+        report.chains[writer] = {sequence: checkpoint_codec.hash(checkpoint) for sequence, checkpoint in good.items()}
         report.failures += failures
         report.writers.add(writer)
         sealed |= {(writer, c.sequence) for c in checkpoints}
@@ -366,13 +368,17 @@ def verdict_text(report: Report | None, problem: str | None) -> tuple[bool | Non
 
 
 # --- from Kafka --------------------------------------------------------------------------------
-def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -> Iterable[bytes]:
-    """Every value of `topic` from the beginning, until each partition reached its end and nothing
-    more arrived for `idle_s` (watermarks may lag on some brokers: end is judged by reading)."""
+def read_messages(settings: Settings, topic: str, idle_s: float, timeout_s: float) -> Iterable[Message]:
+    """Every message of `topic` from the beginning, until each partition reached its end and nothing
+    more arrived for `idle_s` (watermarks may lag on some brokers: end is judged by reading); none
+    when the topic does not exist; `KafkaUnavailableError` when the cluster does not answer."""
     consumer = Consumer(settings.consumer_config(None, **{"group.id": f"audit-verify-{uuid.uuid4().hex}",
                                                           "enable.partition.eof": True}))
     try:
-        metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout_s).topics.get(topic)
+        try:
+            metadata = consumer.list_topics(topic, timeout=settings.kafka_timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            raise kafka_unavailable(settings.kafka_bootstrap, settings.kafka_timeout_s, f"reading {topic}: {exc.args[0].str()}") from None
         partitions = sorted(metadata.partitions) if metadata is not None and metadata.error is None else []
         consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
         ended: set[int] = set()
@@ -383,7 +389,7 @@ def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -
                 error = message.error()
                 if error is None:
                     last = time.monotonic()
-                    yield message.value() or b""
+                    yield message
                 elif error.code() == KafkaError._PARTITION_EOF:
                     ended.add(message.partition())
                 else:
@@ -392,6 +398,10 @@ def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -
                 return
     finally:
         consumer.close()
+
+
+def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -> Iterable[bytes]:
+    return (message.value() or b"" for message in read_messages(settings, topic, idle_s, timeout_s))
 
 
 def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, PublicKey], *, idle_s: float = 1.0,

@@ -38,6 +38,7 @@ from backbone.audit.log import (
     RecordCodec,
     position_suffix,
 )
+from backbone.audit.heads import WRITERS_DIR
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC
 from backbone.kafka.topics import CHECKPOINTS_TOPIC, Topics
@@ -47,7 +48,6 @@ from processors.timestamps import Timestamper
 
 log = logging.getLogger(__name__)
 
-WRITERS_DIR = "audit-writers"
 CHECKPOINTS_SUBJECT = f"{CHECKPOINTS_TOPIC}-value"
 _SHA256 = hashlib.sha256
 

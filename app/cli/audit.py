@@ -3,6 +3,7 @@ trail, and proof that it is the trail the processors wrote (and, with RFC 3161 t
 
 from __future__ import annotations
 
+import base64
 import json
 import uuid
 from pathlib import Path
@@ -117,34 +118,55 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
                                                                   "optionally its own certificate (default: "
                                                                   "BACKBONE_AUDIT_TSA_CERT_FILE); without them RFC 3161 "
                                                                   "timestamps are reported unchecked"),
+           expect_head: list[str] = typer.Option(None, "--expect-head", help="WRITER=SEQ[:HASH], repeatable: a head recorded "
+                                                                             "earlier (verify prints them; or a receipt's "
+                                                                             "checkpoint): the trail must reach it, and hold "
+                                                                             "that very checkpoint"),
            output: str = typer.Option("text", "--format", help="text or json")) -> None:
     """Check the audit trail: every checkpoint's signature, each writer's chain (no gap, no fork),
     that the records present reproduce each checkpoint's Merkle root, and the checkpoints' RFC 3161
-    timestamps. Exit 1 on any failure, naming the checkpoint and why (edited, missing, extra or
-    reordered records, forged signature, gap, bad timestamp)."""
+    timestamps; and that each writer's chain reaches its head as known apart from the trail (on
+    Kafka, in the writers' state, --expect-head). Exit 1 on any failure, naming the writer or
+    checkpoint and why (edited, missing, extra or reordered records, forged signature, gap, bad
+    timestamp, a writer missing or its checkpoints missing after the trail's end, an emptied trail)."""
+    from backbone.audit.heads import parse_expected
+    from backbone.audit.log import CheckpointCodec
     from backbone.audit.timestamps import Trust
     from backbone.clickhouse.client import make_client
-    from backbone.events.catalog import load_catalog
+    from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
+    from consumers.audit_heads import check_not_emptied, known_heads
     from consumers.audit_trail import ClickHouseTrail, verify_kafka
 
     settings = get_settings()
     catalog = load_catalog(settings.schemas_dir)
+    expected = [parse_expected(text) for text in expect_head or ()]
     published = _public_keys(settings, keys)
     certificates = tsa_cert or settings.audit_tsa_cert_file
     trust = Trust.load(certificates) if certificates is not None else None
+    # the heads first: what the audit sink landed by now, the trail read next must reach
+    known = known_heads(settings, CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT)), published, expected,
+                        from_kafka_too=not from_kafka)
     if from_kafka:
         report = verify_kafka(settings, catalog, published, trust=trust)
     else:
         client = make_client(settings.clickhouse_dsn, read_only=True)
         try:
             report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(published, trust=trust)
+            recipients, problem = _recipients(settings, catalog)
+            if problem:
+                known.unchecked.append(f"the recipients' databases were not compared with an empty trail ({problem})")
+            check_not_emptied(report, client, settings.clickhouse_database_prefix, recipients)
         finally:
             client.close()
+    known.check(report, "trail on Kafka" if from_kafka else "landed trail")
+    heads = {writer: max(chain.items()) for writer, chain in sorted(report.chains.items()) if chain}
     if output == "json":
         console.print_json(json.dumps({
             "ok": report.ok, "checkpoints": report.checkpoints, "records": report.records, "decisions": report.decisions,
             "operations": report.operations,
             "writers": sorted(report.writers),
+            "heads": {writer: {"checkpoint": sequence, "hash": digest} for writer, (sequence, digest) in heads.items()},
+            "unchecked": known.unchecked,
             "timestamps": {"verified": report.timestamps, "checkpoints_covered": report.timestamped,
                            "unchecked": report.timestamps_unchecked,
                            "latest": report.timestamped_until.isoformat() if report.timestamped_until else None},
@@ -153,9 +175,9 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
         }))
     else:
         for warning in report.warnings:
-            console.print(f"[yellow]warning[/yellow] {warning}", highlight=False)
+            console.print(f"[yellow]warning[/yellow] {warning}", highlight=False, soft_wrap=True)
         for failure in report.failures:
-            console.print(f"[red]FAILED[/red] {failure}", highlight=False)
+            console.print(f"[red]FAILED[/red] {failure}", highlight=False, soft_wrap=True)
         verdict = "[green]audit trail verified[/green]" if report.ok else f"[red]{len(report.failures)} failure(s)[/red]; verified"
         console.print(f"{verdict}: {report.checkpoints:,} checkpoints, {report.decisions:,} decisions, "
                       f"{report.operations:,} operator actions ({report.records:,} records, {len(report.writers)} writer(s))", highlight=False)
@@ -165,8 +187,25 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
         if report.timestamps_unchecked:
             console.print(f"[yellow]{report.timestamps_unchecked:,} RFC 3161 timestamps unchecked[/yellow]: give --tsa-cert FILE "
                           "(the TSA's root certificate) to verify them", highlight=False)
+        for why in known.unchecked:
+            console.print(f"not checked: {why}", style="yellow", highlight=False, markup=False, soft_wrap=True)
+        if heads:
+            console.print("each writer's head (record them: given back as --expect-head, they find a trail cut short later):",
+                          highlight=False)
+            for writer, (sequence, digest) in heads.items():
+                console.print(f"  --expect-head {writer}={sequence}:{digest}", highlight=False, markup=False, soft_wrap=True)
     if not report.ok:
         raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
+
+
+def _recipients(settings, catalog) -> tuple[list[str], str | None]:  # noqa: ANN001 - Settings, Catalog
+    """The recipients the agreement files name (whose databases an emptied trail is compared with)."""
+    from backbone.policy.agreements import load_agreements
+
+    try:
+        return sorted({a.recipient for a in load_agreements(settings.agreements_dir, catalog).agreements}), None
+    except BackboneError as exc:
+        return [], str(exc).splitlines()[0][:200]
 
 
 @audit_app.command("receipt")
@@ -216,7 +255,8 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
     except (OSError, ValueError) as exc:
         raise BackboneError(f"{path}: not a readable JSON receipt ({type(exc).__name__})") from None
     pinned = _public_keys(settings, keys) if keys is not None else None
-    problems = check(receipt_data, CheckpointCodec(load_catalog(settings.schemas_dir).internal_schema(AUDIT_CHECKPOINT)), pinned)
+    codec = CheckpointCodec(load_catalog(settings.schemas_dir).internal_schema(AUDIT_CHECKPOINT))
+    problems = check(receipt_data, codec, pinned)
     if problems:
         for problem in problems:
             console.print(f"[red]FAILED[/red] {problem}", highlight=False)
@@ -226,6 +266,9 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
                   f"{receipt_data['record']['event_id']}, leaf {receipt_data['position']['leaf']} of checkpoint "
                   f"{checkpoint['sequence']} of writer {checkpoint['writer']}, signed {checkpoint['created_at']} "
                   f"with key {checkpoint['key_id']}", highlight=False)
+    head = codec.hash(codec.decode(base64.b64decode(receipt_data["checkpoint_avro"])))
+    console.print(f"the trail must hold this checkpoint: `backbone audit verify --expect-head {checkpoint['writer']}="
+                  f"{checkpoint['sequence']}:{head}`", highlight=False, markup=False)
     if pinned is None:
         console.print(f"note: the key was not pinned; compare {receipt_data['public_key']['public']} with the published key "
                       f"{checkpoint['key_id']} (or pass --keys)", highlight=False)

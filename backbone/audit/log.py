@@ -308,6 +308,7 @@ class Report:
     decisions: int = 0
     operations: int = 0  # operator actions among the records (the `operations` chain)
     writers: set[str] = field(default_factory=set)
+    chains: dict[str, dict[int, str]] = field(default_factory=dict)  # per writer, the hash of each checkpoint that holds
     failures: list[Failure] = field(default_factory=list)
     warnings: list[Failure] = field(default_factory=list)
     # RFC 3161 timestamps (`backbone.audit.timestamps`): tokens that hold, the checkpoints they cover (a
@@ -328,6 +329,8 @@ class Report:
         self.decisions += other.decisions
         self.operations += other.operations
         self.writers |= other.writers
+        for writer, chain in other.chains.items():
+            self.chains.setdefault(writer, {}).update(chain)
         self.failures += other.failures
         self.warnings += other.warnings
         self.timestamps += other.timestamps
