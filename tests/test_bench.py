@@ -11,7 +11,7 @@ import pytest
 
 from bench import profile
 from bench.processes import RunDeadline, clean_stop, memory_mb
-from bench.processor import growth, recycled
+from bench.soak import growth, recycled
 
 PLANE = ("thread (7): data-plane;Thread._bootstrap (threading.py:1002);DataPlane._run_guarded (processors/dataplane.py:105);"
          "DataPlane.run (processors/dataplane.py:142)")
