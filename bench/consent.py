@@ -19,30 +19,27 @@ Goal: p99 enforcement under 1 s. Results go to `bench/results/consent-<timestamp
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import tempfile
 import threading
 import time
 import uuid
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, date, datetime
+from dataclasses import dataclass, field
+from datetime import date
 from pathlib import Path
 
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
-from rich.console import Console
 from rich.table import Table
 
 from app.local import ProcessorWorker, embedded_settings
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
+from bench.results import console, percentiles, rank_above, save
 from producers import AgencyProducer, ConsentPublisher
 
 GOAL_P99_MS = 1000.0
 CLAIM_EVERY_S = 0.02
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-console = Console()
 
 
 def claim(subject: str) -> dict:
@@ -106,15 +103,9 @@ class Results:
     goal_p99_ms: float = GOAL_P99_MS
 
 
-def percentiles(values: list[float]) -> dict[str, float]:
-    if not values:
-        return {}
-    ordered = sorted(values)
-
-    def at(q: float) -> float:
-        return round(ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1)
-
-    return {"p50": at(0.50), "p99": at(0.99), "max": round(ordered[-1], 1), "n": len(ordered)}
+def summary(values: list[float]) -> dict[str, float]:
+    """p50, p99 and max in ms to a tenth, and the count."""
+    return percentiles(values, (50, 99), rank=rank_above, digits=1, count=True)
 
 
 def background(settings: Settings, rate: float, stop: threading.Event, sent: dict[str, float]) -> None:
@@ -172,8 +163,8 @@ def measure(settings: Settings, withdrawals: int, rate: float, seconds_per: floa
         time.sleep(2.0)
         tail.stop()
     results.enforced = len(latencies)
-    results.enforcement_ms = percentiles(latencies)
-    results.produce_to_decision_ms = percentiles([tail.decisions[e][1] - t for e, t in sent.items() if e in tail.decisions])
+    results.enforcement_ms = summary(latencies)
+    results.produce_to_decision_ms = summary([tail.decisions[e][1] - t for e, t in sent.items() if e in tail.decisions])
     return results
 
 
@@ -187,11 +178,7 @@ def report(results: Results) -> Path:
     if p99 is not None and base:
         console.print(f"enforcement p99 / decision p99: {p99 / base:.2f}; goal p99 < {GOAL_P99_MS:.0f} ms: "
                       f"{'met' if p99 < GOAL_P99_MS else 'NOT met'} ({results.enforced} of {results.withdrawals} enforced)")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"consent-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(asdict(results), indent=2) + "\n")
-    console.print(f"results in {path}")
-    return path
+    return save("consent", results)
 
 
 def main() -> None:

@@ -15,12 +15,12 @@ per directory). Then:
    record (one per permit decision) is in its recipient's table. Per stage: when the producers had
    every event acknowledged, when the worker had committed every raw event, when the sinks had
    landed the last row, each as a rate over the time from the first produce;
-3. ceiling: `bench.processor.run_bare` (consume -> `Router.route` -> produce) and bench.processor's
-   hand-written loops (with the processor's per-event audit record, and with no audit) on the same
+3. ceiling: `bench.loops.run_bare` (consume -> `Router.route` -> produce), the hand-written loops
+   of `bench.loops` (with the processor's per-event audit record, and with no audit) on the same
    raw partitions, and the broker's raw pass-through (consume -> produce of the same bytes);
 4. latency: `--rate` events/s of the mix for `--duration` s, while a poller queries the fraud
    database for a sample of the sent events, by the id the recipient receives for each (latency =
-   start of the first query that sees the row - send time), and bench.processor's reader of every
+   start of the first query that sees the row - send time), and bench.latency's reader of every
    `shared.*` partition matches the released records of a sample of events to their send time
    (produce -> shared). The sinks of this phase use `--latency-batch-seconds`.
 RSS (current and peak) of broker, registry, worker and this process (the sinks) after each phase.
@@ -37,50 +37,38 @@ processes started here are stopped.
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Producer, TopicPartition
-from rich.console import Console
-from rich.table import Table
 
 from app.local import ProcessorWorker, embedded_settings
 from backbone.clickhouse.client import make_client
 from backbone.errors import BackboneError
 from backbone.events.catalog import CONSENT_EVENT, load_catalog
-from backbone.events.serde import registry_client
-from backbone.kafka.topics import (
-    CHECKPOINTS_TOPIC,
-    OPERATIONS_CHECKPOINTS_TOPIC,
-    OPERATIONS_TOPIC,
-    TIMESTAMPS_TOPIC,
-    Topics,
-)
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings
-from bench.processes import clean_stop, memory_mb, stack_children
-from bench.processor import (
-    DATAPLANE_GROUP,
-    Ends,
-    MixProducer,
-    SharedReader,
+from bench.latency import SharedReader, recipient_ids
+from bench.loops import MixProducer, produce_all, run_bare, run_handwritten, run_passthrough
+from bench.pipeline import Progress, Sinks, Visibility, decided_ms, memory_report, wait_landed
+from bench.processes import clean_stop
+from bench.results import (
+    LOADED_MACHINE,
+    add_bare_loop,
+    add_handwritten,
+    add_handwritten_ratios,
+    add_latency,
+    add_offered,
+    console,
+    measures,
     percentiles,
-    recipient_ids,
-    run_bare,
-    run_handwritten,
-    take,
+    print_notes,
+    save,
+    target,
 )
 from consumers import ddl
-from consumers.batching import SinkThreads
-from consumers.sink import Sink, sinks_for
 from producers.synthetic import SyntheticStream
 
 RATIO_TARGET = 0.35
@@ -89,11 +77,6 @@ P99_SHARED_TARGET_MS = 500.0  # produce -> shared
 LATENCY_RECIPIENT = "fraud"
 SAMPLED_PER_S = 200  # latency samples per second of offered load, at most (bounds the poll query)
 SHARED_SAMPLED_PER_S = 1000  # events per second whose released records are timed produce -> shared (bounds the work here)
-POLL_PAUSE_S = 0.05  # between visibility polls: the poller shares the chDB client with the sinks
-PASSTHROUGH_TOPIC = "bench.passthrough"
-AUDIT_TABLE = ddl.qualified(ddl.AUDIT_DATABASE, ddl.AUDIT_TABLE)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-console = Console(width=max(Console().width, 120))  # the table stays readable when piped
 
 
 @dataclass(slots=True)
@@ -145,61 +128,6 @@ class Results:
     offered_events_per_s: float = 0.0
 
 
-# -- processes ----------------------------------------------------------------------------------
-
-
-def memory_report(worker: ProcessorWorker) -> dict[str, dict[str, float | None]]:
-    pids = {**stack_children(), "worker": worker.pid, "sinks (this process)": os.getpid()}
-    report = {}
-    for name, pid in pids.items():
-        rss, peak = memory_mb(pid)
-        report[name] = {"rss": rss, "peak": peak}
-    return report
-
-
-# -- sinks --------------------------------------------------------------------------------------
-
-
-class Sinks:
-    """Every recipient's sink and the audit sink, as threads of this process, one client each.
-    `carried` is what earlier sinks landed, so `landed()` counts from the start of the run."""
-
-    def __init__(self, settings: Settings, charter: Charter, client: Any, carried: tuple[int, int] = (0, 0)) -> None:
-        self.settings = settings
-        self.carried = carried
-        # the audit sinks of topics nothing writes during a bench (operator actions, their checkpoints,
-        # TSA timestamps) subscribe to them all the same: create them, so no sink warns of an unknown topic
-        topics = Topics(settings)
-        for topic in (OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC):
-            topics.ensure(topic)
-        topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)
-        self.sinks: list[Sink] = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
-        self.audit = next(sink for sink in self.sinks if sink.plan.name == "audit")
-        self.shared = [sink for sink in self.sinks if sink is not self.audit]
-        self._threads = SinkThreads(self.sinks)
-
-    def start(self) -> Sinks:
-        self._threads.start()
-        return self
-
-    def landed(self) -> tuple[int, int]:
-        """(audit rows landed, shared rows landed or dead-lettered) so far."""
-        audit, shared = self.carried
-        return audit + self.audit.stats.landed, shared + sum(s.stats.landed + s.stats.dead_lettered for s in self.shared)
-
-    def check(self) -> None:
-        self._threads.check()
-
-    def stop(self) -> None:
-        self._threads.stop()
-
-
-def audit_counts(client: Any) -> tuple[int, int]:
-    """(raw events with a decision, permit decisions) in `audit.decisions`."""
-    events, permits = client.query(f"SELECT uniqExact(event_id), countIf(decision = 'permit') FROM {AUDIT_TABLE}").result_rows[0]
-    return int(events), int(permits)
-
-
 # -- producing ----------------------------------------------------------------------------------
 
 
@@ -212,206 +140,8 @@ def raw_count(records: Sequence[tuple[str, dict]]) -> int:
     return sum(1 for event_type, _ in records if event_type != CONSENT_EVENT)
 
 
-def produce_all(settings: Settings, records: Sequence[tuple[str, dict]]) -> tuple[MixProducer, float, float]:
-    """(producers, first send, every event acknowledged) as perf_counter times."""
-    producers = MixProducer(settings, {record["provider"] for _, record in records})
-    started = time.perf_counter()
-    for event_type, record in records:
-        producers.send(event_type, record)
-    delivered = producers.close()
-    if delivered != len(records):
-        raise BackboneError(f"{delivered} of {len(records)} events acknowledged by the broker")
-    return producers, started, time.perf_counter()
-
-
-class Progress:
-    """Samples committed raw offsets of the worker and rows landed by the sinks every few ms, and
-    remembers when each last changed."""
-
-    def __init__(self, settings: Settings, sinks: Sinks) -> None:
-        self.sinks = sinks
-        self.committed = 0
-        self.committed_at = 0.0
-        self.landed = (0, 0)
-        self.landed_at = 0.0
-        self._watcher = Consumer(settings.consumer_config(DATAPLANE_GROUP))  # never subscribes: reads offsets only
-        metadata = self._watcher.list_topics(timeout=settings.kafka_timeout_s)
-        self._partitions = [TopicPartition(name, p) for name, topic in metadata.topics.items()
-                            if name.startswith("raw.") for p in topic.partitions]
-        self._timeout = settings.kafka_timeout_s
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-progress", daemon=True)
-
-    def committed_total(self) -> int:
-        return sum(max(0, tp.offset) for tp in self._watcher.committed(self._partitions, timeout=self._timeout))
-
-    def start(self) -> Progress:
-        self.committed = self.committed_total()
-        self.landed = self.sinks.landed()
-        self._thread.start()
-        return self
-
-    def _run(self) -> None:
-        next_commit_check = 0.0
-        while not self._stop.wait(0.01):
-            now = time.perf_counter()
-            landed = self.sinks.landed()
-            if landed != self.landed:
-                self.landed, self.landed_at = landed, now
-            if now >= next_commit_check:
-                committed = self.committed_total()
-                if committed != self.committed:
-                    self.committed, self.committed_at = committed, time.perf_counter()
-                next_commit_check = now + 0.1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=10)
-        self._watcher.close()
-
-
-def wait_landed(client: Any, sinks: Sinks, worker: ProcessorWorker, events: int, timeout: float) -> tuple[int, int]:
-    """Until `events` raw events are decided in the audit table and every permitted record is landed.
-    Returns (audit rows, shared rows) landed then."""
-    deadline = time.monotonic() + timeout
-    last: tuple[int, int] | None = None
-    decided = 0
-    while time.monotonic() < deadline:
-        sinks.check()
-        if not worker.alive():
-            raise BackboneError(f"worker exited: {worker.tail()}")
-        landed = sinks.landed()
-        if landed != last:  # the tables only change when a sink lands a batch
-            last = landed
-            decided, permits = audit_counts(client)
-            if decided >= events and landed[1] >= permits:
-                return landed
-        time.sleep(0.02)
-    raise BackboneError(f"{decided} of {events} raw events decided and landed within {timeout:g}s")
-
-
-# -- ceiling ------------------------------------------------------------------------------------
-
-
-def run_passthrough(settings: Settings, ends: Ends, max_seconds: float) -> float:
-    """The broker's raw pass-through: consume -> produce of the same bytes, no transform; events/s."""
-    topics = Topics(settings)
-    topics.ensure(PASSTHROUGH_TOPIC)
-    consumer = Consumer(settings.consumer_config(f"bench-pass-{time.monotonic_ns()}"))
-    producer = Producer(settings.producer_config())
-    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for topic, partition in ends])
-    pending = dict(ends)
-    failed = count = 0
-
-    def delivered(error: KafkaError | None, _message: object) -> None:
-        nonlocal failed
-        failed += error is not None
-
-    started: float | None = None
-    deadline = time.monotonic() + max_seconds
-    try:
-        while pending and time.monotonic() < deadline:
-            messages = take(consumer, settings.consumer_batch_size)
-            if messages and started is None:
-                started = time.perf_counter()
-            for message in messages:
-                if message.error() is not None:
-                    continue
-                while True:
-                    try:
-                        producer.produce(PASSTHROUGH_TOPIC, message.value(), message.key(), on_delivery=delivered)
-                        break
-                    except BufferError:
-                        producer.poll(0.05)
-                count += 1
-                tp = (message.topic(), message.partition())
-                if tp in pending and message.offset() + 1 >= pending[tp]:
-                    del pending[tp]
-            producer.poll(0)
-        remaining = producer.flush(60)
-        elapsed = time.perf_counter() - (started or time.perf_counter())
-    finally:
-        consumer.close()
-    if pending or remaining or failed:
-        raise BackboneError(f"pass-through incomplete: {len(pending)} partitions unread, {remaining} unsent, {failed} failed")
-    topics.delete(PASSTHROUGH_TOPIC)  # memory storage keeps everything: free it
-    return count / elapsed
-
 
 # -- latency ------------------------------------------------------------------------------------
-
-
-class Visibility:
-    """Polls the recipient's tables for sent event ids; first query start that sees an id - its send time."""
-
-    def __init__(self, client: Any, tables: dict[str, str]) -> None:
-        self.client = client
-        self.tables = tables  # event type -> qualified table
-        self.pending: dict[str, dict[str, float]] = {table: {} for table in tables.values()}
-        self.sampled: dict[str, float] = {}  # every sampled event id -> send time (perf_counter)
-        self.latencies_ms: list[float] = []
-        self.last_seen = time.perf_counter()
-        self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="bench-visibility", daemon=True)
-        self.error: BaseException | None = None
-        self.queries = 0
-        self.query_s = 0.0
-
-    def sent(self, event_type: str, event_id: str, recipient_event_id: str, at: float) -> None:
-        """The recipient's tables hold its own id for the event; the audit table the source event's."""
-        with self._lock:
-            self.pending[self.tables[event_type]][recipient_event_id] = at
-            self.sampled[event_id] = at
-
-    def unseen(self) -> int:
-        with self._lock:
-            return sum(len(ids) for ids in self.pending.values())
-
-    def start(self) -> Visibility:
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=30)
-
-    def _run(self) -> None:
-        try:
-            while not self._stop.wait(POLL_PAUSE_S):
-                for table, pending in self.pending.items():
-                    with self._lock:
-                        ids = list(pending)[:5000]
-                    if not ids:
-                        continue
-                    at = time.perf_counter()
-                    listed = ",".join(f"'{event_id}'" for event_id in ids)  # uuids from our own generator
-                    rows = self.client.query(f"SELECT toString(event_id) FROM {table} WHERE event_id IN ({listed})").result_rows
-                    self.queries += 1
-                    self.query_s += time.perf_counter() - at
-                    if rows:
-                        with self._lock:
-                            for (event_id,) in rows:
-                                sent = pending.pop(event_id, None)
-                                if sent is not None:
-                                    self.latencies_ms.append((at - sent) * 1000)
-                        self.last_seen = at
-        except BaseException as exc:  # noqa: BLE001 - reported by the main thread
-            self.error = exc
-
-
-def decided_ms(client: Any, sampled: dict[str, float]) -> list[float]:
-    """Send -> the processor's decision (`decided_at` of the audit rows) per sampled event, in ms:
-    the processor's share of the latency, the rest being the sink's."""
-    wall = time.time() - time.perf_counter()  # send times are perf_counter; decided_at is wall clock
-    ids = list(sampled)
-    out: list[float] = []
-    for offset in range(0, len(ids), 5000):
-        listed = ",".join(f"'{event_id}'" for event_id in ids[offset:offset + 5000])
-        rows = client.query(f"SELECT toString(event_id), toUnixTimestamp64Milli(min(decided_at)) FROM {AUDIT_TABLE} "
-                            f"WHERE event_id IN ({listed}) GROUP BY event_id").result_rows
-        out.extend(decided - (sampled[event_id] + wall) * 1000 for event_id, decided in rows)
-    return out
 
 
 @dataclass(slots=True)
@@ -493,14 +223,8 @@ def _mb(value: float | None) -> str:
 
 
 def report(results: Results) -> Path:
-    ratio_ok = results.ratio >= RATIO_TARGET
-    p99 = results.latency_ms.get("p99", float("nan"))
-    p99_ok = p99 < P99_TARGET_MS
-    table = Table(title=f"end-to-end benchmark: {results.raw_events:,} raw events of the demo mix "
-                        f"(+{results.events - results.raw_events:,} consent changes), {results.partitions} partitions")
-    table.add_column("measure")
-    table.add_column("value", justify="right")
-    table.add_column("target")
+    table = measures(f"end-to-end benchmark: {results.raw_events:,} raw events of the demo mix "
+                     f"(+{results.events - results.raw_events:,} consent changes), {results.partitions} partitions")
     table.add_row("[b]end to end (produce -> landed in chDB)", f"[b]{results.e2e_events_per_s:,.0f} events/s",
                   f"{results.e2e_seconds:.1f} s")
     for stage in results.stages:
@@ -508,32 +232,19 @@ def report(results: Results) -> Path:
                       f"{stage['count']:,} done at {stage['done_s']:.1f} s")
     table.add_row("  rows landed: audit / shared", f"{results.audit_rows:,} / {results.shared_rows:,}",
                   f"sink batch {results.throughput_sink_batch}")
-    table.add_row("bare loop (consume -> Router.route -> produce)", f"{results.bare_events_per_s:,.0f} events/s",
-                  f"{results.bare_events:,} events")
-    table.add_row("hand-written loop, audit per event / no audit",
-                  f"{results.handwritten_loop_events_per_s:,.0f} / {results.handwritten_no_audit_events_per_s:,.0f} events/s", "")
+    add_bare_loop(table, results.bare_events_per_s, f"{results.bare_events:,} events")
+    add_handwritten(table, results.handwritten_loop_events_per_s, results.handwritten_no_audit_events_per_s)
     table.add_row("broker raw pass-through (consume -> produce)", f"{results.passthrough_events_per_s:,.0f} events/s", "")
     table.add_row("[b]ratio end to end / bare loop", f"[b]{results.ratio:.0%}",
-                  f"[{'green' if ratio_ok else 'red'}]>= {RATIO_TARGET:.0%}")
+                  target(results.ratio >= RATIO_TARGET, f">= {RATIO_TARGET:.0%}"))
     if results.handwritten_no_audit_events_per_s:
-        table.add_row("processor (in the pipeline) / hand-written no-audit loop",
-                      f"{results.processor_events_per_s / results.handwritten_no_audit_events_per_s:.0%}",
-                      "producers and sinks ran beside the worker")
-        table.add_row("processor (in the pipeline) / hand-written loop with the same audit",
-                      f"{results.processor_events_per_s / max(1.0, results.handwritten_loop_events_per_s):.0%}", "")
-    table.add_row("offered load achieved", f"{results.offered_rate:,.0f} events/s",
-                  f"{results.offered_events:,} events, sink batch {results.latency_sink_batch}")
-    for name in ("p50", "p95", "p99", "max"):
-        value = results.latency_ms.get(name, float("nan"))
-        target = f"[{'green' if p99_ok else 'red'}]< {P99_TARGET_MS:,.0f} ms" if name == "p99" else ""
-        decided = results.decided_ms.get(name, float("nan"))
-        table.add_row(f"latency produce -> queryable {name}", f"{value:,.0f} ms",
-                      f"{target}{'  ' if target else ''}of which to decision {decided:,.0f} ms")
-    shared_p99 = results.shared_latency_ms.get("p99", float("nan"))
-    for name in ("p50", "p95", "p99", "max"):
-        target = (f"[{'green' if shared_p99 < P99_SHARED_TARGET_MS else 'red'}]< {P99_SHARED_TARGET_MS:,.0f} ms"
-                  if name == "p99" else "")
-        table.add_row(f"latency produce -> shared {name}", f"{results.shared_latency_ms.get(name, float('nan')):,.0f} ms", target)
+        add_handwritten_ratios(table, results.processor_events_per_s, results.handwritten_loop_events_per_s,
+                               results.handwritten_no_audit_events_per_s, who="processor (in the pipeline)",
+                               remark="producers and sinks ran beside the worker")
+    add_offered(table, results.offered_rate, results.offered_events, results.latency_sink_batch)
+    add_latency(table, "produce -> queryable", results.latency_ms, P99_TARGET_MS,
+                lambda name: f"of which to decision {results.decided_ms.get(name, float('nan')):,.0f} ms")
+    add_latency(table, "produce -> shared", results.shared_latency_ms, P99_SHARED_TARGET_MS)
     intervals = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results.latency_batch_interval_s.items())
     table.add_row("sink batch interval in the latency phase", "s per batch", intervals)
     table.add_row("latency samples (seen / never seen)", f"{results.latency_samples:,} / {results.latency_unseen:,}", "")
@@ -541,13 +252,8 @@ def report(results: Results) -> Path:
         for name, memory in processes.items():
             table.add_row(f"RSS {name}, {when}", f"{_mb(memory['rss'])} MiB", f"peak {_mb(memory['peak'])} MiB")
     console.print(table)
-    for note in results.notes:
-        console.print(f"note: {note}")
-    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
-    path = RESULTS_DIR / f"e2e-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(asdict(results), indent=2) + "\n")
-    console.print(f"results: {path}")
-    return path
+    print_notes(results.notes)
+    return save("e2e", results)
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -576,8 +282,7 @@ def main(argv: Sequence[str] | None = None) -> Path:
 
 def run(args: argparse.Namespace) -> Results:
     results = Results()
-    results.notes.append("measured on a shared 2-core development machine with other engineers' work running: "
-                         "figures of a loaded machine, compare ratios within one run")
+    results.notes.append(LOADED_MACHINE)
     warmup = mix(args.seed + 1000, 1_000)
     records = mix(args.seed, args.events)
     latency_records = mix(args.seed + 1, int(args.rate * args.duration))

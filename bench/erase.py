@@ -16,14 +16,11 @@ here. Goal: under `GOAL_S` seconds for one person. Results go to `bench/results/
 from __future__ import annotations
 
 import argparse
-import json
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from rich.console import Console
 from rich.table import Table
 
 from backbone.clickhouse.client import make_client
@@ -33,13 +30,12 @@ from backbone.keys import pseudonym
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, load_settings
+from bench.results import console, save
 from consumers import ddl
 from consumers.plans import recipient_plan
 
 GOAL_S = 5.0
 PREFIX = "bench_"
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
-console = Console()
 
 
 @dataclass
@@ -133,11 +129,7 @@ def report(results: Results) -> Path:
     console.print(f"{results.rows_in_databases:,} rows in the databases; removed {sum(results.removed.values()):,} "
                   f"({', '.join(f'{d}: {n}' for d, n in sorted(results.removed.items()))}); left about the person: "
                   f"{results.left_about_person}; goal erase < {GOAL_S:g} s: {'met' if results.erase_s < GOAL_S else 'NOT met'}")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"erase-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps(asdict(results), indent=2) + "\n")
-    console.print(f"results in {path}")
-    return path
+    return save("erase", results)
 
 
 def main() -> None:

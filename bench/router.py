@@ -20,14 +20,11 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from pathlib import Path
 
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
-from rich.console import Console
 from rich.table import Table
 
 from backbone.events.catalog import AUDIT_EVENT, load_catalog
@@ -36,10 +33,10 @@ from backbone.kafka.topics import raw_topic
 from backbone.keys.keyring import Keyring
 from backbone.policy import DictConsent, PolicyEngine, load_agreements
 from backbone.settings import PROJECT_ROOT
+from bench.results import console, print_notes, save
 from processors.router import Router
 from producers.synthetic import generate
 
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # The first wave's audit record, one per decision: kept here as the baseline the per-event record replaced.
 PER_DECISION_AUDIT = {"type": "record", "name": "AuditDecision", "namespace": "bench", "fields": [
     {"name": "event_id", "type": {"type": "string", "logicalType": "uuid"}},
@@ -52,7 +49,6 @@ PER_DECISION_AUDIT = {"type": "record", "name": "AuditDecision", "namespace": "b
     {"name": "decided_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
     {"name": "recipient_event_id", "type": ["null", {"type": "string", "logicalType": "uuid"}]}]}
 MACHINE = "measured on a shared 2-core machine with other work running: compare loops of one run, not runs"
-console = Console(width=max(Console().width, 120))  # the table stays readable when piped
 
 
 class FastavroDecodeRouter(Router):
@@ -187,15 +183,12 @@ def main() -> None:
             cpu = figures[name.replace("_per_s", "_per_cpu_s")]
             table.add_row(name, f"{value:,.0f}", f"{value / ceiling:.2f}", f"{cpu:,.0f}", f"{cpu / cpu_ceiling:.2f}")
     console.print(table)
-    console.print(f"note: {MACHINE}")
+    print_notes([MACHINE])
     for clock in ("per_s", "per_cpu_s"):
         console.print(f"generated decoder ({'wall clock' if clock == 'per_s' else 'CPU time'}): Router.route "
                       f"{figures[f'router_events_{clock}'] / figures[f'router_fastavro_decode_events_{clock}']:.2f}x the fastavro "
                       f"read path; decode alone {figures[f'decode_generated_events_{clock}'] / figures[f'decode_fastavro_events_{clock}']:.2f}x")
-    RESULTS_DIR.mkdir(exist_ok=True)
-    path = RESULTS_DIR / f"router-{datetime.now(UTC):%Y%m%dT%H%M%SZ}.json"
-    path.write_text(json.dumps({**figures, "machine": MACHINE}, indent=2) + "\n")
-    console.print(f"results in {path}")
+    save("router", {**figures, "machine": MACHINE})
 
 
 if __name__ == "__main__":

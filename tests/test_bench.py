@@ -1,6 +1,6 @@
 """The benchmarks' own arithmetic, without a broker: soak growth figures, the soak's recycled event
-stream, the profile's attribution of sampled stacks to data-plane stages, and the hard deadline
-that ends a run."""
+stream, the latency summaries the results JSON carries, the profile's attribution of sampled stacks
+to data-plane stages, and the hard deadline that ends a run."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from pathlib import Path
 import pytest
 
 from bench import profile
+from bench.consent import summary as consent_summary
 from bench.processes import RunDeadline, clean_stop, memory_mb
-from bench.processor import growth, recycled
+from bench.results import percentiles
+from bench.soak import growth, recycled
 
 PLANE = ("thread (7): data-plane;Thread._bootstrap (threading.py:1002);DataPlane._run_guarded (processors/dataplane.py:105);"
          "DataPlane.run (processors/dataplane.py:142)")
@@ -98,3 +100,15 @@ def test_soak_growth_leaves_out_samples_taken_after_the_load() -> None:
     series = [{"t_s": float(t), "rss_worker_mb": 100.0, "draining": False} for t in range(0, 130, 10)]
     series += [{"t_s": 130.0 + t, "rss_worker_mb": 500.0, "draining": True} for t in range(0, 60, 10)]
     assert growth(series, "rss_worker_mb")["growth_pct"] == 0.0
+
+
+def test_latency_summary_keeps_the_keys_and_nearest_rank_figures_results_are_read_by() -> None:
+    values = [float(v) for v in range(100, 0, -1)]  # 1 .. 100, unsorted
+    assert percentiles(values) == {"p50": 50.0, "p95": 95.0, "p99": 99.0, "max": 100.0}
+    assert percentiles([7.0]) == {"p50": 7.0, "p95": 7.0, "p99": 7.0, "max": 7.0}
+    assert percentiles([]) == {}
+
+
+def test_consent_summary_keeps_its_own_keys_rounding_and_ranks() -> None:
+    values = [v + 0.04 for v in range(1, 101)]
+    assert consent_summary(values) == {"p50": 51.0, "p99": 100.0, "max": 100.0, "n": 100}
