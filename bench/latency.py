@@ -15,18 +15,23 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from app.local import ProcessorWorker
 from backbone.events.serde import Decoder, registry_client
+from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
 from bench.loops import MixProducer, demo_records
 
 
 class SharedReader:
-    """Every `shared.*` partition from its end; receive time - send time per released record, by event id."""
+    """Every `shared.*` partition from its end; receive time - send time per released record, by event id.
+    With `routed`, also `audit.decisions` from its end: a released record's timestamp is its released
+    event time (never the processing time, which would link domains), so the time of the processor's
+    produce call is read from the CreateTime of the event's audit record, keyed by its source id."""
 
-    def __init__(self, settings: Settings, sent: dict[str, float]) -> None:
+    def __init__(self, settings: Settings, sent: dict[str, float], routed: dict[str, float] | None = None) -> None:
         self.settings = settings
         self.sent = sent
+        self.sources = routed or {}  # source event id -> send time
         self.latencies_ms: list[float] = []
-        self.routed_ms: list[float] = []  # send -> the processor's produce call (the output's CreateTime)
+        self.routed_ms: list[float] = []  # send -> the processor's produce call (its audit record's CreateTime)
         self.unmatched = 0
         self.last_seen = time.time()
         self._stop = threading.Event()
@@ -34,7 +39,8 @@ class SharedReader:
         self._consumer = Consumer(settings.consumer_config(f"bench-latency-{time.monotonic_ns()}", **{"fetch.wait.max.ms": 10}))
         metadata = self._consumer.list_topics(timeout=settings.kafka_timeout_s)
         self._consumer.assign([TopicPartition(name, p, OFFSET_END) for name, topic in metadata.topics.items()
-                               if name.startswith("shared.") for p in topic.partitions])
+                               if name.startswith("shared.") or (routed is not None and name == AUDIT_TOPIC)
+                               for p in topic.partitions])
         self._decode = Decoder(registry_client(settings))
         self._sliced: dict[bytes, bool] = {}  # schema id -> whether the event id is read straight from the bytes
         self._thread = threading.Thread(target=self._run, name="bench-shared-reader", daemon=True)
@@ -62,11 +68,17 @@ class SharedReader:
 
     def _run(self) -> None:
         consume, sent, out, routed = self._consumer.consume, self.sent, self.latencies_ms, self.routed_ms
+        sources = self.sources
         while not self._stop.is_set():
             messages = consume(1000, 0.05)
             received = time.time()
             for message in messages:
                 if message.error() is not None:
+                    continue
+                if message.topic() == AUDIT_TOPIC:
+                    at = sources.get((message.key() or b"").decode())
+                    if at is not None:
+                        routed.append(message.timestamp()[1] - at * 1000)
                     continue
                 event_id = self.event_id(message.value())
                 at = sent.get(event_id)
@@ -74,7 +86,6 @@ class SharedReader:
                     self.unmatched += 1
                     continue
                 out.append((received - at) * 1000)
-                routed.append(message.timestamp()[1] - at * 1000)
                 self.last_seen = received
 
 
@@ -114,9 +125,10 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
     count = int(rate * seconds)
     records = demo_records(seed, population, count)
     sent: dict[str, float] = {}
+    sources: dict[str, float] = {}
     derive = recipient_ids(settings)
     mix = MixProducer(settings, {record["provider"] for _, record in records})
-    reader = SharedReader(settings, sent)
+    reader = SharedReader(settings, sent, sources)
     reader.start()
     step = max(1, int(rate / 200))  # pace in batches of 5 ms worth of events
     try:
@@ -128,7 +140,8 @@ def run_latency(settings: Settings, worker: ProcessorWorker, rate: float, second
                 time.sleep(ahead)
             for event_type, record in records[index:index + step]:
                 mix.send(event_type, record)  # fills event_id when missing
-                at = time.time()  # wall clock: comparable with the outputs' CreateTime
+                at = time.time()  # wall clock: comparable with the audit records' CreateTime
+                sources[str(record["event_id"])] = at
                 for recipient_id in derive.get(event_type, ()):
                     sent[recipient_id(record["event_id"])] = at
             for producer in mix.producers.values():

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
 
