@@ -29,7 +29,7 @@ class SharedReader:
     def __init__(self, settings: Settings, sent: dict[str, float], routed: dict[str, float] | None = None) -> None:
         self.settings = settings
         self.sent = sent
-        self.sources = routed or {}  # source event id -> send time
+        self.sources = routed if routed is not None else {}  # source event id -> send time (filled as events are sent)
         self.latencies_ms: list[float] = []
         self.routed_ms: list[float] = []  # send -> the processor's produce call (its audit record's CreateTime)
         self.unmatched = 0
