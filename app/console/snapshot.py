@@ -85,18 +85,25 @@ def audit_state(settings: Settings) -> AuditState:
     cached = _verified.get(key)
     if cached is not None and time.monotonic() - cached[0] < AUDIT_VERIFY_EVERY_S:
         return cached[1]
-    from backbone.audit.log import public_key_map
+    from backbone.audit.log import CheckpointCodec, public_key_map
     from backbone.clickhouse.client import make_client
-    from backbone.events.catalog import load_catalog
+    from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
     from backbone.keys.keyring import Keyring
+    from consumers.audit_heads import check_not_emptied, known_heads
     from consumers.audit_trail import ClickHouseTrail
 
     keys = public_key_map(Keyring.open(settings).public_keys())
+    catalog = load_catalog(settings.schemas_dir)
+    # as `backbone audit verify` does: the heads known apart from the trail first, then the trail
+    known = known_heads(settings, CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT)), keys, (), from_kafka_too=True)
     client = make_client(settings.clickhouse_dsn or "", read_only=True)
     try:
-        report = ClickHouseTrail(client, settings.clickhouse_database_prefix, load_catalog(settings.schemas_dir)).verify(keys)
+        report = ClickHouseTrail(client, settings.clickhouse_database_prefix, catalog).verify(keys)
+        check_not_emptied(report, client, settings.clickhouse_database_prefix,
+                          sorted({a.recipient for a in load_charter(settings).agreements}))
     finally:
         client.close()
+    known.check(report, "landed trail")
     state = AuditState(report.ok, report.checkpoints, report.decisions, report.operations,
                        tuple(str(f) for f in report.failures[:5]), time.time())
     _verified[key] = (time.monotonic(), state)
