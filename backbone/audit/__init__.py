@@ -4,7 +4,7 @@ checkpoints (`timestamps`), and the operators' own actions sealed in the `operat
 (`operations`). The processor's writer of decision checkpoints is `processors.checkpoints`; reading the
 landed trail back for `backbone audit verify` is `consumers.audit_trail`.
 
-May import: backbone.errors, backbone.settings, backbone.events, backbone.kafka, backbone.keys.
+May import: backbone.errors, backbone.files, backbone.settings, backbone.events, backbone.kafka, backbone.keys.
 Never imports: aiokafka, faust, aiohttp, clickhouse_connect, chdb.
 """
 
