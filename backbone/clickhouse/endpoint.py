@@ -161,8 +161,9 @@ class ReadOnlyEngine:
         self.path = os.path.realpath(directory)  # chDB compares engine paths literally, as clickhouse-connect spells them
         self._dsn = f"{self.path}?{self.limits.connection_settings()}"
         try:
-            # held for the server's life, so the directory stays open here while it serves
-            self._anchor = self._connect(self._dsn)
+            # held for the server's life, so the directory stays open here while it serves (and reads
+            # system.functions below, which the per-query result limit would cut short)
+            self._anchor = self._connect(f"{self.path}?readonly=1")
         except RuntimeError as exc:
             raise ClickHouseDsnError(f"cannot serve chDB directory {directory}: another process holds it") from exc
         rows = self._anchor.query(FUNCTIONS_SQL, "JSONCompact").bytes()
