@@ -30,6 +30,7 @@ from backbone.control import agreement_changes
 from backbone.errors import BackboneError
 from backbone.events.catalog import load_catalog
 from backbone.events.serde import registry_client
+from backbone.files.private import private_directory
 from backbone.kafka import dlq
 from backbone.keys.keyring import Keyring, write_master_key_file
 from backbone.keys.pseudonym import token
@@ -117,7 +118,7 @@ class Demo:
         started = time.monotonic()
         if self.data_dir.exists():
             shutil.rmtree(self.data_dir)
-        self.data_dir.mkdir(parents=True)
+        private_directory(self.data_dir)  # 0700, whatever the umask of whoever runs the demo
         broker_port = self.base.broker_port if self.keep_ports and not port_in_use(self.base.broker_port) else 0
         registry_port = self.base.schema_registry_port if self.keep_ports and not port_in_use(self.base.schema_registry_port) else 0
         self.report("stack", note="starting the broker and the schema registry")

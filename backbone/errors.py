@@ -35,6 +35,10 @@ class ClickHouseDsnError(BackboneError):
     """The ClickHouse DSN is malformed or names an unsupported scheme."""
 
 
+class NotPrivateError(BackboneError):
+    """A data or chDB directory other users of the host may read; the message names it and the fix."""
+
+
 class SerdeError(BackboneError):
     """An event could not be encoded to or decoded from the Confluent wire format.
 

@@ -24,6 +24,7 @@ import mode
 from backbone.control import agreement_changes, erasure
 from backbone.errors import BackboneError, TopicError
 from backbone.events.catalog import load_catalog
+from backbone.files.private import private_directory
 from backbone.events.serde import Decoder, RegistrySchemas, registry_client
 from backbone.kafka import dlq
 from backbone.kafka.compacted import CompactedTopicReader
@@ -173,7 +174,8 @@ class ProcessorApp(faust.App):
 
     async def on_first_start(self) -> None:
         # Faust creates datadir/appdir/tabledir one level at a time: the data dir may not exist yet.
-        Path(self.conf.datadir).mkdir(parents=True, exist_ok=True)
+        private_directory(Path(self.conf.datadir).parent)  # the data dir: its user's only
+        Path(self.conf.datadir).mkdir(mode=0o700, exist_ok=True)
         await super().on_first_start()
 
 

@@ -40,6 +40,7 @@ from backbone.audit.log import (
 )
 from backbone.audit.heads import WRITERS_DIR
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
+from backbone.files.private import private_directory
 from backbone.events.serde import HEADER_SIZE, MAGIC
 from backbone.kafka.topics import CHECKPOINTS_TOPIC, Topics
 from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
@@ -73,8 +74,8 @@ class WriterSlot:
     @classmethod
     def take(cls, data_dir: Path) -> WriterSlot:
         """The first writer id in `data_dir` no running worker holds, or a new one."""
-        directory = Path(data_dir) / WRITERS_DIR
-        directory.mkdir(parents=True, exist_ok=True)
+        directory = private_directory(Path(data_dir)) / WRITERS_DIR
+        directory.mkdir(mode=0o700, exist_ok=True)
         for lock in sorted(directory.glob("*.lock")):
             slot = cls._try(directory, lock.stem)
             if slot is not None:

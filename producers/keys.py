@@ -18,6 +18,7 @@ import secrets
 import zlib
 from pathlib import Path
 
+from backbone.files.private import private_directory
 from backbone.settings import Settings
 from producers.errors import ProducerError
 
@@ -32,9 +33,8 @@ def subject_key_secret(settings: Settings) -> bytes:
         if len(secret) < MIN_SECRET_BYTES:
             raise ProducerError(f"BACKBONE_SUBJECT_KEY_SECRET is shorter than {MIN_SECRET_BYTES} bytes; use a random secret")
         return secret
-    path = Path(settings.data_dir) / SECRET_FILE
+    path = private_directory(Path(settings.data_dir)) / SECRET_FILE
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
         pass

@@ -25,24 +25,27 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from backbone.clickhouse.client import make_client
 from backbone.clickhouse.endpoint import SERVED_FILE, Endpoint, served_endpoint
 from backbone.settings import PROJECT_ROOT
+from tests.cli import run_backbone
 
 pytestmark = pytest.mark.integration
 
 # Holds the directory as a writer (as a sink does), lands one fraud alert, serves the directory
 # until its stdin closes, then stops cleanly. It logs at DEBUG, so a leaked secret would show.
 HOLDER = """
-import logging, sys
+import json, logging, sys
 logging.basicConfig(level=logging.DEBUG, stream=sys.stderr)
 from backbone.clickhouse.client import make_client, serve_readers
+from backbone.clickhouse.readpolicy import ReadLimits
 from consumers import ddl
 dsn = sys.argv[1]
+limits = ReadLimits(**json.loads(sys.argv[2])) if len(sys.argv) > 2 else None
 client = make_client(dsn)
 client.command(ddl.create_database_sql("fraud"))
 client.command(ddl.create_alerts_table_sql("fraud"))
 client.command(ddl.create_published_table_sql("fraud"))
 client.insert("fraud.alerts", [["shared_bank_account", "tok-1", "2026-01", "3 claimants"]],
               column_names=["kind", "subject", "period", "details"])
-served = serve_readers(dsn)
+served = serve_readers(dsn, limits)
 print(served.endpoint.port, flush=True)
 sys.stdin.read()
 served.close()
@@ -71,11 +74,11 @@ def _environment(**values: str) -> dict[str, str]:
     return env | values
 
 
-def hold(directory: Path) -> Holder:
+def hold(directory: Path, **limits: int) -> Holder:
     dsn = f"chdb://{directory}"
     log = directory.parent / f"{directory.name}-holder.log"
     with log.open("w") as stderr:
-        process = subprocess.Popen([sys.executable, "-c", HOLDER, dsn], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+        process = subprocess.Popen([sys.executable, "-c", HOLDER, dsn, *([json.dumps(limits)] if limits else [])], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                    stderr=stderr, text=True, cwd=PROJECT_ROOT, env=_environment())
     assert process.stdout is not None
     line = process.stdout.readline()
@@ -96,10 +99,8 @@ def holder(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Holder]:
 
 def backbone(dsn: str, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
     """A `backbone` command as a user runs it, pointed at `dsn` (Kafka and the registry unreachable)."""
-    env = _environment(BACKBONE_CLICKHOUSE_DSN=dsn, BACKBONE_DATA_DIR=str(tmp_path / "data"),
-                       BACKBONE_KAFKA_BOOTSTRAP="127.0.0.1:1", BACKBONE_SCHEMA_REGISTRY_URL="http://127.0.0.1:1", COLUMNS="200")
-    return subprocess.run([sys.executable, "-c", "from app.cli import main; main()", *args], capture_output=True, text=True,
-                          timeout=120, cwd=PROJECT_ROOT, env=env)
+    return run_backbone(*args, env={"BACKBONE_CLICKHOUSE_DSN": dsn, "BACKBONE_DATA_DIR": str(tmp_path / "data"),
+                                    "BACKBONE_KAFKA_BOOTSTRAP": "127.0.0.1:1", "BACKBONE_SCHEMA_REGISTRY_URL": "http://127.0.0.1:1"})
 
 
 def test_reading_commands_read_a_directory_another_process_holds(holder: Holder, tmp_path: Path) -> None:
@@ -239,3 +240,152 @@ def test_a_stale_served_file_does_not_confuse_readers(tmp_path: Path, stale: str
     query = backbone(held.dsn, tmp_path, "clickhouse", "query", "SELECT subject FROM fraud.alerts")
     assert query.returncode == 0, query.stderr
     assert "tok-1" in query.stdout
+
+
+# --- what a reader may run: reads of existing tables and views (issue 25, item 3) ------------------
+class _Listener:
+    """A loopback port that records whether anything connected to it (a url() the endpoint must not fetch)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen()
+        self.socket.settimeout(0.2)
+        self.port = self.socket.getsockname()[1]
+        self.connections = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+        self.socket.close()
+
+
+def _refused(holder: Holder, statement: str) -> str:
+    client = make_client(holder.dsn, read_only=True)
+    try:
+        with pytest.raises(DatabaseError) as refused:
+            client.query(statement)
+        return str(refused.value)
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize("target", ["/etc/shadow", "/etc/hostname", "served file", "master key"])
+def test_a_reader_cannot_read_files_with_the_file_function(holder: Holder, tmp_path: Path, target: str) -> None:
+    secret = "master-key-bytes-that-must-not-leak"
+    path = {"served file": str(holder.directory / SERVED_FILE), "master key": str(tmp_path / "master.key")}.get(target, target)
+    (tmp_path / "master.key").write_text(secret)
+    served_secret = json.loads((holder.directory / SERVED_FILE).read_text())["secret"]
+    for statement in (f"SELECT file('{path}')", f"SELECT * FROM file('{path}', 'LineAsString')", f"DESCRIBE TABLE file('{path}')",
+                      f"SELECT count() FROM fraud.alerts WHERE subject IN (SELECT * FROM file('{path}', 'LineAsString'))"):
+        message = _refused(holder, statement)
+        assert "READONLY" in message
+        assert secret not in message and served_secret not in message and "root:" not in message
+
+
+@pytest.mark.parametrize("statement", [
+    "DESCRIBE TABLE url('http://127.0.0.1:{port}/data.csv', 'CSV')",
+    "SELECT * FROM url('http://127.0.0.1:{port}/data.csv', 'CSV', 'a String')",
+    "SELECT * FROM remote('127.0.0.1:{port}', system.one)",
+    "SELECT count() FROM fraud.alerts WHERE kind IN (SELECT c1 FROM url('http://127.0.0.1:{port}/x', 'CSV'))",
+])
+def test_a_reader_cannot_make_the_endpoint_connect_anywhere(holder: Holder, statement: str) -> None:
+    listener = _Listener()
+    try:
+        _refused(holder, statement.format(port=listener.port))
+    finally:
+        listener.close()
+    assert listener.connections == 0
+
+
+@pytest.mark.parametrize("statement", [
+    "SELECT * FROM numbers(10)",
+    "SELECT dictGet('d', 'a', toUInt64(1))",
+    "SELECT getSetting('max_execution_time')",
+    "SELECT hostName()",
+    "SELECT * FROM system.processes",
+    "SELECT * FROM system.users",
+    "SHOW PROCESSLIST",
+    "EXPLAIN PIPELINE SELECT * FROM url('http://127.0.0.1:1/x', 'CSV')",
+    "SELECT * APPLY(file) FROM fraud.alerts",
+    "SELECT `count\n    Function file`('/etc/hostname')",
+])
+def test_only_reads_of_the_agencies_tables_with_plain_functions_are_served(holder: Holder, statement: str) -> None:
+    assert "READONLY" in _refused(holder, statement)
+
+
+def _post(endpoint: Endpoint, sql: str, query: str = "") -> tuple[int, bytes]:
+    request = urllib.request.Request(f"http://127.0.0.1:{endpoint.port}/{query}", data=sql.encode(), method="POST")
+    request.add_header("Authorization", _basic(endpoint.user, endpoint.secret))
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:  # noqa: S310 - a loopback URL of the test's own
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+@pytest.fixture(scope="module")
+def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Holder]:
+    """A holder whose endpoint runs one query at a time, for 2 s at most, of at most 1000 result rows."""
+    held = hold(tmp_path_factory.mktemp("limited") / "clickhouse", max_execution_time=2, max_result_rows=1000, concurrent=1)
+    yield held
+    if held.process.poll() is None:
+        held.stop()
+
+
+def test_a_query_stops_at_the_servers_time_limit(limited: Holder) -> None:
+    endpoint = served_endpoint(limited.directory)
+    assert endpoint is not None
+    status, body = _post(endpoint, "SELECT count() FROM system.numbers")
+    assert status == 500 and b"TIMEOUT_EXCEEDED" in body
+    assert _post(endpoint, "SELECT count() FROM system.numbers SETTINGS max_execution_time = 0")[0] == 403
+    status, body = _post(endpoint, "SELECT count() FROM system.numbers", "?max_execution_time=0")  # as a setting of the request
+    assert status == 403 and b"READONLY" in body
+
+
+def test_results_are_bounded_by_the_server(limited: Holder) -> None:
+    endpoint = served_endpoint(limited.directory)
+    assert endpoint is not None
+    status, body = _post(endpoint, "SELECT number FROM system.numbers LIMIT 5000")
+    assert status == 500 and b"TOO_MANY_ROWS_OR_BYTES" in body
+    assert _post(endpoint, "SELECT number FROM system.numbers LIMIT 5000", "?max_result_rows=0&result_overflow_mode=break")[0] == 403
+    assert _post(endpoint, "SELECT count() FROM fraud.alerts") == (200, b"1\n")
+
+
+def test_concurrent_queries_are_bounded_and_a_gone_client_frees_its_slot_at_the_time_limit(limited: Holder) -> None:
+    import socket
+    import time
+
+    endpoint = served_endpoint(limited.directory)
+    assert endpoint is not None
+    sql = b"SELECT count() FROM system.numbers"
+    token = base64.b64encode(f"{endpoint.user}:{endpoint.secret}".encode()).decode()
+    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as gone:  # sends a long query, then goes away
+        gone.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\nContent-Length: {len(sql)}\r\n\r\n".encode() + sql)
+        deadline = time.monotonic() + 30
+        while True:  # the slot is taken while the gone client's query runs
+            status, body = _post(endpoint, "SELECT 1")
+            if status == 503:
+                assert b"TOO_MANY_SIMULTANEOUS_QUERIES" in body
+                break
+            assert time.monotonic() < deadline, "the long query never held the endpoint's only slot"
+    deadline = time.monotonic() + 60
+    while _post(endpoint, "SELECT 1") != (200, b"1\n"):  # given back once the query meets the time limit
+        assert time.monotonic() < deadline, "the gone client's query still runs past its time limit"
+        time.sleep(0.2)
+    assert limited.process.poll() is None

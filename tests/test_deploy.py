@@ -818,7 +818,7 @@ def test_compose_containers_are_read_only_and_keep_data_off_the_writable_layer(c
         assert "no-new-privileges:true" in service["security_opt"], name
         assert re.fullmatch(r"\d+:\d+", service["user"]), name
         data_dir = service["environment"]["BACKBONE_DATA_DIR"]
-        mounted = set(service.get("tmpfs", [])) | {volume.split(":")[1] for volume in service.get("volumes", [])}
+        mounted = {tmpfs.split(":")[0] for tmpfs in service.get("tmpfs", [])} | {volume.split(":")[1] for volume in service.get("volumes", [])}
         assert data_dir in mounted, name
     operator = compose["services"]["operator"]
     assert "backbone-operator-data:/var/lib/backbone/data" in operator["volumes"]  # reidentify.log persists

@@ -16,6 +16,7 @@ from rich.console import Console
 
 from backbone import __version__
 from backbone.errors import BackboneError
+from backbone.files.private import private_umask
 from backbone.settings import load_settings
 from backbone.telemetry.logs import configure_logging
 
@@ -65,6 +66,7 @@ def _register() -> None:
 
 def main() -> None:
     """Console-script entry point."""
+    private_umask()  # before anything is written: data, keys, logs and the chDB directory are this user's only
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")

@@ -11,6 +11,7 @@ import typer
 
 from app.cli import app, console
 from backbone.errors import BackboneError
+from backbone.files.private import make_private_dirs
 from backbone.settings import get_settings
 
 clickhouse_app = typer.Typer(help="ClickHouse databases of the agencies.", no_args_is_help=True)
@@ -36,7 +37,7 @@ def sink_passwords(path: Path, users: list[str]) -> dict[str, str]:
     missing = [user for user in users if user not in known]
     if missing:
         known.update({user: secrets.token_urlsafe(24) for user in missing})
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         partial = path.with_name(path.name + ".partial")
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         os.fchmod(descriptor, 0o600)  # whatever the umask, and a leftover partial file, say

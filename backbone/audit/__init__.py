@@ -5,7 +5,7 @@ checkpoints (`timestamps`), the operators' own actions sealed in the `operations
 processor's writer of decision checkpoints is `processors.checkpoints`; reading the landed trail back
 for `backbone audit verify` is `consumers.audit_trail`, the heads on Kafka `consumers.audit_heads`.
 
-May import: backbone.errors, backbone.settings, backbone.events, backbone.kafka, backbone.keys.
+May import: backbone.errors, backbone.files, backbone.settings, backbone.events, backbone.kafka, backbone.keys.
 Never imports: aiokafka, faust, aiohttp, clickhouse_connect, chdb.
 """
 

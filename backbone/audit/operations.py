@@ -35,6 +35,7 @@ from backbone.audit.log import AuditLogError, Checkpoint, CheckpointCodec, Recor
 from backbone.errors import BackboneError, KafkaUnavailableError, KeyringError, kafka_unavailable
 from backbone.events.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC, encoder_for, register, registry_client
+from backbone.files.private import private_directory
 from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
 from backbone.keys.keyring import OPERATIONS_SIGNER, Keyring, ensure_signer, master_key_from_settings
 from backbone.settings import Settings
@@ -126,8 +127,7 @@ def record(settings: Settings, action: OperatorAction) -> OperatorAction:
 @contextmanager
 def _chain_lock(settings: Settings) -> Iterator[None]:
     """One action at a time on this host between reading the chain's head and publishing after it."""
-    directory = settings.data_dir
-    directory.mkdir(parents=True, exist_ok=True)
+    directory = private_directory(settings.data_dir)
     fd = os.open(directory / "operations-chain.lock", os.O_RDWR | os.O_CREAT, 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -3,7 +3,7 @@
 chDB directory serves to the others (`endpoint`). Tables, views and grants are the sinks'
 (`consumers.ddl`).
 
-May import: backbone.errors, backbone.settings.
+May import: backbone.errors, backbone.files, backbone.settings.
 Never imports: confluent_kafka, aiokafka, faust.
 """
 

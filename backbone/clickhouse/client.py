@@ -21,11 +21,13 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError, OperationalError, ProgrammingError
 
 from backbone.errors import ClickHouseDsnError
+from backbone.files.private import private_directory
 
 if TYPE_CHECKING:
     from urllib3 import PoolManager
 
     from backbone.clickhouse.endpoint import ChdbServer
+    from backbone.clickhouse.readpolicy import ReadLimits
 
 SCHEMES = ("chdb", "http", "https", "clickhouse", "clickhouses")
 
@@ -42,7 +44,8 @@ def chdb_path(dsn: str) -> Path | None:
 
 
 def make_client(dsn: str, *, read_only: bool = False, **settings: object) -> Client:
-    """A clickhouse-connect client for `dsn`; for chDB the directory is created when missing.
+    """A clickhouse-connect client for `dsn`; for chDB the directory is created (0700) when missing,
+    and refused when other users of the host may read it.
 
     `read_only`: the caller only reads, so a chDB directory another process holds is read through
     the read-only endpoint that process serves instead of failing. No effect on a server DSN."""
@@ -56,11 +59,11 @@ def make_client(dsn: str, *, read_only: bool = False, **settings: object) -> Cli
         path = chdb_path(dsn)
         if path is None or not str(path):
             raise ClickHouseDsnError("BACKBONE_CLICKHOUSE_DSN: chdb DSN needs a directory, e.g. chdb:///var/lib/backbone/ch")
+        private_directory(path, "chDB directory")  # created 0700, or refused when others may read it
         if read_only:
             served = _served_client(path, settings)
             if served is not None:
                 return served
-        path.mkdir(parents=True, exist_ok=True)
         try:
             return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}", settings=settings or None)
         except ProgrammingError as exc:
@@ -106,13 +109,13 @@ def _served_client(path: Path, settings: dict[str, object]) -> Client | None:
         return None
 
 
-def serve_readers(dsn: str) -> ChdbServer | None:
+def serve_readers(dsn: str, limits: ReadLimits | None = None) -> ChdbServer | None:
     """Serve the chDB directory of `dsn`, which this process holds (open a client on it first),
-    read-only to other processes until `close()`; None for a ClickHouse server, which serves
-    everyone itself."""
+    read-only to other processes until `close()`, each query under `limits` (the defaults of
+    `ReadLimits` unless given); None for a ClickHouse server, which serves everyone itself."""
     path = chdb_path(dsn)
     if path is None:
         return None
     from backbone.clickhouse.endpoint import ChdbServer
 
-    return ChdbServer(path)
+    return ChdbServer(path, limits)

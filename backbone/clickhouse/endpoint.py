@@ -8,12 +8,17 @@ requested FORMAT, errors as an HTTP status with a `Code: N. DB::Exception: ...` 
 `X-ClickHouse-Exception-Code` header). So a reader gets an ordinary clickhouse-connect client and
 never knows (`backbone.clickhouse.client.make_client(dsn, read_only=True)` makes it).
 
-Reading only, twice over: every query runs on its own chDB connection with `readonly=1` (no
-writes, no DDL, no table functions such as file() or url(), no setting changes; `readonly=2` would
-let file() read and INSERT INTO FUNCTION file() write, checked on chDB 4.4), and only a single
-SELECT, WITH, SHOW, DESCRIBE, EXISTS or EXPLAIN statement, as ClickHouse's own parser reads it, is
-run at all (readonly alone still lets SYSTEM, KILL and SELECT ... INTO OUTFILE through on chDB).
-Clients therefore send no settings (clickhouse-connect sees them all read-only and refuses any asked for).
+Reading only, of existing tables and views: a statement runs only when ClickHouse's own parse of it
+passes the allow-lists of `backbone.clickhouse.readpolicy` (one SELECT, DESCRIBE TABLE or EXISTS;
+functions that compute on their arguments only, so no file(), url(), remote(), dictGet(), ...; no
+table functions at all; tables of the agencies and the few system tables readers need).
+`readonly=1` alone is not enough: it still lets the scalar file() read any file the process can,
+DESCRIBE url(...) make requests, and SYSTEM, KILL and SELECT ... INTO OUTFILE through on chDB.
+Every query runs on its own chDB connection opened with `readonly=1` and the server's limits
+(`readpolicy.ReadLimits`: time, memory, result rows and bytes), which readonly=1 keeps the client's
+settings and SETTINGS clauses from loosening (clickhouse-connect sees them read-only and asks for
+none). At most `ReadLimits.concurrent` queries run at once; more are answered 503. chDB cannot cancel
+a query whose client went away: it ends by itself or at `max_execution_time`.
 
 Authenticated: a random secret per serving process, HTTP Basic. The server writes port, user,
 secret and pid to `<directory>/.served.json` (mode 0600, written atomically, removed on a clean
@@ -43,7 +48,9 @@ from urllib.parse import parse_qsl, urlsplit
 
 from clickhouse_connect.driver.binding import quote_identifier
 
+from backbone.clickhouse.readpolicy import FUNCTIONS_SQL, NotARead, ReadLimits, ReadPolicy, TableRef, parse_ast
 from backbone.errors import ClickHouseDsnError
+from backbone.files.private import check_private
 
 log = logging.getLogger("backbone.clickhouse")
 
@@ -61,14 +68,12 @@ TRANSPORT_PARAMETERS = frozenset({
     "cancel_http_readonly_queries_on_client_close",
 })
 MAX_BODY = 64 * 1024 * 1024  # a query with its bindings; reads never send more
-READ_STATEMENTS = ("SELECT", "WITH", "SHOW", "DESCRIBE", "DESC", "EXISTS", "EXPLAIN")
 _SETTING_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _CODE = re.compile(r"Code: (\d+)\.")
-_INTO_OUTFILE = re.compile(r"\bINTO\s+OUTFILE\b", re.IGNORECASE)
 _TRAILING_FORMAT = re.compile(r"\bFORMAT\s+(\w+)\s*$", re.IGNORECASE)
 _CONTENT_TYPES = {"Native": "application/octet-stream", "RowBinary": "application/octet-stream",
                   "JSON": "application/json; charset=UTF-8", "JSONEachRow": "application/x-ndjson; charset=UTF-8"}
-READONLY, AUTHENTICATION_FAILED, SYNTAX_ERROR, NOT_IMPLEMENTED = 164, 516, 62, 48
+READONLY, AUTHENTICATION_FAILED, SYNTAX_ERROR, NOT_IMPLEMENTED, TOO_MANY_SIMULTANEOUS_QUERIES = 164, 516, 62, 48, 202
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,23 +150,29 @@ class Answer:
 
 
 class ReadOnlyEngine:
-    """Runs read-only statements on chDB connections of `directory` (which this process holds)."""
+    """Runs reads (`readpolicy`) on chDB connections of `directory` (which this process holds), each
+    under `limits`."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, limits: ReadLimits | None = None) -> None:
         import chdb
 
         self._connect = chdb.connect
+        self.limits = limits or ReadLimits()
         self.path = os.path.realpath(directory)  # chDB compares engine paths literally, as clickhouse-connect spells them
+        self._dsn = f"{self.path}?{self.limits.connection_settings()}"
         try:
-            # held for the server's life, so the directory stays open here while it serves
+            # held for the server's life, so the directory stays open here while it serves (and reads
+            # system.functions below, which the per-query result limit would cut short)
             self._anchor = self._connect(f"{self.path}?readonly=1")
         except RuntimeError as exc:
             raise ClickHouseDsnError(f"cannot serve chDB directory {directory}: another process holds it") from exc
+        rows = self._anchor.query(FUNCTIONS_SQL, "JSONCompact").bytes()
+        self.policy = ReadPolicy([tuple(row) for row in json.loads(rows)["data"]])
 
     def close(self) -> None:
         self._anchor.close()
 
-    def _classify(self, connection: Any, sql: str) -> str:
+    def _single_statement(self, connection: Any, sql: str) -> str:
         """The statement as ClickHouse's parser reads it, formatted on one line (comments gone, keywords
         upper case); a syntax error, or more than one statement, is refused here."""
         try:
@@ -170,12 +181,39 @@ class ReadOnlyEngine:
             raise _refusal(exc) from None
         return formatted
 
+    def _check_read(self, connection: Any, sql: str, binds: dict[str, str]) -> None:
+        """Refuse `sql` unless its parse (EXPLAIN AST: parsing only, nothing runs) passes the allow-lists
+        and every existing table it names may be read."""
+        try:
+            text = connection.query(f"EXPLAIN AST {sql}", "TSVRaw", params=binds).bytes().decode()
+            tables = self.policy.check(parse_ast(text))
+        except NotARead as refused:
+            raise self._not_a_read(str(refused)) from None
+        except Exception as exc:  # noqa: BLE001
+            raise _refusal(exc) from None
+        if not tables:
+            return
+        current = connection.query("SELECT currentDatabase()", "TSVRaw").bytes().decode().strip()
+        wanted = {TableRef(ref.database or current, ref.table) for ref in tables}
+        listing = ", ".join(f"({_quote(ref.database or '')}, {_quote(ref.table)})" for ref in wanted)
+        found = connection.query(f"SELECT database, name, engine FROM system.tables WHERE (database, name) IN ({listing})",
+                                 "JSONCompact").bytes()
+        for database, table, engine in json.loads(found)["data"]:
+            if not self.policy.table_allowed(database, table, engine):
+                raise self._not_a_read(f"table {database}.{table} is not served (the agencies' tables and views are)")
+
+    @staticmethod
+    def _not_a_read(reason: str) -> Refused:
+        return Refused(READONLY, f"Code: 164. DB::Exception: this chDB directory is served read-only by the process that holds it "
+                                 f"(pid {os.getpid()}): it runs reads of existing tables and views only, and {reason[:200]}; "
+                                 "writing needs the directory itself, so stop that process first. (READONLY)", 403)
+
     def run(self, sql: str, database: str | None, settings: dict[str, str], binds: dict[str, str], default_format: str) -> Answer:
         """Run `sql` as the HTTP interface would: in `database`, under `settings` (refused if they change
         anything), with `binds` for its {name:Type} parameters, its result in its own FORMAT or `default_format`."""
         if not sql.strip():
             raise Refused(SYNTAX_ERROR, "Code: 62. DB::Exception: Empty query. (SYNTAX_ERROR)", 400)
-        connection = self._connect(f"{self.path}?readonly=1")
+        connection = self._connect(self._dsn)
         try:
             try:
                 if database:
@@ -188,19 +226,15 @@ class ReadOnlyEngine:
                 raise
             except Exception as exc:  # noqa: BLE001
                 raise _refusal(exc) from None
-            formatted = self._classify(connection, sql)
-            word = formatted.split(" ", 1)[0].upper()
-            if word not in READ_STATEMENTS or _INTO_OUTFILE.search(formatted):
-                raise Refused(READONLY, f"Code: 164. DB::Exception: this chDB directory is served read-only by the process that "
-                                        f"holds it (pid {os.getpid()}): it answers one {', '.join(READ_STATEMENTS[:-1])} or "
-                                        f"{READ_STATEMENTS[-1]} statement; writing needs the directory itself, so stop "
-                                        "that process first. (READONLY)", 403)
+            formatted = self._single_statement(connection, sql)
+            statement = sql.rstrip().rstrip(";")  # one statement (checked): EXPLAIN would show a trailing ';' twice
+            self._check_read(connection, statement, binds)
             trailing = _TRAILING_FORMAT.search(formatted)
             result_format = trailing.group(1) if trailing else default_format
             started = time.perf_counter_ns()
             try:
-                # the statement runs as sent (the parser already read it as exactly one read)
-                result = connection.query(sql, default_format, params=binds)
+                # the statement runs as sent, checked as sent (the parser read it as exactly one read)
+                result = connection.query(statement, default_format, params=binds)
             except Exception as exc:  # noqa: BLE001
                 raise _refusal(exc) from None
             summary = {"read_rows": str(result.rows_read()), "read_bytes": str(result.bytes_read()),
@@ -299,7 +333,15 @@ class _Handler(BaseHTTPRequestHandler):
             sql = "\n".join(part for part in (params.get("query", ""), body.decode()) if part)
             binds = {name[6:]: value for name, value in params.items() if name.startswith("param_")}
             settings = {name: value for name, value in params.items() if name not in TRANSPORT_PARAMETERS and not name.startswith("param_")}
-            answer = self.server.engine.run(sql, params.get("database") or None, settings, binds, params.get("default_format") or "TabSeparated")
+            if not self.server.running.acquire(blocking=False):
+                raise Refused(TOO_MANY_SIMULTANEOUS_QUERIES, f"Code: 202. DB::Exception: {self.server.engine.limits.concurrent} queries "
+                                                             "are running on this endpoint; try again when one ends. "
+                                                             "(TOO_MANY_SIMULTANEOUS_QUERIES)", 503)
+            try:
+                answer = self.server.engine.run(sql, params.get("database") or None, settings, binds,
+                                                params.get("default_format") or "TabSeparated")
+            finally:
+                self.server.running.release()
         except Refused as refused:
             self._send(refused.status, f"{refused}\n".encode(), {"X-ClickHouse-Exception-Code": str(refused.code),
                                                                  "Content-Type": "text/plain; charset=UTF-8"}, close=self.close_connection)
@@ -327,16 +369,19 @@ class _Server(ThreadingHTTPServer):
         super().__init__((HOST, 0), _Handler)
         self.engine = engine
         self.endpoint = endpoint
+        self.running = threading.BoundedSemaphore(engine.limits.concurrent)  # queries running now
 
 
 class ChdbServer:
     """Serves a chDB directory this process holds, read-only, on 127.0.0.1; `close()` stops it.
 
-    Start it once the process holds the directory (after its own clients opened it)."""
+    Start it once the process holds the directory (after its own clients opened it). Each query runs
+    under `limits` (`ReadLimits()` unless given)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, limits: ReadLimits | None = None) -> None:
+        check_private(directory, "chDB directory")  # never serve what others could copy off the disk anyway
         self.directory = directory
-        self._engine = ReadOnlyEngine(directory)
+        self._engine = ReadOnlyEngine(directory, limits)
         self._server = _Server(self._engine, Endpoint(port=0, pid=os.getpid(), secret=secrets.token_urlsafe(32)))
         self.endpoint = Endpoint(port=self._server.server_address[1], pid=os.getpid(), secret=self._server.endpoint.secret)
         self._server.endpoint = self.endpoint

@@ -3,7 +3,7 @@ keys and Ed25519 signing keys, encrypted at rest under a master key (`keyring`),
 recipient event ids and deterministic encryption made with them (`pseudonym`). Key material never
 leaves this package in a message, log line or record. Pure: no I/O but the keyring file.
 
-May import: backbone.errors.
+May import: backbone.errors, backbone.files.
 Never imports: confluent_kafka, aiokafka, faust, aiohttp, requests, clickhouse_connect, chdb.
 """
 

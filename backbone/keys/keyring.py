@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backbone.errors import KeyringError
+from backbone.files.private import make_private_dirs, private_directory
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,7 @@ def master_key_from_settings(settings: Any) -> bytes:
 def write_master_key_file(path: Path) -> bytes:
     """Create a new master key file readable by its owner only; refuses to overwrite one."""
     key = new_master_key()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     except FileExistsError:
@@ -245,7 +246,7 @@ class Keyring:
                 for info in self._infos.values()
             ],
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(path.parent)
         temporary = path.with_name(path.name + ".tmp")
         fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as handle:
@@ -366,8 +367,7 @@ def record_reidentification(data_dir: Path, provider: str, key_id: str, outcome:
 
     Never the token or the value: the log says that someone looked and at what, not what they saw.
     """
-    path = Path(data_dir) / "reidentify.log"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = private_directory(Path(data_dir)) / "reidentify.log"
     entry = {
         "time": datetime.now(UTC).isoformat(),
         "provider": provider,

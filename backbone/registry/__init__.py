@@ -5,6 +5,6 @@
 agree on ids and versions: every write goes to the topic and is read back before it is acknowledged.
 Every request is authenticated (HTTP Basic) and authorized by role: `auth.py`, `roles.py`, `users.py`.
 
-May import: backbone.errors, backbone.settings, backbone.kafka, backbone.telemetry.
+May import: backbone.errors, backbone.files, backbone.settings, backbone.kafka, backbone.telemetry.
 Never imports: faust, clickhouse_connect, chdb.
 """

@@ -19,6 +19,7 @@ import sys
 from aiohttp import web
 
 from backbone.errors import BackboneError
+from backbone.files.private import private_umask
 from backbone.kafka.topics import SCHEMAS_TOPIC
 from backbone.registry.auth import Anonymous, BasicAuth, Guard
 from backbone.registry.errors import UsersFileError
@@ -79,6 +80,7 @@ async def serve(registry: SchemaRegistry, guard: Guard, host: str, port: int) ->
 
 
 def main(argv: list[str] | None = None) -> int:
+    private_umask()  # the users file and its temporary copies are this user's only
     args = _arguments(argv)
     logging_ready = False
     try:

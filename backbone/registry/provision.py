@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pydantic import SecretStr
 
+from backbone.files.private import make_private_dirs
 from backbone.registry.roles import Grant, Role
 from backbone.registry.users import User, UsersFile, new_password
 
@@ -45,7 +46,7 @@ def provision_registry_users(users_path: Path, admin_password_path: Path) -> tup
         users[name] = User.create(name, Grant(Role.ADMIN), password)
         made.append(RegistryUser(name, SecretStr(password)))
     users_file.write(users)
-    admin_password_path.parent.mkdir(parents=True, exist_ok=True)
+    make_private_dirs(admin_password_path.parent)
     admin_password_path.touch(mode=0o600, exist_ok=True)
     os.chmod(admin_password_path, 0o600)
     admin_password_path.write_text(made[0].password.get_secret_value() + "\n")

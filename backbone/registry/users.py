@@ -24,6 +24,7 @@ from typing import Any
 from cryptography.exceptions import InvalidKey
 from cryptography.hazmat.primitives.kdf.scrypt import Scrypt
 
+from backbone.files.private import make_private_dirs
 from backbone.registry.errors import UsersFileError
 from backbone.registry.roles import Grant
 
@@ -144,7 +145,7 @@ class UsersFile:
 
     def write(self, users: dict[str, User]) -> None:
         """Replace the file atomically (readers never see half a file), readable by its owner only."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.path.parent)
         document = {"format": FORMAT, "users": [users[name].to_json() for name in sorted(users)]}
         handle, temporary = tempfile.mkstemp(prefix=".users-", dir=self.path.parent)
         try:

@@ -2,7 +2,7 @@
 schema registry, each supervised as a child process on 127.0.0.1 (`embedded`). Production points the
 same code at real servers through settings instead.
 
-May import: backbone.errors, backbone.settings, backbone.registry.
+May import: backbone.errors, backbone.files, backbone.settings, backbone.registry.
 Never imports: aiokafka, faust, clickhouse_connect, chdb.
 """
 

@@ -3,7 +3,10 @@ process on 127.0.0.1 with memory storage, and the backbone's schema registry (`b
 as a second child process storing schemas in the broker's `_schemas` topic, with HTTP Basic users
 provisioned in the data dir (an `admin` and the `backbone` service user, fresh passwords each start).
 
-Only the PID this module started is ever signalled. Logs go to `<data dir>/logs/`.
+Only the PID this module started is ever signalled. Logs go to `<data dir>/logs/`. The data dir
+is its user's only (0700; a data dir others may read is refused) and so is everything the children
+write (they start with the umask 0o077). The broker has no authentication: anyone who can reach its
+port on 127.0.0.1 reads and writes every topic, so the embedded stack is for one user's host.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from urllib.parse import quote
 from confluent_kafka.admin import AdminClient
 
 from backbone.errors import EmbeddedError
+from backbone.files.private import PRIVATE_UMASK, private_directory
 from backbone.registry.provision import RegistryUser, provision_registry_users
 from backbone.settings import RDKAFKA_LOGGER
 
@@ -86,8 +90,8 @@ class ChildProcess:
         return self.process.pid if self.process else None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        private_directory(self.log_path.parent, "log directory")
+        with open(os.open(self.log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab") as log:
             try:
                 self.process = subprocess.Popen(
                     self.argv,
@@ -96,6 +100,7 @@ class ChildProcess:
                     stdin=subprocess.DEVNULL,
                     env=self.env,
                     start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the child ourselves
+                    umask=PRIVATE_UMASK,  # what it writes (the broker, a worker's state, a sink's chDB) is this user's only
                 )
             except OSError as exc:
                 raise EmbeddedError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
@@ -160,6 +165,7 @@ class _EmbeddedPart:
         raise NotImplementedError
 
     def start(self):  # noqa: ANN201 - returns self, typed in subclasses
+        private_directory(self.data_dir)
         if self.port == 0:
             self.port = free_port()
         elif port_in_use(self.port):
