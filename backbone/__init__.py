@@ -4,8 +4,8 @@ The core library, one package per concept: `policy` (agreements and decisions), 
 pseudonyms), `events` (catalog, Avro serde and codecs), `audit` (the verifiable trail), `kafka`
 (topics, compacted readers, groups, DLQ contract), `control` (agreement changes, erasure, replays),
 `clickhouse` (client factory, chDB endpoint), `registry` (the schema registry service), `stack`
-(the embedded broker and registry processes), `access` (names, ACL plan), `telemetry` (logs,
-metrics). Settings and errors sit at the top; each package's docstring says what it owns and what it
+(the embedded broker and registry processes), `access` (the Kafka ACL plan), `files` (private
+files and directories), `telemetry` (logs, metrics). Settings and errors sit at the top; each package's docstring says what it owns and what it
 may import (checked by tests/test_layers.py). Imports nothing from the folders above the core.
 """
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from clickhouse_connect.driver.client import Client
 from confluent_kafka import Consumer, KafkaException, TopicPartition
 
-from backbone.audit.heads import EMPTY_TRAIL, HEADS_IN_TRANSIT, Head, check_heads, writer_state_heads
 from backbone.audit import log
+from backbone.audit.heads import EMPTY_TRAIL, HEADS_IN_TRANSIT, Head, check_heads, writer_state_heads
 from backbone.audit.log import AuditLogError, CheckpointCodec, Failure, Report
 from backbone.audit.operations import OPERATIONS_WRITER
 from backbone.errors import KafkaUnavailableError, kafka_unavailable

@@ -24,8 +24,8 @@ import mode
 from backbone.control import agreement_changes, erasure
 from backbone.errors import BackboneError, TopicError
 from backbone.events.catalog import load_catalog
-from backbone.files.private import private_directory
 from backbone.events.serde import Decoder, RegistrySchemas, registry_client
+from backbone.files.private import private_directory
 from backbone.kafka import dlq
 from backbone.kafka.compacted import CompactedTopicReader
 from backbone.kafka.topics import (

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from backbone.audit.heads import WRITERS_DIR
 from backbone.audit.log import (
     EMPTY_POSITION,
     AuditLogError,
@@ -38,10 +39,9 @@ from backbone.audit.log import (
     RecordCodec,
     position_suffix,
 )
-from backbone.audit.heads import WRITERS_DIR
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
-from backbone.files.private import private_directory
 from backbone.events.serde import HEADER_SIZE, MAGIC
+from backbone.files.private import private_directory
 from backbone.kafka.topics import CHECKPOINTS_TOPIC, Topics
 from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
 from backbone.settings import Settings
