@@ -91,6 +91,12 @@ class Settings(BaseSettings):
     keyring_path: Path | None = Field(None, description="Encrypted keyring file (default <data dir>/keyring.json)")
     master_key: SecretStr | None = Field(None, description="Master key that encrypts the keyring (base64)")
     master_key_file: Path | None = None
+    # Where keys live: `file` (the keyring above) or `pkcs11` (a token: HSM, cloud KMS, SoftHSM2)
+    key_provider: Literal["file", "pkcs11"] = Field("file", description="Key provider: file (keyring) or pkcs11 (keys in a token)")
+    pkcs11_module: Path | None = Field(None, description="The PKCS#11 library (.so) of the HSM (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so)")
+    pkcs11_token_label: str | None = Field(None, description="Label of the token holding the backbone's keys")
+    pkcs11_pin: SecretStr | None = Field(None, description="The token's user PIN (prefer BACKBONE_PKCS11_PIN_FILE)")
+    pkcs11_pin_file: Path | None = Field(None, description="A file holding the token's user PIN")
     subject_key_secret: SecretStr | None = Field(
         None, description="HMAC secret for the keyed hash of subject ids in topic keys (default: <data dir>/subject-key.secret)"
     )

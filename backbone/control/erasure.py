@@ -40,6 +40,7 @@ from backbone.audit import operations
 from backbone.errors import BackboneError, KafkaUnavailableError
 from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, ERASURES_TOPIC, Topics
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
+from backbone.keys.provider import is_token_provider
 from backbone.keys.pseudonym import encrypt_function, token_function
 from backbone.policy import names
 from backbone.policy.agreements import Charter
@@ -75,6 +76,8 @@ def key_ids(keyring: Keyring, kind: KeyKind, owner: str) -> list[str]:
 
 def token_function_under_key(keyring: Keyring, domain: str, key_id: str) -> Callable[[Any], str]:
     """value -> its pseudonym in `domain` under key `key_id` (active or not)."""
+    if is_token_provider(keyring):
+        return token_function(keyring, domain, key_id)[0]
     return token_function(_OneKey(keyring, "domain", domain, key_id), domain)[0]  # type: ignore[arg-type]
 
 
@@ -93,6 +96,9 @@ def encryptions(keyring: Keyring, provider: str, domain: str, field_name: str, v
     key of the provider (AES-SIV is deterministic, so the stored token is found by equality)."""
     found = []
     for key_id in key_ids(keyring, "provider", provider):
+        if is_token_provider(keyring):
+            found.append(encrypt_function(keyring, provider, domain, field_name, key_id)[0](value))
+            continue
         view = _OneKey(keyring, "provider", provider, key_id)
         found.append(encrypt_function(view, provider, domain, field_name)[0](value))  # type: ignore[arg-type]
     return found
@@ -100,7 +106,7 @@ def encryptions(keyring: Keyring, provider: str, domain: str, field_name: str, v
 
 def oversight_tokens(keyring: Keyring, subject: str) -> list[str]:
     """The subject's oversight tokens, the active key's first (how the topic keys the erasure)."""
-    active, _ = keyring.active_key("domain", OVERSIGHT_DOMAIN)
+    _, active = token_function(keyring, OVERSIGHT_DOMAIN)
     ids = [active] + [key_id for key_id in key_ids(keyring, "domain", OVERSIGHT_DOMAIN) if key_id != active]
     return [token_under_key(keyring, OVERSIGHT_DOMAIN, key_id, subject) for key_id in ids]
 

@@ -223,7 +223,12 @@ class Keyring:
 
     @classmethod
     def open(cls, settings: Any) -> Keyring:
-        """The keyring named by the settings (`BACKBONE_KEYRING_PATH`, master key from env or file)."""
+        """The keyring named by the settings (`BACKBONE_KEYRING_PATH`, master key from env or file);
+        with `BACKBONE_KEY_PROVIDER=pkcs11` the token provider instead (`backbone.keys.provider`)."""
+        if getattr(settings, "key_provider", "file") != "file":
+            from backbone.keys.provider import open_token_provider
+
+            return open_token_provider(settings)  # type: ignore[return-value]
         return cls.load(Path(settings.keyring_path), master_key_from_settings(settings))
 
     def save(self, path: Path, master_key: bytes) -> None:
@@ -390,7 +395,9 @@ def ensure_signer(settings: Any, keyring: Keyring, signer: str) -> Keyring:
         keyring.signing_key(signer)
         return keyring
     except KeyringError:
-        pass
+        if not isinstance(keyring, Keyring):  # a token provider: the key is made on the token
+            keyring.ensure(signers=[signer])
+            return keyring
     path = Path(settings.keyring_path)
     master = master_key_from_settings(settings)
     try:

@@ -13,6 +13,8 @@
   across domains and recipients.
 
 The `*_function` factories return closures over the key for the hot path (no look-ups per call).
+With a token provider (`backbone.keys.provider.TokenKeys`, e.g. PKCS#11) they close over the token's
+keyed functions instead: the same HMAC message and AES-SIV associated data, so one format for both.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.keys.keyring import Keyring
+from backbone.keys.provider import TokenKeys
 
 DIGEST_BYTES = 16  # 128 bits of HMAC-SHA256: collision-safe for any population, compact in tables
 _b64encode = base64.urlsafe_b64encode
@@ -42,8 +45,24 @@ def _text(value: Any) -> str:
     return value if isinstance(value, str) else str(value)
 
 
-def token_function(keyring: Keyring, domain: str) -> tuple[Callable[[Any], str], str]:
-    """(function value -> pseudonym, key id) for `domain`'s active key."""
+def _b64_22(digest: bytes) -> str:
+    return binascii.b2a_base64(digest[:DIGEST_BYTES], newline=False)[:22].translate(_URL_SAFE).decode("ascii")
+
+
+def _token_function_on(provider: TokenKeys, domain: str, key_id: str | None) -> tuple[Callable[[Any], str], str]:
+    mac, key_id = provider.hmac_function(domain, key_id)
+    prefix, head = f"{key_id}.", domain.encode() + b"\x00"
+
+    def pseudonymise(value: Any) -> str:
+        return prefix + _b64_22(mac(head + (value if isinstance(value, str) else str(value)).encode()))
+
+    return pseudonymise, key_id
+
+
+def token_function(keyring: Keyring | TokenKeys, domain: str, key_id: str | None = None) -> tuple[Callable[[Any], str], str]:
+    """(function value -> pseudonym, key id) for `domain`'s active key (or, on a token provider, `key_id`)."""
+    if isinstance(keyring, TokenKeys):
+        return _token_function_on(keyring, domain, key_id)
     key_id, key = keyring.active_key("domain", domain)
     prefix = f"{key_id}."
     # HMAC-SHA256 (RFC 2104) with the keyed inner and outer states computed once: per value only
@@ -71,9 +90,18 @@ def _associated(provider: str, domain: str, field: str, key_id: str) -> list[byt
     return [provider.encode(), domain.encode(), field.encode(), key_id.encode()]
 
 
-def encrypt_function(keyring: Keyring, provider: str, domain: str, field: str) -> tuple[Callable[[Any], str], str]:
-    """(function value -> reversible token, key id) for `provider`'s active key, bound to the
-    sharing `domain` and the `field` (AES-SIV associated data)."""
+def encrypt_function(keyring: Keyring | TokenKeys, provider: str, domain: str, field: str,
+                     key_id: str | None = None) -> tuple[Callable[[Any], str], str]:
+    """(function value -> reversible token, key id) for `provider`'s active key (or, on a token
+    provider, `key_id`), bound to the sharing `domain` and the `field` (AES-SIV associated data)."""
+    if isinstance(keyring, TokenKeys):
+        seal, key_id = keyring.siv_sealer(provider, lambda made_by: _associated(provider, domain, field, made_by), key_id)
+        token_prefix = f"{key_id}."
+
+        def encrypt_on_token(value: Any) -> str:
+            return token_prefix + _b64encode(seal(_text(value).encode())).rstrip(b"=").decode("ascii")
+
+        return encrypt_on_token, key_id
     key_id, key = keyring.active_key("provider", provider)
     cipher = AESSIV(key)
     prefix = f"{key_id}."
@@ -86,11 +114,21 @@ def encrypt_function(keyring: Keyring, provider: str, domain: str, field: str) -
     return encrypt, key_id
 
 
-def event_id_function(keyring: Keyring, domain: str, recipient: str) -> Callable[[Any], str]:
+def _uuid(digest: bytes) -> str:
+    raw = bytearray(digest[:16])
+    raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout: a valid UUID, though not random
+    raw[8] = (raw[8] & 0x3F) | 0x80
+    return str(uuid.UUID(bytes=bytes(raw)))
+
+
+def event_id_function(keyring: Keyring | TokenKeys, domain: str, recipient: str) -> Callable[[Any], str]:
     """Source event id -> the recipient's event id (a version-4-shaped UUID string), by HMAC-SHA256
     under `domain`'s key with the recipient and a label mixed in, so it never equals a pseudonym."""
-    _, key = keyring.active_key("domain", domain)
     label = f"event-id\x00{domain}\x00{recipient}\x00".encode()
+    if isinstance(keyring, TokenKeys):
+        mac, _ = keyring.hmac_function(domain)
+        return lambda source: _uuid(mac(label + _text(source).encode()))
+    _, key = keyring.active_key("domain", domain)
     block = key.ljust(64, b"\x00") if len(key) <= 64 else hashlib.sha256(key).digest().ljust(64, b"\x00")
     inner = hashlib.sha256(block.translate(_IPAD))
     inner.update(label)
@@ -102,10 +140,7 @@ def event_id_function(keyring: Keyring, domain: str, recipient: str) -> Callable
         state.update(_text(source).encode())
         mac = copy_outer()
         mac.update(state.digest())
-        raw = bytearray(mac.digest()[:16])
-        raw[6] = (raw[6] & 0x0F) | 0x40  # version 4 layout: a valid UUID, though not random
-        raw[8] = (raw[8] & 0x3F) | 0x80
-        return str(uuid.UUID(bytes=bytes(raw)))
+        return _uuid(mac.digest())
 
     return event_id
 
@@ -128,21 +163,29 @@ def token_key_id(token_text: str) -> str:
     return key_id
 
 
-def reidentify(provider: str, token_text: str, *, keyring: Keyring, domain: str, field: str) -> str:
+def reidentify(provider: str, token_text: str, *, keyring: Keyring | TokenKeys, domain: str, field: str) -> str:
     """The value an `encrypt` token stands for; needs the provider's key that made it and the
     sharing domain and field it was released under.
 
     Errors name the key id, provider, domain and field only, never the token's content.
     """
     key_id = token_key_id(token_text)
-    try:
-        key = keyring.key_by_id("provider", provider, key_id)
-    except KeyringError:
-        raise ReidentifyError(f"token key {key_id} is not a key of provider {provider!r}; check --provider") from None
+    key = b""
+    if not isinstance(keyring, TokenKeys):
+        try:
+            key = keyring.key_by_id("provider", provider, key_id)
+        except KeyringError:
+            raise ReidentifyError(f"token key {key_id} is not a key of provider {provider!r}; check --provider") from None
     body = token_text.split(".", 1)[1]
     try:
         sealed = base64.urlsafe_b64decode(body + "=" * (-len(body) % 4))
-        plain = AESSIV(key).decrypt(sealed, _associated(provider, domain, field, key_id))
+        associated = _associated(provider, domain, field, key_id)
+        if isinstance(keyring, TokenKeys):
+            try:
+                return keyring.siv_open(provider, key_id, sealed, associated).decode()
+            except KeyringError:
+                raise ReidentifyError(f"token key {key_id} is not a key of provider {provider!r}; check --provider") from None
+        plain = AESSIV(key).decrypt(sealed, associated)
         return plain.decode()
     except (InvalidTag, binascii.Error, ValueError, UnicodeDecodeError):
         raise ReidentifyError(
