@@ -134,6 +134,7 @@ class Demo:
             master_key=None,
             kafka_partitions=self.base.kafka_partitions,
             clickhouse_database_prefix="",
+            key_provider=self.base.key_provider,
         )
         self.settings = settings
         self.keyring = provision_keyring(settings, master)

@@ -15,7 +15,14 @@ from typing import Any
 
 from backbone.errors import BackboneError
 from backbone.events.catalog import load_catalog
-from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
+from backbone.keys.keyring import (
+    BUILT_IN_DOMAINS,
+    OPERATIONS_SIGNER,
+    PROCESSOR_SIGNER,
+    Keyring,
+    encode_master_key,
+    new_master_key,
+)
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings, load_settings
 from backbone.stack.embedded import ChildProcess, EmbeddedStack
@@ -43,20 +50,27 @@ def stack_settings(stack: EmbeddedStack, data_dir: Path, **overrides: Any) -> Se
 
 def provision_keyring(settings: Settings, master_key: bytes) -> Keyring:
     """A fresh keyring with a key for every domain and provider of the charter (and oversight),
-    saved to `settings.keyring_path` under `master_key`."""
+    saved to `settings.keyring_path` under `master_key`. With `key_provider=pkcs11` those keys and
+    the processors' signing key are made on the token instead (kept if there) and the file holds
+    only the operators' signing key; the token provider is returned."""
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    if settings.key_provider != "file":
+        Keyring.generate(signers=[OPERATIONS_SIGNER]).save(settings.keyring_path, master_key)
+        provider = Keyring.open(settings)
+        provider.ensure(sorted({*BUILT_IN_DOMAINS, *charter.domains()}), sorted(charter.providers()), [PROCESSOR_SIGNER])
+        return provider
     keyring = Keyring.for_charter(charter)
     keyring.save(settings.keyring_path, master_key)
     return keyring
 
 
 @contextmanager
-def embedded_settings(data_dir: Path, partitions: int = 6) -> Iterator[Settings]:
+def embedded_settings(data_dir: Path, partitions: int = 6, **overrides: Any) -> Iterator[Settings]:
     """A broker and registry of this run's own in `data_dir`, and settings pointing at them with a
-    fresh keyring (master key in the settings)."""
+    fresh keyring (master key in the settings); `overrides` are further settings (key provider...)."""
     with EmbeddedStack(data_dir, broker_port=0, registry_port=0) as stack:
         master = new_master_key()
-        settings = stack_settings(stack, data_dir, master_key=encode_master_key(master), kafka_partitions=partitions)
+        settings = stack_settings(stack, data_dir, master_key=encode_master_key(master), kafka_partitions=partitions, **overrides)
         provision_keyring(settings, master)
         yield settings
 
@@ -85,6 +99,12 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         env["BACKBONE_MASTER_KEY"] = settings.master_key.get_secret_value()
     if settings.master_key_file is not None:
         env["BACKBONE_MASTER_KEY_FILE"] = str(settings.master_key_file)
+    env["BACKBONE_KEY_PROVIDER"] = settings.key_provider
+    for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin_file"):
+        if getattr(settings, name) is not None:
+            env[f"BACKBONE_{name.upper()}"] = str(getattr(settings, name))
+    if settings.pkcs11_pin is not None:
+        env["BACKBONE_PKCS11_PIN"] = settings.pkcs11_pin.get_secret_value()
     env.update({f"BACKBONE_{name.upper()}": value for name, value in extra.items()})
     return env
 

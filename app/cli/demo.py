@@ -14,7 +14,7 @@ from rich.table import Table
 from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.events.catalog import CONSENT_EVENT
-from backbone.settings import get_settings
+from backbone.settings import get_settings, load_settings
 
 STAGES = {"stack": "embedded stack", "processor": "processor worker", "sinks": "ClickHouse sinks",
           "produce": "produce events", "decide": "decided + audited"}
@@ -26,6 +26,8 @@ def demo(
     seed: int = typer.Option(42, "--seed", help="Seed of the synthetic population and events"),
     keep_running: bool = typer.Option(False, "--keep-running", help="Leave the stack up for exploration until Ctrl-C"),
     timeout: float = typer.Option(600.0, "--timeout", help="Give up waiting for the pipeline after this many seconds"),
+    key_provider: str = typer.Option(None, "--key-provider", help="file (a keyring in the demo directory) or pkcs11 "
+                                     "(keys made in the token BACKBONE_PKCS11_* names); default BACKBONE_KEY_PROVIDER"),
 ) -> None:
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
@@ -48,7 +50,8 @@ def demo(
             else:
                 progress.update(task, completed=completed, total=total, note=note)
 
-        runner = Demo(get_settings(), events, seed, keep_running, report)
+        base = get_settings() if key_provider is None else load_settings(key_provider=key_provider)
+        runner = Demo(base, events, seed, keep_running, report)
         try:
             runner.start()
             report("in-flight", note="consent withdrawal and agreement suspension")

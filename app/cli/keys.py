@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -11,6 +12,7 @@ from app.cli import app, console
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
 from backbone.keys.keyring import (
     BUILT_IN_DOMAINS,
+    PROCESSOR_SIGNER,
     KeyInfo,
     Keyring,
     master_key_from_settings,
@@ -46,6 +48,9 @@ def init(
     from backbone.policy.agreements import default_charter
 
     settings = get_settings()
+    if settings.key_provider != "file":
+        _init_token(settings, domain, provider)
+        return
     try:
         master_key = master_key_from_settings(settings)
     except KeyringError:
@@ -71,6 +76,22 @@ def init(
         console.print(f"keyring {path}: every domain and provider already has a key")
 
 
+def _init_token(settings: Any, domain: list[str], provider: list[str]) -> None:
+    """`keys init` on a token provider: the keys are generated in the token (never leave it)."""
+    from backbone.policy.agreements import default_charter
+
+    charter = default_charter()
+    keys = Keyring.open(settings)
+    created = keys.ensure(sorted(charter.domains() | set(BUILT_IN_DOMAINS) | set(domain)), sorted(charter.providers() | set(provider)),
+                          [PROCESSOR_SIGNER])
+    where = f"{settings.key_provider} token {settings.pkcs11_token_label!r}"
+    if created:
+        console.print(f"{where}: created {len(created)} keys (non-extractable)")
+        console.print(_table(created))
+    else:
+        console.print(f"{where}: every domain and provider already has a key")
+
+
 @keys_app.command("list")
 def list_keys() -> None:
     """Domains and providers with their key ids, creation time and which key is active."""
@@ -88,10 +109,14 @@ def rotate(
     if (domain is None) == (provider is None):
         raise BackboneError("keys rotate: give exactly one of --domain D or --provider P")
     settings = get_settings()
-    master_key = master_key_from_settings(settings)
-    keyring = Keyring.load(Path(settings.keyring_path), master_key)
-    info = keyring.rotate("domain", domain) if domain else keyring.rotate("provider", provider)
-    keyring.save(Path(settings.keyring_path), master_key)
+    if settings.key_provider != "file":
+        keys = Keyring.open(settings)
+        info = keys.rotate("domain", domain) if domain else keys.rotate("provider", provider)
+    else:
+        master_key = master_key_from_settings(settings)
+        keyring = Keyring.load(Path(settings.keyring_path), master_key)
+        info = keyring.rotate("domain", domain) if domain else keyring.rotate("provider", provider)
+        keyring.save(Path(settings.keyring_path), master_key)
     console.print(f"new active key {info.key_id} for {info.kind} {info.owner}; older keys kept for reading. Restart processors to use it.")
     if domain:
         console.print("note: pseudonyms made with the new key differ from earlier ones in this domain")

@@ -18,6 +18,8 @@ BACKBONE_PKCS11_PIN_FILE. The PIN never appears in a message or log line.
 from __future__ import annotations
 
 import ctypes
+import hashlib
+import hmac
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -39,6 +41,9 @@ LABEL_PREFIX = "backbone"
 ED25519_PARAMS = bytes.fromhex("06032b6570")  # DER of the OID 1.3.101.112 (Ed25519), CKA_EC_PARAMS
 INSTALL_HELP = "install python-pkcs11 (pip install 'data-sharing-backbone[hsm]')"
 _libraries: dict[str, Any] = {}  # one loaded module per path and process (C_Initialize once)
+# PKCS#11 logs in per process, not per session: one session (and its lock) per token and process,
+# with a digest of the PIN that opened it so a later open with another PIN is refused too.
+_sessions: dict[tuple[str, str], tuple[Any, threading.Lock, bytes]] = {}
 
 
 def _pkcs11() -> Any:
@@ -62,8 +67,15 @@ def read_pin(settings: Any) -> str:
                        "holding it) or BACKBONE_PKCS11_PIN")
 
 
-def open_session(module: str, label: str, pin: str) -> Any:
-    """A read-write user session on the token labelled `label`; errors name the fix, never the PIN."""
+def open_session(module: str, label: str, pin: str) -> tuple[Any, threading.Lock]:
+    """A read-write user session on the token labelled `label` (shared in this process) and the lock
+    that serialises its calls; errors name the fix, never the PIN."""
+    digest = hashlib.sha256(pin.encode()).digest()
+    opened = _sessions.get((module, label))
+    if opened is not None:
+        if not hmac.compare_digest(opened[2], digest):
+            raise KeyringError(f"token {label!r} refused the user PIN (PinIncorrect); check BACKBONE_PKCS11_PIN_FILE or BACKBONE_PKCS11_PIN")
+        return opened[0], opened[1]
     pkcs11 = _pkcs11()
     try:
         library = _libraries.get(module) or _libraries.setdefault(module, pkcs11.lib(module))
@@ -76,10 +88,12 @@ def open_session(module: str, label: str, pin: str) -> Any:
         raise KeyringError(f"no PKCS#11 token labelled {label!r} in {module}; initialise one (SoftHSM2: "
                            f"softhsm2-util --init-token --free --label {label}) or set BACKBONE_PKCS11_TOKEN_LABEL") from None
     try:
-        return token.open(user_pin=pin, rw=True)
+        session = token.open(user_pin=pin, rw=True)
     except (pkcs11.exceptions.PinIncorrect, pkcs11.exceptions.PinLenRange, pkcs11.exceptions.PinLocked) as exc:
         raise KeyringError(f"token {label!r} refused the user PIN ({type(exc).__name__}); check BACKBONE_PKCS11_PIN_FILE "
                            "or BACKBONE_PKCS11_PIN") from None
+    _sessions[(module, label)] = (session, threading.Lock(), digest)
+    return session, _sessions[(module, label)][1]
 
 
 class _TokenSigner:
@@ -103,12 +117,12 @@ class Pkcs11Provider:
     keys made before the move (read only for domains and providers). Not fork-safe: open one per
     process. Calls into the token are serialised (one session)."""
 
-    def __init__(self, session: Any, label: str, beside: Keyring | None = None) -> None:
+    def __init__(self, session: Any, lock: threading.Lock, label: str, beside: Keyring | None = None) -> None:
         self._p = _pkcs11()
         self._session = session
         self._label = label
         self._beside = beside
-        self._lock = threading.Lock()
+        self._lock = lock
         self._objects: dict[str, dict[str, Any]] = {}  # key id -> part -> object
         self._infos: dict[str, KeyInfo] = {}
         self._scan()
@@ -118,12 +132,12 @@ class Pkcs11Provider:
         if not settings.pkcs11_module or not settings.pkcs11_token_label:
             raise KeyringError("BACKBONE_KEY_PROVIDER=pkcs11 needs BACKBONE_PKCS11_MODULE (the PKCS#11 library, SoftHSM2: "
                                "/usr/lib/softhsm/libsofthsm2.so) and BACKBONE_PKCS11_TOKEN_LABEL")
-        session = open_session(str(settings.pkcs11_module), settings.pkcs11_token_label, read_pin(settings))
+        session, lock = open_session(str(settings.pkcs11_module), settings.pkcs11_token_label, read_pin(settings))
         beside = None
         path = Path(settings.keyring_path) if settings.keyring_path else None
         if path is not None and path.exists() and (settings.master_key is not None or settings.master_key_file is not None):
             beside = Keyring.load(path, master_key_from_settings(settings))
-        return cls(session, settings.pkcs11_token_label, beside)
+        return cls(session, lock, settings.pkcs11_token_label, beside)
 
     # reading -----------------------------------------------------------------------------------
     def _scan(self) -> None:
@@ -186,9 +200,6 @@ class Pkcs11Provider:
     # keyed functions -----------------------------------------------------------------------------
     def hmac_function(self, domain: str, key_id: str | None = None) -> tuple[Callable[[bytes], bytes], str]:
         if key_id is not None and not key_id.startswith(HSM_PREFIX):
-            import hashlib
-            import hmac
-
             key = self._file_key("domain", domain, key_id)
             return (lambda message: hmac.digest(key, message, hashlib.sha256)), key_id
         key_id, parts = self._token_key("domain", domain, key_id)
