@@ -5,7 +5,7 @@ shared-topic delivery at a steady offered load. `--soak` instead runs the worker
 steady load and follows the memory of every process.
 
     python -m bench.processor [--events 50000] [--rate 5000] [--seconds 15] [--partitions 6]
-                              [--workers 2] [--checkpoint-rounds 3] [--profile DIR]
+                              [--workers 2] [--checkpoint-rounds 3] [--profile DIR] [--key-provider file|both]
     python -m bench.processor --soak [--soak-seconds 600] [--soak-rate 2000] [--soak-interval 10]
 
 Starts a private embedded broker and registry in a temporary directory, then:
@@ -28,7 +28,11 @@ Starts a private embedded broker and registry in a temporary directory, then:
    `shared.*` partition records receive time - send time per released record, matched by event id;
 6. workers (`--workers 2`): the same events pre-produced again for one worker, then again for two
    worker processes started together in the processor's consumer group; the ratio is reported, not
-   targeted (two cores shared with the broker).
+   targeted (two cores shared with the broker);
+7. key providers (`--key-provider both`, the default): the same events pre-produced again for one
+   worker with the file keyring, then again for one worker whose keys are on a SoftHSM2 token made in
+   the temporary directory (PKCS#11: the token computes every HMAC, AES-SIV and signature); the ratio
+   is targeted at >= 70%. Skipped, with the reason in the notes, where SoftHSM2 is not installed.
 Targets: processor >= 50% of the bare loop and >= 80% of the hand-written no-audit loop; p99
 produce -> shared < 500 ms at the offered load.
 Soak: `--soak-rate` events/s for `--soak-seconds` through one worker; every `--soak-interval` s the
@@ -48,8 +52,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.local import ProcessorWorker, embedded_settings
+from backbone.settings import Settings
 from backbone.events.catalog import CONSENT_EVENT
 from bench import profile as spy
+from bench.hsm import softhsm_settings
 from bench.latency import run_latency
 from bench.loops import demo_records, pre_produce, run_bare, run_handwritten
 from bench.processes import clean_stop
@@ -73,6 +79,7 @@ from bench.workers import run_checkpoint_cost, run_processor, run_workers
 RATIO_TARGET = 0.5
 HANDWRITTEN_TARGET = 0.8  # processor / hand-written no-audit loop (issue 16)
 P99_TARGET_MS = 500.0
+PKCS11_TARGET = 0.7  # keys on a PKCS#11 token: at least 70% of the file keyring's events/s (issue 26)
 CHECKPOINT_TARGET = 0.95  # sealing may cost at most 5% of the data plane's events/s (issue 17)
 
 
@@ -122,6 +129,13 @@ class Results:
     one_worker_cpu_s: list[float] | None = None  # CPU seconds of the worker while it decided the events
     two_workers_cpu_s: list[float] | None = None  # of each of the two: both working, and how evenly
     profile: dict | None = None  # bench.profile summary of the worker during the throughput run
+    # issue 26: one worker with the file keyring, then one with its keys on a PKCS#11 token (SoftHSM2),
+    # each on the same events pre-produced again
+    file_keyring_events_per_s: float | None = None
+    pkcs11_events_per_s: float | None = None
+    pkcs11_ratio: float | None = None
+    pkcs11_cpu_s: list[float] | None = None
+    file_keyring_cpu_s: list[float] | None = None
 
 
 def report(results: Results) -> Path:
@@ -156,6 +170,11 @@ def report(results: Results) -> Path:
                       f"{results.one_worker_events_per_s or 0:,.0f} / {results.two_workers_events_per_s:,.0f} events/s",
                       f"{held}CPU s {sum(results.one_worker_cpu_s or []):.1f} / {cpu}")
         table.add_row("two workers / one worker", f"{results.two_workers_ratio or 0:.2f}x", "reported, not a target")
+    if results.pkcs11_events_per_s is not None:
+        table.add_row("one worker, file keyring / keys on a PKCS#11 token (SoftHSM2)",
+                      f"{results.file_keyring_events_per_s or 0:,.0f} / {results.pkcs11_events_per_s:,.0f} events/s", "")
+        table.add_row("PKCS#11 token / file keyring", f"{results.pkcs11_ratio or 0:.0%}",
+                      target((results.pkcs11_ratio or 0) >= PKCS11_TARGET, f">= {PKCS11_TARGET:.0%}"))
     add_offered(table, results.offered_rate, results.offered_events)
     add_latency(table, "produce -> shared", results.latency_ms, P99_TARGET_MS)
     table.add_row("  of which send -> processor's produce p50 / p99",
@@ -194,6 +213,8 @@ def main() -> None:
                         help="in-process data plane runs with and without checkpoints, each (0: skip)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record the worker of the throughput run with py-spy into DIR and summarise it")
+    parser.add_argument("--key-provider", choices=("file", "both"), default="both",
+                        help="both: also one worker with its keys on a SoftHSM2 token beside one with the file keyring")
     parser.add_argument("--soak", action="store_true", help="run the soak instead: memory of every process over time")
     parser.add_argument("--soak-seconds", type=float, default=600.0)
     parser.add_argument("--soak-rate", type=float, default=2_000.0)
@@ -291,7 +312,23 @@ def _throughput(args: argparse.Namespace) -> Results:
             results.two_workers_events_per_s, results.two_workers_cpu_s, results.two_workers_partitions = run_workers(
                 settings, records, 2, args.max_seconds, args.batch_size)
             results.two_workers_ratio = results.two_workers_events_per_s / results.one_worker_events_per_s
+        if args.key_provider == "both":
+            _key_providers(results, settings, records, Path(directory) / "softhsm", args)
     return results
+
+
+def _key_providers(results: Results, settings: Settings, records: list[tuple[str, dict]], directory: Path,
+                   args: argparse.Namespace) -> None:
+    """One worker with the file keyring, then one with the keys on a SoftHSM2 token, each on the events
+    pre-produced again (skipped, with the reason in the notes, without SoftHSM2)."""
+    token = softhsm_settings(settings, directory)
+    if isinstance(token, str):
+        results.notes.append(f"PKCS#11 round skipped: {token}")
+        return
+    console.print(f"one worker with the file keyring, then one with its keys on a PKCS#11 token, {len(records):,} events each ...")
+    results.file_keyring_events_per_s, results.file_keyring_cpu_s, _ = run_workers(settings, records, 1, args.max_seconds, args.batch_size)
+    results.pkcs11_events_per_s, results.pkcs11_cpu_s, _ = run_workers(settings, records, 1, args.max_seconds, args.batch_size, **token)
+    results.pkcs11_ratio = results.pkcs11_events_per_s / results.file_keyring_events_per_s
 
 
 if __name__ == "__main__":

@@ -133,15 +133,17 @@ def group_assignment(settings: Settings) -> list[int] | None:
 
 
 def run_workers(settings: Settings, records: list[tuple[str, dict]], count: int, max_seconds: float,
-                batch_size: int | None) -> tuple[float, list[float], list[int] | None]:
+                batch_size: int | None, **settings_env: str) -> tuple[float, list[float], list[int] | None]:
     """events/s of `count` worker processes started together in the processor's consumer group, on
     `records` pre-produced again while no worker runs (the group's committed offsets are the base);
     the CPU seconds each worker spent meanwhile (do both work, and how evenly); the raw partitions
-    each member held, if the broker says."""
+    each member held, if the broker says. `settings_env`: further worker settings (e.g. the key provider)."""
     ends, _ = pre_produce(settings, [(event_type, dict(record, event_id=None)) for event_type, record in records])
     base = group_committed(settings, list(ends))
     extra = {"consumer_batch_size": str(batch_size)} if batch_size else {}
-    workers = [ProcessorWorker(settings, f"bench-workers-{count}-{index}", **extra) for index in range(count)]
+    extra.update(settings_env)
+    tag = f"-{settings_env['key_provider']}" if "key_provider" in settings_env else ""
+    workers = [ProcessorWorker(settings, f"bench-workers-{count}{tag}-{index}", **extra) for index in range(count)]
     try:
         rate, _, cpu = run_processor(settings, workers, ends, max_seconds, base=base)
         return rate, cpu, group_assignment(settings)
