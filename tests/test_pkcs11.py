@@ -178,3 +178,32 @@ def test_the_demo_runs_with_its_keys_on_the_token(token_env: dict[str, str], tmp
     assert listed.returncode == 0, listed.stderr
     assert re.search(r"domain\s+│\s+fraud\s+│\s+h\d+\s+│.*│\s+yes", listed.stdout)
     assert re.search(r"signing\s+│\s+processor\s+│\s+h\d+\s+│.*│\s+yes", listed.stdout)
+
+
+@pytest.mark.integration
+def test_a_pipeline_worker_pseudonymises_with_the_token(token_env: dict[str, str], tmp_path: Path) -> None:
+    """A real `backbone process` worker whose keys are on the token: the released record is keyed by
+    the pseudonym the token computes (`h<n>.`), the subject's id nowhere in it."""
+    from backbone.events.serde import Decoder, registry_client
+    from backbone.kafka.topics import shared_topic
+    from producers import AgencyProducer
+    from tests.pipeline import Worker, private_stack, read_topic
+    from tests.test_processor import national_id, tax_income
+
+    overrides = {key[len("BACKBONE_"):].lower(): value for key, value in token_env.items() if key.startswith("BACKBONE_")}
+    with private_stack(tmp_path, partitions=2, **overrides) as stack:
+        worker = Worker(stack, "worker").start()
+        try:
+            subject = national_id()
+            with AgencyProducer("tax", stack) as producer:
+                producer.send("tax.income_declared", tax_income(subject))
+            keys = Keyring.open(stack)
+            expected_key = pseudonym.token("fraud", subject, keyring=keys).encode()
+            assert expected_key.startswith(b"h")
+            messages = read_topic(stack, shared_topic("fraud", "tax.income_declared"), lambda ms: any(m.key() == expected_key for m in ms))
+            released = next(m for m in messages if m.key() == expected_key)
+            record = Decoder(registry_client(stack))(released.value()).record
+            assert subject not in released.value().decode("latin-1")
+            assert str(record["event_id"]) not in {"", None}
+        finally:
+            worker.stop()
