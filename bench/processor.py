@@ -52,8 +52,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.local import ProcessorWorker, embedded_settings
-from backbone.settings import Settings
 from backbone.events.catalog import CONSENT_EVENT
+from backbone.settings import Settings
 from bench import profile as spy
 from bench.hsm import softhsm_settings
 from bench.latency import run_latency
