@@ -10,13 +10,15 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from backbone.errors import BackboneError
 from backbone.events.catalog import load_catalog
-from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
-from backbone.policy.agreements import load_agreements
+from backbone.keys.keyring import Keyring, decode_master_key, encode_master_key, new_master_key, write_master_key_file
+from backbone.keys.roles import split
+from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings, load_settings
 from backbone.stack.embedded import ChildProcess, EmbeddedStack
 
@@ -48,6 +50,39 @@ def provision_keyring(settings: Settings, master_key: bytes) -> Keyring:
     keyring = Keyring.for_charter(charter)
     keyring.save(settings.keyring_path, master_key)
     return keyring
+
+
+@dataclass(slots=True, frozen=True)
+class RoleKeyring:
+    """Where one role's keyring and its own master key file are."""
+
+    role: str
+    keyring_path: Path
+    master_key_file: Path
+
+    def settings(self) -> dict[str, Any]:
+        """Settings overrides that make a process run as this role."""
+        return {"role": self.role, "keyring_path": self.keyring_path, "master_key_file": self.master_key_file, "master_key": None}
+
+    def open(self) -> Keyring:
+        """This role's keyring, opened with its master key file."""
+        return Keyring.load(self.keyring_path, decode_master_key(self.master_key_file.read_text(), f"master key file {self.master_key_file}"))
+
+    def environment(self) -> dict[str, str]:
+        """The same as `BACKBONE_*` variables (keyword arguments of `worker_environment`)."""
+        return {"role": self.role, "keyring_path": str(self.keyring_path), "master_key_file": str(self.master_key_file)}
+
+
+def provision_role_keyrings(directory: Path, charter: Charter) -> dict[str, RoleKeyring]:
+    """Keys for every domain, provider and signer of `charter`, generated once and cut into the roles'
+    keyrings (`backbone.keys.roles`): `<directory>/<role>.keyring`, each under its own new master key
+    file `<directory>/<role>.master.key`. Nothing keeps the whole set."""
+    found = {}
+    for role, keyring in split(Keyring.for_charter(charter)).items():
+        master_file = directory / f"{role}.master.key"
+        keyring.save(directory / f"{role}.keyring", write_master_key_file(master_file))
+        found[role] = RoleKeyring(role, directory / f"{role}.keyring", master_file)
+    return found
 
 
 @contextmanager
@@ -85,6 +120,11 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
         env["BACKBONE_MASTER_KEY"] = settings.master_key.get_secret_value()
     if settings.master_key_file is not None:
         env["BACKBONE_MASTER_KEY_FILE"] = str(settings.master_key_file)
+    env["BACKBONE_KEYRING_PATH"] = str(settings.keyring_path)
+    if settings.role is not None:
+        env["BACKBONE_ROLE"] = settings.role
+    if "master_key_file" in extra:  # another role's master key: this one's must not take precedence
+        env.pop("BACKBONE_MASTER_KEY", None)
     env.update({f"BACKBONE_{name.upper()}": value for name, value in extra.items()})
     return env
 
