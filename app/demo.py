@@ -1,6 +1,6 @@
 """`backbone demo`: the whole flow on the embedded stack, with live progress and a summary.
 
-Starts the broker and registry, creates a keyring, runs a real processor worker (`backbone process`,
+Starts the broker and registry, creates one keyring per role (`backbone.keys.roles`), runs a real processor worker (`backbone process`,
 a Faust worker, as a child process) and the ClickHouse sinks (threads of this process: chDB is one
 process per directory), produces a seeded population's events for every agency, demonstrates a
 consent withdrawal and an agreement suspension taking effect in flight, waits until every event is
@@ -21,7 +21,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from app.local import ProcessorWorker, provision_keyring, stack_settings, worker_environment
+from app.local import ProcessorWorker, provision_role_keyrings, stack_settings, token_environment, worker_environment
 from app.scoring import score
 from backbone.audit.log import public_key_map
 from backbone.clickhouse.client import make_client, serve_readers
@@ -32,7 +32,7 @@ from backbone.events.catalog import load_catalog
 from backbone.events.serde import registry_client
 from backbone.files.private import private_directory
 from backbone.kafka import dlq
-from backbone.keys.keyring import Keyring, write_master_key_file
+from backbone.keys.keyring import BUILT_IN_DOMAINS, PROCESSOR_SIGNER, Keyring
 from backbone.keys.pseudonym import token
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
@@ -88,6 +88,7 @@ class DemoResult:
     truth_path: Path | None = None
     elapsed_s: float = 0.0
     audit: Any = None  # the landed audit trail's verification (`backbone.audit.log.Report`)
+    keyrings: list[tuple[str, str, Path | None]] = field(default_factory=list)  # part, role, keyring it opens
 
 
 class Demo:
@@ -125,23 +126,42 @@ class Demo:
         self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port)
         with _environment(BACKBONE_METRICS_PORT=str(self._metrics_ports.get("registry", 0))):  # the registry child reads it
             self.stack.start()
-        master_key_file = self.data_dir / "master.key"
-        master = write_master_key_file(master_key_file)
+        self.charter = load_agreements(self.base.agreements_dir, load_catalog(self.base.schemas_dir))
+        charter = self.charter
+        # Each role its own keyring under its own master key: the processor worker opens the
+        # processor's, this process acts as the operator (agreement changes) and opens the operator's.
+        self.keyrings = provision_role_keyrings(self.data_dir, charter)
         settings = stack_settings(
             self.stack, self.data_dir,
             clickhouse_dsn=f"chdb://{self.data_dir / 'clickhouse'}",
-            master_key_file=master_key_file,
-            master_key=None,
             kafka_partitions=self.base.kafka_partitions,
             clickhouse_database_prefix="",
-            key_provider=self.base.key_provider,
+            **self.keyrings["operator"].settings(),  # the operator's keys stay in a file, never on the token
         )
         self.settings = settings
-        self.keyring = provision_keyring(settings, master)
-        self.charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
-        charter = self.charter
+        processor = self.keyrings["processor"]
+        processor_env = processor.environment()
+        if self.base.key_provider != "file":
+            # the processor's domain, encryption and signing keys are made in the token; only it logs in
+            token = self.base.model_copy(update={**processor.settings(), "data_dir": self.data_dir})
+            processor_env |= {"key_provider": self.base.key_provider,
+                              **{k.removeprefix("BACKBONE_").lower(): v for k, v in token_environment(token).items()}}
+            self.keyring = Keyring.open(token)
+            self.keyring.ensure(sorted({*BUILT_IN_DOMAINS, *charter.domains()}), sorted(charter.providers()), [PROCESSOR_SIGNER])
+        self.result.keyrings = [
+            ("processor worker", "processor", processor.keyring_path),
+            ("agreement changes (this process)", "operator", self.keyrings["operator"].keyring_path),
+            ("re-identification, audit subject", "oversight", self.keyrings["oversight"].keyring_path),
+            ("sinks", "(none)", None),
+            ("fraud scoring against the ground truth (the demo's check)", "processor", processor.keyring_path),
+        ]
+        self.report("keys", note="one keyring per role: " + ", ".join(f"{r.role} {r.keyring_path.name}" for r in self.keyrings.values()))
+        # scoring pseudonymises the synthetic ground truth as the processor did: the demo's own check
+        if self.base.key_provider == "file":
+            self.keyring = processor.open()
         self.report("processor", note="starting a processor worker (Faust)")
-        self.worker = ProcessorWorker(settings, "logs/processor", metrics_port=str(self._metrics_ports.get("processor", 0)))
+        self.worker = ProcessorWorker(settings, "logs/processor", metrics_port=str(self._metrics_ports.get("processor", 0)),
+                                      **processor_env)
         self.worker.start(timeout=120)
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
@@ -324,10 +344,10 @@ class Demo:
         detector.close()
         result.alerts = Counter(alert.kind for alert in alerts)
         result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
-        # the keyring file, not the one loaded at the start: recording an operator action may have
-        # added the operations signing key to it since
+        # the public halves of the processor's and the operator's signing keys, from their keyring files
+        public = [key for role in ("processor", "operator") for key in self.keyrings[role].open().public_keys()]
         result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
-            public_key_map(Keyring.open(self.settings).public_keys()))
+            public_key_map(public))
         return result
 
     def dead_letters(self) -> dict[str, int]:

@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,10 +21,13 @@ from backbone.keys.keyring import (
     OPERATIONS_SIGNER,
     PROCESSOR_SIGNER,
     Keyring,
+    decode_master_key,
     encode_master_key,
     new_master_key,
+    write_master_key_file,
 )
-from backbone.policy.agreements import load_agreements
+from backbone.keys.roles import split
+from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings, load_settings
 from backbone.stack.embedded import ChildProcess, EmbeddedStack
 
@@ -64,6 +68,39 @@ def provision_keyring(settings: Settings, master_key: bytes) -> Keyring:
     return keyring
 
 
+@dataclass(slots=True, frozen=True)
+class RoleKeyring:
+    """Where one role's keyring and its own master key file are."""
+
+    role: str
+    keyring_path: Path
+    master_key_file: Path
+
+    def settings(self) -> dict[str, Any]:
+        """Settings overrides that make a process run as this role."""
+        return {"role": self.role, "keyring_path": self.keyring_path, "master_key_file": self.master_key_file, "master_key": None}
+
+    def open(self) -> Keyring:
+        """This role's keyring, opened with its master key file."""
+        return Keyring.load(self.keyring_path, decode_master_key(self.master_key_file.read_text(), f"master key file {self.master_key_file}"))
+
+    def environment(self) -> dict[str, str]:
+        """The same as `BACKBONE_*` variables (keyword arguments of `worker_environment`)."""
+        return {"role": self.role, "keyring_path": str(self.keyring_path), "master_key_file": str(self.master_key_file)}
+
+
+def provision_role_keyrings(directory: Path, charter: Charter) -> dict[str, RoleKeyring]:
+    """Keys for every domain, provider and signer of `charter`, generated once and cut into the roles'
+    keyrings (`backbone.keys.roles`): `<directory>/<role>.keyring`, each under its own new master key
+    file `<directory>/<role>.master.key`. Nothing keeps the whole set."""
+    found = {}
+    for role, keyring in split(Keyring.for_charter(charter)).items():
+        master_file = directory / f"{role}.master.key"
+        keyring.save(directory / f"{role}.keyring", write_master_key_file(master_file))
+        found[role] = RoleKeyring(role, directory / f"{role}.keyring", master_file)
+    return found
+
+
 @contextmanager
 def embedded_settings(data_dir: Path, partitions: int = 6, **overrides: Any) -> Iterator[Settings]:
     """A broker and registry of this run's own in `data_dir`, and settings pointing at them with a
@@ -73,6 +110,15 @@ def embedded_settings(data_dir: Path, partitions: int = 6, **overrides: Any) -> 
         settings = stack_settings(stack, data_dir, master_key=encode_master_key(master), kafka_partitions=partitions, **overrides)
         provision_keyring(settings, master)
         yield settings
+
+
+def token_environment(settings: Settings) -> dict[str, str]:
+    """The `BACKBONE_PKCS11_*` variables of `settings` (the PIN included: for the token's own role only)."""
+    env = {f"BACKBONE_{name.upper()}": str(getattr(settings, name))
+           for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin_file") if getattr(settings, name) is not None}
+    if settings.pkcs11_pin is not None:
+        env["BACKBONE_PKCS11_PIN"] = settings.pkcs11_pin.get_secret_value()
+    return env
 
 
 def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
@@ -100,11 +146,12 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
     if settings.master_key_file is not None:
         env["BACKBONE_MASTER_KEY_FILE"] = str(settings.master_key_file)
     env["BACKBONE_KEY_PROVIDER"] = settings.key_provider
-    for name in ("pkcs11_module", "pkcs11_token_label", "pkcs11_pin_file"):
-        if getattr(settings, name) is not None:
-            env[f"BACKBONE_{name.upper()}"] = str(getattr(settings, name))
-    if settings.pkcs11_pin is not None:
-        env["BACKBONE_PKCS11_PIN"] = settings.pkcs11_pin.get_secret_value()
+    env.update(token_environment(settings))
+    env["BACKBONE_KEYRING_PATH"] = str(settings.keyring_path)
+    if settings.role is not None:
+        env["BACKBONE_ROLE"] = settings.role
+    if "master_key_file" in extra:  # another role's master key: this one's must not take precedence
+        env.pop("BACKBONE_MASTER_KEY", None)
     env.update({f"BACKBONE_{name.upper()}": value for name, value in extra.items()})
     return env
 

@@ -88,7 +88,13 @@ class Settings(BaseSettings):
 
     # Files
     data_dir: Path = Field(Path("./.backbone"), description="Where embedded parts keep data and logs")
-    keyring_path: Path | None = Field(None, description="Encrypted keyring file (default <data dir>/keyring.json)")
+    # Which role this process runs as, and so which keys it holds (backbone.keys.roles): processor
+    # (domain, encryption and checkpoint signing keys), operator (its signing key only), oversight
+    # (re-identification and the oversight domain). Unset: one keyring with every key (one-person embedded use).
+    role: Literal["processor", "operator", "oversight"] | None = Field(
+        None, description="Role this process runs as: processor, operator or oversight (unset: every key in one keyring)")
+    keyring_path: Path | None = Field(None, description="Encrypted keyring file (default <data dir>/<role>.keyring, "
+                                                        "or <data dir>/keyring.json without a role)")
     master_key: SecretStr | None = Field(None, description="Master key that encrypts the keyring (base64)")
     master_key_file: Path | None = None
     # Where keys live: `file` (the keyring above) or `pkcs11` (a token: HSM, cloud KMS, SoftHSM2)
@@ -137,6 +143,11 @@ class Settings(BaseSettings):
         if not value.startswith(("http://", "https://")):
             raise ValueError(f"expected an http:// or https:// URL, got {split_credentials(value)[0]!r}")  # never echo a password
         return value.rstrip("/")
+
+    @field_validator("role", mode="before")
+    @classmethod
+    def _role_empty_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("audit_tsa_url", "audit_tsa_cert_file", mode="before")
     @classmethod
@@ -190,7 +201,7 @@ class Settings(BaseSettings):
         if self.clickhouse_dsn is None:
             self.clickhouse_dsn = f"chdb://{(self.data_dir / 'clickhouse').resolve()}"
         if self.keyring_path is None:
-            self.keyring_path = self.data_dir / "keyring.json"
+            self.keyring_path = self.data_dir / (f"{self.role}.keyring" if self.role else "keyring.json")
         return self
 
     @property

@@ -21,7 +21,7 @@ from typing import Any
 import faust
 import mode
 
-from backbone.control import agreement_changes, erasure
+from backbone.control import agreement_changes, erasure, erasure_requests
 from backbone.errors import BackboneError, TopicError
 from backbone.events.catalog import load_catalog
 from backbone.events.serde import Decoder, RegistrySchemas, registry_client
@@ -89,6 +89,7 @@ class Enforcement:
         topics.ensure(DLQ_TOPIC, config=dlq.topic_config(self.settings))
         topics.ensure(dlq.KEYS_TOPIC, config=dlq.keys_topic_config())
         erasure.ensure_topic(self.settings)
+        erasure_requests.ensure_topics(self.settings)
         for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         periods: dict[str, int] = {}
@@ -115,7 +116,9 @@ class Enforcement:
         agreements_reader, self.agreement_feed = agreement_changes.feed(
             self.settings, self.catalog, self.engine.apply, self._set_status, self._known)
         erasure_reader = CompactedTopicReader(self.settings, erasure.ERASURES_TOPIC, self.erasures.apply_message, "erasure-feed")
-        self.readers = [consent_reader, agreements_reader, erasure_reader]
+        # operators hold no domain key: this worker computes the tokens of each person they erase
+        erasure_desk = erasure_requests.ErasureDesk(self.settings, self.charter, self.keyring).reader
+        self.readers = [consent_reader, agreements_reader, erasure_reader, erasure_desk]
         for reader in self.readers:
             reader.start()
         for reader in self.readers:

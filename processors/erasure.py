@@ -105,7 +105,7 @@ class ErasureTable:
             if not known:
                 raise BackboneError(
                     f"erasure record at {where} uses oversight key(s) {', '.join(sorted({k for k, _ in usable}))}, which this"
-                    " worker's keyring lacks: it cannot honour the erasure; give the processors the operator's keyring"
+                    " worker's keyring lacks: it cannot honour the erasure; give the processors the processor keyring the erasure was answered with"
                 )
             # functions first, then tokens: a concurrent erased() never sees a token it cannot compute
             self._functions = tuple(functions.items())

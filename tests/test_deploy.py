@@ -51,7 +51,8 @@ from backbone.kafka.topics import (
     shared_topic,
     shared_topic_config,
 )
-from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, decode_master_key, master_key_from_settings
+from backbone.keys.roles import holds
 from backbone.policy.agreements import load_agreements
 from backbone.policy.released import released_period_days
 from backbone.settings import ENV_PREFIX, PROJECT_ROOT, Settings, load_settings
@@ -591,12 +592,18 @@ def test_every_secret_the_pods_read_is_made_by_create_secrets_or_by_strimzi(mani
             assert set(made[secret]) <= defined  # envFrom: every key is a setting
 
     # What the processors will open: the keyring under the master key, with every domain the charter names.
+    # The only keyring a pod mounts is the processor's; the operator's holds no pseudonym or encryption key.
     (tmp_path / "master-key").write_text(made["backbone-master-key"]["master-key"])
-    (tmp_path / "keyring.json").write_text(made["backbone-keyring"]["keyring.json"])
-    settings = Settings(master_key_file=tmp_path / "master-key", keyring_path=tmp_path / "keyring.json", data_dir=tmp_path)
-    keyring = Keyring.load(tmp_path / "keyring.json", master_key_from_settings(settings))
+    (tmp_path / "processor.keyring").write_text(made["backbone-keyring"]["processor.keyring"])
+    settings = Settings(master_key_file=tmp_path / "master-key", keyring_path=tmp_path / "processor.keyring", data_dir=tmp_path)
+    keyring = Keyring.load(tmp_path / "processor.keyring", master_key_from_settings(settings))
     charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
     assert {OVERSIGHT_DOMAIN} | charter.domains() <= {key.owner for key in keyring.keys() if key.kind == "domain"}
+    assert all(holds("processor", key) for key in keyring.keys())
+    operator = Keyring.load(out / "operator.keyring", decode_master_key((out / "operator-master-key").read_text(), "operator"))
+    assert operator.keys() and {key.kind for key in operator.keys()} == {"signing"}
+    oversight = Keyring.load(out / "oversight.keyring", decode_master_key((out / "oversight-master-key").read_text(), "oversight"))
+    assert all(holds("oversight", key) for key in oversight.keys())
     users = {user["name"] for user in json.loads(made["schema-registry-users"]["users.json"])["users"]}
     assert {made[name]["BACKBONE_SCHEMA_REGISTRY_USER"] for name in ("registry-init", "registry-processor", "registry-sink")} <= users
     assert "backbone-clickhouse.backbone.svc" not in made["backbone-clickhouse"]["dsn"]
@@ -845,11 +852,18 @@ def test_compose_processor_scales(compose: dict[str, Any]) -> None:
 
 def test_compose_master_key_comes_from_a_secret_file(compose: dict[str, Any]) -> None:
     assert compose["secrets"]["backbone_master_key"]["file"]
-    for name in ("init", "processor", "operator"):
+    for name, secret in (("init", "backbone_master_key"), ("processor", "backbone_master_key"), ("operator", "operator_master_key")):
         service = compose["services"][name]
-        assert service["secrets"] == ["backbone_master_key"]
-        assert service["environment"]["BACKBONE_MASTER_KEY_FILE"] == "/run/secrets/backbone_master_key"
+        assert service["secrets"] == [secret] and compose["secrets"][secret]["file"]
+        assert service["environment"]["BACKBONE_MASTER_KEY_FILE"] == f"/run/secrets/{secret}"
         assert "BACKBONE_MASTER_KEY" not in service["environment"]
+
+
+def test_compose_operator_reaches_no_pseudonym_key(compose: dict[str, Any]) -> None:
+    operator = compose["services"]["operator"]
+    assert operator["environment"]["BACKBONE_ROLE"] == "operator"
+    assert not any("backbone-keys" in volume for volume in operator.get("volumes", []))  # the processors' keyring
+    assert compose["services"]["processor"]["environment"]["BACKBONE_ROLE"] == "processor"
 
 
 def test_compose_commands_are_backbone_commands_with_existing_options(compose: dict[str, Any]) -> None:

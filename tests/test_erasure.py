@@ -8,6 +8,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -24,13 +25,15 @@ from backbone.control.erasure import (
     token_under_key,
     tokens_in_domain,
 )
+from backbone.control.erasure_requests import REQUESTS_TOPIC, RETENTION_MS, WORK_TOPIC, ErasureDesk
 from backbone.errors import AgreementError, BackboneError
 from backbone.events.catalog import Catalog, load_catalog
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka import dlq
 from backbone.kafka.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, raw_topic
 from backbone.keys import pseudonym
-from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings, write_master_key_file
+from backbone.keys.roles import OPERATOR_SIGNER
 from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import parse_agreement, to_yaml
 from backbone.policy.decision import DictErasures
@@ -186,6 +189,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iter
                                       "clickhouse_database_prefix": f"e{uuid.uuid4().hex[:8]}_", "sink_batch_seconds": 0.3})
 
 
+@contextmanager
+def processor_desk(settings: Settings, charter: Charter, keyring: Keyring) -> Iterator[ErasureDesk]:
+    """What every processor worker runs: answers erasure requests with the processor's keyring."""
+    desk = ErasureDesk(settings, charter, keyring).start()
+    try:
+        yield desk
+    finally:
+        desk.stop()
+
+
 def send(settings: Settings, agency: str, event_type: str, record: dict) -> str:
     with AgencyProducer(agency, settings) as producer:
         return producer.send(event_type, record)
@@ -286,8 +299,8 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
         assert before[f"{prefix}welfare.registry_address_changed"] == 1  # identified: the id in clear
         totals = {table: int(clickhouse_client.query(f"SELECT count() FROM {table}").result_rows[0][0]) for table in before}
 
-        report = erase(settings, charter, keyring, clickhouse_client, erased, "request 2026-117",
-                       subject_key=subject_keys(erased))
+        # the operator holds no domain key: the running worker answers the erasure request with its own
+        report = erase(settings, charter, clickhouse_client, erased, "request 2026-117", subject_key=subject_keys(erased))
 
         after = values_in_tables(clickhouse_client, prefix, identities)
         assert not any(after.values()), after  # no row joinable to the person in any domain
@@ -366,13 +379,19 @@ def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stac
     from tests.cli import run_backbone
 
     person = str(uuid.uuid4().int)[:9]
-    env = worker_environment(stack, clickhouse_dsn=f"chdb://{tmp_path / 'ch'}")  # its own chDB: this process holds the session's
+    # an operator's environment: its own keyring with its signing key only, under its own master key
+    operator_master = tmp_path / "operator.master.key"
+    Keyring.generate(signers=[OPERATOR_SIGNER]).save(tmp_path / "operator.keyring", write_master_key_file(operator_master))
+    env = worker_environment(stack, clickhouse_dsn=f"chdb://{tmp_path / 'ch'}", role="operator",  # its own chDB: this process holds the session's
+                             keyring_path=str(tmp_path / "operator.keyring"), master_key_file=str(operator_master))
     command = ["erase", "--subject", person, "--reason", "request 7", "--topic-key", f"case-{person}"]
     refused = run_backbone(*command, env=env)
     assert refused.returncode == 1 and "BACKBONE_IDENTITY" in refused.stderr
     bad = run_backbone("erase", "--subject", person, "--reason", "r", "--topic-key", "hex:zz", env={**env, "BACKBONE_IDENTITY": "dpo@example"})
     assert bad.returncode == 1 and "--topic-key hex:" in bad.stderr
-    done = run_backbone(*command, env={**env, "BACKBONE_IDENTITY": "dpo@example"})
+    charter = load_agreements(stack.agreements_dir, load_catalog(stack.schemas_dir))
+    with processor_desk(stack, charter, Keyring.open(stack)):
+        done = run_backbone(*command, env={**env, "BACKBONE_IDENTITY": "dpo@example"})
     assert done.returncode == 0, done.stderr
     token = oversight_tokens(Keyring.open(stack), person)[0]
     assert token in done.stdout.replace("\n", "") and person not in done.stdout + done.stderr
@@ -461,8 +480,9 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
     assert any(alert.subject in fraud_tokens for alert in detector.detect()), "the person has an alert on alerts.fraud"
     detector.close()
 
-    report = erase(settings, charter, keyring, clickhouse_client, person, "request 2026-311", subject_key=subject_key,
-                   topic_keys=[case_key])
+    with processor_desk(settings, charter, keyring):
+        report = erase(settings, charter, clickhouse_client, person, "request 2026-311", subject_key=subject_key,
+                       topic_keys=[case_key])
     assert report.alerts >= 1 and report.dlq_keys >= 2 and report.consent_records >= 1
 
     dead = dlq.entries(settings, dlq.PROCESSOR)
@@ -495,8 +515,10 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
     keys_left = dlq.DlqKeys.load(settings)
     residues: dict[str, set[str]] = {}
     for topic in Topics(settings).list():
-        if topic.name.startswith(("raw.", "shared.")):
-            continue  # producers' and recipients' streams: not erased per person, they age out with the topic's retention
+        if topic.name.startswith(("raw.", "shared.")) or topic.name in (REQUESTS_TOPIC, WORK_TOPIC):
+            # producers' and recipients' streams, the erasure request (processors only) and its answer (operators
+            # only): not erased per person, they age out with the topic's retention (checked below for the erasure's)
+            continue
         messages = read_to_end(settings, topic.name, timeout=20)
         tombstoned = {(m.partition(), m.key()): m.offset() for m in messages if m.value() is None}
         for message in messages:
@@ -518,6 +540,8 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
                 residues.setdefault(topic.name, set()).update(hits)
     assert residues == {}, residues
     assert Topics(settings).describe(CONSENT_TOPIC).config.items() >= consent_topic_config().items()
+    for name in (REQUESTS_TOPIC, WORK_TOPIC):
+        assert int(Topics(settings).describe(name).config["retention.ms"]) == RETENTION_MS
     assert Topics(settings).describe(ALERTS_TOPIC).config.items() >= alerts_topic_config().items()
     dlq_config = Topics(settings).describe(dlq.dlq_topic(dlq.PROCESSOR)).config
     assert int(dlq_config["retention.ms"]) == retention_ms(settings)  # dead letters' keys (the raw keys) age out with it

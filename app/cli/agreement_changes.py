@@ -15,6 +15,7 @@ import typer
 
 from app.cli import console, err_console
 from app.cli.agreements import agreements_app
+from app.cli.roles import needs
 from backbone.audit import operations
 from backbone.control import agreement_changes
 from backbone.errors import BackboneError
@@ -27,6 +28,7 @@ _APPROVER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 
 
 @agreements_app.command("apply")
+@needs("operator")
 def apply(
     path: Path = typer.Argument(..., help="An agreement YAML file, or a directory of them"),
     approved_by: str = typer.Option(None, "--approved-by", help="Who approved a change that widens disclosure (required for"
@@ -98,18 +100,21 @@ def _change(agreement_id: str, version: int | None, status: str) -> None:
 
 
 @agreements_app.command("suspend")
+@needs("operator")
 def suspend(agreement_id: str, version: int = typer.Option(None, "--version", help="Default: the highest version")) -> None:
     """Suspend an agreement: its sharing stops in flight (denied as agreement_inactive)."""
     _change(agreement_id, version, "suspended")
 
 
 @agreements_app.command("revoke")
+@needs("operator")
 def revoke(agreement_id: str, version: int = typer.Option(None, "--version", help="Default: the highest version")) -> None:
     """Revoke an agreement for good: its sharing stops in flight."""
     _change(agreement_id, version, "revoked")
 
 
 @agreements_app.command("activate")
+@needs("operator")
 def activate(agreement_id: str, version: int = typer.Option(None, "--version", help="Default: the highest version")) -> None:
     """(Re)activate a suspended or draft agreement version."""
     _change(agreement_id, version, "active")

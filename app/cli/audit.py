@@ -13,6 +13,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
@@ -63,6 +64,7 @@ def _public_keys(settings, path: Path | None) -> dict[str, Any]:  # noqa: ANN001
 
 
 @audit_app.command("subject")
+@needs("oversight")
 def subject(national_id: str = typer.Argument(..., help="The person's national id (never stored: only its oversight pseudonym is looked up)"),
             keys: Path = KEYS_OPTION) -> None:
     """List every disclosure about one person: recipient, when, agreement, purposes, fields; and
@@ -294,6 +296,7 @@ def public_keys(output: Path = typer.Option(None, "--output", help="Write the pu
 
 
 @audit_app.command("rotate-key")
+@needs("processor")
 def rotate_key() -> None:
     """A new signing key for the processors' checkpoints (created if there is none); the old ones
     stay for verifying old checkpoints. Restart processors to sign with it."""

@@ -16,7 +16,7 @@ from backbone.errors import BackboneError
 from backbone.events.catalog import CONSENT_EVENT
 from backbone.settings import get_settings, load_settings
 
-STAGES = {"stack": "embedded stack", "processor": "processor worker", "sinks": "ClickHouse sinks",
+STAGES = {"stack": "embedded stack", "keys": "role keyrings", "processor": "processor worker", "sinks": "ClickHouse sinks",
           "produce": "produce events", "decide": "decided + audited"}
 
 
@@ -102,6 +102,11 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
         fraud.add_row(s.kind, f"{result.alerts.get(s.kind, 0):,}", str(s.true_positives), str(s.false_positives),
                       str(s.false_negatives), f"{s.precision:.2f}", f"{s.recall:.2f}")
     console.print(fraud)
+
+    keys = Table("part", "role", "keyring it opens", title="Keys: each role its own keyring, under its own master key")
+    for part, role, path in result.keyrings:
+        keys.add_row(part, role, str(path) if path else "none (no key)")
+    console.print(keys)
 
     audit = result.audit
     if audit is not None and audit.ok:

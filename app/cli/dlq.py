@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.kafka import dlq
 from backbone.settings import get_settings
@@ -92,6 +93,7 @@ def show(position: str = typer.Argument(..., help="An entry's position as `dlq l
 
 
 @dlq_app.command("replay")
+@needs("operator")
 def replay(
     stage: str = typer.Option(..., "--stage", help="processor or sink"),
     why: str = typer.Option(..., "--why", help="What was fixed (required; recorded in the audit trail)"),

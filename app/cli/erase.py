@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console, err_console
+from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
@@ -23,6 +24,7 @@ def _topic_key(text: str) -> bytes:
 
 
 @app.command()
+@needs("operator")
 def erase(
     subject: str = typer.Option(..., "--subject", "-s", help="National id of the person to erase (never stored or printed)"),
     reason: str = typer.Option(..., "--reason", help="Why: the request's reference (required; recorded in the audit trail)"),
@@ -33,20 +35,19 @@ def erase(
     """Erase one person: future events denied `erased` (but under agreements that survive erasure),
     their rows deleted from every recipient database, their dead letters made unreadable, their
     consent records and fraud alerts removed; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
-    keeps its oversight tokens: `backbone audit subject` still lists past disclosures.
+    keeps its oversight tokens: `backbone audit subject` still lists past disclosures. Needs no pseudonym key: a
+    running processor computes the person's tokens (the request on erasure.requests is read by processors only).
 
     With chDB, stop the sinks first (one process per directory)."""
     from app.cli.audit import _charter
     from backbone.audit import operations
     from backbone.clickhouse.client import make_client
     from backbone.control.erasure import erase as erase_subject
-    from backbone.keys.keyring import Keyring
     from producers.keys import SECRET_FILE, SubjectKeys
 
     settings = get_settings()
     who = operations.actor(settings)  # refuse before touching anything
     raw_keys = [_topic_key(text) for text in topic_keys]
-    keyring = Keyring.open(settings)
     charter = _charter(settings)
     subject_key = None
     if settings.subject_key_secret is not None or (settings.data_dir / SECRET_FILE).exists():
@@ -56,7 +57,7 @@ def erase(
                           " of this person cannot be found, only rows and future events", highlight=False)
     client = make_client(settings.clickhouse_dsn or "")
     try:
-        report = erase_subject(settings, charter, keyring, client, subject, reason, subject_key=subject_key, topic_keys=raw_keys, actor=who)
+        report = erase_subject(settings, charter, client, subject, reason, subject_key=subject_key, topic_keys=raw_keys, actor=who)
     finally:
         client.close()
     console.print(f"erased subject {report.token} (its oversight token)", highlight=False, soft_wrap=True)

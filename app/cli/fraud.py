@@ -9,6 +9,7 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.table import Table
 
 from app.cli import app, console
+from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
 
@@ -53,6 +54,7 @@ def alerts(
 
 
 @fraud_app.command("score")
+@needs("processor")
 def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth JSON written by the synthetic generator")) -> None:
     """Precision and recall of the alerts against the generator's ground truth."""
     from app.scoring import score

@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from app.cli.roles import needs
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
 from backbone.keys.keyring import (
     BUILT_IN_DOMAINS,
@@ -43,12 +44,35 @@ def init(
     ),
     domain: list[str] = typer.Option([], "--domain", help="Extra sharing domain to create a key for (repeatable)"),
     provider: list[str] = typer.Option([], "--provider", help="Extra provider to create a key for (repeatable)"),
+    role: str = typer.Option(None, "--role", help="Create this role's keyring only: processor, operator or oversight "
+                                                  "(default BACKBONE_ROLE; neither: one keyring with every key)"),
+    from_keyring: Path = typer.Option(None, "--from-keyring", help="Copy this role's keys from another keyring: oversight "
+                                      "takes the provider keys and the oversight domain from the processor's; any role can be "
+                                      "cut from a keyring holding every key (migration)"),
+    from_master_key_file: Path = typer.Option(None, "--from-master-key-file", help="Master key file of --from-keyring"),
 ) -> None:
-    """Create the keyring (or add missing keys): one key per sharing domain and per provider."""
+    """Create the keyring (or add missing keys). Without a role: one key per sharing domain and per
+    provider, oversight and the signing keys, in one keyring. With a role, that role's keyring only
+    (<data dir>/<role>.keyring, under this environment's master key): processor the domain,
+    encryption and checkpoint signing keys; operator its signing key; oversight the keys it shares
+    with the processor (--from-keyring the processor's keyring)."""
+    from backbone.keys.keyring import PROCESSOR_SIGNER, decode_master_key
+    from backbone.keys.roles import OPERATOR_SIGNER, ROLES, WHAT_EACH_HOLDS, for_role, holds
     from backbone.policy.agreements import default_charter
 
     settings = get_settings()
+    chosen = role or settings.role
+    if chosen is not None and chosen not in ROLES:
+        raise BackboneError(f"--role {chosen!r} is not a role; one of {', '.join(ROLES)}")
+    if role is not None and settings.role not in (None, role):
+        raise BackboneError(f"--role {role} in an environment that runs as {settings.role} (BACKBONE_ROLE): "
+                            f"run it where BACKBONE_ROLE={role}, with that role's master key")
+    if (from_keyring is None) != (from_master_key_file is None):
+        raise BackboneError("give --from-keyring and --from-master-key-file together")
     if settings.key_provider != "file":
+        if chosen not in (None, "processor"):
+            raise BackboneError(f"the {chosen} role keeps its keys in a keyring file, not in the PKCS#11 token: "
+                                "run `backbone keys init` for it with BACKBONE_KEY_PROVIDER=file")
         _init_token(settings, domain, provider)
         return
     try:
@@ -60,20 +84,42 @@ def init(
         if new_master_key_file is None or settings.master_key is not None or not creatable:
             raise
         master_key = write_master_key_file(new_master_key_file)
-        console.print(f"wrote a new master key to {new_master_key_file}; set BACKBONE_MASTER_KEY_FILE={new_master_key_file} for every backbone process")
+        console.print(f"wrote a new master key to {new_master_key_file}; set BACKBONE_MASTER_KEY_FILE={new_master_key_file} for every "
+                      f"backbone process{f' of the {chosen} role' if chosen else ''}")
     path = Path(settings.keyring_path)
+    if chosen is not None and settings.role is None and path == settings.data_dir / "keyring.json":
+        path = settings.data_dir / f"{chosen}.keyring"
     keyring = Keyring.load(path, master_key) if path.exists() else Keyring()
+    created = []
+    if from_keyring is not None:
+        try:
+            source_key = decode_master_key(Path(from_master_key_file).read_text(), f"master key file {from_master_key_file}")
+        except OSError as exc:
+            raise KeyringError(f"cannot read master key file {from_master_key_file} ({exc.strerror})") from None
+        source = Keyring.load(from_keyring, source_key)
+        created += keyring.adopt(for_role(source, chosen) if chosen else source)
     charter = default_charter()
-    created = keyring.ensure(
-        sorted(charter.domains() | set(BUILT_IN_DOMAINS) | set(domain)),
-        sorted(charter.providers() | set(provider)),
-    )
+    if chosen is None or chosen == "processor":
+        signers = [PROCESSOR_SIGNER] if chosen else []
+        created += keyring.ensure(sorted(charter.domains() | set(BUILT_IN_DOMAINS) | set(domain)),
+                                  sorted(charter.providers() | set(provider)), signers)
+    elif chosen == "operator":
+        created += keyring.ensure(signers=[OPERATOR_SIGNER])
+    elif from_keyring is None and not keyring.keys():
+        raise BackboneError("the oversight keyring shares the provider keys and the oversight domain with the processors: "
+                            "give --from-keyring <processor.keyring> --from-master-key-file <its master key file>")
+    if chosen is not None:
+        foreign = [info for info in keyring.keys() if not holds(chosen, info)]  # type: ignore[arg-type]
+        if foreign:
+            raise BackboneError(f"keyring {path} would hold {len(foreign)} key(s) the {chosen} role must not hold "
+                                f"(it holds {WHAT_EACH_HOLDS[chosen]}); start from an empty file")  # type: ignore[index]
     keyring.save(path, master_key)
+    what = f"the {chosen} role's keyring {path}" if chosen else f"keyring {path}"
     if created:
-        console.print(f"keyring {path}: created {len(created)} keys")
+        console.print(f"{what}: created or copied {len(created)} keys")
         console.print(_table(created))
     else:
-        console.print(f"keyring {path}: every domain and provider already has a key")
+        console.print(f"{what}: every key it holds is already there")
 
 
 def _init_token(settings: Any, domain: list[str], provider: list[str]) -> None:
@@ -101,6 +147,7 @@ def list_keys() -> None:
 
 
 @keys_app.command("rotate")
+@needs("processor")
 def rotate(
     domain: str = typer.Option(None, "--domain", help="Sharing domain whose pseudonym key to rotate"),
     provider: str = typer.Option(None, "--provider", help="Provider whose encryption key to rotate"),
@@ -123,6 +170,7 @@ def rotate(
 
 
 @keys_app.command("reidentify")
+@needs("oversight")
 def reidentify(
     token: str = typer.Argument(..., help="A token made by the `encrypt` treatment, e.g. k4.AbC..."),
     provider: str = typer.Option(..., "--provider", help="Provider whose key made the token"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from app.cli import app
+from app.cli.roles import needs
 
 
 def _serve_metrics(settings, enforcement) -> None:  # noqa: ANN001 - Settings, processors.app.Enforcement
@@ -21,6 +22,7 @@ def _serve_metrics(settings, enforcement) -> None:  # noqa: ANN001 - Settings, p
 
 
 @app.command()
+@needs("processor")
 def process(
     loglevel: str = typer.Option(None, "--loglevel", "-l", help="crit, error, warn, info or debug (default BACKBONE_LOG_LEVEL)"),
     web_port: int = typer.Option(None, "--web-port", help="Serve Faust's web endpoint on this port (each worker its own)"),

@@ -6,6 +6,7 @@ import typer
 from rich.table import Table
 
 from app.cli import app, console
+from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.kafka.topics import Topics
 from backbone.settings import get_settings
@@ -24,6 +25,7 @@ def list_topics(internal: bool = typer.Option(False, "--internal", help="Include
 
 
 @topics_app.command("create")
+@needs("operator")
 def create(
     name: str,
     partitions: int = typer.Option(None, "--partitions", "-p", help="Partition count (default BACKBONE_KAFKA_PARTITIONS)"),
@@ -54,6 +56,7 @@ def describe(name: str) -> None:
 
 
 @topics_app.command("delete")
+@needs("operator")
 def delete(name: str) -> None:
     """Delete a topic."""
     Topics(get_settings()).delete(name)

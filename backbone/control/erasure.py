@@ -1,9 +1,12 @@
 """Right to erasure: one person's data removed from every copy the backbone keeps, the audit trail intact.
 
-`backbone erase --subject ID --reason TEXT` (the app layer) runs `erase()`:
-1. an erasure record on the compacted `erasures` topic, keyed by the subject's oversight token
-   (never the id): every processor worker reads the topic (`processors.erasure.ErasureTable`) and
-   denies the subject's future events `erased`, except under an agreement that survives erasure;
+`backbone erase --subject ID --reason TEXT` (the app layer, an operator holding no pseudonym key)
+runs `erase()`:
+1. an erasure request to the processors (`backbone.control.erasure_requests`): a processor, which
+   holds the domain keys, publishes the erasure record on the compacted `erasures` topic, keyed by
+   the subject's oversight token (never the id): every processor worker reads the topic
+   (`processors.erasure.ErasureTable`) and denies the subject's future events `erased`, except under
+   an agreement that survives erasure; and it answers with the rows to delete (step 5);
 2. the subject's consent records on `consent.changes` are tombstoned (they hold the raw id);
 3. the keys of the processor's DLQ entries are destroyed (`backbone.kafka.dlq_keys`): the subject's,
    found by the SDK's topic key of the subject and by every other raw topic key the operator names
@@ -13,9 +16,10 @@
    pseudonym and period, found in the recipient databases' alert tables before their rows go);
 5. every row about the subject in every recipient database is deleted: rows are found through the
    columns that hold the subject's pseudonym (the charter says which: the event's subject field
-   where an agreement pseudonymises it), under every key id of the domain still in the keyring
-   (rows carry tokens of whichever key was active), or the clear id where an identified agreement
-   keeps it; then each table's deleted rows are rewritten away on disk (`APPLY DELETED MASK`);
+   where an agreement pseudonymises it), under every key id of the domain still in the processor's
+   keyring (rows carry tokens of whichever key was active), or the clear id where an identified
+   agreement keeps it (`row_targets`, computed by the processor); then each table's deleted rows
+   are rewritten away on disk (`APPLY DELETED MASK`);
 6. an `erase` record on `audit.operations` (who, why, rows removed per database, keys destroyed).
 
 The audit trail holds oversight tokens only, no personal data: it is not touched, so it stays
@@ -332,16 +336,19 @@ class ErasureReport:
                 **{f"seconds.{step}": f"{value:.3f}" for step, value in self.seconds.items()}}
 
 
-def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, subject: str, reason: str, *,
-          subject_key: bytes | None = None, topic_keys: Iterable[bytes] = (), actor: str | None = None) -> ErasureReport:
+def erase(settings: Settings, charter: Charter, client: Any, subject: str, reason: str, *,
+          subject_key: bytes | None = None, topic_keys: Iterable[bytes] = (), actor: str | None = None,
+          answer_timeout_s: float = 60.0) -> ErasureReport:
     """Erase one subject everywhere (the steps in this module's doc) and record it on `audit.operations`.
 
-    `subject_key` is the producers' topic key of the subject (the keyed hash its raw events and
-    consent records carry): with it, the subject's consent records and DLQ keys are found too.
-    `topic_keys` are the subject's other raw topic keys (a provider that keys by something else): the
-    DLQ keys of entries under those are destroyed too.
+    Needs no key: a processor computes the subject's tokens (`erasure_requests`) and answers within
+    `answer_timeout_s`. `subject_key` is the producers' topic key of the subject (the keyed hash its
+    raw events and consent records carry): with it, the subject's consent records and DLQ keys are
+    found too. `topic_keys` are the subject's other raw topic keys (a provider that keys by something
+    else): the DLQ keys of entries under those are destroyed too.
     Idempotent: running it again removes whatever landed meanwhile. Raises `ErasureError` after
     recording the outcome `failed` when a step fails."""
+    from backbone.control import erasure_requests
     from backbone.kafka import dlq
 
     subject = subject.strip()
@@ -350,14 +357,16 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
     if not reason.strip():
         raise ErasureError("--reason must say why (the request's reference); it is recorded in the audit trail")
     who = actor or operations.actor(settings)
-    tokens = oversight_tokens(keyring, subject)
     handles = tuple(dict.fromkeys(dlq.subject_handle(key) for key in (subject_key, *topic_keys) if key))
-    report = ErasureReport(tokens[0])
-    action = operations.OperatorAction("erase", who, tokens[0], "done", reason.strip())
-    step = "publishing the erasure"
+    action = operations.OperatorAction("erase", who, "", "done", reason.strip())
+    report = ErasureReport("")
+    target = f"request {action.action_id}"  # what the trail names until a processor says the subject's token
+    step = "asking a processor to compute the subject's tokens"
     try:
         started = time.perf_counter()
-        publish(settings, ErasureRecord(tokens[0], tuple(tokens), action.at, who, action.action_id, handles))
+        erasure_requests.request(settings, erasure_requests.ErasureRequest(action.action_id, subject, action.at, who, handles))
+        work = erasure_requests.await_work(settings, action.action_id, answer_timeout_s)
+        report.token = target = work.token
         report.seconds["publish"] = time.perf_counter() - started
         if subject_key:
             step = "removing consent records"
@@ -367,7 +376,7 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
         report.dlq_keys = dlq.shred(settings, handles)
         report.expired_dlq_keys = dlq.expire(settings)
         report.seconds["dlq"] = time.perf_counter() - started
-        targets = row_targets(charter, keyring, subject, settings.clickhouse_database_prefix)
+        targets = list(work.targets)
         step = "removing fraud alerts"  # before the rows: they are how the alerts are found again
         report.alerts = forget_alerts(settings, alert_keys(client, targets))
         step = "deleting rows"
@@ -376,12 +385,12 @@ def erase(settings: Settings, charter: Charter, keyring: Keyring, client: Any, s
         report.seconds["rows"] = time.perf_counter() - started
     except Exception as exc:
         operations.record(settings, operations.OperatorAction(
-            "erase", who, tokens[0], "failed", reason.strip(), {**report.details(), "failed_step": step, "error": type(exc).__name__},
+            "erase", who, target, "failed", reason.strip(), {**report.details(), "failed_step": step, "error": type(exc).__name__},
             action_id=action.action_id, at=action.at))
         # Our own errors say what to fix; others (ClickHouse's) may quote the values: their type only.
         cause = str(exc) if isinstance(exc, BackboneError) else type(exc).__name__
         raise ErasureError(f"erasure failed while {step} ({cause}); fix the cause and run `backbone erase` again:"
                            " it is idempotent") from None
-    operations.record(settings, operations.OperatorAction("erase", who, tokens[0], "done", reason.strip(), report.details(),
+    operations.record(settings, operations.OperatorAction("erase", who, target, "done", reason.strip(), report.details(),
                                                           action_id=action.action_id, at=action.at))
     return report

@@ -313,6 +313,30 @@ class Keyring:
                 found.append(PublicKey(info.key_id, info.owner, info.created, info.active, public))
         return found
 
+    def only(self, keep: Any) -> Keyring:
+        """A new keyring holding the keys (with their ids and states) for which `keep(info)` is true:
+        how one role's keyring is cut from the keys generated for all (`backbone.keys.roles`)."""
+        chosen = Keyring()
+        for key_id, info in self._infos.items():
+            if keep(info):
+                chosen._add(info, self._secrets[key_id])
+        return chosen
+
+    def adopt(self, other: Keyring) -> list[KeyInfo]:
+        """Take `other`'s keys: those this keyring lacks are added, those it holds take `other`'s
+        state (active or not); returns the keys added. A key id naming different keys is refused."""
+        added = []
+        for key_id, info in other._infos.items():
+            mine = self._infos.get(key_id)
+            if mine is None:
+                self._add(info, other._secrets[key_id])
+                added.append(info)
+            elif (mine.kind, mine.owner) != (info.kind, info.owner) or self._secrets[key_id].reveal() != other._secrets[key_id].reveal():
+                raise KeyringError(f"key id {key_id} names different keys in the two keyrings; they do not come from one another")
+            else:
+                self._infos[key_id] = info
+        return added
+
     def __repr__(self) -> str:
         kinds = [info.kind for info in self._infos.values()]
         return (f"Keyring({kinds.count('domain')} domain keys, {kinds.count('provider')} provider keys, "

@@ -9,7 +9,7 @@
 # and `backbone registry users add`). Set NAMESPACE if not `backbone`. A Secret that already exists
 # is left as it is; rotate a value with
 #   kubectl -n backbone create secret generic NAME --from-file=... --dry-run=client -o yaml | kubectl apply -f -
-# OUT_DIR keeps what was generated (master key, keyring, passwords, the registry's users file): move
+# OUT_DIR keeps what was generated (master keys, the roles' keyrings, passwords, the registry's users file): move
 # it into your secret store and delete it here. Kafka users' passwords are not here: Strimzi writes
 # them to a Secret per KafkaUser.
 set -euo pipefail
@@ -38,11 +38,25 @@ elif [ ! -s "$out/master-key" ]; then
   kubectl -n "$ns" get secret backbone-master-key -o jsonpath='{.data.master-key}' | base64 -d > "$out/master-key"
 fi
 
-# The keyring (encrypted under the master key), read-only in every processor pod. `backbone keys
-# rotate` on this file, then replacing the Secret and restarting the processors, rotates keys.
+# Each role its own keyring (backbone.keys.roles). The processor's (domain, encryption and checkpoint
+# signing keys, under the master key above) is the only one a pod mounts: read-only in every
+# processor pod. `backbone keys rotate` on this file, then replacing the Secret and restarting the
+# processors, rotates keys. The operator's (its signing key only, no pseudonym key) and oversight's
+# (re-identification) keyrings, each under a master key of its own, stay in OUT_DIR for the people
+# who hold those roles: no workload here holds them.
 if ! exists backbone-keyring; then
-  backbone_cli BACKBONE_MASTER_KEY_FILE="$out/master-key" BACKBONE_KEYRING_PATH="$out/keyring.json" backbone keys init
-  kubectl -n "$ns" create secret generic backbone-keyring --from-file=keyring.json="$out/keyring.json"
+  backbone_cli BACKBONE_ROLE=processor BACKBONE_MASTER_KEY_FILE="$out/master-key" BACKBONE_KEYRING_PATH="$out/processor.keyring" \
+    backbone keys init
+  kubectl -n "$ns" create secret generic backbone-keyring --from-file=processor.keyring="$out/processor.keyring"
+fi
+if [ ! -s "$out/operator.keyring" ]; then
+  backbone_cli BACKBONE_ROLE=operator BACKBONE_KEYRING_PATH="$out/operator.keyring" \
+    backbone keys init --new-master-key-file "$out/operator-master-key"
+fi
+if [ ! -s "$out/oversight.keyring" ] && [ -s "$out/processor.keyring" ]; then
+  backbone_cli BACKBONE_ROLE=oversight BACKBONE_KEYRING_PATH="$out/oversight.keyring" \
+    backbone keys init --new-master-key-file "$out/oversight-master-key" \
+    --from-keyring "$out/processor.keyring" --from-master-key-file "$out/master-key"
 fi
 
 # ClickHouse's `backbone` user (clickhouse.yaml reads `password`; sinks read `dsn`).
