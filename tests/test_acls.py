@@ -70,12 +70,18 @@ EXPECTED = {
     ("User:operator", "topic", "consent.changes", "literal", "write"),
     ("User:operator", "topic", "dlq.keys", "literal", "write"),
     ("User:operator", "topic", "alerts.fraud", "literal", "write"),
-    ("User:operator", "topic", "erasures", "literal", "write"),
+    ("User:operator", "topic", "erasure.requests", "literal", "write"),
+    ("User:operator", "topic", "erasure.work", "literal", "read"),
     ("User:processor", "topic", "dlq.keys", "literal", "create"),
     ("User:processor", "topic", "dlq.keys", "literal", "read"),
     ("User:processor", "topic", "dlq.keys", "literal", "write"),
     ("User:processor", "topic", "erasures", "literal", "create"),
     ("User:processor", "topic", "erasures", "literal", "read"),
+    ("User:processor", "topic", "erasures", "literal", "write"),
+    ("User:processor", "topic", "erasure.requests", "literal", "create"),
+    ("User:processor", "topic", "erasure.requests", "literal", "read"),
+    ("User:processor", "topic", "erasure.work", "literal", "create"),
+    ("User:processor", "topic", "erasure.work", "literal", "write"),
     ("User:operator", "topic", "raw.", "prefixed", "write"),
     ("User:operator", "topic", "shared.", "prefixed", "write"),
     ("User:schema-registry", "topic", "_schemas", "literal", "create"),
@@ -270,6 +276,10 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
+    # backbone/control/erasure_requests.py ErasureDesk: ensures both topics, reads the requests (an
+    # assigned reader), publishes the erasure record and the answer
+    processor |= {("topic", "erasure.requests", "create"), ("topic", "erasure.requests", "read"),
+                  ("topic", "erasure.work", "create"), ("topic", "erasure.work", "write"), ("topic", "erasures", "write")}
     processor |= {("topic", "erasures", "create"), ("topic", "erasures", "read"),
                   ("topic", "dlq.keys", "create"), ("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write")}
     table["backbone process"] = ("User:processor", processor)
@@ -310,10 +320,12 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # topics (raw for the processor's, shared for the sinks') and records the action
     dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
     table["backbone dlq list|show"] = ("User:operator", dlq_read)
-    # backbone/control/erasure.py erase: ensures and writes erasures, tombstones consent records and fraud alerts,
+    # backbone/control/erasure.py erase: ensures the request and answer topics, asks the processors and
+    # reads their answer (assigned, no group), tombstones consent records and fraud alerts,
     # destroys the person's and the expired DLQ keys (reading them first), records the action
     expiry = {("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write"), readers}
-    table["backbone erase"] = ("User:operator", {("topic", "erasures", "create"), ("topic", "erasures", "write"),
+    table["backbone erase"] = ("User:operator", {("topic", "erasure.requests", "create"), ("topic", "erasure.requests", "write"),
+                                                 ("topic", "erasure.work", "create"), ("topic", "erasure.work", "read"),
                                                  ("topic", "consent.changes", "write"), ("topic", "alerts.fraud", "write"),
                                                  *expiry, *recorded})
     table["backbone dlq replay"] = ("User:operator", dlq_read | recorded | expiry | {("topic", "raw.*", "write"), ("topic", "shared.*", "write")})

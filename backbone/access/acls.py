@@ -39,6 +39,8 @@ from backbone.kafka.topics import (
     CONSENT_TOPIC,
     DLQ_KEYS_TOPIC,
     DLQ_PREFIX,
+    ERASURE_REQUESTS_TOPIC,
+    ERASURE_WORK_TOPIC,
     ERASURES_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
@@ -169,7 +171,11 @@ def _processor() -> list[Grant]:
         *_grants(processor, "group", PROCESSOR_DATAPLANE_GROUP, "literal", ("read",), "the data plane's consumer group"),
         *_grants(processor, "topic", FAUST_LEADER_TOPIC, "literal", ("read", "create"), "Faust's leader-assignor topic"),
         *_grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("describe",), "consent and agreement readers look up their group"),
-        *_grants(processor, "topic", ERASURES_TOPIC, "literal", ("read", "create"), "every worker reads the erasures in full"),
+        *_grants(processor, "topic", ERASURES_TOPIC, "literal", ("read", "write", "create"),
+                 "every worker reads the erasures in full; a worker answering an erasure request publishes it"),
+        *_grants(processor, "topic", ERASURE_REQUESTS_TOPIC, "literal", ("read", "create"),
+                 "every worker answers erasure requests (only processors read the subject's id there)"),
+        *_grants(processor, "topic", ERASURE_WORK_TOPIC, "literal", ("write", "create"), "the answer: tokens and rows to delete"),
         *_grants(processor, "topic", DLQ_KEYS_TOPIC, "literal", ("read", "write", "create"), "dead letters are sealed under per-subject keys kept there"),
     ]
 
@@ -216,7 +222,8 @@ def _operator() -> list[Grant]:
         *_grants(operator, "topic", RAW_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage processor writes back to raw topics"),
         *_grants(operator, "topic", SHARED_PREFIX, "prefixed", ("write",), "backbone dlq replay --stage sink writes back to shared topics"),
         # backbone erase: publishes the erasure, withdraws the person's consents, destroys their DLQ keys and alerts
-        *_grants(operator, "topic", ERASURES_TOPIC, "literal", ("write",), "backbone erase publishes the erasure"),
+        *_grants(operator, "topic", ERASURE_REQUESTS_TOPIC, "literal", ("write",), "backbone erase asks the processors"),
+        *_grants(operator, "topic", ERASURE_WORK_TOPIC, "literal", ("read",), "backbone erase reads the processors' answer"),
         *_grants(operator, "topic", CONSENT_TOPIC, "literal", ("write",), "backbone erase tombstones the person's consent records"),
         *_grants(operator, "topic", DLQ_KEYS_TOPIC, "literal", ("write",),
                  "backbone erase destroys the person's DLQ keys; erase and dlq replay destroy expired ones"),

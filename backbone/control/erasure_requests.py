@@ -31,15 +31,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from backbone.errors import BackboneError, KafkaUnavailableError
 from backbone.kafka.compacted import CompactedTopicReader, Retry
-from backbone.kafka.topics import Topics
+from backbone.kafka.topics import ERASURE_REQUESTS_TOPIC, ERASURE_WORK_TOPIC, Topics
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Charter
 from backbone.settings import Settings
 
 log = logging.getLogger(__name__)
 
-REQUESTS_TOPIC = "erasure.requests"
-WORK_TOPIC = "erasure.work"
+REQUESTS_TOPIC = ERASURE_REQUESTS_TOPIC
+WORK_TOPIC = ERASURE_WORK_TOPIC
 # A request or its answer is needed only while one `backbone erase` waits (or a processor starts).
 RETENTION_MS = 3_600_000
 

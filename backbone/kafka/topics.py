@@ -25,6 +25,10 @@ OPERATIONS_CHECKPOINTS_TOPIC = "audit.operations.checkpoints"
 # Both checkpoint topics, as the audit sink subscribes to them.
 CHECKPOINTS_PATTERN = r"^audit\.(operations\.)?checkpoints$"
 ERASURES_TOPIC = "erasures"  # compacted: one record per erased subject, keyed by its oversight token
+# An operator's erasure request (the subject's id: processors read it) and the processors' answer (the
+# tokens and rows to delete: the operator reads it); both kept an hour (backbone.control.erasure_requests).
+ERASURE_REQUESTS_TOPIC = "erasure.requests"
+ERASURE_WORK_TOPIC = "erasure.work"
 DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"
 SCHEMAS_TOPIC = "_schemas"
