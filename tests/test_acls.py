@@ -41,6 +41,8 @@ EXPECTED = {
     ("User:processor", "group", "backbone-processor-dataplane", "literal", "read"),
     ("User:processor", "group", "reader-", "prefixed", "describe"),
     ("User:processor", "topic", "agreements.changes", "literal", "create"),
+    ("User:processor", "topic", "audit.operations.checkpoints", "literal", "create"),
+    ("User:processor", "topic", "audit.operations.checkpoints", "literal", "read"),
     ("User:processor", "topic", "agreements.changes", "literal", "read"),
     ("User:processor", "topic", "audit.decisions", "literal", "create"),
     ("User:processor", "topic", "audit.decisions", "literal", "write"),
@@ -270,6 +272,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
+    # processors/anchors.py: ensures audit.operations.checkpoints (one partition), reads it assigned (no group)
+    processor |= {("topic", "audit.operations.checkpoints", "create"), ("topic", "audit.operations.checkpoints", "read")}
     processor |= {("topic", "erasures", "create"), ("topic", "erasures", "read"),
                   ("topic", "dlq.keys", "create"), ("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write")}
     table["backbone process"] = ("User:processor", processor)

@@ -285,7 +285,7 @@ def test_an_operator_action_without_the_keyring_is_refused_and_nothing_is_publis
         monkeypatch.delenv(name, raising=False)
     settings = registry_settings.model_copy(update={"data_dir": tmp_path, "keyring_path": tmp_path / "keyring.json"})
     action = operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@2", "done", None, {"status": "suspended"})
-    with pytest.raises(KeyringError, match="is sealed in the audit trail with the operations signing key .* so it is not done"):
+    with pytest.raises(KeyringError, match="is sealed in the audit trail with operator-1's own signing key .* so it is not done"):
         operations.record(settings, action)
     published = read_topic(settings, OPERATIONS_TOPIC, lambda _: False, timeout=2)
     assert action.action_id.encode() not in {m.key() for m in published}

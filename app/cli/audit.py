@@ -276,8 +276,8 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
 
 @audit_app.command("keys")
 def public_keys(output: Path = typer.Option(None, "--output", help="Write the public keys as JSON here, for verifiers")) -> None:
-    """The public halves of the processors' checkpoint signing keys (rotated ones too): publish them
-    so anyone can verify the trail and receipts."""
+    """The public halves of the processors' checkpoint signing keys and of each operator's own key
+    (signer `operator:NAME`; rotated ones too): publish them so anyone can verify the trail and receipts."""
     from backbone.keys.keyring import Keyring
 
     found = Keyring.open(get_settings()).public_keys()

@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -42,8 +43,13 @@ BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
 # Owner of the signing key the processors sign audit checkpoints with: every worker sharing a
 # keyring signs with its active key; each checkpoint names the key id.
 PROCESSOR_SIGNER = "processor"
-# Signs the checkpoint that seals each operator action (`backbone.audit.operations`).
+# Signed the checkpoint that sealed each operator action before operators had keys of their own
+# (kept for verifying those; `backbone.audit.anchors` names them as signed by no one in particular).
 OPERATIONS_SIGNER = "operations"
+# Each operator's own signing key, which seals the actions they record (`backbone.audit.operations`):
+# owner `operator:<identity>`, the identity as BACKBONE_IDENTITY names it (`operator_signer`).
+OPERATOR_SIGNER_PREFIX = "operator:"
+_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,127}$")  # as settings.identity
 SIGNING_ALGORITHM = "Ed25519"
 
 FORMAT = "backbone-keyring/1"
@@ -328,7 +334,7 @@ class Keyring:
     def _create(self, kind: KeyKind, owner: str) -> KeyInfo:
         if kind not in KEY_BYTES:
             raise KeyringError(f"unknown key kind {kind!r}; expected domain, provider or signing")
-        if not owner or not owner.replace("_", "").replace("-", "").isalnum():
+        if not _valid_owner(kind, owner):
             raise KeyringError(f"invalid {kind} name {owner!r}: use letters, digits, - and _")
         number = max((_key_number(key_id) for key_id in self._infos), default=0) + 1
         info = KeyInfo(kind, owner, f"k{number}", datetime.now(UTC), True)
@@ -340,6 +346,19 @@ class Keyring:
             raise KeyringError(f"duplicate key id {info.key_id!r} in keyring")
         self._infos[info.key_id] = info
         self._secrets[info.key_id] = secret
+
+
+def operator_signer(identity: str) -> str:
+    """The owner of the signing key of operator `identity` (their BACKBONE_IDENTITY)."""
+    if not _IDENTITY.match(identity or ""):
+        raise KeyringError(f"invalid operator identity {identity[:64]!r}: letters, digits, @ . _ - (as BACKBONE_IDENTITY)")
+    return OPERATOR_SIGNER_PREFIX + identity
+
+
+def _valid_owner(kind: str, owner: str) -> bool:
+    if kind == "signing" and owner.startswith(OPERATOR_SIGNER_PREFIX):
+        return bool(_IDENTITY.match(owner.removeprefix(OPERATOR_SIGNER_PREFIX)))
+    return bool(owner) and owner.replace("_", "").replace("-", "").isalnum()
 
 
 def _key_number(key_id: str) -> int:
