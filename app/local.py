@@ -16,16 +16,8 @@ from typing import Any
 
 from backbone.errors import BackboneError
 from backbone.events.catalog import load_catalog
-from backbone.keys.keyring import (
-    BUILT_IN_DOMAINS,
-    OPERATIONS_SIGNER,
-    PROCESSOR_SIGNER,
-    Keyring,
-    decode_master_key,
-    encode_master_key,
-    new_master_key,
-    write_master_key_file,
-)
+from backbone.keys.keyring import BUILT_IN_DOMAINS, OPERATIONS_SIGNER, PROCESSOR_SIGNER, Keyring
+from backbone.keys.master import decode_master_key, encode_master_key, new_master_key, write_master_key_file
 from backbone.keys.roles import split
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings, load_settings

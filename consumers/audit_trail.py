@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from io import BytesIO
@@ -25,7 +25,7 @@ from clickhouse_connect.driver.client import Client
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaException, Message, TopicPartition
 from fastavro import parse_schema, schemaless_reader
 
-from backbone.audit import log
+from backbone.audit import anchors, log
 from backbone.audit.log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
 from backbone.audit.operations import OPERATIONS_WRITER
 from backbone.audit.receipts import make_receipt
@@ -54,6 +54,7 @@ class Trail:
     unreadable: dict[Position, list[int]] = field(default_factory=lambda: defaultdict(list))
     rows: dict[Position, int] = field(default_factory=lambda: defaultdict(int))
     stamps: list[Stamp] = field(default_factory=list)  # RFC 3161 timestamps of checkpoints
+    actions: dict[int, dict[str, Any]] = field(default_factory=dict)  # the operator action at each operations checkpoint
 
     def add(self, position: Position, index: int, content: bytes, decisions: int) -> None:
         self.leaves[position][index].add(leaf_hash(content))
@@ -118,6 +119,8 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
         else:
             report.failures.append(Failure(log.UNSEALED_RECORDS, "", None, f"{count} records carry no checkpoint "
                                                                            "(written before checkpoints existed, or forged)"))
+    if only is None:  # who signed each operator action, and the operations chain against the processors' anchors
+        anchors.check(report, chains, trail.actions, keys)
     if trail.stamps:
         _check_timestamps(report, trail.stamps, chains, checkpoint_codec, sealed, trust)
     return report
@@ -181,10 +184,13 @@ def from_clickhouse(value: Any, avro_type: Any, named: Mapping[str, Any]) -> Any
     return value
 
 
-def _select(schema: Mapping[str, Any]) -> str:
+def _select(schema: Mapping[str, Any], present: Collection[str] | None = None) -> str:
     columns = []
     for item in schema["fields"]:
         name = quote_identifier(item["name"])
+        if present is not None and item["name"] not in present:
+            columns.append("NULL")  # a column a newer schema brings, not landed yet (e.g. anchors)
+            continue
         logical = item["type"].get("logicalType") if isinstance(item["type"], dict) else None
         columns.append(f"toUnixTimestamp64Milli({name})" if logical == "timestamp-millis" else name)
     return ", ".join(columns)
@@ -229,7 +235,9 @@ class ClickHouseTrail:
         where, parameters = "", {}
         if writers is not None:
             where, parameters = "WHERE writer IN {w:Array(String)}", {"w": sorted(set(writers))}
-        rows = self.client.query(f"SELECT {_select(self._checkpoint_schema)} FROM {self.checkpoints_table} {where}",
+        present = [name for (name,) in self.client.query("SELECT name FROM system.columns WHERE database = {d:String} AND "
+                                                         "table = {t:String}", parameters={"d": self.database, "t": CHECKPOINTS_TABLE}).result_rows]
+        rows = self.client.query(f"SELECT {_select(self._checkpoint_schema, present)} FROM {self.checkpoints_table} {where}",
                                  parameters=parameters).result_rows
         names = [item["name"] for item in self._checkpoint_schema["fields"]]
         for row in rows:
@@ -290,6 +298,8 @@ class ClickHouseTrail:
                 trail.unreadable[(writer, sequence)].append(index)
                 continue
             trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+            if writer == OPERATIONS_WRITER:
+                trail.actions[sequence] = record
 
     def positions_of(self, column: str, value: str) -> set[Position]:
         """(writer, checkpoint) of every row whose `column` is `value` (e.g. a subject token)."""
@@ -421,6 +431,8 @@ def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, Public
             writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
             content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
             trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+            if writer == OPERATIONS_WRITER:
+                trail.actions[sequence] = record
     stamp_schema = parse_schema(catalog.internal_schema(AUDIT_TIMESTAMP))
     for value in _read_all(settings, TIMESTAMPS_TOPIC, idle_s, timeout_s):
         try:

@@ -43,6 +43,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
+from processors.anchors import operations_head_reader
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
@@ -79,6 +80,7 @@ class Enforcement:
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
         self.readers: list[CompactedTopicReader] = []
+        self.anchor_reader: CompactedTopicReader | None = None
         self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
 
@@ -119,12 +121,16 @@ class Enforcement:
         # operators hold no domain key: this worker computes the tokens of each person they erase
         erasure_desk = erasure_requests.ErasureDesk(self.settings, self.charter, self.keyring).reader
         self.readers = [consent_reader, agreements_reader, erasure_reader, erasure_desk]
-        for reader in self.readers:
+        # The operators' chain head, anchored in every checkpoint; it does not hold deciding back
+        # (an action after it stopped is reported by `audit verify` as not anchored).
+        self.anchor_reader, operations_head = operations_head_reader(self.settings, self.catalog)
+        for reader in [*self.readers, self.anchor_reader]:
             reader.start()
-        for reader in self.readers:
+        for reader in [*self.readers, self.anchor_reader]:
             # No event is decided on before the worker knows every consent, agreement and erasure.
             reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
-        self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason)
+        self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason,
+                                    operations_head=operations_head)
         self.data_plane.start()
         log.info("enforcing %d agreements; %d consent records; %d erased subjects", len(self.charter.agreements),
                  len(self.consent), len(self.erasures))
@@ -155,7 +161,7 @@ class Enforcement:
     def stop(self) -> None:
         if self.data_plane is not None:
             self.data_plane.stop()
-        for reader in self.readers:
+        for reader in [*self.readers, *([self.anchor_reader] if self.anchor_reader else [])]:
             reader.stop()
 
     def stats(self) -> dict[str, Any]:

@@ -12,6 +12,9 @@ next checkpoint: that batch's records may be incomplete, and its events were dec
 With `BACKBONE_AUDIT_TSA_URL` set, a `processors.timestamps.Timestamper` thread, started and
 stopped with the writer, has its newest checkpoint timestamped by that TSA every interval.
 
+Each checkpoint also names the newest checkpoint of the operators' `operations` chain the worker has
+read (`processors.anchors`): the operators' trail is anchored under the processors' key.
+
 Cost per batch: one Merkle root, one Ed25519 signature, one small synced file write (~2 ms on the
 development machine's disk); per record one SHA-256 and a few bytes appended (~1-2 µs).
 """
@@ -25,6 +28,7 @@ import json
 import logging
 import os
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -130,7 +134,7 @@ class Checkpointer:
     """Places each audit record of a batch and seals the batch. Not thread-safe: the data plane's."""
 
     def __init__(self, slot: WriterSlot, codec: RecordCodec, checkpoint_codec: CheckpointCodec, schema_id: int,
-                 keyring: Keyring) -> None:
+                 keyring: Keyring, operations_head: Callable[[], tuple[int, str] | None] | None = None) -> None:
         self.slot = slot
         self.writer = slot.writer
         self.codec = codec
@@ -148,6 +152,8 @@ class Checkpointer:
         # timestamper, on its own thread, has timestamped (one attribute, replaced whole).
         self.last: Checkpoint | None = None
         self.timestamper: Timestamper | None = None
+        # The operators' chain head this worker has read (`processors.anchors`), named in each checkpoint.
+        self.operations_head = operations_head
         state = slot.load()
         if state is not None:
             last = self.last = self.checkpoint_codec.decode(base64.b64decode(state["checkpoint"]))
@@ -161,9 +167,11 @@ class Checkpointer:
         self._begin()
 
     @classmethod
-    def open(cls, settings: Settings, catalog: Catalog, keyring: Keyring, register: Any) -> Checkpointer:
+    def open(cls, settings: Settings, catalog: Catalog, keyring: Keyring, register: Any,
+             operations_head: Callable[[], tuple[int, str] | None] | None = None) -> Checkpointer:
         """The worker's writer: its slot, the signing key, the checkpoint schema registered
-        (`register(subject, schema) -> id`) and the topic created."""
+        (`register(subject, schema) -> id`) and the topic created; each checkpoint anchors
+        `operations_head()`, the operators' chain head."""
         keyring = ensure_signing_key(settings, keyring)
         schema = catalog.internal_schema(AUDIT_CHECKPOINT)
         Topics(settings).ensure(CHECKPOINTS_TOPIC)
@@ -171,7 +179,7 @@ class Checkpointer:
         slot = WriterSlot.take(settings.data_dir)
         try:
             made = cls(slot, RecordCodec.for_audit_schema(catalog.internal_schema(AUDIT_EVENT)), CheckpointCodec(schema),
-                       schema_id, keyring)
+                       schema_id, keyring, operations_head)
         except BaseException:
             slot.release()
             raise
@@ -212,7 +220,7 @@ class Checkpointer:
         checkpoint = self.checkpoint_codec.seal(
             writer=self.writer, sequence=self.sequence, leaves=self._leaves, previous=self.previous,
             schema=self.codec.fingerprint, key_id=self._key_id, key=self._key, interrupted=self.interrupted,
-            now=now or datetime.now(UTC))
+            now=now or datetime.now(UTC), anchor=self.operations_head() if self.operations_head is not None else None)
         body = self.checkpoint_codec.encode(checkpoint)
         self.slot.save({"writer": self.writer, "sequence": checkpoint.sequence, "checkpoint": base64.b64encode(body).decode(),
                         "clean": False})

@@ -55,14 +55,15 @@ class DataPlane:
 
     def __init__(self, settings: Settings, router: Router, consent: ConsentState, group_id: str,
                  before_batch: Callable[[], None] | None = None, gate: Callable[[], str | None] | None = None,
-                 checkpoints: Callable[[], Checkpointer | None] | None = None) -> None:
+                 checkpoints: Callable[[], Checkpointer | None] | None = None,
+                 operations_head: Callable[[], tuple[int, str] | None] | None = None) -> None:
         self.settings = settings
         self.router = router
         # Opens the worker's audit writer when the data plane starts (default: from the settings,
-        # the router's catalog, keyring and schema source). A factory returning None leaves audit
-        # records unsealed: only `bench.processor` does, to measure what sealing costs.
+        # the router's catalog, keyring and schema source; anchoring `operations_head()`). A factory
+        # returning None leaves audit records unsealed: only `bench.processor` does, to measure what sealing costs.
         self._open_checkpoints = checkpoints or (lambda: Checkpointer.open(
-            settings, router.catalog, router.keyring, router.schemas.register))
+            settings, router.catalog, router.keyring, router.schemas.register, operations_head))
         self.checkpoints: Checkpointer | None = None
         self.consent = consent
         self.group_id = group_id

@@ -15,7 +15,6 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
-import zlib
 from pathlib import Path
 
 from backbone.files.private import private_directory
@@ -90,7 +89,3 @@ class SubjectKeys:
     def __repr__(self) -> str:
         return "SubjectKeys(<secret>)"
 
-
-def default_partition(key: bytes, partitions: int) -> int:
-    """The partition librdkafka's `consistent_random` partitioner (our producers' partitioner) picks for `key`."""
-    return zlib.crc32(key) % partitions

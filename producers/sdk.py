@@ -26,10 +26,10 @@ from backbone.errors import kafka_unavailable
 from backbone.events.catalog import CONSENT_EVENT, Catalog, EventSchema, load_catalog
 from backbone.events.encoder import CompiledEncoder, compile_encoder
 from backbone.events.serde import Encoder, encoder_for, registry_client
-from backbone.kafka.topics import CONSENT_TOPIC, Topics, consent_topic_config, raw_topic
+from backbone.kafka.topics import CONSENT_TOPIC, Topics, consent_topic_config, raw_topic, subject_partition
 from backbone.settings import Settings, get_settings
 from producers.errors import DeliveryError, ProducerError, ProducerValidationError, QueueFullError
-from producers.keys import SubjectKeys, default_partition
+from producers.keys import SubjectKeys
 from producers.validation import Validator, compile_validator
 
 CONSENT_AGENCY = "consent"
@@ -231,7 +231,7 @@ class AgencyProducer:
             # One key per (subject, purpose) so compaction keeps every purpose's latest state, on the
             # partition the subject key alone maps to, beside the subject's events.
             self._produce(route, value, key + b":" + record["purpose"].encode(),  # type: ignore[operator]
-                          default_partition(key, route.partitions), record["event_id"])  # type: ignore[arg-type]
+                          subject_partition(key, route.partitions), record["event_id"])  # type: ignore[arg-type]
         else:
             self._produce(route, value, key, -1, record["event_id"])
         return record["event_id"]

@@ -41,6 +41,8 @@ EXPECTED = {
     ("User:processor", "group", "backbone-processor-dataplane", "literal", "read"),
     ("User:processor", "group", "reader-", "prefixed", "describe"),
     ("User:processor", "topic", "agreements.changes", "literal", "create"),
+    ("User:processor", "topic", "audit.operations.checkpoints", "literal", "create"),
+    ("User:processor", "topic", "audit.operations.checkpoints", "literal", "read"),
     ("User:processor", "topic", "agreements.changes", "literal", "read"),
     ("User:processor", "topic", "audit.decisions", "literal", "create"),
     ("User:processor", "topic", "audit.decisions", "literal", "write"),
@@ -280,6 +282,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # assigned reader), publishes the erasure record and the answer
     processor |= {("topic", "erasure.requests", "create"), ("topic", "erasure.requests", "read"),
                   ("topic", "erasure.work", "create"), ("topic", "erasure.work", "write"), ("topic", "erasures", "write")}
+    # processors/anchors.py: ensures audit.operations.checkpoints (one partition), reads it assigned (no group)
+    processor |= {("topic", "audit.operations.checkpoints", "create"), ("topic", "audit.operations.checkpoints", "read")}
     processor |= {("topic", "erasures", "create"), ("topic", "erasures", "read"),
                   ("topic", "dlq.keys", "create"), ("topic", "dlq.keys", "read"), ("topic", "dlq.keys", "write")}
     table["backbone process"] = ("User:processor", processor)

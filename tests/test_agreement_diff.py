@@ -23,7 +23,8 @@ from backbone.events.catalog import default_catalog
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.compacted import read_to_end
 from backbone.kafka.topics import AGREEMENTS_TOPIC, OPERATIONS_TOPIC
-from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
+from backbone.keys.keyring import Keyring
+from backbone.keys.master import encode_master_key, new_master_key
 from backbone.policy.agreements import Agreement, load_agreements, to_yaml
 from backbone.policy.diff import NARROWING, WIDENING, Verdict, diff, judge, widens
 from backbone.policy.rules import check_agreement

@@ -329,7 +329,7 @@ def test_a_writer_keeps_its_chain_across_restarts_and_workers_sharing_a_data_dir
 
 
 def test_a_processor_adds_the_signing_key_to_a_keyring_made_without_one(tmp_path: Path) -> None:
-    from backbone.keys.keyring import encode_master_key, new_master_key
+    from backbone.keys.master import encode_master_key, new_master_key
     from backbone.settings import load_settings
     from processors.checkpoints import ensure_signing_key
 

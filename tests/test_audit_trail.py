@@ -253,7 +253,8 @@ def test_audit_verify_from_kafka_exits_0_and_reports_the_counts(landed: Landed, 
     assert "audit trail verified" in result.stdout
     forged_keys = tmp_path / "forged.json"
     entry = json.loads(keys_file.read_text())
-    entry["keys"][0]["public"] = base64.b64encode(os.urandom(32)).decode()
+    signer = next(key for key in entry["keys"] if key["owner"] == "processor")  # the shared operations key signs nothing new
+    signer["public"] = base64.b64encode(os.urandom(32)).decode()
     forged_keys.write_text(json.dumps(entry))
     refused = _backbone(landed.settings, "audit", "verify", "--from-kafka", "--keys", str(forged_keys))
     assert refused.returncode == 1 and "forged signature" in refused.stdout

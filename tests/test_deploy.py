@@ -51,7 +51,8 @@ from backbone.kafka.topics import (
     shared_topic,
     shared_topic_config,
 )
-from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, decode_master_key, master_key_from_settings
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.master import decode_master_key, master_key_from_settings
 from backbone.keys.roles import holds
 from backbone.policy.agreements import load_agreements
 from backbone.policy.released import released_period_days

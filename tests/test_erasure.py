@@ -32,7 +32,8 @@ from backbone.events.serde import Decoder, registry_client
 from backbone.kafka import dlq
 from backbone.kafka.topics import AUDIT_TOPIC, OPERATIONS_TOPIC, raw_topic
 from backbone.keys import pseudonym
-from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring, master_key_from_settings, write_master_key_file
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
+from backbone.keys.master import master_key_from_settings, write_master_key_file
 from backbone.keys.roles import OPERATOR_SIGNER
 from backbone.policy import Charter, NoConsent, PolicyEngine, load_agreements
 from backbone.policy.agreements import parse_agreement, to_yaml

@@ -29,7 +29,7 @@ from backbone.control import agreement_changes
 from backbone.events.catalog import load_catalog
 from backbone.events.serde import Decoder, encoder_for, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, CONSENT_TOPIC, OPERATIONS_TOPIC, dlq_topic, raw_topic
-from backbone.keys.keyring import encode_master_key, new_master_key
+from backbone.keys.master import encode_master_key, new_master_key
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
 from backbone.stack.embedded import EmbeddedStack

@@ -16,7 +16,8 @@ from backbone.errors import KeyringError, ReidentifyError
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import OPERATIONS_TOPIC
 from backbone.keys import pseudonym
-from backbone.keys.keyring import Keyring, encode_master_key, master_key_from_settings, new_master_key
+from backbone.keys.keyring import Keyring
+from backbone.keys.master import encode_master_key, master_key_from_settings, new_master_key
 from backbone.settings import Settings, load_settings
 from tests.keys import AutoKeyring
 from tests.pipeline import read_topic
@@ -285,7 +286,7 @@ def test_an_operator_action_without_the_keyring_is_refused_and_nothing_is_publis
         monkeypatch.delenv(name, raising=False)
     settings = registry_settings.model_copy(update={"data_dir": tmp_path, "keyring_path": tmp_path / "keyring.json"})
     action = operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@2", "done", None, {"status": "suspended"})
-    with pytest.raises(KeyringError, match="is sealed in the audit trail with the operations signing key .* so it is not done"):
+    with pytest.raises(KeyringError, match="is sealed in the audit trail with operator-1's own signing key .* so it is not done"):
         operations.record(settings, action)
     published = read_topic(settings, OPERATIONS_TOPIC, lambda _: False, timeout=2)
     assert action.action_id.encode() not in {m.key() for m in published}

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from backbone.errors import KeyringError, ReidentifyError
 from backbone.keys import pseudonym
-from backbone.keys.keyring import Keyring, encode_master_key, new_master_key
+from backbone.keys.keyring import Keyring
+from backbone.keys.master import encode_master_key, new_master_key
 from backbone.keys.pkcs11 import Pkcs11Provider
 from backbone.keys.siv import Siv
 from backbone.settings import load_settings

@@ -14,7 +14,8 @@ from backbone.control.erasure_requests import ErasureDesk
 from backbone.errors import KeyringError
 from backbone.events.catalog import load_catalog
 from backbone.keys import pseudonym
-from backbone.keys.keyring import KeyInfo, Keyring, _Secret, decode_master_key, master_key_from_settings
+from backbone.keys.keyring import KeyInfo, Keyring, _Secret
+from backbone.keys.master import decode_master_key, master_key_from_settings
 from backbone.keys.pseudonym import token_key_id
 from backbone.keys.roles import holds
 from backbone.policy import load_agreements

@@ -278,8 +278,8 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
 
 @audit_app.command("keys")
 def public_keys(output: Path = typer.Option(None, "--output", help="Write the public keys as JSON here, for verifiers")) -> None:
-    """The public halves of the processors' checkpoint signing keys (rotated ones too): publish them
-    so anyone can verify the trail and receipts."""
+    """The public halves of the processors' checkpoint signing keys and of each operator's own key
+    (signer `operator:NAME`; rotated ones too): publish them so anyone can verify the trail and receipts."""
     from backbone.keys.keyring import Keyring
 
     found = Keyring.open(get_settings()).public_keys()
@@ -300,7 +300,8 @@ def public_keys(output: Path = typer.Option(None, "--output", help="Write the pu
 def rotate_key() -> None:
     """A new signing key for the processors' checkpoints (created if there is none); the old ones
     stay for verifying old checkpoints. Restart processors to sign with it."""
-    from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, master_key_from_settings
+    from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring
+    from backbone.keys.master import master_key_from_settings
 
     settings = get_settings()
     master = master_key_from_settings(settings)

@@ -1,4 +1,4 @@
-"""`backbone keys init|list|rotate|reidentify`. Key bytes are never printed."""
+"""`backbone keys init|list|rotate|reidentify|operator add`. Key bytes are never printed."""
 
 from __future__ import annotations
 
@@ -11,15 +11,8 @@ from rich.table import Table
 from app.cli import app, console
 from app.cli.roles import needs
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
-from backbone.keys.keyring import (
-    BUILT_IN_DOMAINS,
-    PROCESSOR_SIGNER,
-    KeyInfo,
-    Keyring,
-    master_key_from_settings,
-    record_reidentification,
-    write_master_key_file,
-)
+from backbone.keys.keyring import BUILT_IN_DOMAINS, PROCESSOR_SIGNER, KeyInfo, Keyring, operator_signer, record_reidentification
+from backbone.keys.master import master_key_from_settings, write_master_key_file
 from backbone.keys.pseudonym import reidentify as reidentify_token
 from backbone.keys.pseudonym import token_key_id
 from backbone.settings import get_settings
@@ -27,7 +20,9 @@ from backbone.settings import get_settings
 keys_app = typer.Typer(help="The keyring: pseudonym and encryption keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 
-# The audit trail pseudonymises subjects in this domain, beside the charter's own domains.
+operator_app = typer.Typer(help="Operators' own signing keys: each operator action is signed with its actor's key.",
+                           no_args_is_help=True)
+keys_app.add_typer(operator_app, name="operator")
 
 
 def _table(infos: list[KeyInfo]) -> Table:
@@ -56,7 +51,8 @@ def init(
     (<data dir>/<role>.keyring, under this environment's master key): processor the domain,
     encryption and checkpoint signing keys; operator its signing key; oversight the keys it shares
     with the processor (--from-keyring the processor's keyring)."""
-    from backbone.keys.keyring import PROCESSOR_SIGNER, decode_master_key
+    from backbone.keys.keyring import PROCESSOR_SIGNER
+    from backbone.keys.master import decode_master_key
     from backbone.keys.roles import OPERATOR_SIGNER, ROLES, WHAT_EACH_HOLDS, for_role, holds
     from backbone.policy.agreements import default_charter
 
@@ -206,3 +202,23 @@ def reidentify(
         raise refused
     console.print(value, highlight=False, markup=False)
     console.print(f"(recorded on audit.operations and in {log})", style="dim", highlight=False)
+
+
+@operator_app.command("add")
+def add_operator(name: str = typer.Argument(..., help="The operator's identity, as their BACKBONE_IDENTITY")) -> None:
+    """Create NAME's own signing key in the keyring (BACKBONE_KEYRING_PATH; a new keyring file when
+    there is none): the actions NAME records are signed with it. Publish the public keys again
+    afterwards (`backbone audit keys --output FILE`): verifiers accept NAME's actions only under it."""
+    settings = get_settings()
+    signer = operator_signer(name)
+    master_key = master_key_from_settings(settings)
+    path = Path(settings.keyring_path)
+    keyring = Keyring.load(path, master_key) if path.exists() else Keyring()
+    created = keyring.ensure(signers=[signer])
+    key_id, _ = keyring.active_key("signing", signer)
+    if not created:
+        console.print(f"operator {name} already has signing key {key_id} in keyring {path}", highlight=False, markup=False)
+        return
+    keyring.save(path, master_key)
+    console.print(f"operator {name}: signing key {key_id} created in keyring {path}; publish the public keys again "
+                  "(`backbone audit keys --output FILE`)", highlight=False, markup=False)

@@ -170,12 +170,14 @@ def _processor() -> list[Grant]:
         *_grants(processor, "group", PROCESSOR_APP_ID, "literal", ("read",), "Faust's consumer group"),
         *_grants(processor, "group", PROCESSOR_DATAPLANE_GROUP, "literal", ("read",), "the data plane's consumer group"),
         *_grants(processor, "topic", FAUST_LEADER_TOPIC, "literal", ("read", "create"), "Faust's leader-assignor topic"),
-        *_grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("describe",), "consent and agreement readers look up their group"),
+        *_grants(processor, "group", READER_GROUP_PREFIX, "prefixed", ("describe",), "state readers (consent, agreements, erasures, the operations head) look up their group"),
         *_grants(processor, "topic", ERASURES_TOPIC, "literal", ("read", "write", "create"),
                  "every worker reads the erasures in full; a worker answering an erasure request publishes it"),
         *_grants(processor, "topic", ERASURE_REQUESTS_TOPIC, "literal", ("read", "create"),
                  "every worker answers erasure requests (only processors read the subject's id there)"),
         *_grants(processor, "topic", ERASURE_WORK_TOPIC, "literal", ("write", "create"), "the answer: tokens and rows to delete"),
+        *_grants(processor, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read", "create"),
+                 "every worker anchors the operators' chain head in its checkpoints"),
         *_grants(processor, "topic", DLQ_KEYS_TOPIC, "literal", ("read", "write", "create"), "dead letters are sealed under per-subject keys kept there"),
     ]
 

@@ -1,7 +1,8 @@
 """The verifiable audit trail: canonical records, Merkle trees, signed checkpoints and chain
 verification (`log`), receipts a third party checks offline (`receipts`), RFC 3161 timestamps of
 checkpoints (`timestamps`), the operators' own actions sealed in the `operations` chain
-(`operations`), and where each writer's chain ends as known apart from the trail (`heads`). The
+(`operations`), who signed them and where that chain is anchored out of the operators' reach (`anchors`),
+and where each writer's chain ends as known apart from the trail (`heads`). The
 processor's writer of decision checkpoints is `processors.checkpoints`; reading the landed trail back
 for `backbone audit verify` is `consumers.audit_trail`, the heads on Kafka `consumers.audit_heads`.
 

@@ -33,6 +33,9 @@ from backbone.errors import BackboneError
 from backbone.keys.keyring import PublicKey
 
 POSITION_FIELDS = ("writer", "checkpoint", "leaf")
+# Anchor of the operators' chain in processor checkpoints (`backbone.audit.anchors`), added later: a
+# checkpoint without one is signed, hashed and read as before they existed, so old checkpoints verify.
+ANCHOR_FIELDS = ("operations_checkpoint", "operations_hash")
 SIGNATURE_FIELD = "signature"
 SIGNING_CONTEXT = b"backbone audit checkpoint v1\x00"  # signatures over checkpoints only, never reusable elsewhere
 _sha256 = hashlib.sha256
@@ -203,6 +206,8 @@ class Checkpoint:
     created_at: datetime
     schema: str
     interrupted: int | None = None
+    operations_checkpoint: int | None = None
+    operations_hash: str | None = None
     signature: str = ""
 
     @classmethod
@@ -214,7 +219,12 @@ class Checkpoint:
         return cls(**values)
 
     def to_record(self) -> dict[str, Any]:
-        return asdict(self)
+        record = asdict(self)
+        return record if self.anchored else {k: v for k, v in record.items() if k not in ANCHOR_FIELDS}
+
+    @property
+    def anchored(self) -> bool:
+        return self.operations_checkpoint is not None or self.operations_hash is not None
 
 
 class CheckpointCodec:
@@ -224,34 +234,42 @@ class CheckpointCodec:
         names = [item["name"] for item in checkpoint_schema["fields"]]
         if names[-1] != SIGNATURE_FIELD:
             raise AuditLogError("the checkpoint schema must end with its signature field")
-        unsigned = {**copy.deepcopy(dict(checkpoint_schema)), "fields": copy.deepcopy(checkpoint_schema["fields"][:-1])}
-        self._unsigned = parse_schema(unsigned)
-        self._full = parse_schema(copy.deepcopy(dict(checkpoint_schema)))
+        def parsed(fields: list[Any]) -> Any:
+            return parse_schema({**copy.deepcopy(dict(checkpoint_schema)), "fields": copy.deepcopy(fields)})
+
+        self._unsigned, self._full = parsed(checkpoint_schema["fields"][:-1]), parsed(checkpoint_schema["fields"])
+        before = [item for item in checkpoint_schema["fields"] if item["name"] not in ANCHOR_FIELDS]  # the body before anchors
+        self._unsigned_before, self._full_before = parsed(before[:-1]), parsed(before)
 
     def signed_body(self, checkpoint: Checkpoint) -> bytes:
-        return _write(self._unsigned, checkpoint.to_record())
+        return _write(self._unsigned if checkpoint.anchored else self._unsigned_before, checkpoint.to_record())
 
     def encode(self, checkpoint: Checkpoint) -> bytes:
         return _write(self._full, checkpoint.to_record())
 
     def decode(self, body: bytes) -> Checkpoint:
+        """A checkpoint body, written with this schema or the one before anchors (which never reads as this one)."""
         try:
             return Checkpoint.from_record(_read(self._full, body))
-        except AuditLogError:
-            raise
-        except Exception as exc:  # noqa: BLE001
-            raise AuditLogError(f"not a checkpoint body ({type(exc).__name__})") from None
+        except Exception as exc:  # noqa: BLE001 - fastavro raises many types
+            try:
+                return Checkpoint.from_record(_read(self._full_before, body))
+            except Exception:  # noqa: BLE001
+                raise AuditLogError(str(exc) if isinstance(exc, AuditLogError) else f"not a checkpoint body ({type(exc).__name__})") from None
 
     def hash(self, checkpoint: Checkpoint) -> str:
         """The hex SHA-256 the writer's next checkpoint names as `previous`."""
         return _sha256(self.signed_body(checkpoint)).hexdigest()
 
     def seal(self, *, writer: str, sequence: int, leaves: Sequence[bytes], previous: str, schema: str,
-             key_id: str, key: Ed25519PrivateKey, interrupted: int | None = None, now: datetime | None = None) -> Checkpoint:
-        """The signed checkpoint of one batch, whose records have leaf hashes `leaves` in order."""
+             key_id: str, key: Ed25519PrivateKey, interrupted: int | None = None, now: datetime | None = None,
+             anchor: tuple[int, str] | None = None) -> Checkpoint:
+        """The signed checkpoint of one batch, whose records have leaf hashes `leaves` in order;
+        `anchor`: the operations chain's head (sequence, hash) the writer had read."""
         now = now or datetime.now(UTC)
         unsigned = Checkpoint(writer, sequence, key_id, len(leaves), merkle_root(leaves).hex(), leaves_digest(leaves).hex(),
-                              previous, now.replace(microsecond=now.microsecond // 1000 * 1000), schema, interrupted)
+                              previous, now.replace(microsecond=now.microsecond // 1000 * 1000), schema, interrupted,
+                              *(anchor or (None, None)))
         signature = key.sign(SIGNING_CONTEXT + self.signed_body(unsigned))
         return Checkpoint(**{**unsigned.to_record(), "signature": base64.b64encode(signature).decode("ascii")})
 

@@ -7,14 +7,16 @@ action that must be accounted for (a re-identification) can refuse to complete w
 Actions name their actor by `BACKBONE_IDENTITY`, never by `$USER`, and carry no personal data:
 a token appears only as its SHA-256.
 
-Sealing: each action is a one-leaf Merkle batch of the `operations` chain, signed by the
-operations signing key (`backbone.keys.keyring.OPERATIONS_SIGNER`) and published to
+Sealing: each action is a one-leaf Merkle batch of the `operations` chain, signed by its actor's
+own signing key (`backbone.keys.keyring.operator_signer`: created in the keyring on the actor's first
+action when `backbone keys operator add` did not) and published to
 `audit.operations.checkpoints` (one partition: its last record is the head of the chain). The
 record carries its position (writer `operations`, checkpoint, leaf 0) like a decision record, so
 `backbone audit verify` checks actions with the same code: a deleted, edited or forged action, a
 gap or a fork in the chain is named. Actions recorded on one host are serialised by a lock in the
 data directory; two hosts recording at the same instant would fork the chain, which verification
-reports (`fork`) rather than hides.
+reports (`fork`) rather than hides. Every processor worker anchors the chain's head in its own
+signed checkpoints (`backbone.audit.anchors`, `processors.anchors`), out of the operators' reach.
 """
 
 from __future__ import annotations
@@ -31,17 +33,18 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from backbone.audit.anchors import OPERATIONS_WRITER  # noqa: F401 - the chain that seals operator actions (processors': `w<hex>`)
 from backbone.audit.log import AuditLogError, Checkpoint, CheckpointCodec, RecordCodec, leaf_hash
 from backbone.errors import BackboneError, KafkaUnavailableError, KeyringError, kafka_unavailable
 from backbone.events.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC, encoder_for, register, registry_client
 from backbone.files.private import private_directory
 from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
-from backbone.keys.keyring import OPERATIONS_SIGNER, Keyring, ensure_signer, master_key_from_settings
+from backbone.keys.keyring import Keyring, ensure_signer, operator_signer
+from backbone.keys.master import master_key_from_settings
 from backbone.settings import Settings
 
 ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay")
-OPERATIONS_WRITER = "operations"  # the chain that seals operator actions (processor writers are `w<hex>`)
 IDENTITY_HELP = "set BACKBONE_IDENTITY to your operator or oversight account (it is recorded with the action)"
 
 
@@ -83,11 +86,12 @@ def record(settings: Settings, action: OperatorAction) -> OperatorAction:
     schema, checkpoint_schema = catalog.internal_schema(OPERATOR_ACTION), catalog.internal_schema(AUDIT_CHECKPOINT)
     codec, checkpoint_codec = RecordCodec.for_audit_schema(schema), CheckpointCodec(checkpoint_schema)
     try:
-        keyring = ensure_signer(settings, Keyring.load(settings.keyring_path, master_key_from_settings(settings)), OPERATIONS_SIGNER)
-        key_id, key = keyring.signing_key(OPERATIONS_SIGNER)
+        signer = operator_signer(action.actor)
+        keyring = ensure_signer(settings, Keyring.load(settings.keyring_path, master_key_from_settings(settings)), signer)
+        key_id, key = keyring.signing_key(signer)
     except KeyringError as exc:
-        raise KeyringError(f"the {action.action} action is sealed in the audit trail with the operations signing key from "
-                           f"the keyring, so it is not done: {exc}") from None
+        raise KeyringError(f"the {action.action} action is sealed in the audit trail with {action.actor[:64]}'s own signing key "
+                           f"from the keyring (`backbone keys operator add {action.actor[:64]}`), so it is not done: {exc}") from None
     topics = Topics(settings)
     topics.ensure(OPERATIONS_TOPIC)
     topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)

@@ -42,7 +42,7 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from backbone.audit import operations
 from backbone.errors import BackboneError, KafkaUnavailableError
-from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, ERASURES_TOPIC, Topics
+from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, ERASURES_TOPIC, Topics, subject_partition
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
 from backbone.keys.provider import is_token_provider
 from backbone.keys.pseudonym import encrypt_function, token_function
@@ -151,7 +151,8 @@ def ensure_topic(settings: Settings) -> None:
     Topics(settings).ensure(ERASURES_TOPIC, partitions=1, config={"cleanup.policy": "compact"})
 
 
-def _produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes | None]], what: str) -> int:
+def _produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, bytes | None]], what: str, *,
+             partition: int = -1) -> int:
     producer = Producer(settings.producer_config(**{"linger.ms": 0}))
     failures: list[str] = []
 
@@ -161,7 +162,7 @@ def _produce(settings: Settings, topic: str, records: Iterable[tuple[bytes, byte
 
     count = 0
     for key, value in records:
-        producer.produce(topic, value, key, on_delivery=delivered)
+        producer.produce(topic, value, key, partition=partition, on_delivery=delivered)
         producer.poll(0)
         count += 1
     if producer.flush(settings.kafka_timeout_s * 3) or failures:
@@ -177,9 +178,12 @@ def publish(settings: Settings, record: ErasureRecord) -> None:
 
 
 def forget_consent(settings: Settings, subject_key: bytes, purposes: Iterable[str]) -> int:
-    """Tombstones for the subject's consent records (keyed `<subject key>:<purpose>`, holding the raw id):
-    compaction then removes them; a worker reads a tombstone as a withdrawal (fail closed)."""
-    return _produce(settings, CONSENT_TOPIC, [(subject_key + b":" + p.encode(), None) for p in purposes], "consent tombstones")
+    """Tombstones for the subject's consent records (keyed `<subject key>:<purpose>`, holding the raw id)
+    on the partition the producers put them on (the subject key's): compaction then removes them; a
+    worker reads a tombstone as a withdrawal (fail closed)."""
+    partition = subject_partition(subject_key, Topics(settings).describe(CONSENT_TOPIC).partitions)
+    return _produce(settings, CONSENT_TOPIC, [(subject_key + b":" + p.encode(), None) for p in purposes], "consent tombstones",
+                    partition=partition)
 
 
 def alert_keys(client: Any, targets: Iterable[RowTarget]) -> list[bytes]:

@@ -91,7 +91,7 @@ def _associated(seal_id: str) -> bytes:
 
 
 def _master(settings: Settings, master_key: bytes | None) -> AESGCM:
-    from backbone.keys.keyring import master_key_from_settings
+    from backbone.keys.master import master_key_from_settings
 
     return AESGCM(master_key if master_key is not None else master_key_from_settings(settings))
 

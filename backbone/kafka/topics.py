@@ -4,6 +4,7 @@ administration through confluent-kafka's AdminClient."""
 from __future__ import annotations
 
 import re
+import zlib
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -63,6 +64,14 @@ def alerts_topic_config() -> dict[str, str]:
     """`alerts.fraud`, keyed by alert id: kept for the broker's retention, and compacted eagerly, so an
     erased person's alerts, tombstoned by `backbone erase`, leave within hours."""
     return eager_compaction("compact,delete")
+
+
+def subject_partition(subject_key: bytes, partitions: int) -> int:
+    """The partition of a subject's records: the one librdkafka's `consistent_random` partitioner (the
+    producers') picks for the subject key alone. Consent records, keyed `<subject key>:<purpose>`, are
+    placed there explicitly, beside the subject's events; their tombstones must go there too, or
+    compaction never meets them."""
+    return zlib.crc32(subject_key) % partitions
 
 
 def raw_topic(event_type: str) -> str:

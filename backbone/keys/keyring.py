@@ -17,6 +17,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -30,6 +31,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from backbone.errors import KeyringError
 from backbone.files.private import make_private_dirs, private_directory
+from backbone.keys.master import master_key_from_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,19 +44,19 @@ BUILT_IN_DOMAINS: tuple[str, ...] = (OVERSIGHT_DOMAIN,)
 # Owner of the signing key the processors sign audit checkpoints with: every worker sharing a
 # keyring signs with its active key; each checkpoint names the key id.
 PROCESSOR_SIGNER = "processor"
-# Signs the checkpoint that seals each operator action (`backbone.audit.operations`).
+# Signed the checkpoint that sealed each operator action before operators had keys of their own
+# (kept for verifying those; `backbone.audit.anchors` names them as signed by no one in particular).
 OPERATIONS_SIGNER = "operations"
+# Each operator's own signing key, which seals the actions they record (`backbone.audit.operations`):
+# owner `operator:<identity>`, the identity as BACKBONE_IDENTITY names it (`operator_signer`).
+OPERATOR_SIGNER_PREFIX = "operator:"
+_IDENTITY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,127}$")  # as settings.identity
 SIGNING_ALGORITHM = "Ed25519"
 
 FORMAT = "backbone-keyring/1"
-MASTER_KEY_BYTES = 32
 # HMAC-SHA256; AES-256-SIV takes 512 bits; an Ed25519 private key is a 32-byte seed
 KEY_BYTES: dict[str, int] = {"domain": 32, "provider": 64, "signing": 32}
 _CHECK = b"backbone keyring master key check"
-MASTER_KEY_HELP = (
-    "set BACKBONE_MASTER_KEY (base64 of 32 random bytes) or BACKBONE_MASTER_KEY_FILE (a file holding it); "
-    "for the embedded demo, `backbone keys init --new-master-key-file .backbone/master.key` writes one"
-)
 
 
 @dataclass(slots=True, frozen=True)
@@ -117,53 +119,6 @@ class _Secret:
 
     def __reduce__(self) -> Any:  # keys do not leave the process through pickle
         raise TypeError("key material cannot be pickled")
-
-
-def new_master_key() -> bytes:
-    """32 random bytes for a new master key."""
-    return os.urandom(MASTER_KEY_BYTES)
-
-
-def encode_master_key(key: bytes) -> str:
-    return base64.b64encode(key).decode("ascii")
-
-
-def decode_master_key(text: str, source: str) -> bytes:
-    """Decode a base64 master key; `source` names where it came from (never the value)."""
-    try:
-        key = base64.b64decode(text.strip(), validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyringError(f"{source} is not valid base64; {MASTER_KEY_HELP}") from None
-    if len(key) != MASTER_KEY_BYTES:
-        raise KeyringError(f"{source} must decode to {MASTER_KEY_BYTES} bytes; {MASTER_KEY_HELP}")
-    return key
-
-
-def master_key_from_settings(settings: Any) -> bytes:
-    """The master key from `BACKBONE_MASTER_KEY` or `BACKBONE_MASTER_KEY_FILE`, or a clear error."""
-    if settings.master_key is not None:
-        return decode_master_key(settings.master_key.get_secret_value(), "BACKBONE_MASTER_KEY")
-    if settings.master_key_file is not None:
-        path = Path(settings.master_key_file)
-        try:
-            text = path.read_text()
-        except OSError as exc:
-            raise KeyringError(f"cannot read master key file {path} ({exc.strerror}); {MASTER_KEY_HELP}") from None
-        return decode_master_key(text, f"master key file {path}")
-    raise KeyringError(f"no master key for the keyring; {MASTER_KEY_HELP}")
-
-
-def write_master_key_file(path: Path) -> bytes:
-    """Create a new master key file readable by its owner only; refuses to overwrite one."""
-    key = new_master_key()
-    make_private_dirs(path.parent)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyringError(f"master key file {path} already exists; set BACKBONE_MASTER_KEY_FILE={path} to use it") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(encode_master_key(key) + "\n")
-    return key
 
 
 class Keyring:
@@ -357,10 +312,13 @@ class Keyring:
     def _create(self, kind: KeyKind, owner: str) -> KeyInfo:
         if kind not in KEY_BYTES:
             raise KeyringError(f"unknown key kind {kind!r}; expected domain, provider or signing")
-        if not owner or not owner.replace("_", "").replace("-", "").isalnum():
+        if not _valid_owner(kind, owner):
             raise KeyringError(f"invalid {kind} name {owner!r}: use letters, digits, - and _")
         number = max((_key_number(key_id) for key_id in self._infos), default=0) + 1
-        info = KeyInfo(kind, owner, f"k{number}", datetime.now(UTC), True)
+        # A signing key's id is published beside other keyrings' (processors', each operator's): a random
+        # suffix keeps ids of keyrings made apart from colliding in a verifier's map of public keys.
+        key_id = f"k{number}" if kind != "signing" else f"k{number}-{os.urandom(4).hex()}"
+        info = KeyInfo(kind, owner, key_id, datetime.now(UTC), True)
         self._add(info, _Secret(os.urandom(KEY_BYTES[kind])))
         return info
 
@@ -371,8 +329,22 @@ class Keyring:
         self._secrets[info.key_id] = secret
 
 
+def operator_signer(identity: str) -> str:
+    """The owner of the signing key of operator `identity` (their BACKBONE_IDENTITY)."""
+    if not _IDENTITY.match(identity or ""):
+        raise KeyringError(f"invalid operator identity {identity[:64]!r}: letters, digits, @ . _ - (as BACKBONE_IDENTITY)")
+    return OPERATOR_SIGNER_PREFIX + identity
+
+
+def _valid_owner(kind: str, owner: str) -> bool:
+    if kind == "signing" and owner.startswith(OPERATOR_SIGNER_PREFIX):
+        return bool(_IDENTITY.match(owner.removeprefix(OPERATOR_SIGNER_PREFIX)))
+    return bool(owner) and owner.replace("_", "").replace("-", "").isalnum()
+
+
 def _key_number(key_id: str) -> int:
-    return int(key_id[1:]) if key_id[1:].isdigit() else 0
+    digits = key_id[1:].partition("-")[0]  # k7, or k7-<random> for a signing key
+    return int(digits) if digits.isdigit() else 0
 
 
 def _associated(info: KeyInfo) -> bytes:

@@ -31,7 +31,8 @@ from typing import Any
 from cryptography.hazmat.primitives.ciphers.aead import AESSIV
 
 from backbone.errors import KeyringError
-from backbone.keys.keyring import KEY_BYTES, PROCESSOR_SIGNER, KeyInfo, KeyKind, Keyring, PublicKey, master_key_from_settings
+from backbone.keys.keyring import KEY_BYTES, PROCESSOR_SIGNER, KeyInfo, KeyKind, Keyring, PublicKey
+from backbone.keys.master import master_key_from_settings
 from backbone.keys.siv import Siv
 
 log = logging.getLogger(__name__)
