@@ -333,6 +333,16 @@ def test_a_subject_whose_versions_are_all_soft_deleted_is_not_found_and_a_second
     assert (status, body["error_code"]) == (404, 40406)  # type: ignore[index]
 
 
+def test_compatibility_against_a_missing_version_is_40402_even_without_the_subject(registry: Registry, subject: str) -> None:
+    body = {"schema": json.dumps(record("R", A))}
+    status, answer = registry.call("POST", f"/compatibility/subjects/{subject}/versions/3", body)
+    assert (status, answer["error_code"]) == (404, 40402)  # type: ignore[index]
+    assert registry.call("POST", f"/compatibility/subjects/{subject}/versions/latest", body) == (200, {"is_compatible": True})
+    registry.schema_id(subject, record("R", A))
+    status, answer = registry.call("POST", f"/compatibility/subjects/{subject}/versions/3", body)
+    assert (status, answer["error_code"]) == (404, 40402)  # type: ignore[index]
+
+
 def test_a_primitive_with_a_name_attribute_is_the_primitive(registry: Registry, subject: str) -> None:
     schema_id = registry.schema_id(subject, "string")  # type: ignore[arg-type]
     status, found = registry.call("POST", f"/subjects/{subject}", {"schema": json.dumps({"type": "string", "name": "ignored"})})

@@ -93,9 +93,12 @@ class SchemaRegistry:
         if raw_version is None:
             existing = self.state.versions(subject)
         else:
-            if _version_number(raw_version) == -1 and not self.state.versions(subject):
-                return []
-            existing = [self.version(subject, raw_version)]
+            number, live = _version_number(raw_version), self.state.versions(subject)
+            existing = live[-1:] if number == -1 else [v for v in live if v.version == number]
+            if not existing and number != -1:
+                # Confluent answers 40402 here even for a subject that never existed (where reading
+                # the version answers 40401); clients match on it, so this endpoint does the same.
+                raise errors.version_not_found(subject, raw_version)
             level = level.removesuffix("_TRANSITIVE")
         return incompatibilities(parsed, [(v.version, self.state.parsed(v.schema_id)) for v in existing], level)
 
