@@ -368,6 +368,12 @@ def test_an_unacceptable_media_type_is_406(registry: Registry) -> None:
     assert answer.status_code == 406 and answer.json()["error_code"] == 406
 
 
+def test_error_answers_come_in_the_accepted_media_type_too(registry: Registry) -> None:
+    answer = requests.get(registry.url + "/subjects/no.such.subject/versions", headers={"Accept": "application/json"}, timeout=15)
+    assert answer.status_code == 404 and answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json()["error_code"] == 40401
+
+
 @pytest.mark.parametrize("schema_type", ["JSON", "PROTOBUF"])
 def test_json_schema_and_protobuf_are_refused_naming_what_is_stored(registry: Registry, subject: str, schema_type: str) -> None:
     status, body = registry.call("POST", f"/subjects/{subject}/versions", {"schemaType": schema_type, "schema": "{}"})

@@ -12,7 +12,6 @@ from backbone.registry import errors
 V1 = "application/vnd.schemaregistry.v1+json"
 # What the registry answers in, its preferred first (Confluent: v1, then the unversioned type, then plain JSON).
 SERVED = (V1, "application/vnd.schemaregistry+json", "application/json")
-MEDIA_KEY = web.RequestKey("media_type", str) if hasattr(web, "RequestKey") else "media_type"
 
 
 def _accepted(header: str) -> list[tuple[float, int, str]]:
@@ -54,9 +53,9 @@ def negotiation_middleware() -> Callable[[web.Request, Callable[[web.Request], A
     async def negotiate(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
         media = choose(request.headers.get("Accept"))
         if media is None:
-            raise errors.ApiError(406, errors.NOT_ACCEPTABLE, f"HTTP 406 Not Acceptable: the registry answers in {', '.join(SERVED)}")
-        request[MEDIA_KEY] = media
-        response = await handler(request)
+            refusal = errors.ApiError(406, errors.NOT_ACCEPTABLE, f"HTTP 406 Not Acceptable: the registry answers in {', '.join(SERVED)}")
+            return web.json_response(refusal.body(), status=406, content_type=V1)
+        response = await handler(request)  # error answers too: this middleware is outside the one making them
         if isinstance(response, web.Response) and response.content_type in SERVED:
             response.content_type = media
         return response

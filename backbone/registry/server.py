@@ -317,7 +317,7 @@ def make_app(registry: SchemaRegistry, guard: Guard) -> web.Application:
 
     # outermost: it counts the status the client got, after errors became JSON answers
     app = web.Application(middlewares=[
-        registry_metrics().middleware(), _errors, guard_middleware(guard, access), negotiation_middleware(),
+        registry_metrics().middleware(), negotiation_middleware(), _errors, guard_middleware(guard, access),
     ])
     app[REGISTRY_KEY] = registry
     api = Api(registry)
