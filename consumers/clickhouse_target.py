@@ -194,7 +194,8 @@ class ClickHouseTarget:
         if cached is not None:
             return cached
         try:
-            schema = json.loads(self.registry.get_schema(schema_id).schema_str)
+            registered = self.registry.get_schema(schema_id)
+            schema = json.loads(registered.schema_str)
         except SchemaRegistryError as exc:
             if exc.error_code == SCHEMA_NOT_FOUND or exc.http_status_code == 404:
                 raise _Refused("unknown_schema_id", f"schema id {schema_id}: registry error {exc.error_code}") from None
@@ -202,6 +203,11 @@ class ClickHouseTarget:
             raise TargetUnavailable(f"schema registry answered {exc.http_status_code} for schema id {schema_id}") from None
         except Exception as exc:  # noqa: BLE001 - transport errors: connection refused, timeouts
             raise TargetUnavailable(f"schema registry did not answer for schema id {schema_id} ({type(exc).__name__})") from None
+        if registered.references:
+            # ClickHouse reads the writer schema's own text and cannot follow references. Shared
+            # topics carry the processor's self-contained recipient schemas, so this is no event of ours.
+            raise _Refused("schema_unreadable", f"schema id {schema_id} uses schema references, which ClickHouse's "
+                                                "AvroConfluent format cannot resolve; write self-contained schemas to shared topics")
         try:
             columns = table_columns(schema)
         except TypeMappingError as exc:

@@ -8,6 +8,7 @@ import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
@@ -222,6 +223,163 @@ def test_unknown_and_invalid_versions(registry: Registry, subject: str) -> None:
     for bad in ("abc", "0", "-5"):
         status, body = registry.call("GET", f"/subjects/{subject}/versions/{bad}")
         assert (status, body["error_code"]) == (422, 42202)  # type: ignore[index]
+
+
+# -- what real clients rely on: references, listings, routes, negotiation ----------------------
+
+def address(*extra: dict) -> dict:
+    return record("Address", {"name": "street", "type": "string"}, *extra)
+
+
+def person(name: str = "Person") -> dict:
+    # "Address" is a short name: it resolves in the enclosing namespace "test", as Avro says
+    return record(name, {"name": "home", "type": "Address"}, {"name": "work", "type": ["null", "test.Address"], "default": None})
+
+
+def ref(subject: str, version: int = 1) -> dict:
+    return {"name": "test.Address", "subject": subject, "version": version}
+
+
+def test_a_schema_referencing_another_subject_registers_and_is_served_with_its_references(registry: Registry, subject: str) -> None:
+    shared = subject.replace("-value", ".address")
+    address_id = registry.schema_id(shared, address())
+    status, body = registry.call("POST", f"/subjects/{subject}/versions", {"schema": json.dumps(person()), "references": [ref(shared)]})
+    assert status == 200, body
+    person_id = body["id"]  # type: ignore[index]
+    assert person_id != address_id
+    status, served = registry.call("GET", f"/schemas/ids/{person_id}")
+    assert status == 200 and served["references"] == [ref(shared)] and json.loads(served["schema"]) == person()  # type: ignore[index]
+    assert registry.call("GET", f"/subjects/{subject}/versions/1")[1]["references"] == [ref(shared)]  # type: ignore[index]
+    status, found = registry.call("POST", f"/subjects/{subject}", {"schema": json.dumps(person()), "references": [ref(shared)]})
+    assert status == 200 and found["id"] == person_id  # type: ignore[index]
+    assert registry.call("GET", f"/subjects/{shared}/versions/1/referencedby") == (200, [person_id])
+    assert registry.call("GET", f"/subjects/{shared}/versions/latest/referencedby/") == (200, [person_id])
+    # a referenced version stays while a live schema uses it
+    status, body = registry.call("DELETE", f"/subjects/{shared}/versions/1")
+    assert (status, body["error_code"]) == (422, 42206)  # type: ignore[index]
+    assert registry.call("DELETE", f"/subjects/{subject}") == (200, [1])
+    assert registry.call("GET", f"/subjects/{shared}/versions/1/referencedby") == (200, [])
+    assert registry.call("DELETE", f"/subjects/{shared}/versions/1") == (200, 1)
+
+
+def test_a_reference_to_a_version_never_registered_is_refused_with_42201(registry: Registry, subject: str) -> None:
+    status, body = registry.call("POST", f"/subjects/{subject}/versions",
+                                 {"schema": json.dumps(person()), "references": [ref(subject + ".nothing", 3)]})
+    assert (status, body["error_code"]) == (422, 42201)  # type: ignore[index]
+    assert "register it first" in body["message"]  # type: ignore[index]
+
+
+def test_compatibility_is_checked_with_the_referenced_versions(registry: Registry, subject: str) -> None:
+    shared = subject.replace("-value", ".address")
+    registry.schema_id(shared, address())
+    assert registry.call("PUT", f"/config/{shared}", {"compatibility": "NONE"})[0] == 200
+    registry.schema_id(shared, record("Address", {"name": "street", "type": "int"}))  # version 2: street changed type
+    first = {"schema": json.dumps(person()), "references": [ref(shared, 1)]}
+    changed = {"schema": json.dumps(person()), "references": [ref(shared, 2)]}
+    assert registry.call("POST", f"/subjects/{subject}/versions", first)[0] == 200
+    # the same text with the other version is another schema, and one BACKWARD refuses
+    status, verdict = registry.call("POST", f"/compatibility/subjects/{subject}/versions/latest", changed)
+    assert status == 200 and verdict == {"is_compatible": False}
+    status, body = registry.call("POST", f"/subjects/{subject}/versions", changed)
+    assert (status, body["error_code"]) == (409, 409)  # type: ignore[index]
+    assert registry.call("POST", f"/compatibility/subjects/{subject}/versions/1", first)[1] == {"is_compatible": True}
+
+
+def test_list_schemas_filters_by_prefix_deleted_latest_offset_and_limit(registry: Registry, subject: str) -> None:
+    prefix = subject.removesuffix("-value")
+    one, two = f"{prefix}.one", f"{prefix}.two"
+    registry.schema_id(one, record("R", A))
+    registry.schema_id(one, record("R", A, B_DEFAULT))
+    registry.schema_id(two, record("S", A))
+
+    def listed(query: str) -> list[tuple[str, int]]:
+        status, body = registry.call("GET", f"/schemas?subjectPrefix={prefix}{query}")
+        assert status == 200
+        return [(entry["subject"], entry["version"]) for entry in body]  # type: ignore[union-attr]
+
+    assert listed("") == [(one, 1), (one, 2), (two, 1)]
+    assert listed("&latestOnly=true") == [(one, 2), (two, 1)]
+    assert listed("&offset=1&limit=1") == [(one, 2)]
+    registry.call("DELETE", f"/subjects/{two}")
+    assert listed("") == [(one, 1), (one, 2)]
+    assert listed("&deleted=true") == [(one, 1), (one, 2), (two, 1)]
+    assert all({"subject", "version", "id", "schema"} <= set(e) for e in registry.call("GET", f"/schemas?subjectPrefix={prefix}")[1])  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("path", ["/config/", "/subjects/", "/schemas/types/", "/subjects/{s}/versions/"])
+def test_a_trailing_slash_answers_as_without_it(registry: Registry, subject: str, path: str) -> None:
+    registry.schema_id(subject, record("R", A))
+    with_slash = registry.call("GET", path.replace("{s}", subject))
+    assert with_slash == registry.call("GET", path.replace("{s}", subject).rstrip("/"))
+    assert with_slash[0] == 200
+    assert registry.call("PUT", f"/config/{subject}/", {"compatibility": "FULL"}) == (200, {"compatibility": "FULL"})
+
+
+def test_subject_names_with_braces_work_percent_encoded(registry: Registry, unique: str) -> None:
+    name = f"raw.test.{{{unique}}}-value"
+    encoded = quote(name, safe="")
+    status, body = registry.call("POST", f"/subjects/{encoded}/versions", {"schema": json.dumps(record("R", A))})
+    assert status == 200, body
+    assert name in registry.call("GET", "/subjects")[1]  # type: ignore[operator]
+    assert registry.call("GET", f"/subjects/{encoded}/versions/1")[1]["subject"] == name  # type: ignore[index]
+
+
+def test_a_subject_whose_versions_are_all_soft_deleted_is_not_found_and_a_second_soft_delete_is_40406(registry: Registry, subject: str) -> None:
+    registry.schema_id(subject, record("R", A))
+    assert registry.call("DELETE", f"/subjects/{subject}/versions/1") == (200, 1)
+    status, body = registry.call("GET", f"/subjects/{subject}/versions/latest")
+    assert (status, body["error_code"]) == (404, 40401)  # type: ignore[index]
+    status, body = registry.call("DELETE", f"/subjects/{subject}/versions/1")
+    assert (status, body["error_code"]) == (404, 40406)  # type: ignore[index]
+
+
+def test_compatibility_against_a_missing_version_is_40402_even_without_the_subject(registry: Registry, subject: str) -> None:
+    body = {"schema": json.dumps(record("R", A))}
+    status, answer = registry.call("POST", f"/compatibility/subjects/{subject}/versions/3", body)
+    assert (status, answer["error_code"]) == (404, 40402)  # type: ignore[index]
+    assert registry.call("POST", f"/compatibility/subjects/{subject}/versions/latest", body) == (200, {"is_compatible": True})
+    registry.schema_id(subject, record("R", A))
+    status, answer = registry.call("POST", f"/compatibility/subjects/{subject}/versions/3", body)
+    assert (status, answer["error_code"]) == (404, 40402)  # type: ignore[index]
+
+
+def test_a_primitive_with_a_name_attribute_is_the_primitive(registry: Registry, subject: str) -> None:
+    schema_id = registry.schema_id(subject, "string")  # type: ignore[arg-type]
+    status, found = registry.call("POST", f"/subjects/{subject}", {"schema": json.dumps({"type": "string", "name": "ignored"})})
+    assert status == 200 and found["id"] == schema_id  # type: ignore[index]
+    assert registry.schema_id(subject, {"type": "string"}) == schema_id  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("accept", "answered"), [
+    (None, CONTENT_TYPE),
+    ("application/json", "application/json"),
+    ("application/vnd.schemaregistry+json", "application/vnd.schemaregistry+json"),
+    ("text/html, application/json;q=0.5", "application/json"),
+    ("*/*", CONTENT_TYPE),
+])
+def test_answers_in_the_media_type_the_client_accepts(registry: Registry, accept: str | None, answered: str) -> None:
+    headers = {"Accept": accept} if accept else {}
+    answer = requests.get(registry.url + "/subjects", headers=headers, timeout=15)
+    assert answer.status_code == 200 and answer.headers["Content-Type"].startswith(answered)
+
+
+def test_an_unacceptable_media_type_is_406(registry: Registry) -> None:
+    answer = requests.get(registry.url + "/subjects", headers={"Accept": "text/html"}, timeout=15)
+    assert answer.status_code == 406 and answer.json()["error_code"] == 406
+
+
+def test_error_answers_come_in_the_accepted_media_type_too(registry: Registry) -> None:
+    answer = requests.get(registry.url + "/subjects/no.such.subject/versions", headers={"Accept": "application/json"}, timeout=15)
+    assert answer.status_code == 404 and answer.headers["Content-Type"].startswith("application/json")
+    assert answer.json()["error_code"] == 40401
+
+
+@pytest.mark.parametrize("schema_type", ["JSON", "PROTOBUF"])
+def test_json_schema_and_protobuf_are_refused_naming_what_is_stored(registry: Registry, subject: str, schema_type: str) -> None:
+    status, body = registry.call("POST", f"/subjects/{subject}/versions", {"schemaType": schema_type, "schema": "{}"})
+    assert (status, body["error_code"]) == (422, 42201)  # type: ignore[index]
+    assert "AVRO schemas only" in body["message"]  # type: ignore[index]
+    assert registry.call("GET", "/schemas/types") == (200, ["AVRO"])
 
 
 # -- persistence and several processes ---------------------------------------------------------

@@ -90,6 +90,10 @@ WRITES = [
     ("PUT", "/config", {"compatibility": "NONE"}),
     ("PUT", "/mode", {"mode": "READONLY"}),
     ("DELETE", "/subjects/raw.tax.income-value", None),
+    # the same routes with a trailing slash, and with a percent-encoded brace in the subject, are guarded alike
+    ("PUT", "/config/", {"compatibility": "NONE"}),
+    ("POST", "/subjects/raw.tax.income-value/versions/", {"schema": schema("R")}),
+    ("DELETE", "/subjects/raw.tax.%7Bincome%7D-value/", None),
 ]
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import uuid
 from typing import Any
 
 import pytest
-from confluent_kafka.schema_registry import SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerializer
 from confluent_kafka.serialization import MessageField, SerializationContext
 
@@ -21,7 +22,8 @@ from backbone.errors import (
     UnknownSchemaId,
 )
 from backbone.events.catalog import Catalog, default_catalog
-from backbone.events.serde import MAGIC, Decoder, Encoder, encoder_for, register
+from backbone.events.decoder import compile_decoder
+from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, RegistrySchemas, encoder_for, register
 from backbone.kafka.topics import raw_topic
 
 SECRET = "SECRET-VALUE-7731"
@@ -225,3 +227,29 @@ def test_generated_fast_path_writes_the_same_bytes_and_still_names_a_bad_field()
     with pytest.raises(EncodeError, match="household_size") as caught:
         Encoder(7, welfare.parsed, welfare.avro)(record)
     assert "three" not in str(caught.value)
+
+
+@pytest.mark.parametrize("event_type", ["tax.income_declared", "welfare.benefit_claimed"])
+def test_events_whose_schema_references_a_shared_record_decode_with_our_decoders(
+    event_type: str, client: SchemaRegistryClient
+) -> None:
+    """An agency with shared record types registers its event schema with a reference to the
+    governance record's own subject (as confluent-kafka's AvroSerializer does); the serde decoder
+    and the generated decoder read its events through a self-contained form of that schema."""
+    suffix = uuid.uuid4().hex[:8]
+    governance_subject = f"backbone.Governance-{suffix}"
+    register(client, governance_subject, CATALOG.internal_schema("backbone.Governance"))
+    unexpanded = CATALOG.events[event_type].path.read_text()  # names backbone.Governance without defining it
+    schema = Schema(unexpanded, "AVRO", [SchemaReference("backbone.Governance", governance_subject, 1)])
+    topic = f"raw.refs.{suffix}"
+    record = sample(CATALOG.events[event_type].avro)
+    data = AvroSerializer(client, schema)(record, SerializationContext(topic, MessageField.VALUE))
+
+    decoded = Decoder(client)(data)
+    assert decoded.record == record
+    assert client.get_schema(decoded.schema_id).references, "registered with its reference, not expanded"
+    resolved = RegistrySchemas(client).schema(decoded.schema_id)
+    governance = next(f["type"] for f in resolved["fields"] if f["name"] == "governance")
+    assert governance["type"] == "record", "the referenced record is defined inline"
+    decode = compile_decoder(resolved)
+    assert decode is not None and decode(data, HEADER_SIZE) == (record, len(data))

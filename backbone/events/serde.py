@@ -20,7 +20,7 @@ from io import BytesIO
 from typing import Any, Protocol
 
 import avro.schema as avro_schema
-from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
+from confluent_kafka.schema_registry import Schema, SchemaReference, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.validation import validate
@@ -38,7 +38,7 @@ from backbone.errors import (
     registry_unavailable,
 )
 from backbone.events.encoder import compile_encoder
-from backbone.registry.compatibility import LEVELS, incompatibilities
+from backbone.registry.compatibility import LEVELS, incompatibilities, self_contained
 from backbone.settings import Settings
 
 MAGIC = 0
@@ -215,9 +215,11 @@ class RegistrySchemas:
     def _unavailable(self, exc: BaseException) -> RegistryUnavailable:
         return registry_unavailable(self.url, type(exc).__name__)
 
-    def register(self, subject: str, avro: dict[str, Any]) -> int:
+    def register(self, subject: str, avro: dict[str, Any], references: list[SchemaReference] | None = None) -> int:
+        """Register `avro` under `subject`; `references` name the subjects that define the named
+        types it uses without defining them."""
         try:
-            return self.client.register_schema(subject, Schema(json.dumps(avro), "AVRO"))
+            return self.client.register_schema(subject, Schema(json.dumps(avro), "AVRO", references or []))
         except SchemaRegistryError as exc:
             if exc.http_status_code == 409:
                 raise SchemaIncompatible(
@@ -252,9 +254,39 @@ class RegistrySchemas:
         if schema.schema_type not in (None, "AVRO"):
             raise SerdeError(f"schema id {schema_id} is a {schema.schema_type} schema, not Avro")
         try:
-            return json.loads(schema.schema_str)
+            if not schema.references:
+                return json.loads(schema.schema_str)
+            # Named types it takes from other subjects are defined inline, so fastavro and the
+            # generated decoder read it as they read any self-contained schema.
+            resolved = self_contained(schema.schema_str, self._referenced(schema.references, set()))
         except ValueError as exc:
             raise SerdeError(f"schema id {schema_id} from the registry is not JSON") from exc
+        except Exception as exc:  # noqa: BLE001 - avro's SchemaParseException and friends
+            raise SerdeError(f"schema id {schema_id} does not parse with its references ({type(exc).__name__})") from exc
+        if not isinstance(resolved, dict):
+            raise SerdeError(f"schema id {schema_id} is not a record schema")
+        return resolved
+
+    def _referenced(self, references: list[Any], seen: set[tuple[str, int]]) -> list[str]:
+        """The texts of the schemas `references` name, directly or not, dependencies first, each once."""
+        texts: list[str] = []
+        for reference in references:
+            where = (reference.subject, reference.version)
+            if where in seen:
+                continue
+            seen.add(where)
+            try:
+                registered = self.client.get_version(reference.subject, reference.version, deleted=True)
+            except SchemaRegistryError as exc:
+                raise RegistryError(
+                    f"schema registry refused reference {reference.subject} version {reference.version}: {exc.error_message}",
+                    exc.error_code,
+                ) from exc
+            except Exception as exc:  # noqa: BLE001 - transport errors (httpx) while fetching
+                raise self._unavailable(exc) from exc
+            texts += self._referenced(registered.schema.references or [], seen)
+            texts.append(registered.schema.schema_str)
+        return texts
 
 
 class LocalSchemas:

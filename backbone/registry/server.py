@@ -17,7 +17,8 @@ from aiohttp import web
 
 from backbone.registry import errors
 from backbone.registry.auth import Guard, guard_middleware
-from backbone.registry.compatibility import AvroText, parse_avro
+from backbone.registry.compatibility import AvroText, parse_avro, parse_references
+from backbone.registry.negotiation import negotiation_middleware
 from backbone.registry.roles import Access
 from backbone.registry.service import SchemaRegistry, check_level, check_mode
 from backbone.registry.state import Version
@@ -34,6 +35,13 @@ def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -
 
 def _flag(request: web.Request, name: str) -> bool:
     return request.query.get(name, "false").lower() == "true"
+
+
+def _int_param(request: web.Request, name: str, default: int) -> int:
+    try:
+        return int(request.query.get(name, default))
+    except ValueError:
+        raise errors.ApiError(400, 400, f"query parameter {name} must be an integer") from None
 
 
 @web.middleware
@@ -80,12 +88,13 @@ class Api:
             raise errors.invalid_schema("request body is not JSON") from None
         if not isinstance(body, dict):
             raise errors.invalid_schema("request body must be a JSON object with a 'schema' field")
-        schema_type = body.get("schemaType", "AVRO")
+        schema_type = body.get("schemaType") or "AVRO"
         if schema_type != "AVRO":
-            raise errors.invalid_schema(f"schemaType {str(schema_type)[:40]!r} is not supported; this registry stores AVRO")
-        if body.get("references"):
-            raise errors.invalid_schema("schema references are not supported; register self-contained schemas")
-        return parse_avro(body.get("schema"))
+            raise errors.invalid_schema(
+                f"schemaType {str(schema_type)[:40]!r} is not supported: this registry stores AVRO schemas only "
+                "(JSON Schema and Protobuf are out of scope)"
+            )
+        return parse_avro(body.get("schema"), parse_references(body.get("references")))
 
     async def _body(self, request: web.Request) -> dict[str, Any]:
         try:
@@ -101,8 +110,16 @@ class Api:
             "subject": entry.subject,
             "version": entry.version,
             "id": entry.schema_id,
-            "schema": self.registry.state.schemas[entry.schema_id].text,
+            **self._schema_fields(self.registry.state.schemas[entry.schema_id]),
         }
+
+    @staticmethod
+    def _schema_fields(schema: AvroText) -> dict[str, Any]:
+        """`schema` and, when it has any, `references`, as Confluent answers them (AVRO is the default type)."""
+        fields: dict[str, Any] = {"schema": schema.text}
+        if schema.references:
+            fields["references"] = [r.body() for r in schema.references]
+        return fields
 
     # -- root, types, contexts, mode ---------------------------------------------------------
 
@@ -177,7 +194,24 @@ class Api:
 
     async def get_schema(self, request: web.Request) -> web.Response:
         schema_id = self._schema_id(request)
-        return _json({"schema": (await self._read(lambda: self.registry.schema(schema_id))).text})
+        return _json(self._schema_fields(await self._read(lambda: self.registry.schema(schema_id))))
+
+    async def list_schemas(self, request: web.Request) -> web.Response:
+        """`GET /schemas`: every subject version (live ones unless `deleted`), by subject then version."""
+        prefix, deleted, latest_only = request.query.get("subjectPrefix", ""), _flag(request, "deleted"), _flag(request, "latestOnly")
+        offset, limit = _int_param(request, "offset", 0), _int_param(request, "limit", -1)
+        with self.registry.log.lock:
+            found = []
+            for subject in self.registry.state.subject_names(deleted):
+                if subject.startswith(prefix):
+                    versions = self.registry.state.versions(subject, deleted)
+                    found += [self._version_body(v) for v in (versions[-1:] if latest_only else versions)]
+        found = found[offset:]
+        return _json(found if limit < 0 else found[:limit])
+
+    async def referenced_by(self, request: web.Request) -> web.Response:
+        subject, raw = request.match_info["subject"], request.match_info["version"]
+        return _json(await self._read(lambda: self.registry.state.referenced_by(self.registry.version(subject, raw))))
 
     async def get_schema_text(self, request: web.Request) -> web.Response:
         schema_id = self._schema_id(request)
@@ -249,6 +283,7 @@ class Api:
 ROUTES: list[tuple[str, str, str, str, Access]] = [
     ("GET", "/", "root", "read_root", Access.READ),
     ("GET", "/schemas/types", "schema_types", "list_schema_types", Access.READ),
+    ("GET", "/schemas", "list_schemas", "list_schemas", Access.READ),
     ("GET", "/contexts", "contexts", "list_contexts", Access.READ),
     ("GET", "/mode", "mode", "read_mode", Access.READ),
     ("PUT", "/mode", "put_mode", "set_mode", Access.ADMIN),
@@ -258,6 +293,7 @@ ROUTES: list[tuple[str, str, str, str, Access]] = [
     ("GET", "/subjects/{subject}/versions/{version}", "get_version", "read_version", Access.READ),
     ("GET", "/subjects/{subject}/versions/{version}/schema", "get_version_schema", "read_version_schema", Access.READ),
     ("DELETE", "/subjects/{subject}/versions/{version}", "delete_version", "delete_version", Access.ADMIN),
+    ("GET", "/subjects/{subject}/versions/{version}/referencedby", "referenced_by", "read_referenced_by", Access.READ),
     ("POST", "/subjects/{subject}", "lookup", "look_up_schema", Access.SUBJECT),
     ("DELETE", "/subjects/{subject}", "delete_subject", "delete_subject", Access.ADMIN),
     ("GET", "/schemas/ids/{id}", "get_schema", "read_schema", Access.READ),
@@ -280,8 +316,19 @@ def make_app(registry: SchemaRegistry, guard: Guard) -> web.Application:
     from backbone.telemetry.metrics import registry_metrics
 
     # outermost: it counts the status the client got, after errors became JSON answers
-    app = web.Application(middlewares=[registry_metrics().middleware(), _errors, guard_middleware(guard, access)])
+    app = web.Application(middlewares=[
+        registry_metrics().middleware(), negotiation_middleware(), _errors, guard_middleware(guard, access),
+    ])
     app[REGISTRY_KEY] = registry
     api = Api(registry)
-    app.add_routes([web.route(method, path, getattr(api, handler), name=name) for method, path, handler, name, _ in ROUTES])
+    app.add_routes([web.route(method, _pattern(path), getattr(api, handler), name=name) for method, path, handler, name, _ in ROUTES])
     return app
+
+
+def _pattern(path: str) -> str:
+    """The route's path as aiohttp matches it: a trailing slash optional (`GET /config/` is `GET
+    /config`, as in Confluent's registry) and a subject any text but `/` (`{` and `}` included,
+    percent-encoded by clients)."""
+    if path == "/":
+        return path
+    return path.replace("{subject}", "{subject:[^/]+}") + "{trailing_slash:/?}"

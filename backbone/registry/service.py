@@ -56,13 +56,10 @@ class SchemaRegistry:
 
     def version(self, subject: str, raw_version: str | int, deleted: bool = False) -> Version:
         number = _version_number(raw_version)
-        versions = self.state.versions(subject, deleted=True)
-        if not versions:
+        visible = self.state.versions(subject, deleted)
+        if not visible:  # as Confluent: a subject whose versions are all soft-deleted is not found
             raise errors.subject_not_found(subject)
-        visible = [v for v in versions if deleted or not v.deleted]
         if number == -1:
-            if not visible:
-                raise errors.version_not_found(subject, raw_version)
             return visible[-1]
         for entry in visible:
             if entry.version == number:
@@ -92,13 +89,16 @@ class SchemaRegistry:
     def compatibility(self, subject: str, candidate: AvroText, raw_version: str | int | None) -> list[str]:
         """Reasons `candidate` breaks the subject's level against one version (or all, when None)."""
         level = self.state.level(subject)
-        parsed = candidate.parsed()
+        parsed = self.state.resolve(candidate)
         if raw_version is None:
             existing = self.state.versions(subject)
         else:
-            if _version_number(raw_version) == -1 and not self.state.versions(subject):
-                return []
-            existing = [self.version(subject, raw_version)]
+            number, live = _version_number(raw_version), self.state.versions(subject)
+            existing = live[-1:] if number == -1 else [v for v in live if v.version == number]
+            if not existing and number != -1:
+                # Confluent answers 40402 here even for a subject that never existed (where reading
+                # the version answers 40401); clients match on it, so this endpoint does the same.
+                raise errors.version_not_found(subject, raw_version)
             level = level.removesuffix("_TRANSITIVE")
         return incompatibilities(parsed, [(v.version, self.state.parsed(v.schema_id)) for v in existing], level)
 
@@ -116,11 +116,11 @@ class SchemaRegistry:
 
     def register(self, subject: str, candidate: AvroText) -> Version:
         """Register `candidate` under `subject`; the same schema always gets the same id."""
-        parsed = candidate.parsed()
         with self._write_lock:
             for _ in range(MAX_ATTEMPTS):
                 self.log.sync()
                 with self.log.lock:
+                    parsed = self.state.resolve(candidate)  # its references must be registered
                     existing = self.state.find(subject, candidate.identity)
                     if existing is not None:  # changes nothing, so READONLY answers it too (clients re-register at start)
                         return existing
@@ -139,7 +139,8 @@ class SchemaRegistry:
                 claim = uuid.uuid4().hex
                 key = {"keytype": "SCHEMA", "claim": claim}
                 offset = self.log.append(
-                    [(key, {"subject": subject, "version": version, "id": schema_id, "schema": candidate.text})]
+                    [(key, {"subject": subject, "version": version, "id": schema_id, "schema": candidate.text,
+                            **({"references": [r.body() for r in candidate.references]} if candidate.references else {})})]
                 )
                 self.log.wait_applied(offset)
                 with self.log.lock:
@@ -168,6 +169,7 @@ class SchemaRegistry:
                 if not permanent and not live:
                     raise errors.ApiError(404, errors.SUBJECT_SOFT_DELETED, f"Subject '{subject}' was soft deleted.")
                 targets = every if permanent else live
+                self._not_referenced(targets)
                 max_id = self.state.max_id
             self._delete(targets, permanent, max_id)
             return [v.version for v in targets]
@@ -177,7 +179,14 @@ class SchemaRegistry:
             self.log.sync()
             with self.log.lock:
                 self._writable(f"deleting a version of subject '{subject}'")
-                entry = self.version(subject, raw_version, deleted=permanent)
+                # a number may name a soft-deleted version (a second soft delete is 40406); `latest` is the newest live one
+                entry = self.version(subject, raw_version, deleted=permanent or _version_number(raw_version) != -1)
+                if not permanent and entry.deleted:
+                    raise errors.ApiError(
+                        404, errors.VERSION_SOFT_DELETED, f"Subject '{subject}' Version {entry.version} was soft deleted. "
+                        "Set permanent=true to delete permanently",
+                    )
+                self._not_referenced([entry])
                 if permanent and not entry.deleted:
                     raise errors.ApiError(
                         404, errors.VERSION_NOT_SOFT_DELETED,
@@ -186,6 +195,17 @@ class SchemaRegistry:
                 max_id = self.state.max_id
             self._delete([entry], permanent, max_id)
             return entry.version
+
+    def _not_referenced(self, targets: list[Version]) -> None:
+        """A version another live schema references stays (42206), as in Confluent's registry."""
+        for entry in targets:
+            users = self.state.referenced_by(entry)
+            if users:
+                raise errors.ApiError(
+                    422, errors.REFERENCE_EXISTS,
+                    f"One or more references exist to the schema {{subject={entry.subject}, version={entry.version}}}: "
+                    f"schema ids {users[:10]}; delete those first",
+                )
 
     def _delete(self, targets: list[Version], permanent: bool, max_id: int) -> None:
         records: list[tuple[dict[str, Any], dict[str, Any] | None]] = []

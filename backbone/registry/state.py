@@ -1,8 +1,8 @@
 """The registry's state, rebuilt by applying the `_schemas` log in offset order (pure: no I/O).
 
 Log records (key -> value, both JSON):
-- `{"keytype": "SCHEMA", "claim": c}` -> `{"subject", "version", "id", "schema"}`: a claim that
-  `subject` version `version` is schema `id`. Every write has its own claim key, so compaction never
+- `{"keytype": "SCHEMA", "claim": c}` -> `{"subject", "version", "id", "schema", "references"?}`: a
+  claim that `subject` version `version` is schema `id` (with the named types it references). Every write has its own claim key, so compaction never
   merges two claims and offset order survives it. A claim is accepted unless an earlier accepted
   claim already gave that id to another schema, that schema another id, that subject version
   another claim, or that subject this schema as a live version. Every process applies the same
@@ -24,7 +24,8 @@ from typing import Any
 
 import avro.schema
 
-from backbone.registry.compatibility import DEFAULT_LEVEL, AvroText
+from backbone.registry import errors
+from backbone.registry.compatibility import DEFAULT_LEVEL, AvroText, Reference, identity_of, parse_references
 
 
 @dataclass(slots=True)
@@ -36,10 +37,6 @@ class Version:
     schema_id: int
     claim: str
     deleted: bool = False
-
-
-def identity_of(text: str) -> str:
-    return json.dumps(json.loads(text), separators=(",", ":"), sort_keys=True)
 
 
 def record_key(key: dict[str, Any]) -> bytes:
@@ -84,7 +81,7 @@ class RegistryState:
                     self.levels[subject] = str(value["compatibilityLevel"])
             elif kind == "MODE" and key.get("subject") is None:
                 self.mode = "READWRITE" if value is None else str(value["mode"])
-        except (KeyError, TypeError, ValueError):
+        except (KeyError, TypeError, ValueError, errors.ApiError):
             return
 
     def _apply_claim(self, claim: str, value: dict[str, Any] | None) -> None:
@@ -96,8 +93,9 @@ class RegistryState:
         subject, version, schema_id, text = (
             str(value["subject"]), int(value["version"]), int(value["id"]), str(value["schema"])
         )
+        references = parse_references(value.get("references"))
         self.max_id = max(self.max_id, schema_id)  # an id seen in the log is never handed out again
-        identity = identity_of(text)
+        identity = identity_of(json.loads(text), references)
         known = self.schemas.get(schema_id)
         if known is not None and known.identity != identity:
             return
@@ -109,7 +107,7 @@ class RegistryState:
         if any(v.schema_id == schema_id and not v.deleted for v in versions.values()):
             return
         if known is None:
-            self.schemas[schema_id] = AvroText(text, identity)
+            self.schemas[schema_id] = AvroText(text, identity, references)
             self.ids_by_identity[identity] = schema_id
         entry = Version(subject, version, schema_id, claim)
         self.subjects.setdefault(subject, {})[version] = entry
@@ -158,11 +156,57 @@ class RegistryState:
         return self.levels.get(subject) or self.levels.get(None) or DEFAULT_LEVEL
 
     def parsed(self, schema_id: int) -> avro.schema.Schema:
-        """The avro library's parse of a stored schema (parsed once)."""
+        """The avro library's parse of a stored schema, references resolved (parsed once)."""
         parsed = self._parsed.get(schema_id)
         if parsed is None:
-            parsed = self._parsed[schema_id] = self.schemas[schema_id].parsed()
+            parsed = self._parsed[schema_id] = self.resolve(self.schemas[schema_id])
         return parsed
+
+    def referenced(self, reference: Reference) -> Version:
+        """The subject version a reference names (soft-deleted ones too, as Confluent resolves them)."""
+        versions = self.subjects.get(reference.subject, {})
+        if reference.version == -1:
+            live = [versions[v] for v in sorted(versions) if not versions[v].deleted]
+            if live:
+                return live[-1]
+        elif reference.version in versions:
+            return versions[reference.version]
+        raise errors.invalid_schema(
+            f"reference '{reference.name}' names subject '{reference.subject}' version {reference.version}, "
+            "which is not registered; register it first"
+        )
+
+    def resolve(self, schema: AvroText) -> avro.schema.Schema:
+        """`schema` parsed with the named types of its references (and theirs), each parsed once,
+        dependencies first; 42201 when a reference is missing or the schema does not parse with them."""
+        names = avro.schema.Names()
+        try:
+            self._load(schema.references, names, set())
+            return schema.parsed(names)
+        except errors.ApiError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - avro raises SchemaParseException and friends
+            raise errors.invalid_schema(f"not a valid Avro schema ({type(exc).__name__}: {str(exc)[:200]})") from None
+
+    def _load(self, references: tuple[Reference, ...], names: avro.schema.Names, seen: set[int]) -> None:
+        for reference in references:
+            schema_id = self.referenced(reference).schema_id
+            if schema_id in seen:
+                continue
+            seen.add(schema_id)
+            target = self.schemas[schema_id]
+            self._load(target.references, names, seen)
+            target.parsed(names)
+            names.default_namespace = None  # each referenced document starts in the null namespace
+
+    def referenced_by(self, entry: Version) -> list[int]:
+        """Ids of the live schemas whose references name `entry`'s subject version."""
+        latest = max((v.version for v in self.versions(entry.subject)), default=None)
+        return sorted({
+            v.schema_id for v in self.claims.values() if not v.deleted
+            for r in self.schemas[v.schema_id].references
+            if r.subject == entry.subject and (r.version == entry.version or (r.version == -1 and latest == entry.version))
+        })
 
     def usages(self, schema_id: int, deleted: bool = False) -> list[Version]:
         return sorted(
