@@ -26,8 +26,8 @@ from urllib.parse import quote
 
 import pytest
 
-from backbone.stack.embedded import EmbeddedStack
 from backbone.settings import PROJECT_ROOT
+from backbone.stack.embedded import EmbeddedStack
 from tests.cli import clean_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
