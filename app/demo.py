@@ -24,6 +24,7 @@ from typing import Any
 from app.local import ProcessorWorker, provision_role_keyrings, stack_settings, token_environment, worker_environment
 from app.scoring import score
 from backbone.audit.log import public_key_map
+from backbone.audit.published import read_published, write_published
 from backbone.clickhouse.client import make_client, serve_readers
 from backbone.clickhouse.endpoint import ChdbServer
 from backbone.control import agreement_changes
@@ -73,6 +74,9 @@ class InFlight:
     consent_seconds: float = 0.0
     suspended_decision: str = ""
     reactivated_decision: str = ""
+
+
+PUBLISHED_KEYS = "audit-keys.json"  # the public signing keys verifiers check the demo's trail against
 
 
 @dataclass
@@ -137,8 +141,11 @@ class Demo:
             kafka_partitions=self.base.kafka_partitions,
             clickhouse_database_prefix="",
             **self.keyrings["operator"].settings(),  # the operator's keys stay in a file, never on the token
+            audit_keys_file=self.data_dir / PUBLISHED_KEYS,
         )
         self.settings = settings
+        # the console's oversight page computes a person's oversight pseudonym: the oversight role's keyring
+        self.oversight_settings = settings.model_copy(update=self.keyrings["oversight"].settings())
         processor = self.keyrings["processor"]
         processor_env = processor.environment()
         if self.base.key_provider != "file":
@@ -159,6 +166,7 @@ class Demo:
         # scoring pseudonymises the synthetic ground truth as the processor did: the demo's own check
         if self.base.key_provider == "file":
             self.keyring = processor.open()
+        self.publish_keys()
         self.report("processor", note="starting a processor worker (Faust)")
         self.worker = ProcessorWorker(settings, "logs/processor", metrics_port=str(self._metrics_ports.get("processor", 0)),
                                       **processor_env)
@@ -293,6 +301,7 @@ class Demo:
             "period": "2026-01", "declared_income": 2100.0, "bank_account": "NL39RABO0300065264",
         }
         self._change_agreement("suspended")
+        self.publish_keys()
         try:
             with AgencyProducer("tax", self.settings) as producer:
                 event_id = producer.send("tax.income_declared", dict(income))
@@ -344,11 +353,18 @@ class Demo:
         detector.close()
         result.alerts = Counter(alert.kind for alert in alerts)
         result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
-        # the public halves of the processor's and the operator's signing keys, from their keyring files
-        public = [key for role in ("processor", "operator") for key in self.keyrings[role].open().public_keys()]
+        # the public halves of the processor's and the operator's signing keys, as published
+        self.publish_keys()
         result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
-            public_key_map(public))
+            public_key_map(read_published(self.data_dir / PUBLISHED_KEYS)))
         return result
+
+    def publish_keys(self) -> int:
+        """Write the processor's and the operator's public signing keys where verifiers read them
+        (`BACKBONE_AUDIT_KEYS_FILE`): no role's keyring holds the other's. Again after operator
+        actions: an operator's own key is made at their first action."""
+        public = [*self.keyring.public_keys(), *self.keyrings["operator"].open().public_keys()]
+        return write_published(self.data_dir / PUBLISHED_KEYS, public)
 
     def dead_letters(self) -> dict[str, int]:
         """DLQ entries by `stage: reason`, read from the DLQ topics themselves."""

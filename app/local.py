@@ -140,6 +140,8 @@ def worker_environment(settings: Settings, **extra: str) -> dict[str, str]:
     env["BACKBONE_KEY_PROVIDER"] = settings.key_provider
     env.update(token_environment(settings))
     env["BACKBONE_KEYRING_PATH"] = str(settings.keyring_path)
+    if settings.audit_keys_file is not None:
+        env["BACKBONE_AUDIT_KEYS_FILE"] = str(settings.audit_keys_file)
     if settings.role is not None:
         env["BACKBONE_ROLE"] = settings.role
     if "master_key_file" in extra:  # another role's master key: this one's must not take precedence

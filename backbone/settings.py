@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch at most")
     sink_batch_min_seconds: float = Field(0.1, gt=0, description="A batch lands once this old (or as old as the last write took) when nothing more is waiting")
     fraud_recipient: str = Field("fraud", description="The agency whose database runs the fraud rules")
+    audit_keys_file: Path | None = Field(
+        None, description="Published public signing keys (the JSON `backbone audit keys --output` writes) that audit verify, "
+        "audit subject and the console check the trail against, beside the keyring's own")
     shared_retention_days: float = Field(
         7.0, gt=0, description="How long shared topics keep a record beyond its released time: retention.ms of shared.* is this"
         " plus the longest period an agreement generalises occurred_at to on the topic (record timestamps are the released time)")

@@ -20,9 +20,8 @@ from backbone.settings import get_settings
 audit_app = typer.Typer(help="Oversight: who received what about whom, and why; and proof the trail is intact.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 
-KEYS_FORMAT = "backbone-audit-keys/1"
-KEYS_OPTION = typer.Option(None, "--keys", help="Published public keys (the JSON `backbone audit keys --output` writes); "
-                                                "default: the keyring's, which needs its master key")
+KEYS_OPTION = typer.Option(None, "--keys", help="Published public keys (the JSON `backbone audit keys --output` writes; "
+                                                "default BACKBONE_AUDIT_KEYS_FILE), with the keyring's own when it opens")
 
 
 def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
@@ -41,26 +40,11 @@ def _charter(settings):  # noqa: ANN001, ANN202 - Settings -> Charter
 
 
 def _public_keys(settings, path: Path | None) -> dict[str, Any]:  # noqa: ANN001 - Settings
-    """Key id -> `PublicKey`, from a published keys file or the keyring."""
+    """Key id -> `PublicKey`: the published keys (--keys, else BACKBONE_AUDIT_KEYS_FILE) and the keyring's own."""
     from backbone.audit.log import public_key_map
-    from backbone.keys.keyring import Keyring, PublicKey
+    from backbone.audit.published import verifier_keys
 
-    if path is None:
-        try:
-            return public_key_map(Keyring.open(settings).public_keys())
-        except BackboneError as exc:
-            raise BackboneError(f"{exc}; or give --keys FILE, the public keys `backbone audit keys --output FILE` writes") from None
-    try:
-        data = json.loads(Path(path).read_text())
-    except (OSError, ValueError) as exc:
-        raise BackboneError(f"--keys {path}: not a readable JSON file ({type(exc).__name__})") from None
-    entries = data.get("keys") if isinstance(data, dict) else data
-    if not isinstance(entries, list):
-        raise BackboneError(f"--keys {path}: expected {{\"format\": \"{KEYS_FORMAT}\", \"keys\": [...]}}")
-    try:
-        return public_key_map(PublicKey.from_json(entry) for entry in entries)
-    except BackboneError as exc:
-        raise BackboneError(f"--keys {path}: {exc}") from None
+    return public_key_map(verifier_keys(settings, path))
 
 
 @audit_app.command("subject")
@@ -280,12 +264,13 @@ def verify_receipt(path: Path = typer.Argument(..., help="A receipt from `backbo
 def public_keys(output: Path = typer.Option(None, "--output", help="Write the public keys as JSON here, for verifiers")) -> None:
     """The public halves of the processors' checkpoint signing keys and of each operator's own key
     (signer `operator:NAME`; rotated ones too): publish them so anyone can verify the trail and receipts."""
+    from backbone.audit.published import write_published
     from backbone.keys.keyring import Keyring
 
     found = Keyring.open(get_settings()).public_keys()
     if output is not None:
-        output.write_text(json.dumps({"format": KEYS_FORMAT, "keys": [key.to_json() for key in found]}, indent=2) + "\n")
-        console.print(f"{len(found)} public keys written to {output}", highlight=False)
+        count = write_published(output, found)
+        console.print(f"{count} public keys written to {output}", highlight=False)
         return
     table = Table("key id", "signer", "algorithm", "created", "active", "public key (base64)")
     for key in found:

@@ -178,7 +178,7 @@ def _start_console(runner: Any) -> Any:
     def serve() -> None:
         asyncio.set_event_loop(loop)
         try:
-            started["runner"], started["url"] = loop.run_until_complete(start(settings))
+            started["runner"], started["url"] = loop.run_until_complete(start(settings, oversight=getattr(runner, "oversight_settings", None)))
         except Exception as exc:  # noqa: BLE001 - the demo goes on without its console, saying why
             started["error"] = exc
             ready.set()

@@ -182,26 +182,29 @@ async def live_js(request: web.Request) -> web.Response:
 Lookup = Callable[[str], tuple[str, list, tuple[bool | None, str]]]
 
 
-def disclosures_lookup(settings: Settings) -> Lookup:
+def disclosures_lookup(settings: Settings, oversight: Settings | None = None) -> Lookup:
     """The oversight lookup `backbone audit subject` does: the id's oversight pseudonym, its
-    disclosures, and whether their audit records verify against the signed checkpoints."""
+    disclosures, and whether their audit records verify against the signed checkpoints. The
+    pseudonym needs the oversight domain: `oversight` names the oversight role's keyring when the
+    console runs as another role (the demo's console is the operator's)."""
 
     def lookup(national_id: str) -> tuple[str, list, tuple[bool | None, str]]:
         from app.console.snapshot import load_charter
         from backbone.audit.log import public_key_map
+        from backbone.audit.published import verifier_keys
         from backbone.clickhouse.client import make_client
         from backbone.keys.keyring import Keyring
         from consumers.audit import disclosures, subject_token
         from consumers.audit_trail import verdict_text, verify_subject
 
-        keyring = Keyring.open(settings)
+        keyring = Keyring.open(oversight or settings)
         token = subject_token(keyring, national_id)
         charter = load_charter(settings)
         client = make_client(settings.clickhouse_dsn or "", read_only=True)
         try:
             found = disclosures(client, settings.clickhouse_database_prefix, token, charter)
             verdict = verdict_text(*verify_subject(client, settings.clickhouse_database_prefix, charter.catalog,
-                                                   public_key_map(keyring.public_keys()), token))
+                                                   public_key_map(verifier_keys(settings)), token))
             return token, found, verdict
         finally:
             client.close()
@@ -229,18 +232,19 @@ def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
     return app
 
 
-def app_for(settings: Settings, minutes: int = 5) -> web.Application:
-    return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings),
+def app_for(settings: Settings, minutes: int = 5, oversight: Settings | None = None) -> web.Application:
+    return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings, oversight),
                     secure_cookies=settings.console_over_https)
 
 
-async def start(settings: Settings, host: str | None = None, port: int | None = None) -> tuple[web.AppRunner, str]:
+async def start(settings: Settings, host: str | None = None, port: int | None = None,
+                oversight: Settings | None = None) -> tuple[web.AppRunner, str]:
     """Serve the console in the running loop; returns the runner (cleanup to stop) and its URL."""
     from backbone.errors import BackboneError
 
     host = host or settings.console_host
     port = settings.console_port if port is None else port
-    runner = web.AppRunner(app_for(settings), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
+    runner = web.AppRunner(app_for(settings, oversight=oversight), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

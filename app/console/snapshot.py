@@ -86,13 +86,13 @@ def audit_state(settings: Settings) -> AuditState:
     if cached is not None and time.monotonic() - cached[0] < AUDIT_VERIFY_EVERY_S:
         return cached[1]
     from backbone.audit.log import CheckpointCodec, public_key_map
+    from backbone.audit.published import verifier_keys
     from backbone.clickhouse.client import make_client
     from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
-    from backbone.keys.keyring import Keyring
     from consumers.audit_heads import check_not_emptied, known_heads
     from consumers.audit_trail import ClickHouseTrail
 
-    keys = public_key_map(Keyring.open(settings).public_keys())
+    keys = public_key_map(verifier_keys(settings))
     catalog = load_catalog(settings.schemas_dir)
     # as `backbone audit verify` does: the heads known apart from the trail first, then the trail
     known = known_heads(settings, CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT)), keys, (), from_kafka_too=True)
