@@ -47,7 +47,7 @@ def produce(
     seed: int = typer.Option(0, "--seed", help="Seed of the synthetic data (same seed, same people and events)"),
     population: int = typer.Option(10_000, "--population", min=1, help="Synthetic people"),
     fraud_rate: float = typer.Option(0.01, "--fraud-rate", min=0.0, max=0.2, help="Share of people committing fraud"),
-    start: str = typer.Option("2024-01", "--start", help="First period, YYYY-MM"),
+    start: str = typer.Option(None, "--start", help="First period, YYYY-MM (default: eleven months before this one)"),
     periods: int = typer.Option(None, "--periods", min=1, help="Stop after this many months"),
     truth: Path = typer.Option(None, "--truth", help="Write the planted fraud cases (JSON) here"),
 ) -> None:
