@@ -32,6 +32,9 @@ def demo(
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
 
+    from backbone.stack.embedded import KEEPS
+
+    console.print(f"keeps: {KEEPS}", highlight=False)
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn())
