@@ -10,6 +10,7 @@ decided and landed, then reports. Everything lives under `<data dir>/demo`, wipe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 import uuid
@@ -93,6 +94,36 @@ class DemoResult:
     elapsed_s: float = 0.0
     audit: Any = None  # the landed audit trail's verification (`backbone.audit.log.Report`)
     keyrings: list[tuple[str, str, Path | None]] = field(default_factory=list)  # part, role, keyring it opens
+    retention_drops: list[RetentionDrop] = field(default_factory=list)
+
+
+@dataclass(slots=True, frozen=True)
+class RetentionDrop:
+    """Fewer rows in a recipient's table than events permitted to it: ClickHouse dropped the rest
+    as they landed, being older than the agreement's retention (counted from the event's time)."""
+
+    database: str
+    table: str
+    permitted: int
+    landed: int
+    retention_days: int
+
+
+# as written (`+ INTERVAL 365 DAY`) and as ClickHouse stores it in system.tables (`+ toIntervalDay(365)`)
+_TTL_DAYS = re.compile(r"\bTTL\b.*?(?:INTERVAL\s+(\d+)\s+DAY|toIntervalDay\((\d+)\))", re.DOTALL | re.IGNORECASE)
+
+
+def retention_drops(permitted: dict[tuple[str, str], int], rows: list[tuple[str, str, int]],
+                    table_sql: dict[tuple[str, str], str]) -> list[RetentionDrop]:
+    """The tables (database, table) with a retention TTL in their `CREATE TABLE` that hold fewer rows
+    than were permitted to them."""
+    drops = []
+    for database, table, landed in rows:
+        ttl = _TTL_DAYS.search(table_sql.get((database, table), ""))
+        wanted = permitted.get((database, table), 0)
+        if ttl and landed < wanted:
+            drops.append(RetentionDrop(database, table, wanted, landed, int(ttl.group(1) or ttl.group(2))))
+    return drops
 
 
 class Demo:
@@ -200,7 +231,7 @@ class Demo:
     # the flow ----------------------------------------------------------------------------------
     def produce(self) -> SyntheticStream:
         assert self.settings is not None
-        population = max(200, self.events // 25)
+        population = max(200, self.events // 11)  # about one event a person a month: eleven months, up to about now
         stream = SyntheticStream(seed=self.seed, population=population, events=self.events)
         producers: dict[str, AgencyProducer] = {}
         catalog = load_catalog(self.settings.schemas_dir)
@@ -346,6 +377,12 @@ class Demo:
             "SELECT database, name FROM system.tables WHERE database NOT IN ('system', 'information_schema', 'INFORMATION_SCHEMA', 'default') "
             "AND engine LIKE '%MergeTree' ORDER BY database, name").result_rows
         result.rows = [(db, name, int(self.client.query(f"SELECT count() FROM {db}.{name} FINAL").result_rows[0][0])) for db, name in tables]
+        prefix = self.settings.clickhouse_database_prefix
+        permitted = {(ddl.database_name(prefix, r), ddl.table_name(e)): int(n) for r, e, n in self.client.query(
+            f"SELECT recipient, event_type, uniqExact(event_id) FROM {AUDIT} WHERE decision = 'permit' GROUP BY recipient, event_type").result_rows}
+        table_sql = {(db, name): sql for db, name, sql in self.client.query(
+            "SELECT database, name, create_table_query FROM system.tables WHERE engine LIKE '%MergeTree'").result_rows}
+        result.retention_drops = retention_drops(permitted, result.rows, table_sql)
         result.dlq = self.dead_letters()
         detector = FraudDetector(self.settings, self.client)
         detector.detect()

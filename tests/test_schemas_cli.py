@@ -43,6 +43,14 @@ def test_register_puts_every_event_schema_under_its_raw_topic_subject(registered
     assert again.returncode == 0 and again.stdout == registered  # same ids, same versions
 
 
+def test_register_prints_its_own_output_and_no_library_log_lines(registered: str, registry_url: str) -> None:
+    again = backbone("schemas", "register", url=registry_url)
+    assert again.returncode == 0 and again.stdout == registered
+    assert "level=" not in again.stdout + again.stderr and "HTTP Request" not in again.stdout + again.stderr
+    verbose = backbone("-v", "schemas", "register", url=registry_url)  # asked for: the HTTP requests show
+    assert verbose.returncode == 0 and "level=INFO" in verbose.stderr and "HTTP Request" in verbose.stderr
+
+
 def test_list_shows_the_registered_subjects(registered: str, registry_url: str) -> None:
     result = backbone("schemas", "list", url=registry_url)
     assert result.returncode == 0, result.stderr

@@ -156,3 +156,26 @@ def test_invalid_parameters_are_refused() -> None:
         generate(start="2024/01")
     with pytest.raises(ValueError, match="fraud_rate"):
         generate(fraud_rate=0.5)
+
+
+def test_events_are_dated_within_the_last_year_by_default() -> None:
+    # The demo's size: a year of data ends about now, so a 365-day retention counted from the event's
+    # time keeps all of it (dated from 2024-01, the demo's welfare sink dropped 157 of 158 rows).
+    from datetime import UTC, datetime, timedelta
+
+    now = datetime.now(UTC)
+    stream = generate(seed=4, population=2_500 // 11, events=2_500)
+    moments = [datetime.fromtimestamp(record["occurred_at"] / 1000, UTC) for _, record in stream]
+    assert len(moments) == 2_500
+    assert min(moments) > now - timedelta(days=365)
+    assert max(moments) < now + timedelta(days=31)
+
+
+def test_the_default_start_is_eleven_months_before_this_one() -> None:
+    from datetime import date
+
+    from producers.synthetic.stream import recent_start
+
+    assert recent_start(date(2026, 12, 6)) == "2026-01"
+    assert recent_start(date(2026, 3, 31)) == "2025-04"
+    assert generate(start="2024-01", events=10).start == "2024-01"  # an explicit start is kept

@@ -3,15 +3,10 @@
 from __future__ import annotations
 
 import typer
-import yaml
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AclOperation
 from rich.table import Table
 
 from app.cli import app, console
-from backbone.access.acls import Grant, plan_for_charter, strimzi_users
 from backbone.errors import BackboneError
-from backbone.kafka.topics import admin_client, check_reachable
 from backbone.settings import Settings, get_settings
 
 acls_app = typer.Typer(help="Kafka ACLs: who may write, read and create which topics and groups.", no_args_is_help=True)
@@ -23,6 +18,8 @@ class AclError(BackboneError):
 
 
 def _planned(settings: Settings) -> list[Grant]:
+    from backbone.access.acls import plan_for_charter
+
     from backbone.policy.agreements import default_charter
 
     return plan_for_charter(default_charter(), fraud_recipient=settings.fraud_recipient,
@@ -35,6 +32,9 @@ def plan(
     cluster: str = typer.Option("backbone", "--cluster", help="Strimzi Kafka cluster name (label of each KafkaUser)"),
 ) -> None:
     """Show the ALLOW bindings the agencies and backbone components need (nothing is changed)."""
+    import yaml
+    from backbone.access.acls import strimzi_users
+
     grants = _planned(get_settings())
     if output == "strimzi":
         console.print(yaml.safe_dump_all(strimzi_users(grants, cluster), sort_keys=False), end="", markup=False, highlight=False, soft_wrap=True)
@@ -49,6 +49,8 @@ def plan(
 
 
 def _refusal(error: KafkaError, settings: Settings) -> str:
+    from confluent_kafka import KafkaError
+
     code = error.code()
     if code == KafkaError.SECURITY_DISABLED:
         return f"Kafka at {settings.kafka_bootstrap} has no authorizer, so it holds no ACLs; enable one (authorizer.class.name) first"
@@ -60,6 +62,10 @@ def _refusal(error: KafkaError, settings: Settings) -> str:
 
 def apply_grants(settings: Settings, grants: list[Grant]) -> int:
     """Create `grants` on the cluster (existing identical bindings are kept); returns how many were sent."""
+    from confluent_kafka import KafkaError, KafkaException
+    from confluent_kafka.admin import AclOperation
+    from backbone.kafka.topics import admin_client, check_reachable
+
     admin = admin_client(settings)
     check_reachable(admin, settings)
     # Ask first whether the broker enforces authorization at all: a broker without an authorizer

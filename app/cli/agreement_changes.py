@@ -16,12 +16,7 @@ import typer
 from app.cli import console, err_console
 from app.cli.agreements import agreements_app
 from app.cli.roles import needs
-from backbone.audit import operations
-from backbone.control import agreement_changes
 from backbone.errors import BackboneError
-from backbone.events.catalog import Catalog, load_catalog
-from backbone.policy.agreements import Agreement, Charter, load_agreements
-from backbone.policy.diff import Change, baseline, diff
 from backbone.settings import Settings, get_settings
 
 _APPROVER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
@@ -37,6 +32,11 @@ def apply(
     """Validate agreements and publish them to the running processors. A change that widens what a
     recipient receives (as `backbone agreements diff` shows it) against the text it replaces is
     refused unless --approved-by names who approved it; every apply is recorded on audit.operations."""
+    from backbone.audit import operations
+    from backbone.control import agreement_changes
+    from backbone.events.catalog import load_catalog
+    from backbone.policy.agreements import load_agreements
+
     settings = get_settings()
     catalog = load_catalog(settings.schemas_dir)
     charter = load_agreements(path, catalog)
@@ -69,6 +69,10 @@ def apply(
 def _widening(settings: Settings, catalog: Catalog, charter: Charter) -> dict[str, list[Change]]:
     """Per agreement to apply, the changes that widen disclosure against the text it replaces, as
     the processors hold them now (the files, then agreements.changes in log order)."""
+    from backbone.control import agreement_changes
+    from backbone.policy.agreements import Charter, load_agreements
+    from backbone.policy.diff import baseline, diff
+
     versions, _ = agreement_changes.published(settings, load_agreements(settings.agreements_dir, catalog))
     held = Charter(catalog, tuple(versions.values()))
     return {a.key: [c for c in diff(baseline(held, a), a, catalog) if c.widening] for a in charter.agreements}
@@ -84,6 +88,9 @@ def _refusal(widening: dict[str, list[Change]]) -> str:
 
 
 def _action(settings: Settings, agreement: Agreement, widening: list[Change], approver: str | None) -> operations.OperatorAction:
+    from backbone.audit import operations
+    from backbone.control import agreement_changes
+
     details = {"widening": "yes" if widening else "no", "version": str(agreement.version)}
     if approver:
         details["approved_by"] = approver
@@ -93,6 +100,10 @@ def _action(settings: Settings, agreement: Agreement, widening: list[Change], ap
 
 
 def _change(agreement_id: str, version: int | None, status: str) -> None:
+    from backbone.control import agreement_changes
+    from backbone.events.catalog import load_catalog
+    from backbone.policy.agreements import load_agreements
+
     settings = get_settings()
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
     changed = agreement_changes.change_status(settings, charter, agreement_id, version, status)

@@ -13,11 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from app.cli import app, console, err_console
-from backbone.control.replay import Replay, replay_from_kafka
 from backbone.errors import AgreementError, BackboneError
-from backbone.events.catalog import Catalog, default_catalog, load_catalog
-from backbone.policy.agreements import NAME_PATTERN, Agreement, Charter, load_agreements
-from backbone.policy.diff import Change, diff, judge, report, widens
 from backbone.settings import get_settings
 
 agreements_app = typer.Typer(help="Data-sharing agreements (the charter).", no_args_is_help=True)
@@ -25,6 +21,9 @@ app.add_typer(agreements_app, name="agreements")
 
 
 def _load(path: Path | None) -> Charter:
+    from backbone.events.catalog import default_catalog
+    from backbone.policy.agreements import load_agreements
+
     return load_agreements(path or get_settings().agreements_dir, default_catalog())
 
 
@@ -71,6 +70,8 @@ NOTHING_WIDENS, WIDENS, INVALID = 0, 1, 2
 
 def read_agreement(path: Path, catalog: Catalog) -> Agreement:
     """The one agreement in a YAML file, validated on its own (`AgreementError` if not)."""
+    from backbone.policy.agreements import load_agreements
+
     if not path.is_file():
         raise AgreementError(f"{path}: no such agreement file")
     (agreement,) = load_agreements(path, catalog).agreements
@@ -86,6 +87,8 @@ def one_line(error: BaseException) -> str:
 
 def _as_it_is(old: str, catalog: Catalog) -> Agreement:
     """OLD: a YAML file, or an agreement id whose version in force the configured charter holds."""
+    from backbone.policy.agreements import NAME_PATTERN, load_agreements
+
     if Path(old).is_file():
         return read_agreement(Path(old), catalog)
     if Path(old).suffix in {".yaml", ".yml"} or not re.match(NAME_PATTERN, old):
@@ -103,6 +106,10 @@ def diff_command(
 ) -> None:
     """What a change of an agreement widens, per recipient and event type, and why: run it before
     `agreements apply`. Exit 0 when nothing widens, 1 when something widens, 2 on invalid input."""
+    from backbone.control.replay import replay_from_kafka
+    from backbone.events.catalog import load_catalog
+    from backbone.policy.diff import diff, judge, report, widens
+
     try:
         if output not in ("table", "json"):
             raise BackboneError(f"--format {output}: use table or json")
@@ -125,6 +132,8 @@ def diff_command(
 
 
 def _show(before: Agreement, after: Agreement, changes: list[Change], replayed: Replay | None) -> None:
+    from backbone.policy.diff import widens
+
     console.print(f"{before.key} -> {after.key}", highlight=False, markup=False)
     for (recipient, event_type), rows in groupby(changes, key=lambda c: (c.recipient, c.event_type)):
         table = Table("", "change", "field", "old", "new", "why", title=f"{recipient} · {event_type}", title_justify="left")

@@ -6,9 +6,7 @@ import typer
 
 from app.cli import app, console
 from backbone.errors import BackboneError
-from backbone.events.catalog import load_catalog
 from backbone.settings import get_settings
-from producers.sdk import ConsentPublisher
 
 CHANNELS = ("web", "app", "letter", "counter")
 
@@ -17,6 +15,9 @@ app.add_typer(consent_app, name="consent")
 
 
 def _publish(status: str, subject: str, purpose: str, channel: str) -> None:
+    from backbone.events.catalog import load_catalog
+    from producers.sdk import ConsentPublisher
+
     settings = get_settings()
     catalog = load_catalog(settings.schemas_dir)
     catalog.check_purpose(purpose)

@@ -32,6 +32,9 @@ def demo(
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
 
+    from backbone.stack.embedded import KEEPS
+
+    console.print(f"keeps: {KEEPS}", highlight=False)
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn())
@@ -76,6 +79,12 @@ def demo(
     console.print("[green]demo finished; every process it started has stopped[/green]")
 
 
+def retention_lines(drops: list[Any]) -> list[str]:
+    """One line per table whose rows the agreement's retention dropped as they landed."""
+    return [f"{drop.database}.{drop.table}: {drop.permitted - drop.landed:,} of {drop.permitted:,} permitted rows dropped by the "
+            f"{drop.retention_days}-day retention (counted from the event's time: the events are older)" for drop in drops]
+
+
 def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
     produced = Table("event type", "produced", title="Events per agency")
     for event_type, count in sorted(result.produced.items()):
@@ -91,6 +100,8 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
     for database, table, count in result.rows:
         rows.add_row(database, table, f"{count:,}")
     console.print(rows)
+    for line in retention_lines(result.retention_drops):
+        console.print(line, highlight=False, markup=False)
 
     dlq = Table("stage: reason", "entries", title="Dead-letter queues")
     for reason, count in sorted(result.dlq.items()) or [("(none)", 0)]:

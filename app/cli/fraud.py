@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import typer
-from clickhouse_connect.driver.exceptions import DatabaseError
 from rich.table import Table
 
 from app.cli import app, console
@@ -39,6 +38,8 @@ def alerts(
     limit: int = typer.Option(100, "--limit", help="At most this many, oldest first"),
 ) -> None:
     """List fraud alerts raised so far (subjects are fraud-domain pseudonyms)."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
     detector, client = _detector()
     try:
         found = detector.alerts(kind, limit)
@@ -57,6 +58,8 @@ def alerts(
 @needs("processor")
 def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth JSON written by the synthetic generator")) -> None:
     """Precision and recall of the alerts against the generator's ground truth."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
     from app.scoring import score
     from backbone.events.catalog import load_catalog
     from backbone.keys.keyring import Keyring

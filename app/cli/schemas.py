@@ -8,17 +8,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import requests
 import typer
-from confluent_kafka.schema_registry import Schema
-from confluent_kafka.schema_registry.error import SchemaRegistryError
 from rich.table import Table
 
 from app.cli import app, console
 from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible, registry_unavailable
-from backbone.events.catalog import CatalogError, load_catalog, load_event_schema
-from backbone.events.serde import register, registry_client
-from backbone.kafka.topics import raw_topic
 from backbone.settings import Settings, get_settings
 
 schemas_app = typer.Typer(help="Register, list, check and show event schemas in the schema registry.", no_args_is_help=True)
@@ -34,6 +28,9 @@ def _unavailable(settings: Settings, exc: BaseException) -> RegistryUnavailable:
 @contextmanager
 def _registry_errors(settings: Settings, what: str) -> Iterator[None]:
     """Turn registry client failures into one-line `RegistryError`s."""
+    import requests
+    from confluent_kafka.schema_registry.error import SchemaRegistryError
+
     try:
         yield
     except RegistryError:
@@ -49,6 +46,8 @@ def _registry_errors(settings: Settings, what: str) -> Iterator[None]:
 
 
 def _subject(event_type: str) -> str:
+    from backbone.kafka.topics import raw_topic
+
     return f"{raw_topic(event_type)}-value"
 
 
@@ -57,6 +56,10 @@ def register_all(
     directory: Path = typer.Argument(None, help="Schema directory (default BACKBONE_SCHEMAS_DIR: the repository's schemas/)"),
 ) -> None:
     """Register every event schema under `raw.<event_type>-value`."""
+    from confluent_kafka.schema_registry import Schema
+    from backbone.events.catalog import load_catalog
+    from backbone.events.serde import register, registry_client
+
     settings = get_settings()
     catalog = load_catalog(directory or settings.schemas_dir)
     client = registry_client(settings)
@@ -73,6 +76,8 @@ def register_all(
 @schemas_app.command("list")
 def list_subjects() -> None:
     """List subjects with their latest version and schema id."""
+    from backbone.events.serde import registry_client
+
     settings = get_settings()
     client = registry_client(settings)
     table = Table("subject", "latest version", "id", "versions")
@@ -85,6 +90,8 @@ def list_subjects() -> None:
 
 def _read_schema(path: Path, settings: Settings) -> dict[str, Any]:
     """The schema in `path`, with shared `backbone.*` records expanded like the catalog does."""
+    from backbone.events.catalog import CatalogError, load_event_schema
+
     if not path.is_file():
         raise CatalogError(f"{path}: no such schema file")
     shared: dict[str, dict[str, Any]] = {}
@@ -111,6 +118,8 @@ def check(
     subject: str = typer.Option(None, "--subject", "-s", help="Subject to check against (default raw.<file name>-value)"),
 ) -> None:
     """Check a schema against a subject's compatibility level; exit 1 when incompatible."""
+    import requests
+
     settings = get_settings()
     subject = subject or _subject(file.name.removesuffix(".avsc"))
     avro = _read_schema(file, settings)
@@ -158,6 +167,8 @@ def show(
     version: str = typer.Option("latest", "--version", "-v", help="Version number or latest"),
 ) -> None:
     """Show one version of a subject: id and fields with their types and tags."""
+    from backbone.events.serde import registry_client
+
     if version != "latest" and not version.isdigit():
         raise RegistryError(f"--version must be a version number or latest, not {version!r}")
     settings = get_settings()

@@ -7,7 +7,7 @@ import threading
 
 from app.cli import app, console
 from backbone.settings import get_settings
-from backbone.stack.embedded import EmbeddedStack
+from backbone.stack.embedded import KEEPS, EmbeddedStack
 
 
 @app.command()
@@ -28,6 +28,7 @@ def up() -> None:
             if stack.registry is not None and stack.registry.admin is not None:
                 console.print(f"registry admin: user {stack.registry.admin.name}, password in "
                               f"{stack.registry.admin_password_path}; users in {stack.registry.users_path}", highlight=False)
+            console.print(f"keeps: {KEEPS}", highlight=False)
             console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
             try:
                 while not stopping.wait(0.5):

@@ -29,7 +29,7 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 # Faust's `worker -l` spells levels crit, error, warn, info, debug.
 _ALIASES = {"CRIT": "CRITICAL", "WARN": "WARNING", "FATAL": "CRITICAL"}
 # Libraries that log every request at INFO (httpx: one line per schema fetch): WARNING unless DEBUG.
-NOISY_LOGGERS = ("httpx", "httpcore")
+NOISY_LOGGERS = ("httpx", "httpx2", "httpcore")
 
 
 def level_name(level: str) -> str:

@@ -36,6 +36,9 @@ EVENT_TYPES = {
 }
 AGENCIES = ("tax", "welfare", "registry", "police", "consent")
 MAX_MONTHS = 1_200
+# By default the data starts this many months before the current one: a year of demo data ends about
+# now and none of it is older than a 365-day retention counted from the event's time.
+RECENT_MONTHS = 11
 
 _BENEFIT_AMOUNTS = {
     "income_support": (950.0, 1_350.0),
@@ -51,6 +54,13 @@ _CHANNELS = ("web", "app", "letter", "counter")
 def _death_probability(person: Person, year: int) -> float:
     age = year - person.date_of_birth.year
     return 0.0004 if age < 60 else 0.002 if age < 75 else 0.006
+
+
+def recent_start(today: date | None = None, months: int = RECENT_MONTHS) -> str:
+    """The month (YYYY-MM) `months` before the one `today` (default: today, UTC) falls in."""
+    today = today or datetime.now(UTC).date()
+    index = today.year * 12 + today.month - 1 - months
+    return f"{index // 12:04d}-{index % 12 + 1:02d}"
 
 
 def _month_start(start: str, index: int) -> tuple[str, int, int]:
@@ -80,10 +90,11 @@ class SyntheticStream:
         population: int = 10_000,
         events: int = 100_000,
         fraud_rate: float = 0.01,
-        start: str = "2024-01",
+        start: str | None = None,
         periods: int | None = None,
         agencies: Collection[str] | None = None,
     ) -> None:
+        start = start or recent_start()
         if population < 1:
             raise ValueError("population must be at least 1")
         if events < 0:
@@ -288,10 +299,10 @@ def generate(
     population: int = 10_000,
     events: int = 100_000,
     fraud_rate: float = 0.01,
-    start: str = "2024-01",
+    start: str | None = None,
     periods: int | None = None,
     agencies: Collection[str] | None = None,
 ) -> SyntheticStream:
     """Up to `events` synthetic `(event_type, record)` pairs for `population` people from month `start`
-    on (for at most `periods` months), only of `agencies` when given; `.ground_truth` fills as you go."""
+    (default `recent_start()`: eleven months before this one) on (for at most `periods` months), only of `agencies` when given; `.ground_truth` fills as you go."""
     return SyntheticStream(seed, population, events, fraud_rate, start, periods, agencies)

@@ -1,0 +1,70 @@
+"""The `backbone` command starts quickly because each command imports only its own module: the
+command list in `backbone --help` comes from `app.cli.COMMANDS` and must match what the modules register."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+from typer.main import get_command
+
+from tests.cli import clean_env
+
+MODULES_AFTER = (
+    "import json, sys\n"
+    "sys.argv = ['backbone', *sys.argv[1:]]\n"
+    "from app.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.startswith('app.cli.'))), file=sys.stderr)\n"
+)
+
+
+def modules_loaded_by(*args: str) -> tuple[str, list[str]]:
+    """What `backbone ARGS` prints, and the app.cli modules it imported."""
+    result = subprocess.run([sys.executable, "-c", MODULES_AFTER, *args], capture_output=True, text=True, timeout=60, env=clean_env())
+    return result.stdout, json.loads(result.stderr.strip().splitlines()[-1])
+
+
+def test_every_command_is_listed_with_the_module_that_registers_it_and_its_help() -> None:
+    from app.cli import COMMANDS, _register, app
+
+    _register()
+    registered = get_command(app).commands
+    assert set(registered) == set(COMMANDS) | {"version"}
+    for name, (modules, help_line) in COMMANDS.items():
+        command = registered[name]
+        module = command.callback.__module__ if command.callback else None
+        assert module in (None, *(f"app.cli.{m}" for m in modules.split())), name
+        real = " ".join((command.short_help or command.help or "").split())
+        assert real.startswith(help_line.removesuffix("...").rstrip(" ,.")), name
+
+
+def test_the_help_lists_every_command_without_importing_any_command_module() -> None:
+    from app.cli import COMMANDS
+
+    out, loaded = modules_loaded_by("--help")
+    assert loaded == []
+    for name in COMMANDS:
+        assert re.search(rf"│ {re.escape(name)}\s", out), name
+
+
+def test_a_command_imports_only_its_own_module() -> None:
+    out, loaded = modules_loaded_by("registry", "--help")
+    assert loaded == ["app.cli.registry"] and "users" in out
+    _, loaded = modules_loaded_by("agreements", "--help")
+    assert "app.cli.agreement_changes" in loaded  # `agreements apply` lives there
+    assert not {"app.cli.schemas", "app.cli.demo", "app.cli.produce", "app.cli.audit"} & set(loaded)
+
+
+def test_produce_help_names_every_synthetic_agency() -> None:
+    from app.cli.produce import AGENCY_NAMES
+    from producers.synthetic import AGENCIES
+
+    assert AGENCY_NAMES == AGENCIES
+
+
+def test_an_unknown_command_is_a_usage_error(backbone_cli) -> None:  # noqa: ANN001 - the conftest fixture
+    result = backbone_cli("no-such-command")
+    assert result.returncode == 2 and "no-such-command" in result.stderr
