@@ -338,7 +338,7 @@ def test_every_backbone_container_runs_the_pushed_image(built: list[dict[str, An
 def test_every_deployment_sets_resources_probes_and_a_restricted_security_context(built: list[dict[str, Any]]) -> None:
     deployments = [doc for doc in built if doc["kind"] == "Deployment"]
     assert {doc["metadata"]["name"] for doc in deployments} == {
-        "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+        "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare", "operator-toolbox"}
     for doc in deployments:
         pod, name = _pod_spec(doc), doc["metadata"]["name"]
         assert pod is not None
@@ -535,7 +535,10 @@ if args[:3] == ["create", "secret", "generic"]:
     for arg in args[4:]:
         kind, _, rest = arg.partition("=")
         key, _, value = rest.partition("=")
-        data[key] = Path(value).read_text() if kind == "--from-file" else value
+        if kind == "--from-file" and Path(rest).is_dir():  # every file of the directory, its name the key
+            data |= {{path.name: path.read_text() for path in Path(rest).iterdir()}}
+        else:
+            data[key] = Path(value).read_text() if kind == "--from-file" else value
     (store / args[3]).write_text(json.dumps(data))
     sys.exit(0)
 sys.exit(f"kubectl stub: unsupported {{args}}")
@@ -606,7 +609,7 @@ def test_every_secret_the_pods_read_is_made_by_create_secrets_or_by_strimzi(mani
     oversight = Keyring.load(out / "oversight.keyring", decode_master_key((out / "oversight-master-key").read_text(), "oversight"))
     assert all(holds("oversight", key) for key in oversight.keys())
     users = {user["name"] for user in json.loads(made["schema-registry-users"]["users.json"])["users"]}
-    assert {made[name]["BACKBONE_SCHEMA_REGISTRY_USER"] for name in ("registry-init", "registry-processor", "registry-sink")} <= users
+    assert {made[name]["BACKBONE_SCHEMA_REGISTRY_USER"] for name in ("registry-backbone-init", "registry-processor", "registry-sink-fraud", "registry-operator")} <= users
     assert "backbone-clickhouse.backbone.svc" not in made["backbone-clickhouse"]["dsn"]
     assert made["backbone-clickhouse"]["dsn"].startswith(f"http://backbone:{made['backbone-clickhouse']['password']}@clickhouse-backbone.")
 

@@ -1,4 +1,4 @@
-"""`backbone registry users add|list|remove`: the users of the backbone's schema registry.
+"""`backbone registry users add|list|remove|provision`: the users of the backbone's schema registry.
 
 Edits `BACKBONE_SCHEMA_REGISTRY_USERS_FILE` (default `<data dir>/registry-users.json`); a running
 registry picks the change up at its next request. Passwords are read from a file, standard input or
@@ -7,6 +7,7 @@ a hidden prompt, stored only as scrypt hashes, and never printed.
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from rich.table import Table
 from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.registry.roles import Grant
-from backbone.registry.users import User, UsersFile, check_name
+from backbone.files.private import make_private_dirs
+from backbone.registry.users import User, UsersFile, check_name, new_password
 from backbone.settings import get_settings
 
 registry_app = typer.Typer(help="The backbone's schema registry: its users.", no_args_is_help=True)
@@ -93,3 +95,28 @@ def remove(
     target = _users_file(users_file)
     target.remove(name)
     console.print(f"removed user [bold]{name}[/bold] from {target.path}", highlight=False)
+
+
+@users_app.command("provision")
+def provision(
+    passwords_dir: Path = typer.Option(..., "--passwords-dir", help="One <user>.password file per user (0600): kept, or made when missing"),
+    users_file: Path = typer.Option(None, "--users-file", help=_USERS_FILE_HELP),
+) -> None:
+    """Make the users the charter needs (each agency, each backbone workload), each allowed to write
+    exactly the subjects its code registers (`backbone.access.registry_users`); other users are kept."""
+    from backbone.access.registry_users import plan_for_charter
+    from backbone.policy.agreements import default_charter
+
+    target = _users_file(users_file)
+    users = target.read() if target.exists() else {}
+    make_private_dirs(passwords_dir)
+    table = Table("user", "role", "subject prefixes", title=str(target.path))
+    for name, grant in plan_for_charter(default_charter(), fraud_recipient=get_settings().fraud_recipient).items():
+        password_file = passwords_dir / f"{name}.password"
+        if not password_file.exists():
+            with os.fdopen(os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as out:
+                out.write(new_password() + "\n")
+        users[name] = User.create(name, grant, _password(password_file, False))
+        table.add_row(name, grant.role.value, ", ".join(grant.subjects) or "-")
+    target.write(users)
+    console.print(table)

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from types import TracebackType
@@ -261,7 +262,9 @@ class EmbeddedRegistry(_EmbeddedPart):
     `GET /subjects` answers. Its schemas live in the `topic` on the broker at `bootstrap`.
 
     With `auth="basic"` (the default) it authenticates every request: `admin` and `service` are the
-    users provisioned in `<data dir>/registry-users.json` at each start. `auth="none"` serves anyone.
+    users provisioned in `<data dir>/registry-users.json` at each start, or, given `users_file`, exactly
+    the users there (a deployment's, as `backbone registry users provision` made them; no `admin`
+    or `service` then). `auth="none"` serves anyone.
 
     >>> with EmbeddedRegistry(Path(".backbone"), broker.bootstrap) as registry:
     ...     client = SchemaRegistryClient({"url": registry.url})
@@ -272,12 +275,13 @@ class EmbeddedRegistry(_EmbeddedPart):
     port_setting = "BACKBONE_SCHEMA_REGISTRY_PORT"
 
     def __init__(self, data_dir: Path, bootstrap: str, port: int = 0, topic: str = "_schemas",
-                 start_timeout_s: float = 30.0, auth: str = "basic") -> None:
+                 start_timeout_s: float = 30.0, auth: str = "basic", users_file: Path | None = None) -> None:
         super().__init__(data_dir, port, start_timeout_s)
         self.bootstrap = bootstrap
         self.topic = topic
         self.auth = auth
-        self.users_path = data_dir / "registry-users.json"
+        self.provisions = users_file is None
+        self.users_path = users_file or data_dir / "registry-users.json"
         self.admin_password_path = data_dir / "registry-admin.password"
         self.admin: RegistryUser | None = None
         self.service: RegistryUser | None = None
@@ -299,7 +303,7 @@ class EmbeddedRegistry(_EmbeddedPart):
     def start(self) -> EmbeddedRegistry:
         # Users are provisioned at the first start only: a restart of the same registry (after an
         # outage) keeps the credentials every running client already holds.
-        if self.auth == "basic" and self.service is None:
+        if self.auth == "basic" and self.service is None and self.provisions:
             self.admin, self.service = provision_registry_users(self.users_path, self.admin_password_path)
         return super().start()
 
@@ -322,6 +326,8 @@ class EmbeddedRegistry(_EmbeddedPart):
         try:
             with urllib.request.urlopen(request, timeout=1.0) as answer:
                 return answer.status == 200
+        except urllib.error.HTTPError as exc:  # answering, but none of our users is the caller's
+            return exc.code == 401 and self.service is None
         except (OSError, ValueError):  # not listening yet; retried until the deadline
             return False
 

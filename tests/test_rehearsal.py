@@ -1,0 +1,263 @@
+"""The deployment rehearsal: each Kubernetes workload's container runs as a local process with the
+environment its manifests give it, and does its job.
+
+`create-secrets.sh --offline` runs for real; each container gets the ConfigMap, the Secrets the
+script made (their keys as env, their files where the pod mounts them), its registry user and its
+role, against the embedded broker and a registry holding exactly the users the script provisioned.
+Only what the local stack cannot be is replaced: the broker (Tansu) does not authenticate, so each
+Kafka user is checked against the Strimzi users the ACL plan makes (tests/test_acls.py checks what
+each may do); ClickHouse is chDB; the cluster CA is not needed over plaintext.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from confluent_kafka import Consumer, TopicPartition
+from confluent_kafka.schema_registry import SchemaRegistryClient
+
+from backbone.events.serde import Decoder, RegistrySchemas
+from backbone.settings import PROJECT_ROOT
+from backbone.stack.embedded import EmbeddedBroker, EmbeddedRegistry, free_port
+from tests.pipeline import read_topic
+
+pytestmark = [pytest.mark.slow, pytest.mark.integration]
+
+KUBERNETES = PROJECT_ROOT / "deploy" / "kubernetes"
+IMAGE_ENV = {"HOME": "/var/lib/backbone/data"}  # deploy/compose/Dockerfile; the rest the ConfigMap sets again
+STRIMZI_SECRETS = {"backbone-cluster-ca-cert"}  # made by Strimzi's cluster operator (its CA)
+KAFKA_CLIENT_SECURITY = ("BACKBONE_KAFKA_SASL_MECHANISM", "BACKBONE_KAFKA_SASL_USERNAME", "BACKBONE_KAFKA_SASL_PASSWORD",
+                         "BACKBONE_KAFKA_SSL_CA_LOCATION")
+
+
+def resources() -> list[dict[str, Any]]:
+    kustomization = yaml.safe_load((KUBERNETES / "kustomization.yaml").read_text())
+    return [doc for name in kustomization["resources"] for doc in yaml.safe_load_all((KUBERNETES / name).read_text()) if doc]
+
+
+@dataclass
+class Rehearsal:
+    root: Path
+    secrets: Path
+    broker: EmbeddedBroker
+    registry: EmbeddedRegistry
+    docs: list[dict[str, Any]]
+
+    def workload(self, name: str) -> dict[str, Any]:
+        return next(d for d in self.docs if d["kind"] in ("Deployment", "StatefulSet", "Job") and d["metadata"]["name"] == name)
+
+    def _secret(self, name: str) -> Path:
+        path = self.secrets / "secrets" / name
+        assert path.is_dir(), f"Secret {name} is neither made by create-secrets.sh nor by Strimzi"
+        return path
+
+    def _kafka_users(self) -> set[str]:
+        return {d["metadata"]["name"] for d in self.docs if d["kind"] == "KafkaUser"}
+
+    def process(self, name: str, container_index: int = 0) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of the workload's container, as its manifests give them, run here."""
+        pod = self.workload(name)["spec"]["template"]["spec"]
+        container = pod["containers"][container_index]
+        local = self.root / name
+        shutil.rmtree(local, ignore_errors=True)
+        env = dict(IMAGE_ENV)
+        for source in container.get("envFrom", []):
+            if "configMapRef" in source:
+                config = next(d for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == source["configMapRef"]["name"])
+                env |= config["data"]
+            else:
+                secret = self._secret(source["secretRef"]["name"])
+                env |= {key.name: key.read_text() for key in secret.iterdir()}
+        strimzi_users = []
+        for variable in container.get("env", []):
+            if "value" in variable:
+                env[variable["name"]] = variable["value"]
+                continue
+            ref = variable["valueFrom"]["secretKeyRef"]
+            if (self.secrets / "secrets" / ref["name"]).is_dir():
+                env[variable["name"]] = (self._secret(ref["name"]) / ref["key"]).read_text()
+            else:  # a KafkaUser's password, which Strimzi writes to a Secret of the user's name
+                assert ref["name"] in self._kafka_users() and ref["key"] == "password", ref
+                strimzi_users.append(ref["name"])
+                env[variable["name"]] = "checked-against-the-acl-plan"
+        if "BACKBONE_KAFKA_SASL_USERNAME" in env:  # the broker here cannot check it: the plan's user, with its own password
+            assert env["BACKBONE_KAFKA_SASL_USERNAME"] in self._kafka_users()
+            assert strimzi_users == [env["BACKBONE_KAFKA_SASL_USERNAME"]], (name, strimzi_users)
+        volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        mounts = {}
+        for mount in container.get("volumeMounts", []):
+            volume, target = volumes[mount["name"]], local / mount["name"]
+            target.mkdir(parents=True)
+            if "secret" in volume and volume["secret"]["secretName"] not in STRIMZI_SECRETS:
+                secret = self._secret(volume["secret"]["secretName"])
+                items = volume["secret"].get("items") or [{"key": f.name, "path": f.name} for f in secret.iterdir()]
+                for item in items:
+                    (target / item["path"]).write_bytes((secret / item["key"]).read_bytes())
+            elif "configMap" in volume:
+                config = next(d for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == volume["configMap"]["name"])
+                for key, text in config["data"].items():
+                    (target / key).write_text(text)
+            mounts[mount["mountPath"]] = target
+        for key, value in list(env.items()):
+            for mount_path, target in mounts.items():
+                if value.startswith(mount_path + "/"):
+                    env[key] = str(target) + value[len(mount_path):]
+            if value.startswith("/app/"):  # the image's copy of this checkout's schemas and agreements
+                env[key] = str(PROJECT_ROOT / value.removeprefix("/app/"))
+        # What differs here: a plaintext single broker, the local registry, chDB, loopback ports.
+        assert env["BACKBONE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        for key in KAFKA_CLIENT_SECURITY:
+            env.pop(key, None)
+        env |= {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap, "BACKBONE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
+                "BACKBONE_KAFKA_REPLICATION_FACTOR": "1", "BACKBONE_SCHEMA_REGISTRY_URL": self.registry.address,
+                "BACKBONE_METRICS_HOST": "127.0.0.1", "BACKBONE_METRICS_PORT": str(free_port()),
+                "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": "6000", "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
+                "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        if "BACKBONE_CLICKHOUSE_DSN" in env:
+            env["BACKBONE_CLICKHOUSE_DSN"] = f"chdb://{local / 'chdb'}"
+        argv = container.get("command") or ["backbone", *container.get("args", [])]
+        argv = [str(free_port()) if previous == "--web-port" else part for previous, part in zip(["", *argv], argv, strict=False)]
+        return argv, env
+
+
+@pytest.fixture(scope="module")
+def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
+    root = tmp_path_factory.mktemp("rehearsal")
+    secrets = root / "secrets"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    made = subprocess.run([str(KUBERNETES / "create-secrets.sh"), "--offline", str(secrets)], capture_output=True, text=True,
+                          env=env, timeout=180)
+    assert made.returncode == 0, made.stderr
+    with EmbeddedBroker(root / "broker") as broker, \
+            EmbeddedRegistry(root / "registry", broker.bootstrap, users_file=secrets / "secrets" / "schema-registry-users" / "users.json") as registry:
+        docs = resources()
+        create_kafka_topics(broker.bootstrap, docs)
+        yield Rehearsal(root, secrets, broker, registry, docs)
+
+
+def create_kafka_topics(bootstrap: str, docs: list[dict[str, Any]]) -> None:
+    """What Strimzi's topic operator does before the workloads start: every KafkaTopic (one replica here)."""
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    topics = [NewTopic(d["spec"].get("topicName", d["metadata"]["name"]), d["spec"]["partitions"], 1,
+                       config={k: str(v) for k, v in (d["spec"].get("config") or {}).items()})
+              for d in docs if d["kind"] == "KafkaTopic" and d["spec"].get("topicName") != "_schemas"]
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics(topics, request_timeout=30).values():
+        future.result(timeout=30)
+
+
+class Running:
+    """A workload's container as a local process, stopped (SIGTERM, then SIGKILL) by the test."""
+
+    def __init__(self, rehearsal: Rehearsal, name: str) -> None:
+        argv, env = rehearsal.process(name)
+        self.name, self.log = name, rehearsal.root / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=rehearsal.root / name,
+                                            start_new_session=True)
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def tail(self) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-15:])
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+
+
+def run_once(rehearsal: Rehearsal, name: str, argv: list[str] | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
+    default, env = rehearsal.process(name)
+    return subprocess.run(argv or default, env=env | extra, capture_output=True, text=True, timeout=120, cwd=rehearsal.root / name)
+
+
+def agency_env(rehearsal: Rehearsal, agency: str) -> dict[str, str]:
+    """What an agency runs with: its own registry user (README, "Joining as an agency") and Kafka user."""
+    password = (rehearsal.secrets / "registry-passwords" / f"{agency}.password").read_text().strip()
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")},
+            "BACKBONE_KAFKA_BOOTSTRAP": rehearsal.broker.bootstrap, "BACKBONE_SCHEMA_REGISTRY_URL": rehearsal.registry.address,
+            "BACKBONE_SCHEMA_REGISTRY_USER": agency, "BACKBONE_SCHEMA_REGISTRY_PASSWORD": password,
+            "BACKBONE_DATA_DIR": str(rehearsal.root / f"agency-{agency}"), "BACKBONE_SUBJECT_KEY_SECRET": "rehearsal-subject-key-secret"}
+
+
+def committed(rehearsal: Rehearsal, group: str, prefix: str) -> int:
+    consumer = Consumer({"bootstrap.servers": rehearsal.broker.bootstrap, "group.id": group})
+    try:
+        topics = [t for t in consumer.list_topics(timeout=10).topics if t.startswith(prefix)]
+        partitions = [TopicPartition(t, p) for t in topics for p in consumer.list_topics(t, timeout=10).topics[t].partitions]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10)) if partitions else 0
+    finally:
+        consumer.close()
+
+
+def wait_for(check, what: str, running: list[Running], timeout: float = 90.0) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for part in running:
+            assert part.alive(), f"{part.name} stopped:\n{part.tail()}"
+        if check():
+            return
+        time.sleep(1)
+    raise AssertionError(f"{what} within {timeout:.0f} s; " + "; ".join(f"{p.name}: {p.tail()[-400:]}" for p in running))
+
+
+def test_every_workload_does_its_job_with_the_identity_its_manifests_give_it(rehearsal: Rehearsal) -> None:
+    init = run_once(rehearsal, "backbone-init")
+    assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
+
+    recipients = ["fraud", "research", "statistics", "welfare"]
+    running = [Running(rehearsal, "processor"), *(Running(rehearsal, f"sink-{r}") for r in recipients)]
+    try:
+        # Consent first, and welfare's claims again once the workers have read it (research is consent-based).
+        for agency in ("consent", "tax", "welfare", "registry", "police", "welfare"):
+            produced = subprocess.run([sys.executable, "-c", "from app.cli import main; main()", "produce", "--agency", agency,
+                                       "--events", "150", "--population", "50", "--fraud-rate", "0.2"],
+                                      env=agency_env(rehearsal, agency), capture_output=True, text=True, timeout=120)
+            assert produced.returncode == 0, produced.stderr[-2000:]
+
+        # The worker decides (and keeps running: it registered everything it registers at start).
+        wait_for(lambda: committed(rehearsal, "backbone-processor-dataplane", "raw.") > 0, "the processor committed decisions", running)
+        # Each sink lands its recipient's shared topics in its database (commits follow the writes).
+        # The synthetic consents of 50 people release no claim to research (consent-based): its sink
+        # only has to keep running.
+        for recipient in ("fraud", "statistics", "welfare"):
+            wait_for(lambda r=recipient: committed(rehearsal, f"backbone-sink-{r}", f"shared.{r}.") > 0,
+                     f"sink-{recipient} landed rows", running)
+
+        # A recipient decodes what it is sent, with its own (read-only) registry user.
+        password = (rehearsal.secrets / "registry-passwords" / "fraud.password").read_text().strip()
+        client = SchemaRegistryClient({"url": rehearsal.registry.address, "basic.auth.user.info": f"fraud:{password}"})
+        decoder = Decoder(RegistrySchemas(client))
+        from backbone.settings import load_settings
+
+        reader = load_settings(kafka_bootstrap=rehearsal.broker.bootstrap)
+        messages = read_topic(reader, "shared.fraud.tax.income_declared", lambda found: len(found) > 0, timeout=60)
+        assert messages and "national_id" in decoder(messages[0].value()).record
+
+        # The operator toolbox suspends an agreement (`kubectl exec deploy/operator-toolbox -- ...`).
+        suspended = run_once(rehearsal, "operator-toolbox", ["backbone", "agreements", "suspend", "tax-to-fraud"],
+                             BACKBONE_IDENTITY="alice")
+        assert suspended.returncode == 0, suspended.stdout[-2000:] + suspended.stderr[-2000:]
+        assert all(part.alive() for part in running)
+    finally:
+        for part in running:
+            part.stop()
