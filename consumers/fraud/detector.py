@@ -24,6 +24,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
+from backbone.clickhouse.cluster import cluster_of
 from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
@@ -56,9 +57,8 @@ class FraudDetector:
     def setup(self) -> None:
         if self._ready:
             return
-        self.client.command(ddl.create_database_sql(self.database))
-        self.client.command(ddl.create_alerts_table_sql(self.database))
-        self.client.command(ddl.create_published_table_sql(self.database))
+        for statement in ddl.fraud_tables_sql(self.database, cluster_of(self.settings)):
+            self.client.command(statement)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
