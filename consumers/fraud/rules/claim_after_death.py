@@ -41,9 +41,9 @@ def select_sql(database: str, columns: Columns, where: str = "1") -> str:
     return f"""
             SELECT '{KIND}' AS kind, w.national_id AS subject, w.period AS period,
                    toJSONString(map('benefit_type', w.benefit, 'died_in_period', d.died)) AS details
-            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims} FINAL WHERE {where} GROUP BY national_id, period) AS w
+            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims} FINAL PREWHERE {where} GROUP BY national_id, period) AS w
             INNER JOIN (SELECT national_id, min({died}) AS died FROM {deaths} FINAL
-                        WHERE date_of_death IS NOT NULL AND {where} GROUP BY national_id) AS d
+                        PREWHERE {where} WHERE date_of_death IS NOT NULL GROUP BY national_id) AS d
             ON w.national_id = d.national_id
             WHERE w.period > d.died"""
 

@@ -17,9 +17,9 @@ def select_sql(database: str, columns: Columns, where: str = "1") -> str:
     return f"""
             SELECT '{KIND}' AS kind, w.national_id AS subject, w.period AS period,
                    toJSONString(map('bank_account', w.bank_account, 'claimants', toString(a.claimants))) AS details
-            FROM (SELECT DISTINCT national_id, period, bank_account FROM {claims} FINAL WHERE {where}) AS w
+            FROM (SELECT DISTINCT national_id, period, bank_account FROM {claims} FINAL PREWHERE {where}) AS w
             INNER JOIN (SELECT bank_account, period, uniqExact(national_id) AS claimants FROM {claims} FINAL
-                        WHERE {where} GROUP BY bank_account, period HAVING claimants >= {MIN_CLAIMANTS}) AS a
+                        PREWHERE {where} GROUP BY bank_account, period HAVING claimants >= {MIN_CLAIMANTS}) AS a
             ON w.bank_account = a.bank_account AND w.period = a.period"""
 
 

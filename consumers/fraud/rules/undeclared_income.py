@@ -27,9 +27,9 @@ def select_sql(database: str, columns: Columns, where: str = "1") -> str:
             SELECT '{KIND}' AS kind, c.national_id AS subject, c.period AS period,
                    toJSONString(map('benefit_type', c.benefit, 'declared_income', toString(i.income))) AS details
             FROM (SELECT national_id, period, any(toString(benefit_type)) AS benefit FROM {claims} FINAL
-                  WHERE toString(benefit_type) IN ({_literals(MEANS_TESTED)}) AND {where} GROUP BY national_id, period) AS c
+                  PREWHERE {where} WHERE toString(benefit_type) IN ({_literals(MEANS_TESTED)}) GROUP BY national_id, period) AS c
             INNER JOIN (SELECT national_id, period, sum(declared_income) AS income FROM {incomes} FINAL
-                        WHERE {where} GROUP BY national_id, period HAVING income > {INCOME_THRESHOLD_EUR!r}) AS i
+                        PREWHERE {where} GROUP BY national_id, period HAVING income > {INCOME_THRESHOLD_EUR!r}) AS i
             ON c.national_id = i.national_id AND c.period = i.period"""
 
 
