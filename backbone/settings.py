@@ -68,6 +68,11 @@ class Settings(BaseSettings):
     clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")
     # Sinks (consumers/): per-agency databases, batching, fraud detection
     clickhouse_database_prefix: str = Field("", pattern=r"^[a-z0-9_]*$", description="Prefix of every database the sinks create (tenants, tests)")
+    # A ClickHouse cluster (remote_servers) the sinks' DDL, grants and erasures run ON CLUSTER, with
+    # Replicated* tables; unset: single-node DDL (chDB, one server). backbone.clickhouse.cluster.
+    clickhouse_cluster: str | None = Field(None, pattern=r"^[A-Za-z0-9_][A-Za-z0-9_.-]*$",
+                                           description="ClickHouse cluster to create Replicated tables ON CLUSTER (unset: one node)")
+    clickhouse_sharded: bool = Field(False, description="The cluster has several shards: each table gets a Distributed table over its shards")
     sink_batch_rows: int = Field(20_000, ge=1, description="Rows a sink lands per insert at most")
     sink_batch_seconds: float = Field(1.0, gt=0, description="How long a sink waits to fill a batch at most")
     sink_batch_min_seconds: float = Field(0.1, gt=0, description="A batch lands once this old (or as old as the last write took) when nothing more is waiting")

@@ -54,6 +54,13 @@ TRANSIENT_CODES = frozenset({
     425,  # SYSTEM_ERROR
     999,  # KEEPER_EXCEPTION
 })
+# A table or database this sink has just created, not there yet: on a cluster the CREATE ran on
+# another server (a service balancing requests over replicas) and replicates `ON CLUSTER` shortly.
+# Retried like the codes above (the sink creates the table again first), never dead-lettered.
+UNKNOWN_OBJECT_CODES = frozenset({
+    60,   # UNKNOWN_TABLE
+    81,   # UNKNOWN_DATABASE
+})
 # ClickHouse fetches writer schemas from the registry itself; any failure to do so is the registry's,
 # never the row's (this sink looked the same schema id up just before).
 _SCHEMA_FETCH = "while fetching schema id"
@@ -84,7 +91,13 @@ def transient(exc: BaseException) -> bool:
     than "this row is wrong"."""
     text = str(exc)
     code = _CODE.search(text)
-    return _SCHEMA_FETCH in text or (code is not None and int(code.group(1)) in TRANSIENT_CODES)
+    return _SCHEMA_FETCH in text or (code is not None and int(code.group(1)) in TRANSIENT_CODES | UNKNOWN_OBJECT_CODES)
+
+
+def unknown_object(exc: BaseException) -> bool:
+    """Whether ClickHouse says the table or database does not exist (yet, on the server that answered)."""
+    code = _CODE.search(str(exc))
+    return code is not None and int(code.group(1)) in UNKNOWN_OBJECT_CODES
 
 
 class _Refused(Exception):
@@ -115,7 +128,7 @@ class ClickHouseTarget:
         """Create the databases, tables and views of the plan (idempotent)."""
         try:
             for database in self.plan.databases:
-                self.client.command(ddl.create_database_sql(database))
+                self.client.command(ddl.create_database_sql(database, self.plan.cluster))
             for destination, columns in self.plan.tables.items():
                 self._create_table(destination, columns)
             for statement in self.plan.views:
@@ -124,18 +137,21 @@ class ClickHouseTarget:
             raise SinkError(f"sink {self.name}: ClickHouse refused the schema set-up ({clickhouse_error(exc)})") from exc
 
     def _create_table(self, destination: Destination, columns: list[Column]) -> None:
-        self.client.command(ddl.create_table_sql(destination.database, destination.table, columns, destination.order_by, destination.retention_days))
+        cluster = self.plan.cluster
+        for statement in ddl.table_sql(destination.database, destination.table, columns, destination.order_by,
+                                       destination.retention_days, cluster, destination.shard_by):
+            self.client.command(statement)
         known = self._table_columns(destination)
         missing = [column for column in columns if column.name not in known]
-        statement = ddl.add_columns_sql(destination.database, destination.table, missing)
-        if statement:
-            self.client.command(statement)
+        if missing:
+            for table in ddl.cluster_tables(destination.table, cluster):
+                self.client.command(ddl.add_columns_sql(destination.database, table, missing, cluster))  # type: ignore[arg-type]
             known.update((column.name, column.type) for column in missing)
         default = self.client.query(
             "SELECT default_expression FROM system.columns WHERE database = {db:String} AND table = {t:String} AND name = {c:String}",
             parameters={"db": destination.database, "t": destination.table, "c": ddl.LANDED_AT}).result_rows
         if default and default[0][0] != ddl.LANDED_AT_DEFAULT:
-            statements = ddl.coarsen_landed_at_sql(destination.database, destination.table)
+            statements = ddl.coarsen_landed_at_sql(destination.database, destination.table, cluster)
             try:
                 for statement in statements:
                     self.client.command(statement)
@@ -158,6 +174,10 @@ class ClickHouseTarget:
             return self._write(messages)
         except OperationalError as exc:  # a DDL or system.columns lookup met an unreachable ClickHouse
             raise TargetUnavailable(f"ClickHouse did not answer ({type(exc).__name__})") from None
+        except DatabaseError as exc:  # a DDL right after another server's: retried, the batch kept
+            if transient(exc):
+                raise TargetUnavailable(f"ClickHouse: {clickhouse_error(exc)}") from None
+            raise
 
     def _write(self, messages: list[Message]) -> Written:
         written = Written()
@@ -232,6 +252,9 @@ class ClickHouseTarget:
         except OperationalError as exc:  # ClickHouse unreachable
             raise TargetUnavailable(f"insert into {destination.name}: {type(exc).__name__}") from None
         except DatabaseError as exc:
+            if unknown_object(exc):  # created again before the retry, in case it was lost rather than late
+                self._columns.pop(destination, None)
+                self._fields = {key: names for key, names in self._fields.items() if key[0] != destination}
             if transient(exc):
                 raise TargetUnavailable(f"insert into {destination.name}: {clickhouse_error(exc)}") from None
             if len(messages) == 1:

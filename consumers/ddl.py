@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from backbone.clickhouse.cluster import Cluster, engine, on_cluster
 from backbone.policy.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
 from consumers.typemap import Column, quote_identifier
 
@@ -43,26 +44,59 @@ def qualified(database: str, table: str) -> str:
     return f"{quote_identifier(database)}.{quote_identifier(table)}"
 
 
-def create_database_sql(database: str) -> str:
-    return f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}"
+def create_database_sql(database: str, cluster: Cluster | None = None) -> str:
+    return f"CREATE DATABASE IF NOT EXISTS {quote_identifier(database)}{on_cluster(cluster)}"
 
 
 def create_table_sql(
-    database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None
+    database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
+    cluster: Cluster | None = None,
 ) -> str:
     """A ReplacingMergeTree keyed on `order_by` (the event id): redelivered events collapse into one
     row on merge, and `FINAL` hides duplicates before then. The TTL (the agreement's retention)
     counts from the event's time (`retention_clock`). `_landed_at` is the day of landing, not its
     second: the recipient reads it, and every recipient's copy of an event lands in the same second,
-    which would link copies across sharing domains (retention counts in days anyway)."""
+    which would link copies across sharing domains (retention counts in days anyway). On a cluster:
+    a ReplicatedReplacingMergeTree `ON CLUSTER`, named `<table>_local` when sharded (`table_sql`)."""
     body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT {LANDED_AT_DEFAULT}"])
     key = ", ".join(quote_identifier(name) for name in order_by)
     clock = quote_identifier(retention_clock(columns))
     ttl = f"\nTTL {clock} + INTERVAL {int(retention_days)} DAY" if retention_days else ""
+    name = qualified(database, cluster.local(table) if cluster else table)
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(database, table)} (\n  {body}\n)\n"
-        f"ENGINE = ReplacingMergeTree\nORDER BY ({key}){ttl}"
+        f"CREATE TABLE IF NOT EXISTS {name}{on_cluster(cluster)} (\n  {body}\n)\n"
+        f"ENGINE = {engine(cluster)}\nORDER BY ({key}){ttl}"
     )
+
+
+def shard_key_sql(columns: Sequence[Column], preferred: Sequence[str]) -> str:
+    """What a sharded cluster places rows by: the first of `preferred` (the subject's column, then
+    the event id) the table has, so one subject's rows, and every copy of one event, share a shard."""
+    types = {column.name: column.type for column in columns}
+    for name in preferred:
+        if name in types:
+            quoted = quote_identifier(name)
+            return f"assumeNotNull({quoted})" if types[name].startswith("Nullable(") else quoted
+    return quote_identifier(columns[0].name)
+
+
+def table_sql(
+    database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
+    cluster: Cluster | None = None, shard_by: Sequence[str] = (),
+) -> list[str]:
+    """`create_table_sql`, and on a sharded cluster the `Distributed` table named `table` over it,
+    rows placed by `shard_key_sql(columns, shard_by + order_by)`."""
+    statements = [create_table_sql(database, table, columns, order_by, retention_days, cluster)]
+    if cluster is not None and cluster.sharded:
+        key = shard_key_sql(columns, [*shard_by, *order_by])
+        statements.append(f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{cluster.on} "
+                          f"AS {qualified(database, cluster.local(table))} ENGINE = {cluster.distributed_engine(database, table, key)}")
+    return statements
+
+
+def cluster_tables(table: str, cluster: Cluster | None) -> list[str]:
+    """The tables a column change applies to: the table, and its local tables on a sharded cluster."""
+    return [cluster.local(table), table] if cluster is not None and cluster.sharded else [table]
 
 
 def retention_clock(columns: Sequence[Column]) -> str:
@@ -76,26 +110,28 @@ def retention_clock(columns: Sequence[Column]) -> str:
     return LANDED_AT
 
 
-def add_columns_sql(database: str, table: str, columns: Iterable[Column]) -> str | None:
+def add_columns_sql(database: str, table: str, columns: Iterable[Column], cluster: Cluster | None = None) -> str | None:
     """`ALTER TABLE ... ADD COLUMN IF NOT EXISTS` for fields a newer schema brings; None if none."""
     clauses = [f"ADD COLUMN IF NOT EXISTS {column.ddl}" for column in columns]
     if not clauses:
         return None
-    return f"ALTER TABLE {qualified(database, table)} " + ", ".join(clauses)
+    return f"ALTER TABLE {qualified(database, table)}{on_cluster(cluster)} " + ", ".join(clauses)
 
 
-def coarsen_landed_at_sql(database: str, table: str) -> list[str]:
+def coarsen_landed_at_sql(database: str, table: str, cluster: Cluster | None = None) -> list[str]:
     """For a table made before `_landed_at` became the day of landing: its default, then its rows."""
-    column, target = quote_identifier(LANDED_AT), qualified(database, table)
-    return [f"ALTER TABLE {target} MODIFY COLUMN {column} DateTime DEFAULT {LANDED_AT_DEFAULT}",
-            f"ALTER TABLE {target} UPDATE {column} = toStartOfDay({column}) WHERE {column} != toStartOfDay({column})"]
+    column = quote_identifier(LANDED_AT)
+    statements = [f"ALTER TABLE {qualified(database, name)}{on_cluster(cluster)} MODIFY COLUMN {column} DateTime DEFAULT {LANDED_AT_DEFAULT}"
+                  for name in cluster_tables(table, cluster)]
+    rows = qualified(database, cluster.local(table) if cluster else table)
+    return [*statements, f"ALTER TABLE {rows}{on_cluster(cluster)} UPDATE {column} = toStartOfDay({column}) WHERE {column} != toStartOfDay({column})"]
 
 
-def create_decisions_view_sql(database: str) -> str:
+def create_decisions_view_sql(database: str, cluster: Cluster | None = None) -> str:
     """`audit.decisions`: the audit trail one row per (event, recipient), as auditors query it, over
     the per-event records in `audit.events` (each event once: `FINAL`)."""
     return (
-        f"CREATE OR REPLACE VIEW {qualified(database, AUDIT_TABLE)} AS "
+        f"CREATE OR REPLACE VIEW {qualified(database, AUDIT_TABLE)}{on_cluster(cluster)} AS "
         "SELECT event_id, event_type, provider, subject_token, decided_at, "
         "d.recipient AS recipient, d.agreement_id AS agreement_id, d.agreement_version AS agreement_version, "
         "if(d.outcome = 'permit', 'permit', 'deny') AS decision, "
@@ -105,30 +141,40 @@ def create_decisions_view_sql(database: str) -> str:
     )
 
 
-def create_view_sql(database: str, view: str, table: str, fields: Sequence[str]) -> str:
+def create_view_sql(database: str, view: str, table: str, fields: Sequence[str], cluster: Cluster | None = None) -> str:
     """The agreed shape for analysts: the released fields only, each event once (`FINAL`)."""
     columns = ", ".join(quote_identifier(name) for name in fields)
-    return f"CREATE OR REPLACE VIEW {qualified(database, view)} AS SELECT {columns} FROM {qualified(database, table)} FINAL"
+    return f"CREATE OR REPLACE VIEW {qualified(database, view)}{on_cluster(cluster)} AS SELECT {columns} FROM {qualified(database, table)} FINAL"
 
 
-def create_alerts_table_sql(database: str) -> str:
+def create_alerts_table_sql(database: str, cluster: Cluster | None = None) -> str:
     """Fraud alerts, one per (kind, subject pseudonym, period): a repeated finding collapses on merge."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(database, ALERTS_TABLE)} "
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, cluster.local(ALERTS_TABLE) if cluster else ALERTS_TABLE)}{on_cluster(cluster)} "
         "(kind LowCardinality(String), subject String, period String, "
         "details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)"
+        f"ENGINE = {engine(cluster)} ORDER BY (kind, subject, period)"
     )
 
 
-def create_published_table_sql(database: str) -> str:
+def create_published_table_sql(database: str, cluster: Cluster | None = None) -> str:
     """The alerts already acknowledged by the broker, so each is published once."""
     return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(database, PUBLISHED_TABLE)} "
+        f"CREATE TABLE IF NOT EXISTS {qualified(database, cluster.local(PUBLISHED_TABLE) if cluster else PUBLISHED_TABLE)}{on_cluster(cluster)} "
         "(kind LowCardinality(String), subject String, period String, "
         "published_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)"
+        f"ENGINE = {engine(cluster)} ORDER BY (kind, subject, period)"
     )
+
+
+def fraud_tables_sql(database: str, cluster: Cluster | None = None) -> list[str]:
+    """The fraud database, `alerts` and `alerts_published` (on a sharded cluster: by subject)."""
+    statements = [create_database_sql(database, cluster), create_alerts_table_sql(database, cluster),
+                  create_published_table_sql(database, cluster)]
+    if cluster is not None and cluster.sharded:
+        statements += [f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{cluster.on} AS {qualified(database, cluster.local(table))} "
+                       f"ENGINE = {cluster.distributed_engine(database, table, 'subject')}" for table in (ALERTS_TABLE, PUBLISHED_TABLE)]
+    return statements
 
 
 # --- who may do what: one user per sink, one role per recipient, the oversight role -------------
@@ -188,21 +234,21 @@ def _string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _user_sql(user: str, database: str, privileges: Sequence[str], credential: Credential) -> list[str]:
-    quoted = quote_identifier(user)
+def _user_sql(user: str, database: str, privileges: Sequence[str], credential: Credential, cluster: Cluster | None) -> list[str]:
+    quoted, on = quote_identifier(user), on_cluster(cluster)
     identified = f"IDENTIFIED WITH sha256_hash BY {_string(credential.sha256_hex)} SALT {_string(credential.salt)}"
     return [
-        f"CREATE USER IF NOT EXISTS {quoted} {identified} SETTINGS {SINK_USER_SETTINGS}",
-        f"ALTER USER {quoted} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
-        f"REVOKE ALL ON *.* FROM {quoted}",
-        f"GRANT {', '.join(privileges)} ON {quote_identifier(database)}.* TO {quoted}",
+        f"CREATE USER IF NOT EXISTS {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",
+        f"ALTER USER {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
+        f"REVOKE{on} ALL ON *.* FROM {quoted}",
+        f"GRANT{on} {', '.join(privileges)} ON {quote_identifier(database)}.* TO {quoted}",
     ]
 
 
-def _role_sql(role: str, objects: Iterable[str]) -> list[str]:
-    quoted = quote_identifier(role)
-    return [f"CREATE ROLE IF NOT EXISTS {quoted}", f"REVOKE ALL ON *.* FROM {quoted}",
-            *(f"GRANT SELECT ON {name} TO {quoted}" for name in objects)]
+def _role_sql(role: str, objects: Iterable[str], cluster: Cluster | None) -> list[str]:
+    quoted, on = quote_identifier(role), on_cluster(cluster)
+    return [f"CREATE ROLE IF NOT EXISTS {quoted}{on}", f"REVOKE{on} ALL ON *.* FROM {quoted}",
+            *(f"GRANT{on} SELECT ON {name} TO {quoted}" for name in objects)]
 
 
 def sink_users(prefix: str, recipients: Iterable[str]) -> list[str]:
@@ -210,25 +256,27 @@ def sink_users(prefix: str, recipients: Iterable[str]) -> list[str]:
     return [sink_user(prefix, name) for name in (*sorted(set(recipients)), AUDIT_DATABASE)]
 
 
-def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Mapping[str, Credential] | None = None) -> list[str]:
+def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Mapping[str, Credential] | None = None,
+               cluster: Cluster | None = None) -> list[str]:
     """Users, roles and grants for a ClickHouse server, from `views` (recipient -> its agreement views):
     - each sink's user may create and write its own database only (`SINK_PRIVILEGES`; a recipient's
       sink also creates its views and reads its tables), and the views it creates run as it;
     - each recipient's role may SELECT its agreement views only: no table, no other database;
     - the oversight role alone reads the audit database.
     Every user and role loses all its privileges first, so re-applying removes anything granted by
-    hand or by an older charter. `credentials` (sink user -> `Credential`) default to `NO_CREDENTIAL`."""
+    hand or by an older charter. `credentials` (sink user -> `Credential`) default to `NO_CREDENTIAL`.
+    On a `cluster`, every statement runs `ON CLUSTER`, so each server holds the same users and grants."""
     credentials = credentials or {}
     statements: list[str] = []
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         user = sink_user(prefix, recipient)
-        statements += _user_sql(user, database, SINK_PRIVILEGES + VIEW_SINK_PRIVILEGES, credentials.get(user, NO_CREDENTIAL))
+        statements += _user_sql(user, database, SINK_PRIVILEGES + VIEW_SINK_PRIVILEGES, credentials.get(user, NO_CREDENTIAL), cluster)
     audit = database_name(prefix, AUDIT_DATABASE)
     audit_user = sink_user(prefix, AUDIT_DATABASE)
-    statements += _user_sql(audit_user, audit, SINK_PRIVILEGES, credentials.get(audit_user, NO_CREDENTIAL))
+    statements += _user_sql(audit_user, audit, SINK_PRIVILEGES, credentials.get(audit_user, NO_CREDENTIAL), cluster)
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
-        statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]])
-    statements += _role_sql(role_name(prefix, OVERSIGHT_ROLE), [f"{quote_identifier(audit)}.*"])
+        statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]], cluster)
+    statements += _role_sql(role_name(prefix, OVERSIGHT_ROLE), [f"{quote_identifier(audit)}.*"], cluster)
     return statements

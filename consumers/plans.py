@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from backbone.clickhouse.cluster import Cluster, cluster_of
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog, load_catalog
 from backbone.kafka.topics import (
     AUDIT_TOPIC,
@@ -37,6 +38,8 @@ CHECKPOINTS_SINK = "audit-checkpoints"
 CHECKPOINTS_TABLE = "checkpoints"  # in the audit database
 TIMESTAMPS_SINK = "audit-timestamps"
 TIMESTAMPS_TABLE = "timestamps"  # in the audit database
+# Treatments that keep one value per subject (a masked or generalised subject field would put many on one shard)
+SUBJECT_TREATMENTS = frozenset({"pseudonymise", "encrypt", "keep"})
 
 
 @dataclass(slots=True, frozen=True)
@@ -47,6 +50,7 @@ class Destination:
     table: str
     order_by: tuple[str, ...] = ("event_id",)
     retention_days: int | None = None
+    shard_by: tuple[str, ...] = ()  # on a sharded cluster, rows go by the first of these (then order_by) the table has
 
     @property
     def name(self) -> str:
@@ -64,6 +68,7 @@ class SinkPlan:
     databases: tuple[str, ...]
     tables: dict[Destination, list[Column]] = field(default_factory=dict)
     views: list[str] = field(default_factory=list)
+    cluster: Cluster | None = None  # the DDL runs ON CLUSTER with Replicated tables (None: one node)
 
 
 def group_id(settings: Settings, name: str) -> str:
@@ -77,37 +82,45 @@ def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> Sink
     agreements = [a for a in charter.agreements if a.recipient == recipient]
     columns: dict[str, list[Column]] = {}
     retention: dict[str, int] = {}
+    subject: dict[str, tuple[str, ...]] = {}  # the subject's (pseudonymised) field: one subject, one shard
+    cluster = cluster_of(settings)
     for agreement in agreements:
         for event_type in agreement.event_types:
             schema = released_schema(agreement, charter.catalog.events[event_type])
+            subject_field = charter.catalog.events[event_type].subject_field
+            treatment = agreement.fields.get(subject_field) if subject_field else None
+            if treatment is not None and treatment.name in SUBJECT_TREATMENTS:
+                subject[event_type] = (subject_field,)  # type: ignore[assignment]
             where = f"agreement {agreement.key}, {event_type}"
             columns[event_type] = merge_columns(columns.get(event_type, []), table_columns(schema), where)
             retention[event_type] = max(retention.get(event_type, 0), agreement.retention_days)
 
-    def route(topic: str) -> Destination:
-        event_type = shared_event_type(recipient, topic) or topic
-        return Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type))
+    def destination(event_type: str) -> Destination:
+        return Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type), subject.get(event_type, ()))
 
-    plan = SinkPlan(recipient, group_id(settings, recipient), shared_pattern(recipient), route, (database,))
+    def route(topic: str) -> Destination:
+        return destination(shared_event_type(recipient, topic) or topic)
+
+    plan = SinkPlan(recipient, group_id(settings, recipient), shared_pattern(recipient), route, (database,), cluster=cluster)
     for event_type, cols in columns.items():
-        plan.tables[Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type))] = cols
+        plan.tables[destination(event_type)] = cols
     for agreement_id in sorted({a.id for a in agreements}):
         current = charter.current(agreement_id)  # the version in force now, else the highest
         for event_type in current.event_types:
             fields = released_fields(current, charter.catalog.events[event_type])
             view = ddl.view_name(agreement_id, event_type, current.event_types)
-            plan.views.append(ddl.create_view_sql(database, view, ddl.table_name(event_type), fields))
+            plan.views.append(ddl.create_view_sql(database, view, ddl.table_name(event_type), fields, cluster))
     return plan
 
 
 def _audit_topic_plan(settings: Settings, catalog: Catalog | None, name: str, topic: str, schema_name: str,
-                      table: str, order_by: tuple[str, ...], views: tuple[str, ...] = ()) -> SinkPlan:
+                      table: str, order_by: tuple[str, ...], views: tuple[str, ...] = (), shard_by: tuple[str, ...] = ()) -> SinkPlan:
     """One of the backbone's own topics into one table of `<prefix>audit` (every record kept: no TTL)."""
     schema = (catalog or load_catalog(settings.schemas_dir)).internal_schema(schema_name)
     database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
-    destination = Destination(database, table, order_by, None)
+    destination = Destination(database, table, order_by, None, shard_by)
     return SinkPlan(name=name, group_id=group_id(settings, name), subscription=topic, route=lambda _topic: destination,
-                    databases=(database,), tables={destination: table_columns(schema)}, views=list(views))
+                    databases=(database,), tables={destination: table_columns(schema)}, views=list(views), cluster=cluster_of(settings))
 
 
 def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
@@ -115,7 +128,7 @@ def audit_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:
     with the view `<prefix>audit.decisions` giving one row per (event, recipient)."""
     database = ddl.database_name(settings.clickhouse_database_prefix, ddl.AUDIT_DATABASE)
     return _audit_topic_plan(settings, catalog, AUDIT_SINK, AUDIT_TOPIC, AUDIT_EVENT, ddl.AUDIT_EVENTS_TABLE, ("event_id",),
-                             (ddl.create_decisions_view_sql(database),))
+                             (ddl.create_decisions_view_sql(database, cluster_of(settings)),), ("subject_token",))
 
 
 def operations_plan(settings: Settings, catalog: Catalog | None = None) -> SinkPlan:

@@ -29,6 +29,7 @@ from backbone.files.private import private_directory
 from backbone.kafka import dlq
 from backbone.kafka.compacted import CompactedTopicReader
 from backbone.kafka.topics import (
+    AGREEMENTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
     Topics,
@@ -44,6 +45,7 @@ from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
 from processors.anchors import operations_head_reader
+from processors import state_partitions
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
@@ -111,6 +113,7 @@ class Enforcement:
     def start(self) -> None:
         """Blocking start-up: topics, schemas, consent, agreements and erasures read to their end, then the data plane."""
         self.ensure_topics()
+        state_partitions.guard(self.settings, (CONSENT_TOPIC, AGREEMENTS_TOPIC, erasure.ERASURES_TOPIC))
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
         self.router.prepare()

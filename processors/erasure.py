@@ -39,9 +39,12 @@ class ErasureTable:
     def __init__(self, keyring: Keyring, on_erased: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self._keyring = keyring
         self._on_erased = on_erased
-        self._tokens: frozenset[str] = frozenset()
+        # Grown in place, one `add` per token: O(1) per erasure, never a copy of the whole set (a set's
+        # `in` is safe beside a concurrent `add` under the GIL; erased() never iterates it).
+        self._tokens: set[str] = set()
         # key id -> oversight token function under it, for every key id the records use
         self._functions: tuple[tuple[str, Callable[[Any], str]], ...] = ()
+        self._known: dict[str, Callable[[Any], str]] = {}  # the same, for look-ups by key id
         self._lock = threading.Lock()  # writers only: readers see one consistent (functions, tokens) each
         self.rejected = 0
 
@@ -93,7 +96,7 @@ class ErasureTable:
                 log.warning("erasure record at %s names no oversight token: nothing to match", where)
             return
         with self._lock:
-            functions = dict(self._functions)
+            functions = dict(self._functions) if any(key_id not in self._known for key_id, _ in usable) else self._known
             known = []
             for key_id, token in usable:
                 if key_id not in functions:
@@ -108,5 +111,7 @@ class ErasureTable:
                     " worker's keyring lacks: it cannot honour the erasure; give the processors the processor keyring the erasure was answered with"
                 )
             # functions first, then tokens: a concurrent erased() never sees a token it cannot compute
-            self._functions = tuple(functions.items())
-            self._tokens = self._tokens | frozenset(known)
+            if functions is not self._known:  # a key id not seen before (rare): the tuple is rebuilt
+                self._functions = tuple(functions.items())
+                self._known = dict(functions)
+            self._tokens.update(known)

@@ -65,7 +65,7 @@ KUBERNETES = DEPLOY / "kubernetes"
 CRDS = PROJECT_ROOT / "tests" / "fixtures" / "crds"
 # The operator releases the manifests support, each with its CRDs (add a release: add its folder).
 CRD_SETS = {"Strimzi 1.0.0": CRDS / "strimzi-1.0.0", "Altinity 0.25.6": CRDS / "altinity-clickhouse-operator-0.25.6-crd.yaml"}
-OPERATOR_GROUPS = {"kafka.strimzi.io", "clickhouse.altinity.com"}
+OPERATOR_GROUPS = {"kafka.strimzi.io", "clickhouse.altinity.com", "clickhouse-keeper.altinity.com"}
 # Strimzi 1.0 needs Kubernetes 1.30+; check the oldest and the newest schemas kubernetes-validate has.
 KUBERNETES_VERSIONS = ("1.30.0", kubernetes_validate.latest_version())
 CLUSTER_SCOPED = {"Namespace"}
@@ -267,7 +267,8 @@ def crd_index() -> CrdIndex:
 
 def test_every_custom_resource_validates_against_the_supported_operators_crds(manifests: list[dict[str, Any]], crd_index: CrdIndex) -> None:
     custom = [doc for doc in manifests if _group_version(doc)[0] in OPERATOR_GROUPS]
-    assert {doc["kind"] for doc in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ClickHouseInstallation"}
+    assert {doc["kind"] for doc in custom} == {"Kafka", "KafkaNodePool", "KafkaTopic", "KafkaUser", "ClickHouseInstallation",
+                                               "ClickHouseKeeperInstallation"}
     failures = {f"{doc['kind']}/{doc['metadata']['name']}": errors for doc in custom if (errors := crd_index.errors(doc))}
     assert not failures
 
@@ -954,3 +955,14 @@ def test_the_image_s_packages_run_without_the_embedded_extra(tmp_path: Path) -> 
     environment = {key: value for key, value in os.environ.items() if not key.startswith(ENV_PREFIX)}
     result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=environment, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_clickhouse_runs_two_replicas_kept_in_step_by_the_operators_keeper(manifests: list[dict[str, Any]]) -> None:
+    chi = _one(manifests, "ClickHouseInstallation", "backbone")
+    (cluster,) = chi["spec"]["configuration"]["clusters"]
+    assert cluster["layout"]["replicasCount"] == 2
+    keeper = _one(manifests, "ClickHouseKeeperInstallation", "backbone")
+    assert keeper["spec"]["configuration"]["clusters"][0]["layout"]["replicasCount"] % 2 == 1  # a Raft quorum
+    assert chi["spec"]["configuration"]["zookeeper"]["nodes"] == [{"host": f"keeper-{keeper['metadata']['name']}", "port": 2181}]
+    for template in keeper["spec"]["templates"]["podTemplates"]:
+        assert not restricted_violations(template["spec"])

@@ -58,6 +58,7 @@ def grants(
     from clickhouse_connect.driver.exceptions import DatabaseError
 
     from backbone.clickhouse.client import chdb_path, make_client
+    from backbone.clickhouse.cluster import cluster_of
     from backbone.events.catalog import load_catalog
     from backbone.policy.agreements import load_agreements
     from consumers import ddl
@@ -69,7 +70,7 @@ def grants(
     recipients = sorted({a.recipient for a in charter.agreements})
     views = {recipient: ddl.agreement_views(charter, recipient) for recipient in recipients}
     if not apply:
-        for statement in ddl.grants_sql(prefix, views):
+        for statement in ddl.grants_sql(prefix, views, cluster=cluster_of(settings)):
             console.print(statement + ";", highlight=False, soft_wrap=True, markup=False)
         return
     if chdb_path(settings.clickhouse_dsn) is not None:
@@ -77,7 +78,7 @@ def grants(
     path = passwords or settings.data_dir / PASSWORDS_FILE
     users = ddl.sink_users(prefix, recipients)
     credentials = {user: ddl.Credential.of(password, secrets.token_hex(16)) for user, password in sink_passwords(path, users).items()}
-    statements = ddl.grants_sql(prefix, views, credentials)
+    statements = ddl.grants_sql(prefix, views, credentials, cluster_of(settings))
     client = make_client(settings.clickhouse_dsn)
     try:
         for statement in statements:

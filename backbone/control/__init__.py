@@ -4,7 +4,7 @@ topic (`agreement_changes`), a person's erasure everywhere the backbone keeps th
 and the replay of real events through two agreement texts that `backbone agreements diff --replay`
 judges a change by (`replay`). Each change an operator makes is sealed in `backbone.audit.operations`.
 
-May import: backbone.errors, backbone.settings, backbone.audit, backbone.events, backbone.kafka, backbone.keys, backbone.policy.
+May import: backbone.errors, backbone.settings, backbone.audit, backbone.clickhouse, backbone.events, backbone.kafka, backbone.keys, backbone.policy.
 Never imports: aiokafka, faust, aiohttp, chdb.
 """
 

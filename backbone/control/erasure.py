@@ -41,6 +41,7 @@ from typing import Any
 from confluent_kafka import KafkaError, Message, Producer
 
 from backbone.audit import operations
+from backbone.clickhouse.cluster import Cluster, cluster_of, local_table, on_cluster
 from backbone.errors import BackboneError, KafkaUnavailableError
 from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, ERASURES_TOPIC, Topics, subject_partition
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, KeyKind, Keyring
@@ -261,11 +262,25 @@ def _quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def delete_rows(client: Any, targets: Iterable[RowTarget], purge: bool = True) -> dict[str, int]:
+def delete_sql(target: RowTarget, cluster: Cluster | None = None) -> str:
+    """The lightweight `DELETE` of a target's rows (`{values:Array(String)}` bound); on a cluster
+    `ON CLUSTER`, in the shards' local tables (a `Distributed` table takes no `DELETE`)."""
+    name = f"{_quote(target.database)}.{_quote(local_table(cluster, target.table))}"
+    return f"DELETE FROM {name}{on_cluster(cluster)} WHERE {_quote(target.column)} IN {{values:Array(String)}}"
+
+
+def purge_sql(database: str, table: str, cluster: Cluster | None = None) -> str:
+    """Rewrite a table's parts without its deleted rows, so the bytes leave the disk too."""
+    name = f"{_quote(database)}.{_quote(local_table(cluster, table))}"
+    return f"ALTER TABLE {name}{on_cluster(cluster)} APPLY DELETED MASK SETTINGS mutations_sync = 2"
+
+
+def delete_rows(client: Any, targets: Iterable[RowTarget], purge: bool = True, cluster: Cluster | None = None) -> dict[str, int]:
     """Delete the targets' rows (ClickHouse lightweight `DELETE`), then rewrite each touched table's
     parts without them (`APPLY DELETED MASK`, when `purge`) so the bytes leave the disk, not only the
     results. Tables or columns that do not exist (nothing landed yet) are skipped. Returns rows
-    removed per database (every copy counted, duplicates not yet merged included)."""
+    removed per database (every copy counted, duplicates not yet merged included). On a `cluster`
+    both run `ON CLUSTER` (`delete_sql`, `purge_sql`); rows are counted through the table itself."""
     chosen = list(targets)
     databases = sorted({target.database for target in chosen})
     existing = set()
@@ -274,7 +289,7 @@ def delete_rows(client: Any, targets: Iterable[RowTarget], purge: bool = True) -
             "SELECT database, table, name FROM system.columns WHERE database IN {d:Array(String)}",
             parameters={"d": databases}).result_rows}
     removed: dict[str, int] = {database: 0 for database in databases}
-    touched: list[str] = []
+    touched: list[tuple[str, str]] = []
     for target in chosen:
         if (target.database, target.table, target.column) not in existing or not target.values:
             continue
@@ -284,13 +299,13 @@ def delete_rows(client: Any, targets: Iterable[RowTarget], purge: bool = True) -
         count = int(client.query(f"SELECT count() FROM {name} WHERE {where}", parameters=parameters).result_rows[0][0])
         if not count:
             continue
-        client.command(f"DELETE FROM {name} WHERE {where}", parameters=parameters)
+        client.command(delete_sql(target, cluster), parameters=parameters)
         removed[target.database] += count
-        if name not in touched:
-            touched.append(name)
+        if (target.database, target.table) not in touched:
+            touched.append((target.database, target.table))
     if purge:
-        for name in touched:
-            client.command(f"ALTER TABLE {name} APPLY DELETED MASK SETTINGS mutations_sync = 2")
+        for database, table in touched:
+            client.command(purge_sql(database, table, cluster))
     return removed
 
 
@@ -385,7 +400,7 @@ def erase(settings: Settings, charter: Charter, client: Any, subject: str, reaso
         report.alerts = forget_alerts(settings, alert_keys(client, targets))
         step = "deleting rows"
         started = time.perf_counter()
-        report.rows = delete_rows(client, targets)
+        report.rows = delete_rows(client, targets, cluster=cluster_of(settings))
         report.seconds["rows"] = time.perf_counter() - started
     except Exception as exc:
         operations.record(settings, operations.OperatorAction(

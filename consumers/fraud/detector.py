@@ -3,7 +3,10 @@
 Each registered rule (`consumers.fraud.registry`) is one SQL query over the landed tables (read
 with `FINAL`, so redelivered events count once). After every batch the fraud sink lands,
 `FraudDetector.detect()`:
-1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period);
+1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period): a rule's
+   first run reads every row; later runs of a scoped rule read only the keys of rows landed since
+   the day the previous run started (`_landed_at` is the day of landing: the watermark is that day,
+   taken before the run, so nothing landing during a run is missed), each key over its whole history;
 2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
    by each alert's deterministic id, and records them there once the broker acknowledged them.
 
@@ -24,6 +27,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
+from backbone.clickhouse.cluster import cluster_of
 from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
@@ -52,13 +56,14 @@ class FraudDetector:
         self._producer: Producer | None = None
         self._encode: Callable[[dict], bytes] | None = None
         self._off: set[str] = set()
+        # rule kind -> the landing day (unix seconds) its last complete run started in
+        self._since: dict[str, int] = {}
 
     def setup(self) -> None:
         if self._ready:
             return
-        self.client.command(ddl.create_database_sql(self.database))
-        self.client.command(ddl.create_alerts_table_sql(self.database))
-        self.client.command(ddl.create_published_table_sql(self.database))
+        for statement in ddl.fraud_tables_sql(self.database, cluster_of(self.settings)):
+            self.client.command(statement)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
@@ -87,8 +92,12 @@ class FraudDetector:
         """Run every rule, then publish the alerts not published yet; returns those alerts."""
         self.setup()
         columns = self._columns()
+        day = int(self.client.query("SELECT toUnixTimestamp(toStartOfDay(now()))").result_rows[0][0])
         for rule in self._runnable(columns):
-            self.client.command(insert_alerts_sql(self.database, rule.kind, rule.select_sql(self.database, columns)))
+            since = self._since.get(rule.kind)
+            select = rule.select_sql(self.database, columns, None if since is None else f"toDateTime({since})")
+            self.client.command(insert_alerts_sql(self.database, rule.kind, select))
+            self._since[rule.kind] = day
         if not self.leads():
             return []  # another replica publishes
         return self.publish()
@@ -131,6 +140,10 @@ class FraudDetector:
             f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL {where} ORDER BY detected_at, kind, subject, period{tail}"
         )
         return [Alert(*row) for row in result.result_rows]
+
+    def full_run(self) -> None:
+        """The next run of every rule reads every row again (as after a restart)."""
+        self._since.clear()
 
     def alerts(self, kind: str | None = None, limit: int | None = None) -> list[Alert]:
         """Alerts raised so far, oldest first (optionally of one registered kind)."""

@@ -5,6 +5,11 @@ A rule says which landed tables and columns it reads (`needs`) and builds its SE
 it follows how the agreements release each field. A rule whose tables or columns are missing (no
 agreement releases them to the fraud team) is off: `applicable()` leaves it out.
 
+A rule may also say which columns its findings are keyed by (`scope`, e.g. `national_id, period`):
+then, once it has run, the detector runs it on the keys that landed since (`select_sql(..., since=)`),
+each over its whole history, which finds what a run over every row finds (the other keys' findings
+are unchanged and recorded already) for the work of what landed, not of everything that ever did.
+
 The built-in rules are registered in `consumers/fraud/rules/__init__.py`; adding a rule is one
 module there and one `register()` call.
 """
@@ -20,8 +25,9 @@ from consumers.fraud.errors import DuplicateRule, FraudRuleError, UnknownRule
 
 # table -> column -> ClickHouse type, as `system.columns` reports them for the fraud database
 Columns = Mapping[str, Mapping[str, str]]
-# (database, columns) -> SELECT kind, subject, period, details
-RuleSql = Callable[[str, Columns], str]
+# (database, columns[, where]) -> SELECT kind, subject, period, details; `where` (scoped rules only)
+# is a condition each of its subqueries over a needed table adds, "1" for every row
+RuleSql = Callable[..., str]
 
 
 @dataclass(slots=True, frozen=True)
@@ -33,14 +39,32 @@ class Rule:
     doc: str
     needs: Mapping[str, tuple[str, ...]]
     sql: RuleSql
+    scope: tuple[str, ...] = ()  # the columns a finding depends on the rows of (empty: every run reads all)
 
     def missing(self, columns: Columns) -> list[str]:
         """`table.column` of every needed column the database lacks (empty: the rule can run)."""
         return [f"{table}.{column}" for table, needed in self.needs.items()
                 for column in needed if column not in columns.get(table, {})]
 
-    def select_sql(self, database: str, columns: Columns) -> str:
-        return self.sql(database, columns)
+    def select_sql(self, database: str, columns: Columns, since: str | None = None) -> str:
+        """The rule's SELECT: over every row, or (`since`, a `_landed_at` SQL literal, scoped rules
+        only) over the whole history of the keys that landed at or after `since`."""
+        if not self.scope:
+            return self.sql(database, columns)
+        if since is None:
+            return self.sql(database, columns, "1")
+        return self.sql(database, columns, self.touched(database, since))
+
+    def touched(self, database: str, since: str) -> str:
+        """`(scope) IN (the scope keys of rows landed at or after since in the needed tables)`."""
+        keys = ", ".join(self.scope)
+        sources = [f"SELECT {keys} FROM {database_table(database, table)} WHERE _landed_at >= {since}"
+                   for table, needed in self.needs.items() if set(self.scope) <= set(needed)]
+        return f"({keys}) IN ({' UNION ALL '.join(sources)})"
+
+
+def database_table(database: str, table: str) -> str:
+    return f"`{database}`.`{table}`"
 
 
 RULES: dict[str, Rule] = {}

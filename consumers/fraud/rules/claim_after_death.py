@@ -34,16 +34,16 @@ def death_period_sql(column: str, ch_type: str) -> str:
     raise ValueError(f"date_of_death of type {ch_type} cannot give a period")
 
 
-def select_sql(database: str, columns: Columns) -> str:
+def select_sql(database: str, columns: Columns, where: str = "1") -> str:
     claims, deaths = ddl.qualified(database, CLAIMS), ddl.qualified(database, DEATHS)
     died = death_period_sql("date_of_death", columns[DEATHS]["date_of_death"])
     benefit = "toString(benefit_type)" if "benefit_type" in columns.get(CLAIMS, {}) else "''"
     return f"""
             SELECT '{KIND}' AS kind, w.national_id AS subject, w.period AS period,
                    toJSONString(map('benefit_type', w.benefit, 'died_in_period', d.died)) AS details
-            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims} FINAL GROUP BY national_id, period) AS w
+            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims} FINAL PREWHERE {where} GROUP BY national_id, period) AS w
             INNER JOIN (SELECT national_id, min({died}) AS died FROM {deaths} FINAL
-                        WHERE date_of_death IS NOT NULL GROUP BY national_id) AS d
+                        PREWHERE {where} WHERE date_of_death IS NOT NULL GROUP BY national_id) AS d
             ON w.national_id = d.national_id
             WHERE w.period > d.died"""
 
@@ -53,4 +53,5 @@ RULE = Rule(
     doc="benefit claimed for a period after the month of a registered death",
     needs={CLAIMS: ("national_id", "period"), DEATHS: ("national_id", "date_of_death")},
     sql=select_sql,
+    scope=("national_id",),
 )

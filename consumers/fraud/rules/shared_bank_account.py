@@ -12,14 +12,14 @@ MIN_CLAIMANTS = 3
 CLAIMS = ddl.table_name("welfare.benefit_claimed")
 
 
-def select_sql(database: str, columns: Columns) -> str:
+def select_sql(database: str, columns: Columns, where: str = "1") -> str:
     claims = ddl.qualified(database, CLAIMS)
     return f"""
             SELECT '{KIND}' AS kind, w.national_id AS subject, w.period AS period,
                    toJSONString(map('bank_account', w.bank_account, 'claimants', toString(a.claimants))) AS details
-            FROM (SELECT DISTINCT national_id, period, bank_account FROM {claims} FINAL) AS w
+            FROM (SELECT DISTINCT national_id, period, bank_account FROM {claims} FINAL PREWHERE {where}) AS w
             INNER JOIN (SELECT bank_account, period, uniqExact(national_id) AS claimants FROM {claims} FINAL
-                        GROUP BY bank_account, period HAVING claimants >= {MIN_CLAIMANTS}) AS a
+                        PREWHERE {where} GROUP BY bank_account, period HAVING claimants >= {MIN_CLAIMANTS}) AS a
             ON w.bank_account = a.bank_account AND w.period = a.period"""
 
 
@@ -28,4 +28,5 @@ RULE = Rule(
     doc=f"one bank account receives benefits of {MIN_CLAIMANTS} or more claimants in the same period",
     needs={CLAIMS: ("national_id", "period", "bank_account")},
     sql=select_sql,
+    scope=("bank_account", "period"),
 )

@@ -21,15 +21,15 @@ def _literals(values: Iterable[str]) -> str:
     return ", ".join("'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'" for value in sorted(values))
 
 
-def select_sql(database: str, columns: Columns) -> str:
+def select_sql(database: str, columns: Columns, where: str = "1") -> str:
     claims, incomes = ddl.qualified(database, CLAIMS), ddl.qualified(database, INCOMES)
     return f"""
             SELECT '{KIND}' AS kind, c.national_id AS subject, c.period AS period,
                    toJSONString(map('benefit_type', c.benefit, 'declared_income', toString(i.income))) AS details
             FROM (SELECT national_id, period, any(toString(benefit_type)) AS benefit FROM {claims} FINAL
-                  WHERE toString(benefit_type) IN ({_literals(MEANS_TESTED)}) GROUP BY national_id, period) AS c
+                  PREWHERE {where} WHERE toString(benefit_type) IN ({_literals(MEANS_TESTED)}) GROUP BY national_id, period) AS c
             INNER JOIN (SELECT national_id, period, sum(declared_income) AS income FROM {incomes} FINAL
-                        GROUP BY national_id, period HAVING income > {INCOME_THRESHOLD_EUR!r}) AS i
+                        PREWHERE {where} GROUP BY national_id, period HAVING income > {INCOME_THRESHOLD_EUR!r}) AS i
             ON c.national_id = i.national_id AND c.period = i.period"""
 
 
@@ -38,4 +38,5 @@ RULE = Rule(
     doc=f"means-tested benefit claimed while declared income is above {INCOME_THRESHOLD_EUR:,.0f} EUR that month",
     needs={CLAIMS: ("national_id", "period", "benefit_type"), INCOMES: ("national_id", "period", "declared_income")},
     sql=select_sql,
+    scope=("national_id", "period"),
 )

@@ -1,0 +1,73 @@
+"""The ClickHouse cluster the sinks' DDL runs on, when one is configured (`BACKBONE_CLICKHOUSE_CLUSTER`).
+
+Pure SQL fragments, no I/O. Without a cluster every statement stays the single-node one (chDB, one
+server). With one, tables are `Replicated*` (the `{shard}` and `{replica}` macros each server
+defines), every DDL, grant and erasure runs `ON CLUSTER`, and when the cluster has several shards
+(`BACKBONE_CLICKHOUSE_SHARDED`) each table is a replicated `<table>_local` on every shard under a
+`Distributed` table of the table's own name, sharded by a hash of the subject, so one subject's rows
+(and every copy of one event) sit on one shard: `FINAL`, the fraud rules' per-subject joins and
+an erasure's `DELETE` each find them there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backbone.settings import Settings
+
+# Keeper path of each replicated table: one per shard, macros expanded when the table is created.
+REPLICA_PATH = "/clickhouse/tables/{shard}/{database}/{table}"
+LOCAL_SUFFIX = "_local"
+
+
+def _quote(name: str) -> str:
+    return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
+
+
+def _string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+@dataclass(slots=True, frozen=True)
+class Cluster:
+    """A ClickHouse cluster as `remote_servers` names it; `sharded` when it has more than one shard."""
+
+    name: str
+    sharded: bool = False
+
+    @property
+    def on(self) -> str:
+        """` ON CLUSTER <name>`, to put after the object a statement names."""
+        return f" ON CLUSTER {_quote(self.name)}"
+
+    def engine(self, engine: str) -> str:
+        """`ReplacingMergeTree` -> `ReplicatedReplacingMergeTree('<keeper path>', '{replica}')`."""
+        return f"Replicated{engine}({_string(REPLICA_PATH)}, '{{replica}}')"
+
+    def local(self, table: str) -> str:
+        """The table holding the rows on each shard: `<table>_local` when sharded, else the table itself."""
+        return f"{table}{LOCAL_SUFFIX}" if self.sharded else table
+
+    def distributed_engine(self, database: str, table: str, shard_key: str) -> str:
+        """The `Distributed` engine over `table`'s local tables, rows placed by `cityHash64(shard_key)`."""
+        return f"Distributed({_string(self.name)}, {_string(database)}, {_string(self.local(table))}, cityHash64({shard_key}))"
+
+
+def cluster_of(settings: Settings) -> Cluster | None:
+    """The configured cluster, or None for single-node DDL (the default, and chDB's)."""
+    if not settings.clickhouse_cluster:
+        return None
+    return Cluster(settings.clickhouse_cluster, settings.clickhouse_sharded)
+
+
+def on_cluster(cluster: Cluster | None) -> str:
+    return cluster.on if cluster is not None else ""
+
+
+def engine(cluster: Cluster | None, engine: str = "ReplacingMergeTree") -> str:
+    return cluster.engine(engine) if cluster is not None else engine
+
+
+def local_table(cluster: Cluster | None, table: str) -> str:
+    """The table rows are deleted and mutated in (the local one on a sharded cluster)."""
+    return cluster.local(table) if cluster is not None else table

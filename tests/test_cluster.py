@@ -1,0 +1,128 @@
+"""On a ClickHouse cluster (`BACKBONE_CLICKHOUSE_CLUSTER`) the sinks' DDL, the erasure and the grants
+run `ON CLUSTER` with `Replicated*` tables (and `Distributed` ones over the shards when sharded);
+without one, the single-node DDL is unchanged. Every generated statement is parsed by ClickHouse's
+own parser (chDB's `formatQuery` and `EXPLAIN AST`), so a typo that only a server would catch fails here.
+A table a sink created but the answering server does not have yet is retried, never dead-lettered."""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+import pytest
+from confluent_kafka import Message
+
+from backbone.clickhouse.cluster import Cluster, cluster_of
+from backbone.control.erasure import RowTarget, SUBJECT_TABLES, SUBJECT_COLUMN, delete_sql, purge_sql
+from backbone.events.catalog import load_catalog
+from backbone.policy.agreements import load_agreements
+from backbone.settings import PROJECT_ROOT, load_settings
+from consumers import ddl
+from consumers.batching import TargetUnavailable, Written
+from consumers.clickhouse_target import ClickHouseTarget, transient
+from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
+from consumers.typemap import Column
+
+CLUSTER = "backbone"  # 2 shards x 2 replicas, as remote_servers would name it
+
+
+def _charter():  # noqa: ANN202
+    return load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+
+
+def _statements(sharded: bool) -> list[str]:
+    """Every DDL, erasure and grant statement a 2-shard x 2-replica deployment runs."""
+    settings = load_settings(clickhouse_cluster=CLUSTER if sharded is not None else None, clickhouse_sharded=bool(sharded),
+                             clickhouse_dsn="chdb:///unused")
+    charter = _charter()
+    recipients = sorted({a.recipient for a in charter.agreements})
+    plans = [recipient_plan(settings, charter, r) for r in recipients]
+    plans += [make(settings, charter.catalog) for make in (audit_plan, checkpoints_plan, operations_plan, timestamps_plan)]
+    statements: list[str] = []
+    for plan in plans:
+        statements += [ddl.create_database_sql(database, plan.cluster) for database in plan.databases]
+        for destination, columns in plan.tables.items():
+            statements += ddl.table_sql(destination.database, destination.table, columns, destination.order_by,
+                                        destination.retention_days, plan.cluster, destination.shard_by)
+            for table in ddl.cluster_tables(destination.table, plan.cluster):
+                statements.append(ddl.add_columns_sql(destination.database, table, [Column("extra", "Nullable(String)")], plan.cluster))
+            statements += ddl.coarsen_landed_at_sql(destination.database, destination.table, plan.cluster)
+        statements += plan.views
+    cluster = cluster_of(settings)
+    statements += ddl.fraud_tables_sql(ddl.database_name("", settings.fraud_recipient), cluster)
+    targets = [RowTarget("fraud", "welfare_benefit_claimed", "national_id", ("x",)),
+               *(RowTarget("fraud", table, SUBJECT_COLUMN, ("x",)) for table in SUBJECT_TABLES)]
+    statements += [delete_sql(target, cluster) for target in targets]
+    statements += [purge_sql(target.database, target.table, cluster) for target in targets]
+    views = {recipient: ddl.agreement_views(charter, recipient) for recipient in recipients}
+    statements += ddl.grants_sql("", views, {"backbone_sink_fraud": ddl.Credential.of("pw", "salt")}, cluster)
+    return statements
+
+
+def _parsed(client, statement: str) -> tuple[str, str]:  # noqa: ANN001
+    """ClickHouse's own formatting of the statement, and its AST (both parse only, run nothing)."""
+    formatted = client.query("SELECT formatQuery({q:String})", parameters={"q": statement}).result_rows[0][0]
+    bound = statement.replace("{values:Array(String)}", "['x']")  # EXPLAIN substitutes parameters
+    ast = "\n".join(row[0] for row in client.query("EXPLAIN AST " + bound).result_rows)
+    return formatted, ast
+
+
+def test_cluster_ddl_erasure_and_grants_parse_and_run_on_cluster_with_replicated_tables(clickhouse_client) -> None:  # noqa: ANN001
+    statements = _statements(sharded=True)
+    engines: list[str] = []
+    for statement in statements:
+        formatted, ast = _parsed(clickhouse_client, statement)
+        assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
+        engines += re.findall(r"Storage definition.*?\n\s*Function (\w+)", ast, re.S)
+        if formatted.startswith("CREATE TABLE"):
+            assert re.search(r"ENGINE = (Replicated\w*MergeTree\('/clickhouse/tables/\{shard\}/\{database\}/\{table\}', '\{replica\}'\)"
+                             r"|Distributed\('backbone')", formatted), formatted
+    assert engines and set(engines) <= {"ReplicatedReplacingMergeTree", "Distributed"}
+    assert engines.count("ReplicatedReplacingMergeTree") == engines.count("Distributed")  # one Distributed per local table
+    kinds = {statement.split()[0] for statement in statements}
+    assert {"CREATE", "ALTER", "DELETE", "GRANT", "REVOKE"} <= kinds
+
+
+def test_sharded_tables_place_one_subject_on_one_shard() -> None:
+    distributed = [s for s in _statements(sharded=True) if "ENGINE = Distributed" in s]
+    keys = {re.search(r"`(\w+)`\.`(\w+)` ON CLUSTER", s).group(2): re.search(r"cityHash64\((.*)\)\)$", s).group(1) for s in distributed}
+    assert keys["welfare_benefit_claimed"] == "`national_id`"  # the subject's pseudonym
+    assert keys["events"] == "assumeNotNull(`subject_token`)"  # the audit trail, by the subject's oversight token
+    assert keys["alerts"] == "subject" and keys["alerts_published"] == "subject"
+    assert keys["checkpoints"] == "`writer`"  # one writer's chain on one shard
+    # erasure deletes in the shards' tables: a Distributed table takes no DELETE
+    assert delete_sql(RowTarget("fraud", "alerts", "subject", ("x",)), Cluster(CLUSTER, True)).startswith(
+        "DELETE FROM `fraud`.`alerts_local` ON CLUSTER `backbone`")
+
+
+def test_replicated_unsharded_cluster_has_no_distributed_tables(clickhouse_client) -> None:  # noqa: ANN001
+    statements = _statements(sharded=False)
+    assert not any("Distributed" in s or "_local" in s for s in statements)
+    for statement in statements:
+        formatted, _ = _parsed(clickhouse_client, statement)
+        assert f" ON CLUSTER {CLUSTER}" in formatted
+
+
+def test_single_node_ddl_is_unchanged_without_a_cluster(clickhouse_client) -> None:  # noqa: ANN001
+    statements = _statements(sharded=None)  # type: ignore[arg-type]
+    assert not any("ON CLUSTER" in s or "Replicated" in s or "Distributed" in s for s in statements)
+    assert any("ENGINE = ReplacingMergeTree" in s for s in statements)
+
+
+def test_a_table_missing_right_after_its_ddl_is_retried_not_dead_lettered(clickhouse_client) -> None:  # noqa: ANN001
+    # As when a service balances requests over replicas: the CREATE ran on one, the INSERT reaches another.
+    database = f"cluster_{uuid.uuid4().hex[:8]}"
+    destination = Destination(database, "t")
+    plan = SinkPlan("t", "g", "t", lambda _topic: destination, (database,), {destination: [Column("event_id", "String")]})
+    target = ClickHouseTarget(load_settings(clickhouse_dsn="chdb:///unused"), plan, clickhouse_client, registry=None)  # type: ignore[arg-type]
+    target.setup()
+    clickhouse_client.command(f"DROP TABLE {destination.name}")
+    written = Written()
+    with pytest.raises(TargetUnavailable):
+        target._insert(destination, ["event_id"], [Message(topic="t", value=b"\x00\x00\x00\x00\x01")], written)
+    assert written.rejected == []
+    try:
+        clickhouse_client.command(f"INSERT INTO {database}.nowhere VALUES ('x')")
+    except Exception as exc:  # noqa: BLE001 - ClickHouse's own UNKNOWN_TABLE
+        assert transient(exc)
+    clickhouse_client.command(f"DROP DATABASE {database}")
