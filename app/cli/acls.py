@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
 from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from confluent_kafka import KafkaError
+
+    from backbone.access.acls import Grant
 
 acls_app = typer.Typer(help="Kafka ACLs: who may write, read and create which topics and groups.", no_args_is_help=True)
 app.add_typer(acls_app, name="acls")
@@ -19,7 +26,6 @@ class AclError(BackboneError):
 
 def _planned(settings: Settings) -> list[Grant]:
     from backbone.access.acls import plan_for_charter
-
     from backbone.policy.agreements import default_charter
 
     return plan_for_charter(default_charter(), fraud_recipient=settings.fraud_recipient,
@@ -33,6 +39,7 @@ def plan(
 ) -> None:
     """Show the ALLOW bindings the agencies and backbone components need (nothing is changed)."""
     import yaml
+
     from backbone.access.acls import strimzi_users
 
     grants = _planned(get_settings())
@@ -64,6 +71,7 @@ def apply_grants(settings: Settings, grants: list[Grant]) -> int:
     """Create `grants` on the cluster (existing identical bindings are kept); returns how many were sent."""
     from confluent_kafka import KafkaError, KafkaException
     from confluent_kafka.admin import AclOperation
+
     from backbone.kafka.topics import admin_client, check_reachable
 
     admin = admin_client(settings)

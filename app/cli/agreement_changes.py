@@ -10,6 +10,7 @@ import re
 import uuid
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
@@ -18,6 +19,12 @@ from app.cli.agreements import agreements_app
 from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from backbone.audit import operations
+    from backbone.events.catalog import Catalog
+    from backbone.policy.agreements import Agreement, Charter
+    from backbone.policy.diff import Change
 
 _APPROVER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 

@@ -7,6 +7,7 @@ import re
 from datetime import UTC, datetime
 from itertools import groupby
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
@@ -15,6 +16,12 @@ from rich.text import Text
 from app.cli import app, console, err_console
 from backbone.errors import AgreementError, BackboneError
 from backbone.settings import get_settings
+
+if TYPE_CHECKING:
+    from backbone.control.replay import Replay
+    from backbone.events.catalog import Catalog
+    from backbone.policy.agreements import Agreement, Charter
+    from backbone.policy.diff import Change
 
 agreements_app = typer.Typer(help="Data-sharing agreements (the charter).", no_args_is_help=True)
 app.add_typer(agreements_app, name="agreements")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -13,6 +14,11 @@ from rich.table import Table
 from app.cli import app, console
 from backbone.errors import BackboneError
 from backbone.settings import get_settings
+
+if TYPE_CHECKING:
+    from producers import AgencyProducer
+    from producers.sdk import ProducerStats
+    from producers.synthetic import SyntheticStream
 
 # Spelled out so that `produce --help` imports no producer code (tests/test_cli_startup.py keeps it
 # equal to producers.synthetic.AGENCIES).

@@ -16,8 +16,8 @@ from rich.table import Table
 
 from app.cli import app, console
 from backbone.errors import BackboneError
-from backbone.registry.roles import Grant
 from backbone.files.private import make_private_dirs
+from backbone.registry.roles import Grant
 from backbone.registry.users import User, UsersFile, check_name, new_password
 from backbone.settings import get_settings
 

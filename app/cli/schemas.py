@@ -57,6 +57,7 @@ def register_all(
 ) -> None:
     """Register every event schema under `raw.<event_type>-value`."""
     from confluent_kafka.schema_registry import Schema
+
     from backbone.events.catalog import load_catalog
     from backbone.events.serde import register, registry_client
 
