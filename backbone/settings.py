@@ -88,6 +88,10 @@ class Settings(BaseSettings):
     # RFC 3161 timestamps of audit checkpoints (processors/timestamps.py): off unless a TSA is named.
     audit_tsa_url: str | None = Field(None, description="RFC 3161 timestamping authority the processors have their newest "
                                                         "audit checkpoint timestamped by (unset: no timestamps)")
+    audit_writer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,48}$",
+                                     description="A stable audit writer id for this processor (a StatefulSet's pod name): "
+                                     "with a fresh data directory its writer state is rebuilt from audit.checkpoints, so a "
+                                     "rescheduled pod continues its chain (workers of one process take <id>, <id>.1, ...)")
     audit_tsa_interval_s: float = Field(60.0, gt=0, description="How often a processor has its newest checkpoint timestamped")
     audit_tsa_timeout_s: float = Field(10.0, gt=0, description="How long a timestamp request may take before it is retried next interval")
     audit_tsa_cert_file: Path | None = Field(None, description="PEM certificates trusted for timestamps: the TSA's root, "
