@@ -337,7 +337,7 @@ def test_every_backbone_container_runs_the_pushed_image(built: list[dict[str, An
 
 
 def test_every_deployment_sets_resources_probes_and_a_restricted_security_context(built: list[dict[str, Any]]) -> None:
-    deployments = [doc for doc in built if doc["kind"] == "Deployment"]
+    deployments = [doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")]
     assert {doc["metadata"]["name"] for doc in deployments} == {
         "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare", "operator-toolbox"}
     for doc in deployments:
@@ -488,15 +488,30 @@ def test_shared_topics_keep_records_their_released_time_allows(manifests: list[d
 
 def test_processor_replicas_do_not_exceed_the_partitions(manifests: list[dict[str, Any]]) -> None:
     topics = _kafka_topics(manifests)
-    processor = _one(manifests, "Deployment", "processor")
+    processor = _one(manifests, "StatefulSet", "processor")
     raw_partitions = min(doc["spec"]["partitions"] for name, doc in topics.items() if name.startswith("raw."))
     assert 1 <= processor["spec"]["replicas"] <= raw_partitions
+
+
+def test_each_processor_is_a_stable_audit_writer_with_its_state_on_its_own_volume(manifests: list[dict[str, Any]]) -> None:
+    """A rescheduled processor keeps its writer id (its pod name) and its chain state (a volume claim
+    per pod): on an emptyDir the state died with the pod and a batch cut short became a tamper alarm."""
+    processor = _one(manifests, "StatefulSet", "processor")
+    service = _one(manifests, "Service", processor["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    pod = processor["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["BACKBONE_AUDIT_WRITER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    claims = {claim["metadata"]["name"] for claim in processor["spec"]["volumeClaimTemplates"]}
+    data_dir = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/backbone/data")
+    assert data_dir in claims and data_dir not in {volume["name"] for volume in pod["volumes"]}
 
 
 def test_each_backbone_pod_connects_as_its_own_kafka_user(manifests: list[dict[str, Any]], plan_principals: set[str]) -> None:
     users = {doc["metadata"]["name"] for doc in manifests if doc["kind"] == "KafkaUser"}
     assert users == plan_principals
-    deployments = [doc for doc in manifests if doc["kind"] == "Deployment"]
+    deployments = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
     sinks = [doc for doc in deployments if doc["metadata"]["name"].startswith("sink-")]
     assert {doc["metadata"]["name"] for doc in sinks} == {"sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
     for doc in deployments:
@@ -704,7 +719,7 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
 
 def test_only_prometheus_scrapes_the_metrics_port_of_annotated_pods(built: list[dict[str, Any]]) -> None:
     policies = [doc for doc in built if doc["kind"] == "NetworkPolicy"]
-    scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] == "Deployment"
+    scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
                and (doc["spec"]["template"]["metadata"].get("annotations") or {}).get("prometheus.io/scrape") == "true"}
     assert set(scraped) == {"processor", "schema-registry", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"}
     prometheus = Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, "monitoring")

@@ -84,6 +84,10 @@ class Rehearsal:
             if "value" in variable:
                 env[variable["name"]] = variable["value"]
                 continue
+            if "fieldRef" in variable["valueFrom"]:  # the downward API: only the pod's name is used
+                assert variable["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}, variable
+                env[variable["name"]] = f"{name}-0"
+                continue
             ref = variable["valueFrom"]["secretKeyRef"]
             if (self.secrets / "secrets" / ref["name"]).is_dir():
                 env[variable["name"]] = (self._secret(ref["name"]) / ref["key"]).read_text()
@@ -95,6 +99,8 @@ class Rehearsal:
             assert env["BACKBONE_KAFKA_SASL_USERNAME"] in self._kafka_users()
             assert strimzi_users == [env["BACKBONE_KAFKA_SASL_USERNAME"]], (name, strimzi_users)
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        volumes |= {claim["metadata"]["name"]: {"persistentVolumeClaim": claim["spec"]}
+                    for claim in self.workload(name)["spec"].get("volumeClaimTemplates", [])}
         mounts = {}
         for mount in container.get("volumeMounts", []):
             volume, target = volumes[mount["name"]], local / mount["name"]
