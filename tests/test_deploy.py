@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -644,6 +645,7 @@ class Pod:
     name: str
     labels: dict[str, str]
     namespace: str = "backbone"
+    ip: str = "10.244.1.7"  # the cluster's pod network; an analyst outside has an address of its own
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -658,7 +660,9 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def _peer_matches(peer: dict[str, Any], pod: Pod, namespace: str) -> bool:
     if "ipBlock" in peer:
-        return peer["ipBlock"]["cidr"] == "0.0.0.0/0" and not peer["ipBlock"].get("except")
+        address = ipaddress.ip_address(pod.ip)
+        return address in ipaddress.ip_network(peer["ipBlock"]["cidr"]) and not any(
+            address in ipaddress.ip_network(cidr) for cidr in peer["ipBlock"].get("except", []))
     if "namespaceSelector" not in peer and pod.namespace != namespace:
         return False
     return _selects(peer.get("podSelector", {}), pod.labels)
@@ -687,6 +691,9 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     pods = {doc["metadata"]["name"]: Pod(doc["metadata"]["name"], doc["spec"]["template"]["metadata"]["labels"])
             for doc in built if _pod_spec(doc) is not None}
     pods["clickhouse"] = Pod("clickhouse", {"clickhouse.altinity.com/chi": "backbone"})  # labels the operator sets
+    pods["clickhouse-1"] = Pod("clickhouse-1", {"clickhouse.altinity.com/chi": "backbone"})
+    pods["keeper"] = Pod("keeper", {"clickhouse-keeper.altinity.com/chk": "backbone"})
+    pods["keeper-1"] = Pod("keeper-1", {"clickhouse-keeper.altinity.com/chk": "backbone"})
     pods["dns"] = Pod("dns", {"k8s-app": "kube-dns"}, "kube-system")
     pods["other"] = Pod("other", {"app": "something-else"})
     pods["elsewhere"] = Pod("elsewhere", {"app.kubernetes.io/component": "sink"}, "other-namespace")
@@ -701,20 +708,58 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     clients = ["backbone-init", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"]
     expected = {(name, "schema-registry", 8081) for name in clients}
     expected |= {(name, "kafka", 9093) for name in [*clients, "schema-registry"]}
-    expected |= {(name, "dns", 53) for name in [*clients, "schema-registry", "clickhouse"]}
-    expected |= {(name, "clickhouse", 8123) for name in clients if name.startswith("sink-")}
-    expected |= {("clickhouse", "schema-registry", 8081)}  # AvroConfluent inserts fetch writer schemas
-    restricted = [*clients, "schema-registry", "clickhouse"]  # every pod with an egress policy of its own
-    ports = (53, 8081, 8123, 9093)
+    replicas, keepers = ("clickhouse", "clickhouse-1"), ("keeper", "keeper-1")
+    expected |= {(name, "dns", 53) for name in [*clients, "schema-registry", *replicas, *keepers]}
+    expected |= {(name, replica, 8123) for name in clients if name.startswith("sink-") for replica in replicas}
+    expected |= {(replica, "schema-registry", 8081) for replica in replicas}  # AvroConfluent inserts fetch writer schemas
+    expected |= {(a, b, 9009) for a in replicas for b in replicas if a != b}  # replication
+    expected |= {(replica, keeper, 2181) for replica in replicas for keeper in keepers}
+    expected |= {(a, b, 9234) for a in keepers for b in keepers if a != b}  # Keeper's Raft
+    restricted = [*clients, "schema-registry", *replicas, *keepers]  # every pod with an egress policy of its own
+    ports = (53, 2181, 8081, 8123, 8443, 9009, 9093, 9234)
     actual = {(source, target, port) for source in restricted for target in pods for port in ports
               if source != target and allowed(everything, pods[source], pods[target], port)}
     assert actual == expected
-    # Pods of others (no egress policy: they may send anywhere) reach what the targets admit: ClickHouse's
-    # HTTP port for analysts, nothing else of the backbone's, the registry least of all.
-    strangers = ["other", "elsewhere", "kafka", "dns"]
+    # Pods of others (no egress policy: they may send anywhere) reach nothing of the backbone's, ClickHouse's
+    # HTTP (admin) port least of all; an analyst in the agencies' ranges reaches HTTPS (8443) and nothing else.
+    analysts = _one(built, "Service", "clickhouse-analysts")["spec"]["loadBalancerSourceRanges"]
+    pods["analyst"] = Pod("analyst", {}, "outside", ip=str(next(ipaddress.ip_network(analysts[0]).hosts())))
+    pods["internet"] = Pod("internet", {}, "outside", ip="203.0.113.9")
+    strangers = ["other", "elsewhere", "kafka", "dns", "analyst", "internet"]
     admitted = {(source, target, port) for source in strangers for target in restricted for port in ports
                 if allowed(everything, pods[source], pods[target], port)}
-    assert admitted == {(source, "clickhouse", 8123) for source in strangers}
+    assert admitted == {("analyst", replica, 8443) for replica in replicas}
+    assert not [rule for policy in policies for rule in policy["spec"].get("ingress", []) for peer in rule.get("from", [])
+                if peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0")]
+
+
+def test_clickhouse_is_cluster_ip_inside_and_https_from_the_agencies_ranges_outside(built: list[dict[str, Any]]) -> None:
+    chi = _one(built, "ClickHouseInstallation", "backbone")["spec"]
+    services = {t["name"]: t["spec"] for t in chi["templates"]["serviceTemplates"]}
+    assert services[chi["defaults"]["templates"]["serviceTemplate"]]["type"] == "ClusterIP"
+    analysts = _one(built, "Service", "clickhouse-analysts")["spec"]
+    assert analysts["type"] == "LoadBalancer" and analysts["externalTrafficPolicy"] == "Local"
+    assert [port["port"] for port in analysts["ports"]] == [int(chi["configuration"]["settings"]["https_port"])] == [8443]
+    assert analysts["selector"] == {"clickhouse.altinity.com/chi": "backbone"}
+    policy = _one(built, "NetworkPolicy", "clickhouse-analysts-ingress")["spec"]
+    assert sorted(peer["ipBlock"]["cidr"] for rule in policy["ingress"] for peer in rule["from"]) == sorted(analysts["loadBalancerSourceRanges"])
+    assert "0.0.0.0/0" not in analysts["loadBalancerSourceRanges"]
+    assert chi["configuration"]["settings"]["interserver_http_port"] == 9009
+    keeper = _one(built, "ClickHouseKeeperInstallation", "backbone")["spec"]["configuration"]["settings"]
+    assert (keeper["keeper_server/tcp_port"], keeper["keeper_server/raft_configuration/server/port"]) == ("2181", "9234")
+    assert [node["port"] for node in chi["configuration"]["zookeeper"]["nodes"]] == [2181]
+
+
+def test_sinks_run_their_ddl_on_the_clickhouse_installation_s_cluster(built: list[dict[str, Any]]) -> None:
+    clusters = [c["name"] for c in _one(built, "ClickHouseInstallation", "backbone")["spec"]["configuration"]["clusters"]]
+    settings = _one(built, "ConfigMap", "backbone-settings")
+    assert [settings["data"]["BACKBONE_CLICKHOUSE_CLUSTER"]] == clusters
+    sinks = [doc for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")]
+    assert len(sinks) == 4
+    for doc in sinks:
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        assert {"configMapRef": {"name": settings["metadata"]["name"]}} in container["envFrom"], doc["metadata"]["name"]
+        assert "BACKBONE_CLICKHOUSE_CLUSTER" not in {item["name"] for item in container.get("env", [])}
 
 
 def test_only_prometheus_scrapes_the_metrics_port_of_annotated_pods(built: list[dict[str, Any]]) -> None:

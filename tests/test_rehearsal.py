@@ -132,6 +132,7 @@ class Rehearsal:
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         if "BACKBONE_CLICKHOUSE_DSN" in env:
             env["BACKBONE_CLICKHOUSE_DSN"] = f"chdb://{local / 'chdb'}"
+            env.pop("BACKBONE_CLICKHOUSE_CLUSTER", None)  # one chDB, no cluster: tests/test_deploy.py checks the name
         argv = container.get("command") or ["backbone", *container.get("args", [])]
         argv = [str(free_port()) if previous == "--web-port" else part for previous, part in zip(["", *argv], argv, strict=False)]
         return argv, env
