@@ -915,13 +915,41 @@ def test_compose_processor_scales(compose: dict[str, Any]) -> None:
     assert "container_name" not in processor and "ports" not in processor  # `--scale processor=3` needs both absent
 
 
-def test_compose_master_key_comes_from_a_secret_file(compose: dict[str, Any]) -> None:
-    assert compose["secrets"]["backbone_master_key"]["file"]
-    for name, secret in (("init", "backbone_master_key"), ("processor", "backbone_master_key"), ("operator", "operator_master_key")):
-        service = compose["services"][name]
-        assert service["secrets"] == [secret] and compose["secrets"][secret]["file"]
-        assert service["environment"]["BACKBONE_MASTER_KEY_FILE"] == f"/run/secrets/{secret}"
-        assert "BACKBONE_MASTER_KEY" not in service["environment"]
+def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) -> None:
+    """On Linux a bind-mounted secret keeps its host owner and mode: a 0600 file of the host user is
+    unreadable by uid 10001, and the registry stopped `docker compose up`. Every secret a container
+    reads is made by secrets-init, as uid 10001, inside a named volume the image's directory owns."""
+    services = compose["services"]
+    assert "secrets" not in compose and not [name for name, service in services.items() if "secrets" in service]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            assert not source.startswith((".", "/", "~")), f"{name}: {volume} is a bind mount"
+    maker = services["secrets-init"]
+    assert maker["user"] == "10001:10001"
+    made = {volume.split(":")[0]: volume.split(":")[1] for volume in maker["volumes"]}
+    dockerfile = DOCKERFILE.read_text()
+    for target in made.values():  # a new named volume takes the image directory's owner (10001) and mode (0700)
+        assert target in dockerfile.split("chown -R 10001:10001")[0] and re.search(rf"chmod 0700 [^\n]*{re.escape(target)}(\s|$)", dockerfile.replace("\\\n", " ")), target
+    script = maker["command"][0]
+    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"}}
+    assert set(made) == set(readers)
+    for volume, names in readers.items():
+        mounted = {name for name, service in services.items() if name != "secrets-init"
+                   and any(v.split(":")[0] == volume for v in service.get("volumes", []))}
+        assert mounted == names, volume  # the processors' master key never in the operator's container, nor the reverse
+        for name in names:
+            mount = next(v for v in services[name]["volumes"] if v.split(":")[0] == volume)
+            assert mount.endswith(":ro"), name
+            assert services[name]["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
+    for name in ("init", "processor", "operator"):
+        key_file = services[name]["environment"]["BACKBONE_MASTER_KEY_FILE"]
+        volume = "operator-master-key" if name == "operator" else "backbone-master-key"
+        assert key_file.startswith(made[volume] + "/") and key_file in script, name
+        assert "BACKBONE_MASTER_KEY" not in services[name]["environment"]
+    users_file = services["schema-registry"]["environment"]["BACKBONE_SCHEMA_REGISTRY_USERS_FILE"]
+    assert users_file.startswith(made["registry-users"] + "/") and f"--users-file {users_file}" in script
+    assert "--password-stdin" in script and "umask 077" in script
 
 
 def test_compose_operator_reaches_no_pseudonym_key(compose: dict[str, Any]) -> None:
