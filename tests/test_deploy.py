@@ -361,14 +361,15 @@ def test_every_pod_of_the_namespace_meets_pod_security_restricted(built: list[di
     init = _one(built, "Job", "backbone-init")
     assert restricted_violations(_pod_spec(init) or {}) == []
     assert {"cpu", "memory"} <= set(init["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"])
-    pool = _one(built, "KafkaNodePool", "dual-role")["spec"]["template"]
     kafka = _one(built, "Kafka", "backbone")["spec"]["entityOperator"]["template"]
     strimzi_pods = {
-        "kafka": {"securityContext": pool["pod"]["securityContext"], "containers": [
-            {"name": name, **pool[name]} for name in ("kafkaContainer", "initContainer")]},
         "entity-operator": {"securityContext": kafka["pod"]["securityContext"], "containers": [
             {"name": name, **kafka[name]} for name in ("topicOperatorContainer", "userOperatorContainer")]},
     }
+    for doc in (doc for doc in built if doc["kind"] == "KafkaNodePool"):
+        pool = doc["spec"]["template"]
+        strimzi_pods[f"kafka/{doc['metadata']['name']}"] = {"securityContext": pool["pod"]["securityContext"], "containers": [
+            {"name": name, **pool[name]} for name in ("kafkaContainer", "initContainer")]}
     for template in _one(built, "ClickHouseInstallation", "backbone")["spec"]["templates"]["podTemplates"]:
         strimzi_pods[f"clickhouse/{template['name']}"] = template["spec"]
     assert {name: problems for name, pod in strimzi_pods.items() if (problems := restricted_violations(pod))} == {}
@@ -411,10 +412,40 @@ def test_kafka_is_4_x_on_kraft_node_pools_with_the_v1_api(manifests: list[dict[s
     kafka = _one(manifests, "Kafka", "backbone")
     assert kafka["spec"]["kafka"]["version"].startswith("4.")
     assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
-    pool = next(doc for doc in manifests if doc["kind"] == "KafkaNodePool")
-    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
-    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
-    assert "class" not in pool["spec"]["storage"]["volumes"][0]  # the cluster's default StorageClass
+    pools = {doc["metadata"]["name"]: doc for doc in manifests if doc["kind"] == "KafkaNodePool"}
+    for pool in pools.values():
+        assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+        assert "class" not in pool["spec"]["storage"]["volumes"][0]  # the cluster's default StorageClass
+    # Controllers apart from brokers, a quorum of three and three brokers for replication factor 3.
+    assert sorted(tuple(pool["spec"]["roles"]) for pool in pools.values()) == [("broker",), ("controller",)]
+    assert all(pool["spec"]["replicas"] >= 3 for pool in pools.values())
+    assert kafka["spec"]["kafka"]["config"]["default.replication.factor"] <= min(
+        p["spec"]["replicas"] for p in pools.values() if "broker" in p["spec"]["roles"])
+
+
+def test_kafka_is_rack_aware_and_every_backbone_workload_survives_a_drain(built: list[dict[str, Any]]) -> None:
+    """Replicas in different zones (Kafka's rack), workloads spread over nodes, a budget for each
+    backbone workload, and a registry that keeps serving while one replica moves."""
+    kafka = _one(built, "Kafka", "backbone")["spec"]["kafka"]
+    assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
+    workloads = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
+                 and doc["metadata"]["name"] != "operator-toolbox"}
+    assert set(workloads) == {"processor", "schema-registry", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert workloads["schema-registry"]["spec"]["replicas"] >= 2
+    budgets = [doc for doc in built if doc["kind"] == "PodDisruptionBudget"]
+    for name, doc in workloads.items():
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        covering = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+        assert len(covering) == 1, name  # one budget per pod: two would make evictions fail
+        budget = covering[0]["spec"]
+        replicas = doc["spec"]["replicas"]
+        allowed_down = budget["maxUnavailable"] if "maxUnavailable" in budget else replicas - budget["minAvailable"]
+        assert 1 <= allowed_down < max(replicas, 2), name  # a drain can proceed and never takes every replica
+        spread = {c["topologyKey"]: c for c in doc["spec"]["template"]["spec"]["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule", name
+        assert "topology.kubernetes.io/zone" in spread, name
+        for constraint in spread.values():
+            assert _selects(constraint["labelSelector"], labels), name
 
 
 def test_kafka_listeners_take_scram_users_over_tls_inside_and_outside_the_cluster(manifests: list[dict[str, Any]]) -> None:
