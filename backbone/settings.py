@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     schema_registry_users_file: Path | None = Field(
         None, description="Users file of the backbone's registry (default <data dir>/registry-users.json)"
     )
+    schema_registry_ssl_ca_location: Path | None = Field(None, description="CA certificate (PEM) clients trust the registry's "
+                                                         "HTTPS certificate with (unset: the system's CAs)")
+    schema_registry_tls_port: int | None = Field(None, ge=1, le=65535, description="The backbone's registry also serves "
+                                                 "HTTPS on this port, with the two files below (agencies' door)")
+    schema_registry_tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) the registry's HTTPS port presents")
+    schema_registry_tls_key_file: Path | None = Field(None, description="PEM private key of that certificate")
 
     # ClickHouse
     clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")

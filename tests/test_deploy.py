@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from cryptography import x509
 import kubernetes_validate
 import pytest
 import yaml
@@ -608,6 +609,8 @@ def _secret_references(manifests: list[dict[str, Any]]) -> set[tuple[str, str | 
                     items = volume["secret"].get("items")
                     refs |= {(volume["secret"]["secretName"], item["key"]) for item in items} if items else {(volume["secret"]["secretName"], None)}
         if doc["kind"] == "ClickHouseInstallation":
+            for template in doc["spec"]["templates"]["podTemplates"]:
+                refs |= {(volume["secret"]["secretName"], None) for volume in template["spec"].get("volumes", []) if "secret" in volume}
             for name, value in doc["spec"]["configuration"]["users"].items():
                 if name.endswith("/k8s_secret_password"):
                     secret, key = value.split("/")
@@ -752,14 +755,15 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
               if source != target and allowed(everything, pods[source], pods[target], port)}
     assert actual == expected
     # Pods of others (no egress policy: they may send anywhere) reach nothing of the backbone's, ClickHouse's
-    # HTTP (admin) port least of all; an analyst in the agencies' ranges reaches HTTPS (8443) and nothing else.
+    # HTTP (admin) port least of all; an analyst or agency in the agencies' ranges reaches ClickHouse's and the
+    # registry's HTTPS ports (8443) and nothing else.
     analysts = _one(built, "Service", "clickhouse-analysts")["spec"]["loadBalancerSourceRanges"]
     pods["analyst"] = Pod("analyst", {}, "outside", ip=str(next(ipaddress.ip_network(analysts[0]).hosts())))
     pods["internet"] = Pod("internet", {}, "outside", ip="203.0.113.9")
     strangers = ["other", "elsewhere", "kafka", "dns", "analyst", "internet"]
     admitted = {(source, target, port) for source in strangers for target in restricted for port in ports
                 if allowed(everything, pods[source], pods[target], port)}
-    assert admitted == {("analyst", replica, 8443) for replica in replicas}
+    assert admitted == {("analyst", target, 8443) for target in [*replicas, "schema-registry"]}
     assert not [rule for policy in policies for rule in policy["spec"].get("ingress", []) for peer in rule.get("from", [])
                 if peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0")]
 
@@ -779,6 +783,41 @@ def test_clickhouse_is_cluster_ip_inside_and_https_from_the_agencies_ranges_outs
     keeper = _one(built, "ClickHouseKeeperInstallation", "backbone")["spec"]["configuration"]["settings"]
     assert (keeper["keeper_server/tcp_port"], keeper["keeper_server/raft_configuration/server/port"]) == ("2181", "9234")
     assert [node["port"] for node in chi["configuration"]["zookeeper"]["nodes"]] == [2181]
+
+
+def test_agencies_reach_the_registry_over_https_from_their_ranges_only(built: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The registry's door: a LoadBalancer on its HTTPS port only, limited to the same source ranges as
+    its NetworkPolicy, with the certificate create-secrets.sh makes (for REGISTRY_HOST, under a CA
+    it leaves for the agencies) mounted where the settings point."""
+    registry = _one(built, "Deployment", "schema-registry")
+    container = registry["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert int(env["BACKBONE_SCHEMA_REGISTRY_TLS_PORT"]) == ports["https"] == 8443
+    door = _one(built, "Service", "schema-registry-agencies")["spec"]
+    assert door["type"] == "LoadBalancer" and door["externalTrafficPolicy"] == "Local"
+    assert [port["targetPort"] for port in door["ports"]] == ["https"]
+    assert door["selector"] == registry["spec"]["selector"]["matchLabels"]
+    policy = _one(built, "NetworkPolicy", "schema-registry-agencies-ingress")["spec"]
+    assert sorted(peer["ipBlock"]["cidr"] for rule in policy["ingress"] for peer in rule["from"]) == sorted(door["loadBalancerSourceRanges"])
+    assert [port["port"] for rule in policy["ingress"] for port in rule["ports"]] == [8443]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in registry["spec"]["template"]["spec"]["volumes"]}
+    tls = next(name for name, v in volumes.items() if v.get("secret", {}).get("secretName") == "schema-registry-tls")
+    assert env["BACKBONE_SCHEMA_REGISTRY_TLS_CERT_FILE"] == f"{mounts[tls]}/tls.crt"
+    assert env["BACKBONE_SCHEMA_REGISTRY_TLS_KEY_FILE"] == f"{mounts[tls]}/tls.key"
+    # create-secrets.sh's certificate: for REGISTRY_HOST, a server certificate under the CA it leaves for agencies
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(KUBERNETES / "create-secrets.sh"), "--offline", str(out)], capture_output=True, text=True,
+                            timeout=300, env={**{k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")},
+                                              "REGISTRY_HOST": "registry.agencies.example", "HOME": str(tmp_path),
+                                              "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    certificate = x509.load_pem_x509_certificate((out / "secrets" / "schema-registry-tls" / "tls.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((out / "backbone-ca.crt").read_bytes())
+    assert certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
+        "registry.agencies.example"]
+    certificate.verify_directly_issued_by(ca)
 
 
 def test_sinks_run_their_ddl_on_the_clickhouse_installation_s_cluster(built: list[dict[str, Any]]) -> None:
