@@ -63,6 +63,12 @@ class Settings(BaseSettings):
     schema_registry_users_file: Path | None = Field(
         None, description="Users file of the backbone's registry (default <data dir>/registry-users.json)"
     )
+    schema_registry_ssl_ca_location: Path | None = Field(None, description="CA certificate (PEM) clients trust the registry's "
+                                                         "HTTPS certificate with (unset: the system's CAs)")
+    schema_registry_tls_port: int | None = Field(None, ge=1, le=65535, description="The backbone's registry also serves "
+                                                 "HTTPS on this port, with the two files below (agencies' door)")
+    schema_registry_tls_cert_file: Path | None = Field(None, description="PEM certificate (chain) the registry's HTTPS port presents")
+    schema_registry_tls_key_file: Path | None = Field(None, description="PEM private key of that certificate")
 
     # ClickHouse
     clickhouse_dsn: str | None = Field(None, description="chdb:///path (embedded) or http(s)://user:pw@host:port/db")
@@ -88,6 +94,10 @@ class Settings(BaseSettings):
     # RFC 3161 timestamps of audit checkpoints (processors/timestamps.py): off unless a TSA is named.
     audit_tsa_url: str | None = Field(None, description="RFC 3161 timestamping authority the processors have their newest "
                                                         "audit checkpoint timestamped by (unset: no timestamps)")
+    audit_writer: str | None = Field(None, pattern=r"^[A-Za-z0-9_-]{1,48}$",
+                                     description="A stable audit writer id for this processor (a StatefulSet's pod name): "
+                                     "with a fresh data directory its writer state is rebuilt from audit.checkpoints, so a "
+                                     "rescheduled pod continues its chain (workers of one process take <id>, <id>.1, ...)")
     audit_tsa_interval_s: float = Field(60.0, gt=0, description="How often a processor has its newest checkpoint timestamped")
     audit_tsa_timeout_s: float = Field(10.0, gt=0, description="How long a timestamp request may take before it is retried next interval")
     audit_tsa_cert_file: Path | None = Field(None, description="PEM certificates trusted for timestamps: the TSA's root, "

@@ -8,6 +8,8 @@ its hash, the signed checkpoint itself) is written, synced, before any record of
 seals is produced, so a sequence is never used twice. A worker that stopped uncleanly publishes
 its last checkpoint again (it may not have reached the broker) and names it `interrupted` in its
 next checkpoint: that batch's records may be incomplete, and its events were decided again.
+A worker with a stable writer id (`BACKBONE_AUDIT_WRITER`) that finds no state rebuilds it from
+`audit.checkpoints` (`processors.writer_rebuild`): a rescheduled pod on a fresh volume continues its chain.
 
 With `BACKBONE_AUDIT_TSA_URL` set, a `processors.timestamps.Timestamper` thread, started and
 stopped with the writer, has its newest checkpoint timestamped by that TSA every interval.
@@ -42,6 +44,7 @@ from backbone.audit.log import (
     CheckpointCodec,
     RecordCodec,
     position_suffix,
+    public_key_map,
 )
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC
@@ -50,6 +53,7 @@ from backbone.kafka.topics import CHECKPOINTS_TOPIC, Topics
 from backbone.keys.keyring import PROCESSOR_SIGNER, Keyring, ensure_signer
 from backbone.settings import Settings
 from processors.timestamps import Timestamper
+from processors.writer_rebuild import rebuilt_state
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +80,17 @@ class WriterSlot:
         self.path = directory / f"{writer}.json"
 
     @classmethod
-    def take(cls, data_dir: Path) -> WriterSlot:
-        """The first writer id in `data_dir` no running worker holds, or a new one."""
+    def take(cls, data_dir: Path, stable: str | None = None) -> WriterSlot:
+        """The first writer id in `data_dir` no running worker holds, or a new one; with a `stable`
+        id (`BACKBONE_AUDIT_WRITER`), the first of `stable`, `stable.1`, ... no running worker holds."""
         directory = private_directory(Path(data_dir)) / WRITERS_DIR
         directory.mkdir(mode=0o700, exist_ok=True)
+        if stable is not None:
+            for n in range(1024):
+                slot = cls._try(directory, stable if n == 0 else f"{stable}.{n}")
+                if slot is not None:
+                    return slot
+            raise AuditLogError(f"every audit writer id {stable}, {stable}.1, ... is held; stop a worker or set another BACKBONE_AUDIT_WRITER")
         for lock in sorted(directory.glob("*.lock")):
             slot = cls._try(directory, lock.stem)
             if slot is not None:
@@ -134,9 +145,13 @@ class Checkpointer:
     """Places each audit record of a batch and seals the batch. Not thread-safe: the data plane's."""
 
     def __init__(self, slot: WriterSlot, codec: RecordCodec, checkpoint_codec: CheckpointCodec, schema_id: int,
-                 keyring: Keyring, operations_head: Callable[[], tuple[int, str] | None] | None = None) -> None:
+                 keyring: Keyring, operations_head: Callable[[], tuple[int, str] | None] | None = None,
+                 stable: bool = False) -> None:
         self.slot = slot
         self.writer = slot.writer
+        # A stable writer (its state may be rebuilt from Kafka) has each checkpoint acknowledged
+        # before producing the records it seals (`processors.writer_rebuild`).
+        self.checkpoint_first = stable
         self.codec = codec
         self.checkpoint_codec = checkpoint_codec
         self._header = bytes([MAGIC]) + schema_id.to_bytes(4, "big")
@@ -176,10 +191,15 @@ class Checkpointer:
         schema = catalog.internal_schema(AUDIT_CHECKPOINT)
         Topics(settings).ensure(CHECKPOINTS_TOPIC)
         schema_id = register(CHECKPOINTS_SUBJECT, schema)
-        slot = WriterSlot.take(settings.data_dir)
+        slot = WriterSlot.take(settings.data_dir, settings.audit_writer)
         try:
-            made = cls(slot, RecordCodec.for_audit_schema(catalog.internal_schema(AUDIT_EVENT)), CheckpointCodec(schema),
-                       schema_id, keyring, operations_head)
+            checkpoint_codec = CheckpointCodec(schema)
+            if settings.audit_writer is not None and slot.load() is None:
+                rebuilt = rebuilt_state(settings, slot.writer, checkpoint_codec, public_key_map(keyring.public_keys()))
+                if rebuilt is not None:
+                    slot.save(rebuilt)
+            made = cls(slot, RecordCodec.for_audit_schema(catalog.internal_schema(AUDIT_EVENT)), checkpoint_codec,
+                       schema_id, keyring, operations_head, stable=settings.audit_writer is not None)
         except BaseException:
             slot.release()
             raise

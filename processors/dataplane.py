@@ -238,20 +238,18 @@ class DataPlane:
         produced += len(shared)
         if audit and checkpoints is not None:
             sealed = checkpoints.seal()
+            if checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
+                self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+                self._flushed(producer)
             for key, value in audit:
                 self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
-            self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+            if not checkpoints.checkpoint_first:
+                self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
             produced += len(audit) + 1
             self.checkpoints_sealed += 1
         routed = time.perf_counter()
-        remaining = producer.flush(self.settings.kafka_timeout_s * 3)
+        self._flushed(producer)
         flushed = time.perf_counter()
-        if remaining or self._failures:
-            failures, self._failures = self._failures[:5], []
-            raise DeliveryFailed(
-                f"{remaining} outputs unacknowledged, {len(failures)} failed ({'; '.join(failures)}); "
-                "offsets not committed, the batch is replayed on restart"
-            )
         if offsets:
             consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
         seconds = self.seconds
@@ -263,6 +261,16 @@ class DataPlane:
         self.batches += 1
         if unavailable is not None:
             self._wait_for_registry(consumer, {k: offsets.get(k, first) for k, first in firsts.items()}, unavailable)
+
+    def _flushed(self, producer: Producer) -> None:
+        """Wait until every output produced so far is acknowledged; `DeliveryFailed` if one is not."""
+        remaining = producer.flush(self.settings.kafka_timeout_s * 3)
+        if remaining or self._failures:
+            failures, self._failures = self._failures[:5], []
+            raise DeliveryFailed(
+                f"{remaining} outputs unacknowledged, {len(failures)} failed ({'; '.join(failures)}); "
+                "offsets not committed, the batch is replayed on restart"
+            )
 
     def _wait_for_registry(self, consumer: Consumer, positions: dict[tuple[str, int], int], error: RegistryError) -> None:
         """Rewind to the first message not decided, and wait before trying again (bounded backoff)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import ipaddress
 import json
 import os
 import re
@@ -24,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
+from cryptography import x509
 import kubernetes_validate
 import pytest
 import yaml
@@ -337,7 +339,7 @@ def test_every_backbone_container_runs_the_pushed_image(built: list[dict[str, An
 
 
 def test_every_deployment_sets_resources_probes_and_a_restricted_security_context(built: list[dict[str, Any]]) -> None:
-    deployments = [doc for doc in built if doc["kind"] == "Deployment"]
+    deployments = [doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")]
     assert {doc["metadata"]["name"] for doc in deployments} == {
         "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare", "operator-toolbox"}
     for doc in deployments:
@@ -360,14 +362,15 @@ def test_every_pod_of_the_namespace_meets_pod_security_restricted(built: list[di
     init = _one(built, "Job", "backbone-init")
     assert restricted_violations(_pod_spec(init) or {}) == []
     assert {"cpu", "memory"} <= set(init["spec"]["template"]["spec"]["containers"][0]["resources"]["requests"])
-    pool = _one(built, "KafkaNodePool", "dual-role")["spec"]["template"]
     kafka = _one(built, "Kafka", "backbone")["spec"]["entityOperator"]["template"]
     strimzi_pods = {
-        "kafka": {"securityContext": pool["pod"]["securityContext"], "containers": [
-            {"name": name, **pool[name]} for name in ("kafkaContainer", "initContainer")]},
         "entity-operator": {"securityContext": kafka["pod"]["securityContext"], "containers": [
             {"name": name, **kafka[name]} for name in ("topicOperatorContainer", "userOperatorContainer")]},
     }
+    for doc in (doc for doc in built if doc["kind"] == "KafkaNodePool"):
+        pool = doc["spec"]["template"]
+        strimzi_pods[f"kafka/{doc['metadata']['name']}"] = {"securityContext": pool["pod"]["securityContext"], "containers": [
+            {"name": name, **pool[name]} for name in ("kafkaContainer", "initContainer")]}
     for template in _one(built, "ClickHouseInstallation", "backbone")["spec"]["templates"]["podTemplates"]:
         strimzi_pods[f"clickhouse/{template['name']}"] = template["spec"]
     assert {name: problems for name, pod in strimzi_pods.items() if (problems := restricted_violations(pod))} == {}
@@ -410,10 +413,40 @@ def test_kafka_is_4_x_on_kraft_node_pools_with_the_v1_api(manifests: list[dict[s
     kafka = _one(manifests, "Kafka", "backbone")
     assert kafka["spec"]["kafka"]["version"].startswith("4.")
     assert kafka["spec"]["kafka"]["authorization"]["type"] == "simple"
-    pool = next(doc for doc in manifests if doc["kind"] == "KafkaNodePool")
-    assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
-    assert set(pool["spec"]["roles"]) == {"controller", "broker"}
-    assert "class" not in pool["spec"]["storage"]["volumes"][0]  # the cluster's default StorageClass
+    pools = {doc["metadata"]["name"]: doc for doc in manifests if doc["kind"] == "KafkaNodePool"}
+    for pool in pools.values():
+        assert pool["metadata"]["labels"]["strimzi.io/cluster"] == kafka["metadata"]["name"]
+        assert "class" not in pool["spec"]["storage"]["volumes"][0]  # the cluster's default StorageClass
+    # Controllers apart from brokers, a quorum of three and three brokers for replication factor 3.
+    assert sorted(tuple(pool["spec"]["roles"]) for pool in pools.values()) == [("broker",), ("controller",)]
+    assert all(pool["spec"]["replicas"] >= 3 for pool in pools.values())
+    assert kafka["spec"]["kafka"]["config"]["default.replication.factor"] <= min(
+        p["spec"]["replicas"] for p in pools.values() if "broker" in p["spec"]["roles"])
+
+
+def test_kafka_is_rack_aware_and_every_backbone_workload_survives_a_drain(built: list[dict[str, Any]]) -> None:
+    """Replicas in different zones (Kafka's rack), workloads spread over nodes, a budget for each
+    backbone workload, and a registry that keeps serving while one replica moves."""
+    kafka = _one(built, "Kafka", "backbone")["spec"]["kafka"]
+    assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
+    workloads = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
+                 and doc["metadata"]["name"] != "operator-toolbox"}
+    assert set(workloads) == {"processor", "schema-registry", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert workloads["schema-registry"]["spec"]["replicas"] >= 2
+    budgets = [doc for doc in built if doc["kind"] == "PodDisruptionBudget"]
+    for name, doc in workloads.items():
+        labels = doc["spec"]["template"]["metadata"]["labels"]
+        covering = [b for b in budgets if _selects(b["spec"]["selector"], labels)]
+        assert len(covering) == 1, name  # one budget per pod: two would make evictions fail
+        budget = covering[0]["spec"]
+        replicas = doc["spec"]["replicas"]
+        allowed_down = budget["maxUnavailable"] if "maxUnavailable" in budget else replicas - budget["minAvailable"]
+        assert 1 <= allowed_down < max(replicas, 2), name  # a drain can proceed and never takes every replica
+        spread = {c["topologyKey"]: c for c in doc["spec"]["template"]["spec"]["topologySpreadConstraints"]}
+        assert spread["kubernetes.io/hostname"]["whenUnsatisfiable"] == "DoNotSchedule", name
+        assert "topology.kubernetes.io/zone" in spread, name
+        for constraint in spread.values():
+            assert _selects(constraint["labelSelector"], labels), name
 
 
 def test_kafka_listeners_take_scram_users_over_tls_inside_and_outside_the_cluster(manifests: list[dict[str, Any]]) -> None:
@@ -488,15 +521,30 @@ def test_shared_topics_keep_records_their_released_time_allows(manifests: list[d
 
 def test_processor_replicas_do_not_exceed_the_partitions(manifests: list[dict[str, Any]]) -> None:
     topics = _kafka_topics(manifests)
-    processor = _one(manifests, "Deployment", "processor")
+    processor = _one(manifests, "StatefulSet", "processor")
     raw_partitions = min(doc["spec"]["partitions"] for name, doc in topics.items() if name.startswith("raw."))
     assert 1 <= processor["spec"]["replicas"] <= raw_partitions
+
+
+def test_each_processor_is_a_stable_audit_writer_with_its_state_on_its_own_volume(manifests: list[dict[str, Any]]) -> None:
+    """A rescheduled processor keeps its writer id (its pod name) and its chain state (a volume claim
+    per pod): on an emptyDir the state died with the pod and a batch cut short became a tamper alarm."""
+    processor = _one(manifests, "StatefulSet", "processor")
+    service = _one(manifests, "Service", processor["spec"]["serviceName"])
+    assert service["spec"]["clusterIP"] == "None"
+    pod = processor["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    env = {item["name"]: item for item in container["env"]}
+    assert env["BACKBONE_AUDIT_WRITER"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    claims = {claim["metadata"]["name"] for claim in processor["spec"]["volumeClaimTemplates"]}
+    data_dir = next(m["name"] for m in container["volumeMounts"] if m["mountPath"] == "/var/lib/backbone/data")
+    assert data_dir in claims and data_dir not in {volume["name"] for volume in pod["volumes"]}
 
 
 def test_each_backbone_pod_connects_as_its_own_kafka_user(manifests: list[dict[str, Any]], plan_principals: set[str]) -> None:
     users = {doc["metadata"]["name"] for doc in manifests if doc["kind"] == "KafkaUser"}
     assert users == plan_principals
-    deployments = [doc for doc in manifests if doc["kind"] == "Deployment"]
+    deployments = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
     sinks = [doc for doc in deployments if doc["metadata"]["name"].startswith("sink-")]
     assert {doc["metadata"]["name"] for doc in sinks} == {"sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
     for doc in deployments:
@@ -561,6 +609,8 @@ def _secret_references(manifests: list[dict[str, Any]]) -> set[tuple[str, str | 
                     items = volume["secret"].get("items")
                     refs |= {(volume["secret"]["secretName"], item["key"]) for item in items} if items else {(volume["secret"]["secretName"], None)}
         if doc["kind"] == "ClickHouseInstallation":
+            for template in doc["spec"]["templates"]["podTemplates"]:
+                refs |= {(volume["secret"]["secretName"], None) for volume in template["spec"].get("volumes", []) if "secret" in volume}
             for name, value in doc["spec"]["configuration"]["users"].items():
                 if name.endswith("/k8s_secret_password"):
                     secret, key = value.split("/")
@@ -629,6 +679,7 @@ class Pod:
     name: str
     labels: dict[str, str]
     namespace: str = "backbone"
+    ip: str = "10.244.1.7"  # the cluster's pod network; an analyst outside has an address of its own
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
@@ -643,7 +694,9 @@ def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
 
 def _peer_matches(peer: dict[str, Any], pod: Pod, namespace: str) -> bool:
     if "ipBlock" in peer:
-        return peer["ipBlock"]["cidr"] == "0.0.0.0/0" and not peer["ipBlock"].get("except")
+        address = ipaddress.ip_address(pod.ip)
+        return address in ipaddress.ip_network(peer["ipBlock"]["cidr"]) and not any(
+            address in ipaddress.ip_network(cidr) for cidr in peer["ipBlock"].get("except", []))
     if "namespaceSelector" not in peer and pod.namespace != namespace:
         return False
     return _selects(peer.get("podSelector", {}), pod.labels)
@@ -672,6 +725,9 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     pods = {doc["metadata"]["name"]: Pod(doc["metadata"]["name"], doc["spec"]["template"]["metadata"]["labels"])
             for doc in built if _pod_spec(doc) is not None}
     pods["clickhouse"] = Pod("clickhouse", {"clickhouse.altinity.com/chi": "backbone"})  # labels the operator sets
+    pods["clickhouse-1"] = Pod("clickhouse-1", {"clickhouse.altinity.com/chi": "backbone"})
+    pods["keeper"] = Pod("keeper", {"clickhouse-keeper.altinity.com/chk": "backbone"})
+    pods["keeper-1"] = Pod("keeper-1", {"clickhouse-keeper.altinity.com/chk": "backbone"})
     pods["dns"] = Pod("dns", {"k8s-app": "kube-dns"}, "kube-system")
     pods["other"] = Pod("other", {"app": "something-else"})
     pods["elsewhere"] = Pod("elsewhere", {"app.kubernetes.io/component": "sink"}, "other-namespace")
@@ -686,25 +742,99 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     clients = ["backbone-init", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"]
     expected = {(name, "schema-registry", 8081) for name in clients}
     expected |= {(name, "kafka", 9093) for name in [*clients, "schema-registry"]}
-    expected |= {(name, "dns", 53) for name in [*clients, "schema-registry", "clickhouse"]}
-    expected |= {(name, "clickhouse", 8123) for name in clients if name.startswith("sink-")}
-    expected |= {("clickhouse", "schema-registry", 8081)}  # AvroConfluent inserts fetch writer schemas
-    restricted = [*clients, "schema-registry", "clickhouse"]  # every pod with an egress policy of its own
-    ports = (53, 8081, 8123, 9093)
+    replicas, keepers = ("clickhouse", "clickhouse-1"), ("keeper", "keeper-1")
+    expected |= {(name, "dns", 53) for name in [*clients, "schema-registry", *replicas, *keepers]}
+    expected |= {(name, replica, 8123) for name in clients if name.startswith("sink-") for replica in replicas}
+    expected |= {(replica, "schema-registry", 8081) for replica in replicas}  # AvroConfluent inserts fetch writer schemas
+    expected |= {(a, b, 9009) for a in replicas for b in replicas if a != b}  # replication
+    expected |= {(replica, keeper, 2181) for replica in replicas for keeper in keepers}
+    expected |= {(a, b, 9234) for a in keepers for b in keepers if a != b}  # Keeper's Raft
+    restricted = [*clients, "schema-registry", *replicas, *keepers]  # every pod with an egress policy of its own
+    ports = (53, 2181, 8081, 8123, 8443, 9009, 9093, 9234)
     actual = {(source, target, port) for source in restricted for target in pods for port in ports
               if source != target and allowed(everything, pods[source], pods[target], port)}
     assert actual == expected
-    # Pods of others (no egress policy: they may send anywhere) reach what the targets admit: ClickHouse's
-    # HTTP port for analysts, nothing else of the backbone's, the registry least of all.
-    strangers = ["other", "elsewhere", "kafka", "dns"]
+    # Pods of others (no egress policy: they may send anywhere) reach nothing of the backbone's, ClickHouse's
+    # HTTP (admin) port least of all; an analyst or agency in the agencies' ranges reaches ClickHouse's and the
+    # registry's HTTPS ports (8443) and nothing else.
+    analysts = _one(built, "Service", "clickhouse-analysts")["spec"]["loadBalancerSourceRanges"]
+    pods["analyst"] = Pod("analyst", {}, "outside", ip=str(next(ipaddress.ip_network(analysts[0]).hosts())))
+    pods["internet"] = Pod("internet", {}, "outside", ip="203.0.113.9")
+    strangers = ["other", "elsewhere", "kafka", "dns", "analyst", "internet"]
     admitted = {(source, target, port) for source in strangers for target in restricted for port in ports
                 if allowed(everything, pods[source], pods[target], port)}
-    assert admitted == {(source, "clickhouse", 8123) for source in strangers}
+    assert admitted == {("analyst", target, 8443) for target in [*replicas, "schema-registry"]}
+    assert not [rule for policy in policies for rule in policy["spec"].get("ingress", []) for peer in rule.get("from", [])
+                if peer.get("ipBlock", {}).get("cidr") in ("0.0.0.0/0", "::/0")]
+
+
+def test_clickhouse_is_cluster_ip_inside_and_https_from_the_agencies_ranges_outside(built: list[dict[str, Any]]) -> None:
+    chi = _one(built, "ClickHouseInstallation", "backbone")["spec"]
+    services = {t["name"]: t["spec"] for t in chi["templates"]["serviceTemplates"]}
+    assert services[chi["defaults"]["templates"]["serviceTemplate"]]["type"] == "ClusterIP"
+    analysts = _one(built, "Service", "clickhouse-analysts")["spec"]
+    assert analysts["type"] == "LoadBalancer" and analysts["externalTrafficPolicy"] == "Local"
+    assert [port["port"] for port in analysts["ports"]] == [int(chi["configuration"]["settings"]["https_port"])] == [8443]
+    assert analysts["selector"] == {"clickhouse.altinity.com/chi": "backbone"}
+    policy = _one(built, "NetworkPolicy", "clickhouse-analysts-ingress")["spec"]
+    assert sorted(peer["ipBlock"]["cidr"] for rule in policy["ingress"] for peer in rule["from"]) == sorted(analysts["loadBalancerSourceRanges"])
+    assert "0.0.0.0/0" not in analysts["loadBalancerSourceRanges"]
+    assert chi["configuration"]["settings"]["interserver_http_port"] == 9009
+    keeper = _one(built, "ClickHouseKeeperInstallation", "backbone")["spec"]["configuration"]["settings"]
+    assert (keeper["keeper_server/tcp_port"], keeper["keeper_server/raft_configuration/server/port"]) == ("2181", "9234")
+    assert [node["port"] for node in chi["configuration"]["zookeeper"]["nodes"]] == [2181]
+
+
+def test_agencies_reach_the_registry_over_https_from_their_ranges_only(built: list[dict[str, Any]], tmp_path: Path) -> None:
+    """The registry's door: a LoadBalancer on its HTTPS port only, limited to the same source ranges as
+    its NetworkPolicy, with the certificate create-secrets.sh makes (for REGISTRY_HOST, under a CA
+    it leaves for the agencies) mounted where the settings point."""
+    registry = _one(built, "Deployment", "schema-registry")
+    container = registry["spec"]["template"]["spec"]["containers"][0]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    ports = {port["name"]: port["containerPort"] for port in container["ports"]}
+    assert int(env["BACKBONE_SCHEMA_REGISTRY_TLS_PORT"]) == ports["https"] == 8443
+    door = _one(built, "Service", "schema-registry-agencies")["spec"]
+    assert door["type"] == "LoadBalancer" and door["externalTrafficPolicy"] == "Local"
+    assert [port["targetPort"] for port in door["ports"]] == ["https"]
+    assert door["selector"] == registry["spec"]["selector"]["matchLabels"]
+    policy = _one(built, "NetworkPolicy", "schema-registry-agencies-ingress")["spec"]
+    assert sorted(peer["ipBlock"]["cidr"] for rule in policy["ingress"] for peer in rule["from"]) == sorted(door["loadBalancerSourceRanges"])
+    assert [port["port"] for rule in policy["ingress"] for port in rule["ports"]] == [8443]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in registry["spec"]["template"]["spec"]["volumes"]}
+    tls = next(name for name, v in volumes.items() if v.get("secret", {}).get("secretName") == "schema-registry-tls")
+    assert env["BACKBONE_SCHEMA_REGISTRY_TLS_CERT_FILE"] == f"{mounts[tls]}/tls.crt"
+    assert env["BACKBONE_SCHEMA_REGISTRY_TLS_KEY_FILE"] == f"{mounts[tls]}/tls.key"
+    # create-secrets.sh's certificate: for REGISTRY_HOST, a server certificate under the CA it leaves for agencies
+    out = tmp_path / "out"
+    result = subprocess.run(["bash", str(KUBERNETES / "create-secrets.sh"), "--offline", str(out)], capture_output=True, text=True,
+                            timeout=300, env={**{k: v for k, v in os.environ.items() if not k.startswith("BACKBONE_")},
+                                              "REGISTRY_HOST": "registry.agencies.example", "HOME": str(tmp_path),
+                                              "PATH": f"{VENV_BIN}{os.pathsep}{os.environ['PATH']}"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    certificate = x509.load_pem_x509_certificate((out / "secrets" / "schema-registry-tls" / "tls.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((out / "backbone-ca.crt").read_bytes())
+    assert certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value.get_values_for_type(x509.DNSName) == [
+        "registry.agencies.example"]
+    certificate.verify_directly_issued_by(ca)
+
+
+def test_sinks_run_their_ddl_on_the_clickhouse_installation_s_cluster(built: list[dict[str, Any]]) -> None:
+    clusters = [c["name"] for c in _one(built, "ClickHouseInstallation", "backbone")["spec"]["configuration"]["clusters"]]
+    settings = _one(built, "ConfigMap", "backbone-settings")
+    assert [settings["data"]["BACKBONE_CLICKHOUSE_CLUSTER"]] == clusters
+    sinks = [doc for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")]
+    assert len(sinks) == 4
+    for doc in sinks:
+        container = doc["spec"]["template"]["spec"]["containers"][0]
+        assert {"configMapRef": {"name": settings["metadata"]["name"]}} in container["envFrom"], doc["metadata"]["name"]
+        assert "BACKBONE_CLICKHOUSE_CLUSTER" not in {item["name"] for item in container.get("env", [])}
 
 
 def test_only_prometheus_scrapes_the_metrics_port_of_annotated_pods(built: list[dict[str, Any]]) -> None:
     policies = [doc for doc in built if doc["kind"] == "NetworkPolicy"]
-    scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] == "Deployment"
+    scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
                and (doc["spec"]["template"]["metadata"].get("annotations") or {}).get("prometheus.io/scrape") == "true"}
     assert set(scraped) == {"processor", "schema-registry", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"}
     prometheus = Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, "monitoring")
@@ -855,13 +985,41 @@ def test_compose_processor_scales(compose: dict[str, Any]) -> None:
     assert "container_name" not in processor and "ports" not in processor  # `--scale processor=3` needs both absent
 
 
-def test_compose_master_key_comes_from_a_secret_file(compose: dict[str, Any]) -> None:
-    assert compose["secrets"]["backbone_master_key"]["file"]
-    for name, secret in (("init", "backbone_master_key"), ("processor", "backbone_master_key"), ("operator", "operator_master_key")):
-        service = compose["services"][name]
-        assert service["secrets"] == [secret] and compose["secrets"][secret]["file"]
-        assert service["environment"]["BACKBONE_MASTER_KEY_FILE"] == f"/run/secrets/{secret}"
-        assert "BACKBONE_MASTER_KEY" not in service["environment"]
+def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) -> None:
+    """On Linux a bind-mounted secret keeps its host owner and mode: a 0600 file of the host user is
+    unreadable by uid 10001, and the registry stopped `docker compose up`. Every secret a container
+    reads is made by secrets-init, as uid 10001, inside a named volume the image's directory owns."""
+    services = compose["services"]
+    assert "secrets" not in compose and not [name for name, service in services.items() if "secrets" in service]
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume["source"] if isinstance(volume, dict) else volume.split(":", 1)[0]
+            assert not source.startswith((".", "/", "~")), f"{name}: {volume} is a bind mount"
+    maker = services["secrets-init"]
+    assert maker["user"] == "10001:10001"
+    made = {volume.split(":")[0]: volume.split(":")[1] for volume in maker["volumes"]}
+    dockerfile = DOCKERFILE.read_text()
+    for target in made.values():  # a new named volume takes the image directory's owner (10001) and mode (0700)
+        assert target in dockerfile.split("chown -R 10001:10001")[0] and re.search(rf"chmod 0700 [^\n]*{re.escape(target)}(\s|$)", dockerfile.replace("\\\n", " ")), target
+    script = maker["command"][0]
+    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"}}
+    assert set(made) == set(readers)
+    for volume, names in readers.items():
+        mounted = {name for name, service in services.items() if name != "secrets-init"
+                   and any(v.split(":")[0] == volume for v in service.get("volumes", []))}
+        assert mounted == names, volume  # the processors' master key never in the operator's container, nor the reverse
+        for name in names:
+            mount = next(v for v in services[name]["volumes"] if v.split(":")[0] == volume)
+            assert mount.endswith(":ro"), name
+            assert services[name]["depends_on"]["secrets-init"]["condition"] == "service_completed_successfully"
+    for name in ("init", "processor", "operator"):
+        key_file = services[name]["environment"]["BACKBONE_MASTER_KEY_FILE"]
+        volume = "operator-master-key" if name == "operator" else "backbone-master-key"
+        assert key_file.startswith(made[volume] + "/") and key_file in script, name
+        assert "BACKBONE_MASTER_KEY" not in services[name]["environment"]
+    users_file = services["schema-registry"]["environment"]["BACKBONE_SCHEMA_REGISTRY_USERS_FILE"]
+    assert users_file.startswith(made["registry-users"] + "/") and f"--users-file {users_file}" in script
+    assert "--password-stdin" in script and "umask 077" in script
 
 
 def test_compose_operator_reaches_no_pseudonym_key(compose: dict[str, Any]) -> None:

@@ -84,6 +84,10 @@ class Rehearsal:
             if "value" in variable:
                 env[variable["name"]] = variable["value"]
                 continue
+            if "fieldRef" in variable["valueFrom"]:  # the downward API: only the pod's name is used
+                assert variable["valueFrom"]["fieldRef"] == {"fieldPath": "metadata.name"}, variable
+                env[variable["name"]] = f"{name}-0"
+                continue
             ref = variable["valueFrom"]["secretKeyRef"]
             if (self.secrets / "secrets" / ref["name"]).is_dir():
                 env[variable["name"]] = (self._secret(ref["name"]) / ref["key"]).read_text()
@@ -95,6 +99,8 @@ class Rehearsal:
             assert env["BACKBONE_KAFKA_SASL_USERNAME"] in self._kafka_users()
             assert strimzi_users == [env["BACKBONE_KAFKA_SASL_USERNAME"]], (name, strimzi_users)
         volumes = {v["name"]: v for v in pod.get("volumes", [])}
+        volumes |= {claim["metadata"]["name"]: {"persistentVolumeClaim": claim["spec"]}
+                    for claim in self.workload(name)["spec"].get("volumeClaimTemplates", [])}
         mounts = {}
         for mount in container.get("volumeMounts", []):
             volume, target = volumes[mount["name"]], local / mount["name"]
@@ -126,6 +132,7 @@ class Rehearsal:
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         if "BACKBONE_CLICKHOUSE_DSN" in env:
             env["BACKBONE_CLICKHOUSE_DSN"] = f"chdb://{local / 'chdb'}"
+            env.pop("BACKBONE_CLICKHOUSE_CLUSTER", None)  # one chDB, no cluster: tests/test_deploy.py checks the name
         argv = container.get("command") or ["backbone", *container.get("args", [])]
         argv = [str(free_port()) if previous == "--web-port" else part for previous, part in zip(["", *argv], argv, strict=False)]
         return argv, env

@@ -371,6 +371,8 @@ def registry_client(settings: Settings) -> SchemaRegistryClient:
     credentials = settings.schema_registry_credentials()
     if credentials is not None:
         config["basic.auth.user.info"] = ":".join(credentials)
+    if settings.schema_registry_ssl_ca_location is not None:
+        config["ssl.ca.location"] = str(settings.schema_registry_ssl_ca_location)
     return SchemaRegistryClient(config)
 
 

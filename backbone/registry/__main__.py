@@ -5,7 +5,9 @@ defaults to `BACKBONE_SCHEMA_REGISTRY_PORT`. Binds 127.0.0.1 unless `--host` say
 Logs as `BACKBONE_LOG_LEVEL` and `BACKBONE_LOG_FORMAT` say, like every backbone process.
 Authenticates every request with HTTP Basic against `BACKBONE_SCHEMA_REGISTRY_USERS_FILE` (manage it
 with `backbone registry users ...`); refuses to start without it unless
-`BACKBONE_SCHEMA_REGISTRY_AUTH=none` says explicitly to serve anyone as admin.
+`BACKBONE_SCHEMA_REGISTRY_AUTH=none` says explicitly to serve anyone as admin. With
+`BACKBONE_SCHEMA_REGISTRY_TLS_PORT` (and `_TLS_CERT_FILE`, `_TLS_KEY_FILE`) it serves the same API
+over HTTPS (TLS 1.2 or newer) on that port too: the door for agencies outside the cluster.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import ssl
 import sys
 
 from aiohttp import web
@@ -60,17 +63,37 @@ def guard_for(settings: Settings) -> Guard:
     return guard
 
 
-async def serve(registry: SchemaRegistry, guard: Guard, host: str, port: int) -> None:
-    """Serve until SIGTERM or SIGINT."""
+def tls_context(settings: Settings) -> ssl.SSLContext | None:
+    """The HTTPS port's server context, or None without `BACKBONE_SCHEMA_REGISTRY_TLS_PORT`."""
+    if settings.schema_registry_tls_port is None:
+        return None
+    cert, key = settings.schema_registry_tls_cert_file, settings.schema_registry_tls_key_file
+    if cert is None or key is None:
+        raise BackboneError("BACKBONE_SCHEMA_REGISTRY_TLS_PORT is set: set BACKBONE_SCHEMA_REGISTRY_TLS_CERT_FILE and "
+                            "BACKBONE_SCHEMA_REGISTRY_TLS_KEY_FILE to the PEM certificate and key it presents")
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise BackboneError(f"cannot load the registry's TLS certificate {cert} and key {key} "
+                            f"({type(exc).__name__}); point the settings at PEM files this user can read") from None
+    return context
+
+
+async def serve(registry: SchemaRegistry, guard: Guard, host: str, port: int,
+                tls: tuple[int, ssl.SSLContext] | None = None) -> None:
+    """Serve until SIGTERM or SIGINT: HTTP on `port`, and HTTPS on `tls`'s port when given."""
     runner = web.AppRunner(make_app(registry, guard), access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise BackboneError(f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port") from None
-    log.info("schema registry listening on http://%s:%s", host, port)
+    listeners = [(port, None), *([tls] if tls else [])]
+    for at, context in listeners:
+        try:
+            await web.TCPSite(runner, host, at, ssl_context=context).start()
+        except OSError as exc:
+            await runner.cleanup()
+            raise BackboneError(f"cannot listen on {host}:{at}: {exc.strerror}; choose another port") from None
+        log.info("schema registry listening on %s://%s:%s", "https" if context else "http", host, at)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -90,12 +113,14 @@ def main(argv: list[str] | None = None) -> int:
         logging_ready = True
         port = settings.schema_registry_port if args.port is None else args.port
         guard = guard_for(settings)  # before Kafka: a missing users file is the quicker error
+        context = tls_context(settings)
+        tls = (settings.schema_registry_tls_port, context) if context is not None else None
         metrics.serve(settings)
         log.info("schema registry reading %s from Kafka at %s", args.topic, settings.kafka_bootstrap)
         schema_log = SchemaLog(settings, args.topic)
         schema_log.start()
         try:
-            asyncio.run(serve(SchemaRegistry(schema_log), guard, args.host, port))
+            asyncio.run(serve(SchemaRegistry(schema_log), guard, args.host, port, tls))
         finally:
             schema_log.stop()
     except BackboneError as exc:

@@ -105,4 +105,27 @@ for user in backbone-init processor operator "${sinks[@]}"; do
   fi
 done
 
+# The HTTPS doors for agencies and analysts (schema-registry.yaml's schema-registry-agencies,
+# clickhouse.yaml's clickhouse-analysts): a private CA made here, whose certificate
+# ($out/backbone-ca.crt) each agency receives, and a server certificate for each door's name
+# (REGISTRY_HOST, CLICKHOUSE_HOST: the names agencies resolve to the LoadBalancers). To use your own
+# PKI instead, create the Secrets schema-registry-tls and clickhouse-tls (keys tls.crt, tls.key) first.
+server_certificate() {  # SECRET HOST
+  local name=$1 host=$2
+  exists "$name" && return 0
+  if [ ! -s "$out/backbone-ca.key" ]; then
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 3650 -subj "/CN=backbone deployment CA" \
+      -keyout "$out/backbone-ca.key" -out "$out/backbone-ca.crt" 2> /dev/null
+  fi
+  openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$host" \
+    -keyout "$out/$name.key" -out "$out/$name.csr" 2> /dev/null
+  printf 'subjectAltName=DNS:%s\nextendedKeyUsage=serverAuth\n' "$host" > "$out/$name.ext"
+  openssl x509 -req -in "$out/$name.csr" -CA "$out/backbone-ca.crt" -CAkey "$out/backbone-ca.key" -CAcreateserial \
+    -days 825 -extfile "$out/$name.ext" -out "$out/$name.crt" 2> /dev/null
+  rm -f "$out/$name.csr" "$out/$name.ext"
+  secret "$name" tls.crt="$out/$name.crt" tls.key="$out/$name.key"
+}
+server_certificate schema-registry-tls "${REGISTRY_HOST:-registry.backbone.example.org}"
+server_certificate clickhouse-tls "${CLICKHOUSE_HOST:-clickhouse.backbone.example.org}"
+
 echo "Secrets in namespace $ns are in place; generated values are in $out (move them to your secret store)."

@@ -1,0 +1,79 @@
+"""A processor worker SIGKILLed mid-batch and restarted with a new pod identity (a fresh data
+directory, as a rescheduled pod without its volume gets) raises no false tamper alarm: `backbone
+audit verify` over the topics finds no failure. The worker's writer id is stable
+(`BACKBONE_AUDIT_WRITER`, a StatefulSet's pod name), so the restarted worker rebuilds its writer
+state from `audit.checkpoints` and names the batch cut short as interrupted."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+
+from app.local import worker_environment
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC
+from backbone.settings import Settings
+from tests.pipeline import Worker, private_stack
+from tests.test_processor import decisions
+from tests.test_processor_workers import produce_synthetic
+
+pytestmark = pytest.mark.integration
+WRITER = "processor-0"  # the StatefulSet's pod name
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
+    with private_stack(tmp_path_factory.mktemp("rebuild"), partitions=2) as settings:
+        yield settings
+
+
+def _verify(settings: Settings, backbone_cli) -> dict:  # noqa: ANN001
+    env = {k: v for k, v in worker_environment(settings).items() if k.startswith("BACKBONE_")}
+    result = backbone_cli("audit", "verify", "--from-kafka", "--format", "json", **env)
+    return json.loads(result.stdout[result.stdout.index("{"):])
+
+
+def _kill_on_first_audit_output(settings: Settings, worker: Worker, timeout: float = 60) -> None:
+    """SIGKILL `worker` as soon as anything of its first sealed batch reaches the audit topics."""
+    consumer = Consumer(settings.consumer_config(f"watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 1}))
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic in (AUDIT_TOPIC, CHECKPOINTS_TOPIC)
+                         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions])
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            message = consumer.poll(0.001)
+            if message is not None and message.error() is None:
+                break
+        worker.kill()
+    finally:
+        consumer.close()
+
+
+def test_a_worker_killed_mid_batch_and_rescheduled_with_a_fresh_data_dir_raises_no_tamper_alarm(
+        stack: Settings, tmp_path: Path, backbone_cli) -> None:  # noqa: ANN001
+    sent = produce_synthetic(stack, events=6_000, seed=11)
+    killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000").start()
+    _kill_on_first_audit_output(stack, killed)
+    cut_short = _verify(stack, backbone_cli)
+    assert {f["kind"] for f in cut_short["failures"]} & {"missing_record", "orphan_records"}, \
+        f"the kill must cut a batch short: {cut_short}"
+
+    new_pod = tmp_path / "new-pod"
+    new_pod.mkdir(mode=0o700)
+    fresh = stack.model_copy(update={"data_dir": new_pod, "keyring_path": stack.keyring_path})
+    restarted = Worker(fresh, "restarted", audit_writer=WRITER).start()
+    try:
+        found = decisions(stack, set(sent), timeout=120)
+    finally:
+        restarted.stop()
+    assert {event_id for event_id, _ in found} >= set(sent)
+
+    report = _verify(stack, backbone_cli)
+    assert report["failures"] == [], report["failures"]
+    assert report["writers"] == [WRITER]
+    assert any(w["kind"] == "interrupted" for w in report["warnings"]), report["warnings"]
