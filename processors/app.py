@@ -44,8 +44,8 @@ from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
-from processors.anchors import operations_head_reader
 from processors import state_partitions
+from processors.anchors import operations_head_reader
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable

@@ -13,7 +13,7 @@ import pytest
 from confluent_kafka import Message
 
 from backbone.clickhouse.cluster import Cluster, cluster_of
-from backbone.control.erasure import RowTarget, SUBJECT_TABLES, SUBJECT_COLUMN, delete_sql, purge_sql
+from backbone.control.erasure import SUBJECT_COLUMN, SUBJECT_TABLES, RowTarget, delete_sql, purge_sql
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, load_settings

@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 import jsonschema
-from cryptography import x509
 import kubernetes_validate
 import pytest
 import yaml
+from cryptography import x509
 from typer.main import get_command
 
 from backbone.access.acls import plan_for_charter
