@@ -98,7 +98,7 @@ def columns(agreement: Agreement, schema: EventSchema) -> tuple[Column, ...]:
         if name in header:
             treatment, params = (DERIVED_ID, None) if name == "event_id" else ("keep", None)
             description = ("the recipient's own id for the event, derived under the sharing domain's key"
-                           if name == "event_id" else "kept as provided")
+                           if name == "event_id" else "keep: kept as provided")
         else:
             chosen = agreement.fields[name]
             treatment, params = chosen.name, chosen.params

@@ -12,6 +12,7 @@ from typing import Any
 
 from jsonschema import Draft7Validator, Draft202012Validator
 from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT7
 
 from backbone.catalog.openlineage import FACETS_SCHEMA
 from backbone.settings import PROJECT_ROOT
@@ -67,9 +68,9 @@ def openlineage_problems(event: dict[str, Any]) -> list[str]:
 @cache
 def _asyncapi_validator() -> Draft7Validator:
     schema = _load(ASYNCAPI_SCHEMA)
-    resources = [(schema["$id"], Resource.from_contents(schema))]
-    resources += [(key, Resource.from_contents(value, default_specification=Resource.from_contents(schema).specification))
-                  for key, value in schema.get("definitions", {}).items()]
+    # every definition is a resource of its own, named by its `$id` (the bundle's `$ref`s use them)
+    resources = [(schema["$id"], DRAFT7.create_resource(schema))]
+    resources += [(key, DRAFT7.create_resource(value)) for key, value in schema.get("definitions", {}).items()]
     return Draft7Validator(schema, registry=Registry().with_resources(resources))
 
 
