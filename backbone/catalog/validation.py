@@ -51,18 +51,22 @@ def _facets(event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 def openlineage_problems(event: dict[str, Any]) -> list[str]:
     """Problems of one OpenLineage run event (as JSON): the event against `RunEvent`, and every
     facet against the definition its `_schemaURL` points to; a facet without a vendored schema is one."""
-    registry, by_id = _openlineage_registry()
-    core = by_id[_load(OPENLINEAGE_SPEC / "OpenLineage.json")["$id"]]
-    root = {"$ref": f"{core['$id']}#/$defs/RunEvent"}
-    problems = _errors(Draft202012Validator(root, registry=registry), event, "event")
+    _, by_id = _openlineage_registry()
+    core = _load(OPENLINEAGE_SPEC / "OpenLineage.json")["$id"]
+    problems = _errors(_openlineage_validator(f"{core}#/$defs/RunEvent"), event, "event")
     for where, facet in _facets(event):
         url = facet.get("_schemaURL", "")
-        document, _, pointer = url.partition("#")
-        if document not in by_id:
+        if url.partition("#")[0] not in by_id:
             problems.append(f"{where}: no vendored schema for {url!r}")
             continue
-        problems += _errors(Draft202012Validator({"$ref": url}, registry=registry), facet, where)
+        problems += _errors(_openlineage_validator(url), facet, where)
     return problems
+
+
+@cache
+def _openlineage_validator(url: str) -> Draft202012Validator:
+    registry, _ = _openlineage_registry()
+    return Draft202012Validator({"$ref": url}, registry=registry)
 
 
 @cache
