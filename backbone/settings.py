@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     console_public_url: str | None = Field(None, description="URL browsers reach the console at, when a proxy in front ends TLS "
                                                              "(https://...: the session cookie is Secure)")
 
+    # Lineage (backbone.catalog, processors/lineage.py): each processor sends an OpenLineage run event
+    # when an agreement version comes into force, is suspended or revoked, or expires.
+    lineage_transport: Literal["off", "file", "http", "kafka"] = Field(
+        "file", description="Where OpenLineage events go: file (JSON lines), http (an OpenLineage API), kafka (a topic), off")
+    lineage_file: Path | None = Field(None, description="The file transport's JSON-lines file (default <data dir>/lineage/openlineage.jsonl)")
+    lineage_url: str | None = Field(None, description="The http transport's OpenLineage API (Marquez: http://host:5000); "
+                                                      "events go to <url>/api/v1/lineage")
+    lineage_topic: str = Field("lineage.openlineage", description="The kafka transport's topic, on the backbone's Kafka")
+    lineage_namespace: str = Field("backbone", min_length=1, description="OpenLineage namespace of the agreement jobs")
+
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
     log_format: Literal["text", "json"] = Field("text", description="Log lines as key=value text or one JSON object each")
     # Who is acting, as the deployment knows them (an operator's or oversight officer's account):

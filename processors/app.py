@@ -39,7 +39,7 @@ from backbone.kafka.topics import (
     shared_topic_config,
 )
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
-from backbone.policy.agreements import load_agreements
+from backbone.policy.agreements import Agreement, load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
@@ -49,6 +49,7 @@ from processors.anchors import operations_head_reader
 from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
+from processors.lineage import LineageEmitter, status_times
 from processors.router import DLQ_TOPIC, Router
 
 log = logging.getLogger("processors")
@@ -85,6 +86,7 @@ class Enforcement:
         self.anchor_reader: CompactedTopicReader | None = None
         self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
+        self.lineage: LineageEmitter | None = None
 
     def ensure_topics(self) -> None:
         topics = Topics(self.settings)
@@ -119,7 +121,10 @@ class Enforcement:
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(
-            self.settings, self.catalog, self.engine.apply, self._set_status, self._known)
+            self.settings, self.catalog, self._apply, self._set_status, self._known)
+        # OpenLineage run events of the agreement versions in force (`processors/lineage.py`)
+        feed = self.agreement_feed
+        self.lineage = LineageEmitter(self.settings, lambda: self.engine.charter, lambda: status_times(feed.statuses))
         erasure_reader = CompactedTopicReader(self.settings, erasure.ERASURES_TOPIC, self.erasures.apply_message, "erasure-feed")
         # operators hold no domain key: this worker computes the tokens of each person they erase
         erasure_desk = erasure_requests.ErasureDesk(self.settings, self.charter, self.keyring).reader
@@ -135,11 +140,19 @@ class Enforcement:
         self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason,
                                     operations_head=operations_head)
         self.data_plane.start()
+        self.lineage.start()  # what is in force now, once every agreement change is read
         log.info("enforcing %d agreements; %d consent records; %d erased subjects", len(self.charter.agreements),
                  len(self.consent), len(self.erasures))
 
+    def _apply(self, agreement: Agreement) -> None:
+        self.engine.apply(agreement)
+        if self.lineage is not None:
+            self.lineage.changed()
+
     def _set_status(self, agreement_id: str, version: int, status: str) -> None:
         self.engine.set_status(agreement_id, version, status)  # type: ignore[arg-type]
+        if self.lineage is not None:
+            self.lineage.changed()
 
     def _known(self, key: str) -> bool:
         return any(agreement.key == key for agreement in self.engine.charter.agreements)
@@ -166,6 +179,8 @@ class Enforcement:
             self.data_plane.stop()
         for reader in [*self.readers, *([self.anchor_reader] if self.anchor_reader else [])]:
             reader.stop()
+        if self.lineage is not None:
+            self.lineage.stop()
 
     def stats(self) -> dict[str, Any]:
         plane = self.data_plane
