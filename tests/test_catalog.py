@@ -167,3 +167,26 @@ def test_the_record_of_processing_names_every_agreement_of_the_charter(charter: 
     assert research["data_subjects"] == ["claimants (welfare.benefit_claimed)"]
     text = ropa.markdown(records["research"]) + ropa.html_page(records["research"])
     assert "welfare-to-research@1" in text and "GDPR Art. 6(1)(a)" in text
+
+
+def test_backbone_catalog_all_writes_every_document_a_reader_opens(backbone_cli, tmp_path) -> None:  # noqa: ANN001
+    import json
+
+    out = tmp_path / "catalog"
+    result = backbone_cli("catalog", "all", "--output", str(out))
+    assert result.returncode == 0, result.stderr
+    charter = default_charter()
+    agencies = asyncapi.agencies(charter)
+    assert sorted(p.stem for p in (out / "asyncapi").glob("*.json")) == agencies
+    assert {p.name for p in (out / "ropa").iterdir()} >= {f"{agency}.{ext}" for agency in agencies for ext in ("md", "html", "json")}
+    assert sorted(p.name for p in (out / "openlineage").iterdir()) == sorted(f"{a.key}.json" for a in charter.agreements)
+    event = json.loads((out / "openlineage" / "welfare-to-research@1.json").read_text())
+    assert openlineage_problems(event, "JobEvent") == []
+    assert (out / "dcat" / "catalog.ttl").read_text().count("a dcat:Dataset") == len({a.id for a in charter.agreements})
+    assert str(out / "dcat" / "catalog.jsonld") in result.stdout
+
+
+def test_backbone_catalog_for_an_unknown_agency_says_which_exist(backbone_cli, tmp_path) -> None:  # noqa: ANN001
+    result = backbone_cli("catalog", "asyncapi", "--agency", "nobody", "--output", str(tmp_path))
+    assert result.returncode == 1
+    assert "nobody" in result.stderr and "fraud" in result.stderr and "Traceback" not in result.stderr

@@ -35,6 +35,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "audit": ("audit", "Oversight: who received what about whom, and why; and proof the trail is intact."),
     "bench": ("bench", "Benchmark produce -> processor -> sinks -> ClickHouse beside a bare consume -> transform -> produce loop."),
     "clickhouse": ("clickhouse query", "ClickHouse databases of the agencies."),
+    "catalog": ("catalog", "Lineage and catalogue from the enforced agreements: record of processing, AsyncAPI, DCAT-AP, OpenLineage."),
     "consent": ("consent", "Record consent changes of data subjects."),
     "console": ("webconsole", "Serve the web console: flows between agencies, denials, lag, agreements, DLQ, audit (login required)."),
     "demo": ("demo", "Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."),

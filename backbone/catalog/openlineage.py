@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import attr
-from openlineage.client.event_v2 import InputDataset, Job, OutputDataset, Run, RunEvent, RunState, set_producer
+from openlineage.client.event_v2 import InputDataset, Job, JobEvent, OutputDataset, Run, RunEvent, RunState, set_producer
 from openlineage.client.facet_v2 import (
     DatasetFacet,
     JobFacet,
@@ -233,22 +233,28 @@ def job_facets(agreement: Agreement, charter: Charter) -> dict[str, JobFacet]:
     }
 
 
+def _parts(agreement: Agreement, charter: Charter, names: Namespaces, database_prefix: str) -> tuple[Job, list[InputDataset], list[OutputDataset]]:
+    flows = agreement_flows(agreement, charter, database_prefix)
+    return (Job(namespace=names.jobs, name=agreement.key, facets=job_facets(agreement, charter)),
+            [_input(flow, names) for flow in flows], [output for flow in flows for output in _outputs(flow, names)])
+
+
 def run_event(agreement: Agreement, charter: Charter, state: str, now: datetime, since: datetime,
               names: Namespaces | None = None, change: str | None = None, database_prefix: str = "") -> RunEvent:
     """The OpenLineage run event of one agreement version in `state` (START, RUNNING, ABORT, COMPLETE)."""
-    names = names or Namespaces()
-    flows = agreement_flows(agreement, charter, database_prefix)
+    job, inputs, outputs = _parts(agreement, charter, names or Namespaces(), database_prefix)
     run = Run(runId=run_id(agreement, since), facets={
         "agreementState": AgreementStateRunFacet(agreement.status, change or state.lower())})
-    return RunEvent(
-        eventType=STATES[state],
-        eventTime=now.isoformat(),
-        run=run,
-        job=Job(namespace=names.jobs, name=agreement.key, facets=job_facets(agreement, charter)),
-        inputs=[_input(flow, names) for flow in flows],
-        outputs=[output for flow in flows for output in _outputs(flow, names)],
-        producer=PRODUCER,
-    )
+    return RunEvent(eventType=STATES[state], eventTime=now.isoformat(), run=run, job=job, inputs=inputs, outputs=outputs,
+                    producer=PRODUCER)
+
+
+def job_event(agreement: Agreement, charter: Charter, now: datetime, names: Namespaces | None = None,
+              database_prefix: str = "") -> JobEvent:
+    """The static lineage of one agreement version (an OpenLineage job event, no run): what the
+    catalogue publishes for every version, in force or not."""
+    job, inputs, outputs = _parts(agreement, charter, names or Namespaces(), database_prefix)
+    return JobEvent(eventTime=now.isoformat(), job=job, inputs=inputs, outputs=outputs, producer=PRODUCER)
 
 
 def facets_schema() -> dict[str, Any]:

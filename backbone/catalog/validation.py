@@ -48,12 +48,13 @@ def _facets(event: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     return found
 
 
-def openlineage_problems(event: dict[str, Any]) -> list[str]:
-    """Problems of one OpenLineage run event (as JSON): the event against `RunEvent`, and every
-    facet against the definition its `_schemaURL` points to; a facet without a vendored schema is one."""
+def openlineage_problems(event: dict[str, Any], kind: str = "RunEvent") -> list[str]:
+    """Problems of one OpenLineage event (as JSON): the event against `kind` (`RunEvent`, `JobEvent`),
+    and every facet against the definition its `_schemaURL` points to; a facet without a vendored
+    schema is one."""
     _, by_id = _openlineage_registry()
     core = _load(OPENLINEAGE_SPEC / "OpenLineage.json")["$id"]
-    problems = _errors(_openlineage_validator(f"{core}#/$defs/RunEvent"), event, "event")
+    problems = _errors(_openlineage_validator(f"{core}#/$defs/{kind}"), event, "event")
     for where, facet in _facets(event):
         url = facet.get("_schemaURL", "")
         if url.partition("#")[0] not in by_id:
