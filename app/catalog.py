@@ -112,3 +112,26 @@ def write_all(charter: Charter, settings: Settings, out: Path) -> dict[str, list
 
 def default_directory(settings: Settings) -> Path:
     return settings.data_dir / "catalog"
+
+
+def entry(charter: Charter, settings: Settings, kind: str, name: str) -> tuple[str, str]:
+    """One catalogue entry as (content type, text), for the console's links: `lineage/<id@version>`,
+    `asyncapi/<agency>`, `ropa/<agency>`, `dcat/catalog`. `KeyError` when there is no such entry."""
+    if kind == "lineage":
+        from openlineage.client.serde import Serde
+
+        from backbone.catalog.openlineage import job_event
+        from processors.lineage import namespaces
+
+        agreement = next((a for a in charter.agreements if a.key == name), None)
+        if agreement is None:
+            raise KeyError(name)
+        event = job_event(agreement, charter, datetime.now(UTC), namespaces(settings), settings.clickhouse_database_prefix)
+        return "application/json", _json(Serde.to_dict(event))
+    if kind == "asyncapi" and name in asyncapi.agencies(charter):
+        return "application/json", _json(asyncapi.document(name, charter, servers(settings)))
+    if kind == "ropa" and name in (records := ropa.records(charter)):
+        return "text/html", ropa.html_page(records[name])
+    if kind == "dcat" and name == "catalog":
+        return "text/turtle", dcat.graph(charter, endpoints(settings)).serialize(format="turtle")
+    raise KeyError(f"{kind}/{name}")

@@ -95,6 +95,8 @@ class DemoResult:
     audit: Any = None  # the landed audit trail's verification (`backbone.audit.log.Report`)
     keyrings: list[tuple[str, str, Path | None]] = field(default_factory=list)  # part, role, keyring it opens
     retention_drops: list[RetentionDrop] = field(default_factory=list)
+    catalog: dict[str, list[Path]] = field(default_factory=dict)  # kind -> files (`app/catalog.py`)
+    lineage_events: Path | None = None  # the processor's OpenLineage run events (file transport)
 
 
 @dataclass(slots=True, frozen=True)
@@ -392,6 +394,11 @@ class Demo:
         result.scores = score(alerts, self.ground_truth, lambda value: token("fraud", value, keyring=self.keyring))
         # the public halves of the processor's and the operator's signing keys, as published
         self.publish_keys()
+        # the lineage and catalogue of what was enforced, beside the data (`backbone catalog all`)
+        from app.catalog import write_all
+
+        result.catalog = write_all(self.charter, self.settings, self.data_dir / "catalog")
+        result.lineage_events = self.data_dir / "lineage" / "openlineage.jsonl"
         result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
             public_key_map(read_published(self.data_dir / PUBLISHED_KEYS)))
         return result

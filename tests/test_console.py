@@ -346,3 +346,26 @@ def test_stopping_the_console_does_not_wait_on_an_open_event_stream(tmp_path) ->
         if process.poll() is None:
             process.kill()  # only the PID started here
             process.wait(10)
+
+
+def test_each_flow_links_to_its_lineage_and_catalogue_entries(logins: Logins, snapshot: Snapshot) -> None:
+    async def test(client: TestClient) -> None:
+        assert await log_in(client, "operator") == 302
+        assert (await client.get("/catalog/lineage/tax-to-fraud@2", allow_redirects=False)).status == 200
+        page = await (await client.get("/")).text()
+        assert '<a href="/catalog/lineage/welfare-to-research%401">lineage welfare-to-research@1</a>' in page
+        lineage = await (await client.get("/catalog/lineage/welfare-to-research%401")).json()
+        assert lineage["job"]["facets"]["legalBasis"]["article"] == "GDPR Art. 6(1)(a)"
+        fields = lineage["outputs"][0]["facets"]["columnLineage"]["fields"]
+        assert "name" not in fields and fields["national_id"]["inputFields"][0]["transformations"][0]["masking"] is True
+        document = await (await client.get("/catalog/asyncapi/research")).json()
+        assert list(document["channels"]) == ["shared_research_welfare_benefit_claimed"]
+        assert "Record of processing activities: welfare" in await (await client.get("/catalog/ropa/welfare")).text()
+        assert "dcat:Dataset" in await (await client.get("/catalog/dcat/catalog")).text()
+        assert (await client.get("/catalog/asyncapi/nobody")).status == 404
+
+    async def anonymous(client: TestClient) -> None:
+        assert (await client.get("/catalog/asyncapi/research", allow_redirects=False)).status in (302, 303, 401)
+
+    run(logins, snapshot, test)
+    run(logins, snapshot, anonymous)

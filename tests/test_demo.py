@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -47,6 +48,12 @@ def test_demo_runs_end_to_end_finds_the_planted_fraud_and_stops_everything(tmp_p
     assert "tax-to-fraud suspended, income:    agreement_inactive" in out
     assert "tax-to-fraud reactivated, income:  permit" in out
     assert "SELECT kind, count() FROM fraud.alerts" in out
+
+    # the lineage and catalogue written beside the data, and the processor's run events of the suspension it showed
+    for kind in ("ropa", "asyncapi", "dcat", "openlineage"):
+        assert str(tmp_path / "demo" / "catalog" / kind) in out.replace("\n", ""), kind
+    lineage = [json.loads(line) for line in (tmp_path / "demo" / "lineage" / "openlineage.jsonl").read_text().splitlines()]
+    assert [e["eventType"] for e in lineage if e["job"]["name"] == "tax-to-fraud@2"] == ["RUNNING", "ABORT", "START"]
 
     log = (tmp_path / "demo" / "logs" / "processor.log").read_text()
     worker_pid = int(re.search(r" pid=(\d+) ", log).group(1))

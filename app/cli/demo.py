@@ -132,6 +132,12 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
                   f"(honoured {shown.consent_seconds:.1f} s after the withdrawal was published)")
     console.print(f"  tax-to-fraud suspended, income:    {shown.suspended_decision}")
     console.print(f"  tax-to-fraud reactivated, income:  {shown.reactivated_decision}")
+    if result.catalog:
+        console.print("[bold]Lineage and catalogue[/bold] (generated from the enforced agreements; `backbone catalog` writes them anew)")
+        for kind, paths in result.catalog.items():
+            console.print(f"  {kind + ':':13} {len(paths):3} files in {paths[0].parent}", highlight=False, markup=False, soft_wrap=True)
+        console.print(f"  {'run events:':13} {result.lineage_events} (OpenLineage, from the processor)", highlight=False, markup=False,
+                      soft_wrap=True)
     console.print(f"\nDone in {elapsed:.0f} s. The data stays in ClickHouse at [bold]{result.clickhouse_dsn}[/bold]; "
                   f"ground truth in {result.truth_path}.", highlight=False)
     console.print("Query it (while a sink or `demo --keep-running` holds the directory, reading commands go through its read-only endpoint):",

@@ -108,6 +108,22 @@ async def charter(request: web.Request) -> web.Response:
     return _html(views.charter(await request.app[SNAPSHOTS].get(), session.user, session.role))
 
 
+async def catalog_entry(request: web.Request) -> web.Response:
+    """One lineage or catalogue entry of the charter the console shows (`app.catalog.entry`)."""
+    from app.catalog import entry
+    from backbone.settings import get_settings
+
+    snapshot = await request.app[SNAPSHOTS].get()
+    if snapshot.charter is None:
+        return _html(views.page("Catalogue", '<p class="bad">The charter is not loaded.</p>'), status=503)
+    kind, name = request.match_info["kind"], request.match_info["name"]
+    try:
+        content_type, text = await asyncio.get_running_loop().run_in_executor(None, entry, snapshot.charter, get_settings(), kind, name)
+    except KeyError:
+        return _html(views.page("Catalogue", f'<p class="bad">No {views.escape(kind)} entry {views.escape(name)}.</p>'), status=404)
+    return web.Response(text=text, content_type=content_type, charset="utf-8")
+
+
 async def events(request: web.Request) -> web.StreamResponse:
     """Server-sent events: the overview's live part as one `status` event every few seconds."""
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-store"})
@@ -228,6 +244,7 @@ def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
         web.get("/login", login_page), web.post("/login", log_in), web.post("/logout", log_out),
         web.get("/", overview), web.get("/charter", charter), web.get("/events", events),
         web.get("/subject", subject_page), web.post("/subject", subject_lookup), web.get("/static/live.js", live_js),
+        web.get("/catalog/{kind}/{name}", catalog_entry),
     ])
     return app
 

@@ -9,6 +9,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from html import escape
+from urllib.parse import quote
 
 from app.console.snapshot import PERMIT, Snapshot
 
@@ -137,12 +138,31 @@ def flow_svg(snapshot: Snapshot) -> str:
             f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
 
 
+def catalog_links(snapshot: Snapshot, provider: str, recipient: str) -> str:
+    """Links from one flow to its lineage (each agreement version between the two) and catalogue
+    entries (the recipient's AsyncAPI, the provider's record of processing, the DCAT-AP catalogue)."""
+    if snapshot.charter is None:
+        return "-"
+    keys = sorted(a.key for a in snapshot.charter.agreements if (a.provider, a.recipient) == (provider, recipient))
+    links = [f'<a href="/catalog/lineage/{quote(key)}">lineage {escape(key)}</a>' for key in keys]
+    links += [f'<a href="/catalog/asyncapi/{quote(recipient)}">AsyncAPI</a>', f'<a href="/catalog/ropa/{quote(provider)}">record of processing</a>',
+              '<a href="/catalog/dcat/catalog">DCAT-AP</a>'] if keys else []
+    return " · ".join(links) or "-"
+
+
 def flow_table(snapshot: Snapshot) -> str:
-    """The picture's edges as rows: permitted events/s and denials by reason, each edge on its own line."""
+    """The picture's edges as rows: permitted events/s and denials by reason, each edge on its own
+    line, with links to its lineage and catalogue entries."""
     pairs, permitted, denied = _edges(snapshot)
-    return _table(("flow", "permitted/s", "permitted", "denied by reason"), (
-        (f"{p} → {r}", f"{permitted[(p, r)] / snapshot.window_s:.1f}", permitted[(p, r)],
-         ", ".join(f"{reason} {n:,}" for reason, n in sorted(denied[(p, r)].items())) or "-") for p, r in pairs), "")
+    if not pairs:
+        return ""
+    rows = "".join(
+        f"<tr><td>{escape(p)} → {escape(r)}</td><td class=\"num\">{permitted[(p, r)] / snapshot.window_s:.1f}</td>"
+        f"<td class=\"num\">{permitted[(p, r)]:,}</td>"
+        f"<td>{escape(', '.join(f'{reason} {n:,}' for reason, n in sorted(denied[(p, r)].items())) or '-')}</td>"
+        f"<td>{catalog_links(snapshot, p, r)}</td></tr>" for p, r in pairs)
+    return ("<table><tr><th>flow</th><th>permitted/s</th><th>permitted</th><th>denied by reason</th>"
+            f"<th>lineage and catalogue</th></tr>{rows}</table>")
 
 
 def live(snapshot: Snapshot) -> str:
