@@ -63,8 +63,8 @@ def transport(settings: Settings) -> Transport | None:
             raise SettingsError("BACKBONE_LINEAGE_TRANSPORT=http needs BACKBONE_LINEAGE_URL (an OpenLineage API, e.g. http://marquez:5000)")
         return HttpTransport(HttpConfig(url=settings.lineage_url, endpoint="api/v1/lineage", timeout=5.0))
     Topics(settings).ensure(settings.lineage_topic)
-    config = {key: str(value) for key, value in settings.producer_config().items()}
-    return KafkaTransport(KafkaConfig(config=config, topic=settings.lineage_topic, flush=True))
+    # the backbone's producer settings as they are (librdkafka values and its logger), security included
+    return KafkaTransport(KafkaConfig(config=settings.producer_config(), topic=settings.lineage_topic, flush=True))
 
 
 @dataclass(slots=True)
