@@ -3,9 +3,12 @@ to its specification, checked against the vendored schemas and shapes (no networ
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from openlineage.client.serde import Serde
 from rdflib import URIRef
 from rdflib.namespace import DCTERMS
@@ -15,8 +18,9 @@ from backbone.catalog.flows import charter_flows
 from backbone.catalog.openlineage import run_event
 from backbone.catalog.terms import agreement_hash
 from backbone.catalog.validation import asyncapi_problems, openlineage_problems
-from backbone.policy.agreements import Charter, default_charter
+from backbone.policy.agreements import Charter, FieldTreatment, default_charter
 from backbone.policy.released import released_fields
+from backbone.policy.treatments import TreatmentMisfit, TreatmentScope, compile_treatment
 
 NOW = datetime(2026, 6, 1, tzinfo=UTC)
 
@@ -190,3 +194,40 @@ def test_backbone_catalog_for_an_unknown_agency_says_which_exist(backbone_cli, t
     result = backbone_cli("catalog", "asyncapi", "--agency", "nobody", "--output", str(tmp_path))
     assert result.returncode == 1
     assert "nobody" in result.stderr and "fraud" in result.stderr and "Traceback" not in result.stderr
+
+
+TREATMENTS = ["keep", "drop", "pseudonymise", "encrypt", {"mask": 4}, {"generalise": "year"}, {"generalise": {"prefix": 2}},
+              {"generalise": {"bands": [0, 100]}}]
+
+
+@functools.cache
+def demo_charter() -> Charter:
+    return default_charter()
+
+
+@settings(max_examples=25, deadline=None)
+@given(data=st.data())
+def test_any_agreements_column_lineage_masks_exactly_what_it_does_not_keep(data: st.DataObject) -> None:
+    charter = demo_charter()
+    schema = charter.catalog.events["welfare.benefit_claimed"]
+    base = charter.get("welfare-to-fraud")
+    scope = TreatmentScope("fraud", "welfare", None, "fraud")
+    fields = {}
+    for name, info in schema.fields.items():
+        if name in ("event_id", "event_type", "provider", "governance", "occurred_at"):
+            continue
+        treatment = FieldTreatment.model_validate(data.draw(st.sampled_from(TREATMENTS), label=name))
+        try:
+            compile_treatment(treatment.name, treatment.params, info, scope)
+        except TreatmentMisfit:
+            continue  # the loader refuses it: no agreement can say it
+        fields[name] = treatment
+    agreement = base.model_copy(update={"fields": fields})
+    event = Serde.to_dict(run_event(agreement, charter, "START", NOW, agreement.valid_from))
+    lineage = lineage_of(event, "shared.fraud.welfare.benefit_claimed")
+    released = {name for name, t in fields.items() if t.name != "drop"}
+    assert set(lineage) - {"event_id", "event_type", "provider", "occurred_at"} == released
+    for name in released:
+        (transformation,) = lineage[name]["inputFields"][0]["transformations"]
+        assert transformation["masking"] is (fields[name].name != "keep")
+    assert openlineage_problems(event) == []
