@@ -231,3 +231,12 @@ def test_any_agreements_column_lineage_masks_exactly_what_it_does_not_keep(data:
         (transformation,) = lineage[name]["inputFields"][0]["transformations"]
         assert transformation["masking"] is (fields[name].name != "keep")
     assert openlineage_problems(event) == []
+
+
+@pytest.mark.parametrize(("protocol", "mechanism", "scheme"), [
+    ("PLAINTEXT", None, None), ("SSL", None, "X509"), ("SASL_SSL", "SCRAM-SHA-512", "scramSha512"), ("SASL_PLAINTEXT", "PLAIN", "plain")])
+def test_the_asyncapi_security_scheme_is_the_deployments(charter: Charter, protocol: str, mechanism: str | None, scheme: str | None) -> None:
+    document = asyncapi.document("research", charter, asyncapi.Servers(security_protocol=protocol, sasl_mechanism=mechanism))
+    assert asyncapi_problems(document) == []
+    assert document["components"]["securitySchemes"].get("kafka", {}).get("type") == scheme
+    assert document["servers"]["kafka"]["protocol"] == ("kafka-secure" if protocol in ("SSL", "SASL_SSL") else "kafka")

@@ -42,7 +42,7 @@ def _id(name: str) -> str:
 
 
 def _security(servers: Servers) -> tuple[dict[str, Any], list[dict[str, str]]]:
-    schemes: dict[str, Any] = {"registryBasic": {"type": "httpApiKey", "name": "Authorization", "in": "header",
+    schemes: dict[str, Any] = {"registryBasic": {"type": "http", "scheme": "basic",
                                                  "description": "the schema registry (schemaRegistryUrl) takes HTTP Basic credentials of a registry user"}}
     uses = []
     protocol = servers.security_protocol
