@@ -354,6 +354,7 @@ def test_each_flow_links_to_its_lineage_and_catalogue_entries(logins: Logins, sn
         assert (await client.get("/catalog/lineage/tax-to-fraud@2", allow_redirects=False)).status == 200
         page = await (await client.get("/")).text()
         assert '<a href="/catalog/lineage/welfare-to-research%401">lineage welfare-to-research@1</a>' in page
+        assert '<a href="/catalog/lineage/tax-to-fraud%402"><g class="edge">' in page  # the picture's edge, to the version in force
         lineage = await (await client.get("/catalog/lineage/welfare-to-research%401")).json()
         assert lineage["job"]["facets"]["legalBasis"]["article"] == "GDPR Art. 6(1)(a)"
         fields = lineage["outputs"][0]["facets"]["columnLineage"]["fields"]

@@ -120,9 +120,11 @@ def flow_svg(snapshot: Snapshot) -> str:
         label = f"{rate:.1f}/s" + (f" · {sum(denied[(provider, recipient)].values()):,} denied" if reasons else "")
         fill = ' fill="#b00020"' if reasons else ""
         x, y = _place(label, y1, y2, taken)
-        parts.append(f'<g class="edge"><title>{escape(provider)} → {escape(recipient)}: {escape(title)}</title>'
-                     f'<path d="M170 {y1} C 380 {y1}, 420 {y2}, 630 {y2}" fill="none" stroke="#3b6fd1" stroke-opacity=".6" '
-                     f'stroke-width="{width:.1f}"{dash}/></g>')
+        edge = (f'<g class="edge"><title>{escape(provider)} → {escape(recipient)}: {escape(title)}</title>'
+                f'<path d="M170 {y1} C 380 {y1}, 420 {y2}, 630 {y2}" fill="none" stroke="#3b6fd1" stroke-opacity=".6" '
+                f'stroke-width="{width:.1f}"{dash}/></g>')
+        lineage = _lineage_key(snapshot, provider, recipient)  # clicking an edge opens its agreement's lineage
+        parts.append(f'<a href="/catalog/lineage/{quote(lineage)}">{edge}</a>' if lineage else edge)
         # labels after every path, so no edge is drawn over one; the halo keeps them readable on a curve
         labels.append(f'<text x="{x:.0f}" y="{y:.0f}" font-size="11" text-anchor="middle" stroke="#fff" stroke-width="3" '
                       f'paint-order="stroke" class="edge-label"{fill}><title>{escape(provider)} → {escape(recipient)}: '
@@ -136,6 +138,16 @@ def flow_svg(snapshot: Snapshot) -> str:
                          f'class="agency {"provider" if side == "p" else "recipient"}">{escape(name)}</text>')
     return (f'<svg role="img" aria-label="flows from providers to recipients" viewBox="0 0 800 {height}" width="800" '
             f'height="{height}" xmlns="http://www.w3.org/2000/svg">{"".join(parts)}</svg>')
+
+
+def _lineage_key(snapshot: Snapshot, provider: str, recipient: str) -> str | None:
+    """The agreement version of a flow its picture links to: one in force now, else the highest."""
+    if snapshot.charter is None:
+        return None
+    now = datetime.now(UTC)
+    found = sorted((a for a in snapshot.charter.agreements if (a.provider, a.recipient) == (provider, recipient)),
+                   key=lambda a: (a.in_force_at(now), a.version))
+    return found[-1].key if found else None
 
 
 def catalog_links(snapshot: Snapshot, provider: str, recipient: str) -> str:
