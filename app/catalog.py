@@ -81,7 +81,7 @@ def write_dcat(charter: Charter, settings: Settings, out: Path) -> list[Path]:
     graph = dcat.graph(charter, endpoints(settings))
     ok, report = dcat.conforms(graph)
     if not ok:
-        raise BackboneError(f"the DCAT-AP catalogue does not pass the DCAT-AP 3.0.0 shapes: {report.splitlines()[3:8]}")
+        raise BackboneError(f"the DCAT-AP catalogue does not pass the DCAT-AP 3.0.1 shapes: {report.splitlines()[3:8]}")
     return [_write(out / "dcat" / "catalog.ttl", graph.serialize(format="turtle")),
             _write(out / "dcat" / "catalog.jsonld", graph.serialize(format="json-ld", indent=2))]
 

@@ -56,7 +56,7 @@ def dcat_command(output: Path | None = OUTPUT) -> None:
     from app.catalog import write_dcat
 
     charter, settings, directory = _setup(output)
-    _report("DCAT-AP 3 (passes the DCAT-AP 3.0.0 shapes)", write_dcat(charter, settings, directory))
+    _report("DCAT-AP 3 (passes the DCAT-AP 3.0.1 shapes)", write_dcat(charter, settings, directory))
 
 
 @catalog_app.command("lineage")

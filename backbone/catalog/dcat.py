@@ -4,7 +4,7 @@ One `dcat:Dataset` per agreement id (its version in force, else its highest), pu
 providing agency, with two distributions (the shared Kafka topic and the recipient's ClickHouse
 view), restricted access rights, the GDPR as applicable legislation with the lawful basis in words,
 the DPV purposes, the temporal resolution the recipient gets and a contact point. `conforms(graph)`
-checks it against the official DCAT-AP 3.0.0 SHACL shapes vendored in `vendor/dcat-ap/`.
+checks it against the official DCAT-AP 3.0.1 SHACL shapes vendored in `vendor/dcat-ap/`.
 """
 
 from __future__ import annotations
@@ -118,7 +118,7 @@ def graph(charter: Charter, endpoints: Endpoints | None = None) -> Graph:
 
 @cache
 def shapes() -> Graph:
-    """The vendored DCAT-AP 3.0.0 SHACL shapes, parsed once."""
+    """The vendored DCAT-AP 3.0.1 SHACL shapes, parsed once."""
     out = Graph()
     for path in SHAPES:
         out.parse(path, format="turtle")
@@ -126,7 +126,7 @@ def shapes() -> Graph:
 
 
 def conforms(data: Graph) -> tuple[bool, str]:
-    """Whether `data` passes the DCAT-AP 3.0.0 shapes (violations only; warnings do not count), and
+    """Whether `data` passes the DCAT-AP 3.0.1 shapes (violations only; warnings do not count), and
     pyshacl's report."""
     from pyshacl import validate
 
