@@ -10,8 +10,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from backbone.settings import Settings, load_settings
+
+# Timings never decide a test: these machines are shared and noisy, so hypothesis's per-example
+# deadline (200 ms) is off for every property test (a slow example is not a failure).
+hypothesis_settings.register_profile("backbone", deadline=None)
+hypothesis_settings.load_profile("backbone")
 
 # Group joins on Tansu take about half the session timeout: keep it short in tests.
 TEST_CONSUMER_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}

@@ -4,11 +4,13 @@ follows the log's order with unreadable records counting as withdrawals."""
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,8 +132,13 @@ def consent() -> tuple[ConsentTable, Encoder]:
     return ConsentTable(Decoder(schemas)), encoder
 
 
+@functools.lru_cache(maxsize=1)
+def _consent_event() -> Any:
+    return load_catalog(PROJECT_ROOT / "schemas").events["consent.changed"]
+
+
 def change(encoder: Encoder, subject: str, purpose: str, state: str, at: datetime) -> bytes:
-    record = sample_event(load_catalog(PROJECT_ROOT / "schemas").events["consent.changed"], random.Random(2))
+    record = sample_event(_consent_event(), random.Random(2))  # the catalog read once: tests build thousands
     record.update({"subject_national_id": subject, "purpose": purpose, "status": state, "at": at})
     return encoder(record)
 
