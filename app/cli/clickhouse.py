@@ -78,8 +78,7 @@ def grants(
         for statement in ddl.grants_sql(prefix, views, cluster=cluster_of(settings)):
             console.print(statement + ";", highlight=False, soft_wrap=True, markup=False)
         return
-    if chdb_path(settings.clickhouse_dsn) is not None:
-        raise BackboneError("chDB has no users or roles; print the SQL without --apply, or set BACKBONE_CLICKHOUSE_DSN to a ClickHouse server")
+    on_chdb = chdb_path(settings.clickhouse_dsn) is not None
     users = ddl.sink_users(prefix, recipients)
     if credentials is not None:
         if passwords is not None:
@@ -90,12 +89,24 @@ def grants(
                                 "(deploy/kubernetes/create-secrets.sh) again for the charter's sinks")
         hashes = {user: known[user] for user in users}
         where = f"credentials from {credentials}"
+    elif on_chdb:  # nothing is applied there: no password is made for it
+        hashes, where = {}, ""
     else:
         path = passwords or settings.data_dir / PASSWORDS_FILE
         hashes = {user: Credential.of(password, secrets.token_hex(16)) for user, password in sink_passwords(path, users).items()}
         where = f"passwords in {path} (mode 0600)"
     statements = ddl.grants_sql(prefix, views, hashes, cluster_of(settings))
     client = make_client(settings.clickhouse_dsn)
+    if on_chdb:  # chDB parses them (the deployment rehearsal runs the grants Job on it) but keeps no users
+        try:
+            for statement in statements:
+                client.command(f"EXPLAIN AST {statement}")
+        except DatabaseError as exc:
+            raise BackboneError(f"chDB does not parse {' '.join(statement.split()[:3])} ... ({clickhouse_error(exc)})") from None
+        finally:
+            client.close()
+        raise BackboneError(f"chDB has no users or roles: the {len(statements)} statements for sink users {', '.join(users)} parse, "
+                            "none is applied; print the SQL without --apply, or set BACKBONE_CLICKHOUSE_DSN to a ClickHouse server")
     try:
         for statement in statements:
             try:
