@@ -75,7 +75,7 @@ FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, 
                 dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC, TIMESTAMPS_TOPIC}
 COMPACTED = {CONSENT_TOPIC, AGREEMENTS_TOPIC, SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
 BACKBONE_SERVICES = ("kafka-acls", "schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research",
-                     "sink-statistics", "operator")
+                     "sink-statistics", "sink-audit", "operator")
 PLACEHOLDERS = re.compile(r"REPLACE|change-me|changeme", re.IGNORECASE)
 EXACT_VERSION = re.compile(r"[\w./-]+:\d+\.\d+\.\d+(\.\d+)?(-[\w.-]+)?(@sha256:[0-9a-f]{64})?")
 VENV_BIN = Path(sys.executable).parent
@@ -1041,7 +1041,8 @@ def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) 
     for target in made.values():  # a new named volume takes the image directory's owner (10001) and mode (0700)
         assert target in dockerfile.split("chown -R 10001:10001")[0] and re.search(rf"chmod 0700 [^\n]*{re.escape(target)}(\s|$)", dockerfile.replace("\\\n", " ")), target
     script = maker["command"][0]
-    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"}}
+    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"},
+               "clickhouse-credentials": {"clickhouse-grants"}}
     assert set(made) == set(readers)
     for volume, names in readers.items():
         mounted = {name for name, service in services.items() if name != "secrets-init"
@@ -1058,7 +1059,48 @@ def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) 
         assert "BACKBONE_MASTER_KEY" not in services[name]["environment"]
     users_file = services["schema-registry"]["environment"]["BACKBONE_SCHEMA_REGISTRY_USERS_FILE"]
     assert users_file.startswith(made["registry-users"] + "/") and f"--users-file {users_file}" in script
-    assert "--password-stdin" in script and "umask 077" in script
+    assert "umask 077" in script and "backbone registry users provision" in script and "backbone clickhouse users provision" in script
+    credentials = services["clickhouse-grants"]["command"][-1]
+    assert credentials.startswith(made["clickhouse-credentials"] + "/") and f"--credentials-file {credentials}" in script
+
+
+def test_compose_workloads_use_their_own_registry_and_clickhouse_users(compose: dict[str, Any]) -> None:
+    """As in Kubernetes: each workload its own registry user (no one the admin but the operator), each
+    sink its own ClickHouse user, and ClickHouse's administrator in clickhouse-grants only, which the
+    sinks wait for."""
+    from backbone.access.registry_users import plan_for_charter as registry_plan
+
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    users = registry_plan(charter)
+    services = compose["services"]
+    script = services["secrets-init"]["command"][0]
+    provisioned = set(re.search(r"for user in ([^;]+);", script)[1].split())
+    for name in BACKBONE_SERVICES:
+        environment = services[name]["environment"]
+        if name in ("kafka-acls", "schema-registry"):  # the ACLs' admin client and the registry itself send no registry user
+            assert "BACKBONE_SCHEMA_REGISTRY_USER" not in environment, name
+            continue
+        user = environment["BACKBONE_SCHEMA_REGISTRY_USER"]
+        assert user == ("backbone-init" if name == "init" else name) and user in users and user in provisioned, name
+        variable = "REGISTRY_PASSWORD_" + user.upper().replace("-", "_")
+        assert environment["BACKBONE_SCHEMA_REGISTRY_PASSWORD"] == f"${{{variable}:?set {variable} in .env}}", name
+    sinks = {name for name in services if name.startswith("sink-")}
+    assert sinks == {"sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert set(re.search(r"for sink in ([^;]+);", script)[1].split()) == sinks
+    for name in sinks:
+        dsn = services[name]["environment"]["BACKBONE_CLICKHOUSE_DSN"]
+        sink = name.removeprefix("sink-")
+        variable = f"CLICKHOUSE_PASSWORD_SINK_{sink.upper()}"
+        assert dsn == f"http://backbone_sink_${{BACKBONE_CLICKHOUSE_DATABASE_PREFIX:-}}{sink}:${{{variable}:?set {variable} in .env}}@clickhouse:8123/default"
+        assert services[name]["depends_on"]["clickhouse-grants"]["condition"] == "service_completed_successfully"
+        assert services[name]["command"] == (["sink", "--audit-only"] if sink == "audit" else ["sink", "--recipient", sink, "--no-audit"])
+    admins = {name for name, service in services.items() if "CLICKHOUSE_PASSWORD}" in str(service.get("environment", {}))
+              or "${CLICKHOUSE_PASSWORD:" in str(service.get("environment", {}))}
+    assert admins == {"clickhouse", "clickhouse-grants"}
+    assert services["clickhouse-grants"]["command"][:3] == ["clickhouse", "grants", "--apply"]
+    example = (COMPOSE.parent / ".env.example").read_text()
+    for variable in set(re.findall(r"\$\{((?:REGISTRY|CLICKHOUSE|KAFKA)_PASSWORD[A-Z_]*):\?", COMPOSE.read_text())):
+        assert re.search(rf"^{variable}=$", example, re.MULTILINE), variable  # .env.example lists it for the generator
 
 
 def test_compose_operator_reaches_no_pseudonym_key(compose: dict[str, Any]) -> None:
