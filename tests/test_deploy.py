@@ -1082,7 +1082,7 @@ def test_compose_workloads_use_their_own_registry_and_clickhouse_users(compose: 
             continue
         user = environment["BACKBONE_SCHEMA_REGISTRY_USER"]
         assert user == ("backbone-init" if name == "init" else name) and user in users and user in provisioned, name
-        variable = "REGISTRY_PASSWORD_" + user.upper().replace("-", "_")
+        variable = "REGISTRY_PASSWORD_" + user.removeprefix("backbone-").upper().replace("-", "_")
         assert environment["BACKBONE_SCHEMA_REGISTRY_PASSWORD"] == f"${{{variable}:?set {variable} in .env}}", name
     sinks = {name for name in services if name.startswith("sink-")}
     assert sinks == {"sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
