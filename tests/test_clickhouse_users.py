@@ -34,7 +34,6 @@ from consumers.batching import Written
 from consumers.clickhouse_target import ClickHouseTarget
 from consumers.fraud import FraudDetector
 from consumers.plans import SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
-from tests.cli import run_backbone
 
 GRANT = re.compile(r"GRANT(?: ON CLUSTER `[^`]+`)? (?P<privileges>[A-Z ,]+) ON (?P<database>`[^`]+`|\*)\.\* TO `(?P<grantee>[^`]+)`")
 QUALIFIED = re.compile(r"`((?:[^`\\]|\\.)+)`\.`((?:[^`\\]|\\.)+)`")
@@ -157,7 +156,16 @@ def test_each_sink_user_is_granted_exactly_what_its_workload_s_code_does(charter
 
 
 def test_on_a_cluster_sink_users_may_run_their_ddl_on_cluster_and_roles_may_not(charter) -> None:  # noqa: ANN001
-    views = {r: ddl.agreement_views(charter, r) for r in {a.recipient for a in charter.agreements}}
+    settings = load_settings(clickhouse_database_prefix="", clickhouse_cluster="backbone")
+    recipients = sorted({a.recipient for a in charter.agreements})
+    plans = [recipient_plan(settings, charter, r) for r in recipients]
+    plans += [plan(settings, charter.catalog) for plan in (audit_plan, checkpoints_plan, operations_plan, timestamps_plan)]
+    ddl_statements = [statement for p in plans for statement in (
+        *(ddl.create_database_sql(d, p.cluster) for d in p.databases), *p.views,
+        *(s for d, columns in p.tables.items() for s in ddl.table_sql(d.database, d.table, columns, d.order_by, d.retention_days, p.cluster)))]
+    ddl_statements += ddl.fraud_tables_sql("fraud", plans[0].cluster)
+    assert all(" ON CLUSTER `backbone`" in statement for statement in ddl_statements)  # every sink's DDL: CLUSTER needed
+    views = {r: ddl.agreement_views(charter, r) for r in recipients}
     statements = ddl.grants_sql("", views, cluster=Cluster("backbone"))
     cluster_grants = {s.rsplit("TO ", 1)[1].strip("`") for s in statements if " CLUSTER ON *.* TO " in s}
     assert cluster_grants == set(ddl.sink_users("", views))
@@ -202,7 +210,7 @@ def credentials_file(tmp_path: Path) -> Iterator[Path]:
     yield path
 
 
-def test_grants_apply_refuses_credentials_that_miss_a_sink_of_the_charter(tmp_path: Path, credentials_file: Path) -> None:
-    done = run_backbone("clickhouse", "grants", "--apply", "--credentials", str(credentials_file), timeout=60,
-                        env={"BACKBONE_CLICKHOUSE_DSN": "http://backbone:pw@127.0.0.1:9/default", "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": ""})
+def test_grants_apply_refuses_credentials_that_miss_a_sink_of_the_charter(backbone_cli, credentials_file: Path) -> None:  # noqa: ANN001
+    done = backbone_cli("clickhouse", "grants", "--apply", "--credentials", str(credentials_file),
+                        BACKBONE_CLICKHOUSE_DSN="http://backbone:pw@127.0.0.1:9/default", BACKBONE_CLICKHOUSE_DATABASE_PREFIX="")
     assert done.returncode == 1 and "no credential for backbone_sink_research" in done.stderr and "Traceback" not in done.stderr
