@@ -192,8 +192,6 @@ CLUSTER_PRIVILEGE = "CLUSTER"
 # user), so a recipient role needs SELECT on its views only, never on the tables beneath, which
 # hold the fields of every agreement version.
 SINK_USER_SETTINGS = "default_normal_view_sql_security = 'DEFINER'"
-# The sink workload that lands the audit topics (`backbone sink --audit-only`).
-AUDIT_SINK_WORKLOAD = f"{SINK_WORKLOAD_PREFIX}{AUDIT_DATABASE}"
 
 
 # What printed statements carry instead of a credential: not a valid hash, so they cannot create a
