@@ -9,12 +9,12 @@ sanitised by `backbone.policy.names`, which also keeps the names the backbone re
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backbone.clickhouse.cluster import Cluster, engine, on_cluster
+from backbone.clickhouse.users import Credential  # noqa: F401 - this module's API too
+from backbone.policy.names import SINK_PREFIX as SINK_WORKLOAD_PREFIX
 from backbone.policy.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
 from consumers.typemap import Column, quote_identifier
 
@@ -179,30 +179,19 @@ def fraud_tables_sql(database: str, cluster: Cluster | None = None) -> list[str]
 
 # --- who may do what: one user per sink, one role per recipient, the oversight role -------------
 SINK_USER_PREFIX = f"{ROLE_PREFIX}sink_"
-# What every sink's own statements need on its own database: CREATE DATABASE and TABLE IF NOT
-# EXISTS, ALTER TABLE ADD COLUMN, INSERT; `system.columns` shows a user the columns it holds any of
-# these on, so the audit sink needs no SELECT and the oversight role alone reads the audit database.
-SINK_PRIVILEGES = ("CREATE DATABASE", "CREATE TABLE", "ALTER ADD COLUMN", "INSERT")
-# A recipient's sink also (re)creates the agreement views (CREATE OR REPLACE VIEW needs DROP VIEW)
-# and reads its tables: the views run as it (below), FINAL and the fraud rules read the tables.
-VIEW_SINK_PRIVILEGES = ("CREATE VIEW", "DROP VIEW", "SELECT")
+# What every sink's own statements need on its own database, and nothing elsewhere
+# (tests/test_clickhouse_users.py collects them from the sinks' code): CREATE DATABASE and TABLE IF
+# NOT EXISTS, ALTER TABLE ADD COLUMN, INSERT; each sink also (re)creates views (a recipient's
+# agreement views, the audit sink's `decisions`): CREATE OR REPLACE VIEW needs DROP VIEW, and the
+# views run as the sink (below), so it reads the tables beneath (SELECT; the fraud rules read them
+# too). `system.columns` shows a user the columns of what it holds any privilege on.
+SINK_PRIVILEGES = ("CREATE DATABASE", "CREATE TABLE", "ALTER ADD COLUMN", "INSERT", "CREATE VIEW", "DROP VIEW", "SELECT")
+# On a cluster every DDL statement runs ON CLUSTER, which ClickHouse lets only users holding CLUSTER run.
+CLUSTER_PRIVILEGE = "CLUSTER"
 # Views a sink creates run with the sink's privileges (SQL SECURITY DEFINER, definer = the sink
 # user), so a recipient role needs SELECT on its views only, never on the tables beneath, which
 # hold the fields of every agreement version.
 SINK_USER_SETTINGS = "default_normal_view_sql_security = 'DEFINER'"
-
-
-@dataclass(slots=True, frozen=True)
-class Credential:
-    """A password as ClickHouse keeps it (`sha256_hash`): SHA-256 of password and salt, and the salt.
-    The statements carry this, never the password."""
-
-    sha256_hex: str
-    salt: str
-
-    @classmethod
-    def of(cls, password: str, salt: str) -> Credential:
-        return cls(hashlib.sha256((password + salt).encode()).hexdigest(), salt)
 
 
 # What printed statements carry instead of a credential: not a valid hash, so they cannot create a
@@ -234,15 +223,18 @@ def _string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _user_sql(user: str, database: str, privileges: Sequence[str], credential: Credential, cluster: Cluster | None) -> list[str]:
+def _user_sql(user: str, database: str, credential: Credential, cluster: Cluster | None) -> list[str]:
     quoted, on = quote_identifier(user), on_cluster(cluster)
     identified = f"IDENTIFIED WITH sha256_hash BY {_string(credential.sha256_hex)} SALT {_string(credential.salt)}"
-    return [
+    statements = [
         f"CREATE USER IF NOT EXISTS {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",
         f"ALTER USER {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
         f"REVOKE{on} ALL ON *.* FROM {quoted}",
-        f"GRANT{on} {', '.join(privileges)} ON {quote_identifier(database)}.* TO {quoted}",
+        f"GRANT{on} {', '.join(SINK_PRIVILEGES)} ON {quote_identifier(database)}.* TO {quoted}",
     ]
+    if cluster is not None:
+        statements.append(f"GRANT{on} {CLUSTER_PRIVILEGE} ON *.* TO {quoted}")
+    return statements
 
 
 def _role_sql(role: str, objects: Iterable[str], cluster: Cluster | None) -> list[str]:
@@ -252,17 +244,24 @@ def _role_sql(role: str, objects: Iterable[str], cluster: Cluster | None) -> lis
 
 
 def sink_users(prefix: str, recipients: Iterable[str]) -> list[str]:
-    """Every sink user: one per recipient, and the audit sinks' (decisions and operator actions)."""
-    return [sink_user(prefix, name) for name in (*sorted(set(recipients)), AUDIT_DATABASE)]
+    """Every sink user: one per recipient, and the audit sink's (decisions, checkpoints, operator actions)."""
+    return list(sink_workloads(prefix, recipients).values())
+
+
+def sink_workloads(prefix: str, recipients: Iterable[str]) -> dict[str, str]:
+    """Each sink workload (`sink-<recipient>`, `sink-audit`: its Kafka and registry user too) -> its ClickHouse user."""
+    names = (*sorted(set(recipients)), AUDIT_DATABASE)
+    return {f"{SINK_WORKLOAD_PREFIX}{name}": sink_user(prefix, name) for name in names}
 
 
 def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Mapping[str, Credential] | None = None,
                cluster: Cluster | None = None) -> list[str]:
     """Users, roles and grants for a ClickHouse server, from `views` (recipient -> its agreement views):
-    - each sink's user may create and write its own database only (`SINK_PRIVILEGES`; a recipient's
-      sink also creates its views and reads its tables), and the views it creates run as it;
+    - each sink's user may create, write and read its own database only (`SINK_PRIVILEGES`; on a
+      cluster also run its DDL ON CLUSTER), and the views it creates run as it;
     - each recipient's role may SELECT its agreement views only: no table, no other database;
-    - the oversight role alone reads the audit database.
+    - the oversight role alone among the roles reads the audit database (the audit sink's user,
+      which lands it and defines its `decisions` view, is the only other reader).
     Every user and role loses all its privileges first, so re-applying removes anything granted by
     hand or by an older charter. `credentials` (sink user -> `Credential`) default to `NO_CREDENTIAL`.
     On a `cluster`, every statement runs `ON CLUSTER`, so each server holds the same users and grants."""
@@ -271,10 +270,10 @@ def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Map
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         user = sink_user(prefix, recipient)
-        statements += _user_sql(user, database, SINK_PRIVILEGES + VIEW_SINK_PRIVILEGES, credentials.get(user, NO_CREDENTIAL), cluster)
+        statements += _user_sql(user, database, credentials.get(user, NO_CREDENTIAL), cluster)
     audit = database_name(prefix, AUDIT_DATABASE)
     audit_user = sink_user(prefix, AUDIT_DATABASE)
-    statements += _user_sql(audit_user, audit, SINK_PRIVILEGES, credentials.get(audit_user, NO_CREDENTIAL), cluster)
+    statements += _user_sql(audit_user, audit, credentials.get(audit_user, NO_CREDENTIAL), cluster)
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]], cluster)

@@ -63,12 +63,12 @@ EXPECTED = {
     ("User:schema-registry", "group", "backbone-registry-", "prefixed", "describe"),
     ("User:processor", "topic", "audit.checkpoints", "literal", "create"),
     ("User:processor", "topic", "audit.checkpoints", "literal", "write"),
-    ("User:sink-fraud", "group", "backbone-sink-audit-checkpoints", "literal", "read"),
-    ("User:sink-fraud", "topic", "audit.checkpoints", "literal", "read"),
+    ("User:sink-audit", "group", "backbone-sink-audit-checkpoints", "literal", "read"),
+    ("User:sink-audit", "topic", "audit.checkpoints", "literal", "read"),
     ("User:processor", "topic", "audit.timestamps", "literal", "create"),
     ("User:processor", "topic", "audit.timestamps", "literal", "write"),
-    ("User:sink-fraud", "group", "backbone-sink-audit-timestamps", "literal", "read"),
-    ("User:sink-fraud", "topic", "audit.timestamps", "literal", "read"),
+    ("User:sink-audit", "group", "backbone-sink-audit-timestamps", "literal", "read"),
+    ("User:sink-audit", "topic", "audit.timestamps", "literal", "read"),
     ("User:operator", "topic", "consent.changes", "literal", "write"),
     ("User:operator", "topic", "dlq.keys", "literal", "write"),
     ("User:operator", "topic", "alerts.fraud", "literal", "write"),
@@ -89,14 +89,16 @@ EXPECTED = {
     ("User:schema-registry", "topic", "_schemas", "literal", "create"),
     ("User:schema-registry", "topic", "_schemas", "literal", "read"),
     ("User:schema-registry", "topic", "_schemas", "literal", "write"),
-    ("User:sink-fraud", "group", "backbone-sink-audit", "literal", "read"),
-    ("User:sink-fraud", "group", "backbone-sink-audit-operations", "literal", "read"),
+    ("User:sink-audit", "group", "backbone-sink-audit", "literal", "read"),
+    ("User:sink-audit", "group", "backbone-sink-audit-operations", "literal", "read"),
     ("User:sink-fraud", "group", "backbone-sink-fraud", "literal", "read"),
     ("User:sink-fraud", "topic", "alerts.fraud", "literal", "create"),
     ("User:sink-fraud", "topic", "alerts.fraud", "literal", "write"),
-    ("User:sink-fraud", "topic", "audit.decisions", "literal", "read"),
-    ("User:sink-fraud", "topic", "audit.operations", "literal", "read"),
-    ("User:sink-fraud", "topic", "audit.operations.checkpoints", "literal", "read"),
+    ("User:sink-audit", "topic", "audit.decisions", "literal", "read"),
+    ("User:sink-audit", "topic", "audit.operations", "literal", "read"),
+    ("User:sink-audit", "topic", "audit.operations.checkpoints", "literal", "read"),
+    ("User:sink-audit", "topic", "dlq.sink", "literal", "create"),
+    ("User:sink-audit", "topic", "dlq.sink", "literal", "write"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "create"),
     ("User:sink-fraud", "topic", "dlq.sink", "literal", "write"),
     ("User:sink-fraud", "topic", "shared.fraud.", "prefixed", "read"),
@@ -163,11 +165,15 @@ def test_sink_groups_are_the_sinks_own_and_follow_the_clickhouse_database_prefix
     from consumers.plans import AUDIT_SINK, CHECKPOINTS_SINK, OPERATIONS_SINK, TIMESTAMPS_SINK, group_id
 
     grants = plan(Agencies(("tax",), (), ("fraud",)), database_prefix="t1_")
-    groups = {g.name for g in grants if g.principal == "User:sink-fraud" and g.resource == "group"}
     settings = load_settings(clickhouse_database_prefix="t1_")
-    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK)}
-    assert groups == {"backbone-sink-t1_fraud", "backbone-sink-t1_audit", "backbone-sink-t1_audit-operations",
-                      "backbone-sink-t1_audit-checkpoints", "backbone-sink-t1_audit-timestamps"}
+    fraud = {g.name for g in grants if g.principal == "User:sink-fraud" and g.resource == "group"}
+    assert fraud == {group_id(settings, "fraud")} == {"backbone-sink-t1_fraud"}
+    # the audit sink is a workload and Kafka user of its own: no recipient's sink reads the audit trail
+    audit = {g.name for g in grants if g.principal == "User:sink-audit" and g.resource == "group"}
+    assert audit == {group_id(settings, name) for name in (AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK)}
+    assert audit == {"backbone-sink-t1_audit", "backbone-sink-t1_audit-operations", "backbone-sink-t1_audit-checkpoints",
+                     "backbone-sink-t1_audit-timestamps"}
+    assert not [g for g in grants if g.name.startswith("audit.") and g.principal.startswith("User:sink-") and g.principal != "User:sink-audit"]
 
 
 def test_grants_convert_to_allow_bindings_from_any_host() -> None:
@@ -291,14 +297,17 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
         # consumers/batching.py: ensures dlq.sink, subscribes the shared pattern as the plan's group, commits, dead-letters
         needs = {("topic", f"shared.{recipient}.*", "read"), ("group", group_id(settings, recipient), "read"),
                  ("topic", "dlq.sink", "create"), ("topic", "dlq.sink", "write")}
-        if recipient == "fraud":  # consumers/fraud/detector.py publishes alerts; consumers/sink.py sinks_for adds the audit sinks
-            needs |= {("topic", "alerts.fraud", "create"), ("topic", "alerts.fraud", "write"),
-                      ("topic", "audit.decisions", "read"), ("group", group_id(settings, AUDIT_SINK), "read"),
-                      ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read"),
-                      ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
-                      ("group", group_id(settings, "audit-checkpoints"), "read"),
-                      ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read")}
-        table[f"backbone sink --recipient {recipient}"] = (f"User:sink-{recipient}", needs)
+        if recipient == "fraud":  # consumers/fraud/detector.py publishes alerts
+            needs |= {("topic", "alerts.fraud", "create"), ("topic", "alerts.fraud", "write")}
+        table[f"backbone sink --recipient {recipient} --no-audit"] = (f"User:sink-{recipient}", needs)
+    # consumers/sink.py sinks_for(recipients=[]): the audit plans only, each its own group; dead-letters like every sink
+    table["backbone sink --audit-only"] = ("User:sink-audit", {
+        ("topic", "audit.decisions", "read"), ("group", group_id(settings, AUDIT_SINK), "read"),
+        ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read"),
+        ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
+        ("group", group_id(settings, "audit-checkpoints"), "read"),
+        ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read"),
+        ("topic", "dlq.sink", "create"), ("topic", "dlq.sink", "write")})
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}
                                 | {("group", "backbone-registry-*", "describe")})

@@ -75,7 +75,7 @@ FIXED_TOPICS = {CONSENT_TOPIC, AGREEMENTS_TOPIC, AUDIT_TOPIC, OPERATIONS_TOPIC, 
                 dlq_topic("processor"), dlq_topic("sink"), SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC, TIMESTAMPS_TOPIC}
 COMPACTED = {CONSENT_TOPIC, AGREEMENTS_TOPIC, SCHEMAS_TOPIC, ERASURES_TOPIC, DLQ_KEYS_TOPIC}
 BACKBONE_SERVICES = ("kafka-acls", "schema-registry", "init", "processor", "sink-fraud", "sink-welfare", "sink-research",
-                     "sink-statistics", "operator")
+                     "sink-statistics", "sink-audit", "operator")
 PLACEHOLDERS = re.compile(r"REPLACE|change-me|changeme", re.IGNORECASE)
 EXACT_VERSION = re.compile(r"[\w./-]+:\d+\.\d+\.\d+(\.\d+)?(-[\w.-]+)?(@sha256:[0-9a-f]{64})?")
 VENV_BIN = Path(sys.executable).parent
@@ -341,12 +341,15 @@ def test_every_backbone_container_runs_the_pushed_image(built: list[dict[str, An
 def test_every_deployment_sets_resources_probes_and_a_restricted_security_context(built: list[dict[str, Any]]) -> None:
     deployments = [doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")]
     assert {doc["metadata"]["name"] for doc in deployments} == {
-        "schema-registry", "processor", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare", "operator-toolbox"}
+        "schema-registry", "processor", "sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare", "operator-toolbox"}
     for doc in deployments:
         pod, name = _pod_spec(doc), doc["metadata"]["name"]
         assert pod is not None
         assert restricted_violations(pod) == [], name
         assert pod.get("automountServiceAccountToken") is False, name  # no pod of the backbone calls the API server
+        for container in pod.get("initContainers", []):
+            assert {"cpu", "memory"} <= set(container["resources"]["requests"]) and "memory" in container["resources"]["limits"], name
+            assert container["securityContext"].get("readOnlyRootFilesystem") is True, name
         for container in pod["containers"]:
             resources = container.get("resources", {})
             assert {"cpu", "memory"} <= set(resources.get("requests", {})), name
@@ -394,13 +397,21 @@ def test_exec_probes_run_scripts_the_pod_mounts(built: list[dict[str, Any]]) -> 
                     script = Path(command[1])
                     assert str(script.parent) in mounted and script.name in probes, (doc["metadata"]["name"], kind)
                     used.add(script.name)
+        for container in pod.get("initContainers", []):  # the sinks wait for their ClickHouse user with one
+            script = Path(container["command"][1])
+            init_mounted = {m["mountPath"] for m in container.get("volumeMounts", [])}
+            assert str(script.parent) in init_mounted & mounted and script.name in probes, doc["metadata"]["name"]
+            used.add(script.name)
     assert used == set(probes)
 
 
 def test_sink_probes_ask_for_the_recipient_the_sink_lands(built: list[dict[str, Any]]) -> None:
     for doc in (doc for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")):
         container = doc["spec"]["template"]["spec"]["containers"][0]
-        recipient = container["args"][container["args"].index("--recipient") + 1]
+        if container["args"] == ["sink", "--audit-only"]:
+            recipient = "audit"  # its group backbone-sink-audit (consumers.plans.AUDIT_SINK)
+        else:
+            recipient = container["args"][container["args"].index("--recipient") + 1]
         for kind in ("startupProbe", "readinessProbe", "livenessProbe"):
             assert container[kind]["exec"]["command"][-1] == recipient
 
@@ -431,7 +442,7 @@ def test_kafka_is_rack_aware_and_every_backbone_workload_survives_a_drain(built:
     assert kafka["rack"]["topologyKey"] == "topology.kubernetes.io/zone"
     workloads = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
                  and doc["metadata"]["name"] != "operator-toolbox"}
-    assert set(workloads) == {"processor", "schema-registry", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert set(workloads) == {"processor", "schema-registry", "sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
     assert workloads["schema-registry"]["spec"]["replicas"] >= 2
     budgets = [doc for doc in built if doc["kind"] == "PodDisruptionBudget"]
     for name, doc in workloads.items():
@@ -546,7 +557,7 @@ def test_each_backbone_pod_connects_as_its_own_kafka_user(manifests: list[dict[s
     assert users == plan_principals
     deployments = [doc for doc in manifests if doc["kind"] in ("Deployment", "StatefulSet")]
     sinks = [doc for doc in deployments if doc["metadata"]["name"].startswith("sink-")]
-    assert {doc["metadata"]["name"] for doc in sinks} == {"sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert {doc["metadata"]["name"] for doc in sinks} == {"sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
     for doc in deployments:
         container = doc["spec"]["template"]["spec"]["containers"][0]
         env = {item["name"]: item for item in container["env"]}
@@ -555,7 +566,9 @@ def test_each_backbone_pod_connects_as_its_own_kafka_user(manifests: list[dict[s
         assert env["BACKBONE_KAFKA_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"] == {"name": username, "key": "password"}
     for doc in sinks:
         container = doc["spec"]["template"]["spec"]["containers"][0]
-        assert container["args"][:3] == ["sink", "--recipient", doc["metadata"]["name"].removeprefix("sink-")]
+        name = doc["metadata"]["name"].removeprefix("sink-")
+        # a recipient's sink lands its recipient only, the audit sink the audit trail only
+        assert container["args"] == (["sink", "--audit-only"] if name == "audit" else ["sink", "--recipient", name, "--no-audit"])
 
 
 def test_configmap_holds_only_settings(manifests: list[dict[str, Any]]) -> None:
@@ -739,7 +752,7 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     pods["kafka"] = Pod("kafka", {"strimzi.io/cluster": "backbone", "strimzi.io/kind": "Kafka"})
     everything = [*policies, kafka_ingress]
 
-    clients = ["backbone-init", "processor", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"]
+    clients = ["backbone-init", "processor", "sink-audit", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"]
     expected = {(name, "schema-registry", 8081) for name in clients}
     expected |= {(name, "kafka", 9093) for name in [*clients, "schema-registry"]}
     replicas, keepers = ("clickhouse", "clickhouse-1"), ("keeper", "keeper-1")
@@ -749,7 +762,10 @@ def test_network_policies_admit_the_backbone_s_flows_and_nothing_else(built: lis
     expected |= {(a, b, 9009) for a in replicas for b in replicas if a != b}  # replication
     expected |= {(replica, keeper, 2181) for replica in replicas for keeper in keepers}
     expected |= {(a, b, 9234) for a in keepers for b in keepers if a != b}  # Keeper's Raft
-    restricted = [*clients, "schema-registry", *replicas, *keepers]  # every pod with an egress policy of its own
+    # the grants Job reaches ClickHouse's HTTP port as its administrator (and, as every backbone pod, DNS and
+    # Kafka's port, where it has no user)
+    expected |= {("clickhouse-grants", replica, 8123) for replica in replicas} | {("clickhouse-grants", "dns", 53), ("clickhouse-grants", "kafka", 9093)}
+    restricted = [*clients, "clickhouse-grants", "schema-registry", *replicas, *keepers]  # every pod with an egress policy of its own
     ports = (53, 2181, 8081, 8123, 8443, 9009, 9093, 9234)
     actual = {(source, target, port) for source in restricted for target in pods for port in ports
               if source != target and allowed(everything, pods[source], pods[target], port)}
@@ -825,18 +841,41 @@ def test_sinks_run_their_ddl_on_the_clickhouse_installation_s_cluster(built: lis
     settings = _one(built, "ConfigMap", "backbone-settings")
     assert [settings["data"]["BACKBONE_CLICKHOUSE_CLUSTER"]] == clusters
     sinks = [doc for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")]
-    assert len(sinks) == 4
+    assert len(sinks) == 5
     for doc in sinks:
         container = doc["spec"]["template"]["spec"]["containers"][0]
         assert {"configMapRef": {"name": settings["metadata"]["name"]}} in container["envFrom"], doc["metadata"]["name"]
         assert "BACKBONE_CLICKHOUSE_CLUSTER" not in {item["name"] for item in container.get("env", [])}
 
 
+def test_each_sink_logs_in_to_clickhouse_as_its_own_user_and_only_the_grants_job_as_the_administrator(built: list[dict[str, Any]]) -> None:
+    readers: dict[tuple[str, str], set[str]] = {}
+    for doc in built:
+        pod = _pod_spec(doc)
+        for container in [*(pod or {}).get("initContainers", []), *(pod or {}).get("containers", [])]:
+            for item in container.get("env", []):
+                ref = item.get("valueFrom", {}).get("secretKeyRef")
+                if ref and ref["name"].startswith(("clickhouse-", "backbone-clickhouse")):
+                    assert item["name"] == "BACKBONE_CLICKHOUSE_DSN", doc["metadata"]["name"]
+                    readers.setdefault((ref["name"], ref["key"]), set()).add(doc["metadata"]["name"])
+    assert readers.pop(("backbone-clickhouse", "dsn")) == {"clickhouse-grants"}
+    sinks = {doc["metadata"]["name"] for doc in built if doc["kind"] == "Deployment" and doc["metadata"]["name"].startswith("sink-")}
+    assert readers == {(f"clickhouse-{sink}", "dsn"): {sink} for sink in sinks}  # its own DSN, in its sink and its init container
+    job = _one(built, "Job", "clickhouse-grants")
+    pod = _pod_spec(job)
+    assert pod is not None and restricted_violations(pod) == []
+    container = pod["containers"][0]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    credentials = next(v for v in pod["volumes"] if v["name"] == "credentials")["secret"]
+    assert container["args"] == ["clickhouse", "grants", "--apply", "--credentials", f"{mounts['credentials']}/credentials.json"]
+    assert credentials["secretName"] == "clickhouse-sink-credentials"
+
+
 def test_only_prometheus_scrapes_the_metrics_port_of_annotated_pods(built: list[dict[str, Any]]) -> None:
     policies = [doc for doc in built if doc["kind"] == "NetworkPolicy"]
     scraped = {doc["metadata"]["name"]: doc for doc in built if doc["kind"] in ("Deployment", "StatefulSet")
                and (doc["spec"]["template"]["metadata"].get("annotations") or {}).get("prometheus.io/scrape") == "true"}
-    assert set(scraped) == {"processor", "schema-registry", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"}
+    assert set(scraped) == {"processor", "schema-registry", "sink-audit", "sink-fraud", "sink-welfare", "sink-research", "sink-statistics"}
     prometheus = Pod("prometheus", {"app.kubernetes.io/name": "prometheus"}, "monitoring")
     stranger = Pod("other", {"app": "something-else"})
     for name, doc in scraped.items():
@@ -1002,7 +1041,8 @@ def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) 
     for target in made.values():  # a new named volume takes the image directory's owner (10001) and mode (0700)
         assert target in dockerfile.split("chown -R 10001:10001")[0] and re.search(rf"chmod 0700 [^\n]*{re.escape(target)}(\s|$)", dockerfile.replace("\\\n", " ")), target
     script = maker["command"][0]
-    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"}}
+    readers = {"backbone-master-key": {"init", "processor"}, "operator-master-key": {"operator"}, "registry-users": {"schema-registry"},
+               "clickhouse-credentials": {"clickhouse-grants"}}
     assert set(made) == set(readers)
     for volume, names in readers.items():
         mounted = {name for name, service in services.items() if name != "secrets-init"
@@ -1019,7 +1059,48 @@ def test_compose_secrets_need_no_host_file_permissions(compose: dict[str, Any]) 
         assert "BACKBONE_MASTER_KEY" not in services[name]["environment"]
     users_file = services["schema-registry"]["environment"]["BACKBONE_SCHEMA_REGISTRY_USERS_FILE"]
     assert users_file.startswith(made["registry-users"] + "/") and f"--users-file {users_file}" in script
-    assert "--password-stdin" in script and "umask 077" in script
+    assert "umask 077" in script and "backbone registry users provision" in script and "backbone clickhouse users provision" in script
+    credentials = services["clickhouse-grants"]["command"][-1]
+    assert credentials.startswith(made["clickhouse-credentials"] + "/") and f"--credentials-file {credentials}" in script
+
+
+def test_compose_workloads_use_their_own_registry_and_clickhouse_users(compose: dict[str, Any]) -> None:
+    """As in Kubernetes: each workload its own registry user (no one the admin but the operator), each
+    sink its own ClickHouse user, and ClickHouse's administrator in clickhouse-grants only, which the
+    sinks wait for."""
+    from backbone.access.registry_users import plan_for_charter as registry_plan
+
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    users = registry_plan(charter)
+    services = compose["services"]
+    script = services["secrets-init"]["command"][0]
+    provisioned = set(re.search(r"for user in ([^;]+);", script)[1].split())
+    for name in BACKBONE_SERVICES:
+        environment = services[name]["environment"]
+        if name in ("kafka-acls", "schema-registry"):  # the ACLs' admin client and the registry itself send no registry user
+            assert "BACKBONE_SCHEMA_REGISTRY_USER" not in environment, name
+            continue
+        user = environment["BACKBONE_SCHEMA_REGISTRY_USER"]
+        assert user == ("backbone-init" if name == "init" else name) and user in users and user in provisioned, name
+        variable = "REGISTRY_PASSWORD_" + user.removeprefix("backbone-").upper().replace("-", "_")
+        assert environment["BACKBONE_SCHEMA_REGISTRY_PASSWORD"] == f"${{{variable}:?set {variable} in .env}}", name
+    sinks = {name for name in services if name.startswith("sink-")}
+    assert sinks == {"sink-audit", "sink-fraud", "sink-research", "sink-statistics", "sink-welfare"}
+    assert set(re.search(r"for sink in ([^;]+);", script)[1].split()) == sinks
+    for name in sinks:
+        dsn = services[name]["environment"]["BACKBONE_CLICKHOUSE_DSN"]
+        sink = name.removeprefix("sink-")
+        variable = f"CLICKHOUSE_PASSWORD_SINK_{sink.upper()}"
+        assert dsn == f"http://backbone_sink_${{BACKBONE_CLICKHOUSE_DATABASE_PREFIX:-}}{sink}:${{{variable}:?set {variable} in .env}}@clickhouse:8123/default"
+        assert services[name]["depends_on"]["clickhouse-grants"]["condition"] == "service_completed_successfully"
+        assert services[name]["command"] == (["sink", "--audit-only"] if sink == "audit" else ["sink", "--recipient", sink, "--no-audit"])
+    admins = {name for name, service in services.items() if "CLICKHOUSE_PASSWORD}" in str(service.get("environment", {}))
+              or "${CLICKHOUSE_PASSWORD:" in str(service.get("environment", {}))}
+    assert admins == {"clickhouse", "clickhouse-grants"}
+    assert services["clickhouse-grants"]["command"][:3] == ["clickhouse", "grants", "--apply"]
+    example = (COMPOSE.parent / ".env.example").read_text()
+    for variable in set(re.findall(r"\$\{((?:REGISTRY|CLICKHOUSE|KAFKA)_PASSWORD[A-Z_]*):\?", COMPOSE.read_text())):
+        assert re.search(rf"^{variable}=$", example, re.MULTILINE), variable  # .env.example lists it for the generator
 
 
 def test_compose_operator_reaches_no_pseudonym_key(compose: dict[str, Any]) -> None:

@@ -96,7 +96,9 @@ def test_the_fraud_sink_user_may_create_fill_and_read_the_alerts_tables(views) -
 def test_the_oversight_role_alone_reads_the_audit_database(views) -> None:  # noqa: ANN001
     readers = {grantee for grantee, privileges, database, _ in _grants(ddl.grants_sql("", views))
                if database == ddl.AUDIT_DATABASE and "SELECT" in privileges}
-    assert readers == {ddl.role_name("", ddl.OVERSIGHT_ROLE)}
+    # among the roles people hold, oversight alone; the audit sink's user lands the trail and defines
+    # audit.decisions over audit.events, which runs as it (SQL SECURITY DEFINER)
+    assert readers == {ddl.role_name("", ddl.OVERSIGHT_ROLE), ddl.sink_user("", ddl.AUDIT_DATABASE)}
 
 
 def test_reapplying_revokes_every_privilege_before_granting(views) -> None:  # noqa: ANN001
@@ -155,7 +157,8 @@ def test_grants_command_prints_sql_for_every_recipient_in_the_charter(tmp_path: 
     for recipient in ("fraud", "statistics", "welfare", "research"):
         assert f"GRANT SELECT ON `{recipient}`.`{views[recipient][0]}` TO `backbone_{recipient}`;" in done.stdout
     assert "GRANT SELECT ON `audit`.* TO `backbone_oversight`;" in done.stdout
-    assert "GRANT CREATE DATABASE, CREATE TABLE, ALTER ADD COLUMN, INSERT ON `audit`.* TO `backbone_sink_audit`;" in done.stdout
+    assert ("GRANT CREATE DATABASE, CREATE TABLE, ALTER ADD COLUMN, INSERT, CREATE VIEW, DROP VIEW, SELECT ON `audit`.* "
+            "TO `backbone_sink_audit`;") in done.stdout
 
 
 def test_applying_grants_on_chdb_says_there_are_no_users(tmp_path: Path) -> None:

@@ -56,6 +56,7 @@ def registered_subjects(charter) -> dict[str, set[str]]:  # noqa: ANN001 - a tab
         # consumers/fraud/detector.py registers the alerts' subject; the other sinks only read schemas
         table[f"sink-{recipient}"] = {f"{ALERTS_TOPIC}-value"} if recipient == "fraud" else set()
         table[recipient] = set()  # a recipient's consumers decode only
+    table["sink-audit"] = set()  # consumers/plans.py: the audit plans land the processor's and operator's records, registering nothing
     for event_type, event in events.items():
         # producers/sdk.py: an agency's producer registers each of its events' subjects at start
         topic = CONSENT_TOPIC if event_type == CONSENT_EVENT else f"raw.{event_type}"
@@ -113,7 +114,7 @@ def secrets_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_create_secrets_provisions_the_planned_users_and_each_workload_s_secret(secrets_dir: Path, charter) -> None:  # noqa: ANN001
     users = {name: user.grant for name, user in UsersFile(secrets_dir / "secrets" / "schema-registry-users" / "users.json").read().items()}
     assert _check(users, registered_subjects(charter)) == []
-    for workload in ("backbone-init", "processor", "operator", *(f"sink-{r}" for r in Agencies.from_charter(charter).recipients)):
+    for workload in ("backbone-init", "processor", "operator", "sink-audit", *(f"sink-{r}" for r in Agencies.from_charter(charter).recipients)):
         secret = secrets_dir / "secrets" / f"registry-{workload}"
         assert (secret / "BACKBONE_SCHEMA_REGISTRY_USER").read_text() == workload
         password = (secret / "BACKBONE_SCHEMA_REGISTRY_PASSWORD").read_text()

@@ -6,11 +6,15 @@ script made (their keys as env, their files where the pod mounts them), its regi
 role, against the embedded broker and a registry holding exactly the users the script provisioned.
 Only what the local stack cannot be is replaced: the broker (Tansu) does not authenticate, so each
 Kafka user is checked against the Strimzi users the ACL plan makes (tests/test_acls.py checks what
-each may do); ClickHouse is chDB; the cluster CA is not needed over plaintext.
+each may do); ClickHouse is chDB, which has no users: each sink's DSN is checked to log in as the user
+the grant plan makes for its workload, with the password whose hash the grants Job applies
+(tests/test_clickhouse_users.py checks what each user may do), and the grants Job runs its command on
+chDB, which parses every statement and applies none; the cluster CA is not needed over plaintext.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -21,12 +25,14 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 import yaml
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.schema_registry import SchemaRegistryClient
 
+from backbone.clickhouse.users import read_credentials
 from backbone.events.serde import Decoder, RegistrySchemas
 from backbone.settings import PROJECT_ROOT
 from backbone.stack.embedded import EmbeddedBroker, EmbeddedRegistry, free_port
@@ -53,6 +59,7 @@ class Rehearsal:
     broker: EmbeddedBroker
     registry: EmbeddedRegistry
     docs: list[dict[str, Any]]
+    clickhouse_users: dict[str, str] = dataclasses.field(default_factory=dict)  # sink workload -> the user its DSN names
 
     def workload(self, name: str) -> dict[str, Any]:
         return next(d for d in self.docs if d["kind"] in ("Deployment", "StatefulSet", "Job") and d["metadata"]["name"] == name)
@@ -65,10 +72,26 @@ class Rehearsal:
     def _kafka_users(self) -> set[str]:
         return {d["metadata"]["name"] for d in self.docs if d["kind"] == "KafkaUser"}
 
-    def process(self, name: str, container_index: int = 0) -> tuple[list[str], dict[str, str]]:
-        """argv and environment of the workload's container, as its manifests give them, run here."""
+    def _clickhouse_user(self, workload: str, dsn: str) -> None:
+        """chDB cannot authenticate: the DSN's user is the one the grant plan makes for this sink workload,
+        and its password the one whose hash the grants Job applies (its Secret clickhouse-sink-credentials)."""
+        from backbone.policy.agreements import default_charter
+        from consumers import ddl
+
+        prefix = next(d for d in self.docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "backbone-settings")[
+            "data"]["BACKBONE_CLICKHOUSE_DATABASE_PREFIX"]
+        users = ddl.sink_workloads(prefix, {a.recipient for a in default_charter().agreements})
+        parts = urlsplit(dsn)
+        user, password = unquote(parts.username or ""), unquote(parts.password or "")
+        assert user == users[workload], (workload, user)
+        credentials = read_credentials(self._secret("clickhouse-sink-credentials") / "credentials.json")
+        assert credentials[user].matches(password), f"{workload}: its password is not the one the grants Job applies"
+        self.clickhouse_users[workload] = user
+
+    def process(self, name: str, container_index: int = 0, init: bool = False) -> tuple[list[str], dict[str, str]]:
+        """argv and environment of the workload's container (or init container), as its manifests give them, run here."""
         pod = self.workload(name)["spec"]["template"]["spec"]
-        container = pod["containers"][container_index]
+        container = pod["initContainers" if init else "containers"][container_index]
         local = self.root / name
         shutil.rmtree(local, ignore_errors=True)
         env = dict(IMAGE_ENV)
@@ -80,6 +103,7 @@ class Rehearsal:
                 secret = self._secret(source["secretRef"]["name"])
                 env |= {key.name: key.read_text() for key in secret.iterdir()}
         strimzi_users = []
+        dsn_secret = None
         for variable in container.get("env", []):
             if "value" in variable:
                 env[variable["name"]] = variable["value"]
@@ -89,6 +113,8 @@ class Rehearsal:
                 env[variable["name"]] = f"{name}-0"
                 continue
             ref = variable["valueFrom"]["secretKeyRef"]
+            if variable["name"] == "BACKBONE_CLICKHOUSE_DSN":
+                dsn_secret = ref["name"]
             if (self.secrets / "secrets" / ref["name"]).is_dir():
                 env[variable["name"]] = (self._secret(ref["name"]) / ref["key"]).read_text()
             else:  # a KafkaUser's password, which Strimzi writes to a Secret of the user's name
@@ -122,7 +148,7 @@ class Rehearsal:
             if value.startswith("/app/"):  # the image's copy of this checkout's schemas and agreements
                 env[key] = str(PROJECT_ROOT / value.removeprefix("/app/"))
         # What differs here: a plaintext single broker, the local registry, chDB, loopback ports.
-        assert env["BACKBONE_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+        assert env.get("BACKBONE_KAFKA_SECURITY_PROTOCOL", "SASL_SSL") == "SASL_SSL"  # (an init container has no ConfigMap)
         for key in KAFKA_CLIENT_SECURITY:
             env.pop(key, None)
         env |= {"BACKBONE_KAFKA_BOOTSTRAP": self.broker.bootstrap, "BACKBONE_KAFKA_SECURITY_PROTOCOL": "PLAINTEXT",
@@ -131,9 +157,13 @@ class Rehearsal:
                 "BACKBONE_CONSUMER_SESSION_TIMEOUT_MS": "6000", "BACKBONE_CONSUMER_HEARTBEAT_INTERVAL_MS": "500",
                 "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         if "BACKBONE_CLICKHOUSE_DSN" in env:
+            if dsn_secret != "backbone-clickhouse":  # a sink: its own user, checked against the plan
+                self._clickhouse_user(name, env["BACKBONE_CLICKHOUSE_DSN"])
+                env.pop("BACKBONE_CLICKHOUSE_CLUSTER", None)  # one chDB, no cluster: tests/test_deploy.py checks the name
+            # (the administrator's Job keeps the cluster: chDB parses its ON CLUSTER statements, runs none)
             env["BACKBONE_CLICKHOUSE_DSN"] = f"chdb://{local / 'chdb'}"
-            env.pop("BACKBONE_CLICKHOUSE_CLUSTER", None)  # one chDB, no cluster: tests/test_deploy.py checks the name
         argv = container.get("command") or ["backbone", *container.get("args", [])]
+        argv = [str(mounts[str(Path(part).parent)] / Path(part).name) if str(Path(part).parent) in mounts else part for part in argv]
         argv = [str(free_port()) if previous == "--web-port" else part for previous, part in zip(["", *argv], argv, strict=False)]
         return argv, env
 
@@ -192,8 +222,8 @@ class Running:
                 self.process.wait(10)
 
 
-def run_once(rehearsal: Rehearsal, name: str, argv: list[str] | None = None, **extra: str) -> subprocess.CompletedProcess[str]:
-    default, env = rehearsal.process(name)
+def run_once(rehearsal: Rehearsal, name: str, argv: list[str] | None = None, init: bool = False, **extra: str) -> subprocess.CompletedProcess[str]:
+    default, env = rehearsal.process(name, init=init)
     return subprocess.run(argv or default, env=env | extra, capture_output=True, text=True, timeout=120, cwd=rehearsal.root / name)
 
 
@@ -231,8 +261,21 @@ def test_every_workload_does_its_job_with_the_identity_its_manifests_give_it(reh
     init = run_once(rehearsal, "backbone-init")
     assert init.returncode == 0, init.stdout[-2000:] + init.stderr[-2000:]
 
-    recipients = ["fraud", "research", "statistics", "welfare"]
-    running = [Running(rehearsal, "processor"), *(Running(rehearsal, f"sink-{r}") for r in recipients)]
+    # The grants Job, as ClickHouse's administrator with the credentials create-secrets.sh made: on chDB
+    # every statement (ON CLUSTER, as the ConfigMap's cluster makes them) parses and none is applied.
+    grants = run_once(rehearsal, "clickhouse-grants")
+    sinks = ["audit", "fraud", "research", "statistics", "welfare"]
+    granted = f"sink users {', '.join(f'backbone_sink_{s}' for s in [*sinks[1:], 'audit'])} parse, none is applied"
+    assert grants.returncode == 1 and "chDB has no users or roles" in grants.stderr and granted in " ".join(grants.stderr.split()), grants.stderr
+    # Each sink's init container waits for its user with the sink's own DSN (checked for each; run for one:
+    # chDB accepts it at once).
+    for sink in sinks[1:]:
+        rehearsal.process(f"sink-{sink}", init=True)
+    waited = run_once(rehearsal, "sink-audit", init=True)
+    assert waited.returncode == 0, waited.stdout[-1000:] + waited.stderr[-1000:]
+
+    running = [Running(rehearsal, "processor"), *(Running(rehearsal, f"sink-{s}") for s in sinks)]
+    assert rehearsal.clickhouse_users == {f"sink-{s}": f"backbone_sink_{s}" for s in sinks}  # each its own, checked against the plan
     try:
         # Consent first, and welfare's claims again once the workers have read it (research is consent-based).
         for agency in ("consent", "tax", "welfare", "registry", "police", "welfare"):
@@ -249,6 +292,8 @@ def test_every_workload_does_its_job_with_the_identity_its_manifests_give_it(reh
         for recipient in ("fraud", "statistics", "welfare"):
             wait_for(lambda r=recipient: committed(rehearsal, f"backbone-sink-{r}", f"shared.{r}.") > 0,
                      f"sink-{recipient} landed rows", running)
+        # The audit sink lands the decisions (no recipient's sink reads the audit topics any more).
+        wait_for(lambda: committed(rehearsal, "backbone-sink-audit", "audit.decisions") > 0, "sink-audit landed the audit trail", running)
 
         # A recipient decodes what it is sent, with its own (read-only) registry user.
         password = (rehearsal.secrets / "registry-passwords" / "fraud.password").read_text().strip()

@@ -10,12 +10,15 @@ from pathlib import Path
 import typer
 
 from app.cli import app, console
+from backbone.clickhouse.users import Credential, read_credentials
 from backbone.errors import BackboneError
 from backbone.files.private import make_private_dirs
 from backbone.settings import get_settings
 
 clickhouse_app = typer.Typer(help="ClickHouse databases of the agencies.", no_args_is_help=True)
 app.add_typer(clickhouse_app, name="clickhouse")
+users_app = typer.Typer(help="The sinks' ClickHouse users (passwords, DSNs, credentials).", no_args_is_help=True)
+clickhouse_app.add_typer(users_app, name="users")
 
 PASSWORDS_FILE = "clickhouse-passwords.json"
 
@@ -52,6 +55,8 @@ def grants(
     apply: bool = typer.Option(False, "--apply", help="Run the statements on the ClickHouse server (not possible on chDB)"),
     passwords: Path = typer.Option(None, "--passwords", help="With --apply: JSON file of the sink users' passwords; missing ones "
                                    f"are generated into it (mode 0600). Default <data dir>/{PASSWORDS_FILE}"),
+    credentials: Path = typer.Option(None, "--credentials", help="With --apply: the credentials file of `backbone clickhouse users "
+                                     "provision` (hashes only; every sink user must be in it) instead of --passwords"),
 ) -> None:
     """Print (or apply) one user per sink writing its own database only, one role per recipient
     reading its agreement views only, and the oversight role, alone reading the audit database."""
@@ -73,13 +78,35 @@ def grants(
         for statement in ddl.grants_sql(prefix, views, cluster=cluster_of(settings)):
             console.print(statement + ";", highlight=False, soft_wrap=True, markup=False)
         return
-    if chdb_path(settings.clickhouse_dsn) is not None:
-        raise BackboneError("chDB has no users or roles; print the SQL without --apply, or set BACKBONE_CLICKHOUSE_DSN to a ClickHouse server")
-    path = passwords or settings.data_dir / PASSWORDS_FILE
+    on_chdb = chdb_path(settings.clickhouse_dsn) is not None
     users = ddl.sink_users(prefix, recipients)
-    credentials = {user: ddl.Credential.of(password, secrets.token_hex(16)) for user, password in sink_passwords(path, users).items()}
-    statements = ddl.grants_sql(prefix, views, credentials, cluster_of(settings))
+    if credentials is not None:
+        if passwords is not None:
+            raise BackboneError("give --credentials or --passwords, not both")
+        known = read_credentials(credentials)
+        if missing := [user for user in users if user not in known]:
+            raise BackboneError(f"{credentials} has no credential for {', '.join(missing)}; run `backbone clickhouse users provision` "
+                                "(deploy/kubernetes/create-secrets.sh) again for the charter's sinks")
+        hashes = {user: known[user] for user in users}
+        where = f"credentials from {credentials}"
+    elif on_chdb:  # nothing is applied there: no password is made for it
+        hashes, where = {}, ""
+    else:
+        path = passwords or settings.data_dir / PASSWORDS_FILE
+        hashes = {user: Credential.of(password, secrets.token_hex(16)) for user, password in sink_passwords(path, users).items()}
+        where = f"passwords in {path} (mode 0600)"
+    statements = ddl.grants_sql(prefix, views, hashes, cluster_of(settings))
     client = make_client(settings.clickhouse_dsn)
+    if on_chdb:  # chDB parses them (the deployment rehearsal runs the grants Job on it) but keeps no users
+        try:
+            for statement in statements:
+                client.command(f"EXPLAIN AST {statement}")
+        except DatabaseError as exc:
+            raise BackboneError(f"chDB does not parse {' '.join(statement.split()[:3])} ... ({clickhouse_error(exc)})") from None
+        finally:
+            client.close()
+        raise BackboneError(f"chDB has no users or roles: the {len(statements)} statements for sink users {', '.join(users)} parse, "
+                            "none is applied; print the SQL without --apply, or set BACKBONE_CLICKHOUSE_DSN to a ClickHouse server")
     try:
         for statement in statements:
             try:
@@ -89,5 +116,28 @@ def grants(
                                     "the DSN's user needs access management (CREATE USER, ROLE, GRANT)") from None
     finally:
         client.close()
-    console.print(f"applied {len(statements)} statements; sink users {', '.join(users)}: passwords in {path} (mode 0600)",
+    console.print(f"applied {len(statements)} statements; sink users {', '.join(users)}: {where}",
+                  highlight=False, soft_wrap=True, markup=False)
+
+
+@users_app.command("provision")
+def provision(
+    passwords_dir: Path = typer.Option(..., "--passwords-dir", help="One <workload>.password file per sink workload (0600): kept, or made when missing"),
+    credentials_file: Path = typer.Option(..., "--credentials-file", help="Where the sink users' credentials (hashes, for grants --apply) go"),
+    url: str = typer.Option(None, "--url", help="The server's http(s)://host:port/database: also write <workload>.dsn, "
+                                                 "the DSN each sink workload connects with"),
+) -> None:
+    """A ClickHouse user per sink workload (each recipient's sink, the audit sink): its password, its
+    DSN, and its credential for `backbone clickhouse grants --apply --credentials`."""
+    from backbone.clickhouse.users import provision as make
+    from backbone.policy.agreements import default_charter
+    from consumers import ddl
+
+    settings = get_settings()
+    recipients = {a.recipient for a in default_charter().agreements}
+    workloads = ddl.sink_workloads(settings.clickhouse_database_prefix, recipients)
+    make(workloads, passwords_dir, credentials_file, url)
+    for workload, user in workloads.items():
+        console.print(f"{workload}: ClickHouse user {user}", highlight=False, soft_wrap=True, markup=False)
+    console.print(f"passwords{' and DSNs' if url else ''} in {passwords_dir}, credentials in {credentials_file}",
                   highlight=False, soft_wrap=True, markup=False)

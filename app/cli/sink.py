@@ -1,4 +1,4 @@
-"""`backbone sink [--recipient R ...] [--no-audit] [--until-idle]`: land shared topics in ClickHouse."""
+"""`backbone sink [--recipient R ...] [--no-audit | --audit-only] [--until-idle]`: land shared topics in ClickHouse."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from backbone.settings import get_settings
 def sink(
     recipient: list[str] = typer.Option(None, "--recipient", "-r", help="Agency whose shared topics to land (repeatable; default every recipient in the charter)"),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Also land audit.decisions into the audit database"),
+    audit_only: bool = typer.Option(False, "--audit-only", help="Land the audit topics only, no recipient's (the audit sink's own workload)"),
     until_idle: bool = typer.Option(False, "--until-idle", help="Stop once no message arrived for --idle seconds"),
     idle: float = typer.Option(3.0, "--idle", help="Idle seconds for --until-idle"),
 ) -> None:
@@ -26,10 +27,13 @@ def sink(
     from consumers.batching import SinkThreads
     from consumers.sink import sinks_for
 
+    if audit_only and (recipient or not audit):
+        raise BackboneError("--audit-only lands the audit topics alone: drop --recipient and --no-audit")
     settings = get_settings()
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
     # each sink gets its own client (one ClickHouse handle each): they land in parallel
-    sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings), recipient or None, audit)
+    sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings),
+                      [] if audit_only else recipient or None, audit)
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
     if settings.metrics_port:

@@ -10,7 +10,8 @@ operations its code performs and checks that the plan allows each and grants not
 - a recipient reads only `shared.<recipient>.*`, with its own consumer groups `<recipient>.*`;
 - the processor reads raw, consent and agreements, writes shared, audit and its DLQ;
 - each recipient's sink reads its `shared.<recipient>.*` and writes `dlq.sink`; the fraud
-  recipient's also lands the audit topics (`backbone sink` runs the audit sinks beside a recipient);
+  recipient's also publishes `alerts.fraud`;
+- the audit sink (`sink-audit`, `backbone sink --audit-only`) reads the audit topics and writes `dlq.sink`;
 - the schema registry reads and writes `_schemas`;
 - the operator administers topics (`backbone topics`), reads and writes `agreements.changes`
   (`backbone agreements apply|suspend|revoke|activate`), records its actions on `audit.operations`
@@ -73,6 +74,7 @@ FAUST_LEADER_TOPIC = f"{PROCESSOR_APP_ID}-__assignor-__leader"  # Faust's only i
 SINK_GROUP_PREFIX = "backbone-sink-"  # consumers.plans.group_id: `backbone-sink-<db prefix><sink>`
 # consumers.plans: AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK
 AUDIT_SINKS = ("audit", "audit-operations", "audit-checkpoints", "audit-timestamps")
+AUDIT_SINK = f"{names.SINK_PREFIX}{names.AUDIT}"  # the audit sink's principal (`audit` is no agency's name)
 REGISTRY_GROUP_PREFIX = "backbone-registry-"
 READER_GROUP_PREFIX = "reader-"  # compacted-topic readers: partitions assigned, the group never joined
 PROCESSOR_DLQ = dlq_topic("processor")
@@ -191,13 +193,14 @@ def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> li
         grants += _grants(sink, "topic", SINK_DLQ, "literal", ("write", "create"), "rows ClickHouse rejects are dead-lettered")
         if recipient == fraud_recipient:
             grants += _grants(sink, "topic", ALERTS_TOPIC, "literal", ("write", "create"), "fraud rules publish alerts")
-            # `backbone sink` lands the audit topics beside a recipient (it has no audit-only mode):
-            # the deployments run them with the fraud recipient's sink.
-            for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC), AUDIT_SINKS, strict=True):
-                grants += _grants(sink, "topic", topic, "literal", ("read",), "audit sink lands it in the audit database")
-                grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
-            grants += _grants(sink, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),
-                              "audit sink lands operator actions' checkpoints beside the processor's")
+    # The audit sink (`backbone sink --audit-only`): a workload and user of its own, apart from every recipient's.
+    audit = user(AUDIT_SINK)
+    for topic, name in zip((AUDIT_TOPIC, OPERATIONS_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC), AUDIT_SINKS, strict=True):
+        grants += _grants(audit, "topic", topic, "literal", ("read",), "audit sink lands it in the audit database")
+        grants += _grants(audit, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
+    grants += _grants(audit, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),
+                      "audit sink lands operator actions' checkpoints beside the processor's")
+    grants += _grants(audit, "topic", SINK_DLQ, "literal", ("write", "create"), "rows ClickHouse rejects are dead-lettered")
     return grants
 
 

@@ -10,6 +10,7 @@ holds, per workload, the subjects its code registers and checks this plan agains
 - `processor`: the shared subjects (`shared.<recipient>.<event type>-value`), `audit.decisions-value`,
   `audit.checkpoints-value` (each batch's signed checkpoint) and `audit.timestamps-value` (with a TSA);
 - `sink-<recipient>`: reads only; the fraud recipient's sink registers `alerts.fraud-value`;
+- `sink-audit` (the audit sink, `backbone sink --audit-only`): reads only;
 - `operator`: admin (`backbone schemas`, and each action's `audit.operations[.checkpoints]-value`);
 - a provider: `raw.<provider>.` (its SDK registers its events at start); the consent publisher
   `consent.changes-value`; a recipient only reads (its consumers decode what it is sent).
@@ -61,6 +62,7 @@ def workload_users(agencies: Agencies, *, fraud_recipient: str = "fraud") -> dic
     for recipient in agencies.recipients:
         alerts = recipient == fraud_recipient
         users[sink_user(recipient)] = Grant(Role.WRITE, (value_subject(ALERTS_TOPIC),)) if alerts else READ
+    users[sink_user(names.AUDIT)] = READ  # the audit sink: ClickHouse fetches the audit topics' writer schemas
     return users
 
 

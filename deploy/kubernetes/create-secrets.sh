@@ -75,12 +75,31 @@ if [ ! -s "$out/oversight.keyring" ] && [ -s "$out/processor.keyring" ]; then
     --from-keyring "$out/processor.keyring" --from-master-key-file "$out/master-key"
 fi
 
-# ClickHouse's `backbone` user (clickhouse.yaml reads `password`; sinks read `dsn`).
+# ClickHouse's administrator `backbone` (clickhouse.yaml reads `password`; only the Job
+# clickhouse-grants reads `dsn`).
 if ! exists backbone-clickhouse; then
   pw=$(password clickhouse-backbone)
   printf '%s' "http://backbone:$pw@clickhouse-backbone.$ns.svc.cluster.local:8123/default" > "$out/clickhouse-backbone.dsn"
   secret backbone-clickhouse password="$out/clickhouse-backbone.password" dsn="$out/clickhouse-backbone.dsn"
 fi
+
+# A ClickHouse user per sink workload (backbone_sink_<recipient>, backbone_sink_audit): each sink
+# reads its own DSN (Secret clickhouse-sink-<name>, key dsn); the Job clickhouse-grants creates the
+# users from their credentials (hashes only: Secret clickhouse-sink-credentials). Passwords stay in
+# OUT_DIR/clickhouse-passwords. Run again after the charter changes (new recipients get users),
+# then replace clickhouse-sink-credentials and run the Job again. User names carry the database
+# prefix: CLICKHOUSE_DATABASE_PREFIX here must be the ConfigMap's BACKBONE_CLICKHOUSE_DATABASE_PREFIX.
+backbone_cli env BACKBONE_CLICKHOUSE_DATABASE_PREFIX="${CLICKHOUSE_DATABASE_PREFIX:-}" backbone clickhouse users provision --passwords-dir "$out/clickhouse-passwords" \
+  --credentials-file "$out/clickhouse-credentials.json" --url "http://clickhouse-backbone.$ns.svc.cluster.local:8123/default"
+if exists clickhouse-sink-credentials; then
+  echo "clickhouse-sink-credentials exists: replace it with the new $out/clickhouse-credentials.json if the charter changed" >&2
+else
+  secret clickhouse-sink-credentials credentials.json="$out/clickhouse-credentials.json"
+fi
+for file in "$out"/clickhouse-passwords/sink-*.dsn; do
+  name=$(basename "$file" .dsn)
+  exists "clickhouse-$name" || secret "clickhouse-$name" dsn="$file"
+done
 
 # The registry's users (scrypt hashes only), one per agency and per backbone workload, each allowed
 # to write exactly the subjects its code registers (backbone.access.registry_users), and the user
