@@ -28,7 +28,9 @@ DPV = Namespace("https://w3id.org/dpv#")
 OWL_VERSION = URIRef("http://www.w3.org/2002/07/owl#versionInfo")
 RESTRICTED = URIRef("http://publications.europa.eu/resource/authority/access-right/RESTRICTED")
 PUBLIC_AUTHORITY = URIRef("http://purl.org/adms/publishertype/NationalAuthority")
-SHAPES = tuple(PROJECT_ROOT / "vendor" / "dcat-ap" / name for name in ("dcat-ap-SHACL.ttl", "shapes.ttl", "range.ttl"))
+SHAPES = tuple(PROJECT_ROOT / "vendor" / "dcat-ap" / name for name in (
+    "dcat-ap-SHACL.ttl", "shapes.ttl", "range.ttl", "mdr-vocabularies.shape.ttl"))
+SKOS_IN_SCHEME = URIRef("http://www.w3.org/2004/02/skos/core#inScheme")
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,6 +50,7 @@ def _agent(graph: Graph, endpoints: Endpoints, agency: str) -> URIRef:
     graph.add((agent, DCTERMS.type, PUBLIC_AUTHORITY))
     graph.add((PUBLIC_AUTHORITY, RDF.type, URIRef("http://www.w3.org/2004/02/skos/core#Concept")))
     graph.add((PUBLIC_AUTHORITY, URIRef("http://www.w3.org/2004/02/skos/core#prefLabel"), Literal("National authority", lang="en")))
+    graph.add((PUBLIC_AUTHORITY, SKOS_IN_SCHEME, URIRef("http://purl.org/adms/publishertype/1.0")))
     return agent
 
 
@@ -73,6 +76,7 @@ def dataset(graph: Graph, agreement: Agreement, charter: Charter, endpoints: End
     graph.add((node, OWL_VERSION, Literal(str(agreement.version))))
     graph.add((node, DCTERMS.publisher, _agent(graph, endpoints, agreement.provider)))
     graph.add((node, DCTERMS.accessRights, _typed(graph, RESTRICTED, DCTERMS.RightsStatement)))
+    graph.add((RESTRICTED, SKOS_IN_SCHEME, URIRef("http://publications.europa.eu/resource/authority/access-right")))
     graph.add((node, DCATAP.applicableLegislation, _typed(graph, URIRef(GDPR_ELI), ELI.LegalResource)))
     rights = _typed(graph, BNode(), DCTERMS.RightsStatement, f"Lawful basis: {basis.article}, {basis.label}; "
                     f"purposes: {', '.join(agreement.purposes)}; terms SHA-256 {agreement_hash(agreement)}")
