@@ -147,7 +147,8 @@ class Settings(BaseSettings):
     lineage_file: Path | None = Field(None, description="The file transport's JSON-lines file (default <data dir>/lineage/openlineage.jsonl)")
     lineage_url: str | None = Field(None, description="The http transport's OpenLineage API (Marquez: http://host:5000); "
                                                       "events go to <url>/api/v1/lineage")
-    lineage_topic: str = Field("lineage.openlineage", description="The kafka transport's topic, on the backbone's Kafka")
+    lineage_topic: str = Field("lineage.openlineage",  # = backbone.kafka.topics.LINEAGE_TOPIC, which the ACL plan grants
+                               description="The kafka transport's topic, on the backbone's Kafka")
     lineage_namespace: str = Field("backbone", min_length=1, description="OpenLineage namespace of the agreement jobs")
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"

@@ -77,6 +77,8 @@ EXPECTED = {
     ("User:processor", "topic", "dlq.keys", "literal", "create"),
     ("User:processor", "topic", "dlq.keys", "literal", "read"),
     ("User:processor", "topic", "dlq.keys", "literal", "write"),
+    ("User:processor", "topic", "lineage.openlineage", "literal", "create"),
+    ("User:processor", "topic", "lineage.openlineage", "literal", "write"),
     ("User:processor", "topic", "erasures", "literal", "create"),
     ("User:processor", "topic", "erasures", "literal", "read"),
     ("User:processor", "topic", "erasures", "literal", "write"),
@@ -284,6 +286,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
+    # processors/lineage.py (BACKBONE_LINEAGE_TRANSPORT=kafka): ensures its topic and produces the run events
+    processor |= {("topic", "lineage.openlineage", "create"), ("topic", "lineage.openlineage", "write")}
     # backbone/control/erasure_requests.py ErasureDesk: ensures both topics, reads the requests (an
     # assigned reader), publishes the erasure record and the answer
     processor |= {("topic", "erasure.requests", "create"), ("topic", "erasure.requests", "read"),

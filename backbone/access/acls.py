@@ -43,6 +43,7 @@ from backbone.kafka.topics import (
     ERASURE_REQUESTS_TOPIC,
     ERASURE_WORK_TOPIC,
     ERASURES_TOPIC,
+    LINEAGE_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
     RAW_PREFIX,
@@ -180,6 +181,8 @@ def _processor() -> list[Grant]:
         *_grants(processor, "topic", ERASURE_WORK_TOPIC, "literal", ("write", "create"), "the answer: tokens and rows to delete"),
         *_grants(processor, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read", "create"),
                  "every worker anchors the operators' chain head in its checkpoints"),
+        *_grants(processor, "topic", LINEAGE_TOPIC, "literal", ("write", "create"),
+                 "OpenLineage run events of the agreements it enforces (BACKBONE_LINEAGE_TRANSPORT=kafka; another BACKBONE_LINEAGE_TOPIC needs its own grant)"),
         *_grants(processor, "topic", DLQ_KEYS_TOPIC, "literal", ("read", "write", "create"), "dead letters are sealed under per-subject keys kept there"),
     ]
 

@@ -32,6 +32,7 @@ ERASURE_REQUESTS_TOPIC = "erasure.requests"
 ERASURE_WORK_TOPIC = "erasure.work"
 DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"
+LINEAGE_TOPIC = "lineage.openlineage"  # OpenLineage run events, with BACKBONE_LINEAGE_TRANSPORT=kafka
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."
