@@ -1,0 +1,317 @@
+"""`backbone portal`: the data subject's web application (aiohttp, server-rendered, no script),
+served beside the console with the console's headers (CSP, no-store, no referrer, no framing).
+
+A person signs in with a one-time link (`app.portal.links`); the session (`app.portal.sessions`)
+carries who they are, and every page and JSON answer is computed from the session's subject only:
+no identifier in a URL, form field or JSON parameter selects whose records are shown (entries are
+named by event and recipient, and looked up among the session's own). Every POST must carry the
+session's CSRF token and, when the browser sends one, this origin.
+
+Pages: `/` (my disclosures, with filters), `/api/disclosures` (the same as JSON), `/receipt/{entry}`
+(the entry's receipt, verifiable offline with `backbone audit verify-receipt`), `/proof/{entry}`
+(the same checked here), `/consent` (withdraw consent or object per purpose; consent receipts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from app.console.server import HEADERS
+from app.portal import views
+from app.portal.consent import consent_receipt
+from app.portal.links import SIGN_IN_PATH, LinkDesk, LinkRefused
+from app.portal.records import EXPLANATIONS, Entry
+from app.portal.sessions import COOKIE, FAILURE_WINDOW_S, PortalSession, PortalSessions
+from app.portal.trail import NotYours, PortalTrail
+from backbone.events.catalog import Catalog
+
+log = logging.getLogger("backbone.portal")
+
+TRAIL = web.AppKey("trail", PortalTrail)
+LINKS = web.AppKey("links", LinkDesk)
+SESSIONS = web.AppKey("sessions", PortalSessions)
+CATALOG = web.AppKey("catalog", Catalog)
+WITHDRAW = web.AppKey("withdraw", object)  # Callable[[str, str], str]: (subject, purpose) -> consent event id
+SECURE_COOKIES = web.AppKey("secure_cookies", bool)
+SESSION = web.RequestKey("session", PortalSession)
+PUBLIC = (SIGN_IN_PATH,)
+FILTERS = ("to", "from", "purpose", "outcome", "since")
+
+
+def _html(text: str, status: int = 200) -> web.Response:
+    return web.Response(text=text, status=status, content_type="text/html")
+
+
+@web.middleware
+async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]) -> web.StreamResponse:
+    try:
+        if request.path not in PUBLIC:
+            session = request.app[SESSIONS].get(request.cookies.get(COOKIE))
+            if session is None:
+                if request.method == "GET" and not request.path.startswith(("/api/", "/receipt/")):
+                    return _with_headers(_html(views.message("Signed out", "Sign in with the link you were given."), 401))
+                raise web.HTTPUnauthorized(text="sign in first")
+            if request.method == "POST":
+                await _check_csrf(request, session)
+            request[SESSION] = session
+        response = await handler(request)
+    except web.HTTPException as exc:
+        exc.headers.update(HEADERS)
+        raise
+    return _with_headers(response)
+
+
+def _with_headers(response: web.StreamResponse) -> web.StreamResponse:
+    response.headers.update(HEADERS)
+    return response
+
+
+async def _check_csrf(request: web.Request, session: PortalSession) -> None:
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{request.host}":
+        raise web.HTTPForbidden(text="a form from another site")
+    sent = str((await request.post()).get("csrf", ""))
+    if not session.csrf_matches(sent):
+        raise web.HTTPForbidden(text="the form is out of date: reload the page")
+
+
+def _session(request: web.Request) -> PortalSession:
+    return request[SESSION]
+
+
+async def _blocking(function: Callable[..., Any], *args: Any) -> Any:
+    return await asyncio.get_running_loop().run_in_executor(None, function, *args)
+
+
+async def sign_in_page(request: web.Request) -> web.Response:
+    return _html(views.sign_in(request.query.get("t", "")))
+
+
+async def sign_in(request: web.Request) -> web.Response:
+    sessions = request.app[SESSIONS]
+    if sessions.locked():
+        refused = _html(views.message("Too many attempts", "Try again in a minute."), 429)
+        refused.headers["Retry-After"] = str(int(FAILURE_WINDOW_S))
+        return refused
+    token = str((await request.post()).get("t", ""))
+    try:
+        redeemed = request.app[LINKS].redeem(token)
+    except LinkRefused as exc:
+        sessions.failed()
+        log.warning("portal: a sign-in link was refused: %s", exc)
+        return _html(views.message("Link refused", str(exc)), 403)
+    response = web.HTTPFound("/")
+    response.set_cookie(COOKIE, sessions.open(redeemed.subject), httponly=True, samesite="Strict",
+                        secure=request.secure or request.app[SECURE_COOKIES], path="/")
+    raise response
+
+
+async def sign_out(request: web.Request) -> web.Response:
+    request.app[SESSIONS].close(request.cookies.get(COOKIE))
+    response = web.HTTPFound(SIGN_IN_PATH)
+    response.del_cookie(COOKIE, path="/")
+    raise response
+
+
+def _filtered(found: list[Entry], query: Any) -> tuple[list[Entry], dict[str, str]]:
+    chosen = {name: str(query.get(name, "")).strip() for name in FILTERS if str(query.get(name, "")).strip()}
+    since = None
+    if "since" in chosen:
+        try:
+            since = datetime.fromisoformat(chosen["since"]).replace(tzinfo=UTC)
+        except ValueError:
+            raise web.HTTPBadRequest(text="since: a date as YYYY-MM-DD") from None
+    shown = [e for e in found if ("to" not in chosen or e.recipient == chosen["to"])
+             and ("from" not in chosen or e.provider == chosen["from"])
+             and ("purpose" not in chosen or chosen["purpose"] in e.purposes)
+             and ("outcome" not in chosen or e.outcome == chosen["outcome"])
+             and (since is None or e.decided_at >= since)]
+    return shown, chosen
+
+
+async def _entries(request: web.Request) -> list[Entry]:
+    try:
+        return await _blocking(request.app[TRAIL].entries, _session(request).subject)
+    except Exception as exc:  # noqa: BLE001 - the audit database away: said, with no id in the log
+        log.warning("portal: the audit trail cannot be read: %s", type(exc).__name__)
+        raise web.HTTPServiceUnavailable(text=f"your records cannot be read now ({type(exc).__name__}); try again later") from None
+
+
+def _explanations(catalog: Catalog) -> dict[str, str]:
+    return {pid: EXPLANATIONS.get(pid, purpose.label) for pid, purpose in catalog.purposes.items()}
+
+
+async def disclosures_page(request: web.Request) -> web.Response:
+    found = await _entries(request)
+    shown, chosen = _filtered(found, request.query)
+    return _html(views.disclosures(shown, found, chosen, _explanations(request.app[CATALOG]), _session(request).csrf))
+
+
+async def disclosures_json(request: web.Request) -> web.Response:
+    found = await _entries(request)
+    shown, chosen = _filtered(found, request.query)
+    explain = _explanations(request.app[CATALOG])
+    return web.json_response({"filters": chosen, "count": len(shown), "total": len(found),
+                              "entries": [e.to_json(explain) for e in shown]})
+
+
+async def _receipt(request: web.Request) -> tuple[dict[str, Any], Any]:
+    try:
+        return await _blocking(request.app[TRAIL].receipt, _session(request).subject, request.match_info["entry"])
+    except NotYours:
+        raise web.HTTPNotFound(text="no such entry among your records") from None
+    except Exception as exc:  # noqa: BLE001 - e.g. the record does not verify: no receipt
+        log.warning("portal: no receipt: %s", type(exc).__name__)
+        raise web.HTTPConflict(text=f"no receipt: the record does not verify against the signed trail ({type(exc).__name__})") from None
+
+
+async def receipt(request: web.Request) -> web.Response:
+    from backbone.audit.receipts import dumps
+
+    made, _ = await _receipt(request)
+    response = web.Response(text=dumps(made) + "\n", content_type="application/json")
+    response.headers["Content-Disposition"] = f'attachment; filename="receipt-{made["record"]["event_id"]}.json"'
+    return response
+
+
+async def proof(request: web.Request) -> web.Response:
+    from backbone.audit.log import CheckpointCodec
+    from backbone.audit.receipts import verify_receipt
+    from backbone.events.catalog import AUDIT_CHECKPOINT
+
+    made, sealing = await _receipt(request)
+    problems = verify_receipt(made, CheckpointCodec(request.app[CATALOG].internal_schema(AUDIT_CHECKPOINT)))
+    if sealing.before_release is False:
+        problems.append("the record was sealed after it was released to you: it is not the record of that time")
+    return _html(views.proof(request.match_info["entry"], sealing, problems, _session(request).csrf))
+
+
+def _consent_purposes(found: list[Entry], catalog: Catalog) -> list[tuple[str, str, str]]:
+    used = sorted({p for e in found for p in e.purposes} | {p for p in catalog.purposes if p == "personalised_service"})
+    return [(p, catalog.purposes[p].label if p in catalog.purposes else p, EXPLANATIONS.get(p, p)) for p in used]
+
+
+async def consent_page(request: web.Request) -> web.Response:
+    session = _session(request)
+    found = await _entries(request)
+    return _html(views.consent_page(_consent_purposes(found, request.app[CATALOG]), session.receipts, session.csrf))
+
+
+async def consent_withdraw(request: web.Request) -> web.Response:
+    session = _session(request)
+    form = await request.post()
+    purpose, kind = str(form.get("purpose", "")), str(form.get("kind", "withdrawn"))
+    catalog = request.app[CATALOG]
+    if purpose not in catalog.purposes or kind not in ("withdrawn", "objected"):
+        raise web.HTTPBadRequest(text="choose one of the purposes shown")
+    try:
+        event_id = await _blocking(request.app[WITHDRAW], session.subject, purpose)
+    except Exception as exc:  # noqa: BLE001 - the broker away: nothing recorded, said so
+        log.warning("portal: a consent withdrawal could not be recorded: %s", type(exc).__name__)
+        raise web.HTTPServiceUnavailable(text="your withdrawal could not be recorded now; nothing changed; try again") from None
+    trail = request.app[TRAIL]
+    found = await _entries(request)
+    controllers = sorted({e.recipient for e in found if purpose in e.purposes})
+    made = consent_receipt(subject_token=trail.tokens(session.subject)[0], purpose=purpose, catalog=catalog, status=kind,
+                           event_id=event_id, controllers=controllers)
+    session.receipts.append(made)
+    log.info("portal: consent %s for purpose %s recorded (event %s)", kind, purpose, event_id)
+    done = f"Recorded: consent {kind} for {purpose}. Agencies stop receiving your records for it from the next one."
+    return _html(views.consent_page(_consent_purposes(found, catalog), session.receipts, session.csrf, done))
+
+
+async def consent_receipt_file(request: web.Request) -> web.Response:
+    receipts = _session(request).receipts
+    try:
+        made = receipts[int(request.match_info["n"])]
+    except (ValueError, IndexError):
+        raise web.HTTPNotFound(text="no such consent receipt in this session") from None
+    response = web.Response(text=json.dumps(made, indent=2) + "\n", content_type="application/json")
+    response.headers["Content-Disposition"] = f'attachment; filename="consent-receipt-{made["record_id"]}.json"'
+    return response
+
+
+def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Callable[[str, str], str],
+             secure_cookies: bool = False, sessions: PortalSessions | None = None) -> web.Application:
+    app = web.Application(middlewares=[_guard])
+    app[TRAIL], app[LINKS], app[CATALOG], app[WITHDRAW] = trail, links, catalog, withdraw
+    app[SESSIONS] = sessions or PortalSessions()
+    app[SECURE_COOKIES] = secure_cookies
+    app.add_routes([
+        web.get(SIGN_IN_PATH, sign_in_page), web.post(SIGN_IN_PATH, sign_in), web.post("/logout", sign_out),
+        web.get("/", disclosures_page), web.get("/api/disclosures", disclosures_json),
+        web.get("/receipt/{entry}", receipt), web.get("/proof/{entry}", proof),
+        web.get("/consent", consent_page), web.post("/consent/withdraw", consent_withdraw),
+        web.get("/consent/receipts/{n}", consent_receipt_file),
+    ])
+    return app
+
+
+def app_for(settings: Any, oversight: Any = None, public_url: str | None = None) -> web.Application:
+    """The portal of the configured stack: the charter as the processors know it (re-read every
+    `CHARTER_REFRESH_S`), the keyring holding the oversight domain (`oversight`: that role's
+    settings when the portal runs as another role)."""
+    from app.portal.consent import withdraw
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import Keyring
+
+    catalog = load_catalog(settings.schemas_dir)
+    keyring = Keyring.open(oversight or settings)
+    trail = PortalTrail(settings, CachedCharter(settings), keyring)
+    return make_app(trail, LinkDesk.for_data_dir(settings.data_dir), catalog,
+                    lambda subject, purpose: withdraw(settings, catalog, subject, purpose),
+                    secure_cookies=(public_url or "").lower().startswith("https://"))
+
+
+CHARTER_REFRESH_S = 30.0
+
+
+class CachedCharter:
+    """The agreement files and every version published on `agreements.changes` (the files alone
+    when Kafka does not answer), read at most every `CHARTER_REFRESH_S`."""
+
+    def __init__(self, settings: Any) -> None:
+        self._settings = settings
+        self._charter: Any = None
+        self._read_at = 0.0
+
+    def __call__(self) -> Any:
+        import time
+
+        from backbone.control import agreement_changes
+        from backbone.errors import BackboneError
+        from backbone.events.catalog import load_catalog
+        from backbone.policy.agreements import Charter, load_agreements
+
+        if self._charter is not None and time.monotonic() - self._read_at < CHARTER_REFRESH_S:
+            return self._charter
+        charter = load_agreements(self._settings.agreements_dir, load_catalog(self._settings.schemas_dir))
+        try:
+            versions, _ = agreement_changes.published(self._settings, charter, timeout=5.0)
+            charter = Charter(charter.catalog, tuple(versions.values()), charter.sources)
+        except BackboneError:
+            pass
+        self._charter, self._read_at = charter, time.monotonic()
+        return charter
+
+
+async def start(settings: Any, host: str, port: int, oversight: Any = None, public_url: str | None = None) -> tuple[web.AppRunner, str]:
+    from backbone.errors import BackboneError
+
+    runner = web.AppRunner(app_for(settings, oversight, public_url), access_log=None, shutdown_timeout=3.0)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise BackboneError(f"cannot serve the portal on {host}:{port}: {exc.strerror}; choose another --port") from None
+    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001 - port 0
+    return runner, f"http://{host}:{bound}/"

@@ -1,0 +1,358 @@
+"""The citizen's portal: a person signs in with a one-time link and sees exactly the audit trail's
+entries about them (never anyone else's, whatever link, cookie, parameter or endpoint is tried),
+each with a receipt that verifies offline; withdraws consent and the next event is denied; entries
+under a deferred notice appear only once oversight releases them, with a proof sealed before.
+
+The pipeline is real: the embedded broker and registry, a processor worker, the audit sinks into
+the session's chDB (a database prefix of this module's own)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import shutil
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from cryptography.fernet import Fernet
+from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+
+from app.local import worker_environment
+from app.portal import links
+from app.portal.links import LinkDesk, LinkRefused, issue, link_key
+from app.portal.records import SHOWN_OUTCOMES, Entry, Releases, visible
+from app.portal.server import CachedCharter, make_app
+from app.portal.sessions import COOKIE
+from app.portal.trail import PortalTrail
+from app.portal.consent import withdraw
+from backbone.audit.log import CheckpointCodec
+from backbone.audit.receipts import verify_receipt
+from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
+from backbone.keys.keyring import Keyring
+from backbone.policy.agreements import Notice, load_agreements, parse_agreement
+from backbone.settings import PROJECT_ROOT, Settings
+from consumers.audit_trail import ClickHouseTrail
+from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
+from backbone.events.serde import registry_client
+from producers.sdk import AgencyProducer, ConsentPublisher
+from tests.cli import run_backbone
+from tests.pipeline import Worker, private_stack
+from tests.test_erasure import address_changed, outcomes, tax_income, welfare_claim
+
+CATALOG = load_catalog(PROJECT_ROOT / "schemas")
+KEY = Fernet.generate_key()
+
+
+# --- pure parts -------------------------------------------------------------------------------------
+def test_a_link_opens_once_and_names_no_one_in_its_url(tmp_path: Path) -> None:
+    desk = LinkDesk(KEY, tmp_path / "used")
+    token = issue(KEY, "123456782")
+    assert "123456782" not in links.link_url("http://p", token)
+    assert desk.redeem(token).subject == "123456782"
+    with pytest.raises(LinkRefused, match="used already"):
+        desk.redeem(token)
+    with pytest.raises(LinkRefused, match="used already"):  # a restarted portal remembers the links used
+        LinkDesk(KEY, tmp_path / "used").redeem(token)
+
+
+def test_forged_altered_and_expired_links_are_refused() -> None:
+    desk = LinkDesk(KEY)
+    forged = issue(Fernet.generate_key(), "123456782")
+    token = issue(KEY, "123456782", now=time.time() - links.LINK_TTL_S - 5)
+    good = issue(KEY, "123456782")
+    altered = good[:-6] + ("A" if good[-6] != "A" else "B") + good[-5:]
+    for bad in (forged, token, altered, "", "not-a-token", good + "x"):
+        with pytest.raises(LinkRefused):
+            desk.redeem(bad)
+
+
+def test_the_link_key_is_made_once_and_private(tmp_path: Path) -> None:
+    first = link_key(tmp_path)
+    assert link_key(tmp_path) == first
+    assert (tmp_path / "portal" / "link.key").stat().st_mode & 0o077 == 0
+
+
+def test_a_notice_takes_exactly_one_form() -> None:
+    assert Notice.model_validate({"until_released": True}).kind == "until_released"
+    assert Notice.model_validate({"suppressed": {"legal_reference": "Police Act s.12"}}).kind == "suppressed"
+    assert Notice.model_validate({"deferred_until": "2027-01-01"}).deferred_until == datetime(2027, 1, 1, tzinfo=UTC)
+    for bad in ({}, {"until_released": True, "deferred_until": "2027-01-01"}, {"suppressed": {}}, {"until_released": False}):
+        with pytest.raises(ValueError):
+            Notice.model_validate(bad)
+    text = (PROJECT_ROOT / "agreements" / "registry_to_welfare.yaml").read_text()
+    import yaml
+
+    data = yaml.safe_load(text) | {"notice": {"until": "later"}}
+    agreement, problems = parse_agreement(data, "x.yaml")
+    assert agreement is None and any("notice" in p for p in problems)
+
+
+def _charter_with(tmp_path: Path, notice: str) -> object:
+    directory = tmp_path / "agreements"
+    shutil.copytree(PROJECT_ROOT / "agreements", directory)
+    path = directory / "registry_to_welfare.yaml"
+    path.write_text(path.read_text() + notice)
+    return load_agreements(directory, CATALOG)
+
+
+@pytest.mark.parametrize(("notice", "before", "released", "after_date"), [
+    ("notice: {until_released: true}\n", False, True, False),
+    ("notice: {deferred_until: 2030-01-01}\n", False, True, True),
+    ("notice: {suppressed: {legal_reference: 'Registry Act art. 7'}}\n", False, False, False),
+])
+def test_held_entries_show_only_after_their_date_or_release(tmp_path: Path, notice: str, before: bool, released: bool,
+                                                             after_date: bool) -> None:
+    charter = _charter_with(tmp_path, notice)
+    entry = Entry("e", datetime(2026, 1, 1, tzinfo=UTC), "registry", "welfare", "registry.address_changed", "permit",
+                  "registry-to-welfare@1", notice=charter.get("registry-to-welfare", 1).notice.kind)
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    assert visible(entry, charter, Releases(), now) is before
+    assert visible(entry, charter, Releases({"registry-to-welfare": now}), now) is released
+    assert visible(entry, charter, Releases(), datetime(2030, 1, 1, tzinfo=UTC)) is after_date
+
+
+# --- the real pipeline ------------------------------------------------------------------------------
+@dataclass
+class World:
+    settings: Settings
+    subjects: list[str]
+    expected: dict[str, set[tuple[str, str, str]]]  # subject -> {(event id, recipient, outcome)} visible now
+    held: dict[str, set[tuple[str, str, str]]]  # subject -> the same under registry-to-welfare (until released)
+    trail: PortalTrail
+
+
+def _land(settings: Settings, client) -> None:  # noqa: ANN001
+    catalog = load_catalog(settings.schemas_dir)
+    for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
+        sink = Sink(settings, plan, client, registry_client(settings))
+        sink.run_until_idle(idle_s=1.0, timeout_s=60)
+        sink.close()
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client) -> Iterator[World]:  # noqa: ANN001
+    agreements = tmp_path_factory.mktemp("agreements")
+    shutil.copytree(PROJECT_ROOT / "agreements", agreements, dirs_exist_ok=True)
+    path = agreements / "registry_to_welfare.yaml"
+    path.write_text(path.read_text() + "notice: {until_released: true}\n")
+    rng = random.Random(31)
+    subjects = [f"{rng.randrange(10**8, 10**9)}" for _ in range(8)]
+    with private_stack(tmp_path_factory.mktemp("portal"), partitions=2) as base:
+        settings = base.model_copy(update={"agreements_dir": agreements, "clickhouse_dsn": clickhouse_dsn, "identity": "dpo@example",
+                                           "clickhouse_database_prefix": f"p{uuid.uuid4().hex[:8]}_", "sink_batch_seconds": 0.3})
+        with ConsentPublisher(settings) as consent:
+            for subject in subjects[::2]:
+                consent.grant(subject, "scientific_research")
+        worker = Worker(settings, "worker").start()
+        sent: dict[str, str] = {}
+        try:  # the worker runs for the whole module (the consent test sends another event)
+            with AgencyProducer("tax", settings) as tax, AgencyProducer("welfare", settings) as welfare, \
+                    AgencyProducer("registry", settings) as registry:
+                for subject in subjects:
+                    for producer, event_type, make in ((tax, "tax.income_declared", tax_income),
+                                                       (welfare, "welfare.benefit_claimed", welfare_claim),
+                                                       (registry, "registry.address_changed", address_changed)):
+                        if rng.random() < 0.7:
+                            sent[producer.send(event_type, make(subject))] = subject
+            decided = outcomes(settings, set(sent))
+            _land(settings, clickhouse_client)
+        except BaseException:
+            worker.stop()
+            raise
+        expected: dict[str, set] = {s: set() for s in subjects}
+        held: dict[str, set] = {s: set() for s in subjects}
+        for (event_id, recipient), outcome in decided.items():
+            if outcome in SHOWN_OUTCOMES:
+                (held if recipient == "welfare" else expected)[sent[event_id]].add((event_id, recipient, outcome))
+        assert sum(map(len, expected.values())) >= 8 and sum(map(len, held.values())) >= 2  # the seed gives both kinds
+        trail = PortalTrail(settings, CachedCharter(settings), Keyring.open(settings))
+        try:
+            yield World(settings, subjects, expected, held, trail)
+        finally:
+            worker.stop()
+
+
+def _app(world: World) -> object:
+    return make_app(world.trail, LinkDesk.for_data_dir(world.settings.data_dir), CATALOG,
+                    lambda subject, purpose: withdraw(world.settings, CATALOG, subject, purpose))
+
+
+def run(world: World, test: Callable[[TestClient], Awaitable[None]]) -> None:
+    async def go() -> None:
+        async with TestClient(TestServer(_app(world))) as client:
+            await test(client)
+
+    asyncio.run(go())
+
+
+async def sign_in(client: TestClient, world: World, subject: str) -> str:
+    token = issue(link_key(world.settings.data_dir), subject)
+    answer = await client.post("/signin", data={"t": token}, allow_redirects=False)
+    assert answer.status == 302
+    return answer.cookies[COOKIE].value
+
+
+def listed(document: dict) -> set[tuple[str, str, str]]:
+    return {(e["entry"].split(".")[0], e["to"], e["outcome"]) for e in document["entries"]}
+
+
+ATTACKS = ("none", "forged_link", "params", "other_cookie", "other_receipt")
+
+
+@hsettings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(me=st.integers(0, 7), other=st.integers(0, 7), attack=st.sampled_from(ATTACKS))
+def test_the_portal_lists_exactly_the_trails_entries_of_the_signed_in_person(world: World, me: int, other: int, attack: str) -> None:
+    mine, theirs = world.subjects[me], world.subjects[other]
+
+    async def test(client: TestClient) -> None:
+        cookie = await sign_in(client, world, mine)
+        headers = {"Cookie": f"{COOKIE}={cookie}"}
+        client.session.cookie_jar.clear()
+        if attack == "forged_link":  # a link for `theirs` made without the portal's key opens nothing
+            answer = await client.post("/signin", data={"t": issue(Fernet.generate_key(), theirs)}, allow_redirects=False)
+            assert answer.status == 403 and COOKIE not in answer.cookies
+            assert (await client.get("/api/disclosures")).status == 401
+        query = {"subject": theirs, "national_id": theirs, "id": theirs, "to": ""} if attack == "params" else {}
+        document = await (await client.get("/api/disclosures", params=query, headers=headers)).json()
+        assert listed(document) == world.expected[mine]
+        page = await (await client.get("/", params=query, headers=headers)).text()
+        assert page.count('class="entry"') == len(world.expected[mine])
+        if attack == "other_cookie":  # another session's cookie shows that person's entries, not mine: sessions do not mix
+            other_cookie = await sign_in(client, world, theirs)
+            client.session.cookie_jar.clear()
+            assert listed(await (await client.get("/api/disclosures", headers={"Cookie": f"{COOKIE}={other_cookie}"})).json()) \
+                == world.expected[theirs]
+            assert (await client.get("/api/disclosures", headers={"Cookie": f"{COOKIE}={cookie}x"})).status == 401
+        if attack == "other_receipt":  # another person's entry (and a held entry of mine) is no entry of mine
+            for event_id, recipient, _ in sorted(world.expected[theirs] - world.expected[mine])[:2] + sorted(world.held[mine])[:1]:
+                assert (await client.get(f"/receipt/{event_id}.{recipient}", headers=headers)).status == 404
+                assert (await client.get(f"/proof/{event_id}.{recipient}", headers=headers)).status == 404
+
+    run(world, test)
+
+
+def test_each_receipt_the_portal_gives_verifies_offline_with_the_cli(world: World, tmp_path: Path) -> None:
+    subject = next(s for s in world.subjects if world.expected[s])
+    event_id, recipient, _ = sorted(world.expected[subject])[0]
+
+    async def test(client: TestClient) -> None:
+        await sign_in(client, world, subject)
+        answer = await client.get(f"/receipt/{event_id}.{recipient}")
+        assert answer.status == 200 and "attachment" in answer.headers["Content-Disposition"]
+        (tmp_path / "receipt.json").write_text(await answer.text())
+        assert 'id="verified"' in await (await client.get(f"/proof/{event_id}.{recipient}")).text()
+
+    run(world, test)
+    keys = tmp_path / "keys.json"
+    env = worker_environment(world.settings)
+    assert run_backbone("audit", "keys", "--output", str(keys), env=env).returncode == 0
+    done = run_backbone("audit", "verify-receipt", str(tmp_path / "receipt.json"), "--keys", str(keys))  # no stack, no keyring
+    assert done.returncode == 0 and "receipt holds" in done.stdout, done.stdout + done.stderr
+
+
+def test_a_post_without_the_sessions_csrf_token_or_from_another_origin_is_refused(world: World) -> None:
+    async def test(client: TestClient) -> None:
+        await sign_in(client, world, world.subjects[0])
+        assert (await client.post("/consent/withdraw", data={"purpose": "scientific_research"})).status == 403
+        page = await (await client.get("/consent")).text()
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        answer = await client.post("/consent/withdraw", data={"purpose": "scientific_research", "csrf": csrf},
+                                   headers={"Origin": "https://evil.example"})
+        assert answer.status == 403
+
+    run(world, test)
+
+
+def test_a_withdrawal_from_the_portal_denies_the_next_event_and_gives_a_consent_receipt(world: World, clickhouse_client) -> None:  # noqa: ANN001
+    subject = world.subjects[0]  # consented to scientific_research in the fixture
+
+    async def test(client: TestClient) -> dict:
+        await sign_in(client, world, subject)
+        page = await (await client.get("/consent")).text()
+        csrf = page.split('name="csrf" value="')[1].split('"')[0]
+        answer = await client.post("/consent/withdraw", data={"purpose": "scientific_research", "kind": "withdrawn", "csrf": csrf})
+        assert answer.status == 200 and 'id="done"' in await answer.text()
+        return await (await client.get("/consent/receipts/0")).json()
+
+    async def go() -> dict:
+        async with TestClient(TestServer(_app(world))) as client:
+            return await test(client)
+
+    receipt = asyncio.run(go())
+    assert receipt["event"]["dpv:hasConsentStatus"] == "dpv:ConsentWithdrawn"
+    assert receipt["purposes"][0]["dpv:hasPurpose"] == "dpv:ScientificResearch"
+    assert {"schema_version", "record_id", "pii_principal_id"} <= set(receipt)
+    assert subject not in json.dumps(receipt)
+    with AgencyProducer("welfare", world.settings) as welfare:
+        event_id = welfare.send("welfare.benefit_claimed", welfare_claim(subject))
+    assert outcomes(world.settings, {event_id})[(event_id, "research")] == "consent_withdrawn"
+    _land(world.settings, clickhouse_client)
+
+    async def shown(client: TestClient) -> None:
+        await sign_in(client, world, subject)
+        entries = (await (await client.get("/api/disclosures", params={"outcome": "consent_withdrawn"})).json())["entries"]
+        assert [(e["entry"], e["shown_as"]) for e in entries] == [(f"{event_id}.research", "not shared: you withdrew your consent")]
+        world.expected[subject].add((event_id, "research", "consent_withdrawn"))
+
+    run(world, shown)
+
+
+def _env(world: World, **extra: str) -> dict[str, str]:
+    """The module stack's settings as BACKBONE_* variables (for the in-process CLI, which shares the session's chDB)."""
+    return {k: v for k, v in worker_environment(world.settings, **extra).items() if k.startswith("BACKBONE_")}
+
+
+def test_held_entries_appear_after_release_with_a_proof_sealed_before_it(world: World, clickhouse_client, backbone_cli) -> None:  # noqa: ANN001
+    subject = next(s for s in world.subjects if world.held[s])
+    event_id, recipient, _ = sorted(world.held[subject])[0]
+
+    async def before(client: TestClient) -> None:
+        await sign_in(client, world, subject)
+        assert not listed(await (await client.get("/api/disclosures")).json()) & world.held[subject]
+        assert (await client.get(f"/receipt/{event_id}.{recipient}")).status == 404
+
+    run(world, before)
+    counted = backbone_cli("portal", "held", **_env(world))
+    assert counted.returncode == 0 and "registry-to-welfare@1:" in counted.stdout, counted.stdout + counted.stderr
+    released = backbone_cli("portal", "release", "registry-to-welfare", "--reason", "investigation closed",
+                            **_env(world, identity="dpo@example"))
+    assert released.returncode == 0, released.stdout + released.stderr
+    _land(world.settings, clickhouse_client)
+
+    async def after(client: TestClient) -> None:
+        await sign_in(client, world, subject)
+        assert listed(await (await client.get("/api/disclosures")).json()) >= world.held[subject]
+        text = await (await client.get(f"/proof/{event_id}.{recipient}")).text()
+        assert 'id="verified"' in text and "sealed before that" in text
+        made = await (await client.get(f"/receipt/{event_id}.{recipient}")).json()
+        assert verify_receipt(made, CheckpointCodec(CATALOG.internal_schema(AUDIT_CHECKPOINT))) == []
+
+    run(world, after)
+
+
+def test_an_entry_inserted_into_the_trail_later_has_no_proof(world: World, clickhouse_client) -> None:  # noqa: ANN001
+    subject = next(s for s in world.subjects if world.expected[s])
+    prefix = world.settings.clickhouse_database_prefix
+    events = f"`{prefix}audit`.`events`"
+    token = world.trail.tokens(subject)[0]
+    forged = str(uuid.uuid4())
+    clickhouse_client.command(  # a copy of one of their records under a new event id, claiming a sealed position
+        f"INSERT INTO {events} SELECT * REPLACE (toUUID('{forged}') AS event_id, now64(3) AS decided_at) FROM {events} "
+        f"WHERE subject_token = '{token}' AND has(arrayMap(d -> toString(d.outcome), decisions), 'permit') LIMIT 1")
+
+    async def test(client: TestClient) -> None:
+        await sign_in(client, world, subject)
+        entries = (await (await client.get("/api/disclosures")).json())["entries"]
+        mine = [e["entry"] for e in entries if e["entry"].startswith(forged)]
+        assert mine  # the person sees what the table holds ...
+        assert (await client.get(f"/receipt/{mine[0]}")).status == 409  # ... and that it is not sealed in the trail
+        assert (await client.get(f"/proof/{mine[0]}")).status == 409
+
+    run(world, test)
