@@ -108,7 +108,8 @@ class Grievance:
     @property
     def deadline(self) -> datetime:
         extended = any(step.state == EXTENDED for step in self.steps)
-        return self.first_deadline + self.profile.extension if extended else self.first_deadline
+        # counted from receipt (31 January + 3 months is 30 April), not from the first deadline (28 February + 2: 28 April)
+        return self.received_at + (self.profile.period + self.profile.extension) if extended else self.first_deadline
 
     @property
     def answered_at(self) -> datetime | None:
