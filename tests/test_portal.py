@@ -25,7 +25,9 @@ from cryptography.fernet import Fernet
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from app.local import worker_environment
+from app.portal import grievances as g
 from app.portal import links
+from app.portal.handling import CLOCK
 from app.portal.links import LinkDesk, LinkRefused, issue, link_key
 from app.portal.records import SHOWN_OUTCOMES, Entry, Releases, visible
 from app.portal.server import CachedCharter, make_app
@@ -371,3 +373,81 @@ def test_an_entry_inserted_into_the_trail_later_has_no_proof(world: World, click
         assert (await client.get(f"/proof/{mine[0]}")).status == 409
 
     run(world, test)
+
+
+def test_a_grievance_runs_from_the_portal_through_the_console_to_closed_with_every_step_in_the_trail(
+        world: World, clickhouse_client) -> None:  # noqa: ANN001
+    from app.console.auth import Logins
+    from app.console.server import make_app as console_app
+    from app.portal.grievance_book import GrievanceBook
+
+    book = GrievanceBook(world.settings.model_copy(update={"identity": None}))
+    clock = [datetime(2027, 1, 31, 10, 0, tzinfo=UTC)]
+    subject = next(s for s in world.subjects if world.expected[s])
+    stranger = next(s for s in world.subjects if s != subject)
+    event_id, recipient, _ = sorted(world.expected[subject])[0]
+    def portal_app() -> object:
+        return make_app(world.trail, LinkDesk.for_data_dir(world.settings.data_dir), CATALOG, lambda s, p: "", book=book,
+                        clock=lambda: clock[0])
+
+    console = console_app(Logins({"operator": "handler-secret-1"}), lambda: None, lambda national_id: None, grievances=book)
+    console[CLOCK] = lambda: clock[0]
+
+    async def go() -> None:
+        async with TestClient(TestServer(portal_app())) as person, TestClient(TestServer(console)) as handler:
+            await sign_in(person, world, subject)
+            page = await (await person.get("/grievances")).text()
+            csrf = page.split('name="csrf" value="')[1].split('"')[0]
+            filed = await person.post("/grievances", data={"csrf": csrf, "entry": f"{event_id}.{recipient}", "text": "why was this shared?"})
+            text = await filed.text()
+            assert filed.status == 200 and "2027-02-28" in text  # 31 January + one calendar month
+            tracking = text.split("tracking id is ")[1].split(".")[0]
+            assert tracking in await (await person.get("/grievances")).text()
+            async with TestClient(TestServer(portal_app())) as other:  # nobody else sees it, and nobody else's entry can be the subject
+                await sign_in(other, world, stranger)
+                assert tracking not in await (await other.get("/grievances")).text()
+                page = await (await other.get("/grievances")).text()
+                other_csrf = page.split('name="csrf" value="')[1].split('"')[0]
+                assert (await other.post(f"/grievances/{tracking}/appeal", data={"csrf": other_csrf})).status == 404
+            await handler.post("/login", data={"user": "operator", "password": "handler-secret-1"})
+            listing = await (await handler.get("/grievances")).text()
+            assert tracking in listing and "why was this shared?" in listing
+            form_csrf = listing.split('name="csrf" value="')[1].split('"')[0]
+            for to, note, days in ((g.ACKNOWLEDGED, "", 1), (g.RESOLVED, "the law requires it; see the agreement", 5)):
+                clock[0] += timedelta(days=days)
+                answer = await handler.post(f"/grievances/{tracking}", data={"to": to, "note": note, "csrf": form_csrf}, allow_redirects=False)
+                assert answer.status == 302, await answer.text()
+            assert (await handler.post(f"/grievances/{tracking}", data={"to": "resolved", "csrf": "forged"})).status == 403
+            page = await (await person.get("/grievances")).text()
+            assert "resolved" in page
+            csrf = page.split('name="csrf" value="')[1].split('"')[0]
+            assert (await person.post(f"/grievances/{tracking}/appeal", data={"csrf": csrf, "note": "poor"}, allow_redirects=False)).status == 302
+            clock[0] += timedelta(days=2)
+            assert (await handler.post(f"/grievances/{tracking}", data={"to": "closed", "csrf": form_csrf}, allow_redirects=False)).status == 302
+            assert 'class="case closed"' in await (await person.get("/grievances")).text()
+            person.session.cookie_jar.clear()
+            stats = await (await person.get("/stats")).text()  # public: no sign-in, no person
+            assert ">1<" in stats and tracking not in stats and "why was this shared" not in stats
+            assert 'backbone_grievances_breached{agency="' in await (await person.get("/metrics")).text()
+
+    asyncio.run(go())
+    _land(world)
+    steps = clickhouse_client.query(f"SELECT outcome FROM `{world.settings.clickhouse_database_prefix}audit`.`operations` "
+                                    "WHERE action = 'grievance' AND target = {t:String} ORDER BY at", parameters={"t": tracking_of(book)}).result_rows
+    assert [s for (s,) in steps] == ["received", "acknowledged", "resolved", "appealed", "closed"]
+
+
+def tracking_of(book) -> str:  # noqa: ANN001
+    return next(iter(book.cases()))
+
+
+
+def test_a_case_still_open_after_its_deadline_is_a_breach_on_the_public_page_and_the_metric(world: World) -> None:
+    from app.portal.grievance_book import Case, agency_stats
+    from app.portal.handling import metrics_text
+
+    case = Case(g.file("tax", "e.fraud", datetime(2027, 1, 31, 10, 0, tzinfo=UTC), g.profile("gdpr")), "tok", "text")
+    before, after = datetime(2027, 2, 28, 10, 0, tzinfo=UTC), datetime(2027, 2, 28, 10, 1, tzinfo=UTC)
+    assert agency_stats([case], before)[0].deadlines_missed == 0
+    assert agency_stats([case], after)[0].deadlines_missed == 1
+    assert 'backbone_grievances_breached{agency="tax"} 1' in metrics_text([case], after)

@@ -24,17 +24,23 @@ def serve(ctx: typer.Context,
           host: str = typer.Option("127.0.0.1", "--host", help="Address to bind"),
           port: int = typer.Option(DEFAULT_PORT, "--port", help="Port"),
           public_url: str = typer.Option(None, "--public-url", help="URL people open the portal at (https:// makes the "
-                                                                    "session cookie Secure behind a TLS proxy)")) -> None:
+                                                                    "session cookie Secure behind a TLS proxy)"),
+          jurisdiction: str = typer.Option("gdpr", "--jurisdiction", help="Grievance deadlines: gdpr (one calendar month, "
+                                                                          "extendable by two with notice in the first), days21, "
+                                                                          "or days:N for a fixed N-day limit")) -> None:
     """Serve the portal (without a subcommand): people sign in with a link from `backbone portal link`.
     Needs the keyring holding the oversight domain (the audit trail names people by it)."""
     if ctx.invoked_subcommand is not None:
         return
+    from app.portal.grievances import profile
     from app.portal.server import start
 
     settings = get_settings()
+    chosen = profile("", days=int(jurisdiction[5:])) if jurisdiction.startswith("days:") and jurisdiction[5:].isdigit() \
+        else profile(jurisdiction)
 
     async def run() -> None:
-        runner, url = await start(settings, host, port, public_url=public_url)
+        runner, url = await start(settings, host, port, public_url=public_url, profile=chosen)
         console.print(f"portal on {url}; sign-in links: backbone portal link --subject ID; Ctrl-C stops", highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

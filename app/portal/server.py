@@ -25,7 +25,10 @@ from aiohttp import web
 
 from app.console.server import HEADERS
 from app.portal import views
+from app.portal import grievances as g
 from app.portal.consent import consent_receipt
+from app.portal.grievance_book import Case, GrievanceBook
+from app.portal.handling import BOOK, CLOCK, PROFILE, case_rows, metrics_text, now_of, stats_html
 from app.portal.links import SIGN_IN_PATH, LinkDesk, LinkRefused
 from app.portal.records import EXPLANATIONS, Entry
 from app.portal.sessions import COOKIE, FAILURE_WINDOW_S, PortalSession, PortalSessions
@@ -41,7 +44,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 WITHDRAW = web.AppKey("withdraw", object)  # Callable[[str, str], str]: (subject, purpose) -> consent event id
 SECURE_COOKIES = web.AppKey("secure_cookies", bool)
 SESSION = web.RequestKey("session", PortalSession)
-PUBLIC = (SIGN_IN_PATH,)
+PUBLIC = (SIGN_IN_PATH, "/stats", "/metrics")
 FILTERS = ("to", "from", "purpose", "outcome", "since")
 
 
@@ -238,9 +241,67 @@ async def consent_receipt_file(request: web.Request) -> web.Response:
     return response
 
 
+async def my_grievances(request: web.Request) -> web.Response:
+    session = _session(request)
+    tokens = set(await _blocking(request.app[TRAIL].tokens, session.subject))
+    cases = [c for c in (await _blocking(request.app[BOOK].cases)).values() if c.subject_token in tokens]
+    found = await _entries(request)
+    body = (f"<section><h1>My grievances</h1>{case_rows(cases, now_of(request.app))}</section>"
+            + views.grievance_form(found, session.csrf, [c.grievance.tracking_id for c in cases
+                                                         if c.grievance.state in (g.RESOLVED, g.REFUSED)]))
+    return _html(views.page("My grievances", body, session.csrf))
+
+
+async def file_grievance(request: web.Request) -> web.Response:
+    """A complaint about one of the person's own entries: received now, due per the portal's profile."""
+    session = _session(request)
+    form = await request.post()
+    entry_id, text = str(form.get("entry", "")), str(form.get("text", "")).strip()[:2000]
+    entry = next((e for e in await _entries(request) if e.entry_id == entry_id), None)
+    if entry is None or not text:
+        raise web.HTTPBadRequest(text="choose one of your entries and say what is wrong")
+    token = (await _blocking(request.app[TRAIL].tokens, session.subject))[0]
+    case = Case(g.file(entry.provider, entry_id, now_of(request.app), request.app[PROFILE]), token, text)
+    await _blocking(request.app[BOOK].save, case, "portal")
+    return _html(views.message("Grievance received", f"Your tracking id is {case.grievance.tracking_id}. The agency answers by "
+                               f"{case.grievance.deadline:%Y-%m-%d} (UTC).", session.csrf))
+
+
+async def appeal(request: web.Request) -> web.Response:
+    session = _session(request)
+    tokens = set(await _blocking(request.app[TRAIL].tokens, session.subject))
+    case = (await _blocking(request.app[BOOK].cases)).get(request.match_info["id"])
+    if case is None or case.subject_token not in tokens:
+        raise web.HTTPNotFound(text="no such grievance of yours")
+    try:
+        moved = g.move(case.grievance, g.APPEALED, now_of(request.app), "subject", str((await request.post()).get("note", "")))
+    except g.GrievanceError as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    await _blocking(request.app[BOOK].save, Case(moved, case.subject_token, case.text), "portal")
+    raise web.HTTPFound("/grievances")
+
+
+async def public_stats(request: web.Request) -> web.Response:
+    cases = list((await _blocking(request.app[BOOK].cases)).values())
+    return _html(views.page("Grievances per agency", stats_html(cases, now_of(request.app))))
+
+
+async def metrics(request: web.Request) -> web.Response:
+    cases = list((await _blocking(request.app[BOOK].cases)).values())
+    return web.Response(text=metrics_text(cases, now_of(request.app)), content_type="text/plain")
+
+
 def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Callable[[str, str], str],
-             secure_cookies: bool = False, sessions: PortalSessions | None = None) -> web.Application:
+             secure_cookies: bool = False, sessions: PortalSessions | None = None,
+             book: GrievanceBook | None = None, profile: g.Profile | None = None,
+             clock: Callable[[], datetime] | None = None) -> web.Application:
     app = web.Application(middlewares=[_guard])
+    if book is not None:
+        app[BOOK], app[PROFILE] = book, profile or g.profile("gdpr")
+        if clock is not None:
+            app[CLOCK] = clock
+        app.add_routes([web.get("/grievances", my_grievances), web.post("/grievances", file_grievance),
+                        web.post("/grievances/{id}/appeal", appeal), web.get("/stats", public_stats), web.get("/metrics", metrics)])
     app[TRAIL], app[LINKS], app[CATALOG], app[WITHDRAW] = trail, links, catalog, withdraw
     app[SESSIONS] = sessions or PortalSessions()
     app[SECURE_COOKIES] = secure_cookies
@@ -254,7 +315,7 @@ def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Ca
     return app
 
 
-def app_for(settings: Any, oversight: Any = None, public_url: str | None = None) -> web.Application:
+def app_for(settings: Any, oversight: Any = None, public_url: str | None = None, profile: g.Profile | None = None) -> web.Application:
     """The portal of the configured stack: the charter as the processors know it (re-read every
     `CHARTER_REFRESH_S`), the keyring holding the oversight domain (`oversight`: that role's
     settings when the portal runs as another role)."""
@@ -267,7 +328,7 @@ def app_for(settings: Any, oversight: Any = None, public_url: str | None = None)
     trail = PortalTrail(settings, CachedCharter(settings), keyring)
     return make_app(trail, LinkDesk.for_data_dir(settings.data_dir), catalog,
                     lambda subject, purpose: withdraw(settings, catalog, subject, purpose),
-                    secure_cookies=(public_url or "").lower().startswith("https://"))
+                    secure_cookies=(public_url or "").lower().startswith("https://"), book=GrievanceBook(settings), profile=profile)
 
 
 CHARTER_REFRESH_S = 30.0
@@ -302,10 +363,11 @@ class CachedCharter:
         return charter
 
 
-async def start(settings: Any, host: str, port: int, oversight: Any = None, public_url: str | None = None) -> tuple[web.AppRunner, str]:
+async def start(settings: Any, host: str, port: int, oversight: Any = None, public_url: str | None = None,
+                profile: g.Profile | None = None) -> tuple[web.AppRunner, str]:
     from backbone.errors import BackboneError
 
-    runner = web.AppRunner(app_for(settings, oversight, public_url), access_log=None, shutdown_timeout=3.0)
+    runner = web.AppRunner(app_for(settings, oversight, public_url, profile), access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

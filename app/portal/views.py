@@ -12,7 +12,7 @@ from app.portal.records import BASES, OUTCOME_TEXT, Entry
 def page(title: str, body: str, csrf: str | None = None) -> str:
     nav = ""
     if csrf is not None:
-        nav = ('<a href="/">My disclosures</a><a href="/consent">Consent and objections</a>'
+        nav = ('<a href="/">My disclosures</a><a href="/consent">Consent and objections</a><a href="/grievances">Grievances</a>'
                f'<form class="inline" method="post" action="/logout"><input type="hidden" name="csrf" value="{escape(csrf)}">'
                '<button>Sign out</button></form>')
     return (f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{escape(title)} - citizen\'s portal</title>'
@@ -91,3 +91,15 @@ def consent_page(purposes: list[tuple[str, str, str]], receipts: list[dict], csr
                    f'{escape(r["event"]["dpv:hasConsentStatus"])}</a></li>' for i, r in enumerate(receipts))
     return page("Consent and objections", f"<section><h1>Consent and objections</h1>{shown}"
                 f"<table>{rows}</table><h2>Your consent receipts</h2><ul>{kept or '<li class=dim>none yet</li>'}</ul></section>", csrf)
+
+
+def grievance_form(found: list[Entry], csrf: str, appealable: list[str]) -> str:
+    """File a complaint about one of the person's entries; appeal an answer they rate poor."""
+    options = "".join(f'<option value="{escape(e.entry_id)}">{e.decided_at:%Y-%m-%d} {escape(e.provider)} → {escape(e.recipient)} '
+                      f"({escape(e.event_type)})</option>" for e in found)
+    appeals = "".join(f'<form method="post" action="/grievances/{escape(t)}/appeal"><input type="hidden" name="csrf" value="{escape(csrf)}">'
+                      f'<input name="note" placeholder="why the answer is poor"> <button>Appeal {escape(t)}</button></form>' for t in appealable)
+    return ('<section><h2>File a grievance</h2><form method="post" action="/grievances">'
+            f'<input type="hidden" name="csrf" value="{escape(csrf)}"><p><label>About <select name="entry">{options}</select></label></p>'
+            '<p><label>What is wrong <textarea name="text" rows="3" cols="60" required></textarea></label></p>'
+            f'<p><button id="file-grievance">File</button></p></form>{appeals}</section>')
