@@ -451,3 +451,134 @@ def test_a_case_still_open_after_its_deadline_is_a_breach_on_the_public_page_and
     assert agency_stats([case], before)[0].deadlines_missed == 0
     assert agency_stats([case], after)[0].deadlines_missed == 1
     assert 'backbone_grievances_breached{agency="tax"} 1' in metrics_text([case], after)
+
+
+# --- in a real browser --------------------------------------------------------------------------------
+class Served:
+    """aiohttp applications on real 127.0.0.1 ports, in a thread of their own (Selenium blocks)."""
+
+    def __init__(self, *apps: object) -> None:
+        import threading
+
+        from aiohttp import web
+
+        self.urls: list[str] = []
+        self._loop = asyncio.new_event_loop()
+        self._runners: list[web.AppRunner] = []
+        ready = threading.Event()
+
+        async def start() -> None:
+            for app in apps:
+                runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+                await runner.setup()
+                site = web.TCPSite(runner, "127.0.0.1", 0)
+                await site.start()
+                self._runners.append(runner)
+                self.urls.append(f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}")  # noqa: SLF001 - port 0
+
+        def run() -> None:
+            asyncio.set_event_loop(self._loop)
+            self._loop.run_until_complete(start())
+            ready.set()
+            self._loop.run_forever()
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+        assert ready.wait(30), "the servers did not start"
+
+    def stop(self) -> None:
+        async def cleanup() -> None:
+            for runner in self._runners:
+                await runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(cleanup(), self._loop).result(30)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(30)
+
+
+@pytest.mark.slow
+def test_in_a_browser_a_person_signs_in_checks_a_receipt_withdraws_consent_and_a_handler_closes_their_grievance(
+        world: World, tmp_path: Path) -> None:
+    import requests
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select, WebDriverWait
+
+    from app.console.auth import Logins
+    from app.console.server import make_app as console_app
+    from app.portal.grievance_book import GrievanceBook
+    from tests.browser import BrowserUnavailable, artifacts_dir, chrome
+
+    subject = next((s for s in world.subjects[2::2] if any(r == "research" and o == "permit" for _, r, o in world.expected[s])), None)
+    assert subject is not None, "the seed gives a consenting person with a research disclosure"
+    try:
+        browser = chrome()
+    except BrowserUnavailable as exc:
+        pytest.skip(f"no headless Chromium: {exc}")
+    shots = artifacts_dir("portal")
+    book = GrievanceBook(world.settings)
+    portal = make_app(world.trail, LinkDesk.for_data_dir(world.settings.data_dir), CATALOG,
+                      lambda s, p: withdraw(world.settings, CATALOG, s, p), book=book)
+    served = Served(portal, console_app(Logins({"operator": "handler-secret-1"}), lambda: None, lambda national_id: None,
+                                        grievances=book))
+    portal_url, console_url = served.urls
+
+    def wait(condition: Callable[[object], object], what: str, seconds: float = 20) -> object:
+        try:
+            return WebDriverWait(browser, seconds, poll_frequency=0.25).until(condition)
+        except Exception:  # noqa: BLE001 - say what the page said
+            raise AssertionError(f"{what} did not happen; the page said:\n{browser.find_element(By.TAG_NAME, 'body').text[:2000]}") from None
+
+    try:
+        browser.get(links.link_url(portal_url, issue(link_key(world.settings.data_dir), subject)))
+        browser.find_element(By.ID, "sign-in").click()
+        wait(lambda b: b.find_elements(By.ID, "count"), "my disclosures")
+        assert len(browser.find_elements(By.CSS_SELECTOR, "tr.entry")) == len(world.expected[subject])
+        browser.save_screenshot(str(shots / "01-my-disclosures.png"))
+        entry = browser.find_elements(By.CSS_SELECTOR, "tr.entry")[0].get_attribute("data-entry")
+        browser.get(f"{portal_url}/proof/{entry}")
+        wait(lambda b: b.find_elements(By.ID, "verified"), "the receipt's check")
+        browser.save_screenshot(str(shots / "02-receipt-verified.png"))
+        cookie = {c["name"]: c["value"] for c in browser.get_cookies()}
+        receipt = requests.get(f"{portal_url}/receipt/{entry}", cookies=cookie, timeout=30).json()
+        assert verify_receipt(receipt, CheckpointCodec(CATALOG.internal_schema(AUDIT_CHECKPOINT))) == []
+
+        browser.get(f"{portal_url}/consent")
+        browser.find_element(By.CSS_SELECTOR, "form:has(input[value='scientific_research']) button[value='withdrawn']").click()
+        wait(lambda b: b.find_elements(By.ID, "done"), "the withdrawal")
+        browser.save_screenshot(str(shots / "03-consent-withdrawn.png"))
+        with AgencyProducer("welfare", world.settings) as welfare:
+            event_id = welfare.send("welfare.benefit_claimed", welfare_claim(subject))
+        assert outcomes(world.settings, {event_id})[(event_id, "research")] == "consent_withdrawn"
+        _land(world)
+        browser.get(f"{portal_url}/?outcome=consent_withdrawn")
+        wait(lambda b: f"{event_id}.research" in [r.get_attribute("data-entry") for r in b.find_elements(By.CSS_SELECTOR, "tr.entry")],
+             "the denied event in my disclosures")
+        browser.save_screenshot(str(shots / "04-next-event-denied.png"))
+
+        browser.get(f"{portal_url}/grievances")
+        Select(browser.find_element(By.NAME, "entry")).select_by_value(entry)
+        browser.find_element(By.NAME, "text").send_keys("Why did this agency receive my data?")
+        browser.find_element(By.ID, "file-grievance").click()
+        tracking = wait(lambda b: "tracking id is" in b.page_source and b.page_source.split("tracking id is ")[1].split(".")[0],
+                        "the tracking id")
+        browser.save_screenshot(str(shots / "05-grievance-filed.png"))
+
+        browser.get(f"{console_url}/login")
+        browser.find_element(By.NAME, "user").send_keys("operator")
+        browser.find_element(By.NAME, "password").send_keys("handler-secret-1")
+        browser.find_element(By.TAG_NAME, "form").submit()
+        for to, note in (("acknowledged", ""), ("resolved", "Shared under the law; see the agreement."), ("closed", "")):
+            browser.get(f"{console_url}/grievances")
+            row = wait(lambda b: b.find_element(By.CSS_SELECTOR, f"tr[data-case='{tracking}']"), "the case in the console")
+            Select(row.find_element(By.NAME, "to")).select_by_value(to)
+            row.find_element(By.NAME, "note").send_keys(note)
+            row.find_element(By.TAG_NAME, "button").click()
+            wait(lambda b, to=to: b.find_elements(By.CSS_SELECTOR, f"tr.case.{to}[data-case='{tracking}']"), f"the case {to}")
+        browser.save_screenshot(str(shots / "06-handler-closed-it.png"))
+
+        browser.get(f"{portal_url}/grievances")
+        wait(lambda b: b.find_elements(By.CSS_SELECTOR, f"tr.case.closed[data-case='{tracking}']"), "the closed case in the portal")
+        browser.save_screenshot(str(shots / "07-person-sees-it-closed.png"))
+    finally:
+        browser.quit()
+        served.stop()

@@ -121,7 +121,7 @@ def entries(client: Client, database_prefix: str, tokens: Iterable[str], charter
         basis, fields, notice = "", (), "immediate"
         if agreement is not None:
             purposes, basis = agreement.purposes, agreement.lawful_basis
-            fields = tuple((name, _treatment(t)) for name, t in agreement.fields.items())
+            fields = tuple((name, _treatment(t)) for name, t in agreement.fields.items() if t.name != "drop")  # dropped: not shared
             notice = agreement.notice.kind if agreement.notice is not None else "immediate"
         decided = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
         found.append(Entry(event_id, decided, provider, recipient, event_type, outcome,

@@ -78,7 +78,9 @@ def _with_headers(response: web.StreamResponse) -> web.StreamResponse:
 
 async def _check_csrf(request: web.Request, session: PortalSession) -> None:
     origin = request.headers.get("Origin")
-    if origin is not None and origin != f"{request.scheme}://{request.host}":
+    # Under Referrer-Policy: no-referrer, Chromium sends `Origin: null` with its own forms: only a
+    # named other origin is refused here; the CSRF token and SameSite=Strict do the rest.
+    if origin not in (None, "null") and origin != f"{request.scheme}://{request.host}":
         raise web.HTTPForbidden(text="a form from another site")
     sent = str((await request.post()).get("csrf", ""))
     if not session.csrf_matches(sent):
@@ -323,8 +325,16 @@ def app_for(settings: Any, oversight: Any = None, public_url: str | None = None,
     from backbone.events.catalog import load_catalog
     from backbone.keys.keyring import Keyring
 
+    from backbone.control.erasure import oversight_tokens
+    from backbone.errors import BackboneError
+
     catalog = load_catalog(settings.schemas_dir)
     keyring = Keyring.open(oversight or settings)
+    try:
+        oversight_tokens(keyring, "0")  # the trail names people by the oversight domain: without its key nobody is found
+    except Exception as exc:  # noqa: BLE001 - whichever way the keyring says it lacks the domain
+        raise BackboneError("the portal needs the oversight domain's key (the audit trail names people by it): run it with "
+                            f"BACKBONE_ROLE=oversight or a keyring holding that domain ({type(exc).__name__})") from None
     trail = PortalTrail(settings, CachedCharter(settings), keyring)
     return make_app(trail, LinkDesk.for_data_dir(settings.data_dir), catalog,
                     lambda subject, purpose: withdraw(settings, catalog, subject, purpose),
