@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import typer
 
@@ -27,7 +28,12 @@ def serve(ctx: typer.Context,
                                                                     "session cookie Secure behind a TLS proxy)"),
           jurisdiction: str = typer.Option("gdpr", "--jurisdiction", help="Grievance deadlines: gdpr (one calendar month, "
                                                                           "extendable by two with notice in the first), days21, "
-                                                                          "or days:N for a fixed N-day limit")) -> None:
+                                                                          "or days:N for a fixed N-day limit"),
+          oidc_issuer: str = typer.Option(None, "--oidc-issuer", help="OpenID provider (its /.well-known/openid-configuration) "
+                                                                      "for sign-in beside the links"),
+          oidc_client_id: str = typer.Option(None, "--oidc-client-id", help="The portal's client id at the provider"),
+          oidc_secret_file: Path = typer.Option(None, "--oidc-client-secret-file", help="File holding the client secret"),
+          oidc_claim: str = typer.Option("sub", "--oidc-claim", help="ID-token claim holding the person's national id")) -> None:
     """Serve the portal (without a subcommand): people sign in with a link from `backbone portal link`.
     Needs the keyring holding the oversight domain (the audit trail names people by it)."""
     if ctx.invoked_subcommand is not None:
@@ -39,8 +45,18 @@ def serve(ctx: typer.Context,
     chosen = profile("", days=int(jurisdiction[5:])) if jurisdiction.startswith("days:") and jurisdiction[5:].isdigit() \
         else profile(jurisdiction)
 
+    oidc = None
+    if oidc_issuer:
+        from app.portal.oidc import OidcClient, OidcConfig
+
+        if not oidc_client_id or oidc_secret_file is None or not public_url:
+            raise BackboneError("--oidc-issuer needs --oidc-client-id, --oidc-client-secret-file and --public-url "
+                                "(the callback the provider redirects to is PUBLIC_URL/oidc/callback)")
+        oidc = OidcClient(OidcConfig(oidc_issuer, oidc_client_id, oidc_secret_file.read_text().strip(),
+                                     public_url.rstrip("/") + "/oidc/callback", oidc_claim))
+
     async def run() -> None:
-        runner, url = await start(settings, host, port, public_url=public_url, profile=chosen)
+        runner, url = await start(settings, host, port, public_url=public_url, profile=chosen, oidc=oidc)
         console.print(f"portal on {url}; sign-in links: backbone portal link --subject ID; Ctrl-C stops", highlight=False)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()

@@ -44,7 +44,7 @@ CATALOG = web.AppKey("catalog", Catalog)
 WITHDRAW = web.AppKey("withdraw", object)  # Callable[[str, str], str]: (subject, purpose) -> consent event id
 SECURE_COOKIES = web.AppKey("secure_cookies", bool)
 SESSION = web.RequestKey("session", PortalSession)
-PUBLIC = (SIGN_IN_PATH, "/stats", "/metrics")
+PUBLIC = (SIGN_IN_PATH, "/stats", "/metrics", "/oidc/login", "/oidc/callback")
 FILTERS = ("to", "from", "purpose", "outcome", "since")
 
 
@@ -113,9 +113,12 @@ async def sign_in(request: web.Request) -> web.Response:
         log.warning("portal: a sign-in link was refused: %s", exc)
         return _html(views.message("Link refused", str(exc)), 403)
     response = web.HTTPFound("/")
-    response.set_cookie(COOKIE, sessions.open(redeemed.subject), httponly=True, samesite="Strict",
-                        secure=request.secure or request.app[SECURE_COOKIES], path="/")
+    _set_session_cookie(request, response, sessions.open(redeemed.subject))
     raise response
+
+
+def _set_session_cookie(request: web.Request, response: web.StreamResponse, token: str) -> None:
+    response.set_cookie(COOKIE, token, httponly=True, samesite="Strict", secure=request.secure or request.app[SECURE_COOKIES], path="/")
 
 
 async def sign_out(request: web.Request) -> web.Response:
@@ -296,7 +299,8 @@ async def metrics(request: web.Request) -> web.Response:
 def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Callable[[str, str], str],
              secure_cookies: bool = False, sessions: PortalSessions | None = None,
              book: GrievanceBook | None = None, profile: g.Profile | None = None,
-             clock: Callable[[], datetime] | None = None) -> web.Application:
+             clock: Callable[[], datetime] | None = None, oidc: Any = None) -> web.Application:
+    """The portal; `oidc` (an `app.portal.oidc.OidcClient`) adds sign-in with OpenID Connect beside the links."""
     app = web.Application(middlewares=[_guard])
     if book is not None:
         app[BOOK], app[PROFILE] = book, profile or g.profile("gdpr")
@@ -307,6 +311,10 @@ def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Ca
     app[TRAIL], app[LINKS], app[CATALOG], app[WITHDRAW] = trail, links, catalog, withdraw
     app[SESSIONS] = sessions or PortalSessions()
     app[SECURE_COOKIES] = secure_cookies
+    if oidc is not None:
+        from app.portal.oidc import routes as oidc_routes
+
+        app.add_routes(oidc_routes(oidc, app[SESSIONS].open, _set_session_cookie))
     app.add_routes([
         web.get(SIGN_IN_PATH, sign_in_page), web.post(SIGN_IN_PATH, sign_in), web.post("/logout", sign_out),
         web.get("/", disclosures_page), web.get("/api/disclosures", disclosures_json),
@@ -317,7 +325,8 @@ def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Ca
     return app
 
 
-def app_for(settings: Any, oversight: Any = None, public_url: str | None = None, profile: g.Profile | None = None) -> web.Application:
+def app_for(settings: Any, oversight: Any = None, public_url: str | None = None, profile: g.Profile | None = None,
+            oidc: Any = None) -> web.Application:
     """The portal of the configured stack: the charter as the processors know it (re-read every
     `CHARTER_REFRESH_S`), the keyring holding the oversight domain (`oversight`: that role's
     settings when the portal runs as another role)."""
@@ -338,7 +347,7 @@ def app_for(settings: Any, oversight: Any = None, public_url: str | None = None,
     trail = PortalTrail(settings, CachedCharter(settings), keyring)
     return make_app(trail, LinkDesk.for_data_dir(settings.data_dir), catalog,
                     lambda subject, purpose: withdraw(settings, catalog, subject, purpose),
-                    secure_cookies=(public_url or "").lower().startswith("https://"), book=GrievanceBook(settings), profile=profile)
+                    secure_cookies=(public_url or "").lower().startswith("https://"), book=GrievanceBook(settings), profile=profile, oidc=oidc)
 
 
 CHARTER_REFRESH_S = 30.0
@@ -374,10 +383,10 @@ class CachedCharter:
 
 
 async def start(settings: Any, host: str, port: int, oversight: Any = None, public_url: str | None = None,
-                profile: g.Profile | None = None) -> tuple[web.AppRunner, str]:
+                profile: g.Profile | None = None, oidc: Any = None) -> tuple[web.AppRunner, str]:
     from backbone.errors import BackboneError
 
-    runner = web.AppRunner(app_for(settings, oversight, public_url, profile), access_log=None, shutdown_timeout=3.0)
+    runner = web.AppRunner(app_for(settings, oversight, public_url, profile, oidc), access_log=None, shutdown_timeout=3.0)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     try:

@@ -28,7 +28,8 @@ def sign_in(token: str) -> str:
     """The link's page: signing in is a POST, so a mail scanner opening the link does not use it up."""
     return page("Sign in", '<section><h1>Sign in</h1><p>This link opens one session for you, once.</p>'
                 '<form method="post" action="/signin">'
-                f'<input type="hidden" name="t" value="{escape(token)}"><button id="sign-in">Sign in</button></form></section>')
+                f'<input type="hidden" name="t" value="{escape(token)}"><button id="sign-in">Sign in</button></form>'
+                '<p class="dim">Or <a href="/oidc/login">sign in with your national eID</a>, where the portal offers it.</p></section>')
 
 
 def _options(name: str, values: Iterable[str], chosen: str) -> str:
