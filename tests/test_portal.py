@@ -41,7 +41,6 @@ from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Notice, load_agreements, parse_agreement
 from backbone.settings import PROJECT_ROOT, Settings
-from consumers.audit_trail import ClickHouseTrail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from backbone.events.serde import registry_client
 from producers.sdk import AgencyProducer, ConsentPublisher
@@ -119,6 +118,17 @@ def test_held_entries_show_only_after_their_date_or_release(tmp_path: Path, noti
     assert visible(entry, charter, Releases(), now) is before
     assert visible(entry, charter, Releases({"registry-to-welfare": now}), now) is released
     assert visible(entry, charter, Releases(), datetime(2030, 1, 1, tzinfo=UTC)) is after_date
+
+
+def test_agreements_diff_calls_telling_people_later_widening_and_sooner_narrowing(tmp_path: Path) -> None:
+    from backbone.policy.diff import diff
+
+    plain = load_agreements(PROJECT_ROOT / "agreements", CATALOG).get("registry-to-welfare", 1)
+    later = _charter_with(tmp_path / "a", "notice: {deferred_until: 2030-01-01}\n").get("registry-to-welfare", 1)
+    never = _charter_with(tmp_path / "b", "notice: {suppressed: {legal_reference: 'Registry Act art. 7'}}\n").get("registry-to-welfare", 1)
+    for old, new, expected in ((plain, later, "widening"), (later, never, "widening"), (never, later, "narrowing"), (later, plain, "narrowing")):
+        changes = [c for c in diff(old, new, CATALOG) if c.kind == "notice"]
+        assert [c.classification for c in changes] == [expected]
 
 
 # --- the real pipeline ------------------------------------------------------------------------------
@@ -223,7 +233,7 @@ def listed(document: dict) -> set[tuple[str, str, str]]:
 ATTACKS = ("none", "forged_link", "params", "other_cookie", "other_receipt")
 
 
-@hsettings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(me=st.integers(0, 7), other=st.integers(0, 7), attack=st.sampled_from(ATTACKS))
 def test_the_portal_lists_exactly_the_trails_entries_of_the_signed_in_person(world: World, me: int, other: int, attack: str) -> None:
     mine, theirs = world.subjects[me], world.subjects[other]
