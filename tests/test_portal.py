@@ -45,7 +45,8 @@ from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from backbone.events.serde import registry_client
 from producers.sdk import AgencyProducer, ConsentPublisher
 from tests.cli import run_backbone
-from tests.pipeline import Worker, private_stack
+from processors.app import Enforcement
+from tests.pipeline import private_stack
 from tests.test_erasure import address_changed, outcomes, tax_income, welfare_claim
 
 CATALOG = load_catalog(PROJECT_ROOT / "schemas")
@@ -173,9 +174,12 @@ def world(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickho
         with ConsentPublisher(settings) as consent:
             for subject in subjects[::2]:
                 consent.grant(subject, "scientific_research")
-        worker = Worker(settings, "worker").start()
+        # one processor worker's enforcement in this process (what `backbone process` runs inside Faust), with
+        # a short group session (Tansu's join takes about half of it); it runs for the whole module
+        worker = Enforcement(settings.model_copy(update={"consumer_session_timeout_ms": 2000, "consumer_heartbeat_interval_ms": 200}))
+        worker.start()
         sent: dict[str, str] = {}
-        try:  # the worker runs for the whole module (the consent test sends another event)
+        try:
             with AgencyProducer("tax", settings) as tax, AgencyProducer("welfare", settings) as welfare, \
                     AgencyProducer("registry", settings) as registry:
                 for subject in subjects:
@@ -203,7 +207,7 @@ def world(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickho
         finally:
             for sink in sinks:
                 sink.close()
-            worker.kill()  # its stack goes with the module: a clean stop would only cost seconds
+            worker.stop()
 
 
 def _app(world: World) -> object:
@@ -460,15 +464,15 @@ def test_a_grievance_runs_from_the_portal_through_the_console_to_closed_with_eve
             assert ">1<" in stats and tracking not in stats and "why was this shared" not in stats
             assert 'backbone_grievances_breached{agency="' in await (await person.get("/metrics")).text()
 
-    asyncio.run(go())
+    try:
+        asyncio.run(go())
+        tracking = next(iter(book.cases()))
+    finally:
+        book.close()
     _land(world)
     steps = clickhouse_client.query(f"SELECT outcome FROM `{world.settings.clickhouse_database_prefix}audit`.`operations` "
-                                    "WHERE action = 'grievance' AND target = {t:String} ORDER BY at", parameters={"t": tracking_of(book)}).result_rows
+                                    "WHERE action = 'grievance' AND target = {t:String} ORDER BY at", parameters={"t": tracking}).result_rows
     assert [s for (s,) in steps] == ["received", "acknowledged", "resolved", "appealed", "closed"]
-
-
-def tracking_of(book) -> str:  # noqa: ANN001
-    return next(iter(book.cases()))
 
 
 

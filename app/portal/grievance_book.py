@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import statistics
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from confluent_kafka import Producer
 
 from app.portal import grievances as g
 from backbone.errors import KafkaUnavailableError
 from backbone.settings import Settings
+
+log = logging.getLogger(__name__)
 
 GRIEVANCES_TOPIC = "grievances"
 GRIEVANCE_ACTION = "grievance"
@@ -50,30 +55,54 @@ class Case:
 
 
 class GrievanceBook:
-    """Read and write cases on Kafka; each write sealed first in the operations chain."""
+    """Cases from Kafka, read by one reader thread that follows the topic (from the beginning, then as
+    cases arrive); each write sealed first in the operations chain. `close()` stops the reader."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        self._lock = threading.Lock()
+        self._cases: dict[str, Case] = {}
+        self._reader: Any = None
 
     def _ensure(self) -> None:
         from backbone.kafka.topics import Topics, eager_compaction
 
         Topics(self.settings).ensure(GRIEVANCES_TOPIC, config=eager_compaction())
 
-    def cases(self) -> dict[str, Case]:
-        from backbone.kafka.compacted import read_to_end
+    def _apply(self, message: Any) -> None:
+        key = (message.key() or b"").decode()
+        try:
+            case = None if message.value() is None else Case.from_json(json.loads(message.value()))
+        except (ValueError, KeyError, TypeError, g.GrievanceError):
+            log.warning("grievances: record at offset %s is no case; skipped", message.offset())
+            return
+        with self._lock:
+            if case is None:
+                self._cases.pop(key, None)
+            else:
+                self._cases[key] = case
 
-        found: dict[str, Case] = {}
-        for message in read_to_end(self.settings, GRIEVANCES_TOPIC):
-            if message.value() is None:
-                found.pop((message.key() or b"").decode(), None)
-                continue
-            case = Case.from_json(json.loads(message.value()))
-            found[case.grievance.tracking_id] = case
-        return found
+    def cases(self) -> dict[str, Case]:
+        """Every case as of now (the reader started and caught up on first use)."""
+        from backbone.kafka.compacted import CompactedTopicReader
+
+        with self._lock:
+            reader = self._reader
+        if reader is None:
+            self._ensure()
+            reader = CompactedTopicReader(self.settings, GRIEVANCES_TOPIC, self._apply, "grievances-feed")
+            reader.start()
+            reader.wait_caught_up(self.settings.kafka_timeout_s * 3)
+            with self._lock:
+                self._reader = reader
+        elif not reader.alive:
+            raise KafkaUnavailableError(f"grievances cannot be read: {reader.error or 'the reader stopped'}")
+        with self._lock:
+            return dict(self._cases)
 
     def save(self, case: Case, actor: str) -> Case:
-        """Seal the case's newest step as an operator action, then publish the case."""
+        """Seal the case's newest step as an operator action, then publish the case (and hold it:
+        a reader of this book sees its own write at once)."""
         from backbone.audit import operations
 
         step = case.grievance.steps[-1]
@@ -89,7 +118,15 @@ class GrievanceBook:
         if producer.flush(self.settings.kafka_timeout_s) or failures:
             raise KafkaUnavailableError(f"grievance {case.grievance.tracking_id} was not acknowledged by {GRIEVANCES_TOPIC}; "
                                         "its step is in the trail: save it again")
+        with self._lock:
+            self._cases[case.grievance.tracking_id] = case
         return case
+
+    def close(self) -> None:
+        with self._lock:
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            reader.stop()
 
 
 @dataclass(slots=True, frozen=True)

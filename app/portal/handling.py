@@ -82,6 +82,11 @@ def console_routes(app: web.Application, book: GrievanceBook, page: Callable[...
     app[BOOK] = book
     app[PROFILE] = profile or g.profile("gdpr")
 
+    async def close_book(app: web.Application) -> None:
+        await blocking(app[BOOK].close)
+
+    app.on_cleanup.append(close_book)
+
     async def listing(request: web.Request) -> web.Response:
         session = session_of(request)
         cases = list((await blocking(request.app[BOOK].cases)).values())

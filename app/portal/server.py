@@ -296,6 +296,10 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(text=metrics_text(cases, now_of(request.app)), content_type="text/plain")
 
 
+async def _close_book(app: web.Application) -> None:
+    await _blocking(app[BOOK].close)
+
+
 def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Callable[[str, str], str],
              secure_cookies: bool = False, sessions: PortalSessions | None = None,
              book: GrievanceBook | None = None, profile: g.Profile | None = None,
@@ -304,6 +308,7 @@ def make_app(trail: PortalTrail, links: LinkDesk, catalog: Catalog, withdraw: Ca
     app = web.Application(middlewares=[_guard])
     if book is not None:
         app[BOOK], app[PROFILE] = book, profile or g.profile("gdpr")
+        app.on_cleanup.append(_close_book)
         if clock is not None:
             app[CLOCK] = clock
         app.add_routes([web.get("/grievances", my_grievances), web.post("/grievances", file_grievance),
