@@ -30,8 +30,8 @@ from app.portal import links
 from app.portal.handling import CLOCK
 from app.portal.links import LinkDesk, LinkRefused, issue, link_key
 from app.portal.records import SHOWN_OUTCOMES, Entry, Releases, visible
-from app.portal.server import CachedCharter, make_app
-from app.portal.sessions import COOKIE
+from app.portal.server import SESSIONS, CachedCharter, make_app
+from app.portal.sessions import COOKIE, PortalSessions
 from app.portal.trail import PortalTrail
 from app.portal.consent import withdraw
 from backbone.audit.log import CheckpointCodec
@@ -80,6 +80,29 @@ def test_the_link_key_is_made_once_and_private(tmp_path: Path) -> None:
     first = link_key(tmp_path)
     assert link_key(tmp_path) == first
     assert (tmp_path / "portal" / "link.key").stat().st_mode & 0o077 == 0
+
+
+def test_refused_links_are_throttled_per_client_and_a_sign_in_posted_from_another_site_is_refused(tmp_path: Path) -> None:
+    from app.portal.sessions import MAX_FAILURES
+
+    async def go() -> None:
+        app = make_app(None, LinkDesk(KEY, tmp_path / "used"), CATALOG, lambda s, p: "")  # type: ignore[arg-type]
+        async with TestClient(TestServer(app)) as client:
+            for _ in range(MAX_FAILURES):
+                assert (await client.post("/signin", data={"t": "forged"})).status == 403
+            locked = await client.post("/signin", data={"t": issue(KEY, "123456782")})
+            assert locked.status == 429 and locked.headers["Retry-After"] == "60"  # unchecked, even a good link
+            app[SESSIONS]._failures.clear()  # noqa: SLF001 - the minute has passed
+            other_site = await client.post("/signin", data={"t": issue(KEY, "123456782")}, headers={"Origin": "https://evil.example"},
+                                           allow_redirects=False)
+            assert other_site.status == 403 and COOKIE not in other_site.cookies
+            assert (await client.post("/signin", data={"t": issue(KEY, "123456782")}, allow_redirects=False)).status == 302
+
+    asyncio.run(go())
+    sessions = PortalSessions()
+    for _ in range(MAX_FAILURES):
+        sessions.failed("198.51.100.7")
+    assert sessions.locked("198.51.100.7") and not sessions.locked("203.0.113.9")  # one address locks out no one else
 
 
 def test_a_notice_takes_exactly_one_form() -> None:

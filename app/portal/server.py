@@ -101,7 +101,11 @@ async def sign_in_page(request: web.Request) -> web.Response:
 
 async def sign_in(request: web.Request) -> web.Response:
     sessions = request.app[SESSIONS]
-    if sessions.locked():
+    origin = request.headers.get("Origin")
+    if origin not in (None, "null") and origin != f"{request.scheme}://{request.host}":
+        raise web.HTTPForbidden(text="a sign-in from another site")  # no one is signed in to someone else's records by a form elsewhere
+    client = request.remote or ""
+    if sessions.locked(client):
         refused = _html(views.message("Too many attempts", "Try again in a minute."), 429)
         refused.headers["Retry-After"] = str(int(FAILURE_WINDOW_S))
         return refused
@@ -109,7 +113,7 @@ async def sign_in(request: web.Request) -> web.Response:
     try:
         redeemed = request.app[LINKS].redeem(token)
     except LinkRefused as exc:
-        sessions.failed()
+        sessions.failed(client)
         log.warning("portal: a sign-in link was refused: %s", exc)
         return _html(views.message("Link refused", str(exc)), 403)
     response = web.HTTPFound("/")

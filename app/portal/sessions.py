@@ -2,8 +2,10 @@
 held in memory (a restart signs everyone out), each carrying the subject it was opened for and a
 CSRF token every form sends back. The subject lives here only, on the server: no request names it.
 
-Link guessing is throttled as the console throttles passwords: at most `MAX_FAILURES` refused links
-a minute in all, the rest refused unchecked (429) until the window has passed.
+Refused links are throttled per client address: at most `MAX_FAILURES` a minute from one address,
+the rest refused unchecked (429) until its window has passed. Links are not guessable (a 256-bit key
+authenticates them), so this bounds the work a client makes, and one address cannot lock everyone
+out; the addresses remembered are bounded (`MAX_CLIENTS`, the oldest forgotten first).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import hmac
 import secrets
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,6 +21,7 @@ COOKIE = "backbone_portal"
 SESSION_S = 30 * 60
 MAX_FAILURES = 20
 FAILURE_WINDOW_S = 60.0
+MAX_CLIENTS = 10_000
 
 
 @dataclass(slots=True)
@@ -37,7 +40,7 @@ class PortalSessions:
 
     def __init__(self, session_s: float = SESSION_S) -> None:
         self._sessions: dict[str, PortalSession] = {}
-        self._failures: deque[float] = deque(maxlen=MAX_FAILURES)
+        self._failures: OrderedDict[str, deque[float]] = OrderedDict()
         self._session_s = session_s
 
     def open(self, subject: str) -> str:
@@ -57,11 +60,21 @@ class PortalSessions:
     def close(self, token: str | None) -> None:
         self._sessions.pop(token or "", None)
 
-    def locked(self) -> bool:
+    def locked(self, client: str) -> bool:
+        window = self._failures.get(client)
+        if window is None:
+            return False
         now = time.monotonic()
-        while self._failures and now - self._failures[0] >= FAILURE_WINDOW_S:
-            self._failures.popleft()
-        return len(self._failures) >= MAX_FAILURES
+        while window and now - window[0] >= FAILURE_WINDOW_S:
+            window.popleft()
+        if not window:
+            del self._failures[client]
+            return False
+        return len(window) >= MAX_FAILURES
 
-    def failed(self) -> None:
-        self._failures.append(time.monotonic())
+    def failed(self, client: str) -> None:
+        window = self._failures.pop(client, None) or deque(maxlen=MAX_FAILURES)
+        window.append(time.monotonic())
+        self._failures[client] = window  # the most recent last
+        while len(self._failures) > MAX_CLIENTS:
+            self._failures.popitem(last=False)
