@@ -108,11 +108,14 @@ def entries(client: Client, database_prefix: str, tokens: Iterable[str], charter
     tokens = list(tokens)
     if not tokens:
         return []
-    view = ddl.qualified(ddl.database_name(database_prefix, ddl.AUDIT_DATABASE), ddl.AUDIT_TABLE)
+    # the records table itself, filtered by the subject before the decisions are unfolded (the view
+    # `audit.decisions` reads every record FINAL first); a redelivered record is an identical copy: DISTINCT
+    events = ddl.qualified(ddl.database_name(database_prefix, ddl.AUDIT_DATABASE), ddl.AUDIT_EVENTS_TABLE)
     rows = client.query(
-        f"SELECT DISTINCT toString(event_id), decided_at, provider, recipient, event_type, ifNull(reason, 'permit'), "
-        f"ifNull(agreement_id, ''), agreement_version FROM {view} WHERE subject_token IN {{tokens:Array(String)}} "
-        "AND ifNull(reason, 'permit') IN {shown:Array(String)} ORDER BY decided_at, event_type, recipient",
+        f"SELECT DISTINCT toString(event_id), decided_at, provider, d.recipient, event_type, toString(d.outcome), "
+        f"ifNull(d.agreement_id, ''), d.agreement_version FROM {events} ARRAY JOIN decisions AS d "
+        "WHERE subject_token IN {tokens:Array(String)} AND toString(d.outcome) IN {shown:Array(String)} "
+        "ORDER BY decided_at, event_type, d.recipient",
         parameters={"tokens": tokens, "shown": list(SHOWN_OUTCOMES)}).result_rows
     found = []
     for event_id, at, provider, recipient, event_type, outcome, agreement_id, version in rows:
