@@ -389,6 +389,23 @@ def test_held_entries_appear_after_release_with_a_proof_sealed_before_it(world: 
     run(world, before)
     counted = backbone_cli("portal", "held", **_env(world))
     assert counted.returncode == 0 and "registry-to-welfare@1:" in counted.stdout, counted.stdout + counted.stderr
+
+    async def oversight_sees_the_count() -> None:  # in the console, for oversight only
+        from app.console.auth import Logins
+        from app.console.server import make_app as console_app
+        from app.portal.grievance_book import GrievanceBook
+
+        book = GrievanceBook(world.settings)
+        app = console_app(Logins({"operator": "operator-secret-1", "oversight": "oversight-secret-1"}), lambda: None,
+                          lambda national_id: None, grievances=book, held=world.trail.held_counts)
+        async with TestClient(TestServer(app)) as console:
+            for user, shown in (("operator", False), ("oversight", True)):
+                console.session.cookie_jar.clear()
+                await console.post("/login", data={"user": user, "password": f"{user}-secret-1"})
+                page = await (await console.get("/grievances")).text()
+                assert ('id="held"' in page and "registry-to-welfare@1" in page) is shown
+
+    asyncio.run(oversight_sees_the_count())
     released = backbone_cli("portal", "release", "registry-to-welfare", "--reason", "investigation closed",
                             **_env(world, identity="dpo@example"))
     assert released.returncode == 0, released.stdout + released.stderr

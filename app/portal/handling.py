@@ -76,9 +76,19 @@ def metrics_text(cases: list[Case], now: datetime) -> str:
 
 
 # --- the console's handler pages --------------------------------------------------------------------
+def held_html(counts: dict[str, int] | None, problem: str | None = None) -> str:
+    """Oversight's count of disclosures the people concerned cannot see now (deferred or suppressed notice)."""
+    if problem is not None:
+        return f'<section id="held"><h2>Held from the people concerned</h2><p class="dim">not counted: {escape(problem)}</p></section>'
+    rows = "".join(f"<tr><td>{escape(key)}</td><td>{count}</td></tr>" for key, count in sorted((counts or {}).items()))
+    table = f"<table><tr><th>agreement</th><th>decisions held</th></tr>{rows}</table>" if rows else '<p class="dim">None.</p>'
+    return f'<section id="held"><h2>Held from the people concerned</h2>{table}</section>'
+
+
 def console_routes(app: web.Application, book: GrievanceBook, page: Callable[..., str], session_of: Callable[[web.Request], Any],
-                   profile: g.Profile | None = None) -> None:
-    """Mount `/grievances` (list, with deadlines and breaches) and `POST /grievances/{id}` (a step) on the console."""
+                   profile: g.Profile | None = None, held: Callable[[], dict[str, int]] | None = None) -> None:
+    """Mount `/grievances` (list, with deadlines and breaches; for oversight also `held()`: per
+    agreement version, the disclosures their people cannot see yet or ever) and `POST /grievances/{id}`."""
     app[BOOK] = book
     app[PROFILE] = profile or g.profile("gdpr")
 
@@ -92,6 +102,11 @@ def console_routes(app: web.Application, book: GrievanceBook, page: Callable[...
         cases = list((await blocking(request.app[BOOK].cases)).values())
         now = now_of(request.app)
         body = f"<section><h1>Grievances</h1>{case_rows(cases, now, _console_csrf(request))}</section>{stats_html(cases, now)}"
+        if held is not None and session.role == "oversight":
+            try:
+                body += held_html(await blocking(held))
+            except Exception as exc:  # noqa: BLE001 - the audit database away: said, the cases still shown
+                body += held_html(None, type(exc).__name__)
         return web.Response(text=page("Grievances", body, session.user, session.role), content_type="text/html")
 
     async def step(request: web.Request) -> web.Response:
