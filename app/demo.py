@@ -75,6 +75,7 @@ class InFlight:
     consent_seconds: float = 0.0
     suspended_decision: str = ""
     reactivated_decision: str = ""
+    subject: str = ""  # the citizen of the consent demonstration (the portal's demo link is for them)
 
 
 PUBLISHED_KEYS = "audit-keys.json"  # the public signing keys verifiers check the demo's trail against
@@ -302,6 +303,7 @@ class Demo:
             "benefit_type": "housing_allowance", "period": "2026-01", "monthly_amount": 420.0,
             "bank_account": "NL20INGB0001234567", "household_size": 1, "declared_other_income": 0.0,
         }
+        self.result.in_flight.subject = subject
         with ConsentPublisher(self.settings) as consent:
             consent.grant(subject, "scientific_research")
         time.sleep(1.0)

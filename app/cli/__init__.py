@@ -44,6 +44,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
                        "their rows deleted from every recipient database, their dead letters made unreadable, ..."),
     "fraud": ("fraud", "Fraud detection on pseudonymised data."),
     "keys": ("keys", "The keyring: pseudonym and encryption keys."),
+    "portal": ("portal", "The citizen's portal: each person sees every disclosure about them, with receipts."),
     "process": ("process", "Run a processor worker: enforce the agreements on every raw topic. Start more to scale out."),
     "produce": ("produce", "Send synthetic agency events (with planted fraud) to `raw.<event_type>` through the producer SDK."),
     "registry": ("registry", "The backbone's schema registry: its users."),

@@ -158,6 +158,10 @@ def _keep_running(runner: Any) -> None:
     console.print("  backbone topics list; backbone schemas list; backbone produce --agency welfare --events 1000")
     console.print("The sinks keep landing into ClickHouse in this process until Ctrl-C.")
     served = _start_console(runner)
+    from app.portal.demo import start_portal
+
+    portal = start_portal(runner, runner.result.in_flight.subject,
+                          lambda line: console.print(line, highlight=False, markup=False, soft_wrap=True))  # the link unbroken
     for part, url in runner.metrics_urls.items():
         console.print(f"  metrics of the {part}: {url}", highlight=False)
     try:
@@ -167,6 +171,8 @@ def _keep_running(runner: Any) -> None:
         pass
     finally:
         signal.signal(signal.SIGTERM, previous)
+        if portal is not None:
+            portal()
         if served is not None:
             served()
 

@@ -229,7 +229,7 @@ def disclosures_lookup(settings: Settings, oversight: Settings | None = None) ->
 
 
 def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
-             refresh_s: float = 5.0, secure_cookies: bool = False) -> web.Application:
+             refresh_s: float = 5.0, secure_cookies: bool = False, grievances: Any = None, held: Any = None) -> web.Application:
     """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`;
     `secure_cookies` when browsers reach it over https, even if TLS ends before this process."""
     app = web.Application(middlewares=[_guard])
@@ -246,12 +246,21 @@ def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
         web.get("/subject", subject_page), web.post("/subject", subject_lookup), web.get("/static/live.js", live_js),
         web.get("/catalog/{kind}/{name}", catalog_entry),
     ])
+    if grievances is not None:  # the agencies' handlers work the citizens' grievances here (app.portal.handling)
+        from app.portal.handling import console_routes
+
+        console_routes(app, grievances, views.page, _session, held=held)
     return app
 
 
 def app_for(settings: Settings, minutes: int = 5, oversight: Settings | None = None) -> web.Application:
+    from app.portal.grievance_book import GrievanceBook
+    from app.portal.server import CachedCharter
+    from app.portal.trail import PortalTrail
+
     return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings, oversight),
-                    secure_cookies=settings.console_over_https)
+                    secure_cookies=settings.console_over_https, grievances=GrievanceBook(settings),
+                    held=PortalTrail(settings, CachedCharter(settings), None).held_counts)
 
 
 async def start(settings: Settings, host: str | None = None, port: int | None = None,

@@ -97,6 +97,47 @@ class FieldTreatment(BaseModel):
         return self.name if self.params is None else {self.name: self.params}
 
 
+class Suppression(BaseModel):
+    """Why a data subject is never told of this agreement's disclosures: the law that says so."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    legal_reference: str = Field(min_length=3)
+
+
+class Notice(BaseModel):
+    """When the data subject is shown this agreement's disclosures (the portal): later, at a date
+    (`deferred_until`) or when oversight releases them (`until_released`), or never, under a stated
+    legal reference (`suppressed`). Exactly one. Without a `notice`, at once. The audit trail seals
+    every decision at decision time whatever the notice says."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+    deferred_until: datetime | None = None
+    until_released: bool = False
+    suppressed: Suppression | None = None
+
+    @field_validator("deferred_until", mode="before")
+    @classmethod
+    def _date_is_midnight_utc(cls, value: Any) -> Any:
+        return _utc(value)
+
+    @field_validator("deferred_until")
+    @classmethod
+    def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
+        return _utc(value)
+
+    @model_validator(mode="after")
+    def _exactly_one(self) -> Notice:
+        chosen = [self.deferred_until is not None, self.until_released, self.suppressed is not None]
+        if sum(chosen) != 1:
+            raise ValueError("notice takes exactly one of deferred_until: DATE, until_released: true, "
+                             "suppressed: {legal_reference: TEXT}")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return "deferred" if self.deferred_until is not None else "until_released" if self.until_released else "suppressed"
+
+
 class Agreement(BaseModel):
     """One version of a data-sharing agreement between a provider and a recipient."""
 
@@ -124,6 +165,8 @@ class Agreement(BaseModel):
     # Events about an erased subject are still shared under this agreement (`backbone erase`): only
     # for a legal obligation that outlives the erasure (GDPR Art. 17(3)(b)); the loader checks it.
     survives_erasure: bool = False
+    # When the data subject sees these disclosures in the portal (`Notice`); None: at once.
+    notice: Notice | None = None
     fields: dict[str, FieldTreatment]
 
     @field_validator("valid_from", "valid_until", mode="before")

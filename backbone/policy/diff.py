@@ -47,7 +47,7 @@ WIDENING: Classification = "widening"
 NARROWING: Classification = "narrowing"
 # `kind` of a change, in the order the table shows them
 KINDS = ("agreement", "recipient", "event_type", "status", "validity", "purpose", "lawful_basis", "condition",
-         "identified", "survives_erasure", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment")
+         "identified", "survives_erasure", "notice", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment")
 # terms that select events, judged by a replay: kind -> the agreement attribute it concerns
 SELECTION_TERMS = {"condition": "condition", "purpose": "purposes", "lawful_basis": "lawful_basis"}
 PENDING = "changed: judged by --replay"
@@ -324,6 +324,11 @@ def _terms(old: Agreement, new: Agreement, event_type: str) -> list[Change]:
         row("survives_erasure", old.survives_erasure, new.survives_erasure, WIDENING if new.survives_erasure else NARROWING,
             "events about erased people are released again under this agreement" if new.survives_erasure
             else "erased people's events are denied again")
+    if new.notice != old.notice:
+        hidden = _secrecy(new) > _secrecy(old)
+        row("notice", _notice_text(old), _notice_text(new), WIDENING if hidden else NARROWING,
+            "the people concerned are told later or never (their portal hides these disclosures)" if hidden
+            else "the people concerned are told sooner")
     if new.domain != old.domain:
         if new.domain is None:
             row("domain", old.domain, None, NARROWING, "no sharing domain: records join nobody else's")
@@ -341,6 +346,28 @@ def _terms(old: Agreement, new: Agreement, event_type: str) -> list[Change]:
         row("retention_days", old.retention_days, new.retention_days, WIDENING if longer else NARROWING,
             "retention extended: the recipient keeps records longer" if longer else "retention shortened")
     return rows
+
+
+def _secrecy(agreement: Agreement) -> tuple[int, Any]:
+    """How long the people concerned wait to see a disclosure: at once < until a date (later is
+    longer) < until oversight releases it < never (suppressed)."""
+    notice = agreement.notice
+    if notice is None:
+        return (0, "")
+    if notice.deferred_until is not None:
+        return (1, notice.deferred_until.isoformat())
+    return (2, "") if notice.until_released else (3, "")
+
+
+def _notice_text(agreement: Agreement) -> str:
+    notice = agreement.notice
+    if notice is None:
+        return "shown at once"
+    if notice.deferred_until is not None:
+        return f"deferred until {notice.deferred_until:%Y-%m-%d}"
+    if notice.until_released:
+        return "until released by oversight"
+    return f"suppressed ({notice.suppressed.legal_reference})"  # type: ignore[union-attr]
 
 
 def _fields(old: Agreement, new: Agreement, event_type: str, schema: EventSchema | None) -> list[Change]:
