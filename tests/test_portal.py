@@ -22,30 +22,32 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 from cryptography.fernet import Fernet
-from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app.local import worker_environment
 from app.portal import grievances as g
 from app.portal import links
+from app.portal.consent import withdraw
 from app.portal.handling import CLOCK
 from app.portal.links import LinkDesk, LinkRefused, issue, link_key
 from app.portal.records import SHOWN_OUTCOMES, Entry, Releases, visible
 from app.portal.server import SESSIONS, CachedCharter, make_app
 from app.portal.sessions import COOKIE, PortalSessions
 from app.portal.trail import PortalTrail
-from app.portal.consent import withdraw
 from backbone.audit.log import CheckpointCodec
 from backbone.audit.receipts import verify_receipt
 from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
+from backbone.events.serde import registry_client
 from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Notice, load_agreements, parse_agreement
 from backbone.settings import PROJECT_ROOT, Settings
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from backbone.events.serde import registry_client
+from processors.app import Enforcement
 from producers.sdk import AgencyProducer, ConsentPublisher
 from tests.cli import run_backbone
-from processors.app import Enforcement
 from tests.pipeline import private_stack
 from tests.test_erasure import address_changed, outcomes, tax_income, welfare_claim
 

@@ -24,8 +24,8 @@ from typing import Any
 from aiohttp import web
 
 from app.console.server import HEADERS
-from app.portal import views
 from app.portal import grievances as g
+from app.portal import views
 from app.portal.consent import consent_receipt
 from app.portal.grievance_book import Case, GrievanceBook
 from app.portal.handling import BOOK, CLOCK, PROFILE, case_rows, metrics_text, now_of, stats_html
@@ -340,11 +340,10 @@ def app_for(settings: Any, oversight: Any = None, public_url: str | None = None,
     `CHARTER_REFRESH_S`), the keyring holding the oversight domain (`oversight`: that role's
     settings when the portal runs as another role)."""
     from app.portal.consent import withdraw
-    from backbone.events.catalog import load_catalog
-    from backbone.keys.keyring import Keyring
-
     from backbone.control.erasure import oversight_tokens
     from backbone.errors import BackboneError
+    from backbone.events.catalog import load_catalog
+    from backbone.keys.keyring import Keyring
 
     catalog = load_catalog(settings.schemas_dir)
     keyring = Keyring.open(oversight or settings)
