@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backbone.errors import AgreementError
 from backbone.events.catalog import Catalog
+from backbone.policy.dp_release import DpRelease
 
 Status = Literal["draft", "active", "suspended", "revoked"]
 LawfulBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
@@ -125,6 +126,9 @@ class Agreement(BaseModel):
     # for a legal obligation that outlives the erasure (GDPR Art. 17(3)(b)); the loader checks it.
     survives_erasure: bool = False
     fields: dict[str, FieldTreatment]
+    # Differentially private aggregates of the rows landed under this agreement, for other
+    # recipients, within privacy budgets (`backbone.policy.dp_release`; `backbone dp`).
+    dp_release: DpRelease | None = None
 
     @field_validator("valid_from", "valid_until", mode="before")
     @classmethod
