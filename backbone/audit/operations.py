@@ -44,7 +44,7 @@ from backbone.keys.keyring import Keyring, ensure_signer, operator_signer
 from backbone.keys.master import master_key_from_settings
 from backbone.settings import Settings
 
-ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay")
+ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay", "dp_release")
 IDENTITY_HELP = "set BACKBONE_IDENTITY to your operator or oversight account (it is recorded with the action)"
 
 
