@@ -191,3 +191,56 @@ def test_a_tampered_ledger_record_is_named_by_the_recomputation(dp_settings: Set
     problems = ledger.recompute({**records, middle: edited})[1]
     assert problems and all(p.kind == ledger.LEDGER_MISMATCH for p in problems)
     assert problems[0].sequence == middle and str(records[middle]["action_id"]) in problems[0].detail
+
+
+def test_audit_verify_names_a_ledger_record_sealed_with_a_false_cumulative_spend(dp_settings: Settings) -> None:
+    """An operator holding their own signing key seals a record saying less was spent than was:
+    signature and Merkle root hold, the recomputation names the record."""
+    from backbone.audit.log import public_key_map
+    from backbone.audit.operations import _chain_lock
+    from backbone.audit.published import verifier_keys
+    from backbone.events.catalog import load_catalog
+    from backbone.privacy.ledger import Tally, decide
+    from consumers.audit_trail import verify_kafka
+
+    window = f"forged-{uuid.uuid4().hex[:6]}"
+    with LedgerWriter(dp_settings, "statistician-1") as writer:
+        for _ in range(2):
+            writer.attempt(racing_attempt(window))
+        with _chain_lock(dp_settings):
+            writer._catch_up()  # noqa: SLF001 - the insider's own writer
+            outcome, reason, details = decide(Tally(), racing_attempt(window))  # as if nothing had been spent
+            forged = writer._seal(ledger_action(outcome, reason, details))  # noqa: SLF001
+    report = verify_kafka(dp_settings, load_catalog(dp_settings.schemas_dir), public_key_map(verifier_keys(dp_settings)), idle_s=0.3)
+    named = [f for f in report.failures if f.kind == ledger.LEDGER_MISMATCH and window in f.detail]
+    assert {f.sequence for f in named} == {forged}, report.failures  # its budget's and its cap's cumulative
+    assert "states budget_spent {\"epsilon\":\"1/10\"}, the records before it add up to {\"epsilon\":\"3/10\"}" in named[0].detail
+
+
+def ledger_action(outcome: str, reason: str | None, details: dict):  # noqa: ANN201 - OperatorAction
+    from backbone.audit.operations import OperatorAction
+
+    return OperatorAction(ledger.ACTION, "statistician-1", "forged", outcome, reason, details)
+
+
+def test_dp_budget_shows_what_is_left_per_window_and_dp_release_prints_cells_with_accuracy(landed: Settings, backbone_cli,  # noqa: ANN001
+                                                                                           clickhouse_client) -> None:  # noqa: ANN001
+    land(clickhouse_client, landed, "2026-06", {"12": 10})
+    env = {"BACKBONE_KAFKA_BOOTSTRAP": landed.kafka_bootstrap, "BACKBONE_SCHEMA_REGISTRY_URL": landed.schema_registry_url,
+           "BACKBONE_SCHEMA_REGISTRY_USER": landed.schema_registry_user or "",
+           "BACKBONE_SCHEMA_REGISTRY_PASSWORD": landed.schema_registry_password.get_secret_value() if landed.schema_registry_password else "",
+           "BACKBONE_CLICKHOUSE_DSN": landed.clickhouse_dsn, "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": landed.clickhouse_database_prefix,
+           "BACKBONE_KEYRING_PATH": str(landed.keyring_path), "BACKBONE_MASTER_KEY": landed.master_key.get_secret_value(),
+           "BACKBONE_DATA_DIR": str(landed.data_dir)}
+    refused = backbone_cli("dp", "release", SOURCE, "--window", "2026-06", **env)
+    assert refused.returncode == 1 and "BACKBONE_IDENTITY" in refused.stderr
+    done = backbone_cli("dp", "release", SOURCE, "--window", "2026-06", **env, BACKBONE_IDENTITY="statistician-1")
+    assert done.returncode == 0, done.stderr
+    assert "+/- " in done.stdout and "per cell at 95%" in done.stdout and "epsilon 1" in done.stdout
+    shown = backbone_cli("dp", "budget", "--format", "json", **env)
+    problems = json.loads(shown.stdout)["problems"]
+    assert shown.returncode == (1 if problems else 0), shown.stderr
+    assert all("window forged-" in p for p in problems)  # only the forgery of the test above, when it ran first
+    rows = {(r["window"], r["budget"]): r for r in json.loads(shown.stdout)["budgets"]}
+    assert rows[("2026-06", "statistics (official_statistics)")]["left"] == {"epsilon": 1.0}
+    assert rows[("2026-06", "population cap (all recipients)")]["left"] == {"epsilon": 2.0}
