@@ -118,8 +118,8 @@ def compute(client: Client, table: str, release: DpRelease, query: Query, window
     bounded = bounded_aggregate(table, release, query, None if window == ledger.ALL_TIME else window, secrets.randbits(63))
     rows = client.query(bounded.sql, parameters=bounded.parameters).result_rows
     cells = query.cells()
-    width = bounded.cell_width
-    found = {tuple(str(v) for v in row[:width]): row[width:] for row in rows}
+    width, dims = bounded.cell_width, len(cells[0]) if cells else 0  # no grouping: one cell, named ()
+    found = {tuple(str(v) for v in row[:dims]): row[width:] for row in rows}
     if query.statistic == "quantile":
         noisy = mechanisms.noisy_quantiles(query, query.cost, [list(found.get(c, ([],))[0]) for c in cells])
         return cells, noisy.values, [None] * len(cells), [None] * len(cells), None, noisy.scale
@@ -180,32 +180,35 @@ def run_release(settings: Settings, client: Client, charter: Charter, agreement_
     result = Release(attempt.release_id, agreement.key, query.name, query.statistic, recipient, purpose, window, columns,
                      [list(c) for c in cells], values, lows, highs, accuracy, scale, query.cost.parts(), entry.sequence,
                      {k: float(v) for k, v in remaining.items()}, invariants)
-    publish(settings, client, result, publish_topic)
+    publish(settings, client, result, publish_topic, producer=None if own else writer.producer)
     return result
 
 
-def publish(settings: Settings, client: Client, result: Release, to_topic: bool = True) -> None:
-    """The release into `<recipient>.dp_releases` and onto `dp.<recipient>.releases`."""
+def publish(settings: Settings, client: Client, result: Release, to_topic: bool = True, producer: Producer | None = None) -> None:
+    """The release into `<recipient>.dp_releases` and onto `dp.<recipient>.releases` (with `producer`
+    when given: a long-running releaser's, already connected)."""
     database = identifier(f"{settings.clickhouse_database_prefix}{names.sanitise(result.recipient)}")
     client.command(f"CREATE DATABASE IF NOT EXISTS {database}")
     client.command(
         f"CREATE TABLE IF NOT EXISTS {database}.{RESULTS_TABLE} (release_id String, released_at DateTime, agreement String, "
         "query String, statistic String, window String, cell Array(String), value Float64, low Nullable(Float64), "
         "high Nullable(Float64), cost String, ledger_checkpoint Int64) ENGINE = MergeTree ORDER BY (query, window, release_id)")
-    at = datetime.fromisoformat(result.released_at).replace(tzinfo=None)
+    at = datetime.fromisoformat(result.released_at).strftime("%Y-%m-%d %H:%M:%S")
     cost = json.dumps(result.cost, sort_keys=True)
-    rows = [[result.release_id, at, result.agreement, result.query, result.statistic, result.window, cell, value, low, high, cost,
-             result.ledger_checkpoint] for cell, value, low, high in zip(result.cells, result.values, result.low, result.high, strict=True)]
-    client.insert(f"{settings.clickhouse_database_prefix}{names.sanitise(result.recipient)}.{RESULTS_TABLE}", rows,
-                  column_names=["release_id", "released_at", "agreement", "query", "statistic", "window", "cell", "value", "low",
-                                "high", "cost", "ledger_checkpoint"])
+    rows = "\n".join(json.dumps({"release_id": result.release_id, "released_at": at, "agreement": result.agreement, "query": result.query,
+                                 "statistic": result.statistic, "window": result.window, "cell": cell, "value": value, "low": low,
+                                 "high": high, "cost": cost, "ledger_checkpoint": result.ledger_checkpoint})
+                      for cell, value, low, high in zip(result.cells, result.values, result.low, result.high, strict=True))
+    client.command(f"INSERT INTO {database}.{RESULTS_TABLE} FORMAT JSONEachRow\n{rows}")  # no pandas import for 1,000 rows
     if not to_topic:
         return
     from backbone.kafka.topics import Topics
 
     topic = releases_topic(result.recipient)
-    Topics(settings).ensure(topic)
-    producer = Producer(settings.producer_config(**{"linger.ms": 0}))
+    producer = producer or Producer(settings.producer_config(**{"linger.ms": 0}))
+    known = producer.list_topics(timeout=settings.kafka_timeout_s).topics
+    if topic not in known or known[topic].error is not None:
+        Topics(settings).ensure(topic)
     failures: list[str] = []
     producer.produce(topic, json.dumps(result.to_json()).encode(), result.release_id.encode(),
                      on_delivery=lambda error, _message: failures.append(error.str()) if error is not None else None)

@@ -44,11 +44,17 @@ def _bin_expr(field: str, bins: tuple[float, ...]) -> str:
 
 
 def bounded_aggregate(table: str, release: DpRelease, query: Query, window: str | None, salt: int) -> BoundedSql:
-    """The bounded aggregate of `query` over `table` (qualified, quoted) in `window` (None: all rows)."""
+    """The bounded aggregate of `query` over `table` (qualified, quoted) in `window` (None: all rows).
+
+    Two aggregations, no window functions: per (person, cell) at most `max_rows_per_group` rows
+    (the first by hash: their count, clipped sum or values), then per person at most `max_groups`
+    cells (the first by a hash of the cell), summed per cell."""
     cells = [_group_expr(g.column, g.prefix) for g in query.group_by]
     if query.statistic == "histogram":
         assert query.field is not None
         cells.append(_bin_expr(query.field, query.bins))
+    if not cells:
+        cells = ["''"]  # one cell: the whole window
     names = [f"g{i}" for i in range(len(cells))]
     parameters: dict[str, Any] = {"salt": salt}
     where = [f"{identifier(release.privacy_unit.pseudonym)} IS NOT NULL"]
@@ -63,28 +69,28 @@ def bounded_aggregate(table: str, release: DpRelease, query: Query, window: str 
         value = f"least(greatest(toFloat64({identifier(query.field)}), {float(low)!r}), {float(high)!r})"
     else:
         value = "1.0"
-    selected = ", ".join(f"{expr} AS {name}" for expr, name in zip(cells, names, strict=True))
+    rows, groups = query.contributions.max_rows_per_group, query.contributions.max_groups
     cell_list = ", ".join(names)
-    by_cell = f"PARTITION BY unit{', ' + cell_list if names else ''}"
-    group_rank = f"dense_rank() OVER (PARTITION BY unit ORDER BY gh{', ' + cell_list if names else ''})" if names else "1"
-    inner = (
-        f"SELECT toString({identifier(release.privacy_unit.pseudonym)}) AS unit{', ' + selected if selected else ''}, "
-        f"{value} AS v, cityHash64(toString(event_id), {{salt:UInt64}}) AS h, "
-        f"cityHash64({cell_list + ', ' if names else ''}{{salt:UInt64}}) AS gh "
-        f"FROM {table} FINAL WHERE {' AND '.join(where)}"
-    )
-    bounded = (
-        f"SELECT {cell_list + ', ' if names else ''}v, row_number() OVER ({by_cell} ORDER BY h) AS r, {group_rank} AS k "
-        f"FROM ({inner})"
-    )
-    limits = f"r <= {query.contributions.max_rows_per_group} AND k <= {query.contributions.max_groups}"
+    selected = ", ".join(f"{expr} AS {name}" for expr, name in zip(cells, names, strict=True))
+    inner = (f"SELECT toString({identifier(release.privacy_unit.pseudonym)}) AS unit, {selected}, {value} AS v, "
+             f"cityHash64(toString(event_id), {{salt:UInt64}}) AS h FROM {table} FINAL WHERE {' AND '.join(where)}")
+    first_rows = f"arraySlice(arrayMap(x -> x.1, arraySort(x -> x.2, groupArray((v, h)))), 1, {rows})"
     if query.statistic == "quantile":
-        aggregate = "groupArray(v) AS vs"
+        per_cell = f"{first_rows} AS a"
+    elif query.statistic in {"count", "histogram"}:
+        per_cell = f"toFloat64(least(count(), {rows})) AS a"
     else:
-        aggregate = "count() AS n, sum(v) AS s"
-    group = f" GROUP BY {cell_list}" if names else ""
-    sql = f"SELECT {cell_list + ', ' if names else ''}{aggregate} FROM ({bounded}) WHERE {limits}{group}"
-    return BoundedSql(sql, parameters, len(names))
+        per_cell = f"arraySum({first_rows}) AS a"
+    by_person_cell = f"SELECT unit, {cell_list}, least(count(), {rows}) AS n, {per_cell} FROM ({inner}) GROUP BY unit, {cell_list}"
+    by_person = (f"SELECT arrayJoin(arraySlice(arraySort(x -> x.1, groupArray((cityHash64({cell_list}, {{salt:UInt64}}), "
+                 f"tuple({cell_list}), n, a))), 1, {groups})) AS t FROM ({by_person_cell}) GROUP BY unit")
+    out = ", ".join(f"tupleElement(t.2, {i + 1}) AS {name}" for i, name in enumerate(names))
+    if query.statistic == "quantile":
+        aggregate = "arrayFlatten(groupArray(t.4)) AS vs"
+    else:
+        aggregate = "sum(t.3) AS n, sum(t.4) AS s"
+    sql = f"SELECT {out}, {aggregate} FROM ({by_person}) GROUP BY {cell_list}"
+    return BoundedSql(sql, parameters, len(names) if query.group_by or query.statistic == "histogram" else 1)
 
 
 def population_total_sql(table: str, release: DpRelease, window: str | None) -> tuple[str, dict[str, Any]]:
