@@ -192,7 +192,7 @@ def publish(settings: Settings, client: Client, result: Release, to_topic: bool 
     client.command(
         f"CREATE TABLE IF NOT EXISTS {database}.{RESULTS_TABLE} (release_id String, released_at DateTime, agreement String, "
         "query String, statistic String, window String, cell Array(String), value Float64, low Nullable(Float64), "
-        "high Nullable(Float64), cost String, ledger_checkpoint Int64) ENGINE = MergeTree ORDER BY (query, window, release_id)")
+        "high Nullable(Float64), cost String, ledger_checkpoint Int64) ENGINE = ReplacingMergeTree ORDER BY (query, window, release_id, cell)")
     at = datetime.fromisoformat(result.released_at).strftime("%Y-%m-%d %H:%M:%S")
     cost = json.dumps(result.cost, sort_keys=True)
     rows = "\n".join(json.dumps({"release_id": result.release_id, "released_at": at, "agreement": result.agreement, "query": result.query,
