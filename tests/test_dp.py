@@ -244,3 +244,61 @@ def test_dp_budget_shows_what_is_left_per_window_and_dp_release_prints_cells_wit
     rows = {(r["window"], r["budget"]): r for r in json.loads(shown.stdout)["budgets"]}
     assert rows[("2026-06", "statistics (official_statistics)")]["left"] == {"epsilon": 1.0}
     assert rows[("2026-06", "population cap (all recipients)")]["left"] == {"epsilon": 2.0}
+
+
+def test_contribution_bounding_caps_rows_per_cell_cells_per_person_and_clips_values(landed: Settings, clickhouse_client) -> None:  # noqa: ANN001
+    """The sensitivity OpenDP is told holds: one person with 10 claims in each of 5 regions, bounded to
+    3 rows in 2 cells, weighs 6 in the counts and at most 6 x the upper bound in the sums."""
+    from backbone.privacy.bounding import bounded_aggregate
+
+    window = f"bound-{uuid.uuid4().hex[:6]}"
+    database = f"{landed.clickhouse_database_prefix}fraud"
+    clickhouse_client.command(
+        f"INSERT INTO {database}.welfare_benefit_claimed SELECT generateUUIDv4(), 'heavy', concat(toString(10 + number % 5), '07'), "
+        f"{{w:String}}, 100000 FROM numbers(50)", parameters={"w": window})
+    release = charter_with().get(SOURCE).dp_release
+    for statistic, extra, expected in (("count", {}, 6.0), ("sum", {"field": "monthly_amount", "bounds": [0, 1000]}, 6000.0)):
+        query = release.queries[0].model_copy(update={"statistic": statistic, **extra,
+                                                      "contributions": release.queries[0].contributions.model_copy(
+                                                          update={"max_groups": 2, "max_rows_per_group": 3})})
+        table = f"`{database}`.`welfare_benefit_claimed`"
+        bounded = bounded_aggregate(table, release, query, window, 7)
+        rows = clickhouse_client.query(bounded.sql, parameters=bounded.parameters).result_rows
+        assert len(rows) == 2 and all(row[1] == 3 for row in rows), rows  # two cells, three rows each
+        assert sum(row[2] for row in rows) == expected
+
+
+@pytest.mark.parametrize("query", [
+    {"statistic": "sum", "field": "monthly_amount", "bounds": [0, 1000]},
+    {"statistic": "mean", "field": "monthly_amount", "bounds": [0, 1000]},
+    {"statistic": "histogram", "field": "monthly_amount", "bins": [250, 500, 750]},
+    {"statistic": "quantile", "field": "monthly_amount", "bounds": [0, 1000], "quantile": 0.5, "candidates": 41},
+    {"statistic": "count", "mechanism": "gaussian", "cost": {"rho": 0.5}},
+    {"statistic": "count", "mechanism": "gaussian", "cost": {"epsilon": 1.0, "delta": 1e-6}},
+], ids=["sum", "mean", "histogram", "median", "count zCDP", "count (epsilon, delta)"])
+def test_every_statistic_releases_each_declared_cell_near_the_truth_for_large_cells(landed: Settings, clickhouse_client,  # noqa: ANN001
+                                                                                   query: dict) -> None:
+    from app.dp_release import compute, source_table
+
+    release_data = yaml.safe_load(to_yaml(charter_with().get(SOURCE)))["dp_release"]
+    if "rho" in query.get("cost", {}):
+        release_data["population_cap"], release_data["budgets"][0] = {"rho": 2}, {**release_data["budgets"][0], "epsilon": None, "rho": 1}
+    if "delta" in query.get("cost", {}):
+        release_data["population_cap"]["delta"], release_data["budgets"][0]["delta"] = 1e-5, 1e-5
+    release_data["queries"] = [{**release_data["queries"][0], **query}]
+    charter = charter_with(release_data)
+    agreement = charter.get(SOURCE)
+    assert charter.problems() == []
+    release = agreement.dp_release
+    cells, values, lows, highs, _, _ = compute(clickhouse_client, source_table(landed, agreement), release, release.queries[0], "2026-03")
+    assert len(cells) == release.queries[0].cell_count() == len(values)
+    region = {cell: value for cell, value in zip(cells, values, strict=True)}
+    if query["statistic"] in {"mean", "quantile"}:
+        assert 300 <= region[("34",)] <= 700  # values 100..999, evenly: mean and median near 550
+    elif query["statistic"] == "histogram":
+        assert sum(v for cell, v in region.items() if cell[0] == "34") == pytest.approx(5000, rel=0.05)
+    elif query["statistic"] == "sum":
+        assert region[("34",)] == pytest.approx(5000 * 549.5, rel=0.05)
+    else:
+        assert region[("34",)] == pytest.approx(5000, rel=0.05)
+    assert all(low is None or low <= value <= high for value, low, high in zip(values, lows, highs, strict=True))

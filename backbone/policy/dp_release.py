@@ -282,6 +282,8 @@ def _query_problems(agreement: Agreement, schemas: list[EventSchema], query: Que
     if query.statistic in {"sum", "mean", "quantile"}:
         if query.bounds is None or query.bounds[0] >= query.bounds[1]:
             problems.append(f"{at}.bounds: a {query.statistic} needs bounds [lower, upper] with lower < upper (values are clipped to them)")
+    if query.statistic == "quantile" and unit == "epsilon_delta":
+        problems.append(f"{at}.cost: a quantile is accounted in {{epsilon}} (laplace) or {{rho}} (gaussian), not with delta")
     if query.statistic == "quantile" and query.quantile is None:
         problems.append(f"{at}.quantile: say which quantile (e.g. 0.5 for the median)")
     if query.statistic == "histogram" and not query.bins:
