@@ -152,7 +152,7 @@ def racing_attempt(window: str) -> ledger.Attempt:
 
 def test_two_processes_racing_for_the_last_of_a_budget_never_overspend_and_every_refusal_is_sealed(dp_settings: Settings) -> None:
     window = f"race-{uuid.uuid4().hex[:6]}"
-    attempts = int(os.environ.get("BACKBONE_TEST_DP_RACE_ATTEMPTS", "25"))  # per process; the 1,000 in all: 500
+    attempts = int(os.environ.get("BACKBONE_TEST_DP_RACE_ATTEMPTS", "15"))  # per process; the 1,000 in all: 500
     with LedgerWriter(dp_settings, "statistician-1") as writer:  # eight already spent: two left to race for
         for _ in range(8):
             writer.attempt(racing_attempt(window))

@@ -33,6 +33,10 @@ from backbone.privacy.ledger import ACTION, SPENT, Attempt, Tally, decide
 from backbone.settings import Settings
 
 
+class LedgerIncomplete(BackboneError):
+    """The ledger's topic lost records: budgets cannot be told, so nothing is released."""
+
+
 class ReleaseRefused(BackboneError):
     """A DP release past its budget or cap: refused, and the refusal is in the trail."""
 
@@ -65,7 +69,7 @@ class LedgerWriter:
             raise KeyringError(f"a DP release is sealed in the audit trail with {actor[:64]}'s own signing key "
                                f"(`backbone keys operator add {actor[:64]}`), so it is not done: {exc}") from None
         topics = Topics(settings)
-        topics.ensure(OPERATIONS_TOPIC)
+        topics.ensure(OPERATIONS_TOPIC, config={"retention.ms": "-1"})  # the ledger: spends never expire
         topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)
         registry = registry_client(settings)
         self.encode = encoder_for(registry, f"{OPERATIONS_TOPIC}-value", schema)
@@ -102,8 +106,14 @@ class LedgerWriter:
             if new:  # the first time every partition, from its beginning; later only partitions added since
                 self.reader.incremental_assign(new)
                 self._assigned = partitions
-            ends = {p: self.reader.get_watermark_offsets(TopicPartition(OPERATIONS_TOPIC, p), timeout=timeout, cached=False)[1]
-                    for p in partitions}
+            marks = {p: self.reader.get_watermark_offsets(TopicPartition(OPERATIONS_TOPIC, p), timeout=timeout, cached=False)
+                     for p in partitions}
+            ends = {p: high for p, (_, high) in marks.items()}
+            lost = {p: low for p, (low, _) in marks.items() if low > 0}
+            if lost:  # spends the topic no longer holds would be budget given back: fail closed
+                raise LedgerIncomplete(f"{OPERATIONS_TOPIC} no longer holds the whole ledger (retention removed offsets below {lost} "
+                                       "per partition); keep that topic for ever (retention.ms=-1); "
+                                       "nothing is released")
         except KafkaException as exc:
             raise kafka_unavailable(self.settings.kafka_bootstrap, timeout, f"reading the DP ledger: {exc.args[0].str()}") from None
         positions = {tp.partition: tp.offset for tp in self.reader.position([TopicPartition(OPERATIONS_TOPIC, p) for p in partitions])}
