@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import json
+
 import pytest
 import yaml
 
@@ -59,9 +61,12 @@ def test_the_demo_charter_declares_a_valid_release_of_claims_per_region() -> Non
     (lambda r: r["budgets"][0].update(epsilon=9), "exceeds the population cap"),
     (lambda r: r["budgets"][0].update(epsilon=None, rho=0.5), "must use one accounting"),
     (lambda r: r["invariants"].append("exact_counts"), "unknown invariant 'exact_counts'"),
+    (lambda r: query(r).update(statistic="quantile", field="monthly_amount", bounds=[0, 1], quantile=0.5, mechanism="gaussian",
+                               cost={"epsilon": 1, "delta": 1e-9}), "a quantile is accounted in {epsilon} (laplace) or {rho}"),
 ], ids=["unit not a pseudonym", "windows renewing by calendar", "identifying group", "group not landed", "prefix finer than landed",
         "cells read from data", "mechanism against accounting", "cost over budget", "sum without field", "sum without bounds",
-        "mean of a pseudonym", "unknown purpose", "budget over cap", "mixed accounting", "unknown invariant"])
+        "mean of a pseudonym", "unknown purpose", "budget over cap", "mixed accounting", "unknown invariant",
+        "quantile with delta"])
 def test_the_loader_refuses_an_unsafe_release_saying_what_to_fix(edit: Callable[[dict], Any], expected: str) -> None:
     found = problems(edit)
     assert any(expected in p for p in found), found
@@ -108,3 +113,14 @@ def test_declaring_a_release_where_there_was_none_widens_for_each_recipient() ->
     data.pop("dp_release")
     rows = [c for c in diff(Agreement.model_validate(data), CHARTER.get(SOURCE), CATALOG) if c.kind == "dp_release"]
     assert [(r.recipient, r.classification) for r in rows] == [("statistics", WIDENING)]
+
+
+def test_agreements_diff_on_the_command_line_exits_1_for_a_larger_budget(backbone_cli, tmp_path) -> None:  # noqa: ANN001
+    data = release_data()
+    data["dp_release"]["budgets"][0]["epsilon"] = 2.5
+    new = tmp_path / "new.yaml"
+    new.write_text(yaml.safe_dump(data, sort_keys=False))
+    result = backbone_cli("agreements", "diff", str(PROJECT_ROOT / "agreements" / "welfare_to_fraud.yaml"), str(new), "--format", "json")
+    assert result.returncode == 1, result.stderr
+    (change,) = json.loads(result.stdout)["changes"]
+    assert (change["recipient"], change["kind"], change["classification"]) == ("statistics", "dp_release", "widening")
