@@ -21,7 +21,7 @@ from backbone.policy.dp_release import Query
 from backbone.privacy import mechanisms
 
 STRICT = 1e-6  # per bound: the within-claim check fails by chance about once in 10^12 runs
-SAMPLES = 30_000
+SAMPLES = 20_000
 
 
 def clopper_pearson(successes: int, trials: int, alpha: float) -> tuple[float, float]:
