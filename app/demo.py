@@ -22,6 +22,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
+from app.dp_release import run_release, source_table
 from app.local import ProcessorWorker, provision_role_keyrings, stack_settings, token_environment, worker_environment
 from app.scoring import score
 from backbone.audit.log import public_key_map
@@ -98,6 +99,7 @@ class DemoResult:
     retention_drops: list[RetentionDrop] = field(default_factory=list)
     catalog: dict[str, list[Path]] = field(default_factory=dict)  # kind -> files (`app/catalog.py`)
     lineage_events: Path | None = None  # the processor's OpenLineage run events (file transport)
+    statistics: Any = None  # the DP release of claims per region for the busiest month (`app.dp_release.Release`)
 
 
 @dataclass(slots=True, frozen=True)
@@ -356,6 +358,15 @@ class Demo:
         changed = agreement_changes.change_status(self.settings, self.charter, DEMO_AGREEMENT, None, status)
         if not self.worker.wait_for_line(f"agreement {changed.key} is now {status}", offset):
             raise BackboneError(f"the processor did not apply {changed.key} -> {status} within 15 s; see {self.worker.log_path}")
+
+    def release_statistics(self) -> None:
+        """Statistics' DP release of claims per region for the month with most landed claims (welfare-to-fraud's dp_release)."""
+        assert self.settings is not None
+        table = source_table(self.settings, self.charter.current("welfare-to-fraud"))
+        busiest = self.client.query(f"SELECT period FROM {table} FINAL GROUP BY period ORDER BY count() DESC LIMIT 1").result_rows
+        if busiest:  # the operator's keyring seals the spend, under an identity of its own
+            releaser = self.settings.model_copy(update={"identity": self.settings.identity or "statistics-releaser"})
+            self.result.statistics = run_release(releaser, self.client, self.charter, "welfare-to-fraud", window=busiest[0][0])
 
     def settle(self, timeout: float = 30.0) -> None:
         """Wait until the sinks have landed everything (no new rows for a few seconds)."""

@@ -35,6 +35,7 @@ from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTA
 from backbone.events.serde import HEADER_SIZE, Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, TIMESTAMPS_TOPIC
 from backbone.keys.keyring import PublicKey
+from backbone.privacy import ledger
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.plans import CHECKPOINTS_TABLE, TIMESTAMPS_TABLE
@@ -119,8 +120,9 @@ def verify_trail(trail: Trail, codec: RecordCodec, checkpoint_codec: CheckpointC
         else:
             report.failures.append(Failure(log.UNSEALED_RECORDS, "", None, f"{count} records carry no checkpoint "
                                                                            "(written before checkpoints existed, or forged)"))
-    if only is None:  # who signed each operator action, and the operations chain against the processors' anchors
+    if only is None:  # who signed each operator action, the operations chain against the processors' anchors, and every DP spend
         anchors.check(report, chains, trail.actions, keys)
+        report.failures += [Failure(p.kind, OPERATIONS_WRITER, p.sequence, p.detail) for p in ledger.recompute(trail.actions)[1]]
     if trail.stamps:
         _check_timestamps(report, trail.stamps, chains, checkpoint_codec, sealed, trust)
     return report

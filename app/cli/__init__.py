@@ -39,6 +39,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "consent": ("consent", "Record consent changes of data subjects."),
     "console": ("webconsole", "Serve the web console: flows between agencies, denials, lag, agreements, DLQ, audit (login required)."),
     "demo": ("demo", "Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."),
+    "dp": ("dp", "Differentially private releases: aggregates with noise, within budgets sealed in the audit trail."),
     "dlq": ("dlq", "Dead-letter queues: what was refused, why, and replay after a fix."),
     "erase": ("erase", "Erase one person: future events denied `erased` (but under agreements that survive erasure), "
                        "their rows deleted from every recipient database, their dead letters made unreadable, ..."),

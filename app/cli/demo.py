@@ -17,7 +17,7 @@ from backbone.events.catalog import CONSENT_EVENT
 from backbone.settings import get_settings, load_settings
 
 STAGES = {"stack": "embedded stack", "keys": "role keyrings", "processor": "processor worker", "sinks": "ClickHouse sinks",
-          "produce": "produce events", "decide": "decided + audited"}
+          "produce": "produce events", "decide": "decided + audited", "statistics": "DP statistics release"}
 
 
 @app.command()
@@ -64,6 +64,9 @@ def demo(
             expected = raw + runner.in_flight_events
             decided = runner.wait_until_decided(expected, timeout)
             runner.settle()
+            report("statistics", note="a differentially private release: claims per region and month")
+            runner.release_statistics()
+            runner.settle(10.0)  # its ledger record lands in the audit database too
             result = runner.collect()
             _summary(result, decided, expected, time.monotonic() - started)
             if decided < expected:
@@ -82,6 +85,22 @@ def retention_lines(drops: list[Any]) -> list[str]:
     """One line per table whose rows the agreement's retention dropped as they landed."""
     return [f"{drop.database}.{drop.table}: {drop.permitted - drop.landed:,} of {drop.permitted:,} permitted rows dropped by the "
             f"{drop.retention_days}-day retention (counted from the event's time: the events are older)" for drop in drops]
+
+
+def _statistics(release: Any) -> None:
+    """The DP release: the ten regions with most claims, the accuracy and what is left of the budget."""
+    if release is None:
+        return
+    table = Table("region (postcode)", "claims (noisy)", "95% interval", title=f"Claims per region, {release.window}: differentially "
+                  f"private release to {release.recipient} (epsilon {release.cost.get('epsilon', 0):g})")
+    for cell, value, low, high in sorted(zip(release.cells, release.values, release.low, release.high, strict=True),
+                                         key=lambda row: -row[1])[:10]:
+        table.add_row(f"{cell[0]}xx", f"{round(value) + 0:,}", f"[{round(low) + 0:,}, {round(high) + 0:,}]")
+    console.print(table)
+    left = ", ".join(f"{k} {v:g}" for k, v in release.remaining.items())
+    console.print(f"  {len(release.cells)} regions released, each +/- {release.accuracy:.1f} at 95%; the spend is sealed in the audit "
+                  f"trail (operations checkpoint {release.ledger_checkpoint}); left of statistics' budget for {release.window}: {left} "
+                  "(`backbone dp budget`)", highlight=False)
 
 
 def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
@@ -125,6 +144,7 @@ def _summary(result: Any, decided: int, expected: int, elapsed: float) -> None:
     elif audit is not None:
         console.print(f"[red]audit trail NOT verified[/red] ({len(audit.failures)} failures), first: {audit.failures[0]}", highlight=False)
 
+    _statistics(result.statistics)
     shown = result.in_flight
     console.print("[bold]In flight[/bold]")
     console.print(f"  consent granted, research claim:   {shown.consent_before}")

@@ -44,7 +44,8 @@ from backbone.keys.keyring import Keyring, ensure_signer, operator_signer
 from backbone.keys.master import master_key_from_settings
 from backbone.settings import Settings
 
-ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay", "notice_release", "grievance")
+ACTIONS = ("reidentify", "agreement_status", "agreement_apply", "erase", "dlq_replay", "notice_release", "grievance",
+           "dp_release")
 IDENTITY_HELP = "set BACKBONE_IDENTITY to your operator or oversight account (it is recorded with the action)"
 
 

@@ -35,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from backbone.errors import AgreementError
 from backbone.events.catalog import Catalog
+from backbone.policy.dp_release import DpRelease
 
 Status = Literal["draft", "active", "suspended", "revoked"]
 LawfulBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
@@ -168,6 +169,9 @@ class Agreement(BaseModel):
     # When the data subject sees these disclosures in the portal (`Notice`); None: at once.
     notice: Notice | None = None
     fields: dict[str, FieldTreatment]
+    # Differentially private aggregates of the rows landed under this agreement, for other
+    # recipients, within privacy budgets (`backbone.policy.dp_release`; `backbone dp`).
+    dp_release: DpRelease | None = None
 
     @field_validator("valid_from", "valid_until", mode="before")
     @classmethod

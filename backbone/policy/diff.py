@@ -41,13 +41,15 @@ import yaml
 
 from backbone.events.catalog import Catalog, EventSchema
 from backbone.policy.agreements import ENVELOPE_TREATABLE, GOVERNANCE, RELEASED_HEADER, Agreement, Charter, FieldTreatment
+from backbone.policy.dp_diff import dp_changes
 
 Classification = Literal["widening", "narrowing"]
 WIDENING: Classification = "widening"
 NARROWING: Classification = "narrowing"
 # `kind` of a change, in the order the table shows them
 KINDS = ("agreement", "recipient", "event_type", "status", "validity", "purpose", "lawful_basis", "condition",
-         "identified", "survives_erasure", "notice", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment")
+         "identified", "survives_erasure", "notice", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment",
+         "dp_release")
 # terms that select events, judged by a replay: kind -> the agreement attribute it concerns
 SELECTION_TERMS = {"condition": "condition", "purpose": "purposes", "lawful_basis": "lawful_basis"}
 PENDING = "changed: judged by --replay"
@@ -101,9 +103,9 @@ def baseline(charter: Charter, agreement: Agreement) -> Agreement | None:
 def diff(old: Agreement | None, new: Agreement | None, catalog: Catalog) -> list[Change]:
     """Every change from `old` to `new` per recipient and event type (None: no agreement)."""
     if old is None:
-        return _whole(new, catalog, WIDENING)
+        return _whole(new, catalog, WIDENING) + dp_changes(old, new)
     if new is None:
-        return _whole(old, catalog, NARROWING)
+        return _whole(old, catalog, NARROWING) + dp_changes(old, new)
     if old.recipient != new.recipient:
         return [*_whole(old, catalog, NARROWING, moved_to=new.recipient), *_whole(new, catalog, WIDENING, moved_from=old.recipient)]
     changes: list[Change] = []
@@ -118,6 +120,7 @@ def diff(old: Agreement | None, new: Agreement | None, catalog: Catalog) -> list
     for event_type in (t for t in new.event_types if t in old.event_types):
         changes.extend(_terms(old, new, event_type))
         changes.extend(_fields(old, new, event_type, catalog.events.get(event_type)))
+    changes.extend(dp_changes(old, new))
     return sorted(changes, key=lambda c: (c.recipient, c.event_type, KINDS.index(c.kind)))
 
 

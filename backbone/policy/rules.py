@@ -20,6 +20,7 @@ from backbone.policy.agreements import (
     FieldTreatment,
     _where,
 )
+from backbone.policy.dp_release import dp_problems
 from backbone.policy.treatments import TreatmentMisfit, TreatmentScope, compile_treatment
 
 
@@ -62,6 +63,7 @@ def check_agreement(agreement: Agreement, catalog: Catalog, source: str) -> list
     for name, treatment in agreement.fields.items():
         problems.extend(_check_field(agreement, where, name, treatment, schemas))
     problems.extend(_check_condition(agreement, where, schemas))
+    problems.extend(dp_problems(agreement, catalog, where))
     return problems
 
 
