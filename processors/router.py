@@ -33,6 +33,7 @@ from backbone.keys.pseudonym import token_function
 from backbone.policy.decision import ConsentState, Decision
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_timestamp_ms
+from processors.audit_record import AuditRecordWriter
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,7 @@ class Router:
         self._decoders: dict[int, CompiledDecoder | None] = {}
         self._audit_avro = catalog.internal_schema(AUDIT_EVENT)
         self._audit: Encoder | None = None
+        self._audit_record: AuditRecordWriter | None = None
         self.keyring = keyring  # the data plane's checkpoints are signed with its signing key
         self._oversight, _ = token_function(keyring, OVERSIGHT_DOMAIN)
         self._topics = {raw_topic(event_type): event_type for event_type in catalog.events}
@@ -115,7 +117,7 @@ class Router:
     def prepare(self) -> None:
         """Register the audit schema and the recipient schemas of the agreements in force now
         (start-up), not on the first event."""
-        self._audit_encoder()
+        self._audit_writer()
         now = datetime.now(UTC)
         for agreement in self.engine.charter.agreements:
             if not agreement.in_force_at(now):
@@ -143,6 +145,11 @@ class Router:
             avro = self._audit_avro
             self._audit = Encoder(self.schemas.register(AUDIT_SUBJECT, avro), parse_schema(avro), avro)
         return self._audit
+
+    def _audit_writer(self) -> AuditRecordWriter:
+        if self._audit_record is None:
+            self._audit_record = AuditRecordWriter.for_schema(self._audit_encoder(), self._audit_avro)
+        return self._audit_record
 
     def route(self, topic: str, key: bytes | None, value: bytes | None, headers: Headers | None,
               consent: ConsentState, now: datetime, *, partition: int | None = None,
@@ -223,8 +230,7 @@ class Router:
         subject = record.get(subject_field) if subject_field else None
         subject_token = self._oversight(subject) if subject else None
         provider = record["provider"]
-        audit = self._audit or self._audit_encoder()
-        entries = []
+        audit = self._audit_record or self._audit_writer()
         for decision in decisions:
             if decision.permitted:
                 encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
@@ -238,21 +244,13 @@ class Router:
                                       released_timestamp_ms(decision.record.get("occurred_at"))))
                 self.counts["permit"] += 1
                 self.decided[(decision.recipient, PERMIT)] += 1
-                entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
-                                "agreement_version": decision.agreement_version, "outcome": PERMIT,
-                                "key_ids": list(decision.key_ids), "recipient_event_id": decision.record["event_id"]})
             else:
                 self.counts["deny"] += 1
                 self.decided[(decision.recipient, decision.reason or "denied")] += 1
-                entries.append({"recipient": decision.recipient, "agreement_id": decision.agreement_id,
-                                "agreement_version": decision.agreement_version, "outcome": decision.reason,
-                                "key_ids": [], "recipient_event_id": None})
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
-        # not per decision (bench.router measures both designs).
-        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit({
-            "event_id": event_id, "event_type": event_type, "provider": provider, "subject_token": subject_token,
-            "decided_at": now, "decisions": entries, **UNPLACED,
-        })))
+        # not per decision (bench.router measures both designs); written from cached parts
+        # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
+        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, decisions)))
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

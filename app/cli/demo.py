@@ -11,10 +11,9 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings, load_settings
 from backbone.errors import BackboneError
 from backbone.events.catalog import CONSENT_EVENT
-from backbone.settings import get_settings, load_settings
 
 STAGES = {"stack": "embedded stack", "keys": "role keyrings", "processor": "processor worker", "sinks": "ClickHouse sinks",
           "produce": "produce events", "decide": "decided + audited"}

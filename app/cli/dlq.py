@@ -8,11 +8,10 @@ from datetime import UTC, datetime
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.kafka import dlq
-from backbone.settings import get_settings
 
 dlq_app = typer.Typer(help="Dead-letter queues: what was refused, why, and replay after a fix.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")

@@ -14,12 +14,11 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
 from backbone.files.private import make_private_dirs
 from backbone.registry.roles import Grant
 from backbone.registry.users import User, UsersFile, check_name, new_password
-from backbone.settings import get_settings
 
 registry_app = typer.Typer(help="The backbone's schema registry: its users.", no_args_is_help=True)
 users_app = typer.Typer(help="Add, list and remove registry users (HTTP Basic; roles read, write, admin).", no_args_is_help=True)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 
-from app.cli import app, console
-from backbone.settings import get_settings
+from app.cli import app, console, get_settings
 from backbone.stack.embedded import KEEPS, EmbeddedStack
 
 

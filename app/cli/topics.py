@@ -5,11 +5,10 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
 from backbone.kafka.topics import Topics
-from backbone.settings import get_settings
 
 topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
