@@ -13,7 +13,6 @@ from rich.table import Table
 
 from app.cli import app, console, get_settings, load_settings
 from backbone.errors import BackboneError
-from backbone.events.catalog import CONSENT_EVENT
 
 STAGES = {"stack": "embedded stack", "keys": "role keyrings", "processor": "processor worker", "sinks": "ClickHouse sinks",
           "produce": "produce events", "decide": "decided + audited"}
@@ -59,6 +58,8 @@ def demo(
             runner.show_consent_withdrawal()
             runner.show_suspension()
             runner.produce()
+            from backbone.events.catalog import CONSENT_EVENT
+
             raw = sum(n for event_type, n in runner.result.produced.items() if event_type != CONSENT_EVENT)
             expected = raw + runner.in_flight_events
             decided = runner.wait_until_decided(expected, timeout)

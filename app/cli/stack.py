@@ -6,13 +6,14 @@ import signal
 import threading
 
 from app.cli import app, console, get_settings
-from backbone.stack.embedded import KEEPS, EmbeddedStack
 
 
 @app.command()
 def up() -> None:
     """Run the embedded stack (broker, registry) in the foreground and print its connection strings
     and the registry credentials every backbone client sends (fresh each start)."""
+    from backbone.stack.embedded import KEEPS, EmbeddedStack  # when it runs, not for --help
+
     settings = get_settings()
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())
