@@ -25,7 +25,7 @@ import pytest
 
 from backbone.clickhouse.client import make_client
 from backbone.events.catalog import CONSENT_EVENT, load_catalog
-from backbone.events.serde import registry_client
+from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.policy.released import released_timestamp_ms
@@ -96,6 +96,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
         worker = Worker(settings, "logs/linkage").start()
         try:
             count, sent = send_demo_mix(settings, events=8000)
+            decoder = Decoder(registry_client(settings))
             records = AuditRecords(settings)
             audit = read_topic(settings, AUDIT_TOPIC, lambda ms: len(records.event_ids(ms)) >= count, timeout=180)
             assert len(records.event_ids(audit)) == count, "every event decided"

@@ -12,6 +12,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 from backbone.events.catalog import CONSENT_EVENT
+from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, shared_topic
 from backbone.settings import Settings
 from producers import AgencyProducer, ConsentPublisher
@@ -63,6 +64,7 @@ def test_sigkilled_worker_loses_nothing_after_restart(stack: Settings) -> None:
         time.sleep(0.05)
     worker.kill()
 
+    decoder = Decoder(registry_client(stack))
     decided_before_restart = AuditRecords(stack).event_ids(read_topic(stack, AUDIT_TOPIC, lambda ms: False, timeout=3))
     assert 0 < len(decided_before_restart & set(sent)) < len(sent), "the kill must land mid-stream"
 
