@@ -108,6 +108,7 @@ class Router:
         self._purposes = frozenset(catalog.purposes)
         self._encoders: dict[tuple[str, int, str], Encoder] = {}
         self._shared_topics: dict[tuple[str, str], str] = {}
+        self._headers: dict[tuple[str | None, int | None], Headers] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
         # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.telemetry.metrics
@@ -238,9 +239,12 @@ class Router:
                     topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
                 # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
                 # (every producer can recompute that); the one header names the agreement only.
+                headers = self._headers.get((decision.agreement_id, decision.agreement_version))
+                if headers is None:  # one list per agreement version, shared by its records (never changed)
+                    headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
+                        (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
-                                      [(AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())],
-                                      released_timestamp_ms(decision.record.get("occurred_at"))))
+                                      headers, released_timestamp_ms(decision.record.get("occurred_at"))))
                 self.counts["permit"] += 1
                 self.decided[(decision.recipient, PERMIT)] += 1
             else:
