@@ -53,7 +53,7 @@ from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings
 from bench.latency import SharedReader, cpu_ticks, recipient_ids
 from bench.loops import MixProducer, produce_all, run_bare, run_handwritten, run_passthrough
-from bench.pipeline import Progress, Sinks, Visibility, decided_ms, memory_report, wait_landed
+from bench.pipeline import Progress, Sinks, Visibility, audit_counts, decided_ms, memory_report, wait_landed
 from bench.processes import clean_stop
 from bench.results import (
     LOADED_MACHINE,
@@ -324,11 +324,14 @@ def run(args: argparse.Namespace) -> Results:
             console.print(f"throughput: {len(records):,} events ...")
             results.throughput_sink_batch = f"{settings.sink_batch_seconds:g} s / {settings.sink_batch_rows:,} rows"
             progress = Progress(settings, sinks).start()
-            committed_before, (audit_before, shared_before) = progress.committed, progress.landed
+            # audit rows from the table (one per event): the audit sink lands up to 64 events' records per message
+            committed_before, (_, shared_before) = progress.committed, progress.landed
+            audit_before = audit_counts(client)[0]
             try:
                 producers, first, acked = produce_all(settings, records)
                 decided += results.raw_events
-                audit_rows, shared_rows = wait_landed(client, sinks, worker, decided, args.max_seconds)
+                _, shared_rows = wait_landed(client, sinks, worker, decided, args.max_seconds)
+                audit_rows = audit_counts(client)[0]
                 # the last commit may trail the landing a little: wait for it (bounded)
                 deadline = time.monotonic() + 30
                 while progress.committed - committed_before < results.raw_events and time.monotonic() < deadline:
