@@ -32,6 +32,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 from rich.table import Table
 
 from app.local import ProcessorWorker, embedded_settings
+from backbone.audit.batches import Unpacker
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
@@ -78,17 +79,17 @@ class AuditTail:
         consumer = Consumer(self.settings.consumer_config(f"bench-audit-{uuid.uuid4().hex[:8]}"))
         partitions = consumer.list_topics(AUDIT_TOPIC, timeout=10).topics[AUDIT_TOPIC].partitions
         consumer.assign([TopicPartition(AUDIT_TOPIC, p, OFFSET_END) for p in partitions])
-        decode = Decoder(registry_client(self.settings))
+        unpack = Unpacker(Decoder(registry_client(self.settings)).source.schema)
         self._ready.set()
         try:
             while not self._stop.is_set():
                 for message in consumer.consume(1000, 0.05):
                     if message.error() is not None:
                         continue
-                    record = decode(message.value()).record
-                    for entry in record["decisions"]:
-                        if entry["recipient"] == "research":
-                            self.decisions[str(record["event_id"])] = (entry["outcome"], record["decided_at"].timestamp() * 1000)
+                    for record in unpack.records(message.value() or b""):  # one or many per message (`backbone.audit.batches`)
+                        for entry in record["decisions"]:
+                            if entry["recipient"] == "research":
+                                self.decisions[str(record["event_id"])] = (entry["outcome"], record["decided_at"].timestamp() * 1000)
         finally:
             consumer.close()
 

@@ -37,6 +37,7 @@ processes started here are stopped.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from collections.abc import Sequence
@@ -50,9 +51,9 @@ from backbone.errors import BackboneError
 from backbone.events.catalog import CONSENT_EVENT, load_catalog
 from backbone.policy.agreements import Charter, load_agreements
 from backbone.settings import Settings
-from bench.latency import SharedReader, recipient_ids
+from bench.latency import SharedReader, cpu_ticks, recipient_ids
 from bench.loops import MixProducer, produce_all, run_bare, run_handwritten, run_passthrough
-from bench.pipeline import Progress, Sinks, Visibility, decided_ms, memory_report, wait_landed
+from bench.pipeline import Progress, Sinks, Visibility, audit_counts, decided_ms, memory_report, wait_landed
 from bench.processes import clean_stop
 from bench.results import (
     LOADED_MACHINE,
@@ -113,6 +114,7 @@ class Results:
     latency_unseen: int = 0
     latency_ms: dict[str, float] = field(default_factory=dict)
     decided_ms: dict[str, float] = field(default_factory=dict)  # send -> processor decision (audit decided_at)
+    cpu_during_latency: dict[str, float] = field(default_factory=dict)  # machine busy %, worker and harness % of a core
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     shared_latency_ms: dict[str, float] = field(default_factory=dict)  # produce -> shared, every released record
@@ -152,6 +154,7 @@ class Latency:
     unseen: int  # sampled events never seen
     shared_ms: list[float]  # every released record: send -> read from its shared topic
     shared_unmatched: int  # shared records of events sent before this phase
+    cpu: dict[str, float] = field(default_factory=dict)  # while offering: machine busy %, worker and harness % of a core
 
 
 def run_latency(settings: Settings, client: Any, charter: Charter, worker: ProcessorWorker, sinks: Sinks,
@@ -174,6 +177,7 @@ def run_latency(settings: Settings, client: Any, charter: Charter, worker: Proce
     tracked = sent = 0
     try:
         started = time.perf_counter()
+        machine, process, harness = cpu_ticks(), cpu_ticks(worker.pid), cpu_ticks(os.getpid())
         for index in range(0, len(records), step):
             ahead = started + index / rate - time.perf_counter()
             if ahead > 0:
@@ -192,7 +196,14 @@ def run_latency(settings: Settings, client: Any, charter: Charter, worker: Proce
                         shared_sent[recipient_id(record["event_id"])] = at
             for producer in producers.producers.values():
                 producer.poll(0)
-        offered = len(records) / (time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        offered = len(records) / elapsed
+        machine_now, process_now, harness_now = cpu_ticks(), cpu_ticks(worker.pid), cpu_ticks(os.getpid())
+        hz = os.sysconf("SC_CLK_TCK")
+        cpu = {"machine_busy_pct": 100 * (machine_now[0] - machine[0]) / max(1, machine_now[1] - machine[1]),
+               "worker_pct_of_a_core": 100 * (process_now[0] - process[0]) / hz / elapsed,
+               # this process: the producers, the sinks and their chDB, the visibility poller and the shared reader
+               "harness_pct_of_a_core": 100 * (harness_now[0] - harness[0]) / hz / elapsed}
         producers.close()
         # Drain: until every sampled row is seen, or none showed for 5 s (bounded).
         deadline = time.monotonic() + 60
@@ -212,7 +223,7 @@ def run_latency(settings: Settings, client: Any, charter: Charter, worker: Proce
         raise BackboneError(f"visibility poll failed: {visibility.error}") from visibility.error
     console.print(f"visibility poll: {visibility.queries:,} queries, {visibility.query_s / max(1, visibility.queries) * 1000:.1f} ms each")
     return Latency(offered, visibility.latencies_ms, decided_ms(client, visibility.sampled), visibility.unseen(),
-                   reader.latencies_ms, reader.unmatched)
+                   reader.latencies_ms, reader.unmatched, cpu)
 
 
 # -- report -------------------------------------------------------------------------------------
@@ -247,6 +258,11 @@ def report(results: Results) -> Path:
     add_latency(table, "produce -> shared", results.shared_latency_ms, P99_SHARED_TARGET_MS)
     intervals = ", ".join(f"{name} {seconds:.2f}" for name, seconds in results.latency_batch_interval_s.items())
     table.add_row("sink batch interval in the latency phase", "s per batch", intervals)
+    if results.cpu_during_latency:
+        cpu = results.cpu_during_latency
+        table.add_row("CPU while offering: machine busy / worker / harness",
+                      f"{cpu['machine_busy_pct']:.0f}% / {cpu['worker_pct_of_a_core']:.0f}% / {cpu['harness_pct_of_a_core']:.0f}%",
+                      "worker and harness in % of one core")
     table.add_row("latency samples (seen / never seen)", f"{results.latency_samples:,} / {results.latency_unseen:,}", "")
     for when, processes in results.rss_mb.items():
         for name, memory in processes.items():
@@ -308,11 +324,14 @@ def run(args: argparse.Namespace) -> Results:
             console.print(f"throughput: {len(records):,} events ...")
             results.throughput_sink_batch = f"{settings.sink_batch_seconds:g} s / {settings.sink_batch_rows:,} rows"
             progress = Progress(settings, sinks).start()
-            committed_before, (audit_before, shared_before) = progress.committed, progress.landed
+            # audit rows from the table (one per event): the audit sink lands up to 64 events' records per message
+            committed_before, (_, shared_before) = progress.committed, progress.landed
+            audit_before = audit_counts(client)[0]
             try:
                 producers, first, acked = produce_all(settings, records)
                 decided += results.raw_events
-                audit_rows, shared_rows = wait_landed(client, sinks, worker, decided, args.max_seconds)
+                _, shared_rows = wait_landed(client, sinks, worker, decided, args.max_seconds)
+                audit_rows = audit_counts(client)[0]
                 # the last commit may trail the landing a little: wait for it (bounded)
                 deadline = time.monotonic() + 30
                 while progress.committed - committed_before < results.raw_events and time.monotonic() < deadline:
@@ -369,6 +388,13 @@ def run(args: argparse.Namespace) -> Results:
                 sink.plan.name: (time.perf_counter() - batches[sink.plan.name][1]) / max(1, sink.stats.batches - batches[sink.plan.name][0])
                 for sink in sinks.sinks}
             results.decided_ms = percentiles(latency.decided_ms)
+            results.cpu_during_latency = latency.cpu
+            if latency.offered < 0.95 * args.rate:
+                results.notes.append(
+                    f"the harness is the limit: it offered {latency.offered:,.0f} of {args.rate:,.0f} events/s; while offering, this "
+                    f"process (producers, sinks, chDB, pollers) used {latency.cpu['harness_pct_of_a_core']:.0f}% of a core, the worker "
+                    f"{latency.cpu['worker_pct_of_a_core']:.0f}%, the machine was {latency.cpu['machine_busy_pct']:.0f}% busy: "
+                    "the latencies are of an overloaded machine, not of the backbone at the rate asked for")
             for sink in sinks.sinks:
                 st = sink.stats
                 results.notes.append(f"sink {sink.plan.name}: {st.batches} batches; seconds in consume {st.consume_s:.1f}, "

@@ -14,6 +14,7 @@ from pathlib import Path
 from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from app.local import ProcessorWorker
+from backbone.audit.batches import Unpacker
 from backbone.events.serde import Decoder, registry_client
 from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
@@ -42,6 +43,7 @@ class SharedReader:
                                if name.startswith("shared.") or (routed is not None and name == AUDIT_TOPIC)
                                for p in topic.partitions])
         self._decode = Decoder(registry_client(settings))
+        self._unpack = Unpacker(self._decode.source.schema)
         self._sliced: dict[bytes, bool] = {}  # schema id -> whether the event id is read straight from the bytes
         self._thread = threading.Thread(target=self._run, name="bench-shared-reader", daemon=True)
 
@@ -75,10 +77,11 @@ class SharedReader:
             for message in messages:
                 if message.error() is not None:
                     continue
-                if message.topic() == AUDIT_TOPIC:
-                    at = sources.get((message.key() or b"").decode())
-                    if at is not None:
-                        routed.append(message.timestamp()[1] - at * 1000)
+                if message.topic() == AUDIT_TOPIC:  # many events' audit records in one message (`backbone.audit.batches`)
+                    for record in self._unpack.records(message.value() or b""):
+                        at = sources.get(str(record["event_id"]))
+                        if at is not None:
+                            routed.append(message.timestamp()[1] - at * 1000)
                     continue
                 event_id = self.event_id(message.value())
                 at = sent.get(event_id)

@@ -68,7 +68,8 @@ class Sinks:
         return self
 
     def landed(self) -> tuple[int, int]:
-        """(audit rows landed, shared rows landed or dead-lettered) so far."""
+        """(audit messages landed, shared rows landed or dead-lettered) so far; an audit message holds
+        up to 64 events' records (`backbone.audit.batches`): `audit_counts` counts rows."""
         audit, shared = self.carried
         return audit + self.audit.stats.landed, shared + sum(s.stats.landed + s.stats.dead_lettered for s in self.shared)
 

@@ -107,6 +107,12 @@ class Results:
     # honest baselines (issue 16): hand-written loops with no project code but the policy engine
     handwritten_loop_events_per_s: float = 0.0  # same work as the processor: one audit record per event
     handwritten_no_audit_events_per_s: float = 0.0
+    # CPU (every thread) per event: the measure that holds on a loaded machine, where events/s follow
+    # the CPU a process happens to get; the ratio is hand-written no-audit µs / processor µs
+    processor_cpu_us_per_event: float | None = None
+    handwritten_no_audit_cpu_us_per_event: float | None = None
+    handwritten_loop_cpu_us_per_event: float | None = None
+    cpu_ratio_processor_to_handwritten_no_audit: float | None = None
     router_loop_events_per_s: float = 0.0  # = bare_events_per_s: the project's Router in a bare loop
     offered_events_per_s: float = 0.0
     p50_produce_to_shared_ms: float | None = None
@@ -150,6 +156,13 @@ def report(results: Results) -> Path:
         add_handwritten(table, results.handwritten_loop_events_per_s, results.handwritten_no_audit_events_per_s)
         add_handwritten_ratios(table, results.processor_events_per_s, results.handwritten_loop_events_per_s,
                                results.handwritten_no_audit_events_per_s, goal=HANDWRITTEN_TARGET)
+    if results.processor_cpu_us_per_event and results.handwritten_no_audit_cpu_us_per_event:
+        table.add_row("CPU µs per event (every thread): processor / hand-written with audit / no audit",
+                      f"{results.processor_cpu_us_per_event:,.1f} / {results.handwritten_loop_cpu_us_per_event or 0:,.1f} / "
+                      f"{results.handwritten_no_audit_cpu_us_per_event:,.1f}", "the measure that holds on a loaded machine")
+        ratio = results.cpu_ratio_processor_to_handwritten_no_audit or 0.0
+        table.add_row("processor / hand-written no-audit loop, from CPU per event", f"{ratio:.0%}",
+                      target(ratio >= HANDWRITTEN_TARGET, f">= {HANDWRITTEN_TARGET:.0%}"))
     if results.checkpoint_rounds:
         cost_ok = results.checkpoint_cost_ratio >= CHECKPOINT_TARGET
         table.add_row("data plane in this process, with checkpoints / without (best of "
@@ -251,8 +264,12 @@ def _throughput(args: argparse.Namespace) -> Results:
         assert routed == results.events, f"bare loop routed {routed} of {results.events}"
         results.router_loop_events_per_s = results.bare_events_per_s
         console.print("hand-written loops (with the processor's audit record, and without audit) ...")
-        results.handwritten_loop_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=True)
-        results.handwritten_no_audit_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=False)
+        with_audit: dict[str, float] = {}
+        no_audit: dict[str, float] = {}
+        results.handwritten_loop_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=True, cpu=with_audit)
+        results.handwritten_no_audit_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=False, cpu=no_audit)
+        results.handwritten_loop_cpu_us_per_event = with_audit.get("us_per_event")
+        results.handwritten_no_audit_cpu_us_per_event = no_audit.get("us_per_event")
         if args.checkpoint_rounds:
             console.print("the data plane in this process, with and without checkpoints ...")
             rounds = results.checkpoint_rounds = run_checkpoint_cost(settings, ends, args.max_seconds, args.checkpoint_rounds)
@@ -275,8 +292,8 @@ def _throughput(args: argparse.Namespace) -> Results:
         try:
             console.print(f"bare loop {results.bare_events_per_s:,.0f} events/s; processor ...")
             try:
-                steady, from_ready, _ = run_processor(settings, worker, ends, args.max_seconds,
-                                                      on_ready=record if args.profile else None)
+                steady, from_ready, worker_cpu = run_processor(settings, worker, ends, args.max_seconds,
+                                                               on_ready=record if args.profile else None)
             finally:
                 if recorder is not None:
                     recorder.stop()
@@ -286,6 +303,10 @@ def _throughput(args: argparse.Namespace) -> Results:
                 results.notes.append(f"the worker's throughput run was recorded by py-spy (raw stacks: {recorder.output}); "
                                      "its events/s are of a sampled process")
             results.processor_events_per_s, results.processor_events_per_s_from_ready = steady, from_ready
+            results.processor_cpu_us_per_event = sum(worker_cpu) / results.events * 1e6
+            if results.handwritten_no_audit_cpu_us_per_event:
+                results.cpu_ratio_processor_to_handwritten_no_audit = (
+                    results.handwritten_no_audit_cpu_us_per_event / results.processor_cpu_us_per_event)
             results.ratio = steady / results.bare_events_per_s
             results.worker_rss_mb_after_throughput = worker.rss_mb()
             if not args.skip_latency:

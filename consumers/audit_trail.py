@@ -26,6 +26,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from fastavro import parse_schema, schemaless_reader
 
 from backbone.audit import anchors, log
+from backbone.audit.batches import Unpacker
 from backbone.audit.log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
 from backbone.audit.operations import OPERATIONS_WRITER
 from backbone.audit.receipts import make_receipt
@@ -416,6 +417,18 @@ def _read_all(settings: Settings, topic: str, idle_s: float, timeout_s: float) -
     return (message.value() or b"" for message in read_messages(settings, topic, idle_s, timeout_s))
 
 
+def add_messages(trail: Trail, unpack: Unpacker, values: Iterable[bytes]) -> None:
+    """The records of `audit.decisions` or `audit.operations` messages, by their own bytes: a message
+    holds one record or, since batching, many (`backbone.audit.batches`); both verify alike."""
+    for message in values:
+        for value, record in unpack(message):
+            writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
+            content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
+            trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
+            if writer == OPERATIONS_WRITER:
+                trail.actions[sequence] = record
+
+
 def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, PublicKey], *, idle_s: float = 1.0,
                  timeout_s: float = 600.0, trust: Trust | None = None) -> Report:
     """The trail as the topics hold it: the records' own bytes, no recomputation; and the
@@ -427,14 +440,9 @@ def verify_kafka(settings: Settings, catalog: Catalog, keys: Mapping[str, Public
         for value in _read_all(settings, topic, idle_s, timeout_s):
             checkpoint = checkpoint_codec.decode(value[HEADER_SIZE:])
             trail.checkpoints[checkpoint.writer].append(checkpoint)
+    unpack = Unpacker(decode.source.schema)
     for topic in (AUDIT_TOPIC, OPERATIONS_TOPIC):
-        for value in _read_all(settings, topic, idle_s, timeout_s):
-            record = decode(value).record
-            writer, sequence, index = record.get("writer", ""), record.get("checkpoint", 0), record.get("leaf", 0)
-            content = log.content_of(value[HEADER_SIZE:], record) if "writer" in record else value[HEADER_SIZE:]
-            trail.add((writer, sequence), index, content, len(record.get("decisions") or ()))
-            if writer == OPERATIONS_WRITER:
-                trail.actions[sequence] = record
+        add_messages(trail, unpack, _read_all(settings, topic, idle_s, timeout_s))
     stamp_schema = parse_schema(catalog.internal_schema(AUDIT_TIMESTAMP))
     for value in _read_all(settings, TIMESTAMPS_TOPIC, idle_s, timeout_s):
         try:

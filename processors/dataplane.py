@@ -10,8 +10,8 @@ group), so adding workers scales by partitions.
 
 Each batch's audit records are sealed by one signed checkpoint (`processors.checkpoints`): the
 records are placed (writer, checkpoint, leaf) as they are routed, held until the batch's checkpoint
-is signed and recorded in the writer's state, then produced with the checkpoint, all before the
-offsets are committed.
+is signed and recorded in the writer's state, then produced with the checkpoint, many records to a
+Kafka record (`backbone.audit.batches`), all before the offsets are committed.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
+from backbone.audit.batches import pack
 from backbone.errors import BackboneError, RegistryError
 from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
 from backbone.policy.decision import ConsentState
@@ -201,7 +202,7 @@ class DataPlane:
         produced = 0
         checkpoints = self.checkpoints
         place = checkpoints.place if checkpoints is not None else None
-        audit: list[tuple[bytes | None, bytes]] = []  # placed audit records, produced once the batch is sealed
+        audit: list[bytes] = []  # (placed) audit records, produced in batches once the batch is sealed
         shared: list[Output] = []  # released records, produced in a random order once the batch is routed
         unavailable: RegistryError | None = None
         for message in messages:
@@ -223,8 +224,8 @@ class DataPlane:
                 unavailable = exc
                 continue
             for output in outputs:
-                if place is not None and output.topic == AUDIT_TOPIC:
-                    audit.append((output.key, place(output.value)))
+                if output.topic == AUDIT_TOPIC:
+                    audit.append(place(output.value) if place is not None else output.value)
                     continue
                 if output.timestamp:
                     shared.append(output)
@@ -236,17 +237,22 @@ class DataPlane:
             self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
                           output.timestamp)
         produced += len(shared)
-        if audit and checkpoints is not None:
-            sealed = checkpoints.seal()
-            if checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
+        if audit:
+            sealed = checkpoints.seal() if checkpoints is not None else None
+            if sealed is not None and checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
                 self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
                 self._flushed(producer)
-            for key, value in audit:
+            # Many events' audit records in one Kafka record (`backbone.audit.batches`), keyed by the
+            # writer: one produce call per RECORDS_PER_MESSAGE events, not one per event.
+            key = sealed.key if sealed is not None else None
+            for value in pack(audit):
                 self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
-            if not checkpoints.checkpoint_first:
-                self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
-            produced += len(audit) + 1
-            self.checkpoints_sealed += 1
+                produced += 1
+            if sealed is not None:
+                if not checkpoints.checkpoint_first:
+                    self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+                produced += 1
+                self.checkpoints_sealed += 1
         routed = time.perf_counter()
         self._flushed(producer)
         flushed = time.perf_counter()

@@ -12,7 +12,8 @@ recipient receives them.
 
 from __future__ import annotations
 
-import random
+import os
+import struct
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
@@ -25,9 +26,13 @@ class _Keyed(Protocol):
 T = TypeVar("T", bound=_Keyed)
 
 
-def release_order(outputs: Sequence[T], rank: Callable[[], float] = random.SystemRandom().random) -> list[T]:
+def release_order(outputs: Sequence[T], rank: Callable[[], float] | None = None) -> list[T]:
     """`outputs` in a random order that keeps the relative order of records with the same topic and
-    key (records without a key are each placed on their own)."""
+    key (records without a key are each placed on their own). `rank()` draws a slot's rank; by
+    default the operating system's randomness, read once per batch (one read, not one per record:
+    a read per record was ~5% of the worker's time, py-spy)."""
+    if rank is None:
+        rank = iter(struct.unpack(f"<{len(outputs)}Q", os.urandom(8 * len(outputs)))).__next__
     ranks: dict[tuple[str, bytes], float] = {}
 
     def placed(output: T) -> float:

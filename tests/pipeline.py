@@ -10,9 +10,24 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from app.local import ProcessorWorker as Worker
 from app.local import embedded_settings as private_stack
+from backbone.audit.batches import Unpacker
+from backbone.events.serde import Decoder, registry_client
 from backbone.settings import Settings
 
-__all__ = ["Worker", "header", "private_stack", "read_topic"]
+__all__ = ["AuditRecords", "Worker", "header", "private_stack", "read_topic"]
+
+
+class AuditRecords:
+    """The audit records in messages of `audit.decisions` (each holds one or many: `backbone.audit.batches`)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._unpack = Unpacker(Decoder(registry_client(settings)).source.schema)
+
+    def __call__(self, messages: list[Message]) -> list[dict]:
+        return [record for message in messages for record in self._unpack.records(message.value() or b"")]
+
+    def event_ids(self, messages: list[Message]) -> set[str]:
+        return {str(record["event_id"]) for record in self(messages)}
 
 
 def read_topic(settings: Settings, topic: str, until: Callable[[list[Message]], bool], timeout: float = 60.0) -> list[Message]:

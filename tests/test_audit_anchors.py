@@ -32,7 +32,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_trail import Trail, verify_trail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from tests.cli import run_backbone
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,9 @@ def _operator_keyring(settings: Settings, path: Path) -> None:
 def _decide(settings: Settings, sent: set[str], seed: int, events: int = 20) -> None:
     """A wave of events, decided and audited."""
     sent |= set(produce_synthetic(settings, events=events, seed=seed))
-    audited = read_topic(settings, AUDIT_TOPIC, lambda m: len({x.key() for x in m}) >= len(sent), timeout=90)
-    assert len({message.key() for message in audited}) >= len(sent)
+    records = AuditRecords(settings)
+    audited = read_topic(settings, AUDIT_TOPIC, lambda m: len(records.event_ids(m)) >= len(sent), timeout=90)
+    assert len(records.event_ids(audited)) >= len(sent)
 
 
 def _decide_until_anchored(settings: Settings, catalog: Catalog, sequence: int, sent: set[str]) -> None:

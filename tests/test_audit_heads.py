@@ -28,7 +28,7 @@ from backbone.settings import Settings
 from consumers.audit_heads import CHECKPOINT_TOPICS
 from consumers.plans import CHECKPOINTS_SINK, group_id, recipient_plan
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -53,8 +53,9 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
         try:
             for wave in range(3):  # waves apart: several checkpoints
                 sent += len(produce_synthetic(settings, events=150, seed=wave))
-                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len({x.key() for x in m}) >= n, timeout=120)
-                assert len({message.key() for message in audited}) == sent
+                records = AuditRecords(settings)
+                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(records.event_ids(m)) >= n, timeout=120)
+                assert len(records.event_ids(audited)) == sent
         finally:
             worker.stop()
         for n in range(2):

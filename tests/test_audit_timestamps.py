@@ -27,7 +27,7 @@ from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_trail import ClickHouseTrail, verify_kafka
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan, timestamps_plan
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 from tests.tsa import LocalTsa
 
@@ -78,8 +78,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhous
             def wave(seed: int) -> int:
                 nonlocal sent
                 sent += len(produce_synthetic(settings, events=100, seed=seed))
-                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len({x.key() for x in m}) >= n, timeout=60)
-                assert len({message.key() for message in audited}) == sent  # deciding never waits for the TSA
+                records = AuditRecords(settings)
+                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(records.event_ids(m)) >= n, timeout=60)
+                assert len(records.event_ids(audited)) == sent  # deciding never waits for the TSA
                 return _highest(settings, CHECKPOINTS_TOPIC)
 
             _wait_for_stamp(settings, wave(0))

@@ -30,7 +30,7 @@ from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_trail import ClickHouseTrail, verify_kafka
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -69,8 +69,9 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
                 if wave == 1:  # a crash while deciding: the writer takes its chain up again after it
                     worker.kill()
                     worker = Worker(settings, "worker").start()
-                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len({x.key() for x in m}) >= n, timeout=120)
-                assert len({message.key() for message in audited}) == sent
+                records = AuditRecords(settings)
+                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(records.event_ids(m)) >= n, timeout=120)
+                assert len(records.event_ids(audited)) == sent
         finally:
             worker.stop()
         for action in ACTIONS:

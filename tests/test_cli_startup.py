@@ -68,3 +68,43 @@ def test_produce_help_names_every_synthetic_agency() -> None:
 def test_an_unknown_command_is_a_usage_error(backbone_cli) -> None:  # noqa: ANN001 - the conftest fixture
     result = backbone_cli("no-such-command")
     assert result.returncode == 2 and "no-such-command" in result.stderr
+
+
+# What a command's help must not import: settings (pydantic-settings) and the client libraries are most
+# of a command's start-up time, and help needs none of them (a command imports them when it runs).
+NOT_FOR_HELP = ("pydantic_settings", "backbone.settings", "faust", "confluent_kafka", "clickhouse_connect", "chdb")
+EVERY_HELP = (
+    "import json, sys\n"
+    "from typer.main import get_command\n"
+    "from app.cli import _register, app\n"
+    "_register()\n"
+    "def walk(command, ctx):\n"
+    "    command.get_help(ctx)\n"
+    "    for name, sub in sorted(getattr(command, 'commands', {}).items()):\n"
+    "        walk(sub, type(ctx)(sub, info_name=name, parent=ctx))\n"
+    "root = get_command(app)\n"
+    "from typer._click import Context\n"
+    "walk(root, Context(root, info_name='backbone'))\n"
+    f"print(json.dumps(sorted(m for m in {NOT_FOR_HELP!r} if m in sys.modules)))\n"
+)
+LOADED_AFTER = (
+    "import json, sys\n"
+    "sys.argv = ['backbone', *sys.argv[1:]]\n"
+    "from app.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    f"print(json.dumps(sorted(m for m in {NOT_FOR_HELP!r} if m in sys.modules)), file=sys.stderr)\n"
+)
+
+
+def test_the_help_of_every_command_imports_no_settings_and_no_client_library() -> None:
+    result = subprocess.run([sys.executable, "-c", EVERY_HELP], capture_output=True, text=True, timeout=120, env=clean_env())
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_a_subcommands_help_through_the_backbone_command_loads_no_settings() -> None:
+    # the root's callback (logging set-up from the settings) runs before a subcommand reads its --help
+    for args in (("registry", "users", "list", "--help"), ("-v", "dlq", "replay", "--help")):
+        result = subprocess.run([sys.executable, "-c", LOADED_AFTER, *args], capture_output=True, text=True, timeout=60, env=clean_env())
+        assert "Usage" in result.stdout, result.stderr[-2000:]
+        assert json.loads(result.stderr.strip().splitlines()[-1]) == [], args

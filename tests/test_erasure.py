@@ -46,7 +46,7 @@ from consumers.sink import sinks_for
 from processors.erasure import ErasureTable
 from producers import AgencyProducer, ConsentPublisher
 from producers.keys import SubjectKeys
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -214,12 +214,11 @@ def send_person(settings: Settings, subject: str) -> dict[str, str]:
 
 def outcomes(settings: Settings, event_ids: set[str], timeout: float = 60.0) -> dict[tuple[str, str], str]:
     """(event id, recipient) -> permit or the reason, from the audit trail."""
-    decoder = Decoder(registry_client(settings))
+    records = AuditRecords(settings)
     found: dict[tuple[str, str], str] = {}
 
     def complete(messages: list) -> bool:
-        for message in messages:
-            record = decoder(message.value()).record
+        for record in records(messages):
             if str(record["event_id"]) in event_ids:
                 for entry in record["decisions"]:
                     found[(str(record["event_id"]), entry["recipient"])] = entry["outcome"]

@@ -34,7 +34,7 @@ from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
 from backbone.stack.embedded import EmbeddedStack
 from producers import AgencyProducer, ConsentPublisher
-from tests.pipeline import read_topic
+from tests.pipeline import AuditRecords, read_topic
 from tests.test_processor import audit_rows, national_id, tax_income, welfare_claim
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -63,10 +63,10 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def decisions_for(settings: Settings, event_id: str, count: int, timeout: float = 60.0) -> dict[str, str]:
     """recipient -> `permit` or the deny reason, once `count` decisions for the event are on the audit topic."""
-    decode = Decoder(registry_client(settings))
+    records = AuditRecords(settings)
 
     def mine(messages: list) -> list[dict]:
-        return [r for m in messages for r in audit_rows(decode(m.value()).record) if str(r["event_id"]) == event_id]
+        return [r for event in records(messages) for r in audit_rows(event) if str(r["event_id"]) == event_id]
 
     found = mine(read_topic(settings, AUDIT_TOPIC, lambda ms: len(mine(ms)) >= count, timeout=timeout))
     return {r["recipient"]: "permit" if r["decision"] == "permit" else r["reason"] for r in found}

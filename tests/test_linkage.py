@@ -35,7 +35,7 @@ from consumers.sink import sinks_for
 from consumers.typemap import quote_identifier
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -97,12 +97,12 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
         try:
             count, sent = send_demo_mix(settings, events=8000)
             decoder = Decoder(registry_client(settings))
-            audit = read_topic(settings, AUDIT_TOPIC, lambda ms: len({str(decoder(m.value()).record["event_id"]) for m in ms}) >= count,
-                               timeout=180)
-            assert len({str(decoder(m.value()).record["event_id"]) for m in audit}) == count, "every event decided"
+            records = AuditRecords(settings)
+            audit = read_topic(settings, AUDIT_TOPIC, lambda ms: len(records.event_ids(ms)) >= count, timeout=180)
+            assert len(records.event_ids(audit)) == count, "every event decided"
         finally:
             worker.stop()
-        source_of = {str(d["recipient_event_id"]): str(r["event_id"]) for r in (decoder(m.value()).record for m in audit)
+        source_of = {str(d["recipient_event_id"]): str(r["event_id"]) for r in records(audit)
                      for d in r["decisions"] if d["recipient_event_id"]}
         received: dict[str, Received] = defaultdict(Received)
         for agreement in charter.agreements:

@@ -27,7 +27,7 @@ from backbone.policy.agreements import RELEASED_HEADER, load_agreements
 from backbone.settings import PROJECT_ROOT, Settings
 from processors.router import DLQ_TOPIC
 from producers import AgencyProducer, ConsentPublisher
-from tests.pipeline import Worker, header, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, header, private_stack, read_topic
 
 pytestmark = pytest.mark.integration
 
@@ -81,13 +81,13 @@ def audit_rows(event: dict) -> list[dict]:
 
 def decisions(settings: Settings, event_ids: set[str], timeout: float = 60.0) -> dict[tuple[str, str], dict]:
     """Audit records of `event_ids`, by (event id, recipient)."""
-    decoder = Decoder(registry_client(settings))
+    records = AuditRecords(settings)
     found: dict[tuple[str, str], dict] = {}
 
     def complete(messages: list) -> bool:
         found.clear()
-        for message in messages:
-            for record in audit_rows(decoder(message.value()).record):
+        for event in records(messages):
+            for record in audit_rows(event):
                 if str(record["event_id"]) in event_ids:
                     found[(str(record["event_id"]), record["recipient"])] = record
         return {event_id for event_id, _ in found} >= event_ids

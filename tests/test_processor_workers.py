@@ -17,7 +17,7 @@ from backbone.kafka.topics import AUDIT_TOPIC, shared_topic
 from backbone.settings import Settings
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
-from tests.pipeline import Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor import decisions, reason, welfare_claim
 
 pytestmark = pytest.mark.integration
@@ -65,7 +65,7 @@ def test_sigkilled_worker_loses_nothing_after_restart(stack: Settings) -> None:
     worker.kill()
 
     decoder = Decoder(registry_client(stack))
-    decided_before_restart = {str(decoder(m.value()).record["event_id"]) for m in read_topic(stack, AUDIT_TOPIC, lambda ms: False, timeout=3)}
+    decided_before_restart = AuditRecords(stack).event_ids(read_topic(stack, AUDIT_TOPIC, lambda ms: False, timeout=3))
     assert 0 < len(decided_before_restart & set(sent)) < len(sent), "the kill must land mid-stream"
 
     restarted = Worker(stack, "restarted").start()

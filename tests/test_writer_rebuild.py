@@ -7,6 +7,8 @@ state from `audit.checkpoints` and names the batch cut short as interrupted."""
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +18,7 @@ import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
 from app.local import worker_environment
-from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC
+from backbone.kafka.topics import CHECKPOINTS_TOPIC
 from backbone.settings import Settings
 from tests.pipeline import Worker, private_stack
 from tests.test_processor import decisions
@@ -38,18 +40,31 @@ def _verify(settings: Settings, backbone_cli) -> dict:  # noqa: ANN001
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
-def _kill_on_first_audit_output(settings: Settings, worker: Worker, timeout: float = 60) -> None:
-    """SIGKILL `worker` as soon as anything of its first sealed batch reaches the audit topics."""
+def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, timeout: float = 90) -> dict:  # noqa: ANN001
+    """SIGKILL `worker` while a sealed batch's audit records are not all on Kafka; the trail it left.
+
+    A stable writer has each checkpoint acknowledged before it produces the records it seals, and
+    those travel many to a Kafka record (`backbone.audit.batches`), so a batch lands within a few
+    milliseconds of its checkpoint: the worker is frozen (SIGSTOP) as each new checkpoint appears,
+    the trail read while nothing more can arrive, and the worker killed once a batch is cut short
+    (else let go on to its next batch)."""
     consumer = Consumer(settings.consumer_config(f"watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 1}))
     try:
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for topic in (AUDIT_TOPIC, CHECKPOINTS_TOPIC)
-                         for p in consumer.list_topics(topic, timeout=10).topics[topic].partitions])
+        consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING)
+                         for p in consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions])
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and worker.alive():
             message = consumer.poll(0.001)
-            if message is not None and message.error() is None:
-                break
+            if message is None or message.error() is not None:
+                continue
+            os.kill(worker.pid, signal.SIGSTOP)
+            trail = _verify(settings, backbone_cli)
+            if {f["kind"] for f in trail["failures"]} & {"missing_record", "orphan_records"}:
+                worker.kill()
+                return trail
+            os.kill(worker.pid, signal.SIGCONT)
         worker.kill()
+        return _verify(settings, backbone_cli)
     finally:
         consumer.close()
 
@@ -58,8 +73,7 @@ def test_a_worker_killed_mid_batch_and_rescheduled_with_a_fresh_data_dir_raises_
         stack: Settings, tmp_path: Path, backbone_cli) -> None:  # noqa: ANN001
     sent = produce_synthetic(stack, events=6_000, seed=11)
     killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000").start()
-    _kill_on_first_audit_output(stack, killed)
-    cut_short = _verify(stack, backbone_cli)
+    cut_short = _kill_mid_batch(stack, killed, backbone_cli)
     assert {f["kind"] for f in cut_short["failures"]} & {"missing_record", "orphan_records"}, \
         f"the kill must cut a batch short: {cut_short}"
 

@@ -16,7 +16,7 @@ import importlib
 import logging
 import signal
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -25,6 +25,9 @@ from typer.core import TyperCommand, TyperGroup
 from backbone import __version__
 from backbone.errors import BackboneError
 from backbone.files.private import private_umask
+
+if TYPE_CHECKING:
+    from backbone.settings import Settings
 
 # command -> (modules under app/cli that register it on `app` and its subcommands, its one-line help
 # for `backbone --help`).
@@ -59,6 +62,9 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+_ASKS_FOR_HELP = "backbone.asks_for_help"
+
+
 class _LazyGroup(TyperGroup):
     """The root group: imports a command's module when the command is asked for; the command list
     in `backbone --help` comes from `COMMANDS` without importing anything."""
@@ -82,6 +88,10 @@ class _LazyGroup(TyperGroup):
             self.add_command(command, cmd_name)
         return command
 
+    def invoke(self, ctx: Any) -> Any:
+        ctx.meta[_ASKS_FOR_HELP] = "--help" in (*ctx._protected_args, *ctx.args)  # noqa: SLF001 - cleared before the callback runs
+        return super().invoke(ctx)
+
     def format_help(self, ctx: Any, formatter: Any) -> None:
         self._listing = True
         try:
@@ -90,15 +100,34 @@ class _LazyGroup(TyperGroup):
             self._listing = False
 
 
+def get_settings() -> Settings:
+    """The settings, imported when a command runs: pydantic-settings is most of a command's start-up
+    cost, and building a command's `--help` needs none of it."""
+    from backbone.settings import get_settings as settings
+
+    return settings()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """`backbone.settings.load_settings`, imported when a command runs (see `get_settings`)."""
+    from backbone.settings import load_settings as load
+
+    return load(**overrides)
+
+
 app = typer.Typer(help="Data Sharing Backbone: agreement-enforced real-time data sharing.", no_args_is_help=True, cls=_LazyGroup)
 console = Console()
 err_console = Console(stderr=True)
 
 
 @app.callback()
-def root(verbose: bool = typer.Option(False, "--verbose", "-v", help="Show INFO log lines, libraries' included")) -> None:
+def root(ctx: typer.Context,
+         verbose: bool = typer.Option(False, "--verbose", "-v", help="Show INFO log lines, libraries' included")) -> None:
     """Data Sharing Backbone: agreement-enforced real-time data sharing between agencies."""
-    _configure_logging(verbose)
+    # The root's callback runs before a subcommand reads its own `--help`: help logs nothing and
+    # needs no settings, so it loads none (tests/test_cli_startup.py).
+    if not ctx.meta.get(_ASKS_FOR_HELP):
+        _configure_logging(verbose)
 
 
 # The backbone's own loggers: at BACKBONE_LOG_LEVEL (INFO) even when libraries' are held at WARNING.

@@ -7,11 +7,11 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from backbone.settings import Settings
     from confluent_kafka import KafkaError
 
     from backbone.access.acls import Grant

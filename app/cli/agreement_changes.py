@@ -14,13 +14,13 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from app.cli import console, err_console
+from app.cli import console, err_console, get_settings
 from app.cli.agreements import agreements_app
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.settings import Settings, get_settings
 
 if TYPE_CHECKING:
+    from backbone.settings import Settings
     from backbone.audit import operations
     from backbone.events.catalog import Catalog
     from backbone.policy.agreements import Agreement, Charter

@@ -13,9 +13,8 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from app.cli import app, console, err_console
+from app.cli import app, console, err_console, get_settings
 from backbone.errors import AgreementError, BackboneError
-from backbone.settings import get_settings
 
 if TYPE_CHECKING:
     from backbone.control.replay import Replay

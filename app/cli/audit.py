@@ -12,10 +12,9 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 audit_app = typer.Typer(help="Oversight: who received what about whom, and why; and proof the trail is intact.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")

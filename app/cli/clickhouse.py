@@ -9,11 +9,10 @@ from pathlib import Path
 
 import typer
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.clickhouse.users import Credential, read_credentials
 from backbone.errors import BackboneError
 from backbone.files.private import make_private_dirs
-from backbone.settings import get_settings
 
 clickhouse_app = typer.Typer(help="ClickHouse databases of the agencies.", no_args_is_help=True)
 app.add_typer(clickhouse_app, name="clickhouse")

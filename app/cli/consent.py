@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 CHANNELS = ("web", "app", "letter", "counter")
 

@@ -11,10 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings, load_settings
 from backbone.errors import BackboneError
-from backbone.events.catalog import CONSENT_EVENT
-from backbone.settings import get_settings, load_settings
 
 STAGES = {"stack": "embedded stack", "keys": "role keyrings", "processor": "processor worker", "sinks": "ClickHouse sinks",
           "produce": "produce events", "decide": "decided + audited", "statistics": "DP statistics release"}
@@ -60,6 +58,8 @@ def demo(
             runner.show_consent_withdrawal()
             runner.show_suspension()
             runner.produce()
+            from backbone.events.catalog import CONSENT_EVENT
+
             raw = sum(n for event_type, n in runner.result.produced.items() if event_type != CONSENT_EVENT)
             expected = raw + runner.in_flight_events
             decided = runner.wait_until_decided(expected, timeout)

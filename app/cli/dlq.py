@@ -8,17 +8,17 @@ from datetime import UTC, datetime
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.kafka import dlq
-from backbone.settings import get_settings
 
 dlq_app = typer.Typer(help="Dead-letter queues: what was refused, why, and replay after a fix.", no_args_is_help=True)
 app.add_typer(dlq_app, name="dlq")
 
 
 def _stages(stage: str | None) -> tuple[str, ...]:
+    from backbone.kafka import dlq  # with confluent-kafka: only when a dlq command runs, not for --help
+
     if stage is None:
         return dlq.STAGES
     if stage not in dlq.STAGES:
@@ -49,6 +49,8 @@ def list_entries(
     reason: str = typer.Option(None, "--reason", help="Only this reason code"),
 ) -> None:
     """Dead letters by stage, reason and source topic (or each entry with --entries)."""
+    from backbone.kafka import dlq  # with confluent-kafka: only when a dlq command runs, not for --help
+
     settings = get_settings()
     found = [entry for each in _stages(stage) for entry in dlq.select(dlq.entries(settings, each), reason=reason)]
     if entries:
@@ -72,6 +74,8 @@ def list_entries(
 @dlq_app.command("show")
 def show(position: str = typer.Argument(..., help="An entry's position as `dlq list --entries` prints it, e.g. dlq.sink[0]@12")) -> None:
     """One dead letter's facts: where it came from, why, its headers and sizes (never its content)."""
+    from backbone.kafka import dlq  # with confluent-kafka: only when a dlq command runs, not for --help
+
     settings = get_settings()
     stage = position.split("[", 1)[0].removeprefix(dlq.dlq_topic(""))
     match = [entry for entry in dlq.entries(settings, _stages(stage)[0]) if entry.position == position]
@@ -106,6 +110,7 @@ def replay(
     """Write the selected dead letters back to their source topics (original key, bytes and headers);
     consumers deduplicate on event ids, so replaying twice lands each event once."""
     from backbone.audit import operations
+    from backbone.kafka import dlq
 
     settings = get_settings()
     (chosen_stage,) = _stages(stage)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from app.cli import app, console, err_console
+from app.cli import app, console, err_console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 
 def _topic_key(text: str) -> bytes:

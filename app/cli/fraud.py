@@ -7,10 +7,9 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 fraud_app = typer.Typer(help="Fraud detection on pseudonymised data.", no_args_is_help=True)
 app.add_typer(fraud_app, name="fraud")

@@ -8,14 +8,13 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError, KeyringError, ReidentifyError
 from backbone.keys.keyring import BUILT_IN_DOMAINS, PROCESSOR_SIGNER, KeyInfo, Keyring, operator_signer, record_reidentification
 from backbone.keys.master import master_key_from_settings, write_master_key_file
 from backbone.keys.pseudonym import reidentify as reidentify_token
 from backbone.keys.pseudonym import token_key_id
-from backbone.settings import get_settings
 
 keys_app = typer.Typer(help="The keyring: pseudonym and encryption keys.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")

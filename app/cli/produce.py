@@ -11,9 +11,8 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 if TYPE_CHECKING:
     from producers import AgencyProducer

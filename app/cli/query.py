@@ -5,10 +5,9 @@ from __future__ import annotations
 import typer
 from rich.table import Table
 
-from app.cli import console
+from app.cli import console, get_settings
 from app.cli.clickhouse import clickhouse_app
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 
 @clickhouse_app.command("query")

@@ -10,16 +10,17 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
 from backbone.files.private import make_private_dirs
-from backbone.registry.roles import Grant
-from backbone.registry.users import User, UsersFile, check_name, new_password
-from backbone.settings import get_settings
+
+if TYPE_CHECKING:
+    from backbone.registry.users import UsersFile
 
 registry_app = typer.Typer(help="The backbone's schema registry: its users.", no_args_is_help=True)
 users_app = typer.Typer(help="Add, list and remove registry users (HTTP Basic; roles read, write, admin).", no_args_is_help=True)
@@ -30,6 +31,8 @@ _USERS_FILE_HELP = "Users file (default BACKBONE_SCHEMA_REGISTRY_USERS_FILE, els
 
 
 def _users_file(path: Path | None) -> UsersFile:
+    from backbone.registry.users import UsersFile  # scrypt (cryptography): when a command runs, not for --help
+
     chosen = path or get_settings().schema_registry_users_file
     assert chosen is not None  # the settings default it to <data dir>/registry-users.json
     return UsersFile(chosen)
@@ -64,6 +67,9 @@ def add(
     users_file: Path = typer.Option(None, "--users-file", help=_USERS_FILE_HELP),
 ) -> None:
     """Add a user (or, with --replace, change one); the password is stored as an scrypt hash only."""
+    from backbone.registry.roles import Grant
+    from backbone.registry.users import User, check_name
+
     try:
         grant = Grant.of(role, subjects)
         user = User.create(check_name(name), grant, _password(password_file, password_stdin))
@@ -106,6 +112,7 @@ def provision(
     exactly the subjects its code registers (`backbone.access.registry_users`); other users are kept."""
     from backbone.access.registry_users import plan_for_charter
     from backbone.policy.agreements import default_charter
+    from backbone.registry.users import User, new_password
 
     target = _users_file(users_file)
     users = target.read() if target.exists() else {}

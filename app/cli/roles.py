@@ -14,9 +14,9 @@ from typing import Any, TypeVar
 
 from typer._click.globals import get_current_context  # typer vendors click: its context, not the click package's
 
+from app.cli import get_settings
 from backbone.errors import BackboneError
 from backbone.keys.roles import WHAT_EACH_HOLDS, Role
-from backbone.settings import get_settings
 
 F = TypeVar("F", bound=Callable[..., Any])
 

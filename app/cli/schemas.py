@@ -6,14 +6,16 @@ import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import RegistryError, RegistryUnavailable, SchemaIncompatible, registry_unavailable
-from backbone.settings import Settings, get_settings
+
+if TYPE_CHECKING:
+    from backbone.settings import Settings
 
 schemas_app = typer.Typer(help="Register, list, check and show event schemas in the schema registry.", no_args_is_help=True)
 app.add_typer(schemas_app, name="schemas")

@@ -6,9 +6,8 @@ import signal
 
 import typer
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 
 @app.command("sink")

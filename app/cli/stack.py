@@ -5,15 +5,15 @@ from __future__ import annotations
 import signal
 import threading
 
-from app.cli import app, console
-from backbone.settings import get_settings
-from backbone.stack.embedded import KEEPS, EmbeddedStack
+from app.cli import app, console, get_settings
 
 
 @app.command()
 def up() -> None:
     """Run the embedded stack (broker, registry) in the foreground and print its connection strings
     and the registry credentials every backbone client sends (fresh each start)."""
+    from backbone.stack.embedded import KEEPS, EmbeddedStack  # when it runs, not for --help
+
     settings = get_settings()
     stopping = threading.Event()
     previous = signal.signal(signal.SIGTERM, lambda *_: stopping.set())

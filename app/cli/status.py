@@ -10,8 +10,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from app.cli import app, console
-from backbone.settings import get_settings
+from app.cli import app, console, get_settings
 
 
 def _render(status, minutes: int):  # noqa: ANN001, ANN202 - app.status.Status -> rich renderable

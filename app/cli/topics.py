@@ -2,24 +2,33 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
 from backbone.errors import BackboneError
-from backbone.kafka.topics import Topics
-from backbone.settings import get_settings
+
+if TYPE_CHECKING:
+    from backbone.kafka.topics import Topics
 
 topics_app = typer.Typer(help="Manage Kafka topics.", no_args_is_help=True)
 app.add_typer(topics_app, name="topics")
+
+
+def _topics() -> Topics:
+    from backbone.kafka.topics import Topics  # with confluent-kafka: when a command runs, not for --help
+
+    return Topics(get_settings())
 
 
 @topics_app.command("list")
 def list_topics(internal: bool = typer.Option(False, "--internal", help="Include __internal topics")) -> None:
     """List topics and their partition counts."""
     table = Table("topic", "partitions")
-    for topic in Topics(get_settings()).list(include_internal=internal):
+    for topic in _topics().list(include_internal=internal):
         table.add_row(topic.name, str(topic.partitions))
     console.print(table)
 
@@ -40,14 +49,14 @@ def create(
         if not sep or not key.strip() or not value.strip():
             raise BackboneError(f"--config takes KEY=VALUE (e.g. segment.ms=3600000), not {item!r}")
         settings[key.strip()] = value.strip()
-    info = Topics(get_settings()).create(name, partitions, retention_ms, cleanup_policy, config=settings)
+    info = _topics().create(name, partitions, retention_ms, cleanup_policy, config=settings)
     console.print(f"created {info.name} with {info.partitions} partitions")
 
 
 @topics_app.command("describe")
 def describe(name: str) -> None:
     """Show a topic's partitions and configuration."""
-    info = Topics(get_settings()).describe(name)
+    info = _topics().describe(name)
     console.print(f"[bold]{info.name}[/bold]: {info.partitions} partitions")
     table = Table("config", "value")
     for key in sorted(info.config):
@@ -59,5 +68,5 @@ def describe(name: str) -> None:
 @needs("operator")
 def delete(name: str) -> None:
     """Delete a topic."""
-    Topics(get_settings()).delete(name)
+    _topics().delete(name)
     console.print(f"deleted {name}")

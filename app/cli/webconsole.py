@@ -7,8 +7,7 @@ import signal
 
 import typer
 
-from app.cli import app, console
-from backbone.settings import get_settings
+from app.cli import app, console, get_settings
 
 
 @app.command("console")
