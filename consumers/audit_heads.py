@@ -28,7 +28,7 @@ from backbone.kafka.topics import CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPI
 from backbone.keys.keyring import PublicKey
 from backbone.settings import Settings
 from consumers import ddl
-from consumers.audit_trail import read_messages
+from consumers.audit_kafka import read_messages
 from consumers.plans import CHECKPOINTS_SINK, group_id
 
 CHECKPOINT_TOPICS = (CHECKPOINTS_TOPIC, OPERATIONS_CHECKPOINTS_TOPIC)

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Message
-from hypothesis import given, settings as hypothesis_settings
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
 from backbone.audit import log
@@ -26,7 +27,8 @@ from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC
 from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, load_settings
 from consumers.audit import disclosures
-from consumers.audit_trail import ClickHouseTrail, Trail, add_messages, verify_trail
+from consumers.audit_kafka import add_messages
+from consumers.audit_trail import ClickHouseTrail, Trail, verify_trail
 from consumers.clickhouse_target import ClickHouseTarget
 from consumers.plans import audit_plan, checkpoints_plan
 from processors.checkpoints import Checkpointer, WriterSlot

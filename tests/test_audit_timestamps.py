@@ -25,7 +25,8 @@ from backbone.events.serde import registry_client
 from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, TIMESTAMPS_TOPIC
 from backbone.keys.keyring import Keyring
 from backbone.settings import PROJECT_ROOT, Settings
-from consumers.audit_trail import ClickHouseTrail, verify_kafka
+from consumers.audit_kafka import verify_kafka
+from consumers.audit_trail import ClickHouseTrail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan, timestamps_plan
 from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic

@@ -24,7 +24,7 @@ from backbone.keys.master import encode_master_key, new_master_key
 from backbone.policy.agreements import Agreement, Charter, load_agreements, to_yaml
 from backbone.privacy import ledger
 from backbone.settings import PROJECT_ROOT, Settings, load_settings
-from consumers.audit_trail import read_messages
+from consumers.audit_kafka import read_messages
 
 CATALOG = default_catalog()
 SOURCE = "welfare-to-fraud"
@@ -200,7 +200,7 @@ def test_audit_verify_names_a_ledger_record_sealed_with_a_false_cumulative_spend
     from backbone.audit.published import verifier_keys
     from backbone.events.catalog import load_catalog
     from backbone.privacy.ledger import Tally, decide
-    from consumers.audit_trail import verify_kafka
+    from consumers.audit_kafka import verify_kafka
 
     window = f"forged-{uuid.uuid4().hex[:6]}"
     with LedgerWriter(dp_settings, "statistician-1") as writer:

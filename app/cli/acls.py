@@ -11,10 +11,10 @@ from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
 
 if TYPE_CHECKING:
-    from backbone.settings import Settings
     from confluent_kafka import KafkaError
 
     from backbone.access.acls import Grant
+    from backbone.settings import Settings
 
 acls_app = typer.Typer(help="Kafka ACLs: who may write, read and create which topics and groups.", no_args_is_help=True)
 app.add_typer(acls_app, name="acls")

@@ -20,11 +20,11 @@ from app.cli.roles import needs
 from backbone.errors import BackboneError
 
 if TYPE_CHECKING:
-    from backbone.settings import Settings
     from backbone.audit import operations
     from backbone.events.catalog import Catalog
     from backbone.policy.agreements import Agreement, Charter
     from backbone.policy.diff import Change
+    from backbone.settings import Settings
 
 _APPROVER = re.compile(r"^[^\x00-\x1f\x7f]{1,128}$")
 

@@ -120,7 +120,8 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
     from backbone.clickhouse.client import make_client
     from backbone.events.catalog import AUDIT_CHECKPOINT, load_catalog
     from consumers.audit_heads import check_not_emptied, known_heads
-    from consumers.audit_trail import ClickHouseTrail, verify_kafka
+    from consumers.audit_kafka import verify_kafka
+    from consumers.audit_trail import ClickHouseTrail
 
     settings = get_settings()
     catalog = load_catalog(settings.schemas_dir)

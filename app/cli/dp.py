@@ -7,9 +7,8 @@ import json
 import typer
 from rich.table import Table
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from app.cli.roles import needs
-from backbone.settings import get_settings
 
 dp_app = typer.Typer(help="Differentially private releases: aggregates with noise, within budgets sealed in the audit trail.",
                      no_args_is_help=True)
@@ -69,7 +68,7 @@ def budget(output: str = typer.Option("text", "--format", help="text or json")) 
     from backbone.kafka.topics import OPERATIONS_TOPIC
     from backbone.policy.agreements import default_charter
     from backbone.privacy import ledger
-    from consumers.audit_trail import read_messages
+    from consumers.audit_kafka import read_messages
 
     settings = get_settings()
     decode = Decoder(registry_client(settings))

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import typer
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 portal_app = typer.Typer(help="The citizen's portal: each person sees every disclosure about them, with receipts.",
                          invoke_without_command=True)
