@@ -137,6 +137,8 @@ class DataPlane:
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
+                    if self.router.quality is not None and self.router.quality.due(datetime.now(UTC)):
+                        self._process([], consumer, producer)  # an hour ended in a lull: its quality windows go now
                     continue
                 waits = self.registry_waits
                 if self.before_batch is not None:
@@ -232,6 +234,13 @@ class DataPlane:
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
+        # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.
+        for output in self.router.quality_outputs(now) if unavailable is None else ():
+            if place is not None and output.topic == AUDIT_TOPIC:
+                audit.append((output.key, place(output.value)))
+            else:
+                self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
+                produced += 1
         for output in release_order(shared):
             self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
                           output.timestamp)

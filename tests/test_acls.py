@@ -20,6 +20,10 @@ DEPLOY = PROJECT_ROOT / "deploy"
 
 # (principal, resource, name, pattern, operation) for the demo's catalog and charter.
 EXPECTED = {
+    ("User:processor", "topic", "quality.windows", "literal", "create"),
+    ("User:processor", "topic", "quality.windows", "literal", "write"),
+    ("User:sink-fraud", "topic", "quality.windows", "literal", "read"),
+    ("User:sink-fraud", "group", "backbone-sink-quality", "literal", "read"),
     ("User:consent", "topic", "consent.changes", "literal", "create"),
     ("User:consent", "topic", "consent.changes", "literal", "write"),
     ("User:fraud", "group", "fraud.", "prefixed", "read"),
@@ -165,9 +169,10 @@ def test_sink_groups_are_the_sinks_own_and_follow_the_clickhouse_database_prefix
     grants = plan(Agencies(("tax",), (), ("fraud",)), database_prefix="t1_")
     groups = {g.name for g in grants if g.principal == "User:sink-fraud" and g.resource == "group"}
     settings = load_settings(clickhouse_database_prefix="t1_")
-    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK)}
+    assert groups == {group_id(settings, name) for name in ("fraud", AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK,
+                                                            "quality")}
     assert groups == {"backbone-sink-t1_fraud", "backbone-sink-t1_audit", "backbone-sink-t1_audit-operations",
-                      "backbone-sink-t1_audit-checkpoints", "backbone-sink-t1_audit-timestamps"}
+                      "backbone-sink-t1_audit-checkpoints", "backbone-sink-t1_audit-timestamps", "backbone-sink-t1_quality"}
 
 
 def test_grants_convert_to_allow_bindings_from_any_host() -> None:
@@ -276,6 +281,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # processors/app.py: the erasure reader (assigned, like consent) and the DLQ sealer (reads, writes dlq.keys)
     # processors/checkpoints.py: each batch's signed checkpoint goes to audit.checkpoints
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
+    # processors/dataplane.py: closed quality windows go to quality.windows (ensured at start-up)
+    processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     # backbone/control/erasure_requests.py ErasureDesk: ensures both topics, reads the requests (an
@@ -297,7 +304,9 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
                       ("topic", "audit.operations", "read"), ("group", group_id(settings, OPERATIONS_SINK), "read"),
                       ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
                       ("group", group_id(settings, "audit-checkpoints"), "read"),
-                      ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read")}
+                      ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read"),
+                      # app/cli/sink.py adds the quality sink (consumers/quality.py) beside the audit sinks
+                      ("topic", "quality.windows", "read"), ("group", group_id(settings, "quality"), "read")}
         table[f"backbone sink --recipient {recipient}"] = (f"User:sink-{recipient}", needs)
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}

@@ -15,6 +15,8 @@ from backbone.settings import get_settings
 def sink(
     recipient: list[str] = typer.Option(None, "--recipient", "-r", help="Agency whose shared topics to land (repeatable; default every recipient in the charter)"),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Also land audit.decisions into the audit database"),
+    quality: bool = typer.Option(True, "--quality/--no-quality", help="Also land quality.windows into the quality database, "
+                                                                     "with each hour's scorecard"),
     until_idle: bool = typer.Option(False, "--until-idle", help="Stop once no message arrived for --idle seconds"),
     idle: float = typer.Option(3.0, "--idle", help="Idle seconds for --until-idle"),
 ) -> None:
@@ -30,6 +32,11 @@ def sink(
     charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
     # each sink gets its own client (one ClickHouse handle each): they land in parallel
     sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings), recipient or None, audit)
+    if quality:
+        from backbone.quality.contract import load_quality
+        from consumers.quality import quality_sink
+
+        sinks.append(quality_sink(settings, make_client(settings.clickhouse_dsn), load_quality(settings.schemas_dir, charter.catalog)))
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
     if settings.metrics_port:
@@ -38,6 +45,9 @@ def sink(
         from backbone.telemetry import metrics
 
         metrics.SinkCollector(sinks)
+        for each in sinks:
+            if each.name == "quality":
+                REGISTRY.register(metrics.QualityScorecardCollector(each.target))
         REGISTRY.register(metrics.LagCollector(settings, {each.group_id for each in sinks}))
         metrics.serve(settings)
     # with chDB this process now holds the directory: reading commands and the console elsewhere read it through here

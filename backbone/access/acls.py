@@ -44,6 +44,7 @@ from backbone.kafka.topics import (
     ERASURES_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
+    QUALITY_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
     SHARED_PREFIX,
@@ -164,6 +165,7 @@ def _processor() -> list[Grant]:
         *_grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records"),
         *_grants(processor, "topic", AUDIT_TOPIC, "literal", ("write", "create"), "every decision is audited"),
         *_grants(processor, "topic", CHECKPOINTS_TOPIC, "literal", ("write", "create"), "each batch's audit records are sealed by a signed checkpoint"),
+        *_grants(processor, "topic", QUALITY_TOPIC, "literal", ("write", "create"), "closed data-quality windows (counts and sketches)"),
         *_grants(processor, "topic", TIMESTAMPS_TOPIC, "literal", ("write", "create"),
                  "the newest checkpoint is timestamped by a TSA when one is configured"),
         *_grants(processor, "topic", PROCESSOR_DLQ, "literal", ("write", "create"), "undecidable input is dead-lettered"),
@@ -198,6 +200,9 @@ def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> li
                 grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}{name}", "literal", ("read",), "audit sink's consumer group")
             grants += _grants(sink, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),
                               "audit sink lands operator actions' checkpoints beside the processor's")
+            grants += _grants(sink, "topic", QUALITY_TOPIC, "literal", ("read",), "quality sink lands the quality windows")
+            grants += _grants(sink, "group", f"{SINK_GROUP_PREFIX}{database_prefix}quality", "literal", ("read",),
+                              "quality sink's consumer group")
     return grants
 
 

@@ -32,6 +32,9 @@ ERASURE_REQUESTS_TOPIC = "erasure.requests"
 ERASURE_WORK_TOPIC = "erasure.work"
 DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"
+# Closed data-quality windows, one record per (worker, event type, hour): counts and sketches only,
+# keyed `<event type>|<hour>|<worker>` (backbone.quality.window).
+QUALITY_TOPIC = "quality.windows"
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."

@@ -17,7 +17,9 @@ uniqueness key (an event id; a sketch retains hashed register values only, not t
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,6 +36,16 @@ KLL_K = 200
 # The sketches' stated bounds: HLL relative error at two standard deviations (~95%), KLL rank error.
 HLL_REL_ERR = 2 * 1.04 / (1 << HLL_LG_K) ** 0.5
 KLL_RANK_ERR = kll_floats_sketch.get_normalized_rank_error(KLL_K, False)
+
+
+# The audit record sealing a closed window has this event type, and `window_seal_id(its bytes)` as its id.
+QUALITY_SEAL_TYPE = "quality.window"
+
+
+def window_seal_id(value: bytes) -> str:
+    """The audit event id sealing a window's serialised bytes: a UUID of their SHA-256, which
+    `backbone audit verify` recomputes from the landed window."""
+    return str(uuid.UUID(bytes=hashlib.sha256(value).digest()[:16]))
 
 
 def hour_of(moment: datetime) -> int:
