@@ -32,6 +32,7 @@ from backbone.kafka.topics import (
     AGREEMENTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    QUALITY_BREACHES_TOPIC,
     QUALITY_TOPIC,
     Topics,
     consent_topic_config,
@@ -99,7 +100,7 @@ class Enforcement:
         topics.ensure(dlq.KEYS_TOPIC, config=dlq.keys_topic_config())
         erasure.ensure_topic(self.settings)
         erasure_requests.ensure_topics(self.settings)
-        for name in [AUDIT_TOPIC, QUALITY_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
+        for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         periods: dict[str, int] = {}
         for agreement in self.charter.agreements:

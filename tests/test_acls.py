@@ -20,6 +20,9 @@ DEPLOY = PROJECT_ROOT / "deploy"
 
 # (principal, resource, name, pattern, operation) for the demo's catalog and charter.
 EXPECTED = {
+    ("User:processor", "topic", "quality.breaches", "literal", "create"),
+    ("User:processor", "topic", "quality.breaches", "literal", "write"),
+    *(("User:" + provider, "topic", "quality.breaches", "literal", "read") for provider in ("police", "registry", "tax", "welfare")),
     ("User:processor", "topic", "quality.windows", "literal", "create"),
     ("User:processor", "topic", "quality.windows", "literal", "write"),
     ("User:sink-fraud", "topic", "quality.windows", "literal", "read"),
@@ -148,7 +151,7 @@ def test_plan_for_the_demo_is_exactly_the_expected_bindings(charter) -> None:  #
 
 def test_providers_write_only_their_own_raw_prefix(charter) -> None:  # noqa: ANN001
     for grant in plan_for_charter(charter):
-        if grant.principal == "User:tax":
+        if grant.principal == "User:tax" and grant.name != "quality.breaches":  # and reads its quality breaches
             assert grant.name == "raw.tax." and grant.pattern == "prefixed" and grant.operation != "read"
 
 
@@ -268,6 +271,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
             table["backbone consent grant|withdraw"] = ("User:consent", {("topic", "consent.changes", "create"), ("topic", "consent.changes", "write")})
         else:  # producers/sdk.py AgencyProducer: ensures each of its event topics, then produces (idempotent)
             table[f"backbone produce --agency {provider}"] = (f"User:{provider}", {("topic", t, op) for t in topics for op in ("create", "write")})
+            # the provider's own reader of quality.breaches (issue 32), assigned like the state readers
+            table[f"{provider}'s quality breach reader"] = (f"User:{provider}", {("topic", "quality.breaches", "read")})
     for recipient in recipients:  # outside the backbone: DESIGN's trust boundaries
         table[f"{recipient}'s own consumers"] = (f"User:{recipient}", {("topic", f"shared.{recipient}.*", "read"), ("group", f"{recipient}.*", "read")})
     # processors/app.py Enforcement.ensure_topics, the two CompactedTopicReaders, DataPlane (subscribes
@@ -282,7 +287,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # processors/checkpoints.py: each batch's signed checkpoint goes to audit.checkpoints
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
     # processors/dataplane.py: closed quality windows go to quality.windows (ensured at start-up)
-    processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write")}
+    processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write"),
+                  ("topic", "quality.breaches", "create"), ("topic", "quality.breaches", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     # backbone/control/erasure_requests.py ErasureDesk: ensures both topics, reads the requests (an

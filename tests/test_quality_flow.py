@@ -74,7 +74,8 @@ def test_a_closed_hour_leaves_the_router_as_counts_sealed_in_the_audit_trail(rou
     route_all(router, catalog, records + [records[2]], HOUR)  # one duplicate
     assert router.quality_outputs(HOUR + timedelta(minutes=30)) == []  # the hour is not over
     outputs = router.quality_outputs(HOUR + timedelta(hours=1))
-    window_out, audit_out = outputs
+    window_out, audit_out = outputs[:2]
+    assert [o.topic for o in outputs[2:]] == ["quality.breaches"]  # 1 duplicate in 41 is below uniqueness >= 99.5
     assert window_out.topic == QUALITY_TOPIC and audit_out.topic == AUDIT_TOPIC
     assert window_out.key == f"{CLAIM}|{hour_of(HOUR)}|{router.worker_id}".encode()
     window = WindowState.from_bytes(window_out.value)
@@ -93,6 +94,7 @@ def test_a_closed_hour_leaves_the_router_as_counts_sealed_in_the_audit_trail(rou
 
 
 def worker_window(router: Router, catalog: Catalog, records: list[dict[str, Any]]) -> Output:
+    """The worker's quality window of `records`, routed in one hour and closed the next."""
     route_all(router, catalog, records, HOUR)
     return router.quality_outputs(HOUR + timedelta(hours=1))[0]
 

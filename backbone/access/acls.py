@@ -44,6 +44,7 @@ from backbone.kafka.topics import (
     ERASURES_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
+    QUALITY_BREACHES_TOPIC,
     QUALITY_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
@@ -148,6 +149,8 @@ def _agencies(agencies: Agencies) -> list[Grant]:
     for provider in agencies.providers:
         # The producer SDK ensures its topics before sending: CREATE on its own prefix only.
         grants += _grants(user(provider), "topic", raw_prefix(provider), "prefixed", ("write", "create"), "provider publishes its events")
+        grants += _grants(user(provider), "topic", QUALITY_BREACHES_TOPIC, "literal", ("read",),
+                          "provider reads the quality breaches of its streams (counts and scores, no personal data)")
     for publisher in agencies.consent_publishers:
         grants += _grants(user(publisher), "topic", CONSENT_TOPIC, "literal", ("write", "create"), "consent publisher")
     for recipient in agencies.recipients:
@@ -166,6 +169,7 @@ def _processor() -> list[Grant]:
         *_grants(processor, "topic", AUDIT_TOPIC, "literal", ("write", "create"), "every decision is audited"),
         *_grants(processor, "topic", CHECKPOINTS_TOPIC, "literal", ("write", "create"), "each batch's audit records are sealed by a signed checkpoint"),
         *_grants(processor, "topic", QUALITY_TOPIC, "literal", ("write", "create"), "closed data-quality windows (counts and sketches)"),
+        *_grants(processor, "topic", QUALITY_BREACHES_TOPIC, "literal", ("write", "create"), "a provider's quality breaches"),
         *_grants(processor, "topic", TIMESTAMPS_TOPIC, "literal", ("write", "create"),
                  "the newest checkpoint is timestamped by a TSA when one is configured"),
         *_grants(processor, "topic", PROCESSOR_DLQ, "literal", ("write", "create"), "undecidable input is dead-lettered"),

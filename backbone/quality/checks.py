@@ -9,18 +9,19 @@ update per sketch. Values never leave the monitor: only counts and sketches do
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import datetime
 from typing import Any
 from uuid import UUID
 
-from backbone.quality.contract import QualityContract, ValidityRule, finite
+from backbone.quality.contract import QualityContract, Threshold, ValidityRule, finite
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState
 
 Test = Callable[[Any], bool]
 Marker = int | str
 _NO_KEYS: frozenset[Marker] = frozenset()
+MAX_PENDING = 10_000  # records noted before they are checked: above a data-plane batch (5,000)
 
 
 def rule_label(rule: ValidityRule) -> str:
@@ -115,6 +116,8 @@ class QualityMonitor:
         self._current: dict[str, tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
         self._pending: list[tuple[str, dict[str, Any], datetime]] = []
+        # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
+        self.verdicts: dict[str, Scorecard] = {}
         self._hour = 0
 
     def observe(self, event_type: str, record: dict[str, Any], now: datetime) -> None:
@@ -123,6 +126,8 @@ class QualityMonitor:
         measured inside the route (`python -m bench.processor`)."""
         if event_type in self.checkers:
             self._pending.append((event_type, record, now))
+            if len(self._pending) >= MAX_PENDING:  # a caller that never closes windows holds no more than this
+                self.flush()
 
     def flush(self) -> None:
         """Check every record noted since the last flush (the data plane's thread only)."""
@@ -148,6 +153,19 @@ class QualityMonitor:
         current = self._current[event_type] = (hour, window, seen, previous)
         return current
 
+    def breached(self, event_type: str, bars: Mapping[str, Threshold]) -> tuple[str, ...]:
+        """The dimensions whose score in the event type's last closed window is below its bar (none
+        before a window closed, or where a dimension had no checks: no evidence is no breach)."""
+        verdict = self.verdicts.get(event_type)
+        if verdict is None:
+            return ()
+        failed = []
+        for dimension, bar in bars.items():
+            found = verdict.dimensions.get(dimension)
+            if found is not None and found.score is not None and not bar.met(found.score):
+                failed.append(dimension)
+        return tuple(failed)
+
     def scorecards(self) -> list[Scorecard]:
         """The open windows' scorecards as of the last batch (for metrics at scrape time, from
         another thread), without a volume baseline; nothing is handed over."""
@@ -165,6 +183,8 @@ class QualityMonitor:
         hour = int(now.timestamp() * 1000) // HOUR_MS
         done = sorted((key for key in self.windows if key[1] < hour), key=lambda k: (k[1], k[0]))
         out = [self.checkers[key[0]].finish(self.windows.pop(key)) for key in done]
+        for window in out:  # in hour order: the last is the newest
+            self.verdicts[window.event_type] = score(window, self.contracts[window.event_type])
         for key in [k for k in self._seen if k[1] < hour - 1]:
             del self._seen[key]
         for event_type in [t for t, current in self._current.items() if current[0] < hour]:

@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, ValidationError, model_validator
 
 from backbone.events.catalog import Catalog, EventSchema
 from backbone.quality.errors import QualityContractError
@@ -68,7 +68,8 @@ def parse_threshold(text: Any) -> Threshold:
     return Threshold(match.group(1), float(match.group(2)))
 
 
-ThresholdField = Annotated[Threshold, BeforeValidator(parse_threshold)]
+# Read from `">= 98"` (or a bare number), written back the same way (YAML, JSON, agreement changes).
+ThresholdField = Annotated[Threshold, BeforeValidator(parse_threshold), PlainSerializer(str, return_type=str)]
 
 
 class _Rule(BaseModel):
