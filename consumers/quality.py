@@ -176,6 +176,16 @@ def quality_sink(settings: Settings, client: Client, contracts: Mapping[str, Qua
                         subscription=QUALITY_TOPIC, on_close=client.close if own_client else None)
 
 
+def landed_scorecards(client: Client, database: str) -> list[tuple[Any, ...]]:
+    """(provider, event type, hour, dimension, score, checked, failed, threshold) of every landed
+    scorecard row, newest computation of each."""
+    if not client.command(f"EXISTS TABLE {database}.scorecards"):
+        return []
+    return [tuple(row) for row in client.query(
+        f"SELECT provider, event_type, hour, dimension, score, checked, failed, threshold FROM {database}.scorecards FINAL "
+        "ORDER BY provider, event_type, hour, dimension").result_rows]
+
+
 def verify_quality(client: Client, prefix: str, contracts: Mapping[str, QualityContract]) -> tuple[int, list[str]]:
     """(scorecards checked, problems): every landed window must be sealed by an audit record
     (`audit verify` checks those records against their signed checkpoints), and every landed

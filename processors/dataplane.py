@@ -147,6 +147,8 @@ class DataPlane:
                 if self.registry_waits == waits and waits:
                     log.info("schema registry answers again after %d waits; deciding", waits)
                     self.registry_waits = 0
+            if self.router.quality is not None and self.router.quality.windows:
+                self._process([], consumer, producer, final=True)  # a clean stop hands its open hour's windows over
             clean = True
         finally:
             clean = producer.flush(self.settings.kafka_timeout_s) == 0 and not self._failures and clean
@@ -191,7 +193,7 @@ class DataPlane:
                 consumer.pause([position])
         return True
 
-    def _process(self, messages: list[Message], consumer: Consumer, producer: Producer) -> None:
+    def _process(self, messages: list[Message], consumer: Consumer, producer: Producer, final: bool = False) -> None:
         started = time.perf_counter()
         now = datetime.now(UTC)
         route = self.router.route
@@ -235,7 +237,7 @@ class DataPlane:
                 produced += 1
             offsets[(topic, partition)] = offset + 1
         # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.
-        for output in self.router.quality_outputs(now) if unavailable is None else ():
+        for output in self.router.quality_outputs(now, everything=final) if unavailable is None else ():
             if place is not None and output.topic == AUDIT_TOPIC:
                 audit.append((output.key, place(output.value)))
             else:

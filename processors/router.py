@@ -320,7 +320,7 @@ class Router:
             "events": verdict.events, "scores": scores, "below_contract": below, "agreements": agreements,
             "worker": self.worker_id}, sort_keys=True).encode())
 
-    def quality_outputs(self, now: datetime) -> list[Output]:
+    def quality_outputs(self, now: datetime, everything: bool = False) -> list[Output]:
         """Each quality window closed by `now`: its record for `quality.windows` and the audit record
         that seals it (the window's bytes hashed into the event id), so a provider cannot dispute a
         scorecard later: `backbone audit verify` checks every landed window against its seal."""
@@ -328,7 +328,7 @@ class Router:
             return []
         outputs: list[Output] = []
         audit = self._audit or self._audit_encoder()
-        for window in self.quality.closed(now):
+        for window in self.quality.closed(now, everything=everything):
             value = window.to_bytes()
             outputs.append(Output(QUALITY_TOPIC, f"{window.event_type}|{window.hour}|{self.worker_id}".encode(), value))
             outputs.append(Output(AUDIT_TOPIC, window.event_type.encode(), audit({

@@ -177,10 +177,12 @@ class QualityMonitor:
         hour = int(now.timestamp() * 1000) // HOUR_MS
         return any(key[1] < hour for key in list(self.windows))
 
-    def closed(self, now: datetime) -> list[WindowState]:
-        """Every window of an hour before `now`'s, removed from the monitor (each handed over once)."""
+    def closed(self, now: datetime, everything: bool = False) -> list[WindowState]:
+        """Every window of an hour before `now`'s (`everything`: the open ones too, as a worker stops
+        cleanly), removed from the monitor (each handed over once; another worker's or a restarted
+        worker's window of the same hour merges with it)."""
         self.flush()
-        hour = int(now.timestamp() * 1000) // HOUR_MS
+        hour = int(now.timestamp() * 1000) // HOUR_MS + (1 if everything else 0)
         done = sorted((key for key in self.windows if key[1] < hour), key=lambda k: (k[1], k[0]))
         out = [self.checkers[key[0]].finish(self.windows.pop(key)) for key in done]
         for window in out:  # in hour order: the last is the newest
