@@ -36,6 +36,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("bench", "Benchmark produce -> processor -> sinks -> ClickHouse beside a bare consume -> transform -> produce loop."),
     "clickhouse": ("clickhouse query", "ClickHouse databases of the agencies."),
     "consent": ("consent", "Record consent changes of data subjects."),
+    "contract": ("contract", "Event types' data contracts: export one as an Open Data Contract Standard document."),
     "console": ("webconsole", "Serve the web console: flows between agencies, denials, lag, agreements, DLQ, audit (login required)."),
     "demo": ("demo", "Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."),
     "dlq": ("dlq", "Dead-letter queues: what was refused, why, and replay after a fix."),

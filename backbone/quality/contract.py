@@ -160,11 +160,11 @@ class QualityContract:
         return self.event_type.split(".", 1)[0]
 
 
-def _avro_kind(avro_type: Any) -> str:
+def avro_kind(avro_type: Any) -> str:
     """The Avro type name a rule works on: `string`, `double`, `enum`, ... (nullable unions unwrapped)."""
     if isinstance(avro_type, list):
         rest = [t for t in avro_type if t != "null"]
-        return _avro_kind(rest[0]) if len(rest) == 1 else "union"
+        return avro_kind(rest[0]) if len(rest) == 1 else "union"
     if isinstance(avro_type, dict):
         return "string" if avro_type.get("logicalType") == "uuid" else avro_type.get("type", "record")
     return str(avro_type)
@@ -189,7 +189,7 @@ def _field_problems(section: QualitySection, schema: EventSchema, where: str) ->
             info = field_of(rule.field, f"validity.rules[{index}]")
             if info is None:
                 continue
-            kind = _avro_kind(info.type)
+            kind = avro_kind(info.type)
             if rule.kind == "range" and kind not in NUMERIC:
                 problems.append(f"{where}: validity.rules[{index}]: min/max need a number; {rule.field} is {kind}: use values or pattern")
             if rule.kind == "pattern" and kind != "string":
