@@ -38,12 +38,14 @@ from backbone.kafka import dlq
 from backbone.keys.keyring import BUILT_IN_DOMAINS, PROCESSOR_SIGNER, Keyring
 from backbone.keys.pseudonym import token
 from backbone.policy.agreements import load_agreements
+from backbone.quality.contract import load_quality
 from backbone.settings import Settings
 from backbone.stack.embedded import EmbeddedStack, free_port, port_in_use
 from consumers import ddl
 from consumers.audit_trail import ClickHouseTrail
 from consumers.batching import SinkThreads
 from consumers.fraud import FraudDetector
+from consumers.quality import landed_scorecards, quality_database, quality_sink
 from consumers.sink import Sink, sinks_for
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream, write_ground_truth
@@ -210,6 +212,7 @@ class Demo:
         self.report("sinks", note="starting the ClickHouse sinks (chDB)")
         self.client = make_client(settings.clickhouse_dsn)
         self._sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn or ""), registry_client(settings))
+        self._sinks.append(quality_sink(settings, make_client(settings.clickhouse_dsn or ""), load_quality(settings.schemas_dir, charter.catalog)))
         self._served = serve_readers(settings.clickhouse_dsn or "")  # backbone status, queries and the console read it meanwhile
         if self._metrics_ports:
             self._serve_sink_metrics(settings)
@@ -415,6 +418,16 @@ class Demo:
         result.audit = ClickHouseTrail(self.client, self.settings.clickhouse_database_prefix, self.charter.catalog).verify(
             public_key_map(read_published(self.data_dir / PUBLISHED_KEYS)))
         return result
+
+    def quality_scorecards(self, timeout: float = 60.0) -> list[tuple[Any, ...]]:
+        """Each provider's scorecards: the worker stops (handing its open hour's windows over) and the
+        quality sink lands them."""
+        assert self.settings is not None and self.worker is not None
+        self.worker.stop()
+        database, deadline = quality_database(self.settings), time.monotonic() + timeout
+        while not (rows := landed_scorecards(self.client, database)) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        return rows
 
     def publish_keys(self) -> int:
         """Write the processor's and the operator's public signing keys where verifiers read them

@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
     consumer_heartbeat_interval_ms: int = Field(1_000, ge=100)
     consumer_batch_size: int = Field(5_000, ge=1, description="Messages per batched consume call")
+    quality_rules: bool = Field(True, description="Processors check raw events against the schemas' quality rules "
+                                "(schemas/<event type>.quality.yaml) and emit hourly windows to quality.windows")
 
     # Schema registry
     schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry")

@@ -74,13 +74,14 @@ from bench.results import (
     target,
 )
 from bench.soak import SOAK_MARGIN_S, SoakResults, report_soak, run_soak
-from bench.workers import run_checkpoint_cost, run_processor, run_workers
+from bench.workers import run_checkpoint_cost, run_processor, run_quality_cost, run_workers
 
 RATIO_TARGET = 0.5
 HANDWRITTEN_TARGET = 0.8  # processor / hand-written no-audit loop (issue 16)
 P99_TARGET_MS = 500.0
 PKCS11_TARGET = 0.7  # keys on a PKCS#11 token: at least 70% of the file keyring's events/s (issue 26)
 CHECKPOINT_TARGET = 0.95  # sealing may cost at most 5% of the data plane's events/s (issue 17)
+QUALITY_TARGET = 0.90  # the quality rules may cost at most 10% of the data plane's events/s (issue 32)
 
 
 @dataclass(slots=True)
@@ -125,6 +126,12 @@ class Results:
     # to back, so a change in the machine's load falls on both; best-of each apart would pair two rounds)
     checkpoint_cost_ratio: float = 0.0
     checkpoint_cpu_ratio: float = 0.0  # the same from CPU µs per event, without / with: less disturbed by other work
+    # issue 32: the in-process data plane with and without the quality rules, alternating rounds
+    quality_rounds: list[dict[str, float]] = field(default_factory=list)
+    with_quality_events_per_s: float = 0.0
+    without_quality_events_per_s: float = 0.0
+    quality_cost_ratio: float = 0.0  # median over rounds of with / without
+    quality_cpu_ratio: float = 0.0
     checkpoint_rounds: list[dict[str, float]] = field(default_factory=list)
     checkpoints_sealed: int = 0  # by one sealed round
     # issue 16: one worker, then two in the same consumer group, each on the same events pre-produced again
@@ -175,6 +182,13 @@ def report(results: Results) -> Path:
         table.add_row("  the same from CPU µs per event: without / with", f"{results.checkpoint_cpu_ratio:.1%}",
                       f"least {min(r['with_checkpoints_cpu_us_per_event'] for r in results.checkpoint_rounds):,.1f} / "
                       f"{min(r['without_checkpoints_cpu_us_per_event'] for r in results.checkpoint_rounds):,.1f} µs")
+    if results.quality_rounds:
+        rounds = ", ".join(f"{r['with_quality'] / r['without_quality']:.0%}" for r in results.quality_rounds)
+        table.add_row(f"data plane with / without quality rules (best of {len(results.quality_rounds)})",
+                      f"{results.with_quality_events_per_s:,.0f} / {results.without_quality_events_per_s:,.0f} events/s", "")
+        table.add_row("quality rules cost: events/s with / without, median of rounds", f"{results.quality_cost_ratio:.1%}",
+                      target(results.quality_cost_ratio >= QUALITY_TARGET, f">= {QUALITY_TARGET:.0%}[/] rounds {rounds}"))
+        table.add_row("  the same from CPU µs per event: without / with", f"{results.quality_cpu_ratio:.1%}", "")
     if results.two_workers_events_per_s is not None:
         held = (f"raw partitions held {' + '.join(map(str, results.two_workers_partitions))}; "
                 if results.two_workers_partitions else "")
@@ -224,6 +238,8 @@ def main() -> None:
                         help="2: also one worker, then two, on the same events pre-produced again (1: skip)")
     parser.add_argument("--checkpoint-rounds", type=int, default=3,
                         help="in-process data plane runs with and without checkpoints, each (0: skip)")
+    parser.add_argument("--quality-rounds", type=int, default=3,
+                        help="in-process data plane runs with and without the quality rules, each (0: skip)")
     parser.add_argument("--profile", type=Path, default=None, metavar="DIR",
                         help="record the worker of the throughput run with py-spy into DIR and summarise it")
     parser.add_argument("--key-provider", choices=("file", "both"), default="both",
@@ -279,6 +295,14 @@ def _throughput(args: argparse.Namespace) -> Results:
             results.checkpoint_cpu_ratio = statistics.median(
                 r["without_checkpoints_cpu_us_per_event"] / r["with_checkpoints_cpu_us_per_event"] for r in rounds)
             results.checkpoints_sealed = int(rounds[0]["checkpoints_sealed"])
+        if args.quality_rounds:
+            console.print("the data plane in this process, with and without the quality rules ...")
+            rounds = results.quality_rounds = run_quality_cost(settings, ends, args.max_seconds, args.quality_rounds)
+            results.with_quality_events_per_s = max(r["with_quality"] for r in rounds)
+            results.without_quality_events_per_s = max(r["without_quality"] for r in rounds)
+            results.quality_cost_ratio = statistics.median(r["with_quality"] / r["without_quality"] for r in rounds)
+            results.quality_cpu_ratio = statistics.median(
+                r["without_quality_cpu_us_per_event"] / r["with_quality_cpu_us_per_event"] for r in rounds)
         extra = {"consumer_batch_size": str(args.batch_size)} if args.batch_size else {}
         worker = ProcessorWorker(settings, "bench-worker", **extra)
         results.batch_size = args.batch_size or settings.consumer_batch_size

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from confluent_kafka import Consumer, TopicPartition
 
 from app.local import ProcessorWorker
+from backbone.quality.checks import QualityMonitor
 from backbone.settings import Settings
 from bench.loops import Ends, build_router, pre_produce
 from bench.processes import cpu_seconds
@@ -155,15 +156,18 @@ def run_workers(settings: Settings, records: list[tuple[str, dict]], count: int,
 # -- the data plane in this process, with and without checkpoints ---------------------------------
 
 
-def run_dataplane(settings: Settings, ends: Ends, max_seconds: float, sealed: bool) -> tuple[float, float, int]:
+def run_dataplane(settings: Settings, ends: Ends, max_seconds: float, sealed: bool,
+                  quality: bool = False) -> tuple[float, float, int]:
     """(events/s, CPU µs per event, checkpoints sealed) of the processor's `DataPlane` in this
     process, from the start of its first batch to the commit of the last, reading `ends` with a
     consumer group of its own. The CPU time is this process's (every thread: librdkafka's too;
     the rest of the benchmark sleeps meanwhile), which other work on the machine disturbs less.
     `sealed=False` passes `checkpoints=lambda: None`: the same work, audit records produced unsealed.
     The same Router, engine, keyring and consent table as a worker builds; outputs go to the real
-    output topics (the audit records of a sealed round to its own writer's chain)."""
+    output topics (the audit records of a sealed round to its own writer's chain). `quality=True`
+    checks every raw event against the schemas' quality rules, as a worker does by default."""
     enforcement, router = build_router(settings)
+    router.quality = QualityMonitor(enforcement.quality.values()) if quality else None
     target = sum(ends.values())
     first: list[float] = []
 
@@ -202,5 +206,22 @@ def run_checkpoint_cost(settings: Settings, ends: Ends, max_seconds: float, roun
         console.print(f"  round {index + 1}: with checkpoints {figures['with_checkpoints']:,.0f} events/s "
                       f"({figures['with_checkpoints_cpu_us_per_event']:,.1f} CPU µs/event), without "
                       f"{figures['without_checkpoints']:,.0f} events/s ({figures['without_checkpoints_cpu_us_per_event']:,.1f})")
+        out.append(figures)
+    return out
+
+
+def run_quality_cost(settings: Settings, ends: Ends, max_seconds: float, rounds: int) -> list[dict[str, float]]:
+    """Alternating data-plane runs with and without the quality rules (both sealed; the order flips
+    each round); one dict per round."""
+    out: list[dict[str, float]] = []
+    for index in range(rounds):
+        figures: dict[str, float] = {}
+        for quality in ((True, False) if index % 2 == 0 else (False, True)):
+            rate, cpu_us, _ = run_dataplane(settings, ends, max_seconds, True, quality=quality)
+            name = "with_quality" if quality else "without_quality"
+            figures[name], figures[f"{name}_cpu_us_per_event"] = rate, cpu_us
+        console.print(f"  round {index + 1}: with quality rules {figures['with_quality']:,.0f} events/s "
+                      f"({figures['with_quality_cpu_us_per_event']:,.1f} CPU µs/event), without "
+                      f"{figures['without_quality']:,.0f} events/s ({figures['without_quality_cpu_us_per_event']:,.1f})")
         out.append(figures)
     return out

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from backbone.policy.agreements import Charter
 
 AUDIT_DATABASE = "audit"
+QUALITY_DATABASE = "quality"  # data-quality windows and scorecards (consumers/quality.py), landed by the audit sink
 AUDIT_TABLE = "decisions"  # a view: one row per (event, recipient), over AUDIT_EVENTS_TABLE
 AUDIT_EVENTS_TABLE = "events"  # one row per raw event, its decisions in an array
 OPERATIONS_TABLE = "operations"
@@ -223,14 +224,14 @@ def _string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _user_sql(user: str, database: str, credential: Credential, cluster: Cluster | None) -> list[str]:
+def _user_sql(user: str, databases: Sequence[str], credential: Credential, cluster: Cluster | None) -> list[str]:
     quoted, on = quote_identifier(user), on_cluster(cluster)
     identified = f"IDENTIFIED WITH sha256_hash BY {_string(credential.sha256_hex)} SALT {_string(credential.salt)}"
     statements = [
         f"CREATE USER IF NOT EXISTS {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",
         f"ALTER USER {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
         f"REVOKE{on} ALL ON *.* FROM {quoted}",
-        f"GRANT{on} {', '.join(SINK_PRIVILEGES)} ON {quote_identifier(database)}.* TO {quoted}",
+        *(f"GRANT{on} {', '.join(SINK_PRIVILEGES)} ON {quote_identifier(database)}.* TO {quoted}" for database in databases),
     ]
     if cluster is not None:
         statements.append(f"GRANT{on} {CLUSTER_PRIVILEGE} ON *.* TO {quoted}")
@@ -261,7 +262,8 @@ def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Map
       cluster also run its DDL ON CLUSTER), and the views it creates run as it;
     - each recipient's role may SELECT its agreement views only: no table, no other database;
     - the oversight role alone among the roles reads the audit database (the audit sink's user,
-      which lands it and defines its `decisions` view, is the only other reader).
+      which lands it and defines its `decisions` view, is the only other reader), and the quality
+      database (scorecards: counts, no personal data), which the audit sink lands too.
     Every user and role loses all its privileges first, so re-applying removes anything granted by
     hand or by an older charter. `credentials` (sink user -> `Credential`) default to `NO_CREDENTIAL`.
     On a `cluster`, every statement runs `ON CLUSTER`, so each server holds the same users and grants."""
@@ -270,12 +272,12 @@ def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Map
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         user = sink_user(prefix, recipient)
-        statements += _user_sql(user, database, credentials.get(user, NO_CREDENTIAL), cluster)
-    audit = database_name(prefix, AUDIT_DATABASE)
+        statements += _user_sql(user, [database], credentials.get(user, NO_CREDENTIAL), cluster)
+    audit, quality = database_name(prefix, AUDIT_DATABASE), database_name(prefix, QUALITY_DATABASE)
     audit_user = sink_user(prefix, AUDIT_DATABASE)
-    statements += _user_sql(audit_user, audit, credentials.get(audit_user, NO_CREDENTIAL), cluster)
+    statements += _user_sql(audit_user, [audit, quality], credentials.get(audit_user, NO_CREDENTIAL), cluster)
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]], cluster)
-    statements += _role_sql(role_name(prefix, OVERSIGHT_ROLE), [f"{quote_identifier(audit)}.*"], cluster)
+    statements += _role_sql(role_name(prefix, OVERSIGHT_ROLE), [f"{quote_identifier(audit)}.*", f"{quote_identifier(quality)}.*"], cluster)
     return statements

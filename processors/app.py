@@ -32,6 +32,8 @@ from backbone.kafka.topics import (
     AGREEMENTS_TOPIC,
     AUDIT_TOPIC,
     CONSENT_TOPIC,
+    QUALITY_BREACHES_TOPIC,
+    QUALITY_TOPIC,
     Topics,
     consent_topic_config,
     raw_topic,
@@ -42,6 +44,8 @@ from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import Agreement, load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
+from backbone.quality.checks import QualityMonitor
+from backbone.quality.contract import load_quality
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
 from processors import state_partitions
@@ -79,6 +83,8 @@ class Enforcement:
         self.dlq_sealer = dlq.DlqSealer(settings)
         self.erasures = ErasureTable(self.keyring, on_erased=self.dlq_sealer.forget)
         self.engine = PolicyEngine(self.charter, self.keyring, erasures=self.erasures)
+        # the schemas' quality rules, checked at start-up (a broken rule stops the worker, named)
+        self.quality = load_quality(settings.schemas_dir, self.catalog) if settings.quality_rules else {}
         self.schemas = RegistrySchemas(registry_client(settings))
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
@@ -96,7 +102,7 @@ class Enforcement:
         topics.ensure(dlq.KEYS_TOPIC, config=dlq.keys_topic_config())
         erasure.ensure_topic(self.settings)
         erasure_requests.ensure_topics(self.settings)
-        for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
+        for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         periods: dict[str, int] = {}
         for agreement in self.charter.agreements:
@@ -118,6 +124,7 @@ class Enforcement:
         state_partitions.guard(self.settings, (CONSENT_TOPIC, AGREEMENTS_TOPIC, erasure.ERASURES_TOPIC))
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
+        self.router.quality = QualityMonitor(self.quality.values()) if self.quality else None
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(

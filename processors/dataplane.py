@@ -138,6 +138,8 @@ class DataPlane:
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
+                    if self.router.quality is not None and self.router.quality.due(datetime.now(UTC)):
+                        self._process([], consumer, producer)  # an hour ended in a lull: its quality windows go now
                     continue
                 waits = self.registry_waits
                 if self.before_batch is not None:
@@ -146,6 +148,8 @@ class DataPlane:
                 if self.registry_waits == waits and waits:
                     log.info("schema registry answers again after %d waits; deciding", waits)
                     self.registry_waits = 0
+            if self.router.quality is not None and self.router.quality.windows:
+                self._process([], consumer, producer, final=True)  # a clean stop hands its open hour's windows over
             clean = True
         finally:
             clean = producer.flush(self.settings.kafka_timeout_s) == 0 and not self._failures and clean
@@ -190,7 +194,7 @@ class DataPlane:
                 consumer.pause([position])
         return True
 
-    def _process(self, messages: list[Message], consumer: Consumer, producer: Producer) -> None:
+    def _process(self, messages: list[Message], consumer: Consumer, producer: Producer, final: bool = False) -> None:
         started = time.perf_counter()
         now = datetime.now(UTC)
         route = self.router.route
@@ -233,6 +237,13 @@ class DataPlane:
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
+        # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.
+        for output in self.router.quality_outputs(now, everything=final) if unavailable is None else ():
+            if place is not None and output.topic == AUDIT_TOPIC:
+                audit.append((output.key, place(output.value)))
+            else:
+                self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
+                produced += 1
         for output in release_order(shared):
             self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
                           output.timestamp)

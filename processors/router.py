@@ -8,7 +8,10 @@ tests all run exactly this code.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
+import uuid
 from collections import Counter
 from datetime import UTC, datetime
 from typing import NamedTuple
@@ -27,13 +30,16 @@ from backbone.events.catalog import AUDIT_EVENT, Catalog
 from backbone.events.decoder import CompiledDecoder, compile_decoder
 from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
 from backbone.kafka import dlq
-from backbone.kafka.topics import AUDIT_TOPIC, dlq_topic, raw_topic, shared_topic
+from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_TOPIC, dlq_topic, raw_topic, shared_topic
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.keys.pseudonym import token_function
-from backbone.policy.decision import ConsentState, Decision
+from backbone.policy.decision import QUALITY_BREACH, ConsentState, Decision
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_timestamp_ms
 from processors.audit_record import AuditRecordWriter
+from backbone.quality.checks import QualityMonitor
+from backbone.quality.contract import Threshold
+from backbone.quality.window import QUALITY_SEAL_TYPE, window_seal_id
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,9 @@ DLQ_TOPIC = dlq_topic(dlq.PROCESSOR)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
 # The only header on a shared record: which agreement released it, as id@version.
 AGREEMENT_HEADER = "agreement"
+# On a record an agreement with `on_quality_breach: flag` delivers although the provider's last
+# closed quality window is below its bar: `breach:<dimension>[,<dimension>]`.
+QUALITY_HEADER = "quality"
 PERMIT = "permit"  # the audit record's outcome of a permit; a denial's outcome is its reason code
 # Audit records leave the router unplaced (their bytes end with `audit_log.EMPTY_POSITION`): the
 # data plane gives each its writer, checkpoint and leaf when it seals the batch.
@@ -113,6 +122,10 @@ class Router:
         self.counts: Counter[str] = Counter()
         # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.telemetry.metrics
         self.decided: Counter[tuple[str, str]] = Counter()
+        # Data-quality checks on the raw record, before any treatment (None: no quality rules)
+        self.quality: QualityMonitor | None = None
+        self.worker_id = uuid.uuid4().hex[:12]  # names this worker's quality windows
+        self._bars: dict[tuple[str | None, int | None], tuple[dict[str, Threshold], str]] = {}  # agreement -> its quality bars
 
     def prepare(self) -> None:
         """Register the audit schema and the recipient schemas of the agreements in force now
@@ -158,6 +171,8 @@ class Router:
         the DLQ headers). Registry outages raise (retry later); bad input goes to the DLQ."""
         try:
             record, event_type = self._admit(topic, value)
+            if self.quality is not None:
+                self.quality.observe(event_type, record, now)
             decisions = self.engine.decide(record, consent, now)
             outputs = self._outputs(record, event_type, key, decisions, now)
         except Rejected as rejected:
@@ -232,6 +247,9 @@ class Router:
         provider = record["provider"]
         audit = self._audit_record or self._audit_writer()
         for decision in decisions:
+            flag = None
+            if decision.permitted:
+                decision, flag = self._quality_gate(decision, event_type)
             if decision.permitted:
                 encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
                 topic = self._shared_topics.get((decision.recipient, event_type))
@@ -243,6 +261,8 @@ class Router:
                 if headers is None:  # one list per agreement version, shared by its records (never changed)
                     headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
                         (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
+                if flag is not None:  # a new list: the cached one is shared by every record of the version
+                    headers = [*headers, (QUALITY_HEADER, flag)]
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                                       headers, released_timestamp_ms(decision.record.get("occurred_at"))))
                 self.counts["permit"] += 1
@@ -254,6 +274,71 @@ class Router:
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
         outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, decisions)))
+        return outputs
+
+    def _quality_gate(self, decision: Decision, event_type: str) -> tuple[Decision, bytes | None]:
+        """A permit under an agreement with quality bars, judged on the provider's last closed window
+        of this event type (a window's score is known only once it closes): unchanged when the bars
+        are met, a denial (`quality_breach`) when the agreement holds, the flag header when it flags."""
+        key = (decision.agreement_id, decision.agreement_version)
+        bars = self._bars.get(key)
+        if bars is None:
+            agreement = next((a for a in self.engine.charter.agreements if (a.id, a.version) == key), None)
+            bars = self._bars[key] = (dict(agreement.require_quality), agreement.on_quality_breach) if agreement else ({}, "hold")
+        if not bars[0]:
+            return decision, None
+        # Quality rules off (BACKBONE_QUALITY_RULES=false): no evidence at all, so every bar fails (fail closed).
+        failed = self.quality.breached(event_type, bars[0]) if self.quality is not None else tuple(bars[0])
+        if not failed:
+            return decision, None
+        if bars[1] == "flag":
+            return decision, f"breach:{','.join(failed)}".encode()
+        self.counts["quality.held"] += 1
+        return dataclasses.replace(decision, permitted=False, reason=QUALITY_BREACH, record=None, released_fields=(),
+                                   key_ids=(), key=None), None
+
+    def _breach(self, event_type: str, hour: int, now: datetime) -> Output | None:
+        """The provider's breach event for a window just closed, if it is below its contract's
+        thresholds or a bar an agreement in force requires; counts and scores only."""
+        verdict = self.quality.verdicts.get(event_type) if self.quality is not None else None
+        if verdict is None or verdict.hour != hour:
+            return None
+        agreements = []
+        for agreement in self.engine.charter.agreements:
+            if event_type in agreement.event_types and agreement.require_quality and agreement.in_force_at(now):
+                failed = self.quality.breached(event_type, agreement.require_quality)  # type: ignore[union-attr]
+                if failed:
+                    agreements.append({"agreement": agreement.key, "recipient": agreement.recipient, "dimensions": list(failed),
+                                       "records": "held" if agreement.on_quality_breach == "hold" else "flagged"})
+        below = {d.dimension: {"score": d.score, "checked": d.checked, "failed": d.failed, "threshold": d.threshold}
+                 for d in verdict.dimensions.values() if d.met is False}
+        if not below and not agreements:
+            return None
+        self.counts["quality.breaches"] += 1
+        scores = {d.dimension: d.score for d in verdict.dimensions.values()}
+        return Output(QUALITY_BREACHES_TOPIC, verdict.provider.encode(), json.dumps({
+            "provider": verdict.provider, "event_type": event_type, "hour": verdict.hour_start.isoformat(),
+            "events": verdict.events, "scores": scores, "below_contract": below, "agreements": agreements,
+            "worker": self.worker_id}, sort_keys=True).encode())
+
+    def quality_outputs(self, now: datetime, everything: bool = False) -> list[Output]:
+        """Each quality window closed by `now`: its record for `quality.windows` and the audit record
+        that seals it (the window's bytes hashed into the event id), so a provider cannot dispute a
+        scorecard later: `backbone audit verify` checks every landed window against its seal."""
+        if self.quality is None:
+            return []
+        outputs: list[Output] = []
+        audit = self._audit or self._audit_encoder()
+        for window in self.quality.closed(now, everything=everything):
+            value = window.to_bytes()
+            outputs.append(Output(QUALITY_TOPIC, f"{window.event_type}|{window.hour}|{self.worker_id}".encode(), value))
+            outputs.append(Output(AUDIT_TOPIC, window.event_type.encode(), audit({
+                "event_id": window_seal_id(value), "event_type": QUALITY_SEAL_TYPE, "provider": window.provider,
+                "subject_token": None, "decided_at": now, "decisions": [], **UNPLACED})))
+            self.counts["quality.windows"] += 1
+            breach = self._breach(window.event_type, window.hour, now)
+            if breach is not None:
+                outputs.append(breach)
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

@@ -20,6 +20,13 @@ DEPLOY = PROJECT_ROOT / "deploy"
 
 # (principal, resource, name, pattern, operation) for the demo's catalog and charter.
 EXPECTED = {
+    ("User:processor", "topic", "quality.breaches", "literal", "create"),
+    ("User:processor", "topic", "quality.breaches", "literal", "write"),
+    *(("User:" + provider, "topic", "quality.breaches", "literal", "read") for provider in ("police", "registry", "tax", "welfare")),
+    ("User:processor", "topic", "quality.windows", "literal", "create"),
+    ("User:processor", "topic", "quality.windows", "literal", "write"),
+    ("User:sink-fraud", "topic", "quality.windows", "literal", "read"),
+    ("User:sink-fraud", "group", "backbone-sink-quality", "literal", "read"),
     ("User:consent", "topic", "consent.changes", "literal", "create"),
     ("User:consent", "topic", "consent.changes", "literal", "write"),
     ("User:fraud", "group", "fraud.", "prefixed", "read"),
@@ -148,7 +155,7 @@ def test_plan_for_the_demo_is_exactly_the_expected_bindings(charter) -> None:  #
 
 def test_providers_write_only_their_own_raw_prefix(charter) -> None:  # noqa: ANN001
     for grant in plan_for_charter(charter):
-        if grant.principal == "User:tax":
+        if grant.principal == "User:tax" and grant.name != "quality.breaches":  # and reads its quality breaches
             assert grant.name == "raw.tax." and grant.pattern == "prefixed" and grant.operation != "read"
 
 
@@ -172,9 +179,9 @@ def test_sink_groups_are_the_sinks_own_and_follow_the_clickhouse_database_prefix
     assert fraud == {group_id(settings, "fraud")} == {"backbone-sink-t1_fraud"}
     # the audit sink is a workload and Kafka user of its own: no recipient's sink reads the audit trail
     audit = {g.name for g in grants if g.principal == "User:sink-audit" and g.resource == "group"}
-    assert audit == {group_id(settings, name) for name in (AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK)}
+    assert audit == {group_id(settings, name) for name in (AUDIT_SINK, OPERATIONS_SINK, CHECKPOINTS_SINK, TIMESTAMPS_SINK, "quality")}
     assert audit == {"backbone-sink-t1_audit", "backbone-sink-t1_audit-operations", "backbone-sink-t1_audit-checkpoints",
-                     "backbone-sink-t1_audit-timestamps"}
+                     "backbone-sink-t1_audit-timestamps", "backbone-sink-t1_quality"}
     assert not [g for g in grants if g.name.startswith("audit.") and g.principal.startswith("User:sink-") and g.principal != "User:sink-audit"]
 
 
@@ -271,6 +278,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
             table["backbone consent grant|withdraw"] = ("User:consent", {("topic", "consent.changes", "create"), ("topic", "consent.changes", "write")})
         else:  # producers/sdk.py AgencyProducer: ensures each of its event topics, then produces (idempotent)
             table[f"backbone produce --agency {provider}"] = (f"User:{provider}", {("topic", t, op) for t in topics for op in ("create", "write")})
+            # the provider's own reader of quality.breaches (issue 32), assigned like the state readers
+            table[f"{provider}'s quality breach reader"] = (f"User:{provider}", {("topic", "quality.breaches", "read")})
     for recipient in recipients:  # outside the backbone: DESIGN's trust boundaries
         table[f"{recipient}'s own consumers"] = (f"User:{recipient}", {("topic", f"shared.{recipient}.*", "read"), ("group", f"{recipient}.*", "read")})
     # processors/app.py Enforcement.ensure_topics, the two CompactedTopicReaders, DataPlane (subscribes
@@ -284,6 +293,9 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # processors/app.py: the erasure reader (assigned, like consent) and the DLQ sealer (reads, writes dlq.keys)
     # processors/checkpoints.py: each batch's signed checkpoint goes to audit.checkpoints
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
+    # processors/dataplane.py: closed quality windows go to quality.windows (ensured at start-up)
+    processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write"),
+                  ("topic", "quality.breaches", "create"), ("topic", "quality.breaches", "write")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     # processors/lineage.py (BACKBONE_LINEAGE_TRANSPORT=kafka): ensures its topic and produces the run events
@@ -311,7 +323,9 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
         ("topic", "audit.checkpoints", "read"), ("topic", "audit.operations.checkpoints", "read"),
         ("group", group_id(settings, "audit-checkpoints"), "read"),
         ("topic", "audit.timestamps", "read"), ("group", group_id(settings, TIMESTAMPS_SINK), "read"),
-        ("topic", "dlq.sink", "create"), ("topic", "dlq.sink", "write")})
+        ("topic", "dlq.sink", "create"), ("topic", "dlq.sink", "write"),
+        # app/cli/sink.py adds the quality sink (consumers/quality.py) beside the audit sinks
+        ("topic", "quality.windows", "read"), ("group", group_id(settings, "quality"), "read")})
     # backbone/registry/kafka_log.py: ensures _schemas, reads it assigned as `backbone-registry-<node>` (no commit), writes
     table["schema registry"] = ("User:schema-registry", {("topic", "_schemas", op) for op in ("create", "read", "write")}
                                 | {("group", "backbone-registry-*", "describe")})

@@ -48,6 +48,10 @@ def test_demo_runs_end_to_end_finds_the_planted_fraud_and_stops_everything(tmp_p
     assert "tax-to-fraud suspended, income:    agreement_inactive" in out
     assert "tax-to-fraud reactivated, income:  permit" in out
     assert "SELECT kind, count() FROM fraud.alerts" in out
+    # each provider's data-quality scorecard, handed over by the worker as it stopped (issue 32)
+    assert "Data quality per provider" in out
+    for provider in ("tax", "welfare", "registry"):
+        assert re.search(provider + r"\s+│\s+" + provider + r"\.\w+\s+│[^\n]*│\s+completeness\s+│\s+[\d.]+", out), provider
 
     # the lineage and catalogue written beside the data, and the processor's run events of the suspension it showed
     for kind in ("ropa", "asyncapi", "dcat", "openlineage"):

@@ -40,6 +40,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "clickhouse": ("clickhouse query", "ClickHouse databases of the agencies."),
     "catalog": ("catalog", "Lineage and catalogue from the enforced agreements: record of processing, AsyncAPI, DCAT-AP, OpenLineage."),
     "consent": ("consent", "Record consent changes of data subjects."),
+    "contract": ("contract", "Event types' data contracts: export one as an Open Data Contract Standard document."),
     "console": ("webconsole", "Serve the web console: flows between agencies, denials, lag, agreements, DLQ, audit (login required)."),
     "demo": ("demo", "Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."),
     "dp": ("dp", "Differentially private releases: aggregates with noise, within budgets sealed in the audit trail."),

@@ -142,6 +142,7 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
             if problem:
                 known.unchecked.append(f"the recipients' databases were not compared with an empty trail ({problem})")
             check_not_emptied(report, client, settings.clickhouse_database_prefix, recipients)
+            _check_quality(settings, catalog, client, report, known.unchecked)
         finally:
             client.close()
     known.check(report, "trail on Kafka" if from_kafka else "landed trail")
@@ -182,6 +183,24 @@ def verify(from_kafka: bool = typer.Option(False, "--from-kafka", help="Verify t
                 console.print(f"  --expect-head {writer}={sequence}:{digest}", highlight=False, markup=False, soft_wrap=True)
     if not report.ok:
         raise SystemExit(1)  # main() runs typer with standalone_mode=False: Exit would be swallowed
+
+
+def _check_quality(settings, catalog, client, report, unchecked: list[str]) -> None:  # noqa: ANN001
+    """Each landed quality window against the audit record that sealed it, and each scorecard against
+    the windows (issue 32): a scorecard edited after the fact is a failure like an edited decision."""
+    from backbone.audit.log import Failure
+    from backbone.quality.contract import load_quality
+    from consumers.quality import verify_quality
+
+    try:
+        contracts = load_quality(settings.schemas_dir, catalog)
+    except BackboneError as exc:
+        unchecked.append(f"quality scorecards ({str(exc).splitlines()[0][:200]})")
+        return
+    hours, problems = verify_quality(client, settings.clickhouse_database_prefix, contracts)
+    report.failures.extend(Failure("quality_scorecard", "quality", None, problem) for problem in problems)
+    if hours:
+        console.print(f"quality: {hours:,} hours of scorecards recomputed from their sealed windows", highlight=False)
 
 
 def _recipients(settings, catalog) -> tuple[list[str], str | None]:  # noqa: ANN001 - Settings, Catalog

@@ -69,6 +69,8 @@ def demo(
             runner.settle(10.0)  # its ledger record lands in the audit database too
             result = runner.collect()
             _summary(result, decided, expected, time.monotonic() - started)
+            if not keep_running:
+                _scorecards(runner.quality_scorecards())
             if decided < expected:
                 raise BackboneError(
                     f"only {decided:,} of {expected:,} events were decided within {timeout:g} s; "
@@ -79,6 +81,16 @@ def demo(
         finally:
             runner.stop()
     console.print("[green]demo finished; every process it started has stopped[/green]")
+
+
+def _scorecards(rows: list[tuple[Any, ...]]) -> None:
+    """Each provider's data-quality scorecard (issue 32), as the quality sink landed it."""
+    table = Table("provider", "event type", "hour (UTC)", "dimension", "score", "failed / checked", "bar",
+                  title="Data quality per provider (the worker's open hour, handed over as it stopped)")
+    for provider, event_type, hour, dimension, score, checked, failed, bar in rows:
+        table.add_row(provider, event_type, f"{hour:%Y-%m-%d %H}:00", dimension, "-" if score is None else f"{score:.2f}",
+                      f"{failed:,} / {checked:,}", bar)
+    console.print(table if rows else "no quality scorecard landed (is BACKBONE_QUALITY_RULES off?)")
 
 
 def retention_lines(drops: list[Any]) -> list[str]:

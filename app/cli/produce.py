@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -55,6 +56,9 @@ def produce(
     start: str = typer.Option(None, "--start", help="First period, YYYY-MM (default: eleven months before this one)"),
     periods: int = typer.Option(None, "--periods", min=1, help="Stop after this many months"),
     truth: Path = typer.Option(None, "--truth", help="Write the planted fraud cases (JSON) here"),
+    defects: bool = typer.Option(False, "--defects", help="Plant data-quality defects at known rates (3% missing postcodes, "
+                                                          "1% invalid incomes, 0.5% duplicates, 2% late; "
+                                                          "producers/synthetic/defects.py) and stamp the rest as sent now"),
 ) -> None:
     """Send synthetic agency events (with planted fraud) to `raw.<event_type>` through the producer SDK."""
     from backbone.events.catalog import load_catalog
@@ -76,7 +80,7 @@ def produce(
     try:
         for name in sorted(stream.agencies):
             producers[name] = AgencyProducer(name, settings, catalog)
-        sent = _send(stream, producers, events, rate)
+        sent = _send(_defective(stream) if defects else stream, producers, events, rate)
     except BaseException:
         for producer in producers.values():
             producer.close(raise_on_failure=False)
@@ -93,7 +97,15 @@ def produce(
         raise DeliveryError(f"{failed} of {total} events were not acknowledged by Kafka at {settings.kafka_bootstrap}", stats)
 
 
-def _send(stream: SyntheticStream, producers: dict[str, AgencyProducer], events: int, rate: float | None) -> int:
+def _defective(stream: SyntheticStream) -> Iterator[tuple[str, dict]]:
+    from datetime import UTC, datetime
+
+    from producers.synthetic.defects import Defects, plant
+
+    return plant(stream, Defects(), lambda: datetime.now(UTC))
+
+
+def _send(stream: Iterable[tuple[str, dict]], producers: dict[str, AgencyProducer], events: int, rate: float | None) -> int:
     pacer = _Pacer(rate)
     sent = 0
     columns = (TextColumn("[bold]producing"), BarColumn(), MofNCompleteColumn(),

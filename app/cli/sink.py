@@ -15,6 +15,8 @@ def sink(
     recipient: list[str] = typer.Option(None, "--recipient", "-r", help="Agency whose shared topics to land (repeatable; default every recipient in the charter)"),
     audit: bool = typer.Option(True, "--audit/--no-audit", help="Also land audit.decisions into the audit database"),
     audit_only: bool = typer.Option(False, "--audit-only", help="Land the audit topics only, no recipient's (the audit sink's own workload)"),
+    quality: bool = typer.Option(True, "--quality/--no-quality", help="Also land quality.windows into the quality database, "
+                                                                     "with each hour's scorecard"),
     until_idle: bool = typer.Option(False, "--until-idle", help="Stop once no message arrived for --idle seconds"),
     idle: float = typer.Option(3.0, "--idle", help="Idle seconds for --until-idle"),
 ) -> None:
@@ -33,6 +35,11 @@ def sink(
     # each sink gets its own client (one ClickHouse handle each): they land in parallel
     sinks = sinks_for(settings, charter, lambda: make_client(settings.clickhouse_dsn), registry_client(settings),
                       [] if audit_only else recipient or None, audit)
+    if quality and audit:  # the quality windows go with the audit trail: the backbone's own, no recipient's
+        from backbone.quality.contract import load_quality
+        from consumers.quality import quality_sink
+
+        sinks.append(quality_sink(settings, make_client(settings.clickhouse_dsn), load_quality(settings.schemas_dir, charter.catalog)))
     if not sinks:
         raise BackboneError("no recipient to land: the charter names none; pass --recipient")
     if settings.metrics_port:
@@ -41,6 +48,9 @@ def sink(
         from backbone.telemetry import metrics
 
         metrics.SinkCollector(sinks)
+        for each in sinks:
+            if each.name == "quality":
+                REGISTRY.register(metrics.QualityScorecardCollector(each.target))
         REGISTRY.register(metrics.LagCollector(settings, {each.group_id for each in sinks}))
         metrics.serve(settings)
     # with chDB this process now holds the directory: reading commands and the console elsewhere read it through here

@@ -46,6 +46,8 @@ from backbone.kafka.topics import (
     LINEAGE_TOPIC,
     OPERATIONS_CHECKPOINTS_TOPIC,
     OPERATIONS_TOPIC,
+    QUALITY_BREACHES_TOPIC,
+    QUALITY_TOPIC,
     RAW_PREFIX,
     SCHEMAS_TOPIC,
     SHARED_PREFIX,
@@ -150,6 +152,8 @@ def _agencies(agencies: Agencies) -> list[Grant]:
     for provider in agencies.providers:
         # The producer SDK ensures its topics before sending: CREATE on its own prefix only.
         grants += _grants(user(provider), "topic", raw_prefix(provider), "prefixed", ("write", "create"), "provider publishes its events")
+        grants += _grants(user(provider), "topic", QUALITY_BREACHES_TOPIC, "literal", ("read",),
+                          "provider reads the quality breaches of its streams (counts and scores, no personal data)")
     for publisher in agencies.consent_publishers:
         grants += _grants(user(publisher), "topic", CONSENT_TOPIC, "literal", ("write", "create"), "consent publisher")
     for recipient in agencies.recipients:
@@ -167,6 +171,8 @@ def _processor() -> list[Grant]:
         *_grants(processor, "topic", SHARED_PREFIX, "prefixed", ("write", "create"), "processor releases permitted records"),
         *_grants(processor, "topic", AUDIT_TOPIC, "literal", ("write", "create"), "every decision is audited"),
         *_grants(processor, "topic", CHECKPOINTS_TOPIC, "literal", ("write", "create"), "each batch's audit records are sealed by a signed checkpoint"),
+        *_grants(processor, "topic", QUALITY_TOPIC, "literal", ("write", "create"), "closed data-quality windows (counts and sketches)"),
+        *_grants(processor, "topic", QUALITY_BREACHES_TOPIC, "literal", ("write", "create"), "a provider's quality breaches"),
         *_grants(processor, "topic", TIMESTAMPS_TOPIC, "literal", ("write", "create"),
                  "the newest checkpoint is timestamped by a TSA when one is configured"),
         *_grants(processor, "topic", PROCESSOR_DLQ, "literal", ("write", "create"), "undecidable input is dead-lettered"),
@@ -204,6 +210,8 @@ def _sinks(agencies: Agencies, fraud_recipient: str, database_prefix: str) -> li
     grants += _grants(audit, "topic", OPERATIONS_CHECKPOINTS_TOPIC, "literal", ("read",),
                       "audit sink lands operator actions' checkpoints beside the processor's")
     grants += _grants(audit, "topic", SINK_DLQ, "literal", ("write", "create"), "rows ClickHouse rejects are dead-lettered")
+    grants += _grants(audit, "topic", QUALITY_TOPIC, "literal", ("read",), "audit sink lands the quality windows beside the trail")
+    grants += _grants(audit, "group", f"{SINK_GROUP_PREFIX}{database_prefix}quality", "literal", ("read",), "quality sink's consumer group")
     return grants
 
 

@@ -33,6 +33,12 @@ ERASURE_WORK_TOPIC = "erasure.work"
 DLQ_KEYS_TOPIC = "dlq.keys"  # compacted: per-subject keys that seal the processor's dead letters
 ALERTS_TOPIC = "alerts.fraud"
 LINEAGE_TOPIC = "lineage.openlineage"  # OpenLineage run events, with BACKBONE_LINEAGE_TRANSPORT=kafka
+# Closed data-quality windows, one record per (worker, event type, hour): counts and sketches only,
+# keyed `<event type>|<hour>|<worker>` (backbone.quality.window).
+QUALITY_TOPIC = "quality.windows"
+# A provider's quality breaches: a closed window below its contract's thresholds or a bar an agreement
+# requires; keyed by provider, JSON (counts and scores only).
+QUALITY_BREACHES_TOPIC = "quality.breaches"
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."

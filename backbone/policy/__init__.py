@@ -10,7 +10,7 @@ The agreement models and loader (`agreements`), the charter's rules (`rules`), t
 (`diff`), and the names the backbone keeps for itself and how an agency name becomes an identifier
 (`names`). Reading agreement changes from Kafka and replaying events is `backbone.control`'s.
 
-May import: backbone.errors, backbone.settings, backbone.events, backbone.keys.
+May import: backbone.errors, backbone.settings, backbone.events, backbone.keys, backbone.quality.
 Never imports: confluent_kafka, aiokafka, faust, aiohttp, requests, clickhouse_connect, chdb.
 """
 

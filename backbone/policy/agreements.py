@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from backbone.errors import AgreementError
 from backbone.events.catalog import Catalog
 from backbone.policy.dp_release import DpRelease
+from backbone.quality.contract import DIMENSIONS, Threshold, ThresholdField
 
 Status = Literal["draft", "active", "suspended", "revoked"]
 LawfulBasis = Literal["consent", "contract", "legal_obligation", "vital_interests", "public_task", "legitimate_interests"]
@@ -168,6 +169,11 @@ class Agreement(BaseModel):
     survives_erasure: bool = False
     # When the data subject sees these disclosures in the portal (`Notice`); None: at once.
     notice: Notice | None = None
+    # Bars on the provider's data-quality scores (issue 32), e.g. {completeness: ">= 98"}: records of
+    # an event type whose last closed quality window is below a bar are held (denied, reason
+    # quality_breach) or delivered flagged (a `quality` header naming the failed dimensions).
+    require_quality: dict[str, ThresholdField] = Field(default_factory=dict)
+    on_quality_breach: Literal["hold", "flag"] = "hold"
     fields: dict[str, FieldTreatment]
     # Differentially private aggregates of the rows landed under this agreement, for other
     # recipients, within privacy budgets (`backbone.policy.dp_release`; `backbone dp`).
@@ -182,6 +188,14 @@ class Agreement(BaseModel):
     @classmethod
     def _naive_is_utc(cls, value: datetime | None) -> datetime | None:
         return _utc(value)
+
+    @field_validator("require_quality")
+    @classmethod
+    def _known_dimensions(cls, value: dict[str, Threshold]) -> dict[str, Threshold]:
+        unknown = sorted(set(value) - set(DIMENSIONS))
+        if unknown:
+            raise ValueError(f"unknown quality dimension(s) {', '.join(unknown)}; use {', '.join(DIMENSIONS)}")
+        return value
 
     @model_validator(mode="after")
     def _period_is_forward(self) -> Agreement:

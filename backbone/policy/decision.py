@@ -18,6 +18,9 @@ BASIS_MISMATCH = "basis_mismatch"
 CONSENT_MISSING = "consent_missing"
 CONSENT_WITHDRAWN = "consent_withdrawn"
 CONDITION_FALSE = "condition_false"
+# Not the engine's: the processor holds a permitted record back when the provider's last closed
+# quality window is below a bar its agreement requires (`require_quality`, `on_quality_breach: hold`).
+QUALITY_BREACH = "quality_breach"
 REASONS: tuple[str, ...] = (  # in the order of the checks above
     ERASED,
     NO_AGREEMENT,

@@ -42,14 +42,15 @@ import yaml
 from backbone.events.catalog import Catalog, EventSchema
 from backbone.policy.agreements import ENVELOPE_TREATABLE, GOVERNANCE, RELEASED_HEADER, Agreement, Charter, FieldTreatment
 from backbone.policy.dp_diff import dp_changes
+from backbone.quality.contract import Threshold
 
 Classification = Literal["widening", "narrowing"]
 WIDENING: Classification = "widening"
 NARROWING: Classification = "narrowing"
 # `kind` of a change, in the order the table shows them
 KINDS = ("agreement", "recipient", "event_type", "status", "validity", "purpose", "lawful_basis", "condition",
-         "identified", "survives_erasure", "notice", "domain", "linkable_by", "retention_days", "occurred_at", "field", "treatment",
-         "dp_release")
+         "identified", "survives_erasure", "notice", "domain", "linkable_by", "retention_days", "quality", "occurred_at", "field",
+         "treatment", "dp_release")
 # terms that select events, judged by a replay: kind -> the agreement attribute it concerns
 SELECTION_TERMS = {"condition": "condition", "purpose": "purposes", "lawful_basis": "lawful_basis"}
 PENDING = "changed: judged by --replay"
@@ -348,6 +349,26 @@ def _terms(old: Agreement, new: Agreement, event_type: str) -> list[Change]:
         longer = new.retention_days > old.retention_days
         row("retention_days", old.retention_days, new.retention_days, WIDENING if longer else NARROWING,
             "retention extended: the recipient keeps records longer" if longer else "retention shortened")
+    for dimension in sorted({*old.require_quality, *new.require_quality}):
+        before, after = old.require_quality.get(dimension), new.require_quality.get(dimension)
+        if before == after:
+            continue
+        if after is None:
+            row("quality", str(before), None, WIDENING, f"no {dimension} bar: records of windows of any {dimension} are released",
+                dimension)
+        elif before is None:
+            row("quality", None, str(after), NARROWING, f"{dimension} bar added: records of windows below it are "
+                f"{'held' if new.on_quality_breach == 'hold' else 'flagged'}", dimension)
+        else:
+            lower = _bar(after) < _bar(before)
+            row("quality", str(before), str(after), WIDENING if lower else NARROWING,
+                f"{dimension} bar lowered: records of poorer windows are released" if lower else f"{dimension} bar raised",
+                dimension)
+    if new.on_quality_breach != old.on_quality_breach and (old.require_quality or new.require_quality):
+        flagged = new.on_quality_breach == "flag"
+        row("quality", old.on_quality_breach, new.on_quality_breach, WIDENING if flagged else NARROWING,
+            "records of windows below a bar are delivered, flagged, instead of held" if flagged
+            else "records of windows below a bar are held instead of delivered flagged")
     return rows
 
 
@@ -371,6 +392,11 @@ def _notice_text(agreement: Agreement) -> str:
     if notice.until_released:
         return "until released by oversight"
     return f"suppressed ({notice.suppressed.legal_reference})"  # type: ignore[union-attr]
+
+
+def _bar(threshold: Threshold) -> tuple[float, int]:
+    """How strict a bar is: by its value, then `>` above `>=` at the same value."""
+    return (threshold.value, 1 if threshold.op == ">" else 0)
 
 
 def _fields(old: Agreement, new: Agreement, event_type: str, schema: EventSchema | None) -> list[Change]:

@@ -38,6 +38,7 @@ RESERVED: dict[str, str] = {
     PROCESSOR: "the processor's Kafka principal",
     SCHEMA_REGISTRY: "the schema registry's Kafka principal",
     CONSENT: "the consent publisher's Kafka principal",
+    "quality": "the data-quality database and sink",
     "system": "ClickHouse's system database",
     "default": "ClickHouse's default database",
     "information_schema": "ClickHouse's information_schema database",

@@ -74,6 +74,8 @@ class ProcessorCollector(Collector):
                 if name.startswith(DLQ_PREFIX):
                     dead.add_metric(["processor", name[len(DLQ_PREFIX):]], n)
         yield from (decided, released, events, dead)
+        if getattr(router, "quality", None) is not None:
+            yield from _quality_families(router)
         if plane is not None:
             yield CounterMetricFamily("backbone_processor_consumed", "Raw messages consumed by the data plane", value=plane.consumed)
             sizes = SummaryMetricFamily("backbone_processor_batch_messages", "Messages per data-plane batch")
@@ -99,6 +101,45 @@ class ProcessorCollector(Collector):
         for reader in getattr(self.enforcement, "readers", None) or ():
             versions.add_metric([reader.name.removesuffix("-feed")], reader.applied)
         yield versions
+
+
+QUALITY_LABELS = ["provider", "event_type", "dimension"]
+
+
+def _scorecard_families(cards: Iterable[Any], name: str, what: str) -> Iterator[Metric]:
+    """Gauges of `backbone.quality.scorecard.Scorecard`s (read by attribute: the registry imports
+    telemetry, and quality imports the catalog, which imports the registry)."""
+    scores = GaugeMetricFamily(f"{name}_score", f"Data-quality score 0-100 {what}, by provider, event type and "
+                               "dimension (absent: no checks yet)", labels=QUALITY_LABELS)
+    failed = GaugeMetricFamily(f"{name}_failed_checks", f"Failed data-quality checks {what}", labels=QUALITY_LABELS)
+    checked = GaugeMetricFamily(f"{name}_checks", f"Data-quality checks made {what}", labels=QUALITY_LABELS)
+    for card in cards:
+        for dimension in card.dimensions.values():
+            labels = [card.provider, card.event_type, dimension.dimension]
+            if dimension.score is not None:
+                scores.add_metric(labels, dimension.score)
+            failed.add_metric(labels, dimension.failed)
+            checked.add_metric(labels, dimension.checked)
+    yield from (scores, failed, checked)
+
+
+def _quality_families(router: Any) -> Iterator[Metric]:
+    """The processor's open quality windows (this hour so far, this worker), scored at scrape time."""
+    monitor = router.quality
+    yield CounterMetricFamily("backbone_quality_windows", "Closed data-quality windows emitted to quality.windows",
+                              value=router.counts.get("quality.windows", 0))
+    yield from _scorecard_families(monitor.scorecards(), "backbone_quality_open", "of this worker's open hour so far")
+
+
+class QualityScorecardCollector(Collector):
+    """The quality sink's latest scorecards (merged from every worker), read at scrape time from its target."""
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def collect(self) -> Iterator[Metric]:
+        yield from _scorecard_families(list(self.target.scorecards.values()), "backbone_quality_scorecard",
+                                       "of the newest hour the quality sink landed")
 
 
 class SinkCollector(Collector):

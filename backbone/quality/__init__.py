@@ -1,0 +1,13 @@
+"""Data quality of the providers' streams (issue 32): pure logic, no I/O.
+
+The `quality:` section of each event type's contract (`schemas/<event type>.quality.yaml`) and its
+loader (`contract`), the per-event checks compiled from it (`checks`), the mergeable per-window
+state of counters and Apache DataSketches (`window`), and the 0-100 scorecard per provider, event
+type, dimension and hour with the counts behind it (`scorecard`). Reading and writing topics,
+tables and metrics is the processors', consumers' and telemetry's.
+
+May import: backbone.errors, backbone.settings, backbone.events.
+Never imports: confluent_kafka, aiokafka, faust, aiohttp, requests, clickhouse_connect, chdb.
+"""
+
+from __future__ import annotations

@@ -1,0 +1,158 @@
+"""Agreements may require quality (issue 32): bars on the provider's scores, judged on the last
+closed quality window; records are held (denied `quality_breach`) or delivered flagged, the provider
+gets a breach event when the window closes, and `agreements diff` counts a lowered bar as widening."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from backbone.events.catalog import Catalog, load_catalog
+from backbone.events.serde import Decoder, LocalSchemas, encoder_for
+from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, raw_topic, shared_topic
+from backbone.keys.keyring import Keyring
+from backbone.policy.agreements import Agreement, load_agreements, parse_agreement
+from backbone.policy.decision import NoConsent
+from backbone.policy.diff import diff
+from backbone.policy.engine import PolicyEngine
+from backbone.quality.checks import QualityMonitor
+from backbone.quality.contract import load_quality
+from backbone.settings import PROJECT_ROOT
+from processors.router import QUALITY_HEADER, Output, Router
+from producers.synthetic.samples import sample_event
+
+AGREEMENTS = PROJECT_ROOT / "agreements"
+CLAIM = "welfare.benefit_claimed"
+HOUR = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+FRAUD_TOPIC = shared_topic("fraud", CLAIM)
+
+
+@pytest.fixture(scope="module")
+def catalog() -> Catalog:
+    return load_catalog(PROJECT_ROOT / "schemas")
+
+
+def welfare_to_fraud(**changes: Any) -> dict[str, Any]:
+    data = yaml.safe_load((AGREEMENTS / "welfare_to_fraud.yaml").read_text())
+    return {**data, **changes}
+
+
+def agreement(**changes: Any) -> Agreement:
+    made, problems = parse_agreement(welfare_to_fraud(**changes), "welfare_to_fraud.yaml")
+    assert made is not None, problems
+    return made
+
+
+def test_require_quality_names_dimensions_and_bars_or_is_refused() -> None:
+    assert str(agreement(require_quality={"completeness": ">= 98"}).require_quality["completeness"]) == ">= 98"
+    assert agreement().on_quality_breach == "hold"  # fail closed by default
+    _, problems = parse_agreement(welfare_to_fraud(require_quality={"freshness": ">= 9"}), "w.yaml")
+    assert any("unknown quality dimension(s) freshness; use completeness, validity" in p for p in problems)
+    _, problems = parse_agreement(welfare_to_fraud(require_quality={"completeness": "98%"}), "w.yaml")
+    assert any('write it as ">= 98"' in p for p in problems)
+    _, problems = parse_agreement(welfare_to_fraud(on_quality_breach="drop"), "w.yaml")
+    assert any("on_quality_breach" in p for p in problems)
+    # written back the way it was read (agreement changes travel as JSON)
+    dumped = agreement(require_quality={"validity": "> 99.5"}).model_dump(mode="json")
+    assert dumped["require_quality"] == {"validity": "> 99.5"}
+
+
+@pytest.mark.parametrize(("old", "new", "widening"), [
+    ({"completeness": ">= 98"}, {"completeness": ">= 95"}, True),   # lowered
+    ({"completeness": "> 98"}, {"completeness": ">= 98"}, True),    # the same number, no longer strict
+    ({"completeness": ">= 95"}, {"completeness": ">= 98"}, False),  # raised
+    ({"completeness": ">= 98"}, {}, True),                          # removed
+    ({}, {"validity": ">= 99"}, False),                             # added
+])
+def test_agreements_diff_counts_a_lowered_quality_bar_as_widening(catalog: Catalog, old: dict, new: dict, widening: bool) -> None:
+    changes = [c for c in diff(agreement(require_quality=old), agreement(version=2, require_quality=new), catalog)
+               if c.kind == "quality"]
+    assert len(changes) == 1 and changes[0].widening is widening, changes
+
+
+def test_flagging_instead_of_holding_is_widening(catalog: Catalog) -> None:
+    bars = {"completeness": ">= 98"}
+    change, = [c for c in diff(agreement(require_quality=bars), agreement(version=2, require_quality=bars, on_quality_breach="flag"),
+                               catalog) if c.kind == "quality"]
+    assert change.widening and "delivered, flagged" in change.reason
+
+
+def gated_router(catalog: Catalog, tmp_path: Path, mode: str) -> Router:
+    for path in AGREEMENTS.glob("*.yaml"):
+        (tmp_path / path.name).write_text(path.read_text())
+    (tmp_path / "welfare_to_fraud.yaml").write_text(yaml.safe_dump(welfare_to_fraud(
+        require_quality={"completeness": ">= 98"}, on_quality_breach=mode)))
+    charter = load_agreements(tmp_path, catalog)
+    keyring = Keyring.for_charter(charter)
+    router = Router(catalog, PolicyEngine(charter, keyring), LocalSchemas(), keyring)
+    router.quality = QualityMonitor(load_quality(PROJECT_ROOT / "schemas", catalog).values())
+    return router
+
+
+def route_claims(router: Router, catalog: Catalog, now: datetime, n: int, missing: int, seed: int) -> list[Output]:
+    rng = random.Random(seed)
+    encode = encoder_for(router.schemas, f"{raw_topic(CLAIM)}-value", catalog.events[CLAIM].avro)
+    outputs = []
+    for index in range(n):
+        record = sample_event(catalog.events[CLAIM], rng)
+        record.update(event_id=str(uuid.UUID(int=rng.getrandbits(128))), occurred_at=now - timedelta(minutes=1),
+                      governance={"lawful_basis": "public_task", "purposes": ["fraud_prevention_and_detection"], "consent_id": None})
+        if index < missing:
+            record["bank_account"] = ""  # a planted completeness drop
+        outputs += router.route(raw_topic(CLAIM), b"k", encode(record), None, NoConsent(), now)
+    return outputs
+
+
+def fraud_outcomes(router: Router, outputs: list[Output]) -> list[str]:
+    decode = Decoder(router.schemas)
+    return [d["outcome"] for o in outputs if o.topic == AUDIT_TOPIC
+            for d in decode(o.value).record["decisions"] if d["recipient"] == "fraud"]
+
+
+def test_a_window_below_the_bar_holds_the_gated_recipients_records_and_tells_the_provider(catalog: Catalog, tmp_path: Path) -> None:
+    router = gated_router(catalog, tmp_path, "hold")
+    good = route_claims(router, catalog, HOUR + timedelta(minutes=5), 50, missing=0, seed=1)
+    assert sum(o.topic == FRAUD_TOPIC for o in good) == 50  # no window closed yet: no evidence, no breach
+    route_claims(router, catalog, HOUR + timedelta(hours=1, minutes=5), 50, missing=20, seed=2)  # 20 of 50 lack an account
+    closing = router.quality_outputs(HOUR + timedelta(hours=2))
+    breach, = [o for o in closing if o.topic == QUALITY_BREACHES_TOPIC]  # the provider hears of it as the window closes
+    event = json.loads(breach.value)
+    assert breach.key == b"welfare" and event["event_type"] == CLAIM
+    assert event["agreements"] == [{"agreement": "welfare-to-fraud@1", "recipient": "fraud", "dimensions": ["completeness"],
+                                    "records": "held"}]
+    assert event["below_contract"]["completeness"]["failed"] == 20
+    later = route_claims(router, catalog, HOUR + timedelta(hours=2, minutes=1), 10, missing=0, seed=3)
+    assert not [o for o in later if o.topic == FRAUD_TOPIC]       # held: nothing reaches the gated recipient
+    assert set(fraud_outcomes(router, later)) == {"quality_breach"}  # and the audit trail says why
+    decode = Decoder(router.schemas)
+    others = {d["outcome"] for o in later if o.topic == AUDIT_TOPIC for d in decode(o.value).record["decisions"]
+              if d["recipient"] != "fraud"}
+    assert others and "quality_breach" not in others  # agreements without a bar are untouched
+    router.quality_outputs(HOUR + timedelta(hours=3))  # a clean hour closes: records flow again
+    again = route_claims(router, catalog, HOUR + timedelta(hours=3, minutes=1), 5, missing=0, seed=4)
+    assert sum(o.topic == FRAUD_TOPIC for o in again) == 5
+
+
+def test_a_flagging_agreement_delivers_records_of_a_failing_window_flagged(catalog: Catalog, tmp_path: Path) -> None:
+    router = gated_router(catalog, tmp_path, "flag")
+    route_claims(router, catalog, HOUR + timedelta(minutes=5), 40, missing=10, seed=5)
+    router.quality_outputs(HOUR + timedelta(hours=1))
+    later = [o for o in route_claims(router, catalog, HOUR + timedelta(hours=1, minutes=1), 5, missing=0, seed=6)
+             if o.topic == FRAUD_TOPIC]
+    assert len(later) == 5 and all((QUALITY_HEADER, b"breach:completeness") in o.headers for o in later)
+    assert set(fraud_outcomes(router, later)) <= {"permit"}
+
+
+def test_without_quality_rules_a_gated_agreement_holds_everything(catalog: Catalog, tmp_path: Path) -> None:
+    router = gated_router(catalog, tmp_path, "hold")
+    router.quality = None  # BACKBONE_QUALITY_RULES=false: no evidence at all
+    outputs = route_claims(router, catalog, HOUR, 3, missing=0, seed=7)
+    assert not [o for o in outputs if o.topic == FRAUD_TOPIC]
+    assert set(fraud_outcomes(router, outputs)) == {"quality_breach"}
