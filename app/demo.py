@@ -10,7 +10,6 @@ decided and landed, then reports. Everything lives under `<data dir>/demo`, wipe
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import time
 import uuid
@@ -24,6 +23,7 @@ from typing import Any
 
 from app.dp_release import run_release, source_table
 from app.local import ProcessorWorker, provision_role_keyrings, stack_settings, token_environment, worker_environment
+from app.retention import RetentionDrop, retention_drops
 from app.scoring import score
 from backbone.audit.log import public_key_map
 from backbone.audit.published import read_published, write_published
@@ -102,35 +102,6 @@ class DemoResult:
     catalog: dict[str, list[Path]] = field(default_factory=dict)  # kind -> files (`app/catalog.py`)
     lineage_events: Path | None = None  # the processor's OpenLineage run events (file transport)
     statistics: Any = None  # the DP release of claims per region for the busiest month (`app.dp_release.Release`)
-
-
-@dataclass(slots=True, frozen=True)
-class RetentionDrop:
-    """Fewer rows in a recipient's table than events permitted to it: ClickHouse dropped the rest
-    as they landed, being older than the agreement's retention (counted from the event's time)."""
-
-    database: str
-    table: str
-    permitted: int
-    landed: int
-    retention_days: int
-
-
-# as written (`+ INTERVAL 365 DAY`) and as ClickHouse stores it in system.tables (`+ toIntervalDay(365)`)
-_TTL_DAYS = re.compile(r"\bTTL\b.*?(?:INTERVAL\s+(\d+)\s+DAY|toIntervalDay\((\d+)\))", re.DOTALL | re.IGNORECASE)
-
-
-def retention_drops(permitted: dict[tuple[str, str], int], rows: list[tuple[str, str, int]],
-                    table_sql: dict[tuple[str, str], str]) -> list[RetentionDrop]:
-    """The tables (database, table) with a retention TTL in their `CREATE TABLE` that hold fewer rows
-    than were permitted to them."""
-    drops = []
-    for database, table, landed in rows:
-        ttl = _TTL_DAYS.search(table_sql.get((database, table), ""))
-        wanted = permitted.get((database, table), 0)
-        if ttl and landed < wanted:
-            drops.append(RetentionDrop(database, table, wanted, landed, int(ttl.group(1) or ttl.group(2))))
-    return drops
 
 
 class Demo:

@@ -193,6 +193,9 @@ CLUSTER_PRIVILEGE = "CLUSTER"
 # user), so a recipient role needs SELECT on its views only, never on the tables beneath, which
 # hold the fields of every agreement version.
 SINK_USER_SETTINGS = "default_normal_view_sql_security = 'DEFINER'"
+# What the quality sink (consumers/quality.py, in the audit sink's workload) does on the quality database:
+# creates it and its two tables, inserts windows and scorecards, and reads windows back to score them.
+QUALITY_PRIVILEGES = ("CREATE DATABASE", "CREATE TABLE", "INSERT", "SELECT")
 
 
 # What printed statements carry instead of a credential: not a valid hash, so they cannot create a
@@ -224,14 +227,15 @@ def _string(value: str) -> str:
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _user_sql(user: str, databases: Sequence[str], credential: Credential, cluster: Cluster | None) -> list[str]:
+def _user_sql(user: str, databases: Mapping[str, Sequence[str]], credential: Credential, cluster: Cluster | None) -> list[str]:
+    """The user, and on each of `databases` (database -> privileges) its privileges."""
     quoted, on = quote_identifier(user), on_cluster(cluster)
     identified = f"IDENTIFIED WITH sha256_hash BY {_string(credential.sha256_hex)} SALT {_string(credential.salt)}"
     statements = [
         f"CREATE USER IF NOT EXISTS {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",
         f"ALTER USER {quoted}{on} {identified} SETTINGS {SINK_USER_SETTINGS}",  # re-applying sets both again
         f"REVOKE{on} ALL ON *.* FROM {quoted}",
-        *(f"GRANT{on} {', '.join(SINK_PRIVILEGES)} ON {quote_identifier(database)}.* TO {quoted}" for database in databases),
+        *(f"GRANT{on} {', '.join(privileges)} ON {quote_identifier(database)}.* TO {quoted}" for database, privileges in databases.items()),
     ]
     if cluster is not None:
         statements.append(f"GRANT{on} {CLUSTER_PRIVILEGE} ON *.* TO {quoted}")
@@ -272,10 +276,11 @@ def grants_sql(prefix: str, views: Mapping[str, Sequence[str]], credentials: Map
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         user = sink_user(prefix, recipient)
-        statements += _user_sql(user, [database], credentials.get(user, NO_CREDENTIAL), cluster)
+        statements += _user_sql(user, {database: SINK_PRIVILEGES}, credentials.get(user, NO_CREDENTIAL), cluster)
     audit, quality = database_name(prefix, AUDIT_DATABASE), database_name(prefix, QUALITY_DATABASE)
     audit_user = sink_user(prefix, AUDIT_DATABASE)
-    statements += _user_sql(audit_user, [audit, quality], credentials.get(audit_user, NO_CREDENTIAL), cluster)
+    statements += _user_sql(audit_user, {audit: SINK_PRIVILEGES, quality: QUALITY_PRIVILEGES}, credentials.get(audit_user, NO_CREDENTIAL),
+                            cluster)
     for recipient in sorted(views):
         database = database_name(prefix, recipient)
         statements += _role_sql(role_name(prefix, recipient), [qualified(database, view) for view in views[recipient]], cluster)

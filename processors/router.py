@@ -246,10 +246,12 @@ class Router:
         subject_token = self._oversight(subject) if subject else None
         provider = record["provider"]
         audit = self._audit_record or self._audit_writer()
+        audited: list[Decision] = []  # as decided after the quality gate: a held permit is audited as the denial it became
         for decision in decisions:
             flag = None
             if decision.permitted:
                 decision, flag = self._quality_gate(decision, event_type)
+            audited.append(decision)
             if decision.permitted:
                 encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
                 topic = self._shared_topics.get((decision.recipient, event_type))
@@ -273,7 +275,7 @@ class Router:
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
-        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, decisions)))
+        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, audited)))
         return outputs
 
     def _quality_gate(self, decision: Decision, event_type: str) -> tuple[Decision, bytes | None]:

@@ -28,22 +28,27 @@ from backbone.clickhouse.users import Credential, provision, read_credentials, w
 from backbone.errors import BackboneError
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
+from backbone.quality.contract import load_quality
+from backbone.quality.window import WindowState
 from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
 from consumers.batching import Written
 from consumers.clickhouse_target import ClickHouseTarget
 from consumers.fraud import FraudDetector
 from consumers.plans import SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
+from consumers.quality import land_windows, quality_database, refresh_scorecards, setup_quality
 
 GRANT = re.compile(r"GRANT(?: ON CLUSTER `[^`]+`)? (?P<privileges>[A-Z ,]+) ON (?P<database>`[^`]+`|\*)\.\* TO `(?P<grantee>[^`]+)`")
+BARE_READ = re.compile(r"\b(?:FROM|JOIN) ([A-Za-z0-9_]+)\.[A-Za-z0-9_]+")  # db.table unquoted (consumers/quality.py)
 QUALIFIED = re.compile(r"`((?:[^`\\]|\\.)+)`\.`((?:[^`\\]|\\.)+)`")
 # The statement's own object (the one it creates, alters or inserts into), and what that needs.
+NAME = r"`?([^`.\s]+)`?"  # a database, quoted or not (consumers/quality.py writes them bare)
 TARGETS = (
-    (re.compile(r"CREATE DATABASE IF NOT EXISTS `([^`]+)`"), ("CREATE DATABASE",)),
-    (re.compile(r"CREATE TABLE IF NOT EXISTS `([^`]+)`"), ("CREATE TABLE",)),
-    (re.compile(r"CREATE OR REPLACE VIEW `([^`]+)`"), ("CREATE VIEW", "DROP VIEW")),  # REPLACE drops the old view
-    (re.compile(r"ALTER TABLE `([^`]+)`\.`[^`]+`(?: ON CLUSTER `[^`]+`)? ADD COLUMN"), ("ALTER ADD COLUMN",)),
-    (re.compile(r"INSERT INTO `([^`]+)`"), ("INSERT",)),
+    (re.compile(rf"CREATE DATABASE IF NOT EXISTS {NAME}"), ("CREATE DATABASE",)),
+    (re.compile(rf"CREATE TABLE IF NOT EXISTS {NAME}"), ("CREATE TABLE",)),
+    (re.compile(rf"CREATE OR REPLACE VIEW {NAME}"), ("CREATE VIEW", "DROP VIEW")),  # REPLACE drops the old view
+    (re.compile(rf"ALTER TABLE {NAME}\.`?[^`\s]+`?(?: ON CLUSTER `[^`]+`)? ADD COLUMN"), ("ALTER ADD COLUMN",)),
+    (re.compile(rf"INSERT INTO {NAME}"), ("INSERT",)),
 )
 
 
@@ -89,7 +94,7 @@ def needed(statement: str) -> set[tuple[str, str]]:
             reads = rest[rest.find("SELECT "):] if "SELECT " in rest else ""
             return {(privilege, match[1]) for privilege in privileges} | {("SELECT", m[1]) for m in QUALIFIED.finditer(reads)}
     assert text.startswith(("SELECT", "WITH")), f"a statement of the sinks the grants do not model: {text[:120]}"
-    return {("SELECT", m[1]) for m in QUALIFIED.finditer(text)}
+    return {("SELECT", m[1]) for m in QUALIFIED.finditer(text)} | {("SELECT", m[1]) for m in BARE_READ.finditer(text) if m[1] != "system"}
 
 
 def _grown(plan: SinkPlan) -> SinkPlan:
@@ -124,6 +129,13 @@ def collected(charter, clickhouse_client) -> tuple[str, dict[str, set[tuple[str,
         workloads[f"sink-{recipient}"] = set().union(*map(needed, noting.statements))
     noting = Noting(clickhouse_client)
     _land(noting, settings, [plan(settings, charter.catalog) for plan in (audit_plan, checkpoints_plan, operations_plan, timestamps_plan)])
+    # app/cli/sink.py: the audit sink lands the quality windows and scorecards too (consumers/quality.py)
+    contracts = load_quality(settings.schemas_dir, charter.catalog)
+    event_type = sorted(contracts)[0]
+    quality = quality_database(settings)
+    setup_quality(noting, quality)
+    _, _, touched = land_windows(noting, quality, contracts, [(f"{event_type}|1000|w".encode(), WindowState(event_type, 1000).to_bytes())])
+    refresh_scorecards(noting, quality, contracts, touched)
     workloads["sink-audit"] = set().union(*map(needed, noting.statements))
     return prefix, workloads
 
@@ -147,8 +159,10 @@ def test_each_sink_user_is_granted_exactly_what_its_workload_s_code_does(charter
     views = {r: ddl.agreement_views(charter, r) for r in recipients}
     granted = _granted(ddl.grants_sql(prefix, views))
     for workload, needs in workloads.items():
-        database = ddl.database_name(prefix, workload.removeprefix("sink-"))
-        assert {db for _, db in needs} == {database}, workload  # its own database, nothing else
+        databases = {ddl.database_name(prefix, workload.removeprefix("sink-"))}
+        if workload == "sink-audit":
+            databases.add(ddl.database_name(prefix, ddl.QUALITY_DATABASE))
+        assert {db for _, db in needs} == databases, workload  # its own database(s), nothing else
         assert granted[users[workload]] == needs, workload
     # the fraud rules read and fill the fraud database; the audit sink defines audit.decisions over audit.events
     assert ("SELECT", f"{prefix}fraud") in workloads["sink-fraud"] and ("INSERT", f"{prefix}fraud") in workloads["sink-fraud"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 
 from app.cli.demo import retention_lines
-from app.demo import RetentionDrop, retention_drops
+from app.retention import RetentionDrop, retention_drops
 from consumers import ddl
 from consumers.typemap import Column
 

@@ -73,7 +73,8 @@ def test_each_sink_user_is_granted_on_its_own_database_only(views) -> None:  # n
     granted = _grants(ddl.grants_sql("t1_", views))
     for sink in [*views, ddl.AUDIT_DATABASE]:
         mine = [g for g in granted if g[0] == ddl.sink_user("t1_", sink)]
-        assert [(database, name) for _, _, database, name in mine] == [(f"t1_{sink}", "*")]
+        own = [(f"t1_{sink}", "*")] + ([("t1_quality", "*")] if sink == ddl.AUDIT_DATABASE else [])  # the audit sink lands quality too
+        assert [(database, name) for _, _, database, name in mine] == own
         assert {"CREATE DATABASE", "CREATE TABLE", "ALTER ADD COLUMN", "INSERT"} <= mine[0][1]
     assert not any(privileges & {"ALL", "DROP TABLE", "DROP DATABASE", "ALTER DELETE", "TRUNCATE"} for _, privileges, _, _ in granted)
 
@@ -130,7 +131,7 @@ def test_every_statement_parses(views, clickhouse_client) -> None:  # noqa: ANN0
 
 def test_the_database_prefix_applies_to_databases_users_and_roles(views) -> None:  # noqa: ANN001
     granted = _grants(ddl.grants_sql("t1_", views))
-    assert {database for _, _, database, _ in granted} == {f"t1_{r}" for r in views} | {"t1_audit"}
+    assert {database for _, _, database, _ in granted} == {f"t1_{r}" for r in views} | {"t1_audit", "t1_quality"}
     assert {grantee for grantee, _, _, _ in granted} == {*(f"backbone_t1_{r}" for r in views), "backbone_t1_oversight",
                                                          *(f"backbone_sink_t1_{r}" for r in views), "backbone_sink_t1_audit"}
 

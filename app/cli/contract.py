@@ -7,9 +7,8 @@ from pathlib import Path
 
 import typer
 
-from app.cli import app, console
+from app.cli import app, console, get_settings
 from backbone.errors import BackboneError
-from backbone.settings import get_settings
 
 contract_app = typer.Typer(help="Event types' data contracts: export one as an Open Data Contract Standard document.",
                            no_args_is_help=True)
