@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from backbone.clickhouse.client import make_client
 from backbone.events.catalog import load_catalog
@@ -26,7 +26,7 @@ from backbone.settings import load_settings
 from bench.results import LOADED_MACHINE, console, measures, print_notes, save
 from consumers import ddl
 from consumers.fraud import FraudDetector
-from consumers.plans import recipient_plan
+from consumers.plans import Destination, recipient_plan
 
 CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "registry_death_registered"
 
@@ -34,16 +34,24 @@ CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "reg
 @dataclass
 class Point:
     rows: int
+    layout: str
     fill_s: float = 0.0
     full_s: float = 0.0
-    incremental_s: float = 0.0
+    incremental_s: list[float] = field(default_factory=list)  # one per landing after the first run
     alerts: int = 0
+
+    @property
+    def per_landing_s(self) -> float:
+        return sorted(self.incremental_s)[len(self.incremental_s) // 2] if self.incremental_s else 0.0
 
 
 @dataclass
 class Results:
     landing_rows: int
     points: list[Point] = field(default_factory=list)
+    # layout -> incremental time per landing at the largest size / at the smallest (1.0: flat)
+    ratios: dict[str, float] = field(default_factory=dict)
+    identical_alerts: bool = True  # both layouts raised the same (kind, subject, period) at every size
     notes: tuple[str, ...] = (LOADED_MACHINE,)
 
 
@@ -64,7 +72,45 @@ def _insert(client, database: str, rows: int, offset: int, landed: str) -> None:
                        f"FROM numbers({count}))")
 
 
-def measure(sizes: list[int], landing: int) -> Results:
+# before: ordered by event id alone (as tables were made before the fraud layout); after: the plan's
+LAYOUTS = ("event_id", "subject")
+
+
+def _layout(destination: Destination, layout: str) -> Destination:
+    return destination if layout == "subject" else replace(destination, order_by=("event_id",), projections=())
+
+
+def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int) -> tuple[Point, set]:  # noqa: ANN001
+    point = Point(size, layout)
+    prefix = f"b{size}_{layout}_"
+    database = ddl.database_name(prefix, settings.fraud_recipient)
+    client.command(ddl.create_database_sql(database))
+    for destination, columns in plan.tables.items():
+        laid = _layout(destination, layout)
+        for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
+            client.command(statement)
+    started = time.perf_counter()
+    _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
+    point.fill_s = time.perf_counter() - started
+    detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
+    _insert(client, database, landing, size, "toStartOfDay(now())")
+    started = time.perf_counter()
+    detector.detect()  # the first run reads every row: what each landing cost before the rules were incremental
+    point.full_s = time.perf_counter() - started
+    for number in range(1, landings + 1):
+        _insert(client, database, landing, size + number * landing, "toStartOfDay(now())")
+        started = time.perf_counter()
+        detector.detect()
+        point.incremental_s.append(time.perf_counter() - started)
+    found = {alert.key for alert in detector.alerts()}
+    point.alerts = len(found)
+    client.command(f"DROP DATABASE {database} SYNC")
+    console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, full {point.full_s:.2f} s, "
+                  f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s")
+    return point, found
+
+
+def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
     results = Results(landing)
     with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
@@ -72,38 +118,29 @@ def measure(sizes: list[int], landing: int) -> Results:
         charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
         plan = recipient_plan(settings, charter, settings.fraud_recipient)
         for size in sizes:
-            point = Point(size)
-            database = ddl.database_name(f"b{size}_", settings.fraud_recipient)
-            client.command(ddl.create_database_sql(database))
-            for destination, columns in plan.tables.items():
-                for statement in ddl.table_sql(database, destination.table, columns, destination.order_by, None):
-                    client.command(statement)
-            started = time.perf_counter()
-            _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
-            point.fill_s = time.perf_counter() - started
-            detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": f"b{size}_"}), client,
-                                     leads=lambda: False)
-            _insert(client, database, landing, size, "toStartOfDay(now())")
-            started = time.perf_counter()
-            detector.detect()  # the first run reads every row: what each landing cost before
-            point.full_s = time.perf_counter() - started
-            _insert(client, database, landing, size + landing, "toStartOfDay(now())")
-            started = time.perf_counter()
-            detector.detect()
-            point.incremental_s = time.perf_counter() - started
-            point.alerts = len(detector.alerts())
-            client.command(f"DROP DATABASE {database}")
-            console.print(f"{size:,} rows: full {point.full_s:.2f} s, incremental {point.incremental_s:.2f} s")
-            results.points.append(point)
+            found = []
+            for layout in LAYOUTS:
+                point, keys = _point(client, settings, plan, size, layout, landing, landings)
+                results.points.append(point)
+                found.append(keys)
+            results.identical_alerts &= all(keys == found[0] for keys in found)
         client.close()
+    for layout in LAYOUTS:
+        points = [point for point in results.points if point.layout == layout]
+        if len(points) > 1 and points[0].per_landing_s:
+            results.ratios[layout] = round(points[-1].per_landing_s / points[0].per_landing_s, 2)
     return results
 
 
 def report(results: Results) -> None:
-    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows")
+    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings)")
     for point in results.points:
-        table.add_row(f"{point.rows:,} rows: full run (before)", f"{point.full_s:.2f} s", "")
-        table.add_row(f"{point.rows:,} rows: incremental (after)", f"{point.incremental_s:.2f} s", "flat in table size")
+        when = "before" if point.layout == "event_id" else "after"
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): incremental", f"{point.per_landing_s:.2f} s", "")
+    for layout, ratio in results.ratios.items():
+        table.add_row(f"incremental, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+    table.add_row("same alerts in both layouts", "yes" if results.identical_alerts else "NO", "yes")
     console.print(table)
     print_notes(results.notes)
     save("fraud", results)
@@ -113,8 +150,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", default="1000000,3000000,10000000")
     parser.add_argument("--landing", type=int, default=10_000)
+    parser.add_argument("--landings", type=int, default=3, help="incremental runs timed per size and layout")
     args = parser.parse_args()
-    report(measure([int(size) for size in args.sizes.split(",")], args.landing))
+    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings))
 
 
 if __name__ == "__main__":
