@@ -163,7 +163,7 @@ def test_a_changed_rule_starts_over_with_a_full_run() -> None:
     assert watermarks.fingerprint(as_year) != watermarks.fingerprint(sql)
 
 
-def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_client, fraud: Fraud,  # noqa: ANN001
+def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_client, fraud: Fraud, backbone_cli,  # noqa: ANN001
                                                                      caplog: pytest.LogCaptureFixture) -> None:
     _create(clickhouse_client, fraud.plan, old=True)
     _land(clickhouse_client, fraud.database, 4_000, 0, 3, subjects=300)
@@ -175,13 +175,17 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     counts = {t: clickhouse_client.query(f"SELECT count() FROM {ddl.qualified(fraud.database, t)}").result_rows[0][0]
               for t in (CLAIMS, INCOMES, DEATHS)}
 
-    assert sorted(layout.migrate(clickhouse_client, fraud.plan)) == sorted([CLAIMS, INCOMES, DEATHS])
+    env = {"BACKBONE_CLICKHOUSE_DSN": fraud.settings.clickhouse_dsn, "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": fraud.settings.clickhouse_database_prefix}
+    done = backbone_cli("fraud", "migrate", **env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("migrated:")[1].strip().replace(",", "").split()) == sorted([CLAIMS, INCOMES, DEATHS])
     found = layout.layouts(clickhouse_client, fraud.database)
     for destination in fraud.plan.tables:
         assert not layout.stale(found[destination.table], destination.order_by, destination.projections)
         assert clickhouse_client.query(f"SELECT count() FROM {destination.name}").result_rows[0][0] == counts[destination.table]
     assert not any(name.endswith(layout.RELAYOUT_SUFFIX) for name in found)
-    assert layout.migrate(clickhouse_client, fraud.plan) == []  # laid out already: nothing to do
+    again = backbone_cli("fraud", "migrate", **env)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout  # laid out already
 
     # interrupted after the swap: a row landed in the old table meanwhile is caught up on the next run
     columns = next(columns for destination, columns in fraud.plan.tables.items() if destination.table == CLAIMS)
