@@ -18,6 +18,7 @@ table size (the ratio largest / smallest size near 1). Results go to `bench/resu
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from backbone.policy.agreements import load_agreements
 from backbone.settings import load_settings
 from bench.results import LOADED_MACHINE, console, measures, print_notes, save
 from consumers import ddl
-from consumers.fraud import FraudDetector
+from consumers.fraud import RULES, FraudDetector
 from consumers.plans import Destination, recipient_plan
 
 CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "registry_death_registered"
@@ -41,19 +42,31 @@ class Point:
     fill_s: float = 0.0
     full_s: float = 0.0
     incremental_s: list[float] = field(default_factory=list)  # one per landing after the first run
+    # (granules read, granules of the tables it reads) by each of those runs, as ClickHouse plans it
+    incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
 
     @property
     def per_landing_s(self) -> float:
         return sorted(self.incremental_s)[len(self.incremental_s) // 2] if self.incremental_s else 0.0
 
+    @property
+    def per_landing_rows(self) -> int:
+        """At most the rows an incremental run reads: its granules times the layout's rows per granule."""
+        return self.per_landing_granules[0] * (ddl.PROJECTED_INDEX_GRANULARITY if self.layout == "subject" else 8192)
+
+    @property
+    def per_landing_granules(self) -> tuple[int, int]:
+        return sorted(self.incremental_granules)[len(self.incremental_granules) // 2] if self.incremental_granules else (0, 0)
+
 
 @dataclass
 class Results:
     landing_rows: int
     points: list[Point] = field(default_factory=list)
-    # layout -> incremental time per landing at the largest size / at the smallest (1.0: flat)
+    # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
     ratios: dict[str, float] = field(default_factory=dict)
+    rows_ratios: dict[str, float] = field(default_factory=dict)
     identical_alerts: bool = True  # both layouts raised the same (kind, subject, period) at every size
     notes: tuple[str, ...] = (LOADED_MACHINE,)
 
@@ -83,6 +96,20 @@ def _layout(destination: Destination, layout: str) -> Destination:
     return destination if layout == "subject" else replace(destination, order_by=("event_id",), projections=())
 
 
+def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN001
+    """(granules read, granules of the tables read) by the detector's next incremental run of every
+    rule, as ClickHouse plans it (`EXPLAIN indexes = 1`): its work, which a loaded machine does not change."""
+    columns = detector._columns()  # noqa: SLF001
+    read = total = 0
+    for rule in RULES.values():
+        mark = detector._since.get(rule.kind)  # noqa: SLF001
+        since = f"toDateTime({mark[1]})" if mark else None
+        plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
+        for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
+            read, total = read + int(done), total + int(of)
+    return read, total
+
+
 def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int) -> tuple[Point, set]:  # noqa: ANN001
     point = Point(size, layout)
     prefix = f"b{size}_{layout}_"
@@ -102,6 +129,7 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     point.full_s = time.perf_counter() - started
     for number in range(1, landings + 1):
         _insert(client, database, landing, size + number * landing, "toStartOfDay(now())")
+        point.incremental_granules.append(_granules(client, detector))
         started = time.perf_counter()
         detector.detect()
         point.incremental_s.append(time.perf_counter() - started)
@@ -109,7 +137,8 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     point.alerts = len(found)
     client.command(f"DROP DATABASE {database} SYNC")
     console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, full {point.full_s:.2f} s, "
-                  f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s")
+                  f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
+                  f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
     return point, found
 
 
@@ -132,6 +161,8 @@ def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
         points = [point for point in results.points if point.layout == layout]
         if len(points) > 1 and points[0].per_landing_s:
             results.ratios[layout] = round(points[-1].per_landing_s / points[0].per_landing_s, 2)
+        if len(points) > 1 and points[0].per_landing_rows:
+            results.rows_ratios[layout] = round(points[-1].per_landing_rows / points[0].per_landing_rows, 2)
     return results
 
 
@@ -141,8 +172,13 @@ def report(results: Results) -> None:
         when = "before" if point.layout == "event_id" else "after"
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): incremental", f"{point.per_landing_s:.2f} s", "")
+        done, of = point.per_landing_granules
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): rows read per landing (at most)",
+                      f"~{point.per_landing_rows:,} ({done:,} of {of:,} granules)", "")
     for layout, ratio in results.ratios.items():
         table.add_row(f"incremental, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+    for layout, ratio in results.rows_ratios.items():
+        table.add_row(f"rows read, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
     table.add_row("same alerts in both layouts", "yes" if results.identical_alerts else "NO", "yes")
     console.print(table)
     print_notes(results.notes)
