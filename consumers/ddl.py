@@ -86,6 +86,11 @@ def create_table_sql(
     (retention counts in days anyway). `projections` (the fraud tables': `consumers.fraud.layout`)
     let a query read a few keys of another order without reading the table. On a
     cluster: a ReplicatedReplacingMergeTree `ON CLUSTER`, named `<table>_local` when sharded (`table_sql`)."""
+    # A sink states its table with a writer schema's columns to add the ones it lacks: ClickHouse
+    # checks a statement's key and projections even when the table exists, so both keep to those columns.
+    names = {column.name for column in columns} | {LANDED_AT}
+    order_by = tuple(name for name in order_by if name in names) or tuple(order_by)
+    projections = [projection for projection in projections if {*projection.columns, *projection.order_by} <= names]
     body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT {LANDED_AT_DEFAULT}",
                          *(projection.ddl for projection in projections)])
     key = ", ".join(quote_identifier(name) for name in order_by)
