@@ -93,6 +93,9 @@ class Settings(BaseSettings):
         " plus the longest period an agreement generalises occurred_at to on the topic (record timestamps are the released time)")
     dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")
+    alerts_retention_days: float = Field(
+        90.0, gt=0, description="How long alerts.fraud keeps an alert: retention.ms of alerts.fraud (fraud.alerts in "
+        "ClickHouse keeps every alert; an erased person's leave the topic within hours by compaction)")
     # RFC 3161 timestamps of audit checkpoints (processors/timestamps.py): off unless a TSA is named.
     audit_tsa_url: str | None = Field(None, description="RFC 3161 timestamping authority the processors have their newest "
                                                         "audit checkpoint timestamped by (unset: no timestamps)")

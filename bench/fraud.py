@@ -1,23 +1,27 @@
-"""The fraud sink's time per landing at growing table sizes: every rule over every row (a full run,
-what each landing cost before the rules became incremental) beside the incremental run (the keys
-landed since the previous run, each over its whole history), in chDB.
+"""The fraud sink's time per landing at growing table sizes, in the fraud tables' old layout
+(ordered by event id alone, as made before `consumers.fraud.layout`) and the new one (ordered by
+subject, with the rules' projections): every rule over every row (a full run, what each landing cost
+before the rules became incremental) and the incremental runs (the keys landed since the previous
+run, each over its whole history), in chDB.
 
-    python -m bench.fraud [--sizes 1000000,3000000,10000000] [--landing 10000]
+    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3]
 
-For each size the fraud database's tables (the sinks' own DDL) are filled with that many rows in
-total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 24 periods), landed over the
-past two years; then a landing of `--landing` rows arrives today and the rules run, full and then
-incremental (after a first run, another landing of the same size arrives). Alerts are not
-published (no broker): the time is the rules' SQL. Goal: incremental flat in table size.
-Results go to `bench/results/fraud-<timestamp>.json`.
+For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
+rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
+bank account per claim), landed over the past two years; then a landing of `--landing` rows arrives
+today and the rules run over every row; then `--landings` more landings of that size, each followed
+by an incremental run (its median is the time per landing). Alerts are not published (no broker):
+the time is the rules' SQL. Both layouts must raise the same alerts. Goal: incremental flat in
+table size (the ratio largest / smallest size near 1). Results go to `bench/results/fraud-<timestamp>.json`.
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from backbone.clickhouse.client import make_client
 from backbone.events.catalog import load_catalog
@@ -25,8 +29,8 @@ from backbone.policy.agreements import load_agreements
 from backbone.settings import load_settings
 from bench.results import LOADED_MACHINE, console, measures, print_notes, save
 from consumers import ddl
-from consumers.fraud import FraudDetector
-from consumers.plans import recipient_plan
+from consumers.fraud import RULES, FraudDetector
+from consumers.plans import Destination, recipient_plan
 
 CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "registry_death_registered"
 
@@ -34,16 +38,36 @@ CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "reg
 @dataclass
 class Point:
     rows: int
+    layout: str
     fill_s: float = 0.0
     full_s: float = 0.0
-    incremental_s: float = 0.0
+    incremental_s: list[float] = field(default_factory=list)  # one per landing after the first run
+    # (granules read, granules of the tables it reads) by each of those runs, as ClickHouse plans it
+    incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
+
+    @property
+    def per_landing_s(self) -> float:
+        return sorted(self.incremental_s)[len(self.incremental_s) // 2] if self.incremental_s else 0.0
+
+    @property
+    def per_landing_rows(self) -> int:
+        """At most the rows an incremental run reads: its granules times the layout's rows per granule."""
+        return self.per_landing_granules[0] * (ddl.PROJECTED_INDEX_GRANULARITY if self.layout == "subject" else 8192)
+
+    @property
+    def per_landing_granules(self) -> tuple[int, int]:
+        return sorted(self.incremental_granules)[len(self.incremental_granules) // 2] if self.incremental_granules else (0, 0)
 
 
 @dataclass
 class Results:
     landing_rows: int
     points: list[Point] = field(default_factory=list)
+    # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
+    ratios: dict[str, float] = field(default_factory=dict)
+    rows_ratios: dict[str, float] = field(default_factory=dict)
+    identical_alerts: bool = True  # both layouts raised the same (kind, subject, period) at every size
     notes: tuple[str, ...] = (LOADED_MACHINE,)
 
 
@@ -64,7 +88,61 @@ def _insert(client, database: str, rows: int, offset: int, landed: str) -> None:
                        f"FROM numbers({count}))")
 
 
-def measure(sizes: list[int], landing: int) -> Results:
+# before: ordered by event id alone (as tables were made before the fraud layout); after: the plan's
+LAYOUTS = ("event_id", "subject")
+
+
+def _layout(destination: Destination, layout: str) -> Destination:
+    return destination if layout == "subject" else replace(destination, order_by=("event_id",), projections=())
+
+
+def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN001
+    """(granules read, granules of the tables read) by the detector's next incremental run of every
+    rule, as ClickHouse plans it (`EXPLAIN indexes = 1`): its work, which a loaded machine does not change."""
+    columns = detector._columns()  # noqa: SLF001
+    read = total = 0
+    for rule in RULES.values():
+        mark = detector._since.get(rule.kind)  # noqa: SLF001
+        since = f"toDateTime({mark[1]})" if mark else None
+        plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
+        for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
+            read, total = read + int(done), total + int(of)
+    return read, total
+
+
+def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int) -> tuple[Point, set]:  # noqa: ANN001
+    point = Point(size, layout)
+    prefix = f"b{size}_{layout}_"
+    database = ddl.database_name(prefix, settings.fraud_recipient)
+    client.command(ddl.create_database_sql(database))
+    for destination, columns in plan.tables.items():
+        laid = _layout(destination, layout)
+        for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
+            client.command(statement)
+    started = time.perf_counter()
+    _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
+    point.fill_s = time.perf_counter() - started
+    detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
+    _insert(client, database, landing, size, "toStartOfDay(now())")
+    started = time.perf_counter()
+    detector.detect()  # the first run reads every row: what each landing cost before the rules were incremental
+    point.full_s = time.perf_counter() - started
+    for number in range(1, landings + 1):
+        _insert(client, database, landing, size + number * landing, "toStartOfDay(now())")
+        point.incremental_granules.append(_granules(client, detector))
+        started = time.perf_counter()
+        detector.detect()
+        point.incremental_s.append(time.perf_counter() - started)
+    found = {alert.key for alert in detector.alerts()}
+    point.alerts = len(found)
+    client.command(f"DROP DATABASE {database} SYNC")
+    console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, full {point.full_s:.2f} s, "
+                  f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
+                  f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
+    return point, found
+
+
+def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
     results = Results(landing)
     with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
@@ -72,38 +150,36 @@ def measure(sizes: list[int], landing: int) -> Results:
         charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
         plan = recipient_plan(settings, charter, settings.fraud_recipient)
         for size in sizes:
-            point = Point(size)
-            database = ddl.database_name(f"b{size}_", settings.fraud_recipient)
-            client.command(ddl.create_database_sql(database))
-            for destination, columns in plan.tables.items():
-                for statement in ddl.table_sql(database, destination.table, columns, destination.order_by, None):
-                    client.command(statement)
-            started = time.perf_counter()
-            _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
-            point.fill_s = time.perf_counter() - started
-            detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": f"b{size}_"}), client,
-                                     leads=lambda: False)
-            _insert(client, database, landing, size, "toStartOfDay(now())")
-            started = time.perf_counter()
-            detector.detect()  # the first run reads every row: what each landing cost before
-            point.full_s = time.perf_counter() - started
-            _insert(client, database, landing, size + landing, "toStartOfDay(now())")
-            started = time.perf_counter()
-            detector.detect()
-            point.incremental_s = time.perf_counter() - started
-            point.alerts = len(detector.alerts())
-            client.command(f"DROP DATABASE {database}")
-            console.print(f"{size:,} rows: full {point.full_s:.2f} s, incremental {point.incremental_s:.2f} s")
-            results.points.append(point)
+            found = []
+            for layout in LAYOUTS:
+                point, keys = _point(client, settings, plan, size, layout, landing, landings)
+                results.points.append(point)
+                found.append(keys)
+            results.identical_alerts &= all(keys == found[0] for keys in found)
         client.close()
+    for layout in LAYOUTS:
+        points = [point for point in results.points if point.layout == layout]
+        if len(points) > 1 and points[0].per_landing_s:
+            results.ratios[layout] = round(points[-1].per_landing_s / points[0].per_landing_s, 2)
+        if len(points) > 1 and points[0].per_landing_rows:
+            results.rows_ratios[layout] = round(points[-1].per_landing_rows / points[0].per_landing_rows, 2)
     return results
 
 
 def report(results: Results) -> None:
-    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows")
+    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings)")
     for point in results.points:
-        table.add_row(f"{point.rows:,} rows: full run (before)", f"{point.full_s:.2f} s", "")
-        table.add_row(f"{point.rows:,} rows: incremental (after)", f"{point.incremental_s:.2f} s", "flat in table size")
+        when = "before" if point.layout == "event_id" else "after"
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): incremental", f"{point.per_landing_s:.2f} s", "")
+        done, of = point.per_landing_granules
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): rows read per landing (at most)",
+                      f"~{point.per_landing_rows:,} ({done:,} of {of:,} granules)", "")
+    for layout, ratio in results.ratios.items():
+        table.add_row(f"incremental, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+    for layout, ratio in results.rows_ratios.items():
+        table.add_row(f"rows read, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+    table.add_row("same alerts in both layouts", "yes" if results.identical_alerts else "NO", "yes")
     console.print(table)
     print_notes(results.notes)
     save("fraud", results)
@@ -111,10 +187,11 @@ def report(results: Results) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--sizes", default="1000000,3000000,10000000")
+    parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--landing", type=int, default=10_000)
+    parser.add_argument("--landings", type=int, default=3, help="incremental runs timed per size and layout")
     args = parser.parse_args()
-    report(measure([int(size) for size in args.sizes.split(",")], args.landing))
+    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings))
 
 
 if __name__ == "__main__":

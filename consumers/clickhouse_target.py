@@ -139,7 +139,7 @@ class ClickHouseTarget:
     def _create_table(self, destination: Destination, columns: list[Column]) -> None:
         cluster = self.plan.cluster
         for statement in ddl.table_sql(destination.database, destination.table, columns, destination.order_by,
-                                       destination.retention_days, cluster, destination.shard_by):
+                                       destination.retention_days, cluster, destination.shard_by, destination.projections):
             self.client.command(statement)
         known = self._table_columns(destination)
         missing = [column for column in columns if column.name not in known]

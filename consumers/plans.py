@@ -51,6 +51,7 @@ class Destination:
     order_by: tuple[str, ...] = ("event_id",)
     retention_days: int | None = None
     shard_by: tuple[str, ...] = ()  # on a sharded cluster, rows go by the first of these (then order_by) the table has
+    projections: tuple[ddl.Projection, ...] = ()  # the fraud rules' (consumers.fraud.layout)
 
     @property
     def name(self) -> str:
@@ -96,14 +97,24 @@ def recipient_plan(settings: Settings, charter: Charter, recipient: str) -> Sink
             retention[event_type] = max(retention.get(event_type, 0), agreement.retention_days)
 
     def destination(event_type: str) -> Destination:
-        return Destination(database, ddl.table_name(event_type), ("event_id",), retention.get(event_type), subject.get(event_type, ()))
+        table, shard_by = ddl.table_name(event_type), subject.get(event_type, ())
+        order_by: tuple[str, ...] = ("event_id",)
+        projections: tuple[ddl.Projection, ...] = ()
+        if recipient == settings.fraud_recipient:  # laid out for the incremental fraud rules
+            from consumers.fraud.layout import fraud_layout
+
+            order_by, projections = fraud_layout(table, [column.name for column in columns.get(event_type, [])], shard_by)
+        return Destination(database, table, order_by, retention.get(event_type), shard_by, projections)
+
+    planned = {event_type: destination(event_type) for event_type in columns}
 
     def route(topic: str) -> Destination:
-        return destination(shared_event_type(recipient, topic) or topic)
+        event_type = shared_event_type(recipient, topic) or topic
+        return planned.get(event_type) or destination(event_type)
 
     plan = SinkPlan(recipient, group_id(settings, recipient), shared_pattern(recipient), route, (database,), cluster=cluster)
     for event_type, cols in columns.items():
-        plan.tables[destination(event_type)] = cols
+        plan.tables[planned[event_type]] = cols
     for agreement_id in sorted({a.id for a in agreements}):
         current = charter.current(agreement_id)  # the version in force now, else the highest
         for event_type in current.event_types:

@@ -20,6 +20,7 @@ from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
 from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
+from consumers.fraud.layout import migration
 from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
 from consumers.typemap import Column
 
@@ -75,7 +76,7 @@ def test_cluster_ddl_erasure_and_grants_parse_and_run_on_cluster_with_replicated
         assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
         engines += re.findall(r"Storage definition.*?\n\s*Function (\w+)", ast, re.S)
         if formatted.startswith("CREATE TABLE"):
-            assert re.search(r"ENGINE = (Replicated\w*MergeTree\('/clickhouse/tables/\{shard\}/\{database\}/\{table\}', '\{replica\}'\)"
+            assert re.search(r"ENGINE = (Replicated\w*MergeTree\('/clickhouse/tables/\{shard\}/\{database\}/\{table\}', '\{replica\}'(, \w+)?\)"
                              r"|Distributed\('backbone')", formatted), formatted
     assert engines and set(engines) <= {"ReplicatedReplacingMergeTree", "Distributed"}
     assert engines.count("ReplicatedReplacingMergeTree") == engines.count("Distributed")  # one Distributed per local table
@@ -126,3 +127,25 @@ def test_a_table_missing_right_after_its_ddl_is_retried_not_dead_lettered(clickh
     except Exception as exc:  # noqa: BLE001 - ClickHouse's own UNKNOWN_TABLE
         assert transient(exc)
     clickhouse_client.command(f"DROP DATABASE {database}")
+
+
+def test_fraud_tables_keep_one_subject_on_one_shard_ordered_by_subject_and_migrate_on_cluster(clickhouse_client) -> None:  # noqa: ANN001
+    settings = load_settings(clickhouse_cluster=CLUSTER, clickhouse_sharded=True, clickhouse_dsn="chdb:///unused")
+    plan = recipient_plan(settings, _charter(), settings.fraud_recipient)
+    claims, columns = next((d, c) for d, c in plan.tables.items() if d.table == "welfare_benefit_claimed")
+    local, distributed = ddl.table_sql(claims.database, claims.table, columns, claims.order_by, claims.retention_days,
+                                       plan.cluster, claims.shard_by, claims.projections)
+    assert "ORDER BY (`national_id`, `event_id`)" in local and "PROJECTION `landed`" in local and "ReplicatedReplacingMergeTree(" in local
+    assert distributed.endswith("cityHash64(`national_id`))")  # the subject the rows are ordered by places them
+    assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', since)" in "".join(
+        ddl.fraud_tables_sql("fraud", plan.cluster))  # the watermarks keep the newest day per rule
+    steps = migration(claims.database, claims.table, columns, claims.order_by, claims.retention_days, plan.cluster,
+                      claims.shard_by, claims.projections)
+    for statement in (*steps.create, steps.swap, *steps.drop):
+        formatted, _ = _parsed(clickhouse_client, statement)
+        assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
+    assert "`welfare_benefit_claimed_local` AND `fraud`.`welfare_benefit_claimed__relayout_local`" in steps.swap
+    for statement in (steps.copy, steps.catch_up):  # rows go through the Distributed tables, placed by the same key
+        formatted, _ = _parsed(clickhouse_client, statement)
+        assert "_local" not in statement and "distributed_foreground_insert = 1" in formatted, formatted
+    assert "GLOBAL NOT IN" in steps.catch_up

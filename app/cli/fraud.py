@@ -86,3 +86,30 @@ def score_command(truth: Path = typer.Option(..., "--truth", help="Ground truth 
         table.add_row(result.kind, str(result.true_positives), str(result.false_negatives), str(result.false_positives),
                       f"{result.precision:.3f}", f"{result.recall:.3f}")
     console.print(table)
+
+
+@fraud_app.command("migrate")
+def migrate_command() -> None:
+    """Lay the fraud database's tables out for the incremental rules (ordered by subject, with the
+    rules' projections): tables made before are copied, swapped atomically, and caught up. Stop the
+    fraud sinks first; run again after an interruption, it resumes."""
+    from clickhouse_connect.driver.exceptions import DatabaseError
+
+    from backbone.clickhouse.client import make_client
+    from backbone.events.catalog import load_catalog
+    from backbone.policy.agreements import load_agreements
+    from consumers.clickhouse_target import clickhouse_error
+    from consumers.fraud.layout import migrate
+    from consumers.plans import recipient_plan
+
+    settings = get_settings()
+    charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
+    client = make_client(settings.clickhouse_dsn)
+    try:
+        migrated = migrate(client, recipient_plan(settings, charter, settings.fraud_recipient))
+    except DatabaseError as exc:
+        raise BackboneError(f"fraud tables not migrated: ClickHouse refused ({clickhouse_error(exc)}); "
+                            "run again as a user who may create, insert into and drop tables in the fraud database") from None
+    finally:
+        client.close()
+    console.print(f"migrated: {', '.join(migrated)}" if migrated else "fraud tables are laid out already; nothing to migrate")

@@ -41,8 +41,11 @@ class Cluster:
         return f" ON CLUSTER {_quote(self.name)}"
 
     def engine(self, engine: str) -> str:
-        """`ReplacingMergeTree` -> `ReplicatedReplacingMergeTree('<keeper path>', '{replica}')`."""
-        return f"Replicated{engine}({_string(REPLICA_PATH)}, '{{replica}}')"
+        """`ReplacingMergeTree` -> `ReplicatedReplacingMergeTree('<keeper path>', '{replica}')`; an
+        engine's own arguments follow those (`ReplacingMergeTree(v)` -> `...('{replica}', v)`)."""
+        name, _, arguments = engine.partition("(")
+        tail = f", {arguments[:-1]}" if arguments else ""
+        return f"Replicated{name}({_string(REPLICA_PATH)}, '{{replica}}'{tail})"
 
     def local(self, table: str) -> str:
         """The table holding the rows on each shard: `<table>_local` when sharded, else the table itself."""

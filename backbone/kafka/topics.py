@@ -67,10 +67,13 @@ def consent_topic_config() -> dict[str, str]:
     return eager_compaction()
 
 
-def alerts_topic_config() -> dict[str, str]:
-    """`alerts.fraud`, keyed by alert id: kept for the broker's retention, and compacted eagerly, so an
-    erased person's alerts, tombstoned by `backbone erase`, leave within hours."""
-    return eager_compaction("compact,delete")
+def alerts_topic_config(settings: Settings | None = None) -> dict[str, str]:
+    """`alerts.fraud`, keyed by alert id: compacted eagerly, so an erased person's alerts, tombstoned
+    by `backbone erase`, leave within hours; with `settings`, kept `BACKBONE_ALERTS_RETENTION_DAYS`."""
+    config = eager_compaction("compact,delete")
+    if settings is not None:
+        config["retention.ms"] = str(int(settings.alerts_retention_days * 86_400_000))
+    return config
 
 
 def subject_partition(subject_key: bytes, partitions: int) -> int:

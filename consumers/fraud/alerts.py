@@ -30,6 +30,24 @@ class Alert:
         return alert_id(*self.key)
 
 
+def record_findings(client, database: str, kind: str, rule: str) -> int:  # noqa: ANN001 - a clickhouse-connect client
+    """New findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns how many.
+    The alerts already held are looked up by the findings' subjects (`alerts` is ordered by kind and
+    subject), so the cost follows what the rule found, not how many alerts the table holds."""
+    found = client.query(f"SELECT kind, subject, period, any(details) FROM ({rule}) AS found "
+                         "WHERE subject IS NOT NULL GROUP BY kind, subject, period").result_rows
+    if not found:
+        return 0
+    alerts = ddl.qualified(database, ddl.ALERTS_TABLE)
+    held = {tuple(row) for row in client.query(
+        f"SELECT subject, period FROM {alerts} WHERE kind = {{kind:String}} AND subject IN {{subjects:Array(String)}}",
+        parameters={"kind": kind, "subjects": sorted({row[1] for row in found})}).result_rows}
+    new = [list(row) for row in found if (row[1], row[2]) not in held]
+    if new:
+        client.insert(alerts, new, column_names=["kind", "subject", "period", "details"])
+    return len(new)
+
+
 def insert_alerts_sql(database: str, kind: str, rule: str) -> str:
     """New findings of one rule's SELECT into `alerts`, skipping (kind, subject, period) already alerted."""
     alerts = ddl.qualified(database, ddl.ALERTS_TABLE)

@@ -6,7 +6,9 @@ with `FINAL`, so redelivered events count once). After every batch the fraud sin
 1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period): a rule's
    first run reads every row; later runs of a scoped rule read only the keys of rows landed since
    the day the previous run started (`_landed_at` is the day of landing: the watermark is that day,
-   taken before the run, so nothing landing during a run is missed), each key over its whole history;
+   taken before the run, so nothing landing during a run is missed), each key over its whole history
+   (`consumers.fraud.layout` lays the tables out so that reads what landed, not the table). The
+   watermarks are kept in the fraud database (`consumers.fraud.watermarks`): a restarted sink resumes;
 2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
    by each alert's deterministic id, and records them there once the broker acknowledged them.
 
@@ -28,10 +30,12 @@ from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
 from backbone.clickhouse.cluster import cluster_of
+from backbone.errors import TopicError
 from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
-from consumers.fraud.alerts import Alert, insert_alerts_sql
+from consumers.fraud import layout, watermarks
+from consumers.fraud.alerts import Alert, insert_alerts_sql, record_findings
 from consumers.fraud.registry import RULES, Rule, lookup
 
 log = logging.getLogger("backbone.fraud")
@@ -56,14 +60,21 @@ class FraudDetector:
         self._producer: Producer | None = None
         self._encode: Callable[[dict], bytes] | None = None
         self._off: set[str] = set()
-        # rule kind -> the landing day (unix seconds) its last complete run started in
-        self._since: dict[str, int] = {}
+        # rule kind -> (its SQL's fingerprint, the landing day in unix seconds its last complete run
+        # started in); None until read from the fraud database
+        self._since: dict[str, tuple[str, int]] | None = None
 
     def setup(self) -> None:
         if self._ready:
             return
-        for statement in ddl.fraud_tables_sql(self.database, cluster_of(self.settings)):
+        cluster = cluster_of(self.settings)
+        for statement in ddl.fraud_tables_sql(self.database, cluster):
             self.client.command(statement)
+        read = {cluster.local(table) if cluster else table for rule in self.rules.values() if rule.scope for table in rule.needs}
+        old = layout.stale_tables(layout.layouts(self.client, self.database), read)
+        if old:
+            log.error("fraud tables %s are ordered by event id alone (made before the fraud layout): each incremental "
+                      "run reads them whole; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
@@ -93,11 +104,20 @@ class FraudDetector:
         self.setup()
         columns = self._columns()
         day = int(self.client.query("SELECT toUnixTimestamp(toStartOfDay(now()))").result_rows[0][0])
+        if self._since is None:
+            self._since = watermarks.load(self.client, self.database)
         for rule in self._runnable(columns):
-            since = self._since.get(rule.kind)
-            select = rule.select_sql(self.database, columns, None if since is None else f"toDateTime({since})")
-            self.client.command(insert_alerts_sql(self.database, rule.kind, select))
-            self._since[rule.kind] = day
+            full = rule.select_sql(self.database, columns)
+            mark = watermarks.fingerprint(full)
+            last = self._since.get(rule.kind)
+            since = last[1] if last is not None and last[0] == mark and rule.scope else None
+            if since is None:
+                self.client.command(insert_alerts_sql(self.database, rule.kind, full))
+            else:
+                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, f"toDateTime({since})"))
+            if last != (mark, day):  # after the alerts: a crash between repeats this run, raising nothing twice
+                watermarks.save(self.client, self.database, rule.kind, mark, day)
+                self._since[rule.kind] = (mark, day)
         if not self.leads():
             return []  # another replica publishes
         return self.publish()
@@ -126,7 +146,10 @@ class FraudDetector:
             from backbone.events.catalog import FRAUD_ALERT, load_catalog
             from backbone.events.serde import encoder_for, registry_client
 
-            Topics(self.settings).ensure(ALERTS_TOPIC, config=alerts_topic_config())
+            try:  # the retention is set on a topic made before it had one too
+                Topics(self.settings).reconcile(ALERTS_TOPIC, alerts_topic_config(self.settings))
+            except TopicError as exc:  # a topic an operator manages: alerts are still published
+                log.warning("%s", exc)
             registry = self.registry or registry_client(self.settings)
             schema = load_catalog(self.settings.schemas_dir).internal_schema(FRAUD_ALERT)
             self._encode = encoder_for(registry, f"{ALERTS_TOPIC}-value", schema)
@@ -142,8 +165,8 @@ class FraudDetector:
         return [Alert(*row) for row in result.result_rows]
 
     def full_run(self) -> None:
-        """The next run of every rule reads every row again (as after a restart)."""
-        self._since.clear()
+        """The next run of every rule reads every row again (its watermarks are written anew)."""
+        self._since = {}
 
     def alerts(self, kind: str | None = None, limit: int | None = None) -> list[Alert]:
         """Alerts raised so far, oldest first (optionally of one registered kind)."""

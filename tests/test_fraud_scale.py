@@ -1,0 +1,214 @@
+"""The fraud sink keeps up as its tables grow: the fraud tables are ordered by subject with the rules'
+projections, so an incremental run reads the granules of what landed, not the table; tables made
+before are migrated (atomic swap, idempotent); the rules' watermarks live in the fraud database, so a
+restarted sink resumes where the last one stopped and still raises what a full run raises;
+`alerts.fraud` keeps alerts for a configured time."""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from backbone.events.catalog import load_catalog
+from backbone.kafka.topics import alerts_topic_config
+from backbone.policy.agreements import load_agreements
+from backbone.settings import PROJECT_ROOT, Settings, load_settings
+from consumers import ddl
+from consumers.fraud import RULES, FraudDetector, layout, watermarks
+from consumers.plans import SinkPlan, recipient_plan
+from consumers.typemap import quote_identifier
+
+CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "registry_death_registered"
+
+
+def NO_BROKER() -> bool:  # noqa: N802 - the detector's `leads`: another replica publishes (no broker here)
+    return False
+
+
+@dataclass
+class Fraud:
+    settings: Settings
+    plan: SinkPlan
+    database: str
+
+
+def _plan(settings: Settings, recipient: str | None = None) -> SinkPlan:
+    charter = load_agreements(PROJECT_ROOT / "agreements", load_catalog(PROJECT_ROOT / "schemas"))
+    return recipient_plan(settings, charter, recipient or settings.fraud_recipient)
+
+
+def _create(client, plan: SinkPlan, old: bool = False) -> None:  # noqa: ANN001
+    """The plan's tables as the sink makes them (`old`: ordered by event id alone, as made before the layout)."""
+    client.command(ddl.create_database_sql(plan.databases[0]))
+    for destination, columns in plan.tables.items():
+        laid = replace(destination, order_by=("event_id",), projections=()) if old else destination
+        for statement in ddl.table_sql(laid.database, laid.table, columns, laid.order_by, laid.retention_days,
+                                       None, laid.shard_by, laid.projections):
+            client.command(statement)
+
+
+def _land(client, database: str, rows: int, offset: int, days_ago: int, subjects: int) -> None:  # noqa: ANN001
+    """`rows` rows over the three tables (claims 1/2, incomes 9/20, deaths 1/20) numbered from `offset`,
+    landed `days_ago`, a subject per `n % subjects`: enough planted findings of every kind."""
+    landed = f"toStartOfDay(now()) - toIntervalDay({days_ago})"
+    subject = f"concat('k1.', toString(cityHash64(n % {subjects})))"
+    period = "concat('2025-', leftPad(toString(1 + intDiv(n, 7) % 12), 2, '0'))"
+    parts = ((CLAIMS, rows // 2, f"""(event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount, _landed_at)
+              SELECT generateUUIDv4(number), now64(3), {subject}, {period},
+                     ['income_support', 'housing_allowance', 'child_benefit'][1 + n % 3], concat('NL', toString(n % 997)), 400, {landed}"""),
+             (INCOMES, rows * 9 // 20, f"""(event_id, occurred_at, national_id, period, declared_income, _landed_at)
+              SELECT generateUUIDv4(number), now64(3), {subject}, {period}, (n % 100) * 40.0, {landed}"""),
+             (DEATHS, rows // 20, f"""(event_id, occurred_at, national_id, date_of_death, _landed_at)
+              SELECT generateUUIDv4(number), now64(3), {subject}, toDate32('2024-06-01') + n % 400, {landed}"""))
+    for table, count, select in parts:
+        client.command(f"INSERT INTO {ddl.qualified(database, table)} {select} "
+                       f"FROM (SELECT number, number + {offset} AS n FROM numbers({count}))")
+
+
+def _full(client, detector: FraudDetector) -> set[tuple[str, str, str]]:  # noqa: ANN001
+    """What every rule over every row finds."""
+    columns = detector._columns()  # noqa: SLF001
+    found: set[tuple[str, str, str]] = set()
+    for rule in RULES.values():
+        found |= {tuple(row) for row in client.query(
+            f"SELECT DISTINCT kind, subject, period FROM ({rule.select_sql(detector.database, columns)}) "
+            "WHERE subject IS NOT NULL").result_rows}
+    return found
+
+
+@pytest.fixture
+def fraud(clickhouse_client, clickhouse_dsn: str, tmp_path: Path, unique: str) -> Iterator[Fraud]:  # noqa: ANN001
+    settings = load_settings(clickhouse_dsn=clickhouse_dsn, data_dir=tmp_path / "data", clickhouse_database_prefix=f"t{unique}_")
+    plan = _plan(settings)
+    yield Fraud(settings, plan, plan.databases[0])
+    clickhouse_client.command(f"DROP DATABASE IF EXISTS {quote_identifier(plan.databases[0])} SYNC")
+
+
+def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landing_day(tmp_path: Path) -> None:
+    settings = load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path)
+    tables = {destination.table: destination for destination in _plan(settings).tables}
+    claims = tables[CLAIMS]
+    assert claims.order_by == ("national_id", "event_id") and claims.shard_by == ("national_id",)
+    assert {p.name: (p.order_by, set(p.columns)) for p in claims.projections} == {
+        ddl.LANDED_PROJECTION: (("_landed_at",), {"_landed_at", "national_id", "period", "bank_account"}),
+        "key_bank_account_period": (("bank_account", "period"), {"bank_account", "period", "national_id"}),
+    }
+    assert [p.name for p in tables[DEATHS].projections] == [ddl.LANDED_PROJECTION]
+    # another recipient's tables keep the event id order, with no projection
+    for destination in _plan(settings, "research").tables:
+        assert destination.order_by == ("event_id",) and destination.projections == ()
+
+
+def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_table(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    _create(clickhouse_client, fraud.plan)
+    _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
+    _land(clickhouse_client, fraud.database, 40, 120_000, 0, subjects=6_000)  # today: a few subjects, accounts and periods
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    since = "toStartOfDay(now())"
+    for rule in RULES.values():
+        plan = "\n".join(row[0] for row in clickhouse_client.query(
+            "EXPLAIN indexes = 1 " + rule.select_sql(fraud.database, columns, since)).result_rows)
+        read = [(int(a), int(b)) for a, b in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M)]
+        assert read, plan
+        granules, total = sum(a for a, _ in read), sum(b for _, b in read)
+        assert granules * 5 <= total, f"{rule.kind} reads {granules} of {total} granules"
+        # the keys that landed are found reading what landed (the projection ordered by landing day)
+        keys = rule.touched(fraud.database, since).split(" IN (", 1)[1][:-1]
+        assert int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
+
+
+def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    _create(clickhouse_client, fraud.plan)
+    _land(clickhouse_client, fraud.database, 6_000, 0, 3, subjects=400)
+    first = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    first.detect()  # the first run reads every row, then records each rule's watermark
+    assert set(watermarks.load(clickhouse_client, fraud.database)) == set(RULES)
+
+    # evidence that landed before the watermark after that run: a resumed run does not read it
+    late = "k1.late"
+    clickhouse_client.command(
+        f"INSERT INTO {ddl.qualified(fraud.database, DEATHS)} (event_id, occurred_at, national_id, date_of_death, _landed_at) "
+        f"VALUES (generateUUIDv4(), now64(3), '{late}', '2024-01-15', toStartOfDay(now()) - toIntervalDay(2))")
+    clickhouse_client.command(
+        f"INSERT INTO {ddl.qualified(fraud.database, CLAIMS)} (event_id, occurred_at, national_id, period, benefit_type, bank_account, "
+        f"monthly_amount, _landed_at) VALUES (generateUUIDv4(), now64(3), '{late}', '2025-03', 'unemployment', 'NL-late', 400, "
+        "toStartOfDay(now()) - toIntervalDay(2))")
+    _land(clickhouse_client, fraud.database, 1_000, 6_000, 0, subjects=400)  # today: evidence spanning history
+
+    restarted = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)  # a new sink process: nothing in memory
+    restarted.detect()
+    raised = {alert.key for alert in restarted.alerts()}
+    full = _full(clickhouse_client, restarted)
+    assert ("claim_after_death", late, "2025-03") in full - raised, "the restarted run was incremental"
+    assert raised == full - {("claim_after_death", late, "2025-03")}
+
+    restarted.full_run()  # what an operator forces: every row again, the same alerts as a full run
+    restarted.detect()
+    assert {alert.key for alert in restarted.alerts()} == full
+
+
+def test_a_changed_rule_starts_over_with_a_full_run() -> None:
+    sql = RULES["claim_after_death"].select_sql("fraud", {CLAIMS: {"national_id": "String", "period": "String"},
+                                                          DEATHS: {"national_id": "String", "date_of_death": "Date32"}})
+    assert watermarks.fingerprint(sql) == watermarks.fingerprint("\n  ".join(sql.split()))  # layout of the text aside
+    # a death released as a year instead of a date is another rule's SQL: its watermark does not apply
+    as_year = RULES["claim_after_death"].select_sql("fraud", {CLAIMS: {"national_id": "String", "period": "String"},
+                                                              DEATHS: {"national_id": "String", "date_of_death": "Int32"}})
+    assert watermarks.fingerprint(as_year) != watermarks.fingerprint(sql)
+
+
+def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_client, fraud: Fraud, backbone_cli,  # noqa: ANN001
+                                                                     caplog: pytest.LogCaptureFixture) -> None:
+    _create(clickhouse_client, fraud.plan, old=True)
+    _land(clickhouse_client, fraud.database, 4_000, 0, 3, subjects=300)
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    with caplog.at_level(logging.ERROR, logger="backbone.fraud"):
+        detector.detect()
+    assert f"run `{layout.MIGRATE_COMMAND}` once" in caplog.text and CLAIMS in caplog.text
+    before = {alert.key for alert in detector.alerts()}
+    counts = {t: clickhouse_client.query(f"SELECT count() FROM {ddl.qualified(fraud.database, t)}").result_rows[0][0]
+              for t in (CLAIMS, INCOMES, DEATHS)}
+
+    env = {"BACKBONE_CLICKHOUSE_DSN": fraud.settings.clickhouse_dsn, "BACKBONE_CLICKHOUSE_DATABASE_PREFIX": fraud.settings.clickhouse_database_prefix}
+    done = backbone_cli("fraud", "migrate", **env)
+    assert done.returncode == 0, done.stderr
+    assert sorted(done.stdout.split("migrated:")[1].strip().replace(",", "").split()) == sorted([CLAIMS, INCOMES, DEATHS])
+    found = layout.layouts(clickhouse_client, fraud.database)
+    for destination in fraud.plan.tables:
+        assert not layout.stale(found[destination.table], destination.order_by, destination.projections)
+        assert clickhouse_client.query(f"SELECT count() FROM {destination.name}").result_rows[0][0] == counts[destination.table]
+    assert not any(name.endswith(layout.RELAYOUT_SUFFIX) for name in found)
+    again = backbone_cli("fraud", "migrate", **env)
+    assert again.returncode == 0 and "nothing to migrate" in again.stdout  # laid out already
+
+    # interrupted after the swap: a row landed in the old table meanwhile is caught up on the next run
+    columns = next(columns for destination, columns in fraud.plan.tables.items() if destination.table == CLAIMS)
+    steps = layout.migration(fraud.database, CLAIMS, columns, ("event_id",), None)
+    for statement in steps.create:
+        clickhouse_client.command(statement)
+    clickhouse_client.command(f"INSERT INTO {ddl.qualified(fraud.database, CLAIMS + layout.RELAYOUT_SUFFIX)} "
+                              "(event_id, occurred_at, national_id, period, bank_account) "
+                              "VALUES (generateUUIDv4(), now64(3), 'k1.meanwhile', '2025-01', 'NL-meanwhile')")
+    assert layout.migrate(clickhouse_client, fraud.plan) == [CLAIMS]
+    held = clickhouse_client.query(f"SELECT count() FROM {ddl.qualified(fraud.database, CLAIMS)} "
+                                   "WHERE national_id = 'k1.meanwhile'").result_rows[0][0]
+    assert held == 1 and CLAIMS + layout.RELAYOUT_SUFFIX not in layout.layouts(clickhouse_client, fraud.database)
+
+    migrated = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    migrated.full_run()
+    migrated.detect()
+    assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
+
+
+def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -> None:
+    settings = load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path, alerts_retention_days=30)
+    config = alerts_topic_config(settings)
+    assert config["retention.ms"] == str(30 * 86_400_000)
+    assert config["cleanup.policy"] == "compact,delete"  # erasure's tombstones still compact it
+    assert load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path).alerts_retention_days == 90
