@@ -10,6 +10,7 @@ sanitised by `backbone.policy.names`, which also keeps the names the backbone re
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from backbone.clickhouse.cluster import Cluster, engine, on_cluster

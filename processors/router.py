@@ -36,10 +36,10 @@ from backbone.keys.pseudonym import token_function
 from backbone.policy.decision import QUALITY_BREACH, ConsentState, Decision
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_timestamp_ms
-from processors.audit_record import AuditRecordWriter
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import Threshold
 from backbone.quality.window import QUALITY_SEAL_TYPE, window_seal_id
+from processors.audit_record import AuditRecordWriter
 
 log = logging.getLogger(__name__)
 

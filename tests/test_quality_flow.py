@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from backbone.events.catalog import AUDIT_EVENT, Catalog, load_catalog
+from backbone.events.catalog import Catalog, load_catalog
 from backbone.events.serde import Decoder, LocalSchemas, encoder_for
 from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_TOPIC, raw_topic
 from backbone.keys.keyring import Keyring
