@@ -25,6 +25,7 @@ from confluent_kafka import Producer
 
 from backbone.audit.dp_ledger import LedgerWriter
 from backbone.errors import BackboneError, KafkaUnavailableError
+from backbone.kafka.topics import dp_releases_topic
 from backbone.policy import names
 from backbone.policy.agreements import Agreement, Charter
 from backbone.policy.dp_release import DpRelease, Query
@@ -40,7 +41,7 @@ class DpError(BackboneError):
 
 
 def releases_topic(recipient: str) -> str:
-    return f"dp.{recipient}.releases"
+    return dp_releases_topic(recipient)  # the ACL plan grants the recipient read on it
 
 
 @dataclass

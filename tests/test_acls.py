@@ -84,6 +84,9 @@ EXPECTED = {
     ("User:processor", "topic", "dlq.keys", "literal", "create"),
     ("User:processor", "topic", "dlq.keys", "literal", "read"),
     ("User:processor", "topic", "dlq.keys", "literal", "write"),
+    ("User:operator", "topic", "audit.operations", "literal", "read"),
+    ("User:operator", "topic", "dp.", "prefixed", "write"),
+    ("User:statistics", "topic", "dp.statistics.releases", "literal", "read"),
     ("User:processor", "topic", "lineage.openlineage", "literal", "create"),
     ("User:processor", "topic", "lineage.openlineage", "literal", "write"),
     ("User:processor", "topic", "erasures", "literal", "create"),
@@ -359,6 +362,12 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
                                                  ("topic", "erasure.work", "create"), ("topic", "erasure.work", "read"),
                                                  ("topic", "consent.changes", "write"), ("topic", "alerts.fraud", "write"),
                                                  *expiry, *recorded})
+    # app/dp_release.py: the ledger (backbone/audit/dp_ledger.py) reads audit.operations to its end (assigned, no
+    # group, no commit) and records the spend; the release goes onto dp.<recipient>.releases (ensured first)
+    table["backbone dp release|budget"] = ("User:operator", recorded | {("topic", "audit.operations", "read"), ("topic", "dp.*", "write"),
+                                                                    ("topic", "dp.*", "create")})
+    for recipient in sorted({b.recipient for a in charter.agreements if a.dp_release for b in a.dp_release.budgets}):
+        table[f"{recipient} reads its releases"] = (f"User:{recipient}", {("topic", f"dp.{recipient}.releases", "read")})
     table["backbone dlq replay"] = ("User:operator", dlq_read | recorded | expiry | {("topic", "raw.*", "write"), ("topic", "shared.*", "write")})
     return table
 

@@ -1135,6 +1135,14 @@ def test_compose_init_creates_every_topic_but_the_registry_s_own(compose: dict[s
         assert re.search(rf"^topic {re.escape(name)} .*--cleanup-policy compact", script, re.MULTILINE)
 
 
+
+def test_the_privacy_budget_ledger_is_kept_for_ever_in_every_deployment(manifests: list[dict[str, Any]], compose: dict[str, Any]) -> None:
+    # audit.operations is the DP ledger (backbone/audit/dp_ledger.py): a spend lost to retention would be budget given back
+    assert _kafka_topics(manifests)[OPERATIONS_TOPIC]["spec"]["config"]["retention.ms"] == -1
+    script = compose["services"]["init"]["command"][0]
+    assert re.search(rf"^topic {re.escape(OPERATIONS_TOPIC)} .*--retention-ms -1\b", script, re.MULTILINE)
+
+
 # --- images ----------------------------------------------------------------------------------------------
 
 def test_third_party_images_are_pinned_to_exact_versions(compose: dict[str, Any], manifests: list[dict[str, Any]]) -> None:

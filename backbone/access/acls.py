@@ -40,6 +40,7 @@ from backbone.kafka.topics import (
     CONSENT_TOPIC,
     DLQ_KEYS_TOPIC,
     DLQ_PREFIX,
+    DP_PREFIX,
     ERASURE_REQUESTS_TOPIC,
     ERASURE_WORK_TOPIC,
     ERASURES_TOPIC,
@@ -53,6 +54,7 @@ from backbone.kafka.topics import (
     SHARED_PREFIX,
     TIMESTAMPS_TOPIC,
     dlq_topic,
+    dp_releases_topic,
     raw_prefix,
     shared_prefix,
 )
@@ -121,6 +123,8 @@ class Agencies:
     providers: tuple[str, ...]
     consent_publishers: tuple[str, ...]
     recipients: tuple[str, ...]
+    # Recipients of differentially private releases (`dp_release` budgets): each reads its releases topic.
+    dp_recipients: tuple[str, ...] = ()
 
     @classmethod
     def from_charter(cls, charter: Charter) -> Agencies:
@@ -131,6 +135,7 @@ class Agencies:
                                    | {a.provider for a in charter.agreements})),
             consent_publishers=tuple(sorted({e.provider for e in events if e.event_type == CONSENT_EVENT})),
             recipients=tuple(sorted({a.recipient for a in charter.agreements})),
+            dp_recipients=tuple(sorted({b.recipient for a in charter.agreements if a.dp_release for b in a.dp_release.budgets})),
         )
 
 
@@ -159,6 +164,9 @@ def _agencies(agencies: Agencies) -> list[Grant]:
     for recipient in agencies.recipients:
         grants += _grants(user(recipient), "topic", shared_prefix(recipient), "prefixed", ("read",), "recipient reads what it is entitled to")
         grants += _grants(user(recipient), "group", names.group_prefix(recipient), "prefixed", ("read",), "recipient's own consumer groups")
+    for recipient in agencies.dp_recipients:
+        grants += _grants(user(recipient), "topic", dp_releases_topic(recipient), "literal", ("read",),
+                          "recipient reads its differentially private releases")
     return grants
 
 
@@ -244,6 +252,9 @@ def _operator() -> list[Grant]:
         *_grants(operator, "topic", DLQ_KEYS_TOPIC, "literal", ("write",),
                  "backbone erase destroys the person's DLQ keys; erase and dlq replay destroy expired ones"),
         *_grants(operator, "topic", ALERTS_TOPIC, "literal", ("write",), "backbone erase tombstones the person's fraud alerts"),
+        # backbone dp release|budget: the privacy-budget ledger is the operations chain, read in full before a spend
+        *_grants(operator, "topic", OPERATIONS_TOPIC, "literal", ("read",), "backbone dp release|budget read the budget ledger"),
+        *_grants(operator, "topic", DP_PREFIX, "prefixed", ("write",), "backbone dp release publishes each release on dp.<recipient>.releases"),
     ]
 
 

@@ -43,6 +43,12 @@ SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."
 DLQ_PREFIX = "dlq."
+DP_PREFIX = "dp."  # differentially private releases: dp.<recipient>.releases (app/dp_release.py)
+
+
+def dp_releases_topic(recipient: str) -> str:
+    """Where a recipient's differentially private releases are published (JSON, one per cell set)."""
+    return f"{DP_PREFIX}{recipient}.releases"
 # librdkafka subscribes to a regex when the name starts with ^
 RAW_PATTERN = r"^raw\..*"
 
