@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,7 @@ from backbone.kafka.topics import (
     shared_topic_config,
 )
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
-from backbone.policy.agreements import load_agreements
+from backbone.policy.agreements import Agreement, load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.settings import Settings, get_settings
@@ -58,6 +59,26 @@ APP_ID = "backbone-processor"
 # several workers doing it is harmless): a dead letter is unreadable at most this long after its
 # retention passed, whatever its key (unkeyed entries, subjects never erased).
 DLQ_KEY_EXPIRY_S = 3600.0
+
+
+def reconcile_shared_topics(topics: Topics, settings: Settings, agreements: Iterable[Agreement],
+                            only: Collection[str] | None = None) -> None:
+    """Create each shared topic of `agreements` (those in `only`, if given) with `shared_topic_config`
+    for the longest period any of them generalises its released time to, or set that on it."""
+    periods: dict[str, int] = {}
+    for agreement in agreements:
+        for event_type in agreement.event_types:
+            name = shared_topic(agreement.recipient, event_type)
+            if only is None or name in only:
+                periods[name] = max(periods.get(name, 0), released_period_days(agreement))
+    for name, period in sorted(periods.items()):
+        try:
+            changed = topics.reconcile(name, shared_topic_config(settings, period))
+        except TopicError as exc:
+            log.warning("%s", exc)  # the topic works; its retention may end before a lagging sink reads it
+        else:
+            if changed:
+                log.info("topic %s: set %s (shared records carry their released time)", name, ", ".join(changed))
 
 
 class Enforcement:
@@ -96,19 +117,16 @@ class Enforcement:
         erasure_requests.ensure_topics(self.settings)
         for name in [AUDIT_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
-        periods: dict[str, int] = {}
-        for agreement in self.charter.agreements:
-            for event_type in agreement.event_types:
-                name = shared_topic(agreement.recipient, event_type)
-                periods[name] = max(periods.get(name, 0), released_period_days(agreement))
-        for name, period in sorted(periods.items()):
-            try:
-                changed = topics.reconcile(name, shared_topic_config(self.settings, period))
-            except TopicError as exc:
-                log.warning("%s", exc)  # the topic works; its retention may end before a lagging sink reads it
-            else:
-                if changed:
-                    log.info("topic %s: set %s (shared records carry their released time)", name, ", ".join(changed))
+        reconcile_shared_topics(topics, self.settings, self.charter.agreements)
+
+    def apply_agreement(self, agreement: Agreement) -> None:
+        """An agreement version applied at run time (`agreements apply`): its shared topics are made, or
+        set, with the configuration start-up gives them before the engine releases anything to them;
+        the first record to a topic that does not exist would have the broker create it with its
+        defaults (its clock's timestamps, its retention)."""
+        names = {shared_topic(agreement.recipient, event_type) for event_type in agreement.event_types}
+        reconcile_shared_topics(Topics(self.settings), self.settings, [*self.engine.charter.agreements, agreement], names)
+        self.engine.apply(agreement)
 
     def start(self) -> None:
         """Blocking start-up: topics, schemas, consent, agreements and erasures read to their end, then the data plane."""
@@ -119,7 +137,7 @@ class Enforcement:
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(
-            self.settings, self.catalog, self.engine.apply, self._set_status, self._known)
+            self.settings, self.catalog, self.apply_agreement, self._set_status, self._known)
         erasure_reader = CompactedTopicReader(self.settings, erasure.ERASURES_TOPIC, self.erasures.apply_message, "erasure-feed")
         # operators hold no domain key: this worker computes the tokens of each person they erase
         erasure_desk = erasure_requests.ErasureDesk(self.settings, self.charter, self.keyring).reader
