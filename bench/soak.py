@@ -24,6 +24,9 @@ from bench.results import console, print_notes, save, target
 from bench.workers import DATAPLANE_GROUP
 
 SOAK_GROWTH_TARGET_PCT = 10.0
+# The load ends early once the broker holds this much (a note says so): on a shared machine a stalled
+# embedded broker fed 2,000 events/s for an hour would hold many GiB and tell nothing more.
+SOAK_BROKER_CAP_MB = 4096.0
 SOAK_MARGIN_S = 240.0  # start-up, drain and report on top of --soak-seconds, then the run is stopped
 
 
@@ -192,8 +195,13 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
             if time.perf_counter() >= next_sample:
                 if not worker.alive():
                     raise AssertionError(f"worker exited: {worker.tail()}")
-                show(sampler.sample(sent))
+                row = sampler.sample(sent)
+                show(row)
                 next_sample += interval
+                if float(row.get("rss_broker_mb") or 0) > SOAK_BROKER_CAP_MB:
+                    results.notes.append(f"the load ended at {row['t_s']} s of {seconds:g} s: the broker held more than "
+                                         f"{SOAK_BROKER_CAP_MB:,.0f} MiB")
+                    break
         results.offered_events, results.offered_raw_events = sent, raw
         results.offered_events_per_s = sent / (time.perf_counter() - started)
         ended = time.perf_counter()
@@ -225,7 +233,8 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         results.decided_per_s_by_minute = per_minute(sampler.series)
         if results.decided_per_s_by_minute:
             results.slowest_minute_ratio = round(min(results.decided_per_s_by_minute) / rate, 3)
-        results.growth_from_s = seconds / 6  # minute 10 of an hour: growth over the last 50 minutes
+        load_s = float(loaded[-1]["t_s"] or 0) if loaded else seconds  # shorter than `seconds` if it ended early
+        results.growth_from_s = round(load_s / 6, 1)  # minute 10 of an hour: growth over the last 50 minutes
         results.rss_growth_pct = {name: late_growth(sampler.series, f"rss_{name}_mb", results.growth_from_s,
                                                     results.growth_window_s) for name in sampler.pids}
         if results.drained_s is None:
