@@ -12,17 +12,20 @@ from pathlib import Path
 
 from tests.processes import pid_alive
 
+# The broker, and a Python child started the way the registry and the workers are (ChildProcess).
 STARTER = """
 import json, sys, time
 from pathlib import Path
-from backbone.stack.embedded import EmbeddedStack
-stack = EmbeddedStack(Path(sys.argv[1])).start()
-print(json.dumps({"broker": stack.broker.pid, "registry": stack.registry.pid}), flush=True)
+from backbone.stack.embedded import ChildProcess, EmbeddedBroker
+broker = EmbeddedBroker(Path(sys.argv[1])).start()
+child = ChildProcess("a python child", [sys.executable, "-c", "import time; time.sleep(120)"], Path(sys.argv[1]) / "logs" / "child.log")
+child.start()
+print(json.dumps({"broker": broker.pid, "python child": child.pid}), flush=True)
 time.sleep(120)
 """
 
 
-def test_the_broker_and_registry_stop_when_what_started_them_is_killed(tmp_path: Path) -> None:
+def test_the_broker_and_other_children_stop_when_what_started_them_is_killed(tmp_path: Path) -> None:
     # SIGKILL (or a crash) runs no `finally`: only the kernel can stop the children then.
     starter = subprocess.Popen([sys.executable, "-c", STARTER, str(tmp_path / "stack")],
                                stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
