@@ -16,9 +16,12 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
 
 from app.local import ProcessorWorker
-from backbone.events.catalog import CONSENT_EVENT
+from backbone.clickhouse.client import make_client
+from backbone.events.catalog import CONSENT_EVENT, load_catalog
+from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
 from bench.loops import MixProducer, demo_records
+from bench.pipeline import Sinks
 from bench.processes import cpu_seconds, rss_mb, stack_children
 from bench.results import console, print_notes, save, target
 from bench.workers import DATAPLANE_GROUP
@@ -47,6 +50,8 @@ class SoakResults:
     slowest_minute_ratio: float | None = None  # the slowest minute's decided/s over the offered rate (goal >= 0.9)
     growth_from_s: float = 0.0  # the last part of the load, over which rss_growth_pct is counted
     rss_growth_pct: dict[str, float | None] = field(default_factory=dict)  # per process, over the last part (goal < 10%)
+    sinks: bool = False  # every recipient's sink and the audit sink landed into chDB in the bench process
+    landed_rows: dict[str, int] = field(default_factory=dict)  # by the sinks, when the drain ended
     series: list[dict[str, float | int | None]] = field(default_factory=list)  # one sample per interval
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per process: first/last/max/growth
     machine: str = "shared 2-core development machine, other engineers' tests running: figures are of a loaded machine"
@@ -64,11 +69,12 @@ def recycled(records: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
 class SoakSampler:
     """RSS of each process, events decided (the group's commits) and lag, sampled on demand."""
 
-    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer) -> None:
+    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer, sinks: bool = False) -> None:
         self.settings = settings
         self.worker = worker
         self.mix = mix
-        self.pids = {**stack_children(), "worker": worker.pid, "bench": os.getpid()}
+        # with sinks, this process is every recipient's sink and the audit sink (threads) beside the producers
+        self.pids = {**stack_children(), "worker": worker.pid, "sinks" if sinks else "bench": os.getpid()}
         self.series: list[dict[str, float | int | None]] = []
         self._watcher = Consumer(settings.consumer_config(DATAPLANE_GROUP))  # reads offsets only
         self._started = time.perf_counter()
@@ -152,18 +158,25 @@ def late_growth(series: list[dict[str, float | int | None]], key: str, from_s: f
 
 
 def run_soak(settings: Settings, rate: float, seconds: float, interval: float, population: int,
-             batch_size: int | None) -> SoakResults:
-    """`rate` events/s of the demo mix for `seconds` through one real worker, sampled every `interval` s."""
+             batch_size: int | None, sinks: bool = True) -> SoakResults:
+    """`rate` events/s of the demo mix for `seconds` through one real worker, sampled every `interval` s;
+    with `sinks`, every recipient's sink and the audit sink land into chDB in this process meanwhile."""
     results = SoakResults(rate=rate, seconds=seconds, interval_s=interval, partitions=settings.kafka_partitions)
     pool = demo_records(3, population, int(min(rate * seconds, 20_000)))  # sent round and round with fresh ids
     extra = {"consumer_batch_size": str(batch_size)} if batch_size else {}
     worker = ProcessorWorker(settings, "bench-soak-worker", **extra)
     mix: MixProducer | None = None
     sampler: SoakSampler | None = None
+    landing: Sinks | None = None
     try:
         worker.start()
+        if sinks:
+            landed = settings.model_copy(update={"clickhouse_dsn": f"chdb://{(settings.data_dir / 'clickhouse').resolve()}",
+                                                 "clickhouse_database_prefix": ""})
+            charter = load_agreements(landed.agreements_dir, load_catalog(landed.schemas_dir))
+            landing = Sinks(landed, charter, make_client(landed.clickhouse_dsn or "")).start()
         mix = MixProducer(settings, {record["provider"] for _, record in pool})
-        sampler = SoakSampler(settings, worker, mix)
+        sampler = SoakSampler(settings, worker, mix, sinks=landing is not None)
         header = f"{'t s':>6} {'offered':>9} {'decided':>9} {'/s':>7} {'lag':>7} {'worker cpu':>10}  " + \
                  "  ".join(f"{'RSS ' + name:>14}" for name in sampler.pids)
         console.print(f"soak: {rate:,.0f} events/s for {seconds:g} s; sample every {interval:g} s (MiB)")
@@ -195,6 +208,8 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
             if time.perf_counter() >= next_sample:
                 if not worker.alive():
                     raise AssertionError(f"worker exited: {worker.tail()}")
+                if landing is not None:
+                    landing.check()  # raises if a sink thread died
                 row = sampler.sample(sent)
                 show(row)
                 next_sample += interval
@@ -217,6 +232,10 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
                 show(sampler.sample(sent, draining=True))
                 next_sample += interval
             time.sleep(0.2)
+        if landing is not None:
+            results.sinks = True
+            audit_rows, shared_rows = landing.landed()
+            results.landed_rows = {"audit": audit_rows, "shared_or_dead_lettered": shared_rows}
         last = sampler.sample(sent, draining=True)
         show(last)
         results.decided_events, results.final_lag = int(last["decided"] or 0), int(last["lag"] or 0)
@@ -248,6 +267,8 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         if mix is not None:
             for producer in mix.producers.values():
                 producer.flush(5)
+        if landing is not None:
+            landing.stop()
         worker.stop()
     return results
 
@@ -273,6 +294,8 @@ def report_soak(results: SoakResults) -> Path:
     console.print(f"RSS growth over the load's last part (from {results.growth_from_s:g} s): " + ", ".join(
         f"{name} " + (target(abs(pct) < SOAK_GROWTH_TARGET_PCT, f"{pct:+.1f}%") if pct is not None else "-")
         for name, pct in results.rss_growth_pct.items()))
+    if results.landed_rows:
+        console.print("landed by the sinks: " + ", ".join(f"{name} {rows:,}" for name, rows in results.landed_rows.items()))
     drained = f"drained {results.drained_s:.1f} s after the load" if results.drained_s is not None else "not drained"
     console.print(f"decided {results.decided_events:,} of {results.offered_raw_events:,} raw events offered "
                   f"(+{results.offered_events - results.offered_raw_events:,} consent changes); lag at the end "
