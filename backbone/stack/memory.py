@@ -5,10 +5,12 @@ scheme, its source at v0.6.0) can keep messages only in memory: sqlite, turso, s
 are not built in, `file://` is no engine, and s3 is the same object store without retention. Its
 memory storage ignores `retention.ms` (`maintain` does nothing) and answers DeleteRecords with a
 `todo!()`. It also slows as it fills: each fetch lists every batch the partition holds (dynostore
-`fetch`), so a consumer's cost per fetch grows with what was ever written. Deleting a topic frees its memory, but a librdkafka 2.16 consumer subscribed to the
-topic segfaults in its metadata cache when it goes (reproduced with Tansu 0.6, with and without a
-pattern subscription): a processor would die with it. So the backbone cannot trim the embedded
-broker; it says so at start (`KEEPS`) and `backbone up` warns as the broker grows (`BrokerMemoryWatch`).
+`fetch`), so a consumer's cost per fetch grows with what was ever written. Deleting a topic frees
+its memory, but a librdkafka 2.16 consumer subscribed to the topic segfaults in its metadata cache
+when it goes (reproduced with Tansu 0.6, with and without a pattern subscription): a processor
+would die with it. (Tansu's sqlite engine, not in this build, deletes records past `retention.ms`
+in its maintenance.) So the backbone cannot trim the embedded broker; it says so at start (`KEEPS`)
+and `backbone up` warns as the broker grows (`BrokerMemoryWatch`).
 """
 
 from __future__ import annotations
