@@ -30,6 +30,8 @@ SOAK_GROWTH_TARGET_PCT = 10.0
 # The load ends early once the broker holds this much (a note says so): on a shared machine a stalled
 # embedded broker fed 2,000 events/s for an hour would hold many GiB and tell nothing more.
 SOAK_BROKER_CAP_MB = 4096.0
+# ... and once fewer than a tenth of the offered events were decided for this long: the pipeline stalled.
+SOAK_STALL_S = 180.0
 SOAK_MARGIN_S = 240.0  # start-up, drain and report on top of --soak-seconds, then the run is stopped
 
 
@@ -141,6 +143,17 @@ def per_minute(series: list[dict[str, float | int | None]]) -> list[float]:
     return rates
 
 
+def stalled(series: list[dict[str, float | int | None]], rate: float, window_s: float = SOAK_STALL_S) -> bool:
+    """True once the load's last `window_s` decided fewer than a tenth of `rate` events/s (a run of
+    at least `window_s` under load)."""
+    loaded = [(float(row["t_s"] or 0), int(row["decided"] or 0)) for row in series if not row.get("draining")]
+    if not loaded or loaded[-1][0] - loaded[0][0] < window_s:
+        return False
+    end_t, end_decided = loaded[-1]
+    start_t, start_decided = min(loaded, key=lambda sample: abs(sample[0] - (end_t - window_s)))
+    return end_t > start_t and (end_decided - start_decided) / (end_t - start_t) < 0.1 * rate
+
+
 def late_growth(series: list[dict[str, float | int | None]], key: str, from_s: float, window_s: float) -> float | None:
     """Growth % of `key` over the load's last part: from the median of the `window_s` after `from_s`
     to the median of the load's last `window_s` (the issue's "over the last 50 minutes" of an hour)."""
@@ -216,6 +229,10 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
                 if float(row.get("rss_broker_mb") or 0) > SOAK_BROKER_CAP_MB:
                     results.notes.append(f"the load ended at {row['t_s']} s of {seconds:g} s: the broker held more than "
                                          f"{SOAK_BROKER_CAP_MB:,.0f} MiB")
+                    break
+                if stalled(sampler.series, rate):
+                    results.notes.append(f"the load ended at {row['t_s']} s of {seconds:g} s: fewer than a tenth of the "
+                                         f"offered events were decided for {SOAK_STALL_S:g} s (the pipeline stalled)")
                     break
         results.offered_events, results.offered_raw_events = sent, raw
         results.offered_events_per_s = sent / (time.perf_counter() - started)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from bench.soak import late_growth, per_minute
+from bench.soak import late_growth, per_minute, stalled
 
 
 def _series(rate: float, seconds: int, rss: list[float], drained_rows: int = 2) -> list[dict]:
@@ -33,3 +33,14 @@ def test_growth_over_the_last_part_ignores_the_warm_up_and_the_drain() -> None:
     growing = [100.0 + t for t in range(61)]
     assert (late_growth(_series(2000, 600, growing), "rss_broker_mb", from_s=100, window_s=60) or 0) > 10
     assert late_growth([], "rss_broker_mb", 0, 60) is None
+
+
+def test_a_stall_is_seen_once_it_lasts_and_a_slow_but_moving_pipeline_is_not_one() -> None:
+    rows = _series(2000, 600, [100.0], drained_rows=0)
+    assert not stalled(rows, 2000)
+    for row in rows:
+        if row["t_s"] > 300:
+            row["decided"] = 600_000 + int(50 * (row["t_s"] - 300))
+    assert stalled(rows, 2000)
+    assert not stalled(rows[: 300 // 10 + 10], 2000)  # 100 s of it only
+    assert not stalled(_series(150, 600, [100.0]), 1000)  # 15% of the offered rate: slow, not stalled
