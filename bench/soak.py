@@ -277,7 +277,7 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
             results.notes.append("the worker had not committed every raw event 120 s after the load ended")
         results.notes.append("the embedded broker keeps every message in memory (backbone/stack/memory.py says why the "
                              "backbone cannot trim it): its RSS grows with what was written, raw and outputs alike, and "
-                             "it slows down past about 1 GiB; a Kafka cluster applies retention instead")
+                             "it slows as it fills until it stalls (at 1 to 1.5 GiB); a Kafka cluster applies retention instead")
     finally:
         if sampler is not None:
             sampler.close()

@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 KEEPS = ("every message, in the embedded broker's memory, until the stack stops: Tansu 0.6's memory storage has no "
-         "retention.ms and no DeleteRecords (about 1 GiB per million events at the demo's mix, and it slows "
-         "down past about 1 GiB). A restart frees it and starts the broker empty (consent changes, erasures and "
+         "retention.ms and no DeleteRecords (about 1 GiB per million events at the demo's mix; it slows as it "
+         "fills and stalls at 1 to 1.5 GiB). A restart frees it and starts the broker empty (consent changes, erasures and "
          "agreements applied at run time go with it); landed data stays in ClickHouse under the data dir. "
          "A Kafka cluster (BACKBONE_KAFKA_BOOTSTRAP) applies each topic's retention instead")
 
@@ -61,6 +61,6 @@ class BrokerMemoryWatch:
         if reached <= self.passed:
             return None
         self.passed = reached
-        return (f"the embedded broker holds {held:,.0f} MiB: every message since the stack started, and it slows "
-                "down past about 1 GiB. Once the sinks have landed (`backbone status` shows no lag), a restart of "
+        return (f"the embedded broker holds {held:,.0f} MiB: every message since the stack started; it slows as it "
+                "fills and stalls at 1 to 1.5 GiB. Once the sinks have landed (`backbone status` shows no lag), a restart of "
                 "`backbone up` frees it, starting the broker empty")
