@@ -103,6 +103,7 @@ class Enforcement:
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
         self.readers: list[CompactedTopicReader] = []
+        self._topics: Topics | None = None
         self.anchor_reader: CompactedTopicReader | None = None
         self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
@@ -125,7 +126,9 @@ class Enforcement:
         the first record to a topic that does not exist would have the broker create it with its
         defaults (its clock's timestamps, its retention)."""
         names = {shared_topic(agreement.recipient, event_type) for event_type in agreement.event_types}
-        reconcile_shared_topics(Topics(self.settings), self.settings, [*self.engine.charter.agreements, agreement], names)
+        if self._topics is None:  # one admin client for every change the feed applies
+            self._topics = Topics(self.settings)
+        reconcile_shared_topics(self._topics, self.settings, [*self.engine.charter.agreements, agreement], names)
         self.engine.apply(agreement)
 
     def start(self) -> None:
