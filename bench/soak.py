@@ -16,14 +16,22 @@ from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
 
 from app.local import ProcessorWorker
-from backbone.events.catalog import CONSENT_EVENT
+from backbone.clickhouse.client import make_client
+from backbone.events.catalog import CONSENT_EVENT, load_catalog
+from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
 from bench.loops import MixProducer, demo_records
+from bench.pipeline import Sinks
 from bench.processes import cpu_seconds, rss_mb, stack_children
 from bench.results import console, print_notes, save, target
 from bench.workers import DATAPLANE_GROUP
 
 SOAK_GROWTH_TARGET_PCT = 10.0
+# The load ends early once the broker holds this much (a note says so): on a shared machine a stalled
+# embedded broker fed 2,000 events/s for an hour would hold many GiB and tell nothing more.
+SOAK_BROKER_CAP_MB = 4096.0
+# ... and once fewer than a tenth of the offered events were decided for this long: the pipeline stalled.
+SOAK_STALL_S = 180.0
 SOAK_MARGIN_S = 240.0  # start-up, drain and report on top of --soak-seconds, then the run is stopped
 
 
@@ -40,6 +48,12 @@ class SoakResults:
     final_lag: int = 0
     growth_window_s: float = 60.0  # growth compares the medians of the first and the last window
     drained_s: float | None = None  # after the load ended, until every raw event was committed
+    decided_per_s_by_minute: list[float] = field(default_factory=list)  # each whole minute of the load
+    slowest_minute_ratio: float | None = None  # the slowest minute's decided/s over the offered rate (goal >= 0.9)
+    growth_from_s: float = 0.0  # the last part of the load, over which rss_growth_pct is counted
+    rss_growth_pct: dict[str, float | None] = field(default_factory=dict)  # per process, over the last part (goal < 10%)
+    sinks: bool = False  # every recipient's sink and the audit sink landed into chDB in the bench process
+    landed_rows: dict[str, int] = field(default_factory=dict)  # by the sinks, when the drain ended
     series: list[dict[str, float | int | None]] = field(default_factory=list)  # one sample per interval
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per process: first/last/max/growth
     machine: str = "shared 2-core development machine, other engineers' tests running: figures are of a loaded machine"
@@ -57,11 +71,12 @@ def recycled(records: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
 class SoakSampler:
     """RSS of each process, events decided (the group's commits) and lag, sampled on demand."""
 
-    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer) -> None:
+    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer, sinks: bool = False) -> None:
         self.settings = settings
         self.worker = worker
         self.mix = mix
-        self.pids = {**stack_children(), "worker": worker.pid, "bench": os.getpid()}
+        # with sinks, this process is every recipient's sink and the audit sink (threads) beside the producers
+        self.pids = {**stack_children(), "worker": worker.pid, "sinks" if sinks else "bench": os.getpid()}
         self.series: list[dict[str, float | int | None]] = []
         self._watcher = Consumer(settings.consumer_config(DATAPLANE_GROUP))  # reads offsets only
         self._started = time.perf_counter()
@@ -113,19 +128,68 @@ def growth(series: list[dict[str, float | int | None]], key: str, window_s: floa
             "growth_pct": 100 * (last_median - first_median) / first_median if first_median else None}
 
 
+def per_minute(series: list[dict[str, float | int | None]]) -> list[float]:
+    """Events decided per second in each whole minute of the load (samples after it ended left out),
+    from the samples nearest each minute's start and end."""
+    loaded = [(float(row["t_s"] or 0), int(row["decided"] or 0)) for row in series if not row.get("draining")]
+    if len(loaded) < 2:
+        return []
+    rates = []
+    for minute in range(int((loaded[-1][0] - loaded[0][0]) // 60)):
+        start = min(loaded, key=lambda sample: abs(sample[0] - (loaded[0][0] + 60 * minute)))
+        end = min(loaded, key=lambda sample: abs(sample[0] - (loaded[0][0] + 60 * (minute + 1))))
+        if end[0] > start[0]:
+            rates.append(round((end[1] - start[1]) / (end[0] - start[0]), 1))
+    return rates
+
+
+def stalled(series: list[dict[str, float | int | None]], rate: float, window_s: float = SOAK_STALL_S) -> bool:
+    """True once the load's last `window_s` decided fewer than a tenth of `rate` events/s (a run of
+    at least `window_s` under load)."""
+    loaded = [(float(row["t_s"] or 0), int(row["decided"] or 0)) for row in series if not row.get("draining")]
+    if not loaded or loaded[-1][0] - loaded[0][0] < window_s:
+        return False
+    end_t, end_decided = loaded[-1]
+    start_t, start_decided = min(loaded, key=lambda sample: abs(sample[0] - (end_t - window_s)))
+    return end_t > start_t and (end_decided - start_decided) / (end_t - start_t) < 0.1 * rate
+
+
+def late_growth(series: list[dict[str, float | int | None]], key: str, from_s: float, window_s: float) -> float | None:
+    """Growth % of `key` over the load's last part: from the median of the `window_s` after `from_s`
+    to the median of the load's last `window_s` (the issue's "over the last 50 minutes" of an hour)."""
+    values = [(float(row["t_s"] or 0), float(row[key])) for row in series
+              if row.get(key) is not None and not row.get("draining")]  # type: ignore[arg-type]
+    if not values:
+        return None
+    end = values[-1][0]
+    head = [v for t, v in values if from_s <= t <= from_s + window_s]
+    tail = [v for t, v in values if t >= end - window_s]
+    if not head or not tail:
+        return None
+    first = statistics.median(head)
+    return round(100 * (statistics.median(tail) - first) / first, 1) if first else None
+
+
 def run_soak(settings: Settings, rate: float, seconds: float, interval: float, population: int,
-             batch_size: int | None) -> SoakResults:
-    """`rate` events/s of the demo mix for `seconds` through one real worker, sampled every `interval` s."""
+             batch_size: int | None, sinks: bool = True) -> SoakResults:
+    """`rate` events/s of the demo mix for `seconds` through one real worker, sampled every `interval` s;
+    with `sinks`, every recipient's sink and the audit sink land into chDB in this process meanwhile."""
     results = SoakResults(rate=rate, seconds=seconds, interval_s=interval, partitions=settings.kafka_partitions)
     pool = demo_records(3, population, int(min(rate * seconds, 20_000)))  # sent round and round with fresh ids
     extra = {"consumer_batch_size": str(batch_size)} if batch_size else {}
     worker = ProcessorWorker(settings, "bench-soak-worker", **extra)
     mix: MixProducer | None = None
     sampler: SoakSampler | None = None
+    landing: Sinks | None = None
     try:
         worker.start()
+        if sinks:
+            landed = settings.model_copy(update={"clickhouse_dsn": f"chdb://{(settings.data_dir / 'clickhouse').resolve()}",
+                                                 "clickhouse_database_prefix": ""})
+            charter = load_agreements(landed.agreements_dir, load_catalog(landed.schemas_dir))
+            landing = Sinks(landed, charter, make_client(landed.clickhouse_dsn or "")).start()
         mix = MixProducer(settings, {record["provider"] for _, record in pool})
-        sampler = SoakSampler(settings, worker, mix)
+        sampler = SoakSampler(settings, worker, mix, sinks=landing is not None)
         header = f"{'t s':>6} {'offered':>9} {'decided':>9} {'/s':>7} {'lag':>7} {'worker cpu':>10}  " + \
                  "  ".join(f"{'RSS ' + name:>14}" for name in sampler.pids)
         console.print(f"soak: {rate:,.0f} events/s for {seconds:g} s; sample every {interval:g} s (MiB)")
@@ -157,8 +221,19 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
             if time.perf_counter() >= next_sample:
                 if not worker.alive():
                     raise AssertionError(f"worker exited: {worker.tail()}")
-                show(sampler.sample(sent))
+                if landing is not None:
+                    landing.check()  # raises if a sink thread died
+                row = sampler.sample(sent)
+                show(row)
                 next_sample += interval
+                if float(row.get("rss_broker_mb") or 0) > SOAK_BROKER_CAP_MB:
+                    results.notes.append(f"the load ended at {row['t_s']} s of {seconds:g} s: the broker held more than "
+                                         f"{SOAK_BROKER_CAP_MB:,.0f} MiB")
+                    break
+                if stalled(sampler.series, rate):
+                    results.notes.append(f"the load ended at {row['t_s']} s of {seconds:g} s: fewer than a tenth of the "
+                                         f"offered events were decided for {SOAK_STALL_S:g} s (the pipeline stalled)")
+                    break
         results.offered_events, results.offered_raw_events = sent, raw
         results.offered_events_per_s = sent / (time.perf_counter() - started)
         ended = time.perf_counter()
@@ -174,6 +249,10 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
                 show(sampler.sample(sent, draining=True))
                 next_sample += interval
             time.sleep(0.2)
+        if landing is not None:
+            results.sinks = True
+            audit_rows, shared_rows = landing.landed()
+            results.landed_rows = {"audit": audit_rows, "shared_or_dead_lettered": shared_rows}
         last = sampler.sample(sent, draining=True)
         show(last)
         results.decided_events, results.final_lag = int(last["decided"] or 0), int(last["lag"] or 0)
@@ -187,16 +266,26 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         # a minute each, or a quarter of a shorter run (windows of a short run would overlap)
         results.growth_window_s = min(60.0, seconds / 4)
         results.rss_mb = {name: growth(sampler.series, f"rss_{name}_mb", results.growth_window_s) for name in sampler.pids}
+        results.decided_per_s_by_minute = per_minute(sampler.series)
+        if results.decided_per_s_by_minute:
+            results.slowest_minute_ratio = round(min(results.decided_per_s_by_minute) / rate, 3)
+        load_s = float(loaded[-1]["t_s"] or 0) if loaded else seconds  # shorter than `seconds` if it ended early
+        results.growth_from_s = round(load_s / 6, 1)  # minute 10 of an hour: growth over the last 50 minutes
+        results.rss_growth_pct = {name: late_growth(sampler.series, f"rss_{name}_mb", results.growth_from_s,
+                                                    results.growth_window_s) for name in sampler.pids}
         if results.drained_s is None:
             results.notes.append("the worker had not committed every raw event 120 s after the load ended")
-        results.notes.append("Tansu's memory storage keeps every message (DESIGN.md): the broker's RSS grows with "
-                             "what was written, raw and outputs alike; that is the embedded broker, not the backbone")
+        results.notes.append("the embedded broker keeps every message in memory (backbone/stack/memory.py says why the "
+                             "backbone cannot trim it): its RSS grows with what was written, raw and outputs alike, and "
+                             "it slows as it fills until it stalls (at 1 to 1.5 GiB); a Kafka cluster applies retention instead")
     finally:
         if sampler is not None:
             sampler.close()
         if mix is not None:
             for producer in mix.producers.values():
                 producer.flush(5)
+        if landing is not None:
+            landing.stop()
         worker.stop()
     return results
 
@@ -215,6 +304,15 @@ def report_soak(results: SoakResults) -> Path:
                                               ("first", "first_minute_median", "last_minute_median", "last", "max")),
                       target(ok, f"{pct:+.1f}%") if pct is not None else "-")
     console.print(table)
+    if results.decided_per_s_by_minute:
+        slowest = results.slowest_minute_ratio or 0.0
+        console.print("decided/s by minute: " + ", ".join(f"{rate:,.0f}" for rate in results.decided_per_s_by_minute)
+                      + f"; slowest minute {target(slowest >= 0.9, f'{slowest:.2f}x')} the offered rate (goal >= 0.9x)")
+    console.print(f"RSS growth over the load's last part (from {results.growth_from_s:g} s): " + ", ".join(
+        f"{name} " + (target(abs(pct) < SOAK_GROWTH_TARGET_PCT, f"{pct:+.1f}%") if pct is not None else "-")
+        for name, pct in results.rss_growth_pct.items()))
+    if results.landed_rows:
+        console.print("landed by the sinks: " + ", ".join(f"{name} {rows:,}" for name, rows in results.landed_rows.items()))
     drained = f"drained {results.drained_s:.1f} s after the load" if results.drained_s is not None else "not drained"
     console.print(f"decided {results.decided_events:,} of {results.offered_raw_events:,} raw events offered "
                   f"(+{results.offered_events - results.offered_raw_events:,} consent changes); lag at the end "

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Collection, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +66,26 @@ APP_ID = "backbone-processor"
 DLQ_KEY_EXPIRY_S = 3600.0
 
 
+def reconcile_shared_topics(topics: Topics, settings: Settings, agreements: Iterable[Agreement],
+                            only: Collection[str] | None = None) -> None:
+    """Create each shared topic of `agreements` (those in `only`, if given) with `shared_topic_config`
+    for the longest period any of them generalises its released time to, or set that on it."""
+    periods: dict[str, int] = {}
+    for agreement in agreements:
+        for event_type in agreement.event_types:
+            name = shared_topic(agreement.recipient, event_type)
+            if only is None or name in only:
+                periods[name] = max(periods.get(name, 0), released_period_days(agreement))
+    for name, period in sorted(periods.items()):
+        try:
+            changed = topics.reconcile(name, shared_topic_config(settings, period))
+        except TopicError as exc:
+            log.warning("%s", exc)  # the topic works; its retention may end before a lagging sink reads it
+        else:
+            if changed:
+                log.info("topic %s: set %s (shared records carry their released time)", name, ", ".join(changed))
+
+
 class Enforcement:
     """Everything one worker needs to enforce the charter, built and started in order."""
 
@@ -89,6 +110,7 @@ class Enforcement:
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None
         self.readers: list[CompactedTopicReader] = []
+        self._topics: Topics | None = None
         self.anchor_reader: CompactedTopicReader | None = None
         self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
@@ -104,19 +126,20 @@ class Enforcement:
         erasure_requests.ensure_topics(self.settings)
         for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
-        periods: dict[str, int] = {}
-        for agreement in self.charter.agreements:
-            for event_type in agreement.event_types:
-                name = shared_topic(agreement.recipient, event_type)
-                periods[name] = max(periods.get(name, 0), released_period_days(agreement))
-        for name, period in sorted(periods.items()):
-            try:
-                changed = topics.reconcile(name, shared_topic_config(self.settings, period))
-            except TopicError as exc:
-                log.warning("%s", exc)  # the topic works; its retention may end before a lagging sink reads it
-            else:
-                if changed:
-                    log.info("topic %s: set %s (shared records carry their released time)", name, ", ".join(changed))
+        reconcile_shared_topics(topics, self.settings, self.charter.agreements)
+
+    def apply_agreement(self, agreement: Agreement) -> None:
+        """An agreement version applied at run time (`agreements apply`): its shared topics are made, or
+        set, with the configuration start-up gives them before the engine releases anything to them;
+        the first record to a topic that does not exist would have the broker create it with its
+        defaults (its clock's timestamps, its retention)."""
+        names = {shared_topic(agreement.recipient, event_type) for event_type in agreement.event_types}
+        if self._topics is None:  # one admin client for every change the feed applies
+            self._topics = Topics(self.settings)
+        reconcile_shared_topics(self._topics, self.settings, [*self.engine.charter.agreements, agreement], names)
+        self.engine.apply(agreement)
+        if self.lineage is not None:
+            self.lineage.changed()
 
     def start(self) -> None:
         """Blocking start-up: topics, schemas, consent, agreements and erasures read to their end, then the data plane."""
@@ -128,7 +151,7 @@ class Enforcement:
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(
-            self.settings, self.catalog, self._apply, self._set_status, self._known)
+            self.settings, self.catalog, self.apply_agreement, self._set_status, self._known)
         # OpenLineage run events of the agreement versions in force (`processors/lineage.py`)
         feed = self.agreement_feed
         self.lineage = LineageEmitter(self.settings, lambda: self.engine.charter, lambda: status_times(feed.statuses))
@@ -150,11 +173,6 @@ class Enforcement:
         self.lineage.start()  # what is in force now, once every agreement change is read
         log.info("enforcing %d agreements; %d consent records; %d erased subjects", len(self.charter.agreements),
                  len(self.consent), len(self.erasures))
-
-    def _apply(self, agreement: Agreement) -> None:
-        self.engine.apply(agreement)
-        if self.lineage is not None:
-            self.lineage.changed()
 
     def _set_status(self, agreement_id: str, version: int, status: str) -> None:
         self.engine.set_status(agreement_id, version, status)  # type: ignore[arg-type]

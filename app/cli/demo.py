@@ -29,7 +29,7 @@ def demo(
 ) -> None:
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
-    from backbone.stack.embedded import KEEPS
+    from backbone.stack.memory import KEEPS
 
     console.print(f"keeps: {KEEPS}", highlight=False)
     started = time.monotonic()

