@@ -122,10 +122,21 @@ class Router:
         self.counts: Counter[str] = Counter()
         # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.telemetry.metrics
         self.decided: Counter[tuple[str, str]] = Counter()
-        # Data-quality checks on the raw record, before any treatment (None: no quality rules)
-        self.quality: QualityMonitor | None = None
+        self._quality: QualityMonitor | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this worker's quality windows
         self._bars: dict[tuple[str | None, int | None], tuple[dict[str, Threshold], str]] = {}  # agreement -> its quality bars
+
+    @property
+    def quality(self) -> QualityMonitor | None:
+        """Data-quality checks on the raw record, before any treatment (None: no quality rules)."""
+        return self._quality
+
+    @quality.setter
+    def quality(self, monitor: QualityMonitor | None) -> None:
+        # Consistency rules name subjects by their oversight pseudonym: no national id in the marks.
+        if monitor is not None:
+            monitor.bind(self._subject_fields, self._oversight)
+        self._quality = monitor
 
     def prepare(self) -> None:
         """Register the audit schema and the recipient schemas of the agreements in force now
@@ -171,8 +182,9 @@ class Router:
         the DLQ headers). Registry outages raise (retry later); bad input goes to the DLQ."""
         try:
             record, event_type = self._admit(topic, value)
-            if self.quality is not None:
-                self.quality.observe(event_type, record, now)
+            quality = self._quality
+            if quality is not None:
+                quality.observe(event_type, record, now)
             decisions = self.engine.decide(record, consent, now)
             outputs = self._outputs(record, event_type, key, decisions, now)
         except Rejected as rejected:
