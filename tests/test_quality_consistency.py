@@ -98,3 +98,38 @@ def test_two_workers_split_by_subject_merge_into_the_window_of_their_union(strea
     a = [e for e in events if int(e[1]["national_id"]) % 2 == 0]
     b = [e for e in events if int(e[1]["national_id"]) % 2 == 1]
     assert window(a) + window(b) == window(events)
+
+
+def test_the_router_marks_subjects_by_their_oversight_pseudonym_only() -> None:
+    import random
+    import uuid as uuids
+
+    from backbone.events.catalog import load_catalog
+    from backbone.events.serde import LocalSchemas, encoder_for
+    from backbone.kafka.topics import raw_topic
+    from backbone.keys.keyring import Keyring
+    from backbone.policy.agreements import load_agreements
+    from backbone.policy.decision import NoConsent
+    from backbone.policy.engine import PolicyEngine
+    from backbone.quality.contract import load_quality
+    from backbone.settings import PROJECT_ROOT
+    from processors.router import Router
+    from producers.synthetic.samples import sample_event
+
+    catalog = load_catalog(PROJECT_ROOT / "schemas")
+    charter = load_agreements(PROJECT_ROOT / "agreements", catalog)
+    keyring = Keyring.for_charter(charter)
+    router = Router(catalog, PolicyEngine(charter, keyring), LocalSchemas(), keyring)
+    router.quality = QualityMonitor(load_quality(PROJECT_ROOT / "schemas", catalog).values())
+    rng, subject = random.Random(3), "123456782"
+    died = {**sample_event(catalog.events[DEATH], rng), "national_id": subject, "date_of_death": date(2026, 5, 14)}
+    claimed = {**sample_event(catalog.events[CLAIM], rng), "national_id": subject, "period": "2026-07"}
+    for event_type, record in ((DEATH, died), (CLAIM, claimed)):
+        record = {**record, "event_id": str(uuids.UUID(int=rng.getrandbits(128))), "occurred_at": NOW}
+        encode = encoder_for(router.schemas, f"{raw_topic(event_type)}-value", catalog.events[event_type].avro)
+        router.route(raw_topic(event_type), b"k", encode(record), None, NoConsent(), NOW)
+    router.quality.flush()  # type: ignore[union-attr]
+    (_, marks), = router.quality.marking[DEATH]  # type: ignore[union-attr]
+    assert list(marks) == [router._oversight(subject)] and subject not in repr(marks)  # noqa: SLF001
+    window, = [w for w in router.quality.closed(NOW + timedelta(hours=1)) if w.event_type == CLAIM]  # type: ignore[union-attr]
+    assert window.inconsistent == {"claim_after_death": 1} and subject not in window.to_bytes().decode()

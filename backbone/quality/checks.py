@@ -85,7 +85,7 @@ class Checker:
         self.pseudonym: Pseudonym = hashed
 
     def observe(self, record: dict[str, Any], window: WindowState, seen: set[Marker], previous: frozenset[Marker] | set[Marker],
-                now: datetime) -> None:
+                now: datetime, token: str | None = None) -> None:
         window.events += 1
         missing, invalid = window.missing, window.invalid
         for name, tests in self.plan:
@@ -115,13 +115,12 @@ class Checker:
                 if delay > self.max_delay_s:
                     window.late += 1
         if self.consistency:
-            self._consistent(record, window)
+            self._consistent(record, window, token)
 
-    def _consistent(self, record: dict[str, Any], window: WindowState) -> None:
+    def _consistent(self, record: dict[str, Any], window: WindowState, token: str | None) -> None:
         subject = record.get(self.subject_field) if self.subject_field else None
         if not subject:
             return
-        token = None
         for rule in self.consistency:
             marks = self.marks.get((rule.after, rule.at))
             if not marks:
@@ -175,25 +174,27 @@ class QualityMonitor:
         self._seen: dict[tuple[str, int], set[Marker]] = {}
         self._current: dict[str, tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
-        self._pending: list[tuple[str, dict[str, Any], datetime]] = []
+        self._pending: list[tuple[str, dict[str, Any], datetime, str | None]] = []
         # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
         self.verdicts: dict[str, Scorecard] = {}
         self._hour = 0
 
-    def observe(self, event_type: str, record: dict[str, Any], now: datetime) -> None:
+    def observe(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None = None) -> None:
         """Note one raw record; it is checked with the next few (`MAX_PENDING`) and at the end of its
         batch (`flush`), not in between decoding and encoding others, where the checks ran cold in
-        the cache (`python -m bench.processor`)."""
+        the cache (`python -m bench.processor`). `token`: the subject's pseudonym if the caller has
+        it (the router computes it for the audit record anyway), else the monitor computes it when
+        a consistency rule needs it."""
         if event_type in self.checkers or event_type in self.marking:
-            self._pending.append((event_type, record, now))
+            self._pending.append((event_type, record, now, token))
             if len(self._pending) >= MAX_PENDING:
                 self.flush()
 
     def flush(self) -> None:
         """Check every record noted since the last flush (the data plane's thread only)."""
         pending, self._pending = self._pending, []
-        for event_type, record, now in pending:
-            self._check(event_type, record, now)
+        for event_type, record, now, token in pending:
+            self._check(event_type, record, now, token)
 
     def bind(self, subject_fields: Mapping[str, str | None], pseudonym: Pseudonym) -> None:
         """Each event type's subject field and how a subject is named in the consistency marks (the
@@ -203,22 +204,22 @@ class QualityMonitor:
         for event_type, checker in self.checkers.items():
             checker.subject_field, checker.pseudonym = self.subject_fields.get(event_type), pseudonym
 
-    def _mark(self, event_type: str, record: dict[str, Any]) -> None:
+    def _mark(self, event_type: str, record: dict[str, Any], token: str | None) -> None:
         subject_field = self.subject_fields.get(event_type)
         for at, marks in self.marking[event_type]:
             subject = record.get(subject_field) if subject_field else None
             month = month_index(record.get(at))
             if not subject or month is None:
                 continue
-            token = self._pseudonym(subject)
+            token = token or self._pseudonym(subject)
             marks.pop(token, None)  # re-inserted: the newest is forgotten last
             marks[token] = month
             if len(marks) > MAX_MARKS:
                 del marks[next(iter(marks))]
 
-    def _check(self, event_type: str, record: dict[str, Any], now: datetime) -> None:
+    def _check(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None) -> None:
         if event_type in self.marking:
-            self._mark(event_type, record)
+            self._mark(event_type, record, token)
         checker = self.checkers.get(event_type)
         if checker is None:
             return
@@ -227,7 +228,7 @@ class QualityMonitor:
         current = self._current.get(event_type)
         if current is None or current[0] != self._hour:
             current = self._open(event_type, self._hour)
-        checker.observe(record, current[1], current[2], current[3], now)
+        checker.observe(record, current[1], current[2], current[3], now, token)
 
     def _open(self, event_type: str, hour: int) -> tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]:
         window = self.windows.get((event_type, hour))
