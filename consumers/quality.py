@@ -229,3 +229,15 @@ def _same(got: tuple[Any, ...], expected: tuple[Any, ...]) -> bool:
     close = (score_a is None and score_b is None) or (score_a is not None and score_b is not None
                                                         and abs(score_a - score_b) < 1e-9)
     return close and list(counts_a) == list(counts_b)
+
+
+def recent_scorecards(client: Client, database: str, hours: int = 168, provider: str | None = None) -> list[dict[str, Any]]:
+    """The landed scorecards of the `hours` up to the newest landed hour (of `provider` if given),
+    one dict per (provider, event type, hour, dimension), for the console."""
+    where = "AND provider = {p:String}" if provider else ""
+    result = client.query(
+        f"SELECT provider, event_type, hour, dimension, score, checked, failed, threshold, met, detail FROM {database}.scorecards FINAL "
+        f"WHERE hour >= (SELECT max(hour) FROM {database}.scorecards) - toIntervalHour({int(hours)}) {where} "
+        "ORDER BY provider, event_type, hour, dimension", parameters={"p": provider or ""})
+    names = ("provider", "event_type", "hour", "dimension", "score", "checked", "failed", "threshold", "met", "detail")
+    return [{**dict(zip(names, row, strict=True)), "detail": json.loads(row[9] or "{}")} for row in result.result_rows]

@@ -122,10 +122,21 @@ class Router:
         self.counts: Counter[str] = Counter()
         # decisions by (recipient, outcome: permit or the denial's reason), read by backbone.telemetry.metrics
         self.decided: Counter[tuple[str, str]] = Counter()
-        # Data-quality checks on the raw record, before any treatment (None: no quality rules)
-        self.quality: QualityMonitor | None = None
+        self._quality: QualityMonitor | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this worker's quality windows
         self._bars: dict[tuple[str | None, int | None], tuple[dict[str, Threshold], str]] = {}  # agreement -> its quality bars
+
+    @property
+    def quality(self) -> QualityMonitor | None:
+        """Data-quality checks on the raw record, before any treatment (None: no quality rules)."""
+        return self._quality
+
+    @quality.setter
+    def quality(self, monitor: QualityMonitor | None) -> None:
+        # Consistency rules name subjects by their oversight pseudonym: no national id in the marks.
+        if monitor is not None:
+            monitor.bind(self._subject_fields, self._oversight)
+        self._quality = monitor
 
     def prepare(self) -> None:
         """Register the audit schema and the recipient schemas of the agreements in force now
@@ -171,10 +182,15 @@ class Router:
         the DLQ headers). Registry outages raise (retry later); bad input goes to the DLQ."""
         try:
             record, event_type = self._admit(topic, value)
-            if self.quality is not None:
-                self.quality.observe(event_type, record, now)
+            # The subject's oversight pseudonym, for the audit record and the quality monitor's consistency marks
+            subject_field = self._subject_fields[event_type]
+            subject = record.get(subject_field) if subject_field else None
+            subject_token = self._oversight(subject) if subject else None
+            quality = self._quality
+            if quality is not None:
+                quality.observe(event_type, record, now, subject_token)
             decisions = self.engine.decide(record, consent, now)
-            outputs = self._outputs(record, event_type, key, decisions, now)
+            outputs = self._outputs(record, event_type, key, decisions, now, subject_token)
         except Rejected as rejected:
             return [self._dead_letter(rejected.reason, key, value, headers, topic, partition, offset, rejected.detail)]
         except RegistryError:
@@ -237,13 +253,11 @@ class Router:
         decode = self._decoders[schema_id] = compile_decoder(self.schemas.schema(schema_id))
         return decode
 
-    def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime) -> list[Output]:
+    def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime,
+                 subject_token: str | None) -> list[Output]:
         outputs: list[Output] = []
         event_id = str(record["event_id"])  # fastavro reads the uuid logical type as uuid.UUID
         event_id_bytes = event_id.encode()
-        subject_field = self._subject_fields[event_type]
-        subject = record.get(subject_field) if subject_field else None
-        subject_token = self._oversight(subject) if subject else None
         provider = record["provider"]
         audit = self._audit_record or self._audit_writer()
         audited: list[Decision] = []  # as decided after the quality gate: a held permit is audited as the denial it became

@@ -27,7 +27,7 @@ def test_every_raw_event_type_of_the_repository_has_a_valid_quality_section() ->
     contracts = load_quality(SCHEMAS, CATALOG)
     assert set(contracts) == set(CATALOG.raw_event_types)
     claim = contracts["welfare.benefit_claimed"].quality
-    assert claim.dimensions() == ["completeness", "validity", "uniqueness", "timeliness", "volume"]
+    assert claim.dimensions() == ["completeness", "validity", "uniqueness", "timeliness", "volume", "consistency"]
     assert str(claim.completeness.threshold) == ">= 98"
     assert set(ODCS_METRICS) <= set(claim.dimensions())
 
@@ -73,7 +73,7 @@ def test_unknown_dimensions_and_keys_are_refused() -> None:
     assert any("max_delay" in p for p in problems({"timeliness": {"max_delay": 3}}))
     found, = [parse_quality({"rules": []}, CLAIM, "x.yaml")[1]]
     assert found == ["x.yaml (welfare.benefit_claimed): expected one top-level key `quality:` holding any of "
-                     "completeness, validity, uniqueness, timeliness, volume"]
+                     "completeness, validity, uniqueness, timeliness, volume, consistency"]
 
 
 def test_the_loader_lists_every_problem_of_every_file(tmp_path: Path) -> None:
@@ -89,3 +89,17 @@ def test_the_loader_lists_every_problem_of_every_file(tmp_path: Path) -> None:
     assert "uniqueness.key: welfare.benefit_claimed has no field 'nope'" in text
     assert "tax.income_declared.quality.yaml: not valid YAML at line" in text
     assert "no event type 'tax.income_filed' in the catalog" in text
+
+
+def test_a_consistency_rule_names_real_events_and_fields_of_the_catalog() -> None:
+    def found(rule: dict) -> list[str]:
+        return parse_quality({"quality": {"consistency": {"rules": [rule]}}}, CLAIM, "c.yaml", CATALOG)[1]
+
+    good = {"name": "claim_after_death", "after": "registry.death_registered", "at": "date_of_death", "field": "period"}
+    assert found(good) == []
+    assert found({**good, "after": "registry.deaths"}) == ["c.yaml (welfare.benefit_claimed): consistency.rules[0]: "
+                                                           "after: no event type 'registry.deaths' in the catalog"]
+    assert "registry.death_registered has no field 'died_on'" in found({**good, "at": "died_on"})[0]
+    assert "welfare.benefit_claimed has no field 'month'" in found({**good, "field": "month"})[0]
+    twice = parse_quality({"quality": {"consistency": {"rules": [good, good]}}}, CLAIM, "c.yaml", CATALOG)[1]
+    assert "names ['claim_after_death'] repeat" in twice[0]

@@ -49,6 +49,7 @@ def test_the_quality_rules_become_odcs_metrics_with_their_bars() -> None:
     assert props["event_id"]["quality"][0]["metric"] == "duplicateValues"
     assert props["national_id"]["classification"] == "restricted" and props["national_id"]["tags"] == ["PII"]
     assert doc["schema"][0]["quality"][0]["metric"] == "rowCount"
+    assert [(c["name"], c["dimension"]) for c in doc["schema"][0]["quality"][2:]] == [("claim_after_death", "consistency")]
     assert doc["slaProperties"] == [{"property": "latency", "value": 3600.0, "unit": "s", "element": "welfare_benefit_claimed.occurred_at",
                                      "description": "from occurred_at to the backbone's decision"}]
 

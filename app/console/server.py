@@ -2,7 +2,7 @@
 
 Pages: `/` (flows between agencies, DLQ, lag, rows, registry subjects, unreachable parts; its live
 part is replaced by each `status` event of `/events`), `/charter` (agreements with status, purposes
-and field treatments), `/subject` (oversight only: every disclosure about one person). Every page
+and field treatments), `/quality` (the providers' scorecards, `app.console.quality`), `/subject` (oversight only: every disclosure about one person). Every page
 needs a login (`app.console.auth`); the console binds 127.0.0.1 unless `BACKBONE_CONSOLE_HOST`
 says otherwise. Stopping does not wait on open event streams: they end when the console shuts down.
 """
@@ -229,7 +229,8 @@ def disclosures_lookup(settings: Settings, oversight: Settings | None = None) ->
 
 
 def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
-             refresh_s: float = 5.0, secure_cookies: bool = False, grievances: Any = None, held: Any = None) -> web.Application:
+             refresh_s: float = 5.0, secure_cookies: bool = False, grievances: Any = None, held: Any = None,
+             quality: Any = None) -> web.Application:
     """The console; `snapshot` is the blocking read of the stack, shared and refreshed every `refresh_s`;
     `secure_cookies` when browsers reach it over https, even if TLS ends before this process."""
     app = web.Application(middlewares=[_guard])
@@ -250,17 +251,22 @@ def make_app(logins: Logins, snapshot: Callable[[], Snapshot], lookup: Lookup,
         from app.portal.handling import console_routes
 
         console_routes(app, grievances, views.page, _session, held=held)
+    if quality is not None:  # the providers' data-quality scorecards (app.console.quality)
+        from app.console.quality import quality_routes
+
+        quality_routes(app, quality, views.page, _session)
     return app
 
 
 def app_for(settings: Settings, minutes: int = 5, oversight: Settings | None = None) -> web.Application:
+    from app.console.quality import scorecard_reader
     from app.portal.grievance_book import GrievanceBook
     from app.portal.server import CachedCharter
     from app.portal.trail import PortalTrail
 
     return make_app(Logins.from_settings(settings), lambda: collect_snapshot(settings, minutes), disclosures_lookup(settings, oversight),
                     secure_cookies=settings.console_over_https, grievances=GrievanceBook(settings),
-                    held=PortalTrail(settings, CachedCharter(settings), None).held_counts)
+                    held=PortalTrail(settings, CachedCharter(settings), None).held_counts, quality=scorecard_reader(settings))
 
 
 async def start(settings: Settings, host: str | None = None, port: int | None = None,

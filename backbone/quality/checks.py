@@ -8,13 +8,14 @@ update per sketch. Values never leave the monitor: only counts and sketches do
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable, Iterable, Mapping
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 from uuid import UUID
 
-from backbone.quality.contract import QualityContract, Threshold, ValidityRule, finite
+from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState
 
@@ -26,6 +27,25 @@ _NO_KEYS: frozenset[Marker] = frozenset()
 # / 53.4. Holding a whole batch of decoded records alive sets off the cyclic garbage collector (132
 # young and 1-2 full collections per 27,000 events, none otherwise), which costs most in a big worker.
 MAX_PENDING = 64
+# Subjects remembered per consistency rule's earlier event (by pseudonym, with its month), the oldest
+# forgotten first past this bound: ~200 bytes each, so at most ~200 MB a rule in a worker.
+MAX_MARKS = 1_000_000
+Pseudonym = Callable[[str], str]
+Marks = dict[str, int]  # subject pseudonym -> month index (year * 12 + month - 1), in insertion order
+
+
+def month_index(value: Any) -> int | None:
+    """The month of a date, a datetime or `YYYY-MM...` text as year * 12 + month - 1 (None: none)."""
+    if isinstance(value, (date, datetime)):
+        return value.year * 12 + value.month - 1
+    if isinstance(value, str) and len(value) >= 7 and value[4] == "-" and value[:4].isdigit() and value[5:7].isdigit():
+        return int(value[:4]) * 12 + int(value[5:7]) - 1
+    return None
+
+
+def hashed(subject: str) -> str:
+    """The pseudonym used when the monitor is given none (tests, benchmarks): a SHA-256 of the value."""
+    return hashlib.sha256(subject.encode()).hexdigest()
 
 
 def rule_label(rule: ValidityRule) -> str:
@@ -47,7 +67,7 @@ def _test(rule: ValidityRule) -> Test:
 class Checker:
     """One event type's checks; `observe(record, window, seen, previous, now)` adds one event's evidence."""
 
-    def __init__(self, contract: QualityContract) -> None:
+    def __init__(self, contract: QualityContract, subject_field: str | None = None) -> None:
         quality = contract.quality
         self.event_type = contract.event_type
         required = list(quality.completeness.fields) if quality.completeness else []
@@ -59,9 +79,13 @@ class Checker:
         self.labels = {rule_label(rule): rule.field for rule in rules}
         self.key = quality.uniqueness.key if quality.uniqueness else None
         self.max_delay_s = quality.timeliness.max_delay_seconds if quality.timeliness else None
+        self.subject_field = subject_field
+        self.consistency: tuple[ConsistencyRule, ...] = tuple(quality.consistency.rules) if quality.consistency else ()
+        self.marks: dict[tuple[str, str], Marks] = {}  # (after, at) -> marks: the monitor's, shared by rules
+        self.pseudonym: Pseudonym = hashed
 
     def observe(self, record: dict[str, Any], window: WindowState, seen: set[Marker], previous: frozenset[Marker] | set[Marker],
-                now: datetime) -> None:
+                now: datetime, token: str | None = None) -> None:
         window.events += 1
         missing, invalid = window.missing, window.invalid
         for name, tests in self.plan:
@@ -90,6 +114,22 @@ class Checker:
                 window.delays.update(delay)
                 if delay > self.max_delay_s:
                     window.late += 1
+        if self.consistency:
+            self._consistent(record, window, token)
+
+    def _consistent(self, record: dict[str, Any], window: WindowState, token: str | None) -> None:
+        subject = record.get(self.subject_field) if self.subject_field else None
+        if not subject:
+            return
+        for rule in self.consistency:
+            marks = self.marks.get((rule.after, rule.at))
+            if not marks:
+                continue
+            token = token or self.pseudonym(subject)
+            marked = marks.get(token)
+            month = month_index(record.get(rule.field))
+            if marked is not None and month is not None and month > marked:
+                window.inconsistent[rule.name] += 1
 
     def finish(self, window: WindowState) -> WindowState:
         """Fill in the values each validity rule checked: the window's events less its field's missing."""
@@ -112,41 +152,83 @@ class QualityMonitor:
     boundary is still a duplicate.
     """
 
-    def __init__(self, contracts: Iterable[QualityContract]) -> None:
+    def __init__(self, contracts: Iterable[QualityContract], subject_fields: Mapping[str, str | None] | None = None) -> None:
         self.contracts = {contract.event_type: contract for contract in contracts}
-        self.checkers = {event_type: Checker(contract) for event_type, contract in self.contracts.items()}
+        subject_fields = subject_fields or {}
+        self.checkers = {event_type: Checker(contract, subject_fields.get(event_type))
+                         for event_type, contract in self.contracts.items()}
+        # Consistency rules: the earlier events each rule holds others against, by event type -> [(at,
+        # marks)]; the marks are per worker and in memory only, keyed by the subject's pseudonym.
+        self.marking: dict[str, list[tuple[str, Marks]]] = {}
+        for checker in self.checkers.values():
+            for rule in checker.consistency:
+                if (rule.after, rule.at) not in checker.marks:
+                    found = [m for at, m in self.marking.get(rule.after, ()) if at == rule.at]
+                    if not found:
+                        found = [{}]
+                        self.marking.setdefault(rule.after, []).append((rule.at, found[0]))
+                    checker.marks[(rule.after, rule.at)] = found[0]
+        self.subject_fields = dict(subject_fields)
+        self._pseudonym: Pseudonym = hashed
         self.windows: dict[tuple[str, int], WindowState] = {}
         self._seen: dict[tuple[str, int], set[Marker]] = {}
         self._current: dict[str, tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
-        self._pending: list[tuple[str, dict[str, Any], datetime]] = []
+        self._pending: list[tuple[str, dict[str, Any], datetime, str | None]] = []
         # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
         self.verdicts: dict[str, Scorecard] = {}
         self._hour = 0
 
-    def observe(self, event_type: str, record: dict[str, Any], now: datetime) -> None:
+    def observe(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None = None) -> None:
         """Note one raw record; it is checked with the next few (`MAX_PENDING`) and at the end of its
         batch (`flush`), not in between decoding and encoding others, where the checks ran cold in
-        the cache (`python -m bench.processor`)."""
-        if event_type in self.checkers:
-            self._pending.append((event_type, record, now))
+        the cache (`python -m bench.processor`). `token`: the subject's pseudonym if the caller has
+        it (the router computes it for the audit record anyway), else the monitor computes it when
+        a consistency rule needs it."""
+        if event_type in self.checkers or event_type in self.marking:
+            self._pending.append((event_type, record, now, token))
             if len(self._pending) >= MAX_PENDING:
                 self.flush()
 
     def flush(self) -> None:
         """Check every record noted since the last flush (the data plane's thread only)."""
         pending, self._pending = self._pending, []
-        for event_type, record, now in pending:
-            self._check(event_type, record, now)
+        for event_type, record, now, token in pending:
+            self._check(event_type, record, now, token)
 
-    def _check(self, event_type: str, record: dict[str, Any], now: datetime) -> None:
-        checker = self.checkers[event_type]
+    def bind(self, subject_fields: Mapping[str, str | None], pseudonym: Pseudonym) -> None:
+        """Each event type's subject field and how a subject is named in the consistency marks (the
+        router gives the catalog's fields and its oversight pseudonym: no national id is kept)."""
+        self.subject_fields = dict(subject_fields)
+        self._pseudonym = pseudonym
+        for event_type, checker in self.checkers.items():
+            checker.subject_field, checker.pseudonym = self.subject_fields.get(event_type), pseudonym
+
+    def _mark(self, event_type: str, record: dict[str, Any], token: str | None) -> None:
+        subject_field = self.subject_fields.get(event_type)
+        for at, marks in self.marking[event_type]:
+            subject = record.get(subject_field) if subject_field else None
+            month = month_index(record.get(at))
+            if not subject or month is None:
+                continue
+            token = token or self._pseudonym(subject)
+            marks.pop(token, None)  # re-inserted: the newest is forgotten last
+            marks[token] = month
+            if len(marks) > MAX_MARKS:
+                del marks[next(iter(marks))]
+
+    def _check(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None) -> None:
+        if event_type in self.marking:
+            self._mark(event_type, record, token)
+        checker = self.checkers.get(event_type)
+        if checker is None:
+            return
         if now is not self._now:
             self._now, self._hour = now, int(now.timestamp() * 1000) // HOUR_MS
         current = self._current.get(event_type)
         if current is None or current[0] != self._hour:
             current = self._open(event_type, self._hour)
-        checker.observe(record, current[1], current[2], current[3], now)
+        checker.observe(record, current[1], current[2], current[3], now, token)
 
     def _open(self, event_type: str, hour: int) -> tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]:
         window = self.windows.get((event_type, hour))

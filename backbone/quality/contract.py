@@ -13,6 +13,16 @@ Each event type may have `schemas/<event type>.quality.yaml` beside its Avro sch
       uniqueness: {key: event_id, threshold: ">= 99.5"}                      # ODCS duplicateValues
       timeliness: {max_delay_seconds: 3600, threshold: ">= 98"}              # ODCS slaProperties latency
       volume: {weeks: 4, threshold: ">= 60"}                                  # ODCS rowCount
+      consistency:                                                            # across providers
+        threshold: ">= 99.9"
+        rules:
+          - {name: claim_after_death, after: registry.death_registered, at: date_of_death, field: period}
+
+A consistency rule holds an event against another provider's earlier event about the same subject:
+the event is inconsistent when an `after` event of its subject was seen and the month of its
+`field` is after the month of that event's `at` (a benefit claimed for a month after a registered
+death). The processor checks it on the raw streams it sees, keyed by the subject's oversight
+pseudonym (`backbone.quality.checks`).
 
 A dimension's score is the share of its checks passed, 0-100 (`backbone.quality.scorecard`); its
 threshold is the bar the provider commits to. Loaded once at start-up with every problem named.
@@ -32,7 +42,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 from backbone.events.catalog import Catalog, EventSchema
 from backbone.quality.errors import QualityContractError
 
-DIMENSIONS = ("completeness", "validity", "uniqueness", "timeliness", "volume")
+DIMENSIONS = ("completeness", "validity", "uniqueness", "timeliness", "volume", "consistency")
 # The Open Data Contract Standard v3 name of each dimension's metric (`quality[].metric`), where it
 # has one; timeliness is an SLA property there (`slaProperties[].property: latency`).
 ODCS_METRICS = {"completeness": "nullValues", "validity": "invalidValues", "uniqueness": "duplicateValues",
@@ -132,12 +142,28 @@ class Volume(_Rule):
     threshold: ThresholdField = Threshold(">=", 50.0)
 
 
+class ConsistencyRule(_Rule):
+    """An event is inconsistent when its subject's `after` event was seen and its `field`'s month is
+    after the month of that event's `at` (dates, timestamps or `YYYY-MM...` text)."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$")
+    after: str
+    at: str
+    field: str
+
+
+class Consistency(_Rule):
+    rules: list[ConsistencyRule] = Field(min_length=1)
+    threshold: ThresholdField = Threshold(">=", 100.0)
+
+
 class QualitySection(_Rule):
     completeness: Completeness | None = None
     validity: Validity | None = None
     uniqueness: Uniqueness | None = None
     timeliness: Timeliness | None = None
     volume: Volume | None = None
+    consistency: Consistency | None = None
 
     def dimensions(self) -> list[str]:
         return [name for name in DIMENSIONS if getattr(self, name) is not None]
@@ -168,6 +194,31 @@ def avro_kind(avro_type: Any) -> str:
     if isinstance(avro_type, dict):
         return "string" if avro_type.get("logicalType") == "uuid" else avro_type.get("type", "record")
     return str(avro_type)
+
+
+def _consistency_problems(section: QualitySection, schema: EventSchema, catalog: Catalog | None, where: str) -> list[str]:
+    if section.consistency is None:
+        return []
+    problems: list[str] = []
+    if not schema.subject_field:
+        problems.append(f"{where}: consistency: {schema.event_type} names no subject; a consistency rule needs one")
+    names = [rule.name for rule in section.consistency.rules]
+    if len(set(names)) != len(names):
+        problems.append(f"{where}: consistency.rules: names {sorted(n for n in set(names) if names.count(n) > 1)} repeat; name each rule once")
+    for index, rule in enumerate(section.consistency.rules):
+        at = f"{where}: consistency.rules[{index}]"
+        if rule.field not in schema.fields or rule.field == "governance":
+            problems.append(f"{at}: {schema.event_type} has no field {rule.field!r}")
+        if catalog is None:
+            continue
+        other = catalog.events.get(rule.after)
+        if other is None:
+            problems.append(f"{at}: after: no event type {rule.after!r} in the catalog")
+        elif not other.subject_field:
+            problems.append(f"{at}: after: {rule.after} names no subject; a consistency rule needs one")
+        elif rule.at not in other.fields or rule.at == "governance":
+            problems.append(f"{at}: at: {rule.after} has no field {rule.at!r}")
+    return problems
 
 
 def _field_problems(section: QualitySection, schema: EventSchema, where: str) -> list[str]:
@@ -211,7 +262,8 @@ def _enum_symbols(avro_type: Any) -> list[str]:
     return list(avro_type.get("symbols", ())) if isinstance(avro_type, dict) else []
 
 
-def parse_quality(data: Any, schema: EventSchema, source: str) -> tuple[QualityContract | None, list[str]]:
+def parse_quality(data: Any, schema: EventSchema, source: str,
+                  catalog: Catalog | None = None) -> tuple[QualityContract | None, list[str]]:
     """One event type's contract from its YAML mapping; problems name the file and the rule."""
     where = f"{source} ({schema.event_type})"
     if not isinstance(data, dict) or set(data) != {"quality"}:
@@ -221,7 +273,7 @@ def parse_quality(data: Any, schema: EventSchema, source: str) -> tuple[QualityC
     except ValidationError as exc:
         return None, [f"{where}: quality.{'.'.join(str(p) for p in item['loc']) or 'section'}: "
                       f"{item['msg'].removeprefix('Value error, ')}" for item in exc.errors()]
-    problems = _field_problems(section, schema, where)
+    problems = _field_problems(section, schema, where) + _consistency_problems(section, schema, catalog, where)
     return (None if problems else QualityContract(schema.event_type, source, section)), problems
 
 
@@ -242,7 +294,7 @@ def load_quality(schemas_dir: Path, catalog: Catalog) -> dict[str, QualityContra
             at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
             problems.append(f"{path}: not valid YAML{at}")
             continue
-        contract, found = parse_quality(data, catalog.event(event_type), str(path))
+        contract, found = parse_quality(data, catalog.event(event_type), str(path), catalog)
         problems.extend(found)
         if contract is not None:
             contracts[event_type] = contract

@@ -95,6 +95,11 @@ def odcs_document(schema: EventSchema, contract: QualityContract | None) -> dict
         checks.append({"name": "on_time", "dimension": "timeliness", "type": "text",
                        "description": f"events decided within {quality.timeliness.max_delay_seconds:g} s of occurred_at: "
                                       f"score {quality.timeliness.threshold} of an hour's events"})
+    if quality and quality.consistency:
+        for rule in quality.consistency.rules:
+            checks.append({"name": rule.name, "dimension": "consistency", "type": "text",
+                           "description": f"no event for a {rule.field} month after the month of its subject's {rule.after} "
+                                          f"{rule.at}: score {quality.consistency.threshold} of an hour's events"})
     if checks:
         dataset["quality"] = checks
     document: dict[str, Any] = {

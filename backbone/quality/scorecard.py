@@ -2,7 +2,8 @@
 
 A dimension's score is the share of its checks that passed: completeness checks each listed field
 of each event (missing: null, empty or NaN), validity each present value against its rule,
-uniqueness and timeliness each event (a duplicate key; later than the bound), volume the hour's
+uniqueness and timeliness each event (a duplicate key; later than the bound), consistency each
+event against each of its rules (a claim after its subject's registered death), volume the hour's
 events against the median of the same hour in earlier weeks (capped at 100). A dimension with no
 checks (no events, no history) has no score (None): there is no evidence either way.
 """
@@ -76,7 +77,9 @@ def score(window: WindowState, contract: QualityContract, baseline: float | None
         elif dimension == "validity":
             labels = sorted(set(window.checked) | set(window.invalid))
             detail = {label: (window.checked.get(label, 0), window.invalid.get(label, 0)) for label in labels}
-        if dimension in ("completeness", "validity"):
+        elif dimension == "consistency":
+            detail = {rule.name: (window.events, window.inconsistent.get(rule.name, 0)) for rule in quality.consistency.rules}
+        if dimension in ("completeness", "validity", "consistency"):
             checked, failed = sum(c for c, _ in detail.values()), sum(f for _, f in detail.values())
             value = _ratio(checked, failed)
         elif dimension == "uniqueness":

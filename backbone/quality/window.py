@@ -1,6 +1,7 @@
 """One hour of one event type's quality evidence, as mergeable state.
 
-Counters (events, missing per field, checked and invalid per validity rule, duplicates, late) add
+Counters (events, missing per field, checked and invalid per validity rule, duplicates, late,
+inconsistent per consistency rule) add
 when two workers' windows merge, so a merged window's counts are exact. Two Apache DataSketches
 carry what counters cannot: an HLL sketch of the uniqueness key (distinct count, relative error
 `HLL_REL_ERR` at 2 standard deviations) and a KLL sketch of the delay `occurred_at` -> decision in
@@ -71,6 +72,7 @@ class WindowState:
     late: int = 0
     distinct: hll_sketch = field(default_factory=lambda: hll_sketch(HLL_LG_K, tgt_hll_type.HLL_8))
     delays: kll_floats_sketch = field(default_factory=lambda: kll_floats_sketch(KLL_K))
+    inconsistent: Counter[str] = field(default_factory=Counter)  # consistency rule name -> events failing it
 
     @property
     def provider(self) -> str:
@@ -92,12 +94,12 @@ class WindowState:
         return WindowState(self.event_type, self.hour, self.events + other.events, self.missing + other.missing,
                            self.checked + other.checked, self.invalid + other.invalid,
                            self.duplicates + other.duplicates, self.late + other.late,
-                           union.get_result(tgt_hll_type.HLL_8), delays)
+                           union.get_result(tgt_hll_type.HLL_8), delays, self.inconsistent + other.inconsistent)
 
     def counters(self) -> dict[str, Any]:
         """Every exact count, for comparison and tables."""
         return {"events": self.events, "missing": dict(self.missing), "checked": dict(self.checked),
-                "invalid": dict(self.invalid), "duplicates": self.duplicates, "late": self.late}
+                "invalid": dict(self.invalid), "duplicates": self.duplicates, "late": self.late, "inconsistent": dict(self.inconsistent)}
 
     def distinct_estimate(self) -> tuple[float, float, float]:
         """(estimate, lower, upper) of the distinct uniqueness keys, bounds at two standard deviations."""
@@ -124,7 +126,8 @@ class WindowState:
             return cls(str(data["event_type"]), int(data["hour"]), int(data["events"]), Counter(data["missing"]),
                        Counter(data["checked"]), Counter(data["invalid"]), int(data["duplicates"]), int(data["late"]),
                        hll_sketch.deserialize(base64.b64decode(data["distinct"])),
-                       kll_floats_sketch.deserialize(base64.b64decode(data["delays"])))
+                       kll_floats_sketch.deserialize(base64.b64decode(data["delays"])),
+                       Counter(data.get("inconsistent", {})))  # absent from windows landed before consistency rules
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise QualityStateError(f"a quality window could not be read ({type(exc).__name__}); it is corrupt") from None
 

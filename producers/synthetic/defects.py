@@ -10,6 +10,14 @@ and the rates within a tenth of a point. A re-sent copy carries its original's d
 - `duplicate`: an event of any type is sent twice (the same event id)
 - `late`: an event's `occurred_at` is two days before it is sent (every other event's is its send
   time: with defects on, the stream is "live", so timeliness means something)
+- `dropped`: in one hour (`drop_hour`, hours since the epoch of the clock), 40% of each event type's
+  records are not sent. The volume dimension holds an hour against the same hour of earlier weeks:
+  plant those with `plant` run again, the same seed, no `drop_hour`, at a clock weeks earlier
+  (`earlier_weeks`); each defect counter runs as it would have, so the hour lacks exactly the
+  dropped records.
+- `after_death`: not planted here but counted: the generator's own `claim_after_death` fraud cases
+  claim a benefit for a month after the claimant's registered death; each such claim sent after the
+  death is counted, the cross-provider consistency rule of `welfare.benefit_claimed`.
 """
 
 from __future__ import annotations
@@ -19,11 +27,13 @@ import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
 MISSING_EVENT, MISSING_FIELD = "welfare.benefit_claimed", "postcode"
 INVALID_EVENT, INVALID_FIELD = "tax.income_declared", "declared_income"
 LATE_BY = timedelta(days=2)  # later than every contract's timeliness bound (registry: a day)
+DEATH_EVENT, CLAIM_EVENT = "registry.death_registered", "welfare.benefit_claimed"
+HOUR = timedelta(hours=1)
 CONSENT_EVENT = "consent.changed"  # consent changes pass untouched: they are no provider's raw stream
 
 
@@ -35,9 +45,10 @@ class Defects:
     invalid: float = 0.01
     duplicate: float = 0.005
     late: float = 0.02
+    drop: float = 0.4  # of each event type's records in the drop hour, if there is one
 
     def __post_init__(self) -> None:
-        for name in ("missing", "invalid", "duplicate", "late"):
+        for name in ("missing", "invalid", "duplicate", "late", "drop"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"defect rate {name}={getattr(self, name)} is not between 0 and 1")
 
@@ -62,12 +73,30 @@ class _Every:
         return math.floor(self.n * self.rate + self.phase) > math.floor((self.n - 1) * self.rate + self.phase)
 
 
+def earlier_weeks(moment: datetime, weeks: int) -> list[datetime]:
+    """The same moment in each of `weeks` earlier weeks, oldest first: the clocks of the history the
+    volume dimension compares `moment`'s hour with."""
+    return [moment - timedelta(weeks=k) for k in range(weeks, 0, -1)]
+
+
+def _month(value: object) -> int | None:
+    if isinstance(value, date):
+        return value.year * 12 + value.month - 1
+    if isinstance(value, int):  # a date as days since the epoch (the Avro form)
+        return _month(date(1970, 1, 1) + timedelta(days=value))
+    if isinstance(value, str) and len(value) >= 7:
+        return int(value[:4]) * 12 + int(value[5:7]) - 1
+    return None
+
+
 def plant(stream: Iterable[tuple[str, dict]], defects: Defects, clock: Callable[[], datetime],
-          planted: Planted | None = None) -> Iterator[tuple[str, dict]]:
+          planted: Planted | None = None, drop_hour: int | None = None) -> Iterator[tuple[str, dict]]:
     """The stream with defects planted (records are copied, not changed); counts go to `planted`."""
     planted = planted if planted is not None else Planted()
     missing, invalid = _Every(defects.missing, 0.13), _Every(defects.invalid, 0.89)
     duplicate, late = _Every(defects.duplicate, 0.61), _Every(defects.late, 0.37)
+    drops: dict[str, _Every] = {}
+    deaths: dict[str, int] = {}  # national id -> month of death, of the deaths sent
     for event_type, record in stream:
         if event_type == CONSENT_EVENT:
             yield event_type, record
@@ -86,9 +115,26 @@ def plant(stream: Iterable[tuple[str, dict]], defects: Defects, clock: Callable[
             record[INVALID_FIELD] = -abs(record[INVALID_FIELD]) - 1.0
             kinds.append("invalid")
         copies = 2 if duplicate() else 1
-        if copies == 2:
+        # Dropped last, so every other counter runs as in the same stream without the drop.
+        dropping = drop_hour is not None and int(now.timestamp()) // 3600 == drop_hour
+        drop = drops.setdefault(event_type, _Every(defects.drop, 0.29)) if dropping else None
+        kept = [drop is None or not drop() for _ in range(copies)]
+        if not all(kept):
+            planted.defects[(event_type, "dropped")] += kept.count(False)
+        if kept.count(True) == 2:
             planted.defects[(event_type, "duplicate")] += 1
-        for _ in range(copies):  # a re-sent copy carries its original's defects too
+        for _ in range(kept.count(True)):  # a re-sent copy carries its original's defects too
             planted.sent[event_type] += 1
             planted.defects.update((event_type, kind) for kind in kinds)
+            _after_death(event_type, record, deaths, planted)
             yield event_type, record
+
+
+def _after_death(event_type: str, record: dict, deaths: dict[str, int], planted: Planted) -> None:
+    subject = record.get("national_id")
+    if event_type == DEATH_EVENT and subject and _month(record.get("date_of_death")) is not None:
+        deaths[subject] = _month(record["date_of_death"])  # type: ignore[assignment]
+    elif event_type == CLAIM_EVENT and subject in deaths:
+        month = _month(record.get("period"))
+        if month is not None and month > deaths[subject]:
+            planted.defects[(event_type, "after_death")] += 1
