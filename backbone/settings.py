@@ -142,6 +142,9 @@ class Settings(BaseSettings):
     console_host: str = Field("127.0.0.1", description="Address `backbone console` binds")
     console_operator_password: SecretStr | None = Field(None, description="Password of the console's `operator` user (role operator)")
     console_oversight_password: SecretStr | None = Field(None, description="Password of the console's `oversight` user (role oversight)")
+    console_handlers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="The agencies' grievance handlers in the console, JSON: {\"name@agency\": \"password\"}; "
+        "each sees and works only its agency's grievances")
     console_public_url: str | None = Field(None, description="URL browsers reach the console at, when a proxy in front ends TLS "
                                                              "(https://...: the session cookie is Secure)")
 
