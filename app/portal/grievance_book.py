@@ -85,22 +85,13 @@ def forget(settings: Settings, tokens: Iterable[str], actor: str) -> int:
     pseudonyms under every key) republished `redacted`, each sealed first as a `grievance` action
     with outcome `erased`. Returns the cases redacted; idempotent (a redacted case names no one)."""
     from backbone.audit import operations
-    from backbone.kafka.compacted import read_to_end
-    from backbone.kafka.topics import Topics, eager_compaction
 
     wanted = {token for token in tokens if token}
-    Topics(settings).ensure(GRIEVANCES_TOPIC, config=eager_compaction())
-    latest: dict[bytes, bytes | None] = {}
-    for message in read_to_end(settings, GRIEVANCES_TOPIC, timeout=settings.kafka_timeout_s * 3):
-        latest[message.key() or b""] = message.value()
-    found: list[Case] = []
-    for value in latest.values():
-        try:
-            case = None if value is None else Case.from_json(json.loads(value))
-        except (ValueError, KeyError, TypeError, g.GrievanceError):
-            continue
-        if case is not None and case.subject_token in wanted:
-            found.append(case)
+    book = GrievanceBook(settings)
+    try:
+        found = [case for case in book.cases().values() if case.subject_token in wanted]  # read to the end, or raises
+    finally:
+        book.close()
     for case in found:
         c = case.grievance
         operations.record(settings, operations.OperatorAction(
