@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from backbone.errors import SettingsError
 
@@ -332,6 +333,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except PydanticSettingsError as exc:  # a mapping or list variable that is not JSON (BACKBONE_CONSOLE_HANDLERS)
+        raise SettingsError(f"{exc}: that variable takes JSON, e.g. BACKBONE_CONSOLE_HANDLERS='{{\"alice@tax\": \"...\"}}'") from None
 
 
 @lru_cache(maxsize=1)

@@ -451,9 +451,17 @@ def test_an_entry_inserted_into_the_trail_later_has_no_proof(world: World, click
     run(world, test)
 
 
-def test_a_console_handler_is_name_at_agency_and_logs_in_as_a_handler_of_that_agency() -> None:
+def test_a_console_handler_is_name_at_agency_and_logs_in_as_a_handler_of_that_agency(monkeypatch: pytest.MonkeyPatch) -> None:
     from app.console.auth import HANDLER, Logins, agency_of
     from backbone.errors import SettingsError
+    from backbone.settings import load_settings
+
+    monkeypatch.setenv("BACKBONE_CONSOLE_HANDLERS", '{"bob@welfare": "handler-pass-2"}')
+    assert Logins.from_settings(load_settings(console_operator_password=None, console_oversight_password=None)).users == ["bob@welfare"]
+    monkeypatch.setenv("BACKBONE_CONSOLE_HANDLERS", "bob@welfare=handler-pass-2")
+    with pytest.raises(SettingsError, match="console_handlers.*takes JSON") as refused:
+        load_settings()
+    assert "handler-pass-2" not in str(refused.value)
 
     assert agency_of("alice@tax") == "tax" and agency_of("a@b@welfare") == "welfare"
     for bad in ("alice", "@tax", "alice@", "alice@ tax", "operator"):
