@@ -15,6 +15,7 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError as PydanticSettingsError
 
 from backbone.errors import SettingsError
 
@@ -142,6 +143,9 @@ class Settings(BaseSettings):
     console_host: str = Field("127.0.0.1", description="Address `backbone console` binds")
     console_operator_password: SecretStr | None = Field(None, description="Password of the console's `operator` user (role operator)")
     console_oversight_password: SecretStr | None = Field(None, description="Password of the console's `oversight` user (role oversight)")
+    console_handlers: dict[str, SecretStr] = Field(
+        default_factory=dict, description="The agencies' grievance handlers in the console, JSON: {\"name@agency\": \"password\"}; "
+        "each sees and works only its agency's grievances")
     console_public_url: str | None = Field(None, description="URL browsers reach the console at, when a proxy in front ends TLS "
                                                              "(https://...: the session cookie is Secure)")
 
@@ -329,6 +333,8 @@ def load_settings(**overrides: Any) -> Settings:
         return Settings(**overrides)
     except ValidationError as exc:
         raise SettingsError(_describe(exc)) from None
+    except PydanticSettingsError as exc:  # a mapping or list variable that is not JSON (BACKBONE_CONSOLE_HANDLERS)
+        raise SettingsError(f"{exc}: that variable takes JSON, e.g. BACKBONE_CONSOLE_HANDLERS='{{\"alice@tax\": \"...\"}}'") from None
 
 
 @lru_cache(maxsize=1)

@@ -4,6 +4,7 @@ Unit tests first (pure parts), then one run on the real embedded broker, registr
 
 from __future__ import annotations
 
+import json
 import shutil
 import time
 import uuid
@@ -15,6 +16,9 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 
+from app.portal import grievances as g
+from app.portal.grievance_book import GRIEVANCES_TOPIC, Case, GrievanceBook
+from app.portal.grievance_book import forget as forget_grievances
 from backbone.control.erasure import (
     ERASURES_TOPIC,
     ErasureRecord,
@@ -447,7 +451,7 @@ def message_bytes(message) -> bytes:  # noqa: ANN001
 def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_table(stack: Settings, clickhouse_client) -> None:  # noqa: ANN001, C901
     from backbone.kafka.compacted import read_to_end
     from backbone.kafka.dlq_keys import retention_ms
-    from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, Topics, alerts_topic_config, consent_topic_config
+    from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, Topics, alerts_topic_config, consent_topic_config, eager_compaction
     from consumers.fraud import FraudDetector
 
     settings = stack
@@ -480,10 +484,26 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
     assert any(alert.subject in fraud_tokens for alert in detector.detect()), "the person has an alert on alerts.fraud"
     detector.close()
 
+    # the person complained in the portal: the case names them by oversight pseudonym, in their own words
+    book = GrievanceBook(settings)
+    theirs = book.save(Case(g.file("tax", f"{sorted(sent)[0]}.fraud", datetime.now(UTC), g.profile("gdpr")),
+                            oversight_tokens(keyring, person)[0], f"I am {name}, why was my income shared?"), "portal")
+    theirs = book.save(Case(g.move(theirs.grievance, g.ACKNOWLEDGED, datetime.now(UTC), "handler", f"Dear {name}, received"),
+                            theirs.subject_token, theirs.text), "handler")
+    others = book.save(Case(g.file("tax", "other.fraud", datetime.now(UTC), g.profile("gdpr")), "someone-else", "not mine"), "portal")
+    book.close()
+
     with processor_desk(settings, charter, keyring):
         report = erase(settings, charter, clickhouse_client, person, "request 2026-311", subject_key=subject_key,
-                       topic_keys=[case_key])
+                       topic_keys=[case_key], also={"grievances": forget_grievances})
     assert report.alerts >= 1 and report.dlq_keys >= 2 and report.consent_records >= 1
+    assert report.others == {"grievances": 1}
+    # kept for legal claims (Art. 17(3)(e)), with nothing that leads back to the person; someone else's case untouched
+    kept = {m.key(): json.loads(m.value()) for m in read_to_end(settings, GRIEVANCES_TOPIC, timeout=20) if m.value() is not None}
+    case = kept[theirs.grievance.tracking_id.encode()]
+    assert (case["subject_token"], case["text"], case["entry"]) == ("", "", "")
+    assert [(s["state"], s["by"], s["note"]) for s in case["steps"]] == [("received", "subject", ""), ("acknowledged", "handler", "")]
+    assert kept[others.grievance.tracking_id.encode()]["text"] == "not mine"
 
     dead = dlq.entries(settings, dlq.PROCESSOR)
     by_label = {label: [e.letter for e in dead if e.letter.key == key and e.letter.source_topic == raw_topic("tax.income_declared")]
@@ -521,6 +541,7 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
             continue
         messages = read_to_end(settings, topic.name, timeout=20)
         tombstoned = {(m.partition(), m.key()): m.offset() for m in messages if m.value() is None}
+        latest = {(m.partition(), m.key()): m.offset() for m in messages}
         for message in messages:
             hits = found(message_bytes(message))
             if topic.name.startswith("dlq."):
@@ -532,6 +553,9 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
                     pass
             elif topic.name.startswith("audit.") or topic.name == ERASURES_TOPIC:
                 hits -= set(oversight)  # the trail names people by oversight token only, by design
+            elif topic.name == GRIEVANCES_TOPIC:  # a case republished without the personal parts supersedes the earlier ones
+                if latest[(message.partition(), message.key())] > message.offset():
+                    hits = set()  # removed by compaction (the topic's config checked below)
             elif topic.name in (CONSENT_TOPIC, ALERTS_TOPIC):
                 superseded = tombstoned.get((message.partition(), message.key()), -1) >= message.offset()
                 if superseded:
@@ -543,6 +567,7 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
     for name in (REQUESTS_TOPIC, WORK_TOPIC):
         assert int(Topics(settings).describe(name).config["retention.ms"]) == RETENTION_MS
     assert Topics(settings).describe(ALERTS_TOPIC).config.items() >= alerts_topic_config().items()
+    assert Topics(settings).describe(GRIEVANCES_TOPIC).config.items() >= eager_compaction().items()
     dlq_config = Topics(settings).describe(dlq.dlq_topic(dlq.PROCESSOR)).config
     assert int(dlq_config["retention.ms"]) == retention_ms(settings)  # dead letters' keys (the raw keys) age out with it
 

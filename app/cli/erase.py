@@ -33,12 +33,13 @@ def erase(
 ) -> None:
     """Erase one person: future events denied `erased` (but under agreements that survive erasure),
     their rows deleted from every recipient database, their dead letters made unreadable, their
-    consent records and fraud alerts removed; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
+    consent records and fraud alerts removed, their grievances kept without text, pseudonym or entry; recorded on audit.operations under BACKBONE_IDENTITY. The audit trail
     keeps its oversight tokens: `backbone audit subject` still lists past disclosures. Needs no pseudonym key: a
     running processor computes the person's tokens (the request on erasure.requests is read by processors only).
 
     With chDB, stop the sinks first (one process per directory)."""
     from app.cli.audit import _charter
+    from app.portal.grievance_book import forget as forget_grievances
     from backbone.audit import operations
     from backbone.clickhouse.client import make_client
     from backbone.control.erasure import erase as erase_subject
@@ -56,7 +57,8 @@ def erase(
                           " of this person cannot be found, only rows and future events", highlight=False)
     client = make_client(settings.clickhouse_dsn or "")
     try:
-        report = erase_subject(settings, charter, client, subject, reason, subject_key=subject_key, topic_keys=raw_keys, actor=who)
+        report = erase_subject(settings, charter, client, subject, reason, subject_key=subject_key, topic_keys=raw_keys, actor=who,
+                               also={"grievances": forget_grievances})
     finally:
         client.close()
     console.print(f"erased subject {report.token} (its oversight token)", highlight=False, soft_wrap=True)
@@ -67,4 +69,5 @@ def erase(
     console.print(f"{sum(report.rows.values()):,} rows removed in {report.seconds.get('rows', 0.0):.2f}s; "
                   f"{report.dlq_keys} DLQ keys destroyed ({report.expired_dlq_keys} more past the DLQ retention); "
                   f"{report.consent_records} consent records and {report.alerts} fraud alerts tombstoned; "
+                  f"{report.others.get('grievances', 0)} grievances kept without their personal parts; "
                   "future events denied as erased; recorded on audit.operations", highlight=False)

@@ -1,4 +1,6 @@
-"""Who may use the console: two users from settings, `operator` and `oversight`, each its role.
+"""Who may use the console: two users from settings, `operator` and `oversight`, each its role, and
+each agency's grievance handlers (`BACKBONE_CONSOLE_HANDLERS`, `name@agency` -> password), role
+`handler`, who see and work only their agency's grievances (`app.portal.handling`) and no other page.
 
 Passwords are hashed with scrypt at start-up (`backbone.registry.users.PasswordHash`, the registry's
 own) and the plain text is not kept; a login is checked in constant time. Sessions are random
@@ -27,6 +29,7 @@ from backbone.settings import Settings
 
 OPERATOR = "operator"
 OVERSIGHT = "oversight"
+HANDLER = "handler"
 COOKIE = "backbone_console"
 SESSION_S = 8 * 3600
 # Guessing: at most this many passwords checked for one user name within the window (scrypt
@@ -34,6 +37,14 @@ SESSION_S = 8 * 3600
 MAX_FAILURES = 5
 FAILURE_WINDOW_S = 60.0
 UNKNOWN = ""  # the one window every name that is not a user shares (no user is called "")
+
+
+def agency_of(user: str) -> str:
+    """The agency of a handler user `name@agency`; `SettingsError` for any other form."""
+    name, at, agency = user.rpartition("@")
+    if not at or not name.strip() or not agency.strip() or agency != agency.strip():
+        raise SettingsError(f"a console handler is named name@agency (the agency whose grievances they work), not {user!r}")
+    return agency
 
 
 class Refusal(Enum):
@@ -46,13 +57,16 @@ class Session:
     user: str
     role: str
     expires: float
+    agency: str | None = None  # a handler's agency: the only grievances the session sees
 
 
 class Logins:
     """The console's users and open sessions (used from one event loop)."""
 
-    def __init__(self, passwords: dict[str, str]) -> None:
-        self._hashes = {user: PasswordHash.of(password) for user, password in passwords.items()}
+    def __init__(self, passwords: dict[str, str], handlers: dict[str, str] | None = None) -> None:
+        """`passwords`: operator and oversight; `handlers`: handler user (`name@agency`) -> password."""
+        self._agencies = {user: agency_of(user) for user in handlers or {}}
+        self._hashes = {user: PasswordHash.of(password) for user, password in {**passwords, **(handlers or {})}.items()}
         self._sessions: dict[str, Session] = {}
         # one window per user and one for every other name: bounded by the users, not the names tried
         self._attempts: dict[str, deque[float]] = {name: deque(maxlen=MAX_FAILURES) for name in [*self._hashes, UNKNOWN]}
@@ -61,10 +75,11 @@ class Logins:
     def from_settings(cls, settings: Settings) -> Logins:
         passwords = {user: secret.get_secret_value() for user, secret in (
             (OPERATOR, settings.console_operator_password), (OVERSIGHT, settings.console_oversight_password)) if secret}
-        if not passwords:
+        handlers = {user: secret.get_secret_value() for user, secret in settings.console_handlers.items()}
+        if not passwords and not handlers:
             raise SettingsError("the console needs a login: set BACKBONE_CONSOLE_OPERATOR_PASSWORD and/or "
-                                "BACKBONE_CONSOLE_OVERSIGHT_PASSWORD")
-        return cls(passwords)
+                                "BACKBONE_CONSOLE_OVERSIGHT_PASSWORD (or BACKBONE_CONSOLE_HANDLERS)")
+        return cls(passwords, handlers)
 
     @property
     def users(self) -> list[str]:
@@ -99,7 +114,8 @@ class Logins:
         except ValueError:
             pass
         token = secrets.token_urlsafe(32)
-        self._sessions[token] = Session(user, user, time.time() + SESSION_S)  # the role is the user's name
+        agency = self._agencies.get(user)  # a handler's role is `handler`; operator's and oversight's their name
+        self._sessions[token] = Session(user, HANDLER if agency else user, time.time() + SESSION_S, agency)
         return token
 
     async def log_in(self, user: str, password: str) -> str | None:

@@ -2,9 +2,10 @@
 
 Pages: `/` (flows between agencies, DLQ, lag, rows, registry subjects, unreachable parts; its live
 part is replaced by each `status` event of `/events`), `/charter` (agreements with status, purposes
-and field treatments), `/quality` (the providers' scorecards, `app.console.quality`), `/subject` (oversight only: every disclosure about one person). Every page
-needs a login (`app.console.auth`); the console binds 127.0.0.1 unless `BACKBONE_CONSOLE_HOST`
-says otherwise. Stopping does not wait on open event streams: they end when the console shuts down.
+and field treatments), `/quality` (the providers' scorecards, `app.console.quality`), `/subject` (oversight only: every disclosure
+about one person), `/grievances`
+(`app.portal.handling`; an agency's `handler` user reaches this page only). Every page needs a login
+(`app.console.auth`); the console binds 127.0.0.1 unless `BACKBONE_CONSOLE_HOST` says otherwise. Stopping does not wait on open event streams: they end when the console shuts down.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from app.console import views
-from app.console.auth import COOKIE, FAILURE_WINDOW_S, OVERSIGHT, Logins, Refusal, Session
+from app.console.auth import COOKIE, FAILURE_WINDOW_S, HANDLER, OVERSIGHT, Logins, Refusal, Session
 from app.console.snapshot import Snapshot, SnapshotCache, collect_snapshot
 from backbone.settings import Settings
 
@@ -34,6 +35,7 @@ CLOSING = web.AppKey("closing", asyncio.Event)  # set when the console shuts dow
 SHUTDOWN_TIMEOUT_S = 3.0
 SESSION = web.RequestKey("session", Session)
 PUBLIC = ("/login", "/static/live.js")
+HANDLER_PATHS = ("/grievances", "/logout")  # an agency's handler reaches these (and /grievances/...) only
 HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; img-src 'self'; "
                                "connect-src 'self'; form-action 'self'; frame-ancestors 'none'",
@@ -56,6 +58,10 @@ async def _guard(request: web.Request, handler: Callable[[web.Request], Awaitabl
                 raise web.HTTPFound("/login")
             raise web.HTTPUnauthorized(text="log in first")
         request[SESSION] = session
+        if session.role == HANDLER and not any(request.path == p or request.path.startswith(p + "/") for p in HANDLER_PATHS):
+            if request.method == "GET" and request.path == "/":
+                raise web.HTTPFound("/grievances")
+            raise web.HTTPForbidden(text="an agency's handler works its grievances only (/grievances)")
     try:
         response = await handler(request)
     except web.HTTPException as exc:  # redirects and refusals carry the same headers as pages

@@ -26,7 +26,10 @@ text-align:left;vertical-align:top} .num{text-align:right} .bad{color:#b00020;fo
 
 def page(title: str, body: str, user: str | None = None, role: str | None = None) -> str:
     nav = ""
-    if user:
+    if user and role == "handler":  # an agency's handler sees its grievances only
+        nav = ('<a href="/grievances">Grievances</a>' f'<span class="dim">{escape(user)} ({escape(role)})</span>'
+               '<form class="inline" method="post" action="/logout"><button>Log out</button></form>')
+    elif user:
         nav = ('<a href="/">Overview</a><a href="/charter">Charter</a><a href="/grievances">Grievances</a><a href="/quality">Quality</a>'
                + ('<a href="/subject">Subject</a>' if role == "oversight" else "")
                + f'<span class="dim">{escape(user)} ({escape(role or "")})</span>'

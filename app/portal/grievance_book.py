@@ -5,6 +5,13 @@ verifiable trail before the new state is published: a step that is not in the tr
 A case names its person by their oversight pseudonym only (what the trail names them by) and its
 entry by event id and recipient; the complaint's text stays with the case and is never logged or
 put in the trail (the action carries the state, the deadline and the note's SHA-256).
+
+Erasure (`backbone erase`, step `grievances`: `forget`) keeps each of the person's cases for the
+defence of legal claims (GDPR Art. 17(3)(e): the agency shows it answered, and in time) but nothing
+that leads back to the person: the case is republished under its tracking id without the complaint's
+text, the oversight pseudonym, the entry it was about (an event id names the person in the trail) and
+every step's note (answers quote the person); its states, dates, handlers, agency and deadline remain,
+so the public figures stay true. Compaction then removes the earlier records (`eager_compaction`).
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ log = logging.getLogger(__name__)
 
 GRIEVANCES_TOPIC = "grievances"
 GRIEVANCE_ACTION = "grievance"
+ERASED = "erased"  # the outcome of the trail's action when a case loses its personal parts
 
 
 @dataclass(slots=True, frozen=True)
@@ -52,6 +60,46 @@ class Case:
         steps = tuple(g.Step(s["state"], datetime.fromisoformat(s["at"]), s["by"], s.get("note", "")) for s in data["steps"])
         return cls(g.Grievance(data["tracking_id"], data["agency"], data["entry"], datetime.fromisoformat(data["received_at"]),
                                profile, steps), data["subject_token"], data.get("text", ""))
+
+
+def redacted(case: Case) -> Case:
+    """The case as erasure keeps it: no text, pseudonym, entry or note; states, dates and handlers kept."""
+    c = case.grievance
+    steps = tuple(g.Step(s.state, s.at, s.by) for s in c.steps)
+    return Case(g.Grievance(c.tracking_id, c.agency, "", c.received_at, c.profile, steps), "", "")
+
+
+def _publish(settings: Settings, records: list[tuple[bytes, bytes]]) -> None:
+    producer = Producer(settings.producer_config(**{"linger.ms": 0}))
+    failures: list[str] = []
+    for key, value in records:
+        producer.produce(GRIEVANCES_TOPIC, value, key,
+                         on_delivery=lambda error, _m: failures.append(error.str()) if error is not None else None)
+    if producer.flush(settings.kafka_timeout_s) or failures:
+        raise KafkaUnavailableError(f"{len(failures) or len(records)} grievance record(s) not acknowledged by {GRIEVANCES_TOPIC}; "
+                                    "run it again (it is idempotent)")
+
+
+def forget(settings: Settings, tokens: Iterable[str], actor: str) -> int:
+    """Erasure's step for grievances: every case naming one of `tokens` (the person's oversight
+    pseudonyms under every key) republished `redacted`, each sealed first as a `grievance` action
+    with outcome `erased`. Returns the cases redacted; idempotent (a redacted case names no one)."""
+    from backbone.audit import operations
+
+    wanted = {token for token in tokens if token}
+    book = GrievanceBook(settings)
+    try:
+        found = [case for case in book.cases().values() if case.subject_token in wanted]  # read to the end, or raises
+    finally:
+        book.close()
+    for case in found:
+        c = case.grievance
+        operations.record(settings, operations.OperatorAction(
+            GRIEVANCE_ACTION, actor, c.tracking_id, ERASED, "the person's erasure: text, pseudonym, entry and notes removed",
+            {"agency": c.agency, "state": c.state, "deadline": c.deadline.isoformat(), "profile": c.profile.name}))
+    if found:
+        _publish(settings, [(case.grievance.tracking_id.encode(), json.dumps(redacted(case).to_json()).encode()) for case in found])
+    return len(found)
 
 
 class GrievanceBook:

@@ -1,5 +1,7 @@
 """Grievances in the web: the person files and follows their own cases in the portal; each agency's
-handler works them in the console (`/grievances`, operator and oversight users); anyone reads the
+handler works them in the console (`/grievances`: a `handler` user `name@agency` sees and moves only
+its agency's cases, another agency's is "no such grievance" whether named by URL or form; operator and
+oversight users see every agency's); every step is sealed naming the user who made it; anyone reads the
 per-agency figures (`/stats` on the portal, no personal data) and Prometheus reads
 `backbone_grievances_breached{agency}` and `backbone_grievances_open{agency}` from the portal's `/metrics`.
 
@@ -99,9 +101,10 @@ def console_routes(app: web.Application, book: GrievanceBook, page: Callable[...
 
     async def listing(request: web.Request) -> web.Response:
         session = session_of(request)
-        cases = list((await blocking(request.app[BOOK].cases)).values())
+        every = list((await blocking(request.app[BOOK].cases)).values())
+        cases = [case for case in every if _handles(session, case)]
         now = now_of(request.app)
-        body = f"<section><h1>Grievances</h1>{case_rows(cases, now, _console_csrf(request))}</section>{stats_html(cases, now)}"
+        body = f"<section><h1>Grievances</h1>{case_rows(cases, now, _console_csrf(request))}</section>{stats_html(every, now)}"
         if held is not None and session.role == "oversight":
             try:
                 body += held_html(await blocking(held))
@@ -116,7 +119,7 @@ def console_routes(app: web.Application, book: GrievanceBook, page: Callable[...
             raise web.HTTPForbidden(text="the form is out of date: reload the page")
         cases = await blocking(request.app[BOOK].cases)
         case = cases.get(request.match_info["id"])
-        if case is None:
+        if case is None or not _handles(session, case):  # another agency's case: as if there were none
             raise web.HTTPNotFound(text="no such grievance")
         to = str(form.get("to", ""))
         if to not in HANDLER_MOVES:
@@ -129,6 +132,13 @@ def console_routes(app: web.Application, book: GrievanceBook, page: Callable[...
         raise web.HTTPFound("/grievances")
 
     app.add_routes([web.get("/grievances", listing), web.post("/grievances/{id}", step)])
+
+
+def _handles(session: Any, case: Case) -> bool:
+    """Whether the console user may see and move `case`: a handler its agency's only (`Session.agency`),
+    operator and oversight every agency's."""
+    agency = getattr(session, "agency", None)
+    return session.role != "handler" or (agency is not None and case.grievance.agency == agency)
 
 
 def _console_csrf(request: web.Request) -> str:

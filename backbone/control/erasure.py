@@ -20,6 +20,8 @@ runs `erase()`:
    keyring (rows carry tokens of whichever key was active), or the clear id where an identified
    agreement keeps it (`row_targets`, computed by the processor); then each table's deleted rows
    are rewritten away on disk (`APPLY DELETED MASK`);
+5b. the stores the app layer keeps about people by oversight token (`also`: the portal's grievances,
+   `app.portal.grievance_book.forget`), each given every oversight token of the subject;
 6. an `erase` record on `audit.operations` (who, why, rows removed per database, keys destroyed).
 
 The audit trail holds oversight tokens only, no personal data: it is not touched, so it stays
@@ -33,7 +35,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -345,6 +347,7 @@ class ErasureReport:
     expired_dlq_keys: int = 0  # DLQ keys past the DLQ retention destroyed (anyone's)
     consent_records: int = 0  # consent tombstones written
     alerts: int = 0  # fraud alert tombstones written
+    others: dict[str, int] = field(default_factory=dict)  # an `also` store -> its records removed or redacted
     seconds: dict[str, float] = field(default_factory=dict)
 
     def details(self) -> dict[str, str]:
@@ -352,19 +355,21 @@ class ErasureReport:
         return {**found, "rows_total": str(sum(self.rows.values())), "dlq_keys_destroyed": str(self.dlq_keys),
                 "expired_dlq_keys_destroyed": str(self.expired_dlq_keys), "alerts_removed": str(self.alerts),
                 "consent_records_removed": str(self.consent_records),
+                **{f"{name}_removed": str(count) for name, count in sorted(self.others.items())},
                 **{f"seconds.{step}": f"{value:.3f}" for step, value in self.seconds.items()}}
 
 
 def erase(settings: Settings, charter: Charter, client: Any, subject: str, reason: str, *,
           subject_key: bytes | None = None, topic_keys: Iterable[bytes] = (), actor: str | None = None,
-          answer_timeout_s: float = 60.0) -> ErasureReport:
+          answer_timeout_s: float = 60.0, also: Mapping[str, Callable[[Settings, tuple[str, ...], str], int]] | None = None) -> ErasureReport:
     """Erase one subject everywhere (the steps in this module's doc) and record it on `audit.operations`.
 
     Needs no key: a processor computes the subject's tokens (`erasure_requests`) and answers within
     `answer_timeout_s`. `subject_key` is the producers' topic key of the subject (the keyed hash its
     raw events and consent records carry): with it, the subject's consent records and DLQ keys are
     found too. `topic_keys` are the subject's other raw topic keys (a provider that keys by something
-    else): the DLQ keys of entries under those are destroyed too.
+    else): the DLQ keys of entries under those are destroyed too. `also` names the app layer's stores
+    of people by oversight token: each is called with the settings, the subject's oversight tokens and the actor.
     Idempotent: running it again removes whatever landed meanwhile. Raises `ErasureError` after
     recording the outcome `failed` when a step fails."""
     from backbone.control import erasure_requests
@@ -402,6 +407,9 @@ def erase(settings: Settings, charter: Charter, client: Any, subject: str, reaso
         started = time.perf_counter()
         report.rows = delete_rows(client, targets, cluster=cluster_of(settings))
         report.seconds["rows"] = time.perf_counter() - started
+        for name, forget in (also or {}).items():
+            step = f"removing {name}"
+            report.others[name] = forget(settings, work.tokens, who)
     except Exception as exc:
         operations.record(settings, operations.OperatorAction(
             "erase", who, target, "failed", reason.strip(), {**report.details(), "failed_step": step, "error": type(exc).__name__},
