@@ -46,7 +46,7 @@ from backbone.policy.agreements import Agreement, load_agreements
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.quality.checks import QualityMonitor
-from backbone.quality.contract import load_quality
+from backbone.quality.contract import load_quality_checked
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
 from processors import state_partitions
@@ -105,7 +105,10 @@ class Enforcement:
         self.erasures = ErasureTable(self.keyring, on_erased=self.dlq_sealer.forget)
         self.engine = PolicyEngine(self.charter, self.keyring, erasures=self.erasures)
         # the schemas' quality rules, checked at start-up (a broken rule stops the worker, named)
-        self.quality = load_quality(settings.schemas_dir, self.catalog) if settings.quality_rules else {}
+        self.quality, problems = load_quality_checked(settings.schemas_dir, self.catalog) if settings.quality_rules else ({}, [])
+        if problems:  # e.g. a provider's schema change dropped a field a rule names: enforcement goes on
+            log.error("quality rules off for the event types whose contracts do not match their schemas (agreements that "
+                      "require quality hold those records): %s", "; ".join(problems))
         self.schemas = RegistrySchemas(registry_client(settings))
         self.consent = ConsentTable(Decoder(self.schemas))
         self.router: Router | None = None

@@ -304,7 +304,10 @@ class Router:
         if not bars[0]:
             return decision, None
         # Quality rules off (BACKBONE_QUALITY_RULES=false): no evidence at all, so every bar fails (fail closed).
-        failed = self.quality.breached(event_type, bars[0]) if self.quality is not None else tuple(bars[0])
+        if self.quality is not None and event_type in self.quality.contracts:
+            failed = self.quality.breached(event_type, bars[0])
+        else:  # no rules for this event type (off, or its contract no longer matches its schema): no bar can be met
+            failed = tuple(bars[0])
         if not failed:
             return decision, None
         if bars[1] == "flag":

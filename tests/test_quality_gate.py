@@ -23,7 +23,7 @@ from backbone.policy.decision import NoConsent
 from backbone.policy.diff import diff
 from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
-from backbone.quality.contract import load_quality
+from backbone.quality.contract import QualityContractError, load_quality, load_quality_checked
 from backbone.settings import PROJECT_ROOT
 from processors.router import QUALITY_HEADER, Output, Router
 from producers.synthetic.samples import sample_event
@@ -154,5 +154,26 @@ def test_without_quality_rules_a_gated_agreement_holds_everything(catalog: Catal
     router = gated_router(catalog, tmp_path, "hold")
     router.quality = None  # BACKBONE_QUALITY_RULES=false: no evidence at all
     outputs = route_claims(router, catalog, HOUR, 3, missing=0, seed=7)
+    assert not [o for o in outputs if o.topic == FRAUD_TOPIC]
+    assert set(fraud_outcomes(router, outputs)) == {"quality_breach"}
+
+
+def test_a_contract_that_no_longer_matches_its_schema_leaves_enforcement_on_and_its_gated_records_held(
+        catalog: Catalog, tmp_path: Path) -> None:
+    # A provider's schema change drops a field a quality rule names: the processor must not refuse to
+    # start (every agreement would stop), and a gated agreement must not pass unchecked records either.
+    schemas = tmp_path / "schemas"
+    schemas.mkdir()
+    for path in (PROJECT_ROOT / "schemas").glob(f"{CLAIM}.quality.yaml"):
+        text = path.read_text()
+        (schemas / path.name).write_text(text.replace("bank_account", "no_such_field", 1))
+    contracts, problems = load_quality_checked(schemas, catalog)
+    assert CLAIM not in contracts and any("no_such_field" in problem for problem in problems)
+    with pytest.raises(QualityContractError):
+        load_quality(schemas, catalog)  # `backbone contract` and the sink still refuse it outright
+    (tmp_path / "agreements").mkdir()
+    router = gated_router(catalog, tmp_path / "agreements", "hold")
+    router.quality = QualityMonitor(contracts.values())
+    outputs = route_claims(router, catalog, HOUR, 3, missing=0, seed=8)
     assert not [o for o in outputs if o.topic == FRAUD_TOPIC]
     assert set(fraud_outcomes(router, outputs)) == {"quality_breach"}

@@ -280,6 +280,15 @@ def parse_quality(data: Any, schema: EventSchema, source: str,
 def load_quality(schemas_dir: Path, catalog: Catalog) -> dict[str, QualityContract]:
     """Every `<event type>.quality.yaml` in `schemas_dir`, by event type; `QualityContractError`
     lists every problem. An event type without the file has no quality rules."""
+    contracts, problems = load_quality_checked(schemas_dir, catalog)
+    if problems:
+        raise QualityContractError(problems)
+    return contracts
+
+
+def load_quality_checked(schemas_dir: Path, catalog: Catalog) -> tuple[dict[str, QualityContract], list[str]]:
+    """The contracts that match their schemas, and every problem of the others (which are left out:
+    a provider's schema change must not stop enforcement; the processor logs the problems)."""
     problems: list[str] = []
     contracts: dict[str, QualityContract] = {}
     for path in sorted(Path(schemas_dir).glob(f"*{SUFFIX}")):
@@ -296,11 +305,9 @@ def load_quality(schemas_dir: Path, catalog: Catalog) -> dict[str, QualityContra
             continue
         contract, found = parse_quality(data, catalog.event(event_type), str(path), catalog)
         problems.extend(found)
-        if contract is not None:
+        if contract is not None and not found:
             contracts[event_type] = contract
-    if problems:
-        raise QualityContractError(problems)
-    return contracts
+    return contracts, problems
 
 
 def default_quality(catalog: Catalog | None = None) -> dict[str, QualityContract]:
