@@ -103,7 +103,7 @@ def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN0
     read = total = 0
     for rule in RULES.values():
         mark = detector._since.get(rule.kind)  # noqa: SLF001
-        since = f"toDateTime({mark[1]})" if mark else None
+        since = mark[1] if mark else None
         plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
         for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
             read, total = read + int(done), total + int(of)

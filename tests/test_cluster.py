@@ -135,7 +135,7 @@ def test_fraud_tables_keep_one_subject_on_one_shard_ordered_by_subject_and_migra
     claims, columns = next((d, c) for d, c in plan.tables.items() if d.table == "welfare_benefit_claimed")
     local, distributed = ddl.table_sql(claims.database, claims.table, columns, claims.order_by, claims.retention_days,
                                        plan.cluster, claims.shard_by, claims.projections)
-    assert "ORDER BY (`national_id`, `event_id`)" in local and "PROJECTION `landed`" in local and "ReplicatedReplacingMergeTree(" in local
+    assert "ORDER BY (`national_id`, `event_id`)" in local and "PROJECTION `landed_seq`" in local and "ReplicatedReplacingMergeTree(" in local
     assert distributed.endswith("cityHash64(`national_id`))")  # the subject the rows are ordered by places them
     assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', since)" in "".join(
         ddl.fraud_tables_sql("fraud", plan.cluster))  # the watermarks keep the newest day per rule

@@ -89,13 +89,13 @@ def fraud(clickhouse_client, clickhouse_dsn: str, tmp_path: Path, unique: str) -
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {quote_identifier(plan.databases[0])} SYNC")
 
 
-def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landing_day(tmp_path: Path) -> None:
+def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landing(tmp_path: Path) -> None:
     settings = load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path)
     tables = {destination.table: destination for destination in _plan(settings).tables}
     claims = tables[CLAIMS]
     assert claims.order_by == ("national_id", "event_id") and claims.shard_by == ("national_id",)
     assert {p.name: (p.order_by, set(p.columns)) for p in claims.projections} == {
-        ddl.LANDED_PROJECTION: (("_landed_at",), {"_landed_at", "national_id", "period", "bank_account"}),
+        ddl.LANDED_PROJECTION: (("_landed_seq",), {"_landed_seq", "national_id", "period", "bank_account"}),
         "key_bank_account_period": (("bank_account", "period"), {"bank_account", "period", "national_id"}),
     }
     assert [p.name for p in tables[DEATHS].projections] == [ddl.LANDED_PROJECTION]
@@ -107,10 +107,12 @@ def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landi
 def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_table(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
     _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
-    _land(clickhouse_client, fraud.database, 40, 120_000, 0, subjects=6_000)  # today: a few subjects, accounts and periods
+    _land(clickhouse_client, fraud.database, 20_000, 120_000, 0, subjects=6_000)  # today, before the last run
+    since = watermarks.resume_point(clickhouse_client)  # where the last run started
+    assert since.landed_seq is not None
+    _land(clickhouse_client, fraud.database, 40, 140_000, 0, subjects=6_000)  # since: a few subjects, accounts and periods
     detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
     columns = detector._columns()  # noqa: SLF001
-    since = "toStartOfDay(now())"
     for rule in RULES.values():
         plan = "\n".join(row[0] for row in clickhouse_client.query(
             "EXPLAIN indexes = 1 " + rule.select_sql(fraud.database, columns, since)).result_rows)
@@ -118,9 +120,10 @@ def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_ta
         assert read, plan
         granules, total = sum(a for a, _ in read), sum(b for _, b in read)
         assert granules * 5 <= total, f"{rule.kind} reads {granules} of {total} granules"
-        # the keys that landed are found reading what landed (the projection ordered by landing day)
-        keys = rule.touched(fraud.database, since).split(" IN (", 1)[1][:-1]
-        assert int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
+        # the keys that landed since the last run are found reading what landed since (the projection
+        # ordered by landing), not what landed earlier that day
+        keys = rule.touched(fraud.database, since, columns).split(" IN (", 1)[1][:-1]
+        assert "_landed_seq >= " in keys and int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
 
 
 def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
@@ -130,15 +133,15 @@ def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_
     first.detect()  # the first run reads every row, then records each rule's watermark
     assert set(watermarks.load(clickhouse_client, fraud.database)) == set(RULES)
 
-    # evidence that landed before the watermark after that run: a resumed run does not read it
+    # evidence marked as landed before the watermark after that run: a resumed run does not read it
     late = "k1.late"
     clickhouse_client.command(
-        f"INSERT INTO {ddl.qualified(fraud.database, DEATHS)} (event_id, occurred_at, national_id, date_of_death, _landed_at) "
-        f"VALUES (generateUUIDv4(), now64(3), '{late}', '2024-01-15', toStartOfDay(now()) - toIntervalDay(2))")
+        f"INSERT INTO {ddl.qualified(fraud.database, DEATHS)} (event_id, occurred_at, national_id, date_of_death, _landed_at, _landed_seq) "
+        f"VALUES (generateUUIDv4(), now64(3), '{late}', '2024-01-15', toStartOfDay(now()) - toIntervalDay(2), 1)")
     clickhouse_client.command(
         f"INSERT INTO {ddl.qualified(fraud.database, CLAIMS)} (event_id, occurred_at, national_id, period, benefit_type, bank_account, "
-        f"monthly_amount, _landed_at) VALUES (generateUUIDv4(), now64(3), '{late}', '2025-03', 'unemployment', 'NL-late', 400, "
-        "toStartOfDay(now()) - toIntervalDay(2))")
+        f"monthly_amount, _landed_at, _landed_seq) VALUES (generateUUIDv4(), now64(3), '{late}', '2025-03', 'unemployment', 'NL-late', 400, "
+        "toStartOfDay(now()) - toIntervalDay(2), 1)")
     _land(clickhouse_client, fraud.database, 1_000, 6_000, 0, subjects=400)  # today: evidence spanning history
 
     restarted = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)  # a new sink process: nothing in memory
