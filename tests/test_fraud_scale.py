@@ -20,6 +20,7 @@ from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, Settings, load_settings
 from consumers import ddl
 from consumers.fraud import RULES, FraudDetector, layout, watermarks
+from consumers.fraud.registry import Since
 from consumers.plans import SinkPlan, recipient_plan
 from consumers.typemap import quote_identifier
 
@@ -108,8 +109,11 @@ def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_ta
     _create(clickhouse_client, fraud.plan)
     _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
     _land(clickhouse_client, fraud.database, 20_000, 120_000, 0, subjects=6_000)  # today, before the last run
-    since = watermarks.resume_point(clickhouse_client)  # where the last run started
-    assert since.landed_seq is not None
+    start = watermarks.resume_point(clickhouse_client)  # where a run starting now resumes next time
+    assert start.landed_seq is not None
+    # (`resume_point` allows the clock a few milliseconds: say the last run started after the deaths landed)
+    landed = clickhouse_client.query(f"SELECT max(_landed_seq) FROM {ddl.qualified(fraud.database, DEATHS)}").result_rows[0][0]
+    since = Since(start.day, max(start.landed_seq, landed + 1))
     _land(clickhouse_client, fraud.database, 40, 140_000, 0, subjects=6_000)  # since: a few subjects, accounts and periods
     detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
     columns = detector._columns()  # noqa: SLF001
@@ -207,6 +211,36 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     migrated.full_run()
     migrated.detect()
     assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
+
+
+def test_tables_with_the_day_projection_are_flagged_and_migrated_to_the_landing_projection(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # as the previous layout made them: ordered by subject, the rules' keys projected by landing day
+    client = clickhouse_client
+    client.command(ddl.create_database_sql(fraud.database))
+    for destination, columns in fraud.plan.tables.items():
+        day = tuple(ddl.Projection(layout.DAY_PROJECTION, ("_landed_at", *p.columns[1:]), ("_landed_at",))
+                    if p.name == ddl.LANDED_PROJECTION else p for p in destination.projections)
+        for statement in ddl.table_sql(destination.database, destination.table, columns, destination.order_by, None,
+                                       None, destination.shard_by, day):
+            client.command(statement)
+    _land(client, fraud.database, 2_000, 0, 3, subjects=150)
+    assert layout.stale_tables(layout.layouts(client, fraud.database), [CLAIMS, INCOMES, DEATHS]) == sorted([CLAIMS, DEATHS, INCOMES])
+    assert sorted(layout.migrate(client, fraud.plan)) == sorted([CLAIMS, DEATHS, INCOMES])
+    found = layout.layouts(client, fraud.database)
+    assert not layout.stale_tables(found, [CLAIMS, INCOMES, DEATHS])
+    assert ddl.LANDED_PROJECTION in found[CLAIMS].projections
+    detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    detector.detect()
+    _land(client, fraud.database, 300, 2_000, 0, subjects=150)
+    detector.detect()  # incremental, by landing
+    assert {alert.key for alert in detector.alerts()} == _full(client, detector)
+    # the landing is the fraud tables' own: no agreement view shows it
+    for statement in fraud.plan.views:
+        client.command(statement)
+    shown = client.query("SELECT c.name FROM system.columns AS c INNER JOIN system.tables AS t ON c.database = t.database "
+                         "AND c.table = t.name WHERE t.database = {db:String} AND t.engine = 'View'",
+                         parameters={"db": fraud.database}).result_rows
+    assert shown and (ddl.LANDED_SEQ,) not in shown
 
 
 def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -> None:
