@@ -5,7 +5,7 @@ run reads the keys of every landing that day); and the plan's, keys projected by
 reads the keys landed since the previous run): every rule over every row (a full run) and the
 incremental runs (the keys landed since, each over its whole history), in chDB.
 
-    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3]
+    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--merged]
 
 For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
 rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
@@ -65,6 +65,7 @@ class Point:
 @dataclass
 class Results:
     landing_rows: int
+    merged: bool = False  # the filled tables merged into one part each before the landings (--merged)
     points: list[Point] = field(default_factory=list)
     # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
     ratios: dict[str, float] = field(default_factory=dict)
@@ -120,7 +121,8 @@ def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN0
     return read, total
 
 
-def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int) -> tuple[Point, set]:  # noqa: ANN001
+def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int,  # noqa: ANN001
+           merged: bool = False) -> tuple[Point, set]:
     point = Point(size, layout)
     prefix = f"b{size}_{layout}_"
     database = ddl.database_name(prefix, settings.fraud_recipient)
@@ -131,6 +133,9 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
             client.command(statement)
     started = time.perf_counter()
     _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
+    if merged:  # as background merges leave a table landed over two years: one part per table
+        for destination in plan.tables:
+            client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
     point.fill_s = time.perf_counter() - started
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
@@ -152,8 +157,8 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     return point, found
 
 
-def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
-    results = Results(landing)
+def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False) -> Results:
+    results = Results(landing, merged=merged)
     with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
@@ -162,7 +167,7 @@ def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
         for size in sizes:
             found = []
             for layout in LAYOUTS:
-                point, keys = _point(client, settings, plan, size, layout, landing, landings)
+                point, keys = _point(client, settings, plan, size, layout, landing, landings, merged)
                 results.points.append(point)
                 found.append(keys)
             results.identical_alerts &= all(keys == found[0] for keys in found)
@@ -177,7 +182,8 @@ def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
 
 
 def report(results: Results) -> None:
-    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings)")
+    merged = ", tables merged first" if results.merged else ""
+    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings{merged})")
     for point in results.points:
         when = {"event_id": "before the layout", "subject_day": "before: day watermark"}.get(point.layout, "now: landing watermark")
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
@@ -200,8 +206,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--landing", type=int, default=10_000)
     parser.add_argument("--landings", type=int, default=3, help="incremental runs timed per size and layout")
+    parser.add_argument("--merged", action="store_true",
+                        help="merge each filled table into one part first (OPTIMIZE FINAL), as background merges "
+                             "leave a table landed over years; without it the fill's parts stay unmerged")
     args = parser.parse_args()
-    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings))
+    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged))
 
 
 if __name__ == "__main__":
