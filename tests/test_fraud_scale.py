@@ -160,6 +160,16 @@ def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_
     assert {alert.key for alert in restarted.alerts()} == full
 
 
+def test_a_run_resumes_by_landing_where_a_table_has_one_else_by_day() -> None:
+    since = Since(1_700_000_000, 1_700_000_123_456_789)  # microseconds
+    claims = {"national_id": "String", "_landed_at": "DateTime", "_landed_seq": "UInt64"}
+    deaths = {"national_id": "String", "_landed_at": "DateTime"}  # made before `_landed_seq`
+    touched = RULES["claim_after_death"].touched("fraud", since, {CLAIMS: claims, DEATHS: deaths})
+    assert f"`{CLAIMS}` WHERE _landed_seq >= 1700000123456789" in touched
+    assert f"`{DEATHS}` WHERE _landed_at >= toDateTime(1700000000)" in touched  # the day: every landing since, and more
+    assert "_landed_seq" not in RULES["claim_after_death"].touched("fraud", Since(1_700_000_000), {CLAIMS: claims})  # on a cluster
+
+
 def test_a_changed_rule_starts_over_with_a_full_run() -> None:
     sql = RULES["claim_after_death"].select_sql("fraud", {CLAIMS: {"national_id": "String", "period": "String"},
                                                           DEATHS: {"national_id": "String", "date_of_death": "Date32"}})
