@@ -1,17 +1,18 @@
-"""The fraud sink's time per landing at growing table sizes, in the fraud tables' old layout
-(ordered by event id alone, as made before `consumers.fraud.layout`) and the new one (ordered by
-subject, with the rules' projections): every rule over every row (a full run, what each landing cost
-before the rules became incremental) and the incremental runs (the keys landed since the previous
-run, each over its whole history), in chDB.
+"""The fraud sink's time per landing at growing table sizes, in three layouts of the fraud tables:
+ordered by event id alone (as made before `consumers.fraud.layout`); ordered by subject with the
+rules' keys projected by landing day (the layout before `_landed_seq`: the watermark is a day, so a
+run reads the keys of every landing that day); and the plan's, keys projected by landing (a run
+reads the keys landed since the previous run): every rule over every row (a full run) and the
+incremental runs (the keys landed since, each over its whole history), in chDB.
 
-    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3]
+    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--merged]
 
 For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
 rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
 bank account per claim), landed over the past two years; then a landing of `--landing` rows arrives
 today and the rules run over every row; then `--landings` more landings of that size, each followed
 by an incremental run (its median is the time per landing). Alerts are not published (no broker):
-the time is the rules' SQL. Both layouts must raise the same alerts. Goal: incremental flat in
+the time is the rules' SQL. Every layout must raise the same alerts. Goal: incremental flat in
 table size (the ratio largest / smallest size near 1). Results go to `bench/results/fraud-<timestamp>.json`.
 """
 
@@ -30,6 +31,7 @@ from backbone.settings import load_settings
 from bench.results import LOADED_MACHINE, console, measures, print_notes, save
 from consumers import ddl
 from consumers.fraud import RULES, FraudDetector
+from consumers.fraud.layout import DAY_PROJECTION
 from consumers.plans import Destination, recipient_plan
 
 CLAIMS, INCOMES, DEATHS = "welfare_benefit_claimed", "tax_income_declared", "registry_death_registered"
@@ -53,7 +55,7 @@ class Point:
     @property
     def per_landing_rows(self) -> int:
         """At most the rows an incremental run reads: its granules times the layout's rows per granule."""
-        return self.per_landing_granules[0] * (ddl.PROJECTED_INDEX_GRANULARITY if self.layout == "subject" else 8192)
+        return self.per_landing_granules[0] * (8192 if self.layout == "event_id" else ddl.PROJECTED_INDEX_GRANULARITY)
 
     @property
     def per_landing_granules(self) -> tuple[int, int]:
@@ -63,11 +65,12 @@ class Point:
 @dataclass
 class Results:
     landing_rows: int
+    merged: bool = False  # the filled tables merged into one part each before the landings (--merged)
     points: list[Point] = field(default_factory=list)
     # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
     ratios: dict[str, float] = field(default_factory=dict)
     rows_ratios: dict[str, float] = field(default_factory=dict)
-    identical_alerts: bool = True  # both layouts raised the same (kind, subject, period) at every size
+    identical_alerts: bool = True  # every layout raised the same (kind, subject, period) at every size
     notes: tuple[str, ...] = (LOADED_MACHINE,)
 
 
@@ -88,12 +91,20 @@ def _insert(client, database: str, rows: int, offset: int, landed: str) -> None:
                        f"FROM numbers({count}))")
 
 
-# before: ordered by event id alone (as tables were made before the fraud layout); after: the plan's
-LAYOUTS = ("event_id", "subject")
+# ordered by event id alone (as tables were made before the fraud layout); ordered by subject with the
+# rules' keys projected by landing day (the layout before `_landed_seq`: each run reads the keys of
+# every landing that day); the plan's (keys projected by landing: each run reads what landed since the last)
+LAYOUTS = ("event_id", "subject_day", "subject")
 
 
 def _layout(destination: Destination, layout: str) -> Destination:
-    return destination if layout == "subject" else replace(destination, order_by=("event_id",), projections=())
+    if layout == "event_id":
+        return replace(destination, order_by=("event_id",), projections=())
+    if layout == "subject_day":
+        return replace(destination, projections=tuple(
+            ddl.Projection(DAY_PROJECTION, (ddl.LANDED_AT, *p.columns[1:]), (ddl.LANDED_AT,)) if p.name == ddl.LANDED_PROJECTION else p
+            for p in destination.projections))
+    return destination
 
 
 def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN001
@@ -103,14 +114,15 @@ def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN0
     read = total = 0
     for rule in RULES.values():
         mark = detector._since.get(rule.kind)  # noqa: SLF001
-        since = f"toDateTime({mark[1]})" if mark else None
+        since = mark[1] if mark else None
         plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
         for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
             read, total = read + int(done), total + int(of)
     return read, total
 
 
-def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int) -> tuple[Point, set]:  # noqa: ANN001
+def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int,  # noqa: ANN001
+           merged: bool = False) -> tuple[Point, set]:
     point = Point(size, layout)
     prefix = f"b{size}_{layout}_"
     database = ddl.database_name(prefix, settings.fraud_recipient)
@@ -121,6 +133,9 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
             client.command(statement)
     started = time.perf_counter()
     _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
+    if merged:  # as background merges leave a table landed over two years: one part per table
+        for destination in plan.tables:
+            client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
     point.fill_s = time.perf_counter() - started
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
@@ -142,8 +157,8 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     return point, found
 
 
-def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
-    results = Results(landing)
+def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False) -> Results:
+    results = Results(landing, merged=merged)
     with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
@@ -152,7 +167,7 @@ def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
         for size in sizes:
             found = []
             for layout in LAYOUTS:
-                point, keys = _point(client, settings, plan, size, layout, landing, landings)
+                point, keys = _point(client, settings, plan, size, layout, landing, landings, merged)
                 results.points.append(point)
                 found.append(keys)
             results.identical_alerts &= all(keys == found[0] for keys in found)
@@ -167,9 +182,10 @@ def measure(sizes: list[int], landing: int, landings: int = 3) -> Results:
 
 
 def report(results: Results) -> None:
-    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings)")
+    merged = ", tables merged first" if results.merged else ""
+    table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings{merged})")
     for point in results.points:
-        when = "before" if point.layout == "event_id" else "after"
+        when = {"event_id": "before the layout", "subject_day": "before: day watermark"}.get(point.layout, "now: landing watermark")
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): incremental", f"{point.per_landing_s:.2f} s", "")
         done, of = point.per_landing_granules
@@ -179,7 +195,7 @@ def report(results: Results) -> None:
         table.add_row(f"incremental, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
     for layout, ratio in results.rows_ratios.items():
         table.add_row(f"rows read, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
-    table.add_row("same alerts in both layouts", "yes" if results.identical_alerts else "NO", "yes")
+    table.add_row("same alerts in every layout", "yes" if results.identical_alerts else "NO", "yes")
     console.print(table)
     print_notes(results.notes)
     save("fraud", results)
@@ -190,8 +206,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--landing", type=int, default=10_000)
     parser.add_argument("--landings", type=int, default=3, help="incremental runs timed per size and layout")
+    parser.add_argument("--merged", action="store_true",
+                        help="merge each filled table into one part first (OPTIMIZE FINAL), as background merges "
+                             "leave a table landed over years; without it the fill's parts stay unmerged")
     args = parser.parse_args()
-    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings))
+    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged))
 
 
 if __name__ == "__main__":

@@ -30,6 +30,12 @@ OPERATIONS_TABLE = "operations"
 OVERSIGHT_ROLE = "oversight"
 LANDED_AT = "_landed_at"
 LANDED_AT_DEFAULT = "toStartOfDay(now())"
+# The landing of a fraud table's row: the microsecond its insert (one landed batch) began, the same
+# for the whole batch. The incremental fraud rules resume from it (`consumers.fraud.watermarks`); it
+# is in the fraud tables only, no agreement view shows it (copies of an event landed for several
+# recipients in the same microsecond would link them), and it is not a retention clock.
+LANDED_SEQ = "_landed_seq"
+LANDED_SEQ_DEFAULT = "toUnixTimestamp64Micro(now64(6))"
 OCCURRED_AT = "occurred_at"
 ROLE_PREFIX = "backbone_"
 # The fraud rules' findings, and the findings the broker acknowledged on `alerts.fraud`.
@@ -37,8 +43,9 @@ ALERTS_TABLE = "alerts"
 PUBLISHED_TABLE = "alerts_published"
 # Where each fraud rule's incremental runs resume (consumers.fraud.watermarks).
 WATERMARKS_TABLE = "rule_watermarks"
-# The projection of a fraud table's rule keys ordered by landing day (`consumers.fraud.layout`).
-LANDED_PROJECTION = "landed"
+# The projection of a fraud table's rule keys ordered by landing (`LANDED_SEQ`, `consumers.fraud.layout`);
+# the name changed from `landed` (ordered by landing day), so tables made before are migrated.
+LANDED_PROJECTION = "landed_seq"
 # Rows per granule of a table with projections (the fraud tables): an incremental fraud run reads
 # about a granule per subject (or account) that landed beside that subject's rows, so granules far
 # smaller than ClickHouse's 8192 keep its read near what landed, not the table (bench.fraud: with
@@ -90,10 +97,12 @@ def create_table_sql(
     cluster: a ReplicatedReplacingMergeTree `ON CLUSTER`, named `<table>_local` when sharded (`table_sql`)."""
     # A sink states its table with a writer schema's columns to add the ones it lacks: ClickHouse
     # checks a statement's key and projections even when the table exists, so both keep to those columns.
-    names = {column.name for column in columns} | {LANDED_AT}
+    names = {column.name for column in columns} | {LANDED_AT, LANDED_SEQ}
     order_by = tuple(name for name in order_by if name in names) or tuple(order_by)
     projections = [projection for projection in projections if {*projection.columns, *projection.order_by} <= names]
+    sequenced = any(LANDED_SEQ in projection.columns for projection in projections)
     body = ",\n  ".join([*(column.ddl for column in columns), f"{quote_identifier(LANDED_AT)} DateTime DEFAULT {LANDED_AT_DEFAULT}",
+                         *([f"{quote_identifier(LANDED_SEQ)} UInt64 DEFAULT {LANDED_SEQ_DEFAULT}"] if sequenced else []),
                          *(projection.ddl for projection in projections)])
     key = ", ".join(quote_identifier(name) for name in order_by)
     clock = quote_identifier(retention_clock(columns))
@@ -217,27 +226,32 @@ def create_published_table_sql(database: str, cluster: Cluster | None = None) ->
     )
 
 
-def create_watermarks_table_sql(database: str, cluster: Cluster | None = None) -> str:
-    """Each fraud rule's watermark: the landing day its last complete run started in, for the rule's
-    SQL `fingerprint` (a changed rule or column type starts over); the newest day wins on merge."""
-    return (
-        f"CREATE TABLE IF NOT EXISTS {qualified(database, cluster.local(WATERMARKS_TABLE) if cluster else WATERMARKS_TABLE)}{on_cluster(cluster)} "
-        "(kind LowCardinality(String), fingerprint String, since DateTime, "
+def create_watermarks_table_sql(database: str, cluster: Cluster | None = None) -> list[str]:
+    """Each fraud rule's watermark: the landing day its last complete run started in and the landing
+    (`LANDED_SEQ`, 0: none) it resumes from, for the rule's SQL `fingerprint` (a changed rule or
+    column type starts over); the newest day wins on merge. A table made before gets `landed_seq`."""
+    table = qualified(database, cluster.local(WATERMARKS_TABLE) if cluster else WATERMARKS_TABLE)
+    return [
+        f"CREATE TABLE IF NOT EXISTS {table}{on_cluster(cluster)} "
+        "(kind LowCardinality(String), fingerprint String, since DateTime, landed_seq UInt64 DEFAULT 0, "
         "written_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        f"ENGINE = {engine(cluster, 'ReplacingMergeTree(since)')} ORDER BY (kind, fingerprint)"
-    )
+        f"ENGINE = {engine(cluster, 'ReplacingMergeTree(since)')} ORDER BY (kind, fingerprint)",
+        *(f"ALTER TABLE {qualified(database, name)}{on_cluster(cluster)} ADD COLUMN IF NOT EXISTS landed_seq UInt64 DEFAULT 0"
+          for name in cluster_tables(WATERMARKS_TABLE, cluster)),
+    ]
 
 
 def fraud_tables_sql(database: str, cluster: Cluster | None = None) -> list[str]:
     """The fraud database, `alerts`, `alerts_published` (on a sharded cluster: by subject) and the
     rules' watermarks (by kind)."""
     statements = [create_database_sql(database, cluster), create_alerts_table_sql(database, cluster),
-                  create_published_table_sql(database, cluster), create_watermarks_table_sql(database, cluster)]
+                  create_published_table_sql(database, cluster)]
     if cluster is not None and cluster.sharded:
         statements += [f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{cluster.on} AS {qualified(database, cluster.local(table))} "
                        f"ENGINE = {cluster.distributed_engine(database, table, key)}"
                        for table, key in ((ALERTS_TABLE, "subject"), (PUBLISHED_TABLE, "subject"), (WATERMARKS_TABLE, "kind"))]
-    return statements
+    create, *alter = create_watermarks_table_sql(database, cluster)
+    return [*statements[:3], create, *statements[3:], *alter]
 
 
 # --- who may do what: one user per sink, one role per recipient, the oversight role -------------

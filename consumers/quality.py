@@ -20,6 +20,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Message
 
+from backbone.clickhouse.cluster import Cluster, cluster_of, engine, on_cluster
 from backbone.errors import SinkError
 from backbone.kafka.topics import QUALITY_TOPIC
 from backbone.quality.contract import QualityContract
@@ -36,15 +37,17 @@ QUALITY_DATABASE = ddl.QUALITY_DATABASE
 QUALITY_SINK = "quality"
 WEEK_HOURS = 168
 
-WINDOWS_SQL = """CREATE TABLE IF NOT EXISTS {db}.windows (
-    event_type String, provider LowCardinality(String), hour DateTime('UTC'), worker String,
-    seal_id String, window String, landed_at DateTime64(3, 'UTC') DEFAULT now64(3)
-) ENGINE = ReplacingMergeTree ORDER BY (event_type, hour, worker)"""
-SCORECARDS_SQL = """CREATE TABLE IF NOT EXISTS {db}.scorecards (
-    provider LowCardinality(String), event_type String, hour DateTime('UTC'), dimension LowCardinality(String),
+# (table, columns, engine, ORDER BY, what a sharded cluster places rows by: one event type's rows on one
+# shard, so FINAL collapses a redelivered window and a scorecard merges every worker's window there)
+QUALITY_TABLES = (
+    ("windows", """event_type String, provider LowCardinality(String), hour DateTime('UTC'), worker String,
+    seal_id String, window String, landed_at DateTime64(3, 'UTC') DEFAULT now64(3)""",
+     "ReplacingMergeTree", "event_type, hour, worker", "event_type"),
+    ("scorecards", """provider LowCardinality(String), event_type String, hour DateTime('UTC'), dimension LowCardinality(String),
     score Nullable(Float64), checked UInt64, failed UInt64, threshold String, met Nullable(Bool), events UInt64,
-    workers UInt32, detail String, computed_at DateTime64(3, 'UTC')
-) ENGINE = ReplacingMergeTree(computed_at) ORDER BY (provider, event_type, hour, dimension)"""
+    workers UInt32, detail String, computed_at DateTime64(3, 'UTC')""",
+     "ReplacingMergeTree(computed_at)", "provider, event_type, hour, dimension", "event_type"),
+)
 SCORECARD_COLUMNS = ["provider", "event_type", "hour", "dimension", "score", "checked", "failed", "threshold", "met",
                      "events", "workers", "detail", "computed_at"]
 
@@ -53,10 +56,23 @@ def quality_database(settings: Settings) -> str:
     return ddl.database_name(settings.clickhouse_database_prefix, QUALITY_DATABASE)
 
 
-def setup_quality(client: Client, database: str) -> None:
-    client.command(ddl.create_database_sql(database))
-    client.command(WINDOWS_SQL.format(db=database))
-    client.command(SCORECARDS_SQL.format(db=database))
+def quality_tables_sql(database: str, cluster: Cluster | None = None) -> list[str]:
+    """The quality database and its tables; on a cluster (`BACKBONE_CLICKHOUSE_CLUSTER`) `Replicated*`
+    tables `ON CLUSTER`, and when sharded `<table>_local` with a `Distributed` table over them."""
+    statements = [ddl.create_database_sql(database, cluster)]
+    for table, columns, kind, order_by, shard_key in QUALITY_TABLES:
+        local = ddl.qualified(database, cluster.local(table) if cluster else table)
+        statements.append(f"CREATE TABLE IF NOT EXISTS {local}{on_cluster(cluster)} (\n    {columns}\n) "
+                          f"ENGINE = {engine(cluster, kind)} ORDER BY ({order_by})")
+        if cluster is not None and cluster.sharded:
+            statements.append(f"CREATE TABLE IF NOT EXISTS {ddl.qualified(database, table)}{cluster.on} AS {local} "
+                              f"ENGINE = {cluster.distributed_engine(database, table, shard_key)}")
+    return statements
+
+
+def setup_quality(client: Client, database: str, cluster: Cluster | None = None) -> None:
+    for statement in quality_tables_sql(database, cluster):
+        client.command(statement)
 
 
 def parse_key(key: bytes | None) -> tuple[str, int, str]:
@@ -143,11 +159,12 @@ class QualityTarget:
         self.client = client
         self.contracts = dict(contracts)
         self.database = quality_database(settings)
+        self.cluster = cluster_of(settings)
         self.scorecards: dict[str, Scorecard] = {}  # the newest hour's scorecard per event type, for metrics
 
     def setup(self) -> None:
         try:
-            setup_quality(self.client, self.database)
+            setup_quality(self.client, self.database, self.cluster)
         except DatabaseError as exc:
             raise SinkError(f"sink {self.name}: ClickHouse refused the schema set-up ({clickhouse_error(exc)})") from exc
 

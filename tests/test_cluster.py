@@ -22,6 +22,7 @@ from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
 from consumers.fraud.layout import migration
 from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
+from consumers.quality import QUALITY_TABLES, quality_database, quality_tables_sql
 from consumers.typemap import Column
 
 CLUSTER = "backbone"  # 2 shards x 2 replicas, as remote_servers would name it
@@ -51,6 +52,7 @@ def _statements(sharded: bool) -> list[str]:
         statements += plan.views
     cluster = cluster_of(settings)
     statements += ddl.fraud_tables_sql(ddl.database_name("", settings.fraud_recipient), cluster)
+    statements += quality_tables_sql(quality_database(settings), cluster)
     targets = [RowTarget("fraud", "welfare_benefit_claimed", "national_id", ("x",)),
                *(RowTarget("fraud", table, SUBJECT_COLUMN, ("x",)) for table in SUBJECT_TABLES)]
     statements += [delete_sql(target, cluster) for target in targets]
@@ -91,6 +93,7 @@ def test_sharded_tables_place_one_subject_on_one_shard() -> None:
     assert keys["events"] == "assumeNotNull(`subject_token`)"  # the audit trail, by the subject's oversight token
     assert keys["alerts"] == "subject" and keys["alerts_published"] == "subject"
     assert keys["checkpoints"] == "`writer`"  # one writer's chain on one shard
+    assert keys["windows"] == keys["scorecards"] == "event_type"  # an event type's windows merge into its scorecard on one shard
     # erasure deletes in the shards' tables: a Distributed table takes no DELETE
     assert delete_sql(RowTarget("fraud", "alerts", "subject", ("x",)), Cluster(CLUSTER, True)).startswith(
         "DELETE FROM `fraud`.`alerts_local` ON CLUSTER `backbone`")
@@ -108,6 +111,21 @@ def test_single_node_ddl_is_unchanged_without_a_cluster(clickhouse_client) -> No
     statements = _statements(sharded=None)  # type: ignore[arg-type]
     assert not any("ON CLUSTER" in s or "Replicated" in s or "Distributed" in s for s in statements)
     assert any("ENGINE = ReplacingMergeTree" in s for s in statements)
+
+
+def test_quality_tables_are_replicated_on_cluster_and_plain_on_one_node(clickhouse_client) -> None:  # noqa: ANN001
+    for sharded in (True, False):
+        statements = quality_tables_sql("quality", Cluster(CLUSTER, sharded))
+        tables = [s for s in statements if s.startswith("CREATE TABLE")]
+        assert len(tables) == len(QUALITY_TABLES) * (2 if sharded else 1)
+        for statement in statements:
+            formatted, _ = _parsed(clickhouse_client, statement)
+            assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
+        assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', computed_at)" in "".join(tables)
+        assert ("`quality`.`windows_local`" in "".join(tables)) is sharded
+    single = quality_tables_sql("quality")
+    assert not any("ON CLUSTER" in s or "Replicated" in s or "Distributed" in s for s in single)
+    assert "ENGINE = ReplacingMergeTree(computed_at) ORDER BY (provider, event_type, hour, dimension)" in single[-1]
 
 
 def test_a_table_missing_right_after_its_ddl_is_retried_not_dead_lettered(clickhouse_client) -> None:  # noqa: ANN001
@@ -135,7 +153,7 @@ def test_fraud_tables_keep_one_subject_on_one_shard_ordered_by_subject_and_migra
     claims, columns = next((d, c) for d, c in plan.tables.items() if d.table == "welfare_benefit_claimed")
     local, distributed = ddl.table_sql(claims.database, claims.table, columns, claims.order_by, claims.retention_days,
                                        plan.cluster, claims.shard_by, claims.projections)
-    assert "ORDER BY (`national_id`, `event_id`)" in local and "PROJECTION `landed`" in local and "ReplicatedReplacingMergeTree(" in local
+    assert "ORDER BY (`national_id`, `event_id`)" in local and "PROJECTION `landed_seq`" in local and "ReplicatedReplacingMergeTree(" in local
     assert distributed.endswith("cityHash64(`national_id`))")  # the subject the rows are ordered by places them
     assert "ReplicatedReplacingMergeTree('/clickhouse/tables/{shard}/{database}/{table}', '{replica}', since)" in "".join(
         ddl.fraud_tables_sql("fraud", plan.cluster))  # the watermarks keep the newest day per rule

@@ -20,6 +20,7 @@ from backbone.policy.agreements import load_agreements
 from backbone.settings import PROJECT_ROOT, Settings, load_settings
 from consumers import ddl
 from consumers.fraud import RULES, FraudDetector, layout, watermarks
+from consumers.fraud.registry import Since
 from consumers.plans import SinkPlan, recipient_plan
 from consumers.typemap import quote_identifier
 
@@ -89,13 +90,13 @@ def fraud(clickhouse_client, clickhouse_dsn: str, tmp_path: Path, unique: str) -
     clickhouse_client.command(f"DROP DATABASE IF EXISTS {quote_identifier(plan.databases[0])} SYNC")
 
 
-def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landing_day(tmp_path: Path) -> None:
+def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landing(tmp_path: Path) -> None:
     settings = load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path)
     tables = {destination.table: destination for destination in _plan(settings).tables}
     claims = tables[CLAIMS]
     assert claims.order_by == ("national_id", "event_id") and claims.shard_by == ("national_id",)
     assert {p.name: (p.order_by, set(p.columns)) for p in claims.projections} == {
-        ddl.LANDED_PROJECTION: (("_landed_at",), {"_landed_at", "national_id", "period", "bank_account"}),
+        ddl.LANDED_PROJECTION: (("_landed_seq",), {"_landed_seq", "national_id", "period", "bank_account"}),
         "key_bank_account_period": (("bank_account", "period"), {"bank_account", "period", "national_id"}),
     }
     assert [p.name for p in tables[DEATHS].projections] == [ddl.LANDED_PROJECTION]
@@ -107,10 +108,15 @@ def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landi
 def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_table(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
     _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
-    _land(clickhouse_client, fraud.database, 40, 120_000, 0, subjects=6_000)  # today: a few subjects, accounts and periods
+    _land(clickhouse_client, fraud.database, 20_000, 120_000, 0, subjects=6_000)  # today, before the last run
+    start = watermarks.resume_point(clickhouse_client)  # where a run starting now resumes next time
+    assert start.landed_seq is not None
+    # (`resume_point` allows the clock a few milliseconds: say the last run started after the deaths landed)
+    landed = clickhouse_client.query(f"SELECT max(_landed_seq) FROM {ddl.qualified(fraud.database, DEATHS)}").result_rows[0][0]
+    since = Since(start.day, max(start.landed_seq, landed + 1))
+    _land(clickhouse_client, fraud.database, 40, 140_000, 0, subjects=6_000)  # since: a few subjects, accounts and periods
     detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
     columns = detector._columns()  # noqa: SLF001
-    since = "toStartOfDay(now())"
     for rule in RULES.values():
         plan = "\n".join(row[0] for row in clickhouse_client.query(
             "EXPLAIN indexes = 1 " + rule.select_sql(fraud.database, columns, since)).result_rows)
@@ -118,9 +124,10 @@ def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_ta
         assert read, plan
         granules, total = sum(a for a, _ in read), sum(b for _, b in read)
         assert granules * 5 <= total, f"{rule.kind} reads {granules} of {total} granules"
-        # the keys that landed are found reading what landed (the projection ordered by landing day)
-        keys = rule.touched(fraud.database, since).split(" IN (", 1)[1][:-1]
-        assert int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
+        # the keys that landed since the last run are found reading what landed since (the projection
+        # ordered by landing), not what landed earlier that day
+        keys = rule.touched(fraud.database, since, columns).split(" IN (", 1)[1][:-1]
+        assert "_landed_seq >= " in keys and int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
 
 
 def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
@@ -130,15 +137,15 @@ def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_
     first.detect()  # the first run reads every row, then records each rule's watermark
     assert set(watermarks.load(clickhouse_client, fraud.database)) == set(RULES)
 
-    # evidence that landed before the watermark after that run: a resumed run does not read it
+    # evidence marked as landed before the watermark after that run: a resumed run does not read it
     late = "k1.late"
     clickhouse_client.command(
-        f"INSERT INTO {ddl.qualified(fraud.database, DEATHS)} (event_id, occurred_at, national_id, date_of_death, _landed_at) "
-        f"VALUES (generateUUIDv4(), now64(3), '{late}', '2024-01-15', toStartOfDay(now()) - toIntervalDay(2))")
+        f"INSERT INTO {ddl.qualified(fraud.database, DEATHS)} (event_id, occurred_at, national_id, date_of_death, _landed_at, _landed_seq) "
+        f"VALUES (generateUUIDv4(), now64(3), '{late}', '2024-01-15', toStartOfDay(now()) - toIntervalDay(2), 1)")
     clickhouse_client.command(
         f"INSERT INTO {ddl.qualified(fraud.database, CLAIMS)} (event_id, occurred_at, national_id, period, benefit_type, bank_account, "
-        f"monthly_amount, _landed_at) VALUES (generateUUIDv4(), now64(3), '{late}', '2025-03', 'unemployment', 'NL-late', 400, "
-        "toStartOfDay(now()) - toIntervalDay(2))")
+        f"monthly_amount, _landed_at, _landed_seq) VALUES (generateUUIDv4(), now64(3), '{late}', '2025-03', 'unemployment', 'NL-late', 400, "
+        "toStartOfDay(now()) - toIntervalDay(2), 1)")
     _land(clickhouse_client, fraud.database, 1_000, 6_000, 0, subjects=400)  # today: evidence spanning history
 
     restarted = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)  # a new sink process: nothing in memory
@@ -151,6 +158,16 @@ def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_
     restarted.full_run()  # what an operator forces: every row again, the same alerts as a full run
     restarted.detect()
     assert {alert.key for alert in restarted.alerts()} == full
+
+
+def test_a_run_resumes_by_landing_where_a_table_has_one_else_by_day() -> None:
+    since = Since(1_700_000_000, 1_700_000_123_456_789)  # microseconds
+    claims = {"national_id": "String", "_landed_at": "DateTime", "_landed_seq": "UInt64"}
+    deaths = {"national_id": "String", "_landed_at": "DateTime"}  # made before `_landed_seq`
+    touched = RULES["claim_after_death"].touched("fraud", since, {CLAIMS: claims, DEATHS: deaths})
+    assert f"`{CLAIMS}` WHERE _landed_seq >= 1700000123456789" in touched
+    assert f"`{DEATHS}` WHERE _landed_at >= toDateTime(1700000000)" in touched  # the day: every landing since, and more
+    assert "_landed_seq" not in RULES["claim_after_death"].touched("fraud", Since(1_700_000_000), {CLAIMS: claims})  # on a cluster
 
 
 def test_a_changed_rule_starts_over_with_a_full_run() -> None:
@@ -204,6 +221,36 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     migrated.full_run()
     migrated.detect()
     assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
+
+
+def test_tables_with_the_day_projection_are_flagged_and_migrated_to_the_landing_projection(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # as the previous layout made them: ordered by subject, the rules' keys projected by landing day
+    client = clickhouse_client
+    client.command(ddl.create_database_sql(fraud.database))
+    for destination, columns in fraud.plan.tables.items():
+        day = tuple(ddl.Projection(layout.DAY_PROJECTION, ("_landed_at", *p.columns[1:]), ("_landed_at",))
+                    if p.name == ddl.LANDED_PROJECTION else p for p in destination.projections)
+        for statement in ddl.table_sql(destination.database, destination.table, columns, destination.order_by, None,
+                                       None, destination.shard_by, day):
+            client.command(statement)
+    _land(client, fraud.database, 2_000, 0, 3, subjects=150)
+    assert layout.stale_tables(layout.layouts(client, fraud.database), [CLAIMS, INCOMES, DEATHS]) == sorted([CLAIMS, DEATHS, INCOMES])
+    assert sorted(layout.migrate(client, fraud.plan)) == sorted([CLAIMS, DEATHS, INCOMES])
+    found = layout.layouts(client, fraud.database)
+    assert not layout.stale_tables(found, [CLAIMS, INCOMES, DEATHS])
+    assert ddl.LANDED_PROJECTION in found[CLAIMS].projections
+    detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    detector.detect()
+    _land(client, fraud.database, 300, 2_000, 0, subjects=150)
+    detector.detect()  # incremental, by landing
+    assert {alert.key for alert in detector.alerts()} == _full(client, detector)
+    # the landing is the fraud tables' own: no agreement view shows it
+    for statement in fraud.plan.views:
+        client.command(statement)
+    shown = client.query("SELECT c.name FROM system.columns AS c INNER JOIN system.tables AS t ON c.database = t.database "
+                         "AND c.table = t.name WHERE t.database = {db:String} AND t.engine = 'View'",
+                         parameters={"db": fraud.database}).result_rows
+    assert shown and (ddl.LANDED_SEQ,) not in shown
 
 
 def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -> None:

@@ -5,8 +5,8 @@ with `FINAL`, so redelivered events count once). After every batch the fraud sin
 `FraudDetector.detect()`:
 1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period): a rule's
    first run reads every row; later runs of a scoped rule read only the keys of rows landed since
-   the day the previous run started (`_landed_at` is the day of landing: the watermark is that day,
-   taken before the run, so nothing landing during a run is missed), each key over its whole history
+   the previous run started (`_landed_seq`, the landing of each batch; the watermark is taken before
+   the run, so nothing landing during a run is missed), each key over its whole history
    (`consumers.fraud.layout` lays the tables out so that reads what landed, not the table). The
    watermarks are kept in the fraud database (`consumers.fraud.watermarks`): a restarted sink resumes;
 2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
@@ -36,7 +36,7 @@ from backbone.settings import Settings
 from consumers import ddl
 from consumers.fraud import layout, watermarks
 from consumers.fraud.alerts import Alert, insert_alerts_sql, record_findings
-from consumers.fraud.registry import RULES, Rule, lookup
+from consumers.fraud.registry import RULES, Rule, Since, lookup
 
 log = logging.getLogger("backbone.fraud")
 
@@ -60,9 +60,9 @@ class FraudDetector:
         self._producer: Producer | None = None
         self._encode: Callable[[dict], bytes] | None = None
         self._off: set[str] = set()
-        # rule kind -> (its SQL's fingerprint, the landing day in unix seconds its last complete run
-        # started in); None until read from the fraud database
-        self._since: dict[str, tuple[str, int]] | None = None
+        # rule kind -> (its SQL's fingerprint, where its last complete run started); None until read
+        # from the fraud database
+        self._since: dict[str, tuple[str, Since]] | None = None
 
     def setup(self) -> None:
         if self._ready:
@@ -73,8 +73,8 @@ class FraudDetector:
         read = {cluster.local(table) if cluster else table for rule in self.rules.values() if rule.scope for table in rule.needs}
         old = layout.stale_tables(layout.layouts(self.client, self.database), read)
         if old:
-            log.error("fraud tables %s are ordered by event id alone (made before the fraud layout): each incremental "
-                      "run reads them whole; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
+            log.error("fraud tables %s were made before the fraud layout (ordered by event id alone, or by landing day): "
+                      "each incremental run reads them whole, or the day's keys; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
@@ -103,7 +103,7 @@ class FraudDetector:
         """Run every rule, then publish the alerts not published yet; returns those alerts."""
         self.setup()
         columns = self._columns()
-        day = int(self.client.query("SELECT toUnixTimestamp(toStartOfDay(now()))").result_rows[0][0])
+        start = watermarks.resume_point(self.client, cluster_of(self.settings) is not None)
         if self._since is None:
             self._since = watermarks.load(self.client, self.database)
         for rule in self._runnable(columns):
@@ -114,10 +114,10 @@ class FraudDetector:
             if since is None:
                 self.client.command(insert_alerts_sql(self.database, rule.kind, full))
             else:
-                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, f"toDateTime({since})"))
-            if last != (mark, day):  # after the alerts: a crash between repeats this run, raising nothing twice
-                watermarks.save(self.client, self.database, rule.kind, mark, day)
-                self._since[rule.kind] = (mark, day)
+                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since))
+            if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
+                watermarks.save(self.client, self.database, rule.kind, mark, start)
+                self._since[rule.kind] = (mark, start)
         if not self.leads():
             return []  # another replica publishes
         return self.publish()

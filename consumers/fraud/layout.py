@@ -5,15 +5,17 @@ A fraud table is ordered by (subject, event id): a rule reading the whole histor
 that landed since its last run reads their granules only (primary-key pruning), not the table, and
 copies of one event share the subject, so they still collapse into one row (a copy re-released
 across a pseudonym key rotation would not, as it would not on a sharded cluster, which places rows
-by the subject too). It carries a projection of the rules' key columns ordered by landing day
-(`ddl.LANDED_PROJECTION`), so finding the keys that landed since a day reads what landed, not the
-table; and for a rule keyed by something else (`shared_bank_account`: bank account and period) a
+by the subject too). It carries a projection of the rules' key columns ordered by landing
+(`ddl.LANDED_SEQ`, the microsecond a landed batch's insert began: `ddl.LANDED_PROJECTION`), so
+finding the keys that landed since the last run reads what landed since, not the table (nor the
+day); and for a rule keyed by something else (`shared_bank_account`: bank account and period) a
 projection of its columns ordered by its key, which that rule reads without `FINAL`. A table holds
 `ddl.PROJECTED_INDEX_GRANULARITY` rows per granule: a touched subject costs a granule's reading, so small granules
 keep the read near what the subjects hold.
 
 A table made before (ordered by event id alone) is migrated by `backbone fraud migrate`: a new table
-with the layout, every row copied, the two exchanged atomically (`EXCHANGE TABLES`), rows landed
+with the layout, every row copied (each gets the migration's landing, so the next incremental run
+reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
 meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes.
 """
 
@@ -38,14 +40,14 @@ MIGRATE_COMMAND = "backbone fraud migrate"
 
 def projections(table: str, columns: Iterable[str], subject: Sequence[str] = (),
                 rules: Mapping[str, Rule] | None = None) -> tuple[ddl.Projection, ...]:
-    """The projections the scoped rules reading `table` need: their key columns by landing day
+    """The projections the scoped rules reading `table` need: their key columns by landing
     (`ddl.LANDED_PROJECTION`), and, for a rule whose key does not start with the subject (the
     table's order), that rule's columns ordered by its key (`key_<columns>`)."""
     have = set(columns)
     scoped = [rule for rule in (RULES if rules is None else rules).values()
               if rule.scope and table in rule.needs and set(rule.scope) <= set(rule.needs[table]) <= have]
     keys = tuple(sorted({column for rule in scoped for column in rule.scope}))
-    made = [ddl.Projection(ddl.LANDED_PROJECTION, (ddl.LANDED_AT, *keys), (ddl.LANDED_AT,))] if keys else []
+    made = [ddl.Projection(ddl.LANDED_PROJECTION, (ddl.LANDED_SEQ, *keys), (ddl.LANDED_SEQ,))] if keys else []
     for rule in scoped:
         name = "key_" + "_".join(rule.scope)
         if rule.scope[0] not in subject[:1] and name not in {projection.name for projection in made}:
@@ -105,7 +107,7 @@ class Migration:
 
 def migration(database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
               cluster: Cluster | None = None, shard_by: Sequence[str] = (), planned: Sequence[ddl.Projection] = ()) -> Migration:
-    """The migration of `database.table` (its current `columns`, `_landed_at` aside) to the layout.
+    """The migration of `database.table` (its current `columns`, `_landed_at` and `_landed_seq` aside) to the layout.
     On a sharded cluster rows go through the `Distributed` tables (placed by the same key) and the
     shards' local tables are exchanged; every DDL runs `ON CLUSTER`."""
     new = f"{table}{RELAYOUT_SUFFIX}"
@@ -143,7 +145,8 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
                 continue  # not landed yet: the sink creates it laid out
             columns = [Column(name, kind) for name, kind in client.query(
                 "SELECT name, type FROM system.columns WHERE database = {db:String} AND table = {t:String} ORDER BY position",
-                parameters={"db": database, "t": local(destination.table)}).result_rows if name != ddl.LANDED_AT]
+                parameters={"db": database, "t": local(destination.table)}).result_rows
+                if name not in (ddl.LANDED_AT, ddl.LANDED_SEQ)]
             steps = migration(database, destination.table, columns, destination.order_by, destination.retention_days,
                               cluster, destination.shard_by, destination.projections)
             leftover = local(f"{destination.table}{RELAYOUT_SUFFIX}") in found
@@ -161,6 +164,12 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
     return migrated
 
 
+# The projection by landing day tables had before `ddl.LANDED_SEQ`: their runs read the keys landed that day.
+DAY_PROJECTION = "landed"
+
+
 def stale_tables(found: Mapping[str, Layout], tables: Iterable[str]) -> list[str]:
-    """Of `tables` (ones the rules read), those still ordered by the event id alone (made before the layout)."""
-    return sorted(table for table in tables if table in found and found[table].sorting_key == (EVENT_ID,))
+    """Of `tables` (ones the rules read), those made before the layout: ordered by the event id alone,
+    or by subject with the projection by landing day (then each run reads the keys landed that day)."""
+    return sorted(table for table in tables if table in found
+                  and (found[table].sorting_key == (EVENT_ID,) or DAY_PROJECTION in found[table].projections))

@@ -6,7 +6,8 @@ it follows how the agreements release each field. A rule whose tables or columns
 agreement releases them to the fraud team) is off: `applicable()` leaves it out.
 
 A rule may also say which columns its findings are keyed by (`scope`, e.g. `national_id, period`):
-then, once it has run, the detector runs it on the keys that landed since (`select_sql(..., since=)`),
+then, once it has run, the detector runs it on the keys that landed since (`select_sql(..., since=)`,
+a `Since`: the landing its last run resumes from, or the day where a table has no landing column),
 each over its whole history, which finds what a run over every row finds (the other keys' findings
 are unchanged and recorded already) for the work of what landed, not of everything that ever did.
 
@@ -21,10 +22,27 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from consumers.ddl import LANDED_AT, LANDED_SEQ
 from consumers.fraud.errors import DuplicateRule, FraudRuleError, UnknownRule
 
 # table -> column -> ClickHouse type, as `system.columns` reports them for the fraud database
 Columns = Mapping[str, Mapping[str, str]]
+
+
+@dataclass(slots=True, frozen=True)
+class Since:
+    """Where an incremental run resumes: rows of landing `landed_seq` or later (microseconds, in a
+    table with `_landed_seq`; None: not known), else rows landed on `day` (unix seconds) or later."""
+
+    day: int
+    landed_seq: int | None = None
+
+    def condition(self, table_columns: Mapping[str, str]) -> str:
+        if self.landed_seq is not None and LANDED_SEQ in table_columns:
+            return f"{LANDED_SEQ} >= {int(self.landed_seq)}"
+        return f"{LANDED_AT} >= toDateTime({int(self.day)})"
+
+
 # (database, columns[, where]) -> SELECT kind, subject, period, details; `where` (scoped rules only)
 # is a condition each of its subqueries over a needed table adds, "1" for every row
 RuleSql = Callable[..., str]
@@ -46,19 +64,22 @@ class Rule:
         return [f"{table}.{column}" for table, needed in self.needs.items()
                 for column in needed if column not in columns.get(table, {})]
 
-    def select_sql(self, database: str, columns: Columns, since: str | None = None) -> str:
-        """The rule's SELECT: over every row, or (`since`, a `_landed_at` SQL literal, scoped rules
-        only) over the whole history of the keys that landed at or after `since`."""
+    def select_sql(self, database: str, columns: Columns, since: Since | str | None = None) -> str:
+        """The rule's SELECT: over every row, or (`since`, scoped rules only: a `Since`, or a
+        `_landed_at` SQL literal) over the whole history of the keys that landed since."""
         if not self.scope:
             return self.sql(database, columns)
         if since is None:
             return self.sql(database, columns, "1")
-        return self.sql(database, columns, self.touched(database, since))
+        return self.sql(database, columns, self.touched(database, since, columns))
 
-    def touched(self, database: str, since: str) -> str:
-        """`(scope) IN (the scope keys of rows landed at or after since in the needed tables)`."""
+    def touched(self, database: str, since: Since | str, columns: Columns | None = None) -> str:
+        """`(scope) IN (the scope keys of rows landed since in the needed tables)`: by landing where a
+        table has `_landed_seq` (its projection by landing reads just those), else by landing day."""
         keys = ", ".join(self.scope)
-        sources = [f"SELECT {keys} FROM {database_table(database, table)} WHERE _landed_at >= {since}"
+        where = (lambda table: since.condition((columns or {}).get(table, {}))) if isinstance(since, Since) \
+            else (lambda table: f"{LANDED_AT} >= {since}")
+        sources = [f"SELECT {keys} FROM {database_table(database, table)} WHERE {where(table)}"
                    for table, needed in self.needs.items() if set(self.scope) <= set(needed)]
         return f"({keys}) IN ({' UNION ALL '.join(sources)})"
 
