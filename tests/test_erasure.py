@@ -451,7 +451,14 @@ def message_bytes(message) -> bytes:  # noqa: ANN001
 def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_table(stack: Settings, clickhouse_client) -> None:  # noqa: ANN001, C901
     from backbone.kafka.compacted import read_to_end
     from backbone.kafka.dlq_keys import retention_ms
-    from backbone.kafka.topics import ALERTS_TOPIC, CONSENT_TOPIC, Topics, alerts_topic_config, consent_topic_config, eager_compaction
+    from backbone.kafka.topics import (
+        ALERTS_TOPIC,
+        CONSENT_TOPIC,
+        Topics,
+        alerts_topic_config,
+        consent_topic_config,
+        eager_compaction,
+    )
     from consumers.fraud import FraudDetector
 
     settings = stack
