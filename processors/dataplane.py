@@ -240,7 +240,7 @@ class DataPlane:
         # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.
         for output in self.router.quality_outputs(now, everything=final) if unavailable is None else ():
             if place is not None and output.topic == AUDIT_TOPIC:
-                audit.append((output.key, place(output.value)))
+                audit.append(place(output.value))
             else:
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
                 produced += 1
@@ -249,14 +249,18 @@ class DataPlane:
                           output.timestamp)
         produced += len(shared)
         if audit:
+            # Many events' audit records in one Kafka record (`backbone.audit.batches`), keyed by the
+            # writer: one produce call per RECORDS_PER_MESSAGE events, not one per event. Packed
+            # before the checkpoint is sealed: once a stable writer's checkpoint is acknowledged,
+            # only a failed delivery or a dead process may keep its records off Kafka (a restart
+            # names that batch interrupted), never an error in this worker's own code.
+            values = list(pack(audit))
             sealed = checkpoints.seal() if checkpoints is not None else None
             if sealed is not None and checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
                 self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
                 self._flushed(producer)
-            # Many events' audit records in one Kafka record (`backbone.audit.batches`), keyed by the
-            # writer: one produce call per RECORDS_PER_MESSAGE events, not one per event.
             key = sealed.key if sealed is not None else None
-            for value in pack(audit):
+            for value in values:
                 self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
                 produced += 1
             if sealed is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import logging
+import time
 from collections.abc import Mapping
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
@@ -26,6 +27,8 @@ from backbone.keys.keyring import PublicKey
 from backbone.settings import Settings
 
 log = logging.getLogger(__name__)
+
+READ_WAIT_S = 0.2
 
 
 def newest_checkpoint(settings: Settings, writer: str, codec: CheckpointCodec, keys: Mapping[str, PublicKey]) -> Checkpoint | None:
@@ -41,9 +44,14 @@ def newest_checkpoint(settings: Settings, writer: str, codec: CheckpointCodec, k
         consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING) for p in sorted(remaining)])
         newest: Checkpoint | None = None
         wanted = writer.encode()
+        quiet_since = time.monotonic()
         while remaining:
-            messages = consumer.consume(5000, settings.kafka_timeout_s)
-            if not messages:
+            # a short wait per call: consume() waits its whole timeout unless all 5000 arrive, and the
+            # topic's end is known, so the last call need not wait
+            messages = consumer.consume(5000, READ_WAIT_S)
+            if messages:
+                quiet_since = time.monotonic()
+            elif time.monotonic() - quiet_since > settings.kafka_timeout_s:
                 raise AuditLogError(f"{CHECKPOINTS_TOPIC} stopped answering while the audit writer {writer} rebuilt its "
                                     "state; start the worker again")
             for message in messages:

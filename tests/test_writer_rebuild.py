@@ -86,6 +86,8 @@ def test_a_worker_killed_mid_batch_and_rescheduled_with_a_fresh_data_dir_raises_
     finally:
         restarted.stop()
     assert {event_id for event_id, _ in found} >= set(sent)
+    # its clean stop sealed the open hour's quality windows and produced their records (the data plane did not fail after the checkpoint)
+    assert "data plane stopped" not in restarted.log_path.read_text(errors="replace"), restarted.tail(5)
 
     report = _verify(stack, backbone_cli)
     assert report["failures"] == [], report["failures"]
