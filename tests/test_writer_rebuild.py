@@ -40,23 +40,29 @@ def _verify(settings: Settings, backbone_cli) -> dict:  # noqa: ANN001
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
-def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, timeout: float = 90) -> dict:  # noqa: ANN001
+def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, sent: dict[str, str],  # noqa: ANN001
+                    timeout: float = 240, rounds: int = 8) -> dict:
     """SIGKILL `worker` while a sealed batch's audit records are not all on Kafka; the trail it left.
 
-    A stable writer has each checkpoint acknowledged before it produces the records it seals, and
-    those travel many to a Kafka record (`backbone.audit.batches`), so a batch lands within a few
-    milliseconds of its checkpoint: the worker is frozen (SIGSTOP) as each new checkpoint appears,
-    the trail read while nothing more can arrive, and the worker killed once a batch is cut short
-    (else let go on to its next batch)."""
+    A batch's records land within a few milliseconds of its checkpoint (they travel many to a Kafka
+    record, `backbone.audit.batches`), so the worker is frozen (SIGSTOP) as each new checkpoint
+    appears, the trail read while nothing more can arrive, and the worker killed once a batch is cut
+    short (else let go on to its next batch). Catching that window is luck: when the worker has
+    decided everything (no checkpoint for a while), another round of events is sent, up to `rounds`
+    (their ids are added to `sent`)."""
     consumer = Consumer(settings.consumer_config(f"watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 1}))
     try:
         consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING)
                          for p in consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions])
-        deadline = time.monotonic() + timeout
+        deadline, last, sent_rounds = time.monotonic() + timeout, time.monotonic(), 1
         while time.monotonic() < deadline and worker.alive():
             message = consumer.poll(0.001)
             if message is None or message.error() is not None:
+                if time.monotonic() - last > 8 and sent_rounds < rounds:  # idle: every batch missed, send more
+                    sent.update(produce_synthetic(settings, events=3_000, seed=100 + sent_rounds))
+                    sent_rounds, last = sent_rounds + 1, time.monotonic()
                 continue
+            last = time.monotonic()
             os.kill(worker.pid, signal.SIGSTOP)
             trail = _verify(settings, backbone_cli)
             if {f["kind"] for f in trail["failures"]} & {"missing_record", "orphan_records"}:
@@ -69,11 +75,15 @@ def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, timeout: f
         consumer.close()
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(600)  # catching a batch mid-flight may take several rounds of events
 def test_a_worker_killed_mid_batch_and_rescheduled_with_a_fresh_data_dir_raises_no_tamper_alarm(
         stack: Settings, tmp_path: Path, backbone_cli) -> None:  # noqa: ANN001
     sent = produce_synthetic(stack, events=6_000, seed=11)
-    killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000").start()
-    cut_short = _kill_mid_batch(stack, killed, backbone_cli)
+    # frozen while the trail is read: a session long enough that the group keeps it (a short one
+    # expires, its next commit fails with UNKNOWN_MEMBER_ID and the worker stops before a batch is caught)
+    killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000", consumer_session_timeout_ms="30000").start()
+    cut_short = _kill_mid_batch(stack, killed, backbone_cli, sent)
     assert {f["kind"] for f in cut_short["failures"]} & {"missing_record", "orphan_records"}, \
         f"the kill must cut a batch short: {cut_short}"
 
