@@ -16,6 +16,7 @@ from typing import Any
 from uuid import UUID
 
 from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
+from backbone.quality.reference import ReferenceSet
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState
 
@@ -31,6 +32,9 @@ MAX_PENDING = 64
 # forgotten first past this bound: ~200 bytes each, so at most ~200 MB a rule in a worker.
 MAX_MARKS = 1_000_000
 Pseudonym = Callable[[str], str]
+# An event type's open window: (hour, window, event-id keys of the hour, of the hour before, (business
+# keys' markers of the hour, of the hour before))
+Current = tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker], tuple[set[int], frozenset[int] | set[int]]]
 Marks = dict[str, int]  # subject pseudonym -> month index (year * 12 + month - 1), in insertion order
 
 
@@ -53,7 +57,12 @@ def rule_label(rule: ValidityRule) -> str:
     return f"{rule.field}:{rule.kind}"
 
 
-def _test(rule: ValidityRule) -> Test:
+def _test(rule: ValidityRule, references: Mapping[str, ReferenceSet]) -> Test:
+    if rule.reference is not None:
+        found = references.get(rule.reference)
+        if found is None:
+            raise ValueError(f"validity rule {rule_label(rule)}: the reference set {rule.reference!r} is not loaded")
+        return found.__contains__
     if rule.values is not None:
         return frozenset(rule.values).__contains__
     if rule.pattern is not None:
@@ -75,9 +84,12 @@ class Checker:
         # One entry per field read: (field, [(label, test)]). A field is counted missing whether or not
         # completeness lists it: validity checks the values present, `events - missing` of them.
         names = list(dict.fromkeys([*required, *(rule.field for rule in rules)]))
-        self.plan = tuple((name, tuple((rule_label(r), _test(r)) for r in rules if r.field == name)) for name in names)
+        self.plan = tuple((name, tuple((rule_label(r), _test(r, contract.references)) for r in rules if r.field == name))
+                          for name in names)
         self.labels = {rule_label(rule): rule.field for rule in rules}
         self.key = quality.uniqueness.key if quality.uniqueness else None
+        self.business_key = tuple(quality.uniqueness.business_key or ()) if quality.uniqueness else ()
+        self.business_label = quality.uniqueness.business_label if quality.uniqueness else None
         self.max_delay_s = quality.timeliness.max_delay_seconds if quality.timeliness else None
         self.subject_field = subject_field
         self.consistency: tuple[ConsistencyRule, ...] = tuple(quality.consistency.rules) if quality.consistency else ()
@@ -85,8 +97,11 @@ class Checker:
         self.pseudonym: Pseudonym = hashed
 
     def observe(self, record: dict[str, Any], window: WindowState, seen: set[Marker], previous: frozenset[Marker] | set[Marker],
-                now: datetime, token: str | None = None) -> None:
+                now: datetime, token: str | None = None, keys: tuple[set[int], frozenset[int] | set[int]] | None = None) -> None:
+        """`seen`/`previous`: the uniqueness keys of this hour and the one before; `keys`: the same of
+        the business key's markers."""
         window.events += 1
+        duplicate = False
         missing, invalid = window.missing, window.invalid
         for name, tests in self.plan:
             value = record.get(name)
@@ -104,9 +119,12 @@ class Checker:
                 marker = key.int >> 65 if type(key) is UUID else str(key)
                 if marker in seen or marker in previous:
                     window.duplicates += 1
+                    duplicate = True
                 else:
                     seen.add(marker)
                 window.distinct.update(marker)
+        if self.business_key and keys is not None:
+            self._business(record, window, keys, token, duplicate)
         if self.max_delay_s is not None:
             occurred = record.get("occurred_at")
             if isinstance(occurred, datetime):
@@ -116,6 +134,37 @@ class Checker:
                     window.late += 1
         if self.consistency:
             self._consistent(record, window, token)
+
+    def business_marker(self, record: dict[str, Any], token: str | None) -> int | None:
+        """The business key's marker: 64 bits of a BLAKE2b of its values with the subject's oversight
+        pseudonym in place of the subject (or, for a key without the subject, of the pseudonym of its
+        values), the same in every worker (the HLL unions across them), never the values themselves.
+        None when a value is missing (completeness counts that)."""
+        values = []
+        for name in self.business_key:
+            value = record.get(name)
+            if value is None or value == "":
+                return None
+            if name == self.subject_field:
+                value = token or self.pseudonym(str(value))
+            values.append(str(value))
+        joined = "\x1f".join(values)
+        if self.subject_field not in self.business_key:
+            joined = self.pseudonym(joined)
+        return int.from_bytes(hashlib.blake2b(joined.encode(), digest_size=8).digest(), "big") >> 1
+
+    def _business(self, record: dict[str, Any], window: WindowState, keys: tuple[set[int], frozenset[int] | set[int]],
+                  token: str | None, duplicate: bool) -> None:
+        marker = self.business_marker(record, token)
+        if marker is None:
+            return
+        seen, previous = keys
+        if marker in seen or marker in previous:
+            if not duplicate:  # a re-sent copy is the event id's duplicate, counted once
+                window.key_duplicates[self.business_label] += 1  # type: ignore[index]
+        else:
+            seen.add(marker)
+        window.key_distinct_sketch(self.business_label).update(marker)  # type: ignore[arg-type]
 
     def _consistent(self, record: dict[str, Any], window: WindowState, token: str | None) -> None:
         subject = record.get(self.subject_field) if self.subject_field else None
@@ -172,7 +221,8 @@ class QualityMonitor:
         self._pseudonym: Pseudonym = hashed
         self.windows: dict[tuple[str, int], WindowState] = {}
         self._seen: dict[tuple[str, int], set[Marker]] = {}
-        self._current: dict[str, tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]] = {}
+        self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
+        self._current: dict[str, Current] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
         self._pending: list[tuple[str, dict[str, Any], datetime, str | None]] = []
         # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
@@ -228,15 +278,16 @@ class QualityMonitor:
         current = self._current.get(event_type)
         if current is None or current[0] != self._hour:
             current = self._open(event_type, self._hour)
-        checker.observe(record, current[1], current[2], current[3], now, token)
+        checker.observe(record, current[1], current[2], current[3], now, token, current[4])
 
-    def _open(self, event_type: str, hour: int) -> tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker]]:
+    def _open(self, event_type: str, hour: int) -> Current:
         window = self.windows.get((event_type, hour))
         if window is None:
             window = self.windows[(event_type, hour)] = WindowState(event_type, hour)
         seen = self._seen.setdefault((event_type, hour), set())
         previous = self._seen.get((event_type, hour - 1), _NO_KEYS)
-        current = self._current[event_type] = (hour, window, seen, previous)
+        keys = (self._seen_keys.setdefault((event_type, hour), set()), self._seen_keys.get((event_type, hour - 1), frozenset()))
+        current = self._current[event_type] = (hour, window, seen, previous, keys)
         return current
 
     def breached(self, event_type: str, bars: Mapping[str, Threshold]) -> tuple[str, ...]:
@@ -273,8 +324,9 @@ class QualityMonitor:
         out = [self.checkers[key[0]].finish(self.windows.pop(key)) for key in done]
         for window in out:  # in hour order: the last is the newest
             self.verdicts[window.event_type] = score(window, self.contracts[window.event_type])
-        for key in [k for k in self._seen if k[1] < hour - 1]:
-            del self._seen[key]
+        for seen in (self._seen, self._seen_keys):
+            for key in [k for k in seen if k[1] < hour - 1]:
+                del seen[key]  # type: ignore[attr-defined]
         for event_type in [t for t, current in self._current.items() if current[0] < hour]:
             del self._current[event_type]
         return out

@@ -10,7 +10,9 @@ Each event type may have `schemas/<event type>.quality.yaml` beside its Avro sch
           - {field: declared_income, min: 0, max: 10000000}
           - {field: period, pattern: '^\\d{4}-(0[1-9]|1[0-2])$'}
           - {field: benefit_type, values: [income_support, unemployment]}
-      uniqueness: {key: event_id, threshold: ">= 99.5"}                      # ODCS duplicateValues
+          - {field: postcode, reference: postcodes}                           # a known value
+      references: {postcodes: reference/postcodes.v1.txt}                     # name -> file beside the schemas
+      uniqueness: {key: event_id, business_key: [national_id, period], threshold: ">= 99.5"}  # ODCS duplicateValues
       timeliness: {max_delay_seconds: 3600, threshold: ">= 98"}              # ODCS slaProperties latency
       volume: {weeks: 4, threshold: ">= 60"}                                  # ODCS rowCount
       consistency:                                                            # across providers
@@ -24,6 +26,12 @@ the event is inconsistent when an `after` event of its subject was seen and the 
 death). The processor checks it on the raw streams it sees, keyed by the subject's oversight
 pseudonym (`backbone.quality.checks`).
 
+A `reference` rule checks a value against a reference set the contract names (`references:`, a
+versioned file under `schemas/reference/`, `backbone.quality.reference`). Uniqueness counts an event
+repeating the `key` (the event id) and, with a `business_key`, a different event repeating those
+fields' values in the same or the previous hour (`key: [national_id, period]` is short for a
+business key beside the event id).
+
 A dimension's score is the share of its checks passed, 0-100 (`backbone.quality.scorecard`); its
 threshold is the bar the provider commits to. Loaded once at start-up with every problem named.
 """
@@ -33,6 +41,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -41,6 +50,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSeriali
 
 from backbone.events.catalog import Catalog, EventSchema
 from backbone.quality.errors import QualityContractError
+from backbone.quality.reference import ReferenceSet, read_reference
 
 DIMENSIONS = ("completeness", "validity", "uniqueness", "timeliness", "volume", "consistency")
 # The Open Data Contract Standard v3 name of each dimension's metric (`quality[].metric`), where it
@@ -49,6 +59,7 @@ ODCS_METRICS = {"completeness": "nullValues", "validity": "invalidValues", "uniq
                 "volume": "rowCount"}
 SUFFIX = ".quality.yaml"
 NUMERIC = frozenset({"int", "long", "float", "double"})
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 _THRESHOLD = re.compile(r"^\s*(>=|>)\s*(\d+(?:\.\d+)?)\s*$")
 
 
@@ -97,13 +108,15 @@ class ValidityRule(_Rule):
     min: float | None = None
     max: float | None = None
     pattern: str | None = None
+    reference: str | None = None  # the name of a reference set in the contract's `references:`
 
     @model_validator(mode="after")
     def _one_kind(self) -> ValidityRule:
         kinds = [k for k, on in (("values", self.values is not None), ("range", self.min is not None or self.max is not None),
-                                 ("pattern", self.pattern is not None)) if on]
+                                 ("pattern", self.pattern is not None), ("reference", self.reference is not None)) if on]
         if len(kinds) != 1:
-            raise ValueError(f"field {self.field}: give exactly one of values, min/max or pattern (got {', '.join(kinds) or 'none'})")
+            raise ValueError(f"field {self.field}: give exactly one of values, min/max, pattern or reference "
+                             f"(got {', '.join(kinds) or 'none'})")
         if self.min is not None and self.max is not None and self.min > self.max:
             raise ValueError(f"field {self.field}: min {self.min:g} is above max {self.max:g}")
         if self.pattern is not None:
@@ -115,6 +128,8 @@ class ValidityRule(_Rule):
 
     @property
     def kind(self) -> str:
+        if self.reference is not None:
+            return "reference"
         return "values" if self.values is not None else "pattern" if self.pattern is not None else "range"
 
 
@@ -125,7 +140,23 @@ class Validity(_Rule):
 
 class Uniqueness(_Rule):
     key: str = "event_id"
+    business_key: list[str] | None = Field(default=None, min_length=1)
     threshold: ThresholdField = Threshold(">=", 100.0)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _key_list(cls, data: Any) -> Any:
+        """`key: [national_id, period]` is a business key beside the event id."""
+        if isinstance(data, dict) and isinstance(data.get("key"), list):
+            if data.get("business_key") is not None:
+                raise ValueError("give the business key once: key: [fields] or business_key: [fields]")
+            data = {**data, "business_key": data["key"], "key": "event_id"}
+        return data
+
+    @property
+    def business_label(self) -> str | None:
+        """`national_id+period`: the business key's name in counters and tables."""
+        return "+".join(self.business_key) if self.business_key else None
 
 
 class Timeliness(_Rule):
@@ -158,6 +189,7 @@ class Consistency(_Rule):
 
 
 class QualitySection(_Rule):
+    references: dict[str, str] = Field(default_factory=dict)  # name -> file, relative to the schemas directory
     completeness: Completeness | None = None
     validity: Validity | None = None
     uniqueness: Uniqueness | None = None
@@ -180,6 +212,7 @@ class QualityContract:
     event_type: str
     source: str
     quality: QualitySection
+    references: dict[str, ReferenceSet] = dataclass_field(default_factory=dict)  # loaded from `quality.references`
 
     @property
     def provider(self) -> str:
@@ -245,6 +278,11 @@ def _field_problems(section: QualitySection, schema: EventSchema, where: str) ->
                 problems.append(f"{where}: validity.rules[{index}]: min/max need a number; {rule.field} is {kind}: use values or pattern")
             if rule.kind == "pattern" and kind != "string":
                 problems.append(f"{where}: validity.rules[{index}]: a pattern needs a string; {rule.field} is {kind}: use min/max or values")
+            if rule.kind == "reference" and kind not in ("string", "enum"):
+                problems.append(f"{where}: validity.rules[{index}]: a reference set holds text; {rule.field} is {kind}: use min/max or values")
+            if rule.kind == "reference" and rule.reference not in section.references:
+                problems.append(f"{where}: validity.rules[{index}]: no reference set {rule.reference!r}; name its file in "
+                                f"`references: {{{rule.reference}: reference/<file>}}`")
             if rule.kind == "values" and kind == "enum":
                 symbols = _enum_symbols(info.type)
                 unknown = [v for v in rule.values or () if v not in symbols]
@@ -253,7 +291,29 @@ def _field_problems(section: QualitySection, schema: EventSchema, where: str) ->
                                     f"({', '.join(symbols)})")
     if section.uniqueness:
         field_of(section.uniqueness.key, "uniqueness.key")
+        for name in section.uniqueness.business_key or ():
+            field_of(name, "uniqueness.business_key")
     return problems
+
+
+def _references(section: QualitySection, base: Path, where: str) -> tuple[dict[str, ReferenceSet], list[str]]:
+    """The reference sets the section names, read from files relative to `base` (the schemas directory)."""
+    found: dict[str, ReferenceSet] = {}
+    problems: list[str] = []
+    used = {rule.reference for rule in section.validity.rules} if section.validity else set()
+    for name, relative in section.references.items():
+        path = (base / relative).resolve()
+        if not _NAME.match(name) or Path(relative).is_absolute() or base.resolve() not in path.parents:
+            problems.append(f"{where}: references.{name}: name a file under the schemas directory "
+                            f"(a relative path such as reference/{name}.v1.txt), by a lower-case name")
+            continue
+        if name not in used:
+            continue  # named but unused: not loaded
+        try:
+            found[name] = read_reference(name, path)
+        except ValueError as exc:
+            problems.append(f"{where}: references.{name}: {exc}")
+    return found, problems
 
 
 def _enum_symbols(avro_type: Any) -> list[str]:
@@ -262,9 +322,10 @@ def _enum_symbols(avro_type: Any) -> list[str]:
     return list(avro_type.get("symbols", ())) if isinstance(avro_type, dict) else []
 
 
-def parse_quality(data: Any, schema: EventSchema, source: str,
-                  catalog: Catalog | None = None) -> tuple[QualityContract | None, list[str]]:
-    """One event type's contract from its YAML mapping; problems name the file and the rule."""
+def parse_quality(data: Any, schema: EventSchema, source: str, catalog: Catalog | None = None,
+                  base: Path | None = None) -> tuple[QualityContract | None, list[str]]:
+    """One event type's contract from its YAML mapping; problems name the file and the rule. Reference
+    files are read relative to `base` (the directory of `source` by default)."""
     where = f"{source} ({schema.event_type})"
     if not isinstance(data, dict) or set(data) != {"quality"}:
         return None, [f"{where}: expected one top-level key `quality:` holding any of {', '.join(DIMENSIONS)}"]
@@ -274,7 +335,9 @@ def parse_quality(data: Any, schema: EventSchema, source: str,
         return None, [f"{where}: quality.{'.'.join(str(p) for p in item['loc']) or 'section'}: "
                       f"{item['msg'].removeprefix('Value error, ')}" for item in exc.errors()]
     problems = _field_problems(section, schema, where) + _consistency_problems(section, schema, catalog, where)
-    return (None if problems else QualityContract(schema.event_type, source, section)), problems
+    references, missing = _references(section, Path(source).parent if base is None else base, where)
+    problems += missing
+    return (None if problems else QualityContract(schema.event_type, source, section, references)), problems
 
 
 def load_quality(schemas_dir: Path, catalog: Catalog) -> dict[str, QualityContract]:

@@ -1,7 +1,8 @@
 """An event type's contract as an Open Data Contract Standard v3.1.0 document (issue 32): its Avro
 fields as the schema's properties (with their classification tags) and its `quality:` section as
-ODCS quality checks: completeness as `nullValues`, validity as `invalidValues`, uniqueness as
-`duplicateValues`, each in percent of the values checked; volume as `rowCount` in percent of the
+ODCS quality checks: completeness as `nullValues`, validity as `invalidValues` (a reference set by
+its file, size and SHA-256, and its `validValues` when small), uniqueness as `duplicateValues` (a
+business key at the dataset level with its `properties`), each in percent of the values checked; volume as `rowCount` in percent of the
 same hour in earlier weeks; timeliness as the `latency` SLA property. Pure; validated against the
 vendored JSON schema (`vendor/odcs/`)."""
 
@@ -39,7 +40,18 @@ def _failures_at_most(threshold: Threshold) -> dict[str, float]:
     return {"mustBeLessThan": share} if threshold.op == ">" else {"mustBeLessOrEqualTo": share}
 
 
-def _validity_arguments(rule: ValidityRule) -> dict[str, Any]:
+INLINE_REFERENCE = 1_000  # a reference set this small is written out as `validValues`
+
+
+def _validity_arguments(rule: ValidityRule, contract: QualityContract) -> dict[str, Any]:
+    if rule.reference is not None:
+        found = contract.references.get(rule.reference)
+        where = contract.quality.references.get(rule.reference, "")
+        arguments: dict[str, Any] = {"reference": {"name": rule.reference, "file": where, "values": found.size if found else None,
+                                                   "sha256": found.sha256 if found else None}}
+        if found is not None and found.exact and found.size <= INLINE_REFERENCE:
+            arguments["validValues"] = sorted(found.members)
+        return arguments
     if rule.values is not None:
         return {"validValues": list(rule.values)}
     if rule.pattern is not None:
@@ -62,8 +74,10 @@ def odcs_document(schema: EventSchema, contract: QualityContract | None) -> dict
         for rule in quality.validity.rules:
             per_field.setdefault(rule.field, []).append({
                 "name": f"{rule.field}_{rule.kind}", "dimension": "conformity", "type": "library", "metric": "invalidValues",
-                "unit": "percent", "arguments": _validity_arguments(rule), **_failures_at_most(quality.validity.threshold),
-                "description": f"values present of {rule.field} outside its {rule.kind} (score {quality.validity.threshold})"})
+                "unit": "percent", "arguments": _validity_arguments(rule, contract), **_failures_at_most(quality.validity.threshold),
+                "description": f"values present of {rule.field} outside its {rule.kind}"
+                               + (f" set {rule.reference} ({quality.references.get(rule.reference)}, under the schemas directory)"
+                                  if rule.reference else "") + f" (score {quality.validity.threshold})"})
     if quality and quality.uniqueness:
         per_field.setdefault(quality.uniqueness.key, []).append({
             "name": f"{quality.uniqueness.key}_uniqueness", "dimension": "uniqueness", "type": "library",
@@ -100,6 +114,12 @@ def odcs_document(schema: EventSchema, contract: QualityContract | None) -> dict
             checks.append({"name": rule.name, "dimension": "consistency", "type": "text",
                            "description": f"no event for a {rule.field} month after the month of its subject's {rule.after} "
                                           f"{rule.at}: score {quality.consistency.threshold} of an hour's events"})
+    if quality and quality.uniqueness and quality.uniqueness.business_key:
+        checks.append({"name": f"{'_'.join(quality.uniqueness.business_key)}_uniqueness", "dimension": "uniqueness", "type": "library",
+                       "metric": "duplicateValues", "unit": "percent", "arguments": {"properties": list(quality.uniqueness.business_key)},
+                       **_failures_at_most(quality.uniqueness.threshold),
+                       "description": "events repeating the business key of another event of the same or the previous hour "
+                                      f"(score {quality.uniqueness.threshold} with the event id's duplicates)"})
     if checks:
         dataset["quality"] = checks
     document: dict[str, Any] = {

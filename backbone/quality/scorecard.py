@@ -2,7 +2,8 @@
 
 A dimension's score is the share of its checks that passed: completeness checks each listed field
 of each event (missing: null, empty or NaN), validity each present value against its rule,
-uniqueness and timeliness each event (a duplicate key; later than the bound), consistency each
+uniqueness each event once per key (the event id; with a business key, again for a different event
+repeating its values), timeliness each event (later than the bound), consistency each
 event against each of its rules (a claim after its subject's registered death), volume the hour's
 events against the median of the same hour in earlier weeks (capped at 100). A dimension with no
 checks (no events, no history) has no score (None): there is no evidence either way.
@@ -83,7 +84,11 @@ def score(window: WindowState, contract: QualityContract, baseline: float | None
             checked, failed = sum(c for c, _ in detail.values()), sum(f for _, f in detail.values())
             value = _ratio(checked, failed)
         elif dimension == "uniqueness":
-            checked, failed = window.events, window.duplicates
+            detail = {quality.uniqueness.key: (window.events, window.duplicates)}
+            label = quality.uniqueness.business_label
+            if label is not None:
+                detail[label] = (window.events, window.key_duplicates.get(label, 0))
+            checked, failed = sum(c for c, _ in detail.values()), sum(f for _, f in detail.values())
             value = _ratio(checked, failed)
         elif dimension == "timeliness":
             checked, failed = window.events, window.late

@@ -1,7 +1,7 @@
 """One hour of one event type's quality evidence, as mergeable state.
 
 Counters (events, missing per field, checked and invalid per validity rule, duplicates, late,
-inconsistent per consistency rule) add
+inconsistent per consistency rule, duplicates per business key) add
 when two workers' windows merge, so a merged window's counts are exact. Two Apache DataSketches
 carry what counters cannot: an HLL sketch of the uniqueness key (distinct count, relative error
 `HLL_REL_ERR` at 2 standard deviations) and a KLL sketch of the delay `occurred_at` -> decision in
@@ -11,8 +11,14 @@ Duplicates are counted exactly by the worker that sees them (a set of the keys i
 and the one before, never serialised): a re-sent event carries its key, so it reaches the partition,
 and so the worker, of the first copy. Across workers, the HLL union bounds the distinct count.
 
-Nothing personal is in the serialised state: counts, the sketch of the delays, and the HLL of the
-uniqueness key (an event id; a sketch retains hashed register values only, not the keys).
+A business key (`uniqueness.business_key`, e.g. national id and period) is counted the same way:
+exactly by the worker that sees both records (a subject's records share a partition), across workers
+bounded by the union of an HLL per business key. Its markers are 64 bits of a hash of the key's
+values with the subject's oversight pseudonym in place of the subject (`backbone.quality.checks`).
+
+Nothing personal is in the serialised state: counts, the sketch of the delays, and the HLLs of the
+uniqueness key (an event id) and of the business keys' markers (a sketch retains hashed register
+values only, not the keys).
 """
 
 from __future__ import annotations
@@ -73,6 +79,14 @@ class WindowState:
     distinct: hll_sketch = field(default_factory=lambda: hll_sketch(HLL_LG_K, tgt_hll_type.HLL_8))
     delays: kll_floats_sketch = field(default_factory=lambda: kll_floats_sketch(KLL_K))
     inconsistent: Counter[str] = field(default_factory=Counter)  # consistency rule name -> events failing it
+    key_duplicates: Counter[str] = field(default_factory=Counter)  # business key label -> events repeating one
+    key_distinct: dict[str, hll_sketch] = field(default_factory=dict)  # business key label -> HLL of its markers
+
+    def key_distinct_sketch(self, label: str) -> hll_sketch:
+        found = self.key_distinct.get(label)
+        if found is None:
+            found = self.key_distinct[label] = hll_sketch(HLL_LG_K, tgt_hll_type.HLL_8)
+        return found
 
     @property
     def provider(self) -> str:
@@ -94,16 +108,25 @@ class WindowState:
         return WindowState(self.event_type, self.hour, self.events + other.events, self.missing + other.missing,
                            self.checked + other.checked, self.invalid + other.invalid,
                            self.duplicates + other.duplicates, self.late + other.late,
-                           union.get_result(tgt_hll_type.HLL_8), delays, self.inconsistent + other.inconsistent)
+                           union.get_result(tgt_hll_type.HLL_8), delays, self.inconsistent + other.inconsistent,
+                           self.key_duplicates + other.key_duplicates, _union_each(self.key_distinct, other.key_distinct))
 
     def counters(self) -> dict[str, Any]:
         """Every exact count, for comparison and tables."""
         return {"events": self.events, "missing": dict(self.missing), "checked": dict(self.checked),
-                "invalid": dict(self.invalid), "duplicates": self.duplicates, "late": self.late, "inconsistent": dict(self.inconsistent)}
+                "invalid": dict(self.invalid), "duplicates": self.duplicates, "late": self.late, "inconsistent": dict(self.inconsistent),
+                "key_duplicates": dict(self.key_duplicates)}
 
     def distinct_estimate(self) -> tuple[float, float, float]:
         """(estimate, lower, upper) of the distinct uniqueness keys, bounds at two standard deviations."""
         return (self.distinct.get_estimate(), self.distinct.get_lower_bound(2), self.distinct.get_upper_bound(2))
+
+    def key_distinct_estimate(self, label: str) -> tuple[float, float, float]:
+        """(estimate, lower, upper) of the distinct values of a business key, as `distinct_estimate`."""
+        sketch = self.key_distinct.get(label)
+        if sketch is None:
+            return (0.0, 0.0, 0.0)
+        return (sketch.get_estimate(), sketch.get_lower_bound(2), sketch.get_upper_bound(2))
 
     def delay_quantiles(self, ranks: tuple[float, ...] = (0.5, 0.95, 0.99)) -> dict[str, float | None]:
         if self.delays.is_empty():
@@ -113,7 +136,9 @@ class WindowState:
     def to_dict(self) -> dict[str, Any]:
         return {"format": FORMAT, "event_type": self.event_type, "hour": self.hour, **self.counters(),
                 "distinct": base64.b64encode(self.distinct.serialize_compact()).decode(),
-                "delays": base64.b64encode(self.delays.serialize()).decode()}
+                "delays": base64.b64encode(self.delays.serialize()).decode(),
+                "key_distinct": {label: base64.b64encode(sketch.serialize_compact()).decode()
+                                 for label, sketch in sorted(self.key_distinct.items())}}
 
     def to_bytes(self) -> bytes:
         return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True).encode()
@@ -127,7 +152,9 @@ class WindowState:
                        Counter(data["checked"]), Counter(data["invalid"]), int(data["duplicates"]), int(data["late"]),
                        hll_sketch.deserialize(base64.b64decode(data["distinct"])),
                        kll_floats_sketch.deserialize(base64.b64decode(data["delays"])),
-                       Counter(data.get("inconsistent", {})))  # absent from windows landed before consistency rules
+                       # absent from windows landed before consistency rules and business keys
+                       Counter(data.get("inconsistent", {})), Counter(data.get("key_duplicates", {})),
+                       {str(label): hll_sketch.deserialize(base64.b64decode(raw)) for label, raw in data.get("key_distinct", {}).items()})
         except (KeyError, TypeError, ValueError, RuntimeError) as exc:
             raise QualityStateError(f"a quality window could not be read ({type(exc).__name__}); it is corrupt") from None
 
@@ -138,6 +165,17 @@ class WindowState:
         except (ValueError, UnicodeDecodeError):
             raise QualityStateError("a quality window is not JSON; it is corrupt") from None
         return cls.from_dict(data)
+
+
+def _union_each(a: dict[str, hll_sketch], b: dict[str, hll_sketch]) -> dict[str, hll_sketch]:
+    out: dict[str, hll_sketch] = {}
+    for label in sorted(set(a) | set(b)):
+        union = hll_union(HLL_LG_K)
+        for sketch in (a.get(label), b.get(label)):
+            if sketch is not None:
+                union.update(sketch)
+        out[label] = union.get_result(tgt_hll_type.HLL_8)
+    return out
 
 
 def merge_all(windows: list[WindowState]) -> list[WindowState]:

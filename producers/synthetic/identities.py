@@ -6,6 +6,7 @@ All draw from a caller's `random.Random`, never the global one, so a seed fixes 
 
 from __future__ import annotations
 
+import functools
 import random
 
 # Weights of the Dutch BSN "11-proof": 9*d1 + 8*d2 + ... + 2*d8 - 1*d9 must be divisible by 11.
@@ -14,6 +15,7 @@ _BANK_CODES = ("ABNA", "INGB", "RABO", "SNSB", "TRIO", "ASNB", "KNAB", "BUNQ", "
 # Dutch postcode letters never use F, I, O, Q, U or Y, nor the pairs SA, SD and SS.
 _POSTCODE_LETTERS = "ABCDEGHJKLMNPRSTVWXZ"
 _POSTCODE_EXCLUDED = frozenset({"SA", "SD", "SS"})
+POSTCODES_FILE = "postcodes.v1.txt"  # under schemas/reference/
 
 GIVEN_NAMES = (
     "Emma", "Noah", "Julia", "Lucas", "Mila", "Sem", "Tess", "Daan", "Sophie", "Levi", "Zoë", "Finn",
@@ -76,12 +78,34 @@ def iban(rng: random.Random) -> str:
     return "NL" + iban_check_digits("NL", bban) + bban
 
 
+@functools.cache
+def known_postcodes() -> dict[int, tuple[str, ...]]:
+    """The letter pairs of each four-digit area in the known-postcodes reference set (the file the
+    quality contracts check postcodes against, `schemas/reference/postcodes.v1.txt`)."""
+    from backbone.settings import PROJECT_ROOT
+
+    areas: dict[int, list[str]] = {}
+    for line in (PROJECT_ROOT / "schemas" / "reference" / POSTCODES_FILE).read_text().splitlines():
+        if line and not line.startswith("#"):
+            digits, letters = line.split()
+            areas.setdefault(int(digits), []).append(letters)
+    return {area: tuple(pairs) for area, pairs in areas.items()}
+
+
 def postcode(rng: random.Random) -> str:
-    """A Dutch-format postcode, `1234 AB`."""
+    """A Dutch-format postcode, `1234 AB`, from the known postcodes: the area drawn evenly, one of its
+    letter pairs (the same draws as any well-formed postcode, so a seed's other values stay as they were)."""
     while True:
         letters = rng.choice(_POSTCODE_LETTERS) + rng.choice(_POSTCODE_LETTERS)
         if letters not in _POSTCODE_EXCLUDED:
-            return f"{rng.randrange(1000, 10000)} {letters}"
+            area = rng.randrange(1000, 10000)
+            pairs = known_postcodes()[area]
+            return f"{area} {pairs[_POSTCODE_LETTERS.index(letters[0]) % len(pairs)]}"
+
+
+def unknown_postcode(known: str) -> str:
+    """A well-formed postcode of the same area that is not a known one (no known pair starts with Z)."""
+    return f"{known[:4]} ZZ"
 
 
 def full_name(rng: random.Random) -> str:
@@ -100,5 +124,5 @@ def reference(rng: random.Random, prefix: str) -> str:
 
 __all__ = [
     "GIVEN_NAMES", "SURNAMES", "bsn_check_digit", "employer_id", "full_name", "iban", "iban_check_digits",
-    "is_valid_iban", "is_valid_national_id", "national_id", "postcode", "reference",
+    "is_valid_iban", "is_valid_national_id", "known_postcodes", "national_id", "postcode", "reference", "unknown_postcode",
 ]
