@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from pathlib import Path
 
 import pytest
@@ -45,8 +47,8 @@ def test_a_field_the_schema_lacks_is_named_with_the_fields_it_has() -> None:
     ({"field": "benefit_type", "values": ["pension"]}, "['pension'] are not symbols of benefit_type"),
     ({"field": "period", "pattern": "(unclosed"}, "is not a regular expression"),
     ({"field": "monthly_amount", "min": 10, "max": 1}, "min 10 is above max 1"),
-    ({"field": "period", "pattern": "^x", "values": ["a"]}, "give exactly one of values, min/max or pattern"),
-    ({"field": "period"}, "give exactly one of values, min/max or pattern (got none)"),
+    ({"field": "period", "pattern": "^x", "values": ["a"]}, "give exactly one of values, min/max, pattern or reference"),
+    ({"field": "period"}, "give exactly one of values, min/max, pattern or reference (got none)"),
 ])
 def test_a_validity_rule_that_cannot_work_is_refused_with_the_fix(rule: dict, says: str) -> None:
     found = problems({"validity": {"rules": [rule]}})
@@ -77,8 +79,7 @@ def test_unknown_dimensions_and_keys_are_refused() -> None:
 
 
 def test_the_loader_lists_every_problem_of_every_file(tmp_path: Path) -> None:
-    for path in SCHEMAS.iterdir():
-        (tmp_path / path.name).write_bytes(path.read_bytes())
+    shutil.copytree(SCHEMAS, tmp_path, dirs_exist_ok=True)
     (tmp_path / "welfare.benefit_claimed.quality.yaml").write_text(yaml.safe_dump({"quality": {"uniqueness": {"key": "nope"}}}))
     (tmp_path / "tax.income_declared.quality.yaml").write_text("quality: [unclosed\n")
     (tmp_path / "tax.income_filed.quality.yaml").write_text("quality: {}\n")

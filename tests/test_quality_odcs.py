@@ -42,14 +42,21 @@ def test_the_validation_is_real_a_metric_odcs_does_not_know_is_refused() -> None
 def test_the_quality_rules_become_odcs_metrics_with_their_bars() -> None:
     doc = document("welfare.benefit_claimed")
     props = {p["name"]: p for p in doc["schema"][0]["properties"]}
-    nulls, invalid = props["postcode"]["quality"]
+    nulls, invalid, known = props["postcode"]["quality"]
     assert (nulls["metric"], nulls["unit"], nulls["mustBeLessOrEqualTo"], nulls["dimension"]) == ("nullValues", "percent", 2.0, "completeness")
     assert (invalid["metric"], invalid["arguments"]) == ("invalidValues", {"pattern": r"^[1-9]\d{3} [A-Z]{2}$"})
+    reference = CONTRACTS["welfare.benefit_claimed"].references["postcodes"]
+    assert (known["metric"], known["arguments"]) == ("invalidValues", {"reference": {
+        "name": "postcodes", "file": "reference/postcodes.v1.txt", "values": 18_000, "sha256": reference.sha256}})
     assert props["monthly_amount"]["quality"][1]["arguments"] == {"minimum": 0.0, "maximum": 20000.0}
     assert props["event_id"]["quality"][0]["metric"] == "duplicateValues"
     assert props["national_id"]["classification"] == "restricted" and props["national_id"]["tags"] == ["PII"]
     assert doc["schema"][0]["quality"][0]["metric"] == "rowCount"
-    assert [(c["name"], c["dimension"]) for c in doc["schema"][0]["quality"][2:]] == [("claim_after_death", "consistency")]
+    assert [(c["name"], c["dimension"]) for c in doc["schema"][0]["quality"][2:]] == [
+        ("claim_after_death", "consistency"), ("national_id_benefit_type_period_uniqueness", "uniqueness")]
+    business = doc["schema"][0]["quality"][3]
+    assert (business["metric"], business["arguments"], business["mustBeLessOrEqualTo"]) == (
+        "duplicateValues", {"properties": ["national_id", "benefit_type", "period"]}, 0.5)
     assert doc["slaProperties"] == [{"property": "latency", "value": 3600.0, "unit": "s", "element": "welfare_benefit_claimed.occurred_at",
                                      "description": "from occurred_at to the backbone's decision"}]
 

@@ -38,6 +38,7 @@ threshold is the bar the provider commits to. Loaded once at start-up with every
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from dataclasses import dataclass
@@ -296,6 +297,12 @@ def _field_problems(section: QualitySection, schema: EventSchema, where: str) ->
     return problems
 
 
+@functools.lru_cache(maxsize=16)
+def _read_reference(name: str, path: str, mtime_ns: int) -> ReferenceSet:
+    """A reference file read once for every contract naming it (again when it changed)."""
+    return read_reference(name, Path(path))
+
+
 def _references(section: QualitySection, base: Path, where: str) -> tuple[dict[str, ReferenceSet], list[str]]:
     """The reference sets the section names, read from files relative to `base` (the schemas directory)."""
     found: dict[str, ReferenceSet] = {}
@@ -310,7 +317,7 @@ def _references(section: QualitySection, base: Path, where: str) -> tuple[dict[s
         if name not in used:
             continue  # named but unused: not loaded
         try:
-            found[name] = read_reference(name, path)
+            found[name] = _read_reference(name, str(path), path.stat().st_mtime_ns if path.exists() else 0)
         except ValueError as exc:
             problems.append(f"{where}: references.{name}: {exc}")
     return found, problems

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +31,8 @@ class ReferenceSet:
     source: str
     sha256: str
     size: int
-    members: Any  # frozenset[str] or rbloom.Bloom: both answer `value in members`
-    false_positive_rate: float = 0.0  # 0: exact
+    members: Any = field(repr=False)  # frozenset[str] or rbloom.Bloom: both answer `value in members`
+    false_positive_rate: float = field(default=0.0)  # 0: exact
 
     @property
     def exact(self) -> bool:
