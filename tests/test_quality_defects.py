@@ -1,7 +1,8 @@
 """Defects planted at known rates in the synthetic stream are recovered by the quality windows the
 router keeps in flight (issue 32): counts exactly, rates within 0.1 percentage points, including a
 40% volume drop in one hour (held against the same hour of two earlier weeks, planted too) and the
-claims after a registered death (the cross-provider consistency rule), as landed scorecards."""
+claims after a registered death (the cross-provider consistency rule), unknown postcodes (the
+reference set) and double claims (business-key duplicates), as landed scorecards."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.quality import land_windows, quality_database, refresh_scorecards, setup_quality
 from processors.router import Router
 from producers.synthetic import generate
-from producers.synthetic.defects import CLAIM_EVENT, Defects, Planted, earlier_weeks, plant
+from producers.synthetic.defects import BUSINESS_KEYS, CLAIM_EVENT, Defects, Planted, earlier_weeks, plant
 
 NOW = datetime(2026, 12, 7, 10, 20, tzinfo=UTC)
 CLEAN_AT = NOW - timedelta(days=3)  # an hour of its own: the clean run's windows merge with no other
@@ -63,7 +64,7 @@ class Stream:
 @pytest.fixture(scope="module")
 def runs() -> dict[str, Any]:
     stream = Stream()
-    clean = stream.run(Defects(missing=0, invalid=0, duplicate=0, late=0), CLEAN_AT)
+    clean = stream.run(Defects(missing=0, invalid=0, duplicate=0, late=0, unknown=0, double=0), CLEAN_AT)
     history = [stream.run(Defects(), moment) for moment in earlier_weeks(NOW, 2)]
     # Another worker for the drop hour: this one remembers the deaths of the earlier weeks' stream,
     # which the generator's ground truth for the hour (its own stream only) does not count.
@@ -99,8 +100,16 @@ def test_planted_defects_are_recovered_exactly(runs: dict[str, Any], landed: dic
     recovered[(taxes, "invalid")] = (found[taxes].invalid["declared_income:range"]
                                      - clean[taxes].invalid.get("declared_income:range", 0))
     recovered[(CLAIM_EVENT, "after_death")] = landed[CLAIM_EVENT].dimensions["consistency"].failed
+    # unknown postcodes (well-formed, not in the reference set) and records repeating a business key
+    assert all(not w.invalid.get("postcode:reference") for w in clean.values())  # the generator draws known ones only
+    recovered[(CLAIM_EVENT, "unknown")] = found[CLAIM_EVENT].invalid["postcode:reference"]
+    for event_type, names in BUSINESS_KEYS.items():
+        recovered[(event_type, "key_duplicate")] = found[event_type].key_duplicates["+".join(names)]
+        detail = landed[event_type].dimensions["uniqueness"].detail["+".join(names)]
+        assert detail == (planted.sent[event_type], planted.defects[(event_type, "key_duplicate")])
     assert +recovered == +planted.defects and sum(planted.defects.values()) > 2_000
     assert planted.defects[(CLAIM_EVENT, "after_death")] >= 3
+    assert planted.defects[(CLAIM_EVENT, "unknown")] >= 10 and planted.defects[(CLAIM_EVENT, "key_duplicate")] >= 10
 
 
 def test_the_volume_drop_is_scored_against_the_same_hour_of_earlier_weeks(runs: dict[str, Any],
@@ -137,6 +146,8 @@ def test_planted_rates_are_recovered_within_a_tenth_of_a_point(runs: dict[str, A
     taxes = score(found["tax.income_declared"], CONTRACTS["tax.income_declared"]).dimensions
     checked, invalid = taxes["validity"].detail["declared_income:range"]
     assert abs(invalid / checked - Defects().invalid) <= 0.001
+    checked, unknown = claims["validity"].detail["postcode:reference"]  # of the postcodes present
+    assert abs(unknown / checked - Defects().unknown) <= 0.001 + Defects().missing * Defects().unknown
     events = sum(w.events for w in found.values())
     assert abs(sum(w.late for w in found.values()) / events - Defects().late) <= 0.001
     assert abs(sum(w.duplicates for w in found.values()) / events - Defects().duplicate) <= 0.001

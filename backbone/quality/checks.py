@@ -155,13 +155,14 @@ class Checker:
 
     def _business(self, record: dict[str, Any], window: WindowState, keys: tuple[set[int], frozenset[int] | set[int]],
                   token: str | None, duplicate: bool) -> None:
+        if duplicate:  # a re-sent copy: the event id's duplicate, counted once, its key as the first copy's
+            return
         marker = self.business_marker(record, token)
         if marker is None:
             return
         seen, previous = keys
         if marker in seen or marker in previous:
-            if not duplicate:  # a re-sent copy is the event id's duplicate, counted once
-                window.key_duplicates[self.business_label] += 1  # type: ignore[index]
+            window.key_duplicates[self.business_label] += 1  # type: ignore[index]
         else:
             seen.add(marker)
         window.key_distinct_sketch(self.business_label).update(marker)  # type: ignore[arg-type]
