@@ -109,7 +109,7 @@ def test_planted_defects_are_recovered_exactly(runs: dict[str, Any], landed: dic
         assert detail == (planted.sent[event_type], planted.defects[(event_type, "key_duplicate")])
     assert +recovered == +planted.defects and sum(planted.defects.values()) > 2_000
     assert planted.defects[(CLAIM_EVENT, "after_death")] >= 3
-    assert planted.defects[(CLAIM_EVENT, "unknown")] >= 10 and planted.defects[(CLAIM_EVENT, "key_duplicate")] >= 10
+    assert planted.defects[(CLAIM_EVENT, "unknown")] >= 10 and planted.defects[(CLAIM_EVENT, "key_duplicate")] >= 3
 
 
 def test_the_volume_drop_is_scored_against_the_same_hour_of_earlier_weeks(runs: dict[str, Any],
