@@ -57,7 +57,8 @@ def produce(
     periods: int = typer.Option(None, "--periods", min=1, help="Stop after this many months"),
     truth: Path = typer.Option(None, "--truth", help="Write the planted fraud cases (JSON) here"),
     defects: bool = typer.Option(False, "--defects", help="Plant data-quality defects at known rates (3% missing postcodes, "
-                                                          "1% invalid incomes, 0.5% duplicates, 2% late; "
+                                                          "1% invalid incomes, 0.5% duplicates, 2% late, 1% unknown postcodes, "
+                                                          "0.5% double claims; "
                                                           "producers/synthetic/defects.py) and stamp the rest as sent now"),
 ) -> None:
     """Send synthetic agency events (with planted fraud) to `raw.<event_type>` through the producer SDK."""
