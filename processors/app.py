@@ -34,9 +34,11 @@ from backbone.kafka.topics import (
     AUDIT_TOPIC,
     CONSENT_TOPIC,
     QUALITY_BREACHES_TOPIC,
+    QUALITY_MARKS_TOPIC,
     QUALITY_TOPIC,
     Topics,
     consent_topic_config,
+    eager_compaction,
     raw_topic,
     shared_topic,
     shared_topic_config,
@@ -47,6 +49,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_period_days
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality_checked
+from backbone.quality.marks import mark_applier
 from backbone.settings import Settings, get_settings
 from backbone.telemetry.logs import worker_logging_config
 from processors import state_partitions
@@ -115,6 +118,7 @@ class Enforcement:
         self.readers: list[CompactedTopicReader] = []
         self._topics: Topics | None = None
         self.anchor_reader: CompactedTopicReader | None = None
+        self.marks_reader: CompactedTopicReader | None = None
         self.agreement_feed: agreement_changes.AgreementFeed | None = None
         self.data_plane: DataPlane | None = None
         self.lineage: LineageEmitter | None = None
@@ -129,6 +133,7 @@ class Enforcement:
         erasure_requests.ensure_topics(self.settings)
         for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
+        topics.ensure(QUALITY_MARKS_TOPIC, config=eager_compaction())
         reconcile_shared_topics(topics, self.settings, self.charter.agreements)
 
     def apply_agreement(self, agreement: Agreement) -> None:
@@ -151,6 +156,10 @@ class Enforcement:
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
         self.router.quality = QualityMonitor(self.quality.values()) if self.quality else None
+        # the consistency marks of earlier runs and other workers (a death seen before a restart still counts)
+        monitor = self.router.quality
+        self.marks_reader = CompactedTopicReader(self.settings, QUALITY_MARKS_TOPIC, mark_applier(monitor.remember, log),
+                                                 "quality-marks") if monitor is not None and monitor.marking else None
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(
@@ -165,11 +174,18 @@ class Enforcement:
         # The operators' chain head, anchored in every checkpoint; it does not hold deciding back
         # (an action after it stopped is reported by `audit verify` as not anchored).
         self.anchor_reader, operations_head = operations_head_reader(self.settings, self.catalog)
-        for reader in [*self.readers, self.anchor_reader]:
+        marks = [self.marks_reader] if self.marks_reader is not None else []
+        for reader in [*self.readers, self.anchor_reader, *marks]:
             reader.start()
         for reader in [*self.readers, self.anchor_reader]:
             # No event is decided on before the worker knows every consent, agreement and erasure.
             reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
+        for reader in marks:  # quality evidence, not enforcement: a slow read only delays the marks
+            try:
+                reader.wait_caught_up(self.settings.kafka_timeout_s * 6)
+            except BackboneError as exc:
+                log.warning("consistency marks not read to their end at start (%s); claims after earlier deaths "
+                            "count once they are", exc)
         self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason,
                                     operations_head=operations_head)
         self.data_plane.start()
@@ -205,7 +221,8 @@ class Enforcement:
     def stop(self) -> None:
         if self.data_plane is not None:
             self.data_plane.stop()
-        for reader in [*self.readers, *([self.anchor_reader] if self.anchor_reader else [])]:
+        for reader in [*self.readers, *([self.anchor_reader] if self.anchor_reader else []),
+                       *([self.marks_reader] if self.marks_reader else [])]:
             reader.stop()
         if self.lineage is not None:
             self.lineage.stop()

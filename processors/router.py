@@ -30,7 +30,7 @@ from backbone.events.catalog import AUDIT_EVENT, Catalog
 from backbone.events.decoder import CompiledDecoder, compile_decoder
 from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
 from backbone.kafka import dlq
-from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_TOPIC, dlq_topic, raw_topic, shared_topic
+from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_MARKS_TOPIC, QUALITY_TOPIC, dlq_topic, raw_topic, shared_topic
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.keys.pseudonym import token_function
 from backbone.policy.decision import QUALITY_BREACH, ConsentState, Decision
@@ -38,6 +38,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_timestamp_ms
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import Threshold
+from backbone.quality.marks import mark_record
 from backbone.quality.window import QUALITY_SEAL_TYPE, window_seal_id
 from processors.audit_record import AuditRecordWriter
 
@@ -358,6 +359,8 @@ class Router:
             breach = self._breach(window.event_type, window.hour, now)
             if breach is not None:
                 outputs.append(breach)
+        # consistency marks made in this batch (a registered death, by pseudonym): kept for a restart
+        outputs.extend(Output(QUALITY_MARKS_TOPIC, *mark_record(*mark)) for mark in self.quality.take_marks())
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

@@ -23,6 +23,9 @@ EXPECTED = {
     ("User:processor", "topic", "quality.breaches", "literal", "create"),
     ("User:processor", "topic", "quality.breaches", "literal", "write"),
     *(("User:" + provider, "topic", "quality.breaches", "literal", "read") for provider in ("police", "registry", "tax", "welfare")),
+    ("User:processor", "topic", "quality.marks", "literal", "create"),
+    ("User:processor", "topic", "quality.marks", "literal", "read"),
+    ("User:processor", "topic", "quality.marks", "literal", "write"),
     ("User:processor", "topic", "quality.windows", "literal", "create"),
     ("User:processor", "topic", "quality.windows", "literal", "write"),
     ("User:sink-audit", "topic", "quality.windows", "literal", "read"),
@@ -298,7 +301,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     processor |= {("topic", "audit.checkpoints", "create"), ("topic", "audit.checkpoints", "write")}
     # processors/dataplane.py: closed quality windows go to quality.windows (ensured at start-up)
     processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write"),
-                  ("topic", "quality.breaches", "create"), ("topic", "quality.breaches", "write")}
+                  ("topic", "quality.breaches", "create"), ("topic", "quality.breaches", "write"),
+                  ("topic", "quality.marks", "create"), ("topic", "quality.marks", "write"), ("topic", "quality.marks", "read")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     # processors/lineage.py (BACKBONE_LINEAGE_TRANSPORT=kafka): ensures its topic and produces the run events

@@ -39,6 +39,9 @@ QUALITY_TOPIC = "quality.windows"
 # A provider's quality breaches: a closed window below its contract's thresholds or a bar an agreement
 # requires; keyed by provider, JSON (counts and scores only).
 QUALITY_BREACHES_TOPIC = "quality.breaches"
+# Compacted: the consistency marks (a subject's registered death, by oversight pseudonym, with its month),
+# keyed `<event type>|<field>|<pseudonym>`, read in full by every worker at start (backbone.quality.marks).
+QUALITY_MARKS_TOPIC = "quality.marks"
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."

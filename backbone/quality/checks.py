@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
@@ -220,6 +221,10 @@ class QualityMonitor:
                     checker.marks[(rule.after, rule.at)] = found[0]
         self.subject_fields = dict(subject_fields)
         self._pseudonym: Pseudonym = hashed
+        # Marks this worker made since the last `take_marks` (to publish), and marks read back from
+        # `quality.marks` by another thread (applied by the data plane's thread, in `flush`)
+        self._made: list[tuple[str, str, str, int]] = []
+        self._read: deque[tuple[str, str, str, int | None]] = deque()
         self.windows: dict[tuple[str, int], WindowState] = {}
         self._seen: dict[tuple[str, int], set[Marker]] = {}
         self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
@@ -243,6 +248,8 @@ class QualityMonitor:
 
     def flush(self) -> None:
         """Check every record noted since the last flush (the data plane's thread only)."""
+        while self._read:
+            self._remember(*self._read.popleft())
         pending, self._pending = self._pending, []
         for event_type, record, now, token in pending:
             self._check(event_type, record, now, token)
@@ -263,10 +270,34 @@ class QualityMonitor:
             if not subject or month is None:
                 continue
             token = token or self._pseudonym(subject)
-            marks.pop(token, None)  # re-inserted: the newest is forgotten last
+            if marks.pop(token, None) != month:  # re-inserted: the newest is forgotten last
+                self._made.append((event_type, at, token, month))
             marks[token] = month
             if len(marks) > MAX_MARKS:
                 del marks[next(iter(marks))]
+
+    def take_marks(self) -> list[tuple[str, str, str, int]]:
+        """The marks made since the last call, (after, at, pseudonym, month), to publish (`quality.marks`)."""
+        self.flush()
+        made, self._made = self._made, []
+        return made
+
+    def remember(self, after: str, at: str, token: str, month: int | None) -> None:
+        """A mark read back from `quality.marks` (None: forget it); any thread. It applies before the
+        next records are checked."""
+        self._read.append((after, at, token, month))
+
+    def _remember(self, after: str, at: str, token: str, month: int | None) -> None:
+        for mark_at, marks in self.marking.get(after, ()):
+            if mark_at != at:
+                continue
+            if month is None:
+                marks.pop(token, None)
+            elif marks.get(token) != month:
+                marks.pop(token, None)
+                marks[token] = month
+                if len(marks) > MAX_MARKS:
+                    del marks[next(iter(marks))]
 
     def _check(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None) -> None:
         if event_type in self.marking:
