@@ -30,7 +30,8 @@ _NO_KEYS: frozenset[Marker] = frozenset()
 # young and 1-2 full collections per 27,000 events, none otherwise), which costs most in a big worker.
 MAX_PENDING = 64
 # Subjects remembered per consistency rule's earlier event (by pseudonym, with its month), the oldest
-# forgotten first past this bound: ~200 bytes each, so at most ~200 MB a rule in a worker.
+# forgotten first past this bound: ~140 bytes each (tracemalloc, a million 25-character pseudonyms:
+# 137 MB; tests/test_quality_marks.py), so at most ~140 MB a rule in a worker.
 MAX_MARKS = 1_000_000
 Pseudonym = Callable[[str], str]
 # An event type's open window: (hour, window, event-id keys of the hour, of the hour before, (business
