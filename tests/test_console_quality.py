@@ -28,7 +28,8 @@ PASSWORDS = {"operator": "operator-secret-1"}
 
 
 def claim(n: int, postcode: str) -> dict:
-    return {"event_id": str(uuid.UUID(int=n)), "national_id": "123456782", "postcode": postcode, "benefit_type": "unemployment",
+    # one claimant each (a business key repeated would fail uniqueness), a known postcode (schemas/reference/)
+    return {"event_id": str(uuid.UUID(int=n)), "national_id": f"{100_000_000 + n}", "postcode": postcode, "benefit_type": "unemployment",
             "period": "2026-11", "monthly_amount": 900.0, "bank_account": "NL91ABNA0417164300", "household_size": 2,
             "occurred_at": FIRST}
 
@@ -42,7 +43,7 @@ def database(clickhouse_client) -> str:  # noqa: ANN001
     for hour, missing in ((0, 2), (1, 20)):
         now = FIRST + timedelta(hours=hour)
         for n in range(100):
-            monitor.observe("welfare.benefit_claimed", {**claim(hour * 1000 + n, "" if n < missing else "1234 AB"), "occurred_at": now}, now)
+            monitor.observe("welfare.benefit_claimed", {**claim(hour * 1000 + n, "" if n < missing else "1000 DP"), "occurred_at": now}, now)
     windows = monitor.closed(FIRST + timedelta(hours=3))
     _, _, touched = land_windows(clickhouse_client, name, CONTRACTS, [(f"{w.event_type}|{w.hour}|w".encode(), w.to_bytes()) for w in windows])
     refresh_scorecards(clickhouse_client, name, CONTRACTS, touched)
