@@ -137,37 +137,37 @@ class Checker:
         if self.consistency:
             self._consistent(record, window, token)
 
-    def business_marker(self, record: dict[str, Any], token: str | None) -> int | None:
-        """The business key's marker: 64 bits of a BLAKE2b of its values with the subject's oversight
-        pseudonym in place of the subject (or, for a key without the subject, of the pseudonym of its
-        values), the same in every worker (the HLL unions across them), never the values themselves.
-        None when a value is missing (completeness counts that)."""
+    def business_values(self, record: dict[str, Any], token: str | None) -> tuple[str, ...] | None:
+        """The business key's values with the subject's oversight pseudonym in place of the subject (for
+        a key without the subject: the pseudonym of its values), the same in every worker; None when a
+        value is missing (completeness counts that). Held only hashed (`_business`)."""
         values = []
         for name in self.business_key:
             value = record.get(name)
             if value is None or value == "":
                 return None
-            if name == self.subject_field:
-                value = token or self.pseudonym(str(value))
-            values.append(str(value))
-        joined = "\x1f".join(values)
+            values.append(token or self.pseudonym(str(value)) if name == self.subject_field else str(value))
         if self.subject_field not in self.business_key:
-            joined = self.pseudonym(joined)
-        return int.from_bytes(hashlib.blake2b(joined.encode(), digest_size=8).digest(), "big") >> 1
+            return (self.pseudonym("\x1f".join(values)),)
+        return tuple(values)
 
     def _business(self, record: dict[str, Any], window: WindowState, keys: tuple[set[int], frozenset[int] | set[int]],
                   token: str | None, duplicate: bool) -> None:
         if duplicate:  # a re-sent copy: the event id's duplicate, counted once, its key as the first copy's
             return
-        marker = self.business_marker(record, token)
-        if marker is None:
+        values = self.business_values(record, token)
+        if values is None:
             return
+        # The exact set holds Python's hash of the values: 64 bits under this process's own secret
+        # (SipHash, PYTHONHASHSEED), never the values; the HLL, which every worker's unions with,
+        # hashes them itself (MurmurHash3) and keeps register values only.
+        marker = hash(values)
         seen, previous = keys
         if marker in seen or marker in previous:
             window.key_duplicates[self.business_label] += 1  # type: ignore[index]
         else:
             seen.add(marker)
-        window.key_distinct_sketch(self.business_label).update(marker)  # type: ignore[arg-type]
+            window.key_distinct_sketch(self.business_label).update("\x1f".join(values))  # type: ignore[arg-type]
 
     def _consistent(self, record: dict[str, Any], window: WindowState, token: str | None) -> None:
         subject = record.get(self.subject_field) if self.subject_field else None

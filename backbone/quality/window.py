@@ -13,8 +13,9 @@ and so the worker, of the first copy. Across workers, the HLL union bounds the d
 
 A business key (`uniqueness.business_key`, e.g. national id and period) is counted the same way:
 exactly by the worker that sees both records (a subject's records share a partition), across workers
-bounded by the union of an HLL per business key. Its markers are 64 bits of a hash of the key's
-values with the subject's oversight pseudonym in place of the subject (`backbone.quality.checks`).
+bounded by the union of an HLL per business key. The key's values, with the subject's oversight
+pseudonym in place of the subject, are held only hashed: in the exact set under the process's own
+hash secret, in the HLL as its register values (`backbone.quality.checks`).
 
 Nothing personal is in the serialised state: counts, the sketch of the delays, and the HLLs of the
 uniqueness key (an event id) and of the business keys' markers (a sketch retains hashed register
