@@ -118,3 +118,18 @@ def test_a_business_key_is_counted_once_per_repeat_and_never_kept_raw() -> None:
     assert (window.duplicates, window.key_duplicates) == (1, {"national_id+benefit_type+period": 1})
     assert round(window.key_distinct_estimate("national_id+benefit_type+period")[0]) == 3
     assert b"123456782" not in window.to_bytes() and b"2026-05" not in window.to_bytes()
+
+
+def test_the_odcs_export_writes_a_small_reference_set_out_as_valid_values() -> None:
+    from backbone.quality.contract import QualityContract
+    from backbone.quality.odcs import odcs_document, validate_odcs
+
+    section = QualitySection.model_validate({"references": {"postcodes": "reference/small.v1.txt"},
+                                             "validity": {"rules": [{"field": "postcode", "reference": "postcodes"}]}})
+    small = ReferenceSet.of("postcodes", ["1000 DP", "1000 HJ"], "reference/small.v1.txt")
+    document = odcs_document(CLAIM, QualityContract(CLAIM.event_type, "test", section, {"postcodes": small}))
+    validate_odcs(document)
+    check, = next(p for p in document["schema"][0]["properties"] if p["name"] == "postcode")["quality"]
+    assert check["metric"] == "invalidValues" and check["arguments"]["validValues"] == ["1000 DP", "1000 HJ"]
+    assert check["arguments"]["reference"] == {"name": "postcodes", "file": "reference/small.v1.txt", "values": 2,
+                                               "sha256": small.sha256}

@@ -15,6 +15,7 @@ from typing import Any
 from backbone.events.catalog import EventSchema
 from backbone.policy.treatments import base_type, type_kind
 from producers.synthetic.governance import PROFILES
+from producers.synthetic.identities import known_postcodes
 
 _EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 
@@ -22,8 +23,10 @@ _EPOCH = datetime(2020, 1, 1, tzinfo=UTC)
 def _string(name: str, rng: random.Random) -> str:
     if name.endswith("national_id"):
         return "".join(rng.choices(string.digits, k=9))
-    if name.endswith("postcode"):
-        return f"{rng.randint(1000, 9999)} {''.join(rng.choices('ABCDEGHJKLMNPRTVWXZ', k=2))}"
+    if name.endswith("postcode"):  # a known postcode (schemas/reference/), drawn as any well-formed one would be
+        area, letters = rng.randint(1000, 9999), rng.choices("ABCDEGHJKLMNPRTVWXZ", k=2)
+        pairs = known_postcodes()[area]
+        return f"{area} {pairs['ABCDEGHJKLMNPRTVWXZ'.index(letters[0]) % len(pairs)]}"
     if name == "bank_account":
         return "NL" + "".join(rng.choices(string.digits, k=2)) + "BANK" + "".join(rng.choices(string.digits, k=10))
     if name == "period":
