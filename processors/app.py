@@ -158,6 +158,9 @@ class Enforcement:
         self.router.quality = QualityMonitor(self.quality.values()) if self.quality else None
         # the consistency marks of earlier runs and other workers (a death seen before a restart still counts)
         monitor = self.router.quality
+        if monitor is not None:  # an erased subject's consistency marks are forgotten and tombstoned
+            monitor.erased = self.erasures.holds
+            self.erasures.on_tokens = monitor.forget_subjects
         self.marks_reader = CompactedTopicReader(self.settings, QUALITY_MARKS_TOPIC, mark_applier(monitor.remember, log),
                                                  "quality-marks") if monitor is not None and monitor.marking else None
         self.router.prepare()

@@ -39,6 +39,9 @@ class ErasureTable:
     def __init__(self, keyring: Keyring, on_erased: Callable[[tuple[str, ...]], None] | None = None) -> None:
         self._keyring = keyring
         self._on_erased = on_erased
+        # Called on the reader thread with the tokens each record erases (the quality monitor forgets
+        # their consistency marks and tombstones them on `quality.marks`).
+        self.on_tokens: Callable[[list[str]], None] | None = None
         # Grown in place, one `add` per token: O(1) per erasure, never a copy of the whole set (a set's
         # `in` is safe beside a concurrent `add` under the GIL; erased() never iterates it).
         self._tokens: set[str] = set()
@@ -50,6 +53,10 @@ class ErasureTable:
 
     def __len__(self) -> int:
         return len(self._tokens)
+
+    def holds(self, token: str) -> bool:
+        """Whether `token` (an oversight token) is erased."""
+        return token in self._tokens
 
     def erased(self, subject: str) -> bool:
         tokens = self._tokens
@@ -115,3 +122,5 @@ class ErasureTable:
                 self._functions = tuple(functions.items())
                 self._known = dict(functions)
             self._tokens.update(known)
+        if self.on_tokens is not None:
+            self.on_tokens(known)

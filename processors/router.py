@@ -30,7 +30,15 @@ from backbone.events.catalog import AUDIT_EVENT, Catalog
 from backbone.events.decoder import CompiledDecoder, compile_decoder
 from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
 from backbone.kafka import dlq
-from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_MARKS_TOPIC, QUALITY_TOPIC, dlq_topic, raw_topic, shared_topic
+from backbone.kafka.topics import (
+    AUDIT_TOPIC,
+    QUALITY_BREACHES_TOPIC,
+    QUALITY_MARKS_TOPIC,
+    QUALITY_TOPIC,
+    dlq_topic,
+    raw_topic,
+    shared_topic,
+)
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.keys.pseudonym import token_function
 from backbone.policy.decision import QUALITY_BREACH, ConsentState, Decision

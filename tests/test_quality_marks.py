@@ -13,11 +13,12 @@ from types import SimpleNamespace
 import pytest
 from confluent_kafka import Producer
 
+from backbone.control.erasure import ErasureRecord, oversight_tokens
 from backbone.events.catalog import load_catalog
 from backbone.events.serde import LocalSchemas, encoder_for
 from backbone.kafka.compacted import CompactedTopicReader
 from backbone.kafka.topics import QUALITY_MARKS_TOPIC, Topics, eager_compaction, raw_topic
-from backbone.keys.keyring import Keyring
+from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.decision import NoConsent
 from backbone.policy.engine import PolicyEngine
@@ -25,6 +26,7 @@ from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContract, QualitySection, load_quality
 from backbone.quality.marks import mark_applier, mark_record, read_mark
 from backbone.settings import PROJECT_ROOT, Settings
+from processors.erasure import ErasureTable
 from processors.router import Router
 from producers.synthetic.samples import sample_event
 
@@ -147,3 +149,28 @@ def test_a_worker_restarted_on_a_real_broker_reads_the_marks_back(settings: Sett
     route(restarted, CLAIM, national_id=subject, period="2026-07")
     window, = [w for w in restarted.quality.closed(NOW + timedelta(hours=1)) if w.event_type == CLAIM]
     assert window.inconsistent == {"claim_after_death": 1}
+
+
+def test_an_erased_subjects_marks_are_forgotten_tombstoned_and_never_made_again() -> None:
+    """`backbone erase`: the worker's erasure table hands the erased tokens to the monitor, which drops
+    the subject's marks, tombstones them on `quality.marks` (so no restarted worker reads them back)
+    and does not mark the subject again, from its own events or from marks another worker publishes."""
+    keyring = Keyring.generate(domains=[OVERSIGHT_DOMAIN])
+    found = QualityMonitor([CONTRACT])
+    found.bind(SUBJECTS, lambda subject: oversight_tokens(keyring, subject)[0])
+    table = ErasureTable(keyring)
+    found.erased, table.on_tokens = table.holds, found.forget_subjects
+    death = {"national_id": "123456782", "date_of_death": date(2026, 5, 14)}
+    found.observe(DEATH, death, NOW)
+    [(_, _, token, _)] = found.take_marks()
+    assert inconsistent(found, "123456782", "2026-07") == 1
+
+    tokens = oversight_tokens(keyring, "123456782")
+    table.apply(tokens[0].encode(), ErasureRecord(tokens[0], tuple(tokens), NOW, "dpo", "a-1", ()).to_json())
+    assert found.take_marks() == [(DEATH, "date_of_death", token, None)]
+    assert mark_record(DEATH, "date_of_death", token, None)[1] is None  # published as a tombstone
+    assert inconsistent(found, "123456782", "2026-08") == 0
+    found.observe(DEATH, death, NOW)  # a later death event of the erased subject marks nothing
+    found.remember(DEATH, "date_of_death", token, 2026 * 12 + 4)  # nor a mark another worker published before
+    assert found.take_marks() == []
+    assert inconsistent(found, "123456782", "2026-09") == 0

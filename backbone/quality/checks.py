@@ -194,6 +194,10 @@ class Checker:
         return window
 
 
+def _nobody(token: str) -> bool:
+    return False
+
+
 class QualityMonitor:
     """Open windows per (event type, hour) of the events this worker routes; `closed(now)` hands
     over every window of an hour before now's, once, and forgets it.
@@ -224,8 +228,12 @@ class QualityMonitor:
         self._pseudonym: Pseudonym = hashed
         # Marks this worker made since the last `take_marks` (to publish), and marks read back from
         # `quality.marks` by another thread (applied by the data plane's thread, in `flush`)
-        self._made: list[tuple[str, str, str, int]] = []
+        self._made: list[tuple[str, str, str, int | None]] = []  # None: a tombstone
         self._read: deque[tuple[str, str, str, int | None]] = deque()
+        # Erased subjects (oversight tokens, from the erasure table's thread): their marks are
+        # forgotten and tombstoned at the next flush, and `erased(token)` keeps them from being marked again.
+        self._erased: deque[str] = deque()
+        self.erased: Callable[[str], bool] = _nobody
         self.windows: dict[tuple[str, int], WindowState] = {}
         self._seen: dict[tuple[str, int], set[Marker]] = {}
         self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
@@ -251,6 +259,8 @@ class QualityMonitor:
         """Check every record noted since the last flush (the data plane's thread only)."""
         while self._read:
             self._remember(*self._read.popleft())
+        while self._erased:
+            self._forget(self._erased.popleft())
         pending, self._pending = self._pending, []
         for event_type, record, now, token in pending:
             self._check(event_type, record, now, token)
@@ -271,17 +281,31 @@ class QualityMonitor:
             if not subject or month is None:
                 continue
             token = token or self._pseudonym(subject)
+            if self.erased(token):  # an erased subject is not marked again (nor published)
+                continue
             if marks.pop(token, None) != month:  # re-inserted: the newest is forgotten last
                 self._made.append((event_type, at, token, month))
             marks[token] = month
             if len(marks) > MAX_MARKS:
                 del marks[next(iter(marks))]
 
-    def take_marks(self) -> list[tuple[str, str, str, int]]:
+    def take_marks(self) -> list[tuple[str, str, str, int | None]]:
         """The marks made since the last call, (after, at, pseudonym, month), to publish (`quality.marks`)."""
         self.flush()
         made, self._made = self._made, []
         return made
+
+    def forget_subjects(self, tokens: Iterable[str]) -> None:
+        """Erased subjects (any thread): each one's marks are dropped and, at the next `take_marks`,
+        tombstoned on `quality.marks` for every rule (another worker may hold the mark), before the
+        next records are checked."""
+        self._erased.extend(tokens)
+
+    def _forget(self, token: str) -> None:
+        for after, pairs in self.marking.items():
+            for at, marks in pairs:
+                marks.pop(token, None)
+                self._made.append((after, at, token, None))
 
     def remember(self, after: str, at: str, token: str, month: int | None) -> None:
         """A mark read back from `quality.marks` (None: forget it); any thread. It applies before the
@@ -292,7 +316,7 @@ class QualityMonitor:
         for mark_at, marks in self.marking.get(after, ()):
             if mark_at != at:
                 continue
-            if month is None:
+            if month is None or self.erased(token):
                 marks.pop(token, None)
             elif marks.get(token) != month:
                 marks.pop(token, None)

@@ -21,9 +21,9 @@ SEPARATOR = "|"
 _MONTHS = range(12, 10_000 * 12)
 
 
-def mark_record(after: str, at: str, token: str, month: int) -> tuple[bytes, bytes]:
-    """The key and value of one mark."""
-    return f"{after}{SEPARATOR}{at}{SEPARATOR}{token}".encode(), str(month).encode()
+def mark_record(after: str, at: str, token: str, month: int | None) -> tuple[bytes, bytes | None]:
+    """The key and value of one mark (month None: its tombstone, for an erased subject)."""
+    return f"{after}{SEPARATOR}{at}{SEPARATOR}{token}".encode(), None if month is None else str(month).encode()
 
 
 def read_mark(key: bytes | None, value: bytes | None) -> tuple[str, str, str, int | None]:
