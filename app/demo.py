@@ -275,7 +275,7 @@ class Demo:
         subject = str(900_000_000 + uuid.uuid4().int % 99_999_999)
         claim = {
             "governance": {"lawful_basis": "consent", "purposes": ["scientific_research", "service_provision"], "consent_id": "demo-consent"},
-            "national_id": subject, "name": "Demo Citizen", "date_of_birth": date(1985, 6, 1), "postcode": "1011 AA",
+            "national_id": subject, "name": "Demo Citizen", "date_of_birth": date(1985, 6, 1), "postcode": "1011 KK",
             "benefit_type": "housing_allowance", "period": "2026-01", "monthly_amount": 420.0,
             "bank_account": "NL20INGB0001234567", "household_size": 1, "declared_other_income": 0.0,
         }

@@ -47,7 +47,7 @@ def claim(subject: str) -> dict:
     return {
         "governance": {"lawful_basis": "consent", "purposes": ["scientific_research", "fraud_prevention_and_detection"],
                        "consent_id": "bench"},
-        "national_id": subject, "name": "Bench Person", "date_of_birth": date(1980, 1, 1), "postcode": "1011 AA",
+        "national_id": subject, "name": "Bench Person", "date_of_birth": date(1980, 1, 1), "postcode": "1011 KK",
         "benefit_type": "housing_allowance", "period": "2026-03", "monthly_amount": 400.0,
         "bank_account": "NL02RABO0300065264", "household_size": 1, "declared_other_income": 0.0,
     }
