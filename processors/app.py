@@ -34,6 +34,7 @@ from backbone.kafka.topics import (
     AUDIT_TOPIC,
     CONSENT_TOPIC,
     QUALITY_BREACHES_TOPIC,
+    QUALITY_PENDING_TOPIC,
     QUALITY_TOPIC,
     Topics,
     consent_topic_config,
@@ -55,6 +56,7 @@ from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
 from processors.lineage import LineageEmitter, status_times
+from processors.quality_release import pending_topic_config
 from processors.router import DLQ_TOPIC, Router
 
 log = logging.getLogger("processors")
@@ -129,6 +131,7 @@ class Enforcement:
         erasure_requests.ensure_topics(self.settings)
         for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
+        topics.ensure(QUALITY_PENDING_TOPIC, config=pending_topic_config())
         reconcile_shared_topics(topics, self.settings, self.charter.agreements)
 
     def apply_agreement(self, agreement: Agreement) -> None:
