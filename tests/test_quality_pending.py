@@ -201,13 +201,14 @@ def test_a_window_never_judged_fails_every_bar_and_is_listed_as_held() -> None:
 
 
 def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_listed(
-        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str) -> None:
+        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, backbone_cli) -> None:  # noqa: ANN001
     Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
     producer = Producer(settings.producer_config())
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     stopped, restarted = gated_router(catalog, tmp_path / "a"), gated_router(catalog, tmp_path / "b")
-    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0)  # records are stamped by the producer's clock
+    # the last hour: records are stamped by the producer's clock, after the window's start
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
     topic = PendingTopic(settings, f"test-pending-{unique}")
     for router, seed in ((stopped, 8), (restarted, 9)):
         for output in route(router, catalog, claims(catalog, now, 4, missing=0, seed=seed), now):
@@ -230,3 +231,9 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     rows = {w.window.worker: w.row(hour_of(now) + 1) for w in list_pending(listing(settings, f"test-pending-{unique}"))}
     assert rows[stopped.worker_id]["state"].startswith("held") and rows[stopped.worker_id]["records"] == 4
     assert rows[restarted.worker_id]["state"] == "judged: 4 released"
+    # the operator sees the held window without seeing a record
+    result = backbone_cli("quality", "pending", "--json", BACKBONE_KAFKA_BOOTSTRAP=settings.kafka_bootstrap)
+    assert result.returncode == 0, result.stderr
+    listed = [json.loads(line) for line in result.stdout.splitlines()]
+    held, = [row for row in listed if row["worker"] == stopped.worker_id]
+    assert held["records"] == 4 and held["recipients"] == ["fraud"] and held["state"].startswith("held")
