@@ -30,9 +30,11 @@ from backbone.quality.contract import load_quality, parse_threshold
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
 from backbone.quality.window import hour_of
 from backbone.settings import PROJECT_ROOT, Settings
-from processors.quality_release import PendingTopic, listing, pending_topic_config
+from processors.dataplane import DataPlane
+from processors.quality_release import listing, pending_topic_config
 from processors.router import QUALITY_HEADER, Output, Router
 from producers.synthetic.samples import sample_event
+from tests.pipeline import read_topic
 
 AGREEMENTS = PROJECT_ROOT / "agreements"
 CLAIM = "welfare.benefit_claimed"
@@ -48,11 +50,12 @@ def catalog() -> Catalog:
 
 
 def gated_router(catalog: Catalog, tmp_path: Path, mode: str = "hold", gated: str = "welfare_to_fraud.yaml",
-                 erasures: DictErasures | None = None) -> Router:
+                 erasures: DictErasures | None = None, recipient: str | None = None) -> Router:
     for path in AGREEMENTS.glob("*.yaml"):
         (tmp_path / path.name).write_text(path.read_text())
     data = yaml.safe_load((AGREEMENTS / gated).read_text())
-    (tmp_path / gated).write_text(yaml.safe_dump({**data, "require_quality": BARS, "on_quality_breach": mode}))
+    data = {**data, "require_quality": BARS, "on_quality_breach": mode, **({"recipient": recipient} if recipient else {})}
+    (tmp_path / gated).write_text(yaml.safe_dump(data))
     charter = load_agreements(tmp_path, catalog)
     keyring = Keyring.for_charter(charter)
     router = Router(catalog, PolicyEngine(charter, keyring, erasures=erasures), LocalSchemas(), keyring)
@@ -203,31 +206,30 @@ def test_a_window_never_judged_fails_every_bar_and_is_listed_as_held() -> None:
 def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_listed(
         catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, backbone_cli) -> None:  # noqa: ANN001
     Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
-    producer = Producer(settings.producer_config())
+    recipient = f"gate{unique}"  # a recipient of this test's own: its shared topic is read from the start
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    stopped, restarted = gated_router(catalog, tmp_path / "a"), gated_router(catalog, tmp_path / "b")
+    stopped = gated_router(catalog, tmp_path / "a", recipient=recipient)
+    restarted = gated_router(catalog, tmp_path / "b", recipient=recipient)
     # the last hour: records are stamped by the producer's clock, after the window's start
     now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
-    topic = PendingTopic(settings, f"test-pending-{unique}")
+    plane = DataPlane(settings, restarted, NoConsent(), f"test-pending-{unique}", checkpoints=lambda: None)
+    producer = Producer(settings.producer_config())
     for router, seed in ((stopped, 8), (restarted, 9)):
         for output in route(router, catalog, claims(catalog, now, 4, missing=0, seed=seed), now):
             if output.topic == QUALITY_PENDING_TOPIC:
                 producer.produce(output.topic, output.value, output.key, headers=output.headers,
-                                 partition=topic.partition(producer, output.key))
+                                 partition=plane.pending.partition(producer, output.key))
     assert producer.flush(10) == 0
-    # the first worker dies here: its window is never closed. The restarted worker closes its own.
+    # the first worker dies here: its window is never closed. The restarted worker closes its own
+    # and releases its records from Kafka, as its data plane does when an hour ends.
     restarted.quality_outputs(now + timedelta(hours=1))
     window, = restarted.gate.due()
-    chunks = list(topic.read(producer, window, chunk=3))
-    assert [len(c) for c in chunks] == [3, 1]  # its own four records, a chunk at a time, none of the stopped worker's
-    outcomes: Counter[str] = Counter()
-    released = [o for c in chunks for o in restarted.gate.release(window, c, NoConsent(), now, outcomes) if o.topic == FRAUD_TOPIC]
-    assert len(released) == 4 and outcomes == {"released": 4}
-    marker = restarted.gate.finish(window, outcomes)
-    producer.produce(marker.topic, marker.value, marker.key, headers=marker.headers, partition=topic.partition(producer, marker.key))
-    assert producer.flush(10) == 0
-    topic.close()
+    assert [len(c) for c in plane.pending.read(producer, window, chunk=3)] == [3, 1]  # its own four, a chunk at a time
+    plane._release(producer, now + timedelta(hours=1))
+    plane.pending.close()
+    shared = read_topic(settings, shared_topic(recipient, CLAIM), lambda found: len(found) >= 4, timeout=15)
+    assert len(shared) == 4  # the restarted worker's, none of the stopped one's
     rows = {w.window.worker: w.row(hour_of(now) + 1) for w in list_pending(listing(settings, f"test-pending-{unique}"))}
     assert rows[stopped.worker_id]["state"].startswith("held") and rows[stopped.worker_id]["records"] == 4
     assert rows[restarted.worker_id]["state"] == "judged: 4 released"
@@ -236,4 +238,4 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     assert result.returncode == 0, result.stderr
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     held, = [row for row in listed if row["worker"] == stopped.worker_id]
-    assert held["records"] == 4 and held["recipients"] == ["fraud"] and held["state"].startswith("held")
+    assert held["records"] == 4 and held["recipients"] == [recipient] and held["state"].startswith("held")
