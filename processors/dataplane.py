@@ -238,9 +238,10 @@ class DataPlane:
                 if output.timestamp:
                     shared.append(output)
                     continue
-                partition = self.pending.partition(producer, output.key) if output.topic == QUALITY_PENDING_TOPIC else None
+                # a window's pending records all in one partition, in order (`processors.quality_release`)
+                placed = self.pending.partition(producer, output.key) if output.topic == QUALITY_PENDING_TOPIC else None
                 self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
-                              partition=partition)
+                              partition=placed)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
         # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.

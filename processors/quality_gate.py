@@ -25,10 +25,9 @@ from typing import TYPE_CHECKING
 from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_PENDING_TOPIC, raw_topic
 from backbone.policy.decision import QUALITY_BREACH, QUALITY_PENDING, ConsentState, Decision
 from backbone.quality.contract import Threshold
-from backbone.quality.gating import RECIPIENTS_HEADER, CLOSED_HEADER, PendingWindow, below_bars, close_marker, release_event_id
+from backbone.quality.gating import CLOSED_HEADER, RECIPIENTS_HEADER, PendingWindow, below_bars, close_marker, release_event_id
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import WindowState, hour_of
-
 from processors.outputs import Headers, Output
 
 if TYPE_CHECKING:
