@@ -154,6 +154,7 @@ class Enforcement:
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
         self.router.quality = QualityMonitor(self.quality.values()) if self.quality else None
+        self.router.gate.minutes = self.settings.quality_gate_minutes
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(

@@ -141,8 +141,9 @@ class DataPlane:
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
-                    if self.router.quality is not None and self.router.quality.due(datetime.now(UTC)):
-                        self._process([], consumer, producer)  # an hour ended in a lull: its quality windows go now
+                    now = datetime.now(UTC)
+                    if self.router.quality is not None and (self.router.quality.due(now) or self.router.gate.closing(now)):
+                        self._process([], consumer, producer)  # a window ended in a lull: it goes now
                     continue
                 waits = self.registry_waits
                 if self.before_batch is not None:
@@ -321,8 +322,8 @@ class DataPlane:
             self._produce(producer, producer.produce, marker.topic, marker.key, marker.value, marker.headers, self._on_delivery,
                           partition=self.pending.partition(producer, marker.key))
             self._flushed(producer)
-            log.info("quality window %s of %s hour %d judged: %s", window.worker, window.event_type, window.hour,
-                     dict(outcomes) or "nothing pending")
+            log.info("quality window of worker %s, %s, %d minutes from %s judged: %s", window.worker, window.event_type,
+                     window.minutes, datetime.fromtimestamp(window.start_ms / 1000, UTC).isoformat(), dict(outcomes) or "nothing pending")
 
     def _flushed(self, producer: Producer) -> None:
         """Wait until every output produced so far is acknowledged; `DeliveryFailed` if one is not."""

@@ -20,7 +20,6 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 from backbone.errors import BackboneError
 from backbone.kafka.topics import QUALITY_PENDING_RETENTION_MS, QUALITY_PENDING_TOPIC
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow
-from backbone.quality.window import HOUR_MS
 from backbone.settings import Settings
 
 Record = tuple[bytes | None, list[tuple[str, bytes]] | None]  # (value, headers)
@@ -63,7 +62,7 @@ class PendingTopic:
         key = window.key
         partition = self.partition(client, key)
         consumer = self._consumer = self._consumer or reader(self.settings, self.group_id)
-        since = TopicPartition(QUALITY_PENDING_TOPIC, partition, window.hour * HOUR_MS - CLOCK_SLACK_MS)
+        since = TopicPartition(QUALITY_PENDING_TOPIC, partition, window.start_ms - CLOCK_SLACK_MS)
         start = consumer.offsets_for_times([since], timeout=self.settings.kafka_timeout_s)[0].offset
         # -1: nothing stamped since then, by the broker's index; read it all rather than trust that
         consumer.assign([TopicPartition(QUALITY_PENDING_TOPIC, partition, start if start >= 0 else OFFSET_BEGINNING)])

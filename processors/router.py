@@ -259,7 +259,7 @@ class Router:
                 self.counts["deny"] += 1
                 self.decided[(decision.recipient, decision.reason or "denied")] += 1
         if waiting and value is not None:
-            outputs.append(self.gate.pending_output(event_type, value, waiting, now))
+            outputs.append(self.gate.pending_output(event_type, value, waiting, now, record, subject_token))
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
@@ -301,9 +301,10 @@ class Router:
                 "subject_token": None, "decided_at": now, "decisions": [], **UNPLACED})))
             self.counts["quality.windows"] += 1
             self.gate.closed(window)
-            breach = self.gate.breach(window.event_type, window.hour, now)
+            breach = self.gate.hourly_breach(window.event_type, window.hour, now)
             if breach is not None:
                 outputs.append(breach)
+        outputs += self.gate.close(now, everything)  # the gate's own windows, when shorter than the hour
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

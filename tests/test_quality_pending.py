@@ -28,7 +28,6 @@ from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality, parse_threshold
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
-from backbone.quality.window import hour_of
 from backbone.settings import PROJECT_ROOT, Settings
 from processors.dataplane import DataPlane
 from processors.quality_release import listing, pending_topic_config
@@ -110,7 +109,7 @@ def test_a_failing_windows_own_records_are_held_and_the_provider_told_as_it_clos
     routed = route(router, catalog, claims(catalog, HOUR, 50, missing=20, seed=1), HOUR + timedelta(minutes=5))
     assert not [o for o in routed if o.topic == FRAUD_TOPIC]  # nothing while the window is open
     pending = [o for o in routed if o.topic == QUALITY_PENDING_TOPIC]
-    assert len(pending) == 50 and {o.key for o in pending} == {PendingWindow(router.worker_id, CLAIM, hour_of(HOUR)).key}
+    assert len(pending) == 50 and {o.key for o in pending} == {PendingWindow.of(router.worker_id, CLAIM, HOUR).key}
     assert set(outcomes_for(router, routed, "fraud")) == {"quality_pending"}  # audited: not disclosed (yet)
     for o in pending:  # the key and headers name no one
         assert dict(o.headers) == {"recipients": b"fraud"}
@@ -194,11 +193,12 @@ def test_agreements_without_a_bar_are_released_at_once(catalog: Catalog, tmp_pat
 def test_a_window_never_judged_fails_every_bar_and_is_listed_as_held() -> None:
     bars = {name: parse_threshold(text) for name, text in BARS.items()}
     assert below_bars(None, bars) == ("completeness",)
-    open_window, lost, judged = (PendingWindow("w1", CLAIM, 100), PendingWindow("w0", CLAIM, 99), PendingWindow("w2", CLAIM, 99))
+    open_window, lost, judged = (PendingWindow.of("w1", CLAIM, HOUR), PendingWindow.of("w0", CLAIM, HOUR - timedelta(hours=1)),
+                                 PendingWindow.of("w2", CLAIM, HOUR - timedelta(hours=1)))
     records = [(open_window.key, [("recipients", b"fraud")]), (lost.key, [("recipients", b"fraud")]),
                (judged.key, [("recipients", b"fraud")]), (judged.key, [(CLOSED_HEADER, b'{"outcomes": {"released": 1}}')]),
                (b"not a processor's", None)]
-    rows = {w.window.worker: w.row(current_hour=100) for w in list_pending(records)}
+    rows = {w.window.worker: w.row(HOUR + timedelta(minutes=30)) for w in list_pending(records)}
     assert rows["w1"]["state"].startswith("open") and rows["w0"]["state"].startswith("held")
     assert rows["w2"]["state"] == "judged: 1 released" and rows["w0"]["records"] == 1
 
@@ -230,7 +230,7 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     plane.pending.close()
     shared = read_topic(settings, shared_topic(recipient, CLAIM), lambda found: len(found) >= 4, timeout=15)
     assert len(shared) == 4  # the restarted worker's, none of the stopped one's
-    rows = {w.window.worker: w.row(hour_of(now) + 1) for w in list_pending(listing(settings, f"test-pending-{unique}"))}
+    rows = {w.window.worker: w.row(now + timedelta(hours=1)) for w in list_pending(listing(settings, f"test-pending-{unique}"))}
     assert rows[stopped.worker_id]["state"].startswith("held") and rows[stopped.worker_id]["records"] == 4
     assert rows[restarted.worker_id]["state"] == "judged: 4 released"
     # the operator sees the held window without seeing a record

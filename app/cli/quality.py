@@ -22,24 +22,23 @@ app.add_typer(quality_app, name="quality")
 @quality_app.command("pending")
 @needs("operator")
 def pending(as_json: bool = typer.Option(False, "--json", help="One JSON object per window instead of a table")) -> None:
-    """Each worker's quality window with records in quality.pending: open (released or held when its
-    hour ends), judged (what its records became) or held because its worker stopped before judging it
+    """Each worker's quality window with records in quality.pending: open (released or held when it
+    ends), judged (what its records became) or held because its worker stopped before judging it
     (fail closed: those records are never delivered; they leave with the topic's retention)."""
     from backbone.access.acls import READER_GROUP_PREFIX
     from backbone.quality.gating import list_pending
-    from backbone.quality.window import hour_of
     from processors.quality_release import listing
 
     settings = get_settings()
-    current = hour_of(datetime.now(UTC))
-    rows = [w.row(current) for w in list_pending(listing(settings, f"{READER_GROUP_PREFIX}{uuid.uuid4().hex}"))]
+    now = datetime.now(UTC)
+    rows = [w.row(now) for w in list_pending(listing(settings, f"{READER_GROUP_PREFIX}{uuid.uuid4().hex}"))]
     if as_json:
         for row in rows:
             console.print(json.dumps(row, sort_keys=True), markup=False, highlight=False, soft_wrap=True)
         return
-    table = Table("hour (UTC)", "event type", "worker", "records", "recipients", "state")
+    table = Table("window (UTC)", "minutes", "event type", "worker", "records", "recipients", "state")
     for row in rows:
-        table.add_row(row["hour"], row["event_type"], row["worker"], str(row["records"]), ", ".join(row["recipients"]), row["state"])
+        table.add_row(row["start"], str(row["minutes"]), row["event_type"], row["worker"], str(row["records"]), ", ".join(row["recipients"]), row["state"])
     console.print(table)
     held = sum(row["records"] for row in rows if row["state"].startswith("held"))
     console.print(f"{len(rows)} window(s); {held} record(s) held by workers that stopped mid-window", highlight=False)

@@ -3,8 +3,8 @@ topic while a window is open, how a closed window's scorecard is judged against 
 and how the pending records a worker left are listed. Pure: the processor does the Kafka I/O.
 
 A permitted record of an agreement with `require_quality` is not sent while its window is open: the
-raw event goes to the pending topic keyed `<worker>|<event type>|<hour>` with the recipients it waits
-for. When the worker closes the window it re-decides each pending event (consent and erasure as they
+raw event goes to the pending topic keyed `<worker>|<event type>|<start minute>|<minutes>` with the
+recipients it waits for. When the worker closes the window it re-decides each pending event (consent and erasure as they
 are then) and releases, holds or flags it on that window's scorecard; a close marker with the same
 key, counts only, says so. A window with records and no close marker was left by a worker that
 stopped before judging it: its records stay held (fail closed) and `backbone quality pending` lists them.
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import UTC, datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,8 +22,9 @@ from typing import Any
 from backbone.quality.contract import Threshold
 from backbone.quality.errors import QualityStateError
 from backbone.quality.scorecard import Scorecard
-from backbone.quality.window import hour_start
+from backbone.quality.window import HOUR_MS
 
+MINUTE_MS = HOUR_MS // 60
 RECIPIENTS_HEADER = "recipients"  # on a pending record: the recipients it waits for, comma-separated
 CLOSED_HEADER = "closed"  # on a close marker: the window was judged (its value: what was done, counts)
 # Audit records of releases are ids derived from the event's (a second record with the event's own id
@@ -32,24 +34,40 @@ _RELEASE_NAMESPACE = uuid.UUID("5d1b6f0e-8a4e-4c55-9f57-3c1f0b6a2e91")
 
 @dataclass(slots=True, frozen=True)
 class PendingWindow:
-    """One worker's open quality window of one event type, as named in the pending topic's keys."""
+    """One worker's quality window of one event type, as named in the pending topic's keys: it starts
+    `start` minutes after the epoch and lasts `minutes` (60: the scorecard's hour)."""
 
     worker: str
     event_type: str
-    hour: int
+    start: int
+    minutes: int = 60
 
     @property
     def key(self) -> bytes:
-        return f"{self.worker}|{self.event_type}|{self.hour}".encode()
+        return f"{self.worker}|{self.event_type}|{self.start}|{self.minutes}".encode()
+
+    @property
+    def start_ms(self) -> int:
+        return self.start * MINUTE_MS
+
+    @property
+    def end_ms(self) -> int:
+        return (self.start + self.minutes) * MINUTE_MS
+
+    @classmethod
+    def of(cls, worker: str, event_type: str, moment: datetime, minutes: int = 60) -> PendingWindow:
+        """The window of `minutes` that `moment` falls in."""
+        minute = int(moment.timestamp() * 1000) // MINUTE_MS
+        return cls(worker, event_type, minute - minute % minutes, minutes)
 
     @classmethod
     def from_key(cls, key: bytes | None) -> PendingWindow:
         try:
-            worker, event_type, hour = (key or b"").decode().split("|")
-            return cls(worker, event_type, int(hour))
+            worker, event_type, start, minutes = (key or b"").decode().split("|")
+            return cls(worker, event_type, int(start), int(minutes))
         except (UnicodeDecodeError, ValueError):
-            raise QualityStateError("a pending record's key is not <worker>|<event type>|<hour>; it was not written "
-                                    "by a processor") from None
+            raise QualityStateError("a pending record's key is not <worker>|<event type>|<start minute>|<minutes>; it was "
+                                    "not written by a processor") from None
 
 
 def release_event_id(event_id: str) -> str:
@@ -87,18 +105,18 @@ class WindowListing:
     recipients: set[str] = field(default_factory=set)
     closed: dict[str, Any] | None = None
 
-    def state(self, current_hour: int) -> str:
+    def state(self, now: datetime) -> str:
         if self.closed is not None:
             outcomes = self.closed.get("outcomes", {})
             return "judged: " + (", ".join(f"{n} {what}" for what, n in outcomes.items()) or "nothing pending")
-        if self.window.hour >= current_hour:
-            return "open: released or held when the hour ends"
+        if self.window.end_ms > now.timestamp() * 1000:
+            return "open: released or held when the window ends"
         return "held: its worker stopped before judging it (fail closed)"
 
-    def row(self, current_hour: int) -> dict[str, Any]:
+    def row(self, now: datetime) -> dict[str, Any]:
         return {"worker": self.window.worker, "event_type": self.window.event_type,
-                "hour": hour_start(self.window.hour).isoformat(), "records": self.records,
-                "recipients": sorted(self.recipients), "state": self.state(current_hour)}
+                "start": datetime.fromtimestamp(self.window.start_ms / 1000, UTC).isoformat(), "minutes": self.window.minutes,
+                "records": self.records, "recipients": sorted(self.recipients), "state": self.state(now)}
 
 
 def list_pending(records: Iterable[tuple[bytes | None, list[tuple[str, bytes]] | None]]) -> list[WindowListing]:
@@ -122,4 +140,4 @@ def list_pending(records: Iterable[tuple[bytes | None, list[tuple[str, bytes]] |
         listing.recipients.update(r for r in named.get(RECIPIENTS_HEADER, b"").decode().split(",") if r)
     for window, marker in markers.items():
         found.setdefault(window, WindowListing(window)).closed = marker
-    return sorted(found.values(), key=lambda w: (w.window.hour, w.window.event_type, w.window.worker))
+    return sorted(found.values(), key=lambda w: (w.window.start, w.window.event_type, w.window.worker))
