@@ -17,10 +17,19 @@ from typing import Any
 import pytest
 import yaml
 from confluent_kafka import Producer
+from pydantic import ValidationError
 
 from backbone.events.catalog import Catalog, load_catalog
 from backbone.events.serde import Decoder, LocalSchemas, encoder_for
-from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, QUALITY_PENDING_TOPIC, Topics, raw_topic, shared_topic
+from backbone.kafka.topics import (
+    AUDIT_TOPIC,
+    QUALITY_BREACHES_TOPIC,
+    QUALITY_PENDING_TOPIC,
+    QUALITY_TOPIC,
+    Topics,
+    raw_topic,
+    shared_topic,
+)
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import load_agreements
 from backbone.policy.decision import ConsentState, DictConsent, DictErasures, NoConsent
@@ -28,6 +37,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality, parse_threshold
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
+from backbone.quality.window import WindowState
 from backbone.settings import PROJECT_ROOT, Settings
 from processors.dataplane import DataPlane
 from processors.quality_release import listing, pending_topic_config
@@ -239,3 +249,28 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     held, = [row for row in listed if row["worker"] == stopped.worker_id]
     assert held["records"] == 4 and held["recipients"] == [recipient] and held["state"].startswith("held")
+
+
+def test_a_shorter_gate_window_judges_its_own_records_and_tells_the_provider_as_it_closes(catalog: Catalog, tmp_path: Path) -> None:
+    router = gated_router(catalog, tmp_path, "hold")
+    router.gate.minutes = 15  # BACKBONE_QUALITY_GATE_MINUTES=15: a recipient waits a quarter of an hour, not an hour
+    failing = route(router, catalog, claims(catalog, HOUR, 20, missing=10, seed=10), HOUR + timedelta(minutes=5))
+    passing = route(router, catalog, claims(catalog, HOUR, 20, missing=0, seed=11), HOUR + timedelta(minutes=20))
+    assert {o.key for o in failing if o.topic == QUALITY_PENDING_TOPIC} == {PendingWindow.of(router.worker_id, CLAIM, HOUR, 15).key}
+    assert close_and_release(router, failing + passing, HOUR + timedelta(minutes=14)) == []  # the first quarter is open
+    first = close_and_release(router, failing + passing, HOUR + timedelta(minutes=15))
+    assert not [o for o in first if o.topic == FRAUD_TOPIC]  # held, a quarter of an hour after it started
+    breach, = [json.loads(o.value) for o in first if o.topic == QUALITY_BREACHES_TOPIC]
+    assert breach["window"] == {"start": HOUR.isoformat(), "minutes": 15} and breach["agreements"][0]["records"] == "held"
+    assert breach["below_contract"] == {}  # the contract's thresholds are judged on the hourly scorecard
+    second = close_and_release(router, failing + passing, HOUR + timedelta(minutes=30))
+    assert len([o for o in second if o.topic == FRAUD_TOPIC]) == 20 and not [o for o in second if o.topic == QUALITY_BREACHES_TOPIC]
+    hourly = router.quality_outputs(HOUR + timedelta(hours=1))  # the scorecard's hour is unchanged: all 40 events
+    window = WindowState.from_bytes(next(o.value for o in hourly if o.topic == QUALITY_TOPIC))
+    assert (window.events, window.missing["bank_account"]) == (40, 10)
+
+
+def test_the_gate_window_must_divide_the_hour() -> None:
+    assert Settings(quality_gate_minutes=15).quality_gate_minutes == 15
+    with pytest.raises(ValidationError, match="7 does not divide the hour; use 1, 2, 3"):
+        Settings(quality_gate_minutes=7)
