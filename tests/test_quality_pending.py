@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 import yaml
+from hypothesis import given
+from hypothesis import strategies as st
 from confluent_kafka import Producer
 from pydantic import ValidationError
 
@@ -37,7 +39,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality, parse_threshold
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
-from backbone.quality.window import WindowState
+from backbone.quality.window import WindowState, hour_of
 from backbone.settings import PROJECT_ROOT, Settings
 from processors.dataplane import DataPlane
 from processors.quality_release import listing, pending_topic_config
@@ -274,3 +276,13 @@ def test_the_gate_window_must_divide_the_hour() -> None:
     assert Settings(quality_gate_minutes=15).quality_gate_minutes == 15
     with pytest.raises(ValidationError, match="7 does not divide the hour; use 1, 2, 3"):
         Settings(quality_gate_minutes=7)
+
+
+@given(moment=st.datetimes(min_value=datetime(2000, 1, 1), max_value=datetime(2100, 1, 1), timezones=st.just(UTC)),
+       minutes=st.sampled_from([1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30, 60]), worker=st.text("abcdef0123456789", min_size=1, max_size=12))
+def test_a_pending_window_holds_its_moment_and_its_key_names_it_back(moment: datetime, minutes: int, worker: str) -> None:
+    window = PendingWindow.of(worker, CLAIM, moment, minutes)
+    assert window.start_ms <= moment.timestamp() * 1000 < window.end_ms and window.start % minutes == 0
+    assert PendingWindow.from_key(window.key) == window
+    if minutes == 60:  # hourly gating: the window is the scorecard's hour
+        assert window.start == hour_of(moment) * 60
