@@ -8,8 +8,9 @@ agreements twice: once as they are with the fraud recipient's agreements requiri
 team's shared records are decoded and landed in its tables (the sink's DDL), the fraud rules run
 (`FraudDetector`, their SQL) and the alerts are scored against the generator's ground truth.
 
-A window's score is known when its hour closes, so the gate holds the records of the hours after a
-window below the bar, not those of the window itself: what the figures measure.
+A gated agreement's records wait for their own window (the processor keeps them in `quality.pending`;
+here, in memory): when its hour closes they are released, or held if the window is below the bar.
+The burst hour's income declarations are held, the other hours' released: what the figures measure.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from clickhouse_connect.driver.client import Client
 
 from app.scoring import Score, score
 from backbone.events.serde import Decoder, LocalSchemas, encoder_for
-from backbone.kafka.topics import raw_topic, shared_topic
+from backbone.kafka.topics import QUALITY_BREACHES_TOPIC, QUALITY_PENDING_TOPIC, raw_topic, shared_topic
 from backbone.keys.keyring import Keyring
 from backbone.keys.pseudonym import token
 from backbone.policy.agreements import Charter
@@ -38,7 +39,7 @@ from backbone.settings import Settings
 from consumers import ddl
 from consumers.fraud import FraudDetector
 from consumers.plans import recipient_plan
-from processors.router import Router
+from processors.router import Output, Router
 from producers.synthetic import generate
 from producers.synthetic.defects import Defects, plant
 
@@ -51,7 +52,7 @@ START = datetime(2026, 12, 7, 6, 30, tzinfo=UTC)
 class GatingRun:
     gated: bool
     shared: Counter[str] = field(default_factory=Counter)   # records the fraud team received, by event type
-    held: int = 0                                           # permits the gate turned into quality_breach
+    held: int = 0                                           # permits their window's verdict turned into quality_breach
     breaches: int = 0                                       # breach events the providers got
     scores: list[Score] = field(default_factory=list)
 
@@ -107,16 +108,34 @@ def run(client: Client, settings: Settings, charter: Charter, gated: bool, *, se
     decoder, found = Decoder(router.schemas), GatingRun(gated)
     rows: dict[str, list[dict]] = {}
     stream, source = hourly(seed, events, hours, burst_hour)
+    pending: dict[bytes | None, list[tuple[bytes, Any]]] = {}  # the pending topic, in memory: window key -> records
+
+    def deliver(outputs: list[Output]) -> None:
+        for output in outputs:
+            if output.topic in wanted:
+                rows.setdefault(wanted[output.topic], []).append(decoder(output.value).record)
+            elif output.topic == QUALITY_PENDING_TOPIC:
+                pending.setdefault(output.key, []).append((output.value, output.headers))
+            elif output.topic == QUALITY_BREACHES_TOPIC:
+                found.breaches += 1
+
+    def close(now: datetime, everything: bool = False) -> None:  # as the data plane does when an hour ends
+        deliver(router.quality_outputs(now, everything=everything))
+        for window in router.gate.due():
+            outcomes: Counter[str] = Counter()
+            deliver(router.gate.release(window, pending.pop(window.key, []), NoConsent(), now, outcomes))
+            router.gate.finish(window, outcomes)
+
     last = None
     for now, event_type, record in stream:
         if event_type not in encoders:
             continue
         if now != last:
-            found.breaches += sum(1 for o in router.quality_outputs(now) if o.topic.endswith("breaches"))
+            close(now)
             last = now
-        for output in router.route(raw_topic(event_type), b"k", encoders[event_type](record), None, NoConsent(), now):
-            if output.topic in wanted:
-                rows.setdefault(wanted[output.topic], []).append(decoder(output.value).record)
+        deliver(router.route(raw_topic(event_type), b"k", encoders[event_type](record), None, NoConsent(), now))
+    if last is not None:
+        close(last + timedelta(hours=1), everything=True)
     found.held = router.counts["quality.held"]
     found.shared = Counter({t: len(r) for t, r in rows.items()})
     prefix = f"g{uuid.uuid4().hex[:8]}_"

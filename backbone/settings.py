@@ -53,6 +53,8 @@ class Settings(BaseSettings):
     consumer_batch_size: int = Field(5_000, ge=1, description="Messages per batched consume call")
     quality_rules: bool = Field(True, description="Processors check raw events against the schemas' quality rules "
                                 "(schemas/<event type>.quality.yaml) and emit hourly windows to quality.windows")
+    quality_gate_minutes: int = Field(60, ge=1, le=60, description="How long the records of an agreement that requires "
+                                      "quality wait for their window's verdict: a divisor of 60 (60: the scorecard's hour)")
 
     # Schema registry
     schema_registry_url: str = Field("http://127.0.0.1:8081", description="Confluent-compatible schema registry")
@@ -165,6 +167,13 @@ class Settings(BaseSettings):
     # Who is acting, as the deployment knows them (an operator's or oversight officer's account):
     # recorded with every control-plane action. Set by configuration, never taken from $USER.
     identity: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9@._-]{0,127}$", description="Identity recorded with operator actions")
+
+    @field_validator("quality_gate_minutes")
+    @classmethod
+    def _divides_the_hour(cls, value: int) -> int:
+        if 60 % value:
+            raise ValueError(f"{value} does not divide the hour; use 1, 2, 3, 4, 5, 6, 10, 12, 15, 20, 30 or 60")
+        return value
 
     @field_validator("kafka_bootstrap")
     @classmethod

@@ -29,6 +29,7 @@ from backbone.audit.timestamps import Stamp, Trust, check_stamps
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
 from backbone.keys.keyring import PublicKey
 from backbone.privacy import ledger
+from backbone.quality.gating import release_event_id
 from consumers import ddl
 from consumers.plans import CHECKPOINTS_TABLE, TIMESTAMPS_TABLE
 from consumers.typemap import quote_identifier
@@ -313,13 +314,16 @@ class ClickHouseTrail:
 
     def receipt(self, event_id: str, recipient: str, keys: Mapping[str, PublicKey]) -> dict[str, Any]:
         """A receipt for the decision about `recipient` in the record of `event_id`, from a copy of
-        the record whose checkpoint verifies."""
-        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint, leaf FROM {self.events} WHERE event_id = toUUID({{e:String}})",
-                                 parameters={"e": event_id}).result_rows
+        the record whose checkpoint verifies. A record released when its quality window closed has
+        a second record, of its release (`release_event_id`): that one says what was disclosed."""
+        released = release_event_id(event_id)
+        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint, leaf, toString(event_id) = {{r:String}} AS release "
+                                 f"FROM {self.events} WHERE event_id IN (toUUID({{e:String}}), toUUID({{r:String}})) "
+                                 "ORDER BY release DESC", parameters={"e": event_id, "r": released}).result_rows
         if not rows:
             raise log.AuditLogError(f"no audit record of event {event_id} in {self.events}")
         problems = []
-        for writer, sequence, index in rows:
+        for writer, sequence, index, release in rows:
             position = (writer, int(sequence))
             trail = Trail()
             self.read_checkpoints(trail, [writer])
@@ -331,6 +335,8 @@ class ClickHouseTrail:
             checkpoint = next(c for c in trail.checkpoints[writer] if c.sequence == int(sequence) and c.signature)
             leaves = [next(iter(trail.leaves[position][i])) for i in range(checkpoint.records)]
             content = self._content_at(writer, int(sequence), int(index))
+            if release and not any(d.get("recipient") == recipient for d in self.codec.read_content(content).get("decisions", [])):
+                continue  # the release was for other recipients: the decision record holds this one's
             return make_receipt(recipient=recipient, content=content, codec=self.codec, leaves=leaves, index=int(index),
                                 checkpoint=checkpoint, checkpoint_codec=self.checkpoint_codec, key=keys[checkpoint.key_id])
         raise log.AuditLogError(f"the record of event {event_id} does not verify, so no receipt: {'; '.join(problems)}")

@@ -35,6 +35,7 @@ from backbone.kafka.topics import (
     CONSENT_TOPIC,
     QUALITY_BREACHES_TOPIC,
     QUALITY_MARKS_TOPIC,
+    QUALITY_PENDING_TOPIC,
     QUALITY_TOPIC,
     Topics,
     consent_topic_config,
@@ -58,6 +59,7 @@ from processors.consent import ConsentTable
 from processors.dataplane import DataPlane
 from processors.erasure import ErasureTable
 from processors.lineage import LineageEmitter, status_times
+from processors.quality_release import pending_topic_config
 from processors.router import DLQ_TOPIC, Router
 
 log = logging.getLogger("processors")
@@ -134,6 +136,7 @@ class Enforcement:
         for name in [AUDIT_TOPIC, QUALITY_TOPIC, QUALITY_BREACHES_TOPIC, *(raw_topic(t) for t in self.catalog.raw_event_types)]:
             topics.ensure(name)
         topics.ensure(QUALITY_MARKS_TOPIC, config=eager_compaction())
+        topics.ensure(QUALITY_PENDING_TOPIC, config=pending_topic_config())
         reconcile_shared_topics(topics, self.settings, self.charter.agreements)
 
     def apply_agreement(self, agreement: Agreement) -> None:
@@ -163,6 +166,7 @@ class Enforcement:
             self.erasures.on_tokens = monitor.forget_subjects
         self.marks_reader = CompactedTopicReader(self.settings, QUALITY_MARKS_TOPIC, mark_applier(monitor.remember, log),
                                                  "quality-marks") if monitor is not None and monitor.marking else None
+        self.router.gate.minutes = self.settings.quality_gate_minutes
         self.router.prepare()
         consent_reader = CompactedTopicReader(self.settings, CONSENT_TOPIC, self.consent.apply_message, "consent-feed")
         agreements_reader, self.agreement_feed = agreement_changes.feed(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -26,10 +27,11 @@ from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartit
 
 from backbone.audit.batches import pack
 from backbone.errors import BackboneError, RegistryError
-from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, RAW_PATTERN
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, QUALITY_PENDING_TOPIC, RAW_PATTERN
 from backbone.policy.decision import ConsentState
 from backbone.settings import Settings
 from processors.checkpoints import Checkpointer
+from processors.quality_release import PendingTopic
 from processors.release_order import release_order
 from processors.router import Output, Router
 
@@ -78,6 +80,7 @@ class DataPlane:
         self.produced = 0
         self.batches = 0
         self.checkpoints_sealed = 0
+        self.pending = PendingTopic(settings, group_id)  # records of gated agreements waiting for their quality window
         # where the time goes, in seconds: consume, route + produce calls, waiting for acks, commit
         self.seconds = {"consume": 0.0, "route": 0.0, "flush": 0.0, "commit": 0.0}
         self.error: BaseException | None = None
@@ -138,8 +141,9 @@ class DataPlane:
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
-                    if self.router.quality is not None and self.router.quality.due(datetime.now(UTC)):
-                        self._process([], consumer, producer)  # an hour ended in a lull: its quality windows go now
+                    now = datetime.now(UTC)
+                    if self.router.quality is not None and (self.router.quality.due(now) or self.router.gate.closing(now)):
+                        self._process([], consumer, producer)  # a window ended in a lull: it goes now
                     continue
                 waits = self.registry_waits
                 if self.before_batch is not None:
@@ -154,6 +158,7 @@ class DataPlane:
         finally:
             clean = producer.flush(self.settings.kafka_timeout_s) == 0 and not self._failures and clean
             consumer.close()
+            self.pending.close()
             if checkpoints is not None:
                 checkpoints.close(clean)
 
@@ -234,7 +239,10 @@ class DataPlane:
                 if output.timestamp:
                     shared.append(output)
                     continue
-                self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery)
+                # a window's pending records all in one partition, in order (`processors.quality_release`)
+                placed = self.pending.partition(producer, output.key) if output.topic == QUALITY_PENDING_TOPIC else None
+                self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
+                              partition=placed)
                 produced += 1
             offsets[(topic, partition)] = offset + 1
         # Quality windows whose hour ended, each sealed in this batch's checkpoint like a decision.
@@ -247,27 +255,7 @@ class DataPlane:
         for output in release_order(shared):
             self._produce(producer, produce, output.topic, output.key, output.value, output.headers, on_delivery,
                           output.timestamp)
-        produced += len(shared)
-        if audit:
-            # Many events' audit records in one Kafka record (`backbone.audit.batches`), keyed by the
-            # writer: one produce call per RECORDS_PER_MESSAGE events, not one per event. Packed
-            # before the checkpoint is sealed: once a stable writer's checkpoint is acknowledged,
-            # only a failed delivery or a dead process may keep its records off Kafka (a restart
-            # names that batch interrupted), never an error in this worker's own code.
-            values = list(pack(audit))
-            sealed = checkpoints.seal() if checkpoints is not None else None
-            if sealed is not None and checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
-                self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
-                self._flushed(producer)
-            key = sealed.key if sealed is not None else None
-            for value in values:
-                self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
-                produced += 1
-            if sealed is not None:
-                if not checkpoints.checkpoint_first:
-                    self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
-                produced += 1
-                self.checkpoints_sealed += 1
+        produced += len(shared) + self._seal(producer, audit)
         routed = time.perf_counter()
         self._flushed(producer)
         flushed = time.perf_counter()
@@ -280,8 +268,62 @@ class DataPlane:
         self.consumed += sum(o - firsts[k] for k, o in offsets.items())
         self.produced += produced
         self.batches += 1
+        if unavailable is None and self.router.gate.judged:
+            self._release(producer, now)
         if unavailable is not None:
             self._wait_for_registry(consumer, {k: offsets.get(k, first) for k, first in firsts.items()}, unavailable)
+
+    def _seal(self, producer: Producer, audit: list[bytes]) -> int:
+        """Produce placed audit records with the checkpoint that seals them; how many Kafka records."""
+        if not audit:
+            return 0
+        checkpoints, produce, on_delivery, produced = self.checkpoints, producer.produce, self._on_delivery, 0
+        # Many events' audit records in one Kafka record (`backbone.audit.batches`), keyed by the
+        # writer: one produce call per RECORDS_PER_MESSAGE events, not one per event. Packed
+        # before the checkpoint is sealed: once a stable writer's checkpoint is acknowledged,
+        # only a failed delivery or a dead process may keep its records off Kafka (a restart
+        # names that batch interrupted), never an error in this worker's own code.
+        values = list(pack(audit))
+        sealed = checkpoints.seal() if checkpoints is not None else None
+        if sealed is not None and checkpoints.checkpoint_first:  # acknowledged before any record it seals (`processors.writer_rebuild`)
+            self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+            self._flushed(producer)
+        key = sealed.key if sealed is not None else None
+        for value in values:
+            self._produce(producer, produce, AUDIT_TOPIC, key, value, None, on_delivery)
+            produced += 1
+        if sealed is not None:
+            if not checkpoints.checkpoint_first:
+                self._produce(producer, produce, CHECKPOINTS_TOPIC, sealed.key, sealed.value, None, on_delivery)
+            produced += 1
+            self.checkpoints_sealed += 1
+        return produced
+
+    def _release(self, producer: Producer, now: datetime) -> None:
+        """Release the pending records of every judged window (`processors.quality_gate`), a chunk at
+        a time, each chunk's audit records sealed and everything acknowledged before the next; then
+        the window's close marker. A stop midway leaves the window unmarked: the rest stays held."""
+        gate, place = self.router.gate, self.checkpoints.place if self.checkpoints is not None else None
+        for window in gate.due():
+            outcomes: Counter[str] = Counter()
+            for chunk in self.pending.read(producer, window):
+                audit, shared = [], []
+                for output in gate.release(window, chunk, self.consent, now, outcomes):
+                    if output.topic == AUDIT_TOPIC:
+                        audit.append(place(output.value) if place is not None else output.value)
+                    else:
+                        shared.append(output)
+                for output in release_order(shared):
+                    self._produce(producer, producer.produce, output.topic, output.key, output.value, output.headers,
+                                  self._on_delivery, output.timestamp)
+                self.produced += len(shared) + self._seal(producer, audit)
+                self._flushed(producer)
+            marker = gate.finish(window, outcomes)
+            self._produce(producer, producer.produce, marker.topic, marker.key, marker.value, marker.headers, self._on_delivery,
+                          partition=self.pending.partition(producer, marker.key))
+            self._flushed(producer)
+            log.info("quality window of worker %s, %s, %d minutes from %s judged: %s", window.worker, window.event_type,
+                     window.minutes, datetime.fromtimestamp(window.start_ms / 1000, UTC).isoformat(), dict(outcomes) or "nothing pending")
 
     def _flushed(self, producer: Producer) -> None:
         """Wait until every output produced so far is acknowledged; `DeliveryFailed` if one is not."""
@@ -304,11 +346,12 @@ class DataPlane:
         self._stop.wait(delay)
 
     def _produce(self, producer: Producer, produce, topic, key, value, headers, on_delivery,  # noqa: ANN001
-                 timestamp: int = 0) -> None:
+                 timestamp: int = 0, partition: int | None = None) -> None:
         deadline = None
+        placed = {} if partition is None else {"partition": partition}
         while True:
             try:
-                produce(topic, value, key, headers=headers, on_delivery=on_delivery, timestamp=timestamp)
+                produce(topic, value, key, headers=headers, on_delivery=on_delivery, timestamp=timestamp, **placed)
                 return
             except BufferError:
                 # Local queue full: serve delivery reports until there is room, bounded in time.

@@ -8,13 +8,10 @@ tests all run exactly this code.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
-from typing import NamedTuple
 
 from fastavro import parse_schema
 
@@ -30,25 +27,18 @@ from backbone.events.catalog import AUDIT_EVENT, Catalog
 from backbone.events.decoder import CompiledDecoder, compile_decoder
 from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, Encoder, SchemaSource, schema_source
 from backbone.kafka import dlq
-from backbone.kafka.topics import (
-    AUDIT_TOPIC,
-    QUALITY_BREACHES_TOPIC,
-    QUALITY_MARKS_TOPIC,
-    QUALITY_TOPIC,
-    dlq_topic,
-    raw_topic,
-    shared_topic,
-)
+from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_MARKS_TOPIC, QUALITY_TOPIC, dlq_topic, raw_topic, shared_topic
 from backbone.keys.keyring import OVERSIGHT_DOMAIN, Keyring
 from backbone.keys.pseudonym import token_function
-from backbone.policy.decision import QUALITY_BREACH, ConsentState, Decision
+from backbone.policy.decision import ConsentState, Decision
 from backbone.policy.engine import PolicyEngine
 from backbone.policy.released import released_timestamp_ms
 from backbone.quality.checks import QualityMonitor
-from backbone.quality.contract import Threshold
 from backbone.quality.marks import mark_record
 from backbone.quality.window import QUALITY_SEAL_TYPE, window_seal_id
 from processors.audit_record import AuditRecordWriter
+from processors.outputs import Headers, Output
+from processors.quality_gate import QualityGate
 
 log = logging.getLogger(__name__)
 
@@ -56,31 +46,19 @@ DLQ_TOPIC = dlq_topic(dlq.PROCESSOR)
 AUDIT_SUBJECT = f"{AUDIT_TOPIC}-value"
 # The only header on a shared record: which agreement released it, as id@version.
 AGREEMENT_HEADER = "agreement"
-# On a record an agreement with `on_quality_breach: flag` delivers although the provider's last
-# closed quality window is below its bar: `breach:<dimension>[,<dimension>]`.
+# On a record an agreement with `on_quality_breach: flag` delivers although its own quality window
+# is below the agreement's bar: `breach:<dimension>[,<dimension>]`.
 QUALITY_HEADER = "quality"
 PERMIT = "permit"  # the audit record's outcome of a permit; a denial's outcome is its reason code
 # Audit records leave the router unplaced (their bytes end with `audit_log.EMPTY_POSITION`): the
 # data plane gives each its writer, checkpoint and leaf when it seals the batch.
 UNPLACED = {"writer": "", "checkpoint": 0, "leaf": 0}
-Headers = list[tuple[str, bytes]]
 
 _SERDE_REASONS: dict[type[SerdeError], str] = {
     BadMagicByte: "bad_magic_byte",
     TruncatedMessage: "truncated_message",
     CorruptMessage: "corrupt_message",
 }
-
-
-class Output(NamedTuple):  # a tuple: built several times per event, cheaper than a frozen dataclass
-    topic: str
-    key: bytes | None
-    value: bytes
-    headers: Headers | None = None
-    # Kafka timestamp in ms: a shared record's is its released `occurred_at` (the start of the period
-    # when generalised), never the processing time, which would link its copies across sharing
-    # domains; 0 (audit, DLQ: read by oversight and operators only) lets the producer stamp it.
-    timestamp: int = 0
 
 
 class Rejected(Exception):
@@ -133,7 +111,7 @@ class Router:
         self.decided: Counter[tuple[str, str]] = Counter()
         self._quality: QualityMonitor | None = None
         self.worker_id = uuid.uuid4().hex[:12]  # names this worker's quality windows
-        self._bars: dict[tuple[str | None, int | None], tuple[dict[str, Threshold], str]] = {}  # agreement -> its quality bars
+        self.gate = QualityGate(self)  # agreements that require quality: records wait for their window
 
     @property
     def quality(self) -> QualityMonitor | None:
@@ -199,7 +177,7 @@ class Router:
             if quality is not None:
                 quality.observe(event_type, record, now, subject_token)
             decisions = self.engine.decide(record, consent, now)
-            outputs = self._outputs(record, event_type, key, decisions, now, subject_token)
+            outputs = self._outputs(record, event_type, key, decisions, now, subject_token, value)
         except Rejected as rejected:
             return [self._dead_letter(rejected.reason, key, value, headers, topic, partition, offset, rejected.detail)]
         except RegistryError:
@@ -263,91 +241,51 @@ class Router:
         return decode
 
     def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime,
-                 subject_token: str | None) -> list[Output]:
+                 subject_token: str | None, value: bytes | None = None) -> list[Output]:
         outputs: list[Output] = []
         event_id = str(record["event_id"])  # fastavro reads the uuid logical type as uuid.UUID
         event_id_bytes = event_id.encode()
         provider = record["provider"]
         audit = self._audit_record or self._audit_writer()
-        audited: list[Decision] = []  # as decided after the quality gate: a held permit is audited as the denial it became
+        audited: list[Decision] = []  # as decided after the quality gate: a waiting permit is audited as the denial it is for now
+        waiting: list[str] = []  # recipients whose agreements require quality: the record waits for its window
         for decision in decisions:
-            flag = None
             if decision.permitted:
-                decision, flag = self._quality_gate(decision, event_type)
+                decision, waits = self.gate.decide(decision, event_type)
+                if waits:
+                    waiting.append(decision.recipient)
             audited.append(decision)
             if decision.permitted:
-                encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
-                topic = self._shared_topics.get((decision.recipient, event_type))
-                if topic is None:
-                    topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
-                # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
-                # (every producer can recompute that); the one header names the agreement only.
-                headers = self._headers.get((decision.agreement_id, decision.agreement_version))
-                if headers is None:  # one list per agreement version, shared by its records (never changed)
-                    headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
-                        (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
-                if flag is not None:  # a new list: the cached one is shared by every record of the version
-                    headers = [*headers, (QUALITY_HEADER, flag)]
-                outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
-                                      headers, released_timestamp_ms(decision.record.get("occurred_at"))))
-                self.counts["permit"] += 1
-                self.decided[(decision.recipient, PERMIT)] += 1
+                outputs.append(self.shared_output(decision, event_type))
             else:
                 self.counts["deny"] += 1
                 self.decided[(decision.recipient, decision.reason or "denied")] += 1
+        if waiting and value is not None:
+            outputs.append(self.gate.pending_output(event_type, value, waiting, now, record, subject_token))
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
         outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, audited)))
         return outputs
 
-    def _quality_gate(self, decision: Decision, event_type: str) -> tuple[Decision, bytes | None]:
-        """A permit under an agreement with quality bars, judged on the provider's last closed window
-        of this event type (a window's score is known only once it closes): unchanged when the bars
-        are met, a denial (`quality_breach`) when the agreement holds, the flag header when it flags."""
-        key = (decision.agreement_id, decision.agreement_version)
-        bars = self._bars.get(key)
-        if bars is None:
-            agreement = next((a for a in self.engine.charter.agreements if (a.id, a.version) == key), None)
-            bars = self._bars[key] = (dict(agreement.require_quality), agreement.on_quality_breach) if agreement else ({}, "hold")
-        if not bars[0]:
-            return decision, None
-        # Quality rules off (BACKBONE_QUALITY_RULES=false): no evidence at all, so every bar fails (fail closed).
-        if self.quality is not None and event_type in self.quality.contracts:
-            failed = self.quality.breached(event_type, bars[0])
-        else:  # no rules for this event type (off, or its contract no longer matches its schema): no bar can be met
-            failed = tuple(bars[0])
-        if not failed:
-            return decision, None
-        if bars[1] == "flag":
-            return decision, f"breach:{','.join(failed)}".encode()
-        self.counts["quality.held"] += 1
-        return dataclasses.replace(decision, permitted=False, reason=QUALITY_BREACH, record=None, released_fields=(),
-                                   key_ids=(), key=None), None
-
-    def _breach(self, event_type: str, hour: int, now: datetime) -> Output | None:
-        """The provider's breach event for a window just closed, if it is below its contract's
-        thresholds or a bar an agreement in force requires; counts and scores only."""
-        verdict = self.quality.verdicts.get(event_type) if self.quality is not None else None
-        if verdict is None or verdict.hour != hour:
-            return None
-        agreements = []
-        for agreement in self.engine.charter.agreements:
-            if event_type in agreement.event_types and agreement.require_quality and agreement.in_force_at(now):
-                failed = self.quality.breached(event_type, agreement.require_quality)  # type: ignore[union-attr]
-                if failed:
-                    agreements.append({"agreement": agreement.key, "recipient": agreement.recipient, "dimensions": list(failed),
-                                       "records": "held" if agreement.on_quality_breach == "hold" else "flagged"})
-        below = {d.dimension: {"score": d.score, "checked": d.checked, "failed": d.failed, "threshold": d.threshold}
-                 for d in verdict.dimensions.values() if d.met is False}
-        if not below and not agreements:
-            return None
-        self.counts["quality.breaches"] += 1
-        scores = {d.dimension: d.score for d in verdict.dimensions.values()}
-        return Output(QUALITY_BREACHES_TOPIC, verdict.provider.encode(), json.dumps({
-            "provider": verdict.provider, "event_type": event_type, "hour": verdict.hour_start.isoformat(),
-            "events": verdict.events, "scores": scores, "below_contract": below, "agreements": agreements,
-            "worker": self.worker_id}, sort_keys=True).encode())
+    def shared_output(self, decision: Decision, event_type: str, flag: bytes | None = None) -> Output:
+        """A permitted record for the recipient's shared topic (`flag`: the quality header's value)."""
+        encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
+        topic = self._shared_topics.get((decision.recipient, event_type))
+        if topic is None:
+            topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
+        # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
+        # (every producer can recompute that); the one header names the agreement only.
+        headers = self._headers.get((decision.agreement_id, decision.agreement_version))
+        if headers is None:  # one list per agreement version, shared by its records (never changed)
+            headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
+                (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
+        if flag is not None:  # a new list: the cached one is shared by every record of the version
+            headers = [*headers, (QUALITY_HEADER, flag)]
+        self.counts["permit"] += 1
+        self.decided[(decision.recipient, PERMIT)] += 1
+        return Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
+                      headers, released_timestamp_ms(decision.record.get("occurred_at")))
 
     def quality_outputs(self, now: datetime, everything: bool = False) -> list[Output]:
         """Each quality window closed by `now`: its record for `quality.windows` and the audit record
@@ -364,11 +302,13 @@ class Router:
                 "event_id": window_seal_id(value), "event_type": QUALITY_SEAL_TYPE, "provider": window.provider,
                 "subject_token": None, "decided_at": now, "decisions": [], **UNPLACED})))
             self.counts["quality.windows"] += 1
-            breach = self._breach(window.event_type, window.hour, now)
+            self.gate.closed(window)
+            breach = self.gate.hourly_breach(window.event_type, window.hour, now)
             if breach is not None:
                 outputs.append(breach)
         # consistency marks made in this batch (a registered death, by pseudonym): kept for a restart
         outputs.extend(Output(QUALITY_MARKS_TOPIC, *mark_record(*mark)) for mark in self.quality.take_marks())
+        outputs += self.gate.close(now, everything)  # the gate's own windows, when shorter than the hour
         return outputs
 
     def _dead_letter(self, reason: str, key: bytes | None, value: bytes | None, headers: Headers | None, topic: str,

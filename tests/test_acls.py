@@ -26,6 +26,10 @@ EXPECTED = {
     ("User:processor", "topic", "quality.marks", "literal", "create"),
     ("User:processor", "topic", "quality.marks", "literal", "read"),
     ("User:processor", "topic", "quality.marks", "literal", "write"),
+    ("User:processor", "topic", "quality.pending", "literal", "create"),
+    ("User:processor", "topic", "quality.pending", "literal", "read"),
+    ("User:processor", "topic", "quality.pending", "literal", "write"),
+    ("User:operator", "topic", "quality.pending", "literal", "read"),
     ("User:processor", "topic", "quality.windows", "literal", "create"),
     ("User:processor", "topic", "quality.windows", "literal", "write"),
     ("User:sink-audit", "topic", "quality.windows", "literal", "read"),
@@ -303,6 +307,9 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     processor |= {("topic", "quality.windows", "create"), ("topic", "quality.windows", "write"),
                   ("topic", "quality.breaches", "create"), ("topic", "quality.breaches", "write"),
                   ("topic", "quality.marks", "create"), ("topic", "quality.marks", "write"), ("topic", "quality.marks", "read")}
+    # processors/quality_release.py: records of gated agreements wait in quality.pending (ensured at start-up),
+    # read back assigned (no commit) when their window closes
+    processor |= {("topic", "quality.pending", "create"), ("topic", "quality.pending", "write"), ("topic", "quality.pending", "read")}
     # processors/timestamps.py (with a TSA configured): ensures audit.timestamps, produces the newest checkpoint's timestamp
     processor |= {("topic", "audit.timestamps", "create"), ("topic", "audit.timestamps", "write")}
     # processors/lineage.py (BACKBONE_LINEAGE_TRANSPORT=kafka): ensures its topic and produces the run events
@@ -358,6 +365,8 @@ def commands(charter) -> dict[str, tuple[str, set[Need]]]:  # noqa: ANN001, C901
     # topics (raw for the processor's, shared for the sinks') and records the action
     dlq_read = {*(("topic", dlq_topic(stage), "read") for stage in dlq.STAGES), readers}
     table["backbone dlq list|show"] = ("User:operator", dlq_read)
+    # app/cli/quality.py: reads quality.pending to its end (an assigned reader) to list the windows
+    table["backbone quality pending"] = ("User:operator", {("topic", "quality.pending", "read"), readers})
     # backbone/control/erasure.py erase: ensures the request and answer topics, asks the processors and
     # reads their answer (assigned, no group), tombstones consent records and fraud alerts,
     # destroys the person's and the expired DLQ keys (reading them first), records the action

@@ -27,6 +27,7 @@ from backbone.events.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
 from backbone.events.serde import registry_client
 from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.keys.keyring import Keyring
+from backbone.quality.gating import release_event_id
 from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_kafka import verify_kafka
 from consumers.audit_trail import ClickHouseTrail
@@ -57,11 +58,22 @@ ACTIONS = (
 )
 
 
+def gated_agreements(directory: Path) -> Path:
+    """The repository's agreements, welfare-to-fraud requiring quality (a bar synthetic claims meet):
+    its records wait for their window, released as a worker stops cleanly, and the killed worker's stay held."""
+    for path in (PROJECT_ROOT / "agreements").glob("*.yaml"):
+        (directory / path.name).write_text(path.read_text())
+    gated = directory / "welfare_to_fraud.yaml"
+    gated.write_text(gated.read_text() + '\nrequire_quality: {completeness: ">= 50"}\n')
+    return directory
+
+
 @pytest.fixture(scope="module")
 def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client) -> Iterator[Landed]:  # noqa: ANN001
     with private_stack(tmp_path_factory.mktemp("audit-trail"), partitions=3) as base:
         settings = base.model_copy(update={"clickhouse_dsn": clickhouse_dsn, "clickhouse_database_prefix": f"t{uuid.uuid4().hex[:8]}_",
-                                           "sink_batch_rows": 500, "sink_batch_seconds": 0.3})
+                                           "sink_batch_rows": 500, "sink_batch_seconds": 0.3,
+                                           "agreements_dir": gated_agreements(tmp_path_factory.mktemp("gated"))})
         sent = 0
         worker = Worker(settings, "worker").start()
         try:
@@ -214,6 +226,21 @@ def test_each_tampering_of_the_landed_operator_actions_is_detected_and_named(lan
     assert not report.ok
     found = {(f.kind, f.writer, f.sequence) for f in report.failures}
     assert (kind, operations.OPERATIONS_WRITER, sequence) in found, [str(f) for f in report.failures]
+
+
+def test_records_released_when_their_window_closed_are_sealed_and_have_receipts(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
+    audit = f"{landed.settings.clickhouse_database_prefix}audit"
+    waited = [event_id for (event_id,) in clickhouse_client.query(
+        f"SELECT toString(event_id) FROM {audit}.decisions WHERE recipient = 'fraud' AND reason = 'quality_pending'").result_rows]
+    released = dict(clickhouse_client.query(
+        f"SELECT toString(event_id), decision FROM {audit}.decisions WHERE recipient = 'fraud' AND event_id IN "
+        "(SELECT toUUID(arrayJoin({ids:Array(String)})))", parameters={"ids": [release_event_id(e) for e in waited]}).result_rows)
+    # the restarted worker released its window as it stopped; the killed worker's window stays held
+    assert waited and 0 < len(released) < len(set(waited)) and set(released.values()) == {"permit"}
+    event_id = next(e for e in waited if release_event_id(e) in released)
+    receipt = trail_of(clickhouse_client, landed).receipt(event_id, "fraud", landed.keys)
+    assert verify_receipt(receipt, CheckpointCodec(landed.catalog.internal_schema(AUDIT_CHECKPOINT)), landed.keys) == []
+    assert receipt["decision"]["outcome"] == "permit" and receipt["record"]["event_id"] == release_event_id(event_id)
 
 
 # --- receipts and the command line -------------------------------------------------------------

@@ -1,10 +1,9 @@
-"""Agreements may require quality (issue 32): bars on the provider's scores, judged on the last
-closed quality window; records are held (denied `quality_breach`) or delivered flagged, the provider
-gets a breach event when the window closes, and `agreements diff` counts a lowered bar as widening."""
+"""Agreements may require quality (issue 32): bars on the provider's scores, parsed and diffed (a
+lowered bar is widening); with no window to judge them a gated agreement's records are held at once.
+Records judged by their own window: tests/test_quality_pending.py."""
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
@@ -16,7 +15,7 @@ import yaml
 
 from backbone.events.catalog import Catalog, load_catalog
 from backbone.events.serde import Decoder, LocalSchemas, encoder_for
-from backbone.kafka.topics import AUDIT_TOPIC, QUALITY_BREACHES_TOPIC, raw_topic, shared_topic
+from backbone.kafka.topics import AUDIT_TOPIC, raw_topic, shared_topic
 from backbone.keys.keyring import Keyring
 from backbone.policy.agreements import Agreement, load_agreements, parse_agreement
 from backbone.policy.decision import NoConsent
@@ -25,7 +24,7 @@ from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContractError, load_quality, load_quality_checked
 from backbone.settings import PROJECT_ROOT
-from processors.router import QUALITY_HEADER, Output, Router
+from processors.router import Output, Router
 from producers.synthetic.samples import sample_event
 
 AGREEMENTS = PROJECT_ROOT / "agreements"
@@ -114,40 +113,6 @@ def fraud_outcomes(router: Router, outputs: list[Output]) -> list[str]:
     decode = Decoder(router.schemas)
     return [d["outcome"] for o in outputs if o.topic == AUDIT_TOPIC
             for d in decode(o.value).record["decisions"] if d["recipient"] == "fraud"]
-
-
-def test_a_window_below_the_bar_holds_the_gated_recipients_records_and_tells_the_provider(catalog: Catalog, tmp_path: Path) -> None:
-    router = gated_router(catalog, tmp_path, "hold")
-    good = route_claims(router, catalog, HOUR + timedelta(minutes=5), 50, missing=0, seed=1)
-    assert sum(o.topic == FRAUD_TOPIC for o in good) == 50  # no window closed yet: no evidence, no breach
-    route_claims(router, catalog, HOUR + timedelta(hours=1, minutes=5), 50, missing=20, seed=2)  # 20 of 50 lack an account
-    closing = router.quality_outputs(HOUR + timedelta(hours=2))
-    breach, = [o for o in closing if o.topic == QUALITY_BREACHES_TOPIC]  # the provider hears of it as the window closes
-    event = json.loads(breach.value)
-    assert breach.key == b"welfare" and event["event_type"] == CLAIM
-    assert event["agreements"] == [{"agreement": "welfare-to-fraud@1", "recipient": "fraud", "dimensions": ["completeness"],
-                                    "records": "held"}]
-    assert event["below_contract"]["completeness"]["failed"] == 20
-    later = route_claims(router, catalog, HOUR + timedelta(hours=2, minutes=1), 10, missing=0, seed=3)
-    assert not [o for o in later if o.topic == FRAUD_TOPIC]       # held: nothing reaches the gated recipient
-    assert set(fraud_outcomes(router, later)) == {"quality_breach"}  # and the audit trail says why
-    decode = Decoder(router.schemas)
-    others = {d["outcome"] for o in later if o.topic == AUDIT_TOPIC for d in decode(o.value).record["decisions"]
-              if d["recipient"] != "fraud"}
-    assert others and "quality_breach" not in others  # agreements without a bar are untouched
-    router.quality_outputs(HOUR + timedelta(hours=3))  # a clean hour closes: records flow again
-    again = route_claims(router, catalog, HOUR + timedelta(hours=3, minutes=1), 5, missing=0, seed=4)
-    assert sum(o.topic == FRAUD_TOPIC for o in again) == 5
-
-
-def test_a_flagging_agreement_delivers_records_of_a_failing_window_flagged(catalog: Catalog, tmp_path: Path) -> None:
-    router = gated_router(catalog, tmp_path, "flag")
-    route_claims(router, catalog, HOUR + timedelta(minutes=5), 40, missing=10, seed=5)
-    router.quality_outputs(HOUR + timedelta(hours=1))
-    later = [o for o in route_claims(router, catalog, HOUR + timedelta(hours=1, minutes=1), 5, missing=0, seed=6)
-             if o.topic == FRAUD_TOPIC]
-    assert len(later) == 5 and all((QUALITY_HEADER, b"breach:completeness") in o.headers for o in later)
-    assert set(fraud_outcomes(router, later)) <= {"permit"}
 
 
 def test_without_quality_rules_a_gated_agreement_holds_everything(catalog: Catalog, tmp_path: Path) -> None:

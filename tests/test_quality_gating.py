@@ -17,7 +17,7 @@ def runs(clickhouse_client) -> dict[bool, object]:  # noqa: ANN001
     return {gated: run(clickhouse_client, Settings(), charter, gated, events=6_000, hours=4, burst_hour=1) for gated in (False, True)}
 
 
-def test_the_gate_holds_the_hours_after_a_breach_and_the_scores_say_what_it_cost(runs: dict) -> None:
+def test_the_gate_holds_the_failing_hours_own_records_and_the_scores_say_what_it_cost(runs: dict) -> None:
     off, on = runs[False], runs[True]
     assert off.held == 0 and on.held > 0 and on.breaches >= 1
     # only the provider whose window broke the bar lost records; every record is either shared or held

@@ -52,6 +52,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "portal": ("portal", "The citizen's portal: each person sees every disclosure about them, with receipts."),
     "process": ("process", "Run a processor worker: enforce the agreements on every raw topic. Start more to scale out."),
     "produce": ("produce", "Send synthetic agency events (with planted fraud) to `raw.<event_type>` through the producer SDK."),
+    "quality": ("quality", "Quality gating: records waiting for their window's verdict, and windows a stopped worker left held."),
     "registry": ("registry", "The backbone's schema registry: its users."),
     "schemas": ("schemas", "Register, list, check and show event schemas in the schema registry."),
     "sink": ("sink", "Land shared.<recipient>.* (and audit.decisions) into per-agency ClickHouse databases; Ctrl-C stops cleanly."),

@@ -42,6 +42,13 @@ QUALITY_BREACHES_TOPIC = "quality.breaches"
 # Compacted: the consistency marks (a subject's registered death, by oversight pseudonym, with its month),
 # keyed `<event type>|<field>|<pseudonym>`, read in full by every worker at start (backbone.quality.marks).
 QUALITY_MARKS_TOPIC = "quality.marks"
+# Records an agreement that requires quality releases only once their own quality window is judged:
+# the raw event, keyed `<worker>|<event type>|<hour>`, until the window closes; then a close marker
+# with the same key says what was done (backbone.quality.gating). Processors only.
+QUALITY_PENDING_TOPIC = "quality.pending"
+# Kept two days: past the two windows a release needs, long enough for an operator to list the records
+# a stopped worker left held (`backbone quality pending`), short since they are raw events.
+QUALITY_PENDING_RETENTION_MS = 2 * 86_400_000
 SCHEMAS_TOPIC = "_schemas"
 RAW_PREFIX = "raw."
 SHARED_PREFIX = "shared."

@@ -21,6 +21,9 @@ CONDITION_FALSE = "condition_false"
 # Not the engine's: the processor holds a permitted record back when the provider's last closed
 # quality window is below a bar its agreement requires (`require_quality`, `on_quality_breach: hold`).
 QUALITY_BREACH = "quality_breach"
+# Not the engine's either: a permit of such an agreement waits for its own quality window to close
+# (nothing disclosed yet); the release is audited when the window is judged (processors.quality_gate).
+QUALITY_PENDING = "quality_pending"
 REASONS: tuple[str, ...] = (  # in the order of the checks above
     ERASED,
     NO_AGREEMENT,
