@@ -191,14 +191,15 @@ class QualityGate:
         self.pending.pop(key, None)
         return Output(QUALITY_PENDING_TOPIC, window.key, b"", [(CLOSED_HEADER, close_marker(scorecard, outcomes))])
 
-    def hourly_breach(self, event_type: str, hour: int, now: datetime) -> Output | None:
-        """The provider's breach event for the monitor's hourly window just closed, if it is below its
-        contract's thresholds or (with hourly gating) a bar an agreement in force requires."""
+    def hourly_breach(self, window: WindowState, now: datetime) -> Output | None:
+        """The provider's breach event for an hourly window of the monitor just closed, if it is below its
+        contract's thresholds or (with hourly gating) a bar an agreement in force requires: scored from
+        the window itself, so each of several windows closed at once gets its own event."""
         quality = self.router.quality
-        verdict = quality.verdicts.get(event_type) if quality is not None else None
-        if verdict is None or verdict.hour != hour:
+        if quality is None or window.event_type not in quality.contracts:
             return None
-        return self.breach(event_type, verdict, now, None if self.minutes == 60 else False)
+        verdict = score(window, quality.contracts[window.event_type])
+        return self.breach(window.event_type, verdict, now, None if self.minutes == 60 else False)
 
     def breach(self, event_type: str, verdict: Scorecard, now: datetime, window: PendingWindow | None | bool) -> Output | None:
         """A breach event (counts and scores only): the contract's thresholds missed (`window` None or

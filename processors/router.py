@@ -303,7 +303,7 @@ class Router:
                 "subject_token": None, "decided_at": now, "decisions": [], **UNPLACED})))
             self.counts["quality.windows"] += 1
             self.gate.closed(window)
-            breach = self.gate.hourly_breach(window.event_type, window.hour, now)
+            breach = self.gate.hourly_breach(window, now)
             if breach is not None:
                 outputs.append(breach)
         # consistency marks made in this batch (a registered death, by pseudonym): kept for a restart

@@ -137,6 +137,17 @@ def test_a_failing_windows_own_records_are_held_and_the_provider_told_as_it_clos
     assert router.gate.due() == []
 
 
+def test_two_failing_hours_closed_at_once_each_tell_the_provider(catalog: Catalog, tmp_path: Path) -> None:
+    """A worker that closes two hours' windows in one go (a lull, a slow batch) sends a breach event for
+    each failing hour, not only for the newest."""
+    router = gated_router(catalog, tmp_path, "hold")
+    route(router, catalog, claims(catalog, HOUR, 50, missing=20, seed=2), HOUR + timedelta(minutes=5))
+    route(router, catalog, claims(catalog, HOUR + timedelta(hours=1), 50, missing=20, seed=3), HOUR + timedelta(minutes=65))
+    closing = router.quality_outputs(HOUR + timedelta(hours=2))
+    hours = sorted(json.loads(o.value)["hour"] for o in closing if o.topic == QUALITY_BREACHES_TOPIC)
+    assert hours == [HOUR.isoformat(), (HOUR + timedelta(hours=1)).isoformat()]
+
+
 def test_a_flagging_agreement_delivers_every_record_of_its_failing_window_flagged(catalog: Catalog, tmp_path: Path) -> None:
     router = gated_router(catalog, tmp_path, "flag")
     routed = route(router, catalog, claims(catalog, HOUR, 40, missing=10, seed=2), HOUR + timedelta(minutes=5))
