@@ -52,3 +52,19 @@ def test_an_event_id_read_keeps_its_text_and_writes_the_bytes_a_uuid_writes(valu
         assert isinstance(read, TextUUID) and read == value and str(read) == str(value) and repr(read) == repr(value)
         assert write_uuid(read) == write_uuid(value) == write_uuid(str(value))
         assert audit_uuid(read) == audit_uuid(value)
+
+
+def test_an_event_id_read_by_either_decoder_is_one_key_to_the_uniqueness_check() -> None:
+    from backbone.quality.checks import QualityMonitor
+    from backbone.quality.contract import QualityContract, QualitySection
+
+    event_type = "welfare.benefit_claimed"
+    monitor = QualityMonitor([QualityContract(event_type, "test", QualitySection.model_validate(
+        {"uniqueness": {"key": "event_id", "threshold": ">= 99"}}))])
+    now = datetime(2026, 12, 7, 10, 30, tzinfo=UTC)
+    text = str(uuid.uuid4())
+    for event_id in (uuid.UUID(text), _read_uuid(text)):  # fastavro's UUID, then the generated decoder's
+        monitor.observe(event_type, {"event_id": event_id}, now)
+    monitor.flush()
+    (window,) = monitor.windows.values()
+    assert (window.events, window.duplicates) == (2, 1)
