@@ -68,3 +68,12 @@ def test_an_event_id_read_by_either_decoder_is_one_key_to_the_uniqueness_check()
     monitor.flush()
     (window,) = monitor.windows.values()
     assert (window.events, window.duplicates) == (2, 1)
+
+
+def test_an_event_id_read_copies_and_pickles_as_the_uuid_it_is() -> None:
+    import copy
+    import pickle
+
+    read = _read_uuid("12345678-1234-5678-1234-567812345678")
+    for again in (copy.copy(read), copy.deepcopy({"event_id": read})["event_id"], pickle.loads(pickle.dumps(read))):
+        assert again == read and str(again) == str(read) and type(again) is uuid.UUID

@@ -68,6 +68,9 @@ class TextUUID(uuid.UUID):
     def __repr__(self) -> str:  # as uuid.UUID's: a record reads the same, whichever decoder read it
         return f"UUID({self._text!r})"
 
+    def __reduce__(self) -> tuple[type[uuid.UUID], tuple[str]]:  # copied or pickled: a plain uuid.UUID
+        return _UUID, (self._text,)
+
 
 def _read_uuid(text: str) -> uuid.UUID:
     """`uuid.UUID(text)` (what fastavro returns), built directly for the canonical 36-character form.
