@@ -116,7 +116,8 @@ class Router:
         self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
         self._purposes = frozenset(catalog.purposes)
         self._encoders: dict[tuple[str, int, str], Encoder] = {}
-        self._shared_topics: dict[tuple[str, str], str] = {}
+        # (agreement id, version, event type) -> what its permits are released with (`_release`)
+        self._releases: dict[tuple[str | None, int | None, str], tuple[Encoder, str, Headers, bool]] = {}
         self._headers: dict[tuple[str | None, int | None], Headers] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
@@ -261,46 +262,63 @@ class Router:
         provider = record["provider"]
         audit = self._audit_record or self._audit_writer()
         audited: list[Decision] = []  # as decided after the quality gate: a held permit is audited as the denial it became
+        decided = self.decided
+        permits = 0
         for decision in decisions:
-            flag = None
             if decision.permitted:
-                decision, flag = self._quality_gate(decision, event_type)
+                release = self._releases.get((decision.agreement_id, decision.agreement_version, event_type))
+                if release is None:
+                    release = self._release(decision, event_type)
+                encoder, topic, headers, gated = release
+                if gated:
+                    decision, flag = self._quality_gate(decision, event_type)
+                    if flag is not None:  # a new list: the cached one is shared by every record of the version
+                        headers = [*headers, (QUALITY_HEADER, flag)]
             audited.append(decision)
             if decision.permitted:
-                encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
-                topic = self._shared_topics.get((decision.recipient, event_type))
-                if topic is None:
-                    topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
                 # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
                 # (every producer can recompute that); the one header names the agreement only.
-                headers = self._headers.get((decision.agreement_id, decision.agreement_version))
-                if headers is None:  # one list per agreement version, shared by its records (never changed)
-                    headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
-                        (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
-                if flag is not None:  # a new list: the cached one is shared by every record of the version
-                    headers = [*headers, (QUALITY_HEADER, flag)]
                 outputs.append(Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                                       headers, released_timestamp_ms(decision.record.get("occurred_at"))))
-                self.counts["permit"] += 1
-                self.decided[(decision.recipient, PERMIT)] += 1
+                permits += 1
+                decided[(decision.recipient, PERMIT)] += 1
             else:
-                self.counts["deny"] += 1
-                self.decided[(decision.recipient, decision.reason or "denied")] += 1
+                decided[(decision.recipient, decision.reason or "denied")] += 1
+        counts = self.counts
+        counts["permit"] += permits
+        counts["deny"] += len(audited) - permits
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
         outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, audited)))
         return outputs
 
-    def _quality_gate(self, decision: Decision, event_type: str) -> tuple[Decision, bytes | None]:
-        """A permit under an agreement with quality bars, judged on the provider's last closed window
-        of this event type (a window's score is known only once it closes): unchanged when the bars
-        are met, a denial (`quality_breach`) when the agreement holds, the flag header when it flags."""
-        key = (decision.agreement_id, decision.agreement_version)
+    def _release(self, decision: Decision, event_type: str) -> tuple[Encoder, str, Headers, bool]:
+        """What every permit of one agreement version for one event type is released with, looked
+        up once: (the recipient schema's encoder, the shared topic, the headers (one list per
+        agreement version, shared by its records, never changed), whether it has quality bars)."""
+        agreement_id, version = decision.agreement_id, decision.agreement_version
+        encoder = self._encoder(agreement_id, version, event_type, decision.recipient)  # type: ignore[arg-type]
+        headers = self._headers.get((agreement_id, version))
+        if headers is None:
+            headers = self._headers[(agreement_id, version)] = [(AGREEMENT_HEADER, f"{agreement_id}@{version}".encode())]
+        gated = bool(self._agreement_bars((agreement_id, version))[0])
+        release = self._releases[(agreement_id, version, event_type)] = (
+            encoder, shared_topic(decision.recipient, event_type), headers, gated)
+        return release
+
+    def _agreement_bars(self, key: tuple[str | None, int | None]) -> tuple[dict[str, Threshold], str]:
         bars = self._bars.get(key)
         if bars is None:
             agreement = next((a for a in self.engine.charter.agreements if (a.id, a.version) == key), None)
             bars = self._bars[key] = (dict(agreement.require_quality), agreement.on_quality_breach) if agreement else ({}, "hold")
+        return bars
+
+    def _quality_gate(self, decision: Decision, event_type: str) -> tuple[Decision, bytes | None]:
+        """A permit under an agreement with quality bars, judged on the provider's last closed window
+        of this event type (a window's score is known only once it closes): unchanged when the bars
+        are met, a denial (`quality_breach`) when the agreement holds, the flag header when it flags."""
+        bars = self._agreement_bars((decision.agreement_id, decision.agreement_version))
         if not bars[0]:
             return decision, None
         # Quality rules off (BACKBONE_QUALITY_RULES=false): no evidence at all, so every bar fails (fail closed).
