@@ -127,9 +127,7 @@ ROLE_TABLE = {"app.cli.roles", "backbone.keys", "backbone.keys.role_names"}
 
 @pytest.mark.parametrize(("args", "own"), [
     (("registry", "users", "list"), {"app.cli.registry"}),
-    (("schemas", "register"), {"app.cli.schemas"}),
     (("audit", "keys"), {"app.cli.audit"} | ROLE_TABLE),  # an oversight command: its role named without its keyring
-    (("process",), {"app.cli.process"} | ROLE_TABLE),
     (("agreements", "apply"), {"app.cli.agreements", "app.cli.agreement_changes"} | ROLE_TABLE),
 ])
 def test_a_commands_help_imports_its_own_module_and_nothing_it_runs_with(args: tuple[str, ...], own: set[str]) -> None:
