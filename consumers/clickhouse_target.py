@@ -248,7 +248,8 @@ class ClickHouseTarget:
     def _insert(self, destination: Destination, fields: list[str], messages: list[Message], written: Written) -> None:
         block = b"".join(message.value() for message in messages)
         try:
-            self.client.raw_insert(destination.name, fields, insert_block=block, fmt="AvroConfluent", settings=self._insert_settings)
+            summary = self.client.raw_insert(destination.name, fields, insert_block=block, fmt="AvroConfluent",
+                                             settings=self._insert_settings)
         except OperationalError as exc:  # ClickHouse unreachable
             raise TargetUnavailable(f"insert into {destination.name}: {type(exc).__name__}") from None
         except DatabaseError as exc:
@@ -264,7 +265,15 @@ class ClickHouseTarget:
             self._insert(destination, fields, messages[:middle], written)
             self._insert(destination, fields, messages[middle:], written)
             return
-        written.landed += len(messages)
+        written.landed += landed_rows(summary, len(messages))
 
     def close(self) -> None:
         """Nothing to release: the client belongs to whoever made the target."""
+
+
+def landed_rows(summary: object, messages: int) -> int:
+    """Rows an insert wrote, as ClickHouse reports them: a message of `audit.decisions` carries up to
+    64 audit records, each a row (`backbone.audit.batches`). A server that reports no rows (an
+    asynchronous insert not waited for) counts one row per message, as before."""
+    rows = getattr(summary, "written_rows", 0)
+    return rows if isinstance(rows, int) and rows > 0 else messages

@@ -51,7 +51,7 @@ def _optional(value: str | None) -> bytes:
 
 def _uuid(value: Any) -> bytes | None:
     """A canonical UUID string's bytes, None for anything else (the schema encoder decides then)."""
-    if value.__class__ is uuid.UUID:
+    if isinstance(value, uuid.UUID):  # the decoder's TextUUID too: its text kept, not formatted again
         value = str(value)
     if value.__class__ is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-":
         return b"H" + value.encode()  # b"H" = the zig-zag varint of 36

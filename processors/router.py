@@ -103,7 +103,8 @@ class Router:
         self._subject_fields = {t: s.subject_field for t, s in catalog.events.items()}
         self._purposes = frozenset(catalog.purposes)
         self._encoders: dict[tuple[str, int, str], Encoder] = {}
-        self._shared_topics: dict[tuple[str, str], str] = {}
+        # (agreement id, version, event type) -> what its permits are released with (`_release`)
+        self._releases: dict[tuple[str | None, int | None, str], tuple[Encoder, str, Headers]] = {}
         self._headers: dict[tuple[str | None, int | None], Headers] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
@@ -270,22 +271,31 @@ class Router:
 
     def shared_output(self, decision: Decision, event_type: str, flag: bytes | None = None) -> Output:
         """A permitted record for the recipient's shared topic (`flag`: the quality header's value)."""
-        encoder = self._encoder(decision.agreement_id, decision.agreement_version, event_type, decision.recipient)
-        topic = self._shared_topics.get((decision.recipient, event_type))
-        if topic is None:
-            topic = self._shared_topics[(decision.recipient, event_type)] = shared_topic(decision.recipient, event_type)
-        # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
-        # (every producer can recompute that); the one header names the agreement only.
-        headers = self._headers.get((decision.agreement_id, decision.agreement_version))
-        if headers is None:  # one list per agreement version, shared by its records (never changed)
-            headers = self._headers[(decision.agreement_id, decision.agreement_version)] = [
-                (AGREEMENT_HEADER, f"{decision.agreement_id}@{decision.agreement_version}".encode())]
+        release = self._releases.get((decision.agreement_id, decision.agreement_version, event_type))
+        if release is None:
+            release = self._release(decision, event_type)
+        encoder, topic, headers = release
         if flag is not None:  # a new list: the cached one is shared by every record of the version
             headers = [*headers, (QUALITY_HEADER, flag)]
         self.counts["permit"] += 1
         self.decided[(decision.recipient, PERMIT)] += 1
+        # Keyed by the subject's pseudonym in the agreement's domain, never the raw topic key
+        # (every producer can recompute that); the one header names the agreement only.
         return Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                       headers, released_timestamp_ms(decision.record.get("occurred_at")))
+
+    def _release(self, decision: Decision, event_type: str) -> tuple[Encoder, str, Headers]:
+        """What every permit of one agreement version for one event type is released with, looked
+        up once: (the recipient schema's encoder, the shared topic, the headers (one list per
+        agreement version, shared by its records, never changed))."""
+        agreement_id, version = decision.agreement_id, decision.agreement_version
+        encoder = self._encoder(agreement_id, version, event_type, decision.recipient)  # type: ignore[arg-type]
+        headers = self._headers.get((agreement_id, version))
+        if headers is None:
+            headers = self._headers[(agreement_id, version)] = [(AGREEMENT_HEADER, f"{agreement_id}@{version}".encode())]
+        release = self._releases[(agreement_id, version, event_type)] = (
+            encoder, shared_topic(decision.recipient, event_type), headers)
+        return release
 
     def quality_outputs(self, now: datetime, everything: bool = False) -> list[Output]:
         """Each quality window closed by `now`: its record for `quality.windows` and the audit record

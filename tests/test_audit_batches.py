@@ -157,6 +157,7 @@ class Landed:
     one_by_one: str  # database prefixes
     batched: str
     written: Written
+    landed: dict[str, int]  # rows the target reported landed in the audit table, per prefix
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +168,7 @@ def landed(catalog: Catalog, keyring: Keyring, kafka_bootstrap: str, schema_regi
     registry = registry_client(settings)
     written = write(catalog, keyring, tmp_path_factory.mktemp("writer"), schema_source(registry), [120, 80])
     prefixes = {f"b{uuid.uuid4().hex[:8]}_": written.records, f"b{uuid.uuid4().hex[:8]}_": list(pack(written.records))}
+    counted: dict[str, int] = {}
     for prefix, values in prefixes.items():
         mine = settings.model_copy(update={"clickhouse_database_prefix": prefix})
         for plan, topic, messages in ((audit_plan(mine, catalog), AUDIT_TOPIC, values),
@@ -175,8 +177,10 @@ def landed(catalog: Catalog, keyring: Keyring, kafka_bootstrap: str, schema_regi
             target.setup()
             done = target.write([Message(topic=topic, value=v, key=b"", partition=0, offset=n) for n, v in enumerate(messages)])
             assert not done.rejected
+            if topic == AUDIT_TOPIC:
+                counted[prefix] = done.landed
     one_by_one, batched = prefixes
-    yield Landed(one_by_one, batched, written)
+    yield Landed(one_by_one, batched, written, counted)
 
 
 def _rows(client, prefix: str) -> list[tuple]:  # noqa: ANN001
@@ -187,6 +191,8 @@ def _rows(client, prefix: str) -> list[tuple]:  # noqa: ANN001
 def test_batched_records_land_as_exactly_the_rows_records_sent_one_by_one_gave(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
     rows = _rows(clickhouse_client, landed.batched)
     assert len(rows) == 200 and rows == _rows(clickhouse_client, landed.one_by_one)
+    # the sink counts rows, not Kafka records: 4 batched messages (64 + 64 + 64 + 8 records) are 200 rows landed
+    assert landed.landed == {landed.one_by_one: 200, landed.batched: 200}
     decisions = "SELECT * EXCEPT (_landed_at) FROM {}audit.decisions ORDER BY event_id, recipient"
     assert clickhouse_client.query(decisions.format(landed.batched)).result_rows == \
         clickhouse_client.query(decisions.format(landed.one_by_one)).result_rows

@@ -169,7 +169,15 @@ def test_uuids_are_read_as_uuid_UUID_reads_them(text: str) -> None:
         got = ValueError
     assert got == expected
     if expected is not ValueError:
-        assert type(got) is uuid.UUID and got.is_safe == expected.is_safe and str(got) == str(expected)
+        assert isinstance(got, uuid.UUID) and got.is_safe == expected.is_safe and str(got) == str(expected)
+        assert hash(got) == hash(expected) and got.hex == expected.hex and repr(got) == repr(expected)
+
+
+@given(st.uuids(), st.sampled_from([str, str.upper, lambda text: text.replace("-", ""), lambda text: "{" + text + "}"]))
+def test_a_uuid_read_from_any_text_uuid_UUID_takes_is_that_uuid(value: uuid.UUID, form: Any) -> None:
+    text = form(str(value))
+    got = _read_uuid(text)
+    assert got == value and str(got) == str(value) and hash(got) == hash(value) and got.int == value.int
 
 
 # -- bad bytes: the router's read path against the serde decoder ----------------------------------

@@ -8,6 +8,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from typer.main import get_command
 
 from tests.cli import clean_env
@@ -108,3 +109,29 @@ def test_a_subcommands_help_through_the_backbone_command_loads_no_settings() -> 
         result = subprocess.run([sys.executable, "-c", LOADED_AFTER, *args], capture_output=True, text=True, timeout=60, env=clean_env())
         assert "Usage" in result.stdout, result.stderr[-2000:]
         assert json.loads(result.stderr.strip().splitlines()[-1]) == [], args
+
+
+# Exactly the project modules a command's help imports: the CLI's root, the command's own module(s),
+# the role table (`needs`) and the few leaves they name; no keyring, settings, codec or client.
+HELP_IMPORTS = (
+    "import json, sys\n"
+    "sys.argv = ['backbone', *sys.argv[1:]]\n"
+    "from app.cli import main\n"
+    "try:\n    main()\nexcept SystemExit:\n    pass\n"
+    "mine = ('app', 'backbone', 'processors', 'consumers', 'producers', 'cryptography', 'fastavro', 'yaml', 'httpx')\n"
+    "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in mine)), file=sys.stderr)\n"
+)
+BASE = {"app", "app.cli", "backbone", "backbone.errors", "backbone.files", "backbone.files.private"}
+ROLE_TABLE = {"app.cli.roles", "backbone.keys", "backbone.keys.role_names"}
+
+
+@pytest.mark.parametrize(("args", "own"), [
+    (("registry", "users", "list"), {"app.cli.registry"}),
+    (("audit", "keys"), {"app.cli.audit"} | ROLE_TABLE),  # an oversight command: its role named without its keyring
+    (("agreements", "apply"), {"app.cli.agreements", "app.cli.agreement_changes"} | ROLE_TABLE),
+])
+def test_a_commands_help_imports_its_own_module_and_nothing_it_runs_with(args: tuple[str, ...], own: set[str]) -> None:
+    result = subprocess.run([sys.executable, "-c", HELP_IMPORTS, *args, "--help"], capture_output=True, text=True,
+                            timeout=60, env=clean_env())
+    assert "Usage" in result.stdout, result.stderr[-2000:]
+    assert set(json.loads(result.stderr.strip().splitlines()[-1])) == BASE | own

@@ -16,7 +16,7 @@ from typer._click.globals import get_current_context  # typer vendors click: its
 
 from app.cli import get_settings
 from backbone.errors import BackboneError
-from backbone.keys.roles import WHAT_EACH_HOLDS, Role
+from backbone.keys.role_names import WHAT_EACH_HOLDS, Role  # not backbone.keys.roles: help imports no keyring
 
 F = TypeVar("F", bound=Callable[..., Any])
 

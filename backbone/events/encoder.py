@@ -68,7 +68,7 @@ def _string(value: str) -> bytes:
 
 
 def _uuid(value: Any) -> bytes:
-    if value.__class__ is uuid.UUID:
+    if isinstance(value, uuid.UUID):  # the decoder's TextUUID too
         value = str(value)
     elif not (value.__class__ is str and len(value) == 36 and value[8] == value[13] == value[18] == value[23] == "-"):
         raise TypeError("not a UUID")

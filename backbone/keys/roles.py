@@ -16,18 +16,10 @@ a role, one keyring holds every key: one person running everything on one machin
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
 from backbone.keys.keyring import OPERATIONS_SIGNER, OVERSIGHT_DOMAIN, PROCESSOR_SIGNER, KeyInfo, Keyring
+from backbone.keys.role_names import ROLES, WHAT_EACH_HOLDS, Role
 
-Role = Literal["processor", "operator", "oversight"]
-ROLES: tuple[Role, ...] = get_args(Role)
-
-WHAT_EACH_HOLDS: dict[Role, str] = {
-    "processor": "the domain and encryption keys it applies, the oversight domain and its checkpoint signing key",
-    "operator": "its own signing key only (no pseudonym or encryption key)",
-    "oversight": "the providers' keys (re-identification) and the oversight domain",
-}
+__all__ = ["OPERATOR_SIGNER", "ROLES", "WHAT_EACH_HOLDS", "Role", "for_role", "holds", "split"]
 
 
 def holds(role: Role, info: KeyInfo) -> bool:

@@ -118,7 +118,7 @@ class Checker:
             if key is not None:
                 # A UUID (the event id, as fastavro reads it) is marked by 63 of its bits, the same in
                 # every worker and cheap for the sketch; any other key by its text.
-                marker = key.int >> 65 if type(key) is UUID else str(key)
+                marker = key.int >> 65 if isinstance(key, UUID) else str(key)  # the decoder's TextUUID too
                 if marker in seen or marker in previous:
                     window.duplicates += 1
                     duplicate = True
