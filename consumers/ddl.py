@@ -13,7 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from backbone.clickhouse.cluster import Cluster, engine, on_cluster
+from backbone.clickhouse.cluster import REPLICA_PATH, Cluster, engine, on_cluster
 from backbone.clickhouse.users import Credential  # noqa: F401 - this module's API too
 from backbone.policy.names import SINK_PREFIX as SINK_WORKLOAD_PREFIX
 from backbone.policy.names import sanitise, table_name, view_name  # noqa: F401 - table_name, view_name: this module's API too
@@ -85,7 +85,7 @@ def create_database_sql(database: str, cluster: Cluster | None = None) -> str:
 
 def create_table_sql(
     database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
-    cluster: Cluster | None = None, projections: Sequence[Projection] = (),
+    cluster: Cluster | None = None, projections: Sequence[Projection] = (), replica_path: str = REPLICA_PATH,
 ) -> str:
     """A ReplacingMergeTree keyed on `order_by` (the event id, after the subject's column where rules
     join by subject): redelivered events collapse into one row on merge, and `FINAL` hides duplicates
@@ -111,7 +111,7 @@ def create_table_sql(
     settings = table_settings(columns, order_by, bool(projections))
     return (
         f"CREATE TABLE IF NOT EXISTS {name}{on_cluster(cluster)} (\n  {body}\n)\n"
-        f"ENGINE = {engine(cluster)}\nORDER BY ({key}){ttl}{settings}"
+        f"ENGINE = {engine(cluster, path=replica_path)}\nORDER BY ({key}){ttl}{settings}"
     )
 
 
@@ -142,10 +142,11 @@ def shard_key_sql(columns: Sequence[Column], preferred: Sequence[str]) -> str:
 def table_sql(
     database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
     cluster: Cluster | None = None, shard_by: Sequence[str] = (), projections: Sequence[Projection] = (),
+    replica_path: str = REPLICA_PATH,
 ) -> list[str]:
     """`create_table_sql`, and on a sharded cluster the `Distributed` table named `table` over it,
     rows placed by `shard_key_sql(columns, shard_by + order_by)`."""
-    statements = [create_table_sql(database, table, columns, order_by, retention_days, cluster, projections)]
+    statements = [create_table_sql(database, table, columns, order_by, retention_days, cluster, projections, replica_path)]
     if cluster is not None and cluster.sharded:
         key = shard_key_sql(columns, [*shard_by, *order_by])
         statements.append(f"CREATE TABLE IF NOT EXISTS {qualified(database, table)}{cluster.on} "

@@ -103,7 +103,7 @@ class FraudDetector:
         """Run every rule, then publish the alerts not published yet; returns those alerts."""
         self.setup()
         columns = self._columns()
-        start = watermarks.resume_point(self.client, cluster_of(self.settings) is not None)
+        start = watermarks.resume_point(self.client, cluster_of(self.settings), self.database, self.settings.fraud_cluster_slack_s)
         if self._since is None:
             self._since = watermarks.load(self.client, self.database)
         for rule in self._runnable(columns):

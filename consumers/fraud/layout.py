@@ -24,8 +24,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from backbone.clickhouse.cluster import Cluster, on_cluster
+from backbone.clickhouse.cluster import Cluster, generation_path, on_cluster
 from consumers import ddl
 from consumers.fraud.registry import RULES, Rule
 from consumers.typemap import Column, quote_identifier
@@ -106,10 +107,14 @@ class Migration:
 
 
 def migration(database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
-              cluster: Cluster | None = None, shard_by: Sequence[str] = (), planned: Sequence[ddl.Projection] = ()) -> Migration:
+              cluster: Cluster | None = None, shard_by: Sequence[str] = (), planned: Sequence[ddl.Projection] = (),
+              generation: str | None = None) -> Migration:
     """The migration of `database.table` (its current `columns`, `_landed_at` and `_landed_seq` aside) to the layout.
     On a sharded cluster rows go through the `Distributed` tables (placed by the same key) and the
-    shards' local tables are exchanged; every DDL runs `ON CLUSTER`."""
+    shards' local tables are exchanged; every DDL runs `ON CLUSTER`. On a cluster the new table's
+    Keeper path carries `generation` (default: the UTC second the migration is planned), so a
+    later migration of the same table (whose live table then holds the path the previous one gave
+    `<table>__relayout`) makes a replica path of its own, not one already taken."""
     new = f"{table}{RELAYOUT_SUFFIX}"
     names = ", ".join(quote_identifier(name) for name in (*(column.name for column in columns), ddl.LANDED_AT))
     sharded = cluster is not None and cluster.sharded
@@ -120,7 +125,8 @@ def migration(database: str, table: str, columns: Sequence[Column], order_by: Se
     event_id = quote_identifier(EVENT_ID)
     return Migration(
         table=table,
-        create=ddl.table_sql(database, new, columns, order_by, retention_days, cluster, shard_by, planned),
+        create=ddl.table_sql(database, new, columns, order_by, retention_days, cluster, shard_by, planned,
+                             generation_path(generation or datetime.now(UTC).strftime("g%Y%m%d%H%M%S"))),
         copy=f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}{sync}",
         swap=f"EXCHANGE TABLES {ddl.qualified(database, local(table))} AND {ddl.qualified(database, local(new))}{on_cluster(cluster)}",
         catch_up=(f"INSERT INTO {source} ({names}) SELECT {names} FROM {target} "
