@@ -22,6 +22,7 @@ from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
 from backbone.quality.contract import load_quality
 from backbone.quality.window import WindowState
+from consumers.fraud import FraudDetector
 from consumers.fraud.layout import migration
 from consumers.fraud.registry import Since
 from consumers.fraud.watermarks import SLACK_US, resume_from, resume_point, resume_sql
@@ -231,6 +232,8 @@ def test_inserts_through_distributed_tables_are_synchronous_on_a_sharded_cluster
     plan = recipient_plan(sharded, _charter(), sharded.fraud_recipient)
     sink = ClickHouseTarget(sharded, plan, clickhouse_client, registry=None)  # type: ignore[arg-type]
     assert sink._insert_settings["distributed_foreground_insert"] == 1  # noqa: SLF001 - a batch is on its shards before the commit
+    # alerts, published alerts, watermarks: the next publish sees what was published, so no alert goes out twice
+    assert FraudDetector(sharded, clickhouse_client)._insert_settings == {"distributed_foreground_insert": 1}  # noqa: SLF001
     # ClickHouse takes the setting on an insert (chDB: one node, where it changes nothing)
     database = f"quality_{unique}"
     contracts = load_quality(PROJECT_ROOT / "schemas", load_catalog(PROJECT_ROOT / "schemas"))

@@ -74,8 +74,8 @@ def load(client, database: str) -> dict[str, tuple[str, Since]]:  # noqa: ANN001
     return {kind: (mark, Since(int(day), int(seq) or None)) for kind, mark, day, seq in rows}
 
 
-def save(client, database: str, kind: str, mark: str, since: Since) -> None:  # noqa: ANN001
+def save(client, database: str, kind: str, mark: str, since: Since, settings: dict | None = None) -> None:  # noqa: ANN001
     """Record that `kind`'s rule (of fingerprint `mark`) ran completely from `since` on."""
     client.insert(ddl.qualified(database, ddl.WATERMARKS_TABLE),
                   [[kind, mark, datetime.fromtimestamp(since.day, timezone.utc), since.landed_seq or 0]],
-                  column_names=["kind", "fingerprint", "since", "landed_seq"])
+                  column_names=["kind", "fingerprint", "since", "landed_seq"], settings=dict(settings or {}))
