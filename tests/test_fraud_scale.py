@@ -107,6 +107,10 @@ def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landi
 
 def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_table(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
+    # compressed blocks about a granule each: reading one touched subject's granule decompresses that granule
+    engine = clickhouse_client.query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                                     parameters={"db": fraud.database, "t": CLAIMS}).result_rows[0][0]
+    assert "index_granularity = 64" in engine and "min_compress_block_size = 2048" in engine and "max_compress_block_size = 8192" in engine
     _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
     _land(clickhouse_client, fraud.database, 20_000, 120_000, 0, subjects=6_000)  # today, before the last run
     start = watermarks.resume_point(clickhouse_client)  # where a run starting now resumes next time
