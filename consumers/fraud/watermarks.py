@@ -37,7 +37,9 @@ def fingerprint(sql: str) -> str:
 def resume_sql(cluster: Cluster | None = None, database: str = "") -> str:
     """Today (unix seconds), now (microseconds), the longest-running insert's elapsed seconds (on
     every replica of `cluster`), and (on a cluster) the oldest part of `database` a replica has yet
-    to fetch (unix seconds; 0: none)."""
+    to fetch (unix seconds; 0: none). A replica that does not answer fails the query, and so the run
+    (retried after the next batch), rather than being skipped: an insert it holds could land behind the
+    watermark once it is reachable again."""
     processes = "system.processes"
     pending = ""
     if cluster is not None:
