@@ -58,6 +58,8 @@ PROJECTED_INDEX_GRANULARITY = 64
 # 10 M rows: an incremental run's time -32 %, unchanged at 1 M where runs read most granules; about
 # 10-20 % more disk).
 PROJECTED_COMPRESS_BLOCK = (2048, 8192)
+COMPRESS_BLOCK_SETTINGS = (f"min_compress_block_size = {PROJECTED_COMPRESS_BLOCK[0]}",
+                           f"max_compress_block_size = {PROJECTED_COMPRESS_BLOCK[1]}")
 
 
 @dataclass(slots=True, frozen=True)
@@ -130,8 +132,7 @@ def table_settings(columns: Sequence[Column], order_by: Sequence[str], projected
     if any(types.get(name, "").startswith("Nullable(") for name in order_by):
         settings.append("allow_nullable_key = 1")
     if projected:  # the fraud tables (consumers.fraud.layout), read a few subjects at a time
-        settings += [f"index_granularity = {PROJECTED_INDEX_GRANULARITY}", f"min_compress_block_size = {PROJECTED_COMPRESS_BLOCK[0]}",
-                     f"max_compress_block_size = {PROJECTED_COMPRESS_BLOCK[1]}",
+        settings += [f"index_granularity = {PROJECTED_INDEX_GRANULARITY}", *COMPRESS_BLOCK_SETTINGS,
                      "deduplicate_merge_projection_mode = 'rebuild'", "lightweight_mutation_projection_mode = 'rebuild'"]
     return f"\nSETTINGS {', '.join(settings)}" if settings else ""
 

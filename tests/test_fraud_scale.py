@@ -252,6 +252,17 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
 
 
+def test_migrate_gives_tables_laid_out_before_the_small_compressed_blocks(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    _create(clickhouse_client, fraud.plan)
+    for table in (CLAIMS, INCOMES):  # as the sink made them before the blocks were made about a granule
+        clickhouse_client.command(f"ALTER TABLE {ddl.qualified(fraud.database, table)} RESET SETTING min_compress_block_size, max_compress_block_size")
+    assert sorted(layout.migrate(clickhouse_client, fraud.plan)) == sorted([CLAIMS, INCOMES])
+    for table, found in layout.layouts(clickhouse_client, fraud.database).items():
+        if table in (CLAIMS, INCOMES, DEATHS):
+            assert layout.small_blocks_sql(fraud.database, table, found) is None, found.engine_full
+    assert layout.migrate(clickhouse_client, fraud.plan) == []  # set once
+
+
 def test_tables_with_the_day_projection_are_flagged_and_migrated_to_the_landing_projection(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     # as the previous layout made them: ordered by subject, the rules' keys projected by landing day
     client = clickhouse_client

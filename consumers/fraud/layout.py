@@ -16,7 +16,9 @@ keep the read near what the subjects hold.
 A table made before (ordered by event id alone) is migrated by `backbone fraud migrate`: a new table
 with the layout, every row copied (each gets the migration's landing, so the next incremental run
 reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
-meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes.
+meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes. A table
+laid out before its compressed blocks were made about a granule gets those settings (new parts and
+merges write them; no copy).
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ class Layout:
 
     sorting_key: tuple[str, ...]
     projections: frozenset[str]
+    engine_full: str = ""  # its engine and settings, as `system.tables` reports them
 
 
 def layouts(client, database: str) -> dict[str, Layout]:  # noqa: ANN001 - a clickhouse-connect client
@@ -75,9 +78,17 @@ def layouts(client, database: str) -> dict[str, Layout]:  # noqa: ANN001 - a cli
     for table, name in client.query("SELECT table, name FROM system.projections WHERE database = {db:String}",
                                     parameters={"db": database}).result_rows:
         projected.setdefault(table, set()).add(name)
-    rows = client.query("SELECT name, sorting_key FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
+    rows = client.query("SELECT name, sorting_key, engine_full FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
                         parameters={"db": database}).result_rows
-    return {name: Layout(sorting_key(key), frozenset(projected.get(name, ()))) for name, key in rows}
+    return {name: Layout(sorting_key(key), frozenset(projected.get(name, ())), engine) for name, key, engine in rows}
+
+
+def small_blocks_sql(database: str, table: str, found: Layout, cluster: Cluster | None = None) -> str | None:
+    """For a table laid out before its compressed blocks were made about a granule
+    (`ddl.PROJECTED_COMPRESS_BLOCK`): the settings, so new parts and merges write them; None when set."""
+    if all(setting in found.engine_full for setting in ddl.COMPRESS_BLOCK_SETTINGS):
+        return None
+    return f"ALTER TABLE {ddl.qualified(database, table)}{on_cluster(cluster)} MODIFY SETTING {', '.join(ddl.COMPRESS_BLOCK_SETTINGS)}"
 
 
 def sorting_key(text: str) -> tuple[str, ...]:
@@ -160,6 +171,9 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
                 if leftover:  # interrupted after the swap: the old rows are in the leftover
                     for statement in (steps.catch_up, *steps.drop):
                         client.command(statement)
+                    migrated.append(destination.table)
+                elif destination.projections and (blocks := small_blocks_sql(database, local(destination.table), current, cluster)):
+                    client.command(blocks)  # parts written from now on, merges included, have the small blocks
                     migrated.append(destination.table)
                 continue
             log.info("fraud table %s: ordered by (%s), migrating to (%s)", destination.name,
