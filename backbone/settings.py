@@ -96,6 +96,9 @@ class Settings(BaseSettings):
         " plus the longest period an agreement generalises occurred_at to on the topic (record timestamps are the released time)")
     dlq_retention_days: float = Field(14.0, gt=0, description="How long DLQ topics keep dead letters (original bytes): retention.ms of dlq.*")
     fraud_interval_s: float = Field(1.0, gt=0, description="The fraud rules run at most this often while rows land")
+    fraud_cluster_slack_s: float = Field(
+        10.0, ge=0, description="On a ClickHouse cluster, how far back an incremental fraud run resumes beyond the inserts "
+        "still running on any replica: the servers' clock skew plus replication delay (consumers.fraud.watermarks)")
     alerts_retention_days: float = Field(
         90.0, gt=0, description="How long alerts.fraud keeps an alert: retention.ms of alerts.fraud (fraud.alerts in "
         "ClickHouse keeps every alert; an erased person's leave the topic within hours by compaction)")

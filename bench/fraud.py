@@ -5,13 +5,19 @@ run reads the keys of every landing that day); and the plan's, keys projected by
 reads the keys landed since the previous run): every rule over every row (a full run) and the
 incremental runs (the keys landed since, each over its whole history), in chDB.
 
-    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--merged]
+    python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--batch 20000]
+                          [--settle 300] [--layouts event_id,subject_day,subject] [--merged]
 
 For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
 rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
-bank account per claim), landed over the past two years; then a landing of `--landing` rows arrives
-today and the rules run over every row; then `--landings` more landings of that size, each followed
-by an incremental run (its median is the time per landing). Alerts are not published (no broker):
+bank account per claim), landed over the past two years as a sink lands them: inserts of `--batch`
+rows (a sink's batch, `BACKBONE_SINK_BATCH_ROWS`), oldest first, while ClickHouse's background merges
+run as they would; then the bench waits for the merges to settle (none running for 2 s, at most
+`--settle` s) and records each table's parts (`--batch 0`: one insert per table, which ClickHouse
+splits into equal blocks of about a million rows: parts no merge combines soon; `--merged`: each
+table merged into one part, as if every merge had run). Then a landing of `--landing` rows arrives
+today and the rules run over every row (before: every landing cost this); then `--landings` more
+landings of that size, each followed by an incremental run (after: its median is the time per landing). Alerts are not published (no broker):
 the time is the rules' SQL. Every layout must raise the same alerts. Goal: incremental flat in
 table size (the ratio largest / smallest size near 1). Results go to `bench/results/fraud-<timestamp>.json`.
 """
@@ -47,6 +53,7 @@ class Point:
     # (granules read, granules of the tables it reads) by each of those runs, as ClickHouse plans it
     incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
+    parts: dict[str, int] = field(default_factory=dict)  # table -> active parts when the landings began
 
     @property
     def per_landing_s(self) -> float:
@@ -66,17 +73,20 @@ class Point:
 class Results:
     landing_rows: int
     merged: bool = False  # the filled tables merged into one part each before the landings (--merged)
+    batch_rows: int = 0  # rows per insert of the fill (0: one insert per table)
     points: list[Point] = field(default_factory=list)
     # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
     ratios: dict[str, float] = field(default_factory=dict)
+    full_ratios: dict[str, float] = field(default_factory=dict)  # the same for a run over every row (before)
     rows_ratios: dict[str, float] = field(default_factory=dict)
     identical_alerts: bool = True  # every layout raised the same (kind, subject, period) at every size
     notes: tuple[str, ...] = (LOADED_MACHINE,)
 
 
-def _insert(client, database: str, rows: int, offset: int, landed: str) -> None:  # noqa: ANN001
-    """`rows` rows over the three tables, numbered from `offset`, landed at `landed` (an SQL expression of n)."""
-    subjects = max(1, (offset + rows) // 20)
+def _insert(client, database: str, rows: int, offset: int, landed: str, subjects: int = 0) -> None:  # noqa: ANN001
+    """`rows` rows over the three tables, numbered from `offset`, landed at `landed` (an SQL expression of
+    n), a subject per `n % subjects` (default: a subject per 20 rows landed so far)."""
+    subjects = subjects or max(1, (offset + rows) // 20)
     subject = f"concat('k1.', toString(cityHash64(n % {subjects})))"
     period = "concat('2025-', leftPad(toString(1 + intDiv(n, 7) % 12), 2, '0'))"
     parts = ((CLAIMS, rows // 2, f"""(event_id, national_id, period, benefit_type, bank_account, monthly_amount, _landed_at)
@@ -121,8 +131,32 @@ def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN0
     return read, total
 
 
+def _fill(client, database: str, size: int, batch: int) -> None:  # noqa: ANN001
+    """`size` rows landed over the past two years: in inserts of `batch` rows, oldest first, each
+    landed on its day (as a sink lands them); `batch` 0: one insert per table, landing days at random."""
+    if batch <= 0:
+        _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
+        return
+    batches = max(1, -(-size // batch))
+    for number in range(batches):
+        rows = min(batch, size - number * batch)
+        _insert(client, database, rows, number * batch, f"toStartOfDay(now()) - toIntervalDay({730 - number * 729 // batches})",
+                max(1, size // 20))
+
+
+def _settle(client, database: str, timeout_s: float) -> dict[str, int]:  # noqa: ANN001
+    """Wait until no background merge of `database` has run for 2 s (at most `timeout_s`); its tables' parts."""
+    quiet_since = started = time.monotonic()
+    while time.monotonic() - started < timeout_s and time.monotonic() - quiet_since < 2.0:
+        time.sleep(0.5)
+        if client.query("SELECT count() FROM system.merges WHERE database = {db:String}", parameters={"db": database}).result_rows[0][0]:
+            quiet_since = time.monotonic()
+    return dict(client.query("SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table ORDER BY table",
+                             parameters={"db": database}).result_rows)
+
+
 def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int,  # noqa: ANN001
-           merged: bool = False) -> tuple[Point, set]:
+           merged: bool = False, batch: int = 0, settle_s: float = 300.0) -> tuple[Point, set]:
     point = Point(size, layout)
     prefix = f"b{size}_{layout}_"
     database = ddl.database_name(prefix, settings.fraud_recipient)
@@ -132,11 +166,12 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
         for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
             client.command(statement)
     started = time.perf_counter()
-    _insert(client, database, size, 0, "toStartOfDay(now()) - toIntervalDay(1 + n % 730)")
-    if merged:  # as background merges leave a table landed over two years: one part per table
+    _fill(client, database, size, batch)
+    if merged:  # as if every merge had run: one part per table
         for destination in plan.tables:
             client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
     point.fill_s = time.perf_counter() - started
+    point.parts = {table: count for table, count in _settle(client, database, settle_s).items() if table in {CLAIMS, INCOMES, DEATHS}}
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
     started = time.perf_counter()
@@ -151,14 +186,15 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     found = {alert.key for alert in detector.alerts()}
     point.alerts = len(found)
     client.command(f"DROP DATABASE {database} SYNC")
-    console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, full {point.full_s:.2f} s, "
+    console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, parts {point.parts}, full {point.full_s:.2f} s, "
                   f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
                   f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
     return point, found
 
 
-def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False) -> Results:
-    results = Results(landing, merged=merged)
+def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False, batch: int = 20_000,
+            settle_s: float = 300.0, layouts: tuple[str, ...] = LAYOUTS) -> Results:
+    results = Results(landing, merged=merged, batch_rows=batch)
     with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
@@ -166,33 +202,40 @@ def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = Fa
         plan = recipient_plan(settings, charter, settings.fraud_recipient)
         for size in sizes:
             found = []
-            for layout in LAYOUTS:
-                point, keys = _point(client, settings, plan, size, layout, landing, landings, merged)
+            for layout in layouts:
+                point, keys = _point(client, settings, plan, size, layout, landing, landings, merged, batch, settle_s)
                 results.points.append(point)
                 found.append(keys)
             results.identical_alerts &= all(keys == found[0] for keys in found)
         client.close()
-    for layout in LAYOUTS:
+    for layout in layouts:
         points = [point for point in results.points if point.layout == layout]
         if len(points) > 1 and points[0].per_landing_s:
             results.ratios[layout] = round(points[-1].per_landing_s / points[0].per_landing_s, 2)
+        if len(points) > 1 and points[0].full_s:
+            results.full_ratios[layout] = round(points[-1].full_s / points[0].full_s, 2)
         if len(points) > 1 and points[0].per_landing_rows:
             results.rows_ratios[layout] = round(points[-1].per_landing_rows / points[0].per_landing_rows, 2)
     return results
 
 
 def report(results: Results) -> None:
-    merged = ", tables merged first" if results.merged else ""
+    merged = ", tables merged first" if results.merged else (
+        f", filled in inserts of {results.batch_rows:,} rows, background merges settled" if results.batch_rows else ", filled in one insert per table")
     table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings{merged})")
     for point in results.points:
         when = {"event_id": "before the layout", "subject_day": "before: day watermark"}.get(point.layout, "now: landing watermark")
-        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): full run", f"{point.full_s:.2f} s", "")
-        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): incremental", f"{point.per_landing_s:.2f} s", "")
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): parts of claims / incomes / deaths",
+                      " / ".join(str(point.parts.get(t, 0)) for t in (CLAIMS, INCOMES, DEATHS)), "")
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): before, every rule over every row", f"{point.full_s:.2f} s", "")
+        table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): after, incremental", f"{point.per_landing_s:.2f} s", "")
         done, of = point.per_landing_granules
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): rows read per landing (at most)",
                       f"~{point.per_landing_rows:,} ({done:,} of {of:,} granules)", "")
+    for layout, ratio in results.full_ratios.items():
+        table.add_row(f"before (every row), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "")
     for layout, ratio in results.ratios.items():
-        table.add_row(f"incremental, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+        table.add_row(f"after (incremental), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
     for layout, ratio in results.rows_ratios.items():
         table.add_row(f"rows read, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
     table.add_row("same alerts in every layout", "yes" if results.identical_alerts else "NO", "yes")
@@ -206,11 +249,18 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000000,10000000")
     parser.add_argument("--landing", type=int, default=10_000)
     parser.add_argument("--landings", type=int, default=3, help="incremental runs timed per size and layout")
+    parser.add_argument("--batch", type=int, default=20_000,
+                        help="rows per insert of the fill, as a sink lands its batches (0: one insert per table)")
+    parser.add_argument("--settle", type=float, default=300.0, help="seconds to wait at most for background merges after the fill")
+    parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"layouts to measure, of {', '.join(LAYOUTS)}")
     parser.add_argument("--merged", action="store_true",
-                        help="merge each filled table into one part first (OPTIMIZE FINAL), as background merges "
-                             "leave a table landed over years; without it the fill's parts stay unmerged")
+                        help="merge each filled table into one part first (OPTIMIZE FINAL), as if every merge had run")
     args = parser.parse_args()
-    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged))
+    layouts = tuple(layout.strip() for layout in args.layouts.split(",") if layout.strip())
+    if not layouts or set(layouts) - set(LAYOUTS):
+        parser.error(f"--layouts takes some of {', '.join(LAYOUTS)}")
+    report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged,
+                   args.batch, args.settle, layouts))
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ from confluent_kafka import Message
 from confluent_kafka.schema_registry import SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
+from backbone.clickhouse.cluster import insert_settings
 from backbone.errors import SinkError
 from backbone.events.serde import HEADER_SIZE, MAGIC
 from backbone.settings import Settings
@@ -120,8 +121,11 @@ class ClickHouseTarget:
         self.registry = registry
         self._columns: dict[Destination, dict[str, str]] = {}  # table -> column name -> type
         self._fields: dict[tuple[Destination, int], list[str]] = {}  # (table, schema id) -> field names
-        # ClickHouse fetches writer schemas itself and takes registry credentials only in the URL.
-        self._insert_settings = {"format_avro_schema_registry_url": settings.schema_registry_url_with_credentials()}
+        # ClickHouse fetches writer schemas itself and takes registry credentials only in the URL. On a
+        # sharded cluster a batch is on its shards when the insert returns (the sink commits then, and
+        # the fraud rules' next run reads it), not queued on the server that took it.
+        self._insert_settings = {"format_avro_schema_registry_url": settings.schema_registry_url_with_credentials(),
+                                 **insert_settings(plan.cluster)}
 
     # set-up ---------------------------------------------------------------------------------
     def setup(self) -> None:

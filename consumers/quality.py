@@ -20,7 +20,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Message
 
-from backbone.clickhouse.cluster import Cluster, cluster_of, engine, on_cluster
+from backbone.clickhouse.cluster import Cluster, cluster_of, engine, insert_settings, on_cluster
 from backbone.errors import SinkError
 from backbone.kafka.topics import QUALITY_TOPIC
 from backbone.quality.contract import QualityContract
@@ -82,9 +82,12 @@ def parse_key(key: bytes | None) -> tuple[str, int, str]:
 
 
 def land_windows(client: Client, database: str, contracts: Mapping[str, QualityContract],
-                 windows: Iterable[tuple[bytes | None, bytes | None]]) -> tuple[int, list[tuple[int, str]], set[tuple[str, int]]]:
+                 windows: Iterable[tuple[bytes | None, bytes | None]], settings: Mapping[str, Any] | None = None,
+                 ) -> tuple[int, list[tuple[int, str]], set[tuple[str, int]]]:
     """Insert each readable window (key, value); returns (landed, [(index, reason) refused], the
-    (event type, hour) pairs touched). Refused: unreadable, or of an event type with no contract."""
+    (event type, hour) pairs touched). Refused: unreadable, or of an event type with no contract.
+    `settings`: the insert's (`insert_settings` of a sharded cluster: the windows are on their shard
+    before the scorecards are computed from them)."""
     rows: list[list[Any]] = []
     refused: list[tuple[int, str]] = []
     touched: set[tuple[str, int]] = set()
@@ -101,7 +104,8 @@ def land_windows(client: Client, database: str, contracts: Mapping[str, QualityC
         rows.append([event_type, window.provider, hour_start(hour), worker, window_seal_id(value or b""), (value or b"").decode()])
         touched.add((event_type, hour))
     if rows:
-        client.insert(f"{database}.windows", rows, column_names=["event_type", "provider", "hour", "worker", "seal_id", "window"])
+        client.insert(f"{database}.windows", rows, column_names=["event_type", "provider", "hour", "worker", "seal_id", "window"],
+                      settings=dict(settings or {}))
     return len(rows), refused, touched
 
 
@@ -135,7 +139,7 @@ def scorecard_rows(card: Scorecard, workers: int, computed_at: datetime) -> list
 
 
 def refresh_scorecards(client: Client, database: str, contracts: Mapping[str, QualityContract],
-                       touched: Iterable[tuple[str, int]]) -> list[Scorecard]:
+                       touched: Iterable[tuple[str, int]], settings: Mapping[str, Any] | None = None) -> list[Scorecard]:
     """Compute again and write the scorecard of each (event type, hour) touched."""
     cards: list[Scorecard] = []
     rows: list[list[Any]] = []
@@ -146,7 +150,7 @@ def refresh_scorecards(client: Client, database: str, contracts: Mapping[str, Qu
             cards.append(found[0])
             rows.extend(scorecard_rows(found[0], found[1], now))
     if rows:
-        client.insert(f"{database}.scorecards", rows, column_names=SCORECARD_COLUMNS)
+        client.insert(f"{database}.scorecards", rows, column_names=SCORECARD_COLUMNS, settings=dict(settings or {}))
     return cards
 
 
@@ -160,6 +164,9 @@ class QualityTarget:
         self.contracts = dict(contracts)
         self.database = quality_database(settings)
         self.cluster = cluster_of(settings)
+        # a sharded cluster's Distributed inserts in the foreground: a window is on its shard before
+        # its hour's scorecard is computed, so no scorecard misses a window
+        self.insert_settings = insert_settings(self.cluster)
         self.scorecards: dict[str, Scorecard] = {}  # the newest hour's scorecard per event type, for metrics
 
     def setup(self) -> None:
@@ -171,8 +178,8 @@ class QualityTarget:
     def write(self, messages: list[Message]) -> Written:
         try:
             landed, refused, touched = land_windows(self.client, self.database, self.contracts,
-                                                    [(m.key(), m.value()) for m in messages])
-            for card in refresh_scorecards(self.client, self.database, self.contracts, touched):
+                                                    [(m.key(), m.value()) for m in messages], self.insert_settings)
+            for card in refresh_scorecards(self.client, self.database, self.contracts, touched, self.insert_settings):
                 newest = self.scorecards.get(card.event_type)
                 if newest is None or card.hour >= newest.hour:
                     self.scorecards[card.event_type] = card

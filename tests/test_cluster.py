@@ -12,7 +12,7 @@ import uuid
 import pytest
 from confluent_kafka import Message
 
-from backbone.clickhouse.cluster import Cluster, cluster_of
+from backbone.clickhouse.cluster import Cluster, cluster_of, generation_path
 from backbone.control.erasure import SUBJECT_COLUMN, SUBJECT_TABLES, RowTarget, delete_sql, purge_sql
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
@@ -20,9 +20,15 @@ from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
 from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
-from consumers.fraud.layout import migration
+from backbone.quality.contract import load_quality
+from backbone.quality.window import WindowState
+from consumers.fraud import FraudDetector
+from consumers.fraud.layout import Layout, migration, small_blocks_sql
+from consumers.fraud.registry import Since
+from consumers.fraud.watermarks import SLACK_US, resume_from, resume_point, resume_sql
 from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
-from consumers.quality import QUALITY_TABLES, quality_database, quality_tables_sql
+from consumers.quality import (QUALITY_TABLES, QualityTarget, land_windows, quality_database, quality_tables_sql, refresh_scorecards,
+                               setup_quality)
 from consumers.typemap import Column
 
 CLUSTER = "backbone"  # 2 shards x 2 replicas, as remote_servers would name it
@@ -167,3 +173,81 @@ def test_fraud_tables_keep_one_subject_on_one_shard_ordered_by_subject_and_migra
         formatted, _ = _parsed(clickhouse_client, statement)
         assert "_local" not in statement and "distributed_foreground_insert = 1" in formatted, formatted
     assert "GLOBAL NOT IN" in steps.catch_up
+
+
+def test_a_second_fraud_migration_on_a_cluster_gets_a_keeper_path_of_its_own(clickhouse_client) -> None:  # noqa: ANN001
+    # After a migration the live table is the one it created (`<table>__relayout_local`, swapped in), with
+    # that name's Keeper path: a second migration creating `<table>__relayout_local` again with the same
+    # path would collide with it (REPLICA_ALREADY_EXISTS) on every replica.
+    settings = load_settings(clickhouse_cluster=CLUSTER, clickhouse_sharded=True, clickhouse_dsn="chdb:///unused")
+    plan = recipient_plan(settings, _charter(), settings.fraud_recipient)
+    claims, columns = next((d, c) for d, c in plan.tables.items() if d.table == "welfare_benefit_claimed")
+    first, second = (migration(claims.database, claims.table, columns, claims.order_by, claims.retention_days, plan.cluster,
+                               claims.shard_by, claims.projections, generation=generation) for generation in ("g20270101000000", "g20270102000000"))
+    paths = []
+    for steps in (first, second):
+        local = steps.create[0]
+        formatted, _ = _parsed(clickhouse_client, local)
+        assert " ON CLUSTER backbone" in formatted and "welfare_benefit_claimed__relayout_local" in formatted
+        paths.append(re.search(r"ReplicatedReplacingMergeTree\('([^']+)', '\{replica\}'\)", formatted).group(1))
+    assert paths == ["/clickhouse/tables/{shard}/{database}/{table}.g20270101000000", "/clickhouse/tables/{shard}/{database}/{table}.g20270102000000"]
+    assert "{table}" in paths[0] and len(set(paths)) == 2  # the macro keeps one path per table name, the suffix one per migration
+    default = migration(claims.database, claims.table, columns, claims.order_by, claims.retention_days, plan.cluster,
+                        claims.shard_by, claims.projections)
+    assert re.search(r"\{table\}\.g\d{14}'", default.create[0])  # each migration run: the second it was planned
+    single = migration(claims.database, claims.table, columns, claims.order_by, claims.retention_days)
+    assert "ENGINE = ReplacingMergeTree\n" in single.create[0]  # one node: no Keeper, no path
+    with pytest.raises(ValueError, match="letters and digits"):
+        generation_path("g1/../x")
+    # a table laid out before the small compressed blocks gets them on every replica
+    blocks = small_blocks_sql("fraud", "welfare_benefit_claimed_local", Layout(("national_id", "event_id"), frozenset()), plan.cluster)
+    formatted, _ = _parsed(clickhouse_client, blocks)
+    assert " ON CLUSTER backbone" in formatted and "MODIFY SETTING min_compress_block_size = 2048, max_compress_block_size = 8192" in formatted
+
+
+def test_a_fraud_run_on_a_cluster_resumes_by_landing_before_every_replicas_inserts(clickhouse_client) -> None:  # noqa: ANN001
+    cluster = Cluster(CLUSTER, sharded=True)
+    sql = resume_sql(cluster, "fraud")
+    formatted, _ = _parsed(clickhouse_client, sql)
+    assert "clusterAllReplicas('backbone', system.processes)" in formatted  # every replica's inserts in flight
+    assert "clusterAllReplicas('backbone', system.replication_queue)" in formatted and "GET_PART" in formatted
+    assert "clusterAllReplicas" not in resume_sql(None)
+    day, now = 1_800_000_000 - 3600, 1_800_000_000_000_000
+    # nothing running: now, less the skew slack (the landing watermark, not the day as before)
+    assert resume_from(day, now, None, None, slack_s=10) == Since(day, now - 10_000_000 - SLACK_US)
+    # an insert running for 2 s on some replica: its rows may carry a landing 2 s back
+    assert resume_from(day, now, 2.0, None, slack_s=10).landed_seq == now - 12_000_000 - SLACK_US
+    # a part queued 60 s ago on a replica that has not fetched it yet
+    assert resume_from(day, now, 0.5, now // 1_000_000 - 60, slack_s=10).landed_seq == now - 70_000_000 - SLACK_US
+    assert resume_from(day, now, None, None, slack_s=0).landed_seq == now - SLACK_US  # one node: the clock's allowance only
+    # one node: run here, the server's own processes, no cluster slack
+    point = resume_point(clickhouse_client)
+    assert point.landed_seq is not None and point.landed_seq > 0 and point.day > 0
+    assert load_settings().fraud_cluster_slack_s == 10.0
+
+
+def test_inserts_through_distributed_tables_are_synchronous_on_a_sharded_cluster(clickhouse_client, unique: str) -> None:  # noqa: ANN001
+    sharded = load_settings(clickhouse_cluster=CLUSTER, clickhouse_sharded=True, clickhouse_dsn="chdb:///unused")
+    replicated = load_settings(clickhouse_cluster=CLUSTER, clickhouse_dsn="chdb:///unused")
+    quality = QualityTarget(sharded, clickhouse_client, {})
+    assert quality.insert_settings == {"distributed_foreground_insert": 1}  # windows and scorecards: no scorecard misses a window
+    assert QualityTarget(replicated, clickhouse_client, {}).insert_settings == {}
+    assert QualityTarget(load_settings(clickhouse_dsn="chdb:///unused"), clickhouse_client, {}).insert_settings == {}
+    plan = recipient_plan(sharded, _charter(), sharded.fraud_recipient)
+    sink = ClickHouseTarget(sharded, plan, clickhouse_client, registry=None)  # type: ignore[arg-type]
+    assert sink._insert_settings["distributed_foreground_insert"] == 1  # noqa: SLF001 - a batch is on its shards before the commit
+    # alerts, published alerts, watermarks: the next publish sees what was published, so no alert goes out twice
+    assert FraudDetector(sharded, clickhouse_client)._insert_settings == {"distributed_foreground_insert": 1}  # noqa: SLF001
+    # ClickHouse takes the setting on an insert (chDB: one node, where it changes nothing)
+    database = f"quality_{unique}"
+    contracts = load_quality(PROJECT_ROOT / "schemas", load_catalog(PROJECT_ROOT / "schemas"))
+    event_type = sorted(contracts)[0]
+    setup_quality(clickhouse_client, database)
+    try:
+        landed, _, touched = land_windows(clickhouse_client, database, contracts,
+                                          [(f"{event_type}|1000|w".encode(), WindowState(event_type, 1000).to_bytes())],
+                                          quality.insert_settings)
+        cards = refresh_scorecards(clickhouse_client, database, contracts, touched, quality.insert_settings)
+        assert landed == 1 and cards and cards[0].event_type == event_type
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")

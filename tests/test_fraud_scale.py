@@ -107,6 +107,10 @@ def test_fraud_tables_are_ordered_by_subject_and_project_the_rules_keys_by_landi
 
 def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_table(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
+    # compressed blocks about a granule each: reading one touched subject's granule decompresses that granule
+    engine = clickhouse_client.query("SELECT engine_full FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                                     parameters={"db": fraud.database, "t": CLAIMS}).result_rows[0][0]
+    assert "index_granularity = 64" in engine and "min_compress_block_size = 2048" in engine and "max_compress_block_size = 8192" in engine
     _land(clickhouse_client, fraud.database, 120_000, 0, 3, subjects=6_000)
     _land(clickhouse_client, fraud.database, 20_000, 120_000, 0, subjects=6_000)  # today, before the last run
     start = watermarks.resume_point(clickhouse_client)  # where a run starting now resumes next time
@@ -128,6 +132,31 @@ def test_an_incremental_run_reads_the_granules_of_the_landed_subjects_not_the_ta
         # ordered by landing), not what landed earlier that day
         keys = rule.touched(fraud.database, since, columns).split(" IN (", 1)[1][:-1]
         assert "_landed_seq >= " in keys and int(clickhouse_client.query(keys).summary["read_rows"]) < 1_000, rule.kind
+
+
+def test_shared_bank_account_reads_the_claims_once_and_raises_what_the_join_of_claimants_and_counts_raised(
+        clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # Each read of the touched accounts costs a primary-key analysis of the whole key set, most of an
+    # incremental run on a large table: the rule reads the claims once (it read them twice, the
+    # claimants and their count, and joined the two).
+    _create(clickhouse_client, fraud.plan)
+    _land(clickhouse_client, fraud.database, 6_000, 0, 1, subjects=400)
+    claims = ddl.qualified(fraud.database, CLAIMS)
+    clickhouse_client.command(f"INSERT INTO {claims} (event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount) "
+                              "SELECT generateUUIDv4(number), now64(3), concat('k9.', toString(number)), '2025-01', 'child_benefit', "
+                              "'NL-shared-x', 400 FROM numbers(3)")
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    rule = RULES["shared_bank_account"]
+    joined = f"""SELECT w.national_id AS subject, w.period AS period, w.bank_account AS account, a.claimants AS claimants
+        FROM (SELECT national_id, period, bank_account FROM {claims} GROUP BY national_id, period, bank_account) AS w
+        INNER JOIN (SELECT bank_account, period, uniqExact(national_id) AS claimants FROM {claims}
+                    GROUP BY bank_account, period HAVING claimants >= 3) AS a ON w.bank_account = a.bank_account AND w.period = a.period"""
+    expected = {(s, p, f'{{"bank_account":"{b}","claimants":"{n}"}}') for s, p, b, n in clickhouse_client.query(joined).result_rows}
+    found = {tuple(row[1:]) for row in clickhouse_client.query(rule.select_sql(fraud.database, columns)).result_rows}
+    assert found == expected and any(p == "2025-01" and "NL-shared-x" in d for _, p, d in found)
+    plan = "\n".join(row[0] for row in clickhouse_client.query("EXPLAIN " + rule.select_sql(fraud.database, columns, Since(0, 1))).result_rows)
+    assert plan.count("ReadFromMergeTree") == 1, plan  # the claims once (the keys landed since: a set built before)
 
 
 def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
@@ -221,6 +250,17 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     migrated.full_run()
     migrated.detect()
     assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
+
+
+def test_migrate_gives_tables_laid_out_before_the_small_compressed_blocks(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    _create(clickhouse_client, fraud.plan)
+    for table in (CLAIMS, INCOMES):  # as the sink made them before the blocks were made about a granule
+        clickhouse_client.command(f"ALTER TABLE {ddl.qualified(fraud.database, table)} RESET SETTING min_compress_block_size, max_compress_block_size")
+    assert sorted(layout.migrate(clickhouse_client, fraud.plan)) == sorted([CLAIMS, INCOMES])
+    for table, found in layout.layouts(clickhouse_client, fraud.database).items():
+        if table in (CLAIMS, INCOMES, DEATHS):
+            assert layout.small_blocks_sql(fraud.database, table, found) is None, found.engine_full
+    assert layout.migrate(clickhouse_client, fraud.plan) == []  # set once
 
 
 def test_tables_with_the_day_projection_are_flagged_and_migrated_to_the_landing_projection(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001

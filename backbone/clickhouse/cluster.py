@@ -24,8 +24,12 @@ def _quote(name: str) -> str:
     return "`" + name.replace("\\", "\\\\").replace("`", "\\`") + "`"
 
 
-def _string(value: str) -> str:
+def sql_string(value: str) -> str:
+    """`value` as a ClickHouse string literal."""
     return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+_string = sql_string
 
 
 @dataclass(slots=True, frozen=True)
@@ -40,12 +44,20 @@ class Cluster:
         """` ON CLUSTER <name>`, to put after the object a statement names."""
         return f" ON CLUSTER {_quote(self.name)}"
 
-    def engine(self, engine: str) -> str:
+    def engine(self, engine: str, path: str = REPLICA_PATH) -> str:
         """`ReplacingMergeTree` -> `ReplicatedReplacingMergeTree('<keeper path>', '{replica}')`; an
         engine's own arguments follow those (`ReplacingMergeTree(v)` -> `...('{replica}', v)`)."""
         name, _, arguments = engine.partition("(")
         tail = f", {arguments[:-1]}" if arguments else ""
-        return f"Replicated{name}({_string(REPLICA_PATH)}, '{{replica}}'{tail})"
+        return f"Replicated{name}({_string(path)}, '{{replica}}'{tail})"
+
+    @property
+    def insert_settings(self) -> dict[str, int]:
+        """Settings of an insert into a table of this cluster: when sharded the insert goes through a
+        `Distributed` table, which by default queues the rows and sends them to the shards later;
+        foreground, the insert returns once every shard holds its rows, so what reads next (a
+        scorecard, a fraud run, a sink's commit) sees them."""
+        return {"distributed_foreground_insert": 1} if self.sharded else {}
 
     def local(self, table: str) -> str:
         """The table holding the rows on each shard: `<table>_local` when sharded, else the table itself."""
@@ -67,8 +79,23 @@ def on_cluster(cluster: Cluster | None) -> str:
     return cluster.on if cluster is not None else ""
 
 
-def engine(cluster: Cluster | None, engine: str = "ReplacingMergeTree") -> str:
-    return cluster.engine(engine) if cluster is not None else engine
+def engine(cluster: Cluster | None, engine: str = "ReplacingMergeTree", path: str = REPLICA_PATH) -> str:
+    return cluster.engine(engine, path) if cluster is not None else engine
+
+
+def insert_settings(cluster: Cluster | None) -> dict[str, int]:
+    """`Cluster.insert_settings`, none for one node."""
+    return cluster.insert_settings if cluster is not None else {}
+
+
+def generation_path(generation: str) -> str:
+    """The Keeper path of a table made again under a name its predecessor had (`backbone fraud
+    migrate` each time): `REPLICA_PATH` with a generation suffix, so it never meets the path of a
+    table made by an earlier migration (after `EXCHANGE TABLES` the live table keeps the path it was
+    created with, `{table}` expanded to the new table's name)."""
+    if not generation.isalnum():
+        raise ValueError(f"generation {generation!r} must be letters and digits")
+    return f"{REPLICA_PATH}.{generation}"
 
 
 def local_table(cluster: Cluster | None, table: str) -> str:

@@ -30,7 +30,7 @@ class Alert:
         return alert_id(*self.key)
 
 
-def record_findings(client, database: str, kind: str, rule: str) -> int:  # noqa: ANN001 - a clickhouse-connect client
+def record_findings(client, database: str, kind: str, rule: str, settings: dict | None = None) -> int:  # noqa: ANN001 - a clickhouse-connect client
     """New findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns how many.
     The alerts already held are looked up by the findings' subjects (`alerts` is ordered by kind and
     subject), so the cost follows what the rule found, not how many alerts the table holds."""
@@ -44,7 +44,7 @@ def record_findings(client, database: str, kind: str, rule: str) -> int:  # noqa
         parameters={"kind": kind, "subjects": sorted({row[1] for row in found})}).result_rows}
     new = [list(row) for row in found if (row[1], row[2]) not in held]
     if new:
-        client.insert(alerts, new, column_names=["kind", "subject", "period", "details"])
+        client.insert(alerts, new, column_names=["kind", "subject", "period", "details"], settings=dict(settings or {}))
     return len(new)
 
 

@@ -29,7 +29,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
-from backbone.clickhouse.cluster import cluster_of
+from backbone.clickhouse.cluster import cluster_of, insert_settings
 from backbone.errors import TopicError
 from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
@@ -57,6 +57,9 @@ class FraudDetector:
         self.rules = RULES if rules is None else rules
         self.database = ddl.database_name(settings.clickhouse_database_prefix, settings.fraud_recipient)
         self._ready = False
+        # on a sharded cluster alerts, published alerts and watermarks are on their shards when the insert
+        # returns: the next publish sees what was published (no alert sent twice), the next run its watermark
+        self._insert_settings = insert_settings(cluster_of(settings))
         self._producer: Producer | None = None
         self._encode: Callable[[dict], bytes] | None = None
         self._off: set[str] = set()
@@ -103,7 +106,7 @@ class FraudDetector:
         """Run every rule, then publish the alerts not published yet; returns those alerts."""
         self.setup()
         columns = self._columns()
-        start = watermarks.resume_point(self.client, cluster_of(self.settings) is not None)
+        start = watermarks.resume_point(self.client, cluster_of(self.settings), self.database, self.settings.fraud_cluster_slack_s)
         if self._since is None:
             self._since = watermarks.load(self.client, self.database)
         for rule in self._runnable(columns):
@@ -112,11 +115,11 @@ class FraudDetector:
             last = self._since.get(rule.kind)
             since = last[1] if last is not None and last[0] == mark and rule.scope else None
             if since is None:
-                self.client.command(insert_alerts_sql(self.database, rule.kind, full))
+                self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings=self._insert_settings)
             else:
-                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since))
+                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since), self._insert_settings)
             if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
-                watermarks.save(self.client, self.database, rule.kind, mark, start)
+                watermarks.save(self.client, self.database, rule.kind, mark, start, self._insert_settings)
                 self._since[rule.kind] = (mark, start)
         if not self.leads():
             return []  # another replica publishes
@@ -137,7 +140,8 @@ class FraudDetector:
         if producer.flush(self.settings.kafka_timeout_s) > 0:
             log.warning("alerts.fraud did not acknowledge %d alerts in time; they are sent again after the next batch", len(new))
             return []
-        self.client.insert(published, [[a.kind, a.subject, a.period] for a in new], column_names=["kind", "subject", "period"])
+        self.client.insert(published, [[a.kind, a.subject, a.period] for a in new], column_names=["kind", "subject", "period"],
+                           settings=self._insert_settings)
         log.info("published %d fraud alerts from %s", len(new), alerts)
         return new
 

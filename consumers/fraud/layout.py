@@ -16,7 +16,9 @@ keep the read near what the subjects hold.
 A table made before (ordered by event id alone) is migrated by `backbone fraud migrate`: a new table
 with the layout, every row copied (each gets the migration's landing, so the next incremental run
 reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
-meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes.
+meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes. A table
+laid out before its compressed blocks were made about a granule gets those settings (new parts and
+merges write them; no copy).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from backbone.clickhouse.cluster import Cluster, on_cluster
+from backbone.clickhouse.cluster import Cluster, generation_path, on_cluster
 from consumers import ddl
 from consumers.fraud.registry import RULES, Rule
 from consumers.typemap import Column, quote_identifier
@@ -66,6 +69,7 @@ class Layout:
 
     sorting_key: tuple[str, ...]
     projections: frozenset[str]
+    engine_full: str = ""  # its engine and settings, as `system.tables` reports them
 
 
 def layouts(client, database: str) -> dict[str, Layout]:  # noqa: ANN001 - a clickhouse-connect client
@@ -74,9 +78,17 @@ def layouts(client, database: str) -> dict[str, Layout]:  # noqa: ANN001 - a cli
     for table, name in client.query("SELECT table, name FROM system.projections WHERE database = {db:String}",
                                     parameters={"db": database}).result_rows:
         projected.setdefault(table, set()).add(name)
-    rows = client.query("SELECT name, sorting_key FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
+    rows = client.query("SELECT name, sorting_key, engine_full FROM system.tables WHERE database = {db:String} AND engine LIKE '%MergeTree'",
                         parameters={"db": database}).result_rows
-    return {name: Layout(sorting_key(key), frozenset(projected.get(name, ()))) for name, key in rows}
+    return {name: Layout(sorting_key(key), frozenset(projected.get(name, ())), engine) for name, key, engine in rows}
+
+
+def small_blocks_sql(database: str, table: str, found: Layout, cluster: Cluster | None = None) -> str | None:
+    """For a table laid out before its compressed blocks were made about a granule
+    (`ddl.PROJECTED_COMPRESS_BLOCK`): the settings, so new parts and merges write them; None when set."""
+    if all(setting in found.engine_full for setting in ddl.COMPRESS_BLOCK_SETTINGS):
+        return None
+    return f"ALTER TABLE {ddl.qualified(database, table)}{on_cluster(cluster)} MODIFY SETTING {', '.join(ddl.COMPRESS_BLOCK_SETTINGS)}"
 
 
 def sorting_key(text: str) -> tuple[str, ...]:
@@ -106,10 +118,14 @@ class Migration:
 
 
 def migration(database: str, table: str, columns: Sequence[Column], order_by: Sequence[str], retention_days: int | None,
-              cluster: Cluster | None = None, shard_by: Sequence[str] = (), planned: Sequence[ddl.Projection] = ()) -> Migration:
+              cluster: Cluster | None = None, shard_by: Sequence[str] = (), planned: Sequence[ddl.Projection] = (),
+              generation: str | None = None) -> Migration:
     """The migration of `database.table` (its current `columns`, `_landed_at` and `_landed_seq` aside) to the layout.
     On a sharded cluster rows go through the `Distributed` tables (placed by the same key) and the
-    shards' local tables are exchanged; every DDL runs `ON CLUSTER`."""
+    shards' local tables are exchanged; every DDL runs `ON CLUSTER`. On a cluster the new table's
+    Keeper path carries `generation` (default: the UTC second the migration is planned), so a
+    later migration of the same table (whose live table then holds the path the previous one gave
+    `<table>__relayout`) makes a replica path of its own, not one already taken."""
     new = f"{table}{RELAYOUT_SUFFIX}"
     names = ", ".join(quote_identifier(name) for name in (*(column.name for column in columns), ddl.LANDED_AT))
     sharded = cluster is not None and cluster.sharded
@@ -120,7 +136,8 @@ def migration(database: str, table: str, columns: Sequence[Column], order_by: Se
     event_id = quote_identifier(EVENT_ID)
     return Migration(
         table=table,
-        create=ddl.table_sql(database, new, columns, order_by, retention_days, cluster, shard_by, planned),
+        create=ddl.table_sql(database, new, columns, order_by, retention_days, cluster, shard_by, planned,
+                             generation_path(generation or datetime.now(UTC).strftime("g%Y%m%d%H%M%S"))),
         copy=f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}{sync}",
         swap=f"EXCHANGE TABLES {ddl.qualified(database, local(table))} AND {ddl.qualified(database, local(new))}{on_cluster(cluster)}",
         catch_up=(f"INSERT INTO {source} ({names}) SELECT {names} FROM {target} "
@@ -154,6 +171,9 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
                 if leftover:  # interrupted after the swap: the old rows are in the leftover
                     for statement in (steps.catch_up, *steps.drop):
                         client.command(statement)
+                    migrated.append(destination.table)
+                elif destination.projections and (blocks := small_blocks_sql(database, local(destination.table), current, cluster)):
+                    client.command(blocks)  # parts written from now on, merges included, have the small blocks
                     migrated.append(destination.table)
                 continue
             log.info("fraud table %s: ordered by (%s), migrating to (%s)", destination.name,

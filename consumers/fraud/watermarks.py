@@ -9,8 +9,11 @@ crash between the two repeats that run, which raises nothing twice (`alerts` ski
 Where a run starts (`resume_point`) is a landing (`ddl.LANDED_SEQ`: the microsecond a landed batch's
 insert began), taken before the run reads anything: the earlier of now and the start of every insert
 still running, so a batch whose insert began before the run but is not visible to it yet is read by
-the next run. On a cluster the inserts of other nodes (and their clocks) are not seen from here: there
-the watermark is the landing day, as before (each run reads the keys landed that day).
+the next run. On a cluster the same, over the inserts running on every replica
+(`clusterAllReplicas(<cluster>, system.processes)`) and the parts a replica has not fetched yet
+(`system.replication_queue`), less `fraud_cluster_slack_s` (`BACKBONE_FRAUD_CLUSTER_SLACK_S`): another
+server's clock may run ahead of this one, and a part may reach the replica a read lands on a little
+after its insert ended. A run resuming earlier only reads some keys again (their alerts are held).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 
+from backbone.clickhouse.cluster import Cluster, sql_string as _string
 from consumers import ddl
 from consumers.fraud.registry import Since
 
@@ -30,15 +34,38 @@ def fingerprint(sql: str) -> str:
     return hashlib.sha256(" ".join(sql.split()).encode()).hexdigest()[:16]
 
 
-def resume_point(client, clustered: bool = False) -> Since:  # noqa: ANN001 - a clickhouse-connect client
-    """Where a run starting now resumes next time: today, and (single node) the earliest landing an
-    insert not yet visible may carry."""
-    day, now, running = client.query(
-        "SELECT toUnixTimestamp(toStartOfDay(now())), toUnixTimestamp64Micro(now64(6)), "
-        "(SELECT max(elapsed) FROM system.processes WHERE query_kind = 'Insert')").result_rows[0]
-    if clustered:
-        return Since(int(day))
-    return Since(int(day), max(0, int(now) - int(float(running or 0) * 1_000_000) - SLACK_US))
+def resume_sql(cluster: Cluster | None = None, database: str = "") -> str:
+    """Today (unix seconds), now (microseconds), the longest-running insert's elapsed seconds (on
+    every replica of `cluster`), and (on a cluster) the oldest part of `database` a replica has yet
+    to fetch (unix seconds; 0: none). A replica that does not answer fails the query, and so the run
+    (retried after the next batch), rather than being skipped: an insert it holds could land behind the
+    watermark once it is reachable again."""
+    processes = "system.processes"
+    pending = ""
+    if cluster is not None:
+        processes = f"clusterAllReplicas({_string(cluster.name)}, system.processes)"
+        pending = (f", (SELECT toUnixTimestamp(min(create_time)) FROM clusterAllReplicas({_string(cluster.name)}, system.replication_queue) "
+                   f"WHERE database = {_string(database)} AND type = 'GET_PART')")
+    return ("SELECT toUnixTimestamp(toStartOfDay(now())), toUnixTimestamp64Micro(now64(6)), "
+            f"(SELECT max(elapsed) FROM {processes} WHERE query_kind = 'Insert'){pending}")
+
+
+def resume_from(day: int, now_us: int, running_s: float | None, pending_s: int | None = None, slack_s: float = 0.0) -> Since:
+    """Where a run starting at `now_us` resumes next time: before every insert still running (for
+    `running_s` seconds), every part not fetched yet (queued at `pending_s`), less `slack_s`."""
+    start = now_us - int(float(running_s or 0) * 1_000_000)
+    if pending_s:
+        start = min(start, int(pending_s) * 1_000_000)
+    return Since(int(day), max(0, start - SLACK_US - int(slack_s * 1_000_000)))
+
+
+def resume_point(client, cluster: Cluster | None = None, database: str = "", slack_s: float = 0.0) -> Since:  # noqa: ANN001
+    """Where a run starting now resumes next time (`resume_from`), as the server (on a `cluster`:
+    every replica) sees it; `slack_s` is for a cluster's clocks and replication."""
+    row = client.query(resume_sql(cluster, database)).result_rows[0]
+    day, now, running = row[:3]
+    pending = row[3] if cluster is not None else None
+    return resume_from(int(day), int(now), running, pending, slack_s if cluster is not None else 0.0)
 
 
 def load(client, database: str) -> dict[str, tuple[str, Since]]:  # noqa: ANN001 - a clickhouse-connect client
@@ -49,8 +76,8 @@ def load(client, database: str) -> dict[str, tuple[str, Since]]:  # noqa: ANN001
     return {kind: (mark, Since(int(day), int(seq) or None)) for kind, mark, day, seq in rows}
 
 
-def save(client, database: str, kind: str, mark: str, since: Since) -> None:  # noqa: ANN001
+def save(client, database: str, kind: str, mark: str, since: Since, settings: dict | None = None) -> None:  # noqa: ANN001
     """Record that `kind`'s rule (of fingerprint `mark`) ran completely from `since` on."""
     client.insert(ddl.qualified(database, ddl.WATERMARKS_TABLE),
                   [[kind, mark, datetime.fromtimestamp(since.day, timezone.utc), since.landed_seq or 0]],
-                  column_names=["kind", "fingerprint", "since", "landed_seq"])
+                  column_names=["kind", "fingerprint", "since", "landed_seq"], settings=dict(settings or {}))
