@@ -16,19 +16,26 @@ from backbone.clickhouse.cluster import Cluster, cluster_of, generation_path
 from backbone.control.erasure import SUBJECT_COLUMN, SUBJECT_TABLES, RowTarget, delete_sql, purge_sql
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
+from backbone.quality.contract import load_quality
+from backbone.quality.window import WindowState
 from backbone.settings import PROJECT_ROOT, load_settings
 from consumers import ddl
 from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
-from backbone.quality.contract import load_quality
-from backbone.quality.window import WindowState
 from consumers.fraud import FraudDetector
 from consumers.fraud.layout import Layout, migration, small_blocks_sql
 from consumers.fraud.registry import Since
 from consumers.fraud.watermarks import SLACK_US, resume_from, resume_point, resume_sql
 from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
-from consumers.quality import (QUALITY_TABLES, QualityTarget, land_windows, quality_database, quality_tables_sql, refresh_scorecards,
-                               setup_quality)
+from consumers.quality import (
+    QUALITY_TABLES,
+    QualityTarget,
+    land_windows,
+    quality_database,
+    quality_tables_sql,
+    refresh_scorecards,
+    setup_quality,
+)
 from consumers.typemap import Column
 
 CLUSTER = "backbone"  # 2 shards x 2 replicas, as remote_servers would name it

@@ -21,7 +21,8 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timezone
 
-from backbone.clickhouse.cluster import Cluster, sql_string as _string
+from backbone.clickhouse.cluster import Cluster
+from backbone.clickhouse.cluster import sql_string as _string
 from consumers import ddl
 from consumers.fraud.registry import Since
 
