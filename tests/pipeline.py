@@ -13,8 +13,9 @@ from app.local import embedded_settings as private_stack
 from backbone.audit.batches import Unpacker
 from backbone.events.serde import Decoder, registry_client
 from backbone.settings import Settings
+from consumers.batching import BatchingSink, SinkThreads
 
-__all__ = ["AuditRecords", "Worker", "header", "private_stack", "read_topic"]
+__all__ = ["AuditRecords", "Worker", "header", "land", "private_stack", "read_topic"]
 
 
 class AuditRecords:
@@ -57,3 +58,13 @@ def header(message: Message, name: str) -> str | None:
         if key == name:
             return value.decode() if value is not None else None
     return None
+
+
+def land(sinks: list[BatchingSink], idle_s: float = 1.5) -> None:
+    """Land what the topics hold with every sink at once, each on a thread (`SinkThreads`, as `backbone
+    sink` runs them) until it read nothing for `idle_s`, then closed; raises the first sink's failure.
+    At once, not one after another: each sink's group join (seconds on Tansu) and idle wait overlap."""
+    threads = SinkThreads(sinks, idle_s=idle_s).start()
+    threads.join(150.0)  # each sink's run_until_idle gives up after 120 s
+    threads.check()
+    assert not threads.alive(), "a sink was still landing after 150 s"

@@ -32,7 +32,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_trail import Trail, verify_trail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from tests.cli import run_backbone
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -86,10 +86,8 @@ def _decide_until_anchored(settings: Settings, catalog: Catalog, sequence: int, 
 
 
 def _land(settings: Settings, catalog: Catalog, client) -> None:  # noqa: ANN001
-    for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
-        sink = Sink(settings, plan, client, registry_client(settings))
-        sink.run_until_idle(idle_s=1.5, timeout_s=120)
-        sink.close()
+    land([Sink(settings, plan, client, registry_client(settings))
+          for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog))])
 
 
 def _published(*environments: dict[str, str], path: Path) -> Path:

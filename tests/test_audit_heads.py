@@ -28,7 +28,7 @@ from backbone.settings import Settings
 from consumers.audit_heads import CHECKPOINT_TOPICS
 from consumers.plans import CHECKPOINTS_SINK, group_id, recipient_plan
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -65,10 +65,7 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
         recipients = sorted({a.recipient for a in charter.agreements})
         plans = [audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog),
                  *(recipient_plan(settings, charter, recipient) for recipient in recipients)]
-        for plan in plans:
-            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
+        land([Sink(settings, plan, clickhouse_client, registry_client(settings)) for plan in plans])
         audit = f"{settings.clickhouse_database_prefix}audit"
         writers = [w for (w,) in clickhouse_client.query(f"SELECT DISTINCT writer FROM {audit}.checkpoints").result_rows
                    if w != operations.OPERATIONS_WRITER]

@@ -31,7 +31,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_kafka import verify_kafka
 from consumers.audit_trail import ClickHouseTrail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -78,10 +78,8 @@ def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickh
         for action in ACTIONS:
             operations.record(settings, action)
         catalog = load_catalog(settings.schemas_dir)
-        for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
-            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
+        land([Sink(settings, plan, clickhouse_client, registry_client(settings))
+              for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog))])
         yield Landed(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), sent, len(ACTIONS))
 
 

@@ -50,7 +50,7 @@ from consumers.sink import sinks_for
 from processors.erasure import ErasureTable
 from producers import AgencyProducer, ConsentPublisher
 from producers.keys import SubjectKeys
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -290,9 +290,7 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
     try:
         second = {send(settings, "welfare", "welfare.benefit_claimed", welfare_claim(erased))}
         assert outcomes(settings, second)
-        for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
+        land(sinks_for(settings, charter, clickhouse_client, registry_client(settings)))
         prefix = settings.clickhouse_database_prefix
         keyring = Keyring.open(settings)
         identities = [erased, *(t for d in sorted(charter.domains()) for t in tokens_in_domain(keyring, d, erased))]
@@ -345,9 +343,7 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
     assert [m.key().decode() for m in erasures] == [token] and erased.encode() not in erasures[0].value()
     past = disclosures(clickhouse_client, settings.clickhouse_database_prefix, token, charter)
     assert {d.recipient for d in past} >= {"fraud", "research", "welfare"}  # past disclosures stay accounted for
-    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings), recipients=[]):  # the audit sinks
-        sink.run_until_idle(idle_s=1.5, timeout_s=60)
-        sink.close()
+    land(sinks_for(settings, charter, clickhouse_client, registry_client(settings), recipients=[]))  # the audit sinks
     landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
     assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
     # the audit trail held no personal data to erase: it still verifies against its signed checkpoints
@@ -482,9 +478,7 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
                           and any(m.key() is None for m in ms), timeout=60)
     finally:
         worker.stop()
-    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
-        sink.run_until_idle(idle_s=1.5, timeout_s=120)
-        sink.close()
+    land(sinks_for(settings, charter, clickhouse_client, registry_client(settings)))
     detector = FraudDetector(settings, clickhouse_client, rules={"erasure_probe": probe_rule()})
     keyring = Keyring.open(settings)
     fraud_tokens = tokens_in_domain(keyring, "fraud", person)

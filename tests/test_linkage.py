@@ -35,7 +35,7 @@ from consumers.sink import sinks_for
 from consumers.typemap import quote_identifier
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -121,10 +121,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
                     mine.not_released_time += stamp != released_timestamp_ms(record["occurred_at"])
                     mine.order[(topic, message.partition())].append(source_of[str(record["event_id"])])
         raw_keys = {m.key() for t in charter.catalog.raw_event_types for m in read_topic(settings, raw_topic(t), lambda ms: False, timeout=3)}
-        sinks = sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False)
-        for each in sinks:
-            each.run_until_idle(idle_s=1.5, timeout_s=120)
-            each.close()
+        land(sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False))
         yield Run(settings, charter, dict(received), raw_keys - {None}, sent)
 
 
