@@ -22,6 +22,43 @@ hypothesis_settings.load_profile("backbone")
 # Group joins on Tansu take about half the session timeout: keep it short in tests.
 TEST_CONSUMER_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
+# The files that take longest (seconds with their module set-up, from `--durations`: the peer suites,
+# erasure, the rebuild and the demo in CI at bd01e0a, the audit modules on a loaded 2-core machine),
+# started first by the two test processes (`-n 2 --dist loadfile`), longest first, so that no long
+# file starts last while the other process has nothing left to do: xdist's own order (most tests
+# first) hands out the files of one or two tests last, and those are the peer suites, the rebuild
+# and the demo (over 6 minutes between them). Files not listed follow in xdist's order; a figure
+# only orders, it never skips or times anything.
+SLOWEST_FILES = {
+    "tests/test_registry_peers.py": 190,
+    "tests/test_erasure.py": 177,
+    "tests/test_writer_rebuild.py": 120,
+    "tests/test_audit_anchors.py": 115,
+    "tests/test_demo.py": 81,
+    "tests/test_audit_trail.py": 80,
+    "tests/test_audit_heads.py": 75,
+    "tests/test_audit_timestamps.py": 75,
+}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's hook
+    """`--dist loadfile`, the longest files (`SLOWEST_FILES`) handed out first."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class LongestFirst(LoadFileScheduling):
+        ordered = False
+
+        def _assign_work_unit(self, node) -> None:  # noqa: ANN001
+            if not self.ordered:  # the first hand-out: the work queue holds every file now
+                for scope in sorted(self.workqueue, key=lambda scope: -SLOWEST_FILES.get(scope, 0)):
+                    self.workqueue.move_to_end(scope)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
 
 def _docker_answers() -> bool:
     try:
