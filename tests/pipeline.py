@@ -24,7 +24,8 @@ from backbone.kafka.topics import AUDIT_TOPIC
 from backbone.settings import Settings
 from consumers.batching import BatchingSink, SinkThreads
 
-__all__ = ["OPERATOR_ACTIONS", "AuditRecords", "Landed", "Worker", "header", "land", "landed_pipeline", "private_stack", "read_topic"]
+__all__ = ["OPERATOR_ACTIONS", "AuditRecords", "Landed", "Worker", "header", "land", "landed_pipeline", "private_stack", "read_all",
+           "read_topic"]
 
 
 class AuditRecords:
@@ -57,6 +58,32 @@ def read_topic(settings: Settings, topic: str, until: Callable[[list[Message]], 
                     raise AssertionError(message.error().str())
             if until(messages):
                 return messages
+        return messages
+    finally:
+        consumer.close()
+
+
+def read_all(settings: Settings, topic: str, timeout: float = 60.0) -> list[Message]:
+    """Every message `topic` holds now, from the beginning to the end of each partition (the broker's
+    end-of-partition), for topics no one writes to any more: it returns as soon as it read them all,
+    where `read_topic` with an `until` that never holds waits its whole timeout. Fails after `timeout`."""
+    consumer = Consumer(settings.consumer_config(None, **{"group.id": f"reader-{time.monotonic_ns()}", "enable.partition.eof": True}))
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = set(metadata.topics[topic].partitions) if topic in metadata.topics else set()
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in partitions])
+        messages: list[Message] = []
+        ended: set[int] = set()
+        deadline = time.monotonic() + timeout
+        while ended != partitions:
+            assert time.monotonic() < deadline, f"{topic}: the end of partitions {sorted(partitions - ended)} not reached in {timeout:g} s"
+            for message in consumer.consume(1000, 0.3):
+                if message.error() is None:
+                    messages.append(message)
+                elif message.error().code() == KafkaError._PARTITION_EOF:
+                    ended.add(message.partition())
+                else:
+                    raise AssertionError(message.error().str())
         return messages
     finally:
         consumer.close()

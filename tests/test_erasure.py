@@ -50,7 +50,7 @@ from consumers.sink import sinks_for
 from processors.erasure import ErasureTable
 from producers import AgencyProducer, ConsentPublisher
 from producers.keys import SubjectKeys
-from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_all, read_topic
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -334,12 +334,12 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
 
     token = oversight_tokens(Keyring.open(settings), erased)[0]
     decoder = Decoder(registry_client(settings))
-    recorded = [decoder(m.value()).record for m in read_topic(settings, OPERATIONS_TOPIC, lambda ms: False, timeout=3)]
+    recorded = [decoder(m.value()).record for m in read_all(settings, OPERATIONS_TOPIC)]
     mine = [r for r in recorded if r["action"] == "erase" and r["target"] == token]
     assert len(mine) == 1 and mine[0]["outcome"] == "done" and mine[0]["actor"] == "dpo@example"
     assert mine[0]["details"]["rows_total"] == str(sum(before.values()))
     assert not any(erased in str(r) for r in recorded)  # the trail names the person by token only
-    erasures = read_topic(settings, ERASURES_TOPIC, lambda ms: False, timeout=3)
+    erasures = read_all(settings, ERASURES_TOPIC)
     assert [m.key().decode() for m in erasures] == [token] and erased.encode() not in erasures[0].value()
     past = disclosures(clickhouse_client, settings.clickhouse_database_prefix, token, charter)
     assert {d.recipient for d in past} >= {"fraud", "research", "welfare"}  # past disclosures stay accounted for
@@ -395,7 +395,7 @@ def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stac
     assert done.returncode == 0, done.stderr
     token = oversight_tokens(Keyring.open(stack), person)[0]
     assert token in done.stdout.replace("\n", "") and person not in done.stdout + done.stderr
-    assert token.encode() in {m.key() for m in read_topic(stack, ERASURES_TOPIC, lambda ms: False, timeout=3)}
+    assert token.encode() in {m.key() for m in read_all(stack, ERASURES_TOPIC)}
 
 
 # --- nothing of an erased person stays readable (issue 25, item 5) -----------------------------------
