@@ -23,21 +23,26 @@ hypothesis_settings.load_profile("backbone")
 TEST_CONSUMER_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
 # The files that take longest (seconds with their module set-up, from `--durations`: the peer suites,
-# erasure, the rebuild and the demo in CI at bd01e0a, the audit modules on a loaded 2-core machine),
-# started first by the two test processes (`-n 2 --dist loadfile`), longest first, so that no long
-# file starts last while the other process has nothing left to do: xdist's own order (most tests
-# first) hands out the files of one or two tests last, and those are the peer suites, the rebuild
-# and the demo (over 6 minutes between them). Files not listed follow in xdist's order; a figure
-# only orders, it never skips or times anything.
+# erasure, the rebuild and the demo in CI at bd01e0a; the audit modules and linkage on a loaded 2-core
+# machine; the other files marked slow, "a minute or more"), started first by the two test processes
+# (`-n 2 --dist loadfile`), longest first, so that no long file starts last while the other process
+# has nothing left to do: xdist's own order (most tests first) hands out the files of one or two
+# tests last, and those are the peer suites, the rebuild and the demo (over 6 minutes between them).
+# Files not listed follow in xdist's order; a figure only orders, it never skips or times anything.
 SLOWEST_FILES = {
     "tests/test_registry_peers.py": 190,
     "tests/test_erasure.py": 177,
     "tests/test_writer_rebuild.py": 120,
     "tests/test_audit_anchors.py": 115,
+    "tests/test_linkage.py": 104,
     "tests/test_demo.py": 81,
     "tests/test_audit_trail.py": 80,
     "tests/test_audit_heads.py": 75,
     "tests/test_audit_timestamps.py": 75,
+    "tests/test_console_browser.py": 60,
+    "tests/test_failsafe.py": 60,
+    "tests/test_registry_references.py": 60,
+    "tests/test_rehearsal.py": 60,
 }
 # Files that read one session fixture run in the same test process, one after the other (else each
 # process would build it): the landed pipeline (`landed_pipeline`).
