@@ -52,6 +52,7 @@ SHARING = {"tests/test_audit_trail.py": "landed_pipeline", "tests/test_audit_hea
 BY_TEST = {"tests/test_registry_peers.py"}
 
 
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: known only where xdist is loaded
 def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's hook
     """`--dist loadfile`, but the files `SHARING` a fixture as one unit and those `BY_TEST` test by test,
     the longest (`SLOWEST_FILES`) handed out first."""
