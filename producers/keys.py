@@ -13,11 +13,10 @@ secret with every producer of a deployment; changing it changes every key (order
 from __future__ import annotations
 
 import hashlib
-import os
 import secrets
 from pathlib import Path
 
-from backbone.files.private import private_directory
+from backbone.files.private import private_directory, read_or_create
 from backbone.settings import Settings
 from producers.errors import ProducerError
 
@@ -34,18 +33,10 @@ def subject_key_secret(settings: Settings) -> bytes:
         return secret
     path = private_directory(Path(settings.data_dir)) / SECRET_FILE
     try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        pass
+        secret = read_or_create(path, lambda: secrets.token_hex(32).encode()).strip()
     except OSError as exc:
-        raise ProducerError(f"cannot create the subject key secret {path} ({exc.strerror}); set BACKBONE_SUBJECT_KEY_SECRET") from None
-    else:
-        with os.fdopen(descriptor, "w") as handle:
-            handle.write(secrets.token_hex(32))
-    try:
-        secret = path.read_text().strip().encode()
-    except OSError as exc:
-        raise ProducerError(f"cannot read the subject key secret {path} ({exc.strerror}); set BACKBONE_SUBJECT_KEY_SECRET") from None
+        raise ProducerError(f"cannot read or create the subject key secret {path} ({exc.strerror}); "
+                            "set BACKBONE_SUBJECT_KEY_SECRET") from None
     if len(secret) < MIN_SECRET_BYTES:
         raise ProducerError(f"the subject key secret in {path} is shorter than {MIN_SECRET_BYTES} bytes; delete the file to regenerate it")
     return secret

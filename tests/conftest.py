@@ -22,6 +22,63 @@ hypothesis_settings.load_profile("backbone")
 # Group joins on Tansu take about half the session timeout: keep it short in tests.
 TEST_CONSUMER_CONFIG = {"session.timeout.ms": 6000, "heartbeat.interval.ms": 500}
 
+# The files that take longest (seconds with their module set-up, from `--durations`: the peer suites,
+# erasure, the rebuild and the demo in CI at bd01e0a; the audit modules and linkage on a loaded 2-core
+# machine; the other files marked slow, "a minute or more"), started first by the two test processes
+# (`-n 2 --dist loadfile`), longest first, so that no long file starts last while the other process
+# has nothing left to do: xdist's own order (most tests first) hands out the files of one or two
+# tests last, and those are the peer suites, the rebuild and the demo (over 6 minutes between them).
+# Files not listed follow in xdist's order; a figure only orders, it never skips or times anything.
+SLOWEST_FILES = {
+    "tests/test_registry_peers.py": 190,
+    "tests/test_erasure.py": 177,
+    "tests/test_writer_rebuild.py": 120,
+    "tests/test_audit_anchors.py": 115,
+    "tests/test_linkage.py": 104,
+    "tests/test_demo.py": 81,
+    "tests/test_audit_trail.py": 80,
+    "tests/test_audit_heads.py": 75,
+    "tests/test_audit_timestamps.py": 75,
+    "tests/test_console_browser.py": 60,
+    "tests/test_failsafe.py": 60,
+    "tests/test_registry_references.py": 60,
+    "tests/test_rehearsal.py": 60,
+}
+# Files that read one session fixture run in the same test process, one after the other (else each
+# process would build it): the landed pipeline (`landed_pipeline`).
+SHARING = {"tests/test_audit_trail.py": "landed_pipeline", "tests/test_audit_heads.py": "landed_pipeline"}
+# Long files whose tests share no costly module fixture, handed out test by test (both processes can
+# run them at once): the two peer suites, each against a stack of its own.
+BY_TEST = {"tests/test_registry_peers.py"}
+
+
+@pytest.hookimpl(optionalhook=True)  # xdist's hook: known only where xdist is loaded
+def pytest_xdist_make_scheduler(config: pytest.Config, log):  # noqa: ANN001, ANN201 - xdist's hook
+    """`--dist loadfile`, but the files `SHARING` a fixture as one unit and those `BY_TEST` test by test,
+    the longest (`SLOWEST_FILES`) handed out first."""
+    if config.getoption("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    def seconds(scope: str) -> int:
+        return sum(s for file, s in SLOWEST_FILES.items() if scope.split("::")[0] in (file, SHARING.get(file)))
+
+    class LongestFirst(LoadFileScheduling):
+        ordered = False
+
+        def _split_scope(self, nodeid: str) -> str:
+            file = super()._split_scope(nodeid)
+            return nodeid if file in BY_TEST else SHARING.get(file, file)
+
+        def _assign_work_unit(self, node) -> None:  # noqa: ANN001
+            if not self.ordered:  # the first hand-out: the work queue holds every file now
+                for scope in sorted(self.workqueue, key=lambda scope: -seconds(scope)):
+                    self.workqueue.move_to_end(scope)
+                self.ordered = True
+            super()._assign_work_unit(node)
+
+    return LongestFirst(config, log)
+
 
 def _docker_answers() -> bool:
     try:
@@ -143,3 +200,15 @@ def backbone_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest
         return subprocess.CompletedProcess(args, code, captured.out, captured.err)
 
     return run
+
+
+@pytest.fixture(scope="session")
+def landed_pipeline(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client):  # noqa: ANN001, ANN201
+    """One real pipeline run (a worker crashed mid-run and restarted, operator actions), decided, audited
+    and landed in the session's chDB (`tests.pipeline.landed_pipeline`), for the modules that verify
+    a landed trail (test_audit_trail, test_audit_heads). Read it, never change it: copy the landed
+    databases to tamper with them. Its stack stays up until the session ends."""
+    from tests.pipeline import landed_pipeline
+
+    with landed_pipeline(tmp_path_factory.mktemp("landed-pipeline"), clickhouse_dsn, clickhouse_client) as landed:
+        yield landed

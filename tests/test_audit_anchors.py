@@ -32,7 +32,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_trail import Trail, verify_trail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
 from tests.cli import run_backbone
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_all, read_topic
 from tests.test_processor_workers import produce_synthetic
 
 pytestmark = pytest.mark.integration
@@ -77,19 +77,20 @@ def _decide(settings: Settings, sent: set[str], seed: int, events: int = 20) -> 
 def _decide_until_anchored(settings: Settings, catalog: Catalog, sequence: int, sent: set[str]) -> None:
     """Small waves of events until a processor checkpoint anchors operations checkpoint `sequence` (bounded)."""
     codec = CheckpointCodec(catalog.internal_schema(AUDIT_CHECKPOINT))
+
+    def anchor_in(messages: list) -> bool:
+        return any(codec.decode(m.value()[HEADER_SIZE:]).operations_checkpoint == sequence for m in messages)
+
     for attempt in range(6):
         _decide(settings, sent, seed=1000 + 10 * sequence + attempt)
-        checkpoints = read_topic(settings, CHECKPOINTS_TOPIC, lambda m: False, timeout=2)
-        if any(codec.decode(m.value()[HEADER_SIZE:]).operations_checkpoint == sequence for m in checkpoints):
+        if anchor_in(read_topic(settings, CHECKPOINTS_TOPIC, anchor_in, timeout=2)):  # (returns once one is read)
             return
     raise AssertionError(f"no processor checkpoint anchored operations checkpoint {sequence}")
 
 
 def _land(settings: Settings, catalog: Catalog, client) -> None:  # noqa: ANN001
-    for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
-        sink = Sink(settings, plan, client, registry_client(settings))
-        sink.run_until_idle(idle_s=1.5, timeout_s=120)
-        sink.close()
+    land([Sink(settings, plan, client, registry_client(settings))
+          for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog))])
 
 
 def _published(*environments: dict[str, str], path: Path) -> Path:
@@ -105,7 +106,7 @@ def _published(*environments: dict[str, str], path: Path) -> Path:
 
 
 def _all(settings: Settings, topic: str) -> list[tuple[bytes | None, bytes]]:
-    return [(m.key(), m.value()) for m in read_topic(settings, topic, lambda m: False, timeout=3)]
+    return [(m.key(), m.value()) for m in read_all(settings, topic)]
 
 
 @pytest.fixture(scope="module")

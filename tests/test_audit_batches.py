@@ -167,7 +167,8 @@ def landed(catalog: Catalog, keyring: Keyring, kafka_bootstrap: str, schema_regi
                              schema_registry_url=schema_registry_url)
     registry = registry_client(settings)
     written = write(catalog, keyring, tmp_path_factory.mktemp("writer"), schema_source(registry), [120, 80])
-    prefixes = {f"b{uuid.uuid4().hex[:8]}_": written.records, f"b{uuid.uuid4().hex[:8]}_": list(pack(written.records))}
+    one_by_one, batched = (f"b{uuid.uuid4().hex[:8]}_" for _ in range(2))
+    prefixes = {one_by_one: written.records, batched: list(pack(written.records))}
     counted: dict[str, int] = {}
     for prefix, values in prefixes.items():
         mine = settings.model_copy(update={"clickhouse_database_prefix": prefix})
@@ -179,7 +180,6 @@ def landed(catalog: Catalog, keyring: Keyring, kafka_bootstrap: str, schema_regi
             assert not done.rejected
             if topic == AUDIT_TOPIC:
                 counted[prefix] = done.landed
-    one_by_one, batched = prefixes
     yield Landed(one_by_one, batched, written, counted)
 
 

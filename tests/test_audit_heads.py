@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
@@ -20,60 +19,21 @@ from app.local import worker_environment
 from backbone.audit import operations
 from backbone.audit.heads import MISSING_CHECKPOINTS, MISSING_WRITER, OTHER_HEAD, Head, check_heads, parse_expected
 from backbone.errors import BackboneError
-from backbone.events.catalog import load_catalog
-from backbone.events.serde import registry_client
-from backbone.kafka.topics import AUDIT_TOPIC
-from backbone.policy.agreements import load_agreements
+from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC
 from backbone.settings import Settings
 from consumers.audit_heads import CHECKPOINT_TOPICS
-from consumers.plans import CHECKPOINTS_SINK, group_id, recipient_plan
-from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
-from tests.test_processor_workers import produce_synthetic
+from consumers.plans import CHECKPOINTS_SINK, group_id
+from tests.pipeline import Landed
 
 pytestmark = pytest.mark.integration
 MUTATE = {"mutations_sync": 2}
 AUDIT_TABLES = ("events", "operations", "checkpoints")
 
 
-@dataclass
-class Landed:
-    settings: Settings
-    recipients: list[str]
-    writer: str  # the processor worker's writer id
-
-
 @pytest.fixture(scope="module")
-def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client) -> Iterator[Landed]:  # noqa: ANN001
-    with private_stack(tmp_path_factory.mktemp("audit-heads"), partitions=3) as base:
-        settings = base.model_copy(update={"clickhouse_dsn": clickhouse_dsn, "clickhouse_database_prefix": f"t{uuid.uuid4().hex[:8]}_",
-                                           "sink_batch_rows": 500, "sink_batch_seconds": 0.3})
-        sent = 0
-        worker = Worker(settings, "worker").start()
-        try:
-            for wave in range(3):  # waves apart: several checkpoints
-                sent += len(produce_synthetic(settings, events=150, seed=wave))
-                records = AuditRecords(settings)
-                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(records.event_ids(m)) >= n, timeout=120)
-                assert len(records.event_ids(audited)) == sent
-        finally:
-            worker.stop()
-        for n in range(2):
-            operations.record(settings, operations.OperatorAction("agreement_status", "operator-1", f"tax-to-fraud@{n}", "done"))
-        catalog = load_catalog(settings.schemas_dir)
-        charter = load_agreements(settings.agreements_dir, catalog)
-        recipients = sorted({a.recipient for a in charter.agreements})
-        plans = [audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog),
-                 *(recipient_plan(settings, charter, recipient) for recipient in recipients)]
-        for plan in plans:
-            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
-        audit = f"{settings.clickhouse_database_prefix}audit"
-        writers = [w for (w,) in clickhouse_client.query(f"SELECT DISTINCT writer FROM {audit}.checkpoints").result_rows
-                   if w != operations.OPERATIONS_WRITER]
-        assert len(writers) == 1
-        yield Landed(settings, recipients, writers[0])
+def landed(landed_pipeline: Landed) -> Landed:
+    """The session's landed pipeline run (tests/conftest.py): audit, operator actions and recipients landed."""
+    return landed_pipeline
 
 
 def _environment(settings: Settings, **extra: str) -> dict[str, str]:
@@ -85,9 +45,10 @@ def _elsewhere(landed: Landed) -> dict[str, str]:
     return {"data_dir": str(landed.settings.data_dir / "elsewhere"), "keyring_path": str(landed.settings.keyring_path)}
 
 
-def _copy(client, landed: Landed) -> tuple[Settings, str]:  # noqa: ANN001
+def _copy(client, landed: Landed, actions_not_landed: int = 0) -> tuple[Settings, str]:  # noqa: ANN001
     """A copy of the landed deployment under another prefix: the audit and recipient tables, and the
-    audit sink's position on the checkpoint topics (what it had landed). (Its settings, its audit database.)"""
+    audit sink's position on the checkpoint topics (what it had landed), with the newest
+    `actions_not_landed` operator actions (on Kafka) not landed yet. (Its settings, its audit database.)"""
     original = landed.settings
     copied = original.model_copy(update={"clickhouse_database_prefix": f"t{uuid.uuid4().hex[:8]}_"})
     sources = [f"{original.clickhouse_database_prefix}{name}" for name in ("audit", *landed.recipients)]
@@ -104,11 +65,19 @@ def _copy(client, landed: Landed) -> tuple[Settings, str]:  # noqa: ANN001
         partitions = [tp for topic in CHECKPOINT_TOPICS
                       for tp in reader.committed([TopicPartition(topic, p) for p in
                                                   reader.list_topics(topic, timeout=10).topics[topic].partitions], timeout=10)]
+        for tp in partitions:  # one checkpoint a message (one partition): the sink is that many behind
+            tp.offset -= actions_not_landed if tp.topic == OPERATIONS_CHECKPOINTS_TOPIC else 0
         writer.commit(offsets=[tp for tp in partitions if tp.offset >= 0], asynchronous=False)
     finally:
         reader.close()
         writer.close()
-    return copied, f"{copied.clickhouse_database_prefix}audit"
+    database = f"{copied.clickhouse_database_prefix}audit"
+    if actions_not_landed:
+        newest = client.query(f"SELECT max(sequence) FROM {database}.checkpoints WHERE writer = '{operations.OPERATIONS_WRITER}'").result_rows[0][0]
+        _delete(client, f"ALTER TABLE {database}.operations DELETE WHERE checkpoint > {newest - actions_not_landed}")
+        _delete(client, f"ALTER TABLE {database}.checkpoints DELETE WHERE writer = '{operations.OPERATIONS_WRITER}' "
+                        f"AND sequence > {newest - actions_not_landed}")
+    return copied, database
 
 
 def _delete(client, statement: str) -> None:  # noqa: ANN001
@@ -222,8 +191,8 @@ def test_from_kafka_a_recorded_head_beyond_the_topics_fails_naming_the_writer(la
 
 def test_checkpoints_the_audit_sink_has_not_landed_yet_are_a_warning_not_a_failure(landed: Landed, clickhouse_client,  # noqa: ANN001
                                                                                     backbone_cli) -> None:
-    copied, _ = _copy(clickhouse_client, landed)
-    operations.record(landed.settings, operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@9", "done"))
+    # the copy's audit sink has not consumed the newest operator action's checkpoint yet (the shared run is never changed)
+    copied, _ = _copy(clickhouse_client, landed, actions_not_landed=1)
     result = backbone_cli("audit", "verify", **_environment(copied))
     assert result.returncode == 0, result.stdout
     assert f"warning writer {operations.OPERATIONS_WRITER}: not landed yet: checkpoint(s)" in result.stdout

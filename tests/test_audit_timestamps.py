@@ -28,7 +28,7 @@ from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_kafka import verify_kafka
 from consumers.audit_trail import ClickHouseTrail
 from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan, timestamps_plan
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_topic
 from tests.test_processor_workers import produce_synthetic
 from tests.tsa import LocalTsa
 
@@ -99,11 +99,9 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhous
         finally:
             worker.stop()
         catalog = load_catalog(settings.schemas_dir)
-        for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog),
-                     timestamps_plan(settings, catalog)):
-            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
-            sink.run_until_idle(idle_s=1.0, timeout_s=60)
-            sink.close()
+        land([Sink(settings, plan, clickhouse_client, registry_client(settings))
+              for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog),
+                           timestamps_plan(settings, catalog))], idle_s=1.0)
         yield Run(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), tsa, other_tsa, (before, after))
     tsa.stop()
 

@@ -13,8 +13,7 @@ import os
 import subprocess
 import sys
 import uuid
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,78 +22,22 @@ from app.local import worker_environment
 from backbone.audit import log, operations
 from backbone.audit.log import Checkpoint, CheckpointCodec
 from backbone.audit.receipts import verify_receipt
-from backbone.events.catalog import AUDIT_CHECKPOINT, Catalog, load_catalog
-from backbone.events.serde import registry_client
-from backbone.kafka.topics import AUDIT_TOPIC
+from backbone.events.catalog import AUDIT_CHECKPOINT, Catalog
 from backbone.keys.keyring import Keyring
 from backbone.quality.gating import release_event_id
 from backbone.settings import PROJECT_ROOT, Settings
 from consumers.audit_kafka import verify_kafka
 from consumers.audit_trail import ClickHouseTrail
-from consumers.sink import Sink, audit_plan, checkpoints_plan, operations_plan
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
-from tests.test_processor_workers import produce_synthetic
+from tests.pipeline import Landed
 
 pytestmark = pytest.mark.integration
 MUTATE = {"mutations_sync": 2}
 
 
-@dataclass
-class Landed:
-    settings: Settings
-    catalog: Catalog
-    keys: dict
-    events: int
-    actions: int
-
-
-# Operator actions as the commands record them (no personal data; several details, in order).
-ACTIONS = (
-    operations.OperatorAction("reidentify", "oversight-1", "tax key for fraud.bank_account", "revealed", "case 17",
-                              {"token_sha256": "ab" * 32, "domain": "fraud"}),
-    operations.OperatorAction("agreement_status", "operator-1", "tax-to-fraud@2", "done", None, {"status": "suspended"}),
-    operations.OperatorAction("erase", "oversight-1", "subject token", "done", "request 9",
-                              {"recipients": "fraud,research", "rows_deleted": "12", "dlq_keys": "1"}),
-)
-
-
-def gated_agreements(directory: Path) -> Path:
-    """The repository's agreements, welfare-to-fraud requiring quality (a bar synthetic claims meet):
-    its records wait for their window, released as a worker stops cleanly, and the killed worker's stay held."""
-    for path in (PROJECT_ROOT / "agreements").glob("*.yaml"):
-        (directory / path.name).write_text(path.read_text())
-    gated = directory / "welfare_to_fraud.yaml"
-    gated.write_text(gated.read_text() + '\nrequire_quality: {completeness: ">= 50"}\n')
-    return directory
-
-
 @pytest.fixture(scope="module")
-def landed(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str, clickhouse_client) -> Iterator[Landed]:  # noqa: ANN001
-    with private_stack(tmp_path_factory.mktemp("audit-trail"), partitions=3) as base:
-        settings = base.model_copy(update={"clickhouse_dsn": clickhouse_dsn, "clickhouse_database_prefix": f"t{uuid.uuid4().hex[:8]}_",
-                                           "sink_batch_rows": 500, "sink_batch_seconds": 0.3,
-                                           "agreements_dir": gated_agreements(tmp_path_factory.mktemp("gated"))})
-        sent = 0
-        worker = Worker(settings, "worker").start()
-        try:
-            for wave in range(4):
-                sent += len(produce_synthetic(settings, events=300, seed=wave))
-                if wave == 1:  # a crash while deciding: the writer takes its chain up again after it
-                    worker.kill()
-                    worker = Worker(settings, "worker").start()
-                records = AuditRecords(settings)
-                audited = read_topic(settings, AUDIT_TOPIC, lambda m, n=sent: len(records.event_ids(m)) >= n, timeout=120)
-                assert len(records.event_ids(audited)) == sent
-        finally:
-            worker.stop()
-        for action in ACTIONS:
-            operations.record(settings, action)
-        catalog = load_catalog(settings.schemas_dir)
-        for plan in (audit_plan(settings, catalog), operations_plan(settings, catalog), checkpoints_plan(settings, catalog)):
-            sink = Sink(settings, plan, clickhouse_client, registry_client(settings))
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
-        yield Landed(settings, catalog, log.public_key_map(Keyring.open(settings).public_keys()), sent, len(ACTIONS))
+def landed(landed_pipeline: Landed) -> Landed:
+    """The session's landed pipeline run (tests/conftest.py): a worker crashed mid-run, operator actions."""
+    return landed_pipeline
 
 
 def trail_of(client, landed: Landed, prefix: str | None = None) -> ClickHouseTrail:  # noqa: ANN001

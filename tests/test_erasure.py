@@ -50,7 +50,7 @@ from consumers.sink import sinks_for
 from processors.erasure import ErasureTable
 from producers import AgencyProducer, ConsentPublisher
 from producers.keys import SubjectKeys
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_all, read_topic
 
 NOW = datetime(2026, 3, 1, tzinfo=UTC)
 
@@ -290,9 +290,7 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
     try:
         second = {send(settings, "welfare", "welfare.benefit_claimed", welfare_claim(erased))}
         assert outcomes(settings, second)
-        for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
-            sink.run_until_idle(idle_s=1.5, timeout_s=120)
-            sink.close()
+        land(sinks_for(settings, charter, clickhouse_client, registry_client(settings)))
         prefix = settings.clickhouse_database_prefix
         keyring = Keyring.open(settings)
         identities = [erased, *(t for d in sorted(charter.domains()) for t in tokens_in_domain(keyring, d, erased))]
@@ -336,18 +334,16 @@ def test_erase_reaches_every_copy_of_one_person_and_no_one_else(stack: Settings,
 
     token = oversight_tokens(Keyring.open(settings), erased)[0]
     decoder = Decoder(registry_client(settings))
-    recorded = [decoder(m.value()).record for m in read_topic(settings, OPERATIONS_TOPIC, lambda ms: False, timeout=3)]
+    recorded = [decoder(m.value()).record for m in read_all(settings, OPERATIONS_TOPIC)]
     mine = [r for r in recorded if r["action"] == "erase" and r["target"] == token]
     assert len(mine) == 1 and mine[0]["outcome"] == "done" and mine[0]["actor"] == "dpo@example"
     assert mine[0]["details"]["rows_total"] == str(sum(before.values()))
     assert not any(erased in str(r) for r in recorded)  # the trail names the person by token only
-    erasures = read_topic(settings, ERASURES_TOPIC, lambda ms: False, timeout=3)
+    erasures = read_all(settings, ERASURES_TOPIC)
     assert [m.key().decode() for m in erasures] == [token] and erased.encode() not in erasures[0].value()
     past = disclosures(clickhouse_client, settings.clickhouse_database_prefix, token, charter)
     assert {d.recipient for d in past} >= {"fraud", "research", "welfare"}  # past disclosures stay accounted for
-    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings), recipients=[]):  # the audit sinks
-        sink.run_until_idle(idle_s=1.5, timeout_s=60)
-        sink.close()
+    land(sinks_for(settings, charter, clickhouse_client, registry_client(settings), recipients=[]))  # the audit sinks
     landed = recorded_erasures(clickhouse_client, settings.clickhouse_database_prefix, token)
     assert [(e.actor, e.outcome, e.reason, e.rows) for e in landed] == [("dpo@example", "done", "request 2026-117", str(sum(before.values())))]
     # the audit trail held no personal data to erase: it still verifies against its signed checkpoints
@@ -399,7 +395,7 @@ def test_the_erase_command_needs_an_identity_and_prints_tokens_never_the_id(stac
     assert done.returncode == 0, done.stderr
     token = oversight_tokens(Keyring.open(stack), person)[0]
     assert token in done.stdout.replace("\n", "") and person not in done.stdout + done.stderr
-    assert token.encode() in {m.key() for m in read_topic(stack, ERASURES_TOPIC, lambda ms: False, timeout=3)}
+    assert token.encode() in {m.key() for m in read_all(stack, ERASURES_TOPIC)}
 
 
 # --- nothing of an erased person stays readable (issue 25, item 5) -----------------------------------
@@ -482,9 +478,7 @@ def test_after_an_erasure_nothing_of_the_person_is_readable_on_any_topic_or_tabl
                           and any(m.key() is None for m in ms), timeout=60)
     finally:
         worker.stop()
-    for sink in sinks_for(settings, charter, clickhouse_client, registry_client(settings)):
-        sink.run_until_idle(idle_s=1.5, timeout_s=120)
-        sink.close()
+    land(sinks_for(settings, charter, clickhouse_client, registry_client(settings)))
     detector = FraudDetector(settings, clickhouse_client, rules={"erasure_probe": probe_rule()})
     keyring = Keyring.open(settings)
     fraud_tokens = tokens_in_domain(keyring, "fraud", person)

@@ -54,9 +54,9 @@ def _grants(statements: list[str]) -> list[tuple[str, set[str], str, str]]:
 
 def test_granted_views_are_the_views_the_sink_creates(charter, views) -> None:  # noqa: ANN001
     settings = load_settings(clickhouse_database_prefix="")
-    for recipient, names in views.items():
+    for recipient, viewed in views.items():
         created = [re.match(r"CREATE OR REPLACE VIEW `[^`]+`\.`([^`]+)`", sql)[1] for sql in recipient_plan(settings, charter, recipient).views]
-        assert names == created
+        assert viewed == created
 
 
 def test_a_recipient_role_selects_its_agreement_views_only(charter, views) -> None:  # noqa: ANN001

@@ -35,7 +35,7 @@ from consumers.sink import sinks_for
 from consumers.typemap import quote_identifier
 from producers import AgencyProducer, ConsentPublisher
 from producers.synthetic import SyntheticStream
-from tests.pipeline import AuditRecords, Worker, private_stack, read_topic
+from tests.pipeline import AuditRecords, Worker, land, private_stack, read_all, read_topic
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -108,7 +108,7 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
         for agreement in charter.agreements:
             for event_type in agreement.event_types:
                 topic = shared_topic(agreement.recipient, event_type)
-                for message in read_topic(settings, topic, lambda ms: False, timeout=3):
+                for message in read_all(settings, topic):
                     mine = received[agreement.recipient]
                     if message.key() is not None:
                         mine.keys.add(message.key())
@@ -120,11 +120,8 @@ def run(tmp_path_factory: pytest.TempPathFactory, clickhouse_dsn: str) -> Iterat
                     mine.timestamps[stamp] += 1
                     mine.not_released_time += stamp != released_timestamp_ms(record["occurred_at"])
                     mine.order[(topic, message.partition())].append(source_of[str(record["event_id"])])
-        raw_keys = {m.key() for t in charter.catalog.raw_event_types for m in read_topic(settings, raw_topic(t), lambda ms: False, timeout=3)}
-        sinks = sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False)
-        for each in sinks:
-            each.run_until_idle(idle_s=1.5, timeout_s=120)
-            each.close()
+        raw_keys = {m.key() for t in charter.catalog.raw_event_types for m in read_all(settings, raw_topic(t))}
+        land(sinks_for(settings, charter, make_client(clickhouse_dsn), registry_client(settings), audit=False))
         yield Run(settings, charter, dict(received), raw_keys - {None}, sent)
 
 

@@ -119,3 +119,20 @@ def test_another_account_cannot_read_the_data_dir(open_parent: Path) -> None:
     for target in (data, data / "clickhouse", parts[0]):
         looked = subprocess.run(["ls", "-la", str(target)], capture_output=True, text=True, timeout=30, user="nobody")
         assert looked.returncode != 0 and "Permission denied" in looked.stderr
+
+
+def test_a_secret_file_is_made_once_private_under_a_permissive_umask_and_never_overwritten(tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from backbone.files.private import create_private_file, read_or_create
+
+    path = tmp_path / "link.key"
+    before = os.umask(0o022)
+    try:
+        with ThreadPoolExecutor(8) as pool:  # eight makers at once: one writes, every one reads what it wrote
+            read = set(pool.map(lambda n: read_or_create(path, lambda: f"secret {n}\n".encode()), range(8)))
+    finally:
+        os.umask(before)
+    assert len(read) == 1 and stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert not create_private_file(path, b"another secret") and path.read_bytes() in read  # an existing key stays
+    assert read_or_create(path, lambda: pytest.fail("made again")) in read

@@ -230,12 +230,12 @@ def _keep_running(runner: Any) -> None:
 def _start_console(runner: Any) -> Any:
     """The web console on its own thread and event loop, over the demo's stack; returns its stopper.
     Passwords not configured are made up for this run and printed."""
-    import asyncio
     import secrets
 
     from pydantic import SecretStr
 
     from app.console.server import SHUTDOWN_TIMEOUT_S, start
+    from app.serving import serve_on_thread
     from backbone.stack.embedded import port_in_use
 
     base, settings = runner.base, runner.settings
@@ -243,38 +243,18 @@ def _start_console(runner: Any) -> Any:
     settings = settings.model_copy(update={f"console_{role}_password": secret for role, secret in passwords.items()}
                                    | {"console_port": 0 if port_in_use(base.console_port) else base.console_port,
                                       "console_host": base.console_host})
-    loop = asyncio.new_event_loop()
-    started: dict[str, Any] = {}
-    ready = threading.Event()
-
-    def serve() -> None:
-        asyncio.set_event_loop(loop)
-        try:
-            started["runner"], started["url"] = loop.run_until_complete(start(settings, oversight=getattr(runner, "oversight_settings", None)))
-        except Exception as exc:  # noqa: BLE001 - the demo goes on without its console, saying why
-            started["error"] = exc
-            ready.set()
-            return
-        ready.set()
-        loop.run_forever()
-
-    threading.Thread(target=serve, name="console", daemon=True).start()
-    ready.wait(30)
-    if "url" not in started:
-        console.print(f"[yellow]console not started:[/yellow] {started.get('error', 'timed out')}", highlight=False)
+    try:
+        served = serve_on_thread("console", lambda: start(settings, oversight=getattr(runner, "oversight_settings", None)))
+    except Exception as exc:  # noqa: BLE001 - the demo goes on without its console, saying why
+        console.print(f"[yellow]console not started:[/yellow] {exc}", highlight=False)
         return None
-    console.print(f"  console: {started['url']}", highlight=False)
+    console.print(f"  console: {served.url}", highlight=False)
     for role, secret in passwords.items():
         shown = "as configured" if getattr(base, f"console_{role}_password") else secret.get_secret_value()
         console.print(f"    user {role}, password {shown}", highlight=False)
 
     def stop() -> None:
-        # bounded: open event streams end at shutdown, a page in progress is cancelled after a few seconds
-        try:
-            asyncio.run_coroutine_threadsafe(started["runner"].cleanup(), loop).result(SHUTDOWN_TIMEOUT_S + 10)
-        except TimeoutError:
+        if not served.stop(SHUTDOWN_TIMEOUT_S + 10):
             console.print("[yellow]the console did not stop in time; leaving it to the process exit[/yellow]")
-        finally:
-            loop.call_soon_threadsafe(loop.stop)
 
     return stop

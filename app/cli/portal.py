@@ -3,8 +3,6 @@ oversight's release of disclosures whose notice was deferred."""
 
 from __future__ import annotations
 
-import asyncio
-import signal
 from pathlib import Path
 
 import typer
@@ -39,6 +37,7 @@ def serve(ctx: typer.Context,
         return
     from app.portal.grievances import profile
     from app.portal.server import start
+    from app.serving import serve_until_signalled
 
     settings = get_settings()
     chosen = profile("", days=int(jurisdiction[5:])) if jurisdiction.startswith("days:") and jurisdiction[5:].isdigit() \
@@ -54,19 +53,8 @@ def serve(ctx: typer.Context,
         oidc = OidcClient(OidcConfig(oidc_issuer, oidc_client_id, oidc_secret_file.read_text().strip(),
                                      public_url.rstrip("/") + "/oidc/callback", oidc_claim))
 
-    async def run() -> None:
-        runner, url = await start(settings, host, port, public_url=public_url, profile=chosen, oidc=oidc)
-        console.print(f"portal on {url}; sign-in links: backbone portal link --subject ID; Ctrl-C stops", highlight=False)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(run())
+    serve_until_signalled(lambda: start(settings, host, port, public_url=public_url, profile=chosen, oidc=oidc), lambda url: console.print(
+        f"portal on {url}; sign-in links: backbone portal link --subject ID; Ctrl-C stops", highlight=False))
 
 
 @portal_app.command("link")

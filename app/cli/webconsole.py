@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import signal
-
 import typer
 
 from app.cli import app, console, get_settings
@@ -17,19 +14,8 @@ def console_command(
 ) -> None:
     """Serve the web console: flows between agencies, denials, lag, agreements, DLQ, audit (login required)."""
     from app.console.server import start
+    from app.serving import serve_until_signalled
 
     settings = get_settings()
-
-    async def serve() -> None:
-        runner, url = await start(settings, host, port)
-        console.print(f"console on {url} (users: operator, oversight as configured); Ctrl-C stops", highlight=False)
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, stop.set)
-        try:
-            await stop.wait()
-        finally:
-            await runner.cleanup()
-
-    asyncio.run(serve())
+    serve_until_signalled(lambda: start(settings, host, port), lambda url: console.print(
+        f"console on {url} (users: operator, oversight as configured); Ctrl-C stops", highlight=False))

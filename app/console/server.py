@@ -278,17 +278,7 @@ def app_for(settings: Settings, minutes: int = 5, oversight: Settings | None = N
 async def start(settings: Settings, host: str | None = None, port: int | None = None,
                 oversight: Settings | None = None) -> tuple[web.AppRunner, str]:
     """Serve the console in the running loop; returns the runner (cleanup to stop) and its URL."""
-    from backbone.errors import BackboneError
+    from app.serving import bind
 
-    host = host or settings.console_host
-    port = settings.console_port if port is None else port
-    runner = web.AppRunner(app_for(settings, oversight=oversight), access_log=None, shutdown_timeout=SHUTDOWN_TIMEOUT_S)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise BackboneError(f"cannot serve the console on {host}:{port}: {exc.strerror}; set BACKBONE_CONSOLE_PORT") from None
-    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001 - port 0
-    return runner, f"http://{host}:{bound}/"
+    return await bind(app_for(settings, oversight=oversight), host or settings.console_host,
+                      settings.console_port if port is None else port, "console", "set BACKBONE_CONSOLE_PORT", SHUTDOWN_TIMEOUT_S)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet, InvalidToken
 
 from backbone.errors import BackboneError
-from backbone.files.private import private_directory
+from backbone.files.private import private_directory, read_or_create
 
 LINK_TTL_S = 15 * 60
 KEY_FILE = "link.key"
@@ -46,19 +46,7 @@ def portal_directory(data_dir: Path) -> Path:
 
 def link_key(data_dir: Path) -> bytes:
     """The portal's link key, made (0600) when there is none yet."""
-    path = portal_directory(data_dir) / KEY_FILE
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
-    key = Fernet.generate_key()
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:  # another process made it meanwhile
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as out:
-        out.write(key + b"\n")
-    return key
+    return read_or_create(portal_directory(data_dir) / KEY_FILE, lambda: Fernet.generate_key() + b"\n").strip()
 
 
 def issue(key: bytes, subject: str, now: float | None = None) -> str:

@@ -392,15 +392,7 @@ class CachedCharter:
 
 async def start(settings: Any, host: str, port: int, oversight: Any = None, public_url: str | None = None,
                 profile: g.Profile | None = None, oidc: Any = None) -> tuple[web.AppRunner, str]:
-    from backbone.errors import BackboneError
+    """Serve the portal in the running loop; returns the runner (cleanup to stop) and its URL."""
+    from app.serving import bind
 
-    runner = web.AppRunner(app_for(settings, oversight, public_url, profile, oidc), access_log=None, shutdown_timeout=3.0)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    try:
-        await site.start()
-    except OSError as exc:
-        await runner.cleanup()
-        raise BackboneError(f"cannot serve the portal on {host}:{port}: {exc.strerror}; choose another --port") from None
-    bound = site._server.sockets[0].getsockname()[1] if site._server and site._server.sockets else port  # noqa: SLF001 - port 0
-    return runner, f"http://{host}:{bound}/"
+    return await bind(app_for(settings, oversight, public_url, profile, oidc), host, port, "portal", "choose another --port", 3.0)

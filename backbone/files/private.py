@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import os
 import stat
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 from backbone.errors import NotPrivateError
@@ -31,6 +33,35 @@ def private_directory(path: Path, what: str = "data directory") -> Path:
     make_private_dirs(path)
     check_private(path, what)
     return Path(path)
+
+
+def create_private_file(path: Path, data: bytes) -> bool:
+    """Write `data` to `path` as a new file of its owner's only (0600, whatever the umask), unless a
+    file is there already: then False, and that file is left as it is (a key is never overwritten).
+    The file appears whole (written beside it, then linked in place), so no reader sees it half written."""
+    path = Path(path)
+    fd, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)  # 0600
+    try:
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.link(temporary, path)
+    except FileExistsError:
+        return False
+    finally:
+        os.unlink(temporary)
+    return True
+
+
+def read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
+    """The bytes of `path`, a secret made once: written first from `make()` (`create_private_file`)
+    when there is no such file. Of two processes making it at once, one writes and both read that."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        create_private_file(path, make())
+    return path.read_bytes()
 
 
 def make_private_dirs(path: Path) -> None:

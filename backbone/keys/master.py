@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from backbone.errors import KeyringError
-from backbone.files.private import make_private_dirs
+from backbone.files.private import create_private_file, make_private_dirs
 
 MASTER_KEY_BYTES = 32
 MASTER_KEY_HELP = (
@@ -58,10 +58,6 @@ def write_master_key_file(path: Path) -> bytes:
     """Create a new master key file readable by its owner only; refuses to overwrite one."""
     key = new_master_key()
     make_private_dirs(path.parent)
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyringError(f"master key file {path} already exists; set BACKBONE_MASTER_KEY_FILE={path} to use it") from None
-    with os.fdopen(fd, "w") as handle:
-        handle.write(encode_master_key(key) + "\n")
+    if not create_private_file(path, (encode_master_key(key) + "\n").encode()):
+        raise KeyringError(f"master key file {path} already exists; set BACKBONE_MASTER_KEY_FILE={path} to use it")
     return key
