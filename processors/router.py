@@ -104,7 +104,7 @@ class Router:
         self._purposes = frozenset(catalog.purposes)
         self._encoders: dict[tuple[str, int, str], Encoder] = {}
         # (agreement id, version, event type) -> what its permits are released with (`_release`)
-        self._releases: dict[tuple[str | None, int | None, str], tuple[Encoder, str, Headers]] = {}
+        self._releases: dict[tuple[str | None, int | None, str], tuple[Encoder, str, Headers, bool]] = {}
         self._headers: dict[tuple[str | None, int | None], Headers] = {}
         self._subjects_configured: set[str] = set()
         self.counts: Counter[str] = Counter()
@@ -250,11 +250,16 @@ class Router:
         audit = self._audit_record or self._audit_writer()
         audited: list[Decision] = []  # as decided after the quality gate: a waiting permit is audited as the denial it is for now
         waiting: list[str] = []  # recipients whose agreements require quality: the record waits for its window
+        releases = self._releases
         for decision in decisions:
             if decision.permitted:
-                decision, waits = self.gate.decide(decision, event_type)
-                if waits:
-                    waiting.append(decision.recipient)
+                release = releases.get((decision.agreement_id, decision.agreement_version, event_type))
+                if release is None:
+                    release = self._release(decision, event_type)
+                if release[3]:  # the agreement requires quality: the gate says whether the record waits
+                    decision, waits = self.gate.decide(decision, event_type)
+                    if waits:
+                        waiting.append(decision.recipient)
             audited.append(decision)
             if decision.permitted:
                 outputs.append(self.shared_output(decision, event_type))
@@ -274,7 +279,7 @@ class Router:
         release = self._releases.get((decision.agreement_id, decision.agreement_version, event_type))
         if release is None:
             release = self._release(decision, event_type)
-        encoder, topic, headers = release
+        encoder, topic, headers, _ = release
         if flag is not None:  # a new list: the cached one is shared by every record of the version
             headers = [*headers, (QUALITY_HEADER, flag)]
         self.counts["permit"] += 1
@@ -284,17 +289,17 @@ class Router:
         return Output(topic, decision.key.encode() if decision.key else None, encoder(decision.record),
                       headers, released_timestamp_ms(decision.record.get("occurred_at")))
 
-    def _release(self, decision: Decision, event_type: str) -> tuple[Encoder, str, Headers]:
+    def _release(self, decision: Decision, event_type: str) -> tuple[Encoder, str, Headers, bool]:
         """What every permit of one agreement version for one event type is released with, looked
         up once: (the recipient schema's encoder, the shared topic, the headers (one list per
-        agreement version, shared by its records, never changed))."""
+        agreement version, shared by its records, never changed), whether it requires quality)."""
         agreement_id, version = decision.agreement_id, decision.agreement_version
         encoder = self._encoder(agreement_id, version, event_type, decision.recipient)  # type: ignore[arg-type]
         headers = self._headers.get((agreement_id, version))
         if headers is None:
             headers = self._headers[(agreement_id, version)] = [(AGREEMENT_HEADER, f"{agreement_id}@{version}".encode())]
         release = self._releases[(agreement_id, version, event_type)] = (
-            encoder, shared_topic(decision.recipient, event_type), headers)
+            encoder, shared_topic(decision.recipient, event_type), headers, bool(self.gate.bars(decision)[0]))
         return release
 
     def quality_outputs(self, now: datetime, everything: bool = False) -> list[Output]:
