@@ -135,6 +135,8 @@ class Settings(BaseSettings):
 
     # Embedded broker
     broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
+    embedded_broker: Literal["tansu", "disk"] = Field(
+        "tansu", description="The embedded broker: tansu (memory, keeps everything until it stops) or disk (backbone.broker: segments on disk, retention)")
 
     # Prometheus metrics (backbone.telemetry.metrics) and the web console (`backbone console`)
     metrics_port: int = Field(0, ge=0, le=65535, description="Port of this process's Prometheus /metrics endpoint (0: none)")

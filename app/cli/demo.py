@@ -31,9 +31,10 @@ def demo(
 ) -> None:
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
-    from backbone.stack.memory import KEEPS
+    from backbone.stack.embedded import broker_engine
+    from backbone.stack.memory import broker_says
 
-    console.print(f"keeps: {KEEPS}", highlight=False)
+    console.print(broker_says(broker_engine(get_settings().embedded_broker)), highlight=False)
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn())

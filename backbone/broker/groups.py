@@ -78,11 +78,11 @@ class Coordinator:
         member.last_seen = time.monotonic()
         if member.join is not None and not member.join.done():
             member.join.set_result(_join_error(ErrorCode.unknown_member_id, member_id))
-        member.join = asyncio.get_running_loop().create_future()
+        member.join = waiter = asyncio.get_running_loop().create_future()
         if group.state != "PreparingRebalance":  # any join outside a rebalance starts one
             self._prepare(group, initial=group.state == "Empty")
         self._maybe_complete(group)
-        return await member.join
+        return await waiter
 
     def _prepare(self, group: Group, initial: bool) -> None:
         group.state, group.initial = "PreparingRebalance", initial
@@ -147,7 +147,7 @@ class Coordinator:
         if group.state == "Stable":
             return {"error_code": 0, "assignment": member.assignment, "protocol_type": group.protocol_type,
                     "protocol_name": group.protocol}
-        member.sync = asyncio.get_running_loop().create_future()
+        member.sync = waiter = asyncio.get_running_loop().create_future()
         if member_id == group.leader:
             for other in group.members.values():
                 other.assignment = assignments.get(other.member_id, b"")
@@ -157,7 +157,7 @@ class Coordinator:
                     other.sync.set_result({"error_code": 0, "assignment": other.assignment,
                                            "protocol_type": group.protocol_type, "protocol_name": group.protocol})
         try:
-            return await member.sync
+            return await waiter
         finally:
             member.sync = None
 

@@ -4,9 +4,10 @@ outside its CRC) and writes it at the end of the active segment; reading returns
 the one holding the asked offset. In memory only the segments' starts and a sparse index (one entry
 per `INDEX_EVERY` bytes) of each; the bytes stay on disk (the page cache holds what is hot).
 
-Retention deletes whole segments that are not the active one: by time (since the segment's last
-append, the broker's clock: producers may date events in the past) and by bytes (the oldest while
-the partition holds more than `retention.bytes`); `delete_before` (DeleteRecords) moves the log
+Retention deletes whole segments that are not the active one: by time as Kafka counts it (the
+segment's largest record timestamp older than `retention.ms`; the backbone's shared topics rely on
+it: their records carry the released `occurred_at`) and by bytes (the oldest while the partition
+holds more than `retention.bytes`); `delete_before` (DeleteRecords) moves the log
 start offset and deletes the segments wholly below it. A torn batch at the end of the last segment
 (a crash mid-write) is cut off when the partition is opened.
 """
@@ -67,6 +68,7 @@ class Segment:
     size: int = 0
     next_offset: int = 0
     last_append: float = 0.0
+    max_timestamp: int = -1  # ms, the largest record timestamp of its batches
     index_offsets: list[int] = field(default_factory=list)  # sparse: offset of the batch at...
     index_positions: list[int] = field(default_factory=list)  # ...this file position
     indexed_to: int = -INDEX_EVERY
@@ -119,7 +121,8 @@ class PartitionLog:
                 if length < MIN_BATCH - LOG_OVERHEAD or position + LOG_OVERHEAD + length > total:
                     break
                 file.seek(position + LAST_OFFSET_DELTA)
-                (delta,) = struct.unpack(">i", file.read(4))
+                delta, _, max_ts = struct.unpack(">iqq", file.read(20))
+                segment.max_timestamp = max(segment.max_timestamp, max_ts)
                 segment.note(base, position)
                 segment.next_offset = base + delta + 1
                 position += LOG_OVERHEAD + length
@@ -137,7 +140,7 @@ class PartitionLog:
 
     def append(self, batch: memoryview | bytes) -> tuple[int, int]:
         """Write one v2 batch at the end; (its base offset, its record count)."""
-        count, _ = batch_info(batch)
+        count, max_ts = batch_info(batch)
         active = self.segments[-1]
         now = time.time()
         if active.size and (active.size + len(batch) > self.segment_bytes or now - active.last_append > self.segment_ms / 1000):
@@ -152,6 +155,7 @@ class PartitionLog:
         active.size += len(data)
         active.next_offset = base + count
         active.last_append = now
+        active.max_timestamp = max(active.max_timestamp, max_ts)
         return base, count
 
     def read(self, offset: int, max_bytes: int) -> bytes:
@@ -227,7 +231,8 @@ class PartitionLog:
         deleted = 0
         while len(self.segments) > 1:
             oldest = self.segments[0]
-            too_old = retention_ms >= 0 and (now - oldest.last_append) * 1000 > retention_ms
+            newest_ms = oldest.max_timestamp if oldest.max_timestamp >= 0 else oldest.last_append * 1000
+            too_old = retention_ms >= 0 and now * 1000 - newest_ms > retention_ms
             too_big = retention_bytes >= 0 and self.size - oldest.size >= retention_bytes
             below = oldest.next_offset <= self.log_start
             if not (too_old or too_big or below):
