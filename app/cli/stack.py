@@ -30,7 +30,7 @@ def up() -> None:
             if stack.registry is not None and stack.registry.admin is not None:
                 console.print(f"registry admin: user {stack.registry.admin.name}, password in "
                               f"{stack.registry.admin_password_path}; users in {stack.registry.users_path}", highlight=False)
-            console.print(broker_says(stack.broker.engine), highlight=False)
+            console.print(broker_says(stack.broker.engine, stack.broker.storage_dir), highlight=False)
             console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
             watch = BrokerMemoryWatch(lambda: rss_mb(stack.broker.pid))
             try:

@@ -24,16 +24,18 @@ KEEPS = ("every message, in the embedded broker's memory, until the stack stops:
          "agreements applied at run time go with it); landed data stays in ClickHouse under the data dir. "
          "A Kafka cluster (BACKBONE_KAFKA_BOOTSTRAP) applies each topic's retention instead")
 
-KEEPS_DISK = ("each topic's messages on disk under <data dir>/broker for its retention.ms and retention.bytes (the broker's "
+KEEPS_DISK = ("each topic's messages on disk under {where} for its retention.ms and retention.bytes (the broker's "
               "default 7 days, no size limit; the backbone's topics set their own), whole old segments deleted as they pass it; "
-              "compacted topics (consent, agreements, erasures, _schemas) kept whole; committed offsets and topic configs "
+              "compacted topics (consent, agreements, erasures, _schemas) kept whole, never compacted (superseded and "
+              "tombstoned records stay until the data dir is removed, as with Tansu); committed offsets and topic configs "
               "survive a restart. Memory stays flat: only segment starts are indexed in memory")
 
 
-def broker_says(engine: str) -> str:
+def broker_says(engine: str, where: Path | None = None) -> str:
     """The line `backbone up` and the demo print at start: which broker runs and what it keeps for how long."""
     if engine == "disk":
-        return f"broker: the disk broker (BACKBONE_EMBEDDED_BROKER=disk); keeps: {KEEPS_DISK}"
+        keeps = KEEPS_DISK.format(where=where or "<data dir>/broker")
+        return f"broker: the disk broker (BACKBONE_EMBEDDED_BROKER=disk); keeps: {keeps}"
     return f"broker: Tansu 0.6, memory storage (BACKBONE_EMBEDDED_BROKER=disk for the disk broker); keeps: {KEEPS}"
 
 
