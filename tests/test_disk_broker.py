@@ -167,7 +167,7 @@ def test_a_restart_keeps_messages_committed_offsets_and_topic_configs(tmp_path: 
     assert configs["retention.ms"].value == "123456789"
 
 
-def test_retention_deletes_old_segments_and_keeps_compacted_topics(tmp_path: Path) -> None:
+def test_retention_deletes_old_segments_but_not_those_of_compacted_topics(tmp_path: Path) -> None:
     state = BrokerState(tmp_path)
     old = int((time.time() - 3 * 86400) * 1000)  # records stamped three days ago
     events = state.create_topic("raw.events", 1, {"retention.ms": str(86_400_000), "segment.bytes": "200"})
@@ -177,12 +177,47 @@ def test_retention_deletes_old_segments_and_keeps_compacted_topics(tmp_path: Pat
             topic.logs[0].append(batch(2, timestamp_ms=old, payload=b"p" * 100))
         topic.logs[0].append(batch(1))  # a fresh record in the active segment
     before = len(events.logs[0].segments)
-    assert state.enforce_retention() == before - 1
+    assert state.enforce_retention()[0] == before - 1
     log = events.logs[0]
     assert len(log.segments) == 1 and log.log_start == 20 and log.end == 21
     assert log.read(0, 1 << 20) == b"" and log.read(20, 1 << 20)  # below the start: gone; the fresh one: there
     assert len(list((tmp_path / "topics").glob(f"{'raw.events'.encode().hex()}-0/*.log"))) == 1
-    assert consent.logs[0].log_start == 0 and consent.logs[0].read(0, 1 << 20)  # compacted: kept whole
+    assert consent.logs[0].log_start == 0 and consent.logs[0].read(0, 1 << 20)  # compacted: never deleted by age
+
+
+def test_compaction_keeps_the_latest_record_of_each_key_and_drops_expired_tombstones(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """Batches as librdkafka writes them (lz4, idempotent), compacted by the broker's cleaner: the
+    erased person's earlier record and, a day on, the tombstone itself leave; offsets stay."""
+    topic = _topic(broker.bootstrap, partitions=1, **{"cleanup.policy": "compact"})
+    producer = Producer({"bootstrap.servers": broker.bootstrap, "enable.idempotence": True, "compression.type": "lz4", "linger.ms": 0})
+    for key, value in [(b"erased", b"raw id 123"), (b"kept", b"v1"), (b"kept", b"v2"), (b"erased", None), (b"other", b"x")]:
+        producer.produce(topic, key=key, value=value)
+        producer.flush(10)
+    source = next(p for p in (broker.storage_dir / "topics").iterdir() if p.name.startswith(topic.encode().hex()))
+    copy = tmp_path / "p"
+    copy.mkdir()
+    for segment in source.glob("*.log"):
+        copy.joinpath(segment.name).write_bytes(segment.read_bytes())
+    log = PartitionLog(copy)
+    log.segments[-1].size  # the copy is one segment: roll it, so all five are in a segment the cleaner may clean
+    log._roll(log.end)
+    from backbone.broker.compaction import compact, records_of
+
+    def kept() -> list[tuple[int, bytes | None, bool]]:
+        return [(o, k, t) for s in log.segments for b in _batches(log, s) for o, k, t, _ in records_of(b) or []]
+
+    assert compact(log, delete_retention_ms=86_400_000) == 2
+    assert kept() == [(2, b"kept", False), (3, b"erased", True), (4, b"other", False)]
+    assert compact(log, delete_retention_ms=86_400_000, now=time.time() + 2 * 86400) == 1
+    assert kept() == [(2, b"kept", False), (4, b"other", False)]
+    reopened = PartitionLog(copy)  # what is on disk reads back, offsets unchanged
+    assert struct.unpack_from(">q", reopened.read(0, 1 << 20))[0] == 2 and reopened.end == 5
+
+
+def _batches(log: PartitionLog, segment) -> list[bytes]:  # noqa: ANN001 - a log.Segment
+    from backbone.broker.compaction import batches_of
+
+    return list(batches_of(segment.path, segment.size))
 
 
 def test_retention_by_bytes_keeps_the_newest(tmp_path: Path) -> None:

@@ -90,10 +90,11 @@ class PartitionLog:
         directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.segments: list[Segment] = []
         self._fd: int | None = None  # the active segment's, for appends and its reads
+        self.compacted_active, self.compacted_time = -1, 0.0  # the active segment and time of the last compaction
         self._start_file = directory / "log-start"
         self.log_start = int(self._start_file.read_text()) if self._start_file.exists() else 0
         for path in sorted(directory.glob("*.log")):
-            self.segments.append(self._recover(Segment(int(path.stem), path)))
+            self.segments.append(self.recover_segment(Segment(int(path.stem), path)))
         if not self.segments:
             self._roll(self.log_start)
         else:
@@ -108,7 +109,8 @@ class PartitionLog:
     def size(self) -> int:
         return sum(s.size for s in self.segments)
 
-    def _recover(self, segment: Segment) -> Segment:
+    @staticmethod
+    def recover_segment(segment: Segment) -> Segment:
         """Rebuild the segment's sparse index and end by reading its batch headers; cut a torn tail."""
         segment.next_offset = segment.base
         total = segment.path.stat().st_size

@@ -68,9 +68,13 @@ class DiskBroker:
             self.admin.groups.expire()
             if time.monotonic() - last_retention >= self.retention_check_s:
                 last_retention = time.monotonic()
-                deleted = self.state.enforce_retention()
-                if deleted:
-                    log.info("retention deleted %d old segments", deleted)
+                try:
+                    deleted, removed = self.state.enforce_retention()
+                except OSError as exc:  # a full disk, a file gone: said, and tried again next time
+                    log.error("retention or compaction failed: %s", exc)
+                    continue
+                if deleted or removed:
+                    log.info("retention deleted %d old segments; compaction removed %d records", deleted, removed)
 
     async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")

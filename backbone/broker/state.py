@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from backbone.broker.compaction import compact
 from backbone.broker.log import PartitionLog
 
 FLUSH_S = 0.5
@@ -29,7 +30,9 @@ DEFAULTS: dict[str, str] = {
     "segment.ms": str(3_600_000),
     "max.message.bytes": str(8 * 1024 * 1024),
     "message.timestamp.type": "CreateTime",
+    "delete.retention.ms": str(DAY_MS),
 }
+RECOMPACT_S = 600.0  # a compacted partition is cleaned when its active segment rolled, or this often (tombstones expire)
 
 
 def write_json(path: Path, data: Any) -> None:
@@ -52,7 +55,7 @@ class Topic:
         return "compact" in self.config("cleanup.policy") and "delete" not in self.config("cleanup.policy")
 
     def retention(self) -> tuple[int, int]:
-        """(retention.ms, retention.bytes) to apply; (-1, -1) for a compacted topic: it is kept whole."""
+        """(retention.ms, retention.bytes) to apply; (-1, -1) for a compacted topic: compaction, not age, removes its records."""
         if self.compacted():
             return -1, -1
         return int(self.config("retention.ms")), int(self.config("retention.bytes"))
@@ -139,13 +142,21 @@ class BrokerState:
         self._dirty.clear()
         self._flushed = time.monotonic()
 
-    def enforce_retention(self) -> int:
-        deleted = 0
+    def enforce_retention(self) -> tuple[int, int]:
+        """Retention (whole old segments) and compaction (superseded and expired records of compacted
+        topics); (segments deleted, records compacted away)."""
+        deleted = removed = 0
+        now = time.monotonic()
         for topic in self.topics.values():
             retention_ms, retention_bytes = topic.retention()
+            compacted = "compact" in topic.config("cleanup.policy")
             for log in topic.logs:
                 deleted += log.enforce_retention(retention_ms, retention_bytes)
-        return deleted
+                active = log.segments[-1].base
+                if compacted and len(log.segments) > 1 and (active != log.compacted_active or now - log.compacted_time > RECOMPACT_S):
+                    removed += compact(log, int(topic.config("delete.retention.ms")))
+                    log.compacted_active, log.compacted_time = active, now
+        return deleted, removed
 
     def close(self) -> None:
         self.flush(force=True)

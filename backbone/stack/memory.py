@@ -26,9 +26,9 @@ KEEPS = ("every message, in the embedded broker's memory, until the stack stops:
 
 KEEPS_DISK = ("each topic's messages on disk under {where} for its retention.ms and retention.bytes (the broker's "
               "default 7 days, no size limit; the backbone's topics set their own), whole old segments deleted as they pass it; "
-              "compacted topics (consent, agreements, erasures, _schemas) kept whole, never compacted (superseded and "
-              "tombstoned records stay until the data dir is removed, as with Tansu); committed offsets and topic configs "
-              "survive a restart. Memory stays flat: only segment starts are indexed in memory")
+              "compacted topics (consent, agreements, erasures, _schemas) never deleted by age, compacted once their "
+              "active segment rolls (segment.ms): the latest record of each key stays, tombstones go after "
+              "delete.retention.ms; committed offsets and topic configs survive a restart. Memory stays flat: only segment starts are indexed in memory")
 
 
 def broker_says(engine: str, where: Path | None = None) -> str:
