@@ -220,6 +220,13 @@ def _batches(log: PartitionLog, segment) -> list[bytes]:  # noqa: ANN001 - a log
     return list(batches_of(segment.path, segment.size))
 
 
+def test_the_brokers_default_retention_applies_to_topics_without_their_own(tmp_path: Path) -> None:
+    state = BrokerState(tmp_path, retention_ms=3_600_000)  # BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS=1
+    assert state.create_topic("raw.a", 1, {}).retention() == (3_600_000, -1)
+    assert state.create_topic("shared.b", 1, {"retention.ms": "5"}).retention() == (5, -1)
+    assert BrokerState(tmp_path).topics["raw.a"].retention()[0] == 7 * 86_400_000  # a broker started without it: a week
+
+
 def test_retention_by_bytes_keeps_the_newest(tmp_path: Path) -> None:
     log = PartitionLog(tmp_path / "p", segment_bytes=300)
     for _ in range(20):

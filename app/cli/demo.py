@@ -34,7 +34,9 @@ def demo(
     from backbone.stack.embedded import broker_engine
     from backbone.stack.memory import broker_says
 
-    console.print(broker_says(broker_engine(get_settings().embedded_broker)), highlight=False)
+    chosen = get_settings()
+    console.print(broker_says(broker_engine(chosen.embedded_broker), retention_hours=chosen.embedded_broker_retention_hours),
+                  highlight=False)
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn())

@@ -21,7 +21,7 @@ def up() -> None:
     try:
         with EmbeddedStack(
             settings.data_dir, broker_port=settings.broker_port, registry_port=settings.schema_registry_port,
-            broker_engine=settings.embedded_broker,
+            broker_engine=settings.embedded_broker, broker_retention_hours=settings.embedded_broker_retention_hours,
         ) as stack:
             console.print("[bold green]embedded stack is up[/bold green]; in another terminal:")
             for name, value in stack.environment().items():
@@ -30,7 +30,8 @@ def up() -> None:
             if stack.registry is not None and stack.registry.admin is not None:
                 console.print(f"registry admin: user {stack.registry.admin.name}, password in "
                               f"{stack.registry.admin_password_path}; users in {stack.registry.users_path}", highlight=False)
-            console.print(broker_says(stack.broker.engine, stack.broker.storage_dir), highlight=False)
+            console.print(broker_says(stack.broker.engine, stack.broker.storage_dir, settings.embedded_broker_retention_hours),
+                          highlight=False)
             console.print(f"logs in {settings.data_dir / 'logs'}; Ctrl-C stops everything")
             watch = BrokerMemoryWatch(lambda: rss_mb(stack.broker.pid))
             try:

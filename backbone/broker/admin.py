@@ -15,7 +15,7 @@ from kio.schema.errors import ErrorCode
 
 from backbone.broker.data import attr
 from backbone.broker.groups import Coordinator
-from backbone.broker.state import DEFAULTS, BrokerState
+from backbone.broker.state import BrokerState
 from backbone.broker.wire import ms
 
 NODE_ID = 0
@@ -111,10 +111,10 @@ class AdminApis:
                     results.append({"error_code": ErrorCode.unknown_topic_or_partition, "error_message": "no such topic",
                                     "resource_type": TOPIC, "resource_name": resource.resource_name, "configs": []})
                     continue
-                values = {**DEFAULTS, **topic.configs}
+                values = {**self.state.defaults, **topic.configs}
                 own = set(topic.configs)
             else:
-                values, own = dict(DEFAULTS), set()
+                values, own = dict(self.state.defaults), set()
             configs = [{"name": k, "value": v, "read_only": resource.resource_type != TOPIC, "is_default": k not in own,
                         "config_source": 1 if k in own else 5, "is_sensitive": False, "synonyms": []}
                        for k, v in sorted(values.items()) if keys is None or k in keys]

@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import struct
 import time
@@ -32,8 +33,9 @@ log = logging.getLogger("backbone.broker")
 
 
 class DiskBroker:
-    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 9092, retention_check_s: float = RETENTION_CHECK_S) -> None:
-        self.state = BrokerState(data_dir)
+    def __init__(self, data_dir: Path, host: str = "127.0.0.1", port: int = 9092, retention_check_s: float = RETENTION_CHECK_S,
+                 retention_ms: int | None = None) -> None:
+        self.state = BrokerState(data_dir, retention_ms)
         self.host, self.port = host, port
         self.data = DataApis(self.state)
         self.admin = AdminApis(self.state, host, port)
@@ -132,6 +134,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--retention-check-s", type=float, default=RETENTION_CHECK_S)
+    hours = os.environ.get("BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS")
+    parser.add_argument("--retention-hours", type=float, default=float(hours) if hours else None,
+                        help="retention of topics that set no retention.ms (default BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS, "
+                             "else 168: a week, as Kafka's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
@@ -140,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        await DiskBroker(args.data_dir, args.host, args.port, args.retention_check_s).serve(stop)
+        retention_ms = None if args.retention_hours is None else int(args.retention_hours * 3_600_000)
+        await DiskBroker(args.data_dir, args.host, args.port, args.retention_check_s, retention_ms).serve(stop)
 
     asyncio.run(run())

@@ -46,10 +46,11 @@ def write_json(path: Path, data: Any) -> None:
 class Topic:
     name: str
     configs: dict[str, str]
+    defaults: dict[str, str] = field(default_factory=lambda: DEFAULTS)  # the broker's
     logs: list[PartitionLog] = field(default_factory=list)
 
     def config(self, key: str) -> str:
-        return self.configs.get(key, DEFAULTS.get(key, ""))
+        return self.configs.get(key, self.defaults.get(key, ""))
 
     def compacted(self) -> bool:
         return "compact" in self.config("cleanup.policy") and "delete" not in self.config("cleanup.policy")
@@ -64,8 +65,10 @@ class Topic:
 class BrokerState:
     """Topics, configs, committed offsets and producer ids of one broker, on disk under `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, retention_ms: int | None = None) -> None:
+        """`retention_ms`: the broker's default for topics that set none (Kafka's log.retention.ms)."""
         self.root = root
+        self.defaults = {**DEFAULTS, **({"retention.ms": str(retention_ms)} if retention_ms is not None else {})}
         for sub in ("topics", "groups"):
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         self._topics_file = root / "topics.json"
@@ -73,7 +76,7 @@ class BrokerState:
         self.topics: dict[str, Topic] = {}
         saved = json.loads(self._topics_file.read_text()) if self._topics_file.exists() else {}
         for name, spec in saved.items():
-            topic = Topic(name, dict(spec["configs"]))
+            topic = Topic(name, dict(spec["configs"]), self.defaults)
             topic.logs = [self._open_log(topic, p) for p in range(spec["partitions"])]
             self.topics[name] = topic
         self.next_producer_id = json.loads(self._producers_file.read_text())["next"] if self._producers_file.exists() else 1000
@@ -92,7 +95,7 @@ class BrokerState:
         write_json(self._topics_file, {t.name: {"partitions": len(t.logs), "configs": t.configs} for t in self.topics.values()})
 
     def create_topic(self, name: str, partitions: int, configs: dict[str, str]) -> Topic:
-        topic = Topic(name, {k: v for k, v in configs.items() if v is not None})
+        topic = Topic(name, {k: v for k, v in configs.items() if v is not None}, self.defaults)
         topic.logs = [self._open_log(topic, p) for p in range(partitions)]
         self.topics[name] = topic
         self._save_topics()

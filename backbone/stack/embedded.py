@@ -257,9 +257,11 @@ class EmbeddedBroker(_EmbeddedPart):
     log_name = "broker.log"
     port_setting = "BACKBONE_BROKER_PORT"
 
-    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0, engine: str | None = None) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0, engine: str | None = None,
+                 retention_hours: float | None = None) -> None:
         super().__init__(data_dir, port, start_timeout_s)
         self.engine = broker_engine(engine)
+        self.retention_hours = retention_hours  # the disk broker's default retention; None: its own (a week)
         self.name = "the Tansu broker" if self.engine == "tansu" else "the disk broker"
         self._admin: AdminClient | None = None
 
@@ -278,8 +280,9 @@ class EmbeddedBroker(_EmbeddedPart):
 
     def _argv(self) -> list[str]:
         if self.engine == "disk":
+            hours = [] if self.retention_hours is None else ["--retention-hours", str(self.retention_hours)]
             return [sys.executable, "-m", "backbone.broker", "--data-dir", str(self.storage_dir), "--host", LOOPBACK,
-                    "--port", str(self.port)]
+                    "--port", str(self.port), *hours]
         url = f"tcp://{LOOPBACK}:{self.port}"
         return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/"]
@@ -377,9 +380,10 @@ class EmbeddedStack:
     """Every embedded part `backbone up` and the demo run: the broker and the registry (chDB needs
     no process). Parts start in order and stop in reverse order."""
 
-    def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0, broker_engine: str | None = None) -> None:
+    def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0, broker_engine: str | None = None,
+                 broker_retention_hours: float | None = None) -> None:
         self.data_dir = data_dir
-        self.broker = EmbeddedBroker(data_dir, port=broker_port, engine=broker_engine)
+        self.broker = EmbeddedBroker(data_dir, port=broker_port, engine=broker_engine, retention_hours=broker_retention_hours)
         self.registry_port = registry_port
         self.registry: EmbeddedRegistry | None = None
 
