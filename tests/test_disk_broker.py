@@ -235,6 +235,16 @@ def test_retention_by_bytes_keeps_the_newest(tmp_path: Path) -> None:
     assert log.size <= 700 + 300 and log.end == 20 and log.log_start > 0
 
 
+def test_a_segment_rolls_after_segment_ms_even_under_steady_writes(tmp_path: Path) -> None:
+    """Compaction cleans only rolled segments: an eagerly compacted topic written every second must
+    still roll hourly (segment.ms counts from the segment's start, not from the last write)."""
+    log = PartitionLog(tmp_path / "p", segment_ms=3_600_000)
+    log.append(batch(1))
+    log.segments[-1].created -= 3601  # an hour of steady writes later
+    log.append(batch(1))
+    assert [s.base for s in log.segments] == [0, 1]
+
+
 def test_delete_records_moves_the_start_offset(tmp_path: Path) -> None:
     log = PartitionLog(tmp_path / "p", segment_bytes=250)
     for _ in range(10):

@@ -69,6 +69,7 @@ class Segment:
     next_offset: int = 0
     last_append: float = 0.0
     max_timestamp: int = -1  # ms, the largest record timestamp of its batches
+    created: float = field(default_factory=time.time)  # rolled after segment.ms from here (or from the broker's start)
     index_offsets: list[int] = field(default_factory=list)  # sparse: offset of the batch at...
     index_positions: list[int] = field(default_factory=list)  # ...this file position
     indexed_to: int = -INDEX_EVERY
@@ -145,7 +146,7 @@ class PartitionLog:
         count, max_ts = batch_info(batch)
         active = self.segments[-1]
         now = time.time()
-        if active.size and (active.size + len(batch) > self.segment_bytes or now - active.last_append > self.segment_ms / 1000):
+        if active.size and (active.size + len(batch) > self.segment_bytes or now - active.created > self.segment_ms / 1000):
             self._roll(active.next_offset)
             active = self.segments[-1]
         base = active.next_offset
