@@ -24,6 +24,7 @@ from backbone.broker.state import BrokerState
 from backbone.broker.wire import ms
 
 KEEP_BATCHES = 5  # as Kafka: the last 5 batches of each producer and partition are remembered
+KEEP_PRODUCERS = 10_000  # producer ids whose sequences are kept; the oldest go first (every client start makes one)
 EARLIEST, LATEST, MAX_TIMESTAMP = -2, -1, -3
 
 
@@ -39,8 +40,8 @@ class DataApis:
     def __init__(self, state: BrokerState) -> None:
         self.state = state
         self.appended = asyncio.Event()  # set on every append: wakes long-polling fetches
-        # (producer id, topic, partition) -> recent (first seq, last seq, base offset)
-        self.sequences: dict[tuple[int, str, int], deque[tuple[int, int, int]]] = {}
+        # producer id -> (topic, partition) -> recent (first seq, last seq, base offset)
+        self.sequences: dict[int, dict[tuple[str, int], deque[tuple[int, int, int]]]] = {}
         self.epochs: dict[int, int] = {}
 
     def _wake(self) -> None:
@@ -94,9 +95,8 @@ class DataApis:
             return -int(ErrorCode.invalid_producer_epoch)
         if known is None or epoch > known:
             self.epochs[producer_id] = epoch
-            for key in [k for k in self.sequences if k[0] == producer_id]:
-                del self.sequences[key]
-        recent = self.sequences.get((producer_id, name, partition))
+            self.sequences.pop(producer_id, None)
+        recent = self.sequences.get(producer_id, {}).get((name, partition))
         if not recent:
             return None  # a new producer (or one from before a restart) starts where it is
         for first, _, base in recent:
@@ -111,7 +111,7 @@ class DataApis:
 
     def _remember(self, producer_id: int, name: str, partition: int, batch: Any, sequence: int, base: int) -> None:
         (delta,) = struct.unpack_from(">i", batch, 23)
-        recent = self.sequences.setdefault((producer_id, name, partition), deque(maxlen=KEEP_BATCHES))
+        recent = self.sequences.setdefault(producer_id, {}).setdefault((name, partition), deque(maxlen=KEEP_BATCHES))
         recent.append((sequence, sequence + delta, base))
 
     def init_producer_id(self, request: Any) -> dict[str, Any]:
@@ -119,6 +119,10 @@ class DataApis:
             return {"error_code": ErrorCode.transactional_id_authorization_failed, "producer_id": -1, "producer_epoch": -1, "throttle_time": 0}
         producer_id = self.state.new_producer_id()
         self.epochs[producer_id] = 0
+        while len(self.epochs) > KEEP_PRODUCERS:  # memory stays flat however many clients come and go
+            oldest = next(iter(self.epochs))
+            del self.epochs[oldest]
+            self.sequences.pop(oldest, None)
         return {"error_code": 0, "producer_id": producer_id, "producer_epoch": 0, "throttle_time": 0}
 
     # --- Fetch
