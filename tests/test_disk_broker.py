@@ -323,7 +323,8 @@ def test_the_processor_works_on_the_disk_broker() -> None:
     """A representative integration module, tests/test_processor.py (decisions, audit, consent, DLQ),
     with its session broker the disk broker: its decisions-and-audit test, in a pytest of its own."""
     env = {**os.environ, "BACKBONE_EMBEDDED_BROKER": "disk", "BACKBONE_TEST_DOCKER": "0"}
-    env.pop("BACKBONE_KAFKA_BOOTSTRAP", None)
+    for name in ("BACKBONE_KAFKA_BOOTSTRAP", "BACKBONE_SCHEMA_REGISTRY_URL", "BACKBONE_SCHEMA_REGISTRY_USER", "BACKBONE_SCHEMA_REGISTRY_PASSWORD"):
+        env.pop(name, None)  # the session's broker and registry are the inner pytest's own, on the disk broker
     result = subprocess.run(
         [sys.executable, "-m", "pytest", "-n", "0", "-p", "no:cacheprovider", "-q", "tests/test_processor.py",
          "-k", "each_decision_and_reason_code"],
