@@ -134,6 +134,38 @@ def test_a_group_of_two_rebalances_the_partitions_between_them(broker: EmbeddedB
         first.close()
 
 
+def test_the_backbones_topic_administration_works_on_it(broker: EmbeddedBroker, tmp_path: Path) -> None:
+    """`Topics` (create, reconcile by IncrementalAlterConfigs, describe, delete) as the pipeline uses it,
+    DeleteRecords, and the group listing `backbone status` reads."""
+    from confluent_kafka import ConsumerGroupTopicPartitions
+
+    from backbone.kafka.topics import Topics
+    from backbone.settings import load_settings
+
+    topics = Topics(load_settings(kafka_bootstrap=broker.bootstrap, data_dir=tmp_path))
+    name = f"admin-{uuid.uuid4().hex[:8]}"
+    topics.create(name, partitions=2, config={"retention.ms": "1000", "cleanup.policy": "delete"})
+    assert topics.reconcile(name, {"retention.ms": "2000", "cleanup.policy": "delete"}) == ["retention.ms"]
+    described = topics.describe(name)
+    assert described.partitions == 2 and described.config["retention.ms"] == "2000"
+    producer = Producer({"bootstrap.servers": broker.bootstrap})
+    for i in range(10):
+        producer.produce(name, value=b"d", partition=0)
+    producer.flush(10)
+    admin = AdminClient({"bootstrap.servers": broker.bootstrap})
+    deleted = admin.delete_records([TopicPartition(name, 0, 4)])
+    assert next(iter(deleted.values())).result(10).low_watermark == 4
+    consumer = Consumer({"bootstrap.servers": broker.bootstrap, "group.id": f"lister-{name}", "enable.auto.commit": False})
+    assert consumer.get_watermark_offsets(TopicPartition(name, 0), timeout=10) == (4, 10)
+    consumer.commit(offsets=[TopicPartition(name, 0, 7)], asynchronous=False)
+    consumer.close()
+    groups = {g.group_id for g in admin.list_consumer_groups().result(10).valid}
+    offsets = admin.list_consumer_group_offsets([ConsumerGroupTopicPartitions(f"lister-{name}")])[f"lister-{name}"].result(10)
+    assert f"lister-{name}" in groups and [(tp.partition, tp.offset) for tp in offsets.topic_partitions] == [(0, 7)]
+    topics.delete(name)
+    assert not topics.exists(name)
+
+
 def test_a_restart_keeps_messages_committed_offsets_and_topic_configs(tmp_path: Path) -> None:
     with EmbeddedBroker(tmp_path, engine="disk") as broker:
         topic = _topic(broker.bootstrap, partitions=1, **{"retention.ms": "123456789"})
