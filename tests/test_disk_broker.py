@@ -238,8 +238,10 @@ def test_compaction_keeps_the_latest_record_of_each_key_and_drops_expired_tombst
     def kept() -> list[tuple[int, bytes | None, bool]]:
         return [(o, k, t) for s in log.segments for b in _batches(log, s) for o, k, t, _ in records_of(b) or []]
 
+    log.read(0, 1)  # a consumer read the first batch: the log remembers where the next starts
     assert compact(log, delete_retention_ms=86_400_000) == 2
     assert kept() == [(2, b"kept", False), (3, b"erased", True), (4, b"other", False)]
+    assert struct.unpack_from(">q", log.read(1, 1 << 20))[0] == 2  # that position moved with the rewrite
     assert compact(log, delete_retention_ms=86_400_000, now=time.time() + 2 * 86400) == 1
     assert kept() == [(2, b"kept", False), (4, b"other", False)]
     reopened = PartitionLog(copy)  # what is on disk reads back, offsets unchanged
@@ -300,6 +302,27 @@ def test_a_read_starts_at_the_batch_holding_the_offset(tmp_path_factory: pytest.
     assert base <= offset <= base + delta and len(read) >= length + 12
     reopened = PartitionLog(log.directory, segment_bytes=segment)  # rebuilt from the files alone
     assert reopened.end == log.end == sum(counts) and reopened.read(offset, 5000)[:12] == read[:12]
+
+
+@given(counts=st.lists(st.integers(1, 5), min_size=1, max_size=30), segment=st.integers(100, 600), budget=st.integers(1, 700))
+def test_a_consumer_reading_on_gets_every_batch_once_in_order(tmp_path_factory: pytest.TempPathFactory, counts: list[int],
+                                                               segment: int, budget: int) -> None:
+    """Each read continues where the last ended (the log remembers the position), across segments and
+    while batches are appended between reads, as a consumer's fetches do."""
+    log = PartitionLog(tmp_path_factory.mktemp("log"), segment_bytes=segment)
+    written, seen, offset = [], [], 0
+    for count in counts:
+        written.append(log.append(batch(count, payload=b"y" * 30))[0])
+        while offset < log.end:
+            chunk = log.read(offset, budget)
+            position = 0
+            while position < len(chunk):
+                base, length = struct.unpack_from(">qi", chunk, position)
+                (delta,) = struct.unpack_from(">i", chunk, position + 23)
+                seen.append(base)
+                offset = base + delta + 1
+                position += 12 + length
+    assert seen == written
 
 
 def test_a_torn_batch_at_the_end_is_cut_when_the_log_opens(tmp_path: Path) -> None:

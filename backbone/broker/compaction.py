@@ -142,6 +142,7 @@ def compact(log: PartitionLog, delete_retention_ms: int, now: float | None = Non
                 changed = True
         if changed:
             log.segments[index] = _replace(segment, bytes(out))
+            log.forget_cursor()  # positions in the rewritten segment moved
     return removed
 
 

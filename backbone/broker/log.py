@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import os
+from array import array
 import struct
 import time
 from dataclasses import dataclass, field
@@ -70,8 +71,8 @@ class Segment:
     last_append: float = 0.0
     max_timestamp: int = -1  # ms, the largest record timestamp of its batches
     created: float = field(default_factory=time.time)  # rolled after segment.ms from here (or from the broker's start)
-    index_offsets: list[int] = field(default_factory=list)  # sparse: offset of the batch at...
-    index_positions: list[int] = field(default_factory=list)  # ...this file position
+    index_offsets: array = field(default_factory=lambda: array("q"))  # sparse: offset of the batch at...
+    index_positions: array = field(default_factory=lambda: array("q"))  # ...this file position (16 bytes an entry)
     indexed_to: int = -INDEX_EVERY
 
     def note(self, offset: int, position: int) -> None:
@@ -92,6 +93,7 @@ class PartitionLog:
         self.segments: list[Segment] = []
         self._fd: int | None = None  # the active segment's, for appends and its reads
         self.compacted_active, self.compacted_time = -1, 0.0  # the active segment and time of the last compaction
+        self._cursor = (-1, -1, 0)  # (next offset, segment base, file position) after the last read: a consumer's next fetch
         self._start_file = directory / "log-start"
         self.log_start = int(self._start_file.read_text()) if self._start_file.exists() else 0
         for path in sorted(directory.glob("*.log")):
@@ -166,19 +168,26 @@ class PartitionLog:
         if offset >= self.end or offset < self.log_start:
             return b""
         at = bisect.bisect_right([s.base for s in self.segments], offset) - 1
-        out = bytearray()
+        parts: list[bytes] = []
+        budget = max_bytes
         for segment in self.segments[max(at, 0):]:
             if segment.next_offset <= offset or segment.size == 0:
                 continue
-            out += self._read_segment(segment, offset, max_bytes - len(out), first=not out)
-            if len(out) >= max_bytes:
+            part = self._read_segment(segment, offset, budget, first=not parts)
+            if part:
+                parts.append(part)
+                budget -= len(part)
+            if budget <= 0:
                 break
             offset = segment.next_offset
-        return bytes(out)
+        return parts[0] if len(parts) == 1 else b"".join(parts)
 
     def _read_segment(self, segment: Segment, offset: int, budget: int, first: bool) -> bytes:
-        i = bisect.bisect_right(segment.index_offsets, offset) - 1
-        position = segment.index_positions[i] if i >= 0 else 0
+        if self._cursor[:2] == (offset, segment.base):
+            position = self._cursor[2]  # where the last read ended: no headers to walk
+        else:
+            i = bisect.bisect_right(segment.index_offsets, offset) - 1
+            position = segment.index_positions[i] if i >= 0 else 0
         active = segment is self.segments[-1]
         fd = self._fd if active else os.open(segment.path, os.O_RDONLY)
         assert fd is not None
@@ -196,19 +205,28 @@ class PartitionLog:
             want = min(segment.size - position, max(budget, 0))
             chunk = os.pread(fd, want, position) if want > 0 else b""
             # cut to whole batches, keeping at least the first when this is the first read
-            cut = 0
+            cut, after = 0, offset
             while cut + LOG_OVERHEAD <= len(chunk):
-                _, length = HEADER.unpack_from(chunk, cut)
+                base, length = HEADER.unpack_from(chunk, cut)
                 if cut + LOG_OVERHEAD + length > len(chunk):
                     break
-                cut += LOG_OVERHEAD + length
+                (delta,) = struct.unpack_from(">i", chunk, cut + LAST_OFFSET_DELTA)
+                cut, after = cut + LOG_OVERHEAD + length, base + delta + 1
             if cut == 0 and first:
-                _, length = HEADER.unpack(os.pread(fd, LOG_OVERHEAD, position))
-                return os.pread(fd, LOG_OVERHEAD + length, position)
-            return chunk[:cut]
+                head = os.pread(fd, LAST_OFFSET_DELTA + 4, position)
+                base, length = HEADER.unpack_from(head, 0)
+                (delta,) = struct.unpack_from(">i", head, LAST_OFFSET_DELTA)
+                chunk = os.pread(fd, LOG_OVERHEAD + length, position)
+                cut, after = len(chunk), base + delta + 1
+            if cut:
+                self._cursor = (after, segment.base, position + cut)
+            return chunk if cut == len(chunk) else chunk[:cut]
         finally:
             if not active:
                 os.close(fd)
+
+    def forget_cursor(self) -> None:
+        self._cursor = (-1, -1, 0)
 
     def offset_for_time(self, timestamp_ms: int) -> int:
         """The first offset of the first batch whose max timestamp is >= `timestamp_ms` (ListOffsets by time)."""

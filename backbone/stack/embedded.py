@@ -289,7 +289,14 @@ class EmbeddedBroker(_EmbeddedPart):
 
     def _env(self) -> dict[str, str]:
         # Tansu also reads these from the environment; ours come from the command line only.
-        return {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        if self.engine == "disk":
+            # Fetch answers are buffers of up to megabytes: glibc's default raises its mmap threshold after the
+            # first is freed and keeps the next in a heap it never gives back, so RSS creeps for hours. A fixed
+            # threshold maps each big buffer and unmaps it when freed (what a broker that runs for days needs).
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+            env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 * 1024))
+        return env
 
     def _answers(self) -> bool:
         if self._admin is None:
