@@ -5,7 +5,7 @@ registry, each supervised as a child process on 127.0.0.1 (`embedded`), and what
 retention, on disk; said at start). Production points the
 same code at real servers through settings instead.
 
-May import: backbone.errors, backbone.files, backbone.settings, backbone.registry, backbone.broker.
+May import: backbone.errors, backbone.files, backbone.settings, backbone.registry.
 Never imports: aiokafka, faust, clickhouse_connect, chdb.
 """
 

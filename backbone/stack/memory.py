@@ -25,10 +25,11 @@ KEEPS = ("every message, in the embedded broker's memory, until the stack stops:
          "A Kafka cluster (BACKBONE_KAFKA_BOOTSTRAP) applies each topic's retention instead")
 
 KEEPS_DISK = ("each topic's messages on disk under {where} for its retention.ms and retention.bytes (the broker's "
-              "default {hours:g} hours (BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS), no size limit; shared and alert topics set their own), whole old segments deleted as they pass it; "
-              "compacted topics (consent, agreements, erasures, _schemas) never deleted by age, compacted once their "
-              "active segment rolls (segment.ms): the latest record of each key stays, tombstones go after "
-              "delete.retention.ms; committed offsets and topic configs survive a restart. Memory stays flat: only segment starts are indexed in memory")
+              "default {hours:g} hours (BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS), no size limit; shared and alert topics "
+              "set their own), whole old segments deleted as they pass it; compacted topics (consent, agreements, "
+              "erasures, _schemas) never deleted by age, compacted once their active segment rolls (segment.ms): the "
+              "latest record of each key stays, tombstones go after delete.retention.ms; committed offsets and topic "
+              "configs survive a restart. Memory stays flat: only segment starts are indexed in memory")
 
 
 def broker_says(engine: str, where: Path | None = None, retention_hours: float = 168.0) -> str:
