@@ -373,8 +373,7 @@ def test_the_engine_is_chosen_by_setting_and_said_at_start(monkeypatch: pytest.M
     assert "Tansu" in broker_says("tansu") and "until the stack stops" in broker_says("tansu")
 
 
-@pytest.mark.slow  # a pytest of its own with the session's stack and a worker: ~35 s
-def test_the_processor_works_on_the_disk_broker() -> None:
+def test_the_processor_works_on_the_disk_broker() -> None:  # a pytest of its own with a stack and a worker: ~12 s
     """A representative integration module, tests/test_processor.py (decisions, audit, consent, DLQ),
     with its session broker the disk broker: its decisions-and-audit test, in a pytest of its own."""
     env = {**os.environ, "BACKBONE_EMBEDDED_BROKER": "disk", "BACKBONE_TEST_DOCKER": "0"}
