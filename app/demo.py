@@ -136,7 +136,9 @@ class Demo:
         broker_port = self.base.broker_port if self.keep_ports and not port_in_use(self.base.broker_port) else 0
         registry_port = self.base.schema_registry_port if self.keep_ports and not port_in_use(self.base.schema_registry_port) else 0
         self.report("stack", note="starting the broker and the schema registry")
-        self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port)
+        self.stack = EmbeddedStack(self.data_dir, broker_port=broker_port, registry_port=registry_port,
+                                   broker_engine=self.base.embedded_broker,
+                                   broker_retention_hours=self.base.embedded_broker_retention_hours)
         with _environment(BACKBONE_METRICS_PORT=str(self._metrics_ports.get("registry", 0))):  # the registry child reads it
             self.stack.start()
         self.charter = load_agreements(self.base.agreements_dir, load_catalog(self.base.schemas_dir))

@@ -54,8 +54,8 @@ def stack_children() -> dict[str, int]:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
         except (OSError, IndexError, ValueError):
             continue
-        if len(argv) > 1 and argv[1] == b"broker" and b"tansu" in argv[0].rsplit(b"/", 1)[-1]:
-            found["broker"] = int(entry.name)
+        if (len(argv) > 1 and argv[1] == b"broker" and b"tansu" in argv[0].rsplit(b"/", 1)[-1]) or b"backbone.broker" in argv:
+            found["broker"] = int(entry.name)  # Tansu, or the disk broker (BACKBONE_EMBEDDED_BROKER=disk)
         elif b"backbone.registry" in argv:
             found["registry"] = int(entry.name)
     return found

@@ -20,6 +20,7 @@ from backbone.clickhouse.client import make_client
 from backbone.events.catalog import CONSENT_EVENT, load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import Settings
+from backbone.stack.embedded import broker_engine
 from bench.loops import MixProducer, demo_records
 from bench.pipeline import Sinks
 from bench.processes import cpu_seconds, rss_mb, stack_children
@@ -57,6 +58,7 @@ class SoakResults:
     series: list[dict[str, float | int | None]] = field(default_factory=list)  # one sample per interval
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per process: first/last/max/growth
     machine: str = "shared 2-core development machine, other engineers' tests running: figures are of a loaded machine"
+    broker: str = field(default_factory=broker_engine)  # the embedded broker that ran: tansu or disk (BACKBONE_EMBEDDED_BROKER)
     notes: list[str] = field(default_factory=list)
 
 
@@ -192,7 +194,7 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         sampler = SoakSampler(settings, worker, mix, sinks=landing is not None)
         header = f"{'t s':>6} {'offered':>9} {'decided':>9} {'/s':>7} {'lag':>7} {'worker cpu':>10}  " + \
                  "  ".join(f"{'RSS ' + name:>14}" for name in sampler.pids)
-        console.print(f"soak: {rate:,.0f} events/s for {seconds:g} s; sample every {interval:g} s (MiB)")
+        console.print(f"soak: {rate:,.0f} events/s for {seconds:g} s on the {results.broker} broker; sample every {interval:g} s (MiB)")
         console.print(header)
 
         def show(row: dict[str, float | int | None]) -> None:
@@ -275,9 +277,11 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
                                                     results.growth_window_s) for name in sampler.pids}
         if results.drained_s is None:
             results.notes.append("the worker had not committed every raw event 120 s after the load ended")
-        results.notes.append("the embedded broker keeps every message in memory (backbone/stack/memory.py says why the "
-                             "backbone cannot trim it): its RSS grows with what was written, raw and outputs alike, and "
-                             "it slows as it fills until it stalls (at 1 to 1.5 GiB); a Kafka cluster applies retention instead")
+        if results.broker == "tansu":
+            results.notes.append("the embedded broker keeps every message in memory (backbone/stack/memory.py says why the "
+                                 "backbone cannot trim it): its RSS grows with what was written, raw and outputs alike, and "
+                                 "it slows as it fills until it stalls (at 1 to 1.5 GiB); BACKBONE_EMBEDDED_BROKER=disk runs "
+                                 "the disk broker, which keeps messages on disk and applies retention")
     finally:
         if sampler is not None:
             sampler.close()

@@ -31,9 +31,12 @@ def demo(
 ) -> None:
     """Run the whole backbone on this machine: produce, enforce, pseudonymise, land, detect fraud, report."""
     from app.demo import Demo
-    from backbone.stack.memory import KEEPS
+    from backbone.stack.embedded import broker_engine
+    from backbone.stack.memory import broker_says
 
-    console.print(f"keeps: {KEEPS}", highlight=False)
+    chosen = get_settings()
+    console.print(broker_says(broker_engine(chosen.embedded_broker), retention_hours=chosen.embedded_broker_retention_hours),
+                  highlight=False)
     started = time.monotonic()
     columns = (TextColumn("{task.description:<20}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("{task.fields[note]}"), TimeElapsedColumn())

