@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import bisect
 import os
-from array import array
 import struct
 import time
+from array import array
 from dataclasses import dataclass, field
 from pathlib import Path
 

@@ -24,7 +24,14 @@ from typing import Any
 from backbone.broker.admin import AdminApis
 from backbone.broker.data import DataApis
 from backbone.broker.state import BrokerState
-from backbone.broker.wire import API_VERSIONS, WireError, api_versions_body, encode_response, read_request, unsupported_api_versions
+from backbone.broker.wire import (
+    API_VERSIONS,
+    WireError,
+    api_versions_body,
+    encode_response,
+    read_request,
+    unsupported_api_versions,
+)
 
 RETENTION_CHECK_S = 10.0
 HOUSEKEEPING_S = 0.25

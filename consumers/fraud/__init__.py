@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from consumers.fraud import rules as _rules  # registers the built-in rules
+from consumers.fraud import rules as _rules  # noqa: F401 - importing it registers the built-in rules
 from consumers.fraud.alerts import Alert
 from consumers.fraud.errors import DuplicateRule, FraudRuleError, UnknownRule
 from consumers.fraud.registry import RULES, Rule, applicable, lookup, register, registered, unregister
