@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 from pathlib import Path
 
 
@@ -32,3 +33,13 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def as_at_a_terminal() -> None:
+    """`preexec_fn` for a command a test stops as a user at a terminal would (Ctrl-C, a closed
+    terminal's SIGHUP): SIGINT and SIGHUP at their defaults in the child, whatever this test process
+    inherited (a suite started with `nohup`, or as a background job of a non-interactive shell, has
+    both ignored, and an ignored signal stays ignored across exec: the backbone honours that on
+    purpose, so the test would see a command that never stops)."""
+    for signum in (signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)

@@ -39,7 +39,7 @@ from backbone.settings import load_settings
 from backbone.stack.embedded import free_port
 from tests.browser import BrowserUnavailable, artifacts_dir, chrome
 from tests.cli import CLI, clean_env, run_backbone
-from tests.processes import descendants, pid_alive
+from tests.processes import as_at_a_terminal, descendants, pid_alive
 
 PASSWORD = "operator-secret-1"
 ROOT = Path(__file__).resolve().parent.parent
@@ -186,7 +186,7 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningDemo]:
                      "BACKBONE_BROKER_PORT": "0", "BACKBONE_SCHEMA_REGISTRY_PORT": "0", "BACKBONE_CONSOLE_PORT": "0"})
     process = subprocess.Popen(
         [*CLI, "demo", "--events", str(DEMO_EVENTS), "--timeout", "180", "--keep-running"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT, preexec_fn=as_at_a_terminal,
     )
     running = RunningDemo(process)
     ready = threading.Event()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.cli import clean_env
-from tests.processes import descendants, pid_alive
+from tests.processes import as_at_a_terminal, descendants, pid_alive
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ def test_a_signal_to_run_py_stops_the_command_and_every_process_it_started(tmp_p
     env = clean_env({"BACKBONE_DATA_DIR": str(tmp_path), "BACKBONE_BROKER_PORT": "0", "BACKBONE_SCHEMA_REGISTRY_PORT": "0",
                      "PYTHONUNBUFFERED": "1"})
     process = subprocess.Popen([sys.executable, str(ROOT / "run.py"), "up"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                               text=True, env=env, cwd=tmp_path)
+                               text=True, env=env, cwd=tmp_path, preexec_fn=as_at_a_terminal)
     lines: list[str] = []
     up = threading.Event()
 
