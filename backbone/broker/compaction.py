@@ -22,7 +22,7 @@ from pathlib import Path
 import crc32c
 import lz4.frame
 
-from backbone.broker.log import HEADER, LOG_OVERHEAD, MIN_BATCH, PartitionLog, Segment
+from backbone.broker.log import HEADER, LOG_OVERHEAD, MIN_BATCH, PartitionLog, Segment, uvarint
 
 ATTRIBUTES_AT = 21
 CRC_AT = 17
@@ -33,14 +33,8 @@ CONTROL = 0x20
 
 def _varint(data: bytes | memoryview, position: int) -> tuple[int, int]:
     """A zigzag varint (signed) at `position`: (value, next position)."""
-    value = shift = 0
-    while True:
-        byte = data[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return (value >> 1) ^ -(value & 1), position
-        shift += 7
+    value, position = uvarint(data, position)
+    return (value >> 1) ^ -(value & 1), position
 
 
 def records_of(batch: bytes) -> list[tuple[int, bytes | None, bool, bytes]] | None:

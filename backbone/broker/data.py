@@ -36,6 +36,11 @@ def attr(entity: Any, *names: str, default: Any = None) -> Any:
     return default
 
 
+
+def partition_log(topic: Any, index: int) -> Any:
+    """The log of partition `index` of `topic` (None: no such topic or partition)."""
+    return topic.logs[index] if topic is not None and 0 <= index < len(topic.logs) else None
+
 class DataApis:
     def __init__(self, state: BrokerState) -> None:
         self.state = state
@@ -61,7 +66,7 @@ class DataApis:
         return {"responses": responses, "throttle_time": 0}
 
     def _produce_partition(self, topic: Any, name: str, partition: int, records: bytes | None) -> dict[str, Any]:
-        if topic is None or not 0 <= partition < len(topic.logs):
+        if partition_log(topic, partition) is None:
             return {"error_code": ErrorCode.unknown_topic_or_partition, "base_offset": -1, "log_append_time": -1, "log_start_offset": -1}
         log = topic.logs[partition]
         first = -1
@@ -147,7 +152,7 @@ class DataApis:
             topic = self.state.topics.get(wanted.topic)
             parts = []
             for p in wanted.partitions:
-                if topic is None or not 0 <= p.partition < len(topic.logs):
+                if partition_log(topic, p.partition) is None:
                     parts.append({"partition_index": p.partition, "error_code": ErrorCode.unknown_topic_or_partition,
                                   "high_watermark": -1, "last_stable_offset": -1, "log_start_offset": -1, "records": None,
                                   "preferred_read_replica": -1})
@@ -173,7 +178,7 @@ class DataApis:
             topic = self.state.topics.get(wanted.name)
             parts = []
             for p in wanted.partitions:
-                if topic is None or not 0 <= p.partition_index < len(topic.logs):
+                if partition_log(topic, p.partition_index) is None:
                     parts.append({"partition_index": p.partition_index, "error_code": ErrorCode.unknown_topic_or_partition,
                                   "timestamp": -1, "offset": -1, "leader_epoch": -1})
                     continue
@@ -196,7 +201,7 @@ class DataApis:
             topic = self.state.topics.get(wanted.name)
             parts = []
             for p in wanted.partitions:
-                if topic is None or not 0 <= p.partition_index < len(topic.logs):
+                if partition_log(topic, p.partition_index) is None:
                     parts.append({"partition_index": p.partition_index, "low_watermark": -1, "error_code": ErrorCode.unknown_topic_or_partition})
                     continue
                 log = topic.logs[p.partition_index]

@@ -294,3 +294,16 @@ class PartitionLog:
         for path in self.directory.iterdir():
             path.unlink(missing_ok=True)
         self.directory.rmdir()
+
+
+def uvarint(data: bytes | memoryview, position: int) -> tuple[int, int]:
+    """An unsigned varint at `position` (the wire's compact lengths; a record's fields zigzag it):
+    (value, next position)."""
+    value = shift = 0
+    while True:
+        byte = data[position]
+        position += 1
+        value |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return value, position
+        shift += 7

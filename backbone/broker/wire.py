@@ -25,6 +25,8 @@ from kio.schema.errors import ErrorCode
 from kio.serial import entity_reader, entity_writer
 from kio.serial._introspect import EntityField, EntityTupleField, PrimitiveTupleField, classify_field
 
+from backbone.broker.log import uvarint
+
 # api key -> (min, max) version the broker answers
 SUPPORTED: dict[int, tuple[int, int]] = {
     0: (3, 8),  # Produce
@@ -58,15 +60,6 @@ class WireError(Exception):
     """A request the broker cannot read: the connection is closed."""
 
 
-def _uvarint(buffer: bytes, position: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        byte = buffer[position]
-        position += 1
-        value |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return value, position
-        shift += 7
 
 
 def read_request(frame: bytes) -> tuple[int, int, int, Any]:
@@ -81,10 +74,10 @@ def read_request(frame: bytes) -> tuple[int, int, int, Any]:
     (client_length,) = struct.unpack_from(">h", frame, 8)
     position = 10 + max(client_length, 0)
     if schema.__header_schema__.__flexible__:
-        count, position = _uvarint(frame, position)
+        count, position = uvarint(frame, position)
         for _ in range(count):
-            _, position = _uvarint(frame, position)
-            size, position = _uvarint(frame, position)
+            _, position = uvarint(frame, position)
+            size, position = uvarint(frame, position)
             position += size
     request, _ = _reader(schema)(memoryview(frame), position)
     return api_key, version, correlation, request
