@@ -26,7 +26,7 @@ from backbone.broker.data import DataApis
 from backbone.broker.log import PartitionLog
 from backbone.broker.state import BrokerState
 from backbone.broker.wire import encode_response, read_request
-from backbone.errors import EmbeddedError
+from backbone.errors import EmbeddedError, NotPrivateError
 from backbone.stack.embedded import EmbeddedBroker
 from backbone.stack.memory import broker_says
 from tests.conftest import TEST_CONSUMER_CONFIG
@@ -385,3 +385,30 @@ def test_the_processor_works_on_the_disk_broker() -> None:  # a pytest of its ow
         cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "1 passed" in result.stdout
+
+
+def test_another_account_on_the_host_cannot_read_what_the_broker_keeps(tmp_path: Path) -> None:
+    """Segments hold raw events (personal data): the broker refuses a data directory its group or
+    others may use, and its process writes every file and directory its user's only, whatever umask
+    started it (here the usual 022)."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o755)
+    with pytest.raises(NotPrivateError, match="disk broker's data directory"):
+        BrokerState(shared)
+    (tmp_path / "own").mkdir(mode=0o700)
+    previous = os.umask(0o022)
+    try:
+        running = EmbeddedBroker(tmp_path / "own", engine="disk").__enter__()
+    finally:
+        os.umask(previous)
+    try:
+        name = _topic(running.bootstrap, partitions=1)
+        producer = Producer({"bootstrap.servers": running.bootstrap})
+        producer.produce(name, b"a raw event", b"k")
+        assert producer.flush(10) == 0
+        kept = [running.storage_dir, *running.storage_dir.rglob("*")]
+        assert any(path.is_file() and path.stat().st_size for path in kept)
+        assert [str(path) for path in kept if path.stat().st_mode & 0o077] == []
+    finally:
+        running.__exit__(None, None, None)

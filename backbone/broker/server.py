@@ -32,6 +32,7 @@ from backbone.broker.wire import (
     read_request,
     unsupported_api_versions,
 )
+from backbone.files.private import private_umask
 
 RETENTION_CHECK_S = 10.0
 HOUSEKEEPING_S = 0.25
@@ -146,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="retention of topics that set no retention.ms (default BACKBONE_EMBEDDED_BROKER_RETENTION_HOURS, "
                              "else 168: a week, as Kafka's)")
     args = parser.parse_args(argv)
+    private_umask()  # segments, offsets and state files: 0600, whatever umask started the broker
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
 
     async def run() -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from backbone.broker.compaction import compact
 from backbone.broker.log import PartitionLog
+from backbone.files.private import private_directory
 
 FLUSH_S = 0.5
 DAY_MS = 86_400_000
@@ -67,7 +68,8 @@ class BrokerState:
 
     def __init__(self, root: Path, retention_ms: int | None = None) -> None:
         """`retention_ms`: the broker's default for topics that set none (Kafka's log.retention.ms)."""
-        self.root = root
+        # Raw events (personal data) and offsets live here: this user's only, or the broker does not start.
+        self.root = private_directory(root, "disk broker's data directory")
         self.defaults = {**DEFAULTS, **({"retention.ms": str(retention_ms)} if retention_ms is not None else {})}
         for sub in ("topics", "groups"):
             (root / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
