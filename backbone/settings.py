@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     consumer_session_timeout_ms: int = Field(10_000, ge=1_000)
     consumer_heartbeat_interval_ms: int = Field(1_000, ge=100)
     consumer_batch_size: int = Field(5_000, ge=1, description="Messages per batched consume call")
+    release_mix_ms: int = Field(50, ge=0, le=1000, description="A processor batch of fewer than 256 events also takes "
+                                "what arrives within this long, so each recipient's copies are shuffled among them "
+                                "(0: no wait; copies of a lone event then line up by offset across domains)")
     quality_rules: bool = Field(True, description="Processors check raw events against the schemas' quality rules "
                                 "(schemas/<event type>.quality.yaml) and emit hourly windows to quality.windows")
     quality_gate_minutes: int = Field(60, ge=1, le=60, description="How long the records of an agreement that requires "

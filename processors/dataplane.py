@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 LINGER_MS = 2
 # How long one consume call waits for the first message while nothing is waiting.
 IDLE_WAIT_S = 0.1
+# A batch of this many events is mixed enough: its releases need not wait for more (`_next_batch`).
+MIX_ENOUGH = 256
 # How long the data plane waits before reading again after the schema registry failed it.
 REGISTRY_BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 
@@ -132,12 +134,13 @@ class DataPlane:
                           None, self._on_delivery)
         consumer.subscribe([RAW_PATTERN])
         batch_size = self.settings.consumer_batch_size
+        mix_s = self.settings.release_mix_ms / 1000
         try:
             while not self._stop.is_set():
                 if self._hold(consumer):
                     continue
                 started = time.perf_counter()
-                messages = self._next_batch(consumer, batch_size)
+                messages = self._next_batch(consumer, batch_size, mix_s)
                 self.seconds["consume"] += time.perf_counter() - started
                 if not messages:
                     producer.poll(0)
@@ -163,19 +166,29 @@ class DataPlane:
                 checkpoints.close(clean)
 
     @staticmethod
-    def _next_batch(consumer: Consumer, batch_size: int) -> list[Message]:
+    def _next_batch(consumer: Consumer, batch_size: int, mix_s: float = 0.0) -> list[Message]:
         """What is waiting now, up to `batch_size`; when nothing is, the first message to arrive
         (within IDLE_WAIT_S) and whatever came with it. Batch sizes follow the load: one batch
-        takes what arrived while the previous one was decided, small when the flow is light (no
-        fixed wait for a batch to fill: librdkafka's consume() waits its whole timeout for
-        `batch_size` messages), up to `batch_size` under a backlog."""
+        takes what arrived while the previous one was decided, up to `batch_size` under a backlog
+        (no fixed wait for a batch to fill: librdkafka's consume() waits its whole timeout for
+        `batch_size` messages).
+
+        A batch smaller than MIX_ENOUGH also takes what arrives within `mix_s` (the release mix,
+        `BACKBONE_RELEASE_MIX_MS`): its shared records are produced in a fresh random order per
+        recipient topic (`processors.release_order`), and a batch of one event would line up copies
+        of it by offset across sharing domains. Under light load a batch is every event of its mix
+        window, which is what a recipient learns anyway from when it receives them."""
         messages = consumer.consume(batch_size, 0)
-        if messages:
-            return messages
-        first = consumer.consume(1, IDLE_WAIT_S)
-        if not first or batch_size == 1:
-            return first
-        return first + consumer.consume(batch_size - 1, 0)
+        if not messages:
+            messages = consumer.consume(1, IDLE_WAIT_S)
+            if not messages:
+                return messages
+        enough, deadline = min(batch_size, MIX_ENOUGH), time.monotonic() + mix_s
+        while len(messages) < enough and (left := deadline - time.monotonic()) > 0:
+            messages += consumer.consume(enough - len(messages), left)
+        if len(messages) < batch_size:
+            messages += consumer.consume(batch_size - len(messages), 0)
+        return messages
 
     def _hold(self, consumer: Consumer) -> bool:
         """Pause while the gate gives a reason (True: nothing consumed this turn), resume after."""

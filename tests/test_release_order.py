@@ -4,14 +4,21 @@ released in an order of its own per recipient topic (one subject's records keep 
 from __future__ import annotations
 
 import random
+import threading
+import time
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 
+import pytest
+from confluent_kafka import Consumer, Producer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from backbone.kafka.topics import Topics
 from backbone.policy.agreements import Agreement
 from backbone.policy.released import released_period_days, released_timestamp_ms
+from backbone.settings import Settings
+from processors.dataplane import DataPlane
 from processors.release_order import release_order
 
 
@@ -73,3 +80,44 @@ def test_the_default_order_comes_from_the_operating_systems_randomness() -> None
     outputs = [Out("shared.a.x", str(i).encode(), i) for i in range(12)]
     orders = [tuple(o.n for o in release_order(outputs)) for _ in range(20)]
     assert len(set(orders)) == 20 and tuple(range(12)) not in orders  # 12! orders: a repeat is a broken source
+
+
+def _trickle(settings: Settings, topic: str, count: int, every_s: float) -> threading.Thread:
+    """Send `count` records to `topic`, one every `every_s` (a light, steady flow)."""
+    def send() -> None:
+        producer = Producer(settings.producer_config(**{"linger.ms": 0}))
+        for n in range(count):
+            producer.produce(topic, str(n).encode())
+            producer.flush(5)
+            time.sleep(every_s)
+    thread = threading.Thread(target=send, daemon=True)
+    thread.start()
+    return thread
+
+
+@pytest.mark.integration
+def test_under_a_light_flow_a_batch_gathers_its_mix_window_and_loses_nothing(settings: Settings, unique: str) -> None:
+    """A processor that keeps up with a trickle would decide one event per batch, and one event's
+    copies would then sit in the same order on every recipient's topic (the offsets link domains):
+    a batch waits for what arrives within the release mix (BACKBONE_RELEASE_MIX_MS) so each
+    recipient's copies are shuffled among those events. Nothing is skipped or repeated."""
+    topic = f"raw.{unique}.trickle"
+    Topics(settings).ensure(topic, partitions=1)
+    consumer = Consumer(settings.consumer_config(f"g-{unique}", **{"fetch.wait.max.ms": 5}))
+    consumer.subscribe([topic])
+    try:
+        while not consumer.assignment():
+            assert DataPlane._next_batch(consumer, 5000, 0.3) == [], "nothing waiting: nothing decided"
+        sender = _trickle(settings, topic, 40, 0.01)  # 40 records over at least 0.4 s
+        batches: list[list[int]] = []
+        deadline = time.monotonic() + 30
+        while sum(map(len, batches)) < 40 and time.monotonic() < deadline:
+            got = [m for m in DataPlane._next_batch(consumer, 5000, 0.3) if m.error() is None]
+            if got:
+                batches.append([int(m.value()) for m in got])
+        sender.join(10)
+        assert [n for batch in batches for n in batch] == list(range(40)), "every record once, in order"
+        # one batch per record without the mix; with it, one per 0.3 s of the flow (at most 3 s here)
+        assert len(batches) <= 10, f"each batch gathers its mix window: {list(map(len, batches))}"
+    finally:
+        consumer.close()
