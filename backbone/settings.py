@@ -144,7 +144,8 @@ class Settings(BaseSettings):
     # Embedded broker
     broker_port: int = Field(9092, ge=0, le=65535, description="Port of the embedded broker (0: a free one)")
     embedded_broker: Literal["tansu", "disk"] = Field(
-        "tansu", description="The embedded broker: tansu (memory, keeps everything until it stops) or disk (backbone.broker: segments on disk, retention)")
+        "disk", description="The embedded broker: disk (backbone.broker: segments on disk, retention; the default) or tansu "
+        "(memory, keeps everything until it stops)")
     embedded_broker_retention_hours: float = Field(
         168.0, gt=0, description="The disk broker's retention of topics that set no retention.ms of their own (a week, as Kafka's)")
 

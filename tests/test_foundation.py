@@ -82,7 +82,7 @@ def test_embedded_broker_refuses_a_taken_port(tmp_path: Path) -> None:
 def test_missing_broker_binary_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CALF_TANSU_BIN", str(tmp_path / "no-such-tansu"))
     with pytest.raises(EmbeddedError, match="Tansu broker binary is missing"):
-        EmbeddedBroker(tmp_path).start()
+        EmbeddedBroker(tmp_path, engine="tansu").start()
 
 
 def _cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:

@@ -230,6 +230,8 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
         catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, backbone_cli) -> None:  # noqa: ANN001
     Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
     recipient = f"gate{unique}"  # a recipient of this test's own: its shared topic is read from the start
+    for topic in (shared_topic(recipient, CLAIM), AUDIT_TOPIC):  # as the processor does at start (no broker auto-creates them)
+        Topics(settings).ensure(topic)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     stopped = gated_router(catalog, tmp_path / "a", recipient=recipient)

@@ -238,8 +238,9 @@ ENGINES = ("tansu", "disk")
 
 
 def broker_engine(engine: str | None = None) -> str:
-    """The embedded broker to run: `engine`, else BACKBONE_EMBEDDED_BROKER, else Tansu."""
-    chosen = (engine or os.environ.get("BACKBONE_EMBEDDED_BROKER") or "tansu").strip().lower()
+    """The embedded broker to run: `engine`, else BACKBONE_EMBEDDED_BROKER, else the disk broker (it
+    holds its memory flat for days; Tansu keeps everything in memory until it stops)."""
+    chosen = (engine or os.environ.get("BACKBONE_EMBEDDED_BROKER") or "disk").strip().lower()
     if chosen not in ENGINES:
         raise EmbeddedError(f"BACKBONE_EMBEDDED_BROKER={chosen!r} is not a broker: use tansu (memory) or disk (backbone.broker)")
     return chosen
