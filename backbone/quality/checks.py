@@ -113,7 +113,10 @@ class Checker:
                 now: datetime, token: str | None = None, keys: tuple[set[int], frozenset[int] | set[int]] | None = None) -> None:
         """Add one event's evidence to `window`: `seen`/`previous`: the uniqueness keys of this hour and
         the one before; `keys`: the same of the business key's markers (None: not checked)."""
-        self.check(window, seen, previous, keys, None, record, now, token)
+        delays: list[float] = []
+        self.check(window, seen, previous, keys, None, delays, record, now, token)
+        if delays:
+            window.delays.update(delays[0])
 
     def finish(self, window: WindowState) -> WindowState:
         """Fill in the values each validity rule checked: the window's events less its field's missing."""
@@ -208,8 +211,7 @@ class QualityMonitor:
                 current = self._open(event_type, self._hour)
             current[1](record, now, token)
         for _, _, state in list(current_of.values()):
-            if state.later:
-                state.resolve()
+            state.settle()
             if len(state.ids.recent) >= RECENT_MAX or len(state.keys.recent) >= RECENT_MAX:
                 state.ids.compact()
                 state.keys.compact()
@@ -278,8 +280,8 @@ class QualityMonitor:
 
     def _open(self, event_type: str, hour: int) -> Current:
         before = self._current.get(event_type)
-        if before is not None and before[2].later:  # its records' uniqueness first: they came before
-            before[2].resolve()
+        if before is not None:  # its records' uniqueness first: they came before
+            before[2].settle()
         window = self.windows.get((event_type, hour))
         if window is None:
             window = self.windows[(event_type, hour)] = WindowState(event_type, hour)

@@ -8,7 +8,7 @@ from the contract only: field names, labels and rule names enter it as `repr()` 
 other value (compiled patterns, value sets, reference sets, bounds, the pseudonym, the marks) as a
 constant bound by name (as `backbone.events.decoder` does), so nothing in a contract is code.
 
-    observe(window, seen, previous, keys, later, record, now, token=None)
+    observe(window, seen, previous, keys, later, delays, record, now, token=None)
 
 (the window's arguments first: the monitor binds them once per window, `functools.partial`).
 
@@ -17,7 +17,9 @@ constant bound by name (as `backbone.events.decoder` does), so nothing in a cont
 business-key markers' sets, None to skip business keys (the gate's windows). `later`: None, or a
 list to which the record's (event-id marker, business marker, business text) is appended instead of
 deciding its uniqueness here, when older markers are held compacted (`KeySet`) and the monitor
-decides the batch's in one vectorised look-up (`QualityMonitor.flush`).
+decides the batch's in one vectorised look-up (`QualityMonitor.flush`). `delays`: a list the delay
+`occurred_at` -> now of each record is appended to, for the window's KLL sketch in one update of
+the batch (an update per value cost ~0.85 µs, a numpy array's ~0.05 µs a value).
 """
 
 from __future__ import annotations
@@ -86,11 +88,11 @@ def compile_checker(checker: Any) -> Compiled:
         add("o = get('occurred_at')")
         add("if isinstance(o, _datetime):")
         add("    d = (now - o).total_seconds()")
-        add("    window.delays.update(d)")
+        add("    delays.append(d)")
         add(f"    if d > {src.constant(checker.max_delay_s)}: window.late += 1")
     if checker.consistency and checker.subject_field:
         _consistency(src, checker)
-    source = ("def observe(window, seen, previous, keys, later, record, now, token=None):\n"
+    source = ("def observe(window, seen, previous, keys, later, delays, record, now, token=None):\n"
               + "\n".join(src.lines) + "\n")
     scope = dict(src.constants)
     exec(compile(source, f"<quality checks {checker.event_type}>", "exec"), scope)  # noqa: S102 - from the contract only

@@ -93,7 +93,7 @@ class Open:
     blocks, the checks append each record's markers to `later` and `resolve` decides the batch's
     uniqueness in record order, exactly as the checks would have one by one."""
 
-    __slots__ = ("check", "ids", "keys", "label", "later", "previous_ids", "previous_keys", "window")
+    __slots__ = ("check", "delays", "ids", "keys", "label", "later", "previous_ids", "previous_keys", "window")
 
     def __init__(self, checker: Any, window: Any, ids: KeySet, previous_ids: KeySet, keys: KeySet, previous_keys: KeySet) -> None:
         self.check, self.window = checker.check, window
@@ -101,11 +101,20 @@ class Open:
         self.ids, self.previous_ids, self.keys, self.previous_keys = ids, previous_ids, keys, previous_keys
         deferred = ids.blocks or previous_ids.blocks or keys.blocks or previous_keys.blocks
         self.later: list[tuple[int | None, int | None, str | None]] | None = [] if deferred else None
+        self.delays: list[float] = []  # the batch's delays, for the window's KLL sketch in one update
 
     def bound(self) -> Callable[[dict, datetime, str | None], None]:
         """The checks with this window's arguments bound: `(record, now, token)`."""
         return partial(self.check, self.window, self.ids.recent, self.previous_ids.recent,
-                       (self.keys.recent, self.previous_keys.recent), self.later)
+                       (self.keys.recent, self.previous_keys.recent), self.later, self.delays)
+
+    def settle(self) -> None:
+        """At the batch's end: its delays into the window's sketch, its deferred uniqueness decided."""
+        if self.delays:
+            self.window.delays.update(np.array(self.delays, dtype=np.float32))
+            self.delays.clear()
+        if self.later:
+            self.resolve()
 
     def resolve(self) -> None:
         """Decide the deferred records' uniqueness: a marker is a duplicate when it is in a block
