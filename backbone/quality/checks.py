@@ -114,7 +114,7 @@ class Checker:
         """Add one event's evidence to `window`: `seen`/`previous`: the uniqueness keys of this hour and
         the one before; `keys`: the same of the business key's markers (None: not checked)."""
         delays: list[float] = []
-        self.check(window, seen, previous, keys, None, delays, record, now, token)
+        self.check(window, seen, previous, keys, None, delays, [(record, token)], now)
         if delays:
             window.delays.update(delays[0])
 
@@ -199,17 +199,29 @@ class QualityMonitor:
             self._forget(self._erased.popleft())
         pending, self._pending = self._pending, []
         marking, checkers, current_of = self.marking, self.checkers, self._current
-        for event_type, record, now, token in pending:
+        # Each event type's records in order, checked together; a mark (an earlier event of a consistency
+        # rule) or a new `now` first has the records before it checked, as one by one would.
+        groups: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        now = None
+        for event_type, record, at, token in pending:
+            if at is not now:
+                if groups:
+                    self._check(groups, now)  # type: ignore[arg-type]
+                    groups = {}
+                now = at
             if event_type in marking:
+                if groups:
+                    self._check(groups, now)
+                    groups = {}
                 self._mark(event_type, record, token)
                 if event_type not in checkers:
                     continue
-            if now is not self._now:
-                self._now, self._hour = now, int(now.timestamp() * 1000) // HOUR_MS
-            current = current_of.get(event_type)
-            if current is None or current[0] != self._hour:
-                current = self._open(event_type, self._hour)
-            current[1](record, now, token)
+            group = groups.get(event_type)
+            if group is None:
+                group = groups[event_type] = []
+            group.append((record, token))
+        if groups:
+            self._check(groups, now)  # type: ignore[arg-type]
         for _, _, state in list(current_of.values()):
             state.settle()
             if len(state.ids.recent) >= RECENT_MAX or len(state.keys.recent) >= RECENT_MAX:
@@ -277,6 +289,15 @@ class QualityMonitor:
                 marks[token] = month
                 if len(marks) > MAX_MARKS:
                     del marks[next(iter(marks))]
+
+    def _check(self, groups: dict[str, list[tuple[dict[str, Any], str | None]]], now: datetime) -> None:
+        if now is not self._now:
+            self._now, self._hour = now, int(now.timestamp() * 1000) // HOUR_MS
+        for event_type, batch in groups.items():
+            current = self._current.get(event_type)
+            if current is None or current[0] != self._hour:
+                current = self._open(event_type, self._hour)
+            current[1](batch, now)
 
     def _open(self, event_type: str, hour: int) -> Current:
         before = self._current.get(event_type)

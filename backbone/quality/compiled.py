@@ -8,9 +8,10 @@ from the contract only: field names, labels and rule names enter it as `repr()` 
 other value (compiled patterns, value sets, reference sets, bounds, the pseudonym, the marks) as a
 constant bound by name (as `backbone.events.decoder` does), so nothing in a contract is code.
 
-    observe(window, seen, previous, keys, later, delays, record, now, token=None)
+    check(window, seen, previous, keys, later, delays, batch, now)
 
-(the window's arguments first: the monitor binds them once per window, `functools.partial`).
+checks each `(record, token)` of `batch` in order (`token`: the subject's oversight pseudonym, or
+None); the window's arguments come first: the monitor binds them once per window (`functools.partial`).
 
 `seen`/`previous`: the event-id markers of this window and the one before (sets, or a
 `backbone.quality.keyset.KeySet`'s `recent` set); `keys`: (this window's, the previous window's)
@@ -54,7 +55,7 @@ class _Source:
 
 def _validity(src: _Source, rule: ValidityRule, label: str, test: Any, indent: int) -> None:
     """`if <value fails>: invalid[label] += 1` for the value `v` (present: not None, "" or NaN)."""
-    fail = f"window.invalid[{label!r}] += 1"
+    fail = f"invalid[{label!r}] += 1"
     if rule.reference is not None:  # a ReferenceSet's `__contains__`: text only, then its members (a frozenset or a Bloom filter)
         src.add(f"if not (isinstance(v, _str) and v in {src.constant(test.__self__.members)}): {fail}", indent)
     elif rule.values is not None:
@@ -68,16 +69,16 @@ def _validity(src: _Source, rule: ValidityRule, label: str, test: Any, indent: i
 
 
 def compile_checker(checker: Any) -> Compiled:
-    """The function doing `checker`'s checks (a `backbone.quality.checks.Checker`, its plan, keys,
-    subject field, pseudonym and consistency marks as they are now: compile again after a change)."""
+    """The function doing `checker`'s checks on a batch of records (a `backbone.quality.checks.Checker`,
+    its plan, keys, subject field, pseudonym and consistency marks as they are now: compile again
+    after a change). The window's counters and bound methods are locals of the batch's loop."""
     src = _Source()
     add = src.add
-    add("window.events += 1")
     add("get = record.get")
     for name, tests in checker.plan:
         add(f"v = get({name!r})")
         add("if v is None or v == '' or v != v:")  # NaN is not equal to itself
-        add(f"    window.missing[{name!r}] += 1")
+        add(f"    missing[{name!r}] += 1")
         if tests:
             add("else:")
             for (label, test), rule in zip(tests, checker.rules_of(name), strict=True):
@@ -88,17 +89,27 @@ def compile_checker(checker: Any) -> Compiled:
         add("o = get('occurred_at')")
         add("if isinstance(o, _datetime):")
         add("    d = (now - o).total_seconds()")
-        add("    delays.append(d)")
-        add(f"    if d > {src.constant(checker.max_delay_s)}: window.late += 1")
+        add("    delay(d)")
+        add(f"    if d > {src.constant(checker.max_delay_s)}: late += 1")
     if checker.consistency and checker.subject_field:
         _consistency(src, checker)
-    source = ("def observe(window, seen, previous, keys, later, delays, record, now, token=None):\n"
-              + "\n".join(src.lines) + "\n")
+    label = checker.business_label
+    head = ["    missing, invalid, distinct, delay = window.missing, window.invalid, window.distinct.update, delays.append",
+            "    duplicates = late = key_duplicates = 0",
+            "    key_distinct = None",
+            "    for record, token in batch:"]
+    tail = ["    window.events += len(batch)",
+            "    window.duplicates += duplicates",
+            "    window.late += late"]
+    if label is not None:
+        tail.append(f"    if key_duplicates: window.key_duplicates[{label!r}] += key_duplicates")
+    source = ("def check(window, seen, previous, keys, later, delays, batch, now):\n"
+              + "\n".join([*head, *("    " + line for line in src.lines), *tail]) + "\n")
     scope = dict(src.constants)
     exec(compile(source, f"<quality checks {checker.event_type}>", "exec"), scope)  # noqa: S102 - from the contract only
-    observe: Compiled = scope["observe"]
-    observe.source = source  # type: ignore[attr-defined]  # for a reader (and a test) of what runs
-    return observe
+    check: Compiled = scope["check"]
+    check.source = source  # type: ignore[attr-defined]  # for a reader (and a test) of what runs
+    return check
 
 
 def _uniqueness(src: _Source, checker: Any) -> None:
@@ -111,11 +122,11 @@ def _uniqueness(src: _Source, checker: Any) -> None:
     add("if k is not None:")
     add("    if isinstance(k, _UUID):")  # the decoder's TextUUID too
     add("        m = k.int >> 65")
-    add("        window.distinct.update(m)")
+    add("        distinct(m)")
     add("    else:")
     add("        k = _str(k)")
     add("        m = _hash(k) & MASK")
-    add("        window.distinct.update(k)")
+    add("        distinct(k)")
     add("    if later is not None:")  # older markers are compacted: the monitor decides the batch's
     if business:
         add("        if keys is not None:")
@@ -125,7 +136,7 @@ def _uniqueness(src: _Source, checker: Any) -> None:
     else:
         add("        later.append((m, None, None))")
     add("    elif m in seen or m in previous:")
-    add("        window.duplicates += 1")
+    add("        duplicates += 1")
     add("        dup = True")
     add("    else:")
     add("        seen.add(m)")
@@ -164,10 +175,12 @@ def _business(src: _Source, checker: Any, indent: int, deferred: str | None = No
         add(f"    later.append(({deferred}, None, None))", indent)
         return
     add("if b in keys[0] or b in keys[1]:", inner)
-    add(f"    window.key_duplicates[{label!r}] += 1", inner)
+    add("    key_duplicates += 1", inner)
     add("else:", inner)
     add("    keys[0].add(b)", inner)
-    add(f"    window.key_distinct_sketch({label!r}).update({SEP!r}.join(values))", inner)
+    add("    if key_distinct is None:", inner)  # the sketch is made with the window's first business key
+    add(f"        key_distinct = window.key_distinct_sketch({label!r}).update", inner)
+    add(f"    key_distinct({SEP!r}.join(values))", inner)
 
 
 def _consistency(src: _Source, checker: Any) -> None:

@@ -103,8 +103,8 @@ class Open:
         self.later: list[tuple[int | None, int | None, str | None]] | None = [] if deferred else None
         self.delays: list[float] = []  # the batch's delays, for the window's KLL sketch in one update
 
-    def bound(self) -> Callable[[dict, datetime, str | None], None]:
-        """The checks with this window's arguments bound: `(record, now, token)`."""
+    def bound(self) -> Callable[[list[tuple[dict, str | None]], datetime], None]:
+        """The checks with this window's arguments bound: `(batch of (record, token), now)`."""
         return partial(self.check, self.window, self.ids.recent, self.previous_ids.recent,
                        (self.keys.recent, self.previous_keys.recent), self.later, self.delays)
 
