@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backbone.quality import checks
+from backbone.quality import checks, keyset
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContract, QualitySection
 from backbone.quality.keyset import KeySet
@@ -109,10 +109,11 @@ def expected(batch: list[dict]) -> dict[int, dict]:
     return out
 
 
-def observed(batch: list[dict], recent_max: int, pending: int) -> dict[int, dict]:
-    before = checks.RECENT_MAX, checks.MAX_PENDING
-    # markers past RECENT_MAX go into sorted blocks at a flush (every MAX_PENDING records): then decisions are deferred
-    checks.RECENT_MAX, checks.MAX_PENDING = recent_max, pending
+def observed(batch: list[dict], recent_max: int, pending: int, later_max: int = keyset.LATER_MAX) -> dict[int, dict]:
+    before = checks.RECENT_MAX, checks.MAX_PENDING, keyset.LATER_MAX
+    # markers past RECENT_MAX go into sorted blocks at a flush (every MAX_PENDING records): then decisions
+    # are deferred, and made once LATER_MAX records wait, or as the window is replaced or handed over
+    checks.RECENT_MAX, checks.MAX_PENDING, keyset.LATER_MAX = recent_max, pending, later_max
     try:
         monitor = QualityMonitor([CONTRACT])
         for record in batch:
@@ -120,7 +121,7 @@ def observed(batch: list[dict], recent_max: int, pending: int) -> dict[int, dict
             monitor.observe(EVENT, {**record, "occurred_at": now - timedelta(seconds=record["delay_s"])}, now)
         windows = monitor.closed(NOW + timedelta(hours=3), everything=True)
     finally:
-        checks.RECENT_MAX, checks.MAX_PENDING = before
+        checks.RECENT_MAX, checks.MAX_PENDING, keyset.LATER_MAX = before
     return {window.hour - hour_of(NOW): window.counters() for window in windows}
 
 
@@ -130,7 +131,8 @@ def test_the_compiled_checks_count_what_the_contract_defines_with_or_without_com
     batch = sorted(batch, key=lambda r: r["hour"])  # the processor's clock goes forward
     want = expected(batch)
     assert observed(batch, recent_max=1 << 14, pending=64) == want  # every marker in the recent sets
-    assert observed(batch, recent_max=2, pending=3) == want         # nearly all in blocks: decided at each batch's end
+    assert observed(batch, recent_max=2, pending=3) == want         # nearly all in blocks: decided as the window closes
+    assert observed(batch, recent_max=2, pending=3, later_max=2) == want  # ... and at a batch's end
 
 
 @settings(max_examples=100, deadline=None)

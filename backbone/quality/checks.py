@@ -191,8 +191,9 @@ class QualityMonitor:
             if len(self._pending) >= MAX_PENDING:
                 self.flush()
 
-    def flush(self) -> None:
-        """Check every record noted since the last flush (the data plane's thread only)."""
+    def flush(self, settle: bool = False) -> None:
+        """Check every record noted since the last flush (the data plane's thread only); `settle`:
+        decide every deferred uniqueness now (`Open.settle`), as before a window is handed over."""
         while self._read:
             self._remember(*self._read.popleft())
         while self._erased:
@@ -223,7 +224,7 @@ class QualityMonitor:
         if groups:
             self._check(groups, now)  # type: ignore[arg-type]
         for _, _, state in list(current_of.values()):
-            state.settle()
+            state.settle(force=settle)
             if len(state.ids.recent) >= RECENT_MAX or len(state.keys.recent) >= RECENT_MAX:
                 state.ids.compact()
                 state.keys.compact()
@@ -302,7 +303,7 @@ class QualityMonitor:
     def _open(self, event_type: str, hour: int) -> Current:
         before = self._current.get(event_type)
         if before is not None:  # its records' uniqueness first: they came before
-            before[2].settle()
+            before[2].settle(force=True)
         window = self.windows.get((event_type, hour))
         if window is None:
             window = self.windows[(event_type, hour)] = WindowState(event_type, hour)
@@ -340,7 +341,7 @@ class QualityMonitor:
         """Every window of an hour before `now`'s (`everything`: the open ones too, as a worker stops
         cleanly), removed from the monitor (each handed over once; another worker's or a restarted
         worker's window of the same hour merges with it)."""
-        self.flush()
+        self.flush(settle=True)
         hour = int(now.timestamp() * 1000) // HOUR_MS + (1 if everything else 0)
         done = sorted((key for key in self.windows if key[1] < hour), key=lambda k: (k[1], k[0]))
         out = [self.checkers[key[0]].finish(self.windows.pop(key)) for key in done]

@@ -23,6 +23,8 @@ import numpy as np
 # Markers held in the Python set before they are sorted into a block: ~60 B each, so at most ~1 MiB
 # a window (a block holds them in 8 B). Below it a window never compacts (and never defers).
 RECENT_MAX = 1 << 14
+# Records whose uniqueness waits for one look-up in the blocks (~150 B each while they wait).
+LATER_MAX = 2048
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
@@ -108,12 +110,14 @@ class Open:
         return partial(self.check, self.window, self.ids.recent, self.previous_ids.recent,
                        (self.keys.recent, self.previous_keys.recent), self.later, self.delays)
 
-    def settle(self) -> None:
-        """At the batch's end: its delays into the window's sketch, its deferred uniqueness decided."""
+    def settle(self, force: bool = False) -> None:
+        """At a batch's end: its delays into the window's sketch; the deferred uniqueness decided once
+        `LATER_MAX` records wait (a look-up in the blocks costs ~1 µs of numpy calls, whatever the
+        number of markers), or now (`force`: before the window is handed over or replaced)."""
         if self.delays:
             self.window.delays.update(np.array(self.delays, dtype=np.float32))
             self.delays.clear()
-        if self.later:
+        if self.later and (force or len(self.later) >= LATER_MAX):
             self.resolve()
 
     def resolve(self) -> None:
