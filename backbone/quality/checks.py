@@ -1,8 +1,10 @@
 """The quality checks compiled from a contract, and the monitor that runs them on the raw stream.
 
-Compiled once per event type (patterns compiled, value sets frozen, one plan entry per field);
-per event, `observe` reads each checked field once and touches a counter only on a failure, plus one
-update per sketch. Values never leave the monitor: only counts and sketches do
+Compiled once per event type (patterns compiled, value sets frozen, one plan entry per field) into
+one generated function (`backbone.quality.compiled`) that checks a batch of that event type's
+records: it reads each checked field once and touches a counter only on a failure, plus one update
+per sketch. The uniqueness markers of a window and the one before are exact and compact
+(`backbone.quality.keyset`). Values never leave the monitor: only counts and sketches do
 (`backbone.quality.window`).
 """
 
@@ -14,11 +16,10 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
-from uuid import UUID
 
 from backbone.quality.compiled import compile_checker
-from backbone.quality.keyset import EMPTY, RECENT_MAX, KeySet, Open
 from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
+from backbone.quality.keyset import EMPTY, RECENT_MAX, KeySet, Open
 from backbone.quality.reference import ReferenceSet
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState

@@ -1,14 +1,16 @@
 """An exact set of 64-bit markers in ~8 bytes each: the monitor's uniqueness keys of one window.
 
 A Python `set` of ints held ~60 bytes a marker (the int object and the table's slot at its load
-factor): with the event ids' and the business keys' markers of the current and the previous hour,
-~121 bytes an event, which grew a worker by ~600 MiB in an hour at 2,000 events/s (issue 30's
-soak). Here the newest markers are a small Python set (`recent`, at most `RECENT_MAX`: the per-event
-check stays a set look-up) and the older ones sorted numpy uint64 blocks, merged as they grow (each
-block at least twice the next, so a marker is merged O(log n) times and looked up in O(log n)
-blocks). Blocks are searched for a batch of markers at once (`isin`, `numpy.searchsorted`); the
-monitor defers a window's uniqueness decisions to its batch's end once it has blocks
-(`backbone.quality.checks`). Nothing is approximate: a marker is in the set or not.
+factor): with the event ids' and the business keys' markers, ~131 bytes an event of the hour
+(`python -m bench.quality_rules`), a good part of a worker's growth in issue 30's soak (159 -> 754
+MiB in an hour at 2,000 events/s). Here the newest markers are a small Python set (`recent`, at
+most `RECENT_MAX`: the per-event check stays a set look-up) and the older ones sorted numpy uint64
+blocks, merged as they grow (each block more than twice the next, so a marker is merged O(log n)
+times and looked up in O(log n) blocks): ~19 bytes an event in all. Blocks are searched for many
+markers at once (`isin`, `numpy.searchsorted`): once a window or the one before has blocks, the
+monitor defers its uniqueness decisions (`Open.later`) until `LATER_MAX` records wait or the window
+is replaced or handed over, and decides them in record order. Nothing is approximate: a marker is
+in the set or not (a 64-bit marker, as before).
 """
 
 from __future__ import annotations
