@@ -116,8 +116,9 @@ def observed(batch: list[dict], recent_max: int, pending: int, later_max: int = 
     checks.RECENT_MAX, checks.MAX_PENDING, keyset.LATER_MAX = recent_max, pending, later_max
     try:
         monitor = QualityMonitor([CONTRACT])
+        nows = {hour: NOW + timedelta(hours=hour) for hour in range(3)}  # the data plane's one `now` a batch
         for record in batch:
-            now = NOW + timedelta(hours=record["hour"])
+            now = nows[record["hour"]]
             monitor.observe(EVENT, {**record, "occurred_at": now - timedelta(seconds=record["delay_s"])}, now)
         windows = monitor.closed(NOW + timedelta(hours=3), everything=True)
     finally:

@@ -176,7 +176,10 @@ class QualityMonitor:
         self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
         self._current: dict[str, Current] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
-        self._pending: list[tuple[str, dict[str, Any], datetime, str | None]] = []
+        # Records noted, not yet checked: each event type's (record, token) in order, all of one `now`
+        self._groups: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        self._count = 0
+        self._pending_now: datetime | None = None
         # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
         self.verdicts: dict[str, Scorecard] = {}
         self._hour = 0
@@ -187,43 +190,35 @@ class QualityMonitor:
         the cache (`python -m bench.processor`). `token`: the subject's pseudonym if the caller has
         it (the router computes it for the audit record anyway), else the monitor computes it when
         a consistency rule needs it."""
-        if event_type in self.checkers or event_type in self.marking:
-            self._pending.append((event_type, record, now, token))
-            if len(self._pending) >= MAX_PENDING:
+        if now is not self._pending_now:  # the records of another `now` first (the data plane's batch)
+            if self._count:
                 self.flush()
+            self._pending_now = now
+        if event_type in self.marking:  # an earlier event of a consistency rule: the records before it without its mark
+            self.flush()
+            self._mark(event_type, record, token)
+        group = self._groups.get(event_type)
+        if group is None:
+            if event_type not in self.checkers:
+                return
+            group = self._groups[event_type] = []
+        group.append((record, token))
+        self._count += 1
+        if self._count >= MAX_PENDING:
+            self.flush()
 
     def flush(self, settle: bool = False) -> None:
-        """Check every record noted since the last flush (the data plane's thread only); `settle`:
-        decide every deferred uniqueness now (`Open.settle`), as before a window is handed over."""
+        """Check every record noted since the last flush, each event type's in order and together
+        (the data plane's thread only); `settle`: decide every deferred uniqueness now
+        (`Open.settle`), as before a window is handed over."""
         while self._read:
             self._remember(*self._read.popleft())
         while self._erased:
             self._forget(self._erased.popleft())
-        pending, self._pending = self._pending, []
-        marking, checkers, current_of = self.marking, self.checkers, self._current
-        # Each event type's records in order, checked together; a mark (an earlier event of a consistency
-        # rule) or a new `now` first has the records before it checked, as one by one would.
-        groups: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
-        now = None
-        for event_type, record, at, token in pending:
-            if at is not now:
-                if groups:
-                    self._check(groups, now)  # type: ignore[arg-type]
-                    groups = {}
-                now = at
-            if event_type in marking:
-                if groups:
-                    self._check(groups, now)
-                    groups = {}
-                self._mark(event_type, record, token)
-                if event_type not in checkers:
-                    continue
-            group = groups.get(event_type)
-            if group is None:
-                group = groups[event_type] = []
-            group.append((record, token))
-        if groups:
-            self._check(groups, now)  # type: ignore[arg-type]
+        current_of = self._current
+        if self._count:
+            groups, self._groups, self._count = self._groups, {}, 0
+            self._check(groups, self._pending_now)  # type: ignore[arg-type]
         for _, _, state in list(current_of.values()):
             state.settle(force=settle)
             if len(state.ids.recent) >= RECENT_MAX or len(state.keys.recent) >= RECENT_MAX:
@@ -239,7 +234,9 @@ class QualityMonitor:
         for event_type, checker in self.checkers.items():
             checker.subject_field, checker.pseudonym = self.subject_fields.get(event_type), pseudonym
             checker.compile()
-        self._current.clear()  # bound to the checks compiled before
+        for _, _, state in self._current.values():  # bound to the checks compiled before: settled, then let go
+            state.settle(force=True)
+        self._current.clear()
 
     def _mark(self, event_type: str, record: dict[str, Any], token: str | None) -> None:
         subject_field = self.subject_fields.get(event_type)
