@@ -5,7 +5,11 @@ contracts as they are and with their `reference` rules and `business_key`s taken
 alternating rounds (median); and the bytes per event its exact uniqueness state holds (event ids
 and business keys of one hour, tracemalloc) beside the Python sets of int markers it held before.
 
-    python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4] [--state-events 500000]
+    python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4] [--state-events 500000] [--before COMMIT]
+
+`--before COMMIT` also runs the monitor of `backbone/quality/checks.py` as it was at that commit
+(e.g. 2fd6851, before the checks were compiled into one function per event type) on the same
+records in the same rounds, and checks that both count the same.
 
 Results go to `bench/results/quality-rules-<timestamp>.json`.
 """
@@ -16,8 +20,10 @@ import argparse
 import hashlib
 import hmac
 import statistics
+import subprocess
 import time
 import tracemalloc
+import types
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -83,16 +89,31 @@ def state_bytes(records: list[dict], pseudonym: Callable[[str], str]) -> dict[st
     return out
 
 
+def monitor_at(commit: str) -> type:
+    """`QualityMonitor` of `backbone/quality/checks.py` at `commit` (this repository's own history),
+    beside the current one; the rest of `backbone.quality` is the current."""
+    source = subprocess.run(["git", "show", f"{commit}:backbone/quality/checks.py"], cwd=PROJECT_ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"quality_checks_{commit}")
+    exec(compile(source, f"<backbone/quality/checks.py at {commit}>", "exec"), module.__dict__)  # noqa: S102 - the project's own source
+    return module.QualityMonitor
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--state-events", type=int, default=500_000, help="events for the uniqueness state's bytes (0: skip)")
+    parser.add_argument("--before", metavar="COMMIT", help="also run the monitor of backbone/quality/checks.py at this commit")
     args = parser.parse_args()
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     contracts = load_quality(PROJECT_ROOT / "schemas", catalog)
-    variants = {"with": list(contracts.values()), "without": [without_new_rules(c) for c in contracts.values()]}
+    variants: dict[str, tuple[type, list[QualityContract]]] = {
+        "with": (QualityMonitor, list(contracts.values())),
+        "without": (QualityMonitor, [without_new_rules(c) for c in contracts.values()])}
+    if args.before:
+        variants["with_before"] = (monitor_at(args.before), list(contracts.values()))
     subjects = {name: schema.subject_field for name, schema in catalog.events.items()}
     key = b"bench-key" * 4
 
@@ -106,21 +127,29 @@ def main() -> None:
     now = datetime.now(UTC)
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, chosen in variants.items():
+        counts: dict[str, list] = {}
+        for name, (monitor_class, chosen) in variants.items():
             events = [(t, decoders[t](value, HEADER)[0]) for t, value in encoded]  # fresh records, as the router's
             tokens = [token(r[subjects[t]]) if subjects.get(t) and r.get(subjects[t]) else None for t, r in events]
-            monitor = QualityMonitor(chosen)
+            monitor = monitor_class(chosen)
             monitor.bind(subjects, token)
             started = time.process_time()
             for (event_type, record), subject in zip(events, tokens, strict=True):
                 monitor.observe(event_type, record, now, subject)
             monitor.flush()
             cpu[name].append((time.process_time() - started) / len(events) * 1e6)
+            counts[name] = [w.counters() for w in monitor.closed(now, everything=True)]
+        if args.before:
+            assert counts["with"] == counts["with_before"], "the two monitors counted differently"
     results = {"events": len(encoded), "rounds": args.rounds, "seed": args.seed,
                "cpu_us_per_event": {name: round(statistics.median(v), 2) for name, v in cpu.items()}}
     table = measures("Quality monitor, CPU µs per event (median)")
+    labels = {"with": "with reference checks and business keys", "without": "without reference checks and business keys",
+              "with_before": f"with them, backbone/quality/checks.py at {args.before}"}
     for name, value in results["cpu_us_per_event"].items():
-        table.add_row(f"{name} reference checks and business keys", f"{value:.2f}", "")
+        table.add_row(labels[name], f"{value:.2f}", "")
+    if args.before:
+        results["before"] = args.before
     if args.state_events:
         results["uniqueness_state"] = {"events": args.state_events, **state_bytes(state_records(args.state_events), token)}
         state = results["uniqueness_state"]
