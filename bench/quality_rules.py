@@ -1,8 +1,15 @@
-"""What reference checks and business keys cost in the quality monitor (issue 32): the CPU per event
-of `QualityMonitor` over a seeded synthetic stream with the schemas' contracts as they are, and with
-their `reference` rules and `business_key`s taken out, in alternating rounds (median).
+"""What the quality monitor costs (issues 32 and 30): the CPU per event of `QualityMonitor` over a
+seeded synthetic stream read as the router reads it (encoded, then decoded by the generated decoder:
+event ids as UUIDs, `occurred_at` as datetimes, fresh strings each round), with the schemas'
+contracts as they are and with their `reference` rules and `business_key`s taken out, in
+alternating rounds (median); and the bytes per event its exact uniqueness state holds (event ids
+and business keys of one hour, tracemalloc) beside the Python sets of int markers it held before.
 
-    python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4]
+    python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4] [--state-events 500000] [--before COMMIT]
+
+`--before COMMIT` also runs the monitor of `backbone/quality/checks.py` as it was at that commit
+(e.g. 2fd6851, before the checks were compiled into one function per event type) on the same
+records in the same rounds, and checks that both count the same.
 
 Results go to `bench/results/quality-rules-<timestamp>.json`.
 """
@@ -13,15 +20,27 @@ import argparse
 import hashlib
 import hmac
 import statistics
+import subprocess
 import time
+import tracemalloc
+import types
+import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from backbone.events.catalog import load_catalog
+from backbone.events.decoder import compile_decoder
+from backbone.events.serde import LocalSchemas, encoder_for
+from backbone.kafka.topics import raw_topic
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContract, QualitySection, load_quality
 from backbone.settings import PROJECT_ROOT
 from bench.results import console, measures, save
 from producers.synthetic import generate
+
+HEADER = 5  # the Confluent framing: magic byte and schema id
+STATE = QualityContract("tax.income_declared", "bench", QualitySection.model_validate(
+    {"uniqueness": {"key": "event_id", "business_key": ["national_id", "employer_id", "period"]}}))
 
 
 def without_new_rules(contract: QualityContract) -> QualityContract:
@@ -35,39 +54,107 @@ def without_new_rules(contract: QualityContract) -> QualityContract:
     return QualityContract(contract.event_type, contract.source, QualitySection.model_validate(quality))
 
 
+def state_records(count: int) -> list[dict]:
+    """Distinct events of one provider in one hour: an id, a person, an employer and a month."""
+    return [{"event_id": uuid.UUID(int=n << 65 | n), "national_id": f"{100_000_000 + n % 900_000_000}",
+             "employer_id": f"{n % 5_000:08d}", "period": f"2026-{n % 12 + 1:02d}"} for n in range(count)]
+
+
+def state_bytes(records: list[dict], pseudonym: Callable[[str], str]) -> dict[str, float]:
+    """Bytes per event of the uniqueness state after `records`, as the monitor holds it now and as
+    the Python sets of int markers it held before (the same markers), by tracemalloc."""
+    now = datetime.now(UTC)
+    out: dict[str, float] = {}
+    tracemalloc.start()
+    try:
+        start = tracemalloc.get_traced_memory()[0]
+        ids: set[int] = set()
+        keys: set[int] = set()
+        for record in records:
+            ids.add(record["event_id"].int >> 65)
+            keys.add(hash((pseudonym(record["national_id"]), record["employer_id"], record["period"])))
+        out["python_sets_bytes_per_event"] = round((tracemalloc.get_traced_memory()[0] - start) / len(records), 1)
+        del ids, keys
+        start = tracemalloc.get_traced_memory()[0]
+        monitor = QualityMonitor([STATE])
+        monitor.bind({STATE.event_type: "national_id"}, pseudonym)
+        for record in records:
+            monitor.observe(STATE.event_type, record, now)
+        monitor.flush()
+        out["keyset_bytes_per_event"] = round((tracemalloc.get_traced_memory()[0] - start) / len(records), 1)
+    finally:
+        tracemalloc.stop()
+    (window,) = monitor.closed(now, everything=True)
+    assert (window.events, window.duplicates) == (len(records), 0), "the state bench's events are distinct"
+    return out
+
+
+def monitor_at(commit: str) -> type:
+    """`QualityMonitor` of `backbone/quality/checks.py` at `commit` (this repository's own history),
+    beside the current one; the rest of `backbone.quality` is the current."""
+    source = subprocess.run(["git", "show", f"{commit}:backbone/quality/checks.py"], cwd=PROJECT_ROOT, check=True,
+                            capture_output=True, text=True).stdout
+    module = types.ModuleType(f"quality_checks_{commit}")
+    exec(compile(source, f"<backbone/quality/checks.py at {commit}>", "exec"), module.__dict__)  # noqa: S102 - the project's own source
+    return module.QualityMonitor
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=4)
+    parser.add_argument("--state-events", type=int, default=500_000, help="events for the uniqueness state's bytes (0: skip)")
+    parser.add_argument("--before", metavar="COMMIT", help="also run the monitor of backbone/quality/checks.py at this commit")
     args = parser.parse_args()
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     contracts = load_quality(PROJECT_ROOT / "schemas", catalog)
-    variants = {"with": list(contracts.values()), "without": [without_new_rules(c) for c in contracts.values()]}
+    variants: dict[str, tuple[type, list[QualityContract]]] = {
+        "with": (QualityMonitor, list(contracts.values())),
+        "without": (QualityMonitor, [without_new_rules(c) for c in contracts.values()])}
+    if args.before:
+        variants["with_before"] = (monitor_at(args.before), list(contracts.values()))
     subjects = {name: schema.subject_field for name, schema in catalog.events.items()}
     key = b"bench-key" * 4
 
     def token(value: object) -> str:  # the router's oversight pseudonym is an HMAC-SHA256 like this one
         return hmac.new(key, str(value).encode(), hashlib.sha256).hexdigest()[:22]
 
-    events = [(t, r) for t, r in generate(seed=args.seed, population=3_000, events=args.events) if t in contracts]
-    tokens = [token(r[subjects[t]]) if subjects.get(t) and r.get(subjects[t]) else None for t, r in events]
+    schemas = LocalSchemas()
+    encoders = {t: encoder_for(schemas, f"{raw_topic(t)}-value", catalog.events[t].avro) for t in contracts}
+    decoders = {t: compile_decoder(catalog.events[t].avro) for t in contracts}
+    encoded = [(t, encoders[t](dict(r))) for t, r in generate(seed=args.seed, population=3_000, events=args.events) if t in contracts]
     now = datetime.now(UTC)
     cpu: dict[str, list[float]] = {name: [] for name in variants}
     for _ in range(args.rounds):
-        for name, chosen in variants.items():
-            monitor = QualityMonitor(chosen)
+        counts: dict[str, list] = {}
+        for name, (monitor_class, chosen) in variants.items():
+            events = [(t, decoders[t](value, HEADER)[0]) for t, value in encoded]  # fresh records, as the router's
+            tokens = [token(r[subjects[t]]) if subjects.get(t) and r.get(subjects[t]) else None for t, r in events]
+            monitor = monitor_class(chosen)
             monitor.bind(subjects, token)
             started = time.process_time()
             for (event_type, record), subject in zip(events, tokens, strict=True):
                 monitor.observe(event_type, record, now, subject)
             monitor.flush()
             cpu[name].append((time.process_time() - started) / len(events) * 1e6)
-    results = {"events": len(events), "rounds": args.rounds, "seed": args.seed,
+            counts[name] = [w.counters() for w in monitor.closed(now, everything=True)]
+        if args.before:
+            assert counts["with"] == counts["with_before"], "the two monitors counted differently"
+    results = {"events": len(encoded), "rounds": args.rounds, "seed": args.seed,
                "cpu_us_per_event": {name: round(statistics.median(v), 2) for name, v in cpu.items()}}
     table = measures("Quality monitor, CPU µs per event (median)")
+    labels = {"with": "with reference checks and business keys", "without": "without reference checks and business keys",
+              "with_before": f"with them, backbone/quality/checks.py at {args.before}"}
     for name, value in results["cpu_us_per_event"].items():
-        table.add_row(f"{name} reference checks and business keys", f"{value:.2f}", "")
+        table.add_row(labels[name], f"{value:.2f}", "")
+    if args.before:
+        results["before"] = args.before
+    if args.state_events:
+        results["uniqueness_state"] = {"events": args.state_events, **state_bytes(state_records(args.state_events), token)}
+        state = results["uniqueness_state"]
+        table.add_row(f"uniqueness state, bytes per event ({args.state_events:,} events, one hour)",
+                      f"{state['keyset_bytes_per_event']:.1f}", f"Python sets: {state['python_sets_bytes_per_event']:.1f}")
     console.print(table)
     save("quality-rules", results)
 

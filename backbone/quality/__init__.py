@@ -1,7 +1,9 @@
 """Data quality of the providers' streams (issue 32): pure logic, no I/O.
 
 The `quality:` section of each event type's contract (`schemas/<event type>.quality.yaml`) and its
-loader (`contract`), the per-event checks compiled from it (`checks`), the mergeable per-window
+loader (`contract`), the checks compiled from it into one generated function per event type
+(`compiled`) and the monitor running them (`checks`), its exact uniqueness markers in ~8 bytes each
+(`keyset`), the mergeable per-window
 state of counters and Apache DataSketches (`window`), and the 0-100 scorecard per provider, event
 type, dimension and hour with the counts behind it (`scorecard`). Reading and writing topics,
 tables and metrics is the processors', consumers' and telemetry's.

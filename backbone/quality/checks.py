@@ -1,8 +1,10 @@
 """The quality checks compiled from a contract, and the monitor that runs them on the raw stream.
 
-Compiled once per event type (patterns compiled, value sets frozen, one plan entry per field);
-per event, `observe` reads each checked field once and touches a counter only on a failure, plus one
-update per sketch. Values never leave the monitor: only counts and sketches do
+Compiled once per event type (patterns compiled, value sets frozen, one plan entry per field) into
+one generated function (`backbone.quality.compiled`) that checks a batch of that event type's
+records: it reads each checked field once and touches a counter only on a failure, plus one update
+per sketch. The uniqueness markers of a window and the one before are exact and compact
+(`backbone.quality.keyset`). Values never leave the monitor: only counts and sketches do
 (`backbone.quality.window`).
 """
 
@@ -14,16 +16,16 @@ from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
 from typing import Any
-from uuid import UUID
 
+from backbone.quality.compiled import compile_checker
 from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
+from backbone.quality.keyset import EMPTY, RECENT_MAX, KeySet, Open
 from backbone.quality.reference import ReferenceSet
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState
 
 Test = Callable[[Any], bool]
-Marker = int | str
-_NO_KEYS: frozenset[Marker] = frozenset()
+Marker = int
 # Records noted before they are checked together. Measured in the route loop (9,000 demo events x 3,
 # CPU µs per event, none / every 64 / a whole 5,000-record batch): 46.2 / 47.3 / 50.9 and 46.9 / 50.4
 # / 53.4. Holding a whole batch of decoded records alive sets off the cyclic garbage collector (132
@@ -34,9 +36,7 @@ MAX_PENDING = 64
 # 137 MB; tests/test_quality_marks.py), so at most ~140 MB a rule in a worker.
 MAX_MARKS = 1_000_000
 Pseudonym = Callable[[str], str]
-# An event type's open window: (hour, window, event-id keys of the hour, of the hour before, (business
-# keys' markers of the hour, of the hour before))
-Current = tuple[int, WindowState, set[Marker], frozenset[Marker] | set[Marker], tuple[set[int], frozenset[int] | set[int]]]
+Current = tuple[int, Callable[..., None], "Open"]  # an event type's open window: (hour, its checks bound to it, its state)
 Marks = dict[str, int]  # subject pseudonym -> month index (year * 12 + month - 1), in insertion order
 
 
@@ -97,91 +97,27 @@ class Checker:
         self.consistency: tuple[ConsistencyRule, ...] = tuple(quality.consistency.rules) if quality.consistency else ()
         self.marks: dict[tuple[str, str], Marks] = {}  # (after, at) -> marks: the monitor's, shared by rules
         self.pseudonym: Pseudonym = hashed
+        self.rules = rules
+        self.month_index = month_index
+        self.compile()
+
+    def rules_of(self, name: str) -> list[ValidityRule]:
+        """The validity rules on a field, in the order of its plan's tests."""
+        return [rule for rule in self.rules if rule.field == name]
+
+    def compile(self) -> None:
+        """Generate the one function doing every check (`backbone.quality.compiled`): again whenever
+        the subject field, the pseudonym or the consistency marks change (`QualityMonitor.bind`)."""
+        self.check = compile_checker(self)
 
     def observe(self, record: dict[str, Any], window: WindowState, seen: set[Marker], previous: frozenset[Marker] | set[Marker],
                 now: datetime, token: str | None = None, keys: tuple[set[int], frozenset[int] | set[int]] | None = None) -> None:
-        """`seen`/`previous`: the uniqueness keys of this hour and the one before; `keys`: the same of
-        the business key's markers."""
-        window.events += 1
-        duplicate = False
-        missing, invalid = window.missing, window.invalid
-        for name, tests in self.plan:
-            value = record.get(name)
-            if value is None or value == "" or value != value:  # NaN is not equal to itself
-                missing[name] += 1
-                continue
-            for label, test in tests:
-                if not test(value):
-                    invalid[label] += 1
-        if self.key is not None:
-            key = record.get(self.key)
-            if key is not None:
-                # A UUID (the event id, as fastavro reads it) is marked by 63 of its bits, the same in
-                # every worker and cheap for the sketch; any other key by its text.
-                marker = key.int >> 65 if isinstance(key, UUID) else str(key)  # the decoder's TextUUID too
-                if marker in seen or marker in previous:
-                    window.duplicates += 1
-                    duplicate = True
-                else:
-                    seen.add(marker)
-                window.distinct.update(marker)
-        if self.business_key and keys is not None:
-            self._business(record, window, keys, token, duplicate)
-        if self.max_delay_s is not None:
-            occurred = record.get("occurred_at")
-            if isinstance(occurred, datetime):
-                delay = (now - occurred).total_seconds()
-                window.delays.update(delay)
-                if delay > self.max_delay_s:
-                    window.late += 1
-        if self.consistency:
-            self._consistent(record, window, token)
-
-    def business_values(self, record: dict[str, Any], token: str | None) -> tuple[str, ...] | None:
-        """The business key's values with the subject's oversight pseudonym in place of the subject (for
-        a key without the subject: the pseudonym of its values), the same in every worker; None when a
-        value is missing (completeness counts that). Held only hashed (`_business`)."""
-        values = []
-        for name in self.business_key:
-            value = record.get(name)
-            if value is None or value == "":
-                return None
-            values.append(token or self.pseudonym(str(value)) if name == self.subject_field else str(value))
-        if self.subject_field not in self.business_key:
-            return (self.pseudonym("\x1f".join(values)),)
-        return tuple(values)
-
-    def _business(self, record: dict[str, Any], window: WindowState, keys: tuple[set[int], frozenset[int] | set[int]],
-                  token: str | None, duplicate: bool) -> None:
-        if duplicate:  # a re-sent copy: the event id's duplicate, counted once, its key as the first copy's
-            return
-        values = self.business_values(record, token)
-        if values is None:
-            return
-        # The exact set holds Python's hash of the values: 64 bits under this process's own secret
-        # (SipHash, PYTHONHASHSEED), never the values; the HLL, which every worker's unions with,
-        # hashes them itself (MurmurHash3) and keeps register values only.
-        marker = hash(values)
-        seen, previous = keys
-        if marker in seen or marker in previous:
-            window.key_duplicates[self.business_label] += 1  # type: ignore[index]
-        else:
-            seen.add(marker)
-            window.key_distinct_sketch(self.business_label).update("\x1f".join(values))  # type: ignore[arg-type]
-
-    def _consistent(self, record: dict[str, Any], window: WindowState, token: str | None) -> None:
-        subject = record.get(self.subject_field) if self.subject_field else None
-        if not subject:
-            return
-        for rule in self.consistency:
-            marks = self.marks.get((rule.after, rule.at))
-            if not marks:
-                continue
-            token = token or self.pseudonym(subject)
-            marked = marks.get(token)
-            month = month_index(record.get(rule.field))
-            if marked is not None and month is not None and month > marked:
-                window.inconsistent[rule.name] += 1
+        """Add one event's evidence to `window`: `seen`/`previous`: the uniqueness keys of this hour and
+        the one before; `keys`: the same of the business key's markers (None: not checked)."""
+        delays: list[float] = []
+        self.check(window, seen, previous, keys, None, delays, [(record, token)], now)
+        if delays:
+            window.delays.update(delays[0])
 
     def finish(self, window: WindowState) -> WindowState:
         """Fill in the values each validity rule checked: the window's events less its field's missing."""
@@ -224,6 +160,7 @@ class QualityMonitor:
                         found = [{}]
                         self.marking.setdefault(rule.after, []).append((rule.at, found[0]))
                     checker.marks[(rule.after, rule.at)] = found[0]
+            checker.compile()  # with its marks
         self.subject_fields = dict(subject_fields)
         self._pseudonym: Pseudonym = hashed
         # Marks this worker made since the last `take_marks` (to publish), and marks read back from
@@ -239,7 +176,10 @@ class QualityMonitor:
         self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
         self._current: dict[str, Current] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
-        self._pending: list[tuple[str, dict[str, Any], datetime, str | None]] = []
+        # Records noted, not yet checked: each event type's (record, token) in order, all of one `now`
+        self._groups: dict[str, list[tuple[dict[str, Any], str | None]]] = {}
+        self._count = 0
+        self._pending_now: datetime | None = None
         # The scorecard of each event type's last closed window: the gate agreements' bars are judged on
         self.verdicts: dict[str, Scorecard] = {}
         self._hour = 0
@@ -250,20 +190,41 @@ class QualityMonitor:
         the cache (`python -m bench.processor`). `token`: the subject's pseudonym if the caller has
         it (the router computes it for the audit record anyway), else the monitor computes it when
         a consistency rule needs it."""
-        if event_type in self.checkers or event_type in self.marking:
-            self._pending.append((event_type, record, now, token))
-            if len(self._pending) >= MAX_PENDING:
+        if now is not self._pending_now:  # the records of another `now` first (the data plane's batch)
+            if self._count:
                 self.flush()
+            self._pending_now = now
+        if event_type in self.marking:  # an earlier event of a consistency rule: the records before it without its mark
+            self.flush()
+            self._mark(event_type, record, token)
+        group = self._groups.get(event_type)
+        if group is None:
+            if event_type not in self.checkers:
+                return
+            group = self._groups[event_type] = []
+        group.append((record, token))
+        self._count += 1
+        if self._count >= MAX_PENDING:
+            self.flush()
 
-    def flush(self) -> None:
-        """Check every record noted since the last flush (the data plane's thread only)."""
+    def flush(self, settle: bool = False) -> None:
+        """Check every record noted since the last flush, each event type's in order and together
+        (the data plane's thread only); `settle`: decide every deferred uniqueness now
+        (`Open.settle`), as before a window is handed over."""
         while self._read:
             self._remember(*self._read.popleft())
         while self._erased:
             self._forget(self._erased.popleft())
-        pending, self._pending = self._pending, []
-        for event_type, record, now, token in pending:
-            self._check(event_type, record, now, token)
+        current_of = self._current
+        if self._count:
+            groups, self._groups, self._count = self._groups, {}, 0
+            self._check(groups, self._pending_now)  # type: ignore[arg-type]
+        for _, _, state in list(current_of.values()):
+            state.settle(force=settle)
+            if len(state.ids.recent) >= RECENT_MAX or len(state.keys.recent) >= RECENT_MAX:
+                state.ids.compact()
+                state.keys.compact()
+                self._open(state.window.event_type, state.window.hour)  # now deferring its decisions
 
     def bind(self, subject_fields: Mapping[str, str | None], pseudonym: Pseudonym) -> None:
         """Each event type's subject field and how a subject is named in the consistency marks (the
@@ -272,6 +233,10 @@ class QualityMonitor:
         self._pseudonym = pseudonym
         for event_type, checker in self.checkers.items():
             checker.subject_field, checker.pseudonym = self.subject_fields.get(event_type), pseudonym
+            checker.compile()
+        for _, _, state in self._current.values():  # bound to the checks compiled before: settled, then let go
+            state.settle(force=True)
+        self._current.clear()
 
     def _mark(self, event_type: str, record: dict[str, Any], token: str | None) -> None:
         subject_field = self.subject_fields.get(event_type)
@@ -324,27 +289,26 @@ class QualityMonitor:
                 if len(marks) > MAX_MARKS:
                     del marks[next(iter(marks))]
 
-    def _check(self, event_type: str, record: dict[str, Any], now: datetime, token: str | None) -> None:
-        if event_type in self.marking:
-            self._mark(event_type, record, token)
-        checker = self.checkers.get(event_type)
-        if checker is None:
-            return
+    def _check(self, groups: dict[str, list[tuple[dict[str, Any], str | None]]], now: datetime) -> None:
         if now is not self._now:
             self._now, self._hour = now, int(now.timestamp() * 1000) // HOUR_MS
-        current = self._current.get(event_type)
-        if current is None or current[0] != self._hour:
-            current = self._open(event_type, self._hour)
-        checker.observe(record, current[1], current[2], current[3], now, token, current[4])
+        for event_type, batch in groups.items():
+            current = self._current.get(event_type)
+            if current is None or current[0] != self._hour:
+                current = self._open(event_type, self._hour)
+            current[1](batch, now)
 
     def _open(self, event_type: str, hour: int) -> Current:
+        before = self._current.get(event_type)
+        if before is not None:  # its records' uniqueness first: they came before
+            before[2].settle(force=True)
         window = self.windows.get((event_type, hour))
         if window is None:
             window = self.windows[(event_type, hour)] = WindowState(event_type, hour)
-        seen = self._seen.setdefault((event_type, hour), set())
-        previous = self._seen.get((event_type, hour - 1), _NO_KEYS)
-        keys = (self._seen_keys.setdefault((event_type, hour), set()), self._seen_keys.get((event_type, hour - 1), frozenset()))
-        current = self._current[event_type] = (hour, window, seen, previous, keys)
+        state = Open(self.checkers[event_type], window,
+                     self._seen.setdefault((event_type, hour), KeySet()), self._seen.get((event_type, hour - 1), EMPTY),
+                     self._seen_keys.setdefault((event_type, hour), KeySet()), self._seen_keys.get((event_type, hour - 1), EMPTY))
+        current = self._current[event_type] = (hour, state.bound(), state)
         return current
 
     def breached(self, event_type: str, bars: Mapping[str, Threshold]) -> tuple[str, ...]:
@@ -375,7 +339,7 @@ class QualityMonitor:
         """Every window of an hour before `now`'s (`everything`: the open ones too, as a worker stops
         cleanly), removed from the monitor (each handed over once; another worker's or a restarted
         worker's window of the same hour merges with it)."""
-        self.flush()
+        self.flush(settle=True)
         hour = int(now.timestamp() * 1000) // HOUR_MS + (1 if everything else 0)
         done = sorted((key for key in self.windows if key[1] < hour), key=lambda k: (k[1], k[0]))
         out = [self.checkers[key[0]].finish(self.windows.pop(key)) for key in done]

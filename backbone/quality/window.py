@@ -7,8 +7,8 @@ carry what counters cannot: an HLL sketch of the uniqueness key (distinct count,
 `HLL_REL_ERR` at 2 standard deviations) and a KLL sketch of the delay `occurred_at` -> decision in
 seconds (quantiles within a normalised rank error of `KLL_RANK_ERR`); merging unions them.
 
-Duplicates are counted exactly by the worker that sees them (a set of the keys it saw in this hour
-and the one before, never serialised): a re-sent event carries its key, so it reaches the partition,
+Duplicates are counted exactly by the worker that sees them (the 64-bit markers of the keys it saw
+in this hour and the one before, `backbone.quality.keyset`, never serialised): a re-sent event carries its key, so it reaches the partition,
 and so the worker, of the first copy. Across workers, the HLL union bounds the distinct count.
 
 A business key (`uniqueness.business_key`, e.g. national id and period) is counted the same way:
