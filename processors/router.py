@@ -61,9 +61,9 @@ _SERDE_REASONS: dict[type[SerdeError], str] = {
 }
 
 
-# An `Output` from its five fields as one tuple: without the named tuple's keyword-parsing `__new__`,
-# the cheapest way to build the one or two outputs of every event
-_output = Output._make
+# `_new(Output, (five fields))`: an `Output` without the named tuple's keyword-parsing `__new__`,
+# the cheapest way to build the one or two outputs of every event (all five fields always given)
+_new = tuple.__new__
 
 
 class Rejected(Exception):
@@ -279,7 +279,7 @@ class Router:
             decided[(decision.recipient, PERMIT)] += 1
             released = decision.record
             pseudonym = decision.key
-            outputs.append(_output((release[1], pseudonym.encode() if pseudonym else None, release[0](released), release[2],
+            outputs.append(_new(Output, (release[1], pseudonym.encode() if pseudonym else None, release[0](released), release[2],
                                     released_timestamp_ms(released.get("occurred_at")))))
         counts = self.counts
         if permits:
@@ -292,7 +292,7 @@ class Router:
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
         audit = self._audit_record or self._audit_writer()
-        outputs.append(_output((AUDIT_TOPIC, event_id.encode(), audit(event_id, event_type, record["provider"], subject_token,
+        outputs.append(_new(Output, (AUDIT_TOPIC, event_id.encode(), audit(event_id, event_type, record["provider"], subject_token,
                                                                      now, audited), None, 0)))
         return outputs
 
