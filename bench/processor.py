@@ -14,7 +14,10 @@ Starts a private embedded broker and registry in a temporary directory, then:
    processor routes it (same Router, engine, keyring, consent table), outputs produced to
    `bench.bare.*` copies of the output topics (deleted afterwards), one flush at the end; then the
    hand-written loops (fastavro + the policy engine + librdkafka, with and without the per-event
-   audit record) on the same events; all take batches as the data plane does (what is waiting);
+   audit record) on the same events, delivering what the processor delivers (keyed records to copies
+   of the shared topics, agreement header, released timestamp, each batch flushed before its offsets
+   are committed), and the first no-audit baseline beside them (unkeyed to one topic, one flush at the
+   end); all take batches as the data plane does (what is waiting);
 3. checkpoints: the processor's `DataPlane` in this process (same settings, its own consumer group,
    from the first batch to the last commit), sealing each batch with a signed checkpoint and
    without (`checkpoints=lambda: None`: audit records produced unsealed), both in each of
