@@ -183,26 +183,46 @@ def run_bare(settings: Settings, ends: Ends, max_seconds: float) -> tuple[float,
     return routed / elapsed, routed, produced
 
 
-def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: bool, cpu: dict[str, float] | None = None) -> float:
+def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: bool, cpu: dict[str, float] | None = None,
+                    same_outputs: bool = True) -> float:
     """events/s of a loop written by hand: fastavro decode with schemas fetched once, the policy
     engine, fastavro encode of the released records (and, with `audit`, one audit record per event
-    listing its decisions), librdkafka produce, one flush at the end. No Router, no serde. `cpu`, if
-    given, gets `us_per_event`: this process's CPU (every thread, librdkafka's too) per event."""
+    listing its decisions and the subject's oversight pseudonym), librdkafka produce. No Router, no
+    serde. `cpu`, if given, gets `us_per_event`: this process's CPU (every thread, librdkafka's too)
+    per event.
+
+    With `same_outputs` (the baseline the processor is held to) it delivers what the processor
+    delivers, as the processor must: each released record to (a `bench.hand.` copy of) its
+    recipient's shared topic, keyed by the subject's pseudonym, with the agreement header and the
+    released timestamp, and each batch acknowledged (flush) before its offsets are committed.
+    Without, the first baseline: every record unkeyed to one topic, one flush at the end, nothing
+    committed (fewer, larger produce requests than any real processor could send)."""
     import io
 
     from fastavro import parse_schema, schemaless_reader, schemaless_writer
 
     from backbone.events.catalog import AUDIT_EVENT
+    from backbone.keys.keyring import OVERSIGHT_DOMAIN
+    from backbone.keys.pseudonym import token_function
+    from backbone.policy.released import released_timestamp_ms
 
     enforcement, _ = build_router(settings)
     engine, consent, registry = enforcement.engine, enforcement.consent, registry_client(settings)
+    oversight = token_function(enforcement.keyring, OVERSIGHT_DOMAIN)[0]
+    subject_fields = {name: schema.subject_field for name, schema in enforcement.catalog.events.items()}
     topics = Topics(settings)
-    target = f"bench.hand.{time.monotonic_ns()}"
-    topics.ensure(target)
+    run = time.monotonic_ns()
+    target = f"bench.hand.{run}"
+    created = [target]
+    if same_outputs:  # created before the clock starts, as the processor's are
+        created += [f"bench.hand.{run}.{name}" for name in output_topics(enforcement)]
+    for name in created:
+        topics.ensure(name)
     readers: dict[int, object] = {}
-    writers: dict[tuple[str, int, str], tuple[bytes, object]] = {}
+    # (agreement, version, event type) -> (wire header, parsed schema, shared topic copy, headers)
+    writers: dict[tuple[str, int, str], tuple[bytes, object, str, list | None]] = {}
     audit_schema = parse_schema(enforcement.catalog.internal_schema(AUDIT_EVENT))
-    consumer = Consumer(settings.consumer_config(f"bench-hand-{time.monotonic_ns()}"))
+    consumer = Consumer(settings.consumer_config(f"bench-hand-{run}", **{"enable.auto.commit": False}))
     producer = Producer(settings.producer_config(**{"linger.ms": LINGER_MS}))
     consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for topic, partition in ends])
     pending, done, started = dict(ends), 0, None
@@ -213,6 +233,7 @@ def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: b
             if messages and started is None:
                 started, cpu_started = time.perf_counter(), time.process_time()
             now = datetime.now(UTC)
+            offsets: dict[tuple[str, int], int] = {}
             for message in messages:
                 if message.error() is not None:
                     continue
@@ -221,32 +242,47 @@ def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: b
                 if schema_id not in readers:
                     readers[schema_id] = parse_schema(json.loads(registry.get_schema(schema_id).schema_str))
                 record = schemaless_reader(io.BytesIO(value[5:]), readers[schema_id], None)
+                event_type = record["event_type"]
                 decisions = engine.decide(record, consent, now)
                 for decision in decisions:
                     if decision.permitted:
-                        key = (decision.agreement_id, decision.agreement_version, record["event_type"])
+                        key = (decision.agreement_id, decision.agreement_version, event_type)
                         if key not in writers:
-                            avro = engine.recipient_schema(decision.agreement_id, record["event_type"], decision.agreement_version)
-                            writers[key] = (b"\x00\x00\x00\x00\x01", parse_schema(avro))
-                        header, parsed = writers[key]
+                            avro = engine.recipient_schema(decision.agreement_id, event_type, decision.agreement_version)
+                            writers[key] = (b"\x00\x00\x00\x00\x01", parse_schema(avro),
+                                            f"{target}.{shared_topic(decision.recipient, event_type)}" if same_outputs else target,
+                                            [("agreement", f"{decision.agreement_id}@{decision.agreement_version}".encode())]
+                                            if same_outputs else None)
+                        header, parsed, topic, headers = writers[key]
                         buffer = io.BytesIO()
                         buffer.write(header)
-                        schemaless_writer(buffer, parsed, decision.record)
-                        _produce_all(producer, target, buffer.getvalue())
+                        released = decision.record
+                        schemaless_writer(buffer, parsed, released)
+                        if same_outputs:
+                            _produce_all(producer, topic, buffer.getvalue(), decision.key.encode() if decision.key else None,
+                                         headers, released_timestamp_ms(released.get("occurred_at")))
+                        else:
+                            _produce_all(producer, topic, buffer.getvalue())
                 if audit:
+                    subject = record.get(subject_fields[event_type]) if subject_fields.get(event_type) else None
                     buffer = io.BytesIO()
                     buffer.write(b"\x00\x00\x00\x00\x02")
                     schemaless_writer(buffer, audit_schema, {
-                        "event_id": str(record["event_id"]), "event_type": record["event_type"], "provider": record["provider"],
-                        "subject_token": None, "decided_at": now, "decisions": [
+                        "event_id": str(record["event_id"]), "event_type": event_type, "provider": record["provider"],
+                        "subject_token": oversight(subject) if subject else None, "decided_at": now, "decisions": [
                             {"recipient": d.recipient, "agreement_id": d.agreement_id, "agreement_version": d.agreement_version,
                              "outcome": "permit" if d.permitted else d.reason, "key_ids": list(d.key_ids),
                              "recipient_event_id": d.record["event_id"] if d.record else None} for d in decisions]})
                     _produce_all(producer, target, buffer.getvalue())
                 done += 1
                 tp = (message.topic(), message.partition())
+                offsets[tp] = message.offset() + 1
                 if tp in pending and message.offset() + 1 >= pending[tp]:
                     del pending[tp]
+            if same_outputs and offsets:  # at least once, as the data plane: acknowledged, then committed
+                if producer.flush(60):
+                    raise BackboneError("hand-written loop: a batch's outputs were not acknowledged within 60 s")
+                consumer.commit(offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()], asynchronous=False)
             producer.poll(0)
         producer.flush(60)
         elapsed = time.perf_counter() - (started or time.perf_counter())
@@ -254,14 +290,16 @@ def run_handwritten(settings: Settings, ends: Ends, max_seconds: float, audit: b
             cpu["us_per_event"] = (time.process_time() - cpu_started) / done * 1e6
     finally:
         consumer.close()
-        topics.delete(target)
+        for name in created:
+            topics.delete(name)
     return done / elapsed if elapsed else 0.0
 
 
-def _produce_all(producer: Producer, topic: str, value: bytes) -> None:
+def _produce_all(producer: Producer, topic: str, value: bytes, key: bytes | None = None, headers: list | None = None,
+                 timestamp: int = 0) -> None:
     while True:
         try:
-            producer.produce(topic, value)
+            producer.produce(topic, value, key, headers=headers, timestamp=timestamp)
             return
         except BufferError:
             producer.poll(0.05)

@@ -14,7 +14,10 @@ Starts a private embedded broker and registry in a temporary directory, then:
    processor routes it (same Router, engine, keyring, consent table), outputs produced to
    `bench.bare.*` copies of the output topics (deleted afterwards), one flush at the end; then the
    hand-written loops (fastavro + the policy engine + librdkafka, with and without the per-event
-   audit record) on the same events; all take batches as the data plane does (what is waiting);
+   audit record) on the same events, delivering what the processor delivers (keyed records to copies
+   of the shared topics, agreement header, released timestamp, each batch flushed before its offsets
+   are committed), and the first no-audit baseline beside them (unkeyed to one topic, one flush at the
+   end); all take batches as the data plane does (what is waiting);
 3. checkpoints: the processor's `DataPlane` in this process (same settings, its own consumer group,
    from the first batch to the last commit), sealing each batch with a signed checkpoint and
    without (`checkpoints=lambda: None`: audit records produced unsealed), both in each of
@@ -114,6 +117,10 @@ class Results:
     handwritten_no_audit_cpu_us_per_event: float | None = None
     handwritten_loop_cpu_us_per_event: float | None = None
     cpu_ratio_processor_to_handwritten_no_audit: float | None = None
+    # issue 30: the first no-audit baseline, kept beside the one above for comparison: every record
+    # unkeyed to one topic, one flush at the end, nothing committed (not what a processor may send)
+    handwritten_one_topic_no_audit_events_per_s: float | None = None
+    handwritten_one_topic_no_audit_cpu_us_per_event: float | None = None
     router_loop_events_per_s: float = 0.0  # = bare_events_per_s: the project's Router in a bare loop
     offered_events_per_s: float = 0.0
     p50_produce_to_shared_ms: float | None = None
@@ -170,6 +177,10 @@ def report(results: Results) -> Path:
         ratio = results.cpu_ratio_processor_to_handwritten_no_audit or 0.0
         table.add_row("processor / hand-written no-audit loop, from CPU per event", f"{ratio:.0%}",
                       target(ratio >= HANDWRITTEN_TARGET, f">= {HANDWRITTEN_TARGET:.0%}"))
+    if results.handwritten_one_topic_no_audit_cpu_us_per_event:
+        table.add_row("  first baseline (no audit, unkeyed to one topic, no flush/commit per batch)",
+                      f"{results.handwritten_one_topic_no_audit_events_per_s or 0:,.0f} events/s, "
+                      f"{results.handwritten_one_topic_no_audit_cpu_us_per_event:,.1f} µs", "for comparison only")
     if results.checkpoint_rounds:
         cost_ok = results.checkpoint_cost_ratio >= CHECKPOINT_TARGET
         table.add_row("data plane in this process, with checkpoints / without (best of "
@@ -285,6 +296,10 @@ def _throughput(args: argparse.Namespace) -> Results:
         results.handwritten_loop_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=True, cpu=with_audit)
         results.handwritten_no_audit_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=False, cpu=no_audit)
         results.handwritten_loop_cpu_us_per_event = with_audit.get("us_per_event")
+        one_topic: dict[str, float] = {}
+        results.handwritten_one_topic_no_audit_events_per_s = run_handwritten(settings, ends, args.max_seconds, audit=False,
+                                                                             cpu=one_topic, same_outputs=False)
+        results.handwritten_one_topic_no_audit_cpu_us_per_event = one_topic.get("us_per_event")
         results.handwritten_no_audit_cpu_us_per_event = no_audit.get("us_per_event")
         if args.checkpoint_rounds:
             console.print("the data plane in this process, with and without checkpoints ...")

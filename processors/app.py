@@ -94,6 +94,9 @@ def reconcile_shared_topics(topics: Topics, settings: Settings, agreements: Iter
 class Enforcement:
     """Everything one worker needs to enforce the charter, built and started in order."""
 
+    # set by `backbone process`: the data plane of a worker process freezes its start-up heap (`DataPlane`)
+    freeze_heap = False
+
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.catalog = load_catalog(settings.schemas_dir)
@@ -194,7 +197,7 @@ class Enforcement:
                 log.warning("consistency marks not read to their end at start (%s); claims after earlier deaths "
                             "count once they are", exc)
         self.data_plane = DataPlane(self.settings, self.router, self.consent, group_id=f"{APP_ID}-dataplane", gate=self.wait_reason,
-                                    operations_head=operations_head)
+                                    operations_head=operations_head, freeze_heap=self.freeze_heap)
         self.data_plane.start()
         self.lineage.start()  # what is in force now, once every agreement change is read
         log.info("enforcing %d agreements; %d consent records; %d erased subjects", len(self.charter.agreements),

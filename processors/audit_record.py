@@ -31,6 +31,8 @@ _EMPTY_POSITION = b"\x00\x00\x00"  # writer "", checkpoint 0, leaf 0: the data p
 
 
 def _long(value: int) -> bytes:
+    if 0 <= value < 64:  # the usual case (a length, a count, an enum index): one byte, made once
+        return _SMALL[value]
     zigzag = (value << 1) ^ (value >> 63)
     out = bytearray()
     while zigzag > 0x7F:
@@ -38,6 +40,10 @@ def _long(value: int) -> bytes:
         zigzag >>= 7
     out.append(zigzag)
     return bytes(out)
+
+
+# zig-zag varints of 0..63: one byte each
+_SMALL = tuple(bytes((2 * n,)) for n in range(64))
 
 
 def _string(value: str) -> bytes:

@@ -16,6 +16,7 @@ Kafka record (`backbone.audit.batches`), all before the offsets are committed.
 
 from __future__ import annotations
 
+import gc
 import logging
 import threading
 import time
@@ -61,8 +62,14 @@ class DataPlane:
     def __init__(self, settings: Settings, router: Router, consent: ConsentState, group_id: str,
                  before_batch: Callable[[], None] | None = None, gate: Callable[[], str | None] | None = None,
                  checkpoints: Callable[[], Checkpointer | None] | None = None,
-                 operations_head: Callable[[], tuple[int, str] | None] | None = None) -> None:
+                 operations_head: Callable[[], tuple[int, str] | None] | None = None, freeze_heap: bool = False) -> None:
         self.settings = settings
+        # A worker process's data plane freezes the heap built to start (modules, charter, compiled
+        # closures, the app): the cyclic GC's full collections, triggered by each batch's short-lived
+        # records, then no longer walk it (measured: ~90 ms of 3 s of a worker's CPU on 49k events).
+        # Frozen objects are freed by reference counting only: a start-up object that later ends in
+        # a reference cycle (an old charter's compiled closures after an agreement change) stays.
+        self.freeze_heap = freeze_heap
         self.router = router
         # Opens the worker's audit writer when the data plane starts (default: from the settings,
         # the router's catalog, keyring and schema source; anchoring `operations_head()`). A factory
@@ -120,6 +127,9 @@ class DataPlane:
             self._failures.append(f"{message.topic()}: {error.str()}")
 
     def run(self) -> None:
+        if self.freeze_heap:
+            gc.collect()
+            gc.freeze()
         consumer = Consumer(self.settings.consumer_config(self.group_id, **{
             "enable.auto.offset.store": False,
             "topic.metadata.refresh.interval.ms": 5000,

@@ -61,6 +61,11 @@ _SERDE_REASONS: dict[type[SerdeError], str] = {
 }
 
 
+# `_new(Output, (five fields))`: an `Output` without the named tuple's keyword-parsing `__new__`,
+# the cheapest way to build the one or two outputs of every event (all five fields always given)
+_new = tuple.__new__
+
+
 class Rejected(Exception):
     """An event the processor cannot decide on; `reason` is the DLQ reason code, `detail` a
     non-personal code for the `error.detail` header (a schema id)."""
@@ -243,35 +248,52 @@ class Router:
 
     def _outputs(self, record: dict, event_type: str, key: bytes | None, decisions: list[Decision], now: datetime,
                  subject_token: str | None, value: bytes | None = None) -> list[Output]:
-        outputs: list[Output] = []
         event_id = str(record["event_id"])  # fastavro reads the uuid logical type as uuid.UUID
-        event_id_bytes = event_id.encode()
-        provider = record["provider"]
-        audit = self._audit_record or self._audit_writer()
-        audited: list[Decision] = []  # as decided after the quality gate: a waiting permit is audited as the denial it is for now
+        releases, decided = self._releases, self.decided
+        outputs: list[Output] = []
+        audited = decisions  # as decided after the quality gate: a waiting permit is audited as the denial it is for now
         waiting: list[str] = []  # recipients whose agreements require quality: the record waits for its window
-        releases = self._releases
-        for decision in decisions:
-            if decision.permitted:
-                release = releases.get((decision.agreement_id, decision.agreement_version, event_type))
-                if release is None:
-                    release = self._release(decision, event_type)
-                if release[3]:  # the agreement requires quality: the gate says whether the record waits
-                    decision, waits = self.gate.decide(decision, event_type)
-                    if waits:
-                        waiting.append(decision.recipient)
-            audited.append(decision)
-            if decision.permitted:
-                outputs.append(self.shared_output(decision, event_type))
-            else:
-                self.counts["deny"] += 1
-                self.decided[(decision.recipient, decision.reason or "denied")] += 1
+        permits = denials = 0
+        for position, decision in enumerate(decisions):
+            if not decision.permitted:
+                denials += 1
+                decided[(decision.recipient, decision.reason or "denied")] += 1
+                continue
+            release = releases.get((decision.agreement_id, decision.agreement_version, event_type))
+            if release is None:
+                release = self._release(decision, event_type)
+            if release[3]:  # the agreement requires quality: the gate says whether the record waits
+                gated, waits = self.gate.decide(decision, event_type)
+                if waits:
+                    waiting.append(gated.recipient)
+                if gated is not decision:
+                    if audited is decisions:
+                        audited = list(decisions)  # the engine's list stays as the engine made it
+                    audited[position] = decision = gated
+                    if not decision.permitted:
+                        denials += 1
+                        decided[(decision.recipient, decision.reason or "denied")] += 1
+                        continue
+            # the released record, as `shared_output` makes it (inline: no second look-up, no call per permit)
+            permits += 1
+            decided[(decision.recipient, PERMIT)] += 1
+            released = decision.record
+            pseudonym = decision.key
+            outputs.append(_new(Output, (release[1], pseudonym.encode() if pseudonym else None, release[0](released), release[2],
+                                    released_timestamp_ms(released.get("occurred_at")))))
+        counts = self.counts
+        if permits:
+            counts["permit"] += permits
+        if denials:
+            counts["deny"] += denials
         if waiting and value is not None:
             outputs.append(self.gate.pending_output(event_type, value, waiting, now, record, subject_token))
         # One audit record per event, carrying every decision: the audit trail's cost is per event,
         # not per decision (bench.router measures both designs); written from cached parts
         # (`processors.audit_record`), byte for byte what the audit schema's encoder writes.
-        outputs.append(Output(AUDIT_TOPIC, event_id_bytes, audit(event_id, event_type, provider, subject_token, now, audited)))
+        audit = self._audit_record or self._audit_writer()
+        outputs.append(_new(Output, (AUDIT_TOPIC, event_id.encode(), audit(event_id, event_type, record["provider"], subject_token,
+                                                                     now, audited), None, 0)))
         return outputs
 
     def shared_output(self, decision: Decision, event_type: str, flag: bytes | None = None) -> Output:

@@ -77,3 +77,19 @@ def test_an_event_id_read_copies_and_pickles_as_the_uuid_it_is() -> None:
     read = _read_uuid("12345678-1234-5678-1234-567812345678")
     for again in (copy.copy(read), copy.deepcopy({"event_id": read})["event_id"], pickle.loads(pickle.dumps(read))):
         assert again == read and str(again) == str(read) and type(again) is uuid.UUID
+
+
+@given(st.one_of(st.integers(min_value=-(2**63), max_value=2**63 - 1), st.integers(min_value=-2, max_value=130)),
+       st.text(max_size=200))
+def test_the_audit_records_longs_and_strings_are_avros_bytes(value: int, text: str) -> None:
+    """The audit record's one-byte fast path for 0..63 and its general path write what fastavro writes."""
+    from io import BytesIO
+
+    from fastavro import schemaless_writer
+
+    from processors.audit_record import _long, _string
+
+    for schema, datum, written in (("long", value, _long(value)), ("string", text, _string(text))):
+        buffer = BytesIO()
+        schemaless_writer(buffer, schema, datum)
+        assert written == buffer.getvalue()

@@ -131,6 +131,25 @@ def test_every_decision_has_one_audit_record_without_personal_data(
             assert record["name"].encode() not in output.value
 
 
+def test_the_decision_counts_metrics_read_are_the_audited_outcomes(
+    router: Router, schemas: LocalSchemas, catalog: Catalog
+) -> None:
+    """`router.decided` (the metrics' decisions by recipient and outcome) and `counts` are tallied
+    in the hot path apart from the audit record: they must say what the audit trail says."""
+    from collections import Counter
+
+    audited: Counter[tuple[str, str]] = Counter()
+    shared = 0
+    for seed, event_type in enumerate([TAX, WELFARE, TAX, WELFARE, TAX] * 4):
+        outputs = route(router, raw_topic(event_type), encode(schemas, catalog, event_type, event(catalog, event_type, seed)))
+        audited.update((entry["recipient"], entry["outcome"]) for entry in audit_records(schemas, outputs))
+        shared += sum(1 for output in outputs if output.topic.startswith("shared."))
+
+    assert router.decided == audited
+    assert router.counts["permit"] == shared == audited.total() - router.counts["deny"] > 0
+    assert router.counts["deny"] > 0 and router.counts["events"] == 20
+
+
 def test_denied_event_yields_audit_records_only(router: Router, schemas: LocalSchemas, catalog: Catalog) -> None:
     governance = {"lawful_basis": "legal_obligation", "purposes": ["official_statistics"], "consent_id": None}
     record = event(catalog, TAX, governance=governance)

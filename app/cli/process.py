@@ -38,6 +38,7 @@ def process(
     level = level_name(loglevel or settings.log_level)
     configure_logging(settings, level)  # until Faust sets up the same format at this level
     enforcement = Enforcement(settings)  # configuration errors end here, as one line, before Faust starts
+    enforcement.freeze_heap = True  # this process is the worker: its start-up heap is never collected again
     processor = create_app(settings, web_port=web_port, enforcement=enforcement, log_level=level)
     _serve_metrics(settings, enforcement)
     worker = faust.Worker(processor, loglevel=level)
