@@ -54,6 +54,9 @@ class Point:
     incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
     parts: dict[str, int] = field(default_factory=dict)  # table -> active parts when the landings began
+    # rule kind -> (seconds, granules read, granules of the tables it reads) of its SELECT over the last
+    # landing alone, run again after the timed runs (median of 3): where a landing's time goes
+    per_rule: dict[str, tuple[float, int, int]] = field(default_factory=dict)
 
     @property
     def per_landing_s(self) -> float:
@@ -117,18 +120,38 @@ def _layout(destination: Destination, layout: str) -> Destination:
     return destination
 
 
+def _plan_granules(client, sql: str) -> tuple[int, int]:  # noqa: ANN001
+    """(granules read, granules of the tables read) by `sql`, as ClickHouse plans it (`EXPLAIN indexes = 1`)."""
+    plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + sql).result_rows)
+    counts = [(int(done), int(of)) for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M)]
+    return sum(done for done, _ in counts), sum(of for _, of in counts)
+
+
 def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN001
     """(granules read, granules of the tables read) by the detector's next incremental run of every
-    rule, as ClickHouse plans it (`EXPLAIN indexes = 1`): its work, which a loaded machine does not change."""
+    rule, as ClickHouse plans it: its work, which a loaded machine does not change."""
     columns = detector._columns()  # noqa: SLF001
     read = total = 0
     for rule in RULES.values():
         mark = detector._since.get(rule.kind)  # noqa: SLF001
-        since = mark[1] if mark else None
-        plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
-        for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
-            read, total = read + int(done), total + int(of)
+        done, of = _plan_granules(client, rule.select_sql(detector.database, columns, mark[1] if mark else None))
+        read, total = read + done, total + of
     return read, total
+
+
+def _per_rule(client, detector: FraudDetector, since: dict) -> dict[str, tuple[float, int, int]]:  # noqa: ANN001
+    """Each rule's SELECT over what landed after `since` (kind -> (fingerprint, Since)): median seconds of 3, granules."""
+    columns = detector._columns()  # noqa: SLF001
+    found = {}
+    for rule in RULES.values():
+        sql = rule.select_sql(detector.database, columns, since[rule.kind][1] if rule.kind in since else None)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            client.query(sql)
+            times.append(time.perf_counter() - started)
+        found[rule.kind] = (sorted(times)[1], *_plan_granules(client, sql))
+    return found
 
 
 def _fill(client, database: str, size: int, batch: int) -> None:  # noqa: ANN001
@@ -177,12 +200,15 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     started = time.perf_counter()
     detector.detect()  # the first run reads every row: what each landing cost before the rules were incremental
     point.full_s = time.perf_counter() - started
+    before = {}
     for number in range(1, landings + 1):
         _insert(client, database, landing, size + number * landing, "toStartOfDay(now())")
         point.incremental_granules.append(_granules(client, detector))
+        before = dict(detector._since or {})  # noqa: SLF001 - where this run resumes, for the per-rule figures
         started = time.perf_counter()
         detector.detect()
         point.incremental_s.append(time.perf_counter() - started)
+    point.per_rule = _per_rule(client, detector, before) if landings else {}
     found = {alert.key for alert in detector.alerts()}
     point.alerts = len(found)
     client.command(f"DROP DATABASE {database} SYNC")
@@ -232,6 +258,9 @@ def report(results: Results) -> None:
         done, of = point.per_landing_granules
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): rows read per landing (at most)",
                       f"~{point.per_landing_rows:,} ({done:,} of {of:,} granules)", "")
+        for kind, (seconds, read, of) in point.per_rule.items():
+            table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): {kind} over the last landing",
+                          f"{seconds:.2f} s, {read:,} of {of:,} granules", "")
     for layout, ratio in results.full_ratios.items():
         table.add_row(f"before (every row), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "")
     for layout, ratio in results.ratios.items():
