@@ -201,6 +201,30 @@ def test_claim_after_death_reads_the_claims_of_the_touched_subjects_with_a_death
     assert sorted(tuple(row[1:3]) for row in clickhouse_client.query(rule.select_sql(fraud.database, columns)).result_rows) == sorted(expected)
 
 
+def test_a_redelivered_income_counts_once_and_a_redelivered_claim_raises_once(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # k1.copy declared 1,500 once, delivered twice (same event): under the threshold. k1.two declared
+    # 1,500 twice (two events): over it. Their claims land twice too.
+    _create(clickhouse_client, fraud.plan)
+    claims, incomes = ddl.qualified(fraud.database, CLAIMS), ddl.qualified(fraud.database, INCOMES)
+    for _ in range(2):
+        clickhouse_client.command(
+            f"INSERT INTO {incomes} (event_id, occurred_at, national_id, period, declared_income) VALUES "
+            "('00000000-0000-0000-0000-000000000001', now64(3), 'k1.copy', '2025-04', 1500), "
+            "('00000000-0000-0000-0000-000000000002', now64(3), 'k1.two', '2025-04', 1500), "
+            "('00000000-0000-0000-0000-000000000003', now64(3), 'k1.two', '2025-04', 1500)")
+        clickhouse_client.command(
+            f"INSERT INTO {claims} (event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount) VALUES "
+            "('00000000-0000-0000-0001-000000000001', now64(3), 'k1.copy', '2025-04', 'income_support', 'NL-a', 400), "
+            "('00000000-0000-0000-0001-000000000002', now64(3), 'k1.two', '2025-04', 'income_support', 'NL-b', 400)")
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    rule = RULES["undeclared_income"]
+    for since in (None, Since(0, 1)):  # a full run and an incremental one
+        found = clickhouse_client.query(rule.select_sql(fraud.database, columns, since)).result_rows
+        assert [(subject, period, details) for _, subject, period, details in found] == [
+            ("k1.two", "2025-04", '{"benefit_type":"income_support","declared_income":"3000"}')], since
+
+
 def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
     _land(clickhouse_client, fraud.database, 6_000, 0, 3, subjects=400)
