@@ -17,7 +17,9 @@ run as they would; then the bench waits for the merges to settle (none running f
 splits into equal blocks of about a million rows: parts no merge combines soon; `--merged`: each
 table merged into one part, as if every merge had run). Then a landing of `--landing` rows arrives
 today and the rules run over every row (before: every landing cost this); then `--landings` more
-landings of that size, each followed by an incremental run (after: its median is the time per landing). Alerts are not published (no broker):
+landings of that size, each followed by an incremental run (after: its median is the time per landing),
+taken in turn at every size and layout (so a shared machine's load falls on each alike), and each
+rule's SELECT over the last landing alone (time and granules: where a landing's time goes). Alerts are not published (no broker):
 the time is the rules' SQL. Every layout must raise the same alerts. Goal: incremental flat in
 table size (the ratio largest / smallest size near 1). Results go to `bench/results/fraud-<timestamp>.json`.
 """
@@ -54,6 +56,9 @@ class Point:
     incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
     parts: dict[str, int] = field(default_factory=dict)  # table -> active parts when the landings began
+    # rule kind -> (seconds, granules read, granules of the tables it reads) of its SELECT over the last
+    # landing alone, run again after the timed runs (median of 3): where a landing's time goes
+    per_rule: dict[str, tuple[float, int, int]] = field(default_factory=dict)
 
     @property
     def per_landing_s(self) -> float:
@@ -117,18 +122,38 @@ def _layout(destination: Destination, layout: str) -> Destination:
     return destination
 
 
+def _plan_granules(client, sql: str) -> tuple[int, int]:  # noqa: ANN001
+    """(granules read, granules of the tables read) by `sql`, as ClickHouse plans it (`EXPLAIN indexes = 1`)."""
+    plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + sql).result_rows)
+    counts = [(int(done), int(of)) for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M)]
+    return sum(done for done, _ in counts), sum(of for _, of in counts)
+
+
 def _granules(client, detector: FraudDetector) -> tuple[int, int]:  # noqa: ANN001
     """(granules read, granules of the tables read) by the detector's next incremental run of every
-    rule, as ClickHouse plans it (`EXPLAIN indexes = 1`): its work, which a loaded machine does not change."""
+    rule, as ClickHouse plans it: its work, which a loaded machine does not change."""
     columns = detector._columns()  # noqa: SLF001
     read = total = 0
     for rule in RULES.values():
         mark = detector._since.get(rule.kind)  # noqa: SLF001
-        since = mark[1] if mark else None
-        plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + rule.select_sql(detector.database, columns, since)).result_rows)
-        for done, of in re.findall(r"Granules: (\d+)/(\d+)$", plan, re.M):
-            read, total = read + int(done), total + int(of)
+        done, of = _plan_granules(client, rule.select_sql(detector.database, columns, mark[1] if mark else None))
+        read, total = read + done, total + of
     return read, total
+
+
+def _per_rule(client, detector: FraudDetector, since: dict) -> dict[str, tuple[float, int, int]]:  # noqa: ANN001
+    """Each rule's SELECT over what landed after `since` (kind -> (fingerprint, Since)): median seconds of 3, granules."""
+    columns = detector._columns()  # noqa: SLF001
+    found = {}
+    for rule in RULES.values():
+        sql = rule.select_sql(detector.database, columns, since[rule.kind][1] if rule.kind in since else None)
+        times = []
+        for _ in range(3):
+            started = time.perf_counter()
+            client.query(sql)
+            times.append(time.perf_counter() - started)
+        found[rule.kind] = (sorted(times)[1], *_plan_granules(client, sql))
+    return found
 
 
 def _fill(client, database: str, size: int, batch: int) -> None:  # noqa: ANN001
@@ -155,8 +180,19 @@ def _settle(client, database: str, timeout_s: float) -> dict[str, int]:  # noqa:
                              parameters={"db": database}).result_rows)
 
 
-def _point(client, settings, plan, size: int, layout: str, landing: int, landings: int,  # noqa: ANN001
-           merged: bool = False, batch: int = 0, settle_s: float = 300.0) -> tuple[Point, set]:
+@dataclass
+class _Run:
+    """A point being measured: its database, its detector, where the detector's last run resumed."""
+
+    point: Point
+    database: str
+    detector: FraudDetector
+    before: dict = field(default_factory=dict)
+
+
+def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # noqa: ANN001
+             merged: bool = False, batch: int = 0, settle_s: float = 300.0) -> _Run:
+    """The point's tables filled and settled, a landing, and the first run over every row (timed: before)."""
     point = Point(size, layout)
     prefix = f"b{size}_{layout}_"
     database = ddl.database_name(prefix, settings.fraud_recipient)
@@ -177,19 +213,31 @@ def _point(client, settings, plan, size: int, layout: str, landing: int, landing
     started = time.perf_counter()
     detector.detect()  # the first run reads every row: what each landing cost before the rules were incremental
     point.full_s = time.perf_counter() - started
-    for number in range(1, landings + 1):
-        _insert(client, database, landing, size + number * landing, "toStartOfDay(now())")
-        point.incremental_granules.append(_granules(client, detector))
-        started = time.perf_counter()
-        detector.detect()
-        point.incremental_s.append(time.perf_counter() - started)
-    found = {alert.key for alert in detector.alerts()}
+    return _Run(point, database, detector)
+
+
+def _land_and_run(client, run: _Run, number: int, landing: int) -> None:  # noqa: ANN001
+    """Landing `number` of `landing` rows, then the detector's incremental run (timed: after)."""
+    point = run.point
+    _insert(client, run.database, landing, point.rows + number * landing, "toStartOfDay(now())")
+    point.incremental_granules.append(_granules(client, run.detector))
+    run.before = dict(run.detector._since or {})  # noqa: SLF001 - where this run resumes, for the per-rule figures
+    started = time.perf_counter()
+    run.detector.detect()
+    point.incremental_s.append(time.perf_counter() - started)
+
+
+def _finish(client, run: _Run) -> set:  # noqa: ANN001
+    """Each rule over the last landing, the alerts raised (returned), the database dropped."""
+    point = run.point
+    point.per_rule = _per_rule(client, run.detector, run.before) if point.incremental_s else {}
+    found = {alert.key for alert in run.detector.alerts()}
     point.alerts = len(found)
-    client.command(f"DROP DATABASE {database} SYNC")
-    console.print(f"{size:,} rows, ordered by {layout}: fill {point.fill_s:.1f} s, parts {point.parts}, full {point.full_s:.2f} s, "
+    client.command(f"DROP DATABASE {run.database} SYNC")
+    console.print(f"{point.rows:,} rows, ordered by {point.layout}: fill {point.fill_s:.1f} s, parts {point.parts}, full {point.full_s:.2f} s, "
                   f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
                   f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
-    return point, found
+    return found
 
 
 def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False, batch: int = 20_000,
@@ -200,13 +248,17 @@ def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = Fa
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
         charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
         plan = recipient_plan(settings, charter, settings.fraud_recipient)
-        for size in sizes:
-            found = []
-            for layout in layouts:
-                point, keys = _point(client, settings, plan, size, layout, landing, landings, merged, batch, settle_s)
-                results.points.append(point)
-                found.append(keys)
-            results.identical_alerts &= all(keys == found[0] for keys in found)
+        runs = [_prepare(client, settings, plan, size, layout, landing, merged, batch, settle_s) for size in sizes for layout in layouts]
+        # landing by landing, every size and layout in turn: a shared machine's load falls on each alike,
+        # so the ratios compare like with like (one size after the other, they compared two loads)
+        for number in range(1, landings + 1):
+            for run in runs:
+                _land_and_run(client, run, number, landing)
+        found: dict[int, list[set]] = {}
+        for run in runs:
+            found.setdefault(run.point.rows, []).append(_finish(client, run))
+            results.points.append(run.point)
+        results.identical_alerts = all(keys == same[0] for same in found.values() for keys in same)
         client.close()
     for layout in layouts:
         points = [point for point in results.points if point.layout == layout]
@@ -232,6 +284,9 @@ def report(results: Results) -> None:
         done, of = point.per_landing_granules
         table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): rows read per landing (at most)",
                       f"~{point.per_landing_rows:,} ({done:,} of {of:,} granules)", "")
+        for kind, (seconds, read, of) in point.per_rule.items():
+            table.add_row(f"{point.rows:,} rows, ordered by {point.layout} ({when}): {kind} over the last landing",
+                          f"{seconds:.2f} s, {read:,} of {of:,} granules", "")
     for layout, ratio in results.full_ratios.items():
         table.add_row(f"before (every row), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "")
     for layout, ratio in results.ratios.items():

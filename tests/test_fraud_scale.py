@@ -159,6 +159,72 @@ def test_shared_bank_account_reads_the_claims_once_and_raises_what_the_join_of_c
     assert plan.count("ReadFromMergeTree") == 1, plan  # the claims once (the keys landed since: a set built before)
 
 
+def _granules(plan: str) -> dict[str, tuple[int, int]]:
+    """table -> (granules read, granules) of each table read in an `EXPLAIN indexes = 1` plan."""
+    found: dict[str, tuple[int, int]] = {}
+    for table, body in re.findall(r"ReadFromMergeTree \(([^)]*)\)(.*?)(?=ReadFromMergeTree|\Z)", plan, re.S):
+        counts = re.findall(r"Granules: (\d+)/(\d+)", body)
+        if counts:
+            found[table.split(".")[-1]] = (int(counts[-1][0]), int(counts[-1][1]))
+    return found
+
+
+def test_claim_after_death_reads_the_claims_of_the_touched_subjects_with_a_death_only(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # Deaths are rare: of 2,000 claimants who all claimed since the last run, 5 have a registered death.
+    # The rule read the claims of every touched claimant (the whole table here); it reads the 5's.
+    _create(clickhouse_client, fraud.plan)
+    claims, deaths = ddl.qualified(fraud.database, CLAIMS), ddl.qualified(fraud.database, DEATHS)
+    clickhouse_client.command(
+        f"INSERT INTO {claims} (event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount) "
+        "SELECT generateUUIDv4(number), now64(3), concat('k1.', toString(number % 2000)), "
+        "concat('2025-', leftPad(toString(1 + intDiv(number, 2000)), 2, '0')), 'unemployment', concat('NL', toString(number)), 400 "
+        "FROM numbers(20000)")
+    for _ in range(2):  # a redelivered batch: each death and claim of the dead lands twice
+        clickhouse_client.command(f"INSERT INTO {deaths} (event_id, occurred_at, national_id, date_of_death) "
+                                  "SELECT toUUID(concat('00000000-0000-0000-0000-00000000000', toString(number))), now64(3), "
+                                  "concat('k1.', toString(number * 400)), '2025-06-15' FROM numbers(5)")
+        clickhouse_client.command(f"INSERT INTO {claims} (event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount) "
+                                  "SELECT toUUID(concat('00000000-0000-0000-0001-00000000000', toString(number))), now64(3), "
+                                  "concat('k1.', toString(number * 400)), '2025-12', 'housing_allowance', 'NL-x', 400 FROM numbers(5)")
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    rule = RULES["claim_after_death"]
+    since = Since(0, 1)  # every row landed since the last run: all 2,000 claimants are touched
+    read = _granules("\n".join(row[0] for row in clickhouse_client.query("EXPLAIN indexes = 1 " + rule.select_sql(
+        fraud.database, columns, since)).result_rows))
+    done, total = read[CLAIMS]
+    assert total >= 300 and done * 20 <= total, f"claim_after_death reads {done} of {total} granules of the claims"
+    found = [tuple(row[1:3]) for row in clickhouse_client.query(rule.select_sql(fraud.database, columns, since)).result_rows]
+    # the 5 who died in June: their claims of July on (July to October and December), each once however often it landed
+    expected = [(f"k1.{n * 400}", f"2025-{month:02d}") for n in range(5) for month in (7, 8, 9, 10, 12)]
+    assert sorted(found) == sorted(expected)
+    assert sorted(tuple(row[1:3]) for row in clickhouse_client.query(rule.select_sql(fraud.database, columns)).result_rows) == sorted(expected)
+
+
+def test_a_redelivered_income_counts_once_and_a_redelivered_claim_raises_once(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # k1.copy declared 1,500 once, delivered twice (same event): under the threshold. k1.two declared
+    # 1,500 twice (two events): over it. Their claims land twice too.
+    _create(clickhouse_client, fraud.plan)
+    claims, incomes = ddl.qualified(fraud.database, CLAIMS), ddl.qualified(fraud.database, INCOMES)
+    for _ in range(2):
+        clickhouse_client.command(
+            f"INSERT INTO {incomes} (event_id, occurred_at, national_id, period, declared_income) VALUES "
+            "('00000000-0000-0000-0000-000000000001', now64(3), 'k1.copy', '2025-04', 1500), "
+            "('00000000-0000-0000-0000-000000000002', now64(3), 'k1.two', '2025-04', 1500), "
+            "('00000000-0000-0000-0000-000000000003', now64(3), 'k1.two', '2025-04', 1500)")
+        clickhouse_client.command(
+            f"INSERT INTO {claims} (event_id, occurred_at, national_id, period, benefit_type, bank_account, monthly_amount) VALUES "
+            "('00000000-0000-0000-0001-000000000001', now64(3), 'k1.copy', '2025-04', 'income_support', 'NL-a', 400), "
+            "('00000000-0000-0000-0001-000000000002', now64(3), 'k1.two', '2025-04', 'income_support', 'NL-b', 400)")
+    detector = FraudDetector(fraud.settings, clickhouse_client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    rule = RULES["undeclared_income"]
+    for since in (None, Since(0, 1)):  # a full run and an incremental one
+        found = clickhouse_client.query(rule.select_sql(fraud.database, columns, since)).result_rows
+        assert [(subject, period, details) for _, subject, period, details in found] == [
+            ("k1.two", "2025-04", '{"benefit_type":"income_support","declared_income":"3000"}')], since
+
+
 def test_a_restarted_detector_resumes_from_its_watermark_and_raises_what_a_full_run_raises(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
     _land(clickhouse_client, fraud.database, 6_000, 0, 3, subjects=400)

@@ -1,7 +1,8 @@
 """Real-time fraud detection in the fraud team's database, on pseudonymised data only.
 
-Each registered rule (`consumers.fraud.registry`) is one SQL query over the landed tables (read
-with `FINAL`, so redelivered events count once). After every batch the fraud sink lands,
+Each registered rule (`consumers.fraud.registry`) is one SQL query over the landed tables, so that
+redelivered events count once (with `FINAL` where a copy would change the result, as in a sum). After
+every batch the fraud sink lands,
 `FraudDetector.detect()`:
 1. inserts the rules' new findings into `alerts`, one per (kind, subject pseudonym, period): a rule's
    first run reads every row; later runs of a scoped rule read only the keys of rows landed since

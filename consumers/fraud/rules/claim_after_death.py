@@ -35,14 +35,21 @@ def death_period_sql(column: str, ch_type: str) -> str:
 
 
 def select_sql(database: str, columns: Columns, where: str = "1") -> str:
+    # Deaths are rare: the claims are read only for the (touched) subjects with a registered death
+    # (the `IN` over the deaths is built before the claims are read, and their primary key prunes by
+    # it), not for every touched claimant, whose claims were most of this rule's reading. No FINAL:
+    # copies of a claim share subject, period and benefit, and of a death its date, so neither the
+    # claims' (subject, period) nor the earliest death changes with them.
     claims, deaths = ddl.qualified(database, CLAIMS), ddl.qualified(database, DEATHS)
     died = death_period_sql("date_of_death", columns[DEATHS]["date_of_death"])
     benefit = "toString(benefit_type)" if "benefit_type" in columns.get(CLAIMS, {}) else "''"
+    dead = f"SELECT national_id FROM {deaths} PREWHERE {where} WHERE date_of_death IS NOT NULL"
     return f"""
             SELECT '{KIND}' AS kind, w.national_id AS subject, w.period AS period,
                    toJSONString(map('benefit_type', w.benefit, 'died_in_period', d.died)) AS details
-            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims} FINAL PREWHERE {where} GROUP BY national_id, period) AS w
-            INNER JOIN (SELECT national_id, min({died}) AS died FROM {deaths} FINAL
+            FROM (SELECT national_id, period, any({benefit}) AS benefit FROM {claims}
+                  PREWHERE national_id IN ({dead}) GROUP BY national_id, period) AS w
+            INNER JOIN (SELECT national_id, min({died}) AS died FROM {deaths}
                         PREWHERE {where} WHERE date_of_death IS NOT NULL GROUP BY national_id) AS d
             ON w.national_id = d.national_id
             WHERE w.period > d.died"""

@@ -22,11 +22,14 @@ def _literals(values: Iterable[str]) -> str:
 
 
 def select_sql(database: str, columns: Columns, where: str = "1") -> str:
+    # The incomes are read with FINAL: a redelivered declaration must not count twice in the sum. The
+    # claims are not: a (subject, period) has a means-tested claim or not however many copies landed,
+    # and FINAL would merge the touched subjects' granules of every part for nothing.
     claims, incomes = ddl.qualified(database, CLAIMS), ddl.qualified(database, INCOMES)
     return f"""
             SELECT '{KIND}' AS kind, c.national_id AS subject, c.period AS period,
                    toJSONString(map('benefit_type', c.benefit, 'declared_income', toString(i.income))) AS details
-            FROM (SELECT national_id, period, any(toString(benefit_type)) AS benefit FROM {claims} FINAL
+            FROM (SELECT national_id, period, any(toString(benefit_type)) AS benefit FROM {claims}
                   PREWHERE {where} WHERE toString(benefit_type) IN ({_literals(MEANS_TESTED)}) GROUP BY national_id, period) AS c
             INNER JOIN (SELECT national_id, period, sum(declared_income) AS income FROM {incomes} FINAL
                         PREWHERE {where} GROUP BY national_id, period HAVING income > {INCOME_THRESHOLD_EUR!r}) AS i
