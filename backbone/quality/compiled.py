@@ -77,8 +77,11 @@ def compile_checker(checker: Any) -> Compiled:
     src = _Source()
     add = src.add
     add("get = record.get")
+    business = checker.business_key if checker.key is not None else ()
     for name, tests in checker.plan:
         add(f"v = get({name!r})")
+        if name in business:  # read once: the business key below takes it from this local
+            add(f"f{business.index(name)} = v")
         add("if v is None or v == '' or v != v:")  # NaN is not equal to itself
         add(f"    missing[{name!r}] += 1")
         if tests:
@@ -157,11 +160,13 @@ def _business(src: _Source, checker: Any, indent: int, deferred: str | None = No
     add = src.add
     names = checker.business_key
     pseudonym = src.constant(checker.pseudonym)
+    planned = {name for name, _ in checker.plan}
     parts = []
     for i, name in enumerate(names):
-        add(f"b{i} = get({name!r})", indent)
+        add(f"b{i} = f{i}" if name in planned else f"b{i} = get({name!r})", indent)
         add(f"if b{i} is None or b{i} == '': b{i} = None", indent)
-        parts.append(f"(token or {pseudonym}(_str(b{i})))" if name == checker.subject_field else f"_str(b{i})")
+        text = f"(b{i} if b{i}.__class__ is _str else _str(b{i}))"  # a decoded string is its own text: no call
+        parts.append(f"(token or {pseudonym}({text}))" if name == checker.subject_field else text)
     present = " and ".join(f"b{i} is not None" for i in range(len(names)))
     add(f"if {present}:", indent)
     inner = indent + 1
