@@ -27,6 +27,10 @@ import numpy as np
 RECENT_MAX = 1 << 14
 # Records whose uniqueness waits for one look-up in the blocks (~150 B each while they wait).
 LATER_MAX = 2048
+# Delays that wait for one update of the window's KLL sketch: an array and an update every 64 records
+# (a monitor's flush) cost ~4% of the monitor (py-spy); an open window's delay quantiles, read for
+# metrics, lag by at most this many values, a handed-over window's by none.
+DELAYS_MAX = 1024
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
@@ -113,10 +117,10 @@ class Open:
                        (self.keys.recent, self.previous_keys.recent), self.later, self.delays)
 
     def settle(self, force: bool = False) -> None:
-        """At a batch's end: its delays into the window's sketch; the deferred uniqueness decided once
+        """At a batch's end: its delays into the window's sketch once `DELAYS_MAX` wait; the deferred uniqueness decided once
         `LATER_MAX` records wait (a look-up in the blocks costs ~1 µs of numpy calls, whatever the
         number of markers), or now (`force`: before the window is handed over or replaced)."""
-        if self.delays:
+        if self.delays and (force or len(self.delays) >= DELAYS_MAX):
             self.window.delays.update(np.array(self.delays, dtype=np.float32))
             self.delays.clear()
         if self.later and (force or len(self.later) >= LATER_MAX):
