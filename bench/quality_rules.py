@@ -7,7 +7,7 @@ and business keys of one hour, tracemalloc) beside the Python sets of int marker
 
     python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4] [--state-events 500000] [--before COMMIT]
 
-`--before COMMIT` also runs the monitor of `backbone/quality/checks.py` as it was at that commit
+`--before COMMIT` also runs the monitor of the `backbone.quality` package as it was at that commit
 (e.g. 2fd6851, before the checks were compiled into one function per event type) on the same
 records in the same rounds, and checks that both count the same.
 
@@ -19,15 +19,22 @@ from __future__ import annotations
 import argparse
 import hashlib
 import hmac
+import importlib
+import io
+import shutil
 import statistics
 import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 import tracemalloc
-import types
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
+from pathlib import Path
 
+import backbone
 from backbone.events.catalog import load_catalog
 from backbone.events.decoder import compile_decoder
 from backbone.events.serde import LocalSchemas, encoder_for
@@ -90,13 +97,25 @@ def state_bytes(records: list[dict], pseudonym: Callable[[str], str]) -> dict[st
 
 
 def monitor_at(commit: str) -> type:
-    """`QualityMonitor` of `backbone/quality/checks.py` at `commit` (this repository's own history),
-    beside the current one; the rest of `backbone.quality` is the current."""
-    source = subprocess.run(["git", "show", f"{commit}:backbone/quality/checks.py"], cwd=PROJECT_ROOT, check=True,
-                            capture_output=True, text=True).stdout
-    module = types.ModuleType(f"quality_checks_{commit}")
-    exec(compile(source, f"<backbone/quality/checks.py at {commit}>", "exec"), module.__dict__)  # noqa: S102 - the project's own source
-    return module.QualityMonitor
+    """`QualityMonitor` of the `backbone.quality` package at `commit` (this repository's own history),
+    beside the current one: its modules are imported from that commit's files (the generated checks
+    of `compiled.py` included), the rest of `backbone` is the current."""
+    folder = Path(tempfile.mkdtemp(prefix=f"quality-{commit}-"))
+    archive = subprocess.run(["git", "archive", commit, "backbone/quality"], cwd=PROJECT_ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(archive)) as tar:
+        tar.extractall(folder, filter="data")
+    current = {name: sys.modules.pop(name) for name in list(sys.modules) if name.split(".")[:2] == ["backbone", "quality"]}
+    package_path = backbone.__path__
+    backbone.__path__ = [str(folder / "backbone"), *package_path]
+    try:
+        return importlib.import_module("backbone.quality.checks").QualityMonitor
+    finally:  # the commit's modules stay alive through the class; the current ones are restored
+        for name in [name for name in sys.modules if name.split(".")[:2] == ["backbone", "quality"]]:
+            del sys.modules[name]
+        sys.modules.update(current)
+        backbone.__path__ = package_path
+        backbone.quality = current["backbone.quality"]  # type: ignore[attr-defined]
+        shutil.rmtree(folder)
 
 
 def main() -> None:
@@ -105,7 +124,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--state-events", type=int, default=500_000, help="events for the uniqueness state's bytes (0: skip)")
-    parser.add_argument("--before", metavar="COMMIT", help="also run the monitor of backbone/quality/checks.py at this commit")
+    parser.add_argument("--before", metavar="COMMIT", help="also run the monitor of backbone/quality/ at this commit")
     args = parser.parse_args()
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     contracts = load_quality(PROJECT_ROOT / "schemas", catalog)
@@ -145,7 +164,7 @@ def main() -> None:
                "cpu_us_per_event": {name: round(statistics.median(v), 2) for name, v in cpu.items()}}
     table = measures("Quality monitor, CPU µs per event (median)")
     labels = {"with": "with reference checks and business keys", "without": "without reference checks and business keys",
-              "with_before": f"with them, backbone/quality/checks.py at {args.before}"}
+              "with_before": f"with them, backbone/quality/ at {args.before}"}
     for name, value in results["cpu_us_per_event"].items():
         table.add_row(labels[name], f"{value:.2f}", "")
     if args.before:

@@ -198,3 +198,17 @@ def test_a_duplicate_of_a_compacted_marker_is_found_in_its_block(copies: int) ->
     (window,) = monitor.closed(NOW, everything=True)
     assert (window.events, window.duplicates) == (events + 100 * (copies - 1), 100 * (copies - 1))
     assert window.key_duplicates == {BUSINESS: events - 1}
+
+
+@pytest.mark.parametrize("wait_s", [0.0, 3600.0])
+def test_delays_reach_an_open_windows_sketch_within_their_bound_and_all_of_them_at_hand_over(
+        monkeypatch: pytest.MonkeyPatch, wait_s: float) -> None:
+    monkeypatch.setattr(keyset, "DELAYS_S", wait_s)
+    monitor = QualityMonitor([CONTRACT])
+    for n in range(3):  # a quiet event type: far fewer than DELAYS_MAX records an hour
+        monitor.observe(EVENT, {"event_id": uuid.UUID(int=n + 1 << 70), "occurred_at": NOW - timedelta(seconds=60)}, NOW)
+    monitor.flush()
+    (window,) = monitor.windows.values()
+    assert window.delays.n == (3 if wait_s == 0 else 0)  # for metrics of the open hour: at most DELAYS_S late
+    (closed,) = monitor.closed(NOW, everything=True)
+    assert closed.delays.n == 3 and closed.delay_quantiles()["p50"] == 60.0

@@ -2,7 +2,7 @@
 
 The `quality:` section of each event type's contract (`schemas/<event type>.quality.yaml`) and its
 loader (`contract`), the checks compiled from it into one generated function per event type
-(`compiled`) and the monitor running them (`checks`), its exact uniqueness markers in ~8 bytes each
+(`compiled`; a digits-only pattern as string methods, `patterns`) and the monitor running them (`checks`), its exact uniqueness markers in ~8 bytes each
 (`keyset`), the mergeable per-window
 state of counters and Apache DataSketches (`window`), and the 0-100 scorecard per provider, event
 type, dimension and hour with the counts behind it (`scorecard`). Reading and writing topics,

@@ -15,6 +15,7 @@ in the set or not (a 64-bit marker, as before).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
@@ -27,6 +28,11 @@ import numpy as np
 RECENT_MAX = 1 << 14
 # Records whose uniqueness waits for one look-up in the blocks (~150 B each while they wait).
 LATER_MAX = 2048
+# Delays that wait for one update of the window's KLL sketch: an array and an update every 64 records
+# (a monitor's flush) cost ~4% of the monitor (py-spy); an open window's delay quantiles, read for
+# metrics, lag by at most this many values or `DELAYS_S` (a quiet event type's too), a handed-over window's not at all.
+DELAYS_MAX = 1024
+DELAYS_S = 1.0
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
@@ -97,7 +103,7 @@ class Open:
     blocks, the checks append each record's markers to `later` and `resolve` decides the batch's
     uniqueness in record order, exactly as the checks would have one by one."""
 
-    __slots__ = ("check", "delays", "ids", "keys", "label", "later", "previous_ids", "previous_keys", "window")
+    __slots__ = ("check", "delays", "delays_at", "ids", "keys", "label", "later", "previous_ids", "previous_keys", "window")
 
     def __init__(self, checker: Any, window: Any, ids: KeySet, previous_ids: KeySet, keys: KeySet, previous_keys: KeySet) -> None:
         self.check, self.window = checker.check, window
@@ -106,6 +112,7 @@ class Open:
         deferred = ids.blocks or previous_ids.blocks or keys.blocks or previous_keys.blocks
         self.later: list[tuple[int | None, int | None, str | None]] | None = [] if deferred else None
         self.delays: list[float] = []  # the batch's delays, for the window's KLL sketch in one update
+        self.delays_at = time.monotonic()  # when they last went into the sketch
 
     def bound(self) -> Callable[[list[tuple[dict, str | None]], datetime], None]:
         """The checks with this window's arguments bound: `(batch of (record, token), now)`."""
@@ -113,12 +120,13 @@ class Open:
                        (self.keys.recent, self.previous_keys.recent), self.later, self.delays)
 
     def settle(self, force: bool = False) -> None:
-        """At a batch's end: its delays into the window's sketch; the deferred uniqueness decided once
+        """At a batch's end: its delays into the window's sketch once `DELAYS_MAX` wait or `DELAYS_S` passed; the deferred uniqueness decided once
         `LATER_MAX` records wait (a look-up in the blocks costs ~1 µs of numpy calls, whatever the
         number of markers), or now (`force`: before the window is handed over or replaced)."""
-        if self.delays:
+        if self.delays and (force or len(self.delays) >= DELAYS_MAX or time.monotonic() - self.delays_at >= DELAYS_S):
             self.window.delays.update(np.array(self.delays, dtype=np.float32))
             self.delays.clear()
+            self.delays_at = time.monotonic()
         if self.later and (force or len(self.later) >= LATER_MAX):
             self.resolve()
 
