@@ -12,12 +12,15 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from confluent_kafka import Producer
 from hypothesis import given
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -41,6 +44,8 @@ from backbone.quality.contract import load_quality, parse_threshold
 from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
 from backbone.quality.window import WindowState, hour_of
 from backbone.settings import PROJECT_ROOT, Settings
+from backbone.telemetry import metrics
+from consumers.audit import gated_story
 from processors.dataplane import DataPlane
 from processors.quality_release import listing, pending_topic_config
 from processors.router import QUALITY_HEADER, Output, Router
@@ -174,6 +179,65 @@ def test_a_passing_windows_records_arrive_when_it_closes_and_are_audited_as_disc
     # a record of the next hour waits for the next window, whatever the last one scored
     later = route(router, catalog, claims(catalog, HOUR, 3, missing=0, seed=4), HOUR + timedelta(hours=1, minutes=1))
     assert not [o for o in later if o.topic == FRAUD_TOPIC]
+
+
+def scraped(router: Router) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The processor's metrics as Prometheus reads them: (name, sorted labels) -> value."""
+    registry = CollectorRegistry()
+    registry.register(metrics.ProcessorCollector(SimpleNamespace(router=router, data_plane=None, readers=[])))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode()) for s in family.samples}
+
+
+@pytest.mark.parametrize(("missing", "outcome"), [(0, "permit"), (10, "quality_breach")])
+def test_a_gated_record_is_counted_as_one_decision_when_released_and_as_waiting_before(
+    catalog: Catalog, tmp_path: Path, missing: int, outcome: str,
+) -> None:
+    """An operator summing `backbone_events_decided_total` for a recipient gets one decision per record:
+    the wait is its own counter (and a gauge while it lasts), the release is the decision."""
+    router = gated_router(catalog, tmp_path, "hold")
+    routed = route(router, catalog, claims(catalog, HOUR, 30, missing=missing, seed=7), HOUR + timedelta(minutes=5))
+
+    def fraud(found: dict) -> dict[str, float]:
+        return {dict(labels)["reason"]: v for (name, labels), v in found.items()
+                if name == "backbone_events_decided_total" and ("recipient", "fraud") in labels}
+
+    waiting = scraped(router)
+    assert fraud(waiting) == {}  # nothing decided for fraud yet: nothing disclosed, nothing refused
+    assert waiting[("backbone_records_quality_waited_total", (("recipient", "fraud"),))] == 30
+    assert waiting[("backbone_records_quality_waiting", (("event_type", CLAIM),))] == 30
+    close_and_release(router, routed, HOUR + timedelta(hours=1))
+    released = scraped(router)
+    assert fraud(released) == {outcome: 30}  # each record once, as its window decided it
+    assert released.get(("backbone_records_released_total", (("recipient", "fraud"),)), 0) == (30 if outcome == "permit" else 0)
+    assert released[("backbone_records_quality_waited_total", (("recipient", "fraud"),))] == 30
+    assert ("backbone_records_quality_waiting", (("event_type", CLAIM),)) not in released
+
+
+AT = HOUR + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("outcome", "told"), [
+    ("permit", "released 2026-12-07 10:00:00"), ("quality_breach", "held 2026-12-07 10:00:00: its window was below"),
+    ("consent_withdrawn", "not shared 2026-12-07 10:00:00: consent_withdrawn"),
+])
+def test_a_wait_and_its_release_pair_from_the_audit_rows_alone(outcome: str, told: str) -> None:
+    waited, other = str(uuid.uuid4()), str(uuid.uuid4())
+    released = release_event_id(waited)
+    rows = [(waited, "fraud", "quality_pending", HOUR), (released, "fraud", outcome, AT), (other, "fraud", "permit", HOUR)]
+    became, releases = gated_story([(waited, "fraud")], rows)
+    assert set(became) == {(waited, "fraud")}  # the unrelated permit is no wait's
+    assert became[(waited, "fraud")].startswith(f"waited for its quality window: {told}") and released in became[(waited, "fraud")]
+    assert releases == {(released, "fraud"): f"releases event {waited}, which waited for its quality window"}
+
+
+def test_a_wait_with_no_release_says_it_is_not_released_yet_and_another_recipients_release_is_not_its() -> None:
+    waited = str(uuid.uuid4())
+    rows = [(waited, "fraud", "quality_pending", HOUR), (release_event_id(waited), "research", "permit", AT),
+            (release_event_id(str(uuid.uuid4())), "fraud", "permit", AT)]  # a release of a wait not this subject's
+    became, releases = gated_story([(waited, "fraud")], rows)
+    assert became[(waited, "fraud")].startswith("waited for its quality window: not released yet")
+    assert "backbone quality pending" in became[(waited, "fraud")] and releases == {}
 
 
 def test_a_consent_withdrawn_during_the_window_stops_that_subjects_pending_record(catalog: Catalog, tmp_path: Path) -> None:
