@@ -41,7 +41,15 @@ from backbone.policy.decision import ConsentState, DictConsent, DictErasures, No
 from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality, parse_threshold
-from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
+from backbone.quality.gating import (
+    CLOSED_HEADER,
+    PROGRESS_HEADER,
+    PendingWindow,
+    below_bars,
+    list_pending,
+    progress_marker,
+    release_event_id,
+)
 from backbone.quality.window import WindowState, hour_of
 from backbone.settings import PROJECT_ROOT, Settings
 from backbone.telemetry import metrics
@@ -287,7 +295,20 @@ def test_a_window_never_judged_fails_every_bar_and_is_listed_as_held() -> None:
                (b"not a processor's", None)]
     rows = {w.window.worker: w.row(HOUR + timedelta(minutes=30)) for w in list_pending(records)}
     assert rows["w1"]["state"].startswith("open") and rows["w0"]["state"].startswith("held")
-    assert rows["w2"]["state"] == "judged: 1 released" and rows["w0"]["records"] == 1
+    assert rows["w2"]["state"] == "judged: 1 released" and rows["w0"]["records"] == 1 and rows["w0"]["held"] == 1
+    assert rows["w2"]["held"] == rows["w1"]["held"] == 0
+
+
+@pytest.mark.parametrize(("markers", "state", "held"), [
+    ([{"released": 2}, {"released": 3, "consent_withdrawn": 1}], "partly released: 4 of 6 done (1 consent_withdrawn, 3 released", 2),
+    ([{}], "held: its worker stopped before judging it", 6),  # a marker of nothing done yet: wholly held
+])
+def test_a_window_left_mid_release_is_listed_by_its_last_progress_marker(markers: list[dict], state: str, held: int) -> None:
+    lost = PendingWindow.of("w0", CLAIM, HOUR - timedelta(hours=1))
+    records: list[tuple[bytes | None, list[tuple[str, bytes]] | None]] = [(lost.key, [("recipients", b"fraud")])] * 6
+    records += [(lost.key, [(PROGRESS_HEADER, progress_marker(Counter(m)))]) for m in markers]
+    row, = [w.row(HOUR + timedelta(minutes=30)) for w in list_pending(records)]
+    assert row["state"].startswith(state) and row["records"] == 6 and row["held"] == held
 
 
 def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_listed(
@@ -328,6 +349,42 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     held, = [row for row in listed if row["worker"] == stopped.worker_id]
     assert held["records"] == 4 and held["recipients"] == [recipient] and held["state"].startswith("held")
+
+
+def test_a_worker_dying_mid_release_leaves_its_window_listed_as_partly_released(
+        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
+    recipient = f"part{unique}"
+    for topic in (shared_topic(recipient, CLAIM), AUDIT_TOPIC):
+        Topics(settings).ensure(topic)
+    router = gated_router(catalog, tmp_path, recipient=recipient)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    plane = DataPlane(settings, router, NoConsent(), f"test-partly-{unique}", checkpoints=lambda: None)
+    producer = Producer(settings.producer_config())
+    for output in route(router, catalog, claims(catalog, now, 5, missing=0, seed=12), now):
+        if output.topic == QUALITY_PENDING_TOPIC:
+            producer.produce(output.topic, output.value, output.key, headers=output.headers,
+                             partition=plane.pending.partition(producer, output.key))
+    assert producer.flush(10) == 0
+    router.quality_outputs(now + timedelta(hours=1))
+    read, release = plane.pending.read, router.gate.release
+    monkeypatch.setattr(plane.pending, "read", lambda client, window: read(client, window, chunk=3))
+    chunks = iter(range(2))
+
+    def dies_on_the_second_chunk(*args: Any) -> list[Output]:
+        if next(chunks):
+            raise KeyboardInterrupt("the worker dies mid-release")
+        return release(*args)
+
+    monkeypatch.setattr(router.gate, "release", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        plane._release(producer, now + timedelta(hours=1))
+    plane.pending.close()
+    assert len(read_topic(settings, shared_topic(recipient, CLAIM), lambda found: len(found) >= 3, timeout=15)) == 3
+    row, = [w.row(now + timedelta(hours=1)) for w in list_pending(listing(settings, f"test-partly-{unique}"))
+            if w.window.worker == router.worker_id]
+    assert row["state"].startswith("partly released: 3 of 5 done (3 released; see audit), the rest held")
+    assert row["records"] == 5 and row["held"] == 2
 
 
 def test_a_shorter_gate_window_judges_its_own_records_and_tells_the_provider_as_it_closes(catalog: Catalog, tmp_path: Path) -> None:
