@@ -14,12 +14,14 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 
 import pytest
 
 from app.local import worker_environment
 from app.portal import records as portal_records
+from app.portal import views as portal_views
 from backbone.audit import log, operations
 from backbone.audit.log import Checkpoint, CheckpointCodec
 from backbone.audit.receipts import verify_receipt
@@ -217,6 +219,9 @@ def test_a_subjects_gated_record_is_listed_as_one_story_its_wait_naming_its_rele
             shown, = [e for e in portal_records.entries(clickhouse_client, prefix, [token], charter)
                       if e.event_id == release_event_id(event_id) and e.recipient == "fraud"]
             assert shown.outcome == "permit" and shown.story == release.story
+            page = portal_views.disclosures([entry, shown], [entry, shown], {}, {}, "csrf")
+            assert escape(wait.story) in page and escape(release.story) in page and page.count('class="entry"') == 2
+            assert entry.to_json({})["story"] == wait.story
 
 
 # --- receipts and the command line -------------------------------------------------------------
