@@ -345,6 +345,10 @@ class DataPlane:
                                   self._on_delivery, output.timestamp)
                 self.produced += len(shared) + self._seal(producer, audit)
                 self._flushed(producer)
+                mark = gate.progress(window, outcomes)  # after the chunk is acknowledged: never more than was released
+                self._produce(producer, producer.produce, mark.topic, mark.key, mark.value, mark.headers, self._on_delivery,
+                              partition=self.pending.partition(producer, mark.key))
+                self._flushed(producer)  # one round trip per chunk: a worker dying next leaves it listed
             marker = gate.finish(window, outcomes)
             self._produce(producer, producer.produce, marker.topic, marker.key, marker.value, marker.headers, self._on_delivery,
                           partition=self.pending.partition(producer, marker.key))

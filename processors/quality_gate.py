@@ -29,10 +29,12 @@ from backbone.quality.contract import Threshold
 from backbone.quality.gating import (
     CLOSED_HEADER,
     MINUTE_MS,
+    PROGRESS_HEADER,
     RECIPIENTS_HEADER,
     PendingWindow,
     below_bars,
     close_marker,
+    progress_marker,
     release_event_id,
 )
 from backbone.quality.scorecard import Scorecard, score
@@ -183,6 +185,11 @@ class QualityGate:
                 outputs.append(Output(AUDIT_TOPIC, event_id.encode(),
                                       audit(event_id, event_type, record["provider"], subject_token, now, audited)))
         return outputs
+
+    def progress(self, window: PendingWindow, outcomes: Counter[str]) -> Output:
+        """A progress marker of the window's release so far (counts only), for after a chunk is acknowledged:
+        a worker that dies mid-release leaves the window listed as partly released, not as wholly held."""
+        return Output(QUALITY_PENDING_TOPIC, window.key, b"", [(PROGRESS_HEADER, progress_marker(outcomes))])
 
     def finish(self, window: PendingWindow, outcomes: Counter[str]) -> Output:
         """The window's close marker (its records are all released, held or flagged); the window is forgotten."""

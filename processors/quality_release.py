@@ -19,7 +19,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, KafkaExcepti
 
 from backbone.errors import BackboneError
 from backbone.kafka.topics import QUALITY_PENDING_RETENTION_MS, QUALITY_PENDING_TOPIC
-from backbone.quality.gating import CLOSED_HEADER, PendingWindow
+from backbone.quality.gating import MARKER_HEADERS, PendingWindow
 from backbone.settings import Settings
 
 Record = tuple[bytes | None, list[tuple[str, bytes]] | None]  # (value, headers)
@@ -70,7 +70,7 @@ class PendingTopic:
             found = []
             for message in _to_end(consumer, self.settings.kafka_timeout_s, partition):
                 headers = message.headers()
-                if message.key() == key and not any(name == CLOSED_HEADER for name, _ in headers or ()):
+                if message.key() == key and not any(name in MARKER_HEADERS for name, _ in headers or ()):
                     found.append((message.value(), headers))
                     if len(found) >= chunk:
                         yield found

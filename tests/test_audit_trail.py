@@ -14,18 +14,23 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Callable
+from html import escape
 from pathlib import Path
 
 import pytest
 
 from app.local import worker_environment
+from app.portal import records as portal_records
+from app.portal import views as portal_views
 from backbone.audit import log, operations
 from backbone.audit.log import Checkpoint, CheckpointCodec
 from backbone.audit.receipts import verify_receipt
 from backbone.events.catalog import AUDIT_CHECKPOINT, Catalog
 from backbone.keys.keyring import Keyring
+from backbone.policy.agreements import load_agreements
 from backbone.quality.gating import release_event_id
 from backbone.settings import PROJECT_ROOT, Settings
+from consumers.audit import disclosures
 from consumers.audit_kafka import verify_kafka
 from consumers.audit_trail import ClickHouseTrail
 from tests.pipeline import Landed
@@ -184,6 +189,39 @@ def test_records_released_when_their_window_closed_are_sealed_and_have_receipts(
     receipt = trail_of(clickhouse_client, landed).receipt(event_id, "fraud", landed.keys)
     assert verify_receipt(receipt, CheckpointCodec(landed.catalog.internal_schema(AUDIT_CHECKPOINT)), landed.keys) == []
     assert receipt["decision"]["outcome"] == "permit" and receipt["record"]["event_id"] == release_event_id(event_id)
+
+
+def test_a_subjects_gated_record_is_listed_as_one_story_its_wait_naming_its_release(landed: Landed, clickhouse_client) -> None:  # noqa: ANN001
+    """`audit subject` and the portal pair a record that waited for its quality window with its release
+    (audited under an id the person never saw), from the audit rows alone; an unreleased wait says so."""
+    prefix = landed.settings.clickhouse_database_prefix
+    waits = clickhouse_client.query(f"SELECT toString(event_id), subject_token FROM {prefix}audit.decisions "
+                                    "WHERE recipient = 'fraud' AND reason = 'quality_pending'").result_rows
+    released = {e for (e,) in clickhouse_client.query(
+        f"SELECT toString(event_id) FROM {prefix}audit.decisions WHERE recipient = 'fraud' AND event_id IN "
+        "(SELECT toUUID(arrayJoin({ids:Array(String)})))", parameters={"ids": [release_event_id(e) for e, _ in waits]}).result_rows}
+    charter = load_agreements(landed.settings.agreements_dir, landed.catalog)
+    for wanted in (True, False):  # a released wait, and one its killed worker still holds
+        event_id, token = next((e, t) for e, t in waits if (release_event_id(e) in released) is wanted)
+        found = [d for d in disclosures(clickhouse_client, prefix, token, charter) if d.recipient == "fraud"]
+        wait, = [d for d in found if d.source_event_id == event_id]
+        assert wait.outcome == "quality_pending" and not wait.disclosed and wait.fields == ()
+        if wanted:
+            assert wait.story.startswith("waited for its quality window: released ") and release_event_id(event_id) in wait.story
+            release, = [d for d in found if d.source_event_id == release_event_id(event_id)]
+            assert release.disclosed and release.story == f"releases event {event_id}, which waited for its quality window"
+        else:
+            assert "not released yet" in wait.story and not [d for d in found if d.source_event_id == release_event_id(event_id)]
+        entry, = [e for e in portal_records.entries(clickhouse_client, prefix, [token], charter)
+                  if e.event_id == event_id and e.recipient == "fraud"]
+        assert entry.outcome == "quality_pending" and entry.story == wait.story and entry.fields == ()
+        if wanted:  # the citizen sees the release as the disclosure it is, naming the wait it ends
+            shown, = [e for e in portal_records.entries(clickhouse_client, prefix, [token], charter)
+                      if e.event_id == release_event_id(event_id) and e.recipient == "fraud"]
+            assert shown.outcome == "permit" and shown.story == release.story
+            page = portal_views.disclosures([entry, shown], [entry, shown], {}, {}, "csrf")
+            assert escape(wait.story) in page and escape(release.story) in page and page.count('class="entry"') == 2
+            assert entry.to_json({})["story"] == wait.story
 
 
 # --- receipts and the command line -------------------------------------------------------------

@@ -12,12 +12,15 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from confluent_kafka import Producer
 from hypothesis import given
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -38,9 +41,19 @@ from backbone.policy.decision import ConsentState, DictConsent, DictErasures, No
 from backbone.policy.engine import PolicyEngine
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import load_quality, parse_threshold
-from backbone.quality.gating import CLOSED_HEADER, PendingWindow, below_bars, list_pending, release_event_id
+from backbone.quality.gating import (
+    CLOSED_HEADER,
+    PROGRESS_HEADER,
+    PendingWindow,
+    below_bars,
+    list_pending,
+    progress_marker,
+    release_event_id,
+)
 from backbone.quality.window import WindowState, hour_of
 from backbone.settings import PROJECT_ROOT, Settings
+from backbone.telemetry import metrics
+from consumers.audit import gated_story
 from processors.dataplane import DataPlane
 from processors.quality_release import listing, pending_topic_config
 from processors.router import QUALITY_HEADER, Output, Router
@@ -176,6 +189,65 @@ def test_a_passing_windows_records_arrive_when_it_closes_and_are_audited_as_disc
     assert not [o for o in later if o.topic == FRAUD_TOPIC]
 
 
+def scraped(router: Router) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """The processor's metrics as Prometheus reads them: (name, sorted labels) -> value."""
+    registry = CollectorRegistry()
+    registry.register(metrics.ProcessorCollector(SimpleNamespace(router=router, data_plane=None, readers=[])))
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(generate_latest(registry).decode()) for s in family.samples}
+
+
+@pytest.mark.parametrize(("missing", "outcome"), [(0, "permit"), (10, "quality_breach")])
+def test_a_gated_record_is_counted_as_one_decision_when_released_and_as_waiting_before(
+    catalog: Catalog, tmp_path: Path, missing: int, outcome: str,
+) -> None:
+    """An operator summing `backbone_events_decided_total` for a recipient gets one decision per record:
+    the wait is its own counter (and a gauge while it lasts), the release is the decision."""
+    router = gated_router(catalog, tmp_path, "hold")
+    routed = route(router, catalog, claims(catalog, HOUR, 30, missing=missing, seed=7), HOUR + timedelta(minutes=5))
+
+    def fraud(found: dict) -> dict[str, float]:
+        return {dict(labels)["reason"]: v for (name, labels), v in found.items()
+                if name == "backbone_events_decided_total" and ("recipient", "fraud") in labels}
+
+    waiting = scraped(router)
+    assert fraud(waiting) == {}  # nothing decided for fraud yet: nothing disclosed, nothing refused
+    assert waiting[("backbone_records_quality_waited_total", (("recipient", "fraud"),))] == 30
+    assert waiting[("backbone_records_quality_waiting", (("event_type", CLAIM),))] == 30
+    close_and_release(router, routed, HOUR + timedelta(hours=1))
+    released = scraped(router)
+    assert fraud(released) == {outcome: 30}  # each record once, as its window decided it
+    assert released.get(("backbone_records_released_total", (("recipient", "fraud"),)), 0) == (30 if outcome == "permit" else 0)
+    assert released[("backbone_records_quality_waited_total", (("recipient", "fraud"),))] == 30
+    assert ("backbone_records_quality_waiting", (("event_type", CLAIM),)) not in released
+
+
+AT = HOUR + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(("outcome", "told"), [
+    ("permit", "released 2026-12-07 10:00:00"), ("quality_breach", "held 2026-12-07 10:00:00: its window was below"),
+    ("consent_withdrawn", "not shared 2026-12-07 10:00:00: consent_withdrawn"),
+])
+def test_a_wait_and_its_release_pair_from_the_audit_rows_alone(outcome: str, told: str) -> None:
+    waited, other = str(uuid.uuid4()), str(uuid.uuid4())
+    released = release_event_id(waited)
+    rows = [(waited, "fraud", "quality_pending", HOUR), (released, "fraud", outcome, AT), (other, "fraud", "permit", HOUR)]
+    became, releases = gated_story([(waited, "fraud")], rows)
+    assert set(became) == {(waited, "fraud")}  # the unrelated permit is no wait's
+    assert became[(waited, "fraud")].startswith(f"waited for its quality window: {told}") and released in became[(waited, "fraud")]
+    assert releases == {(released, "fraud"): f"releases event {waited}, which waited for its quality window"}
+
+
+def test_a_wait_with_no_release_says_it_is_not_released_yet_and_another_recipients_release_is_not_its() -> None:
+    waited = str(uuid.uuid4())
+    rows = [(waited, "fraud", "quality_pending", HOUR), (release_event_id(waited), "research", "permit", AT),
+            (release_event_id(str(uuid.uuid4())), "fraud", "permit", AT)]  # a release of a wait not this subject's
+    became, releases = gated_story([(waited, "fraud")], rows)
+    assert became[(waited, "fraud")].startswith("waited for its quality window: not released yet")
+    assert "backbone quality pending" in became[(waited, "fraud")] and releases == {}
+
+
 def test_a_consent_withdrawn_during_the_window_stops_that_subjects_pending_record(catalog: Catalog, tmp_path: Path) -> None:
     router = gated_router(catalog, tmp_path, "hold", gated="welfare_to_research.yaml")
     records = claims(catalog, HOUR, 10, missing=0, seed=5, basis="consent", purpose="scientific_research")
@@ -223,7 +295,20 @@ def test_a_window_never_judged_fails_every_bar_and_is_listed_as_held() -> None:
                (b"not a processor's", None)]
     rows = {w.window.worker: w.row(HOUR + timedelta(minutes=30)) for w in list_pending(records)}
     assert rows["w1"]["state"].startswith("open") and rows["w0"]["state"].startswith("held")
-    assert rows["w2"]["state"] == "judged: 1 released" and rows["w0"]["records"] == 1
+    assert rows["w2"]["state"] == "judged: 1 released" and rows["w0"]["records"] == 1 and rows["w0"]["held"] == 1
+    assert rows["w2"]["held"] == rows["w1"]["held"] == 0
+
+
+@pytest.mark.parametrize(("markers", "state", "held"), [
+    ([{"released": 2}, {"released": 3, "consent_withdrawn": 1}], "partly released: 4 of 6 done (1 consent_withdrawn, 3 released", 2),
+    ([{}], "held: its worker stopped before judging it", 6),  # a marker of nothing done yet: wholly held
+])
+def test_a_window_left_mid_release_is_listed_by_its_last_progress_marker(markers: list[dict], state: str, held: int) -> None:
+    lost = PendingWindow.of("w0", CLAIM, HOUR - timedelta(hours=1))
+    records: list[tuple[bytes | None, list[tuple[str, bytes]] | None]] = [(lost.key, [("recipients", b"fraud")])] * 6
+    records += [(lost.key, [(PROGRESS_HEADER, progress_marker(Counter(m)))]) for m in markers]
+    row, = [w.row(HOUR + timedelta(minutes=30)) for w in list_pending(records)]
+    assert row["state"].startswith(state) and row["records"] == 6 and row["held"] == held
 
 
 def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_listed(
@@ -264,6 +349,42 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
     listed = [json.loads(line) for line in result.stdout.splitlines()]
     held, = [row for row in listed if row["worker"] == stopped.worker_id]
     assert held["records"] == 4 and held["recipients"] == [recipient] and held["state"].startswith("held")
+
+
+def test_a_worker_dying_mid_release_leaves_its_window_listed_as_partly_released(
+        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
+    recipient = f"part{unique}"
+    for topic in (shared_topic(recipient, CLAIM), AUDIT_TOPIC):
+        Topics(settings).ensure(topic)
+    router = gated_router(catalog, tmp_path, recipient=recipient)
+    now = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) - timedelta(hours=1)
+    plane = DataPlane(settings, router, NoConsent(), f"test-partly-{unique}", checkpoints=lambda: None)
+    producer = Producer(settings.producer_config())
+    for output in route(router, catalog, claims(catalog, now, 5, missing=0, seed=12), now):
+        if output.topic == QUALITY_PENDING_TOPIC:
+            producer.produce(output.topic, output.value, output.key, headers=output.headers,
+                             partition=plane.pending.partition(producer, output.key))
+    assert producer.flush(10) == 0
+    router.quality_outputs(now + timedelta(hours=1))
+    read, release = plane.pending.read, router.gate.release
+    monkeypatch.setattr(plane.pending, "read", lambda client, window: read(client, window, chunk=3))
+    chunks = iter(range(2))
+
+    def dies_on_the_second_chunk(*args: Any) -> list[Output]:
+        if next(chunks):
+            raise KeyboardInterrupt("the worker dies mid-release")
+        return release(*args)
+
+    monkeypatch.setattr(router.gate, "release", dies_on_the_second_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        plane._release(producer, now + timedelta(hours=1))
+    plane.pending.close()
+    assert len(read_topic(settings, shared_topic(recipient, CLAIM), lambda found: len(found) >= 3, timeout=15)) == 3
+    row, = [w.row(now + timedelta(hours=1)) for w in list_pending(listing(settings, f"test-partly-{unique}"))
+            if w.window.worker == router.worker_id]
+    assert row["state"].startswith("partly released: 3 of 5 done (3 released; see audit), the rest held")
+    assert row["records"] == 5 and row["held"] == 2
 
 
 def test_a_shorter_gate_window_judges_its_own_records_and_tells_the_provider_as_it_closes(catalog: Catalog, tmp_path: Path) -> None:

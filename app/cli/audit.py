@@ -71,14 +71,15 @@ def subject(national_id: str = typer.Argument(..., help="The person's national i
                                               _public_keys(settings, keys), token_text)
     finally:
         client.close()
-    table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id",
-                  title=f"disclosures about subject {token_text}")
+    table = Table("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "recipient's event id", "audit event",
+                  "quality gate", title=f"disclosures about subject {token_text}")
     for item in found:
         table.add_row(item.decided_at.strftime("%Y-%m-%d %H:%M:%S"), item.recipient, item.event_type,
                       f"{item.agreement_id}@{item.agreement_version}", ", ".join(item.purposes), ", ".join(item.fields),
-                      item.recipient_event_id)
+                      item.recipient_event_id, item.source_event_id, item.story)
     console.print(table)
-    console.print(f"{len(found)} disclosures")
+    waited = sum(1 for item in found if not item.disclosed)
+    console.print(f"{len(found) - waited} disclosures" + (f"; {waited} waited for their quality window" if waited else ""))
     for erasure in erasures:  # the erasure is part of the person's record; their data is gone
         console.print(f"erased {erasure.at:%Y-%m-%d %H:%M:%S} UTC by {erasure.actor} ({erasure.outcome}; "
                       f"{erasure.rows or 0} rows removed): {erasure.reason}", highlight=False, markup=False)

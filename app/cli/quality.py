@@ -23,7 +23,8 @@ app.add_typer(quality_app, name="quality")
 @needs("operator")
 def pending(as_json: bool = typer.Option(False, "--json", help="One JSON object per window instead of a table")) -> None:
     """Each worker's quality window with records in quality.pending: open (released or held when it
-    ends), judged (what its records became) or held because its worker stopped before judging it
+    ends), judged (what its records became), held because its worker stopped before judging it, or
+    partly released when it stopped while releasing it (the rest held)
     (fail closed: those records are never delivered; they leave with the topic's retention)."""
     from backbone.access.acls import READER_GROUP_PREFIX
     from backbone.quality.gating import list_pending
@@ -40,5 +41,5 @@ def pending(as_json: bool = typer.Option(False, "--json", help="One JSON object 
     for row in rows:
         table.add_row(row["start"], str(row["minutes"]), row["event_type"], row["worker"], str(row["records"]), ", ".join(row["recipients"]), row["state"])
     console.print(table)
-    held = sum(row["records"] for row in rows if row["state"].startswith("held"))
+    held = sum(row["held"] for row in rows)  # a window left mid-release: only what was not released
     console.print(f"{len(rows)} window(s); {held} record(s) held by workers that stopped mid-window", highlight=False)

@@ -262,10 +262,10 @@ def subject_form(user: str, role: str, found: list | None = None, token: str | N
     if problem:
         body += f'<section class="unreachable"><p class="bad">{escape(problem)}</p></section>'
     if found is not None:
-        body += (f"<section><h2>{len(found)} disclosures about subject {escape(token or '')}</h2>"
-                 + _table(("when (UTC)", "recipient", "event", "agreement", "purposes", "fields"),
+        body += (f"<section><h2>{sum(1 for d in found if d.disclosed)} disclosures about subject {escape(token or '')}</h2>"
+                 + _table(("when (UTC)", "recipient", "event", "agreement", "purposes", "fields", "quality gate"),
                           ((d.decided_at.strftime("%Y-%m-%d %H:%M:%S"), d.recipient, d.event_type, f"{d.agreement_id}@{d.agreement_version}",
-                            ", ".join(d.purposes), ", ".join(d.fields)) for d in found), "No disclosures.") + "</section>")
+                            ", ".join(d.purposes), ", ".join(d.fields), d.story) for d in found), "No disclosures.") + "</section>")
     if verdict is not None:
         verified, text = verdict
         css = {True: "good", False: "bad", None: "dim"}[verified]

@@ -18,8 +18,10 @@ from clickhouse_connect.driver.client import Client
 
 from backbone.policy.agreements import Agreement, Charter
 from consumers import ddl
+from consumers.audit import gated_story
 
 SHOWN_OUTCOMES = ("permit", "consent_withdrawn", "erased")
+QUALITY_PENDING, QUALITY_BREACH = "quality_pending", "quality_breach"  # a wait for the quality window; a held release
 NOTICE_RELEASE = "notice_release"
 
 # Plain language for each purpose of the vocabulary (schemas/purposes.yaml); an unknown id shows its label.
@@ -45,6 +47,7 @@ OUTCOME_TEXT = {
     "permit": "shared",
     "consent_withdrawn": "not shared: you withdrew your consent",
     "erased": "not shared: your data was erased",
+    QUALITY_PENDING: "waited: the recipient's agreement asks that the data's quality be checked first",
 }
 
 
@@ -63,6 +66,7 @@ class Entry:
     lawful_basis: str = ""
     fields: tuple[tuple[str, str], ...] = ()  # (field, treatment)
     notice: str = "immediate"  # immediate, deferred, until_released, suppressed
+    story: str = ""  # of a record that waited for its quality window: what became of it; of its release: which wait it ends
 
     @property
     def entry_id(self) -> str:
@@ -75,7 +79,7 @@ class Entry:
                 "agreement": self.agreement or None, "purposes": list(self.purposes),
                 "explanations": {p: explain.get(p, p) for p in self.purposes},
                 "lawful_basis": self.lawful_basis or None, "fields": [{"field": f, "treatment": t} for f, t in self.fields],
-                "notice": self.notice, "receipt": f"/receipt/{self.entry_id}"}
+                "notice": self.notice, "story": self.story or None, "receipt": f"/receipt/{self.entry_id}"}
 
 
 @dataclass(slots=True)
@@ -116,9 +120,13 @@ def entries(client: Client, database_prefix: str, tokens: Iterable[str], charter
         f"ifNull(d.agreement_id, ''), d.agreement_version FROM {events} ARRAY JOIN decisions AS d "
         "WHERE subject_token IN {tokens:Array(String)} AND toString(d.outcome) IN {shown:Array(String)} "
         "ORDER BY decided_at, event_type, d.recipient",
-        parameters={"tokens": tokens, "shown": list(SHOWN_OUTCOMES)}).result_rows
+        parameters={"tokens": tokens, "shown": [*SHOWN_OUTCOMES, QUALITY_PENDING, QUALITY_BREACH]}).result_rows
+    # a record gated on its quality window is one story: its wait and its release (under an id derived from the event's)
+    became, releases = gated_story(((r[0], r[3]) for r in rows if r[5] == QUALITY_PENDING), ((r[0], r[3], r[5], r[1]) for r in rows))
     found = []
     for event_id, at, provider, recipient, event_type, outcome, agreement_id, version in rows:
+        if outcome == QUALITY_BREACH:
+            continue  # a held release disclosed nothing: its wait's story says it was held
         agreement = _agreement(charter, agreement_id, version)
         purposes: tuple[str, ...] = ()
         basis, fields, notice = "", (), "immediate"
@@ -127,8 +135,11 @@ def entries(client: Client, database_prefix: str, tokens: Iterable[str], charter
             fields = tuple((name, _treatment(t)) for name, t in agreement.fields.items() if t.name != "drop")  # dropped: not shared
             notice = agreement.notice.kind if agreement.notice is not None else "immediate"
         decided = at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+        if outcome == QUALITY_PENDING:
+            fields = ()  # nothing disclosed by the wait: its release says what was
+        story = became.get((event_id, recipient), "") if outcome == QUALITY_PENDING else releases.get((event_id, recipient), "")
         found.append(Entry(event_id, decided, provider, recipient, event_type, outcome,
-                           f"{agreement_id}@{version}" if agreement_id else "", purposes, basis, fields, notice))
+                           f"{agreement_id}@{version}" if agreement_id else "", purposes, basis, fields, notice, story))
     return found
 
 

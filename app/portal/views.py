@@ -49,10 +49,11 @@ def disclosures(shown: list[Entry], every: list[Entry], filters: Mapping[str, st
     for entry in shown:
         purposes = "".join(f"<li><strong>{escape(p)}</strong>: {escape(explain.get(p, p))}</li>" for p in entry.purposes)
         fields = ", ".join(f"{escape(f)} ({escape(t)})" for f, t in entry.fields) or "-"
-        css = "good" if entry.outcome == "permit" else "bad"
+        css = {"permit": "good", "quality_pending": "dim"}.get(entry.outcome, "bad")
         rows.append(f'<tr class="entry" data-entry="{escape(entry.entry_id)}"><td>{entry.decided_at:%Y-%m-%d %H:%M:%S}</td>'
                     f"<td>{escape(entry.provider)} → {escape(entry.recipient)}</td><td>{escape(entry.event_type)}</td>"
-                    f'<td class="{css}">{escape(OUTCOME_TEXT.get(entry.outcome, entry.outcome))}</td>'
+                    f'<td class="{css}">{escape(OUTCOME_TEXT.get(entry.outcome, entry.outcome))}'
+                    + (f'<br><span class="dim story">{escape(entry.story)}</span>' if entry.story else "") + "</td>"
                     f"<td>{escape(entry.agreement or '-')}<br><span class=\"dim\">basis: "
                     f"{escape(BASES.get(entry.lawful_basis, entry.lawful_basis) or '-')}</span></td>"
                     f"<td><ul>{purposes}</ul></td><td>{fields}</td>"

@@ -27,6 +27,10 @@ from backbone.quality.window import HOUR_MS
 MINUTE_MS = HOUR_MS // 60
 RECIPIENTS_HEADER = "recipients"  # on a pending record: the recipients it waits for, comma-separated
 CLOSED_HEADER = "closed"  # on a close marker: the window was judged (its value: what was done, counts)
+# On a progress marker, written as each chunk of a window's releases is acknowledged: what its records
+# became so far (counts). A worker that dies mid-release leaves the last one: the window was partly released.
+PROGRESS_HEADER = "progress"
+MARKER_HEADERS = (CLOSED_HEADER, PROGRESS_HEADER)
 # Audit records of releases are ids derived from the event's (a second record with the event's own id
 # would collapse with the first in the audit table, which keeps one row per id).
 _RELEASE_NAMESPACE = uuid.UUID("5d1b6f0e-8a4e-4c55-9f57-3c1f0b6a2e91")
@@ -96,14 +100,32 @@ def close_marker(scorecard: Scorecard | None, outcomes: Mapping[str, int]) -> by
     return json.dumps({"scores": scores, "outcomes": dict(sorted(outcomes.items()))}, sort_keys=True).encode()
 
 
+def progress_marker(outcomes: Mapping[str, int]) -> bytes:
+    """The value of a progress marker: what the window's records released so far became (counts only)."""
+    return json.dumps({"outcomes": dict(sorted(outcomes.items()))}, sort_keys=True).encode()
+
+
 @dataclass
 class WindowListing:
-    """What the pending topic holds of one worker's window: `closed` once it was judged."""
+    """What the pending topic holds of one worker's window: `closed` once it was judged; `progress`:
+    the last progress marker of a release (what the records done so far became)."""
 
     window: PendingWindow
     records: int = 0
     recipients: set[str] = field(default_factory=set)
     closed: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None
+
+    @property
+    def done(self) -> int:
+        """Records of a window left mid-release whose release was acknowledged (0 without a progress marker)."""
+        if self.closed is not None or self.progress is None:
+            return 0
+        return sum(n for n in self.progress.get("outcomes", {}).values() if isinstance(n, int))
+
+    def held(self, now: datetime) -> int:
+        """Records a stopped worker left held (never delivered)."""
+        return self.records - self.done if self.closed is None and self.window.end_ms <= now.timestamp() * 1000 else 0
 
     def state(self, now: datetime) -> str:
         if self.closed is not None:
@@ -111,18 +133,23 @@ class WindowListing:
             return "judged: " + (", ".join(f"{n} {what}" for what, n in outcomes.items()) or "nothing pending")
         if self.window.end_ms > now.timestamp() * 1000:
             return "open: released or held when the window ends"
+        if self.done:
+            outcomes = self.progress.get("outcomes", {}) if self.progress else {}
+            return (f"partly released: {self.done} of {self.records} done (" + ", ".join(f"{n} {what}" for what, n in outcomes.items())
+                    + "; see audit), the rest held: its worker stopped while releasing it (fail closed)")
         return "held: its worker stopped before judging it (fail closed)"
 
     def row(self, now: datetime) -> dict[str, Any]:
         return {"worker": self.window.worker, "event_type": self.window.event_type,
                 "start": datetime.fromtimestamp(self.window.start_ms / 1000, UTC).isoformat(), "minutes": self.window.minutes,
-                "records": self.records, "recipients": sorted(self.recipients), "state": self.state(now)}
+                "records": self.records, "recipients": sorted(self.recipients), "state": self.state(now), "held": self.held(now)}
 
 
 def list_pending(records: Iterable[tuple[bytes | None, list[tuple[str, bytes]] | None]]) -> list[WindowListing]:
     """The windows in the pending topic's (key, headers), oldest first; a record not a processor's is skipped."""
     found: dict[PendingWindow, WindowListing] = {}
     markers: dict[PendingWindow, dict[str, Any]] = {}
+    progress: dict[PendingWindow, dict[str, Any]] = {}
     for key, headers in records:
         try:
             window = PendingWindow.from_key(key)
@@ -135,9 +162,17 @@ def list_pending(records: Iterable[tuple[bytes | None, list[tuple[str, bytes]] |
             except ValueError:
                 markers[window] = {}
             continue
+        if PROGRESS_HEADER in named:  # in the order written: the last one is the furthest the release got
+            try:
+                progress[window] = json.loads(named[PROGRESS_HEADER])
+            except ValueError:
+                progress[window] = {}
+            continue
         listing = found.setdefault(window, WindowListing(window))
         listing.records += 1
         listing.recipients.update(r for r in named.get(RECIPIENTS_HEADER, b"").decode().split(",") if r)
     for window, marker in markers.items():
         found.setdefault(window, WindowListing(window)).closed = marker
+    for window, reached in progress.items():
+        found.setdefault(window, WindowListing(window)).progress = reached
     return sorted(found.values(), key=lambda w: (w.window.start, w.window.event_type, w.window.worker))

@@ -44,6 +44,9 @@ DLQ_PREFIX = "dlq."
 # Rows per batch and seconds per insert: sinks land up to BACKBONE_SINK_BATCH_ROWS (20,000) rows.
 BATCH_ROW_BUCKETS = (1, 10, 100, 500, 1_000, 5_000, 10_000, 20_000, 50_000)
 SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# The reason of a permit audited as waiting for its quality window (`backbone.policy.decision`, which
+# telemetry does not import): not a decision yet, the record is decided (and counted) when released.
+QUALITY_PENDING = "quality_pending"
 # Consumer lag costs a round of broker requests: asked at most this often, whatever the scrape rate.
 LAG_CACHE_S = 10.0
 
@@ -59,13 +62,21 @@ class ProcessorCollector(Collector):
         router = getattr(self.enforcement, "router", None)
         plane = getattr(self.enforcement, "data_plane", None)
         decided = CounterMetricFamily("backbone_events_decided", "Decisions on raw events, by recipient and outcome "
-                                      "(permit, or the reason of the denial)", labels=["recipient", "reason"])
+                                      "(permit, or the reason of the denial); a record gated on its quality window is "
+                                      "counted once, when its window releases, holds or flags it", labels=["recipient", "reason"])
+        waited = CounterMetricFamily("backbone_records_quality_waited", "Permits that waited for their quality window "
+                                     "(audited quality_pending; decided when released)", labels=["recipient"])
+        waiting = GaugeMetricFamily("backbone_records_quality_waiting", "Raw events of this worker waiting in the pending "
+                                    "topic for their quality window to be judged and released", labels=["event_type"])
         released = CounterMetricFamily("backbone_records_released", "Records released to recipients' shared topics",
                                        labels=["recipient"])
         events = CounterMetricFamily("backbone_events_routed", "Raw events decided on (each once, whatever the recipients)")
         dead = CounterMetricFamily("backbone_dlq_entries", "Dead letters written, by stage and reason", labels=["stage", "reason"])
         if router is not None:
             for (recipient, reason), n in sorted(router.decided.items()):
+                if reason == QUALITY_PENDING:  # not disclosed yet: its release is the decision
+                    waited.add_metric([recipient], n)
+                    continue
                 decided.add_metric([recipient, reason], n)
                 if reason == "permit":
                     released.add_metric([recipient], n)
@@ -73,7 +84,13 @@ class ProcessorCollector(Collector):
             for name, n in sorted(router.counts.items()):
                 if name.startswith(DLQ_PREFIX):
                     dead.add_metric(["processor", name[len(DLQ_PREFIX):]], n)
-        yield from (decided, released, events, dead)
+            gate = getattr(router, "gate", None)
+            by_type: dict[str, int] = {}
+            for (event_type, _), n in (gate.pending.items() if gate is not None else ()):
+                by_type[event_type] = by_type.get(event_type, 0) + n
+            for event_type, n in sorted(by_type.items()):
+                waiting.add_metric([event_type], n)
+        yield from (decided, released, events, dead, waited, waiting)
         if getattr(router, "quality", None) is not None:
             yield from _quality_families(router)
         if plane is not None:
