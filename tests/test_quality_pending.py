@@ -19,9 +19,9 @@ import pytest
 import yaml
 from confluent_kafka import Producer
 from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
-from hypothesis import strategies as st
 from pydantic import ValidationError
 
 from backbone.events.catalog import Catalog, load_catalog
