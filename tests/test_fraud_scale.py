@@ -365,3 +365,51 @@ def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -
     assert config["retention.ms"] == str(30 * 86_400_000)
     assert config["cleanup.policy"] == "compact,delete"  # erasure's tombstones still compact it
     assert load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path).alerts_retention_days == 90
+
+
+def _held_granules(client, database: str, subjects: list[str]) -> tuple[int, int]:  # noqa: ANN001
+    """(granules read, granules of `alerts`) by a run's look-up of the alerts held for `subjects`."""
+    from consumers.fraud.alerts import held_alerts_sql
+
+    literal = "[" + ", ".join(f"'{subject}'" for subject in subjects) + "]"
+    sql = held_alerts_sql(database).replace("{kind:String}", "'undeclared_income'").replace("{subjects:Array(String)}", literal)
+    plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + sql).result_rows)
+    read, total = re.findall(r"Granules: (\d+)/(\d+)", plan)[-1]
+    return int(read), int(total)
+
+
+def test_held_alerts_are_looked_up_by_a_small_granule_per_subject_and_alerts_made_before_are_migrated(  # noqa: ANN001
+        clickhouse_client, fraud: Fraud, caplog: pytest.LogCaptureFixture) -> None:
+    client = clickhouse_client
+    _create(client, fraud.plan)
+    alerts = ddl.qualified(fraud.database, ddl.ALERTS_TABLE)
+    client.command(ddl.create_alerts_table_sql(fraud.database).split(" SETTINGS ")[0])  # as made before: granules of 8192
+    client.command(f"INSERT INTO {alerts} (kind, subject, period, details, detected_at) "
+                   "SELECT 'undeclared_income', concat('k1.', toString(number)), '2025-01', concat('{\"n\":\"', toString(number), '\"}'), "
+                   "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + number FROM numbers(40000)")
+    held = client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows
+    touched = [f"k1.{n}" for n in range(7, 40_000, 1_000)]  # a run's findings: 40 subjects
+    read, total = _held_granules(client, fraud.database, touched)
+    assert read == total  # before: 40 subjects' look-up reads every alert held
+    with caplog.at_level(logging.ERROR, logger="backbone.fraud"):
+        FraudDetector(fraud.settings, client, leads=NO_BROKER).setup()
+    assert "alerts" in caplog.text and layout.MIGRATE_COMMAND in caplog.text  # the operator is told what to run
+
+    assert layout.migrate(client, fraud.plan) == [ddl.ALERTS_TABLE]
+    assert client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows == held
+    read, total = _held_granules(client, fraud.database, touched)
+    assert read <= len(touched) * 2 and total >= 40_000 // ddl.ALERTS_INDEX_GRANULARITY  # a small granule per subject
+    assert read * ddl.ALERTS_INDEX_GRANULARITY * 10 < 40_000  # a tenth of the alerts at most, whatever the table holds
+    assert not layout.alerts_stale(layout.layouts(client, fraud.database)[ddl.ALERTS_TABLE])
+    assert layout.migrate(client, fraud.plan) == []  # laid out already
+
+    # interrupted after the swap: an alert raised in the old table meanwhile is caught up on the next run
+    steps = layout.alerts_migration(fraud.database)
+    client.command(ddl.create_alerts_table_sql(fraud.database, table=ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX))
+    client.command(f"INSERT INTO {ddl.qualified(fraud.database, ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX)} (kind, subject, period, details) "
+                   "VALUES ('claim_after_death', 'k1.meanwhile', '2025-02', '{}'), ('undeclared_income', 'k1.7', '2025-01', 'copy')")
+    assert steps.catch_up.count("NOT IN") == 1 and layout.migrate(client, fraud.plan) == [ddl.ALERTS_TABLE]
+    keys = [tuple(row) for row in client.query(f"SELECT kind, subject, period, details FROM {alerts} FINAL "
+                                               "WHERE subject IN ('k1.meanwhile', 'k1.7') ORDER BY subject").result_rows]
+    assert keys == [("undeclared_income", "k1.7", "2025-01", '{"n":"7"}'), ("claim_after_death", "k1.meanwhile", "2025-02", "{}")]
+    assert ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX not in layout.layouts(client, fraud.database)
