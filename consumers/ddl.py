@@ -60,12 +60,10 @@ PROJECTED_INDEX_GRANULARITY = 64
 PROJECTED_COMPRESS_BLOCK = (2048, 8192)
 COMPRESS_BLOCK_SETTINGS = (f"min_compress_block_size = {PROJECTED_COMPRESS_BLOCK[0]}",
                            f"max_compress_block_size = {PROJECTED_COMPRESS_BLOCK[1]}")
-# `alerts` is read by point: each incremental fraud run looks up which of its findings' subjects are
-# alerted already (`consumers.fraud.alerts.record_findings`). With ClickHouse's 8192-row granules a
-# run touching 10k subjects read every granule of a 5 M alert table (bench.fraud: 1.0-1.75 s of a
-# landing); with a fraud table's granules and blocks a subject costs about one small granule.
-ALERTS_INDEX_GRANULARITY = PROJECTED_INDEX_GRANULARITY
-ALERTS_SETTINGS = (f"index_granularity = {ALERTS_INDEX_GRANULARITY}", *COMPRESS_BLOCK_SETTINGS)
+# `alerts` keeps each finding's first alert: a ReplacingMergeTree versioned by how early it was detected,
+# so a run records its findings without asking which it holds already (that look-up read most of a
+# 5 M alert table per landing: bench.fraud 1.0-1.75 s) and a repeat collapses into the first (`FINAL`).
+ALERTS_VERSION = "first_seen"
 
 
 @dataclass(slots=True, frozen=True)
@@ -224,13 +222,14 @@ def create_view_sql(database: str, view: str, table: str, fields: Sequence[str],
 
 def create_alerts_table_sql(database: str, cluster: Cluster | None = None, table: str = ALERTS_TABLE,
                             replica_path: str = REPLICA_PATH) -> str:
-    """Fraud alerts, one per (kind, subject pseudonym, period): a repeated finding collapses on merge;
-    small granules (`ALERTS_SETTINGS`) for the runs' look-ups of a few subjects' alerts."""
+    """Fraud alerts, one per (kind, subject pseudonym, period): a repeated finding collapses on merge
+    into its first alert (`ALERTS_VERSION`: the earliest `detected_at` wins, its details with it)."""
     return (
         f"CREATE TABLE IF NOT EXISTS {qualified(database, cluster.local(table) if cluster else table)}{on_cluster(cluster)} "
         "(kind LowCardinality(String), subject String, period String, "
-        "details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
-        f"ENGINE = {engine(cluster, path=replica_path)} ORDER BY (kind, subject, period) SETTINGS {', '.join(ALERTS_SETTINGS)}"
+        "details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3), "
+        f"{ALERTS_VERSION} UInt64 MATERIALIZED 18446744073709551615 - toUnixTimestamp64Milli(detected_at)) "
+        f"ENGINE = {engine(cluster, f'ReplacingMergeTree({ALERTS_VERSION})', replica_path)} ORDER BY (kind, subject, period)"
     )
 
 

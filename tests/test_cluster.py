@@ -297,17 +297,17 @@ def test_fraud_rules_on_a_sharded_cluster_read_shard_by_shard_and_send_a_set_spa
                                    settings=Cluster(CLUSTER, sharded=True).read_settings).result_rows == [("local",)]
 
 
-def test_alerts_migration_to_small_granules_runs_on_cluster_through_the_distributed_tables(clickhouse_client) -> None:  # noqa: ANN001
+def test_alerts_migration_to_first_alerts_runs_on_cluster_through_the_distributed_tables(clickhouse_client) -> None:  # noqa: ANN001
     from consumers.fraud.layout import alerts_migration
 
     cluster = Cluster(CLUSTER, sharded=True)
-    assert "SETTINGS index_granularity = 64" in ddl.fraud_tables_sql("fraud", cluster)[1]
+    assert "'{replica}', first_seen)" in ddl.fraud_tables_sql("fraud", cluster)[1]  # each finding's first alert kept
     steps = alerts_migration("fraud", cluster, generation="g20270101000000")
     local, distributed = steps.create
     for statement in (*steps.create, steps.swap, *steps.drop):
         formatted, _ = _parsed(clickhouse_client, statement)
         assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
-    assert "`alerts__relayout_local`" in local and "{table}.g20270101000000" in local and "index_granularity = 64" in local
+    assert "`alerts__relayout_local`" in local and "{table}.g20270101000000" in local and "'{replica}', first_seen)" in local
     assert distributed.endswith("cityHash64(subject))")  # placed as `alerts` is: by subject
     assert "`alerts_local` AND `fraud`.`alerts__relayout_local`" in steps.swap
     for statement in (steps.copy, steps.catch_up):

@@ -367,41 +367,49 @@ def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -
     assert load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path).alerts_retention_days == 90
 
 
-def _held_granules(client, database: str, subjects: list[str]) -> tuple[int, int]:  # noqa: ANN001
-    """(granules read, granules of `alerts`) by a run's look-up of the alerts held for `subjects`."""
-    from consumers.fraud.alerts import held_alerts_sql
 
-    literal = "[" + ", ".join(f"'{subject}'" for subject in subjects) + "]"
-    sql = held_alerts_sql(database).replace("{kind:String}", "'undeclared_income'").replace("{subjects:Array(String)}", literal)
-    plan = "\n".join(row[0] for row in client.query("EXPLAIN indexes = 1 " + sql).result_rows)
-    read, total = re.findall(r"Granules: (\d+)/(\d+)", plan)[-1]
-    return int(read), int(total)
+def _old_alerts_sql(database: str) -> str:
+    """`alerts` as made before it kept each finding's first alert: a repeat replaced the alert."""
+    return (f"CREATE TABLE {ddl.qualified(database, ddl.ALERTS_TABLE)} (kind LowCardinality(String), subject String, "
+            "period String, details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)")
 
 
-def test_held_alerts_are_looked_up_by_a_small_granule_per_subject_and_alerts_made_before_are_migrated(  # noqa: ANN001
+def test_a_finding_found_again_keeps_its_first_alert_without_a_look_up_and_alerts_made_before_are_migrated(  # noqa: ANN001
         clickhouse_client, fraud: Fraud, caplog: pytest.LogCaptureFixture) -> None:
+    from consumers.fraud.alerts import record_findings
+
     client = clickhouse_client
     _create(client, fraud.plan)
     alerts = ddl.qualified(fraud.database, ddl.ALERTS_TABLE)
-    client.command(ddl.create_alerts_table_sql(fraud.database).split(" SETTINGS ")[0])  # as made before: granules of 8192
+    client.command(_old_alerts_sql(fraud.database))
     client.command(f"INSERT INTO {alerts} (kind, subject, period, details, detected_at) "
                    "SELECT 'undeclared_income', concat('k1.', toString(number)), '2025-01', concat('{\"n\":\"', toString(number), '\"}'), "
                    "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + number FROM numbers(40000)")
     held = client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows
-    touched = [f"k1.{n}" for n in range(7, 40_000, 1_000)]  # a run's findings: 40 subjects
-    read, total = _held_granules(client, fraud.database, touched)
-    assert read == total  # before: 40 subjects' look-up reads every alert held
+    first = [row for row in held if row[1] == "k1.7"]
+    again = "SELECT 'undeclared_income' AS kind, 'k1.7' AS subject, '2025-01' AS period, 'found again' AS details"
     with caplog.at_level(logging.ERROR, logger="backbone.fraud"):
-        FraudDetector(fraud.settings, client, leads=NO_BROKER).setup()
+        detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+        detector.setup()
     assert "alerts" in caplog.text and layout.MIGRATE_COMMAND in caplog.text  # the operator is told what to run
+    assert detector._look_up  # noqa: SLF001 - until migrated, runs look their findings up (a repeat would replace the alert)
+    assert record_findings(client, fraud.database, "undeclared_income", again, look_up=True) == 0
 
     assert layout.migrate(client, fraud.plan) == [ddl.ALERTS_TABLE]
     assert client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows == held
-    read, total = _held_granules(client, fraud.database, touched)
-    assert read <= len(touched) * 2 and total >= 40_000 // ddl.ALERTS_INDEX_GRANULARITY  # a small granule per subject
-    assert read * ddl.ALERTS_INDEX_GRANULARITY * 10 < 40_000  # a tenth of the alerts at most, whatever the table holds
     assert not layout.alerts_stale(layout.layouts(client, fraud.database)[ddl.ALERTS_TABLE])
     assert layout.migrate(client, fraud.plan) == []  # laid out already
+    migrated = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    migrated.setup()
+    assert not migrated._look_up  # noqa: SLF001
+    # a repeat is recorded without asking what is held, and collapses into the first alert, details and time
+    assert record_findings(client, fraud.database, "undeclared_income", again) == 1
+    shown = f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL WHERE subject = 'k1.7'"
+    assert client.query(shown).result_rows == first
+    assert [(a.kind, a.subject, a.period, a.details, a.detected_at) for a in migrated.alerts() if a.subject == "k1.7"] == first
+    client.command(f"OPTIMIZE TABLE {alerts} FINAL")
+    assert client.query(shown).result_rows == first and client.query(f"SELECT count() FROM {alerts}").result_rows[0][0] == 40_000
 
     # interrupted after the swap: an alert raised in the old table meanwhile is caught up on the next run
     steps = layout.alerts_migration(fraud.database)

@@ -58,6 +58,7 @@ class FraudDetector:
         self.rules = RULES if rules is None else rules
         self.database = ddl.database_name(settings.clickhouse_database_prefix, settings.fraud_recipient)
         self._ready = False
+        self._look_up = False  # `alerts` made before it kept each finding's first alert (setup)
         # on a sharded cluster alerts, published alerts and watermarks are on their shards when the insert
         # returns: the next publish sees what was published (no alert sent twice), the next run its watermark
         self._insert_settings = insert_settings(cluster_of(settings))
@@ -83,11 +84,12 @@ class FraudDetector:
         found = layout.layouts(self.client, self.database)
         old = layout.stale_tables(found, read)
         alerts = found.get(cluster.local(ddl.ALERTS_TABLE) if cluster else ddl.ALERTS_TABLE)
-        if alerts is not None and layout.alerts_stale(alerts):
-            old.append(ddl.ALERTS_TABLE)  # its look-ups read 8192 alerts per subject a run found
+        self._look_up = alerts is not None and layout.alerts_stale(alerts)
+        if self._look_up:  # a repeated finding would replace its first alert: runs look their findings up
+            old.append(ddl.ALERTS_TABLE)
         if old:
             log.error("fraud tables %s were made before the fraud layout (ordered by event id alone, by landing day, or alerts "
-                      "in granules of 8192): each incremental run reads them whole, the day's keys, or most alerts; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
+                      "keeping the last repeat of a finding): each incremental run reads them whole, or the day's keys, or repeats replace alerts; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
@@ -128,7 +130,7 @@ class FraudDetector:
                 self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings={**self._insert_settings, **self._read_settings})
             else:
                 record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
-                                self._insert_settings, self._read_settings)
+                                self._insert_settings, self._read_settings, self._look_up)
             if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
                 watermarks.save(self.client, self.database, rule.kind, mark, start, self._insert_settings)
                 self._since[rule.kind] = (mark, start)

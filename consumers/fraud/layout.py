@@ -18,8 +18,8 @@ with the layout, every row copied (each gets the migration's landing, so the nex
 reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
 meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes. A table
 laid out before its compressed blocks were made about a granule gets those settings (new parts and
-merges write them; no copy). The `alerts` table, looked up by the subjects each run found, gets
-small granules the same way (`ddl.ALERTS_SETTINGS`; made before them, it is copied and exchanged too).
+merges write them; no copy). An `alerts` table made before it kept each finding's first alert
+(`ddl.ALERTS_VERSION`) is copied and exchanged the same way.
 """
 
 from __future__ import annotations
@@ -150,15 +150,15 @@ def migration(database: str, table: str, columns: Sequence[Column], order_by: Se
 
 
 def alerts_stale(found: Layout) -> bool:
-    """True for an `alerts` table made before its small granules (`ddl.ALERTS_SETTINGS`): each run's
-    look-up of its findings' alerts reads a granule of 8192 alerts per subject."""
-    return re.search(rf"\bindex_granularity = {ddl.ALERTS_INDEX_GRANULARITY}\b", found.engine_full) is None
+    """True for an `alerts` table made before it kept each finding's first alert (`ddl.ALERTS_VERSION`):
+    a repeated finding would replace the alert, so each run must look its findings up first."""
+    return re.search(rf"ReplacingMergeTree\(.*\b{ddl.ALERTS_VERSION}\)", found.engine_full) is None
 
 
 def alerts_migration(database: str, cluster: Cluster | None = None, generation: str | None = None) -> Migration:
-    """The migration of `alerts` to small granules, as `migration` does a data table's: a new table,
-    every alert copied (its `detected_at` with it), the two exchanged, alerts raised meanwhile caught up
-    by their (kind, subject, period), the old table dropped."""
+    """The migration of `alerts` to one keeping each finding's first alert, as `migration` does a data
+    table's: a new table, every alert copied (its `detected_at` with it), the two exchanged, alerts raised
+    meanwhile caught up by their (kind, subject, period), the old table dropped."""
     table, new = ddl.ALERTS_TABLE, f"{ddl.ALERTS_TABLE}{RELAYOUT_SUFFIX}"
     sharded = cluster is not None and cluster.sharded
     sync, global_in = (" SETTINGS distributed_foreground_insert = 1", "GLOBAL ") if sharded else ("", "")
@@ -181,7 +181,7 @@ def alerts_migration(database: str, cluster: Cluster | None = None, generation: 
 
 
 def _migrate_alerts(client, database: str, found: Mapping[str, Layout], cluster: Cluster | None) -> bool:  # noqa: ANN001
-    """Give `alerts` its small granules (or finish an interrupted migration); True when it did anything."""
+    """Give `alerts` its first-alert version (or finish an interrupted migration); True when it did anything."""
     local = cluster.local if cluster is not None else (lambda name: name)
     current = found.get(local(ddl.ALERTS_TABLE))
     if current is None:
@@ -192,7 +192,7 @@ def _migrate_alerts(client, database: str, found: Mapping[str, Layout], cluster:
             return False
         statements = (steps.catch_up, *steps.drop)  # interrupted after the swap: the old alerts are in the leftover
     else:
-        log.info("fraud alerts in %s: granules of 8192 alerts, migrating to %d", database, ddl.ALERTS_INDEX_GRANULARITY)
+        log.info("fraud alerts in %s: made before they kept each finding's first alert, migrating", database)
         statements = (*steps.drop, *steps.create, steps.copy, steps.swap, steps.catch_up, *steps.drop)
     for statement in statements:
         client.command(statement)
