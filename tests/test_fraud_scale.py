@@ -421,3 +421,26 @@ def test_a_finding_found_again_keeps_its_first_alert_without_a_look_up_and_alert
                                                "WHERE subject IN ('k1.meanwhile', 'k1.7') ORDER BY subject").result_rows]
     assert keys == [("undeclared_income", "k1.7", "2025-01", '{"n":"7"}'), ("claim_after_death", "k1.meanwhile", "2025-02", "{}")]
     assert ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX not in layout.layouts(client, fraud.database)
+
+
+def test_the_rules_sharded_sql_finds_what_the_single_node_sql_finds(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # On one node a `GLOBAL IN` and `distributed_product_mode = 'local'` change nothing: the SQL a sharded
+    # cluster runs (tests/test_cluster.py checks it is what a cluster accepts) raises the same findings.
+    from backbone.clickhouse.cluster import Cluster
+
+    client = clickhouse_client
+    _create(client, fraud.plan)
+    _land(client, fraud.database, 4_000, 0, 3, subjects=200)
+    since = watermarks.resume_point(client)
+    _land(client, fraud.database, 600, 4_000, 0, subjects=200)
+    detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    read = Cluster("backbone", sharded=True).read_settings
+    found_any = False
+    for rule in RULES.values():
+        one = {tuple(row[:3]) for row in client.query(rule.select_sql(fraud.database, columns, since)).result_rows}
+        sharded = {tuple(row[:3]) for row in client.query(rule.select_sql(fraud.database, columns, since, sharded=True),
+                                                          settings=read).result_rows}  # (kind, subject, period): details take any() claim
+        assert sharded == one, rule.kind
+        found_any = found_any or bool(one)
+    assert found_any
