@@ -258,3 +258,59 @@ def test_inserts_through_distributed_tables_are_synchronous_on_a_sharded_cluster
         assert landed == 1 and cards and cards[0].event_type == event_type
     finally:
         clickhouse_client.command(f"DROP DATABASE IF EXISTS {database} SYNC")
+
+
+def test_fraud_rules_on_a_sharded_cluster_read_shard_by_shard_and_send_a_set_spanning_shards_to_every_shard(clickhouse_client) -> None:  # noqa: ANN001
+    # On a sharded cluster every fraud table is Distributed: a rule's `IN (SELECT ... FROM <Distributed>)` inside
+    # a query over another is refused by ClickHouse's default (`distributed_product_mode = 'deny'`). The
+    # subject's keys sit on one shard, so each shard reads its own local table (`'local'`); a bank account's
+    # claimants span shards, so that rule's touched keys are one set sent to every shard (`GLOBAL IN`).
+    from backbone.clickhouse.cluster import read_settings
+    from consumers.fraud.alerts import insert_alerts_sql
+    from consumers.fraud.rules import BUILT_IN
+
+    settings = load_settings(clickhouse_cluster=CLUSTER, clickhouse_sharded=True, clickhouse_dsn="chdb:///unused")
+    plan = recipient_plan(settings, _charter(), settings.fraud_recipient)
+    columns = {d.table: {**{c.name: c.type for c in cols}, ddl.LANDED_AT: "DateTime", ddl.LANDED_SEQ: "UInt64"}
+               for d, cols in plan.tables.items()}
+    since = Since(1_800_000_000, 1_800_000_000_000_000)
+    spanning = set()
+    for rule in BUILT_IN:
+        assert not rule.missing(columns), rule.kind
+        full = rule.select_sql("fraud", columns, sharded=True)
+        incremental = rule.select_sql("fraud", columns, since, sharded=True)
+        for statement in (insert_alerts_sql("fraud", rule.kind, full), incremental):
+            _parsed(clickhouse_client, statement)
+        assert "_local" not in incremental  # the Distributed tables; each shard's own under 'local'
+        if "GLOBAL IN" in incremental:
+            spanning.add(rule.kind)
+        single = rule.select_sql("fraud", columns, since)
+        assert "GLOBAL" not in single and single == rule.select_sql("fraud", columns, since, sharded=False)
+        assert full == rule.select_sql("fraud", columns)  # the full run's SQL (and its watermark) is the single node's
+    assert spanning == {"shared_bank_account"}  # keyed by account and period, not by the subject the tables are sharded by
+    assert FraudDetector(settings, clickhouse_client)._read_settings == {"distributed_product_mode": "local"}  # noqa: SLF001
+    assert read_settings(Cluster(CLUSTER)) == {} and read_settings(None) == {}  # replicated only, one node: nothing to say
+    unsharded = load_settings(clickhouse_cluster=CLUSTER, clickhouse_dsn="chdb:///unused")
+    assert FraudDetector(unsharded, clickhouse_client)._read_settings == {}  # noqa: SLF001
+    # ClickHouse knows the setting and its value (chDB: one node, where it changes nothing)
+    assert clickhouse_client.query("SELECT getSetting('distributed_product_mode')",
+                                   settings=Cluster(CLUSTER, sharded=True).read_settings).result_rows == [("local",)]
+
+
+def test_alerts_migration_to_first_alerts_runs_on_cluster_through_the_distributed_tables(clickhouse_client) -> None:  # noqa: ANN001
+    from consumers.fraud.layout import alerts_migration
+
+    cluster = Cluster(CLUSTER, sharded=True)
+    assert "'{replica}', first_seen)" in ddl.fraud_tables_sql("fraud", cluster)[1]  # each finding's first alert kept
+    steps = alerts_migration("fraud", cluster, generation="g20270101000000")
+    local, distributed = steps.create
+    for statement in (*steps.create, steps.swap, *steps.drop):
+        formatted, _ = _parsed(clickhouse_client, statement)
+        assert f" ON CLUSTER {CLUSTER}" in formatted, formatted
+    assert "`alerts__relayout_local`" in local and "{table}.g20270101000000" in local and "'{replica}', first_seen)" in local
+    assert distributed.endswith("cityHash64(subject))")  # placed as `alerts` is: by subject
+    assert "`alerts_local` AND `fraud`.`alerts__relayout_local`" in steps.swap
+    for statement in (steps.copy, steps.catch_up):
+        formatted, _ = _parsed(clickhouse_client, statement)
+        assert "_local" not in statement and "distributed_foreground_insert = 1" in formatted, formatted
+    assert "GLOBAL NOT IN" in steps.catch_up and "GLOBAL" not in alerts_migration("fraud").catch_up

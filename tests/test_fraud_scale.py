@@ -365,3 +365,82 @@ def test_alerts_fraud_keeps_alerts_as_long_as_the_settings_say(tmp_path: Path) -
     assert config["retention.ms"] == str(30 * 86_400_000)
     assert config["cleanup.policy"] == "compact,delete"  # erasure's tombstones still compact it
     assert load_settings(clickhouse_dsn="chdb:///unused", data_dir=tmp_path).alerts_retention_days == 90
+
+
+
+def _old_alerts_sql(database: str) -> str:
+    """`alerts` as made before it kept each finding's first alert: a repeat replaced the alert."""
+    return (f"CREATE TABLE {ddl.qualified(database, ddl.ALERTS_TABLE)} (kind LowCardinality(String), subject String, "
+            "period String, details String, detected_at DateTime64(3, 'UTC') DEFAULT now64(3)) "
+            "ENGINE = ReplacingMergeTree ORDER BY (kind, subject, period)")
+
+
+def test_a_finding_found_again_keeps_its_first_alert_without_a_look_up_and_alerts_made_before_are_migrated(  # noqa: ANN001
+        clickhouse_client, fraud: Fraud, caplog: pytest.LogCaptureFixture) -> None:
+    from consumers.fraud.alerts import record_findings
+
+    client = clickhouse_client
+    _create(client, fraud.plan)
+    alerts = ddl.qualified(fraud.database, ddl.ALERTS_TABLE)
+    client.command(_old_alerts_sql(fraud.database))
+    client.command(f"INSERT INTO {alerts} (kind, subject, period, details, detected_at) "
+                   "SELECT 'undeclared_income', concat('k1.', toString(number)), '2025-01', concat('{\"n\":\"', toString(number), '\"}'), "
+                   "toDateTime64('2026-01-01 00:00:00', 3, 'UTC') + number FROM numbers(40000)")
+    held = client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows
+    first = [row for row in held if row[1] == "k1.7"]
+    again = "SELECT 'undeclared_income' AS kind, 'k1.7' AS subject, '2025-01' AS period, 'found again' AS details"
+    with caplog.at_level(logging.ERROR, logger="backbone.fraud"):
+        detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+        detector.setup()
+    assert "alerts" in caplog.text and layout.MIGRATE_COMMAND in caplog.text  # the operator is told what to run
+    assert detector._look_up  # noqa: SLF001 - until migrated, runs look their findings up (a repeat would replace the alert)
+    assert record_findings(client, fraud.database, "undeclared_income", again, look_up=True) == 0
+
+    assert layout.migrate(client, fraud.plan) == [ddl.ALERTS_TABLE]
+    assert client.query(f"SELECT kind, subject, period, details, detected_at FROM {alerts} ORDER BY subject").result_rows == held
+    assert not layout.alerts_stale(layout.layouts(client, fraud.database)[ddl.ALERTS_TABLE])
+    assert layout.migrate(client, fraud.plan) == []  # laid out already
+    migrated = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    migrated.setup()
+    assert not migrated._look_up  # noqa: SLF001
+    # a repeat is recorded without asking what is held, and collapses into the first alert, details and time
+    assert record_findings(client, fraud.database, "undeclared_income", again) == 1
+    shown = f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL WHERE subject = 'k1.7'"
+    assert client.query(shown).result_rows == first
+    assert [(a.kind, a.subject, a.period, a.details, a.detected_at) for a in migrated.alerts() if a.subject == "k1.7"] == first
+    client.command(f"OPTIMIZE TABLE {alerts} FINAL")
+    assert client.query(shown).result_rows == first and client.query(f"SELECT count() FROM {alerts}").result_rows[0][0] == 40_000
+
+    # interrupted after the swap: an alert raised in the old table meanwhile is caught up on the next run
+    steps = layout.alerts_migration(fraud.database)
+    client.command(ddl.create_alerts_table_sql(fraud.database, table=ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX))
+    client.command(f"INSERT INTO {ddl.qualified(fraud.database, ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX)} (kind, subject, period, details) "
+                   "VALUES ('claim_after_death', 'k1.meanwhile', '2025-02', '{}'), ('undeclared_income', 'k1.7', '2025-01', 'copy')")
+    assert steps.catch_up.count("NOT IN") == 1 and layout.migrate(client, fraud.plan) == [ddl.ALERTS_TABLE]
+    keys = [tuple(row) for row in client.query(f"SELECT kind, subject, period, details FROM {alerts} FINAL "
+                                               "WHERE subject IN ('k1.meanwhile', 'k1.7') ORDER BY subject").result_rows]
+    assert keys == [("undeclared_income", "k1.7", "2025-01", '{"n":"7"}'), ("claim_after_death", "k1.meanwhile", "2025-02", "{}")]
+    assert ddl.ALERTS_TABLE + layout.RELAYOUT_SUFFIX not in layout.layouts(client, fraud.database)
+
+
+def test_the_rules_sharded_sql_finds_what_the_single_node_sql_finds(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    # On one node a `GLOBAL IN` and `distributed_product_mode = 'local'` change nothing: the SQL a sharded
+    # cluster runs (tests/test_cluster.py checks it is what a cluster accepts) raises the same findings.
+    from backbone.clickhouse.cluster import Cluster
+
+    client = clickhouse_client
+    _create(client, fraud.plan)
+    _land(client, fraud.database, 4_000, 0, 3, subjects=200)
+    since = watermarks.resume_point(client)
+    _land(client, fraud.database, 600, 4_000, 0, subjects=200)
+    detector = FraudDetector(fraud.settings, client, leads=NO_BROKER)
+    columns = detector._columns()  # noqa: SLF001
+    read = Cluster("backbone", sharded=True).read_settings
+    found_any = False
+    for rule in RULES.values():
+        one = {tuple(row[:3]) for row in client.query(rule.select_sql(fraud.database, columns, since)).result_rows}
+        sharded = {tuple(row[:3]) for row in client.query(rule.select_sql(fraud.database, columns, since, sharded=True),
+                                                          settings=read).result_rows}  # (kind, subject, period): details take any() claim
+        assert sharded == one, rule.kind
+        found_any = found_any or bool(one)
+    assert found_any

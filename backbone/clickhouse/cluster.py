@@ -59,6 +59,15 @@ class Cluster:
         scorecard, a fraud run, a sink's commit) sees them."""
         return {"distributed_foreground_insert": 1} if self.sharded else {}
 
+    @property
+    def read_settings(self) -> dict[str, str]:
+        """Settings of a query whose `IN` or `JOIN` reads a table of this cluster inside a query over
+        another: when sharded both are `Distributed`, which ClickHouse's default
+        (`distributed_product_mode = 'deny'`) refuses; `'local'` has each shard read its own local
+        table instead, exact when both tables place a key's rows on one shard (sharded by the subject).
+        A set that must span shards (keyed by something else) says `GLOBAL IN` itself."""
+        return {"distributed_product_mode": "local"} if self.sharded else {}
+
     def local(self, table: str) -> str:
         """The table holding the rows on each shard: `<table>_local` when sharded, else the table itself."""
         return f"{table}{LOCAL_SUFFIX}" if self.sharded else table
@@ -86,6 +95,11 @@ def engine(cluster: Cluster | None, engine: str = "ReplacingMergeTree", path: st
 def insert_settings(cluster: Cluster | None) -> dict[str, int]:
     """`Cluster.insert_settings`, none for one node."""
     return cluster.insert_settings if cluster is not None else {}
+
+
+def read_settings(cluster: Cluster | None) -> dict[str, str]:
+    """`Cluster.read_settings`, none for one node."""
+    return cluster.read_settings if cluster is not None else {}
 
 
 def generation_path(generation: str) -> str:

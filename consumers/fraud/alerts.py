@@ -30,22 +30,26 @@ class Alert:
         return alert_id(*self.key)
 
 
-def record_findings(client, database: str, kind: str, rule: str, settings: dict | None = None) -> int:  # noqa: ANN001 - a clickhouse-connect client
-    """New findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns how many.
-    The alerts already held are looked up by the findings' subjects (`alerts` is ordered by kind and
-    subject), so the cost follows what the rule found, not how many alerts the table holds."""
+def record_findings(client, database: str, kind: str, rule: str, settings: dict | None = None,  # noqa: ANN001 - a clickhouse-connect client
+                    read: dict | None = None, look_up: bool = False) -> int:
+    """Findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns how many.
+    They are inserted without asking which are held already: a finding alerted before collapses into
+    its first alert (`ddl.ALERTS_VERSION`, read with `FINAL`), so the cost follows what the rule found,
+    not how many alerts the table holds. `look_up`: an `alerts` table made before that, which would
+    keep the repeat: the findings' subjects' alerts are looked up and only new ones inserted.
+    `settings` are the insert's, `read` the rule query's (a sharded cluster's `Cluster.read_settings`)."""
     found = client.query(f"SELECT kind, subject, period, any(details) FROM ({rule}) AS found "
-                         "WHERE subject IS NOT NULL GROUP BY kind, subject, period").result_rows
-    if not found:
-        return 0
+                         "WHERE subject IS NOT NULL GROUP BY kind, subject, period", settings=dict(read or {})).result_rows
     alerts = ddl.qualified(database, ddl.ALERTS_TABLE)
-    held = {tuple(row) for row in client.query(
-        f"SELECT subject, period FROM {alerts} WHERE kind = {{kind:String}} AND subject IN {{subjects:Array(String)}}",
-        parameters={"kind": kind, "subjects": sorted({row[1] for row in found})}).result_rows}
-    new = [list(row) for row in found if (row[1], row[2]) not in held]
-    if new:
-        client.insert(alerts, new, column_names=["kind", "subject", "period", "details"], settings=dict(settings or {}))
-    return len(new)
+    if found and look_up:
+        held = {tuple(row) for row in client.query(
+            f"SELECT subject, period FROM {alerts} WHERE kind = {{kind:String}} AND subject IN {{subjects:Array(String)}}",
+            parameters={"kind": kind, "subjects": sorted({row[1] for row in found})}).result_rows}
+        found = [row for row in found if (row[1], row[2]) not in held]
+    if found:
+        client.insert(alerts, [list(row) for row in found], column_names=["kind", "subject", "period", "details"],
+                      settings=dict(settings or {}))
+    return len(found)
 
 
 def insert_alerts_sql(database: str, kind: str, rule: str) -> str:

@@ -30,7 +30,7 @@ from clickhouse_connect.driver.client import Client
 from clickhouse_connect.driver.exceptions import DatabaseError
 from confluent_kafka import Producer
 
-from backbone.clickhouse.cluster import cluster_of, insert_settings
+from backbone.clickhouse.cluster import cluster_of, insert_settings, read_settings
 from backbone.errors import TopicError
 from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
@@ -58,9 +58,15 @@ class FraudDetector:
         self.rules = RULES if rules is None else rules
         self.database = ddl.database_name(settings.clickhouse_database_prefix, settings.fraud_recipient)
         self._ready = False
+        self._look_up = False  # `alerts` made before it kept each finding's first alert (setup)
         # on a sharded cluster alerts, published alerts and watermarks are on their shards when the insert
         # returns: the next publish sees what was published (no alert sent twice), the next run its watermark
         self._insert_settings = insert_settings(cluster_of(settings))
+        # on a sharded cluster a rule's IN / JOIN over a Distributed table inside a query over another is
+        # read shard by shard (ClickHouse refuses it by default); sets spanning shards say GLOBAL IN
+        cluster = cluster_of(settings)
+        self._sharded = cluster is not None and cluster.sharded
+        self._read_settings = read_settings(cluster)
         self._producer: Producer | None = None
         self._encode: Callable[[dict], bytes] | None = None
         self._off: set[str] = set()
@@ -75,10 +81,15 @@ class FraudDetector:
         for statement in ddl.fraud_tables_sql(self.database, cluster):
             self.client.command(statement)
         read = {cluster.local(table) if cluster else table for rule in self.rules.values() if rule.scope for table in rule.needs}
-        old = layout.stale_tables(layout.layouts(self.client, self.database), read)
+        found = layout.layouts(self.client, self.database)
+        old = layout.stale_tables(found, read)
+        alerts = found.get(cluster.local(ddl.ALERTS_TABLE) if cluster else ddl.ALERTS_TABLE)
+        self._look_up = alerts is not None and layout.alerts_stale(alerts)
+        if self._look_up:  # a repeated finding would replace its first alert: runs look their findings up
+            old.append(ddl.ALERTS_TABLE)
         if old:
-            log.error("fraud tables %s were made before the fraud layout (ordered by event id alone, or by landing day): "
-                      "each incremental run reads them whole, or the day's keys; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
+            log.error("fraud tables %s were made before the fraud layout (ordered by event id alone, by landing day, or alerts "
+                      "keeping the last repeat of a finding): each incremental run reads them whole, or the day's keys, or repeats replace alerts; stop the fraud sinks and run `%s` once", ", ".join(old), layout.MIGRATE_COMMAND)
         self._ready = True
 
     def _columns(self) -> dict[str, dict[str, str]]:
@@ -111,14 +122,15 @@ class FraudDetector:
         if self._since is None:
             self._since = watermarks.load(self.client, self.database)
         for rule in self._runnable(columns):
-            full = rule.select_sql(self.database, columns)
+            full = rule.select_sql(self.database, columns, sharded=self._sharded)
             mark = watermarks.fingerprint(full)
             last = self._since.get(rule.kind)
             since = last[1] if last is not None and last[0] == mark and rule.scope else None
             if since is None:
-                self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings=self._insert_settings)
+                self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings={**self._insert_settings, **self._read_settings})
             else:
-                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since), self._insert_settings)
+                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
+                                self._insert_settings, self._read_settings, self._look_up)
             if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
                 watermarks.save(self.client, self.database, rule.kind, mark, start, self._insert_settings)
                 self._since[rule.kind] = (mark, start)
@@ -165,7 +177,8 @@ class FraudDetector:
         alerts = ddl.qualified(self.database, ddl.ALERTS_TABLE)
         tail = f" LIMIT {int(limit)}" if limit else ""
         result = self.client.query(
-            f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL {where} ORDER BY detected_at, kind, subject, period{tail}"
+            f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL {where} ORDER BY detected_at, kind, subject, period{tail}",
+            settings=self._read_settings,  # publish: the published alerts of each shard's subjects, on that shard
         )
         return [Alert(*row) for row in result.result_rows]
 

@@ -18,12 +18,14 @@ with the layout, every row copied (each gets the migration's landing, so the nex
 reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
 meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes. A table
 laid out before its compressed blocks were made about a granule gets those settings (new parts and
-merges write them; no copy).
+merges write them; no copy). An `alerts` table made before it kept each finding's first alert
+(`ddl.ALERTS_VERSION`) is copied and exchanged the same way.
 """
 
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -147,6 +149,56 @@ def migration(database: str, table: str, columns: Sequence[Column], order_by: Se
     )
 
 
+def alerts_stale(found: Layout) -> bool:
+    """True for an `alerts` table made before it kept each finding's first alert (`ddl.ALERTS_VERSION`):
+    a repeated finding would replace the alert, so each run must look its findings up first."""
+    return re.search(rf"ReplacingMergeTree\(.*\b{ddl.ALERTS_VERSION}\)", found.engine_full) is None
+
+
+def alerts_migration(database: str, cluster: Cluster | None = None, generation: str | None = None) -> Migration:
+    """The migration of `alerts` to one keeping each finding's first alert, as `migration` does a data
+    table's: a new table, every alert copied (its `detected_at` with it), the two exchanged, alerts raised
+    meanwhile caught up by their (kind, subject, period), the old table dropped."""
+    table, new = ddl.ALERTS_TABLE, f"{ddl.ALERTS_TABLE}{RELAYOUT_SUFFIX}"
+    sharded = cluster is not None and cluster.sharded
+    sync, global_in = (" SETTINGS distributed_foreground_insert = 1", "GLOBAL ") if sharded else ("", "")
+    local = (lambda name: cluster.local(name)) if cluster is not None else (lambda name: name)  # noqa: E731
+    source, target = ddl.qualified(database, table), ddl.qualified(database, new)
+    names = "kind, subject, period, details, detected_at"
+    create = [ddl.create_alerts_table_sql(database, cluster, new,
+                                          generation_path(generation or datetime.now(UTC).strftime("g%Y%m%d%H%M%S")))]
+    if sharded:
+        create.append(ddl.distributed_sql(database, new, cluster, "subject"))
+    return Migration(
+        table=table,
+        create=create,
+        copy=f"INSERT INTO {target} ({names}) SELECT {names} FROM {source}{sync}",
+        swap=f"EXCHANGE TABLES {ddl.qualified(database, local(table))} AND {ddl.qualified(database, local(new))}{on_cluster(cluster)}",
+        catch_up=(f"INSERT INTO {source} ({names}) SELECT {names} FROM {target} "
+                  f"WHERE (kind, subject, period) {global_in}NOT IN (SELECT kind, subject, period FROM {source}){sync}"),
+        drop=[f"DROP TABLE IF EXISTS {ddl.qualified(database, name)}{on_cluster(cluster)} SYNC" for name in ddl.cluster_tables(new, cluster)],
+    )
+
+
+def _migrate_alerts(client, database: str, found: Mapping[str, Layout], cluster: Cluster | None) -> bool:  # noqa: ANN001
+    """Give `alerts` its first-alert version (or finish an interrupted migration); True when it did anything."""
+    local = cluster.local if cluster is not None else (lambda name: name)
+    current = found.get(local(ddl.ALERTS_TABLE))
+    if current is None:
+        return False
+    steps = alerts_migration(database, cluster)
+    if not alerts_stale(current):
+        if local(f"{ddl.ALERTS_TABLE}{RELAYOUT_SUFFIX}") not in found:
+            return False
+        statements = (steps.catch_up, *steps.drop)  # interrupted after the swap: the old alerts are in the leftover
+    else:
+        log.info("fraud alerts in %s: made before they kept each finding's first alert, migrating", database)
+        statements = (*steps.drop, *steps.create, steps.copy, steps.swap, steps.catch_up, *steps.drop)
+    for statement in statements:
+        client.command(statement)
+    return True
+
+
 def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect client and a SinkPlan
     """Give every table of the fraud sink's `plan` that exists with another layout the planned one;
     returns the tables migrated. Idempotent: a table laid out already is left alone, and a migration
@@ -181,6 +233,8 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
             for statement in (*steps.drop, *steps.create, steps.copy, steps.swap, steps.catch_up, *steps.drop):
                 client.command(statement)
             migrated.append(destination.table)
+        if _migrate_alerts(client, database, found, cluster):
+            migrated.append(ddl.ALERTS_TABLE)
     return migrated
 
 

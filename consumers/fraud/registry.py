@@ -58,30 +58,45 @@ class Rule:
     needs: Mapping[str, tuple[str, ...]]
     sql: RuleSql
     scope: tuple[str, ...] = ()  # the columns a finding depends on the rows of (empty: every run reads all)
+    # the column naming the subject in the tables it reads: what a sharded cluster places their rows by
+    subject: str = "national_id"
+
+    @property
+    def spans_shards(self) -> bool:
+        """True when one key's rows may sit on several shards of a sharded cluster (the key does not
+        start with the subject the tables are sharded by): its touched keys are then one set sent to
+        every shard (`GLOBAL IN`), not each shard's own."""
+        return bool(self.scope) and self.scope[0] != self.subject
 
     def missing(self, columns: Columns) -> list[str]:
         """`table.column` of every needed column the database lacks (empty: the rule can run)."""
         return [f"{table}.{column}" for table, needed in self.needs.items()
                 for column in needed if column not in columns.get(table, {})]
 
-    def select_sql(self, database: str, columns: Columns, since: Since | str | None = None) -> str:
+    def select_sql(self, database: str, columns: Columns, since: Since | str | None = None, sharded: bool = False) -> str:
         """The rule's SELECT: over every row, or (`since`, scoped rules only: a `Since`, or a
-        `_landed_at` SQL literal) over the whole history of the keys that landed since."""
+        `_landed_at` SQL literal) over the whole history of the keys that landed since (`sharded`:
+        on a sharded cluster, see `touched`)."""
         if not self.scope:
             return self.sql(database, columns)
         if since is None:
             return self.sql(database, columns, "1")
-        return self.sql(database, columns, self.touched(database, since, columns))
+        return self.sql(database, columns, self.touched(database, since, columns, sharded))
 
-    def touched(self, database: str, since: Since | str, columns: Columns | None = None) -> str:
+    def touched(self, database: str, since: Since | str, columns: Columns | None = None, sharded: bool = False) -> str:
         """`(scope) IN (the scope keys of rows landed since in the needed tables)`: by landing where a
-        table has `_landed_seq` (its projection by landing reads just those), else by landing day."""
+        table has `_landed_seq` (its projection by landing reads just those), else by landing day.
+        On a `sharded` cluster a key kept on one shard (the subject's) is looked up in each shard's own
+        landed rows (the query runs with `distributed_product_mode = 'local'`), and a key spanning
+        shards (`spans_shards`: a bank account's claimants) with `GLOBAL IN`: every shard reads the
+        rows of each key that landed on any shard, else a claimant on another shard would be missed."""
         keys = ", ".join(self.scope)
         where = (lambda table: since.condition((columns or {}).get(table, {}))) if isinstance(since, Since) \
             else (lambda table: f"{LANDED_AT} >= {since}")
         sources = [f"SELECT {keys} FROM {database_table(database, table)} WHERE {where(table)}"
                    for table, needed in self.needs.items() if set(self.scope) <= set(needed)]
-        return f"({keys}) IN ({' UNION ALL '.join(sources)})"
+        operator = "GLOBAL IN" if sharded and self.spans_shards else "IN"
+        return f"({keys}) {operator} ({' UNION ALL '.join(sources)})"
 
 
 def database_table(database: str, table: str) -> str:
