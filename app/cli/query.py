@@ -11,7 +11,7 @@ from backbone.errors import BackboneError
 
 
 @clickhouse_app.command("query")
-def query(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"SELECT count() FROM fraud.alerts\""),
+def query(sql: str = typer.Argument(..., help="One SQL statement, e.g. \"SELECT count() FROM fraud.alerts FINAL\""),
           limit: int = typer.Option(100, "--limit", help="Print at most this many rows")) -> None:
     """Run one query against BACKBONE_CLICKHOUSE_DSN (chDB or a server) and print the result."""
     from clickhouse_connect.driver.exceptions import DatabaseError
