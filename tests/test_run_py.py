@@ -52,7 +52,7 @@ def test_a_signal_to_run_py_stops_the_command_and_every_process_it_started(tmp_p
     try:
         up.wait(180)
         assert process.poll() is None and "embedded stack is up" in "".join(lines), "".join(lines)[-3000:]
-        assert "keeps: every message, in the embedded broker's memory" in "".join(lines)  # said at start
+        assert "broker: the disk broker" in "".join(lines) and "keeps: each topic's messages on disk under" in "".join(lines)  # said at start
         started = descendants(process.pid)  # the broker and the registry
         assert started, "the stack started no process"
         process.send_signal(signum)

@@ -36,8 +36,8 @@ def broker_says(engine: str, where: Path | None = None, retention_hours: float =
     """The lines `backbone up` and the demo print at start: which broker runs and what it keeps for how long."""
     if engine == "disk":
         keeps = KEEPS_DISK.format(where=where or "<data dir>/broker", hours=retention_hours)
-        return f"broker: the disk broker (BACKBONE_EMBEDDED_BROKER=disk)\nkeeps: {keeps}"
-    return f"broker: Tansu 0.6, memory storage (BACKBONE_EMBEDDED_BROKER=disk runs the disk broker)\nkeeps: {KEEPS}"
+        return f"broker: the disk broker (the default; BACKBONE_EMBEDDED_BROKER=tansu runs Tansu)\nkeeps: {keeps}"
+    return f"broker: Tansu 0.6, memory storage (BACKBONE_EMBEDDED_BROKER=tansu; the default, disk, keeps topics on disk)\nkeeps: {KEEPS}"
 
 
 # RSS of the broker, in MiB, at which `backbone up` says how much it holds (once each).
