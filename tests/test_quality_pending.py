@@ -10,6 +10,7 @@ import json
 import random
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -52,6 +53,7 @@ from backbone.quality.gating import (
 )
 from backbone.quality.window import WindowState, hour_of
 from backbone.settings import PROJECT_ROOT, Settings
+from backbone.stack.embedded import EmbeddedBroker
 from backbone.telemetry import metrics
 from consumers.audit import gated_story
 from processors.dataplane import DataPlane
@@ -66,6 +68,15 @@ HOUR = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 FRAUD_TOPIC = shared_topic("fraud", CLAIM)
 RESEARCH_TOPIC = shared_topic("research", CLAIM)
 BARS = {"completeness": ">= 98"}
+
+
+@pytest.fixture(scope="module")
+def own_kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A broker of this module's own: its tests' audit records are encoded by routers whose schema ids
+    are not the session registry's, and `audit verify` of the session's audit topic (test_dp) must
+    not read them."""
+    with EmbeddedBroker(tmp_path_factory.mktemp("pending-broker")) as broker:
+        yield broker.bootstrap
 
 
 @pytest.fixture(scope="module")
@@ -312,7 +323,8 @@ def test_a_window_left_mid_release_is_listed_by_its_last_progress_marker(markers
 
 
 def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_listed(
-        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, backbone_cli) -> None:  # noqa: ANN001
+        catalog: Catalog, tmp_path: Path, settings: Settings, own_kafka: str, unique: str, backbone_cli) -> None:  # noqa: ANN001
+    settings = settings.model_copy(update={"kafka_bootstrap": own_kafka})
     Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
     recipient = f"gate{unique}"  # a recipient of this test's own: its shared topic is read from the start
     for topic in (shared_topic(recipient, CLAIM), AUDIT_TOPIC):  # as the processor does at start (no broker auto-creates them)
@@ -352,7 +364,8 @@ def test_a_worker_stopped_mid_window_releases_nothing_of_it_and_its_window_is_li
 
 
 def test_a_worker_dying_mid_release_leaves_its_window_listed_as_partly_released(
-        catalog: Catalog, tmp_path: Path, settings: Settings, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+        catalog: Catalog, tmp_path: Path, settings: Settings, own_kafka: str, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = settings.model_copy(update={"kafka_bootstrap": own_kafka})
     Topics(settings).ensure(QUALITY_PENDING_TOPIC, partitions=2, config=pending_topic_config())
     recipient = f"part{unique}"
     for topic in (shared_topic(recipient, CLAIM), AUDIT_TOPIC):
