@@ -375,15 +375,22 @@ def test_concurrent_queries_are_bounded_and_a_gone_client_frees_its_slot_at_the_
     assert endpoint is not None
     sql = b"SELECT count() FROM system.numbers"
     token = base64.b64encode(f"{endpoint.user}:{endpoint.secret}".encode()).decode()
-    with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as gone:  # sends a long query, then goes away
-        gone.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\nContent-Length: {len(sql)}\r\n\r\n".encode() + sql)
-        deadline = time.monotonic() + 30
-        while True:  # the slot is taken while the gone client's query runs
-            status, body = _post(endpoint, "SELECT 1")
-            if status == 503:
-                assert b"TOO_MANY_SIMULTANEOUS_QUERIES" in body
-                break
-            assert time.monotonic() < deadline, "the long query never held the endpoint's only slot"
+
+    def held_by_a_gone_client() -> bool:
+        """Send a long query, then probe while it runs (2 s at most); go away; whether a probe met the taken slot."""
+        with socket.create_connection(("127.0.0.1", endpoint.port), timeout=10) as gone:
+            gone.sendall(f"POST / HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {token}\r\nContent-Length: {len(sql)}\r\n\r\n".encode() + sql)
+            probing = time.monotonic() + 4
+            while time.monotonic() < probing:
+                status, body = _post(endpoint, "SELECT 1")
+                if status == 503:
+                    assert b"TOO_MANY_SIMULTANEOUS_QUERIES" in body
+                    return True
+                assert (status, body) == (200, b"1\n")
+        return False
+
+    # on a loaded machine a probe may only get in after the long query met its limit: try again, a bounded number of times
+    assert any(held_by_a_gone_client() for _ in range(8)), "the long query never held the endpoint's only slot"
     deadline = time.monotonic() + 60
     while _post(endpoint, "SELECT 1") != (200, b"1\n"):  # given back once the query meets the time limit
         assert time.monotonic() < deadline, "the gone client's query still runs past its time limit"

@@ -7,8 +7,6 @@ state from `audit.checkpoints` and names the batch cut short as interrupted."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,9 +14,10 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AlterConfigOpType, ConfigEntry, ConfigResource
 
 from app.local import worker_environment
-from backbone.kafka.topics import CHECKPOINTS_TOPIC
+from backbone.kafka.topics import AUDIT_TOPIC, CHECKPOINTS_TOPIC, admin_client
 from backbone.settings import Settings
 from tests.pipeline import Worker, private_stack
 from tests.test_processor import decisions
@@ -30,12 +29,11 @@ WRITER = "processor-0"  # the StatefulSet's pod name
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
-    """On Tansu: catching a sealed batch's records mid-flight is luck, and on the disk broker (in
-    Python, ~1 ms more a fetch) a watcher sees a checkpoint after its records more often than not (a
-    CI run saw no batch cut short in 8 rounds). What this module tests is the worker's writer state,
-    not the broker."""
+    """On the disk broker whatever the session's: the batch is cut short by the audit topic's
+    `max.message.bytes`, which it enforces as Kafka does (Tansu accepts the records anyway). What
+    this module tests is the worker's writer state, not the broker."""
     with pytest.MonkeyPatch.context() as env:
-        env.setenv("BACKBONE_EMBEDDED_BROKER", "tansu")
+        env.setenv("BACKBONE_EMBEDDED_BROKER", "disk")
         stack = private_stack(tmp_path_factory.mktemp("rebuild"), partitions=2)
         settings = stack.__enter__()
     try:
@@ -50,49 +48,57 @@ def _verify(settings: Settings, backbone_cli) -> dict:  # noqa: ANN001
     return json.loads(result.stdout[result.stdout.index("{"):])
 
 
-def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, sent: dict[str, str],  # noqa: ANN001
-                    timeout: float = 240, rounds: int = 8) -> dict:
-    """SIGKILL `worker` while a sealed batch's audit records are not all on Kafka; the trail it left.
+def _audit_record_limit(settings: Settings, limit: int | None) -> None:
+    """Set (or, with None, drop) `max.message.bytes` on the audit topic: the broker then refuses
+    every packed audit record (MESSAGE_TOO_LARGE, not retried) while checkpoints still land."""
+    operation = AlterConfigOpType.SET if limit is not None else AlterConfigOpType.DELETE
+    resource = ConfigResource(ConfigResource.Type.TOPIC, AUDIT_TOPIC, incremental_configs=[
+        ConfigEntry("max.message.bytes", str(limit or ""), incremental_operation=operation)])
+    admin = admin_client(settings)  # kept until the result: a collected client ends its requests
+    admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
-    A batch's records land within a few milliseconds of its checkpoint (they travel many to a Kafka
-    record, `backbone.audit.batches`), so the worker is frozen (SIGSTOP) as each new checkpoint
-    appears, the trail read while nothing more can arrive, and the worker killed once a batch is cut
-    short (else let go on to its next batch). Catching that window is luck: when the worker has
-    decided everything (no checkpoint for a while), another round of events is sent, up to `rounds`
-    (their ids are added to `sent`)."""
+
+def _checkpoints(settings: Settings) -> Consumer:
     consumer = Consumer(settings.consumer_config(f"watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 1}))
+    consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING)
+                     for p in consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions])
+    return consumer
+
+
+def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, sent: dict[str, str],  # noqa: ANN001
+                    timeout: float = 180) -> dict:
+    """SIGKILL `worker` once a batch's checkpoint is on Kafka and its audit records are not; the trail
+    it left. Deterministic, not a race against the few milliseconds between the two: after the
+    worker has sealed a batch whole, the audit topic is made to refuse every record, so the next
+    batch's checkpoint (acknowledged before any record it seals) lands and its records never do;
+    that is what a worker killed between the two leaves. The topic is let go before returning."""
+    consumer = _checkpoints(settings)
     try:
-        consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING)
-                         for p in consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions])
-        deadline, last, sent_rounds = time.monotonic() + timeout, time.monotonic(), 1
-        while time.monotonic() < deadline and worker.alive():
-            message = consumer.poll(0.001)
-            if message is None or message.error() is not None:
-                if time.monotonic() - last > 8 and sent_rounds < rounds:  # idle: every batch missed, send more
-                    sent.update(produce_synthetic(settings, events=3_000, seed=100 + sent_rounds))
-                    sent_rounds, last = sent_rounds + 1, time.monotonic()
+        deadline = time.monotonic() + timeout
+        while consumer.poll(0.2) is None:  # the worker is mid-stream: a batch sealed whole
+            assert worker.alive() and time.monotonic() < deadline, f"no checkpoint from the worker: {worker.tail(10)}"
+        _audit_record_limit(settings, 64)
+        sent.update(produce_synthetic(settings, events=3_000, seed=101))  # a batch to seal after the limit
+        trail: dict = {}
+        while time.monotonic() < deadline:
+            if consumer.poll(0.2) is None and worker.alive():
                 continue
-            last = time.monotonic()
-            os.kill(worker.pid, signal.SIGSTOP)
             trail = _verify(settings, backbone_cli)
-            if {f["kind"] for f in trail["failures"]} & {"missing_record", "orphan_records"}:
-                worker.kill()
-                return trail
-            os.kill(worker.pid, signal.SIGCONT)
+            if {f["kind"] for f in trail["failures"]} & {"missing_record", "orphan_records"} or not worker.alive():
+                break
         worker.kill()
-        return _verify(settings, backbone_cli)
+        return trail or _verify(settings, backbone_cli)
     finally:
         consumer.close()
+        _audit_record_limit(settings, None)
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(600)  # catching a batch mid-flight may take several rounds of events
+@pytest.mark.timeout(600)
 def test_a_worker_killed_mid_batch_and_rescheduled_with_a_fresh_data_dir_raises_no_tamper_alarm(
         stack: Settings, tmp_path: Path, backbone_cli) -> None:  # noqa: ANN001
     sent = produce_synthetic(stack, events=6_000, seed=11)
-    # frozen while the trail is read: a session long enough that the group keeps it (a short one
-    # expires, its next commit fails with UNKNOWN_MEMBER_ID and the worker stops before a batch is caught)
-    killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000", consumer_session_timeout_ms="30000").start()
+    killed = Worker(stack, "killed", audit_writer=WRITER, consumer_batch_size="3000").start()
     cut_short = _kill_mid_batch(stack, killed, backbone_cli, sent)
     assert {f["kind"] for f in cut_short["failures"]} & {"missing_record", "orphan_records"}, \
         f"the kill must cut a batch short: {cut_short}"
