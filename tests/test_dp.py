@@ -301,3 +301,24 @@ def test_every_statistic_releases_each_declared_cell_near_the_truth_for_large_ce
     else:
         assert region[("34",)] == pytest.approx(5000, rel=0.05)
     assert all(low is None or low <= value <= high for value, low, high in zip(values, lows, highs, strict=True))
+
+
+def test_the_ledger_topic_is_kept_for_ever_whoever_created_it_first(dp_settings: Settings) -> None:
+    """An operator action made `audit.operations` with the broker's default retention before the
+    first release, and the releaser's own "create it kept for ever" then did nothing: a week on, the
+    ledger's first spends would be deleted (releases refused, or budget given back). Both now set it."""
+    from backbone.audit import operations
+    from backbone.kafka.topics import Topics
+
+    topics = Topics(dp_settings)
+    week = {"retention.ms": str(7 * 86_400_000)}
+    topics.reconcile(OPERATIONS_TOPIC, week)  # as the first operator action used to leave it
+    assert topics.describe(OPERATIONS_TOPIC).config["retention.ms"] == week["retention.ms"]
+    with LedgerWriter(dp_settings, "statistician-1"):
+        pass
+    assert topics.describe(OPERATIONS_TOPIC).config["retention.ms"] == "-1"
+
+    topics.reconcile(OPERATIONS_TOPIC, week)
+    operations.record(dp_settings, operations.OperatorAction("agreement_status", "statistician-1", "tax-to-fraud@2", "done", None,
+                                                             {"status": "suspended"}))
+    assert topics.describe(OPERATIONS_TOPIC).config["retention.ms"] == "-1"

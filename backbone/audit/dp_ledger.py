@@ -26,7 +26,7 @@ from backbone.audit.operations import OPERATIONS_WRITER, OperatorAction, _chain_
 from backbone.errors import BackboneError, KafkaUnavailableError, KeyringError, kafka_unavailable
 from backbone.events.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC, Decoder, encoder_for, register, registry_client
-from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
+from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics, operations_topic_config
 from backbone.keys.keyring import Keyring, ensure_signer, operator_signer
 from backbone.keys.master import master_key_from_settings
 from backbone.privacy.ledger import ACTION, SPENT, Attempt, Tally, decide
@@ -69,7 +69,7 @@ class LedgerWriter:
             raise KeyringError(f"a DP release is sealed in the audit trail with {actor[:64]}'s own signing key "
                                f"(`backbone keys operator add {actor[:64]}`), so it is not done: {exc}") from None
         topics = Topics(settings)
-        topics.ensure(OPERATIONS_TOPIC, config={"retention.ms": "-1"})  # the ledger: spends never expire
+        topics.reconcile(OPERATIONS_TOPIC, operations_topic_config())  # the ledger: spends never expire
         topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)
         registry = registry_client(settings)
         self.encode = encoder_for(registry, f"{OPERATIONS_TOPIC}-value", schema)

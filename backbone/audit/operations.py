@@ -39,7 +39,7 @@ from backbone.errors import BackboneError, KafkaUnavailableError, KeyringError, 
 from backbone.events.catalog import AUDIT_CHECKPOINT, OPERATOR_ACTION, load_catalog
 from backbone.events.serde import HEADER_SIZE, MAGIC, encoder_for, register, registry_client
 from backbone.files.private import private_directory
-from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics
+from backbone.kafka.topics import OPERATIONS_CHECKPOINTS_TOPIC, OPERATIONS_TOPIC, Topics, operations_topic_config
 from backbone.keys.keyring import Keyring, ensure_signer, operator_signer
 from backbone.keys.master import master_key_from_settings
 from backbone.settings import Settings
@@ -94,7 +94,8 @@ def record(settings: Settings, action: OperatorAction) -> OperatorAction:
         raise KeyringError(f"the {action.action} action is sealed in the audit trail with {action.actor[:64]}'s own signing key "
                            f"from the keyring (`backbone keys operator add {action.actor[:64]}`), so it is not done: {exc}") from None
     topics = Topics(settings)
-    topics.ensure(OPERATIONS_TOPIC)
+    # kept for ever, whoever makes it first: it is also the DP releases' budget ledger (`dp_ledger`)
+    topics.reconcile(OPERATIONS_TOPIC, operations_topic_config())
     topics.ensure(OPERATIONS_CHECKPOINTS_TOPIC, partitions=1)
     registry = registry_client(settings)
     encode = encoder_for(registry, f"{OPERATIONS_TOPIC}-value", schema)

@@ -83,6 +83,12 @@ def consent_topic_config() -> dict[str, str]:
     return eager_compaction()
 
 
+def operations_topic_config() -> dict[str, str]:
+    """`audit.operations`, the operators' trail and the privacy-budget ledger: kept for ever (a ledger
+    retention has cut would give spent budget back; `backbone.audit.dp_ledger` refuses to read one)."""
+    return {"retention.ms": "-1"}
+
+
 def alerts_topic_config(settings: Settings | None = None) -> dict[str, str]:
     """`alerts.fraud`, keyed by alert id: compacted eagerly, so an erased person's alerts, tombstoned
     by `backbone erase`, leave within hours; with `settings`, kept `BACKBONE_ALERTS_RETENTION_DAYS`."""
