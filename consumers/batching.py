@@ -133,6 +133,7 @@ class BatchingSink:
         self._undelivered: list[str] = []
         self._ready = False
         self._leads = False
+        self._waiting_logged = False  # "the topic does not exist yet", said once
         self._stop_requested: threading.Event | None = None
 
     def setup(self) -> None:
@@ -201,7 +202,11 @@ class BatchingSink:
         for message in messages:
             error = message.error()
             if error is not None:
-                if not error.retriable() and error.code() != KafkaError._PARTITION_EOF:
+                if error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:  # not made yet (audit.operations: at the first
+                    if not self._waiting_logged:                        # operator action); librdkafka subscribes once it is
+                        log.info("sink %s: %s does not exist yet; it is read once created", self.name, self.subscription)
+                        self._waiting_logged = True
+                elif not error.retriable() and error.code() != KafkaError._PARTITION_EOF:
                     log.warning("sink %s: consumer error %s", self.name, error.str())
                 continue
             if not self._pending:

@@ -130,6 +130,28 @@ def test_at_light_load_a_batch_lands_once_nothing_more_is_waiting_not_after_batc
     assert landed == [b"one", b"three", b"two"]
 
 
+def test_a_topic_not_created_yet_is_waited_for_quietly_and_read_once_it_is(settings: Settings, unique: str,
+                                                                           caplog: pytest.LogCaptureFixture) -> None:
+    """`audit.operations` exists from the first operator action on: its sink starts before that (the
+    broker creates no topic on a subscription, as the production cluster): one line saying it waits,
+    no "consumer error" warnings, and the records once it exists."""
+    topic = f"batching.{unique}"
+    target = MemoryTarget()
+    each = sink(settings, target, topic, f"g-{unique}", batch_rows=1000, batch_seconds=0.2)
+    with caplog.at_level("INFO", logger="backbone.sink"):
+        for _ in range(15):
+            each.poll(0.2)
+        produce(settings, topic, [b"one", b"two"])
+        deadline = time.monotonic() + 60
+        while len(target.values) < 2 and time.monotonic() < deadline:
+            each.poll(0.2)
+    each.close()
+    assert sorted(target.values) == [b"one", b"two"]
+    said = [r for r in caplog.records if r.name == "backbone.sink" and each.name in r.getMessage()]
+    assert [r.levelname for r in said if "does not exist yet" in r.getMessage()] == ["INFO"], [r.getMessage() for r in said]
+    assert not [r for r in said if r.levelno >= 30], [r.getMessage() for r in said]
+
+
 def test_under_a_backlog_batches_fill_up_to_batch_rows(settings: Settings, unique: str) -> None:
     topic = f"batching.{unique}"
     produce(settings, topic, [f"v{i}".encode() for i in range(3000)], partitions=1)

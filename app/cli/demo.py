@@ -93,7 +93,10 @@ def demo(
 def _scorecards(rows: list[tuple[Any, ...]]) -> None:
     """Each provider's data-quality scorecard (issue 32), as the quality sink landed it."""
     table = Table("provider", "event type", "hour (UTC)", "dimension", "score", "failed / checked", "bar",
-                  title="Data quality per provider (the worker's open hour, handed over as it stopped)")
+                  title="Data quality per provider (the worker's open hour, handed over as it stopped)",
+                  caption="timeliness: the share sent within the contract's delay of when it occurred; the demo's events "
+                          "are dated over the months before this one (a year of history sent at once), so they are late by "
+                          "design; `backbone produce --defects` stamps events as sent")
     for provider, event_type, hour, dimension, score, checked, failed, bar in rows:
         table.add_row(provider, event_type, f"{hour:%Y-%m-%d %H}:00", dimension, "-" if score is None else f"{score:.2f}",
                       f"{failed:,} / {checked:,}", bar)
