@@ -76,7 +76,7 @@ class KeySet:
             merged = np.concatenate((older, newer))
             merged.sort(kind="stable")  # two sorted runs: merged in one pass
             return merged
-        merged_file = spill.write(merge_sorted(chunks_of(older), chunks_of(newer)))
+        merged_file = spill.write(merge_sorted(chunks_of(older, spill.chunk), chunks_of(newer, spill.chunk)))
         for block in (older, newer):
             if isinstance(block, FileBlock):
                 block.drop()

@@ -107,8 +107,8 @@ class Spill:
     """One process's directory of marker files: `write(chunks)` makes a `FileBlock`; `close()` (or the
     process's end) removes the directory."""
 
-    def __init__(self, root: Path, min_markers: int = SPILL_MIN) -> None:
-        self.min_markers = min_markers
+    def __init__(self, root: Path) -> None:
+        self.min_markers, self.stride, self.chunk = SPILL_MIN, STRIDE, CHUNK  # as set when it is made (tests set small ones)
         try:
             root = private_directory(Path(root), "quality markers directory")
             remove_stale(root)
@@ -136,23 +136,24 @@ class Spill:
             with open(fd, "wb") as out:
                 for chunk in chunks:
                     if chunk.size:
-                        index.append(chunk[(-size) % STRIDE::STRIDE].copy())
+                        index.append(chunk[(-size) % self.stride::self.stride].copy())
                         out.write(memoryview(np.ascontiguousarray(chunk, dtype=_U64)).cast("B"))
                         size += chunk.size
                         last = int(chunk[-1])
         except OSError as exc:
             _unlink(name)
             raise _fix(self.path, exc) from None
-        return FileBlock(name, size, np.concatenate(index) if index else np.empty(0, _U64), last)
+        return FileBlock(name, size, np.concatenate(index) if index else np.empty(0, _U64), last, self.stride)
 
 
 class FileBlock:
-    """A sorted block of markers in a file: its size, its first marker of every page and its last in RAM."""
+    """A sorted block of markers in a file: its size, its first marker of every page (`stride` markers)
+    and its last in RAM."""
 
-    __slots__ = ("__weakref__", "_drop", "index", "last", "path", "size")
+    __slots__ = ("__weakref__", "_drop", "index", "last", "path", "size", "stride")
 
-    def __init__(self, path: str, size: int, index: np.ndarray, last: int) -> None:
-        self.path, self.size, self.index, self.last = path, size, index, last
+    def __init__(self, path: str, size: int, index: np.ndarray, last: int, stride: int = STRIDE) -> None:
+        self.path, self.size, self.index, self.last, self.stride = path, size, index, last, stride
         self._drop = weakref.finalize(self, _unlink, path)
 
     @property
@@ -164,7 +165,7 @@ class FileBlock:
         """Remove its file (also done when the block is garbage)."""
         self._drop()
 
-    def chunks(self, count: int = CHUNK) -> Iterator[np.ndarray]:
+    def chunks(self, count: int) -> Iterator[np.ndarray]:
         """Its markers in order, `count` at a time, read into RAM one chunk at a time."""
         with open(self.path, "rb") as f:
             while True:
@@ -181,12 +182,12 @@ class FileBlock:
         if not ask.size:
             return found
         want = markers[ask]
-        lo = row[ask] * STRIDE
-        hi = np.minimum(lo + STRIDE, self.size)
+        lo = row[ask] * self.stride
+        hi = np.minimum(lo + self.stride, self.size)
         with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
             data = np.frombuffer(mapped, dtype=_U64)
             try:
-                for _ in range(STRIDE.bit_length()):  # a lower bound in each marker's page
+                for _ in range(self.stride.bit_length()):  # a lower bound in each marker's page
                     mid = (lo + hi) >> 1
                     less = (data[np.minimum(mid, self.size - 1)] < want) & (lo < hi)
                     lo = np.where(less, mid + 1, lo)
