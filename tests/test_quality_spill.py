@@ -26,7 +26,8 @@ from backbone.quality import checks, keyset, spill
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContract, QualitySection
 from backbone.quality.keyset import KeySet
-from backbone.quality.spill import FileBlock, MarkerSpillError, Spill, merge_sorted
+from backbone.quality.errors import MarkerSpillError
+from backbone.quality.spill import FileBlock, Spill, merge_sorted
 from backbone.quality.window import hour_of
 from tests.test_quality_compiled import CONTRACT, EVENT, NOW, expected, records
 
@@ -181,12 +182,15 @@ def test_a_dead_workers_directory_is_removed_at_start_and_a_live_ones_kept(tmp_p
     assert killed.returncode == -signal.SIGKILL
     dead = Path(killed.stdout.strip())
     assert any(p.suffix == ".u64" for p in dead.iterdir())  # left behind by a worker that died
-    unlocked_old, unlocked_new = root / "1-old", root / "2-new"  # died before it locked its directory
+    unlocked_old, unlocked_new = root / "1-old", root / ".new-2"  # died before it locked its directory; one being made
     unlocked_old.mkdir()
     unlocked_new.mkdir()
-    os.utime(unlocked_old, (time.time() - 2 * spill.STALE_UNLOCKED_S,) * 2)
+    (unlocked_old / spill.LOCK).touch()  # a lock no one holds
+    abandoned = root / ".new-3"  # its maker died long ago
+    abandoned.mkdir()
+    os.utime(abandoned, (time.time() - 2 * spill.STALE_UNLOCKED_S,) * 2)
     started = Spill(root)
-    assert not dead.exists() and not unlocked_old.exists() and unlocked_new.exists()
+    assert not dead.exists() and not unlocked_old.exists() and not abandoned.exists() and unlocked_new.exists()
     assert live.path.exists() and files(live) and sorted(keys) == list(range(15))  # another live worker's untouched
     started.close()
     live.close()

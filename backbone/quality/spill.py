@@ -35,8 +35,9 @@ from pathlib import Path
 
 import numpy as np
 
-from backbone.errors import BackboneError, NotPrivateError
+from backbone.errors import NotPrivateError
 from backbone.files.private import private_directory
+from backbone.quality.errors import MarkerSpillError
 
 # A merged block of at least this many markers goes to a file (16 MiB in RAM before, at most ~2 MiB
 # a key set now: the in-memory blocks below it sum to less than twice it).
@@ -46,10 +47,6 @@ CHUNK = 1 << 16  # markers read at a time while merging files (512 KiB)
 LOCK = "lock"
 STALE_UNLOCKED_S = 60.0  # a directory without its lock file (its process died making it) is stale after this
 _U64 = np.dtype(np.uint64)
-
-
-class MarkerSpillError(BackboneError):
-    """The quality monitor's uniqueness markers could not be written to (or kept in) their directory."""
 
 
 def _fix(directory: Path, exc: OSError) -> MarkerSpillError:
@@ -70,16 +67,18 @@ def _locked(fd: int) -> bool:
 
 
 def remove_stale(root: Path) -> list[Path]:
-    """Remove the directories under `root` no live process holds (their lock free): a dead worker's."""
+    """Remove the directories under `root` no live process holds (their lock free): a dead worker's.
+    A directory is locked before it gets its name (`.new-*` until then, left alone while young)."""
     removed = []
     for child in sorted(root.iterdir()):
         if not child.is_dir() or child.is_symlink():
             continue
+        if child.name.startswith(".") and time.time() - child.stat().st_mtime < STALE_UNLOCKED_S:
+            continue  # being made right now
         try:
             fd = os.open(child / LOCK, os.O_RDWR)
         except FileNotFoundError:
-            if time.time() - child.stat().st_mtime < STALE_UNLOCKED_S:
-                continue  # being made right now
+            pass
         else:
             try:
                 if _locked(fd):
@@ -112,14 +111,14 @@ class Spill:
         try:
             root = private_directory(Path(root), "quality markers directory")
             remove_stale(root)
-            path = root / f"{os.getpid()}-{secrets.token_hex(4)}"
-            path.mkdir(mode=0o700)
-            fd = os.open(path / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            made = Path(tempfile.mkdtemp(prefix=".new-", dir=root))  # 0700
+            fd = os.open(made / LOCK, os.O_RDWR | os.O_CREAT, 0o600)
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # held until the process ends: the directory is live
+            path = made.rename(root / f"{os.getpid()}-{secrets.token_hex(4)}")
         except NotPrivateError:
             raise
         except OSError as exc:
             raise _fix(Path(root), exc) from None
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.path = path
         self._close = weakref.finalize(self, _remove, path, fd)
 
