@@ -129,9 +129,9 @@ class Spill:
     def write(self, chunks: Iterable[np.ndarray]) -> FileBlock:
         """A new file block of the sorted markers `chunks` yields, in order (a `MarkerSpillError`, and
         no file left behind, when it cannot be written)."""
-        fd, name = tempfile.mkstemp(dir=self.path, suffix=".u64")  # 0600
-        size, index, last = 0, [], 0
+        size, index, last, name = 0, [], 0, ""
         try:
+            fd, name = tempfile.mkstemp(dir=self.path, suffix=".u64")  # 0600
             with open(fd, "wb") as out:
                 for chunk in chunks:
                     if chunk.size:
@@ -140,7 +140,8 @@ class Spill:
                         size += chunk.size
                         last = int(chunk[-1])
         except OSError as exc:
-            _unlink(name)
+            if name:
+                _unlink(name)
             raise _fix(self.path, exc) from None
         return FileBlock(name, size, np.concatenate(index) if index else np.empty(0, _U64), last, self.stride)
 
