@@ -6,6 +6,12 @@ alternating rounds (median); and the bytes per event its exact uniqueness state 
 and business keys of one hour, tracemalloc) beside the Python sets of int markers it held before.
 
     python -m bench.quality_rules [--events 30000] [--rounds 5] [--seed 4] [--state-events 500000] [--before COMMIT]
+                                  [--hour-events 2000000]
+
+`--hour-events N` runs one hour's window of N distinct events (7,200,000: 2,000 events/s) through a
+monitor whose big marker blocks go to files (as the worker's) and through one holding them all in
+memory, each in a process of its own: resident memory (VmRSS) growth from the first tenth of the
+events to the end, in bytes per event, the bytes in files and the CPU µs per event.
 
 `--before COMMIT` also runs the monitor of the `backbone.quality` package as it was at that commit
 (e.g. 2fd6851, before the checks were compiled into one function per event type) on the same
@@ -21,6 +27,8 @@ import hashlib
 import hmac
 import importlib
 import io
+import json
+import os
 import shutil
 import statistics
 import subprocess
@@ -96,6 +104,55 @@ def state_bytes(records: list[dict], pseudonym: Callable[[str], str]) -> dict[st
     return out
 
 
+def hour_run(count: int, spilled: bool) -> dict[str, float]:
+    """One hour's window of `count` distinct events in this process (`--hour-variant`): VmRSS from
+    the first tenth of the events to the end, the bytes in files, the CPU per event."""
+    from bench.processes import rss_mb
+
+    key = b"bench-key" * 4
+
+    def token(value: str) -> str:
+        return hmac.new(key, value.encode(), hashlib.sha256).hexdigest()[:22]
+
+    folder = Path(tempfile.mkdtemp(prefix="quality-markers-"))
+    try:
+        monitor = QualityMonitor([STATE], markers_dir=folder / "quality-markers" if spilled else None)
+        monitor.bind({STATE.event_type: "national_id"}, token)
+        now = datetime.now(UTC)
+        tenth, rss = max(1, count // 10), {}
+        started = time.process_time()
+        for n in range(count):
+            monitor.observe(STATE.event_type, {"event_id": uuid.UUID(int=n << 65 | n), "national_id": f"{100_000_000 + n % 900_000_000}",
+                                               "employer_id": f"{n % 5_000:08d}", "period": f"2026-{n % 12 + 1:02d}"}, now)
+            if n % tenth == tenth - 1:
+                monitor.flush(settle=True)
+                rss[n + 1] = rss_mb(os.getpid()) or 0.0
+        monitor.flush(settle=True)
+        cpu_us = (time.process_time() - started) / count * 1e6
+        sets = [s for seen in (monitor._seen, monitor._seen_keys) for s in seen.values()]
+        in_files = sum(s.file_bytes() for s in sets)
+        in_blocks = sum(s.nbytes() for s in sets)
+        (window,) = monitor.closed(now, everything=True)
+        assert (window.events, window.duplicates) == (count, 0), "the hour's events are distinct"
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    first, last = rss[tenth], rss[max(rss)]
+    return {"events": count, "rss_mb_at_first_tenth": round(first, 1), "rss_mb_at_end": round(last, 1),
+            "rss_max_mb": round(max(rss.values()), 1),
+            "resident_bytes_per_event": round((last - first) * 2**20 / (count - tenth), 2),
+            "block_bytes_in_memory": in_blocks, "bytes_in_files": in_files, "cpu_us_per_event": round(cpu_us, 2)}
+
+
+def hour_state(count: int) -> dict[str, dict[str, float]]:
+    """`hour_run` with the blocks in files and all in memory, each in a fresh process."""
+    out = {}
+    for variant in ("files", "memory"):
+        done = subprocess.run([sys.executable, "-m", "bench.quality_rules", "--hour-events", str(count), "--hour-variant", variant],
+                              cwd=PROJECT_ROOT, check=True, capture_output=True, text=True)
+        out[variant] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 def monitor_at(commit: str) -> type:
     """`QualityMonitor` of the `backbone.quality` package at `commit` (this repository's own history),
     beside the current one: its modules are imported from that commit's files (the generated checks
@@ -125,7 +182,13 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=4)
     parser.add_argument("--state-events", type=int, default=500_000, help="events for the uniqueness state's bytes (0: skip)")
     parser.add_argument("--before", metavar="COMMIT", help="also run the monitor of backbone/quality/ at this commit")
+    parser.add_argument("--hour-events", type=int, default=0,
+                        help="an hour's window of this many events, marker blocks in files and in memory (0: skip)")
+    parser.add_argument("--hour-variant", choices=("files", "memory"), help=argparse.SUPPRESS)  # one run, in a child process
     args = parser.parse_args()
+    if args.hour_variant:
+        print(json.dumps(hour_run(args.hour_events, args.hour_variant == "files")))
+        return
     catalog = load_catalog(PROJECT_ROOT / "schemas")
     contracts = load_quality(PROJECT_ROOT / "schemas", catalog)
     variants: dict[str, tuple[type, list[QualityContract]]] = {
@@ -174,6 +237,14 @@ def main() -> None:
         state = results["uniqueness_state"]
         table.add_row(f"uniqueness state, bytes per event ({args.state_events:,} events, one hour)",
                       f"{state['keyset_bytes_per_event']:.1f}", f"Python sets: {state['python_sets_bytes_per_event']:.1f}")
+    if args.hour_events:
+        hour = results["hour_state"] = hour_state(args.hour_events)
+        for variant, label in (("files", "big blocks in files"), ("memory", "all in memory")):
+            figures = hour[variant]
+            table.add_row(f"an hour of {args.hour_events:,} events, {label}: resident bytes per event",
+                          f"{figures['resident_bytes_per_event']:.2f}",
+                          f"RSS {figures['rss_mb_at_first_tenth']:.0f} -> {figures['rss_mb_at_end']:.0f} MiB, "
+                          f"{figures['bytes_in_files'] / 2**20:.0f} MiB in files, {figures['cpu_us_per_event']:.2f} µs/event")
     console.print(table)
     save("quality-rules", results)
 

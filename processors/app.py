@@ -161,7 +161,9 @@ class Enforcement:
         state_partitions.guard(self.settings, (CONSENT_TOPIC, AGREEMENTS_TOPIC, erasure.ERASURES_TOPIC))
         self.router = Router(self.catalog, self.engine, self.schemas, self.keyring)
         self.router.dlq_sealer = self.dlq_sealer  # type: ignore[attr-defined] - read by Router._dead_letter
-        self.router.quality = QualityMonitor(self.quality.values()) if self.quality else None
+        # the uniqueness markers' big blocks go to files under the data dir: the worker's memory stays flat over an hour
+        self.router.quality = QualityMonitor(self.quality.values(), markers_dir=self.settings.data_dir / "quality-markers") \
+            if self.quality else None
         # the consistency marks of earlier runs and other workers (a death seen before a restart still counts)
         monitor = self.router.quality
         if monitor is not None:  # an erased subject's consistency marks are forgotten and tombstoned

@@ -15,12 +15,14 @@ import re
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from datetime import date, datetime
+from pathlib import Path
 from typing import Any
 
 from backbone.quality.compiled import compile_checker
 from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
 from backbone.quality.keyset import EMPTY, RECENT_MAX, KeySet, Open
 from backbone.quality.reference import ReferenceSet
+from backbone.quality.spill import Spill
 from backbone.quality.scorecard import Scorecard, score
 from backbone.quality.window import HOUR_MS, WindowState
 
@@ -144,7 +146,11 @@ class QualityMonitor:
     boundary is still a duplicate.
     """
 
-    def __init__(self, contracts: Iterable[QualityContract], subject_fields: Mapping[str, str | None] | None = None) -> None:
+    def __init__(self, contracts: Iterable[QualityContract], subject_fields: Mapping[str, str | None] | None = None,
+                 markers_dir: Path | None = None) -> None:
+        """`markers_dir`: where the uniqueness markers' big blocks go to files (`backbone.quality.spill`;
+        the worker's `<data dir>/quality-markers`), None: all held in memory."""
+        self.spill = Spill(markers_dir) if markers_dir is not None else None
         self.contracts = {contract.event_type: contract for contract in contracts}
         subject_fields = subject_fields or {}
         self.checkers = {event_type: Checker(contract, subject_fields.get(event_type))
@@ -172,8 +178,8 @@ class QualityMonitor:
         self._erased: deque[str] = deque()
         self.erased: Callable[[str], bool] = _nobody
         self.windows: dict[tuple[str, int], WindowState] = {}
-        self._seen: dict[tuple[str, int], set[Marker]] = {}
-        self._seen_keys: dict[tuple[str, int], set[int]] = {}  # business keys' markers, per hour
+        self._seen: dict[tuple[str, int], KeySet] = {}
+        self._seen_keys: dict[tuple[str, int], KeySet] = {}  # business keys' markers, per hour
         self._current: dict[str, Current] = {}
         self._now: datetime | None = None  # the data plane passes one `now` per batch: its hour is computed once
         # Records noted, not yet checked: each event type's (record, token) in order, all of one `now`
@@ -306,8 +312,8 @@ class QualityMonitor:
         if window is None:
             window = self.windows[(event_type, hour)] = WindowState(event_type, hour)
         state = Open(self.checkers[event_type], window,
-                     self._seen.setdefault((event_type, hour), KeySet()), self._seen.get((event_type, hour - 1), EMPTY),
-                     self._seen_keys.setdefault((event_type, hour), KeySet()), self._seen_keys.get((event_type, hour - 1), EMPTY))
+                     self._seen.setdefault((event_type, hour), KeySet(self.spill)), self._seen.get((event_type, hour - 1), EMPTY),
+                     self._seen_keys.setdefault((event_type, hour), KeySet(self.spill)), self._seen_keys.get((event_type, hour - 1), EMPTY))
         current = self._current[event_type] = (hour, state.bound(), state)
         return current
 
@@ -347,7 +353,7 @@ class QualityMonitor:
             self.verdicts[window.event_type] = score(window, self.contracts[window.event_type])
         for seen in (self._seen, self._seen_keys):
             for key in [k for k in seen if k[1] < hour - 1]:
-                del seen[key]  # type: ignore[attr-defined]
+                seen.pop(key).drop()  # its files removed
         for event_type in [t for t, current in self._current.items() if current[0] < hour]:
             del self._current[event_type]
         return out

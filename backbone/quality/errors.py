@@ -19,3 +19,7 @@ class QualityContractError(BackboneError):
 
 class QualityStateError(BackboneError):
     """A serialised quality window could not be read (not written by this version, or corrupt)."""
+
+
+class MarkerSpillError(BackboneError):
+    """The quality monitor's uniqueness markers could not be written under the data dir (unwritable, disk full)."""

@@ -11,6 +11,10 @@ markers at once (`isin`, `numpy.searchsorted`): once a window or the one before 
 monitor defers its uniqueness decisions (`Open.later`) until `LATER_MAX` records wait or the window
 is replaced or handed over, and decides them in record order. Nothing is approximate: a marker is
 in the set or not (a 64-bit marker, as before).
+
+Given a `Spill` (the worker's: a directory under its data dir), a merged block of `SPILL_MIN` markers
+or more goes to a file instead (`backbone.quality.spill`), looked up through a memory map unmapped
+after each look-up: the worker holds ~2 MiB a key set however many events its window has.
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ from functools import partial
 from typing import Any
 
 import numpy as np
+
+from backbone.quality.spill import FileBlock, Spill, chunks_of, merge_sorted
 
 # Markers held in the Python set before they are sorted into a block: ~60 B each, so at most ~1 MiB
 # a window (a block holds them in 8 B). Below it a window never compacts (and never defers).
@@ -36,14 +42,19 @@ DELAYS_S = 1.0
 _EMPTY = np.empty(0, dtype=np.uint64)
 
 
+Block = np.ndarray | FileBlock
+
+
 class KeySet:
-    """Unsigned 64-bit markers: `recent` (a set, added to directly) and sorted blocks (`compact`)."""
+    """Unsigned 64-bit markers: `recent` (a set, added to directly) and sorted blocks (`compact`), the
+    big ones in files of `spill` (None: all in memory)."""
 
-    __slots__ = ("blocks", "recent")
+    __slots__ = ("blocks", "recent", "spill")
 
-    def __init__(self) -> None:
+    def __init__(self, spill: Spill | None = None) -> None:
         self.recent: set[int] = set()
-        self.blocks: list[np.ndarray] = []
+        self.blocks: list[Block] = []
+        self.spill = spill
 
     def compact(self) -> None:
         """Sort `recent` into a block (the set is emptied in place: callers hold it) and merge the
@@ -56,15 +67,36 @@ class KeySet:
         blocks = self.blocks
         blocks.append(block)
         while len(blocks) > 1 and blocks[-2].size <= 2 * blocks[-1].size:
-            newer, older = blocks.pop(), blocks.pop()
+            blocks[-2:] = [self._merge(blocks[-2], blocks[-1])]  # kept as they were if a file cannot be written
+
+    def _merge(self, older: Block, newer: Block) -> Block:
+        spill = self.spill
+        if spill is None or older.size + newer.size < spill.min_markers:
+            assert isinstance(older, np.ndarray) and isinstance(newer, np.ndarray)
             merged = np.concatenate((older, newer))
             merged.sort(kind="stable")  # two sorted runs: merged in one pass
-            blocks.append(merged)
+            return merged
+        merged_file = spill.write(merge_sorted(chunks_of(older, spill.chunk), chunks_of(newer, spill.chunk)))
+        for block in (older, newer):
+            if isinstance(block, FileBlock):
+                block.drop()
+        return merged_file
+
+    def drop(self) -> None:
+        """Forget every marker (the window is done): the files of its blocks are removed."""
+        for block in self.blocks:
+            if isinstance(block, FileBlock):
+                block.drop()
+        self.blocks.clear()
+        self.recent.clear()
 
     def isin(self, markers: np.ndarray) -> np.ndarray:
         """Whether each marker (uint64) is in a block (not looking at `recent`)."""
         found = np.zeros(markers.size, dtype=bool)
         for block in self.blocks:
+            if isinstance(block, FileBlock):
+                found |= block.isin(markers)
+                continue
             at = np.searchsorted(block, markers)
             at[at == block.size] = 0
             found |= block[at] == markers
@@ -81,11 +113,17 @@ class KeySet:
     def __iter__(self) -> Iterator[int]:
         yield from self.recent
         for block in self.blocks:
-            yield from block.tolist()
+            for chunk in chunks_of(block):
+                yield from chunk.tolist()
 
     def nbytes(self) -> int:
-        """Bytes held by the blocks (the recent set's are Python objects: measure with tracemalloc)."""
+        """Bytes held in RAM by the blocks (a file block's: its index; the recent set's are Python
+        objects: measure with tracemalloc)."""
         return sum(block.nbytes for block in self.blocks)
+
+    def file_bytes(self) -> int:
+        """Bytes of its blocks in files."""
+        return sum(8 * block.size for block in self.blocks if isinstance(block, FileBlock))
 
 
 EMPTY = KeySet()  # the previous window of a window that has none: nothing in it, never added to
