@@ -25,8 +25,8 @@ from hypothesis import strategies as st
 from backbone.quality import checks, keyset, spill
 from backbone.quality.checks import QualityMonitor
 from backbone.quality.contract import QualityContract, QualitySection
-from backbone.quality.keyset import KeySet
 from backbone.quality.errors import MarkerSpillError
+from backbone.quality.keyset import KeySet
 from backbone.quality.spill import FileBlock, Spill, merge_sorted
 from backbone.quality.window import hour_of
 from tests.test_quality_compiled import CONTRACT, EVENT, NOW, expected, records

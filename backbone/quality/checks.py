@@ -22,8 +22,8 @@ from backbone.quality.compiled import compile_checker
 from backbone.quality.contract import ConsistencyRule, QualityContract, Threshold, ValidityRule, finite
 from backbone.quality.keyset import EMPTY, RECENT_MAX, KeySet, Open
 from backbone.quality.reference import ReferenceSet
-from backbone.quality.spill import Spill
 from backbone.quality.scorecard import Scorecard, score
+from backbone.quality.spill import Spill
 from backbone.quality.window import HOUR_MS, WindowState
 
 Test = Callable[[Any], bool]
