@@ -60,6 +60,9 @@ def chdb_memory_mb(client: Any) -> dict[str, float]:
         "sum(marks_bytes) FROM system.parts WHERE active").result_rows[0]
     found.update({"chdb_active_parts": int(parts), "chdb_rows": int(rows), "chdb_primary_key_mb": round(key_bytes / MIB, 2),
                   "chdb_primary_key_allocated_mb": round(key_allocated / MIB, 2), "chdb_marks_on_disk_mb": round(marks / MIB, 1)})
+    # projections (the fraud tables') keep primary keys of their own, apart from system.parts
+    found["chdb_projection_primary_key_mb"] = round(client.query(
+        "SELECT sum(primary_key_bytes_in_memory_allocated) FROM system.projection_parts WHERE active").result_rows[0][0] / MIB, 2)
     # what the queries (the fraud rules', these) and merges running at the moment hold
     found["chdb_queries_mb"] = round(client.query("SELECT sum(memory_usage) FROM system.processes").result_rows[0][0] / MIB, 1)
     found["chdb_merges_mb"] = round(client.query("SELECT sum(memory_usage) FROM system.merges").result_rows[0][0] / MIB, 1)

@@ -35,4 +35,4 @@ def test_the_soak_reads_what_chdb_and_the_heaps_hold(clickhouse_client, clickhou
     assert sample["jemalloc_resident_mb"] >= sample["jemalloc_allocated_mb"] > 0
     assert sample["malloc_used_mb"] > 0 and sample["rss_anon_mb"] > 0 and sample["rss_file_mb"] > 0
     assert sample["chdb_MemoryTracking_mb"] > 0 and sample["chdb_MarkCacheBytes_mb"] >= 0
-    assert sample["chdb_active_parts"] >= 0 and sample["py_blocks"] > 0
+    assert sample["chdb_active_parts"] >= 0 and sample["chdb_projection_primary_key_mb"] >= 0 and sample["py_blocks"] > 0
