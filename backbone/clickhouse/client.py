@@ -32,10 +32,10 @@ if TYPE_CHECKING:
 SCHEMES = ("chdb", "http", "https", "clickhouse", "clickhouses")
 # chDB's caches, as the process that first opens a directory starts the engine (later connections in
 # the process share it; their options are ignored). ClickHouse's server defaults are for a server that
-# owns its machine: 5 GiB each for marks, skip-index marks and primary indexes. The mark cache keeps the
-# marks of parts long merged away until it is full, so a sink landing 4,000 rows/s grew it by ~2.8 MiB
-# per million rows landed (`python -m bench.processor --soak`), ~0.9 GiB a day: bounded here, far above
-# what the sinks' and the fraud rules' reads of live parts use.
+# owns its machine: 5 GiB each for marks, skip-index marks and primary indexes. The mark cache holds the
+# marks the fraud rules read (their tables' 64-row granules) and those of parts merged away in the last 8
+# minutes, so sinks landing 4,000 rows/s grew it by 1.8-2.8 MiB per million rows (`python -m
+# bench.processor --soak`), 0.6-0.9 GiB a day: bounded here, above what 10 M fraud rows' marks take.
 CHDB_ENGINE_OPTIONS: dict[str, int] = {
     "mark_cache_size": 64 << 20,
     "index_mark_cache_size": 16 << 20,
