@@ -5,12 +5,15 @@ of each process's memory from the first minute's median to the last minute's.
 
 from __future__ import annotations
 
+import gc
 import os
 import statistics
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Consumer, TopicPartition
 from rich.table import Table
@@ -25,6 +28,7 @@ from bench.loops import MixProducer, demo_records
 from bench.pipeline import Sinks
 from bench.processes import cpu_seconds, rss_mb, stack_children
 from bench.results import console, print_notes, save, target
+from bench.soak_memory import sinks_memory
 from bench.workers import DATAPLANE_GROUP
 
 SOAK_GROWTH_TARGET_PCT = 10.0
@@ -56,6 +60,9 @@ class SoakResults:
     sinks: bool = False  # every recipient's sink and the audit sink landed into chDB in the bench process
     landed_rows: dict[str, int] = field(default_factory=dict)  # by the sinks, when the drain ended
     series: list[dict[str, float | int | None]] = field(default_factory=list)  # one sample per interval
+    # with sinks, each sample also holds chDB's memory figures and the C heap's (bench/soak_memory.py), and
+    # the Python object types whose count grew most from the first sample to the last
+    py_object_growth: dict[str, int] = field(default_factory=dict)
     rss_mb: dict[str, dict[str, float | None]] = field(default_factory=dict)  # per process: first/last/max/growth
     machine: str = "shared 2-core development machine, other engineers' tests running: figures are of a loaded machine"
     broker: str = field(default_factory=broker_engine)  # the embedded broker that ran: tansu or disk (BACKBONE_EMBEDDED_BROKER)
@@ -73,12 +80,15 @@ def recycled(records: list[tuple[str, dict]]) -> Iterator[tuple[str, dict]]:
 class SoakSampler:
     """RSS of each process, events decided (the group's commits) and lag, sampled on demand."""
 
-    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer, sinks: bool = False) -> None:
+    def __init__(self, settings: Settings, worker: ProcessorWorker, mix: MixProducer, chdb: Any = None) -> None:
         self.settings = settings
+        self.chdb = chdb  # with sinks: a client of their chDB, for its memory figures
+        self.first_objects: Counter[str] | None = None
+        self.last_objects: Counter[str] | None = None
         self.worker = worker
         self.mix = mix
         # with sinks, this process is every recipient's sink and the audit sink (threads) beside the producers
-        self.pids = {**stack_children(), "worker": worker.pid, "sinks" if sinks else "bench": os.getpid()}
+        self.pids = {**stack_children(), "worker": worker.pid, "sinks" if chdb is not None else "bench": os.getpid()}
         self.series: list[dict[str, float | int | None]] = []
         self._watcher = Consumer(settings.consumer_config(DATAPLANE_GROUP))  # reads offsets only
         self._started = time.perf_counter()
@@ -108,11 +118,26 @@ class SoakSampler:
         self._last = (now, decided, worker_cpu)
         for name, pid in self.pids.items():
             row[f"rss_{name}_mb"] = rss_mb(pid)
+        if self.chdb is not None:
+            row.update(sinks_memory(self.chdb))
+            objects = Counter(type(o).__name__ for o in gc.get_objects())
+            row["py_objects"] = sum(objects.values())
+            if self.first_objects is None:
+                self.first_objects = objects
+            self.last_objects = objects
         self.series.append(row)
         return row
 
     def close(self) -> None:
         self._watcher.close()
+
+
+def sinks_line(row: dict[str, float | int | None]) -> str:
+    """The sinks' memory beside their RSS, when sampled: chDB's tracker, jemalloc's resident pages, glibc's heap."""
+    if "jemalloc_resident_mb" not in row:
+        return ""
+    return (f"  chDB tracked {row.get('chdb_MemoryTracking_mb') or 0:,.0f}, jemalloc resident {row['jemalloc_resident_mb'] or 0:,.0f}, "
+            f"malloc used {row.get('malloc_used_mb') or 0:,.0f} free {row.get('malloc_free_mb') or 0:,.0f}, parts {row.get('chdb_active_parts')}")
 
 
 def growth(series: list[dict[str, float | int | None]], key: str, window_s: float = 60.0) -> dict[str, float | None]:
@@ -183,15 +208,17 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
     mix: MixProducer | None = None
     sampler: SoakSampler | None = None
     landing: Sinks | None = None
+    chdb: Any = None
     try:
         worker.start()
         if sinks:
             landed = settings.model_copy(update={"clickhouse_dsn": f"chdb://{(settings.data_dir / 'clickhouse').resolve()}",
                                                  "clickhouse_database_prefix": ""})
             charter = load_agreements(landed.agreements_dir, load_catalog(landed.schemas_dir))
-            landing = Sinks(landed, charter, make_client(landed.clickhouse_dsn or "")).start()
+            chdb = make_client(landed.clickhouse_dsn or "")
+            landing = Sinks(landed, charter, chdb).start()
         mix = MixProducer(settings, {record["provider"] for _, record in pool})
-        sampler = SoakSampler(settings, worker, mix, sinks=landing is not None)
+        sampler = SoakSampler(settings, worker, mix, chdb)
         header = f"{'t s':>6} {'offered':>9} {'decided':>9} {'/s':>7} {'lag':>7} {'worker cpu':>10}  " + \
                  "  ".join(f"{'RSS ' + name:>14}" for name in sampler.pids)
         console.print(f"soak: {rate:,.0f} events/s for {seconds:g} s on the {results.broker} broker; sample every {interval:g} s (MiB)")
@@ -200,7 +227,7 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         def show(row: dict[str, float | int | None]) -> None:
             rss = "  ".join(f"{(row.get(f'rss_{name}_mb') or 0):>14,.0f}" for name in sampler.pids)  # type: ignore[union-attr]
             console.print(f"{row['t_s']:>6} {row['offered']:>9,} {row['decided']:>9,} {row.get('decided_per_s') or 0:>7,.0f} "
-                          f"{row['lag']:>7,} {row.get('worker_cpu_pct') or 0:>9,.0f}%  {rss}", highlight=False)
+                          f"{row['lag']:>7,} {row.get('worker_cpu_pct') or 0:>9,.0f}%  {rss}{sinks_line(row)}", highlight=False)
 
         show(sampler.sample(0))
         total = int(rate * seconds)
@@ -259,6 +286,9 @@ def run_soak(settings: Settings, rate: float, seconds: float, interval: float, p
         show(last)
         results.decided_events, results.final_lag = int(last["decided"] or 0), int(last["lag"] or 0)
         results.series = sampler.series
+        if sampler.first_objects is not None and sampler.last_objects is not None:
+            grown = sampler.last_objects - sampler.first_objects
+            results.py_object_growth = dict(grown.most_common(10))
         loaded = [row for row in sampler.series if not row.get("draining") and row.get("decided_per_s") is not None]
         tail = [float(row["decided_per_s"] or 0) for row in loaded if float(row["t_s"] or 0) >= float(loaded[-1]["t_s"] or 0) - 60]
         if tail and statistics.median(tail) < 0.9 * rate:

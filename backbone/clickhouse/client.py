@@ -30,6 +30,18 @@ if TYPE_CHECKING:
     from backbone.clickhouse.readpolicy import ReadLimits
 
 SCHEMES = ("chdb", "http", "https", "clickhouse", "clickhouses")
+# chDB's caches, as the process that first opens a directory starts the engine (later connections in
+# the process share it; their options are ignored). ClickHouse's server defaults are for a server that
+# owns its machine: 5 GiB each for marks, skip-index marks and primary indexes. The mark cache holds the
+# marks the fraud rules read (their tables' 64-row granules) and those of parts merged away in the last 8
+# minutes, so sinks landing 4,000 rows/s grew it by 1.8-2.8 MiB per million rows (`python -m
+# bench.processor --soak`), 0.6-0.9 GiB a day: bounded here, above what 10 M fraud rows' marks take.
+CHDB_ENGINE_OPTIONS: dict[str, int] = {
+    "mark_cache_size": 64 << 20,
+    "index_mark_cache_size": 16 << 20,
+    "primary_index_cache_size": 16 << 20,
+    "query_condition_cache_size": 16 << 20,
+}
 
 log = logging.getLogger("backbone.clickhouse")
 _loopback_pool: PoolManager | None = None
@@ -65,7 +77,8 @@ def make_client(dsn: str, *, read_only: bool = False, **settings: object) -> Cli
             if served is not None:
                 return served
         try:
-            return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}", settings=settings or None)
+            return clickhouse_connect.get_client(dsn=f"chdb://{path.resolve()}", settings=settings or None,
+                                                 chdb_options=CHDB_ENGINE_OPTIONS)
         except ProgrammingError as exc:
             # chDB serves one directory per process, and one process per directory.
             if read_only:
