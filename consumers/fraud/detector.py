@@ -36,10 +36,14 @@ from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.fraud import layout, watermarks
-from consumers.fraud.alerts import Alert, insert_alerts_sql, record_findings
+from consumers.fraud.alerts import Alert, Key, insert_alerts_sql, record
 from consumers.fraud.registry import RULES, Rule, Since, lookup
 
 log = logging.getLogger("backbone.fraud")
+
+# Keys found by incremental runs that a publish reads by their subjects; beyond it (a broker down for
+# long) the next publish reads every alert not published, as a process's first does.
+MAX_FOUND_KEYS = 100_000
 
 
 class FraudDetector:
@@ -73,6 +77,10 @@ class FraudDetector:
         # rule kind -> (its SQL's fingerprint, where its last complete run started); None until read
         # from the fraud database
         self._since: dict[str, tuple[str, Since]] | None = None
+        # the keys of what the incremental runs found since the broker last acknowledged a publish: the
+        # next publish reads those alerts only; None: every alert (a process's first publish, after a full
+        # run, after another replica published, or when too many keys pile up)
+        self._found: set[Key] | None = None
 
     def setup(self) -> None:
         if self._ready:
@@ -128,22 +136,32 @@ class FraudDetector:
             since = last[1] if last is not None and last[0] == mark and rule.scope else None
             if since is None:
                 self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings={**self._insert_settings, **self._read_settings})
+                self._found = None  # its findings are known to the server only
             else:
-                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
-                                self._insert_settings, self._read_settings, self._look_up)
+                keys, _ = record(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
+                                 self._insert_settings, self._read_settings, self._look_up)
+                if self._found is not None:
+                    self._found = self._found | keys if len(self._found) + len(keys) <= MAX_FOUND_KEYS else None
             if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
                 watermarks.save(self.client, self.database, rule.kind, mark, start, self._insert_settings)
                 self._since[rule.kind] = (mark, start)
         if not self.leads():
-            return []  # another replica publishes
+            self._found = None  # another replica publishes; should this one lead later, it reads every alert first
+            return []
         return self.publish()
 
     def publish(self) -> list[Alert]:
-        """Send alerts not yet acknowledged by the broker to `alerts.fraud`, then record them."""
+        """Send alerts not yet acknowledged by the broker to `alerts.fraud`, then record them: those of
+        the keys found since the last publish (`_found`), else every alert not in `alerts_published`."""
         alerts = ddl.qualified(self.database, ddl.ALERTS_TABLE)
         published = ddl.qualified(self.database, ddl.PUBLISHED_TABLE)
-        new = self._select(f"WHERE (kind, subject, period) NOT IN (SELECT kind, subject, period FROM {published})")
+        found = self._found
+        if found is None:
+            new = self._select(f"WHERE (kind, subject, period) NOT IN (SELECT kind, subject, period FROM {published})")
+        else:
+            new = self._unpublished(found) if found else []
         if not new:
+            self._found = set()
             return []
         producer, encode = self._publisher()
         for alert in new:
@@ -155,8 +173,19 @@ class FraudDetector:
             return []
         self.client.insert(published, [[a.kind, a.subject, a.period] for a in new], column_names=["kind", "subject", "period"],
                            settings=self._insert_settings)
+        self._found = set()  # found before this publish: published now, or published before
         log.info("published %d fraud alerts from %s", len(new), alerts)
         return new
+
+    def _unpublished(self, keys: set[Key]) -> list[Alert]:
+        """The alerts of `keys` not in `alerts_published`: both read by the keys' subjects (their primary
+        keys' second column), so the reading follows what the runs found, not the alerts held."""
+        subjects = {"subjects": sorted({subject for _, subject, _ in keys})}
+        published = {tuple(row) for row in self.client.query(
+            f"SELECT kind, subject, period FROM {ddl.qualified(self.database, ddl.PUBLISHED_TABLE)} "
+            "WHERE subject IN {subjects:Array(String)}", parameters=subjects).result_rows}
+        return [alert for alert in self._select("WHERE subject IN {subjects:Array(String)}", parameters=subjects)
+                if alert.key in keys and alert.key not in published]
 
     def _publisher(self) -> tuple[Producer, Callable[[dict], bytes]]:
         if self._producer is None or self._encode is None:
@@ -173,12 +202,13 @@ class FraudDetector:
             self._producer = Producer(self.settings.producer_config())
         return self._producer, self._encode
 
-    def _select(self, where: str = "", limit: int | None = None) -> list[Alert]:
+    def _select(self, where: str = "", limit: int | None = None, parameters: dict | None = None) -> list[Alert]:
         alerts = ddl.qualified(self.database, ddl.ALERTS_TABLE)
         tail = f" LIMIT {int(limit)}" if limit else ""
         result = self.client.query(
             f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL {where} ORDER BY detected_at, kind, subject, period{tail}",
             settings=self._read_settings,  # publish: the published alerts of each shard's subjects, on that shard
+            parameters=parameters,
         )
         return [Alert(*row) for row in result.result_rows]
 
