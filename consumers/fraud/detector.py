@@ -11,7 +11,9 @@ every batch the fraud sink lands,
    (`consumers.fraud.layout` lays the tables out so that reads what landed, not the table). The
    watermarks are kept in the fraud database (`consumers.fraud.watermarks`): a restarted sink resumes;
 2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
-   by each alert's deterministic id, and records them there once the broker acknowledged them.
+   by each alert's deterministic id, and records them there once the broker acknowledged them. It
+   reads the alerts of the keys its incremental runs found (by their subjects), not every alert:
+   every alert only on a process's first publish, after a full run, or after another replica led.
 
 With several fraud sink replicas every replica runs the rules (findings collapse in the
 ReplacingMergeTree), but only the one `leads()` names publishes: the member that holds the first
