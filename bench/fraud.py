@@ -193,6 +193,25 @@ def _filled(client, database: str) -> bool:  # noqa: ANN001
                              parameters={"db": database, "t": FILLED}).result_rows[0][0])
 
 
+def _create_and_fill(client, plan, database: str, size: int, layout: str, merged: bool, batch: int) -> float:  # noqa: ANN001
+    """The point's database made afresh in `layout` and filled (`_fill`); the seconds the fill took."""
+    client.command(f"DROP DATABASE IF EXISTS {database} SYNC")  # a fill cut short
+    client.command(ddl.create_database_sql(database))
+    for destination, columns in plan.tables.items():
+        laid = _layout(destination, layout)
+        for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
+            client.command(statement)
+    started = time.perf_counter()
+    _fill(client, database, size, batch)
+    if merged:  # as if every merge had run: one part per table
+        for destination in plan.tables:
+            client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
+    filled = time.perf_counter() - started
+    client.command(f"CREATE TABLE {ddl.qualified(database, FILLED)} (at DateTime DEFAULT now()) ENGINE = Log")
+    client.command(f"INSERT INTO {ddl.qualified(database, FILLED)} (at) VALUES (now())")
+    return filled
+
+
 @dataclass
 class _Run:
     """A point being measured: its database, its detector, where the detector's last run resumed."""
@@ -214,20 +233,7 @@ def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # no
         for table in (ddl.ALERTS_TABLE, ddl.PUBLISHED_TABLE, ddl.WATERMARKS_TABLE):
             client.command(f"DROP TABLE IF EXISTS {ddl.qualified(database, table)} SYNC")
     else:
-        client.command(f"DROP DATABASE IF EXISTS {database} SYNC")  # a fill cut short
-        client.command(ddl.create_database_sql(database))
-        for destination, columns in plan.tables.items():
-            laid = _layout(destination, layout)
-            for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
-                client.command(statement)
-        started = time.perf_counter()
-        _fill(client, database, size, batch)
-        if merged:  # as if every merge had run: one part per table
-            for destination in plan.tables:
-                client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
-        point.fill_s = time.perf_counter() - started
-        client.command(f"CREATE TABLE {ddl.qualified(database, FILLED)} (at DateTime DEFAULT now()) ENGINE = Log")
-        client.command(f"INSERT INTO {ddl.qualified(database, FILLED)} (at) VALUES (now())")
+        point.fill_s = _create_and_fill(client, plan, database, size, layout, merged, batch)
     point.parts = {table: count for table, count in _settle(client, database, settle_s).items() if table in {CLAIMS, INCOMES, DEATHS}}
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
