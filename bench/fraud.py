@@ -6,7 +6,7 @@ reads the keys landed since the previous run): every rule over every row (a full
 incremental runs (the keys landed since, each over its whole history), in chDB.
 
     python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--batch 20000]
-                          [--settle 300] [--layouts event_id,subject_day,subject] [--merged]
+                          [--settle 300] [--layouts event_id,subject_day,subject] [--merged] [--keep DIR]
 
 For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
 rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
@@ -22,21 +22,25 @@ taken in turn at every size and layout (so a shared machine's load falls on each
 rule's SELECT over the last landing alone (time and granules: where a landing's time goes). Alerts are not published (no broker):
 the time is the rules' SQL. Every layout must raise the same alerts. Goal: incremental flat in
 table size (the ratio largest / smallest size near 1). Results go to `bench/results/fraud-<timestamp>.json`.
+`--keep DIR` keeps the filled tables in DIR (a chDB directory) and reuses them in later runs of the same
+sizes, layouts and fill, so the minutes a 10 M fill takes are spent once (their landings add to them).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 
 from backbone.clickhouse.client import make_client
 from backbone.events.catalog import load_catalog
 from backbone.policy.agreements import load_agreements
 from backbone.settings import load_settings
-from bench.results import LOADED_MACHINE, console, measures, print_notes, save
+from bench.results import LOADED_MACHINE, add_flat_ratios, console, measures, print_and_save, size_ratio
 from consumers import ddl
 from consumers.fraud import RULES, FraudDetector
 from consumers.fraud.layout import DAY_PROJECTION
@@ -180,6 +184,34 @@ def _settle(client, database: str, timeout_s: float) -> dict[str, int]:  # noqa:
                              parameters={"db": database}).result_rows)
 
 
+# The table a complete fill leaves in a point's database: a kept database (--keep) without it is filled again.
+FILLED = "bench_filled"
+
+
+def _filled(client, database: str) -> bool:  # noqa: ANN001
+    return bool(client.query("SELECT count() FROM system.tables WHERE database = {db:String} AND name = {t:String}",
+                             parameters={"db": database, "t": FILLED}).result_rows[0][0])
+
+
+def _create_and_fill(client, plan, database: str, size: int, layout: str, merged: bool, batch: int) -> float:  # noqa: ANN001
+    """The point's database made afresh in `layout` and filled (`_fill`); the seconds the fill took."""
+    client.command(f"DROP DATABASE IF EXISTS {database} SYNC")  # a fill cut short
+    client.command(ddl.create_database_sql(database))
+    for destination, columns in plan.tables.items():
+        laid = _layout(destination, layout)
+        for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
+            client.command(statement)
+    started = time.perf_counter()
+    _fill(client, database, size, batch)
+    if merged:  # as if every merge had run: one part per table
+        for destination in plan.tables:
+            client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
+    filled = time.perf_counter() - started
+    client.command(f"CREATE TABLE {ddl.qualified(database, FILLED)} (at DateTime DEFAULT now()) ENGINE = Log")
+    client.command(f"INSERT INTO {ddl.qualified(database, FILLED)} (at) VALUES (now())")
+    return filled
+
+
 @dataclass
 class _Run:
     """A point being measured: its database, its detector, where the detector's last run resumed."""
@@ -194,19 +226,14 @@ def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # no
              merged: bool = False, batch: int = 0, settle_s: float = 300.0) -> _Run:
     """The point's tables filled and settled, a landing, and the first run over every row (timed: before)."""
     point = Point(size, layout)
-    prefix = f"b{size}_{layout}_"
+    fill = f"{'merged' if merged else f'batch{batch}'}_"
+    prefix = f"b{size}_{layout}_{fill}"
     database = ddl.database_name(prefix, settings.fraud_recipient)
-    client.command(ddl.create_database_sql(database))
-    for destination, columns in plan.tables.items():
-        laid = _layout(destination, layout)
-        for statement in ddl.table_sql(database, laid.table, columns, laid.order_by, None, projections=laid.projections):
-            client.command(statement)
-    started = time.perf_counter()
-    _fill(client, database, size, batch)
-    if merged:  # as if every merge had run: one part per table
-        for destination in plan.tables:
-            client.command(f"OPTIMIZE TABLE {ddl.qualified(database, destination.table)} FINAL")
-    point.fill_s = time.perf_counter() - started
+    if _filled(client, database):  # kept from an earlier run (--keep): the rules start over on the same rows
+        for table in (ddl.ALERTS_TABLE, ddl.PUBLISHED_TABLE, ddl.WATERMARKS_TABLE):
+            client.command(f"DROP TABLE IF EXISTS {ddl.qualified(database, table)} SYNC")
+    else:
+        point.fill_s = _create_and_fill(client, plan, database, size, layout, merged, batch)
     point.parts = {table: count for table, count in _settle(client, database, settle_s).items() if table in {CLAIMS, INCOMES, DEATHS}}
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
@@ -227,13 +254,14 @@ def _land_and_run(client, run: _Run, number: int, landing: int) -> None:  # noqa
     point.incremental_s.append(time.perf_counter() - started)
 
 
-def _finish(client, run: _Run) -> set:  # noqa: ANN001
-    """Each rule over the last landing, the alerts raised (returned), the database dropped."""
+def _finish(client, run: _Run, keep: bool = False) -> set:  # noqa: ANN001
+    """Each rule over the last landing, the alerts raised (returned), the database dropped (unless `keep`)."""
     point = run.point
     point.per_rule = _per_rule(client, run.detector, run.before) if point.incremental_s else {}
     found = {alert.key for alert in run.detector.alerts()}
     point.alerts = len(found)
-    client.command(f"DROP DATABASE {run.database} SYNC")
+    if not keep:
+        client.command(f"DROP DATABASE {run.database} SYNC")
     console.print(f"{point.rows:,} rows, ordered by {point.layout}: fill {point.fill_s:.1f} s, parts {point.parts}, full {point.full_s:.2f} s, "
                   f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
                   f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
@@ -241,9 +269,13 @@ def _finish(client, run: _Run) -> set:  # noqa: ANN001
 
 
 def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False, batch: int = 20_000,
-            settle_s: float = 300.0, layouts: tuple[str, ...] = LAYOUTS) -> Results:
+            settle_s: float = 300.0, layouts: tuple[str, ...] = LAYOUTS, keep: str | None = None) -> Results:
+    """`keep`: a directory holding the filled tables between runs (filled by the first run that needs them)."""
     results = Results(landing, merged=merged, batch_rows=batch)
-    with tempfile.TemporaryDirectory(prefix="bench-fraud-") as tmp:
+    if keep:
+        keep = str(Path(keep).resolve())
+        Path(keep).mkdir(parents=True, exist_ok=True)
+    with (contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="bench-fraud-")) as tmp:
         client = make_client(f"chdb://{tmp}/clickhouse")
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
         charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
@@ -256,18 +288,17 @@ def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = Fa
                 _land_and_run(client, run, number, landing)
         found: dict[int, list[set]] = {}
         for run in runs:
-            found.setdefault(run.point.rows, []).append(_finish(client, run))
+            found.setdefault(run.point.rows, []).append(_finish(client, run, bool(keep)))
             results.points.append(run.point)
         results.identical_alerts = all(keys == same[0] for same in found.values() for keys in same)
         client.close()
     for layout in layouts:
         points = [point for point in results.points if point.layout == layout]
-        if len(points) > 1 and points[0].per_landing_s:
-            results.ratios[layout] = round(points[-1].per_landing_s / points[0].per_landing_s, 2)
-        if len(points) > 1 and points[0].full_s:
-            results.full_ratios[layout] = round(points[-1].full_s / points[0].full_s, 2)
-        if len(points) > 1 and points[0].per_landing_rows:
-            results.rows_ratios[layout] = round(points[-1].per_landing_rows / points[0].per_landing_rows, 2)
+        if len(points) < 2:
+            continue
+        for ratios, figure in ((results.ratios, "per_landing_s"), (results.full_ratios, "full_s"), (results.rows_ratios, "per_landing_rows")):
+            if (ratio := size_ratio(getattr(points[0], figure), getattr(points[-1], figure))) is not None:
+                ratios[layout] = ratio
     return results
 
 
@@ -289,14 +320,10 @@ def report(results: Results) -> None:
                           f"{seconds:.2f} s, {read:,} of {of:,} granules", "")
     for layout, ratio in results.full_ratios.items():
         table.add_row(f"before (every row), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "")
-    for layout, ratio in results.ratios.items():
-        table.add_row(f"after (incremental), ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
-    for layout, ratio in results.rows_ratios.items():
-        table.add_row(f"rows read, ordered by {layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
+    add_flat_ratios(table, results.ratios, lambda layout: f"after (incremental), ordered by {layout}: largest / smallest size")
+    add_flat_ratios(table, results.rows_ratios, lambda layout: f"rows read, ordered by {layout}: largest / smallest size")
     table.add_row("same alerts in every layout", "yes" if results.identical_alerts else "NO", "yes")
-    console.print(table)
-    print_notes(results.notes)
-    save("fraud", results)
+    print_and_save("fraud", table, results)
 
 
 def main() -> None:
@@ -310,12 +337,15 @@ def main() -> None:
     parser.add_argument("--layouts", default=",".join(LAYOUTS), help=f"layouts to measure, of {', '.join(LAYOUTS)}")
     parser.add_argument("--merged", action="store_true",
                         help="merge each filled table into one part first (OPTIMIZE FINAL), as if every merge had run")
+    parser.add_argument("--keep", metavar="DIR",
+                        help="keep the filled tables in DIR's chDB and reuse them in later runs with the same sizes and fill "
+                             "(each run's landings add to them; delete DIR to start afresh)")
     args = parser.parse_args()
     layouts = tuple(layout.strip() for layout in args.layouts.split(",") if layout.strip())
     if not layouts or set(layouts) - set(LAYOUTS):
         parser.error(f"--layouts takes some of {', '.join(LAYOUTS)}")
     report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged,
-                   args.batch, args.settle, layouts))
+                   args.batch, args.settle, layouts, args.keep))
 
 
 if __name__ == "__main__":

@@ -23,7 +23,7 @@ import time
 from dataclasses import dataclass, field
 
 from backbone.clickhouse.client import make_client
-from bench.results import LOADED_MACHINE, console, measures, print_notes, save
+from bench.results import LOADED_MACHINE, add_flat_ratios, console, measures, print_and_save, size_ratio
 from consumers import ddl
 from consumers.fraud.alerts import record_findings
 
@@ -95,8 +95,8 @@ def measure(sizes: list[int], found: int, rounds: int) -> Results:
                 client.command(f"DROP DATABASE {database} SYNC")
     for layout in LAYOUTS:
         mine = [p for p in results.points if p.layout == layout]
-        if len(mine) > 1 and mine[0].record_s > 0:
-            results.ratios[layout] = round(mine[-1].record_s / mine[0].record_s, 2)
+        if len(mine) > 1 and (ratio := size_ratio(mine[0].record_s, mine[-1].record_s)) is not None:
+            results.ratios[layout] = ratio
     return results
 
 
@@ -104,11 +104,8 @@ def report(results: Results) -> None:
     table = measures(f"recording {results.found:,} findings of a run in alerts (median of {results.rounds})")
     for point in results.points:
         table.add_row(f"{point.alerts:,} alerts held, {point.layout}", f"{point.record_s:.3f} s", "")
-    for layout, ratio in results.ratios.items():
-        table.add_row(f"{layout}: largest / smallest size", f"{ratio:.2f}x", "flat: ~1x")
-    console.print(table)
-    print_notes(results.notes)
-    save("held_alerts", results)
+    add_flat_ratios(table, results.ratios, lambda layout: f"{layout}: largest / smallest size")
+    print_and_save("held_alerts", table, results)
 
 
 def main() -> None:

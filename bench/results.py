@@ -36,6 +36,24 @@ def print_notes(notes: Sequence[str]) -> None:
         console.print(f"note: {note}")
 
 
+def print_and_save(name: str, table: Table, results: Any) -> Path:
+    """The end of a benchmark's report: its table, its notes (`results.notes`), its JSON file (`save`)."""
+    console.print(table)
+    print_notes(results.notes)
+    return save(name, results)
+
+
+def size_ratio(smallest: float, largest: float) -> float | None:
+    """A figure at the largest size over the smallest (1.0: flat in size); None when there is no smallest."""
+    return round(largest / smallest, 2) if smallest else None
+
+
+def add_flat_ratios(table: Table, ratios: Mapping[str, float], label: Callable[[str], str]) -> None:
+    """One row per `ratios` entry (largest / smallest size), each against the flat goal."""
+    for name, ratio in ratios.items():
+        table.add_row(label(name), f"{ratio:.2f}x", "flat: ~1x")
+
+
 # -- percentiles --------------------------------------------------------------------------------
 
 

@@ -12,7 +12,7 @@ import pytest
 from bench import profile
 from bench.consent import summary as consent_summary
 from bench.processes import RunDeadline, clean_stop, memory_mb
-from bench.results import percentiles
+from bench.results import add_flat_ratios, measures, percentiles, size_ratio
 from bench.soak import growth, recycled
 
 PLANE = ("thread (7): data-plane;Thread._bootstrap (threading.py:1002);DataPlane._run_guarded (processors/dataplane.py:105);"
@@ -112,3 +112,11 @@ def test_latency_summary_keeps_the_keys_and_nearest_rank_figures_results_are_rea
 def test_consent_summary_keeps_its_own_keys_rounding_and_ranks() -> None:
     values = [v + 0.04 for v in range(1, 101)]
     assert consent_summary(values) == {"p50": 51.0, "p99": 100.0, "max": 100.0, "n": 100}
+
+
+def test_size_ratios_compare_the_largest_size_with_the_smallest_against_the_flat_goal() -> None:
+    assert size_ratio(0.5, 1.5) == 3.0 and size_ratio(3.0, 1.0) == 0.33
+    assert size_ratio(0.0, 1.0) is None  # nothing measured at the smallest size: no ratio, not a division by zero
+    table = measures("t")
+    add_flat_ratios(table, {"subject": 1.04}, lambda layout: f"after, ordered by {layout}")
+    assert [list(column.cells) for column in table.columns] == [["after, ordered by subject"], ["1.04x"], ["flat: ~1x"]]

@@ -444,3 +444,37 @@ def test_the_rules_sharded_sql_finds_what_the_single_node_sql_finds(clickhouse_c
         assert sharded == one, rule.kind
         found_any = found_any or bool(one)
     assert found_any
+
+
+@pytest.mark.integration
+def test_a_publish_reads_the_alerts_its_runs_found_not_every_alert_and_a_new_process_reads_every_unpublished_one(
+        clickhouse_client, registry_settings: Settings, unique: str) -> None:  # noqa: ANN001
+    settings = registry_settings.model_copy(update={"clickhouse_database_prefix": f"t{unique}_"})
+    plan = _plan(settings)
+    database = plan.databases[0]
+    try:
+        _create(clickhouse_client, plan)
+        _land(clickhouse_client, database, 4_000, 0, 3, subjects=300)
+        detector = FraudDetector(settings, clickhouse_client)
+        first = detector.detect()  # a process's first publish reads every alert not published
+        assert first and {alert.key for alert in first} == _full(clickhouse_client, detector)
+        # an alert the runs of this process did not find (raised elsewhere, not published): not read by its publishes
+        stray = ("claim_after_death", "k1.stray", "2025-05")
+        clickhouse_client.insert(ddl.qualified(database, ddl.ALERTS_TABLE), [[*stray, "{}"]],
+                                 column_names=["kind", "subject", "period", "details"])
+        _land(clickhouse_client, database, 1_000, 4_000, 0, subjects=600)  # new subjects: new findings
+        found = {alert.key for alert in detector.detect()}
+        assert found and stray not in found
+        assert found == _full(clickhouse_client, detector) - {alert.key for alert in first}, "each new alert published, once"
+        assert detector.detect() == []  # found again: published already
+        restarted = FraudDetector(settings, clickhouse_client)  # a new sink process
+        assert [alert.key for alert in restarted.detect()] == [stray]
+        # found by a run, its alert not yet on the replica a publish reads (a cluster's replication): sent once it is there
+        late = ("undeclared_income", "k1.late", "2025-07")
+        detector._found.add(late)  # noqa: SLF001 - what a run's `record` adds
+        assert detector.publish() == []
+        clickhouse_client.insert(ddl.qualified(database, ddl.ALERTS_TABLE), [[*late, "{}"]], column_names=["kind", "subject", "period", "details"])
+        assert [alert.key for alert in detector.publish()] == [late]
+        assert detector.publish() == []
+    finally:
+        clickhouse_client.command(f"DROP DATABASE IF EXISTS {quote_identifier(database)} SYNC")

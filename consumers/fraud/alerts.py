@@ -30,9 +30,21 @@ class Alert:
         return alert_id(*self.key)
 
 
+# (kind, subject, period): what an alert is one of
+Key = tuple[str, str, str]
+
+
 def record_findings(client, database: str, kind: str, rule: str, settings: dict | None = None,  # noqa: ANN001 - a clickhouse-connect client
                     read: dict | None = None, look_up: bool = False) -> int:
-    """Findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns how many.
+    """`record`, returning how many findings it inserted."""
+    return record(client, database, kind, rule, settings, read, look_up)[1]
+
+
+def record(client, database: str, kind: str, rule: str, settings: dict | None = None,  # noqa: ANN001 - a clickhouse-connect client
+           read: dict | None = None, look_up: bool = False) -> tuple[set[Key], int]:
+    """Findings of one rule's SELECT over few keys (an incremental run) into `alerts`; returns the keys
+    of every finding (alerted before or not: which are published is for the publisher to say) and
+    how many it inserted.
     They are inserted without asking which are held already: a finding alerted before collapses into
     its first alert (`ddl.ALERTS_VERSION`, read with `FINAL`), so the cost follows what the rule found,
     not how many alerts the table holds. `look_up`: an `alerts` table made before that, which would
@@ -41,6 +53,7 @@ def record_findings(client, database: str, kind: str, rule: str, settings: dict 
     found = client.query(f"SELECT kind, subject, period, any(details) FROM ({rule}) AS found "
                          "WHERE subject IS NOT NULL GROUP BY kind, subject, period", settings=dict(read or {})).result_rows
     alerts = ddl.qualified(database, ddl.ALERTS_TABLE)
+    keys = {(str(row[0]), str(row[1]), str(row[2])) for row in found}
     if found and look_up:
         held = {tuple(row) for row in client.query(
             f"SELECT subject, period FROM {alerts} WHERE kind = {{kind:String}} AND subject IN {{subjects:Array(String)}}",
@@ -49,7 +62,7 @@ def record_findings(client, database: str, kind: str, rule: str, settings: dict 
     if found:
         client.insert(alerts, [list(row) for row in found], column_names=["kind", "subject", "period", "details"],
                       settings=dict(settings or {}))
-    return len(found)
+    return keys, len(found)
 
 
 def insert_alerts_sql(database: str, kind: str, rule: str) -> str:

@@ -11,7 +11,9 @@ every batch the fraud sink lands,
    (`consumers.fraud.layout` lays the tables out so that reads what landed, not the table). The
    watermarks are kept in the fraud database (`consumers.fraud.watermarks`): a restarted sink resumes;
 2. publishes the alerts not yet in `alerts_published` to `alerts.fraud` (Avro, wire format), keyed
-   by each alert's deterministic id, and records them there once the broker acknowledged them.
+   by each alert's deterministic id, and records them there once the broker acknowledged them. It
+   reads the alerts of the keys its incremental runs found (by their subjects), not every alert:
+   every alert only on a process's first publish, after a full run, or after another replica led.
 
 With several fraud sink replicas every replica runs the rules (findings collapse in the
 ReplacingMergeTree), but only the one `leads()` names publishes: the member that holds the first
@@ -36,10 +38,14 @@ from backbone.kafka.topics import ALERTS_TOPIC, Topics, alerts_topic_config
 from backbone.settings import Settings
 from consumers import ddl
 from consumers.fraud import layout, watermarks
-from consumers.fraud.alerts import Alert, insert_alerts_sql, record_findings
+from consumers.fraud.alerts import Alert, Key, insert_alerts_sql, record
 from consumers.fraud.registry import RULES, Rule, Since, lookup
 
 log = logging.getLogger("backbone.fraud")
+
+# Keys found by incremental runs that publishes read by their subjects; beyond it (a broker down for
+# long) they are dropped and the next publish reads every alert not published, as a process's first does.
+MAX_FOUND_KEYS = 100_000
 
 
 class FraudDetector:
@@ -73,6 +79,15 @@ class FraudDetector:
         # rule kind -> (its SQL's fingerprint, where its last complete run started); None until read
         # from the fraud database
         self._since: dict[str, tuple[str, Since]] | None = None
+        # The keys the incremental runs found whose alerts no publish has read yet: a publish reads those
+        # alerts only, unless `_read_all` (a process's first publishes, those after a full run, after
+        # another replica led, or when too many keys piled up): then every alert not published, until a
+        # publish starts `_lag_s` after that (on a cluster an alert inserted on one replica may reach the
+        # replica a read lands on later: `fraud_cluster_slack_s`). A key stays until a read sees its alert.
+        self._found: set[Key] = set()
+        self._lag_s = settings.fraud_cluster_slack_s if cluster is not None else 0.0
+        self._read_all = True
+        self._read_all_until = time.monotonic() + self._lag_s
 
     def setup(self) -> None:
         if self._ready:
@@ -128,22 +143,40 @@ class FraudDetector:
             since = last[1] if last is not None and last[0] == mark and rule.scope else None
             if since is None:
                 self.client.command(insert_alerts_sql(self.database, rule.kind, full), settings={**self._insert_settings, **self._read_settings})
+                self._read_everything()  # its findings are known to the server only
             else:
-                record_findings(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
-                                self._insert_settings, self._read_settings, self._look_up)
+                keys, _ = record(self.client, self.database, rule.kind, rule.select_sql(self.database, columns, since, self._sharded),
+                                 self._insert_settings, self._read_settings, self._look_up)
+                self._found |= keys
+                if len(self._found) > MAX_FOUND_KEYS:
+                    self._found.clear()
+                    self._read_everything()
             if last != (mark, start):  # after the alerts: a crash between repeats this run, raising nothing twice
                 watermarks.save(self.client, self.database, rule.kind, mark, start, self._insert_settings)
                 self._since[rule.kind] = (mark, start)
         if not self.leads():
-            return []  # another replica publishes
+            self._found.clear()  # another replica publishes; should this one lead later, it reads every alert first
+            self._read_everything()
+            return []
         return self.publish()
 
+    def _read_everything(self) -> None:
+        self._read_all = True
+        self._read_all_until = time.monotonic() + self._lag_s
+
     def publish(self) -> list[Alert]:
-        """Send alerts not yet acknowledged by the broker to `alerts.fraud`, then record them."""
+        """Send alerts not yet acknowledged by the broker to `alerts.fraud`, then record them: those of
+        the keys the incremental runs found (`_found`), or every alert not in `alerts_published`."""
         alerts = ddl.qualified(self.database, ddl.ALERTS_TABLE)
         published = ddl.qualified(self.database, ddl.PUBLISHED_TABLE)
-        new = self._select(f"WHERE (kind, subject, period) NOT IN (SELECT kind, subject, period FROM {published})")
+        started, read_all, found = time.monotonic(), self._read_all, set(self._found)
+        if read_all:
+            new = self._select(f"WHERE (kind, subject, period) NOT IN (SELECT kind, subject, period FROM {published})")
+            seen = {alert.key for alert in new}
+        else:
+            new, seen = self._unpublished(found) if found else ([], set())
         if not new:
+            self._read(found & seen, read_all, started)
             return []
         producer, encode = self._publisher()
         for alert in new:
@@ -155,8 +188,26 @@ class FraudDetector:
             return []
         self.client.insert(published, [[a.kind, a.subject, a.period] for a in new], column_names=["kind", "subject", "period"],
                            settings=self._insert_settings)
+        self._read(found & seen, read_all, started)
         log.info("published %d fraud alerts from %s", len(new), alerts)
         return new
+
+    def _read(self, seen: set[Key], read_all: bool, started: float) -> None:
+        """A publish that started at `started` (monotonic) read the alerts of `seen` and sent those not published."""
+        self._found -= seen
+        if read_all and started >= self._read_all_until:
+            self._read_all = False
+
+    def _unpublished(self, keys: set[Key]) -> tuple[list[Alert], set[Key]]:
+        """The alerts of `keys` not in `alerts_published`, and the keys whose alerts were read (published
+        or not): both read by the keys' subjects (their primary keys' second column), so the reading
+        follows what the runs found, not the alerts held."""
+        subjects = {"subjects": sorted({subject for _, subject, _ in keys})}
+        published = {tuple(row) for row in self.client.query(
+            f"SELECT kind, subject, period FROM {ddl.qualified(self.database, ddl.PUBLISHED_TABLE)} "
+            "WHERE subject IN {subjects:Array(String)}", parameters=subjects).result_rows}
+        read = [alert for alert in self._select("WHERE subject IN {subjects:Array(String)}", parameters=subjects) if alert.key in keys]
+        return [alert for alert in read if alert.key not in published], {alert.key for alert in read}
 
     def _publisher(self) -> tuple[Producer, Callable[[dict], bytes]]:
         if self._producer is None or self._encode is None:
@@ -173,12 +224,13 @@ class FraudDetector:
             self._producer = Producer(self.settings.producer_config())
         return self._producer, self._encode
 
-    def _select(self, where: str = "", limit: int | None = None) -> list[Alert]:
+    def _select(self, where: str = "", limit: int | None = None, parameters: dict | None = None) -> list[Alert]:
         alerts = ddl.qualified(self.database, ddl.ALERTS_TABLE)
         tail = f" LIMIT {int(limit)}" if limit else ""
         result = self.client.query(
             f"SELECT kind, subject, period, details, detected_at FROM {alerts} FINAL {where} ORDER BY detected_at, kind, subject, period{tail}",
             settings=self._read_settings,  # publish: the published alerts of each shard's subjects, on that shard
+            parameters=parameters,
         )
         return [Alert(*row) for row in result.result_rows]
 
