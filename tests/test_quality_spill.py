@@ -235,3 +235,34 @@ def test_a_block_that_cannot_be_written_is_a_clear_error_and_no_marker_is_lost(t
     keys.compact()  # the limit gone: the blocks merge into a file
     assert files(made) and set(keys) == set(range(100, 140)) | set(range(0, 40)) | set(range(200, 240))
     made.close()
+
+
+def test_marker_files_are_the_workers_own_and_a_shared_markers_dir_is_refused(tmp_path: Path) -> None:
+    """Another account on the host reads no marker: the directories are 0700, the files 0600, whatever
+    the umask; a markers directory its group or others may use is refused, naming it."""
+    import stat
+
+    from backbone.errors import NotPrivateError
+
+    old = os.umask(0o002)
+    try:
+        made = small(tmp_path / "markers")
+        keys = KeySet(made)
+        for round_ in range(4):
+            keys.recent.update(range(round_ * 10, round_ * 10 + 10))
+            keys.compact()
+    finally:
+        os.umask(old)
+    blocks = [Path(b.path) for b in keys.blocks if isinstance(b, FileBlock)]
+    assert blocks
+    for directory in (tmp_path / "markers", made.path):
+        assert stat.S_IMODE(directory.stat().st_mode) == 0o700, directory
+    for block in blocks:
+        assert stat.S_IMODE(block.stat().st_mode) == 0o600, block
+    made.close()
+
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o755)
+    shared.chmod(0o755)
+    with pytest.raises(NotPrivateError, match="shared"):
+        Spill(shared)
