@@ -58,10 +58,15 @@ def _audit_record_limit(settings: Settings, limit: int | None) -> None:
     admin.incremental_alter_configs([resource])[resource].result(timeout=30)
 
 
-def _checkpoints(settings: Settings) -> Consumer:
+def _checkpoints(settings: Settings, worker: Worker, timeout: float = 120) -> Consumer:
+    """A reader of every partition of the checkpoints topic, from the beginning: once the starting
+    worker has created it (the broker creates no topic on a reader's request)."""
     consumer = Consumer(settings.consumer_config(f"watch-{uuid.uuid4().hex}", **{"fetch.wait.max.ms": 1}))
-    consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING)
-                     for p in consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions])
+    deadline = time.monotonic() + timeout
+    while not (partitions := consumer.list_topics(CHECKPOINTS_TOPIC, timeout=10).topics[CHECKPOINTS_TOPIC].partitions):
+        assert worker.alive() and time.monotonic() < deadline, f"the worker made no {CHECKPOINTS_TOPIC}: {worker.tail(10)}"
+        time.sleep(0.2)
+    consumer.assign([TopicPartition(CHECKPOINTS_TOPIC, p, OFFSET_BEGINNING) for p in partitions])
     return consumer
 
 
@@ -72,7 +77,7 @@ def _kill_mid_batch(settings: Settings, worker: Worker, backbone_cli, sent: dict
     worker has sealed a batch whole, the audit topic is made to refuse every record, so the next
     batch's checkpoint (acknowledged before any record it seals) lands and its records never do;
     that is what a worker killed between the two leaves. The topic is let go before returning."""
-    consumer = _checkpoints(settings)
+    consumer = _checkpoints(settings, worker)
     try:
         deadline = time.monotonic() + timeout
         while consumer.poll(0.2) is None:  # the worker is mid-stream: a batch sealed whole
