@@ -24,7 +24,7 @@ from clickhouse_connect.driver.client import Client
 from backbone.audit import anchors, log
 from backbone.audit.log import Checkpoint, CheckpointCodec, Failure, RecordCodec, Report, leaf_hash
 from backbone.audit.operations import OPERATIONS_WRITER
-from backbone.audit.receipts import make_receipt
+from backbone.audit.receipts import make_receipt, sealed_leaves
 from backbone.audit.timestamps import Stamp, Trust, check_stamps
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, AUDIT_TIMESTAMP, OPERATOR_ACTION, Catalog
 from backbone.keys.keyring import PublicKey
@@ -317,36 +317,54 @@ class ClickHouseTrail:
         the record whose checkpoint verifies. A record released when its quality window closed has
         a second record, of its release (`release_event_id`): that one says what was disclosed."""
         released = release_event_id(event_id)
-        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint, leaf, toString(event_id) = {{r:String}} AS release "
+        rows = self.client.query(f"SELECT DISTINCT writer, checkpoint, leaf, toString(event_id) AS row_event, row_event = {{r:String}} AS release "
                                  f"FROM {self.events} WHERE event_id IN (toUUID({{e:String}}), toUUID({{r:String}})) "
                                  "ORDER BY release DESC", parameters={"e": event_id, "r": released}).result_rows
         if not rows:
             raise log.AuditLogError(f"no audit record of event {event_id} in {self.events}")
         problems = []
-        for writer, sequence, index, release in rows:
+        for writer, sequence, index, row_event, release in rows:
             position = (writer, int(sequence))
             trail = Trail()
             self.read_checkpoints(trail, [writer])
             self.read_records(trail, self.counts({position}))
             report = verify_trail(trail, self.codec, self.checkpoint_codec, keys, {position})
-            if report.failures or not report.checkpoints:
-                problems += [str(f) for f in report.failures] or [f"checkpoint {sequence} of writer {writer} is not verified"]
+            # copies inserted later at other leaves of the checkpoint do not void this record's seal: the
+            # leaves that reproduce the signed root are chosen below; any other failure does
+            blocking = [f for f in report.failures if f.kind != log.CONFLICTING_RECORD or (f.writer, f.sequence) != position]
+            checkpoint = next((c for c in trail.checkpoints[writer] if c.sequence == int(sequence) and c.signature), None)
+            if blocking or checkpoint is None:
+                problems += [str(f) for f in blocking] or [f"checkpoint {sequence} of writer {writer} is not verified"]
                 continue
-            checkpoint = next(c for c in trail.checkpoints[writer] if c.sequence == int(sequence) and c.signature)
-            leaves = [next(iter(trail.leaves[position][i])) for i in range(checkpoint.records)]
-            content = self._content_at(writer, int(sequence), int(index))
+            sealed = None
+            for content in self._contents_at(writer, int(sequence), int(index), str(row_event)):  # an edited copy beside it too
+                try:
+                    sealed = content, sealed_leaves(checkpoint, trail.leaves[position], int(index), leaf_hash(content))
+                    break
+                except log.AuditLogError as exc:
+                    problems.append(str(exc))
+            if sealed is None:
+                continue
+            content, leaves = sealed
             if release and not any(d.get("recipient") == recipient for d in self.codec.read_content(content).get("decisions", [])):
                 continue  # the release was for other recipients: the decision record holds this one's
             return make_receipt(recipient=recipient, content=content, codec=self.codec, leaves=leaves, index=int(index),
                                 checkpoint=checkpoint, checkpoint_codec=self.checkpoint_codec, key=keys[checkpoint.key_id])
         raise log.AuditLogError(f"the record of event {event_id} does not verify, so no receipt: {'; '.join(problems)}")
 
-    def _content_at(self, writer: str, sequence: int, index: int) -> bytes:
-        row = self.client.query(f"SELECT {_select(self.codec.schema)} FROM {self.events} WHERE writer = {{w:String}} "
-                                "AND checkpoint = {s:Int64} AND leaf = {l:Int32} LIMIT 1",
-                                parameters={"w": writer, "s": sequence, "l": index}).result_rows[0]
-        return self.codec.content({item["name"]: from_clickhouse(v, item["type"], self._named)
-                                   for item, v in zip(self._record_fields, row, strict=True)})
+    def _contents_at(self, writer: str, sequence: int, index: int, event_id: str) -> list[bytes]:
+        """The distinct record contents of `event_id` at one leaf (one, unless copies were inserted)."""
+        rows = self.client.query(f"SELECT DISTINCT {_select(self.codec.schema)} FROM {self.events} WHERE writer = {{w:String}} "
+                                 "AND checkpoint = {s:Int64} AND leaf = {l:Int32} AND event_id = toUUID({e:String}) LIMIT 16",
+                                 parameters={"w": writer, "s": sequence, "l": index, "e": event_id}).result_rows
+        found = []
+        for row in rows:
+            try:
+                found.append(self.codec.content({item["name"]: from_clickhouse(v, item["type"], self._named)
+                                                 for item, v in zip(self._record_fields, row, strict=True)}))
+            except log.AuditLogError:
+                continue  # a copy that no longer fits the schema was edited: not the sealed one
+        return found
 
 
 def verify_subject(client: Client, database_prefix: str, catalog: Catalog, keys: Mapping[str, PublicKey],

@@ -18,7 +18,7 @@ from fastavro import parse_schema, schemaless_reader
 
 from backbone.audit import log
 from backbone.audit.log import CheckpointCodec, RecordCodec, inclusion_proof, leaf_hash, merkle_root, root_from_proof
-from backbone.audit.receipts import make_receipt, verify_receipt
+from backbone.audit.receipts import MAX_COPY_CHOICES, make_receipt, sealed_leaves, verify_receipt
 from backbone.events.catalog import AUDIT_CHECKPOINT, AUDIT_EVENT, Catalog, load_catalog
 from backbone.events.serde import HEADER_SIZE, LocalSchemas
 from backbone.keys.keyring import Keyring
@@ -275,6 +275,29 @@ def test_a_receipt_signed_by_an_unpublished_key_fails_against_the_published_keys
     receipt = _receipt(codecs, Keyring.generate(signers=["processor"]))
     assert verify_receipt(receipt, codecs[1]) == []  # consistent in itself
     assert any("not one of the published" in p for p in verify_receipt(receipt, codecs[1], pinned=keys))
+
+
+def test_copies_inserted_at_other_leaves_do_not_stop_a_sealed_records_receipt_and_a_forged_copy_gets_none(codecs, keyring, keys) -> None:
+    trail = seal_trail(codecs, keyring, [11])
+    position, codec = ("w1", 0), codecs[0]
+    [checkpoint] = trail.checkpoints["w1"]
+    sealed = [next(iter(trail.leaves[position][i])) for i in range(11)]
+    rng = random.Random(7)
+    for index in (2, 6, 9):  # someone with write access to the table puts a second record at three sealed positions
+        trail.add(position, index, codec.content(record(rng)), 1)
+    assert log.CONFLICTING_RECORD in kinds(verify(trail, codecs, keys))  # the trail says it was tampered with ...
+    for index in (0, 6, 10):  # ... and each sealed record, beside a forged copy or one itself, still has its receipt
+        leaves = sealed_leaves(checkpoint, trail.leaves[position], index, sealed[index])
+        assert leaves == sealed and merkle_root(leaves).hex() == checkpoint.root
+    forged = next(iter(trail.leaves[position][6] - {sealed[6]}))
+    with pytest.raises(log.AuditLogError, match="not the one it sealed"):
+        sealed_leaves(checkpoint, trail.leaves[position], 6, forged)
+    with pytest.raises(log.AuditLogError, match="missing"):  # a deleted neighbour: no proof can be made
+        sealed_leaves(checkpoint, {i: h for i, h in trail.leaves[position].items() if i != 3}, 0, sealed[0])
+    crowded = {i: {sealed[i]} | {leaf_hash(codec.content(record(rng))) for _ in range(3)} for i in range(11)}
+    assert 4 ** 10 > MAX_COPY_CHOICES
+    with pytest.raises(log.AuditLogError, match="too many to try"):  # so many copies that trying them all is refused, not slow
+        sealed_leaves(checkpoint, crowded, 0, sealed[0])
 
 
 # --- the data plane's side ---------------------------------------------------------------------

@@ -431,14 +431,14 @@ def test_held_entries_appear_after_release_with_a_proof_sealed_before_it(world: 
 
 
 def test_an_entry_inserted_into_the_trail_later_has_no_proof(world: World, clickhouse_client) -> None:  # noqa: ANN001
-    subject = next(s for s in world.subjects if world.expected[s])
+    subject = next(s for s in world.subjects if any(o == "permit" for _, _, o in world.expected[s]))
     prefix = world.settings.clickhouse_database_prefix
     events = f"`{prefix}audit`.`events`"
-    token = world.trail.tokens(subject)[0]
     forged = str(uuid.uuid4())
-    clickhouse_client.command(  # a copy of one of their records under a new event id, claiming a sealed position
+    source, recipient, _ = next(e for e in sorted(world.expected[subject]) if e[2] == "permit")  # one the person sees
+    clickhouse_client.command(  # a copy of one of their records under a new event id, claiming that record's sealed position
         f"INSERT INTO {events} SELECT * REPLACE (toUUID('{forged}') AS event_id, now64(3) AS decided_at) FROM {events} "
-        f"WHERE subject_token = '{token}' AND has(arrayMap(d -> toString(d.outcome), decisions), 'permit') LIMIT 1")
+        f"WHERE (writer, checkpoint, leaf) IN (SELECT writer, checkpoint, leaf FROM {events} WHERE event_id = toUUID('{source}')) LIMIT 1")
 
     async def test(client: TestClient) -> None:
         await sign_in(client, world, subject)
@@ -447,6 +447,11 @@ def test_an_entry_inserted_into_the_trail_later_has_no_proof(world: World, click
         assert mine  # the person sees what the table holds ...
         assert (await client.get(f"/receipt/{mine[0]}")).status == 409  # ... and that it is not sealed in the trail
         assert (await client.get(f"/proof/{mine[0]}")).status == 409
+        # the sealed record whose place the copy claims (and every other in its checkpoint) keeps its receipt
+        made = await client.get(f"/receipt/{source}.{recipient}")
+        assert made.status == 200, await made.text()
+        assert verify_receipt(await made.json(), CheckpointCodec(CATALOG.internal_schema(AUDIT_CHECKPOINT))) == []
+        assert 'id="verified"' in await (await client.get(f"/proof/{source}.{recipient}")).text()
 
     run(world, test)
 

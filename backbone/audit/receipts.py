@@ -10,8 +10,9 @@ pseudonym): hand it only to whom may see that.
 from __future__ import annotations
 
 import base64
+import itertools
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +23,38 @@ from backbone.audit.log import (
     RecordCodec,
     inclusion_proof,
     leaf_hash,
+    merkle_root,
     root_from_proof,
 )
 from backbone.keys.keyring import PublicKey
 
 RECEIPT_FORMAT = "backbone-audit-receipt/1"
+MAX_COPY_CHOICES = 4096  # ways of picking among conflicting copies tried before giving up (fail closed)
+
+
+def sealed_leaves(checkpoint: Checkpoint, found: Mapping[int, Collection[bytes]], index: int, leaf: bytes) -> list[bytes]:
+    """The leaves `checkpoint` sealed with `leaf` at `index`, chosen among the copies found at each
+    leaf (a row inserted later at a sealed position is a second copy there): the choice that
+    reproduces the signed root. A forged copy beside someone else's record does not stop that
+    record's receipt; a forged record itself has none. `AuditLogError` when no choice (or too
+    many to try) reproduces the root."""
+    if not 0 <= index < checkpoint.records or any(not 0 <= i < checkpoint.records for i in found):
+        raise AuditLogError(f"checkpoint {checkpoint.sequence} of writer {checkpoint.writer} seals {checkpoint.records} "
+                            "records; the rows found name other leaves")
+    choices = [sorted(found.get(i, ())) if i != index else [leaf] for i in range(checkpoint.records)]
+    if not all(choices):
+        raise AuditLogError(f"records of checkpoint {checkpoint.sequence} of writer {checkpoint.writer} are missing")
+    ways = 1
+    for copies in choices:
+        ways *= len(copies)
+    if ways > MAX_COPY_CHOICES:
+        raise AuditLogError(f"checkpoint {checkpoint.sequence} of writer {checkpoint.writer}: {ways} ways to pick among "
+                            "conflicting copies of its records, too many to try: the trail table was tampered with")
+    for leaves in itertools.product(*choices):
+        if merkle_root(leaves).hex() == checkpoint.root:
+            return list(leaves)
+    raise AuditLogError(f"the record at leaf {index} of checkpoint {checkpoint.sequence} of writer {checkpoint.writer} "
+                        "is not the one it sealed")
 
 
 def jsonable(value: Any) -> Any:
