@@ -7,13 +7,16 @@ incremental runs (the keys landed since, each over its whole history), in chDB.
 
     python -m bench.fraud [--sizes 1000000,10000000] [--landing 10000] [--landings 3] [--batch 20000]
                           [--settle 300] [--layouts event_id,subject_day,subject] [--merged] [--keep DIR]
+                          [--merge-age S]
 
 For each size and layout the fraud database's tables (the sinks' own DDL) are filled with that many
 rows in total (claims 50 %, incomes 45 %, deaths 5 %, a subject per 20 rows, 12 periods, a random
 bank account per claim), landed over the past two years as a sink lands them: inserts of `--batch`
 rows (a sink's batch, `BACKBONE_SINK_BATCH_ROWS`), oldest first, while ClickHouse's background merges
 run as they would; then the bench waits for the merges to settle (none running for 2 s, at most
-`--settle` s) and records each table's parts (`--batch 0`: one insert per table, which ClickHouse
+`--settle` s; with `--merge-age S`, also for the merge of each fraud table's parts once all are S
+seconds old, `ddl.MERGE_AGE_SETTING`, which the product does after an hour) and records each
+table's parts (`--batch 0`: one insert per table, which ClickHouse
 splits into equal blocks of about a million rows: parts no merge combines soon; `--merged`: each
 table merged into one part, as if every merge had run). Then a landing of `--landing` rows arrives
 today and the rules run over every row (before: every landing cost this); then `--landings` more
@@ -83,6 +86,7 @@ class Results:
     landing_rows: int
     merged: bool = False  # the filled tables merged into one part each before the landings (--merged)
     batch_rows: int = 0  # rows per insert of the fill (0: one insert per table)
+    merge_age_s: float | None = None  # the fraud tables' parts all older than this merged after the fill (--merge-age)
     points: list[Point] = field(default_factory=list)
     # layout -> incremental time (and rows read) per landing at the largest size / at the smallest (1.0: flat)
     ratios: dict[str, float] = field(default_factory=dict)
@@ -173,15 +177,35 @@ def _fill(client, database: str, size: int, batch: int) -> None:  # noqa: ANN001
                 max(1, size // 20))
 
 
-def _settle(client, database: str, timeout_s: float) -> dict[str, int]:  # noqa: ANN001
-    """Wait until no background merge of `database` has run for 2 s (at most `timeout_s`); its tables' parts."""
+def _parts(client, database: str) -> dict[str, int]:  # noqa: ANN001
+    return dict(client.query("SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table ORDER BY table",
+                             parameters={"db": database}).result_rows)
+
+
+def _settle(client, database: str, timeout_s: float, merge_age_s: float | None = None) -> dict[str, int]:  # noqa: ANN001
+    """Wait until no background merge of `database` has run for 2 s (at most `timeout_s`); its tables' parts.
+    `merge_age_s`: the fraud tables' parts are merged once all are that old (`ddl.MERGE_AGE_SETTING`,
+    an hour in the product, whose fill of two years this bench makes in minutes): also wait for each
+    to be one part, then give them the product's age back, so the landings measured stay beside it
+    as the last hour's landings do."""
+    fraud = [ddl.qualified(database, table) for table in (CLAIMS, INCOMES, DEATHS)]
+    if merge_age_s is not None:
+        for table in fraud:
+            client.command(f"ALTER TABLE {table} MODIFY SETTING {ddl.MERGE_AGE_SETTING} = {int(merge_age_s)}, "
+                           "merge_selecting_sleep_ms = 1000, max_merge_selecting_sleep_ms = 5000")
     quiet_since = started = time.monotonic()
-    while time.monotonic() - started < timeout_s and time.monotonic() - quiet_since < 2.0:
+    while time.monotonic() - started < timeout_s:
         time.sleep(0.5)
         if client.query("SELECT count() FROM system.merges WHERE database = {db:String}", parameters={"db": database}).result_rows[0][0]:
             quiet_since = time.monotonic()
-    return dict(client.query("SELECT table, count() FROM system.parts WHERE database = {db:String} AND active GROUP BY table ORDER BY table",
-                             parameters={"db": database}).result_rows)
+        elif time.monotonic() - quiet_since >= 2.0 and (
+                merge_age_s is None or all(_parts(client, database).get(t, 1) <= 1 for t in (CLAIMS, INCOMES, DEATHS))):
+            break
+    if merge_age_s is not None:
+        for table in fraud:
+            client.command(f"ALTER TABLE {table} MODIFY SETTING {ddl.MERGE_AGE_SETTING} = {ddl.PROJECTED_MERGE_AGE_S}")
+            client.command(f"ALTER TABLE {table} RESET SETTING merge_selecting_sleep_ms, max_merge_selecting_sleep_ms")
+    return _parts(client, database)
 
 
 # The table a complete fill leaves in a point's database: a kept database (--keep) without it is filled again.
@@ -223,7 +247,7 @@ class _Run:
 
 
 def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # noqa: ANN001
-             merged: bool = False, batch: int = 0, settle_s: float = 300.0) -> _Run:
+             merged: bool = False, batch: int = 0, settle_s: float = 300.0, merge_age_s: float | None = None) -> _Run:
     """The point's tables filled and settled, a landing, and the first run over every row (timed: before)."""
     point = Point(size, layout)
     fill = f"{'merged' if merged else f'batch{batch}'}_"
@@ -234,7 +258,8 @@ def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # no
             client.command(f"DROP TABLE IF EXISTS {ddl.qualified(database, table)} SYNC")
     else:
         point.fill_s = _create_and_fill(client, plan, database, size, layout, merged, batch)
-    point.parts = {table: count for table, count in _settle(client, database, settle_s).items() if table in {CLAIMS, INCOMES, DEATHS}}
+    settled = _settle(client, database, settle_s, merge_age_s if layout != "event_id" else None)
+    point.parts = {table: count for table, count in settled.items() if table in {CLAIMS, INCOMES, DEATHS}}
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
     started = time.perf_counter()
@@ -269,9 +294,10 @@ def _finish(client, run: _Run, keep: bool = False) -> set:  # noqa: ANN001
 
 
 def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = False, batch: int = 20_000,
-            settle_s: float = 300.0, layouts: tuple[str, ...] = LAYOUTS, keep: str | None = None) -> Results:
+            settle_s: float = 300.0, layouts: tuple[str, ...] = LAYOUTS, keep: str | None = None,
+            merge_age_s: float | None = None) -> Results:
     """`keep`: a directory holding the filled tables between runs (filled by the first run that needs them)."""
-    results = Results(landing, merged=merged, batch_rows=batch)
+    results = Results(landing, merged=merged, batch_rows=batch, merge_age_s=merge_age_s)
     if keep:
         keep = str(Path(keep).resolve())
         Path(keep).mkdir(parents=True, exist_ok=True)
@@ -280,7 +306,8 @@ def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = Fa
         settings = load_settings(clickhouse_dsn=f"chdb://{tmp}/clickhouse", data_dir=tmp)
         charter = load_agreements(settings.agreements_dir, load_catalog(settings.schemas_dir))
         plan = recipient_plan(settings, charter, settings.fraud_recipient)
-        runs = [_prepare(client, settings, plan, size, layout, landing, merged, batch, settle_s) for size in sizes for layout in layouts]
+        runs = [_prepare(client, settings, plan, size, layout, landing, merged, batch, settle_s, merge_age_s)
+                for size in sizes for layout in layouts]
         # landing by landing, every size and layout in turn: a shared machine's load falls on each alike,
         # so the ratios compare like with like (one size after the other, they compared two loads)
         for number in range(1, landings + 1):
@@ -305,6 +332,8 @@ def measure(sizes: list[int], landing: int, landings: int = 3, merged: bool = Fa
 def report(results: Results) -> None:
     merged = ", tables merged first" if results.merged else (
         f", filled in inserts of {results.batch_rows:,} rows, background merges settled" if results.batch_rows else ", filled in one insert per table")
+    if results.merge_age_s is not None:
+        merged += f", parts all older than {results.merge_age_s:g} s merged (the product: {ddl.PROJECTED_MERGE_AGE_S} s)"
     table = measures(f"fraud sink: rules' time per landing of {results.landing_rows:,} rows (median of the landings{merged})")
     for point in results.points:
         when = {"event_id": "before the layout", "subject_day": "before: day watermark"}.get(point.layout, "now: landing watermark")
@@ -340,12 +369,16 @@ def main() -> None:
     parser.add_argument("--keep", metavar="DIR",
                         help="keep the filled tables in DIR's chDB and reuse them in later runs with the same sizes and fill "
                              "(each run's landings add to them; delete DIR to start afresh)")
+    parser.add_argument("--merge-age", type=float, metavar="S",
+                        help="after the fill, merge the fraud tables' parts all older than S seconds (the product merges "
+                             f"them after {ddl.PROJECTED_MERGE_AGE_S} s: this bench lands two years in minutes), wait for "
+                             "it within --settle, then land and measure with the product's age")
     args = parser.parse_args()
     layouts = tuple(layout.strip() for layout in args.layouts.split(",") if layout.strip())
     if not layouts or set(layouts) - set(LAYOUTS):
         parser.error(f"--layouts takes some of {', '.join(LAYOUTS)}")
     report(measure([int(size) for size in args.sizes.split(",")], args.landing, args.landings, args.merged,
-                   args.batch, args.settle, layouts, args.keep))
+                   args.batch, args.settle, layouts, args.keep, args.merge_age))
 
 
 if __name__ == "__main__":

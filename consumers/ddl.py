@@ -60,6 +60,15 @@ PROJECTED_INDEX_GRANULARITY = 64
 PROJECTED_COMPRESS_BLOCK = (2048, 8192)
 COMPRESS_BLOCK_SETTINGS = (f"min_compress_block_size = {PROJECTED_COMPRESS_BLOCK[0]}",
                            f"max_compress_block_size = {PROJECTED_COMPRESS_BLOCK[1]}")
+# Seconds after which a fraud table's parts, all older than that, are merged whatever their sizes
+# (ClickHouse's `min_age_to_force_merge_seconds`). An incremental run reads a granule per touched
+# subject in every part, and the size-ratio merges leave more parts the bigger a table grows
+# (bench.fraud: 5-8 at 10 M rows, 8-12 at 30 M); with this the table is one old part and the parts
+# of the last hour's landings, whatever its size. Paid in rewrites: the old part is written again
+# about once this period while landings arrive (bounded by `max_bytes_to_merge_at_max_space_in_pool`).
+# An operator's own value (`ALTER TABLE ... MODIFY SETTING`) is kept by `backbone fraud migrate`.
+PROJECTED_MERGE_AGE_S = 3600
+MERGE_AGE_SETTING = "min_age_to_force_merge_seconds"
 # `alerts` keeps each finding's first alert: a ReplacingMergeTree versioned by how early it was detected,
 # so a run records its findings without asking which it holds already (that look-up read most of a
 # 5 M alert table per landing: bench.fraud 1.0-1.75 s) and a repeat collapses into the first (`FINAL`).
@@ -137,6 +146,7 @@ def table_settings(columns: Sequence[Column], order_by: Sequence[str], projected
         settings.append("allow_nullable_key = 1")
     if projected:  # the fraud tables (consumers.fraud.layout), read a few subjects at a time
         settings += [f"index_granularity = {PROJECTED_INDEX_GRANULARITY}", *COMPRESS_BLOCK_SETTINGS,
+                     f"{MERGE_AGE_SETTING} = {PROJECTED_MERGE_AGE_S}",
                      "deduplicate_merge_projection_mode = 'rebuild'", "lightweight_mutation_projection_mode = 'rebuild'"]
     return f"\nSETTINGS {', '.join(settings)}" if settings else ""
 

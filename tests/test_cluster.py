@@ -23,7 +23,7 @@ from consumers import ddl
 from consumers.batching import TargetUnavailable, Written
 from consumers.clickhouse_target import ClickHouseTarget, transient
 from consumers.fraud import FraudDetector
-from consumers.fraud.layout import Layout, migration, small_blocks_sql
+from consumers.fraud.layout import Layout, migration, settings_sql
 from consumers.fraud.registry import Since
 from consumers.fraud.watermarks import SLACK_US, resume_from, resume_point, resume_sql
 from consumers.plans import Destination, SinkPlan, audit_plan, checkpoints_plan, operations_plan, recipient_plan, timestamps_plan
@@ -207,9 +207,10 @@ def test_a_second_fraud_migration_on_a_cluster_gets_a_keeper_path_of_its_own(cli
     with pytest.raises(ValueError, match="letters and digits"):
         generation_path("g1/../x")
     # a table laid out before the small compressed blocks gets them on every replica
-    blocks = small_blocks_sql("fraud", "welfare_benefit_claimed_local", Layout(("national_id", "event_id"), frozenset()), plan.cluster)
+    blocks = settings_sql("fraud", "welfare_benefit_claimed_local", Layout(("national_id", "event_id"), frozenset()), plan.cluster)
     formatted, _ = _parsed(clickhouse_client, blocks)
-    assert " ON CLUSTER backbone" in formatted and "MODIFY SETTING min_compress_block_size = 2048, max_compress_block_size = 8192" in formatted
+    assert " ON CLUSTER backbone" in formatted and ("MODIFY SETTING min_compress_block_size = 2048, max_compress_block_size = 8192, "
+                                                    f"min_age_to_force_merge_seconds = {ddl.PROJECTED_MERGE_AGE_S}") in formatted
 
 
 def test_a_fraud_run_on_a_cluster_resumes_by_landing_before_every_replicas_inserts(clickhouse_client) -> None:  # noqa: ANN001

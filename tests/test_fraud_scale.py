@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -318,15 +319,54 @@ def test_tables_made_before_are_migrated_atomically_and_idempotently(clickhouse_
     assert {alert.key for alert in migrated.alerts()} == before == _full(clickhouse_client, migrated)
 
 
-def test_migrate_gives_tables_laid_out_before_the_small_compressed_blocks(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+def test_migrate_gives_tables_laid_out_before_the_small_compressed_blocks_and_the_merge_age(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
     _create(clickhouse_client, fraud.plan)
     for table in (CLAIMS, INCOMES):  # as the sink made them before the blocks were made about a granule
-        clickhouse_client.command(f"ALTER TABLE {ddl.qualified(fraud.database, table)} RESET SETTING min_compress_block_size, max_compress_block_size")
+        clickhouse_client.command(f"ALTER TABLE {ddl.qualified(fraud.database, table)} RESET SETTING min_compress_block_size, "
+                                  f"max_compress_block_size, {ddl.MERGE_AGE_SETTING}")
+    # and one whose operator chose another merge age: theirs is kept
+    clickhouse_client.command(f"ALTER TABLE {ddl.qualified(fraud.database, DEATHS)} MODIFY SETTING {ddl.MERGE_AGE_SETTING} = 600")
     assert sorted(layout.migrate(clickhouse_client, fraud.plan)) == sorted([CLAIMS, INCOMES])
     for table, found in layout.layouts(clickhouse_client, fraud.database).items():
         if table in (CLAIMS, INCOMES, DEATHS):
-            assert layout.small_blocks_sql(fraud.database, table, found) is None, found.engine_full
+            assert layout.settings_sql(fraud.database, table, found) is None, found.engine_full
+            age = 600 if table == DEATHS else ddl.PROJECTED_MERGE_AGE_S
+            assert f"{ddl.MERGE_AGE_SETTING} = {age}" in found.engine_full
     assert layout.migrate(clickhouse_client, fraud.plan) == []  # set once
+
+
+def _parts(client, database: str, table: str) -> int:  # noqa: ANN001
+    return client.query("SELECT count() FROM system.parts WHERE database = {db:String} AND table = {t:String} AND active",
+                        parameters={"db": database, "t": table}).result_rows[0][0]
+
+
+def test_a_fraud_tables_old_parts_are_merged_into_one_whatever_their_sizes(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001
+    """A touched subject costs a granule in every part: the sink's tables merge their parts once all are
+    older than `ddl.PROJECTED_MERGE_AGE_S`, where ClickHouse's size-ratio merges would leave a big part
+    and the small ones beside it (the more the bigger the table). The test shortens the age (an hour in
+    the product) and ClickHouse's merge-selecting pause; another recipient's tables are left alone."""
+    _create(clickhouse_client, fraud.plan)
+    for table, found in layout.layouts(clickhouse_client, fraud.database).items():  # as the sink makes them
+        if table in (CLAIMS, INCOMES, DEATHS):
+            assert f"{ddl.MERGE_AGE_SETTING} = {ddl.PROJECTED_MERGE_AGE_S}" in found.engine_full, found.engine_full
+    claims = ddl.qualified(fraud.database, CLAIMS)
+    _land(clickhouse_client, fraud.database, 400_000, 0, 3, subjects=20_000)  # one big part ...
+    for index in range(4):  # ... and small landings beside it
+        _land(clickhouse_client, fraud.database, 400, 400_000 + 400 * index, 0, subjects=20_000)
+    clickhouse_client.command(f"SYSTEM STOP MERGES {claims}")
+    clickhouse_client.command(f"ALTER TABLE {claims} MODIFY SETTING merge_selecting_sleep_ms = 500, max_merge_selecting_sleep_ms = 1000")
+    rows = clickhouse_client.query(f"SELECT count() FROM {claims}").result_rows[0][0]
+    assert _parts(clickhouse_client, fraud.database, CLAIMS) >= 5
+    clickhouse_client.command(f"SYSTEM START MERGES {claims}")
+    time.sleep(3)  # the size-ratio merges alone: the small parts may merge together, never into the big one
+    assert _parts(clickhouse_client, fraud.database, CLAIMS) >= 2
+    clickhouse_client.command(f"ALTER TABLE {claims} MODIFY SETTING {ddl.MERGE_AGE_SETTING} = 2")
+    deadline = time.monotonic() + 60
+    while _parts(clickhouse_client, fraud.database, CLAIMS) > 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert _parts(clickhouse_client, fraud.database, CLAIMS) == 1
+    assert clickhouse_client.query(f"SELECT count() FROM {claims}").result_rows[0][0] <= rows  # copies collapse, nothing else goes
+    assert clickhouse_client.query(f"SELECT uniqExact(event_id) FROM {claims}").result_rows[0][0] == rows
 
 
 def test_tables_with_the_day_projection_are_flagged_and_migrated_to_the_landing_projection(clickhouse_client, fraud: Fraud) -> None:  # noqa: ANN001

@@ -18,7 +18,8 @@ with the layout, every row copied (each gets the migration's landing, so the nex
 reads every key once), the two exchanged atomically (`EXCHANGE TABLES`), rows landed
 meanwhile copied again, the old rows dropped. Run again after an interruption, it resumes. A table
 laid out before its compressed blocks were made about a granule gets those settings (new parts and
-merges write them; no copy). An `alerts` table made before it kept each finding's first alert
+merges write them; no copy), and one made before its old parts were merged by age gets that
+setting (`ddl.PROJECTED_MERGE_AGE_S`). An `alerts` table made before it kept each finding's first alert
 (`ddl.ALERTS_VERSION`) is copied and exchanged the same way.
 """
 
@@ -85,12 +86,17 @@ def layouts(client, database: str) -> dict[str, Layout]:  # noqa: ANN001 - a cli
     return {name: Layout(sorting_key(key), frozenset(projected.get(name, ())), engine) for name, key, engine in rows}
 
 
-def small_blocks_sql(database: str, table: str, found: Layout, cluster: Cluster | None = None) -> str | None:
+def settings_sql(database: str, table: str, found: Layout, cluster: Cluster | None = None) -> str | None:
     """For a table laid out before its compressed blocks were made about a granule
-    (`ddl.PROJECTED_COMPRESS_BLOCK`): the settings, so new parts and merges write them; None when set."""
-    if all(setting in found.engine_full for setting in ddl.COMPRESS_BLOCK_SETTINGS):
+    (`ddl.PROJECTED_COMPRESS_BLOCK`) or before its old parts were merged by age
+    (`ddl.PROJECTED_MERGE_AGE_S`): the settings it lacks, so new parts and merges follow them; None
+    when it has them (a merge age of the operator's own is kept)."""
+    missing = [setting for setting in ddl.COMPRESS_BLOCK_SETTINGS if setting not in found.engine_full]
+    if not re.search(rf"\b{ddl.MERGE_AGE_SETTING} = ", found.engine_full):
+        missing.append(f"{ddl.MERGE_AGE_SETTING} = {ddl.PROJECTED_MERGE_AGE_S}")
+    if not missing:
         return None
-    return f"ALTER TABLE {ddl.qualified(database, table)}{on_cluster(cluster)} MODIFY SETTING {', '.join(ddl.COMPRESS_BLOCK_SETTINGS)}"
+    return f"ALTER TABLE {ddl.qualified(database, table)}{on_cluster(cluster)} MODIFY SETTING {', '.join(missing)}"
 
 
 def sorting_key(text: str) -> tuple[str, ...]:
@@ -224,8 +230,8 @@ def migrate(client, plan) -> list[str]:  # noqa: ANN001 - a clickhouse-connect c
                     for statement in (steps.catch_up, *steps.drop):
                         client.command(statement)
                     migrated.append(destination.table)
-                elif destination.projections and (blocks := small_blocks_sql(database, local(destination.table), current, cluster)):
-                    client.command(blocks)  # parts written from now on, merges included, have the small blocks
+                elif destination.projections and (lacking := settings_sql(database, local(destination.table), current, cluster)):
+                    client.command(lacking)  # parts written and merged from now on follow them
                     migrated.append(destination.table)
                 continue
             log.info("fraud table %s: ordered by (%s), migrating to (%s)", destination.name,
