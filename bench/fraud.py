@@ -64,6 +64,7 @@ class Point:
     incremental_granules: list[tuple[int, int]] = field(default_factory=list)
     alerts: int = 0
     parts: dict[str, int] = field(default_factory=dict)  # table -> active parts when the landings began
+    settle_s: float = 0.0  # the wait for the merges after the fill (with --merge-age: the forced merges' rewrite)
     # rule kind -> (seconds, granules read, granules of the tables it reads) of its SELECT over the last
     # landing alone, run again after the timed runs (median of 3): where a landing's time goes
     per_rule: dict[str, tuple[float, int, int]] = field(default_factory=dict)
@@ -259,7 +260,9 @@ def _prepare(client, settings, plan, size: int, layout: str, landing: int,  # no
             client.command(f"DROP TABLE IF EXISTS {ddl.qualified(database, table)} SYNC")
     else:
         point.fill_s = _create_and_fill(client, plan, database, size, layout, merged, batch)
+    started = time.perf_counter()
     settled = _settle(client, database, settle_s, merge_age_s if layout != "event_id" else None)
+    point.settle_s = time.perf_counter() - started
     point.parts = {table: count for table, count in settled.items() if table in {CLAIMS, INCOMES, DEATHS}}
     detector = FraudDetector(settings.model_copy(update={"clickhouse_database_prefix": prefix}), client, leads=lambda: False)
     _insert(client, database, landing, size, "toStartOfDay(now())")
@@ -288,7 +291,8 @@ def _finish(client, run: _Run, keep: bool = False) -> set:  # noqa: ANN001
     point.alerts = len(found)
     if not keep:
         client.command(f"DROP DATABASE {run.database} SYNC")
-    console.print(f"{point.rows:,} rows, ordered by {point.layout}: fill {point.fill_s:.1f} s, parts {point.parts}, full {point.full_s:.2f} s, "
+    console.print(f"{point.rows:,} rows, ordered by {point.layout}: fill {point.fill_s:.1f} s, merges settled in {point.settle_s:.1f} s, "
+                  f"parts {point.parts}, full {point.full_s:.2f} s, "
                   f"incremental {', '.join(f'{s:.2f}' for s in point.incremental_s)} s, "
                   f"granules read {', '.join(f'{a:,}/{b:,}' for a, b in point.incremental_granules)}")
     return found
