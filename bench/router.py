@@ -5,7 +5,8 @@ fastavro), so the router's overhead and the audit trail's cost are measured, not
     python -m bench.router [--events 20000] [--rounds 3]
 
 Loops, each over the same pre-encoded demo events (decode -> decide -> encode released records):
-- `router`: the project's `Router.route` (schemas from an in-memory `LocalSchemas`), as the data plane calls it;
+- `router`: the project's `Router.route` (schemas from an in-memory `LocalSchemas`), one event at a time;
+- `router_many`: `Router.route_many` on batches of 5,000, as the data plane calls it (a stage at a time);
 - `router_fastavro_decode`: the same Router reading every event with the serde decoder (fastavro),
   as before the generated decoder: the before/after of `backbone.events.decoder.compile_decoder`;
 - `decode_generated` / `decode_fastavro`: the two read paths alone;
@@ -48,6 +49,7 @@ PER_DECISION_AUDIT = {"type": "record", "name": "AuditDecision", "namespace": "b
     {"name": "key_ids", "type": {"type": "array", "items": "string"}}, {"name": "subject_token", "type": ["null", "string"]},
     {"name": "decided_at", "type": {"type": "long", "logicalType": "timestamp-millis"}},
     {"name": "recipient_event_id", "type": ["null", {"type": "string", "logicalType": "uuid"}]}]}
+BATCH = 5_000  # messages per `Router.route_many` call: the data plane's consumer batch size (BACKBONE_CONSUMER_BATCH_SIZE)
 MACHINE = "measured on a shared 2-core machine with other work running: compare loops of one run, not runs"
 
 
@@ -111,6 +113,14 @@ def main() -> None:
         return loop
 
     route_all = routing(router)
+    items = [(raw_topic(event_type), b"k", value, None, None, None) for event_type, value in encoded]
+
+    def route_many() -> int:  # as the data plane: batches of its consumer batch size, a stage at a time
+        outputs = 0
+        for start in range(0, len(items), BATCH):
+            routed, _ = router.route_many(items[start:start + BATCH], consent, now)
+            outputs += sum(map(len, routed))
+        return outputs
     decoder = Decoder(schemas)
 
     def decode_generated() -> int:
@@ -169,7 +179,8 @@ def main() -> None:
 
     figures: dict[str, float] = {"events": len(encoded)}
     figures.update(timed({
-        "router_events_per_s": route_all, "router_fastavro_decode_events_per_s": routing(before),
+        "router_events_per_s": route_all, "router_many_events_per_s": route_many,
+        "router_fastavro_decode_events_per_s": routing(before),
         "decode_generated_events_per_s": decode_generated, "decode_fastavro_events_per_s": decode_fastavro,
         "handwritten_audit_per_event_events_per_s": handwritten("per_event"),
         "handwritten_audit_per_decision_events_per_s": handwritten("per_decision"),

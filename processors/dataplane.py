@@ -225,7 +225,7 @@ class DataPlane:
     def _process(self, messages: list[Message], consumer: Consumer, producer: Producer, final: bool = False) -> None:
         started = time.perf_counter()
         now = datetime.now(UTC)
-        route = self.router.route
+        route_many = self.router.route_many
         consent = self.consent
         produce = producer.produce
         on_delivery = self._on_delivery
@@ -236,7 +236,7 @@ class DataPlane:
         place = checkpoints.place if checkpoints is not None else None
         audit: list[bytes] = []  # (placed) audit records, produced in batches once the batch is sealed
         shared: list[Output] = []  # released records, produced in a random order once the batch is routed
-        unavailable: RegistryError | None = None
+        items = []
         for message in messages:
             error = message.error()
             if error is not None:
@@ -245,16 +245,11 @@ class DataPlane:
                 continue
             topic, partition, offset = message.topic(), message.partition(), message.offset()
             firsts.setdefault((topic, partition), offset)
-            if unavailable is not None:
-                continue
-            try:
-                outputs = route(topic, message.key(), message.value(), message.headers(), consent, now,
-                                partition=partition, offset=offset)
-            except RegistryError as exc:
-                # The registry is down or refusing: nothing is dead-lettered and nothing skipped.
-                # What was routed so far is delivered and committed; the rest is read again.
-                unavailable = exc
-                continue
+            items.append((topic, message.key(), message.value(), message.headers(), partition, offset))
+        # The batch a stage at a time (`Router.route_many`). The registry down or refusing: nothing is
+        # dead-lettered and nothing skipped; what was routed is delivered and committed, the rest read again.
+        done, unavailable = route_many(items, consent, now)
+        for (topic, _, _, _, partition, offset), outputs in zip(items, done):
             for output in outputs:
                 if output.topic == AUDIT_TOPIC:
                     audit.append(place(output.value) if place is not None else output.value)

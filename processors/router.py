@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import uuid
 from collections import Counter
+from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from fastavro import parse_schema
@@ -60,6 +61,9 @@ _SERDE_REASONS: dict[type[SerdeError], str] = {
     CorruptMessage: "corrupt_message",
 }
 
+
+# What `Router.route_many` routes: (topic, key, value, headers, partition, offset) of a raw message
+Item = tuple[str, bytes | None, bytes | None, Headers | None, int | None, int | None]
 
 # `_new(Output, (five fields))`: an `Output` without the named tuple's keyword-parsing `__new__`,
 # the cheapest way to build the one or two outputs of every event (all five fields always given)
@@ -173,28 +177,75 @@ class Router:
               offset: int | None = None) -> list[Output]:
         """Every output for one raw message (`partition` and `offset` say where it was read, for
         the DLQ headers). Registry outages raise (retry later); bad input goes to the DLQ."""
-        try:
-            record, event_type = self._admit(topic, value)
-            # The subject's oversight pseudonym, for the audit record and the quality monitor's consistency marks
-            subject_field = self._subject_fields[event_type]
-            subject = record.get(subject_field) if subject_field else None
-            subject_token = self._oversight(subject) if subject else None
-            quality = self._quality
-            if quality is not None:
-                quality.observe(event_type, record, now, subject_token)
-            decisions = self.engine.decide(record, consent, now)
-            outputs = self._outputs(record, event_type, key, decisions, now, subject_token, value)
-        except Rejected as rejected:
-            return [self._dead_letter(rejected.reason, key, value, headers, topic, partition, offset, rejected.detail)]
-        except RegistryError:
-            raise
-        except Exception as exc:  # noqa: BLE001 - fail closed: nothing half-decided leaves the processor
-            if self.counts["dlq.transform_failed"] < 5:  # the type and place only: values may be personal
-                log.error("event from %s could not be transformed (%s at %s); sent to %s", topic, type(exc).__name__,
-                          _where(exc), DLQ_TOPIC)
-            return [self._dead_letter("transform_failed", key, value, headers, topic, partition, offset, type(exc).__name__)]
-        self.counts["events"] += 1
-        return outputs
+        routed, unavailable = self.route_many([(topic, key, value, headers, partition, offset)], consent, now)
+        if unavailable is not None:
+            raise unavailable
+        return routed[0]
+
+    def route_many(self, items: Sequence[Item], consent: ConsentState, now: datetime) -> tuple[list[list[Output]], RegistryError | None]:
+        """`route` of each (topic, key, value, headers, partition, offset), in order, a stage at a
+        time: every event read and admitted, then named (its oversight pseudonym), then decided,
+        then checked for quality and its outputs made. The same outputs as a `route` per message,
+        for about a quarter less CPU: each stage's code stays hot across the batch, where one event
+        after another through every stage ran it cold (`python -m bench.router`: `router_many`).
+        Only the last stage changes state (quality windows, counts), in the messages' order, as
+        `route` does. Returns the outputs of the messages routed, in order, and the registry outage
+        that stopped the rest (None: all routed): those are to be read again."""
+        routed: list[list[Output] | None] = []
+        admitted: list[tuple[int, dict, str]] = []
+        unavailable: RegistryError | None = None
+        for index, (topic, key, value, headers, partition, offset) in enumerate(items):
+            try:
+                record, event_type = self._admit(topic, value)
+            except Rejected as rejected:
+                routed.append([self._dead_letter(rejected.reason, key, value, headers, topic, partition, offset, rejected.detail)])
+                continue
+            except RegistryError as exc:
+                unavailable = exc
+                break
+            except Exception as exc:  # noqa: BLE001 - fail closed: nothing half-decided leaves the processor
+                routed.append([self._failed(exc, items[index])])
+                continue
+            routed.append(None)
+            admitted.append((index, record, event_type))
+        # The subject's oversight pseudonym, for the audit record and the quality monitor's consistency marks
+        subject_fields, oversight = self._subject_fields, self._oversight
+        named: list[tuple[int, dict, str, str | None]] = []
+        for index, record, event_type in admitted:
+            try:
+                subject_field = subject_fields[event_type]
+                subject = record.get(subject_field) if subject_field else None
+                named.append((index, record, event_type, oversight(subject) if subject else None))
+            except Exception as exc:  # noqa: BLE001
+                routed[index] = [self._failed(exc, items[index])]
+        decide = self.engine.decide
+        decided: list[tuple[int, dict, str, str | None, list[Decision]]] = []
+        for index, record, event_type, token in named:
+            try:
+                decided.append((index, record, event_type, token, decide(record, consent, now)))
+            except Exception as exc:  # noqa: BLE001
+                routed[index] = [self._failed(exc, items[index])]
+        quality, counts = self._quality, self.counts
+        for index, record, event_type, token, decisions in decided:
+            item = items[index]
+            try:
+                if quality is not None:
+                    quality.observe(event_type, record, now, token)
+                routed[index] = self._outputs(record, event_type, item[1], decisions, now, token, item[2])
+            except RegistryError as exc:  # registering a new agreement version's schema: this one and the rest wait
+                return routed[:index], exc  # type: ignore[return-value] - every message before it has its outputs
+            except Exception as exc:  # noqa: BLE001
+                routed[index] = [self._failed(exc, item)]
+                continue
+            counts["events"] += 1
+        return routed, unavailable  # type: ignore[return-value] - every admitted message has its outputs now
+
+    def _failed(self, exc: Exception, item: Item) -> Output:
+        topic, key, value, headers, partition, offset = item
+        if self.counts["dlq.transform_failed"] < 5:  # the type and place only: values may be personal
+            log.error("event from %s could not be transformed (%s at %s); sent to %s", topic, type(exc).__name__,
+                      _where(exc), DLQ_TOPIC)
+        return self._dead_letter("transform_failed", key, value, headers, topic, partition, offset, type(exc).__name__)
 
     def _admit(self, topic: str, value: bytes | None) -> tuple[dict, str]:
         if value is None:

@@ -236,6 +236,32 @@ def test_bad_input_does_not_stop_the_next_event(router: Router, schemas: LocalSc
     assert router.counts["events"] == 1 and router.counts["dlq.bad_magic_byte"] == 1
 
 
+def test_a_batch_routed_a_stage_at_a_time_gives_what_routing_each_event_gives(
+        catalog: Catalog, charter: Charter, keyring: Keyring, schemas: LocalSchemas) -> None:
+    """`route_many` (the data plane's) against `route` per message on twin routers: the same outputs,
+    byte for byte and in order, bad input and a failing transform among good events, and the same counts."""
+    rng = random.Random(5)
+    items = []
+    for index in range(60):
+        event_type = rng.choice([TAX, WELFARE, "registry.address_changed"])
+        items.append((raw_topic(event_type), f"k{index}".encode(), encode(schemas, catalog, event_type, event(catalog, event_type, seed=index)),
+                      None, index % 3, 100 + index))
+    for index, reason in enumerate(sorted(BAD_INPUT)):
+        topic, value = BAD_INPUT[reason](schemas, catalog)
+        items.insert(7 * index + 3, (topic, f"bad-{reason}".encode(), value, [("trace", b"x")], 1, 9))
+    one, many = (Router(catalog, PolicyEngine(charter, keyring), schemas, keyring) for _ in range(2))
+    for router in (one, many):  # a transform that fails for one event only: it goes to the DLQ, the rest is decided
+        router._oversight = lambda subject, pseudonym=router._oversight: 1 / 0 if subject == "boom" else pseudonym(subject)  # noqa: SLF001
+    items.append((raw_topic(TAX), b"boom", encode(schemas, catalog, TAX, event(catalog, TAX, national_id="boom")), None, 0, 1))
+    expected = [one.route(topic, key, value, headers, NoConsent(), NOW, partition=partition, offset=offset)
+                for topic, key, value, headers, partition, offset in items]
+    routed, unavailable = many.route_many(items, NoConsent(), NOW)
+    assert unavailable is None and routed == expected
+    assert many.counts == one.counts and many.decided == one.decided
+    assert many.counts["events"] == 60 and many.counts["dlq.transform_failed"] == 1
+    assert sum(n for name, n in many.counts.items() if name.startswith("dlq.")) == len(BAD_INPUT) + 1
+
+
 # -- the schema source ------------------------------------------------------------------------
 
 
@@ -289,6 +315,33 @@ def test_a_registry_outage_raises_instead_of_dead_lettering(catalog: Catalog, ch
     with pytest.raises(RegistryUnavailable):  # registering the audit and recipient schemas
         route(router, raw_topic(TAX), value)
     assert not any(name.startswith("dlq.") for name in router.counts)
+
+
+def test_a_registry_outage_in_a_batch_returns_what_was_routed_before_it_and_the_rest_is_read_again(
+        catalog: Catalog, charter: Charter, keyring: Keyring) -> None:
+    schemas = OutageSchemas()
+    router = Router(catalog, PolicyEngine(charter, keyring), schemas, keyring)
+    tax, claim = (encode(schemas, catalog, t, event(catalog, t)) for t in (TAX, WELFARE))
+    router.prepare()
+    router.route(raw_topic(TAX), b"z", tax, None, NoConsent(), NOW)  # the tax events' writer schema is cached, the claims' is not
+    batch = [(raw_topic(TAX), b"a", tax, None, 0, 1), (raw_topic(TAX), b"b", b"\x07junk", None, 0, 2),
+             (raw_topic(WELFARE), b"c", claim, None, 0, 3), (raw_topic(TAX), b"d", tax, None, 0, 4)]
+    schemas.down = True
+    routed, unavailable = router.route_many(batch, NoConsent(), NOW)  # the claim's writer schema cannot be read
+    assert isinstance(unavailable, RegistryUnavailable) and len(routed) == 2
+    assert shared_topic("fraud", TAX) in {o.topic for o in routed[0]} and [o.topic for o in routed[1]] == [DLQ_TOPIC]
+    assert router.counts["events"] == 2
+    schemas.down = False
+    routed, unavailable = router.route_many(batch[2:], NoConsent(), NOW)  # read again once the registry answers
+    assert unavailable is None and len(routed) == 2 and router.counts["events"] == 4
+    # an outage while registering a schema the outputs need: the messages before it stay routed
+    fresh = Router(catalog, PolicyEngine(charter, keyring), schemas, keyring)
+    fresh._read(tax)  # noqa: SLF001 - its writer schema read, nothing registered yet
+    schemas.down = True
+    routed, unavailable = fresh.route_many([(raw_topic(TAX), b"b", b"\x07junk", None, 0, 2), (raw_topic(TAX), b"a", tax, None, 0, 1),
+                                            (raw_topic(TAX), b"d", tax, None, 0, 4)], NoConsent(), NOW)
+    assert isinstance(unavailable, RegistryUnavailable) and [[o.topic for o in r] for r in routed] == [[DLQ_TOPIC]]
+    assert fresh.counts["events"] == 0 and not any(name.startswith("dlq.transform") for name in fresh.counts)
 
 
 def test_local_schemas_give_one_id_per_schema_and_refuse_incompatible_changes(catalog: Catalog) -> None:
