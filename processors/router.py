@@ -1,6 +1,7 @@
-"""The per-event transform of the processor: decode, decide for every possible recipient, encode
-the released records, write an audit record per decision, and send what cannot be decided on to
-the DLQ with its original bytes and a reason.
+"""The processor's transform of each raw event: decode, decide for every possible recipient, encode
+the released records, write an audit record per event, and send what cannot be decided on to the
+DLQ with its original bytes and a reason. `Router.route` takes one message; `Router.route_many`
+(the data plane's) a batch, a stage at a time, with the same outputs.
 
 Pure of Kafka I/O (it returns `Output`s), so the data plane, the benchmark's bare loop and the
 tests all run exactly this code.
@@ -88,7 +89,7 @@ def _where(exc: BaseException) -> str:
 
 
 class Router:
-    """Routes one raw event to its shared, audit and DLQ outputs. Built once per worker.
+    """Routes raw events to their shared, audit and DLQ outputs. Built once per worker.
 
     `schemas` is where writer schemas are looked up and the audit and recipient schemas are
     registered: the schema registry in the product, `LocalSchemas` offline. Building a Router asks
